@@ -1,0 +1,20 @@
+"""actstore: a batched activation-caching engine for mechanistic interpretability.
+
+    import actstore
+    store = actstore.cache(out="acts.zarr", model="actstore-demo", dataset="actstore-demo",
+                           sites="resid_post:all", n_rows=64)
+    store.acts("blocks.0.hook_resid_post", rows=slice(0, 8))  # (row, pos, d_model)
+"""
+
+from .cache import CacheConfig, cache
+from .corpus import CorpusSpec
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+from .models import ModelInfo, load_model
+from .sites import Site, parse_sites
+from .stats import Moments
+from .store import ActivationStore
+
+__version__ = "0.1.0"
+__all__ = ["cache", "CacheConfig", "ActivationStore", "CorpusSpec", "Site", "parse_sites", "load_model",
+           "ModelInfo", "Moments", "__version__", *_errors_all]

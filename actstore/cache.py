@@ -1,0 +1,399 @@
+"""The caching engine: check everything, plan the store, then stream rows through
+the model and hand whole shards to the writer; resume from the `done` manifest.
+
+    import actstore
+    store = actstore.cache(out="acts.zarr", model="gpt2", dataset="NeelNanda/pile-10k",
+                           sites="resid_post:all", n_rows=4096)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from . import _faults
+from .corpus import Checkpoint, CorpusSpec, RowBlock, RowReader, count_rows, iter_rows
+from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
+                     StoreExistsError, StoreMismatchError)
+from .models import LoadedModel, check_identity, load_model
+from .sites import Site, SiteShape, parse_sites, probe_shapes
+from .stats import Moments
+from .store import (FORMAT_VERSION, ActivationStore, INDEX_ARRAYS, Layout, create_store, estimate_bytes,
+                    finalize_stats, fsync_shard, is_store, parse_codec, plan_layout, remove_partial_files,
+                    remove_store, row_bytes)
+from .writer import BackgroundWriter
+
+__all__ = ["CacheConfig", "cache"]
+
+STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class CacheConfig:
+    """Options of one caching run; the CLI flags map onto these fields."""
+
+    out: str  # the store's path
+    model: str  # hub name (gpt2 ... gpt2-xl), local folder, or 'actstore-demo'
+    dataset: str | Sequence[str]  # hub name, local file(s)/glob(s), 'actstore-demo', or a list of strings
+    sites: str | Sequence[str] = "resid_post:all"
+    split: str = "train"
+    text_field: str = "text"
+    dataset_config: str | None = None  # hub dataset configuration name
+    dataset_revision: str | None = None
+    model_revision: str | None = None
+    seq_len: int = 128
+    n_rows: int | None = None  # default: the whole corpus (local sources)
+    n_tokens: int | None = None  # alternative to n_rows: ceil(n_tokens / seq_len) rows
+    packing: str = "pack"  # 'pack' (rows of concatenated documents) | 'document' (one per row, padded)
+    dtype: str | None = None  # compute dtype; None: float32 on CPU, float16 on GPU
+    storage_dtype: str | None = None  # None: float32 for float32 compute, else float16
+    batch_size: int = 16  # rows per forward
+    rows_per_chunk: int | None = None  # inner chunk; default batch_size (on resume: the store's)
+    rows_per_shard: int | None = None  # write unit; default ~256 MB of all sites (on resume: the store's)
+    codec: str = "none"  # activations' compressor; see README for the measurements
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    check_disk: bool = True
+    durable: bool = True  # fsync each shard before marking it done
+    progress: bool = True
+    command_line: str | None = None  # provenance; the CLI fills it in
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer; got {v!r}.")
+
+        for name in ("seq_len", "n_rows", "n_tokens", "batch_size", "rows_per_chunk", "rows_per_shard"):
+            positive(name)
+        if self.seq_len < 2:
+            raise ConfigError(f"seq_len must be at least 2 (BOS plus one token); got {self.seq_len}.")
+        if self.n_rows is not None and self.n_tokens is not None:
+            raise ConfigError("Pass n_rows or n_tokens, not both.")
+        if self.resume and self.overwrite:
+            raise ConfigError("Pass --resume or --overwrite, not both.")
+        if self.packing not in ("pack", "document"):
+            raise ConfigError(f"Unknown packing '{self.packing}'; expected 'pack' or 'document'.")
+        if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'.")
+        parse_codec(self.codec)
+
+
+def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:
+    """Cache activations into a Zarr store and return it opened for reading.
+    Takes a CacheConfig, or its fields as keyword arguments."""
+    cfg = config if config is not None else CacheConfig(**options)
+    cfg.validate()
+    existing = _existing_store(cfg)
+    log = _Log(cfg.progress)
+
+    model = load_model(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    info = model.info
+    if cfg.seq_len > info.n_ctx:
+        raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
+    sites = parse_sites(cfg.sites, model.bridge.hook_dict.keys(), info.n_layers, info.n_heads)
+    shapes = probe_shapes(model.capture, sites, cfg.seq_len, info.dim_sizes)
+    storage_dtype = cfg.storage_dtype or ("float32" if info.dtype == "float32" else "float16")
+
+    spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
+                                   config_name=cfg.dataset_config, revision=cfg.dataset_revision,
+                                   seq_len=cfg.seq_len, packing=cfg.packing)
+    n_rows = _n_rows(cfg, spec, model.tokenizer)
+    layout = _layout(cfg, existing, n_rows, row_bytes(shapes, storage_dtype))
+    meta = _metadata(cfg, model, spec, layout, sites, shapes, storage_dtype)
+    if existing is not None and cfg.resume:
+        _check_same_run(existing, meta)
+
+    done_before = existing.rows_done if existing is not None and cfg.resume else 0
+    need = estimate_bytes(n_rows - done_before, cfg.seq_len, shapes, storage_dtype, spec.packing == "document")
+    log(f"{info.name} ({info.label}), {len(sites)} sites, {n_rows} rows x {cfg.seq_len} tokens; "
+        f"store estimate {_fmt_bytes(estimate_bytes(n_rows, cfg.seq_len, shapes, storage_dtype, spec.packing == 'document'))}"
+        f" uncompressed, {_fmt_bytes(need)} still to write")
+    if cfg.check_disk:
+        _check_disk(cfg.out, need)
+
+    if existing is not None and cfg.overwrite:
+        remove_store(cfg.out)
+        existing = None
+    if existing is None:
+        if os.path.isdir(cfg.out):
+            os.rmdir(cfg.out)  # an empty folder (anything else was refused above)
+        create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document")
+    group = zarr.open_group(cfg.out, mode="r+")
+    n_stale = remove_partial_files(cfg.out)
+    if n_stale:
+        log(f"removed {n_stale} temporary files left by an interrupted write")
+
+    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, log)
+    finalize_stats(group, [s.hook for s in sites])
+    return ActivationStore.open(cfg.out)
+
+
+# --- checks before any work -------------------------------------------------------
+
+def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
+    if not os.path.exists(cfg.out):
+        return None
+    if os.path.isdir(cfg.out) and not os.listdir(cfg.out):
+        return None
+    if not is_store(cfg.out):
+        raise StoreExistsError(
+            f"'{cfg.out}' exists and is not an actstore store; refusing to touch it. Choose another output path."
+        )
+    store = ActivationStore.open(cfg.out)
+    if not (cfg.resume or cfg.overwrite):
+        raise StoreExistsError(
+            f"Store '{cfg.out}' already exists ({store.rows_done} of {store.n_rows} rows done); "
+            "pass --resume to continue that run or --overwrite to replace it."
+        )
+    return store
+
+
+def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
+    want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
+    if spec.kind != "hub":  # finite and local: count now, so a short corpus fails before work starts
+        available = count_rows(spec, tokenizer, limit=want)
+        if want is not None and available < want:
+            raise CorpusExhaustedError(
+                f"The corpus yields only {available} rows of {cfg.seq_len} tokens, fewer than the {want} asked for; "
+                f"pass --n-rows {available} (or fewer), a smaller --seq-len, or a larger corpus."
+            )
+        return want or available
+    if want is None:
+        raise ConfigError(f"Hub dataset '{spec.source}' is streamed, so its length is unknown up front; pass --n-rows or --n-tokens.")
+    if next(iter_rows(spec, tokenizer), None) is None:
+        raise EmptyCorpusError(f"The dataset '{spec.source}' yields no rows of {cfg.seq_len} tokens; check --split and --text-field.")
+    return want
+
+
+def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, bytes_per_row: int) -> Layout:
+    rpc, rps = cfg.rows_per_chunk, cfg.rows_per_shard
+    if existing is not None and cfg.resume:  # keep the store's layout whatever the batch size now
+        rpc = rpc or existing.layout.rows_per_chunk
+        rps = rps or existing.layout.rows_per_shard
+    return plan_layout(n_rows, cfg.seq_len, cfg.batch_size, bytes_per_row, rpc, rps)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("actstore", "torch", "transformer-lens", "transformers", "zarr", "numcodecs", "datasets", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: Layout, sites: Sequence[Site],
+              shapes: Mapping[str, SiteShape], storage_dtype: str) -> dict[str, Any]:
+    tok = model.tokenizer
+    corpus = spec.describe()
+    corpus["bos_policy"] = ("every row starts with BOS; documents separated by end-of-text"
+                            if spec.packing == "pack" else "BOS + document, truncated, padded; see mask")
+    corpus["bos_token_id"] = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    corpus["eos_token_id"] = tok.eos_token_id
+    corpus["vocab_size"] = len(tok)
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model.info.to_dict(),
+        "corpus": corpus,
+        "layout": layout.to_dict(),
+        "sites": [{"hook": s.hook, "layer": s.layer, "heads": None if s.heads is None else list(s.heads),
+                   "dims": ["row", *shapes[s.hook].dims], "shape": [layout.n_rows, *shapes[s.hook].shape]}
+                  for s in sites],
+        "storage_dtype": storage_dtype,
+        "codec": cfg.codec,
+        "software": _versions(),
+        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg)})",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _config_repr(cfg: CacheConfig) -> str:
+    fields = dataclasses.asdict(cfg)
+    if not isinstance(cfg.dataset, str):
+        fields["dataset"] = f"<{len(cfg.dataset)} items>"
+    return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)
+
+
+_IDENTITY = ("format_version", "corpus", "layout", "sites", "storage_dtype", "codec")
+
+
+def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
+    old = existing.metadata
+    diffs = check_identity(old["model"], _Info(meta["model"]))
+    for key in _IDENTITY:
+        if old.get(key) != meta.get(key):
+            diffs.append(f"{key}: store has {old.get(key)!r}, this run has {meta.get(key)!r}")
+    if diffs:
+        raise StoreMismatchError(
+            f"Store '{existing.path}' was made by another model, corpus or config, so it cannot be resumed:\n  "
+            + "\n  ".join(diffs) + "\nPass the same options as the first run, --overwrite to replace it, or another output path."
+        )
+
+
+class _Info:
+    def __init__(self, d: Mapping[str, Any]):
+        self.__dict__.update(d)
+
+
+def _check_disk(out: str, need: int) -> None:
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise InsufficientDiskError(
+            f"The store needs about {_fmt_bytes(need)} (uncompressed estimate) but {parent} has {_fmt_bytes(free)} free; "
+            "free some space, write elsewhere, cache fewer rows or sites, or pass --no-disk-check if compression will make it fit."
+        )
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class _Log:
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(f"actstore: {msg}", file=sys.stderr, flush=True)
+
+
+# --- the run ------------------------------------------------------------------------
+
+@dataclass
+class _Shard:
+    k: int
+    rows: RowBlock
+    acts: dict[str, np.ndarray]  # hook -> (row, ...) in the storage dtype
+
+
+def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Checkpoint:
+    """Where shard k's first row starts in the source, from the done rows before it."""
+    a, _ = layout.shard_rows(k)
+    if a == 0:
+        return Checkpoint()
+    if spec.packing == "document":
+        return Checkpoint(row=a, doc=a)
+    doc, pos = int(group["doc"][a - 1, -1]), int(group["doc_pos"][a - 1, -1])
+    return Checkpoint(row=a, doc=doc, item=pos + 1)
+
+
+def _moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) -> Moments:
+    """Moments over (row, pos) of one shard of a site, in fixed-size pieces."""
+    axis = shape.dims.index("pos") + 1
+    x = np.moveaxis(buf, axis, 1)  # (row, pos, *feature)
+    total = Moments.empty(shape.feature_shape or ())
+    for r in range(0, len(x), 8):
+        piece = x[r:r + 8]
+        piece = piece[mask[r:r + 8]] if mask is not None else piece.reshape(-1, *piece.shape[2:])
+        total = total.merge(Moments.of(piece))
+    return total
+
+
+class _ShardWrite:
+    """Writes one shard: index arrays, activations, stats, fsync, then done."""
+
+    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool):
+        self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
+        self.partials = group["stats/partials"] if "stats/partials" in group else None
+        self.columns = self.partials.attrs["columns"] if self.partials is not None else {}
+
+    def describe(self, shard: _Shard) -> str:
+        a, b = self.layout.shard_rows(shard.k)
+        return f"shard {shard.k} (rows {a}..{b - 1}) of '{self.path}'"
+
+    def __call__(self, shard: _Shard) -> None:
+        k, rows = shard.k, shard.rows
+        a, b = self.layout.shard_rows(k)
+        _faults.point("before_write", k)
+        written: list[zarr.Array] = []
+        for name in INDEX_ARRAYS:
+            if name in self.group:
+                arr = self.group[name]
+                arr[a:b] = getattr(rows, name)
+                written.append(arr)
+        _faults.point("mid_write", k)
+        for hook, buf in shard.acts.items():
+            arr = self.group[f"acts/{hook}"]
+            arr[a:b] = buf
+            written.append(arr)
+        if self.partials is not None:
+            vec = np.zeros(self.partials.shape[1])
+            for hook, (offset, _) in self.columns.items():
+                packed = _moments(shard.acts[hook], self.shapes[hook], rows.mask).pack()
+                vec[offset:offset + len(packed)] = packed
+            self.partials[k] = vec
+            written.append(self.partials)
+        if self.durable:
+            for arr in written:
+                fsync_shard(self.path, arr, k)
+        _faults.point("before_done", k)
+        self.group["done"][k] = True
+        if self.durable:
+            fsync_shard(self.path, self.group["done"], k)
+        _faults.point("after_done", k)
+
+
+def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
+         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, log: _Log) -> None:
+    done = np.asarray(group["done"][:])
+    todo = np.flatnonzero(~done)
+    if len(todo) == 0:
+        log("every row is already done")
+        return
+    first = int(todo[0])
+    reader = RowReader(spec, model.tokenizer, _start(group, spec, layout, first))
+    torch_dtype = getattr(torch, storage_dtype)
+    row_mb = row_bytes(shapes, storage_dtype) / 1e6
+    rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
+    write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable)
+    writer: BackgroundWriter[_Shard] = BackgroundWriter(write, write.describe)
+    bar = tqdm(total=layout.n_rows, initial=rows_before, unit="row", desc="caching", disable=not cfg.progress,
+               dynamic_ncols=True)
+    t0, n_new = time.perf_counter(), 0
+    try:
+        for k in range(first, layout.n_shards):
+            a, b = layout.shard_rows(k)
+            rows = reader.take(b - a)
+            if done[k]:
+                continue
+            acts = {s.hook: np.empty((b - a, *shapes[s.hook].shape), storage_dtype) for s in sites}
+            for i in range(0, b - a, cfg.batch_size):
+                j = min(i + cfg.batch_size, b - a)
+                got = model.capture(torch.from_numpy(rows.tokens[i:j]).long(), sites)
+                for hook, t in got.items():
+                    acts[hook][i:j] = t.to(torch_dtype).cpu().numpy()
+                writer.check()
+                n_new += j - i
+                dt = max(time.perf_counter() - t0, 1e-9)
+                bar.update(j - i)
+                bar.set_postfix_str(f"{n_new * cfg.seq_len / dt:,.0f} tok/s, {n_new * row_mb / dt:,.1f} MB/s", refresh=False)
+            writer.submit(_Shard(k, rows, acts))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()

@@ -1,0 +1,317 @@
+"""Documents -> packed rows of token ids, deterministically.
+
+Packing ("pack"): the documents' tokens form one stream, each document followed by
+the end-of-text token; row r is BOS followed by the next ``seq_len - 1`` stream
+items. Each token keeps the index of its source document and its position in it
+(the separator after document d has doc d and doc_pos len(d); the BOS that starts a
+row has doc -1 and doc_pos -1). Empty documents contribute nothing.
+
+Per document ("document"): row r is BOS + the first ``seq_len - 1`` tokens of
+document r, padded with the end-of-text token; ``mask`` marks real tokens (BOS
+included); padding has doc -1 and doc_pos -1.
+
+A row's content is a pure function of (corpus, tokenizer, seq_len, row index).
+:class:`Checkpoint` names where row r starts in the source so that a resumed run
+skips to it: Python lists and local files seek by document index
+(``IterableDataset.skip`` still reads the skipped records of a streamed file or hub
+dataset, but does not tokenise them).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+
+__all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS"]
+
+DEMO_CORPUS = "actstore-demo"
+_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_DOC_BATCH = 256  # documents per tokenizer call
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where the documents come from and how they become rows."""
+
+    source: str | tuple[str, ...]  # hub dataset name, local file(s) or glob(s), or 'actstore-demo'
+    split: str = "train"
+    text_field: str = "text"
+    config_name: str | None = None  # hub dataset configuration, e.g. 'wikitext-103-raw-v1'
+    revision: str | None = None
+    seq_len: int = 128
+    packing: str = "pack"  # 'pack' | 'document'
+    documents: tuple[str, ...] | None = field(default=None, repr=False)  # a Python list of strings
+
+    @classmethod
+    def from_dataset(cls, dataset: str | Sequence[str], **kw: Any) -> "CorpusSpec":
+        """A str is a hub name, a file, a glob or 'actstore-demo'; a list of existing
+        files is files; any other list is the documents themselves."""
+        if isinstance(dataset, str):
+            return cls(source=dataset, **kw)
+        items = tuple(dataset)
+        if items and all(isinstance(x, str) and (os.path.isfile(x) or glob.has_magic(x)) for x in items):
+            return cls(source=items, **kw)
+        if not all(isinstance(x, str) for x in items):
+            raise CorpusError("A Python list corpus must hold strings, one document each.")
+        return cls(source="python-list", documents=items, **kw)
+
+    @property
+    def kind(self) -> str:
+        if self.documents is not None:
+            return "python-list"
+        if self.source == DEMO_CORPUS:
+            return "demo"
+        return "files" if self.files() else "hub"
+
+    def files(self) -> list[str]:
+        """Local files named by the source (empty for a hub name)."""
+        if self.source == DEMO_CORPUS:
+            return [str(resources.files("actstore") / "data" / "demo_corpus.jsonl")]
+        names = (self.source,) if isinstance(self.source, str) else self.source
+        found: list[str] = []
+        for name in names:
+            hits = sorted(glob.glob(os.path.expanduser(name)))
+            if not hits and (isinstance(self.source, tuple) or os.sep in name or os.path.splitext(name)[1] in _BUILDERS):
+                raise CorpusError(f"Dataset file '{name}' not found. Pass existing .txt/.jsonl/.parquet/.csv files or a hub dataset name.")
+            found += hits
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        """What the metadata records; equal descriptions give equal rows."""
+        d: dict[str, Any] = {"kind": self.kind, "split": self.split, "text_field": self.text_field,
+                             "config_name": self.config_name, "revision": self.revision,
+                             "seq_len": self.seq_len, "packing": self.packing}
+        if self.documents is not None:
+            h = hashlib.sha256()
+            for doc in self.documents:
+                h.update(hashlib.sha256(doc.encode("utf-8", "surrogatepass")).digest())
+            d["source"] = f"python list of {len(self.documents)} documents"
+            d["sha256"] = h.hexdigest()
+        elif self.kind in ("files", "demo"):
+            d["source"] = self.source if isinstance(self.source, str) else list(self.source)
+            d["files"] = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f)} for f in self.files()]
+            if self.kind == "demo":
+                d["files"] = [{"path": "actstore/data/demo_corpus.jsonl", "bytes": d["files"][0]["bytes"]}]
+        else:
+            d["source"] = self.source
+        return d
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Row ``row`` starts at stream item ``item`` of document ``doc`` (pack mode;
+    item len(doc) is the document's separator). In document mode doc == row."""
+
+    row: int = 0
+    doc: int = 0
+    item: int = 0
+
+
+@dataclass
+class RowBlock:
+    """Consecutive rows starting at ``start``."""
+
+    start: int
+    tokens: np.ndarray  # int32 (row, pos)
+    doc: np.ndarray  # int64 (row, pos)
+    doc_pos: np.ndarray  # int32 (row, pos)
+    mask: np.ndarray | None = None  # bool (row, pos), document mode only
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def slice(self, a: int, b: int) -> "RowBlock":
+        return RowBlock(self.start + a, self.tokens[a:b], self.doc[a:b], self.doc_pos[a:b],
+                        None if self.mask is None else self.mask[a:b])
+
+    @staticmethod
+    def concat(blocks: Sequence["RowBlock"]) -> "RowBlock":
+        cat = np.concatenate
+        masks = [b.mask for b in blocks]
+        return RowBlock(blocks[0].start, cat([b.tokens for b in blocks]), cat([b.doc for b in blocks]),
+                        cat([b.doc_pos for b in blocks]), None if masks[0] is None else cat(masks))
+
+
+def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
+    if spec.documents is not None:
+        for text in spec.documents[start_doc:]:
+            yield {spec.text_field: text}
+        return
+    import datasets
+
+    try:
+        files = spec.files()
+        if files:
+            builders = {_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
+            if None in builders or len(builders) != 1:
+                raise CorpusError(f"Cannot read {files}: files must all be one of {', '.join(_BUILDERS)}.")
+            ds = datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
+                                       revision=spec.revision, streaming=True)
+    except CorpusError:
+        raise
+    except Exception as e:
+        raise CorpusError(
+            f"Could not open dataset '{spec.source}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Check the hub name, --split and --dataset-config, or pass local .txt/.jsonl/.parquet files."
+        ) from e
+    if start_doc:
+        ds = ds.skip(start_doc)
+    yield from ds
+
+
+def _documents(spec: CorpusSpec, start_doc: int) -> Iterator[tuple[int, str]]:
+    for i, rec in enumerate(_records(spec, start_doc), start=start_doc):
+        if spec.text_field not in rec:
+            raise MissingTextFieldError(
+                f"Records have no field '{spec.text_field}' (fields: {', '.join(map(str, rec))}); "
+                f"pass --text-field with one of them."
+            )
+        text = rec[spec.text_field]
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise CorpusError(f"Document {i}: field '{spec.text_field}' holds {type(text).__name__}, not text; pass --text-field naming a text field.")
+        yield i, text
+
+
+def _tokenized(spec: CorpusSpec, tokenizer: Any, start_doc: int) -> Iterator[tuple[int, list[int]]]:
+    batch: list[tuple[int, str]] = []
+    for item in _documents(spec, start_doc):
+        batch.append(item)
+        if len(batch) == _DOC_BATCH:
+            yield from _tokenize_batch(tokenizer, batch)
+            batch = []
+    if batch:
+        yield from _tokenize_batch(tokenizer, batch)
+
+
+def _tokenize_batch(tokenizer: Any, batch: list[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+    ids = tokenizer([t for _, t in batch], add_special_tokens=False)["input_ids"]
+    yield from zip((i for i, _ in batch), ids)
+
+
+def _special(tokenizer: Any) -> tuple[int, int]:
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
+    if bos is None:
+        raise CorpusError("The tokenizer has neither a BOS nor an end-of-text token; rows cannot start with BOS.")
+    return int(bos), int(eos)
+
+
+def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[RowBlock]:
+    bos, eos = _special(tokenizer)
+    width = spec.seq_len - 1  # stream items per row after the BOS
+    carry = [np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)]
+    row = start.row
+    pending: list[list[np.ndarray]] = []
+    n_pending = 0
+
+    def flush(final: bool) -> Iterator[RowBlock]:
+        nonlocal carry, row, pending, n_pending
+        if not pending:
+            return
+        parts = [np.concatenate([c] + [p[j] for p in pending]) for j, c in enumerate(carry)]
+        pending, n_pending = [], 0
+        k = len(parts[0]) // width
+        carry = [p[k * width:] for p in parts]
+        if k:
+            rows = [p[: k * width].reshape(k, width) for p in parts]
+            head = [np.full((k, 1), v, dt) for v, dt in ((bos, np.int32), (-1, np.int64), (-1, np.int32))]
+            yield RowBlock(row, *(np.concatenate([h, r], axis=1) for h, r in zip(head, rows)))
+            row += k
+
+    first = True
+    for d, ids in _tokenized(spec, tokenizer, start.doc):
+        n = len(ids)
+        if n == 0:
+            first = False
+            continue
+        items = (np.append(np.asarray(ids, np.int32), np.int32(eos)),
+                 np.full(n + 1, d, np.int64), np.arange(n + 1, dtype=np.int32))
+        if first and d == start.doc and start.item:
+            items = tuple(a[start.item:] for a in items)
+        first = False
+        pending.append(list(items))
+        n_pending += len(items[0])
+        if n_pending >= 64 * width:
+            yield from flush(False)
+    yield from flush(True)
+
+
+def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[RowBlock]:
+    bos, eos = _special(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    L = spec.seq_len
+    for d, ids in _tokenized(spec, tokenizer, start.row):
+        ids = ids[: L - 1]
+        n = len(ids) + 1
+        tokens = np.full((1, L), pad, np.int32)
+        tokens[0, 0], tokens[0, 1:n] = bos, ids
+        doc = np.full((1, L), -1, np.int64)
+        doc[0, 1:n] = d
+        doc_pos = np.full((1, L), -1, np.int32)
+        doc_pos[0, 1:n] = np.arange(n - 1)
+        mask = np.zeros((1, L), bool)
+        mask[0, :n] = True
+        yield RowBlock(d, tokens, doc, doc_pos, mask)
+
+
+def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()) -> Iterator[RowBlock]:
+    """Blocks of consecutive rows from ``start.row`` on, until the corpus ends."""
+    if spec.packing == "pack":
+        return _packed(spec, tokenizer, start)
+    if spec.packing == "document":
+        return _per_document(spec, tokenizer, start)
+    raise CorpusError(f"Unknown packing '{spec.packing}'; expected 'pack' or 'document'.")
+
+
+class RowReader:
+    """Hands out exact numbers of rows from :func:`iter_rows`."""
+
+    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()):
+        self._blocks = iter_rows(spec, tokenizer, start)
+        self._buf: list[RowBlock] = []
+        self._n = 0
+        self.next_row = start.row
+
+    def take(self, n: int) -> RowBlock:
+        while self._n < n:
+            block = next(self._blocks, None)
+            if block is None:
+                raise CorpusExhaustedError(
+                    f"The corpus ran out at row {self.next_row + self._n}, before the {n} rows asked for from row "
+                    f"{self.next_row}; pass a smaller --n-rows / --n-tokens or a larger corpus."
+                )
+            self._buf.append(block)
+            self._n += len(block)
+        whole = RowBlock.concat(self._buf) if len(self._buf) > 1 else self._buf[0]
+        out, rest = whole.slice(0, n), whole.slice(n, len(whole))
+        self._buf, self._n = ([rest] if len(rest) else []), len(rest)
+        self.next_row += n
+        return out
+
+
+def count_rows(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> int:
+    """Rows the corpus yields, counting no further than ``limit``. Raises
+    EmptyCorpusError when it yields none."""
+    n = 0
+    for block in iter_rows(spec, tokenizer):
+        n += len(block)
+        if limit is not None and n >= limit:
+            return limit
+    if n == 0:
+        raise EmptyCorpusError(
+            f"The corpus '{spec.describe()['source']}' yields no rows of {spec.seq_len} tokens "
+            "(no documents, only empty ones, or fewer tokens than one row); pass a corpus with text or a smaller --seq-len."
+        )
+    return n

@@ -1,0 +1,84 @@
+"""One root error; each subclass also inherits the matching builtin, so that
+`except FileNotFoundError` or `except ValueError` still catches it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActStoreError",
+    "ModelNotFoundError",
+    "UnknownSiteError",
+    "CorpusError",
+    "EmptyCorpusError",
+    "MissingTextFieldError",
+    "CorpusExhaustedError",
+    "ConfigError",
+    "StoreExistsError",
+    "StoreMismatchError",
+    "StoreNotFoundError",
+    "InsufficientDiskError",
+    "WriterError",
+    "RowsNotDoneError",
+]
+
+
+class ActStoreError(Exception):
+    """Root of every error actstore raises on purpose. Messages say what was
+    expected, what was found, and the fix."""
+
+
+class ModelNotFoundError(ActStoreError, FileNotFoundError):
+    """The model name or folder cannot be loaded."""
+
+
+class UnknownSiteError(ActStoreError, KeyError):
+    """A site spec or hook name that the model does not expose."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ActStoreError, ValueError):
+    """Options that contradict each other or the model (e.g. seq_len > n_ctx)."""
+
+
+class CorpusError(ActStoreError, ValueError):
+    """The corpus cannot be read as asked."""
+
+
+class EmptyCorpusError(CorpusError):
+    """The corpus holds no tokens."""
+
+
+class MissingTextFieldError(CorpusError, KeyError):
+    """The records have no field of the given name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CorpusExhaustedError(CorpusError):
+    """The corpus ran out before the requested number of rows."""
+
+
+class StoreExistsError(ActStoreError, FileExistsError):
+    """The output path already holds something and neither resume nor overwrite was asked."""
+
+
+class StoreMismatchError(ActStoreError, ValueError):
+    """A store made with another model, corpus or config."""
+
+
+class StoreNotFoundError(ActStoreError, FileNotFoundError):
+    """No actstore store at the path."""
+
+
+class InsufficientDiskError(ActStoreError, OSError):
+    """The disk lacks room for the estimated store."""
+
+
+class WriterError(ActStoreError, OSError):
+    """Writing a chunk failed; the run stopped and the chunk is not marked done."""
+
+
+class RowsNotDoneError(ActStoreError, LookupError):
+    """Rows asked of a store that its run has not finished writing."""

@@ -1,0 +1,183 @@
+"""Load a model by hub name or local folder through TransformerBridge; resolve
+dtype and device; fingerprint the weights; run the capture forward."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .errors import ConfigError, ModelNotFoundError
+from .sites import Site, stop_layer
+
+__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "DTYPES"]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the store's metadata records of the model."""
+
+    name: str  # as given: hub name, folder, or 'actstore-demo'
+    revision: str | None
+    dtype: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    fingerprint: str  # sha256 of every weight tensor (name, dtype, shape, bytes)
+    label: str  # e.g. 'GPT-2 (hub)' or a warning that this is a random-init demo model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dim_sizes(self) -> dict[str, int]:
+        """Dimension name -> size, for naming a site's axes."""
+        return {"head": self.n_heads, "d_head": self.d_head, "d_model": self.d_model,
+                "d_mlp": self.d_mlp, "d_vocab": self.d_vocab}
+
+
+@dataclass
+class LoadedModel:
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    info: ModelInfo
+    device: str
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.bridge.tokenizer
+
+    def capture(self, tokens: torch.Tensor, sites: Sequence[Site]) -> dict[str, torch.Tensor]:
+        """Run the forward on ``tokens`` (row, pos), stopping after the last layer any
+        site needs, and return each site's activation (heads narrowed) by hook name."""
+        got: dict[str, torch.Tensor] = {}
+
+        def hook_for(site: Site):
+            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                got[site.hook] = act.detach()
+                return act
+            return fn
+
+        hooks = [(site.hook, hook_for(site)) for site in sites]
+        with torch.inference_mode():
+            self.bridge.run_with_hooks(
+                tokens.to(self.device), fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None
+            )
+        for site in sites:
+            if site.heads is not None:
+                axis = _head_axis(site.hook)
+                idx = torch.tensor(site.heads, device=got[site.hook].device)
+                got[site.hook] = got[site.hook].index_select(axis, idx)
+        return got
+
+
+def _head_axis(hook: str) -> int:
+    # (row, head, query_pos, key_pos) for patterns/scores, (row, pos, head, d_head) for q k v z
+    return 1 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 2
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"Device '{device}' was asked for, but torch sees no CUDA device; pass --device cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """float32 on CPU and float16 on GPU unless given."""
+    if dtype is None:
+        return "float32" if device == "cpu" else "float16"
+    if dtype not in DTYPES:
+        raise ConfigError(f"Unknown dtype '{dtype}'; expected one of {', '.join(DTYPES)}.")
+    return dtype
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub names may hold one '/', as in 'openai-community/gpt2'; folders are absolute,
+    # relative with ./ ../ ~, or exist
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    seen: set[int] = set()
+    for name, t in sorted(module.state_dict().items()):
+        key = t.untyped_storage().data_ptr() if t.numel() else -1
+        if key in seen and key != -1:  # tied weights (wte / lm_head) hash once
+            h.update(f"{name}=tied".encode())
+            continue
+        seen.add(key)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def load_model(name: str, dtype: str | None = None, device: str | None = "auto", revision: str | None = None) -> LoadedModel:
+    """Boot ``name`` (hub name, local folder, or 'actstore-demo') with TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from . import demo
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    label = "Hugging Face model"
+    source = name
+    if name == demo.DEMO_MODEL:
+        source = str(demo.ensure_demo_model())
+        label = demo.DEMO_MODEL_LABEL
+    elif _looks_like_path(name):
+        path = os.path.expanduser(name)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelNotFoundError(
+                f"Model folder '{name}' not found or has no config.json. Pass a folder written by "
+                "save_pretrained (config.json, weights, tokenizer) or a hub name such as 'gpt2'."
+            )
+        source = path
+        label = "local model folder"
+    kwargs: dict[str, Any] = {"device": dev, "dtype": DTYPES[dt]}
+    if revision is not None:
+        kwargs["revision"] = revision
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one that matters
+    try:
+        bridge = TransformerBridge.boot_transformers(source, **kwargs)
+    except Exception as e:  # the loaders raise OSError, ValueError, HTTP errors...
+        raise ModelNotFoundError(
+            f"Could not load model '{name}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Check the hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) and your network, or pass a local "
+            "folder written by save_pretrained; offline, set HF_HUB_OFFLINE=1 with the model in the HF cache."
+        ) from e
+    bridge.eval()
+    cfg = bridge.cfg
+    info = ModelInfo(
+        name=name,
+        revision=revision,
+        dtype=dt,
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        d_head=int(cfg.d_head),
+        d_mlp=int(getattr(cfg, "d_mlp", 4 * cfg.d_model) or 4 * cfg.d_model),
+        d_vocab=int(cfg.d_vocab),
+        n_ctx=int(cfg.n_ctx),
+        fingerprint=_fingerprint(bridge.original_model),
+        label=label,
+    )
+    return LoadedModel(bridge=bridge, info=info, device=dev)
+
+
+def check_identity(stored: Mapping[str, Any], info: ModelInfo) -> list[str]:
+    """Differences that make a store belong to another model (names may differ)."""
+    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx")
+    return [f"model.{k}: store has {stored.get(k)!r}, this run has {getattr(info, k)!r}"
+            for k in keys if stored.get(k) != getattr(info, k)]

@@ -149,6 +149,8 @@ def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
 
     try:
         files = spec.files()
+        if files and all(os.path.getsize(f) == 0 for f in files):
+            raise EmptyCorpusError(f"The dataset files {files} are empty; pass files with text.")
         if files:
             builders = {_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
             if None in builders or len(builders) != 1:

@@ -1,0 +1,119 @@
+"""Compression ratio, write and read speed of actstore's activation codecs.
+
+Captures two sites (blocks.L.hook_resid_post and blocks.L.attn.hook_z, L the middle
+layer) of a random-init GPT-2-small-shaped model (12 layers, d_model 768, 12 heads;
+built in a temp folder, no download) on rows of the bundled demo corpus, stores them
+as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
+(64, seq, ...)), and for each codec spec of actstore.store.parse_codec writes and reads
+a fresh Zarr v3 array. MB/s are of uncompressed bytes; ratio = uncompressed / on disk;
+each round trip is checked bit for bit. Best of --repeat runs; no assertions on speed.
+NB: activations of a random-init model carry no learned structure, so ratios on a
+trained model may differ.
+
+    /tmp/venv/bin/python benchmarks/bench_codecs.py
+    /tmp/venv/bin/python benchmarks/bench_codecs.py --rows 128 --seq-len 128 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from transformers.utils import logging as hf_logging
+
+from actstore.corpus import CorpusSpec, RowReader
+from actstore.demo import build_random_gpt2
+from actstore.models import load_model
+from actstore.sites import parse_sites
+from actstore.store import parse_codec
+
+CODECS = ("none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1")
+ROWS_PER_CHUNK, ROWS_PER_SHARD = 8, 64  # actstore's defaults at batch size 8 (shard capped at 256 MB)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per codec; the best is reported")
+    p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs")
+    return p.parse_args()
+
+
+def capture(rows: int, seq_len: int, tmp: Path) -> dict[str, np.ndarray]:
+    folder = build_random_gpt2(tmp / "model", n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    model = load_model(str(folder), "float32", "cpu")
+    layer = model.info.n_layers // 2
+    sites = parse_sites([f"resid_post:{layer}", f"z:{layer}"], model.bridge.hook_dict.keys(),
+                        model.info.n_layers, model.info.n_heads)
+    tokens = RowReader(CorpusSpec.from_dataset("actstore-demo", seq_len=seq_len), model.tokenizer).take(rows).tokens
+    parts: dict[str, list[np.ndarray]] = {s.hook: [] for s in sites}
+    for i in range(0, rows, ROWS_PER_CHUNK):
+        got = model.capture(torch.from_numpy(tokens[i:i + ROWS_PER_CHUNK]).long(), sites)
+        for hook, t in got.items():
+            parts[hook].append(t.to(torch.float16).numpy())
+    return {hook: np.concatenate(p) for hook, p in parts.items()}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name != "zarr.json")
+
+
+def layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """actstore's chunks and shards (None: no sharding, as actstore when they coincide)."""
+    rpc = min(ROWS_PER_CHUNK, shape[0])
+    rps = min(ROWS_PER_SHARD, -(-shape[0] // rpc) * rpc)
+    return (rpc,) + shape[1:], ((rps,) + shape[1:] if rps != rpc else None)
+
+
+def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float, float, float]:
+    """(ratio, write MB/s, read MB/s), best of ``repeat``."""
+    chunks, shards = layout(data.shape)
+    mb = data.nbytes / 1e6
+    writes: list[float] = []
+    reads: list[float] = []
+    stored = 0
+    for r in range(repeat):
+        path = root / f"{codec.replace(':', '_')}-{r}.zarr"
+        group = zarr.open_group(path, mode="w")
+        arr = group.create_array("a", shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype,
+                                 compressors=parse_codec(codec), fill_value=0, config={"write_empty_chunks": True})
+        t0 = time.perf_counter()
+        arr[:] = data
+        writes.append(time.perf_counter() - t0)
+        stored = disk_bytes(path / "a")
+        arr = zarr.open_array(path / "a", mode="r")
+        t0 = time.perf_counter()
+        back = arr[:]
+        reads.append(time.perf_counter() - t0)
+        if back.dtype != data.dtype or not np.array_equal(back.view(np.uint16), data.view(np.uint16)):
+            raise SystemExit(f"round trip of codec {codec} is not exact")
+    return data.nbytes / stored, mb / min(writes), mb / min(reads)
+
+
+def main() -> None:
+    a = parse_args()
+    hf_logging.disable_progress_bar()
+    print("bench_codecs: Zarr v3 float16 activations, actstore layout; MB/s of uncompressed bytes, "
+          f"best of {a.repeat}; zarr {zarr.__version__}, torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory(prefix="bench_codecs_") as tmp:
+        acts = capture(a.rows, a.seq_len, Path(tmp))
+        for hook, data in acts.items():
+            chunks, shards = layout(data.shape)
+            print(f"\n  {hook}  shape {data.shape}  {data.nbytes / 1e6:.1f} MB  chunks {chunks} shards {shards}")
+            print(f"  {'codec':<26}{'ratio':>7}{'write MB/s':>12}{'read MB/s':>11}  round trip")
+            for codec in a.codecs.split(","):
+                root = Path(tmp) / "arrays"
+                ratio, w, r = bench(data, codec, root, a.repeat)
+                print(f"  {codec:<26}{ratio:>7.3f}{w:>12,.0f}{r:>11,.0f}  exact")
+                shutil.rmtree(root)  # keep the temp dir small
+
+
+if __name__ == "__main__":
+    main()

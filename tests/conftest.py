@@ -1,0 +1,69 @@
+"""Shared fixtures: randomly initialised GPT-2-shaped models saved with the bundled
+GPT-2 tokenizer (no hub, no ../shared), and a small varied corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from actstore.demo import build_random_gpt2  # noqa: E402
+
+TINY = dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257)
+GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "Numbers: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20.",
+    "Unicode survives: naïve café, 東京, emoji 🙂 and tabs\tand\nnewlines.",
+    "A short one.",
+    "Interpretability researchers cache activations at scale to find circuits in language models. " * 3,
+    "x",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.",
+    "The end of the corpus is near; the last document is a little longer than the others, on purpose. " * 2,
+] * 3
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_random_gpt2(tmp_path_factory.mktemp("models") / "tiny", seed=1, **TINY))
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_random_gpt2(tmp_path_factory.mktemp("models") / "gpt2", seed=2, **GPT2_SMALL))
+
+
+@pytest.fixture(scope="session")
+def bridge(tiny_model: str):
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(tiny_model, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from actstore.demo import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _demo_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the demo model is built once per session under a temp folder, never in ~/.cache
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "actstore-cache"))
+
+
+def store_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of a store by relative path, except the root zarr.json, whose
+    attrs hold the creation time and command line (compared separately)."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and str(p.relative_to(path)) != "zarr.json"}

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+
+from actstore.corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
+from actstore.errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+
+from .conftest import DOCS
+
+EOT = 50256
+
+
+def reference_packed(docs, tokenizer, seq_len):
+    """Independent packing: one document at a time, plain Python lists."""
+    stream = []
+    for d, text in enumerate(docs):
+        ids = tokenizer.encode(text)
+        if ids:
+            stream += [(t, d, i) for i, t in enumerate(ids)] + [(EOT, d, len(ids))]
+    rows = []
+    for r in range(len(stream) // (seq_len - 1)):
+        items = [(EOT, -1, -1)] + stream[r * (seq_len - 1):(r + 1) * (seq_len - 1)]
+        rows.append(tuple(np.array(col) for col in zip(*items)))
+    return rows
+
+
+def all_rows(spec, tokenizer, start=Checkpoint()):
+    blocks = list(iter_rows(spec, tokenizer, start))
+    return (np.concatenate([b.tokens for b in blocks]), np.concatenate([b.doc for b in blocks]),
+            np.concatenate([b.doc_pos for b in blocks]))
+
+
+@pytest.mark.parametrize("seq_len", [2, 7, 32])
+def test_packing_matches_independent_tokenisation(tokenizer, seq_len):
+    ref = reference_packed(DOCS, tokenizer, seq_len)
+    tokens, doc, doc_pos = all_rows(CorpusSpec.from_dataset(DOCS, seq_len=seq_len), tokenizer)
+    assert len(tokens) == len(ref) > 0
+    assert np.array_equal(tokens, np.stack([r[0] for r in ref]))
+    assert np.array_equal(doc, np.stack([r[1] for r in ref]))
+    assert np.array_equal(doc_pos, np.stack([r[2] for r in ref]))
+    assert (tokens[:, 0] == EOT).all()  # every row starts with BOS
+    assert tokens.dtype == np.int32 and doc.dtype == np.int64 and doc_pos.dtype == np.int32
+
+
+def test_seek_from_checkpoint_equals_reading_from_start(tokenizer):
+    spec = CorpusSpec.from_dataset(DOCS, seq_len=16)
+    tokens, doc, doc_pos = all_rows(spec, tokenizer)
+    for r in (1, 5, 11, len(tokens) - 1):
+        start = Checkpoint(row=r, doc=int(doc[r - 1, -1]), item=int(doc_pos[r - 1, -1]) + 1)
+        t2, d2, p2 = all_rows(spec, tokenizer, start)
+        assert np.array_equal(t2, tokens[r:]) and np.array_equal(d2, doc[r:]) and np.array_equal(p2, doc_pos[r:])
+
+
+def test_row_reader_takes_exact_counts(tokenizer):
+    spec = CorpusSpec.from_dataset(DOCS, seq_len=8)
+    tokens, _, _ = all_rows(spec, tokenizer)
+    reader = RowReader(spec, tokenizer)
+    parts = [reader.take(n) for n in (3, 1, 10)]
+    assert [p.start for p in parts] == [0, 3, 4]
+    assert np.array_equal(np.concatenate([p.tokens for p in parts]), tokens[:14])
+    with pytest.raises(CorpusExhaustedError, match="ran out"):
+        reader.take(10**6)
+
+
+def test_document_mode_pads_and_masks(tokenizer):
+    spec = CorpusSpec.from_dataset(DOCS[:8], seq_len=12, packing="document")
+    blocks = list(iter_rows(spec, tokenizer))
+    assert [b.start for b in blocks] == list(range(8))
+    for d, b in enumerate(blocks):
+        ids = tokenizer.encode(DOCS[d])[:11]
+        n = len(ids) + 1
+        assert b.tokens[0, 0] == EOT and list(b.tokens[0, 1:n]) == ids and (b.tokens[0, n:] == EOT).all()
+        assert b.mask[0].tolist() == [True] * n + [False] * (12 - n)
+        assert b.doc[0].tolist() == [-1] + [d] * (n - 1) + [-1] * (12 - n)
+        assert b.doc_pos[0].tolist() == [-1] + list(range(n - 1)) + [-1] * (12 - n)
+    later = list(iter_rows(spec, tokenizer, Checkpoint(row=5, doc=5)))
+    assert [b.start for b in later] == [5, 6, 7] and np.array_equal(later[0].tokens, blocks[5].tokens)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt", "parquet", "csv"])
+def test_local_files_equal_python_list(tmp_path, tokenizer, fmt):
+    docs = [d.replace("\n", " ") for d in DOCS if d]  # one line per document for .txt
+    path = tmp_path / f"corpus.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    elif fmt == "txt":
+        path.write_text("\n".join(docs) + "\n")
+    else:
+        import pandas as pd
+
+        df = pd.DataFrame({"text": docs})
+        df.to_parquet(path) if fmt == "parquet" else df.to_csv(path, index=False)
+    from_file = all_rows(CorpusSpec.from_dataset(str(path), seq_len=16), tokenizer)
+    from_list = all_rows(CorpusSpec.from_dataset(docs, seq_len=16), tokenizer)
+    for a, b in zip(from_file, from_list):
+        assert np.array_equal(a, b)
+
+
+def test_missing_text_field_names_the_fields(tmp_path, tokenizer):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"body": "hello", "id": 1}) + "\n")
+    with pytest.raises(MissingTextFieldError, match=r"no field 'text' \(fields: body, id\); pass --text-field"):
+        count_rows(CorpusSpec.from_dataset(str(path)), tokenizer)
+
+
+def test_empty_corpus(tokenizer, tmp_path):
+    with pytest.raises(EmptyCorpusError, match="yields no rows"):
+        count_rows(CorpusSpec.from_dataset(["", ""]), tokenizer)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EmptyCorpusError):
+        count_rows(CorpusSpec.from_dataset(str(empty)), tokenizer)
+
+
+def test_missing_file(tokenizer):
+    with pytest.raises(CorpusError, match="not found"):
+        CorpusSpec.from_dataset("no/such/file.jsonl").files()
+
+
+def test_count_rows_stops_at_limit(tokenizer):
+    spec = CorpusSpec.from_dataset(DOCS, seq_len=8)
+    total = count_rows(spec, tokenizer)
+    assert count_rows(spec, tokenizer, limit=3) == 3 and total == len(all_rows(spec, tokenizer)[0])

@@ -1,0 +1,134 @@
+"""SIGKILL a real caching process mid-run, resume, and compare byte for byte with an
+uninterrupted run. Also: resume refuses a store of another config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import actstore
+from actstore.errors import StoreMismatchError
+
+from .conftest import DOCS, store_files
+
+OPTS = dict(sites="resid_post:all,z:1,pattern:2.0", seq_len=16, n_rows=30, batch_size=4,
+            rows_per_chunk=4, rows_per_shard=8)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 2))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model, corpus_file):
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **OPTS)
+    return out
+
+
+def cli_args(out, model, corpus):
+    return [sys.executable, "-m", "actstore", "cache", str(out), "--model", model, "--dataset", corpus,
+            "--sites", OPTS["sites"], "--seq-len", "16", "--n-rows", "30", "--batch-size", "4",
+            "--rows-per-chunk", "4", "--rows-per-shard", "8", "--quiet"]
+
+
+def assert_same_store(a, b):
+    fa, fb = store_files(a), store_files(b)
+    assert sorted(fa) == sorted(fb)
+    assert [k for k in fa if fa[k] != fb[k]] == []
+    ma, mb = actstore.ActivationStore.open(a).metadata, actstore.ActivationStore.open(b).metadata
+    for m in (ma, mb):
+        m.pop("created"), m.pop("command_line")
+    assert ma == mb
+
+
+def resume(out, model, corpus, **kw):
+    return actstore.cache(out=str(out), model=model, dataset=corpus, resume=True, progress=False, **{**OPTS, **kw})
+
+
+@pytest.mark.parametrize("fault", ["before_write:1", "mid_write:1", "before_done:2", "after_done:0", "mid_write:3"])
+def test_sigkill_at_each_write_point_then_resume(tmp_path, tiny_model, corpus_file, reference, fault):
+    out = tmp_path / "killed.zarr"
+    env = {**os.environ, "ACTSTORE_FAULT": fault}
+    proc = subprocess.run(cli_args(out, tiny_model, corpus_file), env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    partial = actstore.ActivationStore.open(out)
+    shard = int(fault.split(":")[1])
+    expect_done = shard + 1 if fault.startswith("after_done") else shard
+    assert partial.rows_done == expect_done * 8 and not partial.is_complete
+    store = resume(out, tiny_model, corpus_file)
+    assert store.is_complete
+    assert_same_store(out, reference)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_timed_point_then_resume_with_other_batch_size(tmp_path, tiny_model, corpus_file, reference, seed):
+    """Kill a random few milliseconds after the first shard is done: wherever the
+    writer is then. The resume uses another batch size (layout comes from the store)."""
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(cli_args(out, tiny_model, corpus_file), stderr=subprocess.PIPE)
+    first_done = out / "done" / "c" / "0"
+    deadline = time.monotonic() + 300
+    while not first_done.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep([0.0, 0.015][seed])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    done_at_kill = actstore.ActivationStore.open(out).rows_done
+    print("rows done at kill", done_at_kill, proc.returncode)
+    assert 8 <= done_at_kill < 30, "the kill landed after the run ended"
+    store = resume(out, tiny_model, corpus_file, batch_size=3, rows_per_chunk=None, rows_per_shard=None)
+    assert store.is_complete
+    assert_same_store(out, reference)
+
+
+def test_resume_of_complete_store_changes_nothing(tmp_path, tiny_model, corpus_file, reference):
+    import shutil
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    before = store_files(out)
+    resume(out, tiny_model, corpus_file)
+    assert store_files(out) == before
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(seq_len=12), "corpus"),
+    (dict(sites="resid_post:all"), "sites"),
+    (dict(storage_dtype="float16"), "storage_dtype"),
+    (dict(n_rows=31), "layout"),
+    (dict(rows_per_shard=4), "layout"),
+])
+def test_resume_refuses_another_config_and_leaves_store_untouched(tmp_path, tiny_model, corpus_file, reference, change, field):
+    import shutil
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    before = store_files(out), (out / "zarr.json").read_bytes()
+    with pytest.raises(StoreMismatchError, match=rf"another model, corpus or config.*\n  {field}"):
+        resume(out, tiny_model, corpus_file, **change)
+    assert (store_files(out), (out / "zarr.json").read_bytes()) == before
+
+
+def test_resume_refuses_another_model(tmp_path, tiny_model, corpus_file, reference):
+    import shutil
+
+    from actstore.demo import build_random_gpt2
+
+    from .conftest import TINY
+
+    other = build_random_gpt2(tmp_path / "other", seed=99, **TINY)
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    before = store_files(out)
+    with pytest.raises(StoreMismatchError, match=r"model.fingerprint"):
+        resume(out, str(other), corpus_file)
+    assert store_files(out) == before

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
 from .sites import Site, stop_layer
 
 __all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "DTYPES"]
@@ -55,28 +55,46 @@ class LoadedModel:
     def tokenizer(self) -> Any:
         return self.bridge.tokenizer
 
-    def capture(self, tokens: torch.Tensor, sites: Sequence[Site]) -> dict[str, torch.Tensor]:
-        """Run the forward on ``tokens`` (row, pos), stopping after the last layer any
-        site needs, and return each site's activation (heads narrowed) by hook name."""
+    def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True) -> dict[str, torch.Tensor]:
+        """Run the forward on ``tokens`` (row, pos) and return each site's activation
+        (heads narrowed) by hook name. The forward is abandoned as soon as the last
+        site's hook has fired: later blocks, ln_final and the unembedding never run
+        unless a site needs them. ``keep=False`` runs the same truncated forward
+        without keeping anything (the bare-forward reference of the benchmarks)."""
         got: dict[str, torch.Tensor] = {}
+        wanted = {site.hook for site in sites}
 
         def hook_for(site: Site):
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                got[site.hook] = act.detach()
+                got[site.hook] = act.detach() if keep else act[:0]
+                if len(got) == len(wanted):
+                    raise _CaptureDone
                 return act
             return fn
 
         hooks = [(site.hook, hook_for(site)) for site in sites]
-        with torch.inference_mode():
-            self.bridge.run_with_hooks(
-                tokens.to(self.device), fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None
-            )
+        try:
+            with torch.inference_mode():
+                self.bridge.run_with_hooks(
+                    tokens.to(self.device), fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None
+                )
+        except _CaptureDone:
+            pass
+        missing = wanted - set(got)
+        if missing:
+            raise UnknownSiteError(f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached.")
+        if not keep:
+            return {}
         for site in sites:
             if site.heads is not None:
                 axis = _head_axis(site.hook)
                 idx = torch.tensor(site.heads, device=got[site.hook].device)
                 got[site.hook] = got[site.hook].index_select(axis, idx)
         return got
+
+
+class _CaptureDone(Exception):
+    """Raised by the last capture hook to abandon the rest of the forward."""
 
 
 def _head_axis(hook: str) -> int:

@@ -1,15 +1,16 @@
 """Caching throughput against the bare forward it wraps.
 
 Measures, in one run and on the same token rows:
-  (a) bare forward: TransformerBridge.run_with_hooks with no hooks, the same stop layer
-      and batch size as actstore, under torch.inference_mode  -> tokens/s
+  (a) bare forward: the same truncated forward actstore runs (abandoned right after the
+      last needed hook; LoadedModel.capture(keep=False) keeps nothing), same batch size,
+      under torch.inference_mode  -> tokens/s
   (b) actstore.cache() of the same rows into a fresh store in a temp dir  -> tokens/s,
       end to end (whole call: model load, shape probe, corpus count, store creation,
       forward + capture + write, stats) and with the separately timed load_model()
       subtracted ("excluding load")
   (c) the ratio caching / bare forward.
 The model is a random-init GPT-2-shaped model built into a temp folder (no download).
-Each figure is the best of --repeat runs, after one warm-up run of each. No assertions
+Each figure is the best of --repeat runs, after --warmup untimed runs of each. No assertions
 on timings: the figures are information only.
 
     /tmp/venv/bin/python benchmarks/bench_cache.py                      # GPT-2-small shape, defaults
@@ -34,7 +35,7 @@ from transformers.utils import logging as hf_logging
 import actstore
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
-from actstore.sites import parse_sites, stop_layer
+from actstore.sites import Site, parse_sites, stop_layer
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--codec", default="none", help="activations' codec passed to actstore.cache")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each before timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs of each; the best is reported")
     p.add_argument("--out-json", default=None, help="also write the results to this JSON file")
@@ -65,11 +67,9 @@ def best_of(n: int, fn: Callable[[], object]) -> float:
     return min(times)
 
 
-def bare_forward(model: LoadedModel, tokens: torch.Tensor, stop: int | None, batch_size: int) -> None:
-    with torch.inference_mode():
-        for i in range(0, len(tokens), batch_size):
-            model.bridge.run_with_hooks(tokens[i:i + batch_size].to(model.device), fwd_hooks=[],
-                                        stop_at_layer=stop, return_type=None)
+def bare_forward(model: LoadedModel, tokens: torch.Tensor, sites: list[Site], batch_size: int) -> None:
+    for i in range(0, len(tokens), batch_size):
+        model.capture(tokens[i:i + batch_size], sites, keep=False)
     if model.device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"  model: random-init GPT-2 shape, {a.n_layers} layers, d_model {a.d_model}, {a.n_heads} heads; "
           f"{a.device} {a.dtype}; torch threads {torch.get_num_threads()}")
     print(f"  run: {a.n_rows} rows x {a.seq_len} tokens = {tokens_total:,} tokens, batch {a.batch_size}, "
-          f"sites {a.sites!r}, codec {a.codec!r}, best of {a.repeat} after 1 warm-up")
+          f"sites {a.sites!r}, codec {a.codec!r}, best of {a.repeat} after {a.warmup} warm-up")
 
     hf_logging.disable_progress_bar()  # save_pretrained's bar
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
@@ -98,7 +98,8 @@ def main() -> None:
                                   batch_size=a.batch_size, device=a.device, dtype=a.dtype, codec=a.codec,
                                   progress=False, check_disk=False)
 
-        # warm-up: one caching run (its store supplies the exact rows) and one bare forward
+        # warm-up (first runs in a process are slow: allocator, thread pool, fresh memory pages);
+        # the first caching run's store supplies the exact rows for the bare forward
         store = run_cache()
         tokens = torch.from_numpy(store.tokens(slice(0, a.n_rows))).long()
         store_mb = sum(f.stat().st_size for f in Path(store.path).rglob("*") if f.is_file()) / 1e6
@@ -106,14 +107,17 @@ def main() -> None:
         model = load_model(str(folder), a.dtype, a.device)
         sites = parse_sites(a.sites, model.bridge.hook_dict.keys(), model.info.n_layers, model.info.n_heads)
         stop = stop_layer(sites)
-        bare_forward(model, tokens, stop, a.batch_size)
+        for w in range(a.warmup):
+            bare_forward(model, tokens, sites, a.batch_size)
+            if w:
+                shutil.rmtree(run_cache().path)
 
         load_times: list[float] = []
         bare_times: list[float] = []
         cache_times: list[float] = []
         stores: list[actstore.ActivationStore] = []
         for _ in range(a.repeat):  # interleaved, so drift hits each alike
-            bare_times.append(best_of(1, lambda: bare_forward(model, tokens, stop, a.batch_size)))
+            bare_times.append(best_of(1, lambda: bare_forward(model, tokens, sites, a.batch_size)))
             cache_times.append(best_of(1, lambda: stores.append(run_cache())))
             shutil.rmtree(stores.pop().path)
             load_times.append(best_of(1, lambda: load_model(str(folder), a.dtype, a.device)))
@@ -133,7 +137,7 @@ def main() -> None:
     print(f"  {len(sites)} sites, stop_at_layer={stop}, store {store_mb:.1f} MB on disk")
     print()
     print(f"  {'measurement':<34}{'seconds':>10}{'tokens/s':>12}{'vs bare':>10}{'max/min':>10}")
-    rows = [("bare forward (no hooks)", bare_s, 1.0, bare_times),
+    rows = [("bare forward (same stop, no capture)", bare_s, 1.0, bare_times),
             ("actstore.cache, end to end", cache_s, res["ratio_end_to_end"], cache_times),
             ("actstore.cache, excluding load", steady_s, res["ratio_excluding_load"], None)]
     for name, s, ratio, ts in rows:

@@ -134,18 +134,26 @@ def test_document_mode_store(tmp_path, tiny_model, bridge):
     assert s.stats("blocks.1.hook_resid_post").count == mask.sum()
 
 
-def test_forward_stops_after_last_needed_layer(tiny_model, monkeypatch):
+def test_forward_stops_after_last_needed_hook(tiny_model):
     from actstore.models import load_model
     from actstore.sites import Site
 
     m = load_model(tiny_model, "float32", "cpu")
-    fired = []
+    started = []
     for layer in range(3):
-        m.bridge.blocks[layer].register_forward_hook(lambda mod, i, o, layer=layer: fired.append(layer))
-    unembed = []
-    m.bridge.unembed.register_forward_hook(lambda *a: unembed.append(1))
-    m.capture(torch.zeros(1, 4, dtype=torch.long), [Site("blocks.0.hook_resid_post", 0), Site("blocks.1.attn.hook_z", 1)])
-    assert fired == [0, 1] and unembed == []
+        m.bridge.blocks[layer].register_forward_pre_hook(lambda mod, a, layer=layer: started.append(layer))
+    m.bridge.ln_final.register_forward_pre_hook(lambda *a: started.append("ln_final"))
+    m.bridge.unembed.register_forward_pre_hook(lambda *a: started.append("unembed"))
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+
+    m.capture(tokens, [Site("blocks.0.hook_resid_post", 0), Site("blocks.1.attn.hook_z", 1)])
+    assert started == [0, 1]
+    started.clear()
+    m.capture(tokens, [Site("blocks.2.hook_resid_post", 2)])  # the last block: still no ln_final/unembed
+    assert started == [0, 1, 2]
+    started.clear()
+    got = m.capture(tokens, [Site("unembed.hook_out", None)])
+    assert started == [0, 1, 2, "ln_final", "unembed"] and got["unembed.hook_out"].shape == (1, 4, 50257)
 
 
 @pytest.mark.slow

@@ -99,7 +99,8 @@ def info_text(store: ActivationStore) -> str:
         f"corpus     {corpus['source']}  (split {corpus['split']}, field '{corpus['text_field']}', {corpus['kind']})",
         f"           seq_len {corpus['seq_len']}, packing {corpus['packing']}: {corpus['bos_policy']}",
         f"rows       {store.rows_done} / {lay['n_rows']} done"
-        f"  ({lay['n_shards']} shards of {lay['rows_per_shard']} rows, chunks of {lay['rows_per_chunk']})",
+        f"  ({lay['n_shards']} shard{'s' if lay['n_shards'] != 1 else ''} of {lay['rows_per_shard']} rows,"
+        f" chunks of {lay['rows_per_chunk']})",
         f"storage    {m['storage_dtype']}, codec {m['codec']}",
         "sites",
     ]

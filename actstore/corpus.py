@@ -37,6 +37,13 @@ _BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "par
 _DOC_BATCH = 256  # documents per tokenizer call
 
 
+def _looks_like_file(name: str) -> bool:
+    """Hub names look like 'org/name'; files have an extension we read, a glob, or
+    start like a path."""
+    return (os.path.splitext(name)[1].lower() in _BUILDERS or glob.has_magic(name)
+            or name.startswith((".", os.sep, "~")) or os.path.isfile(name))
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """Where the documents come from and how they become rows."""
@@ -52,15 +59,16 @@ class CorpusSpec:
 
     @classmethod
     def from_dataset(cls, dataset: str | Sequence[str], **kw: Any) -> "CorpusSpec":
-        """A str is a hub name, a file, a glob or 'actstore-demo'; a list of existing
-        files is files; any other list is the documents themselves."""
+        """A str is a hub name, a file, a glob or 'actstore-demo'; a list whose items
+        all look like files (a known extension, a glob, or ./ / ~) is files; any
+        other list is the documents themselves."""
         if isinstance(dataset, str):
             return cls(source=dataset, **kw)
         items = tuple(dataset)
-        if items and all(isinstance(x, str) and (os.path.isfile(x) or glob.has_magic(x)) for x in items):
-            return cls(source=items, **kw)
         if not all(isinstance(x, str) for x in items):
             raise CorpusError("A Python list corpus must hold strings, one document each.")
+        if items and all(_looks_like_file(x) for x in items):
+            return cls(source=items, **kw)
         return cls(source="python-list", documents=items, **kw)
 
     @property
@@ -79,7 +87,7 @@ class CorpusSpec:
         found: list[str] = []
         for name in names:
             hits = sorted(glob.glob(os.path.expanduser(name)))
-            if not hits and (isinstance(self.source, tuple) or os.sep in name or os.path.splitext(name)[1] in _BUILDERS):
+            if not hits and (isinstance(self.source, tuple) or _looks_like_file(name)):
                 raise CorpusError(f"Dataset file '{name}' not found. Pass existing .txt/.jsonl/.parquet/.csv files or a hub dataset name.")
             found += hits
         return found

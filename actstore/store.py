@@ -141,11 +141,12 @@ def fsync_shard(root_path: str, arr: zarr.Array, k: int) -> None:
     """fsync the object holding shard k of ``arr`` (local stores)."""
     key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
     p = os.path.join(root_path, arr.path, key)
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    for target in (p, os.path.dirname(p)):  # the file, then the rename in its folder
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_partial_files(path: str) -> int:

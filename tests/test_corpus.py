@@ -122,3 +122,55 @@ def test_count_rows_stops_at_limit(tokenizer):
     spec = CorpusSpec.from_dataset(DOCS, seq_len=8)
     total = count_rows(spec, tokenizer)
     assert count_rows(spec, tokenizer, limit=3) == 3 and total == len(all_rows(spec, tokenizer)[0])
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """datasets.load_dataset for a hub name, offline: records the call and streams DOCS."""
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+
+    def load_dataset(path, name=None, **kw):
+        if path != "someorg/some-corpus":
+            return real(path, name, **kw)
+        calls.append((path, name, kw))
+        return datasets.IterableDataset.from_generator(lambda: ({"text": d} for d in DOCS))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_names_with_a_slash_are_hub_datasets(fake_hub, tokenizer):
+    spec = CorpusSpec.from_dataset("someorg/some-corpus", split="validation", config_name="c1", revision="r2", seq_len=16)
+    assert spec.kind == "hub" and spec.files() == []
+    got = all_rows(spec, tokenizer)
+    want = all_rows(CorpusSpec.from_dataset(DOCS, seq_len=16), tokenizer)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert fake_hub[0] == ("someorg/some-corpus", "c1", {"split": "validation", "revision": "r2", "streaming": True})
+    _, doc, doc_pos = want
+    start = Checkpoint(row=4, doc=int(doc[3, -1]), item=int(doc_pos[3, -1]) + 1)  # resume through ds.skip
+    assert np.array_equal(all_rows(spec, tokenizer, start)[0], want[0][4:])
+
+
+def test_hub_dataset_needs_a_length(fake_hub, tiny_model, tmp_path):
+    import actstore
+    from actstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="streamed.*pass --n-rows or --n-tokens"):
+        actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset="someorg/some-corpus", seq_len=16,
+                       sites="resid_post:0", progress=False)
+    s = actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset="someorg/some-corpus", seq_len=16,
+                       sites="resid_post:0", n_rows=5, progress=False)
+    assert s.is_complete and s.metadata["corpus"]["kind"] == "hub" and s.metadata["corpus"]["source"] == "someorg/some-corpus"
+
+
+def test_file_lists_are_files_even_when_one_is_missing(tmp_path):
+    real = tmp_path / "a.jsonl"
+    real.write_text('{"text": "hi"}\n')
+    spec = CorpusSpec.from_dataset([str(real), str(tmp_path / "b.jsonl")])
+    assert spec.documents is None
+    with pytest.raises(CorpusError, match="b.jsonl' not found"):
+        spec.files()
+    assert CorpusSpec.from_dataset(["just some text", "more text"]).kind == "python-list"

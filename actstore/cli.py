@@ -23,11 +23,25 @@ CACHE_EXAMPLE = """examples:
 """
 
 
+# Modules that add a subcommand: each has register(sub) -> None, which adds its parser
+# with set_defaults(run=handler), handler(args) -> exit code.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _parser() -> argparse.ArgumentParser:
+    import importlib
+
     p = argparse.ArgumentParser(prog="actstore", description="Cache transformer activations into Zarr stores.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+    _register_cache(sub)
+    _register_info(sub)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"actstore.{name}").register(sub)
+    return p
 
+
+def _register_cache(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cache", help="stream a corpus through a model and store activations",
                        epilog=CACHE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("out", help="the store to write (a folder, e.g. acts.zarr)")
@@ -61,15 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-disk-check", action="store_true", help="skip the free-space check")
     c.add_argument("--no-fsync", action="store_true", help="do not fsync shards before marking them done")
     c.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    c.set_defaults(run=_cache)
 
+
+def _register_info(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="describe a store", epilog="example:\n  actstore info demo.zarr",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("store")
     i.add_argument("--json", action="store_true", help="print the metadata and progress as JSON")
-    return p
+    i.set_defaults(run=_info)
 
 
-def _cache(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _cache(args: argparse.Namespace) -> int:
     dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     cfg = CacheConfig(
         out=args.out, model=args.model, dataset=dataset, sites=args.sites, split=args.split,
@@ -78,7 +95,7 @@ def _cache(args: argparse.Namespace, argv: Sequence[str]) -> int:
         packing=args.packing, dtype=args.dtype, storage_dtype=args.storage_dtype, batch_size=args.batch_size,
         rows_per_chunk=args.rows_per_chunk, rows_per_shard=args.rows_per_shard, codec=args.codec,
         device=args.device, resume=args.resume, overwrite=args.overwrite, check_disk=not args.no_disk_check,
-        durable=not args.no_fsync, progress=not args.quiet, command_line=shlex.join(["actstore", *argv]),
+        durable=not args.no_fsync, progress=not args.quiet, command_line=shlex.join(["actstore", *args.argv]),
     )
     store = cache(cfg)
     if not args.quiet:
@@ -129,10 +146,9 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # provenance for jobs that record their command line
     try:
-        if args.command == "cache":
-            return _cache(args, argv)
-        return _info(args)
+        return int(args.run(args))
     except ActStoreError as e:
         if args.debug:
             raise

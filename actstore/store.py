@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -280,6 +280,49 @@ class ActivationStore:
         tok = self.tokenizer
         return [tok.decode([int(t)]) for t in self.tokens(row)]
 
+    def iter_blocks(self, hooks: Sequence[str], rows: slice = slice(None), block_rows: int | None = None
+                    ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+        """Stream ``hooks`` over ``rows`` in blocks of whole inner chunks (default:
+        one shard), so a store larger than memory is read once, in order. Yields
+        (row slice, {hook: array (row, ...)}); the slice is absolute."""
+        a, b, _ = rows.indices(self.n_rows)
+        self._check_done(slice(a, b))
+        step = block_rows or self.layout.rows_per_shard
+        for hook in hooks:
+            self.site(hook)
+        start = a
+        while start < b:
+            stop = min((start // step + 1) * step, b)  # block edges on multiples of step
+            sl = slice(start, stop)
+            yield sl, {hook: np.asarray(self.group[f"acts/{hook}"][sl]) for hook in hooks}
+            start = stop
+
+    # --- results -----------------------------------------------------------------
+    def save_result(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: Mapping[str, Any] | None = None,
+                    overwrite: bool = True) -> zarr.Array:
+        """Write a job's output to results/<name> (e.g. 'probes/blocks.3.hook_resid_post/weight')
+        with dimension names; attrs are JSON-serialisable provenance."""
+        if len(dims) != np.ndim(data):
+            raise ConfigError(f"Result '{name}': {len(dims)} dimension names for an array of {np.ndim(data)} dimensions.")
+        root = zarr.open_group(self.path, mode="r+")
+        arr = root.create_array(f"results/{name}", shape=np.shape(data), dtype=np.asarray(data).dtype,
+                                dimension_names=tuple(dims), overwrite=overwrite)
+        arr[...] = data
+        if attrs:
+            arr.attrs.update(dict(attrs))
+        self.group = zarr.open_group(self.path, mode="r")
+        return arr
+
+    def load_result(self, name: str) -> zarr.Array:
+        key = f"results/{name}"
+        if key not in self.group:
+            raise StoreNotFoundError(f"Store '{self.path}' has no result '{name}'; run the job that writes it first.")
+        return self.group[key]  # type: ignore[return-value]
+
+    def results(self) -> list[str]:
+        """Names of every array under results/."""
+        return sorted(_walk_arrays(self.group["results"])) if "results" in self.group else []
+
     # --- stats -----------------------------------------------------------------
     def stats(self, hook: str) -> Moments:
         """Per-feature count, mean and M2 (float64) over the done rows of ``hook``
@@ -292,6 +335,13 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
+
+
+def _walk_arrays(group: zarr.Group) -> list[str]:
+    out = [name for name, _ in group.arrays()]
+    for gname, sub in group.groups():
+        out += [f"{gname}/{p}" for p in _walk_arrays(sub)]
+    return out
 
 
 def merge_partials(group: zarr.Group, hook: str, done: np.ndarray) -> Moments:

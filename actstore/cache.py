@@ -163,7 +163,7 @@ def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
 
 def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
     want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
-    if spec.kind != "hub":  # finite and local: count now, so a short corpus fails before work starts
+    if spec.kind not in ("hub", "synthetic"):  # finite and local: count now, so a short corpus fails up front
         available = count_rows(spec, tokenizer, limit=want)
         if want is not None and available < want:
             raise CorpusExhaustedError(
@@ -172,7 +172,8 @@ def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
             )
         return want or available
     if want is None:
-        raise ConfigError(f"Hub dataset '{spec.source}' is streamed, so its length is unknown up front; pass --n-rows or --n-tokens.")
+        what = "is streamed, so its length is unknown up front" if spec.kind == "hub" else "never ends"
+        raise ConfigError(f"Dataset '{spec.source}' {what}; pass --n-rows or --n-tokens.")
     if next(iter_rows(spec, tokenizer), None) is None:
         raise EmptyCorpusError(f"The dataset '{spec.source}' yields no rows of {cfg.seq_len} tokens; check --split and --text-field.")
     return want
@@ -304,6 +305,8 @@ def _moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) -> Mome
     """Moments over (row, pos) of one shard of a site, in fixed-size pieces."""
     axis = shape.dims.index("pos") + 1
     x = np.moveaxis(buf, axis, 1)  # (row, pos, *feature)
+    if mask is not None and x.shape[1] == mask.shape[1] - 1:
+        mask = mask[:, 1:]  # loss at pos predicts token pos + 1: real where that token is
     total = Moments.empty(shape.feature_shape or ())
     for r in range(0, len(x), 8):
         piece = x[r:r + 8]

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+from .synthetic import is_synthetic, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS"]
 
@@ -77,12 +78,16 @@ class CorpusSpec:
             return "python-list"
         if self.source == DEMO_CORPUS:
             return "demo"
+        if is_synthetic(self.source):
+            return "synthetic"
         return "files" if self.files() else "hub"
 
     def files(self) -> list[str]:
         """Local files named by the source (empty for a hub name)."""
         if self.source == DEMO_CORPUS:
             return [str(resources.files("actstore") / "data" / "demo_corpus.jsonl")]
+        if is_synthetic(self.source):
+            return []
         names = (self.source,) if isinstance(self.source, str) else self.source
         found: list[str] = []
         for name in names:
@@ -276,8 +281,19 @@ def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterat
         yield RowBlock(d, tokens, doc, doc_pos, mask)
 
 
+def _synthetic(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[RowBlock]:
+    gen = parse_synthetic(str(spec.source), spec.seq_len)
+    pos = np.concatenate([[-1], np.arange(2 * gen.half_len)]).astype(np.int32)
+    for r, tokens in gen.rows(tokenizer, start.row):
+        rows = np.arange(r, r + len(tokens), dtype=np.int64)[:, None]
+        doc = np.where(pos[None, :] < 0, -1, rows).astype(np.int64)  # one document per row
+        yield RowBlock(r, tokens, doc, np.broadcast_to(pos, tokens.shape).copy())
+
+
 def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()) -> Iterator[RowBlock]:
     """Blocks of consecutive rows from ``start.row`` on, until the corpus ends."""
+    if spec.kind == "synthetic":
+        return _synthetic(spec, tokenizer, start)
     if spec.packing == "pack":
         return _packed(spec, tokenizer, start)
     if spec.packing == "document":

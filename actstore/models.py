@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
-from .sites import Site, stop_layer
+from .sites import DERIVED_SITES, Site, stop_layer
 
 __all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "DTYPES"]
 
@@ -63,21 +63,23 @@ class LoadedModel:
         without keeping anything (the bare-forward reference of the benchmarks)."""
         got: dict[str, torch.Tensor] = {}
         wanted = {site.hook for site in sites}
+        tokens = tokens.to(self.device)
 
         def hook_for(site: Site):
+            derive = _DERIVE.get(site.hook)
+
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                got[site.hook] = act.detach() if keep else act[:0]
+                value = act.detach() if derive is None else derive(act, tokens)
+                got[site.hook] = value if keep else value[:0]
                 if len(got) == len(wanted):
                     raise _CaptureDone
                 return act
             return fn
 
-        hooks = [(site.hook, hook_for(site)) for site in sites]
+        hooks = [(DERIVED_SITES.get(site.hook, site.hook), hook_for(site)) for site in sites]
         try:
             with torch.inference_mode():
-                self.bridge.run_with_hooks(
-                    tokens.to(self.device), fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None
-                )
+                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None)
         except _CaptureDone:
             pass
         missing = wanted - set(got)
@@ -91,6 +93,15 @@ class LoadedModel:
                 idx = torch.tensor(site.heads, device=got[site.hook].device)
                 got[site.hook] = got[site.hook].index_select(axis, idx)
         return got
+
+
+def _loss_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(row, pos - 1): the formula of TransformerLens's lm_cross_entropy_loss."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+_DERIVE = {"loss": _loss_per_token}
 
 
 class _CaptureDone(Exception):

@@ -41,6 +41,9 @@ GLOBAL_SITES: dict[str, str] = {
     "pos_embed": "hook_pos_embed",
     "logits": "unembed.hook_out",
 }
+# sites computed from a hook rather than read from it: name -> the hook they need.
+# loss: -log p(token[pos+1] | tokens[:pos+1]), as TransformerLens's loss_per_token, (pos = seq_len - 1)
+DERIVED_SITES: dict[str, str] = {"loss": "unembed.hook_out"}
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _SELECTOR_RE = re.compile(r"^(all|\d+(-\d+)?|\d+\.\d+)$")
 _EMBED_PREFIXES = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")
@@ -118,12 +121,12 @@ def _split_specs(spec: str | Sequence[str]) -> list[str]:
 
 
 def _unknown(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
-    vocab = sorted(set(SHORT_SITES) | set(GLOBAL_SITES) | set(hook_names))
+    vocab = sorted(set(SHORT_SITES) | set(GLOBAL_SITES) | set(DERIVED_SITES) | set(hook_names))
     close = difflib.get_close_matches(name, vocab, n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     return UnknownSiteError(
         f"Unknown site '{name}'.{hint} Use a short spec ({', '.join(SHORT_SITES)}, "
-        f"{', '.join(GLOBAL_SITES)}) with layers, e.g. 'resid_post:all', 'z:5-7', 'pattern:5.1', "
+        f"{', '.join([*GLOBAL_SITES, *DERIVED_SITES])}) with layers, e.g. 'resid_post:all', 'z:5-7', 'pattern:5.1', "
         "or any hook name the model exposes."
     )
 
@@ -137,7 +140,7 @@ def parse_sites(
     wanted: dict[str, set[int] | None] = {}  # hook -> heads (None = all)
 
     def add(hook: str, head: int | None, spec_text: str) -> None:
-        if hook not in hook_names:
+        if hook not in hook_names and hook not in DERIVED_SITES:
             raise _unknown(hook, hook_names)
         if head is not None and not 0 <= head < n_heads:
             raise UnknownSiteError(
@@ -157,6 +160,8 @@ def parse_sites(
         name, _, selectors = s.partition(":")
         if name in GLOBAL_SITES and not selectors:
             add(GLOBAL_SITES[name], None, s)
+        elif name in DERIVED_SITES and not selectors:
+            add(name, None, s)
         elif name in SHORT_SITES:
             if not selectors:
                 raise UnknownSiteError(f"Site '{s}' needs layers, e.g. '{name}:all', '{name}:5' or '{name}:5-7'.")
@@ -225,7 +230,7 @@ def probe_shapes(
         sa, sb = tuple(a[site.hook].shape[1:]), tuple(b[site.hook].shape[1:])
         pos_axes = {i for i, (x, y) in enumerate(zip(sa, sb)) if x != y}
         dims = _name_dims(sa, pos_axes, sizes)
-        shape = tuple(seq_len if i in pos_axes else s for i, s in enumerate(sa))
+        shape = tuple(seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa))  # loss: seq_len - 1
         if site.heads is not None:
             if "head" not in dims:
                 raise UnknownSiteError(f"Site '{site}' selects heads, but {site.hook} has no head dimension.")

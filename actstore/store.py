@@ -330,7 +330,7 @@ class ActivationStore:
         self.site(hook)
         if f"stats/{hook}/mean" in self.group:
             g = self.group[f"stats/{hook}"]
-            return Moments(int(g["count"][()]), np.asarray(g["mean"][:]), np.asarray(g["M2"][:]))
+            return Moments(int(g["count"][()]), np.asarray(g["mean"][...]), np.asarray(g["M2"][...]))
         return merge_partials(self.group, hook, self.done)
 
     def __repr__(self) -> str:

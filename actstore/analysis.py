@@ -47,6 +47,14 @@ def _sites_with(store: ActivationStore, suffix: str) -> list[dict[str, Any]]:
     return [s for s in store.metadata["sites"] if s["hook"].startswith("blocks.") and s["hook"].endswith(suffix)]
 
 
+def _save(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
+          attrs: dict[str, Any]) -> list[str]:
+    """Write each array to results/analysis/<name>/<key> with its dimension names."""
+    for key, (data, dims) in arrays.items():
+        store.save_result(f"analysis/{name}/{key}", np.asarray(data), dims, attrs)
+    return [f"results/analysis/{name}/{key}" for key in arrays]
+
+
 def _grid(store: ActivationStore) -> np.ndarray:
     m = store.metadata["model"]
     return np.full((m["n_layers"], m["n_heads"]), np.nan)
@@ -62,6 +70,14 @@ class InductionScores:
     loss_by_pos: np.ndarray | None  # (pos,): mean loss of predicting token pos + 1, when 'loss' is stored
     half_len: int
     n_rows: int
+
+    def save(self, store: ActivationStore) -> list[str]:
+        arrays = {name: (getattr(self, name), ("layer", "head")) for name in ("induction", "prev_token", "duplicate")}
+        if self.loss_by_pos is not None:
+            arrays["loss_by_pos"] = (self.loss_by_pos, ("pos",))
+        return _save(store, "induction", arrays, {"half_len": self.half_len, "n_rows": self.n_rows,
+                     "definition": "mean attention over rows and second-half queries q: induction q -> q-half_len+1, "
+                                   "duplicate q -> q-half_len; prev_token over all q >= 1: q -> q-1"})
 
     @property
     def loss_halves(self) -> tuple[float, float] | None:
@@ -131,6 +147,13 @@ class LogitLens:
     topk_tokens: np.ndarray  # int (row, site, pos, k)
     topk_probs: np.ndarray  # (row, site, pos, k)
 
+    def save(self, store: ActivationStore) -> list[str]:
+        d = ("row", "site", "pos")
+        return _save(store, "logit_lens", {"target": (self.target, ("row", "pos")), "target_prob": (self.target_prob, d),
+                                           "target_rank": (self.target_rank, d), "topk_tokens": (self.topk_tokens, (*d, "k")),
+                                           "topk_probs": (self.topk_probs, (*d, "k"))},
+                     {"rows": self.rows, "sites": self.hooks})
+
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
     hooks = [s["hook"] for s in store.metadata["sites"] if s["hook"].endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))]
@@ -144,7 +167,7 @@ def logit_lens(store: ActivationStore, model: LoadedModel, rows: Sequence[int], 
                target: int | None = None, progress: bool = True) -> LogitLens:
     """Decode each stored residual through the final LayerNorm and the unembedding.
     The tracked token is ``target`` at every position, else the row's next token
-    (the last position then tracks its own top-1)."""
+    (the last position then has none: probability NaN, rank -1, target -1)."""
     hooks = _resid_hooks(store)
     L = store.layout.seq_len
     R, S = len(rows), len(hooks)
@@ -161,15 +184,14 @@ def logit_lens(store: ActivationStore, model: LoadedModel, rows: Sequence[int], 
                 probs = torch.softmax(bridge.unembed(bridge.ln_final(x[None]))[0].double(), dim=-1)  # (pos, vocab)
             tp, tt = probs.topk(k, dim=-1)
             top_p[i, j], top_t[i, j] = tp.cpu().numpy(), tt.cpu().numpy()
-            if target is not None:
-                tgt = np.full(L, target)
-            else:
-                tgt = np.append(tokens[1:], tt[-1, 0].item())
-            targets[i] = tgt
+            tgt = np.full(L, target) if target is not None else np.append(tokens[1:], 0)
             idx = torch.from_numpy(tgt).to(probs.device)
             p_t = probs.gather(-1, idx[:, None])  # (pos, 1)
             out_prob[i, j] = p_t[:, 0].cpu().numpy()
             out_rank[i, j] = (probs > p_t).sum(-1).cpu().numpy()
+            if target is None:
+                tgt[-1], out_prob[i, j, -1], out_rank[i, j, -1] = -1, np.nan, -1
+            targets[i] = tgt
     return LogitLens(hooks, list(rows), targets, out_prob, out_rank, top_t, top_p)
 
 
@@ -183,6 +205,10 @@ class DirectLogitAttribution:
     positions: list[int]  # the position read in each row
     target: int
     wrong: int | None
+
+    def save(self, store: ActivationStore) -> list[str]:
+        return _save(store, "dla", {"heads": (self.heads, ("row", "layer", "head")), "mlp": (self.mlp, ("row", "layer"))},
+                     {"rows": self.rows, "positions": self.positions, "target": self.target, "wrong": self.wrong})
 
 
 def direct_logit_attribution(store: ActivationStore, model: LoadedModel, rows: Sequence[int], target: int,

@@ -93,6 +93,7 @@ def test_logit_lens_equals_direct_decoding(text_store, tiny_model, bridge):
             assert np.array_equal(lens.topk_tokens[i, j, :, 0], p.argmax(-1))
             ranks = (p[np.arange(15), :] > p[np.arange(15), nxt][:, None]).sum(-1)
             assert np.array_equal(lens.target_rank[i, j, :-1], ranks)
+        assert np.isnan(lens.target_prob[i, :, -1]).all() and (lens.target_rank[i, :, -1] == -1).all()
 
 
 def test_dla_equals_transformer_lens_apply_ln(text_store, bridge):
@@ -128,3 +129,31 @@ def test_single_token_and_model_check(text_store, tmp_path):
     other = build_random_gpt2(tmp_path / "other", seed=5, **TINY)
     with pytest.raises(StoreMismatchError, match="other weights than the store's"):
         model_for(text_store, str(other), device="cpu")
+
+
+def test_cli_analyze_saves_results_and_figures(rep_store, text_store, tmp_path, capsys):
+    import json
+
+    from actstore.cli import main
+
+    fig = tmp_path / "ind.png"
+    assert main(["analyze", "induction", rep_store.path, "--figure", str(fig), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert fig.stat().st_size > 1000 and out["figure"] == str(fig)
+    store = actstore.ActivationStore.open(rep_store.path)
+    arr = store.load_result("analysis/induction/induction")
+    assert arr.metadata.dimension_names == ("layer", "head") and arr.attrs["half_len"] == H
+    np.testing.assert_array_equal(arr[...], induction_scores(store, progress=False).induction)
+    assert "analysis/induction/loss_by_pos" in store.results()
+
+    assert main(["analyze", "dla", text_store.path, "--target", " Mary", "--wrong", " John", "--rows", "0:3",
+                 "--figure", str(tmp_path / "dla.png")]) == 0
+    assert "largest head contributions" in capsys.readouterr().out and (tmp_path / "dla.png").exists()
+    dla = actstore.ActivationStore.open(text_store.path).load_result("analysis/dla/heads")
+    assert dla.shape == (3, 3, 4) and dla.metadata.dimension_names == ("row", "layer", "head")
+    assert main(["analyze", "logit-lens", text_store.path, "--rows", "1", "--figure", str(tmp_path / "l.png")]) == 0
+    assert (tmp_path / "l.png").exists()
+    assert main(["analyze", "dla", text_store.path, "--target", " Mary Smith"]) == 2
+    assert "is 2 tokens" in capsys.readouterr().err
+    assert main(["analyze", "logit-lens", text_store.path, "--rows", "5:99"]) == 2
+    assert "outside the store's rows 0..5" in capsys.readouterr().err

@@ -26,11 +26,12 @@ from . import _faults
 from .corpus import Checkpoint, CorpusSpec, RowBlock, RowReader, count_rows, iter_rows
 from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
+from .lock import store_lock
 from .models import LoadedModel, check_identity, load_model
 from .sites import Site, SiteShape, parse_sites, probe_shapes
 from .stats import Moments
 from .store import (FORMAT_VERSION, ActivationStore, INDEX_ARRAYS, Layout, create_store, estimate_bytes,
-                    finalize_stats, fsync_shard, is_store, parse_codec, plan_layout, remove_partial_files,
+                    clear_shard, finalize_stats, fsync_shard, is_store, parse_codec, plan_layout, remove_partial_files,
                     remove_store, row_bytes)
 from .writer import BackgroundWriter
 
@@ -96,6 +97,11 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     Takes a CacheConfig, or its fields as keyword arguments."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
+    with store_lock(cfg.out):
+        return _cache(cfg)
+
+
+def _cache(cfg: CacheConfig) -> ActivationStore:
     existing = _existing_store(cfg)
     log = _Log(cfg.progress)
 
@@ -136,7 +142,7 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     if n_stale:
         log(f"removed {n_stale} temporary files left by an interrupted write")
 
-    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, log)
+    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, log, resumed=existing is not None)
     finalize_stats(group, [s.hook for s in sites])
     return ActivationStore.open(cfg.out)
 
@@ -318,10 +324,16 @@ def _moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) -> Mome
 class _ShardWrite:
     """Writes one shard: index arrays, activations, stats, fsync, then done."""
 
-    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool):
+    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool,
+                 clear_first: bool):
         self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
+        self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
         self.partials = group["stats/partials"] if "stats/partials" in group else None
         self.columns = self.partials.attrs["columns"] if self.partials is not None else {}
+
+    def _array_names(self) -> list[str]:
+        names = [n for n in INDEX_ARRAYS if n in self.group] + [f"acts/{h}" for h in self.shapes]
+        return names + (["stats/partials"] if self.partials is not None else [])
 
     def describe(self, shard: _Shard) -> str:
         a, b = self.layout.shard_rows(shard.k)
@@ -331,6 +343,9 @@ class _ShardWrite:
         k, rows = shard.k, shard.rows
         a, b = self.layout.shard_rows(k)
         _faults.point("before_write", k)
+        if self.clear_first:
+            for name in self._array_names():
+                clear_shard(self.group[name], k)
         written: list[zarr.Array] = []
         for name in INDEX_ARRAYS:
             if name in self.group:
@@ -360,7 +375,7 @@ class _ShardWrite:
 
 
 def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
-         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, log: _Log) -> None:
+         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, log: _Log, resumed: bool) -> None:
     done = np.asarray(group["done"][:])
     todo = np.flatnonzero(~done)
     if len(todo) == 0:
@@ -371,7 +386,7 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     torch_dtype = getattr(torch, storage_dtype)
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
     rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
-    write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable)
+    write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed)
     writer: BackgroundWriter[_Shard] = BackgroundWriter(write, write.describe)
     bar = tqdm(total=layout.n_rows, initial=rows_before, unit="row", desc="caching", disable=not cfg.progress,
                dynamic_ncols=True)

@@ -109,7 +109,8 @@ class CorpusSpec:
             d["source"] = f"python list of {len(self.documents)} documents"
             d["sha256"] = h.hexdigest()
         elif self.kind in ("files", "demo"):
-            d["source"] = self.source if isinstance(self.source, str) else list(self.source)
+            names = [self.source] if isinstance(self.source, str) else list(self.source)
+            d["source"] = self.source if self.kind == "demo" else [os.path.abspath(os.path.expanduser(n)) for n in names]
             d["files"] = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f)} for f in self.files()]
             if self.kind == "demo":
                 d["files"] = [{"path": "actstore/data/demo_corpus.jsonl", "bytes": d["files"][0]["bytes"]}]

@@ -18,6 +18,8 @@ __all__ = [
     "InsufficientDiskError",
     "WriterError",
     "RowsNotDoneError",
+    "CorruptChunkError",
+    "StoreLockedError",
 ]
 
 
@@ -82,3 +84,11 @@ class WriterError(ActStoreError, OSError):
 
 class RowsNotDoneError(ActStoreError, LookupError):
     """Rows asked of a store that its run has not finished writing."""
+
+
+class CorruptChunkError(ActStoreError, OSError):
+    """A chunk that fails its checksum, or a finished chunk whose object is missing."""
+
+
+class StoreLockedError(ActStoreError, BlockingIOError):
+    """Another run holds the store's lock."""

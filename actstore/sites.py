@@ -110,7 +110,7 @@ def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, in
 
 def _split_specs(spec: str | Sequence[str]) -> list[str]:
     """'resid_post:all,pattern:5.1,5.5' -> ['resid_post:all', 'pattern:5.1,5.5']"""
-    tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    tokens = [t.strip() for part in ([spec] if isinstance(spec, str) else spec) for t in part.split(",") if t.strip()]
     specs: list[str] = []
     for tok in tokens:
         if specs and ":" in specs[-1] and _SELECTOR_RE.match(tok):
@@ -132,10 +132,11 @@ def _unknown(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
 
 
 def parse_sites(
-    spec: str | Sequence[str], hook_names: Iterable[str], n_layers: int, n_heads: int
+    spec: str | Sequence[str | Site], hook_names: Iterable[str], n_layers: int, n_heads: int
 ) -> list[Site]:
-    """Expand site specs to a sorted list of Sites, one per hook (head selections of
-    one hook are merged). Raises UnknownSiteError naming close matches."""
+    """Expand site specs (strings or Site values) to a sorted list of Sites, one per
+    hook (head selections of one hook are merged). Raises UnknownSiteError naming
+    close matches."""
     hook_names = set(hook_names)
     wanted: dict[str, set[int] | None] = {}  # hook -> heads (None = all)
 
@@ -153,8 +154,12 @@ def parse_sites(
         else:
             wanted.setdefault(hook, set()).add(head)  # type: ignore[union-attr]
 
-    specs = _split_specs(spec)
-    if not specs:
+    given = [spec] if isinstance(spec, str) else list(spec)
+    for site in (x for x in given if isinstance(x, Site)):
+        for head in site.heads if site.heads is not None else (None,):
+            add(site.hook, head, str(site))
+    specs = _split_specs([x for x in given if isinstance(x, str)])
+    if not specs and not wanted:
         raise UnknownSiteError("No sites given; pass e.g. --sites resid_post:all")
     for s in specs:
         name, _, selectors = s.partition(":")

@@ -16,9 +16,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from .errors import ConfigError, RowsNotDoneError, StoreNotFoundError
+from .errors import ConfigError, CorruptChunkError, RowsNotDoneError, StoreNotFoundError
 from .sites import SiteShape
 from .stats import Moments
 
@@ -104,8 +104,13 @@ def _array(group: zarr.Group, name: str, shape: tuple[int, ...], row_chunk: int,
     shards = (row_shard,) + tuple(shape[1:]) if row_shard != row_chunk else None
     return group.create_array(
         name, shape=shape, chunks=chunks, shards=shards, dtype=dtype, dimension_names=tuple(dims),
-        compressors=compressors, fill_value=fill, config={"write_empty_chunks": True},
+        compressors=_checked(compressors), fill_value=fill, config={"write_empty_chunks": True},
     )
+
+
+def _checked(compressors: list[Any] | None) -> list[Any]:
+    """Every chunk ends with a crc32c checksum, so damage is caught on read."""
+    return [*(compressors or []), Crc32cCodec()]
 
 
 def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Mapping[str, SiteShape],
@@ -129,18 +134,64 @@ def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Map
     if columns:
         partials = root.create_array("stats/partials", shape=(layout.n_shards, width), chunks=(1, width),
                                      dtype="float64", dimension_names=("shard", "column"), fill_value=0.0,
-                                     config={"write_empty_chunks": True})
+                                     compressors=_checked(None), config={"write_empty_chunks": True})
         partials.attrs["columns"] = columns
     root.create_array("done", shape=(layout.n_shards,), chunks=(1,), dtype="bool", fill_value=False,
-                      dimension_names=("shard",), compressors=None, config={"write_empty_chunks": True})
+                      dimension_names=("shard",), compressors=_checked(None), config={"write_empty_chunks": True})
     root.attrs["actstore"] = dict(meta)
     return root
 
 
+def shard_key(arr: zarr.Array, k: int) -> str:
+    """The store key of the object holding shard k of ``arr``."""
+    return f"{arr.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
+
+
+def shard_exists(arr: zarr.Array, k: int) -> bool:
+    from zarr.core.sync import sync
+
+    return bool(sync(arr.store.exists(shard_key(arr, k))))
+
+
+def clear_shard(arr: zarr.Array, k: int) -> None:
+    """Delete shard k's object: rewriting a damaged one in place would make zarr
+    read it first (to merge a partial update) and fail on the damage."""
+    from zarr.core.sync import sync
+
+    sync(arr.store.delete(shard_key(arr, k)))
+
+
+def read_checked(arr: zarr.Array, rows: slice, layout: Layout, path: str) -> np.ndarray:
+    """``arr[rows]``, with a clear error naming the shard that fails its checksum or
+    is missing (zarr would read a missing one as zeros)."""
+    a, b, _ = rows.indices(arr.shape[0])
+    rps = layout.rows_per_shard
+    shards = range(a // rps, (b - 1) // rps + 1) if b > a else range(0)
+    for k in shards:
+        if not shard_exists(arr, k):
+            raise _corrupt(arr, k, layout, path, "its object is missing")
+    try:
+        return np.asarray(arr[rows])
+    except ValueError as e:
+        if "checksum" not in str(e):
+            raise
+        for k in shards:  # which one: read them one by one
+            try:
+                arr[max(a, k * rps):min(b, (k + 1) * rps)]
+            except ValueError as e_k:
+                raise _corrupt(arr, k, layout, path, f"it fails its checksum ({e_k})") from e
+        raise
+
+
+def _corrupt(arr: zarr.Array, k: int, layout: Layout, path: str, why: str) -> CorruptChunkError:
+    lo, hi = layout.shard_rows(k)
+    return CorruptChunkError(f"'{arr.path}' rows {lo}..{hi - 1} (shard {k}) of '{path}' is damaged: {why}. "
+                             f"Run `actstore verify {path} --repair` to recompute it.")
+
+
 def fsync_shard(root_path: str, arr: zarr.Array, k: int) -> None:
     """fsync the object holding shard k of ``arr`` (local stores)."""
-    key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-    p = os.path.join(root_path, arr.path, key)
+    p = os.path.join(root_path, shard_key(arr, k))
     for target in (p, os.path.dirname(p)):  # the file, then the rename in its folder
         fd = os.open(target, os.O_RDONLY)
         try:
@@ -239,7 +290,7 @@ class ActivationStore:
         sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
         if check_done:
             self._check_done(sl)
-        out = np.asarray(self.group[name][sl])
+        out = read_checked(self.group[name], sl, self.layout, self.path)
         return out[0] if isinstance(rows, int) else out
 
     def acts(self, hook: str, rows: slice | int = slice(None), as_: str = "numpy", check_done: bool = True) -> Any:
@@ -294,7 +345,7 @@ class ActivationStore:
         while start < b:
             stop = min((start // step + 1) * step, b)  # block edges on multiples of step
             sl = slice(start, stop)
-            yield sl, {hook: np.asarray(self.group[f"acts/{hook}"][sl]) for hook in hooks}
+            yield sl, {hook: read_checked(self.group[f"acts/{hook}"], sl, self.layout, self.path) for hook in hooks}
             start = stop
 
     # --- results -----------------------------------------------------------------
@@ -335,6 +386,20 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
+
+    # --- jobs over the store (thin: the work lives in loader.py and probes.py) -------
+    def loader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
+               **kw: Any) -> Any:
+        """Token-level torch batches {hook: (batch, *feature), "row", "pos"} for training;
+        see :class:`actstore.loader.ActivationLoader` for the options."""
+        from .loader import ActivationLoader
+        return ActivationLoader(self, sites, batch_size, shuffle, seed, **kw)
+
+    def load_probe(self, hook: str, name: str | None = None) -> Any:
+        """The probe saved under results/probes/<name>/<hook> by `actstore probe`
+        (``name`` may be left out when there is only one); see :class:`actstore.probes.Probe`."""
+        from .probes import load_probe
+        return load_probe(self, hook, name)
 
 
 def _walk_arrays(group: zarr.Group) -> list[str]:

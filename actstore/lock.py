@@ -1,0 +1,70 @@
+"""One writer per store: ``<store>.lock`` beside the store, created atomically
+(O_EXCL) with the owner's pid, host and start time. A lock whose process is gone
+(same host, pid not alive) is stale and taken over; any other is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from .errors import StoreLockedError
+
+__all__ = ["store_lock", "lock_path"]
+
+
+def lock_path(store: str) -> str:
+    return os.path.abspath(store).rstrip(os.sep) + ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # vanished, or killed while writing it
+
+
+@contextmanager
+def store_lock(store: str) -> Iterator[None]:
+    path = lock_path(store)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = _owner(path)
+            stale = other is None and time.time() - os.path.getmtime(path) > 10 or (
+                other is not None and other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))))
+            if stale:
+                os.remove(path)
+                continue
+            who = f"process {other['pid']} on {other['host']} since {other['started']}" if other else "another run"
+            raise StoreLockedError(
+                f"Store '{store}' is being written by {who} (lock {path}). Wait for that run to finish; "
+                "if it is gone (e.g. its machine died), delete the lock file and rerun with --resume."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise StoreLockedError(f"Could not take the lock {path}; delete it if no run is writing '{store}'.")
+    try:
+        yield
+    finally:
+        if (_owner(path) or {}).get("pid") == me["pid"]:
+            os.remove(path)

@@ -185,8 +185,18 @@ def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
     yield from ds
 
 
+def _decoded(records: Iterator[Any], spec: CorpusSpec) -> Iterator[Any]:
+    try:
+        yield from records
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"Dataset '{spec.source}' is not UTF-8 text ({e}); convert it first, e.g. "
+            "`iconv -f latin1 -t utf-8 in.txt > out.txt`."
+        ) from e
+
+
 def _documents(spec: CorpusSpec, start_doc: int) -> Iterator[tuple[int, str]]:
-    for i, rec in enumerate(_records(spec, start_doc), start=start_doc):
+    for i, rec in enumerate(_decoded(_records(spec, start_doc), spec), start=start_doc):
         if spec.text_field not in rec:
             raise MissingTextFieldError(
                 f"Records have no field '{spec.text_field}' (fields: {', '.join(map(str, rec))}); "

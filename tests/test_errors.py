@@ -114,21 +114,30 @@ def test_full_disk_is_refused_before_writing(tmp_path, tiny_model, monkeypatch):
     assert not out.exists()
 
 
-def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_model, monkeypatch):
+def test_non_utf8_text_is_refused_before_work(tmp_path, tiny_model):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("good line\ncafé au lait\n".encode("latin-1"))
+    with pytest.raises(errors.CorpusError, match=r"is not UTF-8 text .*iconv"):
+        actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset=str(bad), **BASE)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("errno_, text", [(28, "No space left on device"), (5, "Input/output error")])
+def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_model, monkeypatch, errno_, text):
     engine = importlib.import_module("actstore.cache")
 
     real = engine._ShardWrite.__call__
 
     def failing(self, shard):
         if shard.k == 1:
-            raise OSError(28, "No space left on device")
+            raise OSError(errno_, text)
         real(self, shard)
 
     monkeypatch.setattr(engine._ShardWrite, "__call__", failing)
     out = tmp_path / "s.zarr"
     opts = dict(model=tiny_model, dataset=DOCS, sites="resid_post:1", seq_len=16, n_rows=12, batch_size=2,
                 rows_per_chunk=2, rows_per_shard=4, progress=False)
-    with pytest.raises(errors.WriterError, match=r"shard 1 \(rows 4..7\).*No space left on device.*--resume"):
+    with pytest.raises(errors.WriterError, match=rf"shard 1 \(rows 4..7\).*{text}.*--resume"):
         actstore.cache(out=str(out), **opts)
     done = actstore.ActivationStore.open(out).done
     assert done[0] and not done[1]

@@ -67,3 +67,27 @@ def store_files(path: str | Path) -> dict[str, bytes]:
     path = Path(path)
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file() and str(p.relative_to(path)) != "zarr.json"}
+
+
+# the run that the crash, resume and repair tests interrupt, damage and compare
+RESUME_OPTS = dict(sites="resid_post:all,z:1,pattern:2.0", seq_len=16, n_rows=30, batch_size=4,
+                   rows_per_chunk=4, rows_per_shard=8)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 2))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, corpus_file: str) -> Path:
+    """An uninterrupted run of RESUME_OPTS."""
+    import actstore
+
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
+    return out

@@ -20,22 +20,8 @@ from actstore.errors import CorruptChunkError, RowsNotDoneError, StoreLockedErro
 from actstore.lock import lock_path
 from actstore.verify import repair_store, verify_store
 
-from .conftest import DOCS, store_files
-from .test_resume import OPTS, assert_same_store, cli_args
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 2))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model, corpus_file):
-    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **OPTS)
-    return out
+from .conftest import DOCS, RESUME_OPTS as OPTS
+from .test_resume import assert_same_store, cli_args
 
 
 @pytest.fixture

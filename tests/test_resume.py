@@ -1,38 +1,18 @@
 """SIGKILL a real caching process mid-run, resume, and compare byte for byte with an
 uninterrupted run. Also: resume refuses a store of another config."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import actstore
 from actstore.errors import StoreMismatchError
 
-from .conftest import DOCS, store_files
-
-OPTS = dict(sites="resid_post:all,z:1,pattern:2.0", seq_len=16, n_rows=30, batch_size=4,
-            rows_per_chunk=4, rows_per_shard=8)
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 2))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model, corpus_file):
-    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **OPTS)
-    return out
-
+from .conftest import RESUME_OPTS as OPTS, store_files
 
 def cli_args(out, model, corpus):
     return [sys.executable, "-m", "actstore", "cache", str(out), "--model", model, "--dataset", corpus,

@@ -1,0 +1,86 @@
+"""The bad-input matrix: every command against each class of wrong argument. Each
+gives a specific message and a non-zero exit, and no traceback unless --debug."""
+
+import subprocess
+import sys
+
+import pytest
+
+import actstore
+from actstore.cli import main
+
+from .conftest import DOCS, TINY
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_model):
+    d = tmp_path_factory.mktemp("matrix")
+    (d / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    (d / "empty.jsonl").write_text("")
+    (d / "notastore").mkdir()
+    (d / "notastore" / "thesis.tex").write_text("years of work")
+    (d / "pairs_bad.jsonl").write_text('{"clean": "When Mary and John", "corrupted": "When Mary", "answer": " Mary", "wrong": " John"}\n')
+    actstore.cache(out=str(d / "text.zarr"), model=tiny_model, dataset=DOCS, seq_len=16, n_rows=4,
+                   sites="resid_post:all,z:all,mlp_out:all", progress=False)
+    from actstore.demo import build_random_gpt2
+
+    build_random_gpt2(d / "other-model", seed=9, **TINY)
+    return d
+
+
+# (argv with {m}: the tiny model, {d}: the folder above) -> stderr must match
+CASES = [
+    # cache
+    ("cache {d}/o.zarr --model {d}/missing --dataset x.jsonl", r"Model folder .*missing' not found"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/nope.jsonl --seq-len 16", r"Dataset file .*nope.jsonl' not found"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/empty.jsonl --seq-len 16", r"are empty; pass files with text"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/latin1.txt --seq-len 16", r"is not UTF-8 text"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len 1000000000", r"beyond the model's context of 64"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len 16 --sites resid_post:9", r"layer 9 is out of range; this model has layers 0..2"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len 16 --sites pattern:1.9", r"head 9 is out of range; this model has heads 0..3"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len 16 --sites residpost:all", r"Unknown site 'residpost'.*resid_post"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len 16 --n-rows 0", r"n_rows must be a positive integer"),
+    ("cache {d}/o.zarr --model {m} --dataset actstore-demo --seq-len abc", r"argument --seq-len: invalid int value: 'abc'"),
+    ("cache {d}/o.zarr --model {m} --dataset repeated-random:5 --seq-len 12 --n-rows 2", r"pass --seq-len 11"),
+    ("cache {d}/text.zarr --model {m} --dataset actstore-demo --seq-len 16", r"already exists \(4 of 4 rows done\)"),
+    ("cache {d}/text.zarr --model {d}/other-model --dataset actstore-demo --seq-len 16 --n-rows 4 --resume "
+     "--sites resid_post:all,z:all,mlp_out:all", r"another model, corpus or config"),
+    ("cache {d}/notastore --model {m} --dataset actstore-demo --seq-len 16 --overwrite", r"not an actstore store; refusing"),
+    # info, verify
+    ("info {d}/missing.zarr", r"No store at '.*missing.zarr'"),
+    ("info {d}/notastore", r"No store at"),
+    ("verify {d}/missing.zarr", r"No store at"),
+    # analyze
+    ("analyze induction {d}/text.zarr", r"not made from repeated random tokens"),
+    ("analyze induction {d}/text.zarr --half-len 3", r"holds no attention patterns"),
+    ("analyze logit-lens {d}/text.zarr --rows 9:12", r"outside the store's rows 0..3"),
+    ("analyze logit-lens {d}/text.zarr --rows x", r"--rows 'x': expected 'A:B' or 'N'"),
+    ("analyze dla {d}/text.zarr --target ' Mary Smith'", r"is 2 tokens"),
+    ("analyze dla {d}/text.zarr --target ' Mary' --model {d}/other-model", r"other weights than the store's"),
+    ("analyze dla {d}/missing.zarr --target ' Mary'", r"No store at"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CASES, ids=[c[0].split(" --")[0].replace("{d}/", "") for c in CASES])
+def test_bad_input(files, tiny_model, capsys, argv, message):
+    import shlex
+
+    args = shlex.split(argv.format(m=tiny_model, d=files))
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, err, re.S), err
+
+
+def test_traceback_only_with_debug(files):
+    argv = [sys.executable, "-m", "actstore", "info", str(files / "missing.zarr")]
+    plain = subprocess.run(argv, capture_output=True, text=True)
+    assert plain.returncode == 2 and plain.stderr.startswith("actstore: error: No store at") and "Traceback" not in plain.stderr
+    debug = subprocess.run(argv[:3] + ["--debug"] + argv[3:], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "StoreNotFoundError" in debug.stderr

@@ -13,7 +13,7 @@ import torch
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
 from .sites import DERIVED_SITES, Site, stop_layer
 
-__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "DTYPES"]
+__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "fingerprint", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -136,7 +136,7 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
 
 
-def _fingerprint(module: torch.nn.Module) -> str:
+def fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     seen: set[int] = set()
     for name, t in sorted(module.state_dict().items()):
@@ -199,7 +199,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
         d_mlp=int(getattr(cfg, "d_mlp", 4 * cfg.d_model) or 4 * cfg.d_model),
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx),
-        fingerprint=_fingerprint(bridge.original_model),
+        fingerprint=fingerprint(bridge.original_model),
         label=label,
     )
     return LoadedModel(bridge=bridge, info=info, device=dev)

@@ -1,0 +1,569 @@
+"""The vectorised engine behind :mod:`actstore.patching`.
+
+One sweep = one activation name, one patch setter and a table of patch indices
+(first column: layer). The reference (``transformer_lens.patching``) runs one full
+forward per index. Here, for each layer:
+
+1. The corrupted run is done once (one forward with capture hooks): the residual
+   entering every block, the swept activation at every layer, every block's keys and
+   values, and the logits.
+2. Each index's patched activation is ``patch_setter(corrupted_act, index, clean_act)``,
+   exactly what the reference's hook computes (at the patched layer nothing upstream
+   has changed, so the activation there *is* the corrupted one). Where it equals the
+   corrupted activation the patch is a no-op and its value is the corrupted metric,
+   without a forward. Otherwise the first position it changes, ``start``, is noted:
+   positions before ``start`` are the corrupted run's in every later block (causal
+   attention), so they are never recomputed.
+3. Variants of one layer are batched in the batch dimension (variant-major: row
+   ``v * batch + b``) and run from the patched block on, starting from the corrupted
+   residual, over positions ``[start, end)`` only, with the corrupted keys/values of
+   the earlier positions handed to each attention as a ready-made prefix; ``end`` is
+   one past the last position any metric reads.
+4. Logits are computed only where the metrics read them: for batched metrics that
+   declare their positions and token ids, only those rows of the unembedding. When the
+   metrics read the final position only, the last block runs for that position alone
+   (the other positions there only contribute keys and values, computed apart).
+
+Models: blocks must run standalone (``bridge.blocks[i](residual)``) with causal
+attention and absolute position embeddings added before block 0 (GPT-2 family).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, StoreMismatchError
+
+__all__ = ["Sweep", "run_sweep", "CleanSource", "default_memory_budget"]
+
+MetricFn = Callable[[torch.Tensor], torch.Tensor]
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+_PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
+# one block call costs about as much as this many extra (row x position) items of work:
+# reading the block's weights once (measured on CPU, one thread, GPT-2-small block: 3.5 ms
+# for one position, 0.15 ms per further row-position); kernel launches dominate on GPU
+_CALL_COST_ROWPOS = {"cpu": 24, "cuda": 4096}
+
+
+def default_memory_budget(device: torch.device | str) -> int:
+    """Bytes of activations one batched forward may use: half the free GPU memory, or a
+    quarter of the available RAM, at most 512 MiB (on CPU, batches beyond a few hundred
+    rows only run slower per row)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 * 2**30
+    return int(min(512 * 2**20, avail // 4))
+
+
+# --- clean activations ---------------------------------------------------------------
+
+
+class CleanSource:
+    """The clean run's activations by hook name, from a TransformerLens ActivationCache
+    (or any mapping of hook name -> tensor) or from an actstore ActivationStore and the
+    rows that hold the clean prompts (read from disk, one hook at a time)."""
+
+    def __init__(self, clean: Any, model: Any, n_pos: int, batch: int, rows: Any = None):
+        from .store import ActivationStore
+
+        self.model = model
+        self.n_pos = n_pos
+        self.store: ActivationStore | None = clean if isinstance(clean, ActivationStore) else None
+        self.cache = None if self.store is not None else clean
+        self.rows: list[int] | None = None
+        if self.store is not None:
+            self.rows = _parse_rows(rows, self.store, batch)
+            check_store_model(self.store, model)
+        elif rows is not None:
+            raise ConfigError("clean_rows applies only when the clean cache is an ActivationStore; "
+                              "drop clean_rows, or pass the store as clean_cache.")
+
+    def __getitem__(self, hook: str) -> torch.Tensor:
+        dtype = _model_dtype(self.model)
+        device = torch.device(self.model.cfg.device)
+        if self.store is not None:
+            return self._from_store(hook).to(device=device, dtype=dtype)
+        act = torch.as_tensor(self.cache[hook]).to(device=device, dtype=dtype)
+        n = act.shape[2] if hook.endswith(_PATTERN_HOOKS) else act.shape[1]
+        if n != self.n_pos:
+            raise ConfigError(f"The clean activations of {hook} cover {n} positions but the corrupted prompts have "
+                              f"{self.n_pos} tokens; clean and corrupted prompts must have the same number of tokens.")
+        return act
+
+    def _from_store(self, hook: str) -> torch.Tensor:
+        store, rows = self.store, self.rows
+        assert store is not None and rows is not None
+        site = next((s for s in store.metadata["sites"] if s["hook"] == hook), None)
+        if site is None:
+            raise StoreMismatchError(
+                f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
+                f"swept layer. Cache the clean prompts with e.g. --sites {_short_site(hook)}:all, or pass an "
+                "ActivationCache from run_with_cache instead.")
+        if site["heads"] is not None:
+            raise StoreMismatchError(
+                f"Store '{store.path}' holds only heads {site['heads']} of {hook}; patching needs every head. "
+                f"Cache it with --sites {_short_site(hook)}:all.")
+        seq_len = store.layout.seq_len
+        if seq_len < self.n_pos:
+            raise ConfigError(f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
+                              f"{self.n_pos}; clean and corrupted prompts must have the same number of tokens.")
+        parts = []
+        for a, b in _runs(rows):  # contiguous runs: store.acts checks the done manifest
+            parts.append(store.acts(hook, rows=slice(a, b)))
+        order = np.argsort(np.argsort(rows, kind="stable"), kind="stable")
+        arr = np.concatenate(parts)[order] if len(parts) > 1 or sorted(rows) != rows else parts[0]
+        # keep the first n_pos positions: causal, so a longer (padded) row agrees there
+        if hook.endswith(_PATTERN_HOOKS):
+            arr = arr[:, :, : self.n_pos, : self.n_pos]
+        else:
+            arr = arr[:, : self.n_pos]
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """[3, 4, 5, 9] -> [(3, 6), (9, 10)] over the sorted rows."""
+    out: list[tuple[int, int]] = []
+    for r in sorted(rows):
+        if out and r == out[-1][1]:
+            out[-1] = (out[-1][0], r + 1)
+        elif not out or r >= out[-1][1]:
+            out.append((r, r + 1))
+    return out
+
+
+def _parse_rows(rows: Any, store: Any, batch: int) -> list[int]:
+    if rows is None:
+        if store.n_rows != batch:
+            raise ConfigError(f"Store '{store.path}' has {store.n_rows} rows but the corrupted batch has {batch} "
+                              "prompts; pass clean_rows=[...] naming the row of each clean prompt.")
+        rows = range(batch)
+    elif isinstance(rows, slice):
+        rows = range(*rows.indices(store.n_rows))
+    out = [int(r) for r in rows]
+    if len(out) != batch:
+        raise ConfigError(f"clean_rows names {len(out)} rows but the corrupted batch has {batch} prompts; "
+                          "give one store row per corrupted prompt, in the same order.")
+    bad = [r for r in out if not 0 <= r < store.n_rows]
+    if bad:
+        raise ConfigError(f"clean_rows {bad[:5]} are outside store '{store.path}' (rows 0..{store.n_rows - 1}).")
+    return out
+
+
+def _short_site(hook: str) -> str:
+    return hook.rsplit("hook_", 1)[-1]
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def check_store_model(store: Any, model: Any) -> None:
+    """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
+    from types import SimpleNamespace
+
+    from .models import fingerprint, check_identity
+
+    if model not in _FINGERPRINTS:
+        _FINGERPRINTS[model] = fingerprint(model.original_model)
+    cfg = model.cfg
+    info = SimpleNamespace(fingerprint=_FINGERPRINTS[model], dtype=str(_model_dtype(model)).removeprefix("torch."),
+                           n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
+                           d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
+    diffs = check_identity(store.metadata["model"], info)  # type: ignore[arg-type]
+    if diffs:
+        raise StoreMismatchError(
+            f"Store '{store.path}' was cached with another model ('{store.metadata['model']['name']}'): "
+            f"{'; '.join(diffs)}. Pass a store cached with this model (same weights and dtype), "
+            "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    return next(model.original_model.parameters()).dtype
+
+
+# --- the sweep -------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    """What to patch: ``patch_setter(corrupted_act, index, clean_act)`` at hook
+    ``act_name(index[0])`` for each index (a list of ints, layer first)."""
+
+    indices: list[list[int]]
+    act_name: Callable[[int], str]
+    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
+
+
+class Metrics:
+    """The metrics of one sweep, evaluated on many variants at once.
+
+    A *plain* metric maps the logits of one run, (batch, pos, d_vocab), to a scalar or
+    a (batch,) tensor, as in transformer_lens.patching; it is called once per variant.
+    A *batched* metric has ``batched(logits)`` taking (variant, batch, pos, vocab) and
+    returning (variant,) or (variant, batch); when it declares ``positions`` and
+    ``token_ids``, its logits are only those positions and vocabulary columns, in that
+    order, and only those are computed."""
+
+    def __init__(self, metrics: Mapping[str, MetricFn], per_example: bool, batch: int, n_pos: int):
+        self.fns = dict(metrics)
+        self.per_example = per_example
+        self.batch = batch
+        self.n_pos = n_pos
+        sparse = [getattr(m, "positions", None) is not None and getattr(m, "token_ids", None) is not None
+                  and callable(getattr(m, "batched", None)) for m in self.fns.values()]
+        self.restricted = all(sparse)
+        for name, m in self.fns.items():
+            bad = [p for p in (getattr(m, "positions", None) or ()) if not -n_pos <= p < n_pos]
+            if bad:
+                raise ConfigError(f"Metric {name!r} reads positions {bad}, outside prompts of {n_pos} tokens.")
+        if self.restricted:
+            pos = [tuple(p % n_pos for p in m.positions) for m in self.fns.values()]  # type: ignore[attr-defined]
+            tok = [tuple(int(t) for t in m.token_ids) for m in self.fns.values()]  # type: ignore[attr-defined]
+            self.positions = sorted(set().union(*pos))
+            self.token_ids = sorted(set().union(*tok))
+            self._pidx = [[self.positions.index(p) for p in ps] for ps in pos]
+            self._tidx = [[self.token_ids.index(t) for t in ts] for ts in tok]
+        else:
+            self.positions = list(range(n_pos))
+            self.token_ids = []  # every token
+
+    @property
+    def end(self) -> int:
+        """One past the last position any metric reads."""
+        return max(self.positions) + 1 if self.restricted else self.n_pos
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, pos, d_vocab) full logits -> what ``evaluate`` takes for one variant."""
+        if not self.restricted:
+            return logits
+        return logits[:, self.positions][:, :, self.token_ids]
+
+    def evaluate(self, logits: torch.Tensor) -> torch.Tensor:
+        """(variant * batch, pos', vocab') logits -> (variant, metric[, batch]) float32."""
+        n_var = logits.shape[0] // self.batch
+        per_var = logits.view(n_var, self.batch, *logits.shape[1:])
+        outs = []
+        for i, (name, fn) in enumerate(self.fns.items()):
+            if callable(getattr(fn, "batched", None)):
+                sel = per_var
+                if self.restricted:
+                    sel = per_var[:, :, self._pidx[i]][..., self._tidx[i]]
+                elif getattr(fn, "positions", None) is not None or getattr(fn, "token_ids", None) is not None:
+                    sel = _select_declared(per_var, fn, self.n_pos)
+                out = torch.as_tensor(fn.batched(sel))  # type: ignore[attr-defined]
+                self._check(name, out, lead=(n_var,))
+            else:
+                vals = [torch.as_tensor(fn(per_var[v])) for v in range(n_var)]
+                for val in vals:
+                    self._check(name, val, lead=())
+                out = torch.stack(vals)
+            outs.append(out.detach().float())
+        return torch.stack(outs, dim=1)
+
+    def _check(self, name: str, out: torch.Tensor, lead: tuple[int, ...]) -> None:
+        want = lead + ((self.batch,) if self.per_example else ())
+        if tuple(out.shape) == want:
+            return
+        if self.per_example:
+            raise ConfigError(f"patching_metric {name!r} must return a [batch] tensor of length {self.batch} "
+                              f"under reduce='mean' or 'none' (one value per variant for a batched metric: "
+                              f"shape {want}), got shape {tuple(out.shape)}.")
+        raise ConfigError(f"patching_metric {name!r} must return a scalar under reduce='scalar' (shape {want} "
+                          f"for a batched metric), got shape {tuple(out.shape)}; return a [batch] tensor and "
+                          "pass reduce='mean' or reduce='none' to keep per-example values.")
+
+
+def _select_declared(per_var: torch.Tensor, fn: Any, n_pos: int) -> torch.Tensor:
+    if fn.positions is not None:
+        per_var = per_var[:, :, [p % n_pos for p in fn.positions]]
+    if fn.token_ids is not None:
+        per_var = per_var[..., [int(t) for t in fn.token_ids]]
+    return per_var
+
+
+class _PrefixKV:
+    """Stands in for a Hugging Face cache: each attention's ``update(k, v, layer)``
+    gets the corrupted run's keys/values of positions ``[0, start)`` (and, for a layer
+    in ``extra``, given ones after them) in front of its own, for every variant row.
+    Nothing is stored between calls."""
+
+    def __init__(self, keys: Mapping[int, torch.Tensor], values: Mapping[int, torch.Tensor], start: int, n_var: int):
+        self.keys, self.values, self.start, self.n_var = keys, values, start, n_var
+        self.extra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        pk = self.keys[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)  # (row, head, start, d_head)
+        pv = self.values[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)
+        ek, ev = self.extra.get(layer_idx, (k[:, :, :0], v[:, :, :0]))
+        return torch.cat([pk, ek, k], dim=2), torch.cat([pv, ev, v], dim=2)
+
+
+def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Keys and values block ``layer`` computes from its input ``x`` (row, pos, d_model),
+    as (row, head, pos, d_head), without the rest of the block; None where the bridge's
+    attention does not expose them this way."""
+    block = model.blocks[layer]
+    try:
+        h = block.ln1(x)
+        k, v = block.attn.k(h), block.attn.v(h)
+    except Exception:  # another attention layout: the caller runs the whole block instead
+        return None
+    d_head = int(model.cfg.d_head)
+    if k.ndim == 3 and k.shape[-1] % d_head == 0:  # (row, pos, head * d_head)
+        k, v = k.unflatten(-1, (-1, d_head)), v.unflatten(-1, (-1, d_head))
+    if k.ndim != 4 or v.ndim != 4:
+        return None
+    return k.transpose(1, 2), v.transpose(1, 2)
+
+
+class _Corrupted:
+    """The corrupted run, once: logits and what the patched runs start from."""
+
+    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int):
+        n_layers = int(model.cfg.n_layers)
+        self.acts: dict[str, torch.Tensor] = {}
+        names = set(hooks) | {f"blocks.{layer}.hook_resid_pre" for layer in range(first_layer, n_layers)}
+        names |= {f"blocks.{layer}.attn.hook_{kv}" for layer in range(first_layer, n_layers) for kv in "kv"}
+
+        def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+            # stored under the name asked for (the bridge's hook point may carry its
+            # canonical name, e.g. blocks.0.hook_in for blocks.0.hook_resid_pre)
+            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                self.acts[name] = act.detach().clone()
+                return act
+            return fn
+
+        # a plain run_with_hooks, as the reference's baseline: the same logits, bit for bit
+        self.logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]).detach()
+        self.keys = {layer: self.acts[f"blocks.{layer}.attn.hook_k"].transpose(1, 2) for layer in range(first_layer, n_layers)}
+        self.values = {layer: self.acts[f"blocks.{layer}.attn.hook_v"].transpose(1, 2) for layer in range(first_layer, n_layers)}
+        # may the last block run for the final position only? (its keys/values computed
+        # apart, checked here against the corrupted run's own)
+        last = n_layers - 1
+        kv = _block_kv(model, last, self.acts[f"blocks.{last}.hook_resid_pre"])
+        self.last_kv_apart = kv is not None and all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+            for a, b in zip(kv, (self.keys[last], self.values[last])))
+
+
+def _layer(hook: str) -> int:
+    m = _LAYER_RE.match(hook)
+    if m is None:
+        raise ConfigError(f"Hook {hook} is outside the transformer blocks; actstore.patching patches hooks of "
+                          "blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...). Use "
+                          "transformer_lens.patching for this one.")
+    return int(m.group(1))
+
+
+def _pos_axes(hook: str, act: torch.Tensor, n_pos: int) -> tuple[int | None, int | None]:
+    """(query position axis, key position axis) of one row's activation (batch first)."""
+    if hook.endswith(_PATTERN_HOOKS):
+        return 2, 3
+    if act.ndim >= 2 and act.shape[1] == n_pos:
+        return 1, None
+    return None, None  # no position axis we know of: never narrowed
+
+
+def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int | None) -> int | None:
+    """First position where the patch changes anything; None for a no-op patch."""
+    diff = patched != corrupted
+    if not bool(diff.any()):
+        return None
+    if pos_axis is None:
+        return 0
+    per_pos = diff.movedim(pos_axis, 0).reshape(diff.shape[pos_axis], -1).any(dim=1)  # (pos,)
+    return int(torch.nonzero(per_pos)[0, 0])
+
+
+def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int, end: int, call_cost: int
+                 ) -> list[tuple[int, int]]:
+    """Split variants sorted by start into consecutive chunks [i, j), minimising
+    sum(rows * (end - start of the chunk's first variant)) + call_cost per forward call
+    (a chunk larger than max_variants takes several calls). Groups of equal start stay
+    together (nothing to gain by splitting them)."""
+    groups: list[tuple[int, int]] = []  # (first variant, start)
+    for i, s in enumerate(starts):
+        if not groups or starts[groups[-1][0]] != s:
+            groups.append((i, s))
+    n, g = len(starts), len(groups)
+    bounds = [gi for gi, _ in groups] + [n]
+    best = [0.0] + [math.inf] * g
+    cut = [0] * (g + 1)
+    for j in range(1, g + 1):
+        for i in range(j):
+            n_var = bounds[j] - bounds[i]
+            cost = n_var * rows_per_variant * (end - groups[i][1]) + math.ceil(n_var / max_variants) * call_cost
+            if best[i] + cost < best[j]:
+                best[j], cut[j] = best[i] + cost, i
+    chunks: list[tuple[int, int]] = []
+    j = g
+    while j > 0:
+        i = cut[j]
+        for a in range(bounds[i], bounds[j], max_variants):
+            chunks.append((a, min(a + max_variants, bounds[j])))
+        j = i
+    return sorted(chunks)
+
+
+def _check_model(model: Any) -> None:
+    cfg = model.cfg
+    if not hasattr(model, "blocks") or getattr(cfg, "positional_embedding_type", "standard") != "standard":
+        raise ConfigError(
+            f"actstore.patching runs the blocks of GPT-2-family models (absolute position embeddings, causal "
+            f"attention); this model has positional_embedding_type={getattr(cfg, 'positional_embedding_type', None)!r}. "
+            "Use transformer_lens.patching for it.")
+    training = [n for n, m in model.named_modules() if m.training]
+    if training:
+        raise ConfigError(f"activation patching requires the model in evaluation mode; found training mode at "
+                          f"{', '.join(training[:3])}. Call model.eval() first.")
+
+
+def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
+              memory_budget: int | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every variant's metric values, (index, metric[, batch]), and the unpatched
+    corrupted run's, (metric[, batch]); float32 on the model's device."""
+    from tqdm.auto import tqdm
+
+    _check_model(model)
+    device = torch.device(model.cfg.device)
+    batch, n_pos = corrupted_tokens.shape
+    n_layers = int(model.cfg.n_layers)
+    by_layer: dict[int, list[int]] = {}
+    for c, index in enumerate(sweep.indices):
+        by_layer.setdefault(_layer(sweep.act_name(int(index[0]))), []).append(c)
+    hooks = {layer: sweep.act_name(int(sweep.indices[cells[0]][0])) for layer, cells in by_layer.items()}
+    out = torch.zeros((len(sweep.indices), len(metrics.fns)) + ((batch,) if metrics.per_example else ()),
+                      device=device)
+    with torch.no_grad():
+        corrupted = _Corrupted(model, corrupted_tokens, list(hooks.values()), min(by_layer, default=0))
+        corrupted_sel = metrics.select(corrupted.logits)  # (batch, pos', vocab')
+        baseline = metrics.evaluate(corrupted_sel)[0]
+        budget = memory_budget or default_memory_budget(device)
+        end = metrics.end
+        bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
+                   disable=not progress, leave=False)
+        for layer in sorted(by_layer):
+            hook, cells = hooks[layer], by_layer[layer]
+            corr_act, clean_act = corrupted.acts[hook], clean[hook]
+            q_axis, k_axis = _pos_axes(hook, corr_act, n_pos)
+
+            def patched(c: int) -> torch.Tensor:
+                index = sweep.indices[c]
+                return sweep.patch_setter(corr_act.clone(), index, clean_act)
+
+            live: list[tuple[int, int]] = []  # (start, cell)
+            for c in cells:
+                s = _first_change(patched(c), corr_act, q_axis)
+                if s is None or (s >= end and q_axis is not None):  # no-op, or after every position read
+                    out[c] = baseline
+                else:
+                    live.append((s, c))
+            bar.update(len(cells) - len(live))
+            live.sort()
+            row_bytes = _row_bytes(model, n_pos, corr_act[0].numel(), full_logits=not metrics.restricted)
+            max_var = max(1, budget // (batch * row_bytes))
+            chunks = _plan_chunks([s for s, _ in live], batch, max_var, end,
+                                  _CALL_COST_ROWPOS.get(device.type, 24))
+            for a, b in chunks:
+                start = live[a][0] if q_axis is not None else 0
+                vals = _run_chunk(model, corrupted, metrics, corrupted_sel, layer, hook,
+                                  [patched(c) for _, c in live[a:b]], start, end if q_axis is not None else n_pos,
+                                  q_axis, k_axis, n_layers)
+                for (_, c), v in zip(live[a:b], vals):
+                    out[c] = v
+                bar.update(b - a)
+        bar.close()
+    return out, baseline
+
+
+def _row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int:
+    """Rough peak bytes of one prompt row of one variant through a block."""
+    cfg = model.cfg
+    d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)
+    item = torch.finfo(_model_dtype(model)).bits // 8
+    per_pos = 12 * int(cfg.d_model) + 3 * d_mlp + 4 * int(cfg.n_heads) * n_pos
+    logits = n_pos * int(cfg.d_vocab) if full_logits else 0
+    return item * (n_pos * per_pos + logits + 2 * act_numel)
+
+
+def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
+               hook_name: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
+               k_axis: int | None, n_layers: int) -> torch.Tensor:
+    """Run the variants of one chunk from block ``layer`` on, over positions
+    [start, end); return their metric values (variant, metric[, batch])."""
+    n_var = len(patched)
+    window = torch.stack(patched)  # (variant, batch, ...)
+    if q_axis is not None:
+        window = window.narrow(q_axis + 1, start, end - start)
+    if k_axis is not None:
+        window = window.narrow(k_axis + 1, 0, end)
+    window = window.reshape(-1, *window.shape[2:]).contiguous()  # (variant * batch, ...)
+    fired = []
+
+    def substitute(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        if act.shape != window.shape:
+            raise RuntimeError(f"{hook_name}: activation of shape {tuple(act.shape)} where the engine expected "
+                               f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes.")
+        fired.append(True)
+        return window
+
+    x = corrupted.acts[f"blocks.{layer}.hook_resid_pre"][:, start:end].repeat(n_var, 1, 1)
+    prefix = _PrefixKV(corrupted.keys, corrupted.values, start, n_var) if start > 0 else None
+    # the last block for the final position only, when that is all the metrics read:
+    # the other window positions there only give keys and values
+    last = n_layers - 1
+    trim = (corrupted.last_kv_apart and layer < last and metrics.restricted and end - start > 1
+            and [p for p in metrics.positions if p >= start] == [end - 1])
+    with model.hooks(fwd_hooks=[(hook_name, substitute)]):
+        for block in model.blocks[layer:last if trim else n_layers]:
+            y = block(x, past_key_values=prefix) if prefix is not None else block(x)
+            x = y[0] if isinstance(y, tuple) else y
+    if len(fired) != 1:
+        raise RuntimeError(f"{hook_name} fired {len(fired)} times in the patched blocks (expected once).")
+    if trim:
+        k, v = _block_kv(model, last, x[:, :-1])  # type: ignore[misc]
+        prefix = _PrefixKV(corrupted.keys, corrupted.values, start, n_var)
+        prefix.extra[last] = (k, v)
+        y = model.blocks[last](x[:, -1:], past_key_values=prefix)
+        x, start = (y[0] if isinstance(y, tuple) else y), end - 1
+    return metrics.evaluate(_logits(model, metrics, corrupted, corrupted_sel, x, start, end, n_var))
+
+
+def _logits(model: Any, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: torch.Tensor, x: torch.Tensor,
+            start: int, end: int, n_var: int) -> torch.Tensor:
+    """Logits of every variant row where the metrics read them; positions before
+    ``start`` are the corrupted run's."""
+    if not metrics.restricted:
+        new = model.unembed(model.ln_final(x))  # (row, end - start, d_vocab)
+        if start == 0:
+            return new
+        return torch.cat([corrupted.logits[:, :start].repeat(n_var, 1, 1), new], dim=1)
+    out = corrupted_sel.repeat(n_var, 1, 1)  # (row, pos', vocab')
+    cols = [i for i, p in enumerate(metrics.positions) if p >= start]
+    if cols:
+        h = model.ln_final(x[:, [metrics.positions[i] - start for i in cols]])
+        out[:, cols] = _unembed_columns(model, h, metrics.token_ids)
+    return out
+
+
+def _unembed_columns(model: Any, h: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    """The unembedding of ``h`` for the given vocabulary columns only."""
+    lin = getattr(model.unembed, "original_component", None)
+    if isinstance(lin, torch.nn.Linear):
+        idx = torch.tensor(token_ids, device=h.device)
+        bias = lin.bias.index_select(0, idx) if lin.bias is not None else None
+        return F.linear(h, lin.weight.index_select(0, idx), bias)
+    return model.unembed(h)[..., list(token_ids)]

@@ -1,0 +1,397 @@
+"""`actstore patch`: an activation-patching sweep over a file of prompt pairs.
+
+Each line of the pairs file is a JSON object: the clean and corrupted prompts (the
+same number of tokens) and the answer and wrong answer (one token each)::
+
+    {"clean": "When Mary and John went to the store, John gave a drink to",
+     "corrupted": "When Mary and John went to the store, Mary gave a drink to",
+     "answer": " Mary", "wrong": " John"}
+
+Prompts are tokenised as BOS + text. The metric is the logit difference answer -
+wrong at the last position. Pairs run ``batch_pairs`` at a time through
+:mod:`actstore.patching` (clean activations from ``--store`` when given, read from
+disk; a store that does not exist yet is first cached from the clean prompts). The
+results group holds, per sweep, the patched logit difference of every pair and the
+normalised mean over pairs (0 = corrupted, 1 = clean), with dimension names; a
+heatmap PNG (layers by positions, labelled with the first pair's tokens) goes next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from . import patching
+from .errors import (ConfigError, CorpusError, MissingTextFieldError, StoreExistsError, StoreMismatchError)
+from .store import ActivationStore, is_store
+
+__all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "patch_pairs", "register"]
+
+# sweep name -> (function, the short sites whose clean activations it reads)
+SWEEPS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "resid_pre": (patching.get_act_patch_resid_pre, ("resid_pre",)),
+    "resid_mid": (patching.get_act_patch_resid_mid, ("resid_mid",)),
+    "attn_out": (patching.get_act_patch_attn_out, ("attn_out",)),
+    "mlp_out": (patching.get_act_patch_mlp_out, ("mlp_out",)),
+    **{f"attn_head_{kind}_{where}": (getattr(patching, f"get_act_patch_attn_head_{kind}_{where}"),
+                                     ("z" if kind == "out" else kind,))
+       for kind in ("out", "q", "k", "v", "pattern") for where in ("by_pos", "all_pos")},
+    "attn_head_pattern_dest_src_pos": (patching.get_act_patch_attn_head_pattern_dest_src_pos, ("pattern",)),
+    "block_every": (patching.get_act_patch_block_every, ("resid_pre", "attn_out", "mlp_out")),
+    "attn_head_all_pos_every": (patching.get_act_patch_attn_head_all_pos_every, ("z", "q", "k", "v", "pattern")),
+    "attn_head_by_pos_every": (patching.get_act_patch_attn_head_by_pos_every, ("z", "q", "k", "v", "pattern")),
+}
+_DIM_NAMES = {"head_index": "head"}  # one vocabulary for dimensions: layer pos head dest_pos src_pos
+
+EXAMPLE = """examples:
+  actstore patch --model gpt2 --pairs ioi.jsonl --sweep resid_pre --out ioi.zarr
+  actstore patch --model gpt2 --pairs ioi.jsonl --sweep attn_head_out_by_pos --store ioi_clean.zarr
+      (the clean activations are read from ioi_clean.zarr, cached from the clean prompts first if it
+       does not exist; results go to ioi_clean.zarr/results/patching/ unless --out is given)
+
+pairs.jsonl, one JSON object per line (clean and corrupted of the same token length, one-token answers):
+  {"clean": "When Mary and John went to the store, John gave a drink to",
+   "corrupted": "When Mary and John went to the store, Mary gave a drink to",
+   "answer": " Mary", "wrong": " John"}
+"""
+
+
+@dataclass(frozen=True)
+class PatchJobConfig:
+    """One `actstore patch` run; the CLI flags map onto these fields."""
+
+    model: str  # hub name, local folder, or actstore-demo
+    pairs: str  # JSON lines: clean, corrupted, answer, wrong
+    sweep: str = "resid_pre"  # a key of SWEEPS
+    store: str | None = None  # clean activations read from this store (cached into it first if missing)
+    out: str | None = None  # results group; default: the store's results/, else <pairs>.patch.zarr
+    metric: str = "normalised"  # what the heatmap shows: 'normalised' (0 corrupted, 1 clean) or 'logit_diff'
+    figure: str | None = None  # heatmap path; default next to the results, <out>.<sweep>.png
+    batch_pairs: int = 16  # pairs per sweep call (the batch dimension of each patched forward)
+    memory_budget: int | None = None  # bytes per batched forward; None: actstore.patching's default
+    dtype: str | None = None
+    device: str = "auto"
+    model_revision: str | None = None
+    overwrite: bool = False  # replace this sweep's results if the group already holds them
+    progress: bool = True
+    command_line: str = ""
+
+
+@dataclass
+class PatchJobResult:
+    out: str  # the results group (a store's path when written under its results/)
+    prefix: str  # where this sweep's arrays are inside it
+    figures: list[str]
+    dims: tuple[str, ...]  # of the per-pair values, 'pair' first
+    logit_diff: np.ndarray  # (pair, *cells)
+    normalised: np.ndarray  # (*cells)
+    clean_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    corrupted_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class _Pairs:
+    clean: torch.Tensor  # (pair, pos) int64, BOS first
+    corrupted: torch.Tensor
+    answer: torch.Tensor  # (pair,)
+    wrong: torch.Tensor
+    clean_text: list[str]
+
+
+def read_pairs(path: str, tokenizer: Any) -> _Pairs:
+    """Read and check the pairs file: every problem is reported before any work."""
+    if not os.path.isfile(path):
+        raise CorpusError(f"Pairs file '{path}' not found. Pass a JSON-lines file with clean, corrupted, answer "
+                          "and wrong fields (see `actstore patch --help`).")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+    def ids(text: Any, where: str) -> list[int]:
+        if not isinstance(text, str):
+            raise CorpusError(f"{where} must be a string, got {type(text).__name__}.")
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rows: list[tuple[list[int], list[int], int, int, str]] = []
+    with open(path, encoding="utf-8") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    if not lines:
+        raise CorpusError(f"Pairs file '{path}' holds no pairs; write one JSON object per line.")
+    for n, line in lines:
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line.") from None
+        if not isinstance(rec, dict):
+            raise CorpusError(f"{where} is not a JSON object; expected {{\"clean\": ..., \"corrupted\": ..., ...}}.")
+        if "wrong" not in rec and "wrong_answer" in rec:
+            rec["wrong"] = rec["wrong_answer"]
+        missing = [k for k in ("clean", "corrupted", "answer", "wrong") if k not in rec]
+        if missing:
+            raise MissingTextFieldError(f"{where} has no field {', '.join(repr(k) for k in missing)}; each pair "
+                                        "needs clean, corrupted, answer and wrong (or wrong_answer).")
+        clean, corrupted = [bos] + ids(rec["clean"], f"{where} clean"), [bos] + ids(rec["corrupted"], f"{where} corrupted")
+        if len(clean) != len(corrupted):
+            raise ConfigError(
+                f"{where}: the clean prompt is {len(clean)} tokens and the corrupted one {len(corrupted)} (with BOS); "
+                "patching compares them position by position. Reword the corrupted prompt to the same token length "
+                "(e.g. swap in a name that is also one token).")
+        answers = []
+        for key in ("answer", "wrong"):
+            tok = ids(rec[key], f"{where} {key}")
+            if len(tok) != 1:
+                pieces = [tokenizer.decode([t]) for t in tok]
+                raise ConfigError(
+                    f"{where}: {key} {rec[key]!r} is {len(tok)} tokens {pieces}; the logit difference needs one-token "
+                    "answers. Pick a one-token word (mind the leading space: ' Mary' is one token).")
+            answers.append(tok[0])
+        rows.append((clean, corrupted, answers[0], answers[1], rec["clean"]))
+    lengths = {len(r[0]) for r in rows}
+    if len(lengths) > 1:
+        first, other = rows[0], next(r for r in rows if len(r[0]) != len(rows[0][0]))
+        raise ConfigError(
+            f"{path}: pairs have different token lengths ({len(first[0])} for the first, {len(other[0])} for "
+            f"{other[4]!r}); one sweep lines up positions across pairs. Split the file by length, one run each.")
+    as_t = lambda i: torch.tensor([r[i] for r in rows], dtype=torch.long)  # noqa: E731
+    return _Pairs(as_t(0), as_t(1), as_t(2), as_t(3), [r[4] for r in rows])
+
+
+def _store_rows(store: ActivationStore, clean: torch.Tensor) -> list[int]:
+    """The store row holding each clean prompt (as BOS + tokens, possibly padded)."""
+    n_pos = clean.shape[1]
+    if store.layout.seq_len < n_pos:
+        raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
+                                 f"{n_pos}. Cache the clean prompts with --packing document --seq-len {n_pos}.")
+    tokens, mask = store.tokens(), store.mask()
+    real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
+    where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
+    rows = [where.get(tuple(c.tolist())) for c in clean]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise StoreMismatchError(
+            f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
+            f"{len(rows)} missing). Give a new --store path (it is then cached from the clean prompts), or cache them "
+            f"yourself: actstore cache STORE --model M --dataset clean.txt --packing document --seq-len {n_pos}.")
+    return [int(r) for r in rows]
+
+
+def _check_store_sites(store: ActivationStore, shorts: Sequence[str], n_layers: int) -> None:
+    have = set(store.sites)
+    need = [f"blocks.{layer}.{'attn.' if s in ('z', 'q', 'k', 'v', 'pattern') else ''}hook_{s}"
+            for s in shorts for layer in range(n_layers)]
+    missing = [h for h in need if h not in have]
+    if missing:
+        raise StoreMismatchError(
+            f"Store '{store.path}' lacks {len(missing)} of the sites this sweep reads (first: {missing[0]}). "
+            f"Cache the clean prompts with --sites {','.join(f'{s}:all' for s in shorts)}, or give a new --store path.")
+
+
+class _Writer:
+    """Arrays with dimension names into a results group, or under a store's results/.
+    Refuses, before any work, to replace a sweep's results without overwrite."""
+
+    def __init__(self, cfg: PatchJobConfig, store: ActivationStore | None):
+        out = cfg.out
+        if out is not None and store is not None and os.path.abspath(out) == os.path.abspath(store.path):
+            out = None
+        if out is None and store is not None:
+            self.store: ActivationStore | None = store
+        elif out is not None and is_store(out):
+            self.store = ActivationStore.open(out)
+        else:
+            self.store = None
+        self.path = self.store.path if self.store is not None else (out or _default_out(cfg.pairs))
+        self.prefix = f"patching/{cfg.sweep}"
+        self.group: zarr.Group | None = None
+        if self._exists() and not cfg.overwrite:
+            raise StoreExistsError(f"'{self.path}' already holds results of the {cfg.sweep} sweep ({self.prefix}); "
+                                   "pass --overwrite to replace them, or --out another path.")
+
+    def _exists(self) -> bool:
+        if self.store is not None:
+            return any(r.startswith(self.prefix + "/") for r in self.store.results())
+        if not os.path.exists(self.path):
+            return False
+        try:
+            return self.prefix in zarr.open_group(self.path, mode="r")
+        except Exception:
+            raise StoreExistsError(f"'{self.path}' exists and is not a Zarr group; pass --out another path.") from None
+
+    def __call__(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: dict[str, Any]) -> None:
+        key = f"{self.prefix}/{name}"
+        if self.store is not None:
+            self.store.save_result(key, data, dims, attrs)
+            return
+        if self.group is None:
+            self.group = zarr.open_group(self.path, mode="a")
+        arr = self.group.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims),
+                                      overwrite=True)
+        arr[...] = data
+        arr.attrs.update(attrs)
+
+
+def _default_out(pairs: str) -> str:
+    stem = os.path.splitext(pairs)[0]
+    return f"{stem}.patch.zarr"
+
+
+def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
+    """Run one sweep over every pair; write the results and the heatmap."""
+    from .cache import cache
+    from .models import load_model
+
+    if cfg.sweep not in SWEEPS:
+        raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
+    if cfg.metric not in ("normalised", "logit_diff"):
+        raise ConfigError(f"Unknown metric '{cfg.metric}'; expected normalised or logit_diff.")
+    if cfg.batch_pairs < 1:
+        raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
+    fn, shorts = SWEEPS[cfg.sweep]
+    model = load_model(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    bridge, info = model.bridge, model.info
+    pairs = read_pairs(cfg.pairs, model.tokenizer)
+    n_pairs, n_pos = pairs.clean.shape
+    if n_pos > info.n_ctx:
+        raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {info.n_ctx}.")
+
+    store = None
+    if cfg.store is not None:
+        if not os.path.exists(cfg.store):
+            if cfg.progress:
+                print(f"caching the {n_pairs} clean prompts into {cfg.store}")
+            cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+                  sites=",".join(f"{s}:all" for s in shorts), dtype=info.dtype, device=model.device,
+                  model_revision=cfg.model_revision, progress=cfg.progress,
+                  command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
+        store = ActivationStore.open(cfg.store)
+        from ._patch_engine import check_store_model
+
+        check_store_model(store, bridge)
+        _check_store_sites(store, shorts, info.n_layers)
+        rows = _store_rows(store, pairs.clean)
+    writer = _Writer(cfg, store)
+
+    per_pair, clean_ld, corr_ld = [], [], []
+    axis_names: list[str] = []
+    for a in range(0, n_pairs, cfg.batch_pairs):
+        b = min(a + cfg.batch_pairs, n_pairs)
+        corrupted = pairs.corrupted[a:b].to(model.device)
+        metric = patching.LogitDiff(pairs.answer[a:b], pairs.wrong[a:b], per_example=True)
+        with torch.no_grad():
+            if store is not None:
+                clean_src, extra = store, {"clean_rows": rows[a:b]}
+                clean_logits = bridge(pairs.clean[a:b].to(model.device))
+            else:
+                clean_logits, clean_src = bridge.run_with_cache(pairs.clean[a:b].to(model.device))
+                extra = {}
+        res = fn(bridge, corrupted, clean_src, metric, reduce="none", baseline=True,
+                 memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
+        axis_names = list(res.axis_names)
+        per_pair.append(res.values.movedim(-1, 0).float().cpu().numpy())  # (pair, *cells)
+        corr_ld.append(res.baseline.float().cpu().numpy())
+        clean_ld.append(metric(clean_logits).float().cpu().numpy())
+    values = np.concatenate(per_pair)
+    clean_v, corr_v = np.concatenate(clean_ld), np.concatenate(corr_ld)
+    normalised = (values.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean())
+    dims = ("pair", *(_DIM_NAMES.get(d, d) for d in axis_names))
+
+    attrs = {"sweep": cfg.sweep, "metric": "logit difference answer - wrong at the last position",
+             "model": info.to_dict(), "pairs": os.path.abspath(cfg.pairs), "n_pairs": int(n_pairs),
+             "clean_source": f"store {store.path}" if store is not None else "clean forward (run_with_cache)",
+             "command_line": cfg.command_line, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if cfg.sweep.endswith("_every"):
+        attrs["patch_type"] = list(res.patch_type_names or [])
+    writer("logit_diff", values.astype(np.float32), dims, attrs)
+    writer("normalised", normalised.astype(np.float32), dims[1:],
+           {**attrs, "normalised": "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"})
+    writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
+    writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
+    writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
+    writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
+
+    shown = normalised if cfg.metric == "normalised" else values.mean(0)
+    figures = _figures(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
+                       res.patch_type_names if cfg.sweep.endswith("_every") else None)
+    return PatchJobResult(out=writer.path, prefix=("results/" if writer.store is not None else "") + writer.prefix,
+                          figures=figures, dims=dims, logit_diff=values, normalised=normalised,
+                          clean_logit_diff=clean_v, corrupted_logit_diff=corr_v)
+
+
+def _figures(cfg: PatchJobConfig, out: str, data: np.ndarray, dims: Sequence[str], pairs: _Pairs, tokenizer: Any,
+             model_name: str, n_pairs: int, type_names: Sequence[str] | None) -> list[str]:
+    """Heatmaps with positions along x, labelled 'clean token' (or 'clean/corrupted'
+    where the first pair differs), and every other axis flattened along y."""
+    from .plots import heatmap
+
+    if "src_pos" in dims:
+        return []  # (layer, head, dest, src): no single readable picture; the arrays are in the group
+    base = cfg.figure or f"{out[:-5] if out.endswith('.zarr') else out}.{cfg.sweep}.png"
+    clean = [tokenizer.decode([int(t)]) for t in pairs.clean[0]]
+    corr = [tokenizer.decode([int(t)]) for t in pairs.corrupted[0]]
+    labels = [f"{i} {c!r}" if c == d else f"{i} {c!r}/{d!r}" for i, (c, d) in enumerate(zip(clean, corr))]
+    what = "normalised LD (0 corr., 1 clean)" if cfg.metric == "normalised" else "logit diff"
+    panels = [(data, dims, base, cfg.sweep)]
+    if type_names is not None:  # one figure per patch type
+        root, ext = os.path.splitext(base)
+        panels = [(data[i], dims[1:], f"{root}.{name}{ext}", f"{cfg.sweep} [{name}]") for i, name in enumerate(type_names)]
+    paths = []
+    for values, names, path, title in panels:
+        pos_axis = next((i for i, d in enumerate(names) if d in ("pos", "dest_pos")), None)
+        col_axis = pos_axis if pos_axis is not None else len(names) - 1
+        grid = np.moveaxis(values, col_axis, -1)
+        rows = [n for i, n in enumerate(names) if i != col_axis]
+        ylabels = [".".join(f"{n[0].upper()}{i}" for n, i in zip(rows, idx)) for idx in np.ndindex(*grid.shape[:-1])]
+        xlabels = labels if pos_axis is not None else [f"H{i}" for i in range(grid.shape[-1])]
+        heatmap(grid.reshape(-1, grid.shape[-1]), path, title=f"{title}: {os.path.basename(model_name)}, mean of "
+                f"{n_pairs} pair{'s' if n_pairs != 1 else ''}", xlabel=names[col_axis] + (" (pair 1's tokens)" if
+                pos_axis is not None else ""), ylabel=" . ".join(rows), xticklabels=xlabels, yticklabels=ylabels,
+                diverging=True, colorbar_label=what)
+        paths.append(path)
+    return paths
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("patch", help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
+                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo")
+    p.add_argument("--model-revision")
+    p.add_argument("--pairs", required=True, help="JSON lines: clean, corrupted, answer, wrong")
+    p.add_argument("--sweep", default="resid_pre", choices=list(SWEEPS), metavar="SWEEP",
+                   help=f"what to patch (default resid_pre): {', '.join(SWEEPS)}")
+    p.add_argument("--store", help="read the clean activations from this store (cached from the clean prompts first "
+                                   "if it does not exist)")
+    p.add_argument("--out", help="results Zarr group (default: the store's results/, else PAIRS.patch.zarr)")
+    p.add_argument("--metric", choices=("normalised", "logit_diff"), default="normalised",
+                   help="what the heatmap shows (both are saved)")
+    p.add_argument("--figure", help="heatmap PNG path (default: next to the results, OUT.SWEEP.png)")
+    p.add_argument("--batch-pairs", type=int, default=16, help="pairs per sweep call")
+    p.add_argument("--memory-budget-mb", type=int, help="activation memory of one batched forward, MB")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace this sweep's results in an existing group")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = PatchJobConfig(
+        model=args.model, pairs=args.pairs, sweep=args.sweep, store=args.store, out=args.out, metric=args.metric,
+        figure=args.figure, batch_pairs=args.batch_pairs,
+        memory_budget=None if args.memory_budget_mb is None else args.memory_budget_mb * 2**20, dtype=args.dtype,
+        device=args.device, model_revision=args.model_revision, overwrite=args.overwrite, progress=not args.quiet,
+        command_line=shlex.join(["actstore", *getattr(args, "argv", [])]))
+    res = patch_pairs(cfg)
+    if not args.quiet:
+        print(f"wrote {res.out} ({res.prefix}/: logit_diff {res.logit_diff.shape} dims {res.dims}, normalised)")
+        for f in res.figures:
+            print(f"figure {f}")
+    return 0

@@ -1,0 +1,385 @@
+"""Vectorised activation patching: a drop-in for ``transformer_lens.patching``.
+
+Every public function of ``transformer_lens.patching`` is here under the same name
+and signature, with the same options (``reduce``, ``baseline``, a mapping of metrics,
+``index_df``, ``return_index_df``) and the same results (to float32 rounding), so a
+user switches by changing one import::
+
+    from actstore import patching          # was: from transformer_lens import patching
+    patching.get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric)
+
+What differs is the cost: the patched variants run many at a time in the batch
+dimension, from the patched block on (not from the embedding), over the positions a
+patch can change only (the corrupted run's keys and values stand in for the earlier
+ones), with logits only where the metric reads them; patches that change nothing are
+not run at all. See :mod:`actstore._patch_engine`.
+
+Extra keyword-only options on every sweep:
+  ``clean_rows``     the store rows of the clean prompts when ``clean_cache`` is an
+                     :class:`~actstore.ActivationStore` (clean activations read from disk)
+  ``memory_budget``  bytes of activations one batched forward may use (default: a quarter
+                     of the free RAM, at most 512 MiB; half the free GPU memory)
+  ``progress``       show a tqdm bar (default True)
+
+Metrics: a TransformerLens metric (logits (batch, pos, d_vocab) -> scalar, or (batch,)
+under ``reduce='mean'/'none'``) works unchanged. A *batched* metric, one with a
+``batched(logits)`` method taking the logits of many variants (variant, batch, pos,
+vocab) and returning (variant,) or (variant, batch), is faster; :func:`batched_metric`
+wraps a function as one, and :class:`LogitDiff` is the built-in logit difference
+(normalised or not), both usable with ``transformer_lens.patching`` too.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import patching as _tl
+from transformer_lens.patching import (  # the reference's own setters, re-exported unchanged
+    layer_head_dest_src_pos_pattern_patch_setter,
+    layer_head_pattern_patch_setter,
+    layer_head_pos_pattern_patch_setter,
+    layer_head_vector_patch_setter,
+    layer_pos_head_vector_patch_setter,
+    layer_pos_patch_setter,
+    make_df_from_ranges,
+)
+from transformer_lens.utilities import get_act_name
+
+from ._patch_engine import CleanSource, Metrics, Sweep, run_sweep
+from .errors import ConfigError
+
+__all__ = [
+    "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
+    "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_by_pos",
+    "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos", "get_act_patch_attn_head_pattern_by_pos",
+    "get_act_patch_attn_head_pattern_dest_src_pos", "get_act_patch_attn_head_out_all_pos",
+    "get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
+    "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_all_pos_every",
+    "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every", "get_act_patch_direct_path",
+    "get_act_patch_direct_path_all_sources", "PatchingResult", "make_df_from_ranges", "layer_pos_patch_setter",
+    "layer_pos_head_vector_patch_setter", "layer_head_vector_patch_setter", "layer_head_pattern_patch_setter",
+    "layer_head_pos_pattern_patch_setter", "layer_head_dest_src_pos_pattern_patch_setter", "BatchedMetric",
+    "batched_metric", "LogitDiff",
+]
+
+# TransformerLens 4 types the rich return; 3.x has none (its sweeps return tensors only)
+PatchingResult: Any = getattr(_tl, "PatchingResult", None)
+# direct path patching has no sweep to vectorise: the reference's, re-exported
+get_act_patch_direct_path = getattr(_tl, "get_act_patch_direct_path", None)
+get_act_patch_direct_path_all_sources = getattr(_tl, "get_act_patch_direct_path_all_sources", None)
+
+MetricFn = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], torch.Tensor]
+_REDUCE_MODES = ("scalar", "mean", "none")
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class BatchedMetric(Protocol):
+    """A metric evaluated on many patched variants at once.
+
+    ``batched(logits)`` takes (variant, batch, pos, vocab) logits and returns (variant,)
+    under ``reduce='scalar'``, (variant, batch) otherwise. If ``positions`` and
+    ``token_ids`` are both set (not None), the logits it gets hold only those positions
+    and vocabulary columns, in that order (``logits[..., i, j]`` is the logit of token
+    ``token_ids[j]`` at position ``positions[i]``; negative positions count from the
+    end), and only those are computed."""
+
+    positions: Optional[Sequence[int]]
+    token_ids: Optional[Sequence[int]]
+
+    def batched(self, logits: Float[torch.Tensor, "variant batch pos vocab"]) -> torch.Tensor: ...
+
+
+class _BatchedFn:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]],
+                 token_ids: Optional[Sequence[int]]):
+        self.batched = fn
+        self.positions = None if positions is None else tuple(int(p) for p in positions)
+        self.token_ids = None if token_ids is None else tuple(int(t) for t in token_ids)
+
+    def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
+        if self.positions is not None:
+            logits = logits[:, list(self.positions)]
+        if self.token_ids is not None:
+            logits = logits[..., list(self.token_ids)]
+        return self.batched(logits[None])[0]
+
+
+def batched_metric(fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]] = None,
+                   token_ids: Optional[Sequence[int]] = None) -> BatchedMetric:
+    """Make ``fn`` ((variant, batch, pos, vocab) logits -> (variant,) or (variant, batch))
+    a batched metric. With ``positions`` and ``token_ids``, ``fn`` sees only those
+    logits. The result also works as a plain TransformerLens metric on one run's logits."""
+    return _BatchedFn(fn, positions, token_ids)
+
+
+class LogitDiff:
+    """Logit difference ``logit[answer] - logit[wrong]`` at position ``pos`` (default the
+    last), mean over the batch (``per_example=True``: one value per prompt, for
+    ``reduce='mean'`` or ``'none'``).
+
+    With ``clean`` and ``corrupted`` baselines (the logit differences of the unpatched
+    runs, one per prompt or one number), it is normalised: ``(ld - corrupted) / (clean -
+    corrupted)``, 0 = the corrupted run, 1 = the clean run (batch means first when not
+    per example). :meth:`normalised` computes the baselines from the two runs' logits.
+
+    A batched metric that reads only ``pos`` and the answer tokens; also a plain metric
+    (``metric(logits)``) for ``transformer_lens.patching``."""
+
+    def __init__(self, answer: Union[int, Sequence[int], torch.Tensor], wrong: Union[int, Sequence[int], torch.Tensor],
+                 pos: Union[int, Sequence[int]] = -1, *, per_example: bool = False,
+                 clean: Union[float, Sequence[float], torch.Tensor, None] = None,
+                 corrupted: Union[float, Sequence[float], torch.Tensor, None] = None):
+        self.answer = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
+        self.wrong = torch.as_tensor(wrong, dtype=torch.long).reshape(-1)
+        self.pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1)
+        n = max(len(self.answer), len(self.wrong), len(self.pos))
+        if any(len(t) not in (1, n) for t in (self.answer, self.wrong, self.pos)):
+            raise ConfigError(f"LogitDiff: answer ({len(self.answer)}), wrong ({len(self.wrong)}) and pos "
+                              f"({len(self.pos)}) must each hold one value, or one per prompt.")
+        if (clean is None) != (corrupted is None):
+            raise ConfigError("LogitDiff: pass both clean and corrupted baselines to normalise, or neither.")
+        self.per_example = per_example
+        self.clean = None if clean is None else torch.as_tensor(clean, dtype=torch.float32).reshape(-1)
+        self.corrupted = None if corrupted is None else torch.as_tensor(corrupted, dtype=torch.float32).reshape(-1)
+        self.positions = tuple(sorted(set(self.pos.tolist())))
+        self.token_ids = tuple(sorted(set(self.answer.tolist()) | set(self.wrong.tolist())))
+        self._pidx = torch.tensor([self.positions.index(p) for p in self.pos.tolist()])
+        self._aidx = torch.tensor([self.token_ids.index(t) for t in self.answer.tolist()])
+        self._widx = torch.tensor([self.token_ids.index(t) for t in self.wrong.tolist()])
+
+    def normalised(self, clean_logits: Float[torch.Tensor, "batch pos d_vocab"],
+                   corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"]) -> "LogitDiff":
+        """The same metric, normalised by the logit differences of these two runs."""
+        raw = LogitDiff(self.answer, self.wrong, self.pos, per_example=True)
+        return LogitDiff(self.answer, self.wrong, self.pos, per_example=self.per_example,
+                         clean=raw(clean_logits).detach().cpu(), corrupted=raw(corrupted_logits).detach().cpu())
+
+    @property
+    def is_normalised(self) -> bool:
+        return self.clean is not None
+
+    def raw(self, logits: Float[torch.Tensor, "... batch pos vocab"]) -> Float[torch.Tensor, "... batch"]:
+        """Per-prompt logit differences from logits restricted to ``positions`` x ``token_ids``."""
+        batch = logits.shape[-3]
+        b = torch.arange(batch, device=logits.device)
+        p, a, w = (t.to(logits.device).expand(batch) for t in (self._pidx, self._aidx, self._widx))
+        return logits[..., b, p, a] - logits[..., b, p, w]
+
+    def batched(self, logits: Float[torch.Tensor, "variant batch pos vocab"]) -> torch.Tensor:
+        ld = self.raw(logits)  # (variant, batch)
+        if self.clean is None or self.corrupted is None:
+            return ld if self.per_example else ld.mean(-1)
+        clean, corr = self.clean.to(ld.device), self.corrupted.to(ld.device)
+        if self.per_example:
+            return (ld - corr) / (clean - corr)
+        return (ld.mean(-1) - corr.mean()) / (clean.mean() - corr.mean())
+
+    def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
+        sel = logits[:, list(self.positions)][:, :, list(self.token_ids)]
+        return self.batched(sel[None])[0]
+
+    def __repr__(self) -> str:
+        kind = "normalised " if self.is_normalised else ""
+        return f"LogitDiff({kind}answer={self.answer.tolist()}, wrong={self.wrong.tolist()}, pos={self.pos.tolist()})"
+
+
+# --- the generic sweep ------------------------------------------------------------------
+
+
+def generic_activation_patch(
+    model: Any,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean_cache: Any,
+    patching_metric: Union[MetricFn, Mapping[str, MetricFn]],
+    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
+    activation_name: str,
+    index_axis_names: Optional[Sequence[str]] = None,
+    index_df: Optional[pd.DataFrame] = None,
+    return_index_df: bool = False,
+    *,
+    reduce: str = "scalar",
+    baseline: bool = False,
+    clean_rows: Union[Sequence[int], slice, None] = None,
+    memory_budget: Optional[int] = None,
+    progress: bool = True,
+) -> Any:
+    """``transformer_lens.patching.generic_activation_patch``, vectorised: the same
+    arguments, return values and errors (``ValueError``s are :class:`ConfigError`).
+
+    Args:
+        model: a TransformerBridge (GPT-2 family), in eval mode.
+        corrupted_tokens: (batch, pos) token ids of the corrupted run.
+        clean_cache: the clean run's activations: an ActivationCache (or a mapping of
+            hook name -> (batch, ...) tensor), or an ActivationStore with ``clean_rows``.
+        patching_metric: logits -> scalar (or (batch,) under reduce 'mean'/'none'), a
+            batched metric, or a mapping of names to either.
+        patch_setter, activation_name, index_axis_names, index_df, return_index_df,
+        reduce, baseline: as in transformer_lens.patching.
+        clean_rows, memory_budget, progress: see the module docstring.
+
+    Returns:
+        A tensor with one axis per index axis (flat, one value per ``index_df`` row, when
+        ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
+        ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
+    """
+    if reduce not in _REDUCE_MODES:
+        raise ConfigError(f"reduce must be one of {_REDUCE_MODES}, got {reduce!r}")
+    if isinstance(patching_metric, Mapping):
+        has_metric_axis, metrics = True, dict(patching_metric)
+        if not metrics:
+            raise ConfigError("patching_metric mapping must contain at least one metric")
+    else:
+        has_metric_axis, metrics = False, {"metric": patching_metric}
+    want_result = has_metric_axis or reduce == "none" or baseline
+    if want_result and return_index_df:
+        raise ConfigError("return_index_df only applies to the tensor return; a PatchingResult carries index_df")
+    if want_result and PatchingResult is None:
+        raise ConfigError("reduce='none', baseline=True and metric mappings return a PatchingResult, which needs "
+                          "transformer_lens>=4; upgrade it or use the default tensor return.")
+    if corrupted_tokens.ndim == 1:
+        corrupted_tokens = corrupted_tokens[None]
+    corrupted_tokens = corrupted_tokens.to(model.cfg.device)
+    batch, n_pos = (int(n) for n in corrupted_tokens.shape)
+
+    if index_df is None:
+        if index_axis_names is None:
+            raise ConfigError("pass index_axis_names (e.g. ('layer', 'pos')) or an index_df of patch indices.")
+        n_heads = model.cfg.n_heads
+        if activation_name in ("k", "v") and getattr(model.cfg, "n_key_value_heads", None) is not None:
+            n_heads = model.cfg.n_key_value_heads
+        sizes = {"layer": model.cfg.n_layers, "pos": n_pos, "head_index": n_heads, "head": n_heads,
+                 "src_pos": n_pos, "dest_pos": n_pos}
+        axis_sizes = [sizes[name] for name in index_axis_names]
+        index_df = make_df_from_ranges(axis_sizes, index_axis_names)
+        flattened = False
+    else:
+        if index_axis_names is not None:
+            raise ConfigError("pass either index_axis_names or index_df, not both.")
+        axis_sizes = index_df.max().to_list()
+        flattened = True
+
+    per_example = reduce != "scalar"
+    indices = [row.to_list() for _, row in index_df.iterrows()]
+    sweep = Sweep(indices=indices, act_name=lambda layer: get_act_name(activation_name, layer=layer),
+                  patch_setter=patch_setter)
+    values, base = run_sweep(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
+                             Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
+    # (index, metric[, batch]) -> (metric, *cells[, batch])
+    values = values.movedim(1, 0)
+    cells = (len(index_df),) if flattened else tuple(int(n) for n in axis_sizes)
+    store = values.reshape((len(metrics),) + cells + values.shape[2:])
+    baseline_values = base if baseline else None
+
+    if reduce == "mean":
+        store = store.mean(dim=-1)
+        if baseline_values is not None:
+            baseline_values = baseline_values.mean(dim=-1)
+    if not want_result:
+        return (store[0], index_df) if return_index_df else store[0]
+    return PatchingResult(
+        values=store if has_metric_axis else store[0],
+        axis_names=[] if flattened else list(index_axis_names or []),
+        index_df=index_df,
+        metric_names=list(metrics),
+        reduced=reduce != "none",
+        baseline=None if baseline_values is None else (baseline_values if has_metric_axis else baseline_values[0]),
+        has_metric_axis=has_metric_axis,
+    )
+
+
+# --- the named sweeps: one line each ----------------------------------------------------
+
+
+def _named(activation_name: str, patch_setter: Callable[..., torch.Tensor], axes: tuple[str, ...], what: str
+           ) -> Callable[..., Any]:
+    sweep = partial(generic_activation_patch, patch_setter=patch_setter, activation_name=activation_name,
+                    index_axis_names=axes)
+    sweep.__doc__ = (f"Patch {what}, one variant per ({', '.join(axes)}): a tensor of shape [{', '.join(axes)}] "
+                     "(or a PatchingResult, see generic_activation_patch). Same as transformer_lens.patching's "
+                     "function of this name, vectorised.")
+    return sweep
+
+
+_LP, _LPH, _LH = ("layer", "pos"), ("layer", "pos", "head"), ("layer", "head")
+get_act_patch_resid_pre = _named("resid_pre", layer_pos_patch_setter, _LP, "the residual stream entering each block")
+get_act_patch_resid_mid = _named("resid_mid", layer_pos_patch_setter, _LP, "the residual stream between attention and MLP")
+get_act_patch_attn_out = _named("attn_out", layer_pos_patch_setter, _LP, "each attention layer's output")
+get_act_patch_mlp_out = _named("mlp_out", layer_pos_patch_setter, _LP, "each MLP layer's output")
+get_act_patch_attn_head_out_by_pos = _named("z", layer_pos_head_vector_patch_setter, _LPH, "each head's output (z)")
+get_act_patch_attn_head_q_by_pos = _named("q", layer_pos_head_vector_patch_setter, _LPH, "each head's queries")
+get_act_patch_attn_head_k_by_pos = _named("k", layer_pos_head_vector_patch_setter, _LPH, "each head's keys")
+get_act_patch_attn_head_v_by_pos = _named("v", layer_pos_head_vector_patch_setter, _LPH, "each head's values")
+get_act_patch_attn_head_pattern_by_pos = _named("pattern", layer_head_pos_pattern_patch_setter,
+                                                ("layer", "head_index", "dest_pos"), "each head's pattern row")
+get_act_patch_attn_head_pattern_dest_src_pos = _named("pattern", layer_head_dest_src_pos_pattern_patch_setter,
+                                                      ("layer", "head_index", "dest_pos", "src_pos"),
+                                                      "each entry of each head's pattern")
+get_act_patch_attn_head_out_all_pos = _named("z", layer_head_vector_patch_setter, _LH, "each head's output, all positions")
+get_act_patch_attn_head_q_all_pos = _named("q", layer_head_vector_patch_setter, _LH, "each head's queries, all positions")
+get_act_patch_attn_head_k_all_pos = _named("k", layer_head_vector_patch_setter, _LH, "each head's keys, all positions")
+get_act_patch_attn_head_v_all_pos = _named("v", layer_head_vector_patch_setter, _LH, "each head's values, all positions")
+get_act_patch_attn_head_pattern_all_pos = _named("pattern", layer_head_pattern_patch_setter, ("layer", "head_index"),
+                                                 "each head's whole pattern")
+
+
+# --- several sweeps stacked ---------------------------------------------------------------
+
+
+def _every(sweeps: Sequence[Callable[..., Any]], axes: Sequence[tuple[str, ...]], type_names: Sequence[str],
+           axis_order: tuple[str, ...], model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
+           metric: Any, kwargs: dict[str, Any]) -> Any:
+    """Run sweeps and stack them on a leading patch_type axis, exactly as
+    transformer_lens.patching's *_every helpers do (baseline computed once; k/v
+    zero-padded to n_heads; pattern by position moved to (layer, pos, head))."""
+    kwargs = dict(kwargs)
+    baseline = bool(kwargs.pop("baseline", False))
+    results = []
+    for i, (sweep, names) in enumerate(zip(sweeps, axes)):
+        out = sweep(model, corrupted_tokens, clean_cache, metric, baseline=baseline and i == 0, **kwargs)
+        if baseline and isinstance(out, torch.Tensor):
+            out = _tl._wrap_tensor_result(out, names)
+        results.append(out)
+    if all(isinstance(r, torch.Tensor) for r in results):
+        if "head" in axis_order:
+            n_heads = results[0].size(-1)
+            for i, name in enumerate(type_names):
+                if name in ("k", "v"):
+                    results[i] = torch.nn.functional.pad(results[i], (0, n_heads - results[i].size(-1)))
+                if name == "pattern" and "pos" in axis_order:
+                    results[i] = results[i].permute(0, 2, 1)  # (layer, head, dest_pos) -> (layer, pos, head)
+        return torch.stack(results, dim=0)
+    return _tl._stack_patch_types(results, axis_order=axis_order, n_heads=model.cfg.n_heads if "head" in axis_order
+                                  else 0, type_names=type_names)
+
+
+def get_act_patch_attn_head_all_pos_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+                                          clean_cache: Any, metric: Any, **kwargs: Any) -> Any:
+    """Every head across all positions for out, q, k, v and pattern: [5, n_layers, n_heads]
+    (or a PatchingResult with a leading patch_type axis under reduce/baseline)."""
+    return _every((get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
+                   get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
+                   get_act_patch_attn_head_pattern_all_pos), (_LH,) * 4 + (("layer", "head_index"),),
+                  ("out", "q", "k", "v", "pattern"), _LH, model, corrupted_tokens, clean_cache, metric, kwargs)
+
+
+def get_act_patch_attn_head_by_pos_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+                                         clean_cache: Any, metric: Any, **kwargs: Any) -> Any:
+    """Every head by position for out, q, k, v and pattern: [5, n_layers, pos, n_heads]."""
+    return _every((get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
+                   get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
+                   get_act_patch_attn_head_pattern_by_pos), (_LPH,) * 4 + (("layer", "head_index", "dest_pos"),),
+                  ("out", "q", "k", "v", "pattern"), _LPH, model, corrupted_tokens, clean_cache, metric, kwargs)
+
+
+def get_act_patch_block_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
+                              metric: Any, **kwargs: Any) -> Any:
+    """resid_pre, attn_out and mlp_out by position: [3, n_layers, pos]."""
+    return _every((get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out), (_LP,) * 3,
+                  ("resid_pre", "attn_out", "mlp_out"), _LP, model, corrupted_tokens, clean_cache, metric, kwargs)

@@ -1,0 +1,124 @@
+"""`actstore patch`: results equal transformer_lens.patching per pair, with dimension
+names and a heatmap; bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from transformer_lens import patching as tlp
+
+import actstore
+from actstore import patching as ap
+from actstore.cli import main
+
+PAIRS = [
+    {"clean": "When Mary and John went to the store, John gave a drink to",
+     "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"},
+    {"clean": "When Tom and Anna went to the park, Anna gave a ball to",
+     "corrupted": "When Tom and Anna went to the park, Tom gave a ball to", "answer": " Tom", "wrong_answer": " Anna"},
+    {"clean": "When Alice and Bob went to the shop, Bob gave a book to",
+     "corrupted": "When Alice and Bob went to the shop, Alice gave a book to", "answer": " Alice", "wrong": " Bob"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # many tiny forwards: see test_patching
+    yield
+    torch.set_num_threads(n)
+
+
+def write_pairs(path, pairs) -> str:
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return str(path)
+
+
+def reference(bridge, tokenizer, fn_name: str) -> np.ndarray:
+    """transformer_lens.patching's per-pair logit differences, (pair, *cells)."""
+    tok = lambda t: [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    clean = torch.tensor([tok(p["clean"]) for p in PAIRS])
+    corrupted = torch.tensor([tok(p["corrupted"]) for p in PAIRS])
+    answer = [tokenizer(p["answer"])["input_ids"][0] for p in PAIRS]
+    wrong = [tokenizer(p.get("wrong", p.get("wrong_answer")))["input_ids"][0] for p in PAIRS]
+    _, cache = bridge.run_with_cache(clean)
+    res = getattr(tlp, fn_name)(bridge, corrupted, cache, ap.LogitDiff(answer, wrong, per_example=True), reduce="none")
+    return res.values.movedim(-1, 0).numpy()
+
+
+def test_patch_resid_pre_to_a_results_group(tmp_path, tiny_model, bridge, tokenizer, capsys):
+    pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
+    out = tmp_path / "res.zarr"
+    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
+                 "--batch-pairs", "2", "--quiet"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    ld = g["patching/resid_pre/logit_diff"]
+    assert ld.metadata.dimension_names == ("pair", "layer", "pos") and ld.shape == (3, 3, 15)
+    np.testing.assert_allclose(ld[...], reference(bridge, tokenizer, "get_act_patch_resid_pre"), atol=1e-4, rtol=0)
+    clean, corr = g["patching/resid_pre/clean_logit_diff"][...], g["patching/resid_pre/corrupted_logit_diff"][...]
+    norm = g["patching/resid_pre/normalised"]
+    assert norm.metadata.dimension_names == ("layer", "pos")
+    np.testing.assert_allclose(norm[...], (ld[...].mean(0) - corr.mean()) / (clean.mean() - corr.mean()), atol=1e-5)
+    assert g["patching/resid_pre/clean_tokens"].metadata.dimension_names == ("pair", "pos")
+    assert ld.attrs["sweep"] == "resid_pre" and ld.attrs["command_line"].startswith("actstore patch")
+    png = tmp_path / "res.resid_pre.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same sweep again is refused without --overwrite (nothing is silently replaced)
+    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_patch_heads_with_clean_activations_from_a_store(tmp_path, tiny_model, bridge, tokenizer):
+    pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
+    store_path = tmp_path / "clean.zarr"  # does not exist: cached from the clean prompts first
+    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "attn_head_out_all_pos",
+                 "--store", str(store_path), "--quiet"]) == 0
+    store = actstore.ActivationStore.open(store_path)
+    assert store.sites == [f"blocks.{i}.attn.hook_z" for i in range(3)]
+    ld = store.load_result("patching/attn_head_out_all_pos/logit_diff")
+    assert ld.metadata.dimension_names == ("pair", "layer", "head")
+    np.testing.assert_allclose(ld[...], reference(bridge, tokenizer, "get_act_patch_attn_head_out_all_pos"),
+                               atol=1e-4, rtol=0)
+    assert (tmp_path / "clean.attn_head_out_all_pos.png").exists()
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("actstore: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
+    base = ["patch", "--model", tiny_model, "--sweep", "resid_pre", "--out", str(tmp_path / "r.zarr"), "--quiet"]
+    uneven = dict(PAIRS[0], corrupted="When Mary and John went to the big store, Mary gave a drink to")
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "a.jsonl", [uneven])])
+    assert "clean prompt is 15 tokens and the corrupted one 16" in err and "same token length" in err
+    long_answer = dict(PAIRS[0], answer=" Maryanne Smith")
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "b.jsonl", [long_answer])])
+    assert "answer ' Maryanne Smith' is" in err and "one-token" in err
+    mixed = [PAIRS[0], dict(PAIRS[1], clean="Tom and Anna met, Anna", corrupted="Tom and Anna met, Tom")]
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "c.jsonl", mixed)])
+    assert "different token lengths" in err and "Split the file by length" in err
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "d.jsonl", [{"clean": "x"}])])
+    assert "no field 'corrupted', 'answer', 'wrong'" in err
+    assert not (tmp_path / "r.zarr").exists()  # nothing written on bad input
+
+
+def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
+    from actstore.demo import build_random_gpt2
+
+    from .conftest import TINY
+
+    other = build_random_gpt2(tmp_path / "other", seed=11, **TINY)
+    pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
+    store = tmp_path / "clean.zarr"
+    assert main(["patch", "--model", str(other), "--pairs", pairs, "--store", str(store), "--quiet"]) == 0
+    err = one_line_error(capsys, ["patch", "--model", tiny_model, "--pairs", pairs, "--store", str(store),
+                                  "--out", str(tmp_path / "r.zarr"), "--quiet"])
+    assert "cached with another model" in err and "fingerprint" in err

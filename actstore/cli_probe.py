@@ -1,0 +1,102 @@
+"""`actstore probe`: linear probes for every site of a store, in one pass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+
+from .probes import ProbeConfig, ProbeReport, fit_probes
+from .store import ActivationStore
+
+EXAMPLE = """examples:
+  actstore probe demo.zarr --sites resid_post:all --target position
+  actstore probe demo.zarr --sites resid_post:all --target next_token --max-classes 512 --class-weight balanced
+  actstore probe acts.zarr --sites resid_post:3-5,blocks.6.hook_mlp_out --target sentiment.npy --kind ridge --json
+
+targets: position (in the row), doc_pos (in the document), token, next_token, doc (document index),
+or a .npy array (row, pos) aligned with the store: integers are classes (negative = no label),
+floats are regression targets (NaN = no label). BOS (pos 0, unless --keep-bos) and padding are never used.
+Probes are saved under STORE/results/probes/NAME/HOOK/{weight,bias,classes}, in raw activation
+space; load one with ActivationStore.open(STORE).load_probe(HOOK).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="fit a linear probe per site (logistic or ridge) and report train/test scores",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store")
+    p.add_argument("--sites", default="resid_post:all", help="specs or hook names present in the store (default resid_post:all)")
+    p.add_argument("--target", required=True, help="position | doc_pos | token | next_token | doc | FILE.npy")
+    p.add_argument("--kind", choices=("logistic", "ridge"), help="default: logistic for classes, ridge for real values")
+    p.add_argument("--test-frac", type=float, default=0.2, help="fraction of rows held out (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the row split")
+    p.add_argument("--no-standardize", action="store_true", help="fit on raw activations, not (x - mean) / std")
+    p.add_argument("--class-weight", choices=("balanced",), help="weight classes by n / (n_classes * count)")
+    p.add_argument("--max-classes", type=int, help="keep the K most frequent training classes (others unlabelled)")
+    p.add_argument("--C", type=float, default=1.0, help="logistic: inverse L2 strength, as scikit-learn (default 1)")
+    p.add_argument("--alpha", type=float, default=1.0, help="ridge: L2 strength, as scikit-learn; 0 = least squares")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--keep-bos", action="store_true", help="also use position 0 (BOS)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-memory-gb", type=float, default=8.0, help="gather data in memory up to this, else stream")
+    p.add_argument("--num-workers", type=int, default=4, help="reader threads")
+    p.add_argument("--name", help="results/probes/NAME (default TARGET-KIND)")
+    p.add_argument("--no-save", action="store_true", help="do not write weights to the store")
+    p.add_argument("--plot", help="PNG of score by layer (default: next to the store; 'none' to skip)")
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by hook name")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def default_plot_path(store_path: str, name: str) -> str:
+    path = os.path.normpath(store_path)
+    stem = os.path.basename(path).removesuffix(".zarr")
+    return os.path.join(os.path.dirname(path), f"{stem}.probe-{name}.png")
+
+
+def plot(report: ProbeReport, path: str) -> str:
+    """Train and test score by layer, one pair of lines per kind of hook."""
+    from .plots import curves
+
+    layers = sorted({r.layer if r.layer is not None else -1 for r in report.results.values()})
+    kinds: dict[str, dict[int, tuple[float, float]]] = {}
+    for hook, r in report.results.items():
+        kind = hook.split(".", 2)[-1] if r.layer is not None else hook
+        kinds.setdefault(kind, {})[r.layer if r.layer is not None else -1] = (r.train, r.test)
+    ys = {}
+    for kind, by_layer in kinds.items():
+        label = "" if len(kinds) == 1 else f"{kind} "
+        ys[f"{label}train"] = [by_layer.get(L, (float("nan"),) * 2)[0] for L in layers]
+        ys[f"{label}test"] = [by_layer.get(L, (float("nan"),) * 2)[1] for L in layers]
+    metric = "accuracy" if report.metric == "accuracy" else "R^2"
+    return curves(layers, ys, path, title=f"{report.kind} probe of '{report.target}'", xlabel="layer", ylabel=metric)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = ActivationStore.open(args.store)
+    cfg = ProbeConfig(
+        sites=args.sites, target=args.target, kind=args.kind, test_frac=args.test_frac, seed=args.seed,
+        standardize=not args.no_standardize, class_weight=args.class_weight, max_classes=args.max_classes,
+        C=args.C, alpha=args.alpha, max_iter=args.max_iter, tol=args.tol, skip_bos=not args.keep_bos,
+        device=args.device, max_memory_gb=args.max_memory_gb, num_workers=args.num_workers, name=args.name,
+        save=not args.no_save, progress=not args.quiet,
+        command_line=shlex.join(["actstore", *getattr(args, "argv", [])]),
+    )
+    report = fit_probes(store, cfg)
+    png = None
+    if args.plot != "none":
+        png = plot(report, args.plot or default_plot_path(store.path, report.name))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(report.table())
+    notes = report.notes
+    if notes.get("n_test_unseen") or notes.get("n_train_dropped"):
+        print(f"not scored: {notes['n_test_unseen']} test positions whose class never occurs in training, "
+              f"{notes['n_train_dropped']} training positions outside the {notes['n_classes']} kept classes")
+    if png:
+        print(f"plot: {png}")
+    return 0

@@ -20,6 +20,8 @@ def files(tmp_path_factory, tiny_model):
     (d / "notastore").mkdir()
     (d / "notastore" / "thesis.tex").write_text("years of work")
     (d / "pairs_bad.jsonl").write_text('{"clean": "When Mary and John", "corrupted": "When Mary", "answer": " Mary", "wrong": " John"}\n')
+    (d / "pairs_multi.jsonl").write_text('{"clean": "When Mary and John went", "corrupted": "When John and Mary went", '
+                                         '"answer": " Mary Smith", "wrong": " John"}\n')
     actstore.cache(out=str(d / "text.zarr"), model=tiny_model, dataset=DOCS, seq_len=16, n_rows=4,
                    sites="resid_post:all,z:all,mlp_out:all", progress=False)
     from actstore.demo import build_random_gpt2
@@ -58,6 +60,18 @@ CASES = [
     ("analyze dla {d}/text.zarr --target ' Mary Smith'", r"is 2 tokens"),
     ("analyze dla {d}/text.zarr --target ' Mary' --model {d}/other-model", r"other weights than the store's"),
     ("analyze dla {d}/missing.zarr --target ' Mary'", r"No store at"),
+    # patch
+    ("patch --model {m} --pairs {d}/nope.jsonl", r"Pairs file .*nope.jsonl' not found"),
+    ("patch --model {m} --pairs {d}/pairs_bad.jsonl --quiet", r"clean prompt is 5 tokens and the corrupted one 3"),
+    ("patch --model {m} --pairs {d}/pairs_multi.jsonl --quiet", r"answer ' Mary Smith' is 2 tokens"),
+    ("patch --model {d}/missing --pairs {d}/pairs_bad.jsonl", r"Model folder .*missing' not found"),
+    ("patch --model {m} --pairs {d}/pairs_bad.jsonl --sweep nonsense", r"argument --sweep: invalid choice: 'nonsense'"),
+    # probe
+    ("probe {d}/missing.zarr --target position", r"No store at"),
+    ("probe {d}/text.zarr --target bogus --quiet", r"Unknown target 'bogus'"),
+    ("probe {d}/text.zarr --sites resid_pots:all --target position --quiet", r"Unknown site 'resid_pots'"),
+    ("probe {d}/text.zarr --sites resid_post:9 --target position --quiet", r"layer 9 is out of range"),
+    ("probe {d}/text.zarr --target position --test-frac x", r"argument --test-frac: invalid float value: 'x'"),
 ]
 
 

@@ -183,7 +183,7 @@ class ActivationLoader:
         self.buffer_tokens = buffer_tokens or max(8 * tokens_per_unit, 4 * batch_size)
         self.num_workers, self.prefetch = num_workers, prefetch
         self.dtype, self.device = dtype, device
-        store._check_done(self.rows)
+        store.check_done(self.rows)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -217,7 +217,7 @@ def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, *
         raise ConfigError(f"Target '{target.name}' holds real values; fit it with kind 'ridge'.")
     if kind == "ridge" and not target.numeric:
         raise ConfigError(f"Target '{target.name}' holds category ids, not quantities; fit it with kind 'logistic'.")
-    store._check_done(slice(None))
+    store.check_done(slice(None))
     test_rows = split_rows(store.n_rows, cfg.test_frac, cfg.seed)
     mean, scale = {}, {}
     for s in sites:

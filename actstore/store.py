@@ -272,7 +272,8 @@ class ActivationStore:
         return self.site(hook)
 
     # --- rows ------------------------------------------------------------------
-    def _check_done(self, rows: slice) -> None:
+    def check_done(self, rows: slice) -> None:
+        """Raise RowsNotDoneError unless every shard holding ``rows`` is done."""
         a, b, _ = rows.indices(self.n_rows)
         if b <= a:
             return
@@ -289,7 +290,7 @@ class ActivationStore:
     def _read(self, name: str, rows: slice | int, check_done: bool) -> np.ndarray:
         sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
         if check_done:
-            self._check_done(sl)
+            self.check_done(sl)
         out = read_checked(self.group[name], sl, self.layout, self.path)
         return out[0] if isinstance(rows, int) else out
 
@@ -337,7 +338,7 @@ class ActivationStore:
         one shard), so a store larger than memory is read once, in order. Yields
         (row slice, {hook: array (row, ...)}); the slice is absolute."""
         a, b, _ = rows.indices(self.n_rows)
-        self._check_done(slice(a, b))
+        self.check_done(slice(a, b))
         step = block_rows or self.layout.rows_per_shard
         for hook in hooks:
             self.site(hook)

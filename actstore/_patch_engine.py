@@ -172,17 +172,15 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary
 
 def check_store_model(store: Any, model: Any) -> None:
     """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
-    from types import SimpleNamespace
-
-    from .models import fingerprint, check_identity
+    from .models import check_identity, fingerprint
 
     if model not in _FINGERPRINTS:
         _FINGERPRINTS[model] = fingerprint(model.original_model)
     cfg = model.cfg
-    info = SimpleNamespace(fingerprint=_FINGERPRINTS[model], dtype=str(_model_dtype(model)).removeprefix("torch."),
-                           n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
-                           d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
-    diffs = check_identity(store.metadata["model"], info)  # type: ignore[arg-type]
+    info = dict(fingerprint=_FINGERPRINTS[model], dtype=str(_model_dtype(model)).removeprefix("torch."),
+                n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
+                d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
+    diffs = check_identity(store.metadata["model"], info)
     if diffs:
         raise StoreMismatchError(
             f"Store '{store.path}' was cached with another model ('{store.metadata['model']['name']}'): "

@@ -242,7 +242,7 @@ _IDENTITY = ("format_version", "corpus", "layout", "sites", "storage_dtype", "co
 
 def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
     old = existing.metadata
-    diffs = check_identity(old["model"], _Info(meta["model"]))
+    diffs = check_identity(old["model"], meta["model"])
     for key in _IDENTITY:
         if old.get(key) != meta.get(key):
             diffs.append(f"{key}: store has {old.get(key)!r}, this run has {meta.get(key)!r}")
@@ -251,11 +251,6 @@ def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
             f"Store '{existing.path}' was made by another model, corpus or config, so it cannot be resumed:\n  "
             + "\n  ".join(diffs) + "\nPass the same options as the first run, --overwrite to replace it, or another output path."
         )
-
-
-class _Info:
-    def __init__(self, d: Mapping[str, Any]):
-        self.__dict__.update(d)
 
 
 def _check_disk(out: str, need: int) -> None:

@@ -205,8 +205,9 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     return LoadedModel(bridge=bridge, info=info, device=dev)
 
 
-def check_identity(stored: Mapping[str, Any], info: ModelInfo) -> list[str]:
-    """Differences that make a store belong to another model (names may differ)."""
+def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Differences between two model descriptions (a store's metadata["model"] and
+    ModelInfo.to_dict()) that make them other models; names may differ."""
     keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx")
-    return [f"model.{k}: store has {stored.get(k)!r}, this run has {getattr(info, k)!r}"
-            for k in keys if stored.get(k) != getattr(info, k)]
+    return [f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
+            for k in keys if stored.get(k) != current.get(k)]

@@ -22,17 +22,17 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from . import _faults
-from .corpus import Checkpoint, CorpusSpec, RowBlock, RowReader, count_rows, iter_rows
+from .batching import auto_batch_size, default_chunk_rows
+from .corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
 from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
 from .lock import store_lock
 from .models import LoadedModel, check_identity, load_model
+from .shard_write import Shard, ShardWrite as _ShardWrite
 from .sites import Site, SiteShape, parse_sites, probe_shapes
-from .stats import Moments
-from .store import (FORMAT_VERSION, ActivationStore, INDEX_ARRAYS, Layout, create_store, estimate_bytes,
-                    clear_shard, finalize_stats, fsync_shard, is_store, parse_codec, plan_layout, remove_partial_files,
-                    remove_store, row_bytes)
+from .staging import BufferPool, ShardBuffers
+from .store import (FORMAT_VERSION, ActivationStore, Layout, create_store, estimate_bytes, finalize_stats, is_store,
+                    parse_codec, plan_layout, remove_partial_files, remove_store, row_bytes)
 from .writer import BackgroundWriter
 
 __all__ = ["CacheConfig", "cache"]
@@ -59,8 +59,8 @@ class CacheConfig:
     packing: str = "pack"  # 'pack' (rows of concatenated documents) | 'document' (one per row, padded)
     dtype: str | None = None  # compute dtype; None: float32 on CPU, float16 on GPU
     storage_dtype: str | None = None  # None: float32 for float32 compute, else float16
-    batch_size: int = 16  # rows per forward
-    rows_per_chunk: int | None = None  # inner chunk; default batch_size (on resume: the store's)
+    batch_size: int | None = None  # rows per forward; None: fitted to the free (GPU) memory, see batching.py
+    rows_per_chunk: int | None = None  # inner chunk; default batch_size if given, else ~8 MB of the largest site
     rows_per_shard: int | None = None  # write unit; default ~256 MB of all sites (on resume: the store's)
     codec: str = "none"  # activations' compressor; see README for the measurements
     device: str = "auto"
@@ -68,6 +68,7 @@ class CacheConfig:
     overwrite: bool = False
     check_disk: bool = True
     durable: bool = True  # fsync each shard before marking it done
+    write_threads: int | None = None  # writer's worker threads; None: one per core, 2 to 8
     progress: bool = True
     command_line: str | None = None  # provenance; the CLI fills it in
 
@@ -77,7 +78,7 @@ class CacheConfig:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer; got {v!r}.")
 
-        for name in ("seq_len", "n_rows", "n_tokens", "batch_size", "rows_per_chunk", "rows_per_shard"):
+        for name in ("seq_len", "n_rows", "n_tokens", "batch_size", "rows_per_chunk", "rows_per_shard", "write_threads"):
             positive(name)
         if self.seq_len < 2:
             raise ConfigError(f"seq_len must be at least 2 (BOS plus one token); got {self.seq_len}.")
@@ -117,7 +118,10 @@ def _cache(cfg: CacheConfig) -> ActivationStore:
                                    config_name=cfg.dataset_config, revision=cfg.dataset_revision,
                                    seq_len=cfg.seq_len, packing=cfg.packing)
     n_rows = _n_rows(cfg, spec, model.tokenizer)
-    layout = _layout(cfg, existing, n_rows, row_bytes(shapes, storage_dtype))
+    bytes_per_row = row_bytes(shapes, storage_dtype)
+    batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
+                                              cfg.seq_len, n_rows, bytes_per_row)
+    layout = _layout(cfg, existing, n_rows, bytes_per_row, batch, default_chunk_rows(shapes, storage_dtype, n_rows))
     meta = _metadata(cfg, model, spec, layout, sites, shapes, storage_dtype)
     if existing is not None and cfg.resume:
         _check_same_run(existing, meta)
@@ -126,7 +130,8 @@ def _cache(cfg: CacheConfig) -> ActivationStore:
     need = estimate_bytes(n_rows - done_before, cfg.seq_len, shapes, storage_dtype, spec.packing == "document")
     log(f"{info.name} ({info.label}), {len(sites)} sites, {n_rows} rows x {cfg.seq_len} tokens; "
         f"store estimate {_fmt_bytes(estimate_bytes(n_rows, cfg.seq_len, shapes, storage_dtype, spec.packing == 'document'))}"
-        f" uncompressed, {_fmt_bytes(need)} still to write")
+        f" uncompressed, {_fmt_bytes(need)} still to write; batch {batch} rows"
+        f"{'' if cfg.batch_size else ' (auto)'}")
     if cfg.check_disk:
         _check_disk(cfg.out, need)
 
@@ -142,7 +147,7 @@ def _cache(cfg: CacheConfig) -> ActivationStore:
     if n_stale:
         log(f"removed {n_stale} temporary files left by an interrupted write")
 
-    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, log, resumed=existing is not None)
+    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed=existing is not None)
     finalize_stats(group, [s.hook for s in sites])
     return ActivationStore.open(cfg.out)
 
@@ -185,12 +190,15 @@ def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
     return want
 
 
-def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, bytes_per_row: int) -> Layout:
+def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, bytes_per_row: int, batch: int,
+            auto_chunk: int) -> Layout:
     rpc, rps = cfg.rows_per_chunk, cfg.rows_per_shard
     if existing is not None and cfg.resume:  # keep the store's layout whatever the batch size now
         rpc = rpc or existing.layout.rows_per_chunk
         rps = rps or existing.layout.rows_per_shard
-    return plan_layout(n_rows, cfg.seq_len, cfg.batch_size, bytes_per_row, rpc, rps)
+    if rpc is None and cfg.batch_size is None:
+        rpc = auto_chunk  # the layout must not depend on the machine's memory
+    return plan_layout(n_rows, cfg.seq_len, batch, bytes_per_row, rpc, rps)
 
 
 def _versions() -> dict[str, str]:
@@ -284,13 +292,6 @@ class _Log:
 
 # --- the run ------------------------------------------------------------------------
 
-@dataclass
-class _Shard:
-    k: int
-    rows: RowBlock
-    acts: dict[str, np.ndarray]  # hook -> (row, ...) in the storage dtype
-
-
 def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Checkpoint:
     """Where shard k's first row starts in the source, from the done rows before it."""
     a, _ = layout.shard_rows(k)
@@ -302,75 +303,19 @@ def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Check
     return Checkpoint(row=a, doc=doc, item=pos + 1)
 
 
-def _moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) -> Moments:
-    """Moments over (row, pos) of one shard of a site, in fixed-size pieces."""
-    axis = shape.dims.index("pos") + 1
-    x = np.moveaxis(buf, axis, 1)  # (row, pos, *feature)
-    if mask is not None and x.shape[1] == mask.shape[1] - 1:
-        mask = mask[:, 1:]  # loss at pos predicts token pos + 1: real where that token is
-    total = Moments.empty(shape.feature_shape or ())
-    for r in range(0, len(x), 8):
-        piece = x[r:r + 8]
-        piece = piece[mask[r:r + 8]] if mask is not None else piece.reshape(-1, *piece.shape[2:])
-        total = total.merge(Moments.of(piece))
-    return total
+_PENDING = 2  # shards filled and waiting for the writer; one more is being filled
 
 
-class _ShardWrite:
-    """Writes one shard: index arrays, activations, stats, fsync, then done."""
-
-    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool,
-                 clear_first: bool):
-        self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
-        self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
-        self.partials = group["stats/partials"] if "stats/partials" in group else None
-        self.columns = self.partials.attrs["columns"] if self.partials is not None else {}
-
-    def _array_names(self) -> list[str]:
-        names = [n for n in INDEX_ARRAYS if n in self.group] + [f"acts/{h}" for h in self.shapes]
-        return names + (["stats/partials"] if self.partials is not None else [])
-
-    def describe(self, shard: _Shard) -> str:
-        a, b = self.layout.shard_rows(shard.k)
-        return f"shard {shard.k} (rows {a}..{b - 1}) of '{self.path}'"
-
-    def __call__(self, shard: _Shard) -> None:
-        k, rows = shard.k, shard.rows
-        a, b = self.layout.shard_rows(k)
-        _faults.point("before_write", k)
-        if self.clear_first:
-            for name in self._array_names():
-                clear_shard(self.group[name], k)
-        written: list[zarr.Array] = []
-        for name in INDEX_ARRAYS:
-            if name in self.group:
-                arr = self.group[name]
-                arr[a:b] = getattr(rows, name)
-                written.append(arr)
-        _faults.point("mid_write", k)
-        for hook, buf in shard.acts.items():
-            arr = self.group[f"acts/{hook}"]
-            arr[a:b] = buf
-            written.append(arr)
-        if self.partials is not None:
-            vec = np.zeros(self.partials.shape[1])
-            for hook, (offset, _) in self.columns.items():
-                packed = _moments(shard.acts[hook], self.shapes[hook], rows.mask).pack()
-                vec[offset:offset + len(packed)] = packed
-            self.partials[k] = vec
-            written.append(self.partials)
-        if self.durable:
-            for arr in written:
-                fsync_shard(self.path, arr, k)
-        _faults.point("before_done", k)
-        self.group["done"][k] = True
-        if self.durable:
-            fsync_shard(self.path, self.group["done"], k)
-        _faults.point("after_done", k)
+def _write_threads(cfg: CacheConfig) -> int:
+    return cfg.write_threads or min(8, max(2, os.cpu_count() or 2))
 
 
 def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
-         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, log: _Log, resumed: bool) -> None:
+         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: _Log,
+         resumed: bool) -> None:
+    """The pipeline: the forward stages each shard's activations into a host buffer set
+    (device copies overlap compute on CUDA), the writer thread takes whole shards and
+    writes their arrays in parallel; buffer sets are recycled (bounded memory)."""
     done = np.asarray(group["done"][:])
     todo = np.flatnonzero(~done)
     if len(todo) == 0:
@@ -378,11 +323,12 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
         return
     first = int(todo[0])
     reader = RowReader(spec, model.tokenizer, _start(group, spec, layout, first))
-    torch_dtype = getattr(torch, storage_dtype)
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
     rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
-    write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed)
-    writer: BackgroundWriter[_Shard] = BackgroundWriter(write, write.describe)
+    pool = BufferPool(lambda: ShardBuffers(shapes, storage_dtype, layout.rows_per_shard, model.device), _PENDING + 1)
+    write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed,
+                        threads=_write_threads(cfg), release=pool.release)
+    writer: BackgroundWriter[Shard] = BackgroundWriter(write, write.describe, max_pending=_PENDING)
     bar = tqdm(total=layout.n_rows, initial=rows_before, unit="row", desc="caching", disable=not cfg.progress,
                dynamic_ncols=True)
     t0, n_new = time.perf_counter(), 0
@@ -392,21 +338,22 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
             rows = reader.take(b - a)
             if done[k]:
                 continue
-            acts = {s.hook: np.empty((b - a, *shapes[s.hook].shape), storage_dtype) for s in sites}
-            for i in range(0, b - a, cfg.batch_size):
-                j = min(i + cfg.batch_size, b - a)
-                got = model.capture(torch.from_numpy(rows.tokens[i:j]).long(), sites)
-                for hook, t in got.items():
-                    acts[hook][i:j] = t.to(torch_dtype).cpu().numpy()
+            bufs = pool.acquire(writer.check)
+            for i in range(0, b - a, batch):
+                j = min(i + batch, b - a)
+                model.capture(torch.from_numpy(rows.tokens[i:j]).long(), sites,
+                              sink=lambda hook, t, i=i: bufs.put(hook, i, t))
                 writer.check()
                 n_new += j - i
                 dt = max(time.perf_counter() - t0, 1e-9)
                 bar.update(j - i)
                 bar.set_postfix_str(f"{n_new * cfg.seq_len / dt:,.0f} tok/s, {n_new * row_mb / dt:,.1f} MB/s", refresh=False)
-            writer.submit(_Shard(k, rows, acts))
+            bufs.seal()
+            writer.submit(Shard(k, rows, bufs, b - a))
         writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
+        write.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -55,12 +55,16 @@ class LoadedModel:
     def tokenizer(self) -> Any:
         return self.bridge.tokenizer
 
-    def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True) -> dict[str, torch.Tensor]:
+    def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True,
+                sink: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
         """Run the forward on ``tokens`` (row, pos) and return each site's activation
         (heads narrowed) by hook name. The forward is abandoned as soon as the last
         site's hook has fired: later blocks, ln_final and the unembedding never run
-        unless a site needs them. ``keep=False`` runs the same truncated forward
-        without keeping anything (the bare-forward reference of the benchmarks)."""
+        unless a site needs them. ``sink(hook, activation)``, when given, receives each
+        activation as its hook fires (so copies can start while the forward goes on)
+        and nothing is returned. ``keep=False`` runs the same truncated forward without
+        keeping anything (the bare-forward reference of the benchmarks)."""
+        fired: set[str] = set()
         got: dict[str, torch.Tensor] = {}
         wanted = {site.hook for site in sites}
         tokens = tokens.to(self.device)
@@ -69,9 +73,16 @@ class LoadedModel:
             derive = _DERIVE.get(site.hook)
 
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                value = act.detach() if derive is None else derive(act, tokens)
-                got[site.hook] = value if keep else value[:0]
-                if len(got) == len(wanted):
+                fired.add(site.hook)
+                if keep or sink is not None:
+                    value = act.detach() if derive is None else derive(act, tokens)
+                    if site.heads is not None:
+                        value = value.index_select(_head_axis(site.hook), torch.tensor(site.heads, device=value.device))
+                    if sink is not None:
+                        sink(site.hook, value)
+                    else:
+                        got[site.hook] = value
+                if len(fired) == len(wanted):
                     raise _CaptureDone
                 return act
             return fn
@@ -82,16 +93,9 @@ class LoadedModel:
                 self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None)
         except _CaptureDone:
             pass
-        missing = wanted - set(got)
+        missing = wanted - fired
         if missing:
             raise UnknownSiteError(f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached.")
-        if not keep:
-            return {}
-        for site in sites:
-            if site.heads is not None:
-                axis = _head_axis(site.hook)
-                idx = torch.tensor(site.heads, device=got[site.hook].device)
-                got[site.hook] = got[site.hook].index_select(axis, idx)
         return got
 
 
@@ -161,7 +165,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     label = "Hugging Face model"
     source = name
     if name == demo.DEMO_MODEL:
-        source = str(demo.ensure_demo_model())
+        source = str(demo.demo_model_dir())
         label = demo.DEMO_MODEL_LABEL
     elif _looks_like_path(name):
         path = os.path.expanduser(name)

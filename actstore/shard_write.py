@@ -1,0 +1,107 @@
+"""Writing one shard of a caching run: index arrays, activations and their running
+statistics in parallel worker threads, then the stats row, then `done`.
+
+Order (the fault points of :mod:`actstore._faults` in brackets): [before_write]
+index arrays, [mid_write] every site's activations and moments at once, the stats
+row, [before_done] ``done[k]`` [after_done]. Every object is written whole and, when
+durable, fsynced before ``done[k]`` is written, so a crash at any point leaves the
+shard not done and a resume rewrites it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import zarr
+
+from . import _faults
+from .corpus import RowBlock
+from .shardio import encoder_for, write_rows
+from .sites import SiteShape
+from .staging import ShardBuffers
+from .stats import Moments
+from .store import INDEX_ARRAYS, Layout, clear_shard
+
+__all__ = ["Shard", "ShardWrite", "shard_moments"]
+
+
+@dataclass
+class Shard:
+    k: int
+    rows: RowBlock
+    bufs: ShardBuffers  # the shard's activations, staged on the host
+    n_rows: int
+
+
+def shard_moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) -> Moments:
+    """Moments over (row, pos) of one shard of a site, in fixed-size pieces."""
+    axis = shape.dims.index("pos") + 1
+    x = np.moveaxis(buf, axis, 1)  # (row, pos, *feature)
+    if mask is not None and x.shape[1] == mask.shape[1] - 1:
+        mask = mask[:, 1:]  # loss at pos predicts token pos + 1: real where that token is
+    total = Moments.empty(shape.feature_shape or ())
+    for r in range(0, len(x), 8):
+        piece = x[r:r + 8]
+        piece = piece[mask[r:r + 8]] if mask is not None else piece.reshape(-1, *piece.shape[2:])
+        total = total.merge(Moments.of(piece))
+    return total
+
+
+class ShardWrite:
+    """Writes whole shards of a store; ``threads`` workers encode and write arrays at once."""
+
+    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool,
+                 clear_first: bool, threads: int, release: Callable[[ShardBuffers], None]):
+        self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
+        self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
+        self.partials = group["stats/partials"] if "stats/partials" in group else None
+        self.columns = self.partials.attrs["columns"] if self.partials is not None else {}
+        names = [n for n in INDEX_ARRAYS if n in group] + [f"acts/{h}" for h in shapes]
+        self.arrays = {name: group[name] for name in names}  # the arrays with one shard per write
+        self.small = {name: group[name] for name in ("stats/partials", "done") if name in group}
+        self.encoders = {name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()}
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write")
+        self.release = release
+
+    def describe(self, shard: Shard) -> str:
+        a, b = self.layout.shard_rows(shard.k)
+        return f"shard {shard.k} (rows {a}..{b - 1}) of '{self.path}'"
+
+    def _write(self, name: str, k: int, data: np.ndarray) -> None:
+        arr = self.arrays[name] if name in self.arrays else self.small[name]
+        write_rows(arr, self.path, k, data, self.durable, self.encoders[name])
+
+    def _all(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        """Run the jobs in the worker threads; the first failure is raised."""
+        futures = [self.pool.submit(fn, *args) for fn, args in jobs]
+        return [f.result() for f in futures]
+
+    def __call__(self, shard: Shard) -> None:
+        k, rows = shard.k, shard.rows
+        acts = shard.bufs.arrays(shard.n_rows)  # waits for the device copies, if any
+        _faults.point("before_write", k)
+        if self.clear_first:
+            for arr in [*self.arrays.values(), *self.small.values()]:
+                clear_shard(arr, k)
+        self._all([(self._write, (name, k, getattr(rows, name))) for name in INDEX_ARRAYS if name in self.arrays])
+        _faults.point("mid_write", k)
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+            (shard_moments, (acts[hook], self.shapes[hook], rows.mask)) for hook in self.columns]
+        jobs += [(self._write, (f"acts/{hook}", k, buf)) for hook, buf in acts.items()]
+        results = self._all(jobs)
+        if self.partials is not None:
+            vec = np.zeros((1, self.partials.shape[1]))
+            for (hook, (offset, _)), m in zip(self.columns.items(), results):
+                packed = m.pack()
+                vec[0, offset:offset + len(packed)] = packed
+            self._write("stats/partials", k, vec)
+        self.release(shard.bufs)
+        _faults.point("before_done", k)
+        self._write("done", k, np.ones(1, bool))
+        _faults.point("after_done", k)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)

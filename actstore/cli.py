@@ -69,7 +69,7 @@ def _register_cache(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--rows-per-chunk", type=int)
     c.add_argument("--rows-per-shard", type=int)
     c.add_argument("--write-threads", type=int, help="writer threads encoding and writing arrays at once (default: cores, 2-8)")
-    c.add_argument("--codec", default="none", help="none | zstd[:L] | blosc-lz4 | blosc-zstd[:L] | blosc-zstd-bitshuffle[:L]")
+    c.add_argument("--codec", default="none", help="none | zstd[:L] | blosc-lz4 | blosc-zstd[:L] | blosc-zstd-bitshuffle[:L] | pcodec[:L]")
     c.add_argument("--device", default="auto")
     mode = c.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing store of the same run")
@@ -94,7 +94,8 @@ def _cache(args: argparse.Namespace) -> int:
         out=args.out, model=args.model, dataset=dataset, sites=args.sites, split=args.split,
         text_field=args.text_field, dataset_config=args.dataset_config, dataset_revision=args.dataset_revision,
         model_revision=args.model_revision, seq_len=args.seq_len, n_rows=args.n_rows, n_tokens=args.n_tokens,
-        packing=args.packing, dtype=args.dtype, storage_dtype=args.storage_dtype, batch_size=args.batch_size, write_threads=args.write_threads,
+        packing=args.packing, dtype=args.dtype, storage_dtype=args.storage_dtype, batch_size=args.batch_size,
+        write_threads=args.write_threads,
         rows_per_chunk=args.rows_per_chunk, rows_per_shard=args.rows_per_shard, codec=args.codec,
         device=args.device, resume=args.resume, overwrite=args.overwrite, check_disk=not args.no_disk_check,
         durable=not args.no_fsync, progress=not args.quiet, command_line=shlex.join(["actstore", *args.argv]),

@@ -21,11 +21,13 @@ class Moments:
     @classmethod
     def of(cls, x: np.ndarray) -> "Moments":
         """Moments of ``x`` (sample, *feature)."""
-        x = np.asarray(x, dtype=np.float64)
         if len(x) == 0:
-            return cls.empty(x.shape[1:])
-        mean = x.mean(axis=0)
-        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+            return cls.empty(np.shape(x)[1:])
+        d = np.array(x, dtype=np.float64)  # one float64 copy, centred in place
+        mean = d.mean(axis=0)
+        d -= mean
+        flat = d.reshape(len(d), -1)
+        return cls(len(d), mean, np.einsum("ij,ij->j", flat, flat).reshape(mean.shape))
 
     @classmethod
     def empty(cls, feature_shape: tuple[int, ...]) -> "Moments":

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .errors import ConfigError, CorruptChunkError, RowsNotDoneError, StoreNotFoundError
@@ -74,7 +75,9 @@ def plan_layout(n_rows: int, seq_len: int, batch_size: int, bytes_per_row: int,
 
 
 def parse_codec(spec: str) -> list[Any] | None:
-    """'none' | 'zstd[:level]' | 'blosc-lz4' | 'blosc-zstd[:level]' | 'blosc-zstd-bitshuffle[:level]'"""
+    """'none' | 'zstd[:level]' | 'blosc-lz4' | 'blosc-zstd[:level]' | 'blosc-zstd-bitshuffle[:level]' |
+    'pcodec[:level]'. A list of zarr codecs: compressors, or for pcodec (which encodes
+    typed numbers, so it replaces the bytes serializer) the serializer alone."""
     name, _, level_s = spec.partition(":")
     try:
         level = int(level_s) if level_s else 1
@@ -88,7 +91,20 @@ def parse_codec(spec: str) -> list[Any] | None:
         return [BloscCodec(cname="lz4", clevel=level if level_s else 5, shuffle="shuffle")]
     if name in ("blosc-zstd", "blosc-zstd-bitshuffle"):
         return [BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle" if name.endswith("bitshuffle") else "shuffle")]
-    raise ConfigError(f"Unknown codec '{spec}'; expected none, zstd[:L], blosc-lz4, blosc-zstd[:L] or blosc-zstd-bitshuffle[:L].")
+    if name == "pcodec":
+        try:
+            import pcodec  # noqa: F401
+            from zarr.codecs.numcodecs import PCodec
+        except ImportError:
+            raise ConfigError(f"Codec '{spec}' needs the pcodec package; pip install 'actstore[pcodec]' "
+                              "(or pcodec), or choose another --codec.") from None
+        import warnings
+
+        with warnings.catch_warnings():  # zarr warns that numcodecs codecs are outside the v3 spec
+            warnings.simplefilter("ignore")
+            return [PCodec(level=level if level_s else 8)]
+    raise ConfigError(f"Unknown codec '{spec}'; expected none, zstd[:L], blosc-lz4, blosc-zstd[:L], "
+                      "blosc-zstd-bitshuffle[:L] or pcodec[:L].")
 
 
 def is_store(path: str) -> bool:
@@ -102,9 +118,12 @@ def _array(group: zarr.Group, name: str, shape: tuple[int, ...], row_chunk: int,
            dims: Sequence[str], compressors: Any, fill: Any = 0) -> zarr.Array:
     chunks = (row_chunk,) + tuple(shape[1:])
     shards = (row_shard,) + tuple(shape[1:]) if row_shard != row_chunk else None
+    serializer: Any = "auto"
+    if compressors and isinstance(compressors[0], ArrayBytesCodec):  # pcodec: typed numbers in, bytes out
+        serializer, compressors = compressors[0], compressors[1:]
     return group.create_array(
         name, shape=shape, chunks=chunks, shards=shards, dtype=dtype, dimension_names=tuple(dims),
-        compressors=_checked(compressors), fill_value=fill, config={"write_empty_chunks": True},
+        serializer=serializer, compressors=_checked(compressors), fill_value=fill, config={"write_empty_chunks": True},
     )
 
 

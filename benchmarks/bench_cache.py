@@ -1,27 +1,35 @@
-"""Caching throughput against the bare forward it wraps.
+"""Caching throughput, side by side in one run, on the same token rows:
 
-Measures, in one run and on the same token rows:
-  (a) bare forward: the same truncated forward actstore runs (abandoned right after the
-      last needed hook; LoadedModel.capture(keep=False) keeps nothing), same batch size,
-      under torch.inference_mode  -> tokens/s
-  (b) actstore.cache() of the same rows into a fresh store in a temp dir  -> tokens/s,
-      end to end (whole call: model load, shape probe, corpus count, store creation,
-      forward + capture + write, stats) and with the separately timed load_model()
-      subtracted ("excluding load")
-  (c) the ratio caching / bare forward.
-The model is a random-init GPT-2-shaped model built into a temp folder (no download).
-Each figure is the best of --repeat runs, after --warmup untimed runs of each. No assertions
-on timings: the figures are information only.
+  bare     the same truncated forward actstore runs (abandoned after the last needed
+           hook, LoadedModel.capture(keep=False)), same batch size       -> tokens/s
+  actstore actstore.cache() into a fresh store (durable: fsynced)         -> tokens/s, MB/s
+  naive    the loop users write today: run_with_cache on each batch, then write
+           each site's batch synchronously into a Zarr array (chunk = batch, no
+           compression, like actstore's default)                         -> tokens/s
+  raw      numpy writing the same bytes sequentially to the same disk, with fsync
+  writer   actstore's shard writer alone, fed the same shards from memory -> MB/s
 
-    /tmp/venv/bin/python benchmarks/bench_cache.py                      # GPT-2-small shape, defaults
-    /tmp/venv/bin/python benchmarks/bench_cache.py --n-layers 2 --d-model 256 --n-heads 4 --n-rows 32
-    /tmp/venv/bin/python benchmarks/bench_cache.py --repeat 3 --out-json /tmp/bench_cache.json
+actstore's throughput is marginal: (rows of a full run - rows of a quarter run) over
+the difference of their times, so that model load, shape probe, corpus count and
+store creation (fixed costs, reported apart) cancel. Scenarios:
+
+  --scenario compute  GPT-2-small shape, resid_post at all 12 layers (issue 3 (a))
+  --scenario io       2 layers, d_model 768: every resid, attn_out, mlp_out and z (b)
+
+Ratios: actstore/bare (a); actstore MB/s / raw and writer MB/s / raw (b); actstore /
+naive (c). Best of --repeat, interleaved. No assertions: information only. The
+model is a random-init GPT-2-shaped model built into a temp folder (no download).
+
+    python benchmarks/bench_cache.py --scenario compute --repeat 3
+    python benchmarks/bench_cache.py --scenario io --repeat 3
+    python benchmarks/bench_cache.py --scenario compute --device cuda --dtype float16 --n-rows 2048
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -29,128 +37,218 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+import zarr
 from transformers.utils import logging as hf_logging
 
 import actstore
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
-from actstore.sites import Site, parse_sites, stop_layer
+from actstore.shard_write import Shard, ShardWrite
+from actstore.sites import SiteShape, parse_sites, stop_layer
+from actstore.staging import ShardBuffers
+from actstore.store import create_store
+
+SCENARIOS = {
+    "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
+    "io": dict(n_layers=2, d_model=768, n_heads=12,
+               sites="resid_pre:all,resid_mid:all,resid_post:all,attn_out:all,mlp_out:all,z:all"),
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n-layers", type=int, default=12)
-    p.add_argument("--d-model", type=int, default=768)
-    p.add_argument("--n-heads", type=int, default=12)
-    p.add_argument("--n-positions", type=int, default=1024)
+    p.add_argument("--scenario", choices=SCENARIOS, default="compute")
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-rows", type=int, default=64)
-    p.add_argument("--sites", default="resid_post:all")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-rows", type=int, default=128, help="rows of the full run (a quarter run is also timed)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--codec", default="none", help="activations' codec passed to actstore.cache")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each before timing")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--repeat", type=int, default=1, help="timed runs of each; the best is reported")
-    p.add_argument("--out-json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="compute dtype (default float32 on CPU, float16 on CUDA)")
+    p.add_argument("--codec", default="none")
+    p.add_argument("--dir", default=None, help="where the stores go (default: a temp dir on /tmp's disk)")
+    p.add_argument("--repeat", type=int, default=2, help="timed rounds; the best of each is reported")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--out-json", default=None)
     return p.parse_args()
 
 
-def best_of(n: int, fn: Callable[[], object]) -> float:
-    times: list[float] = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def bare_forward(model: LoadedModel, tokens: torch.Tensor, sites: list[Site], batch_size: int) -> None:
-    for i in range(0, len(tokens), batch_size):
-        model.capture(tokens[i:i + batch_size], sites, keep=False)
-    if model.device.startswith("cuda"):
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace, tmp: Path):
+        self.a, self.tmp = a, tmp
+        sc = SCENARIOS[a.scenario]
+        self.folder = build_random_gpt2(tmp / "model", n_layer=sc["n_layers"], n_embd=sc["d_model"],
+                                        n_head=sc["n_heads"], n_positions=max(1024, a.seq_len))
+        self.sites_spec = sc["sites"]
+        self.runs = iter(range(10**6))
+
+    def cache(self, n_rows: int, **kw: Any) -> actstore.ActivationStore:
+        a = self.a
+        out = self.tmp / f"store{next(self.runs)}.zarr"
+        return actstore.cache(out=str(out), model=str(self.folder), dataset="actstore-demo", sites=self.sites_spec,
+                              n_rows=n_rows, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
+                              dtype=a.dtype, codec=a.codec, progress=False, check_disk=False, **kw)
+
+
+def naive_loop(model: LoadedModel, tokens: torch.Tensor, hooks: list[str], batch: int, out: Path) -> None:
+    """run_with_cache, then write each site's batch to a Zarr array, one after the other."""
+    group = zarr.open_group(str(out), mode="w")
+    arrays: dict[str, zarr.Array] = {}
+    for i in range(0, len(tokens), batch):
+        with torch.inference_mode():
+            _, cache = model.bridge.run_with_cache(tokens[i:i + batch].to(model.device), names_filter=hooks)
+        for h in hooks:
+            x = cache[h].to(torch.float32 if model.info.dtype == "float32" else torch.float16).cpu().numpy()
+            if h not in arrays:
+                arrays[h] = group.create_array(h, shape=(len(tokens), *x.shape[1:]), chunks=(batch, *x.shape[1:]),
+                                               dtype=x.dtype, compressors=None)
+            arrays[h][i:i + len(x)] = x
+    fsync_tree(out)
+
+
+def raw_write(arrays: dict[str, np.ndarray], out: Path) -> None:
+    out.mkdir()
+    for h, x in arrays.items():
+        p = out / f"{h}.npy"
+        np.save(p, x)
+        fd = os.open(p, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def writer_alone(store: actstore.ActivationStore, out: Path) -> None:
+    """actstore's ShardWrite writing the store's own shards again, into a fresh store."""
+    meta = store.metadata
+    shapes = {s["hook"]: SiteShape(tuple(s["dims"][1:]), tuple(s["shape"][1:])) for s in meta["sites"]}
+    layout = store.layout
+    create_store(str(out), meta, layout, shapes, meta["storage_dtype"], meta["codec"], False)
+    group = zarr.open_group(str(out), mode="r+")
+    bufs = ShardBuffers(shapes, meta["storage_dtype"], layout.rows_per_shard, "cpu")
+    write = ShardWrite(group, str(out), layout, shapes, durable=True, clear_first=False,
+                       threads=min(8, max(2, os.cpu_count() or 2)), release=lambda b: None)
+    from actstore.corpus import RowBlock
+
+    shards = []
+    for k in range(layout.n_shards):
+        a, b = layout.shard_rows(k)
+        shards.append((k, RowBlock(a, store.tokens(slice(a, b)), store.doc(slice(a, b)), store.doc_pos(slice(a, b))), b - a))
+    for h, t in bufs.tensors.items():  # the same activation bytes
+        src = store.acts(h, rows=slice(0, min(layout.rows_per_shard, layout.n_rows)))
+        t[:len(src)] = torch.from_numpy(np.ascontiguousarray(src))
+    t0 = time.perf_counter()
+    for k, rows, n in shards:
+        write(Shard(k, rows, bufs, n))
+    write.close()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     a = parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    tokens_total = a.n_rows * a.seq_len
-    print("bench_cache: actstore.cache() vs the bare TransformerBridge forward on the same rows")
-    print(f"  model: random-init GPT-2 shape, {a.n_layers} layers, d_model {a.d_model}, {a.n_heads} heads; "
-          f"{a.device} {a.dtype}; torch threads {torch.get_num_threads()}")
-    print(f"  run: {a.n_rows} rows x {a.seq_len} tokens = {tokens_total:,} tokens, batch {a.batch_size}, "
-          f"sites {a.sites!r}, codec {a.codec!r}, best of {a.repeat} after {a.warmup} warm-up")
+    a.dtype = a.dtype or ("float32" if a.device == "cpu" else "float16")
+    hf_logging.disable_progress_bar()
+    quarter = max(a.batch_size, a.n_rows // 4)
+    print(f"bench_cache --scenario {a.scenario}: {SCENARIOS[a.scenario]['sites']!r}, {a.device} {a.dtype}, "
+          f"{a.n_rows} rows x {a.seq_len} tokens (and {quarter} for the marginal rate), batch {a.batch_size}, "
+          f"codec {a.codec!r}, torch threads {torch.get_num_threads()}, best of {a.repeat}")
+    with tempfile.TemporaryDirectory(prefix="bench_cache_", dir=a.dir) as tmp_s:
+        tmp = Path(tmp_s)
+        b = Bench(a, tmp)
+        first = b.cache(a.n_rows)  # warm-up; supplies the rows and the bytes
+        tokens = torch.from_numpy(first.tokens(slice(0, a.n_rows))).long()
+        store_bytes = dir_bytes(Path(first.path))
+        act_bytes = sum(first[h].nbytes for h in first.sites)
+        model = load_model(str(b.folder), a.dtype, a.device)
+        sites = parse_sites(b.sites_spec, model.bridge.hook_dict.keys(), model.info.n_layers, model.info.n_heads)
+        hooks = [s.hook for s in sites]
+        acts = {h: np.asarray(first.acts(h)) for h in hooks}
 
-    hf_logging.disable_progress_bar()  # save_pretrained's bar
-    with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
-        folder = build_random_gpt2(Path(tmp) / "model", n_layer=a.n_layers, n_embd=a.d_model,
-                                   n_head=a.n_heads, n_positions=a.n_positions)
-        runs = iter(range(10**6))
+        def bare() -> None:
+            for i in range(0, a.n_rows, a.batch_size):
+                model.capture(tokens[i:i + a.batch_size], sites, keep=False)
+            sync(a.device)
 
-        def run_cache() -> actstore.ActivationStore:
-            out = Path(tmp) / f"store{next(runs)}.zarr"
-            return actstore.cache(out=str(out), model=str(folder),
-                                  dataset="actstore-demo", sites=a.sites, n_rows=a.n_rows, seq_len=a.seq_len,
-                                  batch_size=a.batch_size, device=a.device, dtype=a.dtype, codec=a.codec,
-                                  progress=False, check_disk=False)
-
-        # warm-up (first runs in a process are slow: allocator, thread pool, fresh memory pages);
-        # the first caching run's store supplies the exact rows for the bare forward
-        store = run_cache()
-        tokens = torch.from_numpy(store.tokens(slice(0, a.n_rows))).long()
-        store_mb = sum(f.stat().st_size for f in Path(store.path).rglob("*") if f.is_file()) / 1e6
-        shutil.rmtree(store.path)
-        model = load_model(str(folder), a.dtype, a.device)
-        sites = parse_sites(a.sites, model.bridge.hook_dict.keys(), model.info.n_layers, model.info.n_heads)
-        stop = stop_layer(sites)
-        for w in range(a.warmup):
-            bare_forward(model, tokens, sites, a.batch_size)
-            if w:
-                shutil.rmtree(run_cache().path)
-
-        load_times: list[float] = []
-        bare_times: list[float] = []
-        cache_times: list[float] = []
-        stores: list[actstore.ActivationStore] = []
-        for _ in range(a.repeat):  # interleaved, so drift hits each alike
-            bare_times.append(best_of(1, lambda: bare_forward(model, tokens, sites, a.batch_size)))
-            cache_times.append(best_of(1, lambda: stores.append(run_cache())))
-            shutil.rmtree(stores.pop().path)
-            load_times.append(best_of(1, lambda: load_model(str(folder), a.dtype, a.device)))
-        bare_s, cache_s, load_s = min(bare_times), min(cache_times), min(load_times)
-
-    steady_s = max(cache_s - load_s, 1e-9)
+        bare()
+        t: dict[str, list[float]] = {k: [] for k in ("bare", "full", "quarter", "naive", "raw", "writer", "load")}
+        for r in range(a.repeat):
+            t["bare"].append(timed(bare))
+            t["full"].append(timed(lambda: b.cache(a.n_rows)))
+            t["quarter"].append(timed(lambda: b.cache(quarter)))
+            if not a.skip_naive:
+                t["naive"].append(timed(lambda: naive_loop(model, tokens, hooks, a.batch_size, tmp / f"naive{r}")))
+            t["raw"].append(timed(lambda: raw_write(acts, tmp / f"raw{r}")))
+            t["writer"].append(writer_alone(first, tmp / f"writer{r}.zarr"))
+            t["load"].append(timed(lambda: load_model(str(b.folder), a.dtype, a.device)))
+            for p in tmp.iterdir():  # keep the disk use to one round
+                if p.name != "model" and p != Path(first.path):
+                    shutil.rmtree(p)
+    best = {k: min(v) for k, v in t.items() if v}
+    tok = a.n_rows * a.seq_len
+    marginal = max(best["full"] - best["quarter"], 1e-9) / (a.n_rows - quarter)  # s per row
     res: dict[str, Any] = {
-        "config": vars(a), "stop_layer": stop, "n_sites": len(sites), "tokens": tokens_total,
-        "store_mb": round(store_mb, 1), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "bare_forward_s": bare_s, "cache_end_to_end_s": cache_s, "load_model_s": load_s,
-        "cache_excluding_load_s": steady_s,
-        "bare_forward_tok_s": tokens_total / bare_s, "cache_end_to_end_tok_s": tokens_total / cache_s,
-        "cache_excluding_load_tok_s": tokens_total / steady_s,
-        "ratio_end_to_end": bare_s / cache_s, "ratio_excluding_load": bare_s / steady_s,
-        "all_times_s": {"bare": bare_times, "cache": cache_times, "load": load_times},
+        "config": vars(a), "platform": platform.platform(), "tokens": tok, "act_mb": act_bytes / 1e6,
+        "store_mb": store_bytes / 1e6, "times_s": t,
+        "bare_tok_s": tok / best["bare"],
+        "actstore_tok_s": a.seq_len / marginal,
+        "actstore_end_to_end_tok_s": tok / best["full"],
+        "actstore_mb_s": act_bytes / a.n_rows / marginal / 1e6,
+        "fixed_costs_s": best["full"] - marginal * a.n_rows,
+        "raw_write_mb_s": act_bytes / best["raw"] / 1e6,
+        "writer_alone_mb_s": act_bytes / best["writer"] / 1e6,
     }
-    print(f"  {len(sites)} sites, stop_at_layer={stop}, store {store_mb:.1f} MB on disk")
-    print()
-    print(f"  {'measurement':<34}{'seconds':>10}{'tokens/s':>12}{'vs bare':>10}{'max/min':>10}")
-    rows = [("bare forward (same stop, no capture)", bare_s, 1.0, bare_times),
-            ("actstore.cache, end to end", cache_s, res["ratio_end_to_end"], cache_times),
-            ("actstore.cache, excluding load", steady_s, res["ratio_excluding_load"], None)]
-    for name, s, ratio, ts in rows:
-        spread = f"{max(ts) / min(ts):>9.2f}x" if ts else f"{'':>10}"
-        print(f"  {name:<34}{s:>10.2f}{tokens_total / s:>12,.0f}{ratio:>9.2f}x{spread}")
-    print(f"  {'load_model alone':<34}{load_s:>10.2f}{'':>22}{max(load_times) / load_s:>9.2f}x")
-    print("  (max/min: spread of the timed runs; a large one means a noisy machine, so rerun with more --repeat)")
-    print()
-    print(f"  caching throughput / bare forward: {res['ratio_end_to_end']:.2f} end to end, "
-          f"{res['ratio_excluding_load']:.2f} excluding model load")
+    if "naive" in best:
+        res["naive_tok_s"] = tok / best["naive"]
+    res["ratio_a_actstore_over_bare"] = res["actstore_tok_s"] / res["bare_tok_s"]
+    res["ratio_b_actstore_over_raw"] = res["actstore_mb_s"] / res["raw_write_mb_s"]
+    res["ratio_b_writer_over_raw"] = res["writer_alone_mb_s"] / res["raw_write_mb_s"]
+    if "naive" in best:
+        res["ratio_c_actstore_over_naive"] = res["actstore_tok_s"] / res["naive_tok_s"]
+        res["ratio_c_end_to_end_over_naive"] = res["actstore_end_to_end_tok_s"] / res["naive_tok_s"]
+
+    print(f"  activations {act_bytes / 1e6:.1f} MB per {a.n_rows}-row run ({act_bytes / tok / 1e3:.1f} KB/token); "
+          f"fixed costs of a cache() call {res['fixed_costs_s']:.2f} s (load {best['load']:.2f} s)")
+    print(f"  {'':<40}{'tokens/s':>12}{'MB/s':>10}")
+    rows = [("bare forward", res["bare_tok_s"], None),
+            ("actstore.cache (marginal)", res["actstore_tok_s"], res["actstore_mb_s"]),
+            ("actstore.cache (end to end)", res["actstore_end_to_end_tok_s"], None),
+            ("naive run_with_cache + write loop", res.get("naive_tok_s"), None),
+            ("raw numpy write + fsync", None, res["raw_write_mb_s"]),
+            ("actstore shard writer alone", None, res["writer_alone_mb_s"])]
+    for name, tps, mbs in rows:
+        print(f"  {name:<40}{'' if tps is None else f'{tps:,.0f}':>12}{'' if mbs is None else f'{mbs:,.0f}':>10}")
+    print(f"  (a) actstore / bare forward:            {res['ratio_a_actstore_over_bare']:.2f}")
+    print(f"  (b) actstore MB/s / raw write:          {res['ratio_b_actstore_over_raw']:.2f}   "
+          f"writer alone / raw write: {res['ratio_b_writer_over_raw']:.2f}")
+    if "naive" in best:
+        print(f"  (c) actstore / naive loop:              {res['ratio_c_actstore_over_naive']:.2f}x marginal, "
+              f"{res['ratio_c_end_to_end_over_naive']:.2f}x end to end")
+    spread = {k: max(v) / min(v) for k, v in t.items() if v}
+    print("  spread (max/min) of timed rounds: " + ", ".join(f"{k} {s:.2f}" for k, s in spread.items()))
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(res, indent=2))
-        print(f"  results written to {a.out_json}")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,18 @@ def test_a_failed_write_leaves_no_object_and_no_temporary(tmp_path, monkeypatch)
         write_rows(arr, str(tmp_path / "g"), 0, np.ones((4, 3), np.float32), durable=True, enc=encoder_for(arr))
     left = [f for _, _, fs in os.walk(tmp_path / "g" / "x") for f in fs if f != "zarr.json"]
     assert left == []
+
+
+def test_pcodec_stores_round_trip_exactly_through_zarr(tmp_path, tiny_model):
+    pytest.importorskip("pcodec")
+    import actstore
+
+    opts = dict(model=tiny_model, dataset=["The quick brown fox jumps over the lazy dog. " * 20] * 4,
+                sites="resid_post:1,z:2", seq_len=16, n_rows=12, batch_size=4, rows_per_chunk=2, rows_per_shard=4,
+                progress=False, storage_dtype="float16")
+    plain = actstore.cache(out=str(tmp_path / "plain.zarr"), **opts)
+    packed = actstore.cache(out=str(tmp_path / "pcodec.zarr"), codec="pcodec", **opts)
+    assert encoder_for(packed["blocks.1.hook_resid_post"]) is None  # written by zarr
+    for hook in plain.sites:
+        a, b = plain.acts(hook), packed.acts(hook)
+        assert b.dtype == np.float16 and np.array_equal(a.view(np.uint16), b.view(np.uint16))

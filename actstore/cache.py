@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import sys
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -20,19 +20,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import zarr
-from tqdm.auto import tqdm
 
 from .batching import auto_batch_size, default_chunk_rows
 from .corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
 from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
+from . import location
 from .lock import store_lock
 from .models import LoadedModel, check_identity, load_model
+from .parallel import Group, group_for
+from .progress import Progress
 from .shard_write import Shard, ShardWrite as _ShardWrite
 from .sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
 from .store import (FORMAT_VERSION, ActivationStore, Layout, create_store, estimate_bytes, finalize_stats, is_store,
-                    parse_codec, plan_layout, remove_partial_files, remove_store, row_bytes)
+                    parse_codec, plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
 
 __all__ = ["CacheConfig", "cache"]
@@ -98,15 +100,18 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     Takes a CacheConfig, or its fields as keyword arguments."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
-    with store_lock(cfg.out):
-        return _cache(cfg)
+    cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out))
+    procs = group_for(cfg.device)  # one process, or this one's place in a torchrun / accelerate launch
+    lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
+    with procs.main_context(lock, "taking the store lock"):
+        return _cache(cfg, procs)
 
 
-def _cache(cfg: CacheConfig) -> ActivationStore:
+def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     existing = _existing_store(cfg)
-    log = _Log(cfg.progress)
+    log = _Log(cfg.progress and procs.main)
 
-    model = load_model(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     info = model.info
     if cfg.seq_len > info.n_ctx:
         raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
@@ -132,32 +137,37 @@ def _cache(cfg: CacheConfig) -> ActivationStore:
         f"store estimate {_fmt_bytes(estimate_bytes(n_rows, cfg.seq_len, shapes, storage_dtype, spec.packing == 'document'))}"
         f" uncompressed, {_fmt_bytes(need)} still to write; batch {batch} rows"
         f"{'' if cfg.batch_size else ' (auto)'}")
-    if cfg.check_disk:
+    if cfg.check_disk and not location.is_url(cfg.out):
         _check_disk(cfg.out, need)
+    if procs.distributed:
+        log(f"{procs.world} processes; each writes its own shards")
+    procs.barrier("the store was created")  # every process has checked everything before the store changes
 
-    if existing is not None and cfg.overwrite:
-        remove_store(cfg.out)
-        existing = None
-    if existing is None:
-        if os.path.isdir(cfg.out):
-            os.rmdir(cfg.out)  # an empty folder (anything else was refused above)
-        create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document")
+    def create() -> None:
+        if existing is not None and cfg.overwrite:
+            location.remove(cfg.out)
+        if existing is None or cfg.overwrite:
+            if not location.is_url(cfg.out) and os.path.isdir(cfg.out):
+                os.rmdir(cfg.out)  # an empty folder (anything else was refused above)
+            create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document")
+        if not location.is_url(cfg.out):
+            n_stale = remove_partial_files(cfg.out)
+            if n_stale:
+                log(f"removed {n_stale} temporary files left by an interrupted write")
+
+    procs.on_main(create, "creating the store")
     group = zarr.open_group(cfg.out, mode="r+")
-    n_stale = remove_partial_files(cfg.out)
-    if n_stale:
-        log(f"removed {n_stale} temporary files left by an interrupted write")
-
-    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed=existing is not None)
-    finalize_stats(group, [s.hook for s in sites])
+    resumed = existing is not None and not cfg.overwrite
+    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed, procs)
+    procs.barrier("every process finished its shards")
+    procs.on_main(lambda: finalize_stats(group, [s.hook for s in sites]), "merging the statistics")
     return ActivationStore.open(cfg.out)
 
 
 # --- checks before any work -------------------------------------------------------
 
 def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
-    if not os.path.exists(cfg.out):
-        return None
-    if os.path.isdir(cfg.out) and not os.listdir(cfg.out):
+    if location.is_empty(cfg.out):
         return None
     if not is_store(cfg.out):
         raise StoreExistsError(
@@ -312,16 +322,20 @@ def _write_threads(cfg: CacheConfig) -> int:
 
 def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
          sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: _Log,
-         resumed: bool) -> None:
+         resumed: bool, procs: Group) -> None:
     """The pipeline: the forward stages each shard's activations into a host buffer set
     (device copies overlap compute on CUDA), the writer thread takes whole shards and
-    writes their arrays in parallel; buffer sets are recycled (bounded memory)."""
+    writes their arrays in parallel; buffer sets are recycled (bounded memory). With
+    several processes, each does its own share of the shards still to do."""
     done = np.asarray(group["done"][:])
     todo = np.flatnonzero(~done)
     if len(todo) == 0:
         log("every row is already done")
         return
-    first = int(todo[0])
+    mine = set(procs.owned(todo))
+    if not mine:
+        return
+    first, last = int(todo[0]), max(mine)
     reader = RowReader(spec, model.tokenizer, _start(group, spec, layout, first))
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
     rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
@@ -329,14 +343,13 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed,
                         threads=_write_threads(cfg), release=pool.release)
     writer: BackgroundWriter[Shard] = BackgroundWriter(write, write.describe, max_pending=_PENDING)
-    bar = tqdm(total=layout.n_rows, initial=rows_before, unit="row", desc="caching", disable=not cfg.progress,
-               dynamic_ncols=True)
-    t0, n_new = time.perf_counter(), 0
+    bar = Progress(layout, rows_before, row_mb, cfg.seq_len, group["done"] if procs.distributed else None,
+                    on=cfg.progress and procs.main)
     try:
-        for k in range(first, layout.n_shards):
+        for k in range(first, last + 1):
             a, b = layout.shard_rows(k)
             rows = reader.take(b - a)
-            if done[k]:
+            if k not in mine:
                 continue
             bufs = pool.acquire(writer.check)
             for i in range(0, b - a, batch):
@@ -344,10 +357,7 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
                 model.capture(torch.from_numpy(rows.tokens[i:j]).long(), sites,
                               sink=lambda hook, t, i=i: bufs.put(hook, i, t))
                 writer.check()
-                n_new += j - i
-                dt = max(time.perf_counter() - t0, 1e-9)
                 bar.update(j - i)
-                bar.set_postfix_str(f"{n_new * cfg.seq_len / dt:,.0f} tok/s, {n_new * row_mb / dt:,.1f} MB/s", refresh=False)
             bufs.seal()
             writer.submit(Shard(k, rows, bufs, b - a))
         writer.close()

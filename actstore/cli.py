@@ -13,6 +13,7 @@ import numpy as np
 
 from .cache import CacheConfig, cache
 from .errors import ActStoreError
+from .parallel import is_main_process
 from .store import ActivationStore
 
 CACHE_EXAMPLE = """examples:
@@ -101,7 +102,7 @@ def _cache(args: argparse.Namespace) -> int:
         durable=not args.no_fsync, progress=not args.quiet, command_line=shlex.join(["actstore", *args.argv]),
     )
     store = cache(cfg)
-    if not args.quiet:
+    if not args.quiet and is_main_process():
         print(f"wrote {store.path}: {store.rows_done}/{store.n_rows} rows, sites: {', '.join(store.sites)}")
     return 0
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from . import analysis, plots
 from .errors import ConfigError
+from .location import figure_path
 from .store import ActivationStore
 
 EXAMPLES = """examples:
@@ -65,7 +65,7 @@ def _rows(args: argparse.Namespace, store: ActivationStore) -> slice:
 
 
 def _figure(args: argparse.Namespace, store: ActivationStore, name: str) -> str:
-    return args.figure or str(Path(store.path).with_suffix("")) + f".{name}.png"
+    return args.figure or figure_path(store.path, f".{name}.png")
 
 
 def _finish(args: argparse.Namespace, saved: list[str], figure: str, numbers: dict) -> int:

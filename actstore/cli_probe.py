@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 
+from .location import figure_path
 from .probes import ProbeConfig, ProbeReport, fit_probes
 from .store import ActivationStore
 
@@ -52,9 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def default_plot_path(store_path: str, name: str) -> str:
-    path = os.path.normpath(store_path)
-    stem = os.path.basename(path).removesuffix(".zarr")
-    return os.path.join(os.path.dirname(path), f"{stem}.probe-{name}.png")
+    return figure_path(store_path, f".probe-{name}.png")
 
 
 def plot(report: ProbeReport, path: str) -> str:

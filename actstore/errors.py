@@ -20,6 +20,7 @@ __all__ = [
     "RowsNotDoneError",
     "CorruptChunkError",
     "StoreLockedError",
+    "PeerFailedError",
 ]
 
 
@@ -92,3 +93,7 @@ class CorruptChunkError(ActStoreError, OSError):
 
 class StoreLockedError(ActStoreError, BlockingIOError):
     """Another run holds the store's lock."""
+
+
+class PeerFailedError(ActStoreError, RuntimeError):
+    """Another process of a multi-process run stopped; the shards it did not finish are not done."""

@@ -1,0 +1,79 @@
+"""Where a store lives: a local folder, or any fsspec URL (``s3://bucket/acts.zarr``,
+``gs://...``, ``memory://...``). ``file://`` URLs are local folders.
+
+Object stores take their credentials and endpoint from the environment only
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...; for
+gs, ``GOOGLE_APPLICATION_CREDENTIALS``): actstore has no flag for them, so they are
+never recorded in a store's metadata. Object writes are atomic (whole objects), so
+shards need no fsync there; the one-writer lock file exists only for local stores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+__all__ = ["normalize", "is_url", "exists", "is_empty", "remove", "figure_path", "filesystem"]
+
+
+def normalize(path: str | os.PathLike[str]) -> str:
+    """A local path for local stores (``file://`` stripped), the URL otherwise."""
+    path = os.fspath(path)
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return path
+
+
+def is_url(path: str) -> bool:
+    return "://" in normalize(path)
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a URL."""
+    from fsspec.core import url_to_fs
+
+    try:
+        return url_to_fs(path)
+    except (ImportError, ValueError) as e:
+        from .errors import ConfigError
+
+        scheme = path.split("://")[0]
+        hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme, f"the fsspec {scheme} backend")
+        raise ConfigError(f"Cannot open '{path}': {e}. Install {hint} (pip install 'actstore[s3]' for s3://).") from None
+
+
+def exists(path: str) -> bool:
+    path = normalize(path)
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, p = filesystem(path)
+    return bool(fs.exists(p))  # on object stores: any object under the prefix
+
+
+def is_empty(path: str) -> bool:
+    """Nothing there, or an empty folder."""
+    path = normalize(path)
+    if not is_url(path):
+        return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+    return not exists(path)
+
+
+def remove(path: str) -> None:
+    path = normalize(path)
+    if not is_url(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        return
+    fs, p = filesystem(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def figure_path(store_path: str, suffix: str) -> str:
+    """``<store minus .zarr><suffix>`` beside a local store; in the working folder for
+    a store on object storage."""
+    path = normalize(store_path).rstrip("/")
+    stem = os.path.basename(path).removesuffix(".zarr")
+    folder = "" if is_url(path) else os.path.dirname(path)
+    return os.path.join(folder, stem + suffix)

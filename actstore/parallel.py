@@ -1,0 +1,133 @@
+"""Many processes, one store: which process owns which write units, barriers, and
+errors that every process sees. Used by caching; sweeps and probes can reuse it.
+
+Launch with anything that sets the torch.distributed environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): ``accelerate launch``,
+``torchrun``, or Slurm via torchrun. The process group is made by accelerate's
+``PartialState``: with ``cpu=True`` (gloo) when the run is on CPU, as torchrun
+with CPU processes needs, else on the process's GPU (``cuda:LOCAL_RANK``, nccl).
+
+* Ownership: the units still to do, in order, are dealt round-robin: unit
+  ``todo[i]`` belongs to rank ``i % world``. Every rank computes the same list
+  from the same manifest after the store exists, so ownership is disjoint and
+  needs no messages.
+* Rank 0 does what happens once (lock, create, finalize); its outcome, success or
+  an error, is broadcast, so every rank raises the same clear error rather than
+  waiting forever at the next barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import torch
+
+from .errors import ActStoreError, PeerFailedError
+
+__all__ = ["Group", "group_for", "single", "is_main_process"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str | None = None  # this process's device when the launcher decides it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def owned(self, todo: Sequence[int]) -> list[int]:
+        """This rank's share of ``todo`` (round-robin)."""
+        return [int(u) for i, u in enumerate(todo) if i % self.world == self.rank]
+
+    def barrier(self, what: str) -> None:
+        if not self.distributed:
+            return
+        try:
+            torch.distributed.barrier()
+        except RuntimeError as e:
+            raise PeerFailedError(
+                f"Another process of this run stopped before {what} ({e}). The units this process wrote are done; "
+                "rerun the same command with --resume (any number of processes) to finish the rest.") from None
+
+    def on_main(self, fn: Callable[[], T], what: str) -> T | None:
+        """Run ``fn`` on rank 0 only; every rank raises its error if it failed."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except ActStoreError as e:
+                error = e
+        if self.distributed:
+            box: list[Any] = [error]
+            try:
+                torch.distributed.broadcast_object_list(box, src=0)
+            except RuntimeError as e:
+                raise PeerFailedError(f"Process 0 stopped during {what} ({e}); see its error.") from None
+            error = box[0]
+        if error is not None:
+            raise error
+        return result
+
+    @contextmanager
+    def main_context(self, make: Callable[[], Any], what: str) -> Iterator[None]:
+        """Enter the context manager ``make()`` on rank 0 only (e.g. the store lock);
+        a failure to enter it is raised on every rank."""
+        entered: list[Any] = []
+
+        def enter() -> None:
+            cm = make()
+            cm.__enter__()
+            entered.append(cm)
+
+        self.on_main(enter, what)
+        try:
+            yield
+        except BaseException as e:
+            if entered:
+                entered[0].__exit__(type(e), e, e.__traceback__)
+            raise
+        else:
+            if entered:
+                entered[0].__exit__(None, None, None)
+
+
+def single() -> Group:
+    return Group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched run, or a single process (for what is printed once)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def group_for(device: str) -> Group:
+    """The current run's process group: a single process unless launched by
+    torchrun / accelerate (WORLD_SIZE > 1), in which case the process group is
+    initialised here (gloo on CPU, nccl on GPU)."""
+    if not _launched():
+        return single()
+    from accelerate import PartialState
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    state = PartialState(cpu=on_cpu)
+    local = int(getattr(state, "local_process_index", os.environ.get("LOCAL_RANK", 0)))
+    dev = None
+    if not on_cpu and device in ("auto", "cuda"):
+        dev = f"cuda:{local}"
+    return Group(rank=state.process_index, world=state.num_processes, local_rank=local, device=dev)

@@ -1,0 +1,110 @@
+"""Multi-process caching on CPU (gloo): torchrun, accelerate launch, and bare
+environment variables, against the single-process reference store, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import actstore
+from actstore.parallel import Group
+
+from .conftest import RESUME_OPTS, store_files
+
+pytestmark = pytest.mark.slow
+LAUNCH_TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(out: Path, model: str, corpus: str, *extra: str) -> list[str]:
+    o = RESUME_OPTS
+    return ["cache", str(out), "--model", model, "--dataset", corpus, "--sites", o["sites"], "--seq-len",
+            str(o["seq_len"]), "--n-rows", str(o["n_rows"]), "--batch-size", str(o["batch_size"]),
+            "--rows-per-chunk", str(o["rows_per_chunk"]), "--rows-per-shard", str(o["rows_per_shard"]),
+            "--device", "cpu", "--quiet", *extra]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "ACTSTORE_FAULT")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+
+
+def _torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                 "--master-port", str(_free_port()), "-m", "actstore", *args], **env)
+
+
+def _bare_ranks(args: list[str], faults: dict[int, str]) -> list[subprocess.CompletedProcess[str]]:
+    """Two processes started by hand with the variables every launcher sets."""
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        if rank in faults:
+            env["ACTSTORE_FAULT"] = faults[rank]
+        procs.append(subprocess.Popen([sys.executable, "-m", "actstore", *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=LAUNCH_TIMEOUT)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def test_ownership_is_disjoint_and_complete():
+    todo = [0, 2, 3, 5, 8, 9, 11]
+    shares = [Group(rank=r, world=3).owned(todo) for r in range(3)]
+    assert sorted(sum(shares, [])) == todo and shares[0] == [0, 5, 11]
+
+
+def test_torchrun_two_processes_write_the_single_process_store(tmp_path, tiny_model, corpus_file, reference):
+    out = tmp_path / "two.zarr"
+    r = _torchrun(_args(out, tiny_model, corpus_file))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert store_files(out) == store_files(reference)
+    store = actstore.ActivationStore.open(out)
+    assert store.is_complete and store.stats("blocks.0.hook_resid_post").count == 30 * 16
+
+
+def test_a_killed_process_leaves_its_shards_the_others_finish_and_resume_completes(
+        tmp_path, tiny_model, corpus_file, reference):
+    out = tmp_path / "killed.zarr"
+    # 4 shards dealt round-robin: rank 0 owns 0 and 2, rank 1 owns 1 and 3; rank 1 dies writing shard 1
+    r0, r1 = _bare_ranks(_args(out, tiny_model, corpus_file), {1: "mid_write:1"})
+    assert r1.returncode == -9
+    assert r0.returncode == 2 and "Another process of this run stopped" in r0.stderr and "--resume" in r0.stderr
+    assert list(actstore.ActivationStore.open(out).done) == [True, False, True, False]
+    r = _torchrun(_args(out, tiny_model, corpus_file, "--resume"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert store_files(out) == store_files(reference)
+
+
+def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_model, corpus_file, reference):
+    out = tmp_path / "all.zarr"
+    r0, r1 = _bare_ranks(_args(out, tiny_model, corpus_file), {0: "before_done:2", 1: "mid_write:1"})
+    assert r0.returncode == r1.returncode == -9
+    assert list(actstore.ActivationStore.open(out).done) == [True, False, False, False]
+    r = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "actstore",
+              *_args(out, tiny_model, corpus_file, "--resume")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert store_files(out) == store_files(reference)
+    assert np.asarray(actstore.ActivationStore.open(out).done).all()

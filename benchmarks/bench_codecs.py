@@ -1,22 +1,23 @@
 """Compression ratio, write and read speed of actstore's activation codecs.
 
 Captures two sites (blocks.L.hook_resid_post and blocks.L.attn.hook_z, L the middle
-layer) of a random-init GPT-2-small-shaped model (12 layers, d_model 768, 12 heads;
-built in a temp folder, no download) on rows of the bundled demo corpus, stores them
-as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
-(64, seq, ...)), and for each codec spec of actstore.store.parse_codec writes and reads
-a fresh Zarr v3 array. MB/s are of uncompressed bytes; ratio = uncompressed / on disk;
-each round trip is checked bit for bit. Best of --repeat runs; no assertions on speed.
-NB: activations of a random-init model carry no learned structure, so ratios on a
-trained model may differ.
+layer) of a model on rows of the bundled demo corpus: the trained demo model
+(`--model actstore-demo`, real activations, the default) or a random-init
+GPT-2-small-shaped model (`--model random-gpt2-small`, built in a temp folder). Stores
+them as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
+(64, seq, ...)) and, for each codec spec of actstore.store.parse_codec, writes a fresh
+Zarr v3 array the way actstore writes it (whole shards, fsynced) and reads it back with
+zarr. MB/s are of uncompressed bytes; ratio = uncompressed / on disk; each round trip
+is checked bit for bit. Best of --repeat runs; no assertions on speed.
 
-    /tmp/venv/bin/python benchmarks/bench_codecs.py
-    /tmp/venv/bin/python benchmarks/bench_codecs.py --rows 128 --seq-len 128 --repeat 5
+    python benchmarks/bench_codecs.py
+    python benchmarks/bench_codecs.py --model random-gpt2-small --rows 128 --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 import shutil
 import tempfile
 import time
@@ -31,9 +32,11 @@ from actstore.corpus import CorpusSpec, RowReader
 from actstore.demo import build_random_gpt2
 from actstore.models import load_model
 from actstore.sites import parse_sites
-from actstore.store import parse_codec
+from actstore.shardio import encoder_for, write_rows
+from actstore.store import _array, parse_codec
 
-CODECS = ("none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1")
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+CODECS = ("none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1", "pcodec:4", "pcodec")
 ROWS_PER_CHUNK, ROWS_PER_SHARD = 8, 64  # actstore's defaults at batch size 8 (shard capped at 256 MB)
 
 
@@ -43,12 +46,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3, help="timed runs per codec; the best is reported")
     p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs")
+    p.add_argument("--model", default="actstore-demo", help="actstore-demo (trained) or random-gpt2-small")
     return p.parse_args()
 
 
-def capture(rows: int, seq_len: int, tmp: Path) -> dict[str, np.ndarray]:
-    folder = build_random_gpt2(tmp / "model", n_layer=12, n_embd=768, n_head=12, n_positions=1024)
-    model = load_model(str(folder), "float32", "cpu")
+def capture(name: str, rows: int, seq_len: int, tmp: Path) -> dict[str, np.ndarray]:
+    if name == "random-gpt2-small":
+        name = str(build_random_gpt2(tmp / "model", n_layer=12, n_embd=768, n_head=12, n_positions=1024))
+    model = load_model(name, "float32", "cpu")
     layer = model.info.n_layers // 2
     sites = parse_sites([f"resid_post:{layer}", f"z:{layer}"], model.bridge.hook_dict.keys(),
                         model.info.n_layers, model.info.n_heads)
@@ -82,10 +87,13 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
     for r in range(repeat):
         path = root / f"{codec.replace(':', '_')}-{r}.zarr"
         group = zarr.open_group(path, mode="w")
-        arr = group.create_array("a", shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype,
-                                 compressors=parse_codec(codec), fill_value=0, config={"write_empty_chunks": True})
+        arr = _array(group, "a", data.shape, chunks[0], (shards or chunks)[0], str(data.dtype),
+                     ["row"] + [f"d{i}" for i in range(1, data.ndim)], parse_codec(codec))
+        enc = encoder_for(arr)  # None for pcodec: zarr writes it
+        rps = arr.metadata.chunk_grid.chunk_shape[0]
         t0 = time.perf_counter()
-        arr[:] = data
+        for k in range(-(-len(data) // rps)):
+            write_rows(arr, str(path), k, data[k * rps:(k + 1) * rps], durable=True, enc=enc)
         writes.append(time.perf_counter() - t0)
         stored = disk_bytes(path / "a")
         arr = zarr.open_array(path / "a", mode="r")
@@ -100,10 +108,10 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
 def main() -> None:
     a = parse_args()
     hf_logging.disable_progress_bar()
-    print("bench_codecs: Zarr v3 float16 activations, actstore layout; MB/s of uncompressed bytes, "
+    print(f"bench_codecs: {a.model}; Zarr v3 float16 activations, actstore layout; MB/s of uncompressed bytes, "
           f"best of {a.repeat}; zarr {zarr.__version__}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="bench_codecs_") as tmp:
-        acts = capture(a.rows, a.seq_len, Path(tmp))
+        acts = capture(a.model, a.rows, a.seq_len, Path(tmp))
         for hook, data in acts.items():
             chunks, shards = layout(data.shape)
             print(f"\n  {hook}  shape {data.shape}  {data.nbytes / 1e6:.1f} MB  chunks {chunks} shards {shards}")

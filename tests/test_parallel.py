@@ -74,10 +74,23 @@ def test_ownership_is_disjoint_and_complete():
     assert sorted(sum(shares, [])) == todo and shares[0] == [0, 5, 11]
 
 
-def test_torchrun_two_processes_write_the_single_process_store(tmp_path, tiny_model, corpus_file, reference):
+def test_slurm_script_two_processes_write_the_single_process_store(tmp_path, tiny_model, corpus_file, reference):
+    """scripts/slurm_cache.sh on one 'node' whose scontrol and srun are shims: torchrun
+    with c10d rendezvous starts 2 CPU processes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
+    (bin_dir / "srun").write_text('#!/bin/sh\nshift\nexec "$@"\n')  # drop --ntasks-per-node=1, run once
+    for shim in bin_dir.iterdir():
+        shim.chmod(0o755)
     out = tmp_path / "two.zarr"
-    r = _torchrun(_args(out, tiny_model, corpus_file))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "slurm_cache.sh"
+    args = [a for a in _args(out, tiny_model, corpus_file)[2:] if a != "--quiet"]  # the flags after 'cache OUT'
+    r = _run(["bash", str(script), str(out), *args], PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
+             SLURM_JOB_NODELIST="node1", SLURM_JOB_NUM_NODES="1", NPROC_PER_NODE="2", MASTER_PORT=str(_free_port()),
+             SLURM_JOB_ID="4242")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes; each writes its own shards" in r.stderr
     assert store_files(out) == store_files(reference)
     store = actstore.ActivationStore.open(out)
     assert store.is_complete and store.stats("blocks.0.hook_resid_post").count == 30 * 16

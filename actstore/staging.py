@@ -32,14 +32,19 @@ class ShardBuffers:
                         for h, s in shapes.items()}
         self.stream = torch.cuda.Stream(torch.device(device)) if self.cuda else None
         self.event: torch.cuda.Event | None = None
+        self.overflow: dict[str, torch.Tensor] = {}  # float16 storage: finite values that became inf, on the device
 
     def put(self, hook: str, start: int, value: torch.Tensor) -> None:
         """Stage ``value`` (batch, *site shape), on the model's device, at row ``start``."""
         dst = self.tensors[hook][start:start + len(value)]
+        cast = value.to(self.dtype)
+        if self.dtype == torch.float16 and value.dtype != torch.float16:  # no sync: checked when the shard is written
+            lost = (torch.isinf(cast) & torch.isfinite(value)).any()
+            self.overflow[hook] = lost if hook not in self.overflow else self.overflow[hook] | lost
         if self.stream is None:
-            dst.copy_(value)
+            dst.copy_(cast)
             return
-        value = value.to(self.dtype)  # on the compute stream, where it was made
+        value = cast  # on the compute stream, where it was made
         self.stream.wait_stream(torch.cuda.current_stream(value.device))
         with torch.cuda.stream(self.stream):
             dst.copy_(value, non_blocking=True)
@@ -52,9 +57,14 @@ class ShardBuffers:
             self.event.record(self.stream)
 
     def arrays(self, rows: int) -> dict[str, np.ndarray]:
-        """The first ``rows`` rows of every site as numpy views, once every copy has landed."""
+        """The first ``rows`` rows of every site as numpy views, once every copy has landed.
+        Raises if a finite activation overflowed float16 storage."""
         if self.event is not None:
             self.event.synchronize()
+        bad = sorted(h for h, flag in self.overflow.items() if bool(flag))
+        if bad:
+            raise OverflowError(f"{', '.join(bad)} hold values beyond float16's range (|x| > 65504), which would be "
+                                "stored as inf; cache with --storage-dtype float32")
         return {h: t[:rows].numpy() for h, t in self.tensors.items()}
 
 
@@ -84,4 +94,5 @@ class BufferPool:
 
     def release(self, bufs: ShardBuffers) -> None:
         bufs.event = None
+        bufs.overflow = {}
         self._free.put(bufs)

@@ -111,3 +111,13 @@ def test_writer_failure_stops_the_forward_at_once(tmp_path, tiny_model, monkeypa
     # 32 shards of one batch each: the run stops within the buffer sets in flight, not at the end
     assert len(calls) < 10
     assert not actstore.ActivationStore.open(tmp_path / "s.zarr").done.any()
+
+
+def test_float16_storage_refuses_values_it_cannot_hold(tmp_path, tiny_model):
+    shapes = {"h": SiteShape(("pos", "d_model"), (2, 2))}
+    bufs = ShardBuffers(shapes, "float16", rows=2, device="cpu")
+    bufs.put("h", 0, torch.tensor([[[1.0, 2.0], [3.0, float("inf")]]]))  # inf already: stored as it is
+    bufs.arrays(1)
+    bufs.put("h", 1, torch.tensor([[[1.0, 7e4], [3.0, 4.0]]]))
+    with pytest.raises(OverflowError, match=r"h hold values beyond float16's range .*--storage-dtype float32"):
+        bufs.arrays(2)

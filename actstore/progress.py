@@ -25,7 +25,7 @@ class Progress:
         self.bar = tqdm(total=layout.n_rows, initial=rows_before, unit="row", desc="caching", disable=not on,
                         dynamic_ncols=True)
         self.layout, self.before, self.row_mb, self.seq_len, self.done = layout, rows_before, row_mb, seq_len, done
-        self.own, self.seen = 0, rows_before
+        self.own, self.seen, self.n = 0, rows_before, rows_before  # n: the rows shown
         self.t0 = self.polled = time.perf_counter()
 
     def update(self, rows: int) -> None:
@@ -37,7 +37,8 @@ class Progress:
             self.seen = sum(b - a for a, b in map(self.layout.shard_rows, np.flatnonzero(flags)))
             self.polled = now
         n = max(self.before + self.own, self.seen)
-        self.bar.update(n - self.bar.n)
+        self.bar.update(n - self.n)
+        self.n = n
         dt = max(now - self.t0, 1e-9)
         new = n - self.before
         self.bar.set_postfix_str(f"{new * self.seq_len / dt:,.0f} tok/s, {new * self.row_mb / dt:,.1f} MB/s", refresh=False)

@@ -46,7 +46,7 @@ import actstore
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
 from actstore.shard_write import Shard, ShardWrite
-from actstore.sites import SiteShape, parse_sites, stop_layer
+from actstore.sites import SiteShape, parse_sites
 from actstore.staging import ShardBuffers
 from actstore.store import create_store
 

@@ -121,3 +121,23 @@ def test_float16_storage_refuses_values_it_cannot_hold(tmp_path, tiny_model):
     bufs.put("h", 1, torch.tensor([[[1.0, 7e4], [3.0, 4.0]]]))
     with pytest.raises(OverflowError, match=r"h hold values beyond float16's range .*--storage-dtype float32"):
         bufs.arrays(2)
+
+
+def test_rank0_progress_counts_every_process_shards(monkeypatch):
+    import zarr
+
+    from actstore import progress
+    from actstore.store import Layout
+
+    layout = Layout(n_rows=40, seq_len=16, rows_per_chunk=4, rows_per_shard=8)
+    done = zarr.create_array(zarr.storage.MemoryStore(), shape=(5,), chunks=(1,), dtype="bool", fill_value=False)
+    monkeypatch.setattr(progress, "POLL_S", 0.0)
+    bar = progress.Progress(layout, rows_before=0, row_mb=1.0, seq_len=16, done=done, on=False)
+    bar.update(4)  # this process: 4 rows, nothing done anywhere yet
+    assert bar.n == 4
+    done[1:4] = True  # other processes finished shards 1-3 (24 rows)
+    bar.update(4)
+    assert bar.n == 24
+    solo = progress.Progress(layout, rows_before=8, row_mb=1.0, seq_len=16, done=None, on=False)
+    solo.update(3)
+    assert solo.n == 11

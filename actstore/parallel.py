@@ -51,6 +51,18 @@ class Group:
         """This rank's share of ``todo`` (round-robin)."""
         return [int(u) for i, u in enumerate(todo) if i % self.world == self.rank]
 
+    def gather(self, obj: T, what: str) -> list[T] | None:
+        """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere): how a job
+        split with :meth:`owned` brings its parts together."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.main else None
+        try:
+            torch.distributed.gather_object(obj, out, dst=0)
+        except RuntimeError as e:
+            raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
+        return out
+
     def barrier(self, what: str) -> None:
         if not self.distributed:
             return

@@ -121,3 +121,9 @@ def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_mode
     assert r.returncode == 0, r.stderr[-3000:]
     assert store_files(out) == store_files(reference)
     assert np.asarray(actstore.ActivationStore.open(out).done).all()
+
+
+def test_single_process_group_gathers_its_own_part():
+    g = Group()
+    assert g.gather({"rows": [1, 2]}, "test") == [{"rows": [1, 2]}] and g.owned([4, 5]) == [4, 5]
+    assert g.on_main(lambda: 7, "test") == 7

@@ -14,7 +14,8 @@ from .models import ModelInfo, load_model
 from .sites import Site, parse_sites
 from .stats import Moments
 from .store import ActivationStore
+from .tasks import PromptPair, make_pairs
 
 __version__ = "0.1.0"
 __all__ = ["cache", "CacheConfig", "ActivationStore", "CorpusSpec", "Site", "parse_sites", "load_model",
-           "ModelInfo", "Moments", "__version__", *_errors_all]
+           "ModelInfo", "Moments", "PromptPair", "make_pairs", "__version__", *_errors_all]

@@ -309,22 +309,28 @@ class _PrefixKV:
         return torch.cat([pk, ek, k], dim=2), torch.cat([pv, ev, v], dim=2)
 
 
-def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Keys and values block ``layer`` computes from its input ``x`` (row, pos, d_model),
-    as (row, head, pos, d_head), without the rest of the block; None where the bridge's
-    attention does not expose them this way."""
+def block_projections(model: Any, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
+                      ) -> tuple[torch.Tensor, ...] | None:
+    """The queries/keys/values (``names`` of "q", "k", "v") block ``layer`` computes
+    from its input ``x`` (row, pos, d_model), each as (row, head, pos, d_head), without
+    the rest of the block; None where the bridge's attention does not expose them this way."""
     block = model.blocks[layer]
     try:
         h = block.ln1(x)
-        k, v = block.attn.k(h), block.attn.v(h)
+        outs = [getattr(block.attn, n)(h) for n in names]
     except Exception:  # another attention layout: the caller runs the whole block instead
         return None
     d_head = int(model.cfg.d_head)
-    if k.ndim == 3 and k.shape[-1] % d_head == 0:  # (row, pos, head * d_head)
-        k, v = k.unflatten(-1, (-1, d_head)), v.unflatten(-1, (-1, d_head))
-    if k.ndim != 4 or v.ndim != 4:
+    if all(o.ndim == 3 and o.shape[-1] % d_head == 0 for o in outs):  # (row, pos, head * d_head)
+        outs = [o.unflatten(-1, (-1, d_head)) for o in outs]
+    if any(o.ndim != 4 for o in outs):
         return None
-    return k.transpose(1, 2), v.transpose(1, 2)
+    return tuple(o.transpose(1, 2) for o in outs)
+
+
+def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Keys and values block ``layer`` computes from its input (see block_projections)."""
+    return block_projections(model, layer, x, ("k", "v"))  # type: ignore[return-value]
 
 
 class _Corrupted:

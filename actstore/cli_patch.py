@@ -7,6 +7,10 @@ same number of tokens) and the answer and wrong answer (one token each)::
      "corrupted": "When Mary and John went to the store, Mary gave a drink to",
      "answer": " Mary", "wrong": " John"}
 
+Instead of a file, ``--task`` generates the pairs of a standard task
+(:mod:`actstore.tasks`: ioi, ioi-flip, repeated-name, greater-than, factual with
+``--facts``), deterministic from ``--seed``; ``--write-pairs`` saves them in this format.
+
 Prompts are tokenised as BOS + text. The metric is the logit difference answer -
 wrong at the last position. Pairs run ``batch_pairs`` at a time through
 :mod:`actstore.patching` (clean activations from ``--store`` when given, read from
@@ -14,12 +18,16 @@ disk; a store that does not exist yet is first cached from the clean prompts). T
 results group holds, per sweep, the patched logit difference of every pair and the
 normalised mean over pairs (0 = corrupted, 1 = clean), with dimension names; a
 heatmap PNG (layers by positions, labelled with the first pair's tokens) goes next to it.
+
+``--method`` picks exact activation patching (default), attribution patching
+(:mod:`actstore.attribution`: one forward and backward per batch of pairs) or both,
+stored side by side (``attribution_logit_diff``, ``attribution_normalised``) with their
+Pearson correlation in the arrays' attributes and a scatter plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -30,8 +38,9 @@ import numpy as np
 import torch
 import zarr
 
-from . import patching
+from . import attribution, patching, tasks
 from .errors import (ConfigError, CorpusError, MissingTextFieldError, StoreExistsError, StoreMismatchError)
+from .jsonl import read_records
 from .store import ActivationStore, is_store
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "patch_pairs", "register"]
@@ -58,11 +67,22 @@ EXAMPLE = """examples:
       (the clean activations are read from ioi_clean.zarr, cached from the clean prompts first if it
        does not exist; results go to ioi_clean.zarr/results/patching/ unless --out is given)
 
+  actstore patch --model gpt2 --task ioi --n-pairs 32 --seed 0 --sweep attn_head_out_by_pos --method both
+      (exact and attribution patching side by side, their Pearson correlation, a scatter plot)
+  actstore patch --model gpt2 --task factual --facts facts.jsonl --write-pairs facts.pairs.jsonl
+
 pairs.jsonl, one JSON object per line (clean and corrupted of the same token length, one-token answers):
   {"clean": "When Mary and John went to the store, John gave a drink to",
    "corrupted": "When Mary and John went to the store, Mary gave a drink to",
    "answer": " Mary", "wrong": " John"}
+
+facts.jsonl (--task factual --facts facts.jsonl), one JSON object per line:
+  {"prompt": "The Kremlin is in the city of", "answer": " Moscow"}
+  {"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The capital of France is",
+   "wrong": " Paris"}
+  (a fact without corrupted_prompt is paired with another fact of the same token length)
 """
+METHODS = ("exact", "attribution", "both")
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,7 @@ class PatchJobConfig:
     """One `actstore patch` run; the CLI flags map onto these fields."""
 
     model: str  # hub name, local folder, or actstore-demo
-    pairs: str  # JSON lines: clean, corrupted, answer, wrong
+    pairs: str | None = None  # JSON lines: clean, corrupted, answer, wrong (or task)
     sweep: str = "resid_pre"  # a key of SWEEPS
     store: str | None = None  # clean activations read from this store (cached into it first if missing)
     out: str | None = None  # results group; default: the store's results/, else <pairs>.patch.zarr
@@ -84,6 +104,12 @@ class PatchJobConfig:
     overwrite: bool = False  # replace this sweep's results if the group already holds them
     progress: bool = True
     command_line: str = ""
+    method: str = "exact"  # exact, attribution or both
+    task: str | None = None  # a task of actstore.tasks.TASKS instead of pairs
+    n_pairs: int | None = None  # pairs to generate (default 16; factual: every fact)
+    seed: int = 0
+    facts: str | None = None  # the factual task's JSON-lines file
+    write_pairs: str | None = None  # save the generated pairs here (pairs-file format)
 
 
 @dataclass
@@ -92,10 +118,14 @@ class PatchJobResult:
     prefix: str  # where this sweep's arrays are inside it
     figures: list[str]
     dims: tuple[str, ...]  # of the per-pair values, 'pair' first
-    logit_diff: np.ndarray  # (pair, *cells)
-    normalised: np.ndarray  # (*cells)
+    logit_diff: np.ndarray  # (pair, *cells): exact patching's (attribution's when --method attribution)
+    normalised: np.ndarray  # (*cells), likewise
     clean_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     corrupted_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    method: str = "exact"
+    attribution: np.ndarray | None = field(repr=False, default=None)  # (pair, *cells), estimated logit diffs
+    attribution_normalised: np.ndarray | None = field(repr=False, default=None)  # (*cells)
+    correlation: dict[str, Any] | None = None  # method both: attribution.compare of the two
 
 
 @dataclass
@@ -109,9 +139,15 @@ class _Pairs:
 
 def read_pairs(path: str, tokenizer: Any) -> _Pairs:
     """Read and check the pairs file: every problem is reported before any work."""
-    if not os.path.isfile(path):
-        raise CorpusError(f"Pairs file '{path}' not found. Pass a JSON-lines file with clean, corrupted, answer "
-                          "and wrong fields (see `actstore patch --help`).")
+    items = read_records(path, "Pairs", "Pass a JSON-lines file with clean, corrupted, answer and wrong fields "
+                         "(see `actstore patch --help`).", "write one JSON object per line.",
+                         '{"clean": ..., "corrupted": ..., ...}')
+    return _tokenize_pairs(items, tokenizer, path, "Split the file by length, one run each.")
+
+
+def _tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, source: str,
+                    length_fix: str) -> _Pairs:
+    """Check pairs (each named by ``where``) and tokenise them as BOS + text."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
     def ids(text: Any, where: str) -> list[int]:
@@ -120,20 +156,9 @@ def read_pairs(path: str, tokenizer: Any) -> _Pairs:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     rows: list[tuple[list[int], list[int], int, int, str]] = []
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    if not lines:
-        raise CorpusError(f"Pairs file '{path}' holds no pairs; write one JSON object per line.")
-    for n, line in lines:
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line.") from None
-        if not isinstance(rec, dict):
-            raise CorpusError(f"{where} is not a JSON object; expected {{\"clean\": ..., \"corrupted\": ..., ...}}.")
+    for where, rec in items:
         if "wrong" not in rec and "wrong_answer" in rec:
-            rec["wrong"] = rec["wrong_answer"]
+            rec = dict(rec, wrong=rec["wrong_answer"])
         missing = [k for k in ("clean", "corrupted", "answer", "wrong") if k not in rec]
         if missing:
             raise MissingTextFieldError(f"{where} has no field {', '.join(repr(k) for k in missing)}; each pair "
@@ -158,10 +183,49 @@ def read_pairs(path: str, tokenizer: Any) -> _Pairs:
     if len(lengths) > 1:
         first, other = rows[0], next(r for r in rows if len(r[0]) != len(rows[0][0]))
         raise ConfigError(
-            f"{path}: pairs have different token lengths ({len(first[0])} for the first, {len(other[0])} for "
-            f"{other[4]!r}); one sweep lines up positions across pairs. Split the file by length, one run each.")
+            f"{source}: pairs have different token lengths ({len(first[0])} for the first, {len(other[0])} for "
+            f"{other[4]!r}); one sweep lines up positions across pairs. {length_fix}")
     as_t = lambda i: torch.tensor([r[i] for r in rows], dtype=torch.long)  # noqa: E731
     return _Pairs(as_t(0), as_t(1), as_t(2), as_t(3), [r[4] for r in rows])
+
+
+def _task_pairs(cfg: PatchJobConfig, tokenizer: Any) -> tuple[_Pairs, list[tasks.PromptPair]]:
+    """Generate the task's pairs and check them."""
+    generated = tasks.make_pairs(cfg.task or "", cfg.n_pairs, cfg.seed, tokenizer, cfg.facts)
+    fix = ("Keep facts of one token length in the facts file (or one length per run)." if cfg.task == "factual"
+           else "Generate them with one template.")
+    where = cfg.facts if cfg.task == "factual" else f"task {cfg.task}"
+    return _tokenize_pairs([(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)], tokenizer,
+                           str(where), fix), generated
+
+
+def _check_source(cfg: PatchJobConfig) -> None:
+    """The pairs' source options, checked before the model loads."""
+    if (cfg.pairs is None) == (cfg.task is None):
+        raise ConfigError("Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
+                          f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}.")
+    if cfg.task is None:
+        extra = [flag for flag, v in (("--n-pairs", cfg.n_pairs), ("--facts", cfg.facts),
+                                      ("--write-pairs", cfg.write_pairs)) if v is not None]
+        if extra:
+            raise ConfigError(f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is.")
+        return
+    if cfg.task not in tasks.TASKS:
+        tasks.make_pairs(cfg.task)  # raises: unknown task, with the list and a close match
+    if cfg.task == "factual" and cfg.facts is None:
+        raise ConfigError("--task factual reads facts from a file: pass --facts FILE (JSON lines of "
+                          '{"prompt": ..., "answer": ...}; see `actstore patch --help`).')
+    if cfg.task == "factual" and not os.path.isfile(cfg.facts or ""):
+        raise CorpusError(f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts.")
+    if cfg.task != "factual" and cfg.facts is not None:
+        raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
+    if cfg.n_pairs is not None and cfg.n_pairs < 1:
+        raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
+    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
+    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
+        raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
+                               "another path.")
 
 
 def _store_rows(store: ActivationStore, clean: torch.Tensor) -> list[int]:
@@ -208,7 +272,7 @@ class _Writer:
             self.store = ActivationStore.open(out)
         else:
             self.store = None
-        self.path = self.store.path if self.store is not None else (out or _default_out(cfg.pairs))
+        self.path = self.store.path if self.store is not None else (out or _default_out(cfg))
         self.prefix = f"patching/{cfg.sweep}"
         self.group: zarr.Group | None = None
         if self._exists() and not cfg.overwrite:
@@ -238,13 +302,34 @@ class _Writer:
         arr.attrs.update(attrs)
 
 
-def _default_out(pairs: str) -> str:
-    stem = os.path.splitext(pairs)[0]
+    def prune(self, keep: Sequence[str]) -> None:
+        """Remove this sweep's arrays that this run did not write (an --overwrite run with
+        another --method must not leave the previous run's results beside its own)."""
+        if self.store is not None:
+            stale = [r for r in self.store.results() if r.startswith(self.prefix + "/")
+                     and r[len(self.prefix) + 1:] not in keep]
+        elif os.path.exists(self.path):
+            group = zarr.open_group(self.path, mode="r")
+            stale = [f"{self.prefix}/{k}" for k in (group[self.prefix].array_keys() if self.prefix in group else [])
+                     if k not in keep]
+        else:
+            return
+        if stale:
+            g = zarr.open_group(self.path, mode="r+")
+            for name in stale:
+                del g[name if self.store is None else f"results/{name}"]
+            if self.store is not None:
+                self.store.group = zarr.open_group(self.path, mode="r")
+
+
+def _default_out(cfg: PatchJobConfig) -> str:
+    stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or "patch")
     return f"{stem}.patch.zarr"
 
 
 def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
-    """Run one sweep over every pair; write the results and the heatmap."""
+    """Run one sweep over every pair (exact, attribution or both); write the results,
+    the heatmaps and, for both, their correlation and a scatter plot."""
     from .cache import cache
     from .models import load_model
 
@@ -252,12 +337,19 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
     if cfg.metric not in ("normalised", "logit_diff"):
         raise ConfigError(f"Unknown metric '{cfg.metric}'; expected normalised or logit_diff.")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"Unknown method '{cfg.method}'; expected one of {', '.join(METHODS)}.")
     if cfg.batch_pairs < 1:
         raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
-    fn, shorts = SWEEPS[cfg.sweep]
+    _check_source(cfg)
+    _, shorts = SWEEPS[cfg.sweep]
     model = load_model(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
-    pairs = read_pairs(cfg.pairs, model.tokenizer)
+    generated: list[tasks.PromptPair] = []
+    if cfg.pairs is not None:
+        pairs = read_pairs(cfg.pairs, model.tokenizer)
+    else:
+        pairs, generated = _task_pairs(cfg, model.tokenizer)
     n_pairs, n_pos = pairs.clean.shape
     if n_pos > info.n_ctx:
         raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {info.n_ctx}.")
@@ -278,9 +370,15 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         _check_store_sites(store, shorts, info.n_layers)
         rows = _store_rows(store, pairs.clean)
     writer = _Writer(cfg, store)
+    if cfg.write_pairs:  # every check passed: the pairs are what this run patches
+        tasks.write_pairs(generated, cfg.write_pairs)
 
-    per_pair, clean_ld, corr_ld = [], [], []
+    fns = {m: getattr(patching if m == "exact" else attribution, f"get_act_patch_{cfg.sweep}")
+           for m in (("exact", "attribution") if cfg.method == "both" else (cfg.method,))}
+    per_pair: dict[str, list[np.ndarray]] = {m: [] for m in fns}
+    clean_ld, corr_ld = [], []
     axis_names: list[str] = []
+    type_names: list[str] | None = None
     for a in range(0, n_pairs, cfg.batch_pairs):
         b = min(a + cfg.batch_pairs, n_pairs)
         corrupted = pairs.corrupted[a:b].to(model.device)
@@ -292,56 +390,108 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
             else:
                 clean_logits, clean_src = bridge.run_with_cache(pairs.clean[a:b].to(model.device))
                 extra = {}
-        res = fn(bridge, corrupted, clean_src, metric, reduce="none", baseline=True,
-                 memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
-        axis_names = list(res.axis_names)
-        per_pair.append(res.values.movedim(-1, 0).float().cpu().numpy())  # (pair, *cells)
+        for method, fn in fns.items():
+            res = fn(bridge, corrupted, clean_src, metric, reduce="none", baseline=True,
+                     memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
+            axis_names, type_names = list(res.axis_names), res.patch_type_names
+            per_pair[method].append(res.values.movedim(-1, 0).float().cpu().numpy())  # (pair, *cells)
         corr_ld.append(res.baseline.float().cpu().numpy())
         clean_ld.append(metric(clean_logits).float().cpu().numpy())
-    values = np.concatenate(per_pair)
+    values = {m: np.concatenate(v) for m, v in per_pair.items()}
     clean_v, corr_v = np.concatenate(clean_ld), np.concatenate(corr_ld)
-    normalised = (values.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean())
+    normalised = {m: (v.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean()) for m, v in values.items()}
     dims = ("pair", *(_DIM_NAMES.get(d, d) for d in axis_names))
 
+    correlation = None
+    if cfg.method == "both":
+        # cells no pair's patch changes are equal in both by construction: r is also given without them
+        base = corr_v.reshape((-1,) + (1,) * (values["attribution"].ndim - 1))
+        changed = (values["attribution"] != base).any(0)
+        correlation = attribution.compare(values["exact"].mean(0), values["attribution"].mean(0), changed)
+        # per pair, the effects (value - that pair's corrupted logit diff: the pairs' own offsets would inflate r)
+        correlation["pearson_pair_effects"] = attribution.compare(values["exact"] - base,
+                                                                  values["attribution"] - base)["pearson"]
+    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
+              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
+               "pairs_written_to": os.path.abspath(cfg.write_pairs) if cfg.write_pairs else None})
     attrs = {"sweep": cfg.sweep, "metric": "logit difference answer - wrong at the last position",
-             "model": info.to_dict(), "pairs": os.path.abspath(cfg.pairs), "n_pairs": int(n_pairs),
+             "method": cfg.method, "model": info.to_dict(), **source, "n_pairs": int(n_pairs),
              "clean_source": f"store {store.path}" if store is not None else "clean forward (run_with_cache)",
              "command_line": cfg.command_line, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if "attribution" in values:
+        attrs["attribution"] = ("first-order estimate of the patched logit difference: corrupted + sum over the "
+                                "patched slice of (clean - corrupted) * d logit_diff / d activation")
+    if correlation is not None:
+        attrs["correlation"] = correlation
     if cfg.sweep.endswith("_every"):
-        attrs["patch_type"] = list(res.patch_type_names or [])
-    writer("logit_diff", values.astype(np.float32), dims, attrs)
-    writer("normalised", normalised.astype(np.float32), dims[1:],
-           {**attrs, "normalised": "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"})
+        attrs["patch_type"] = list(type_names or [])
+    norm_doc = "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"
+    written = ["clean_logit_diff", "corrupted_logit_diff", "clean_tokens", "corrupted_tokens"]
+    for method in values:
+        prefix = "" if method == "exact" else "attribution_"
+        writer(f"{prefix}logit_diff", values[method].astype(np.float32), dims, attrs)
+        writer(f"{prefix}normalised", normalised[method].astype(np.float32), dims[1:], {**attrs, "normalised": norm_doc})
+        written += [f"{prefix}logit_diff", f"{prefix}normalised"]
     writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
     writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
     writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
     writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
+    writer.prune(written)
 
-    shown = normalised if cfg.metric == "normalised" else values.mean(0)
-    figures = _figures(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
-                       res.patch_type_names if cfg.sweep.endswith("_every") else None)
+    figures: list[str] = []
+    for method in values:
+        shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)
+        figures += _figures(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
+                            type_names if cfg.sweep.endswith("_every") else None,
+                            suffix="" if method == "exact" else ".attribution")
+    if correlation is not None:
+        figures.append(_scatter(cfg, writer.path, normalised, correlation, info.name, n_pairs))
+    main = "exact" if "exact" in values else "attribution"
     return PatchJobResult(out=writer.path, prefix=("results/" if writer.store is not None else "") + writer.prefix,
-                          figures=figures, dims=dims, logit_diff=values, normalised=normalised,
-                          clean_logit_diff=clean_v, corrupted_logit_diff=corr_v)
+                          figures=figures, dims=dims, logit_diff=values[main], normalised=normalised[main],
+                          clean_logit_diff=clean_v, corrupted_logit_diff=corr_v, method=cfg.method,
+                          attribution=values.get("attribution"), attribution_normalised=normalised.get("attribution"),
+                          correlation=correlation)
+
+
+def _figure_base(cfg: PatchJobConfig, out: str) -> str:
+    return cfg.figure or f"{out[:-5] if out.endswith('.zarr') else out}.{cfg.sweep}.png"
+
+
+def _scatter(cfg: PatchJobConfig, out: str, normalised: dict[str, np.ndarray], corr: dict[str, Any],
+             model_name: str, n_pairs: int) -> str:
+    root, ext = os.path.splitext(_figure_base(cfg, out))
+    r = corr["pearson"]
+    rc = corr.get("pearson_changed")
+    title = (f"{cfg.sweep}: {os.path.basename(model_name)}, mean of {n_pairs} pair{'s' if n_pairs != 1 else ''}\n"
+             f"Pearson r = {'n/a' if r is None else f'{r:.3f}'} ({corr['n_cells']} cells), "
+             f"{'n/a' if rc is None else f'{rc:.3f}'} ({corr.get('n_changed', 0)} changed)")
+    return attribution.plot_comparison(normalised["exact"], normalised["attribution"],
+                                       f"{root}.attribution-vs-exact{ext}", title=title,
+                                       xlabel="exact patching (normalised LD)",
+                                       ylabel="attribution patching (normalised LD)")
 
 
 def _figures(cfg: PatchJobConfig, out: str, data: np.ndarray, dims: Sequence[str], pairs: _Pairs, tokenizer: Any,
-             model_name: str, n_pairs: int, type_names: Sequence[str] | None) -> list[str]:
+             model_name: str, n_pairs: int, type_names: Sequence[str] | None, suffix: str = "") -> list[str]:
     """Heatmaps with positions along x, labelled 'clean token' (or 'clean/corrupted'
     where the first pair differs), and every other axis flattened along y."""
     from .plots import heatmap
 
     if "src_pos" in dims:
         return []  # (layer, head, dest, src): no single readable picture; the arrays are in the group
-    base = cfg.figure or f"{out[:-5] if out.endswith('.zarr') else out}.{cfg.sweep}.png"
+    root, ext = os.path.splitext(_figure_base(cfg, out))
+    base = f"{root}{suffix}{ext}"
     clean = [tokenizer.decode([int(t)]) for t in pairs.clean[0]]
     corr = [tokenizer.decode([int(t)]) for t in pairs.corrupted[0]]
     labels = [f"{i} {c!r}" if c == d else f"{i} {c!r}/{d!r}" for i, (c, d) in enumerate(zip(clean, corr))]
     what = "normalised LD (0 corr., 1 clean)" if cfg.metric == "normalised" else "logit diff"
-    panels = [(data, dims, base, cfg.sweep)]
+    panels = [(data, dims, base, cfg.sweep + (" (attribution)" if suffix else ""))]
     if type_names is not None:  # one figure per patch type
         root, ext = os.path.splitext(base)
-        panels = [(data[i], dims[1:], f"{root}.{name}{ext}", f"{cfg.sweep} [{name}]") for i, name in enumerate(type_names)]
+        panels = [(data[i], dims[1:], f"{root}.{name}{ext}", f"{cfg.sweep} [{name}]" + (" (attribution)" if suffix
+                                                                                     else ""))
+                  for i, name in enumerate(type_names)]
     paths = []
     for values, names, path, title in panels:
         pos_axis = next((i for i, d in enumerate(names) if d in ("pos", "dest_pos")), None)
@@ -364,7 +514,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo")
     p.add_argument("--model-revision")
-    p.add_argument("--pairs", required=True, help="JSON lines: clean, corrupted, answer, wrong")
+    p.add_argument("--pairs", help="JSON lines: clean, corrupted, answer, wrong (or --task)")
+    p.add_argument("--task", help=f"generate the pairs of a standard task instead: {', '.join(tasks.TASKS)}")
+    p.add_argument("--n-pairs", type=int, help="pairs to generate (default 16; factual: every fact)")
+    p.add_argument("--seed", type=int, default=0, help="the generated pairs are a function of the seed (default 0)")
+    p.add_argument("--facts", help="--task factual: JSON lines of facts {\"prompt\", \"answer\"[, \"corrupted_prompt\", "
+                                   "\"wrong\"]}")
+    p.add_argument("--write-pairs", metavar="FILE", help="also save the generated pairs to FILE (the --pairs format)")
+    p.add_argument("--method", default="exact", help="exact (activation patching, default), attribution (gradient "
+                                                     "estimate: one forward + backward per batch) or both (stored side "
+                                                     "by side, with their Pearson correlation and a scatter plot)")
     p.add_argument("--sweep", default="resid_pre", choices=list(SWEEPS), metavar="SWEEP",
                    help=f"what to patch (default resid_pre): {', '.join(SWEEPS)}")
     p.add_argument("--store", help="read the clean activations from this store (cached from the clean prompts first "
@@ -388,10 +547,22 @@ def _run(args: argparse.Namespace) -> int:
         figure=args.figure, batch_pairs=args.batch_pairs,
         memory_budget=None if args.memory_budget_mb is None else args.memory_budget_mb * 2**20, dtype=args.dtype,
         device=args.device, model_revision=args.model_revision, overwrite=args.overwrite, progress=not args.quiet,
-        command_line=shlex.join(["actstore", *getattr(args, "argv", [])]))
+        command_line=shlex.join(["actstore", *getattr(args, "argv", [])]), method=args.method, task=args.task,
+        n_pairs=args.n_pairs, seed=args.seed, facts=args.facts, write_pairs=args.write_pairs)
     res = patch_pairs(cfg)
+    if res.correlation is not None:  # printed even with --quiet: it is the answer to --method both
+        c = res.correlation
+        fmt = lambda r: "n/a" if r is None else f"{r:.3f}"  # noqa: E731
+        print(f"attribution vs exact ({cfg.sweep}): Pearson r = {fmt(c['pearson'])} over {c['n_cells']} cells "
+              f"(mean over pairs); {fmt(c['pearson_changed'])} over the {c['n_changed']} cells a patch changes; "
+              f"{fmt(c['pearson_pair_effects'])} over every pair's effects")
     if not args.quiet:
-        print(f"wrote {res.out} ({res.prefix}/: logit_diff {res.logit_diff.shape} dims {res.dims}, normalised)")
+        arrays = "logit_diff, normalised" if res.method == "exact" else (
+            "attribution_logit_diff, attribution_normalised" if res.method == "attribution" else
+            "logit_diff, normalised, attribution_logit_diff, attribution_normalised")
+        print(f"wrote {res.out} ({res.prefix}/: {arrays}, shape {res.logit_diff.shape} dims {res.dims})")
+        if cfg.write_pairs:
+            print(f"pairs {cfg.write_pairs}")
         for f in res.figures:
             print(f"figure {f}")
     return 0

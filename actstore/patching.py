@@ -50,6 +50,7 @@ from transformer_lens.patching import (  # the reference's own setters, re-expor
 from transformer_lens.utilities import get_act_name
 
 from ._patch_engine import CleanSource, Metrics, Sweep, run_sweep
+from ._path_engine import direct_path_sweep
 from .errors import ConfigError
 
 __all__ = [
@@ -68,9 +69,6 @@ __all__ = [
 
 # TransformerLens 4 types the rich return; 3.x has none (its sweeps return tensors only)
 PatchingResult: Any = getattr(_tl, "PatchingResult", None)
-# direct path patching has no sweep to vectorise: the reference's, re-exported
-get_act_patch_direct_path = getattr(_tl, "get_act_patch_direct_path", None)
-get_act_patch_direct_path_all_sources = getattr(_tl, "get_act_patch_direct_path_all_sources", None)
 
 MetricFn = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], torch.Tensor]
 _REDUCE_MODES = ("scalar", "mean", "none")
@@ -229,6 +227,24 @@ def generic_activation_patch(
         ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
         ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
     """
+    return _generic_patch(run_sweep, model, corrupted_tokens, clean_cache, patching_metric, patch_setter,
+                          activation_name, index_axis_names, index_df, return_index_df, reduce=reduce,
+                          baseline=baseline, clean_rows=clean_rows, memory_budget=memory_budget, progress=progress)
+
+
+# (model, corrupted tokens, clean source, metrics, sweep, memory budget, progress) ->
+# (values (index, metric[, batch]), baseline (metric[, batch])): run_sweep, or attribution's
+SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional[int], bool],
+                       "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
+                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
+                   index_axis_names: Optional[Sequence[str]], index_df: Optional[pd.DataFrame],
+                   return_index_df: bool, *, reduce: str, baseline: bool, clean_rows: Any,
+                   memory_budget: Optional[int], progress: bool) -> Any:
+    """generic_activation_patch's checks, patch indices and result shaping around
+    ``runner``, which computes the values of every index."""
     if reduce not in _REDUCE_MODES:
         raise ConfigError(f"reduce must be one of {_REDUCE_MODES}, got {reduce!r}")
     if isinstance(patching_metric, Mapping):
@@ -269,8 +285,8 @@ def generic_activation_patch(
     indices = [row.to_list() for _, row in index_df.iterrows()]
     sweep = Sweep(indices=indices, act_name=lambda layer: get_act_name(activation_name, layer=layer),
                   patch_setter=patch_setter)
-    values, base = run_sweep(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
-                             Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
+    values, base = runner(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
+                          Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
     # (index, metric[, batch]) -> (metric, *cells[, batch])
     values = values.movedim(1, 0)
     cells = (len(index_df),) if flattened else tuple(int(n) for n in axis_sizes)
@@ -383,3 +399,44 @@ def get_act_patch_block_every(model: Any, corrupted_tokens: Int[torch.Tensor, "b
     """resid_pre, attn_out and mlp_out by position: [3, n_layers, pos]."""
     return _every((get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out), (_LP,) * 3,
                   ("resid_pre", "attn_out", "mlp_out"), _LP, model, corrupted_tokens, clean_cache, metric, kwargs)
+
+
+# --- direct path patching ------------------------------------------------------------------
+
+
+def get_act_patch_direct_path(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
+                              corrupted_cache: Any, patching_metric: MetricFn, src_layer: int, src_head: int,
+                              component: str = "q", verbose: bool = True, *,
+                              clean_rows: Union[Sequence[int], slice, None] = None,
+                              memory_budget: Optional[int] = None) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """``transformer_lens.patching.get_act_patch_direct_path``, vectorised: the edge from
+    head (src_layer, src_head) into each later head's ``component`` ('q', 'k' or 'v')
+    input patched alone (the source's clean-minus-corrupted write ``z @ W_O`` added to
+    that head's own pre-``ln1`` residual), one value per destination head:
+    [n_layers, n_heads], 0.0 in rows ``l <= src_layer`` (placeholders, as the reference).
+
+    ``patching_metric``: logits -> scalar, or a batched metric (faster). ``clean_cache``
+    may be an ActivationStore (with ``clean_rows``) holding ``attn.hook_z``;
+    ``corrupted_cache`` may be None (the corrupted z is computed here). ``verbose``
+    shows a progress bar."""
+    out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric,
+                            [(int(src_layer), int(src_head))], component, clean_rows=clean_rows,
+                            memory_budget=memory_budget, progress=verbose)
+    return out[0]
+
+
+def get_act_patch_direct_path_all_sources(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+                                          clean_cache: Any, corrupted_cache: Any, patching_metric: MetricFn,
+                                          component: str = "q", verbose: bool = True, *,
+                                          clean_rows: Union[Sequence[int], slice, None] = None,
+                                          memory_budget: Optional[int] = None
+                                          ) -> Float[torch.Tensor, "n_layers n_heads n_layers n_heads"]:
+    """``transformer_lens.patching.get_act_patch_direct_path_all_sources``, vectorised:
+    ``results[sl, sh, dl, dh]`` is the metric with the edge (sl, sh) -> (dl, dh)'s
+    ``component`` input patched, 0.0 where ``dl <= sl``. Every edge into one layer runs
+    in the same batched forwards. Options as :func:`get_act_patch_direct_path`."""
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    sources = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric, sources,
+                            component, clean_rows=clean_rows, memory_budget=memory_budget, progress=verbose)
+    return out.reshape(n_layers, n_heads, n_layers, n_heads)

@@ -24,12 +24,17 @@ the 2880-variant head sweep (about 0.1 s a forward: several minutes).
 sweep on the s2 prompts, built into a temp folder by a subprocess: model load time, sweep
 time, peak RSS of the sweep and of the process; the reference is estimated from one
 timed full forward x the number of variants (running it would take ~20 minutes).
+--direct-path times get_act_patch_direct_path (one source head, every later head's q, k
+or v input) against TransformerLens's (one forward per edge), and ours for every source
+(get_act_patch_direct_path_all_sources; the reference's time estimated from the measured
+single-source run x the number of edges).
 No assertions on timings: the figures are information only.
 
     /tmp/venv/bin/python benchmarks/bench_patching.py                   # GPT-2-small shape
     /tmp/venv/bin/python benchmarks/bench_patching.py --threads 1       # a busy machine: avoid thread thrash
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl              # + the GPT-2-XL shape
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl-only --xl-scenario early
+    /tmp/venv/bin/python benchmarks/bench_patching.py --direct-path-only --threads 1
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--xl-only", action="store_true")
     p.add_argument("--xl-scenario", default="s2", choices=list(SCENARIOS))
     p.add_argument("--model-dir", default=None, help="build/reuse the random models here (default: a temp dir)")
+    p.add_argument("--direct-path", action="store_true", help="also direct path patching (GPT-2-small shape)")
+    p.add_argument("--direct-path-only", action="store_true")
+    p.add_argument("--direct-path-source", default="0.1", help="LAYER.HEAD of the single-source comparison")
     p.add_argument("--out-json", default=None)
     return p.parse_args()
 
@@ -239,6 +247,37 @@ def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any
                      reference_estimate_s=est_ref, work=work))
 
 
+def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
+    bridge = boot(build(model_dir / "gpt2-small-shape", SMALL, seed=0))
+    clean, corrupted, a, w = prompts(args.batch, "s2")
+    ld = ap.LogitDiff([a] * args.batch, [w] * args.batch)
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(clean)
+        _, corrupted_cache = bridge.run_with_cache(corrupted)
+    src_layer, src_head = (int(x) for x in args.direct_path_source.split("."))
+    n_layers, n_heads = SMALL["n_layer"], SMALL["n_head"]
+    print(f"\ndirect path patching, GPT-2-small shape, random init, float32, CPU; {args.batch} pair(s) of 20-token "
+          f"prompts (s2); LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()}")
+    for component in ("q", "k", "v"):
+        args_ = (bridge, corrupted, clean_cache, corrupted_cache, ld, src_layer, src_head, component)
+        t_ref, ref, _ = timed(bridge, lambda: tlp.get_act_patch_direct_path(*args_, verbose=False))
+        t_ours, got, _ = timed(bridge, lambda: ap.get_act_patch_direct_path(*args_, verbose=False))
+        n_edges = (n_layers - 1 - src_layer) * n_heads
+        diff = (got - ref).abs().max().item()
+        print(f"  source {src_layer}.{src_head} -> {component}: {n_edges} edges, reference {t_ref:.1f} s, ours "
+              f"{t_ours:.2f} s ({t_ref / t_ours:.0f}x), max|diff| {diff:.1e}")
+        rows.append(dict(kind="direct_path", component=component, source=args.direct_path_source, edges=n_edges,
+                         reference_s=t_ref, ours_s=t_ours, max_abs_diff=diff))
+    all_edges = sum((n_layers - 1 - sl) * n_heads for sl in range(n_layers)) * n_heads
+    per_edge = rows[-1]["reference_s"] / rows[-1]["edges"]
+    t_all, _, _ = timed(bridge, lambda: ap.get_act_patch_direct_path_all_sources(
+        bridge, corrupted, clean_cache, corrupted_cache, ld, component="v", verbose=False))
+    print(f"  all sources -> v: {all_edges} edges, ours {t_all:.1f} s; reference estimated {per_edge * all_edges / 60:.0f} "
+          f"min (measured per-edge time x edges) -> ~{per_edge * all_edges / t_all:.0f}x")
+    rows.append(dict(kind="direct_path_all_sources", component="v", edges=all_edges, ours_s=t_all,
+                     reference_estimate_s=per_edge * all_edges))
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -249,8 +288,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model_dir or tmp)
         model_dir.mkdir(parents=True, exist_ok=True)
-        if not args.xl_only:
+        if not (args.xl_only or args.direct_path_only):
             bench_small(args, model_dir, rows)
+        if args.direct_path or args.direct_path_only:
+            bench_direct_path(args, model_dir, rows)
         if args.xl or args.xl_only:
             bench_xl(args, model_dir, rows)
     if args.out_json:

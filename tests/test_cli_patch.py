@@ -122,3 +122,86 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
     err = one_line_error(capsys, ["patch", "--model", tiny_model, "--pairs", pairs, "--store", str(store),
                                   "--out", str(tmp_path / "r.zarr"), "--quiet"])
     assert "cached with another model" in err and "fingerprint" in err
+
+
+# --- --method attribution|both, --task ------------------------------------------------------------
+
+
+def per_pair(bridge, tokenizer, records, module, fn_name: str) -> np.ndarray:
+    """module's (patching or attribution) per-pair logit differences of records, (pair, *cells)."""
+    tok = lambda t: [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    clean = torch.tensor([tok(p["clean"]) for p in records])
+    corrupted = torch.tensor([tok(p["corrupted"]) for p in records])
+    metric = ap.LogitDiff([tok(p["answer"])[1] for p in records], [tok(p["wrong"])[1] for p in records],
+                          per_example=True)
+    _, cache = bridge.run_with_cache(clean)
+    res = getattr(module, fn_name)(bridge, corrupted, cache, metric, reduce="none")
+    return res.values.movedim(-1, 0).numpy()
+
+
+def test_task_with_both_methods(tmp_path, tiny_model, bridge, tokenizer, capsys):
+    from actstore import attribution, tasks
+
+    out, written = tmp_path / "r.zarr", tmp_path / "ioi.pairs.jsonl"
+    assert main(["patch", "--model", tiny_model, "--task", "ioi", "--n-pairs", "4", "--seed", "1", "--sweep",
+                 "attn_head_out_all_pos", "--method", "both", "--out", str(out), "--write-pairs", str(written),
+                 "--batch-pairs", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out  # the correlation is printed even with --quiet
+    assert printed.startswith("attribution vs exact (attn_head_out_all_pos): Pearson r = ")
+    records = [json.loads(line) for line in written.read_text().splitlines()]
+    assert records == [p.to_json() for p in tasks.make_pairs("ioi", 4, seed=1, tokenizer=tokenizer)]
+    g = zarr.open_group(str(out), mode="r")["patching/attn_head_out_all_pos"]
+    for name, module in (("logit_diff", tlp), ("attribution_logit_diff", attribution)):
+        arr = g[name]
+        assert arr.metadata.dimension_names == ("pair", "layer", "head") and arr.shape == (4, 3, 4)
+        want = per_pair(bridge, tokenizer, records, module, "get_act_patch_attn_head_out_all_pos")
+        np.testing.assert_allclose(arr[...], want, atol=1e-4 if module is tlp else 1e-5, rtol=0)
+    assert g["attribution_normalised"].metadata.dimension_names == ("layer", "head")
+    attrs = dict(g["attribution_logit_diff"].attrs)
+    assert attrs["method"] == "both" and attrs["task"] == "ioi" and attrs["seed"] == 1
+    corr = attrs["correlation"]
+    want_r = attribution.compare(g["normalised"][...], g["attribution_normalised"][...])["pearson"]
+    assert corr["pearson"] == pytest.approx(want_r, abs=1e-6) and corr["n_cells"] == 12
+    assert f"Pearson r = {corr['pearson']:.3f}" in printed
+    for suffix in ("", ".attribution", ".attribution-vs-exact"):
+        assert (tmp_path / f"r.attn_head_out_all_pos{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attribution_alone_replaces_exact_results_with_overwrite(tmp_path, tiny_model):
+    pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
+    out = tmp_path / "r.zarr"
+    base = ["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out), "--quiet"]
+    assert main(base) == 0
+    assert main(base + ["--method", "attribution", "--overwrite"]) == 0
+    g = zarr.open_group(str(out), mode="r")["patching/resid_pre"]
+    assert sorted(g.array_keys()) == ["attribution_logit_diff", "attribution_normalised", "clean_logit_diff",
+                                      "clean_tokens", "corrupted_logit_diff", "corrupted_tokens"]
+    assert g["attribution_logit_diff"].attrs["method"] == "attribution"
+    assert (tmp_path / "r.resid_pre.attribution.png").exists()
+
+
+def test_task_and_method_bad_input(tmp_path, tiny_model, capsys):
+    out = tmp_path / "r.zarr"
+    base = ["patch", "--model", tiny_model, "--out", str(out), "--quiet"]
+    err = one_line_error(capsys, base + ["--task", "iio"])
+    assert "Unknown task 'iio' (did you mean 'ioi'?); expected one of ioi, ioi-flip, repeated-name" in err
+    err = one_line_error(capsys, base + ["--task", "factual"])
+    assert "--task factual reads facts from a file: pass --facts FILE" in err
+    err = one_line_error(capsys, base + ["--task", "factual", "--facts", str(tmp_path / "none.jsonl")])
+    assert "Facts file" in err and "not found" in err
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({"prompt": "The capital of Japan is", "answer": " Tokyo"}) + "\n"
+                     + json.dumps({"prompt": "The capital of Peru is", "answer": " Lima, Peru"}) + "\n")
+    err = one_line_error(capsys, base + ["--task", "factual", "--facts", str(facts)])
+    assert "facts.jsonl:2: answer ' Lima, Peru' is 3 tokens" in err and "one-token" in err
+    err = one_line_error(capsys, base + ["--task", "ioi", "--pairs", write_pairs(tmp_path / "p.jsonl", PAIRS)])
+    assert "Pass either --pairs FILE" in err and "not both" in err
+    assert "not neither" in one_line_error(capsys, base)
+    assert "--facts applies to --task factual only" in one_line_error(capsys, base + ["--task", "ioi", "--facts",
+                                                                                      str(facts)])
+    assert "Unknown method 'fast'" in one_line_error(capsys, base + ["--task", "ioi", "--method", "fast"])
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("mine\n")
+    err = one_line_error(capsys, base + ["--task", "ioi", "--write-pairs", str(kept)])
+    assert "kept.jsonl already exists; pass --overwrite" in err and kept.read_text() == "mine\n"
+    assert not out.exists()  # nothing written on bad input

@@ -1,0 +1,389 @@
+"""Attribution patching: the first-order estimate of every activation-patching sweep.
+
+Activation patching runs one (batched) forward per patch. Attribution patching
+(Nanda 2023; Syed et al. 2023) replaces them all by one forward and one backward of
+the corrupted run: for a patch that sets a slice of an activation ``a`` from the
+corrupted run's value to the clean one,
+
+    metric(patched) ~= metric(corrupted) + sum over the slice of (a_clean - a_corrupted) * d metric / d a
+
+with the gradient taken on the corrupted run (the "denoising" direction: positive =
+patching toward clean raises the metric). It is exact where the metric is an affine
+function of the patched activation, and a linear approximation elsewhere (LayerNorm,
+softmax and MLP nonlinearities between the site and the logits).
+
+Every sweep of :mod:`actstore.patching` is here under the same name, signature and
+options, with results of the same shape, so the two are compared cell by cell::
+
+    from actstore import attribution, patching
+    exact = patching.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
+    approx = attribution.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
+
+By default each cell holds the *estimated patched metric*, ``metric(corrupted) +
+attribution``, i.e. the quantity the exact sweep measures (with a normalised
+:class:`~actstore.patching.LogitDiff` the corrupted metric is 0, so it is the
+attribution itself); ``as_effect=True`` returns the attribution alone.
+:func:`attribution_patch` runs several sweeps from one forward and backward.
+
+Metrics are those exact patching takes (plain logits -> scalar callables, batched
+metrics such as ``LogitDiff``, or a mapping of names to metrics: one backward per
+metric), differentiated with respect to each swept activation. Under ``reduce='mean'``
+or ``'none'`` the metric returns one value per prompt and each prompt's value is
+assumed to depend on that prompt's activations only (true of a transformer run).
+The clean activations come from an ActivationCache, a mapping, or an ActivationStore
+(``clean_rows``), as for exact patching. Results are float32 (float64 for a float64
+model); ``memory_budget`` is accepted for compatibility and unused.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+
+from . import patching as _p
+from ._patch_engine import (CleanSource, Metrics, Sweep, _check_model, _model_dtype, _select_declared,
+                            _unembed_columns)
+from .errors import ConfigError
+
+__all__ = [
+    "attribution_patch", "generic_attribution_patch", "SWEEPS", "get_act_patch_resid_pre", "get_act_patch_resid_mid",
+    "get_act_patch_attn_out", "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos",
+    "get_act_patch_attn_head_q_by_pos", "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos",
+    "get_act_patch_attn_head_pattern_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos",
+    "get_act_patch_attn_head_out_all_pos", "get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_k_all_pos",
+    "get_act_patch_attn_head_v_all_pos", "get_act_patch_attn_head_pattern_all_pos",
+    "get_act_patch_attn_head_all_pos_every", "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every",
+    "compare", "plot_comparison",
+]
+
+
+# --- one forward and one backward -------------------------------------------------------------
+
+
+def _metric_value(fn: Any, logits: torch.Tensor, n_pos: int) -> torch.Tensor:
+    """A metric on one run's full logits, differentiably (plain or batched)."""
+    if callable(getattr(fn, "batched", None)) and not callable(fn):
+        return fn.batched(_select_declared(logits[None], fn, n_pos))[0]
+    return torch.as_tensor(fn(logits))
+
+
+def _stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(act)  # run_with_hooks returns act: the residual entering ln_final
+
+
+def _metric_values(model: Any, metrics: Metrics, out: torch.Tensor, n_pos: int) -> list[torch.Tensor]:
+    """Every metric's value from the run's output: the full logits, or (restricted
+    metrics) the final residual, of which only the positions and vocabulary columns the
+    metrics read are decoded."""
+    d_model = int(model.cfg.d_model)
+    if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
+        return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
+    sel = _unembed_columns(model, model.ln_final(out[:, metrics.positions]), metrics.token_ids)[None]
+    return [fn.batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
+            for i, fn in enumerate(metrics.fns.values())]
+
+
+class _GradPass:
+    """The corrupted run once with a zero leaf added at each hook: the activations,
+    d metric / d activation for every metric, and the metric values (the baseline)."""
+
+    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics):
+        self.hooks = sorted(set(hooks))
+        self.metric_names = tuple(metrics.fns)
+        self.per_example = metrics.per_example
+        self.acts: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, dict[str, torch.Tensor]] = {}  # metric -> hook -> gradient
+        leaves: dict[str, torch.Tensor] = {}
+
+        def attach(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                if name in leaves:
+                    raise RuntimeError(f"{name} fired twice in one forward; attribution needs it once.")
+                self.acts[name] = act.detach().clone()
+                leaves[name] = torch.zeros_like(act, requires_grad=True)
+                return act + leaves[name]
+            return fn
+
+        n_pos = int(tokens.shape[1])
+        hooks_ = [(h, attach(h)) for h in self.hooks]
+        if metrics.restricted:  # stop before the final LayerNorm: only the logits the metrics read are computed
+            hooks_.append(("ln_final.hook_in", _stop))
+        with torch.enable_grad():
+            out = model.run_with_hooks(tokens, fwd_hooks=hooks_)
+            missing = [h for h in self.hooks if h not in leaves]
+            if missing:
+                raise ConfigError(f"Hook {missing[0]} did not fire in the corrupted run; attribution patching reads "
+                                  "hooks of blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...).")
+            values = _metric_values(model, metrics, out, n_pos)
+            base = []
+            order = [leaves[h] for h in self.hooks]
+            for i, (name, value) in enumerate(zip(metrics.fns, values)):
+                metrics._check(name, value, lead=())
+                if not value.requires_grad:
+                    raise ConfigError(f"patching_metric {name!r} is not differentiable in the logits (it returned a "
+                                      "tensor without a gradient); compute it with torch operations on the logits.")
+                grads = torch.autograd.grad(value.sum(), order, retain_graph=i < len(values) - 1, allow_unused=True)
+                self.grads[name] = {h: torch.zeros_like(leaves[h]) if g is None else g
+                                    for h, g in zip(self.hooks, grads)}
+                base.append(value.detach())
+        dtype = torch.promote_types(_model_dtype(model), torch.float32)
+        self.baseline = torch.stack(base).to(dtype)  # (metric[, batch])
+
+    def matches(self, metrics: Metrics, hooks: Sequence[str]) -> bool:
+        return (tuple(metrics.fns) == self.metric_names and metrics.per_example == self.per_example
+                and set(hooks) <= set(self.hooks))
+
+
+class _Shared:
+    """One gradient pass shared by several sweeps (the union of their hooks), made on
+    first use."""
+
+    def __init__(self, hooks: Sequence[str]):
+        self.hooks = list(hooks)
+        self.grad_pass: Optional[_GradPass] = None
+
+    def get(self, model: Any, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]) -> _GradPass:
+        if self.grad_pass is None or not self.grad_pass.matches(metrics, hooks):
+            self.grad_pass = _GradPass(model, tokens, sorted(set(self.hooks) | set(hooks)), metrics)
+        return self.grad_pass
+
+
+# --- per-cell attributions ---------------------------------------------------------------------
+
+# TransformerLens's setters: which axes of the activation (batch first) a patch index
+# names (after the layer), and which are summed over (the patched slice)
+_KNOWN_SETTERS: dict[Any, Callable[[torch.Tensor], torch.Tensor]] = {
+    _p.layer_pos_patch_setter: lambda t: t.flatten(2).sum(-1),  # (batch, pos)
+    _p.layer_pos_head_vector_patch_setter: lambda t: t.sum(-1),  # (batch, pos, head)
+    _p.layer_head_vector_patch_setter: lambda t: t.sum((1, 3)),  # (batch, head)
+    _p.layer_head_pattern_patch_setter: lambda t: t.sum((2, 3)),  # (batch, head)
+    _p.layer_head_pos_pattern_patch_setter: lambda t: t.sum(-1),  # (batch, head, dest_pos)
+    _p.layer_head_dest_src_pos_pattern_patch_setter: lambda t: t,  # (batch, head, dest_pos, src_pos)
+}
+
+
+def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, clean: torch.Tensor,
+                       grad: torch.Tensor) -> torch.Tensor:
+    """(cell, batch): the sum over each cell's patched slice of (clean - corrupted) * grad."""
+    reduce = _KNOWN_SETTERS.get(sweep.patch_setter)
+    if reduce is not None:
+        table = reduce((clean - corrupted) * grad)  # (batch, *index axes after the layer)
+        idx = torch.tensor([sweep.indices[c][1:] for c in cells], dtype=torch.long, device=table.device)
+        return table.movedim(0, -1)[tuple(idx.T)]  # (cell, batch)
+    out = []  # any other setter: what it changes, times the gradient
+    for c in cells:
+        patched = sweep.patch_setter(corrupted.clone(), sweep.indices[c], clean)
+        out.append(((patched - corrupted) * grad).flatten(1).sum(1))
+    return torch.stack(out)
+
+
+def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
+    def run(model: Any, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
+            memory_budget: Optional[int], progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_model(model)
+        by_hook: dict[str, list[int]] = {}
+        for c, index in enumerate(sweep.indices):
+            by_hook.setdefault(sweep.act_name(int(index[0])), []).append(c)
+        grad_pass = (shared.get(model, tokens, metrics, list(by_hook)) if shared is not None
+                     else _GradPass(model, tokens, list(by_hook), metrics))
+        base = grad_pass.baseline
+        out = torch.zeros((len(sweep.indices),) + tuple(base.shape), dtype=base.dtype, device=base.device)
+        for hook, cells in by_hook.items():
+            corr = grad_pass.acts[hook].to(base.dtype)
+            clean_act = clean[hook].to(base.dtype)
+            for m, name in enumerate(metrics.fns):
+                attr = _cell_attributions(sweep, cells, corr, clean_act, grad_pass.grads[name][hook].to(base.dtype))
+                out[cells, m] = attr if metrics.per_example else attr.sum(-1)
+        return (out if as_effect else out + base), base
+    return run
+
+
+# --- the sweeps --------------------------------------------------------------------------------
+
+
+def generic_attribution_patch(
+    model: Any,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean_cache: Any,
+    patching_metric: Any,
+    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
+    activation_name: str,
+    index_axis_names: Optional[Sequence[str]] = None,
+    index_df: Optional[pd.DataFrame] = None,
+    return_index_df: bool = False,
+    *,
+    reduce: str = "scalar",
+    baseline: bool = False,
+    as_effect: bool = False,
+    clean_rows: Union[Sequence[int], slice, None] = None,
+    memory_budget: Optional[int] = None,
+    progress: bool = True,
+    _shared: Optional[_Shared] = None,
+) -> Any:
+    """The attribution estimate of :func:`actstore.patching.generic_activation_patch`:
+    the same arguments and return shapes (tensor, ``(tensor, index_df)`` or
+    PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
+    grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
+    the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
+    return _p._generic_patch(_runner(_shared, as_effect), model, corrupted_tokens, clean_cache, patching_metric,
+                             patch_setter, activation_name, index_axis_names, index_df, return_index_df,
+                             reduce=reduce, baseline=baseline, clean_rows=clean_rows, memory_budget=memory_budget,
+                             progress=progress)
+
+
+def _named(exact: Any) -> Callable[..., Any]:
+    kw = exact.keywords  # the exact sweep is a partial of generic_activation_patch
+    fn = partial(generic_attribution_patch, patch_setter=kw["patch_setter"], activation_name=kw["activation_name"],
+                 index_axis_names=kw["index_axis_names"])
+    fn.__doc__ = ("Attribution estimate of actstore.patching's (= transformer_lens.patching's) sweep of this name: "
+                  f"a tensor of shape [{', '.join(kw['index_axis_names'])}] (see generic_attribution_patch).")
+    return fn
+
+
+get_act_patch_resid_pre = _named(_p.get_act_patch_resid_pre)
+get_act_patch_resid_mid = _named(_p.get_act_patch_resid_mid)
+get_act_patch_attn_out = _named(_p.get_act_patch_attn_out)
+get_act_patch_mlp_out = _named(_p.get_act_patch_mlp_out)
+get_act_patch_attn_head_out_by_pos = _named(_p.get_act_patch_attn_head_out_by_pos)
+get_act_patch_attn_head_q_by_pos = _named(_p.get_act_patch_attn_head_q_by_pos)
+get_act_patch_attn_head_k_by_pos = _named(_p.get_act_patch_attn_head_k_by_pos)
+get_act_patch_attn_head_v_by_pos = _named(_p.get_act_patch_attn_head_v_by_pos)
+get_act_patch_attn_head_pattern_by_pos = _named(_p.get_act_patch_attn_head_pattern_by_pos)
+get_act_patch_attn_head_pattern_dest_src_pos = _named(_p.get_act_patch_attn_head_pattern_dest_src_pos)
+get_act_patch_attn_head_out_all_pos = _named(_p.get_act_patch_attn_head_out_all_pos)
+get_act_patch_attn_head_q_all_pos = _named(_p.get_act_patch_attn_head_q_all_pos)
+get_act_patch_attn_head_k_all_pos = _named(_p.get_act_patch_attn_head_k_all_pos)
+get_act_patch_attn_head_v_all_pos = _named(_p.get_act_patch_attn_head_v_all_pos)
+get_act_patch_attn_head_pattern_all_pos = _named(_p.get_act_patch_attn_head_pattern_all_pos)
+
+_SINGLE = {name: globals()[f"get_act_patch_{name}"] for name in (
+    "resid_pre", "resid_mid", "attn_out", "mlp_out",
+    *(f"attn_head_{kind}_{where}" for kind in ("out", "q", "k", "v", "pattern") for where in ("by_pos", "all_pos")),
+    "attn_head_pattern_dest_src_pos")}
+_EVERY = {  # name -> (its sweeps, their axes, patch type names, axis order), as actstore.patching's helpers
+    "attn_head_all_pos_every": (("attn_head_out_all_pos", "attn_head_q_all_pos", "attn_head_k_all_pos",
+                                 "attn_head_v_all_pos", "attn_head_pattern_all_pos"),
+                                (_p._LH,) * 4 + (("layer", "head_index"),), ("out", "q", "k", "v", "pattern"), _p._LH),
+    "attn_head_by_pos_every": (("attn_head_out_by_pos", "attn_head_q_by_pos", "attn_head_k_by_pos",
+                                "attn_head_v_by_pos", "attn_head_pattern_by_pos"),
+                               (_p._LPH,) * 4 + (("layer", "head_index", "dest_pos"),),
+                               ("out", "q", "k", "v", "pattern"), _p._LPH),
+    "block_every": (("resid_pre", "attn_out", "mlp_out"), (_p._LP,) * 3, ("resid_pre", "attn_out", "mlp_out"),
+                    _p._LP),
+}
+#: every sweep name attribution_patch accepts (those of actstore.patching without the get_act_patch_ prefix)
+SWEEPS: tuple[str, ...] = (*_SINGLE, *_EVERY)
+
+
+def _hooks_of(model: Any, name: str) -> list[str]:
+    from transformer_lens.utilities import get_act_name
+
+    singles = _EVERY[name][0] if name in _EVERY else (name,)
+    acts = {_SINGLE[s].keywords["activation_name"] for s in singles}
+    return [get_act_name(a, layer=layer) for a in sorted(acts) for layer in range(int(model.cfg.n_layers))]
+
+
+def _run_named(name: str, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
+               shared: _Shared, kwargs: dict[str, Any]) -> Any:
+    if name in _SINGLE:
+        return _SINGLE[name](model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs)
+    singles, axes, type_names, order = _EVERY[name]
+    sweeps = [partial(_SINGLE[s], _shared=shared) for s in singles]
+    return _p._every(sweeps, axes, type_names, order, model, corrupted_tokens, clean_cache, metric, kwargs)
+
+
+def _every(name: str) -> Callable[..., Any]:
+    def sweep(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
+              **kwargs: Any) -> Any:
+        return _run_named(name, model, corrupted_tokens, clean_cache, metric, _Shared(_hooks_of(model, name)), kwargs)
+    sweep.__name__ = f"get_act_patch_{name}"
+    sweep.__doc__ = (f"Attribution estimate of actstore.patching.get_act_patch_{name} (the same stacked shape), "
+                     "every patch type from one forward and backward.")
+    return sweep
+
+
+get_act_patch_attn_head_all_pos_every = _every("attn_head_all_pos_every")
+get_act_patch_attn_head_by_pos_every = _every("attn_head_by_pos_every")
+get_act_patch_block_every = _every("block_every")
+
+
+def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean: Any, metric: Any,
+                      sweeps: Sequence[str] = ("resid_pre",), **kwargs: Any) -> dict[str, Any]:
+    """Several attribution sweeps from one forward and one backward of the corrupted run
+    (per metric): ``{sweep name: result}``, each as the sweep's function returns it.
+
+    Args:
+        model: a TransformerBridge (GPT-2 family) in eval mode.
+        corrupted_tokens: (batch, pos) token ids.
+        clean: the clean prompts' token ids (batch, pos) (their activations are computed
+            here), or their activations: an ActivationCache, a mapping, or an
+            ActivationStore with ``clean_rows=``.
+        metric: as for actstore.patching (plain, batched, or a mapping of names to metrics).
+        sweeps: names from :data:`SWEEPS` (e.g. "resid_pre", "attn_head_out_by_pos",
+            "block_every").
+        kwargs: the sweeps' options (reduce, baseline, as_effect, clean_rows, ...).
+    """
+    unknown = [s for s in sweeps if s not in SWEEPS]
+    if unknown:
+        raise ConfigError(f"Unknown sweep {unknown[0]!r}; expected one of {', '.join(SWEEPS)}.")
+    _check_model(model)
+    hooks = sorted({h for s in sweeps for h in _hooks_of(model, s)})
+    if isinstance(clean, torch.Tensor) and not torch.is_floating_point(clean):
+        with torch.no_grad():
+            _, clean = model.run_with_cache(clean.to(model.cfg.device), names_filter=lambda n: n in set(hooks))
+    shared = _Shared(hooks)
+    return {s: _run_named(s, model, corrupted_tokens, clean, metric, shared, dict(kwargs)) for s in sweeps}
+
+
+# --- attribution against exact -----------------------------------------------------------------
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> Optional[float]:
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return None  # undefined: fewer than two cells, or one side constant
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
+    """How well attribution tracks exact patching on the same cells (same shapes):
+    ``pearson`` (Pearson r over every cell; None where undefined), ``n_cells``, and with
+    a boolean ``changed`` mask (cells whose patch changes anything; the others are equal
+    in both by construction and inflate r) ``pearson_changed`` and ``n_changed``."""
+    e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()) for v in (exact, approx))
+    if e.shape != a.shape:
+        raise ConfigError(f"compare: exact {e.shape} and attribution {a.shape} results differ in shape.")
+    out: dict[str, Any] = {"pearson": _pearson(e, a), "n_cells": int(e.size)}
+    if changed is not None:
+        m = np.broadcast_to(np.asarray(changed, dtype=bool), e.shape)
+        out.update(pearson_changed=_pearson(e[m], a[m]), n_changed=int(m.sum()))
+    return out
+
+
+def plot_comparison(exact: Any, approx: Any, path: str, *, title: str, xlabel: str = "exact patching",
+                    ylabel: str = "attribution patching") -> str:
+    """Scatter of attribution against exact values, one point per cell, with y = x."""
+    from .plots import _plt
+
+    plt = _plt()
+    e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()).ravel() for v in (exact, approx))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(e, a, s=10, alpha=0.6)
+    lo, hi = float(min(e.min(), a.min())), float(max(e.max(), a.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="y = x")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

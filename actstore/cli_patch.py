@@ -41,6 +41,7 @@ import zarr
 from . import attribution, patching, tasks
 from .errors import (ConfigError, CorpusError, MissingTextFieldError, StoreExistsError, StoreMismatchError)
 from .jsonl import read_records
+from .parallel import group_for, is_main_process
 from .store import ActivationStore, is_store
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "patch_pairs", "register"]
@@ -343,7 +344,8 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
     _check_source(cfg)
     _, shorts = SWEEPS[cfg.sweep]
-    model = load_model(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
+    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
     generated: list[tasks.PromptPair] = []
     if cfg.pairs is not None:
@@ -356,8 +358,8 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
 
     store = None
     if cfg.store is not None:
-        if not os.path.exists(cfg.store):
-            if cfg.progress:
+        if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
+            if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {cfg.store}")
             cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
                   sites=",".join(f"{s}:all" for s in shorts), dtype=info.dtype, device=model.device,
@@ -370,17 +372,17 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         _check_store_sites(store, shorts, info.n_layers)
         rows = _store_rows(store, pairs.clean)
     writer = _Writer(cfg, store)
-    if cfg.write_pairs:  # every check passed: the pairs are what this run patches
+    if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run patches
         tasks.write_pairs(generated, cfg.write_pairs)
 
     fns = {m: getattr(patching if m == "exact" else attribution, f"get_act_patch_{cfg.sweep}")
            for m in (("exact", "attribution") if cfg.method == "both" else (cfg.method,))}
-    per_pair: dict[str, list[np.ndarray]] = {m: [] for m in fns}
-    clean_ld, corr_ld = [], []
-    axis_names: list[str] = []
-    type_names: list[str] | None = None
-    for a in range(0, n_pairs, cfg.batch_pairs):
-        b = min(a + cfg.batch_pairs, n_pairs)
+    starts = list(range(0, n_pairs, cfg.batch_pairs))
+    if procs.distributed and procs.main and cfg.progress:
+        print(f"{procs.world} processes share the {len(starts)} batches of pairs")
+    parts: dict[int, tuple[Any, ...]] = {}
+    for i in procs.owned(range(len(starts))):
+        a, b = starts[i], min(starts[i] + cfg.batch_pairs, n_pairs)
         corrupted = pairs.corrupted[a:b].to(model.device)
         metric = patching.LogitDiff(pairs.answer[a:b], pairs.wrong[a:b], per_example=True)
         with torch.no_grad():
@@ -390,13 +392,19 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
             else:
                 clean_logits, clean_src = bridge.run_with_cache(pairs.clean[a:b].to(model.device))
                 extra = {}
+        per_method = {}
         for method, fn in fns.items():
             res = fn(bridge, corrupted, clean_src, metric, reduce="none", baseline=True,
-                     memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
-            axis_names, type_names = list(res.axis_names), res.patch_type_names
-            per_pair[method].append(res.values.movedim(-1, 0).float().cpu().numpy())  # (pair, *cells)
-        corr_ld.append(res.baseline.float().cpu().numpy())
-        clean_ld.append(metric(clean_logits).float().cpu().numpy())
+                     memory_budget=cfg.memory_budget, progress=cfg.progress and procs.main, **extra)
+            per_method[method] = res.values.movedim(-1, 0).float().cpu().numpy()  # (pair, *cells)
+        parts[i] = (per_method, res.baseline.float().cpu().numpy(), metric(clean_logits).float().cpu().numpy(),
+                    list(res.axis_names), res.patch_type_names)
+    for share in procs.all_gather(parts, "every batch of pairs was patched"):
+        parts.update(share)
+    ordered = [parts[i] for i in range(len(starts))]
+    per_pair = {m: [p[0][m] for p in ordered] for m in fns}
+    corr_ld, clean_ld = [p[1] for p in ordered], [p[2] for p in ordered]
+    axis_names, type_names = ordered[-1][3], ordered[-1][4]
     values = {m: np.concatenate(v) for m, v in per_pair.items()}
     clean_v, corr_v = np.concatenate(clean_ld), np.concatenate(corr_ld)
     normalised = {m: (v.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean()) for m, v in values.items()}
@@ -425,27 +433,28 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         attrs["correlation"] = correlation
     if cfg.sweep.endswith("_every"):
         attrs["patch_type"] = list(type_names or [])
-    norm_doc = "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"
-    written = ["clean_logit_diff", "corrupted_logit_diff", "clean_tokens", "corrupted_tokens"]
-    for method in values:
-        prefix = "" if method == "exact" else "attribution_"
-        writer(f"{prefix}logit_diff", values[method].astype(np.float32), dims, attrs)
-        writer(f"{prefix}normalised", normalised[method].astype(np.float32), dims[1:], {**attrs, "normalised": norm_doc})
-        written += [f"{prefix}logit_diff", f"{prefix}normalised"]
-    writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
-    writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
-    writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
-    writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
-    writer.prune(written)
-
     figures: list[str] = []
-    for method in values:
-        shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)
-        figures += _figures(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
-                            type_names if cfg.sweep.endswith("_every") else None,
-                            suffix="" if method == "exact" else ".attribution")
-    if correlation is not None:
-        figures.append(_scatter(cfg, writer.path, normalised, correlation, info.name, n_pairs))
+    if procs.main:  # one process writes the results and draws the figures
+        norm_doc = "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"
+        written = ["clean_logit_diff", "corrupted_logit_diff", "clean_tokens", "corrupted_tokens"]
+        for method in values:
+            prefix = "" if method == "exact" else "attribution_"
+            writer(f"{prefix}logit_diff", values[method].astype(np.float32), dims, attrs)
+            writer(f"{prefix}normalised", normalised[method].astype(np.float32), dims[1:], {**attrs, "normalised": norm_doc})
+            written += [f"{prefix}logit_diff", f"{prefix}normalised"]
+        writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
+        writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
+        writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
+        writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
+        writer.prune(written)
+
+        for method in values:
+            shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)
+            figures += _figures(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
+                                type_names if cfg.sweep.endswith("_every") else None,
+                                suffix="" if method == "exact" else ".attribution")
+        if correlation is not None:
+            figures.append(_scatter(cfg, writer.path, normalised, correlation, info.name, n_pairs))
     main = "exact" if "exact" in values else "attribution"
     return PatchJobResult(out=writer.path, prefix=("results/" if writer.store is not None else "") + writer.prefix,
                           figures=figures, dims=dims, logit_diff=values[main], normalised=normalised[main],
@@ -550,6 +559,8 @@ def _run(args: argparse.Namespace) -> int:
         command_line=shlex.join(["actstore", *getattr(args, "argv", [])]), method=args.method, task=args.task,
         n_pairs=args.n_pairs, seed=args.seed, facts=args.facts, write_pairs=args.write_pairs)
     res = patch_pairs(cfg)
+    if not is_main_process():
+        return 0
     if res.correlation is not None:  # printed even with --quiet: it is the answer to --method both
         c = res.correlation
         fmt = lambda r: "n/a" if r is None else f"{r:.3f}"  # noqa: E731

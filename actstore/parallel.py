@@ -51,14 +51,14 @@ class Group:
         """This rank's share of ``todo`` (round-robin)."""
         return [int(u) for i, u in enumerate(todo) if i % self.world == self.rank]
 
-    def gather(self, obj: T, what: str) -> list[T] | None:
-        """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere): how a job
-        split with :meth:`owned` brings its parts together."""
+    def all_gather(self, obj: T, what: str) -> list[T]:
+        """Every rank's ``obj``, in rank order, on every rank: how a job split with
+        :meth:`owned` brings its parts together."""
         if not self.distributed:
             return [obj]
-        out: list[Any] | None = [None] * self.world if self.main else None
+        out: list[Any] = [None] * self.world
         try:
-            torch.distributed.gather_object(obj, out, dst=0)
+            torch.distributed.all_gather_object(out, obj)
         except RuntimeError as e:
             raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
         return out
@@ -73,21 +73,23 @@ class Group:
                 f"Another process of this run stopped before {what} ({e}). The units this process wrote are done; "
                 "rerun the same command with --resume (any number of processes) to finish the rest.") from None
 
-    def on_main(self, fn: Callable[[], T], what: str) -> T | None:
-        """Run ``fn`` on rank 0 only; every rank raises its error if it failed."""
-        result, error = None, None
+    def on_main(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or raises
+        its error if it failed."""
+        result: Any = None
+        error: ActStoreError | None = None
         if self.main:
             try:
                 result = fn()
             except ActStoreError as e:
                 error = e
         if self.distributed:
-            box: list[Any] = [error]
+            box: list[Any] = [error, result]
             try:
                 torch.distributed.broadcast_object_list(box, src=0)
             except RuntimeError as e:
                 raise PeerFailedError(f"Process 0 stopped during {what} ({e}); see its error.") from None
-            error = box[0]
+            error, result = box
         if error is not None:
             raise error
         return result

@@ -125,5 +125,23 @@ def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_mode
 
 def test_single_process_group_gathers_its_own_part():
     g = Group()
-    assert g.gather({"rows": [1, 2]}, "test") == [{"rows": [1, 2]}] and g.owned([4, 5]) == [4, 5]
+    assert g.all_gather({"rows": [1, 2]}, "test") == [{"rows": [1, 2]}] and g.owned([4, 5]) == [4, 5]
     assert g.on_main(lambda: 7, "test") == 7
+
+
+def test_patching_sweep_shared_by_two_processes_equals_one(tmp_path, tiny_model):
+    import zarr
+
+    args = ["patch", "--model", tiny_model, "--task", "ioi", "--n-pairs", "6", "--batch-pairs", "2", "--sweep",
+            "attn_head_out_all_pos", "--method", "both", "--device", "cpu", "--quiet"]
+    one = _run([sys.executable, "-m", "actstore", *args, "--out", str(tmp_path / "one.zarr")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun([*[a for a in args if a != "--quiet"], "--out", str(tmp_path / "two.zarr")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes share the 3 batches of pairs" in two.stdout
+    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r")["patching/attn_head_out_all_pos"]
+            for n in ("one", "two"))
+    names = sorted(a.array_keys())
+    assert names == sorted(b.array_keys()) and "attribution_logit_diff" in names
+    for name in names:
+        assert np.array_equal(a[name][...], b[name][...]), name

@@ -8,6 +8,7 @@
            compression, like actstore's default)                         -> tokens/s
   raw      numpy writing the same bytes sequentially to the same disk, with fsync
   writer   actstore's shard writer alone, fed the same shards from memory -> MB/s
+           (and without the per-shard statistics, its main CPU cost)
 
 actstore's throughput is marginal: (rows of a full run - rows of a quarter run) over
 the difference of their times, so that model load, shape probe, corpus count and
@@ -140,8 +141,15 @@ def raw_write(arrays: dict[str, np.ndarray], out: Path) -> None:
         os.close(fd)
 
 
-def writer_alone(store: actstore.ActivationStore, out: Path) -> None:
-    """actstore's ShardWrite writing the store's own shards again, into a fresh store."""
+def writer_alone(store: actstore.ActivationStore, out: Path, stats: bool = True) -> float:
+    """actstore's ShardWrite writing the store's own shards again, into a fresh store;
+    ``stats=False`` skips the per-shard statistics (float64 moments, the writer's main
+    CPU cost), to show what the rest of the write path reaches."""
+    import actstore.shard_write as sw
+
+    real = sw.shard_moments
+    if not stats:
+        sw.shard_moments = lambda buf, shape, mask: sw.Moments.empty(shape.feature_shape or ())
     meta = store.metadata
     shapes = {s["hook"]: SiteShape(tuple(s["dims"][1:]), tuple(s["shape"][1:])) for s in meta["sites"]}
     layout = store.layout
@@ -160,9 +168,12 @@ def writer_alone(store: actstore.ActivationStore, out: Path) -> None:
         src = store.acts(h, rows=slice(0, min(layout.rows_per_shard, layout.n_rows)))
         t[:len(src)] = torch.from_numpy(np.ascontiguousarray(src))
     t0 = time.perf_counter()
-    for k, rows, n in shards:
-        write(Shard(k, rows, bufs, n))
-    write.close()
+    try:
+        for k, rows, n in shards:
+            write(Shard(k, rows, bufs, n))
+    finally:
+        write.close()
+        sw.shard_moments = real
     return time.perf_counter() - t0
 
 
@@ -192,7 +203,8 @@ def main() -> None:
             sync(a.device)
 
         bare()
-        t: dict[str, list[float]] = {k: [] for k in ("bare", "full", "quarter", "naive", "raw", "writer", "load")}
+        t: dict[str, list[float]] = {k: [] for k in ("bare", "full", "quarter", "naive", "raw", "writer",
+                                                     "writer_nostats", "load")}
         for r in range(a.repeat):
             t["bare"].append(timed(bare))
             t["full"].append(timed(lambda: b.cache(a.n_rows)))
@@ -201,6 +213,7 @@ def main() -> None:
                 t["naive"].append(timed(lambda: naive_loop(model, tokens, hooks, a.batch_size, tmp / f"naive{r}")))
             t["raw"].append(timed(lambda: raw_write(acts, tmp / f"raw{r}")))
             t["writer"].append(writer_alone(first, tmp / f"writer{r}.zarr"))
+            t["writer_nostats"].append(writer_alone(first, tmp / f"writer_nostats{r}.zarr", stats=False))
             t["load"].append(timed(lambda: load_model(str(b.folder), a.dtype, a.device)))
             for p in tmp.iterdir():  # keep the disk use to one round
                 if p.name != "model" and p != Path(first.path):
@@ -218,12 +231,14 @@ def main() -> None:
         "fixed_costs_s": best["full"] - marginal * a.n_rows,
         "raw_write_mb_s": act_bytes / best["raw"] / 1e6,
         "writer_alone_mb_s": act_bytes / best["writer"] / 1e6,
+        "writer_alone_no_stats_mb_s": act_bytes / best["writer_nostats"] / 1e6,
     }
     if "naive" in best:
         res["naive_tok_s"] = tok / best["naive"]
     res["ratio_a_actstore_over_bare"] = res["actstore_tok_s"] / res["bare_tok_s"]
     res["ratio_b_actstore_over_raw"] = res["actstore_mb_s"] / res["raw_write_mb_s"]
     res["ratio_b_writer_over_raw"] = res["writer_alone_mb_s"] / res["raw_write_mb_s"]
+    res["ratio_b_writer_no_stats_over_raw"] = res["writer_alone_no_stats_mb_s"] / res["raw_write_mb_s"]
     if "naive" in best:
         res["ratio_c_actstore_over_naive"] = res["actstore_tok_s"] / res["naive_tok_s"]
         res["ratio_c_end_to_end_over_naive"] = res["actstore_end_to_end_tok_s"] / res["naive_tok_s"]
@@ -236,12 +251,14 @@ def main() -> None:
             ("actstore.cache (end to end)", res["actstore_end_to_end_tok_s"], None),
             ("naive run_with_cache + write loop", res.get("naive_tok_s"), None),
             ("raw numpy write + fsync", None, res["raw_write_mb_s"]),
-            ("actstore shard writer alone", None, res["writer_alone_mb_s"])]
+            ("actstore shard writer alone", None, res["writer_alone_mb_s"]),
+            ("  the same without statistics", None, res["writer_alone_no_stats_mb_s"])]
     for name, tps, mbs in rows:
         print(f"  {name:<40}{'' if tps is None else f'{tps:,.0f}':>12}{'' if mbs is None else f'{mbs:,.0f}':>10}")
     print(f"  (a) actstore / bare forward:            {res['ratio_a_actstore_over_bare']:.2f}")
     print(f"  (b) actstore MB/s / raw write:          {res['ratio_b_actstore_over_raw']:.2f}   "
-          f"writer alone / raw write: {res['ratio_b_writer_over_raw']:.2f}")
+          f"writer alone / raw write: {res['ratio_b_writer_over_raw']:.2f} "
+          f"({res['ratio_b_writer_no_stats_over_raw']:.2f} without statistics)")
     if "naive" in best:
         print(f"  (c) actstore / naive loop:              {res['ratio_c_actstore_over_naive']:.2f}x marginal, "
               f"{res['ratio_c_end_to_end_over_naive']:.2f}x end to end")

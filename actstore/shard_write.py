@@ -50,11 +50,27 @@ def shard_moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) ->
     return total
 
 
+def yield_cpu() -> None:
+    """Lowest CPU priority for the calling thread (Linux; elsewhere a no-op). When the
+    model runs on the CPU, the writer's threads then use the cores the forward leaves
+    idle instead of preempting its threads: a preempted thread stalls the whole
+    parallel matrix product it belongs to. A writer that falls behind still gets the
+    CPU, because the forward then waits for a free buffer set."""
+    import os
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 class ShardWrite:
-    """Writes whole shards of a store; ``threads`` workers encode and write arrays at once."""
+    """Writes whole shards of a store; ``threads`` workers encode and write arrays at once
+    (``background``: at the lowest CPU priority, for runs whose model is on the CPU)."""
 
     def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool,
-                 clear_first: bool, threads: int, release: Callable[[ShardBuffers], None]):
+                 clear_first: bool, threads: int, release: Callable[[ShardBuffers], None], background: bool = False):
         self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
         self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
         self.partials = group["stats/partials"] if "stats/partials" in group else None
@@ -63,7 +79,8 @@ class ShardWrite:
         self.arrays = {name: group[name] for name in names}  # the arrays with one shard per write
         self.small = {name: group[name] for name in ("stats/partials", "done") if name in group}
         self.encoders = {name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()}
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write")
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write",
+                                       initializer=yield_cpu if background else None)
         self.release = release
 
     def describe(self, shard: Shard) -> str:

@@ -165,7 +165,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     label = "Hugging Face model"
     source = name
     if name == demo.DEMO_MODEL:
-        source = str(demo.demo_model_dir())
+        source = str(demo.ensure_demo_model())
         label = demo.DEMO_MODEL_LABEL
     elif _looks_like_path(name):
         path = os.path.expanduser(name)

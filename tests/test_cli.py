@@ -45,3 +45,11 @@ def test_codec_round_trips(tmp_path, tiny_model):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "actstore", "cache", "--help"], capture_output=True, text=True, check=True)
     assert "--sites" in out.stdout and "examples:" in out.stdout and "--resume" in out.stdout
+
+
+def test_the_embedded_default_runs_by_name(tmp_path, capsys):
+    out = tmp_path / "demo.zarr"
+    assert main(["cache", str(out), "--model", "actstore-demo", "--dataset", "actstore-demo", "--sites",
+                 "resid_post:all", "--seq-len", "32", "--n-rows", "4", "--quiet"]) == 0
+    label = actstore.ActivationStore.open(out).metadata["model"]["label"]
+    assert "NOT GPT-2" in label and "demo" in label.lower()

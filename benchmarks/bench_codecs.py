@@ -1,9 +1,10 @@
 """Compression ratio, write and read speed of actstore's activation codecs.
 
 Captures two sites (blocks.L.hook_resid_post and blocks.L.attn.hook_z, L the middle
-layer) of a model on rows of the bundled demo corpus: the trained demo model
-(`--model actstore-demo`, real activations, the default) or a random-init
-GPT-2-small-shaped model (`--model random-gpt2-small`, built in a temp folder). Stores
+layer) of a model on rows of the bundled demo corpus: the demo model (`--model
+actstore-demo`, the default; random-init until a trained demo model ships, issue 9) or
+a random-init GPT-2-small-shaped model (`--model random-gpt2-small`, built in a temp
+folder). Stores
 them as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
 (64, seq, ...)) and, for each codec spec of actstore.store.parse_codec, writes a fresh
 Zarr v3 array the way actstore writes it (whole shards, fsynced) and reads it back with
@@ -46,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3, help="timed runs per codec; the best is reported")
     p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs")
-    p.add_argument("--model", default="actstore-demo", help="actstore-demo (trained) or random-gpt2-small")
+    p.add_argument("--model", default="actstore-demo", help="actstore-demo or random-gpt2-small")
     return p.parse_args()
 
 

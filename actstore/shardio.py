@@ -28,6 +28,8 @@ import numcodecs
 import numpy as np
 import zarr
 
+from . import _faults
+
 __all__ = ["ShardEncoder", "encoder_for", "write_object", "write_rows", "object_path"]
 
 _MAX_U64 = np.uint64(2**64 - 1)
@@ -177,6 +179,7 @@ def write_object(arr: zarr.Array, key: str, pieces: Sequence[Piece], durable: bo
                 view = memoryview(p).cast("B")
                 while view:  # a raw write may be short
                     view = view[f.write(view):]
+            _faults.slow_io()
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)

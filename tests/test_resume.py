@@ -14,6 +14,12 @@ from actstore.errors import StoreMismatchError
 
 from .conftest import RESUME_OPTS as OPTS, store_files
 
+# A slow disk (every object waits 30 ms before its fsync) for the timed kills: the
+# pipelined writer otherwise finishes this 4-shard run within milliseconds of the
+# first `done`, and a kill "a few milliseconds later" would land after the end.
+SLOW_DISK = {**os.environ, "ACTSTORE_SLOW_IO": "0.03"}
+
+
 def cli_args(out, model, corpus):
     return [sys.executable, "-m", "actstore", "cache", str(out), "--model", model, "--dataset", corpus,
             "--sites", OPTS["sites"], "--seq-len", "16", "--n-rows", "30", "--batch-size", "4",
@@ -54,12 +60,12 @@ def test_sigkill_at_a_timed_point_then_resume_with_other_batch_size(tmp_path, ti
     """Kill a random few milliseconds after the first shard is done: wherever the
     writer is then. The resume uses another batch size (layout comes from the store)."""
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(cli_args(out, tiny_model, corpus_file), stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cli_args(out, tiny_model, corpus_file), env=SLOW_DISK, stderr=subprocess.PIPE)
     first_done = out / "done" / "c" / "0"
     deadline = time.monotonic() + 300
     while not first_done.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    time.sleep([0.0, 0.015][seed])
+    time.sleep([0.0, 0.05][seed])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     done_at_kill = actstore.ActivationStore.open(out).rows_done

@@ -33,7 +33,7 @@ class ModelInfo:
     d_vocab: int
     n_ctx: int
     fingerprint: str  # sha256 of every weight tensor (name, dtype, shape, bytes)
-    label: str  # e.g. 'GPT-2 (hub)' or a warning that this is a random-init demo model
+    label: str  # e.g. "Hugging Face model", or the demo model's "DEMO model ..., NOT GPT-2"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,7 +165,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     label = "Hugging Face model"
     source = name
     if name == demo.DEMO_MODEL:
-        source = str(demo.ensure_demo_model())
+        source = str(demo.demo_model_dir())
         label = demo.DEMO_MODEL_LABEL
     elif _looks_like_path(name):
         path = os.path.expanduser(name)

@@ -42,7 +42,7 @@ def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabe
     ax.set_yticks(range(h), labels=list(yticklabels) if yticklabels is not None else range(h), fontsize=8)
     fig.colorbar(im, ax=ax, label=colorbar_label)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps colorbar labels in the picture
     plt.close(fig)
     return os.fspath(path)
 
@@ -61,6 +61,6 @@ def curves(x: Sequence[float], ys: Mapping[str, Sequence[float]], path: str | os
     if len(ys) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps colorbar labels in the picture
     plt.close(fig)
     return os.fspath(path)

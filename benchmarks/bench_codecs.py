@@ -1,11 +1,9 @@
 """Compression ratio, write and read speed of actstore's activation codecs.
 
 Captures two sites (blocks.L.hook_resid_post and blocks.L.attn.hook_z, L the middle
-layer) of a model on rows of the bundled demo corpus: the demo model (`--model
-actstore-demo`, the default; random-init until a trained demo model ships, issue 9) or
-a random-init GPT-2-small-shaped model (`--model random-gpt2-small`, built in a temp
-folder). Stores
-them as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
+layer) of a model on rows of the bundled demo corpus: the trained demo model (`--model
+actstore-demo`, the default; d_model 128) or a random-init GPT-2-small-shaped model
+(`--model random-gpt2-small`, built in a temp folder). Stores them as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
 (64, seq, ...)) and, for each codec spec of actstore.store.parse_codec, writes a fresh
 Zarr v3 array the way actstore writes it (whole shards, fsynced) and reads it back with
 zarr. MB/s are of uncompressed bytes; ratio = uncompressed / on disk; each round trip

@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, offline: set up, cache the demo corpus
-# through the demo model (a random-init GPT-2-architecture model until a trained
-# one ships), then describe the store.
+# The main job on the embedded default, offline, then a short tour; a few minutes on 2 cores.
+# Sets up .venv (scripts/setup_env.sh), then runs `actstore tour`, which prints each
+# `actstore` command before running it:
+#   1. cache 200 rows of 128 tokens of the bundled demo corpus through actstore-demo
+#      (resid_post of every layer) into demo_out/demo.zarr, and describe the store;
+#   2. a logistic probe per layer for the token's position   -> demo_out/probe_position.png
+#   3. repeated random tokens, induction scores of every head -> demo_out/induction_heads.png
+#   4. held-out IOI prompt pairs, activation patching of the residual stream and of every
+#      head's output -> demo_out/ioi_patch_resid_pre.png, demo_out/ioi_patch_attn_head_out_all_pos.png
+# actstore-demo is a small GPT-2-architecture DEMO model trained on a synthetic corpus and
+# shipped with the package (actstore/data/demo-model/): it is NOT GPT-2.
 #
-#   bash scripts/demo.sh            # writes demo_out/demo.zarr
+#   bash scripts/demo.sh                 # writes demo_out/
+#   OUT=/tmp/tour bash scripts/demo.sh   # elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-OUT="${OUT:-demo_out/demo.zarr}"
-mkdir -p "$(dirname "$OUT")"
-actstore cache "$OUT" --model actstore-demo --dataset actstore-demo \
-    --sites resid_post:all,z:2-3,pattern:3.0,3.1 --seq-len 128 --n-rows 200 --batch-size 16 --overwrite
-actstore info "$OUT"
-python - "$OUT" <<'PY'
-import sys, actstore
-store = actstore.ActivationStore.open(sys.argv[1])
-x = store.acts("blocks.3.hook_resid_post", rows=slice(0, 2), as_="torch")
-print("blocks.3.hook_resid_post rows 0-1:", tuple(x.shape), x.dtype)
-print("row 0 starts:", "".join(store.str_tokens(0)[:16]).replace("\n", " "))
-m = store.stats("blocks.3.hook_resid_post")
-print(f"stats over {m.count} tokens: mean |mean| {abs(m.mean).mean():.4f}, mean var {m.var.mean():.4f}")
-PY
+actstore tour "${OUT:-demo_out}"

@@ -1,0 +1,166 @@
+"""A short tour of actstore on the demo model, offline, in a few minutes on a laptop:
+each step is an `actstore` command, printed, then run; figures land in one folder.
+
+1. cache the bundled demo corpus through `actstore-demo` (the main job) and describe it;
+2. probe the residual stream for the token's position, layer by layer;
+3. cache repeated random tokens and find the induction heads;
+4. write held-out IOI prompt pairs and patch the residual stream and every head's output.
+
+    actstore tour demo_out        # or: bash scripts/demo.sh, which also sets up .venv
+
+`actstore-demo` is a small DEMO model trained on a synthetic corpus, not GPT-2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import demo, demo_data
+from .errors import ActStoreError
+
+__all__ = ["TourResult", "run_tour", "register"]
+
+HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
+
+
+@dataclass
+class TourResult:
+    out: str
+    figures: list[str] = field(default_factory=list)
+    probe_accuracy: dict[int, float] = field(default_factory=dict)  # layer -> test accuracy of the position probe
+    induction_heads: list[tuple[str, float]] = field(default_factory=list)  # ('layer.head', score), best first
+    loss_halves: tuple[float, float] | None = None  # mean loss on the first, the repeated half
+    ioi_logit_diff: float = float("nan")  # mean clean logit difference (answer - wrong) over the pairs
+    ioi_accuracy: float = float("nan")  # share of pairs with a positive clean logit difference
+    seconds: float = 0.0
+
+
+def _run(argv: Sequence[str], say: bool) -> None:
+    """Print the command and run it (its output hidden unless ``say``)."""
+    import contextlib
+    import io
+
+    from .cli import main
+
+    if say:
+        print(f"\n$ actstore {shlex.join(argv)}", flush=True)
+    with contextlib.nullcontext() if say else contextlib.redirect_stdout(io.StringIO()):
+        rc = main(list(argv))
+    if rc != 0:
+        raise ActStoreError(f"tour step `actstore {shlex.join(argv)}` failed (exit {rc}); see the message above.")
+
+
+def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
+             quiet: bool = False) -> TourResult:
+    """Run the tour into ``out`` (replacing what an earlier tour wrote there)."""
+    import zarr
+
+    from .store import ActivationStore
+
+    t0 = time.time()
+    say = not quiet
+    q = ["--quiet"] if quiet else []
+    os.makedirs(out, exist_ok=True)
+    res = TourResult(out=out)
+    main_store = os.path.join(out, "demo.zarr")
+    rep_store = os.path.join(out, "induction.zarr")
+    pairs = os.path.join(out, "ioi_pairs.jsonl")
+    patch_out = os.path.join(out, "ioi.zarr")
+    if say:
+        print(f"actstore tour -> {out}/\nmodel: {demo.DEMO_MODEL_LABEL}")
+
+    # 1. the main job: cache the demo corpus
+    _run(["cache", main_store, "--model", demo.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
+          "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q], say)
+    if say:
+        _run(["info", main_store], say)
+
+    # 2. where is the position? a logistic probe per layer
+    probe_png = os.path.join(out, "probe_position.png")
+    _run(["probe", main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q], say)
+    store = ActivationStore.open(main_store)
+    for hook in store.sites:
+        scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
+        res.probe_accuracy[int(hook.split(".")[1])] = float(scores["test"])
+    res.figures.append(probe_png)
+
+    # 3. induction heads on repeated random tokens
+    ind_png = os.path.join(out, "induction_heads.png")
+    _run(["cache", rep_store, "--model", demo.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
+          "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
+          "--overwrite", *q], say)
+    _run(["analyze", "induction", rep_store, "--figure", ind_png, *(["--json"] if quiet else [])], say)
+    g = zarr.open_group(rep_store, mode="r")["results/analysis/induction"]
+    ind = np.asarray(g["induction"][...])
+    order = np.argsort(ind.ravel())[::-1][:3]
+    res.induction_heads = [(f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order]
+    loss = np.asarray(g["loss_by_pos"][...])
+    res.loss_halves = (float(loss[:HALF_LEN].mean()), float(loss[HALF_LEN:].mean()))
+    res.figures.append(ind_png)
+
+    # 4. activation patching on held-out IOI prompts
+    if say:
+        print(f"\n$ python -m actstore.demo_data ioi-pairs {pairs} --n {n_pairs}")
+    with open(pairs, "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in demo_data.ioi_pairs(n_pairs, template=0))
+    for sweep in ("resid_pre", "attn_head_out_all_pos"):
+        png = os.path.join(out, f"ioi_patch_{sweep}.png")
+        _run(["patch", "--model", demo.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
+              "--figure", png, "--overwrite", *q], say)
+        res.figures.append(png)
+    ld = np.asarray(zarr.open_group(patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
+    res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
+    res.seconds = time.time() - t0
+    if say:
+        print(summary(res))
+    return res
+
+
+def summary(res: TourResult) -> str:
+    best = ", ".join(f"{h} ({s:.2f})" for h, s in res.induction_heads)
+    acc = ", ".join(f"L{layer} {a:.1%}" for layer, a in sorted(res.probe_accuracy.items()))
+    lines = [
+        "",
+        "=" * 78,
+        f"Tour done in {res.seconds:.0f}s. Model: {demo.DEMO_MODEL_LABEL}.",
+        f"  induction heads (layer.head, score): {best}",
+    ]
+    if res.loss_halves:
+        lines.append(f"  loss on repeated random tokens: first half {res.loss_halves[0]:.2f}, "
+                     f"repeated half {res.loss_halves[1]:.2f} nats")
+    lines += [
+        f"  position probe, test accuracy by layer (resid_post): {acc}",
+        f"  held-out IOI prompts: mean logit diff (answer - wrong) {res.ioi_logit_diff:.2f}, "
+        f"right on {res.ioi_accuracy:.0%} of pairs",
+        "Figures to open:",
+        *[f"  {f}" for f in res.figures],
+        f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr",
+        "=" * 78,
+    ]
+    return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tour", help="a short tour on the offline demo model: cache, probe, induction heads, patching",
+                       description=__doc__.split("\n\n")[0], epilog="example:\n  actstore tour demo_out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", nargs="?", default="demo_out", help="folder for the stores and figures (default demo_out)")
+    p.add_argument("--n-rows", type=int, default=200, help="rows of 128 tokens of the demo corpus to cache")
+    p.add_argument("--n-pairs", type=int, default=32, help="held-out IOI pairs to patch")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(run=_cli)
+
+
+def _cli(args: Any) -> int:
+    res = run_tour(args.out, n_rows=args.n_rows, n_pairs=args.n_pairs, quiet=args.quiet)
+    if args.quiet:
+        print(summary(res))
+    return 0

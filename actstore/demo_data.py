@@ -33,6 +33,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .synthetic import ordinary_tokens
+
 __all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
            "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words"]
@@ -207,8 +209,7 @@ def text_rows(tokenizer: Any, n_rows: int, seq_len: int = 128, seed: int = 0) ->
 def repeated_batch(tokenizer: Any, rng: np.random.Generator, n_rows: int, half_len: int) -> np.ndarray:
     """int64 (row, 2 * half_len + 1): BOS, half_len uniformly random non-special tokens,
     the same again; the rows of ``--dataset repeated-random``, drawn from ``rng``."""
-    special = set(tokenizer.all_special_ids)
-    vocab = np.array([t for t in range(len(tokenizer)) if t not in special])
+    vocab = ordinary_tokens(tokenizer).astype(np.int64)
     x = vocab[rng.integers(0, len(vocab), (n_rows, half_len))]
     return np.concatenate([np.full((n_rows, 1), tokenizer.bos_token_id), x, x], 1)
 

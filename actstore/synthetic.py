@@ -14,10 +14,17 @@ import numpy as np
 
 from .errors import CorpusError
 
-__all__ = ["RepeatedRandom", "parse_synthetic", "is_synthetic"]
+__all__ = ["RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens"]
 
 _RE = re.compile(r"^repeated-random:(\d+)(?::(\d+))?$")
 _BLOCK = 64  # rows per yielded block
+
+
+def ordinary_tokens(tokenizer: Any) -> np.ndarray:
+    """int32: every token id of ``tokenizer`` but its special tokens, in order: what
+    repeated random rows are drawn from."""
+    special = set(tokenizer.all_special_ids)
+    return np.array([t for t in range(len(tokenizer)) if t not in special], dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,7 @@ class RepeatedRandom:
 
     def rows(self, tokenizer: Any, start_row: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, tokens int32 (row, pos)) blocks from ``start_row`` on, forever."""
-        special = set(tokenizer.all_special_ids)
-        vocab = np.array([t for t in range(len(tokenizer)) if t not in special], dtype=np.int32)
+        vocab = ordinary_tokens(tokenizer)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         r = start_row
         while True:

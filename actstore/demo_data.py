@@ -26,18 +26,19 @@ text (:data:`IOI_TEMPLATES_HELDOUT`; their words all do) and their own random st
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .jsonl import write_records
 from .synthetic import ordinary_tokens
 
 __all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
-           "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words"]
+           "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words",
+           "write_documents"]
 
 NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "James", "Anna", "David", "Laura", "Paul", "Emma", "Mark",
          "Tom", "Kate", "Peter", "Lucy", "Jack", "Rose", "Sam", "Helen", "Mike", "Jane", "Chris", "Amy",
@@ -214,6 +215,11 @@ def repeated_batch(tokenizer: Any, rng: np.random.Generator, n_rows: int, half_l
     return np.concatenate([np.full((n_rows, 1), tokenizer.bos_token_id), x, x], 1)
 
 
+def write_documents(path: str, n: int, seed: int) -> None:
+    """``documents(n, seed)`` as JSON lines {"id", "text"}: the bundled corpus's format."""
+    write_records(path, ({"id": i, "text": text} for i, text in enumerate(documents(n, seed))))
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m actstore.demo_data", description="Write demo data files.")
     sub = p.add_subparsers(dest="what", required=True)
@@ -228,13 +234,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--n", type=int, default=600)
     d.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    with open(a.out, "w") as f:
-        if a.what == "ioi-pairs":
-            for rec in ioi_pairs(a.n, a.seed, template=a.template):
-                f.write(json.dumps(rec) + "\n")
-        else:
-            for i, text in enumerate(documents(a.n, a.seed)):
-                f.write(json.dumps({"id": i, "text": text}) + "\n")
+    if a.what == "ioi-pairs":
+        write_records(a.out, ioi_pairs(a.n, a.seed, template=a.template))
+    else:
+        write_documents(a.out, a.n, a.seed)
     print(f"wrote {a.n} {a.what.replace('-', ' ')} to {a.out}")
     return 0
 

@@ -1,16 +1,16 @@
-"""Reading the small JSON-lines files users hand to jobs (prompt pairs, facts): one
-object per line, blank lines skipped, every problem named by file and line before
-any work starts."""
+"""The small JSON-lines files of jobs (prompt pairs, facts, demo documents): reading
+them, one object per line, blank lines skipped, every problem named by file and line
+before any work starts; and writing them."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import CorpusError
 
-__all__ = ["read_records"]
+__all__ = ["read_records", "write_records"]
 
 
 def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empty_fix: str,
@@ -35,3 +35,11 @@ def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empt
             raise CorpusError(f"{where} is not a JSON object; expected {expected}.")
         items.append((where, rec))
     return items
+
+
+def write_records(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> str:
+    """Write ``records`` one JSON object per line (UTF-8); returns the path."""
+    path = os.fspath(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return path

@@ -30,14 +30,13 @@ same length and line up position by position. The metric is the logit difference
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import ConfigError, CorpusError
-from .jsonl import read_records
+from .jsonl import read_records, write_records
 
 __all__ = ["PromptPair", "TASKS", "make_pairs", "ioi_pairs", "repeated_name_pairs", "greater_than_pairs",
            "factual_pairs", "write_pairs", "IOI_TEMPLATES", "NAMES"]
@@ -430,8 +429,4 @@ def make_pairs(task: str, n: Optional[int] = None, seed: int = 0, tokenizer: Any
 
 def write_pairs(pairs: Sequence[PromptPair], path: str | os.PathLike[str]) -> str:
     """Write pairs as JSON lines in the ``actstore patch --pairs`` format (plus meta)."""
-    path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
-    return path
+    return write_records(path, (p.to_json() for p in pairs))

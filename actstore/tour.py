@@ -14,7 +14,6 @@ each step is an `actstore` command, printed, then run; figures land in one folde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import demo, demo_data
 from .errors import ActStoreError
+from .jsonl import write_records
 
 __all__ = ["TourResult", "run_tour", "register"]
 
@@ -109,8 +109,7 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     # 4. activation patching on held-out IOI prompts
     if say:
         print(f"\n$ python -m actstore.demo_data ioi-pairs {pairs} --n {n_pairs}")
-    with open(pairs, "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in demo_data.ioi_pairs(n_pairs, template=0))
+    write_records(pairs, demo_data.ioi_pairs(n_pairs, template=0))
     for sweep in ("resid_pre", "attn_head_out_all_pos"):
         png = os.path.join(out, f"ioi_patch_{sweep}.png")
         _run(["patch", "--model", demo.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,

@@ -7,12 +7,11 @@ text is held out. Plain English: any tokenizer reads it.
     python scripts/make_demo_corpus.py
 """
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actstore.demo_data import documents  # noqa: E402
+from actstore.demo_data import write_documents  # noqa: E402
 
 SEED = 1  # not 0: held out from the training text
 N_DOCS = 600  # ~50k GPT-2 tokens: ~390 rows of 128
@@ -20,9 +19,7 @@ N_DOCS = 600  # ~50k GPT-2 tokens: ~390 rows of 128
 
 def main() -> None:
     out = Path(__file__).resolve().parent.parent / "actstore" / "data" / "demo_corpus.jsonl"
-    with out.open("w") as f:
-        for i, text in enumerate(documents(N_DOCS, SEED)):
-            f.write(json.dumps({"id": i, "text": text}) + "\n")
+    write_documents(str(out), N_DOCS, SEED)
     print(f"wrote {N_DOCS} documents to {out}")
 
 

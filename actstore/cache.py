@@ -313,7 +313,6 @@ def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Check
     return Checkpoint(row=a, doc=doc, item=pos + 1)
 
 
-_BACKGROUND_WRITER = os.environ.get("ACTSTORE_WRITER_NICE", "1") != "0"  # see shard_write.yield_cpu
 _PENDING = 2  # shards filled and waiting for the writer; one more is being filled
 
 
@@ -343,7 +342,7 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     pool = BufferPool(lambda: ShardBuffers(shapes, storage_dtype, layout.rows_per_shard, model.device), _PENDING + 1)
     write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed,
                         threads=_write_threads(cfg), release=pool.release,
-                        background=_BACKGROUND_WRITER and model.device == "cpu")
+                        background=model.device == "cpu")
     writer: BackgroundWriter[Shard] = BackgroundWriter(write, write.describe, max_pending=_PENDING)
     bar = Progress(layout, rows_before, row_mb, cfg.seq_len, group["done"] if procs.distributed else None,
                     on=cfg.progress and procs.main)

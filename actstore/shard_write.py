@@ -10,6 +10,8 @@ shard not done and a resume rewrites it.
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -50,15 +52,15 @@ def shard_moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) ->
     return total
 
 
+_NICE = os.environ.get("ACTSTORE_WRITER_NICE", "1") != "0"  # 0: writer threads keep normal priority
+
+
 def yield_cpu() -> None:
     """Lowest CPU priority for the calling thread (Linux; elsewhere a no-op). When the
     model runs on the CPU, the writer's threads then use the cores the forward leaves
     idle instead of preempting its threads: a preempted thread stalls the whole
     parallel matrix product it belongs to. A writer that falls behind still gets the
     CPU, because the forward then waits for a free buffer set."""
-    import os
-    import threading
-
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):
@@ -80,7 +82,7 @@ class ShardWrite:
         self.small = {name: group[name] for name in ("stats/partials", "done") if name in group}
         self.encoders = {name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()}
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write",
-                                       initializer=yield_cpu if background else None)
+                                       initializer=yield_cpu if background and _NICE else None)
         self.release = release
 
     def describe(self, shard: Shard) -> str:

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _self_check
+from ._kv_prefix import PrefixKV, attention_prefix
 from .errors import ConfigError, StoreMismatchError
 
 __all__ = ["Sweep", "run_sweep", "CleanSource", "default_memory_budget"]
@@ -292,23 +294,6 @@ def _select_declared(per_var: torch.Tensor, fn: Any, n_pos: int) -> torch.Tensor
     return per_var
 
 
-class _PrefixKV:
-    """Stands in for a Hugging Face cache: each attention's ``update(k, v, layer)``
-    gets the corrupted run's keys/values of positions ``[0, start)`` (and, for a layer
-    in ``extra``, given ones after them) in front of its own, for every variant row.
-    Nothing is stored between calls."""
-
-    def __init__(self, keys: Mapping[int, torch.Tensor], values: Mapping[int, torch.Tensor], start: int, n_var: int):
-        self.keys, self.values, self.start, self.n_var = keys, values, start, n_var
-        self.extra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        pk = self.keys[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)  # (row, head, start, d_head)
-        pv = self.values[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)
-        ek, ev = self.extra.get(layer_idx, (k[:, :, :0], v[:, :, :0]))
-        return torch.cat([pk, ek, k], dim=2), torch.cat([pv, ev, v], dim=2)
-
-
 def block_projections(model: Any, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
                       ) -> tuple[torch.Tensor, ...] | None:
     """The queries/keys/values (``names`` of "q", "k", "v") block ``layer`` computes
@@ -436,9 +421,15 @@ def _check_model(model: Any) -> None:
 
 
 def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
-              memory_budget: int | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+              memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's metric values, (index, metric[, batch]), and the unpatched
-    corrupted run's, (metric[, batch]); float32 on the model's device."""
+    corrupted run's, (metric[, batch]); float32 on the model's device.
+
+    ``kv_prefix=False`` runs every variant over all positions (from its patched block
+    on), handing no earlier keys or values to the attentions. Either way, a few
+    variants are recomputed with a plain run_with_hooks before anything is returned
+    (:mod:`actstore._self_check`)."""
     from tqdm.auto import tqdm
 
     _check_model(model)
@@ -457,6 +448,9 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
         baseline = metrics.evaluate(corrupted_sel)[0]
         budget = memory_budget or default_memory_budget(device)
         end = metrics.end
+        in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
+        change: dict[int, float] = {}  # per live cell: how much its patch changes the activation
+        all_live: list[tuple[int, int]] = []
         bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
                    disable=not progress, leave=False)
         for layer in sorted(by_layer):
@@ -465,31 +459,48 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
             q_axis, k_axis = _pos_axes(hook, corr_act, n_pos)
 
             def patched(c: int) -> torch.Tensor:
-                index = sweep.indices[c]
-                return sweep.patch_setter(corr_act.clone(), index, clean_act)
+                given = corr_act.clone()
+                new = sweep.patch_setter(given, sweep.indices[c], clean_act)
+                # the reference's hook returns what the setter returns: the hooked tensor itself
+                # when the setter writes into it (transformer_lens's do), which then also changes
+                # any tensor the model aliases to it (the bridge's hook_resid_mid is ln2's input,
+                # the very tensor the block adds the MLP's output to)
+                in_place.setdefault(layer, new is given)
+                return new
 
             live: list[tuple[int, int]] = []  # (start, cell)
             for c in cells:
-                s = _first_change(patched(c), corr_act, q_axis)
+                new = patched(c)
+                s = _first_change(new, corr_act, q_axis)
                 if s is None or (s >= end and q_axis is not None):  # no-op, or after every position read
                     out[c] = baseline
                 else:
                     live.append((s, c))
+                    change[c] = float((new - corr_act).abs().sum())
             bar.update(len(cells) - len(live))
             live.sort()
+            all_live += live
             row_bytes = _row_bytes(model, n_pos, corr_act[0].numel(), full_logits=not metrics.restricted)
             max_var = max(1, budget // (batch * row_bytes))
-            chunks = _plan_chunks([s for s, _ in live], batch, max_var, end,
+            windowed = q_axis is not None and kv_prefix
+            chunks = _plan_chunks([s if windowed else 0 for s, _ in live], batch, max_var, end,
                                   _CALL_COST_ROWPOS.get(device.type, 24))
             for a, b in chunks:
-                start = live[a][0] if q_axis is not None else 0
+                start = live[a][0] if windowed else 0
                 vals = _run_chunk(model, corrupted, metrics, corrupted_sel, layer, hook,
                                   [patched(c) for _, c in live[a:b]], start, end if q_axis is not None else n_pos,
-                                  q_axis, k_axis, n_layers)
+                                  q_axis, k_axis, n_layers, in_place[layer], kv_prefix)
                 for (_, c), v in zip(live[a:b], vals):
                     out[c] = v
                 bar.update(b - a)
         bar.close()
+        if _self_check.ENABLED and all_live:
+            cells = _self_check.pick(all_live, change)
+            _self_check.check_variants(
+                model, corrupted_tokens, cells, lambda c: sweep.indices[c], lambda c: sweep.act_name(int(sweep.indices[c][0])),
+                sweep.patch_setter, clean, in_place[_layer(sweep.act_name(int(sweep.indices[cells[0]][0])))],
+                lambda logits: metrics.evaluate(metrics.select(logits)), out, torch.cat([out.flatten(), baseline.flatten()]),
+                float(corrupted_sel.abs().max()), kv_prefix)
     return out, baseline
 
 
@@ -505,9 +516,11 @@ def _row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int
 
 def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
                hook_name: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
-               k_axis: int | None, n_layers: int) -> torch.Tensor:
+               k_axis: int | None, n_layers: int, in_place: bool, kv_prefix: bool) -> torch.Tensor:
     """Run the variants of one chunk from block ``layer`` on, over positions
-    [start, end); return their metric values (variant, metric[, batch])."""
+    [start, end); return their metric values (variant, metric[, batch]).
+    ``in_place``: write the patched window into the hooked activation, as the
+    reference's setters do, instead of returning it."""
     n_var = len(patched)
     window = torch.stack(patched)  # (variant, batch, ...)
     if q_axis is not None:
@@ -522,26 +535,30 @@ def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_se
             raise RuntimeError(f"{hook_name}: activation of shape {tuple(act.shape)} where the engine expected "
                                f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes.")
         fired.append(True)
+        if in_place:
+            return act.copy_(window)
         return window
 
     x = corrupted.acts[f"blocks.{layer}.hook_resid_pre"][:, start:end].repeat(n_var, 1, 1)
-    prefix = _PrefixKV(corrupted.keys, corrupted.values, start, n_var) if start > 0 else None
+    prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var) if start > 0 else None
     # the last block for the final position only, when that is all the metrics read:
     # the other window positions there only give keys and values
     last = n_layers - 1
-    trim = (corrupted.last_kv_apart and layer < last and metrics.restricted and end - start > 1
+    trim = (kv_prefix and corrupted.last_kv_apart and layer < last and metrics.restricted and end - start > 1
             and [p for p in metrics.positions if p >= start] == [end - 1])
-    with model.hooks(fwd_hooks=[(hook_name, substitute)]):
-        for block in model.blocks[layer:last if trim else n_layers]:
-            y = block(x, past_key_values=prefix) if prefix is not None else block(x)
+    blocks = range(layer, last if trim else n_layers)
+    with model.hooks(fwd_hooks=[(hook_name, substitute)]), attention_prefix(model, blocks, prefix):
+        for i in blocks:
+            y = model.blocks[i](x)
             x = y[0] if isinstance(y, tuple) else y
     if len(fired) != 1:
         raise RuntimeError(f"{hook_name} fired {len(fired)} times in the patched blocks (expected once).")
     if trim:
         k, v = _block_kv(model, last, x[:, :-1])  # type: ignore[misc]
-        prefix = _PrefixKV(corrupted.keys, corrupted.values, start, n_var)
+        prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var)
         prefix.extra[last] = (k, v)
-        y = model.blocks[last](x[:, -1:], past_key_values=prefix)
+        with attention_prefix(model, [last], prefix):
+            y = model.blocks[last](x[:, -1:])
         x, start = (y[0] if isinstance(y, tuple) else y), end - 1
     return metrics.evaluate(_logits(model, metrics, corrupted, corrupted_sel, x, start, end, n_var))
 

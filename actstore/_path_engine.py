@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from . import _self_check
 from ._patch_engine import (CleanSource, Metrics, Sweep, _check_model, _model_dtype, block_projections,
                             run_sweep)
 from .errors import ConfigError
@@ -83,10 +84,40 @@ def _edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Te
     return corrupted
 
 
+def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, sources: Sequence[tuple[int, int]],
+                       component: str, kv_prefix: bool) -> None:
+    """Recompute the edge values of one source (the largest write) into the last layer
+    with a plain run_with_hooks: the source's write added to the residual entering that
+    layer, its heads' ``component`` read off their hook; the engine's sweep of these
+    values is checked by run_sweep itself. Raise EngineCheckError if they differ."""
+    last = int(model.cfg.n_layers) - 1
+    live = [i for i, (src_layer, _) in enumerate(sources) if src_layer < last]
+    if not live:
+        return
+    s = max(live, key=lambda i: float(values.deltas[i].abs().sum()))
+    seen: dict[str, torch.Tensor] = {}
+
+    def add(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return act + values.deltas[s].to(act.dtype)
+
+    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        seen["act"] = act.detach().clone()
+        return act
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{last}.hook_resid_pre", add), (_hook(last, component), keep)])
+    got, want = values[_hook(last, component)][:, :, s], seen["act"]
+    tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
+    if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
+        raise _self_check.engine_error(
+            f"computed the {component} input of layer {last} with head {sources[s]}'s write added as differing "
+            f"by {float((got - want).abs().max()):.3g} (tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
+
+
 def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
                       metric: Callable[[torch.Tensor], torch.Tensor], sources: Sequence[tuple[int, int]],
                       component: str, *, clean_rows: Any = None, memory_budget: int | None = None,
-                      progress: bool = True) -> torch.Tensor:
+                      progress: bool = True, kv_prefix: bool = True) -> torch.Tensor:
     """The metric with each edge (source head -> later head's ``component`` input)
     patched: (source, n_layers, n_heads), 0.0 where the destination layer is not after
     the source's (as the reference). ``corrupted_cache`` may be None (z of the
@@ -143,7 +174,9 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
                if src_layer < layer for head in range(n_heads)]
     sweep = Sweep(indices=indices, act_name=lambda layer: _hook(layer, component), patch_setter=_edge_setter)
     out, _ = run_sweep(model, corrupted_tokens, CleanSource(values, model, n_pos, batch),
-                       Metrics({"metric": metric}, False, batch, n_pos), sweep, memory_budget, progress)
+                       Metrics({"metric": metric}, False, batch, n_pos), sweep, memory_budget, progress, kv_prefix)
+    if _self_check.ENABLED:
+        _check_edge_values(model, corrupted_tokens, values, sources, component, kv_prefix)
     for (layer, s, head), value in zip(indices, out[:, 0]):
         results[s, layer, head] = value
     return results

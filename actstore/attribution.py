@@ -108,14 +108,18 @@ class _GradPass:
                     raise RuntimeError(f"{name} fired twice in one forward; attribution needs it once.")
                 self.acts[name] = act.detach().clone()
                 leaves[name] = torch.zeros_like(act, requires_grad=True)
-                return act + leaves[name]
+                # added in place, as transformer_lens.patching's setters write their patch: a tensor
+                # the model aliases to this one sees it too (the bridge's hook_resid_mid is ln2's input,
+                # which the block also adds the MLP's output to), so the gradient is the patch's
+                return act.add_(leaves[name])
             return fn
 
         n_pos = int(tokens.shape[1])
         hooks_ = [(h, attach(h)) for h in self.hooks]
         if metrics.restricted:  # stop before the final LayerNorm: only the logits the metrics read are computed
             hooks_.append(("ln_final.hook_in", _stop))
-        with torch.enable_grad():
+        # a tensor autograd saved (a softmax's output: hook_pattern) may take the in-place add
+        with torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
             out = model.run_with_hooks(tokens, fwd_hooks=hooks_)
             missing = [h for h in self.hooks if h not in leaves]
             if missing:

@@ -22,6 +22,7 @@ import torch
 import zarr
 
 from .batching import auto_batch_size, default_chunk_rows
+from .compat import versions
 from .corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
 from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
@@ -211,18 +212,6 @@ def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, byt
     return plan_layout(n_rows, cfg.seq_len, batch, bytes_per_row, rpc, rps)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("actstore", "torch", "transformer-lens", "transformers", "zarr", "numcodecs", "datasets", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: Layout, sites: Sequence[Site],
               shapes: Mapping[str, SiteShape], storage_dtype: str) -> dict[str, Any]:
     tok = model.tokenizer
@@ -242,7 +231,7 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
                   for s in sites],
         "storage_dtype": storage_dtype,
         "codec": cfg.codec,
-        "software": _versions(),
+        "software": versions(),
         "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg)})",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

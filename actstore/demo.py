@@ -53,9 +53,11 @@ def gpt2_tokenizer() -> Any:
     return GPT2TokenizerFast.from_pretrained(str(resources.files("actstore") / "data" / "gpt2-tokenizer"))
 
 
-def build_random_gpt2(folder: str | os.PathLike[str], seed: int = DEMO_SEED, **config: int) -> Path:
+def build_random_gpt2(folder: str | os.PathLike[str], seed: int = DEMO_SEED, tokenizer: Any = None,
+                      **config: Any) -> Path:
     """Save a randomly initialised GPT2LMHeadModel (``config`` as GPT2Config keyword
-    arguments) with the GPT-2 tokenizer to ``folder``, loadable by boot_transformers."""
+    arguments) with the GPT-2 tokenizer (or ``tokenizer``: one whose vocabulary fits
+    ``vocab_size``, e.g. the demo tokenizer) to ``folder``, loadable by boot_transformers."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -64,7 +66,7 @@ def build_random_gpt2(folder: str | os.PathLike[str], seed: int = DEMO_SEED, **c
     model = GPT2LMHeadModel(GPT2Config(**config))
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
-    gpt2_tokenizer().save_pretrained(tmp)
+    (tokenizer or gpt2_tokenizer()).save_pretrained(tmp)
     os.replace(tmp, folder)  # a half-built folder is never taken for a model
     return folder
 

@@ -21,6 +21,7 @@ __all__ = [
     "CorruptChunkError",
     "StoreLockedError",
     "PeerFailedError",
+    "EngineCheckError",
 ]
 
 
@@ -97,3 +98,8 @@ class StoreLockedError(ActStoreError, BlockingIOError):
 
 class PeerFailedError(ActStoreError, RuntimeError):
     """Another process of a multi-process run stopped; the shards it did not finish are not done."""
+
+
+class EngineCheckError(ActStoreError, RuntimeError):
+    """The vectorised patching engine disagreed with a plain ``run_with_hooks`` of the
+    same patch (installed libraries whose internals changed); no result was returned."""

@@ -20,6 +20,22 @@ Extra keyword-only options on every sweep:
   ``memory_budget``  bytes of activations one batched forward may use (default: a quarter
                      of the free RAM, at most 512 MiB; half the free GPU memory)
   ``progress``       show a tqdm bar (default True)
+  ``kv_prefix``      reuse the corrupted run's keys and values of the positions before a
+                     patch (default True); False runs every variant over all positions,
+                     slower, relying on fewer internals of the libraries (the workaround the
+                     self-check names if it ever fails)
+
+Every sweep checks itself before returning: the variants that exercise the engine most
+are recomputed with a plain ``run_with_hooks``, as ``transformer_lens.patching`` runs them,
+and a disagreement raises :class:`~actstore.errors.EngineCheckError` naming the installed
+versions (see :mod:`actstore._self_check`; it costs about one forward per sweep).
+
+Patches are written into the hooked activation, as transformer_lens's setters do under
+``torch.no_grad()``. On a TransformerBridge that matters for ``hook_resid_mid``, which is
+an alias of ``ln2.hook_in``: the tensor the block also adds the MLP's output to, so the
+patch changes the residual stream, HookedTransformer's meaning of the hook. (With
+gradients enabled, transformer_lens.patching clones the activation first and its
+resid_mid patch reaches only the MLP's input.)
 
 Metrics: a TransformerLens metric (logits (batch, pos, d_vocab) -> scalar, or (batch,)
 under ``reduce='mean'/'none'``) works unchanged. A *batched* metric, one with a
@@ -207,6 +223,7 @@ def generic_activation_patch(
     clean_rows: Union[Sequence[int], slice, None] = None,
     memory_budget: Optional[int] = None,
     progress: bool = True,
+    kv_prefix: bool = True,
 ) -> Any:
     """``transformer_lens.patching.generic_activation_patch``, vectorised: the same
     arguments, return values and errors (``ValueError``s are :class:`ConfigError`).
@@ -220,14 +237,15 @@ def generic_activation_patch(
             batched metric, or a mapping of names to either.
         patch_setter, activation_name, index_axis_names, index_df, return_index_df,
         reduce, baseline: as in transformer_lens.patching.
-        clean_rows, memory_budget, progress: see the module docstring.
+        clean_rows, memory_budget, progress, kv_prefix: see the module docstring.
 
     Returns:
         A tensor with one axis per index axis (flat, one value per ``index_df`` row, when
         ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
         ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
     """
-    return _generic_patch(run_sweep, model, corrupted_tokens, clean_cache, patching_metric, patch_setter,
+    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
+                          patching_metric, patch_setter,
                           activation_name, index_axis_names, index_df, return_index_df, reduce=reduce,
                           baseline=baseline, clean_rows=clean_rows, memory_budget=memory_budget, progress=progress)
 
@@ -408,7 +426,8 @@ def get_act_patch_direct_path(model: Any, corrupted_tokens: Int[torch.Tensor, "b
                               corrupted_cache: Any, patching_metric: MetricFn, src_layer: int, src_head: int,
                               component: str = "q", verbose: bool = True, *,
                               clean_rows: Union[Sequence[int], slice, None] = None,
-                              memory_budget: Optional[int] = None) -> Float[torch.Tensor, "n_layers n_heads"]:
+                              memory_budget: Optional[int] = None, kv_prefix: bool = True
+                              ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path``, vectorised: the edge from
     head (src_layer, src_head) into each later head's ``component`` ('q', 'k' or 'v')
     input patched alone (the source's clean-minus-corrupted write ``z @ W_O`` added to
@@ -421,7 +440,7 @@ def get_act_patch_direct_path(model: Any, corrupted_tokens: Int[torch.Tensor, "b
     shows a progress bar."""
     out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric,
                             [(int(src_layer), int(src_head))], component, clean_rows=clean_rows,
-                            memory_budget=memory_budget, progress=verbose)
+                            memory_budget=memory_budget, progress=verbose, kv_prefix=kv_prefix)
     return out[0]
 
 
@@ -429,7 +448,7 @@ def get_act_patch_direct_path_all_sources(model: Any, corrupted_tokens: Int[torc
                                           clean_cache: Any, corrupted_cache: Any, patching_metric: MetricFn,
                                           component: str = "q", verbose: bool = True, *,
                                           clean_rows: Union[Sequence[int], slice, None] = None,
-                                          memory_budget: Optional[int] = None
+                                          memory_budget: Optional[int] = None, kv_prefix: bool = True
                                           ) -> Float[torch.Tensor, "n_layers n_heads n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path_all_sources``, vectorised:
     ``results[sl, sh, dl, dh]`` is the metric with the edge (sl, sh) -> (dl, dh)'s
@@ -438,5 +457,6 @@ def get_act_patch_direct_path_all_sources(model: Any, corrupted_tokens: Int[torc
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     sources = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric, sources,
-                            component, clean_rows=clean_rows, memory_budget=memory_budget, progress=verbose)
+                            component, clean_rows=clean_rows, memory_budget=memory_budget, progress=verbose,
+                            kv_prefix=kv_prefix)
     return out.reshape(n_layers, n_heads, n_layers, n_heads)

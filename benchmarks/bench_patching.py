@@ -6,7 +6,9 @@ and get_act_patch_attn_head_out_by_pos, it times:
   (a) transformer_lens.patching with a plain logit-difference metric (what a TL user writes)
   (b) actstore.patching with the same plain metric (drop-in: only the import changed)
   (c) actstore.patching with the built-in batched LogitDiff
-and prints the ratios (a)/(b) and (a)/(c), the max abs difference from (a), and the work
+and prints the ratios (a)/(b) and (a)/(c), the max abs difference from (a), the cost of
+actstore's self-check (every sweep recomputes one or two variants with a plain
+run_with_hooks: (c) timed again with the check off, in the same run), and the work
 through the blocks (row x position items through block calls; the reference runs every
 variant in full; when the metric reads the last position only, actstore's last block runs
 that position alone and computes the others' keys and values apart, not counted here).
@@ -35,6 +37,7 @@ No assertions on timings: the figures are information only.
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl              # + the GPT-2-XL shape
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl-only --xl-scenario early
     /tmp/venv/bin/python benchmarks/bench_patching.py --direct-path-only --threads 1
+    python benchmarks/bench_patching.py --device cuda --dtype float16 --batch 8   # on a GPU
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from transformer_lens import patching as tlp  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from actstore import patching as ap  # noqa: E402
+from actstore import _self_check, patching as ap  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
 
 CLEAN = "After the meeting, Mary and John walked to the station, and then John handed the ticket to"
@@ -86,6 +89,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--direct-path", action="store_true", help="also direct path patching (GPT-2-small shape)")
     p.add_argument("--direct-path-only", action="store_true")
     p.add_argument("--direct-path-source", default="0.1", help="LAYER.HEAD of the single-source comparison")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--out-json", default=None)
     return p.parse_args()
 
@@ -99,8 +104,11 @@ def build(folder: Path, config: dict[str, int], seed: int) -> Path:
     return folder
 
 
+DEVICE, DTYPE = "cpu", torch.float32  # set from --device/--dtype in main()
+
+
 def boot(folder: Path) -> Any:
-    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
+    bridge = TransformerBridge.boot_transformers(str(folder), device=DEVICE, dtype=DTYPE)
     bridge.eval()
     return bridge
 
@@ -108,7 +116,8 @@ def boot(folder: Path) -> Any:
 def prompts(batch: int, scenario: str) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     tok = gpt2_tokenizer()
     ids = lambda t: [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    clean, corrupted = torch.tensor([ids(CLEAN)] * batch), torch.tensor([ids(SCENARIOS[scenario])] * batch)
+    clean = torch.tensor([ids(CLEAN)] * batch, device=DEVICE)
+    corrupted = torch.tensor([ids(SCENARIOS[scenario])] * batch, device=DEVICE)
     assert clean.shape == corrupted.shape == (batch, 20), (clean.shape, corrupted.shape)
     return clean, corrupted, tok(ANSWER)["input_ids"][0], tok(WRONG)["input_ids"][0]
 
@@ -133,10 +142,27 @@ class BlockWork:
 def timed(bridge: Any, fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor, int]:
     gc.collect()
     work = BlockWork(bridge)
+    _sync()
     t = time.perf_counter()
     out = fn()
+    _sync()
     dt = time.perf_counter() - t
     return dt, out, work.close()
+
+
+def _sync() -> None:
+    if torch.device(DEVICE).type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def without_self_check(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        _self_check.ENABLED = False
+        try:
+            return fn()
+        finally:
+            _self_check.ENABLED = True
+    return run
 
 
 def loadavg() -> str:
@@ -149,10 +175,10 @@ def loadavg() -> str:
 def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
     bridge = boot(build(model_dir / "gpt2-small-shape", SMALL, seed=0))
     print(f"\nGPT-2-small shape ({SMALL['n_layer']} layers, d_model {SMALL['n_embd']}, {SMALL['n_head']} heads), "
-          f"random init, float32, CPU; {args.batch} pair(s) of 20-token prompts; torch threads {torch.get_num_threads()}; "
-          f"load average at start {loadavg()} on {os.cpu_count()} CPUs")
+          f"random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
+          f"{torch.get_num_threads()}; load average at start {loadavg()} on {os.cpu_count()} CPUs")
     head = (f"{'sweep':<22} {'prompts':<7} {'variants':>8} {'reference':>10} {'ours plain':>10} {'ratio':>7} "
-            f"{'ours LogitDiff':>14} {'ratio':>7} {'max|diff|':>9} {'block work ref / ours':>22}")
+            f"{'ours LogitDiff':>14} {'ratio':>7} {'check cost':>10} {'max|diff|':>9} {'block work ref / ours':>22}")
     print(head)
     print("-" * len(head))
     ref_time: dict[str, float] = {}
@@ -174,18 +200,23 @@ def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, 
             t_plain, got_plain, work_plain = timed(
                 bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, plain, progress=False))
             t_ld, got_ld, work_ld = timed(bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False))
+            t_unchecked, _, _ = timed(bridge, without_self_check(
+                lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False)))
             t_ref = ref_time[sweep]
             diff = max((got_plain - ref).abs().max().item(), (got_ld - ref).abs().max().item()) if run_ref else None
             row = dict(sweep=sweep, scenario=scenario, variants=int(got_ld.numel()), reference_s=t_ref,
                        reference_measured=run_ref, ours_plain_s=t_plain, ours_logitdiff_s=t_ld,
                        ratio_plain=t_ref / t_plain, ratio_logitdiff=t_ref / t_ld, max_abs_diff=diff,
+                       ours_logitdiff_unchecked_s=t_unchecked, self_check_cost=t_ld / t_unchecked - 1,
                        work_reference=work_ref if run_ref else None, work_plain=work_plain, work_logitdiff=work_ld)
             rows.append(row)
             ref_s = f"{t_ref:9.1f}s" + ("" if run_ref else "*")
             print(f"{sweep:<22} {scenario:<7} {row['variants']:>8} {ref_s:>10} {t_plain:9.2f}s {row['ratio_plain']:6.1f}x "
-                  f"{t_ld:13.2f}s {row['ratio_logitdiff']:6.1f}x {'' if diff is None else f'{diff:9.1e}':>9} "
+                  f"{t_ld:13.2f}s {row['ratio_logitdiff']:6.1f}x {row['self_check_cost']:9.1%} "
+                  f"{'' if diff is None else f'{diff:9.1e}':>9} "
                   f"{(str(work_ref) if run_ref else '-') + ' / ' + str(work_ld):>22}")
     print("* the reference time measured on the first scenario (it does not depend on the prompts)")
+    print("check cost: ours with LogitDiff, self-check on / off - 1 (one plain forward of the checked variants)")
     print(f"load average at end {loadavg()}")
 
 
@@ -210,7 +241,7 @@ def _peak_rss_gb() -> float:
 
 def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
     print(f"\nGPT-2-XL shape ({XL['n_layer']} layers, d_model {XL['n_embd']}, {XL['n_head']} heads), random init, "
-          f"float32, CPU; resid_pre sweep, {args.batch} pair(s) of 20-token prompts ({args.xl_scenario}); "
+          f"{args.dtype}, {DEVICE}; resid_pre sweep, {args.batch} pair(s) of 20-token prompts ({args.xl_scenario}); "
           f"torch threads {torch.get_num_threads()}; load average {loadavg()}")
     t = time.perf_counter()
     folder = build(model_dir / "gpt2-xl-shape", XL, seed=0)
@@ -224,8 +255,10 @@ def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any
     ld = ap.LogitDiff([a] * args.batch, [w] * args.batch)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
+        _sync()
         t = time.perf_counter()
         bridge.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)])
+        _sync()
         t_fwd = time.perf_counter() - t
     print(f"  clean run_with_cache and one reference-style forward ({t_fwd:.2f} s) done; "
           f"process peak RSS so far {_peak_rss_gb():.2f} GB")
@@ -239,6 +272,8 @@ def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any
           f"(the reference: {n_var * XL['n_layer'] * 20 * args.batch})")
     print(f"  peak RSS during the sweep {peak:.2f} GB ({'reset before the sweep' if reset else 'whole process'}; "
           f"{rss0:.2f} GB before it: the model), process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    if torch.device(DEVICE).type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 2**30:.2f} GiB")
     print(f"  reference estimated: one full forward {t_fwd:.2f} s x {n_var} variants = {est_ref / 60:.1f} min "
           f"-> ratio ~{est_ref / t_sweep:.0f}x (estimate, not measured)")
     print(f"  result range [{got.min().item():.3f}, {got.max().item():.3f}], finite: {bool(torch.isfinite(got).all())}")
@@ -256,7 +291,7 @@ def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict
         _, corrupted_cache = bridge.run_with_cache(corrupted)
     src_layer, src_head = (int(x) for x in args.direct_path_source.split("."))
     n_layers, n_heads = SMALL["n_layer"], SMALL["n_head"]
-    print(f"\ndirect path patching, GPT-2-small shape, random init, float32, CPU; {args.batch} pair(s) of 20-token "
+    print(f"\ndirect path patching, GPT-2-small shape, random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token "
           f"prompts (s2); LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()}")
     for component in ("q", "k", "v"):
         args_ = (bridge, corrupted, clean_cache, corrupted_cache, ld, src_layer, src_head, component)
@@ -279,7 +314,9 @@ def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict
 
 
 def main() -> None:
+    global DEVICE, DTYPE
     args = parse_args()
+    DEVICE, DTYPE = args.device, getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()

@@ -36,6 +36,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def sharp_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny shape with weights drawn 10x wider than GPT-2's init (std 0.2): patches
+    move metrics by O(0.1-1) (at the default init most move them by < 1e-3)."""
+    return str(build_random_gpt2(tmp_path_factory.mktemp("models") / "sharp", seed=3, initializer_range=0.2, **TINY))
+
+
+@pytest.fixture(scope="session")
 def gpt2_small_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_random_gpt2(tmp_path_factory.mktemp("models") / "gpt2", seed=2, **GPT2_SMALL))
 

@@ -1,5 +1,8 @@
-"""`actstore patch`: results equal transformer_lens.patching per pair, with dimension
-names and a heatmap; bad input is one line on stderr and exit code 2."""
+"""`actstore patch`: results equal transformer_lens.patching per pair (on the trained
+demo model with held-out IOI pairs, and on the sharp tiny model: tolerance 1e-4 of
+the reference's spread, asserted large), with dimension names and a heatmap; bad input
+is one line on stderr and exit code 2. The command needs transformer_lens>=4 (its
+per-pair results)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from transformer_lens import patching as tlp
 import actstore
 from actstore import patching as ap
 from actstore.cli import main
+
+from .fidelity_cases import assert_close_rel, boot
+from .test_patching import needs_tl4
+
+pytestmark = needs_tl4
 
 PAIRS = [
     {"clean": "When Mary and John went to the store, John gave a drink to",
@@ -38,27 +46,57 @@ def write_pairs(path, pairs) -> str:
     return str(path)
 
 
-def reference(bridge, tokenizer, fn_name: str) -> np.ndarray:
-    """transformer_lens.patching's per-pair logit differences, (pair, *cells)."""
+@pytest.fixture(scope="module")
+def sharp(sharp_model):
+    return boot(sharp_model)
+
+
+def reference(bridge, tokenizer, fn_name: str, pairs=PAIRS, module=tlp) -> np.ndarray:
+    """transformer_lens.patching's (or ``module``'s) per-pair logit differences, (pair, *cells)."""
     tok = lambda t: [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    clean = torch.tensor([tok(p["clean"]) for p in PAIRS])
-    corrupted = torch.tensor([tok(p["corrupted"]) for p in PAIRS])
-    answer = [tokenizer(p["answer"])["input_ids"][0] for p in PAIRS]
-    wrong = [tokenizer(p.get("wrong", p.get("wrong_answer")))["input_ids"][0] for p in PAIRS]
-    _, cache = bridge.run_with_cache(clean)
-    res = getattr(tlp, fn_name)(bridge, corrupted, cache, ap.LogitDiff(answer, wrong, per_example=True), reduce="none")
-    return res.values.movedim(-1, 0).numpy()
+    clean = torch.tensor([tok(p["clean"]) for p in pairs])
+    corrupted = torch.tensor([tok(p["corrupted"]) for p in pairs])
+    answer = [tok(p["answer"])[1] for p in pairs]
+    wrong = [tok(p.get("wrong", p.get("wrong_answer")))[1] for p in pairs]
+    with torch.no_grad():  # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+        _, cache = bridge.run_with_cache(clean)
+    with torch.no_grad() if module is tlp else torch.enable_grad():
+        res = getattr(module, fn_name)(bridge, corrupted, cache, ap.LogitDiff(answer, wrong, per_example=True),
+                                       reduce="none")
+    return res.values.movedim(-1, 0).detach().numpy()
 
 
-def test_patch_resid_pre_to_a_results_group(tmp_path, tiny_model, bridge, tokenizer, capsys):
+def close(got, want, bridge, tokens, min_spread=0.05):
+    with torch.no_grad():
+        scale = float(bridge(tokens).abs().max())
+    assert_close_rel(torch.as_tensor(got), torch.as_tensor(want), min_spread=min_spread, scale=scale)
+
+
+def test_patch_on_the_demo_model_equals_transformer_lens(tmp_path):
+    """Held-out IOI pairs that differ at position 10 (the engine reuses 10 positions' keys
+    and values): per-pair resid_mid values equal the reference's (spread ~19)."""
+    from actstore import demo_data
+    from actstore.demo import demo_model_dir, demo_tokenizer
+
+    pairs = demo_data.ioi_pairs(5, template=0)
+    out = tmp_path / "demo.zarr"
+    assert main(["patch", "--model", "actstore-demo", "--pairs", write_pairs(tmp_path / "p.jsonl", pairs),
+                 "--sweep", "resid_mid", "--out", str(out), "--batch-pairs", "3", "--quiet"]) == 0
+    ld = zarr.open_group(str(out), mode="r")["patching/resid_mid/logit_diff"][...]
+    bridge, tok = boot(demo_model_dir()), demo_tokenizer()
+    want = reference(bridge, tok, "get_act_patch_resid_mid", pairs)
+    close(ld, want, bridge, torch.tensor([[tok.bos_token_id] + tok(pairs[0]["corrupted"])["input_ids"]]), 5.0)
+
+
+def test_patch_resid_pre_to_a_results_group(tmp_path, sharp_model, sharp, tokenizer, capsys):
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
     out = tmp_path / "res.zarr"
-    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
+    assert main(["patch", "--model", sharp_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
                  "--batch-pairs", "2", "--quiet"]) == 0
     g = zarr.open_group(str(out), mode="r")
     ld = g["patching/resid_pre/logit_diff"]
     assert ld.metadata.dimension_names == ("pair", "layer", "pos") and ld.shape == (3, 3, 15)
-    np.testing.assert_allclose(ld[...], reference(bridge, tokenizer, "get_act_patch_resid_pre"), atol=1e-4, rtol=0)
+    close(ld[...], reference(sharp, tokenizer, "get_act_patch_resid_pre"), sharp, torch.tensor([[0] * 15]))
     clean, corr = g["patching/resid_pre/clean_logit_diff"][...], g["patching/resid_pre/corrupted_logit_diff"][...]
     norm = g["patching/resid_pre/normalised"]
     assert norm.metadata.dimension_names == ("layer", "pos")
@@ -68,22 +106,21 @@ def test_patch_resid_pre_to_a_results_group(tmp_path, tiny_model, bridge, tokeni
     png = tmp_path / "res.resid_pre.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same sweep again is refused without --overwrite (nothing is silently replaced)
-    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
+    assert main(["patch", "--model", sharp_model, "--pairs", pairs, "--sweep", "resid_pre", "--out", str(out),
                  "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_patch_heads_with_clean_activations_from_a_store(tmp_path, tiny_model, bridge, tokenizer):
+def test_patch_heads_with_clean_activations_from_a_store(tmp_path, sharp_model, sharp, tokenizer):
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
     store_path = tmp_path / "clean.zarr"  # does not exist: cached from the clean prompts first
-    assert main(["patch", "--model", tiny_model, "--pairs", pairs, "--sweep", "attn_head_out_all_pos",
+    assert main(["patch", "--model", sharp_model, "--pairs", pairs, "--sweep", "attn_head_out_all_pos",
                  "--store", str(store_path), "--quiet"]) == 0
     store = actstore.ActivationStore.open(store_path)
     assert store.sites == [f"blocks.{i}.attn.hook_z" for i in range(3)]
     ld = store.load_result("patching/attn_head_out_all_pos/logit_diff")
     assert ld.metadata.dimension_names == ("pair", "layer", "head")
-    np.testing.assert_allclose(ld[...], reference(bridge, tokenizer, "get_act_patch_attn_head_out_all_pos"),
-                               atol=1e-4, rtol=0)
+    close(ld[...], reference(sharp, tokenizer, "get_act_patch_attn_head_out_all_pos"), sharp, torch.tensor([[0] * 15]))
     assert (tmp_path / "clean.attn_head_out_all_pos.png").exists()
 
 
@@ -127,23 +164,11 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
 # --- --method attribution|both, --task ------------------------------------------------------------
 
 
-def per_pair(bridge, tokenizer, records, module, fn_name: str) -> np.ndarray:
-    """module's (patching or attribution) per-pair logit differences of records, (pair, *cells)."""
-    tok = lambda t: [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    clean = torch.tensor([tok(p["clean"]) for p in records])
-    corrupted = torch.tensor([tok(p["corrupted"]) for p in records])
-    metric = ap.LogitDiff([tok(p["answer"])[1] for p in records], [tok(p["wrong"])[1] for p in records],
-                          per_example=True)
-    _, cache = bridge.run_with_cache(clean)
-    res = getattr(module, fn_name)(bridge, corrupted, cache, metric, reduce="none")
-    return res.values.movedim(-1, 0).numpy()
-
-
-def test_task_with_both_methods(tmp_path, tiny_model, bridge, tokenizer, capsys):
+def test_task_with_both_methods(tmp_path, sharp_model, sharp, tokenizer, capsys):
     from actstore import attribution, tasks
 
     out, written = tmp_path / "r.zarr", tmp_path / "ioi.pairs.jsonl"
-    assert main(["patch", "--model", tiny_model, "--task", "ioi", "--n-pairs", "4", "--seed", "1", "--sweep",
+    assert main(["patch", "--model", sharp_model, "--task", "ioi", "--n-pairs", "4", "--seed", "1", "--sweep",
                  "attn_head_out_all_pos", "--method", "both", "--out", str(out), "--write-pairs", str(written),
                  "--batch-pairs", "3", "--quiet"]) == 0
     printed = capsys.readouterr().out  # the correlation is printed even with --quiet
@@ -154,8 +179,8 @@ def test_task_with_both_methods(tmp_path, tiny_model, bridge, tokenizer, capsys)
     for name, module in (("logit_diff", tlp), ("attribution_logit_diff", attribution)):
         arr = g[name]
         assert arr.metadata.dimension_names == ("pair", "layer", "head") and arr.shape == (4, 3, 4)
-        want = per_pair(bridge, tokenizer, records, module, "get_act_patch_attn_head_out_all_pos")
-        np.testing.assert_allclose(arr[...], want, atol=1e-4 if module is tlp else 1e-5, rtol=0)
+        want = reference(sharp, tokenizer, "get_act_patch_attn_head_out_all_pos", records, module)
+        close(arr[...], want, sharp, torch.tensor([[0] * 15]), min_spread=0.01)
     assert g["attribution_normalised"].metadata.dimension_names == ("layer", "head")
     attrs = dict(g["attribution_logit_diff"].attrs)
     assert attrs["method"] == "both" and attrs["task"] == "ioi" and attrs["seed"] == 1

@@ -1,0 +1,125 @@
+"""The patching engine's self-check: every sweep recomputes a few of its variants the
+plain way and refuses to return a result that disagrees.
+
+The engine (:mod:`actstore._patch_engine`) is fast because it relies on how
+TransformerLens's bridge runs a block standalone and hands keys and values to its
+attention; both are internals that a transformers or TransformerLens release can
+change without an error (transformers 5.24 did). So after a sweep, the variants that
+exercise the engine the most (the latest-starting window, the largest patch) are run
+again as ``transformer_lens.patching`` runs them: one full ``run_with_hooks`` of the
+corrupted prompts, the sweep's own setter applied to the hooked activation, the metric
+on the logits. A difference beyond float rounding raises :class:`EngineCheckError`
+naming the installed versions and the way around it. The checked variants share one
+forward (variant-major rows), so the check costs about one forward of the corrupted
+batch per sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import compat
+from .errors import EngineCheckError
+
+__all__ = ["ENABLED", "engine_error", "check_variants", "tolerance"]
+
+ENABLED = True  # benchmarks switch it off to measure its cost; nothing else should
+
+# relative to the spread of the sweep's values; floor in ulps of the logits (the dtype's eps
+# x the largest logit the metrics read). Measured on CPU: engine and plain run differ by
+# under 1 ulp of the logits (float32), not at all (float16, bfloat16, same kernels). In
+# bfloat16 the floor is about 0.2 logits, so there the check catches gross errors only.
+_RTOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
+_RTOL_DEFAULT = 1e-3
+_FLOOR_ULPS = 8
+
+
+def engine_error(detail: str, kv_prefix: bool) -> EngineCheckError:
+    way = ("pass kv_prefix=False (every patched variant then runs from position 0, reusing no keys or values; "
+           "slower), or " if kv_prefix else "")
+    return EngineCheckError(
+        f"actstore's patching engine {detail}, with {compat.describe()}. No result was returned: this "
+        "combination of releases changed an internal the engine relies on. Fix: install the tested releases "
+        "(pip install -c constraints.txt -e . in actstore's source, or the versions listed in its README), "
+        f"or {way}use transformer_lens.patching for this sweep; `actstore selftest` checks a setup.")
+
+
+def tolerance(values: torch.Tensor, reference: torch.Tensor, scale: float, dtype: torch.dtype) -> float:
+    """Largest difference from ``reference`` that float rounding explains: a fraction of
+    the spread of every value seen (the sweep's, its baseline's, the reference's),
+    and at least a few ulps of ``scale``, the size of what they are computed from (the
+    logits a metric reads)."""
+    pool = torch.cat([values.detach().flatten().double().cpu(), reference.detach().flatten().double().cpu()])
+    pool = pool[torch.isfinite(pool)]
+    spread = float(pool.max() - pool.min()) if len(pool) else 0.0
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+    return max(_RTOL.get(dtype, _RTOL_DEFAULT) * spread, _FLOOR_ULPS * eps * (1.0 + scale))
+
+
+def pick(live: Sequence[tuple[int, int]], change: dict[int, float]) -> list[int]:
+    """The cells to recompute, from the live (start, cell) pairs: the latest-starting
+    one (the longest key/value prefix) and the one whose patch changes its activation
+    most (the largest effect), one cell if they coincide."""
+    if not live:
+        return []
+    latest = max(live, key=lambda sc: (sc[0], change.get(sc[1], 0.0)))[1]
+    largest = max(live, key=lambda sc: change.get(sc[1], 0.0))[1]
+    return [latest] if latest == largest else [latest, largest]
+
+
+def check_variants(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
+                   hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: Any, in_place: bool,
+                   evaluate: Callable[[torch.Tensor], torch.Tensor], got: torch.Tensor, seen: torch.Tensor,
+                   logit_scale: float, kv_prefix: bool) -> None:
+    """Recompute ``cells`` with one plain ``run_with_hooks`` (rows variant-major) and
+    raise EngineCheckError unless each equals ``got`` (cell, metric[, batch]) within
+    :func:`tolerance` of ``seen`` (every value of the sweep).
+
+    ``setter(act, index, clean_act)`` patches the hooked activation of one variant's
+    rows; ``in_place``: it writes into that activation (as transformer_lens.patching's
+    setters do, which also changes any tensor the model aliases to it) rather than
+    returning a new one. ``evaluate`` maps full logits (variant * batch, pos, vocab) to
+    (variant, metric[, batch])."""
+    batch = int(tokens.shape[0])
+    by_hook: dict[str, list[tuple[int, Sequence[int]]]] = {}
+    for i, c in enumerate(cells):
+        by_hook.setdefault(hook_of(c), []).append((i, index_of(c)))
+    fired: list[str] = []
+
+    def patch(name: str, entries: list[tuple[int, Sequence[int]]]):
+        clean_act = clean[name]
+
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            fired.append(name)
+            out = act if in_place else act.clone()
+            for i, index in entries:
+                rows = out[i * batch:(i + 1) * batch]
+                new = setter(rows if in_place else rows.clone(), index, clean_act)
+                if new is not rows:
+                    rows.copy_(new)
+            return out
+        return fn
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens.repeat(len(cells), 1),
+                                      fwd_hooks=[(name, patch(name, entries)) for name, entries in by_hook.items()])
+        want = evaluate(logits)
+    if sorted(fired) != sorted(by_hook):
+        raise engine_error(f"self-check: hooks {sorted(set(by_hook) - set(fired))} did not fire in a plain "
+                           "run_with_hooks", kv_prefix)
+    got = got[list(cells)].to(want.device)
+    tol = tolerance(seen, want, logit_scale, logits.dtype)
+    bad = ~torch.isclose(got.double(), want.double(), rtol=0, atol=tol, equal_nan=True)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.flatten())[0, 0]) // max(1, bad[0].numel())
+        c = cells[i]
+        raise engine_error(
+            f"gave {_fmt(got[i])} where a plain run_with_hooks of the same patch gives {_fmt(want[i])} "
+            f"(tolerance {tol:.2g}; {hook_of(c)}, index {list(index_of(c))})", kv_prefix)
+
+
+def _fmt(t: torch.Tensor) -> str:
+    vals = t.flatten().tolist()
+    return ", ".join(f"{v:.6g}" for v in vals[:4]) + (", ..." if len(vals) > 4 else "")

@@ -1,0 +1,143 @@
+"""The models, prompt pairs and tolerance of the fidelity tests (tests/test_fidelity.py
+and the other families' tests): cases where patching moves the metrics a lot, with
+prompts that differ late (the engine then reuses the most keys and values) and early.
+
+- ``demo_late``: actstore-demo (the trained model: 4 layers, d_model 128, 4 heads of
+  d_head 32), 4 held-out IOI pairs whose corrupted prompt names the indirect object
+  where the clean one repeats the subject: they differ at position 10 of 15, and the
+  clean logit difference IO - S is about 9.
+- ``demo_early``: the same clean prompts, the corrupted ones with another first name at
+  position 2.
+- ``wide_late``: a random GPT-2 (3 layers, d_model 96, 6 heads: d_head 16 = the prompts'
+  16 tokens), weights drawn 5x wider than GPT-2's init (std 0.1), so patches move the
+  metrics by O(0.1-1); 3 pairs of random tokens differing from positions 9, 11 and 12.
+
+Tolerance: 1e-4 of the spread (max - min) of the reference's values, or the float32
+resolution of the logits the values are computed from (16 ulps of the largest logit)
+where that is larger; every comparison asserts the spread is at least ``min_spread`` and
+at least 100 tolerances, so a tolerance is never loose against a signal that barely
+moves. References run under ``torch.no_grad()`` (see test_fidelity's docstring for why
+that matters for resid_mid).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from actstore import patching as ap
+
+REL = 1e-4
+
+
+@dataclass
+class Case:
+    name: str
+    bridge: Any
+    clean: torch.Tensor  # (batch, pos)
+    corrupted: torch.Tensor
+    answer: list[int]
+    wrong: list[int]
+    min_spread: float  # the smallest spread of reference values a comparison accepts
+    first_change: int  # first position at which any pair differs
+
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            self.clean_logits, self.cache = self.bridge.run_with_cache(self.clean)
+            self.corrupted_logits, self.corrupted_cache = self.bridge.run_with_cache(self.corrupted)
+        self.logit_scale = float(self.corrupted_logits.abs().max())
+        self.ld = ap.LogitDiff(self.answer, self.wrong)  # batched: the engine computes 2 logits a prompt
+        b = torch.arange(len(self.answer))
+        a, w = torch.tensor(self.answer), torch.tensor(self.wrong)
+
+        def every_position(logits: torch.Tensor) -> torch.Tensor:  # a plain metric reading all logits
+            return (logits[b, :, a] - logits[b, :, w]).mean()
+
+        self.plain: Callable[[torch.Tensor], torch.Tensor] = every_position
+
+
+def assert_close_rel(got: torch.Tensor, want: torch.Tensor, *, min_spread: float, scale: float = 0.0,
+                     what: str = "") -> float:
+    """|got - want| <= REL x the spread of ``want`` (or 16 float32 ulps of ``scale``, the
+    size of the logits both are computed from, where larger); the spread at least
+    ``min_spread`` and 100 tolerances. Returns the spread."""
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    finite = want[torch.isfinite(want)].double()
+    spread = float(finite.max() - finite.min())
+    tol = max(REL * spread, 16 * torch.finfo(torch.float32).eps * scale)
+    assert spread >= min_spread and spread >= 100 * tol, \
+        f"{what}: the reference's values span only {spread:.3g} (want >= {min_spread} and >= 100 x tolerance {tol:.2g})"
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want)), what
+    err = float((got.double() - want.double())[torch.isfinite(want)].abs().max())
+    assert err <= tol, f"{what}: max |got - reference| {err:.3g} > tolerance {tol:.2g} (spread {spread:.3g})"
+    return spread
+
+
+def assert_matches(got: torch.Tensor, want: torch.Tensor, case: "Case", what: str = "", min_spread: float | None = None
+                   ) -> float:
+    """:func:`assert_close_rel` at the case's logit scale and minimum spread."""
+    return assert_close_rel(got, want, min_spread=case.min_spread if min_spread is None else min_spread,
+                            scale=case.logit_scale, what=what)
+
+
+def boot(folder: str | Path, dtype: torch.dtype = torch.float32) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=dtype)
+    bridge.eval()
+    return bridge
+
+
+def _ids(tok: Any, text: str) -> list[int]:
+    return [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+
+
+def demo_case(kind: str, dtype: torch.dtype = torch.float32) -> Case:
+    from actstore import demo_data
+    from actstore.demo import demo_model_dir, demo_tokenizer
+
+    tok = demo_tokenizer()
+    pairs = demo_data.ioi_pairs(4, template=0)
+    clean = torch.tensor([_ids(tok, p["clean"]) for p in pairs])
+    if kind == "late":
+        corrupted = torch.tensor([_ids(tok, p["corrupted"]) for p in pairs])
+    else:  # another first name at position 2: everything after it differs too
+        others = [n for n in demo_data.NAMES if all(n not in p["clean"] for p in pairs)]
+        corrupted = clean.clone()
+        corrupted[:, 2] = torch.tensor([_ids(tok, " " + n)[1] for n in others[:len(pairs)]])
+    answer = [_ids(tok, p["answer"])[1] for p in pairs]
+    wrong = [_ids(tok, p["wrong"])[1] for p in pairs]
+    first = int(torch.nonzero((clean != corrupted).any(0))[0, 0])
+    assert first == (10 if kind == "late" else 2), first
+    return Case(f"demo_{kind}", boot(demo_model_dir(), dtype), clean, corrupted, answer, wrong, min_spread=0.02,
+                first_change=first)
+
+
+def wide_model(folder: Path) -> Path:
+    from actstore.demo import build_random_gpt2, demo_tokenizer
+
+    if not (folder / "config.json").exists():
+        tok = demo_tokenizer()
+        build_random_gpt2(folder, seed=7, tokenizer=tok, n_layer=3, n_embd=96, n_head=6, n_positions=64,
+                          vocab_size=len(tok), initializer_range=0.1)
+    return folder
+
+
+def wide_case(folder: Path) -> Case:
+    from actstore.synthetic import ordinary_tokens
+    from actstore.demo import demo_tokenizer
+
+    tok = demo_tokenizer()
+    rng = random.Random(0)
+    pool = [int(t) for t in ordinary_tokens(tok)]
+    clean = torch.tensor([[tok.bos_token_id] + rng.sample(pool, 15) for _ in range(3)])
+    corrupted = clean.clone()
+    for row, first in enumerate((9, 11, 12)):
+        corrupted[row, first::2] = torch.tensor(rng.sample(pool, len(range(first, 16, 2))))
+    answer, wrong = rng.sample(pool, 3), rng.sample(pool, 3)
+    return Case("wide_late", boot(wide_model(folder)), clean, corrupted, answer, wrong, min_spread=0.02,
+                first_change=9)

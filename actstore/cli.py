@@ -26,7 +26,7 @@ CACHE_EXAMPLE = """examples:
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
 # with set_defaults(run=handler), handler(args) -> exit code.
-_COMMAND_MODULES: tuple[str, ...] = ("cli_analyze", "cli_verify", "cli_patch", "cli_probe", "tour")
+_COMMAND_MODULES: tuple[str, ...] = ("cli_analyze", "cli_verify", "cli_patch", "cli_probe", "cli_selftest", "tour")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -342,6 +342,12 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         raise ConfigError(f"Unknown method '{cfg.method}'; expected one of {', '.join(METHODS)}.")
     if cfg.batch_pairs < 1:
         raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
+    if patching.PatchingResult is None:  # per-pair values and baselines: TransformerLens 4's result type
+        from .compat import versions
+
+        raise ConfigError(f"actstore patch needs transformer_lens>=4 (installed: {versions()['transformer-lens']}) for "
+                          "its per-pair results; pip install 'transformer_lens>=4,<4.4', or call actstore.patching's "
+                          "sweeps from Python, whose default tensor return works with TransformerLens 3.")
     _check_source(cfg)
     _, shorts = SWEEPS[cfg.sweep]
     procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out

@@ -13,6 +13,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from actstore.demo import build_random_gpt2  # noqa: E402
 
+
+def _tl4() -> bool:
+    from transformer_lens import patching
+
+    return getattr(patching, "PatchingResult", None) is not None
+
+
+TL4 = _tl4()  # TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
+needs_tl4 = pytest.mark.skipif(not TL4, reason="needs transformer_lens>=4 (PatchingResult and its references)")
+
 TINY = dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257)
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
 

@@ -18,10 +18,9 @@ import actstore
 from actstore import patching as ap
 from actstore.cli import main
 
+from .conftest import needs_tl4
 from .fidelity_cases import assert_close_rel, boot
-from .test_patching import needs_tl4
 
-pytestmark = needs_tl4
 
 PAIRS = [
     {"clean": "When Mary and John went to the store, John gave a drink to",
@@ -72,6 +71,7 @@ def close(got, want, bridge, tokens, min_spread=0.05):
     assert_close_rel(torch.as_tensor(got), torch.as_tensor(want), min_spread=min_spread, scale=scale)
 
 
+@needs_tl4
 def test_patch_on_the_demo_model_equals_transformer_lens(tmp_path):
     """Held-out IOI pairs that differ at position 10 (the engine reuses 10 positions' keys
     and values): per-pair resid_mid values equal the reference's (spread ~19)."""
@@ -88,6 +88,7 @@ def test_patch_on_the_demo_model_equals_transformer_lens(tmp_path):
     close(ld, want, bridge, torch.tensor([[tok.bos_token_id] + tok(pairs[0]["corrupted"])["input_ids"]]), 5.0)
 
 
+@needs_tl4
 def test_patch_resid_pre_to_a_results_group(tmp_path, sharp_model, sharp, tokenizer, capsys):
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
     out = tmp_path / "res.zarr"
@@ -111,6 +112,7 @@ def test_patch_resid_pre_to_a_results_group(tmp_path, sharp_model, sharp, tokeni
     assert "--overwrite" in capsys.readouterr().err
 
 
+@needs_tl4
 def test_patch_heads_with_clean_activations_from_a_store(tmp_path, sharp_model, sharp, tokenizer):
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
     store_path = tmp_path / "clean.zarr"  # does not exist: cached from the clean prompts first
@@ -131,6 +133,7 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
+@needs_tl4
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
     base = ["patch", "--model", tiny_model, "--sweep", "resid_pre", "--out", str(tmp_path / "r.zarr"), "--quiet"]
     uneven = dict(PAIRS[0], corrupted="When Mary and John went to the big store, Mary gave a drink to")
@@ -147,6 +150,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
     assert not (tmp_path / "r.zarr").exists()  # nothing written on bad input
 
 
+@needs_tl4
 def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
     from actstore.demo import build_random_gpt2
 
@@ -164,6 +168,7 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
 # --- --method attribution|both, --task ------------------------------------------------------------
 
 
+@needs_tl4
 def test_task_with_both_methods(tmp_path, sharp_model, sharp, tokenizer, capsys):
     from actstore import attribution, tasks
 
@@ -192,6 +197,7 @@ def test_task_with_both_methods(tmp_path, sharp_model, sharp, tokenizer, capsys)
         assert (tmp_path / f"r.attn_head_out_all_pos{suffix}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@needs_tl4
 def test_attribution_alone_replaces_exact_results_with_overwrite(tmp_path, tiny_model):
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)
     out = tmp_path / "r.zarr"
@@ -205,6 +211,7 @@ def test_attribution_alone_replaces_exact_results_with_overwrite(tmp_path, tiny_
     assert (tmp_path / "r.resid_pre.attribution.png").exists()
 
 
+@needs_tl4
 def test_task_and_method_bad_input(tmp_path, tiny_model, capsys):
     out = tmp_path / "r.zarr"
     base = ["patch", "--model", tiny_model, "--out", str(out), "--quiet"]
@@ -230,3 +237,14 @@ def test_task_and_method_bad_input(tmp_path, tiny_model, capsys):
     err = one_line_error(capsys, base + ["--task", "ioi", "--write-pairs", str(kept)])
     assert "kept.jsonl already exists; pass --overwrite" in err and kept.read_text() == "mine\n"
     assert not out.exists()  # nothing written on bad input
+
+
+def test_transformer_lens_3_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    """TransformerLens 3 has no PatchingResult: one line naming the fix, before any model loads."""
+    from actstore import models
+
+    monkeypatch.setattr(ap, "PatchingResult", None)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    err = one_line_error(capsys, ["patch", "--model", "actstore-demo", "--pairs", write_pairs(tmp_path / "p.jsonl", PAIRS),
+                                  "--sweep", "resid_pre", "--quiet"])
+    assert "needs transformer_lens>=4" in err and "pip install 'transformer_lens>=4,<4.4'" in err

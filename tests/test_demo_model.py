@@ -17,6 +17,8 @@ import actstore
 from actstore import demo, demo_data, tour
 from actstore.analysis import induction_scores
 
+from .conftest import needs_tl4
+
 H = 20  # half length of the repeated random rows (the README's example)
 
 
@@ -178,6 +180,7 @@ def test_position_probe(tmp_path):
     assert max(acc.values()) >= 0.95, acc
 
 
+@needs_tl4  # actstore patch
 def test_tour_writes_figures(tmp_path, capsys):
     from actstore.tour import run_tour
 

@@ -28,9 +28,9 @@ from transformer_lens import patching as tlp
 from actstore import _kv_prefix, _patch_engine, _path_engine, _self_check, patching as ap
 from actstore.errors import EngineCheckError
 
+from .conftest import TL4
 from .fidelity_cases import Case, assert_matches, demo_case, wide_case
 
-TL4 = getattr(tlp, "PatchingResult", None) is not None  # TransformerLens 3.x: one metric per call, no direct path
 SINGLE = [
     "resid_pre", "resid_mid", "attn_out", "mlp_out",
     *(f"attn_head_{kind}_by_pos" for kind in ("out", "q", "k", "v", "pattern")),

@@ -15,7 +15,7 @@ import pytest
 import actstore
 from actstore.parallel import Group
 
-from .conftest import RESUME_OPTS, store_files
+from .conftest import RESUME_OPTS, needs_tl4, store_files
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT = 240
@@ -129,6 +129,7 @@ def test_single_process_group_gathers_its_own_part():
     assert g.on_main(lambda: 7, "test") == 7
 
 
+@needs_tl4  # actstore patch
 def test_patching_sweep_shared_by_two_processes_equals_one(tmp_path, tiny_model):
     import zarr
 

@@ -24,6 +24,7 @@ import actstore
 from actstore import _patch_engine, patching as ap
 from actstore.errors import ConfigError, StoreMismatchError
 
+from .conftest import TL4, needs_tl4
 from .fidelity_cases import assert_close_rel
 
 PAIRS = [  # (clean, corrupted, answer, wrong): 6 tokens each, + BOS; they differ at positions 2, 5 and 4
@@ -31,8 +32,6 @@ PAIRS = [  # (clean, corrupted, answer, wrong): 6 tokens each, + BOS; they diffe
     ("Alice gave Bob a red ball", "Alice gave Bob a blue ball", " to", " and"),
     ("When Mary and John left,", "When Mary and Tom left,", " Mary", " John"),
 ]
-TL4 = getattr(tlp, "PatchingResult", None) is not None
-needs_tl4 = pytest.mark.skipif(not TL4, reason="PatchingResult and metric mappings: transformer_lens>=4")
 
 
 def tokens_of(tokenizer, texts):
@@ -273,7 +272,7 @@ def test_bad_options_are_clear_errors(s):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.ld, reduce="median")
     with pytest.raises(ConfigError, match="must return a scalar under reduce='scalar'"):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.plain_pe, progress=False)
-    with pytest.raises(ConfigError, match=r"must return a \[batch\] tensor"):
+    with pytest.raises(ConfigError, match=r"must return a \[batch\] tensor" if TL4 else "needs transformer_lens>=4"):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.ld, reduce="none", progress=False)
     with pytest.raises(ConfigError, match="cover 7 positions but the corrupted prompts have 6 tokens"):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted[:, :6], s.cache, s.plain, progress=False)

@@ -18,8 +18,9 @@ import actstore
 from actstore import patching as ap
 from actstore.errors import ConfigError
 
+from .conftest import needs_tl4
 from .fidelity_cases import assert_close_rel, demo_case, wide_case
-from .test_patching import PAIRS, Setup, needs_tl4
+from .test_patching import PAIRS, Setup
 
 
 @pytest.fixture(scope="module", autouse=True)

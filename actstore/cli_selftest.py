@@ -1,0 +1,30 @@
+"""`actstore selftest [--device DEV] [--json]`: check that actstore gives the reference's
+numbers on this machine with the installed versions (see actstore.selftest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  actstore selftest                  # CPU, under a minute; exit 1 if any check fails
+  actstore selftest --device cuda    # on a GPU: float32 and float16
+  actstore selftest --json           # the versions and every check's error and tolerance
+run it after installing or upgrading anything, on each new machine, and before a long sweep
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selftest", help="check caching, patching, attribution and direct path against their references",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...; on a GPU float16 is checked too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_selftest)
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from .selftest import run_selftest
+
+    report = run_selftest(args.device, progress=not args.json)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
+    return 0 if report.passed else 1

@@ -449,7 +449,6 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
         budget = memory_budget or default_memory_budget(device)
         end = metrics.end
         in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
-        change: dict[int, float] = {}  # per live cell: how much its patch changes the activation
         all_live: list[tuple[int, int]] = []
         bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
                    disable=not progress, leave=False)
@@ -476,7 +475,6 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
                     out[c] = baseline
                 else:
                     live.append((s, c))
-                    change[c] = float((new - corr_act).abs().sum())
             bar.update(len(cells) - len(live))
             live.sort()
             all_live += live
@@ -495,12 +493,14 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
                 bar.update(b - a)
         bar.close()
         if _self_check.ENABLED and all_live:
-            cells = _self_check.pick(all_live, change)
+            cells = [c for _, c in all_live]
+            moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
             _self_check.check_variants(
-                model, corrupted_tokens, cells, lambda c: sweep.indices[c], lambda c: sweep.act_name(int(sweep.indices[c][0])),
-                sweep.patch_setter, clean, in_place[_layer(sweep.act_name(int(sweep.indices[cells[0]][0])))],
-                lambda logits: metrics.evaluate(metrics.select(logits)), out, torch.cat([out.flatten(), baseline.flatten()]),
-                float(corrupted_sel.abs().max()), kv_prefix)
+                model, corrupted_tokens, _self_check.pick(all_live, dict(zip(cells, moved)), end),
+                lambda c: sweep.indices[c],
+                lambda c: sweep.act_name(int(sweep.indices[c][0])), sweep.patch_setter, clean,
+                next(iter(in_place.values())), lambda logits: metrics.evaluate(metrics.select(logits)), out,
+                torch.cat([out.flatten(), baseline.flatten()]), float(corrupted_sel.abs().max()), kv_prefix)
     return out, baseline
 
 

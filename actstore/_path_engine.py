@@ -86,15 +86,19 @@ def _edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Te
 
 def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, sources: Sequence[tuple[int, int]],
                        component: str, kv_prefix: bool) -> None:
-    """Recompute the edge values of one source (the largest write) into the last layer
+    """Recompute the edge values of one source (the largest write) into the next layer
     with a plain run_with_hooks: the source's write added to the residual entering that
-    layer, its heads' ``component`` read off their hook; the engine's sweep of these
-    values is checked by run_sweep itself. Raise EngineCheckError if they differ."""
-    last = int(model.cfg.n_layers) - 1
-    live = [i for i, (src_layer, _) in enumerate(sources) if src_layer < last]
+    layer, its heads' ``component`` read off their hook (the forward abandoned there);
+    the engine's sweep of these values is checked by run_sweep itself. Raise
+    EngineCheckError if they differ."""
+    from .models import _CaptureDone
+
+    n_layers = int(model.cfg.n_layers)
+    live = [i for i, (src_layer, _) in enumerate(sources) if src_layer < n_layers - 1]
     if not live:
         return
-    s = max(live, key=lambda i: float(values.deltas[i].abs().sum()))
+    s = max(live, key=lambda i: float(values.deltas[i].detach().abs().sum()))
+    layer = sources[s][0] + 1
     seen: dict[str, torch.Tensor] = {}
 
     def add(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -102,15 +106,21 @@ def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, so
 
     def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
         seen["act"] = act.detach().clone()
-        return act
+        raise _CaptureDone
 
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{last}.hook_resid_pre", add), (_hook(last, component), keep)])
-    got, want = values[_hook(last, component)][:, :, s], seen["act"]
+        try:
+            model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", add), (_hook(layer, component), keep)])
+        except _CaptureDone:
+            pass
+    if "act" not in seen:
+        raise _self_check.engine_error(f"self-check: {_hook(layer, component)} did not fire in a plain run_with_hooks",
+                                       kv_prefix)
+    got, want = values[_hook(layer, component)][:, :, s], seen["act"]
     tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
     if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
         raise _self_check.engine_error(
-            f"computed the {component} input of layer {last} with head {sources[s]}'s write added as differing "
+            f"computed the {component} input of layer {layer} with head {sources[s]}'s write added as differing "
             f"by {float((got - want).abs().max()):.3g} (tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
 
 

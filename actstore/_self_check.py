@@ -1,17 +1,15 @@
-"""The patching engine's self-check: every sweep recomputes a few of its variants the
+"""The patching engine's self-check: every sweep recomputes one of its variants the
 plain way and refuses to return a result that disagrees.
 
 The engine (:mod:`actstore._patch_engine`) is fast because it relies on how
 TransformerLens's bridge runs a block standalone and hands keys and values to its
 attention; both are internals that a transformers or TransformerLens release can
-change without an error (transformers 5.24 did). So after a sweep, the variants that
-exercise the engine the most (the latest-starting window, the largest patch) are run
-again as ``transformer_lens.patching`` runs them: one full ``run_with_hooks`` of the
-corrupted prompts, the sweep's own setter applied to the hooked activation, the metric
-on the logits. A difference beyond float rounding raises :class:`EngineCheckError`
-naming the installed versions and the way around it. The checked variants share one
-forward (variant-major rows), so the check costs about one forward of the corrupted
-batch per sweep.
+change without an error (transformers 5.24 did). So after a sweep, the variant that
+exercises the engine the most (:func:`pick`) is run again as ``transformer_lens.patching``
+runs it: one full ``run_with_hooks`` of the corrupted prompts, the sweep's own setter
+applied to the hooked activation, the metric on the logits. A difference beyond float
+rounding raises :class:`EngineCheckError` naming the installed versions and the way
+around it. The check costs one forward of the corrupted batch per sweep.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import torch
 from . import compat
 from .errors import EngineCheckError
 
-__all__ = ["ENABLED", "engine_error", "check_variants", "tolerance"]
+__all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
 
 ENABLED = True  # benchmarks switch it off to measure its cost; nothing else should
 
@@ -58,15 +56,17 @@ def tolerance(values: torch.Tensor, reference: torch.Tensor, scale: float, dtype
     return max(_RTOL.get(dtype, _RTOL_DEFAULT) * spread, _FLOOR_ULPS * eps * (1.0 + scale))
 
 
-def pick(live: Sequence[tuple[int, int]], change: dict[int, float]) -> list[int]:
-    """The cells to recompute, from the live (start, cell) pairs: the latest-starting
-    one (the longest key/value prefix) and the one whose patch changes its activation
-    most (the largest effect), one cell if they coincide."""
+def pick(live: Sequence[tuple[int, int]], effect: dict[int, float], end: int) -> list[int]:
+    """The cell to recompute, from the live (start, cell) pairs: of those whose window
+    reuses earlier keys and values (start > 0) and spans more than one position (so
+    that, when the metrics read the last position only, the last block runs it alone),
+    the one whose patch moves the metrics most; a gross error in any of the engine's
+    mechanisms, or a patch that reaches the wrong tensors, shows there."""
     if not live:
         return []
-    latest = max(live, key=lambda sc: (sc[0], change.get(sc[1], 0.0)))[1]
-    largest = max(live, key=lambda sc: change.get(sc[1], 0.0))[1]
-    return [latest] if latest == largest else [latest, largest]
+    both = [c for s, c in live if 0 < s < end - 1]
+    wide = [c for s, c in live if s < end - 1]
+    return [max(both or wide or [c for _, c in live], key=lambda c: effect.get(c, 0.0))]
 
 
 def check_variants(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],

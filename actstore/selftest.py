@@ -281,7 +281,7 @@ def run_selftest(device: str = "cpu", progress: bool = True) -> SelftestReport:
             ("patching equals transformer_lens.patching, prompts differing late",
              lambda: _check_patching(demo(torch.float32), "late", ("resid_pre", "resid_mid", "attn_out", "mlp_out",
                                                                    "attn_head_out_by_pos", "attn_head_v_all_pos",
-                                                                   "attn_head_pattern_by_pos"))),
+                                                                   "attn_head_pattern_all_pos"))),
             ("patching equals transformer_lens.patching, prompts differing early",
              lambda: _check_patching(demo(torch.float32), "early", ("resid_pre", "attn_head_q_all_pos"))),
             ("direct path patching equals single-edge patches with hooks",

@@ -16,6 +16,8 @@ store creation (fixed costs, reported apart) cancel. Scenarios:
 
   --scenario compute  GPT-2-small shape, resid_post at all 12 layers (issue 3 (a))
   --scenario io       2 layers, d_model 768: every resid, attn_out, mlp_out and z (b)
+  --scenario gpt2-xl  GPT-2-XL shape (48 layers, d_model 1600, 25 heads), resid_post of
+                      every 4th layer (a GPU's job: scripts/gpu_check.sh)
 
 Ratios: actstore/bare (a); actstore MB/s / raw and writer MB/s / raw (b); actstore /
 naive (c). Best of --repeat, interleaved. No assertions: information only. The
@@ -55,6 +57,8 @@ SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
     "io": dict(n_layers=2, d_model=768, n_heads=12,
                sites="resid_pre:all,resid_mid:all,resid_post:all,attn_out:all,mlp_out:all,z:all"),
+    # GPT-2 XL's shape (1.5B parameters), every 4th layer's residual stream: 38 KB a token in float16
+    "gpt2-xl": dict(n_layers=48, d_model=1600, n_heads=25, sites="resid_post:" + ",".join(map(str, range(3, 48, 4)))),
 }
 
 

@@ -216,7 +216,7 @@ def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, 
                   f"{'' if diff is None else f'{diff:9.1e}':>9} "
                   f"{(str(work_ref) if run_ref else '-') + ' / ' + str(work_ld):>22}")
     print("* the reference time measured on the first scenario (it does not depend on the prompts)")
-    print("check cost: ours with LogitDiff, self-check on / off - 1 (one plain forward of the checked variants)")
+    print("check cost: ours with LogitDiff, self-check on / off - 1 (one plain forward of the checked variant)")
     print(f"load average at end {loadavg()}")
 
 
@@ -297,12 +297,14 @@ def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict
         args_ = (bridge, corrupted, clean_cache, corrupted_cache, ld, src_layer, src_head, component)
         t_ref, ref, _ = timed(bridge, lambda: tlp.get_act_patch_direct_path(*args_, verbose=False))
         t_ours, got, _ = timed(bridge, lambda: ap.get_act_patch_direct_path(*args_, verbose=False))
+        t_unchecked, _, _ = timed(bridge, without_self_check(lambda: ap.get_act_patch_direct_path(*args_, verbose=False)))
         n_edges = (n_layers - 1 - src_layer) * n_heads
         diff = (got - ref).abs().max().item()
         print(f"  source {src_layer}.{src_head} -> {component}: {n_edges} edges, reference {t_ref:.1f} s, ours "
-              f"{t_ours:.2f} s ({t_ref / t_ours:.0f}x), max|diff| {diff:.1e}")
+              f"{t_ours:.2f} s ({t_ref / t_ours:.0f}x), max|diff| {diff:.1e}, self-check cost "
+              f"{t_ours / t_unchecked - 1:.1%}")
         rows.append(dict(kind="direct_path", component=component, source=args.direct_path_source, edges=n_edges,
-                         reference_s=t_ref, ours_s=t_ours, max_abs_diff=diff))
+                         reference_s=t_ref, ours_s=t_ours, ours_unchecked_s=t_unchecked, max_abs_diff=diff))
     all_edges = sum((n_layers - 1 - sl) * n_heads for sl in range(n_layers)) * n_heads
     per_edge = rows[-1]["reference_s"] / rows[-1]["edges"]
     t_all, _, _ = timed(bridge, lambda: ap.get_act_patch_direct_path_all_sources(

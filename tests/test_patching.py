@@ -217,8 +217,8 @@ def test_noop_variants_and_early_positions_are_not_run(s, tokenizer):
         got = ap.get_act_patch_resid_pre(s.bridge, corrupted, cache, ld, progress=False)
     finally:
         handle.remove()
-    # the corrupted run, one variant over positions p..6, then the self-check: its two variants in one plain forward
-    assert seen == [(1, 7), (1, 7 - p), (2, 7)]
+    # the corrupted run, one variant over positions p..6, then the self-check's plain forward of one variant
+    assert seen == [(1, 7), (1, 7 - p), (1, 7)]
     close(got, ref(tlp.get_act_patch_resid_pre, s.bridge, corrupted, cache, ld), s)
 
 

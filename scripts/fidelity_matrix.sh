@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The fidelity tests (every patching family against its reference, the engine's self-check,
+# caching against run_with_cache, actstore selftest) against other releases than the lock
+# (constraints.txt), each in a virtualenv of its own, so that a new release is tested before
+# users meet it. CI runs both after the main suite.
+#
+#   bash scripts/fidelity_matrix.sh newest   # the newest releases pyproject.toml's bounds allow (.venv-newest)
+#   bash scripts/fidelity_matrix.sh tl3      # the lock with TransformerLens 3.9, SAELens's (.venv-tl3)
+#
+# Extra arguments go to pytest. A failure here with `newest` means a release inside the bounds
+# breaks actstore: lower the bound in pyproject.toml (or fix actstore) before users meet it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which="${1:?usage: bash scripts/fidelity_matrix.sh newest|tl3 [pytest args]}"
+shift
+case "$which" in
+    newest)
+        export ACTSTORE_VENV=.venv-newest ACTSTORE_CONSTRAINTS=none ;;
+    tl3)
+        export ACTSTORE_VENV=.venv-tl3 ACTSTORE_CONSTRAINTS=.venv-tl3/constraints.txt
+        mkdir -p .venv-tl3
+        grep -v '^transformer-lens==' constraints.txt > "$ACTSTORE_CONSTRAINTS"
+        echo 'transformer-lens==3.9.0' >> "$ACTSTORE_CONSTRAINTS" ;;
+    *)
+        echo "usage: bash scripts/fidelity_matrix.sh newest|tl3 [pytest args]" >&2; exit 2 ;;
+esac
+source scripts/setup_env.sh
+python - <<'PY'
+from actstore.compat import describe
+print("fidelity tests with", describe(("transformers", "transformer-lens", "torch", "zarr", "numcodecs", "datasets")))
+PY
+python -m pytest -q "$@" tests/test_fidelity.py tests/test_patching.py tests/test_attribution.py \
+    tests/test_path_patching.py tests/test_cli_patch.py tests/test_selftest.py tests/test_cache.py

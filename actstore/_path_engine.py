@@ -113,10 +113,10 @@ def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, so
             model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", add), (_hook(layer, component), keep)])
         except _CaptureDone:
             pass
-    if "act" not in seen:
-        raise _self_check.engine_error(f"self-check: {_hook(layer, component)} did not fire in a plain run_with_hooks",
-                                       kv_prefix)
-    got, want = values[_hook(layer, component)][:, :, s], seen["act"]
+        if "act" not in seen:
+            raise _self_check.engine_error(f"self-check: {_hook(layer, component)} did not fire in a plain "
+                                           "run_with_hooks", kv_prefix)
+        got, want = values[_hook(layer, component)][:, :, s], seen["act"]
     tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
     if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
         raise _self_check.engine_error(

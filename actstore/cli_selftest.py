@@ -23,8 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _selftest(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from .selftest import run_selftest
 
+    hf_logging.disable_progress_bar()  # the report is the output: no weight-loading bars between its lines
     report = run_selftest(args.device, progress=not args.json)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
     return 0 if report.passed else 1

@@ -27,14 +27,14 @@ import tempfile
 import time
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import compat
 
-__all__ = ["Check", "SelftestReport", "run_selftest", "edge_by_hooks"]
+__all__ = ["Check", "SelftestReport", "run_selftest", "edge_by_hooks", "directional_derivative"]
 
 REL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
@@ -184,15 +184,20 @@ def _check_patching(d: _Demo, kind: str, sweeps: tuple[str, ...]) -> Check:
     return Check("", True, ", ".join(sweeps), worst[1], worst[2])
 
 
-def _directional_derivative(d: _Demo, hook: str, setter: Callable[..., torch.Tensor], index: list[int],
-                            corrupted: torch.Tensor, eps: float = 1e-4) -> float:
-    clean = d.cache[hook]
+def directional_derivative(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, metric: Callable[..., Any],
+                           name: str, setter: Callable[..., torch.Tensor], index: Sequence[int],
+                           eps: float = 1e-4) -> torch.Tensor:
+    """The reference of attribution patching: d/dt of the metric with the activation at
+    hook ``name`` moved by t x (setter(act, index, clean) - act), the change written into
+    the hooked tensor as transformer_lens's setters write a patch, at t = 0 (central
+    differences; use a float64 model)."""
+    clean = clean_cache[name]
 
-    def run(t: float) -> float:
+    def run(t: float) -> torch.Tensor:
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return act.add_(t * (setter(act.clone(), index, clean) - act))
         with torch.no_grad():
-            return float(d.ld(d.bridge.run_with_hooks(corrupted, fwd_hooks=[(hook, fn)])))
+            return torch.as_tensor(metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, fn)])))
 
     return (run(eps) - run(-eps)) / (2 * eps)
 
@@ -208,7 +213,8 @@ def _check_attribution(d: _Demo) -> Check:
         got = getattr(at, f"get_act_patch_{sweep}")(d.bridge, corrupted, d.cache, d.ld, as_effect=True, progress=False)
         for flat in torch.argsort(got.abs().flatten(), descending=True)[:2].tolist():
             index = [int(i) for i in np.unravel_index(flat, tuple(got.shape))]
-            fd = _directional_derivative(d, f"blocks.{index[0]}.{act}", setter, index, corrupted)
+            fd = float(directional_derivative(d.bridge, corrupted, d.cache, d.ld, f"blocks.{index[0]}.{act}", setter,
+                                              index))
             err, tol = abs(float(got.flatten()[flat]) - fd), 1e-6 * abs(fd) + 1e-9
             if err > tol:
                 return Check("", False, f"{sweep} {index}: attribution {float(got.flatten()[flat]):.6g}, finite "

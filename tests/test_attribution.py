@@ -30,6 +30,7 @@ import torch
 import actstore
 from actstore import attribution as at, patching as ap
 from actstore.errors import ConfigError
+from actstore.selftest import directional_derivative  # the reference: finite differences of the in-place patch
 
 from .conftest import TL4, needs_tl4
 from .fidelity_cases import assert_close_rel, demo_case
@@ -100,21 +101,6 @@ def test_every_sweep_has_the_exact_sweeps_shape_and_meaning(s, name):
 # --- finite differences -----------------------------------------------------------------------------
 
 
-def directional_derivative(s, setter, hook, index, metric, eps=1e-4):
-    """d/dt metric(run with act -> act + t * (setter(act, index, clean) - act)) at t = 0,
-    the change written into the hooked tensor."""
-    clean = s.cache[hook]
-
-    def run(t):
-        def fn(act, hook):
-            delta = setter(act.clone(), index, clean) - act
-            return act.add_(t * delta)
-        with torch.no_grad():
-            return metric(s.bridge.run_with_hooks(s.corrupted, fwd_hooks=[(hook, fn)]))
-
-    return (run(eps) - run(-eps)) / (2 * eps)
-
-
 @pytest.mark.parametrize("name,reduce", [("resid_pre", "scalar"), ("resid_mid", "scalar"), ("mlp_out", "scalar"),
                                          ("attn_head_out_by_pos", "scalar"), ("attn_head_q_all_pos", "scalar"),
                                          pytest.param("attn_head_k_by_pos", "none", marks=needs_tl4),
@@ -140,7 +126,7 @@ def test_equals_finite_differences_float64(s64, model, name, reduce):
     for c in cells:
         index = [int(i) for i in np.unravel_index(c, tuple(shape))]
         hook = get_act_name(kw["activation_name"], layer=index[0])
-        fd = directional_derivative(s64, kw["patch_setter"], hook, index, metric)
+        fd = directional_derivative(s64.bridge, s64.corrupted, s64.cache, metric, hook, kw["patch_setter"], index)
         torch.testing.assert_close(flat[c], fd, rtol=1e-6, atol=1e-9)
     assert score.max() > 1e-2  # the cells checked carry real gradients
 

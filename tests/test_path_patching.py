@@ -17,6 +17,7 @@ from transformer_lens import patching as tlp
 import actstore
 from actstore import patching as ap
 from actstore.errors import ConfigError
+from actstore.selftest import edge_by_hooks  # one edge patched by hand: the reference of direct path patching
 
 from .conftest import needs_tl4
 from .fidelity_cases import assert_close_rel, demo_case, wide_case
@@ -48,32 +49,6 @@ def close(got, want, s, min_spread=0.05):
     assert_close_rel(got, want, min_spread=min_spread, scale=s.logit_scale)
 
 
-def edge_by_hooks(case, src: tuple[int, int], dst: tuple[int, int], component: str) -> float:
-    """One edge patched by hand: the source head's clean-minus-corrupted write added to
-    the residual entering the destination layer, the destination head's ``component``
-    read off that run and written into the corrupted run (every other reader keeps the
-    corrupted residual): the metric."""
-    (sl, sh), (dl, dh) = src, dst
-    z = f"blocks.{sl}.attn.hook_z"
-    w_o = case.bridge.blocks[sl].attn.W_O[sh]
-    delta = case.cache[z][:, :, sh] @ w_o - case.corrupted_cache[z][:, :, sh] @ w_o
-    name = f"blocks.{dl}.attn.hook_{component}"
-    seen = {}
-
-    def keep(act, hook):
-        seen["act"] = act.clone()
-        return act
-
-    def write(act, hook):
-        act[:, :, dh] = seen["act"][:, :, dh]
-        return act
-
-    with torch.no_grad():
-        case.bridge.run_with_hooks(case.corrupted, fwd_hooks=[(f"blocks.{dl}.hook_resid_pre", lambda a, hook: a + delta),
-                                                              (name, keep)])
-        return float(case.ld(case.bridge.run_with_hooks(case.corrupted, fwd_hooks=[(name, write)])))
-
-
 @pytest.mark.parametrize("which", ["demo_late", "wide_late"])
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_edges_equal_single_edge_patches_with_hooks(which, component, tmp_path_factory):
@@ -87,7 +62,8 @@ def test_edges_equal_single_edge_patches_with_hooks(which, component, tmp_path_f
     want = torch.zeros_like(got)
     for dl in range(later, n_layers):
         for dh in range(n_heads):
-            want[dl, dh] = edge_by_hooks(case, src, (dl, dh), component)
+            want[dl, dh] = edge_by_hooks(case.bridge, case.corrupted, case.cache, case.corrupted_cache, case.ld, src,
+                                         (dl, dh), component)
     assert_close_rel(got[later:], want[later:], min_spread=0.005, scale=case.logit_scale, what=f"{which} {component}")
     assert (got[:later] == 0).all()
 

@@ -65,6 +65,9 @@ SCENARIOS = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=SCENARIOS, default="compute")
+    p.add_argument("--dataset", default="actstore-demo",
+                   help="the corpus: actstore-demo (418 rows of 128 GPT-2 tokens), or repeated-random:H (unlimited; "
+                        "--seq-len 2H+1) for long GPU runs")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-rows", type=int, default=128, help="rows of the full run (a quarter run is also timed)")
@@ -107,14 +110,15 @@ class Bench:
         self.a, self.tmp = a, tmp
         sc = SCENARIOS[a.scenario]
         self.folder = build_random_gpt2(tmp / "model", n_layer=sc["n_layers"], n_embd=sc["d_model"],
-                                        n_head=sc["n_heads"], n_positions=max(1024, a.seq_len))
+                                        n_head=sc["n_heads"], n_positions=max(1024, a.seq_len),
+                                        save_dtype="float16" if a.dtype == "float16" else "float32")
         self.sites_spec = sc["sites"]
         self.runs = iter(range(10**6))
 
     def cache(self, n_rows: int, **kw: Any) -> actstore.ActivationStore:
         a = self.a
         out = self.tmp / f"store{next(self.runs)}.zarr"
-        return actstore.cache(out=str(out), model=str(self.folder), dataset="actstore-demo", sites=self.sites_spec,
+        return actstore.cache(out=str(out), model=str(self.folder), dataset=a.dataset, sites=self.sites_spec,
                               n_rows=n_rows, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
                               dtype=a.dtype, codec=a.codec, progress=False, check_disk=False, **kw)
 

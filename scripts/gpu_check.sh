@@ -21,7 +21,7 @@ DEVICE="${ACTSTORE_DEVICE:-cuda}"
 if [ "${ACTSTORE_NO_SETUP:-0}" != 1 ]; then
     source scripts/setup_env.sh
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # progress bars (the reference sweeps draw one each) would swamp the report
 step() {  # step LIMIT_S TITLE COMMAND...: run with a time limit, record its exit status and duration
     local limit=$1 title=$2
     shift 2
@@ -37,16 +37,17 @@ step() {  # step LIMIT_S TITLE COMMAND...: run with a time limit, record its exi
 FAILED=""
 exec > >(tee "$REPORT") 2>&1
 echo "# actstore gpu_check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi") | sed 's/^/gpu: /'
 python -c "from actstore.compat import describe; print('versions:', describe())"
-step 90 "1. actstore selftest --device $DEVICE" python -m actstore selftest --device "$DEVICE"
-step 90 "2. caching, GPT-2-small shape, float16" python benchmarks/bench_cache.py --scenario compute \
-    --device "$DEVICE" --dtype float16 --n-rows 1024 --batch-size 64 --repeat 1 --skip-naive
-step 150 "3. caching, GPT-2-XL shape, float16" python benchmarks/bench_cache.py --scenario gpt2-xl \
-    --device "$DEVICE" --dtype float16 --n-rows 256 --batch-size 32 --repeat 1 --skip-naive
+step 60 "1. actstore selftest --device $DEVICE" python -m actstore selftest --device "$DEVICE"
+RANDOM_ROWS=(--dataset repeated-random:64 --seq-len 129)  # unlimited rows of 129 tokens
+step 60 "2. caching, GPT-2-small shape, float16" python benchmarks/bench_cache.py --scenario compute \
+    "${RANDOM_ROWS[@]}" --device "$DEVICE" --dtype float16 --n-rows 512 --batch-size 64 --repeat 1 --skip-naive
+step 210 "3. caching, GPT-2-XL shape, float16" python benchmarks/bench_cache.py --scenario gpt2-xl \
+    "${RANDOM_ROWS[@]}" --device "$DEVICE" --dtype float16 --n-rows 256 --batch-size 32 --repeat 1 --skip-naive
 step 120 "4. patching on $DEVICE, float16" python benchmarks/bench_patching.py --device "$DEVICE" \
     --dtype float16 --batch 8 --sweeps resid_pre,attn_head_out_by_pos --scenarios s2,early
 echo
-echo "${FAILED:+FAILED: ${FAILED#; }}${FAILED:-all steps finished}"
+if [ -n "$FAILED" ]; then echo "FAILED: ${FAILED#; }"; else echo "all steps finished"; fi
 echo "report: $REPORT"
 [ -z "$FAILED" ]

@@ -158,15 +158,15 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     """Boot ``name`` (hub name, local folder, or 'actstore-demo') with TransformerBridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from . import demo
+    from . import resources
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     label = "Hugging Face model"
     source = name
-    if name == demo.DEMO_MODEL:
-        source = str(demo.demo_model_dir())
-        label = demo.DEMO_MODEL_LABEL
+    if name == resources.DEMO_MODEL:
+        source = str(resources.demo_model_dir())
+        label = resources.DEMO_MODEL_LABEL
     elif _looks_like_path(name):
         path = os.path.expanduser(name)
         if not os.path.isfile(os.path.join(path, "config.json")):

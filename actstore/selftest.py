@@ -108,8 +108,8 @@ class _Demo:
     def __init__(self, device: str, dtype: torch.dtype):
         from transformer_lens.model_bridge import TransformerBridge
 
-        from . import demo_data
-        from .demo import demo_model_dir, demo_tokenizer
+        from .demo import data as demo_data
+        from .resources import demo_model_dir, demo_tokenizer
         from .patching import LogitDiff
 
         self.bridge = TransformerBridge.boot_transformers(str(demo_model_dir()), device=device, dtype=dtype)

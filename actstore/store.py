@@ -343,7 +343,7 @@ class ActivationStore:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from .demo import tokenizer_for
+            from .resources import tokenizer_for
             self._tokenizer = tokenizer_for(self.metadata["model"]["name"])
         return self._tokenizer
 

@@ -131,7 +131,7 @@ GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to th
 
 def _tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None:
-        from .demo import gpt2_tokenizer
+        from .resources import gpt2_tokenizer
 
         return gpt2_tokenizer()
     return tokenizer

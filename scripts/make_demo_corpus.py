@@ -1,5 +1,5 @@
 """Write actstore/data/demo_corpus.jsonl, the bundled corpus behind `--dataset
-actstore-demo`: 600 documents of actstore.demo_data, the generator of the demo model's
+actstore-demo`: 600 documents of actstore.demo.data, the generator of the demo model's
 training text (IOI-style and repeated-name sentences, plain sentences, counting,
 repeated word lists), from seed 1; the model was trained on the seed-0 stream, so this
 text is held out. Plain English: any tokenizer reads it.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actstore.demo_data import write_documents  # noqa: E402
+from actstore.demo.data import write_documents  # noqa: E402
 
 SEED = 1  # not 0: held out from the training text
 N_DOCS = 600  # ~50k GPT-2 tokens: ~390 rows of 128

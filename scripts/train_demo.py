@@ -1,5 +1,5 @@
 """Train `actstore-demo`: a small GPT-2-architecture model (NOT GPT-2) on the synthetic
-corpus of actstore.demo_data, with its own byte-level BPE tokenizer, and write it into
+corpus of actstore.demo.data, with its own byte-level BPE tokenizer, and write it into
 the package (actstore/data/demo-model/). Deterministic from the seed; CPU:
 
     python scripts/train_demo.py                       # ~20 min on 2 cores; writes actstore/data/demo-model
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actstore import demo, demo_data  # noqa: E402
+from actstore import demo  # noqa: E402
+from actstore.demo import data as demo_data  # noqa: E402
 
 SEED = 0
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "actstore" / "data" / "demo-model"
@@ -197,11 +198,11 @@ def main() -> None:
         "command": "python scripts/train_demo.py " + " ".join(sys.argv[1:]),
         "config": {**MODEL, "vocab_size": len(tokenizer), "n_params": n_params},
         "tokenizer": {"kind": "byte-level BPE (HF tokenizers)", "vocab_size": len(tokenizer),
-                      "trained_on": f"actstore.demo_data.documents({TOKENIZER_DOCS}, seed={a.seed})",
+                      "trained_on": f"actstore.demo.data.documents({TOKENIZER_DOCS}, seed={a.seed})",
                       "special": "<|endoftext|> (BOS, EOS)"},
-        "data": {"text": f"actstore.demo_data.text_rows(tokenizer, {a.steps * a.text_batch}, {seq_len}, seed={a.seed})",
+        "data": {"text": f"actstore.demo.data.text_rows(tokenizer, {a.steps * a.text_batch}, {seq_len}, seed={a.seed})",
                  "text_batch": a.text_batch, "sentence_mix": demo_data.RECIPE,
-                 "repeated": f"per step, actstore.demo_data.repeated_batch(tokenizer, rng, {a.rep_batch}, half_len) "
+                 "repeated": f"per step, actstore.demo.data.repeated_batch(tokenizer, rng, {a.rep_batch}, half_len) "
                              f"with rng = numpy.random.default_rng([{a.seed}, 1]) and half_len = "
                              f"rng.integers({HALF_LEN[0]}, {HALF_LEN[1] + 1})",
                  "rep_batch": a.rep_batch,
@@ -220,7 +221,7 @@ def main() -> None:
             "text_loss": "mean next-token loss on text_rows(seed=SEED+1000), 64 rows of 128 tokens",
             "hN": "on 64 rows of BOS + N random tokens twice (actstore.demo.repeated_tokens, seed 1): the best head's "
                   "mean attention from each second-half query q to q - N + 1, and the mean loss on each half",
-            "ioi": "logit(IO) - logit(S) after 256 held-out prompts, actstore.demo_data.ioi_pairs(256)"},
+            "ioi": "logit(IO) - logit(S) after 256 held-out prompts, actstore.demo.data.ioi_pairs(256)"},
         "log": log,
         "wall_time_s": {"total": round(time.time() - t_start, 1), "training": round(train_s, 1)},
         "machine": {"threads": a.threads, "cpu": platform.processor() or platform.machine(),

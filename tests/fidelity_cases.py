@@ -97,7 +97,7 @@ def _ids(tok: Any, text: str) -> list[int]:
 
 
 def demo_case(kind: str, dtype: torch.dtype = torch.float32) -> Case:
-    from actstore import demo_data
+    from actstore.demo import data as demo_data
     from actstore.demo import demo_model_dir, demo_tokenizer
 
     tok = demo_tokenizer()

@@ -75,7 +75,7 @@ def close(got, want, bridge, tokens, min_spread=0.05):
 def test_patch_on_the_demo_model_equals_transformer_lens(tmp_path):
     """Held-out IOI pairs that differ at position 10 (the engine reuses 10 positions' keys
     and values): per-pair resid_mid values equal the reference's (spread ~19)."""
-    from actstore import demo_data
+    from actstore.demo import data as demo_data
     from actstore.demo import demo_model_dir, demo_tokenizer
 
     pairs = demo_data.ioi_pairs(5, template=0)

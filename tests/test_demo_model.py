@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import actstore
-from actstore import demo, demo_data, tour
+from actstore import demo
+from actstore.demo import data as demo_data, tour
 from actstore.analysis import induction_scores
 
 from .conftest import needs_tl4
@@ -182,7 +183,7 @@ def test_position_probe(tmp_path):
 
 @needs_tl4  # actstore patch
 def test_tour_writes_figures(tmp_path, capsys):
-    from actstore.tour import run_tour
+    from actstore.demo.tour import run_tour
 
     res = run_tour(str(tmp_path / "tour"), n_rows=24, n_rep_rows=8, n_pairs=4, quiet=True)
     assert len(res.figures) == 4

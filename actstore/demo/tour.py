@@ -22,9 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import demo, demo_data
-from .errors import ActStoreError
-from .jsonl import write_records
+from .. import resources
+from . import data as demo_data
+from ..errors import ActStoreError
+from ..jsonl import write_records
 
 __all__ = ["TourResult", "run_tour", "register"]
 
@@ -48,7 +49,7 @@ def _run(argv: Sequence[str], say: bool) -> None:
     import contextlib
     import io
 
-    from .cli import main
+    from ..cli import main
 
     if say:
         print(f"\n$ actstore {shlex.join(argv)}", flush=True)
@@ -63,7 +64,7 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     """Run the tour into ``out`` (replacing what an earlier tour wrote there)."""
     import zarr
 
-    from .store import ActivationStore
+    from ..store import ActivationStore
 
     t0 = time.time()
     say = not quiet
@@ -75,10 +76,10 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     pairs = os.path.join(out, "ioi_pairs.jsonl")
     patch_out = os.path.join(out, "ioi.zarr")
     if say:
-        print(f"actstore tour -> {out}/\nmodel: {demo.DEMO_MODEL_LABEL}")
+        print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
 
     # 1. the main job: cache the demo corpus
-    _run(["cache", main_store, "--model", demo.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
+    _run(["cache", main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
           "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q], say)
     if say:
         _run(["info", main_store], say)
@@ -94,7 +95,7 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
 
     # 3. induction heads on repeated random tokens
     ind_png = os.path.join(out, "induction_heads.png")
-    _run(["cache", rep_store, "--model", demo.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
+    _run(["cache", rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
           "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
           "--overwrite", *q], say)
     _run(["analyze", "induction", rep_store, "--figure", ind_png, *(["--json"] if quiet else [])], say)
@@ -108,11 +109,11 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
 
     # 4. activation patching on held-out IOI prompts
     if say:
-        print(f"\n$ python -m actstore.demo_data ioi-pairs {pairs} --n {n_pairs}")
+        print(f"\n$ python -m actstore.demo.data ioi-pairs {pairs} --n {n_pairs}")
     write_records(pairs, demo_data.ioi_pairs(n_pairs, template=0))
     for sweep in ("resid_pre", "attn_head_out_all_pos"):
         png = os.path.join(out, f"ioi_patch_{sweep}.png")
-        _run(["patch", "--model", demo.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
+        _run(["patch", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
               "--figure", png, "--overwrite", *q], say)
         res.figures.append(png)
     ld = np.asarray(zarr.open_group(patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
@@ -129,7 +130,7 @@ def summary(res: TourResult) -> str:
     lines = [
         "",
         "=" * 78,
-        f"Tour done in {res.seconds:.0f}s. Model: {demo.DEMO_MODEL_LABEL}.",
+        f"Tour done in {res.seconds:.0f}s. Model: {resources.DEMO_MODEL_LABEL}.",
         f"  induction heads (layer.head, score): {best}",
     ]
     if res.loss_halves:

@@ -15,12 +15,12 @@ training only, token-level segments of repeated random tokens:
 Evaluation prompts (:func:`ioi_pairs`) use templates that never occur in the training
 text (:data:`IOI_TEMPLATES_HELDOUT`; their words all do) and their own random stream.
 
-    from actstore import demo_data
+    from actstore.demo import data as demo_data
     docs = demo_data.documents(600, seed=0)       # list of str
     pairs = demo_data.ioi_pairs(32, template=0)   # [{"clean", "corrupted", "answer", "wrong"}, ...]
     rows = demo_data.text_rows(tokenizer, n_rows=64, seq_len=128, seed=0)  # int64 (row, pos)
 
-    python -m actstore.demo_data ioi-pairs pairs.jsonl --n 32   # a pairs file for `actstore patch`
+    python -m actstore.demo.data ioi-pairs pairs.jsonl --n 32   # a pairs file for `actstore patch`
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .jsonl import write_records
-from .synthetic import ordinary_tokens
+from ..jsonl import write_records
+from ..synthetic import ordinary_tokens
 
 __all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
@@ -221,7 +221,7 @@ def write_documents(path: str, n: int, seed: int) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m actstore.demo_data", description="Write demo data files.")
+    p = argparse.ArgumentParser(prog="python -m actstore.demo.data", description="Write demo data files.")
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("ioi-pairs", help="held-out IOI pairs for `actstore patch --pairs` (one template: one length)")
     q.add_argument("out")

@@ -6,9 +6,9 @@ import argparse
 import json
 import shlex
 
-from .location import figure_path
-from .probes import ProbeConfig, ProbeReport, fit_probes
-from .store import ActivationStore
+from ..location import figure_path
+from ..probes import ProbeConfig, ProbeReport, fit_probes
+from ..store import ActivationStore
 
 EXAMPLE = """examples:
   actstore probe demo.zarr --sites resid_post:all --target position
@@ -57,7 +57,7 @@ def default_plot_path(store_path: str, name: str) -> str:
 
 def plot(report: ProbeReport, path: str) -> str:
     """Train and test score by layer, one pair of lines per kind of hook."""
-    from .plots import curves
+    from ..plots import curves
 
     layers = sorted({r.layer if r.layer is not None else -1 for r in report.results.values()})
     kinds: dict[str, dict[int, tuple[float, float]]] = {}

@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import CacheConfig, cache
-from .errors import ActStoreError
-from .parallel import is_main_process
-from .store import ActivationStore
+from ..cache import CacheConfig, cache
+from ..errors import ActStoreError
+from ..parallel import is_main_process
+from ..store import ActivationStore
 
 CACHE_EXAMPLE = """examples:
   actstore cache demo.zarr --model actstore-demo --dataset actstore-demo --sites resid_post:all --n-rows 64
@@ -26,7 +26,8 @@ CACHE_EXAMPLE = """examples:
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
 # with set_defaults(run=handler), handler(args) -> exit code.
-_COMMAND_MODULES: tuple[str, ...] = ("cli_analyze", "cli_verify", "cli_patch", "cli_probe", "cli_selftest", "tour")
+_COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.analyze", "actstore.cli.verify", "actstore.cli.patch",
+                                     "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     _register_cache(sub)
     _register_info(sub)
     for name in _COMMAND_MODULES:
-        importlib.import_module(f"actstore.{name}").register(sub)
+        importlib.import_module(name).register(sub)
     return p
 
 

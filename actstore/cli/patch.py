@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import zarr
 
-from . import attribution, patching, tasks
-from .errors import (ConfigError, CorpusError, MissingTextFieldError, StoreExistsError, StoreMismatchError)
-from .jsonl import read_records
-from .parallel import group_for, is_main_process
-from .store import ActivationStore, is_store
+from .. import attribution, patching, tasks
+from ..errors import (ConfigError, CorpusError, MissingTextFieldError, StoreExistsError, StoreMismatchError)
+from ..jsonl import read_records
+from ..parallel import group_for, is_main_process
+from ..store import ActivationStore, is_store
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "patch_pairs", "register"]
 
@@ -331,8 +331,8 @@ def _default_out(cfg: PatchJobConfig) -> str:
 def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     """Run one sweep over every pair (exact, attribution or both); write the results,
     the heatmaps and, for both, their correlation and a scatter plot."""
-    from .cache import cache
-    from .models import load_model
+    from ..cache import cache
+    from ..models import load_model
 
     if cfg.sweep not in SWEEPS:
         raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
@@ -343,7 +343,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     if cfg.batch_pairs < 1:
         raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
     if patching.PatchingResult is None:  # per-pair values and baselines: TransformerLens 4's result type
-        from .compat import versions
+        from ..compat import versions
 
         raise ConfigError(f"actstore patch needs transformer_lens>=4 (installed: {versions()['transformer-lens']}) for "
                           "its per-pair results; pip install 'transformer_lens>=4,<4.4', or call actstore.patching's "
@@ -372,7 +372,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
                   model_revision=cfg.model_revision, progress=cfg.progress,
                   command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
         store = ActivationStore.open(cfg.store)
-        from ._patch_engine import check_store_model
+        from .._patch_engine import check_store_model
 
         check_store_model(store, bridge)
         _check_store_sites(store, shorts, info.n_layers)
@@ -491,7 +491,7 @@ def _figures(cfg: PatchJobConfig, out: str, data: np.ndarray, dims: Sequence[str
              model_name: str, n_pairs: int, type_names: Sequence[str] | None, suffix: str = "") -> list[str]:
     """Heatmaps with positions along x, labelled 'clean token' (or 'clean/corrupted'
     where the first pair differs), and every other axis flattened along y."""
-    from .plots import heatmap
+    from ..plots import heatmap
 
     if "src_pos" in dims:
         return []  # (layer, head, dest, src): no single readable picture; the arrays are in the group

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _selftest(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from .selftest import run_selftest
+    from ..selftest import run_selftest
 
     hf_logging.disable_progress_bar()  # the report is the output: no weight-loading bars between its lines
     report = run_selftest(args.device, progress=not args.json)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .verify import repair_store, verify_store
+from ..verify import repair_store, verify_store
 
 EXAMPLES = """examples:
   actstore verify acts.zarr            # exit 1 when anything is damaged

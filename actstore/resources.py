@@ -1,26 +1,25 @@
-"""The embedded default, offline: `actstore-demo`, a small GPT-2-architecture model
-(GPT2LMHeadModel: 4 layers, d_model 128, 4 heads, context 128, 0.9M parameters) with its
-own byte-level BPE tokenizer of ~1k tokens, trained by scripts/train_demo.py on the
-synthetic corpus of :mod:`actstore.demo_data` and shipped in actstore/data/demo-model/
-(fp32 safetensors; training.json holds the recipe, the log, the final numbers and the
-weights' sha256). It is a demo model, NOT GPT-2: its world is templated sentences,
-counting and repeated tokens, where it has induction heads and solves IOI-style prompts.
+"""The model files shipped with the package, offline: `actstore-demo`, a small
+GPT-2-architecture model (GPT2LMHeadModel: 4 layers, d_model 128, 4 heads, context 128,
+0.9M parameters) with its own byte-level BPE tokenizer of ~1k tokens, trained by
+scripts/train_demo.py on the synthetic corpus of :mod:`actstore.demo.data` and shipped in
+actstore/data/demo-model/ (fp32 safetensors; training.json holds the recipe, the log, the
+final numbers and the weights' sha256). It is a demo model, NOT GPT-2: its world is
+templated sentences, counting and repeated tokens, where it has induction heads and
+solves IOI-style prompts.
 
-Also here: the bundled GPT-2 tokenizer (for GPT-2-family stores offline), random-init
-GPT-2-shaped models for tests, and two measurements used by the training script, the
-tour and the tests."""
+Also here: the bundled GPT-2 tokenizer (for GPT-2-family stores offline), the tokenizer
+of a store's model, and random-init GPT-2-shaped models for tests."""
 
 from __future__ import annotations
 
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 
 __all__ = ["DEMO_MODEL", "DEMO_MODEL_LABEL", "demo_model_dir", "demo_tokenizer", "gpt2_tokenizer", "tokenizer_for",
-           "build_random_gpt2", "repeated_tokens", "ioi_logit_diffs"]
+           "build_random_gpt2"]
 
 DEMO_MODEL = "actstore-demo"
 DEMO_MODEL_LABEL = ("actstore-demo: a small GPT-2-architecture DEMO model (4 layers, d_model 128) trained on a "
@@ -84,40 +83,3 @@ def tokenizer_for(model_name: str) -> Any:
         return AutoTokenizer.from_pretrained(os.path.expanduser(model_name))
     except Exception:
         return gpt2_tokenizer()
-
-
-def repeated_tokens(tokenizer: Any, n_rows: int, half_len: int, seed: int = 0) -> np.ndarray:
-    """int32 (row, pos): the rows of ``--dataset repeated-random:HALF_LEN:SEED``, BOS
-    then half_len random non-special tokens twice."""
-    from .synthetic import RepeatedRandom
-
-    blocks, got = [], 0
-    for _, block in RepeatedRandom(half_len, seed).rows(tokenizer, 0):
-        blocks.append(block)
-        got += len(block)
-        if got >= n_rows:
-            return np.concatenate(blocks)[:n_rows]
-    raise AssertionError("unreachable")
-
-
-def ioi_logit_diffs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]]) -> np.ndarray:
-    """float64 (pair,): logit(answer) - logit(wrong) after each clean prompt (as BOS +
-    text). ``model`` is a Hugging Face causal LM or a TransformerBridge."""
-    import torch
-
-    bos = tokenizer.bos_token_id
-    enc = [[bos] + tokenizer.encode(p["clean"], add_special_tokens=False) for p in pairs]
-    ans = [(tokenizer.encode(p["answer"], add_special_tokens=False)[0],
-            tokenizer.encode(p["wrong"], add_special_tokens=False)[0]) for p in pairs]
-    out = np.empty(len(pairs))
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(enc):
-        by_len.setdefault(len(ids), []).append(i)
-    with torch.no_grad():
-        for idx in by_len.values():
-            logits = model(torch.tensor([enc[i] for i in idx]))
-            logits = getattr(logits, "logits", logits)[:, -1].double()  # (pair, d_vocab)
-            a = torch.tensor([ans[i][0] for i in idx])
-            w = torch.tensor([ans[i][1] for i in idx])
-            out[idx] = (logits.gather(1, a[:, None]) - logits.gather(1, w[:, None]))[:, 0].numpy()
-    return out

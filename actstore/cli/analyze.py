@@ -8,10 +8,10 @@ import json
 
 import numpy as np
 
-from . import analysis, plots
-from .errors import ConfigError
-from .location import figure_path
-from .store import ActivationStore
+from .. import analysis, plots
+from ..errors import ConfigError
+from ..location import figure_path
+from ..store import ActivationStore
 
 EXAMPLES = """examples:
   actstore cache rep.zarr --model gpt2 --dataset repeated-random:50 --seq-len 101 --n-rows 64 --sites pattern:all,loss

@@ -6,7 +6,7 @@
     store.acts("blocks.0.hook_resid_post", rows=slice(0, 8))  # (row, pos, d_model)
 """
 
-from .cache import CacheConfig, cache
+from .capture import CacheConfig, cache
 from .corpus import CorpusSpec
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, StoreMismatchError
 from .models import LoadedModel, load_model
 from .store import ActivationStore
-from .synthetic import parse_synthetic
+from .corpus import parse_synthetic
 
 __all__ = ["InductionScores", "induction_scores", "LogitLens", "logit_lens", "DirectLogitAttribution",
            "direct_logit_attribution", "model_for", "single_token"]

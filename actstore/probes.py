@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, StoreNotFoundError
 from .labels import Target, class_plan, parse_target, split_rows
-from .loader import ChunkReader, TokenSite, keep_positions, resolve_sites, row_units, token_sites
+from .store.loader import ChunkReader, TokenSite, keep_positions, resolve_sites, row_units, token_sites
 
 if TYPE_CHECKING:
     from .store import ActivationStore
@@ -147,6 +147,12 @@ class Probe:
         if self.kind == "ridge":
             return z[:, 0].reshape(lead)
         return self.classes[z.argmax(1)].reshape(lead)
+
+    @classmethod
+    def load(cls, store: "ActivationStore", hook: str, name: str | None = None) -> "Probe":
+        """The probe saved under results/probes/<name>/<hook> of ``store`` by `actstore probe`
+        or fit_probes (``name`` may be left out when there is only one)."""
+        return load_probe(store, hook, name)
 
 
 # --- the plan shared by both kinds ------------------------------------------------------

@@ -134,7 +134,7 @@ class _Demo:
 
 def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
     import actstore
-    from .verify import verify_store
+    from .store import verify_store
 
     sites = "resid_pre:all,resid_mid:1,attn_out:2,mlp_out:3,z:1,pattern:0,resid_post:3"
     path = f"{tmp}/selftest-{storage}.zarr"

@@ -48,10 +48,10 @@ from transformers.utils import logging as hf_logging
 import actstore
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
-from actstore.shard_write import Shard, ShardWrite
+from actstore.capture.shard_write import Shard, ShardWrite
 from actstore.sites import SiteShape, parse_sites
-from actstore.staging import ShardBuffers
-from actstore.store import create_store
+from actstore.capture.staging import ShardBuffers
+from actstore.store.format import create_store
 
 SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
@@ -153,7 +153,7 @@ def writer_alone(store: actstore.ActivationStore, out: Path, stats: bool = True)
     """actstore's ShardWrite writing the store's own shards again, into a fresh store;
     ``stats=False`` skips the per-shard statistics (float64 moments, the writer's main
     CPU cost), to show what the rest of the write path reaches."""
-    import actstore.shard_write as sw
+    import actstore.capture.shard_write as sw
 
     real = sw.shard_moments
     if not stats:

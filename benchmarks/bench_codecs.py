@@ -31,8 +31,8 @@ from actstore.corpus import CorpusSpec, RowReader
 from actstore.demo import build_random_gpt2
 from actstore.models import load_model
 from actstore.sites import parse_sites
-from actstore.shardio import encoder_for, write_rows
-from actstore.store import _array, parse_codec
+from actstore.capture.shardio import encoder_for, write_rows
+from actstore.store.format import _array, parse_codec
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 CODECS = ("none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1", "pcodec:4", "pcodec")

@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 import actstore
 from actstore.demo import build_random_gpt2
-from actstore.loader import resolve_sites
+from actstore.store.loader import resolve_sites
 
 
 def parse_args() -> argparse.Namespace:

@@ -128,7 +128,7 @@ def wide_model(folder: Path) -> Path:
 
 
 def wide_case(folder: Path) -> Case:
-    from actstore.synthetic import ordinary_tokens
+    from actstore.corpus import ordinary_tokens
     from actstore.demo import demo_tokenizer
 
     tok = demo_tokenizer()

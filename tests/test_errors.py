@@ -104,7 +104,7 @@ def test_overwrite_replaces_a_store(existing, tiny_model, made):
 def test_full_disk_is_refused_before_writing(tmp_path, tiny_model, monkeypatch):
     import collections
 
-    engine = importlib.import_module("actstore.cache")
+    engine = importlib.import_module("actstore.capture.engine")
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
@@ -124,7 +124,7 @@ def test_non_utf8_text_is_refused_before_work(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("errno_, text", [(28, "No space left on device"), (5, "Input/output error")])
 def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_model, monkeypatch, errno_, text):
-    engine = importlib.import_module("actstore.cache")
+    engine = importlib.import_module("actstore.capture.engine")
 
     real = engine._ShardWrite.__call__
 

@@ -63,7 +63,7 @@ def test_a_store_on_s3_holds_the_local_stores_bytes_and_no_credentials(s3, tiny_
         assert np.array_equal(store.acts(hook, rows=slice(3, 11)), local.acts(hook, rows=slice(3, 11)))
     with pytest.raises(errors.StoreExistsError, match="already exists .*--resume"):
         actstore.cache(out=url, model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
-    from actstore.verify import verify_store
+    from actstore.store import verify_store
 
     assert verify_store(url, progress=False) == []
 

@@ -12,10 +12,10 @@ import torch
 
 import actstore
 from actstore import errors
-from actstore.batching import batch_for_memory, default_chunk_rows
+from actstore.capture.batching import batch_for_memory, default_chunk_rows
 from actstore.models import load_model
 from actstore.sites import SiteShape, parse_sites
-from actstore.staging import BufferPool, ShardBuffers
+from actstore.capture.staging import BufferPool, ShardBuffers
 from .conftest import DOCS, store_files
 
 SITES = "resid_post:all,z:1,pattern:2.1,2.3,loss"
@@ -92,7 +92,7 @@ def test_auto_batch_size_gives_the_same_store_as_any_batch(tmp_path, tiny_model)
 
 
 def test_writer_failure_stops_the_forward_at_once(tmp_path, tiny_model, monkeypatch):
-    engine = importlib.import_module("actstore.cache")
+    engine = importlib.import_module("actstore.capture.engine")
     calls = []
     real_capture = engine.LoadedModel.capture
 
@@ -126,7 +126,7 @@ def test_float16_storage_refuses_values_it_cannot_hold(tmp_path, tiny_model):
 def test_rank0_progress_counts_every_process_shards(monkeypatch):
     import zarr
 
-    from actstore import progress
+    from actstore.capture import progress
     from actstore.store import Layout
 
     layout = Layout(n_rows=40, seq_len=16, rows_per_chunk=4, rows_per_shard=8)

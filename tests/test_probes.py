@@ -14,8 +14,8 @@ import actstore
 from actstore.cli import main
 from actstore.errors import ConfigError, StoreNotFoundError, UnknownSiteError
 from actstore.labels import parse_target, split_rows
-from actstore.loader import resolve_sites
-from actstore.probes import fit_probes
+from actstore.store.loader import resolve_sites
+from actstore.probes import Probe, fit_probes
 
 from .conftest import DOCS
 
@@ -72,7 +72,7 @@ def test_logistic_matches_sklearn(store, name, target, opts):
     labels = {"position": np.broadcast_to(np.arange(L), (40, L)).copy(), "next_token": next_token(store),
               "token": store.tokens().astype(np.int64)}[target]
     for hook, r in rep.results.items():
-        probe = store.load_probe(hook, name)
+        probe = Probe.load(store, hook, name)
         train, test = split_masks(store, labels, probe.classes)
         assert (r.n_train, r.n_test) == (train.sum(), test.sum())
         if opts.get("max_classes"):  # the kept classes are the most frequent training labels
@@ -105,7 +105,7 @@ def test_saved_probe_predicts_its_reported_accuracy(store):
     rep = fit_probes(store, sites="resid_post:2,z:1", target="position", progress=False)
     assert rep.name == "position-logistic"
     for hook, r in rep.results.items():
-        probe = store.load_probe(hook, "position-logistic")
+        probe = Probe.load(store, hook, "position-logistic")
         assert probe.kind == "logistic" and probe.attrs["scores"]["test"] == r.test
         w = store.load_result(f"probes/position-logistic/{hook}/weight")
         want = ("d_model", "class") if "resid" in hook else ("head", "d_head", "class")
@@ -148,7 +148,7 @@ def test_ridge_equals_numpy(store, tmp_path, standardize, alpha):
             m = store.stats(hook)
             sd = np.sqrt(m.var.ravel())
             w, b = w / sd, b - (m.mean.ravel() / sd) @ w
-        probe = store.load_probe(hook, "score-ridge")
+        probe = Probe.load(store, hook, "score-ridge")
         np.testing.assert_allclose(probe.weight.reshape(-1), w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
         assert float(probe.bias) == pytest.approx(b, rel=1e-5, abs=1e-5)
         raw = store.acts(hook).astype(np.float64).reshape(40, L, -1)
@@ -234,14 +234,14 @@ def test_bad_input_fails_before_work(store, opts, err, match):
 def test_load_probe_names_the_runs(doc_store):
     hook = "blocks.1.hook_resid_post"
     with pytest.raises(StoreNotFoundError, match=r"has no probe for blocks.1.hook_resid_post; fit one with"):
-        doc_store.load_probe(hook)
+        Probe.load(doc_store, hook)
     for name in ("a", "b"):
         fit_probes(doc_store, sites="resid_post:1", target="position", name=name, progress=False)
     with pytest.raises(ConfigError, match=r"holds probes a, b for blocks.1.hook_resid_post; pass name="):
-        doc_store.load_probe(hook)
+        Probe.load(doc_store, hook)
     with pytest.raises(StoreNotFoundError, match=r"has no probe 'c' for blocks.1.hook_resid_post; it has: a, b"):
-        doc_store.load_probe(hook, "c")
-    assert doc_store.load_probe(hook, "b").name == "b"
+        Probe.load(doc_store, hook, "c")
+    assert Probe.load(doc_store, hook, "b").name == "b"
 
 
 # --- the command ---------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_cli_json_table_and_plot(store, capsys, tmp_path):
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = fit_probes(store, sites="resid_post:all", target="next_token", max_classes=8, progress=False, save=False)
     assert {h: r["test"] for h, r in out.items()} == {h: r.test for h, r in again.results.items()}
-    probe = actstore.ActivationStore.open(store.path).load_probe(RESID[2], "cli")
+    probe = Probe.load(actstore.ActivationStore.open(store.path), RESID[2], "cli")
     assert probe.attrs["command_line"].startswith("actstore probe ")
 
     assert main(["probe", store.path, "--sites", "resid_post:1", "--target", "position", "--name", "cli2",

@@ -9,8 +9,8 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 
-from actstore.shardio import encoder_for, write_rows
-from actstore.store import _array, parse_codec, plan_layout, shard_key
+from actstore.capture.shardio import encoder_for, write_rows
+from actstore.store.format import _array, parse_codec, plan_layout, shard_key
 
 CODECS = ["none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1"]
 DTYPES = ["float16", "float32", "int32", "int64", "bool"]
@@ -81,7 +81,7 @@ def test_object_stores_get_whole_objects_through_the_store_api():
 
 
 def test_a_failed_write_leaves_no_object_and_no_temporary(tmp_path, monkeypatch):
-    import actstore.shardio as shardio
+    import actstore.capture.shardio as shardio
 
     g = zarr.open_group(str(tmp_path / "g"), mode="w")
     arr = _array(g, "x", (8, 3), 2, 4, "float32", ("row", "d"), None)

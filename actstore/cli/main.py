@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cache import CacheConfig, cache
+from ..capture import CacheConfig, cache
 from ..errors import ActStoreError
 from ..parallel import is_main_process
 from ..store import ActivationStore

@@ -331,7 +331,7 @@ def _default_out(cfg: PatchJobConfig) -> str:
 def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     """Run one sweep over every pair (exact, attribution or both); write the results,
     the heatmaps and, for both, their correlation and a scatter plot."""
-    from ..cache import cache
+    from ..capture import cache
     from ..models import load_model
 
     if cfg.sweep not in SWEEPS:

@@ -19,7 +19,7 @@ targets: position (in the row), doc_pos (in the document), token, next_token, do
 or a .npy array (row, pos) aligned with the store: integers are classes (negative = no label),
 floats are regression targets (NaN = no label). BOS (pos 0, unless --keep-bos) and padding are never used.
 Probes are saved under STORE/results/probes/NAME/HOOK/{weight,bias,classes}, in raw activation
-space; load one with ActivationStore.open(STORE).load_probe(HOOK).
+space; load one with actstore.probes.Probe.load(ActivationStore.open(STORE), HOOK).
 """
 
 

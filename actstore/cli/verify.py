@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..verify import repair_store, verify_store
+from ..capture import repair_store
+from ..store import verify_store
 
 EXAMPLES = """examples:
   actstore verify acts.zarr            # exit 1 when anything is damaged

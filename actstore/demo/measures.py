@@ -13,7 +13,7 @@ __all__ = ["repeated_tokens", "ioi_logit_diffs"]
 def repeated_tokens(tokenizer: Any, n_rows: int, half_len: int, seed: int = 0) -> np.ndarray:
     """int32 (row, pos): the rows of ``--dataset repeated-random:HALF_LEN:SEED``, BOS
     then half_len random non-special tokens twice."""
-    from ..synthetic import RepeatedRandom
+    from ..corpus import RepeatedRandom
 
     blocks, got = [], 0
     for _, block in RepeatedRandom(half_len, seed).rows(tokenizer, 0):

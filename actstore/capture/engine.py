@@ -22,20 +22,21 @@ import torch
 import zarr
 
 from .batching import auto_batch_size, default_chunk_rows
-from .compat import versions
-from .corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
-from .errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
+from ..compat import versions
+from ..corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
+from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
-from . import location
+from .. import location
 from .lock import store_lock
-from .models import LoadedModel, check_identity, load_model
-from .parallel import Group, group_for
+from ..models import LoadedModel, check_identity, load_model
+from ..parallel import Group, group_for
 from .progress import Progress
 from .shard_write import Shard, ShardWrite as _ShardWrite
-from .sites import Site, SiteShape, parse_sites, probe_shapes
+from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
-from .store import (FORMAT_VERSION, ActivationStore, Layout, create_store, estimate_bytes, finalize_stats, is_store,
-                    parse_codec, plan_layout, remove_partial_files, row_bytes)
+from ..store import ActivationStore
+from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, is_store, parse_codec,
+                            plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
 
 __all__ = ["CacheConfig", "cache"]

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .sites import SiteShape
+from ..sites import SiteShape
 
 __all__ = ["ShardBuffers", "BufferPool"]
 

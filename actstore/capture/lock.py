@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .errors import StoreLockedError
+from ..errors import StoreLockedError
 
 __all__ = ["store_lock", "lock_path"]
 

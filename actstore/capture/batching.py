@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .sites import SiteShape
+from ..sites import SiteShape
 
 __all__ = ["auto_batch_size", "batch_for_memory", "default_chunk_rows"]
 

@@ -19,13 +19,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zarr
 
-from . import _faults
-from .corpus import RowBlock
+from .. import _faults
+from ..corpus import RowBlock
 from .shardio import encoder_for, write_rows
-from .sites import SiteShape
+from ..sites import SiteShape
 from .staging import ShardBuffers
-from .stats import Moments
-from .store import INDEX_ARRAYS, Layout, clear_shard
+from ..stats import Moments
+from ..store.format import INDEX_ARRAYS, Layout, clear_shard
 
 __all__ = ["Shard", "ShardWrite", "shard_moments"]
 

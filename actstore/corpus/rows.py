@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+from ..errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
 from .synthetic import is_synthetic, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS"]

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from .store import Layout
+from ..store import Layout
 
 __all__ = ["Progress"]
 

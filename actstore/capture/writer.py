@@ -8,7 +8,7 @@ import queue
 import threading
 from typing import Callable, Generic, TypeVar
 
-from .errors import WriterError
+from ..errors import WriterError
 
 __all__ = ["BackgroundWriter"]
 

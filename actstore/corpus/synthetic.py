@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import CorpusError
+from ..errors import CorpusError
 
 __all__ = ["RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens"]
 

@@ -28,7 +28,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from . import _faults
+from .. import _faults
 
 __all__ = ["ShardEncoder", "encoder_for", "write_object", "write_rows", "object_path"]
 
@@ -196,7 +196,7 @@ def write_rows(arr: zarr.Array, root_path: str, k: int, data: np.ndarray, durabl
     """Write ``data`` as the whole of write unit k of ``arr`` (shard k, or chunk k when
     unsharded), fsynced when ``durable``, with ``enc = encoder_for(arr)``; arrays
     without one are written through zarr."""
-    from .store import fsync_shard, shard_key
+    from ..store.format import fsync_shard, shard_key
 
     if enc is not None:
         write_object(arr, shard_key(arr, k), enc.encode(data, k), durable)

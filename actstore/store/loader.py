@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError, UnknownSiteError
-from .sites import SHORT_SITES, _split_specs, layer_of, parse_sites
-from .store import read_checked
+from ..errors import ConfigError, UnknownSiteError
+from ..sites import SHORT_SITES, _split_specs, layer_of, parse_sites
+from .format import read_checked
 
 if TYPE_CHECKING:
-    from .store import ActivationStore
+    from .reader import ActivationStore
 
 __all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",
            "ActivationLoader"]

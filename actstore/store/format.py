@@ -1,5 +1,5 @@
-"""The Zarr store: layout, creation, the `done` manifest, per-shard stats, and the
-:class:`ActivationStore` reader.
+"""The Zarr store's format: layout, codecs, creation, the `done` manifest, checked
+reads and per-shard stats (the reader, :class:`ActivationStore`, is in reader.py).
 
 The write unit is the shard: ``rows_per_shard`` rows (a multiple of
 ``rows_per_chunk``; one inner chunk = ``rows_per_chunk`` rows). Every array's shard k,
@@ -19,12 +19,12 @@ import zarr
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from .errors import ConfigError, CorruptChunkError, RowsNotDoneError, StoreNotFoundError
-from .sites import SiteShape
-from .stats import Moments
+from ..errors import ConfigError, CorruptChunkError, RowsNotDoneError, StoreNotFoundError
+from ..sites import SiteShape
+from ..stats import Moments
 
-__all__ = ["FORMAT_VERSION", "Layout", "plan_layout", "parse_codec", "create_store", "ActivationStore",
-           "is_store", "estimate_bytes", "INDEX_ARRAYS"]
+__all__ = ["FORMAT_VERSION", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
+           "INDEX_ARRAYS", "read_checked", "merge_partials", "finalize_stats", "walk_arrays"]
 
 FORMAT_VERSION = 1
 _SHARD_TARGET_BYTES = 256 * 2**20  # all sites of one shard together: bounds the writer's buffer
@@ -234,198 +234,10 @@ def remove_store(path: str) -> None:
     shutil.rmtree(path)
 
 
-class ActivationStore:
-    """Read a store: sites, activations of row ranges (numpy or torch), tokens,
-    documents, string tokens, metadata and stats. Rows whose shard is not done
-    raise RowsNotDoneError rather than returning unfinished data."""
-
-    def __init__(self, group: zarr.Group, path: str):
-        self.group = group
-        self.path = path
-        self.metadata: dict[str, Any] = dict(group.attrs["actstore"])
-        self.layout = Layout(**{k: v for k, v in self.metadata["layout"].items() if k != "n_shards"})
-        self._tokenizer: Any = None
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "ActivationStore":
-        path = os.fspath(path)
-        try:
-            group = zarr.open_group(path, mode="r")
-        except Exception:
-            raise StoreNotFoundError(f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`.") from None
-        if "actstore" not in group.attrs:
-            raise StoreNotFoundError(f"'{path}' is a Zarr group but not an actstore store (no 'actstore' metadata).")
-        return cls(group, path)
-
-    # --- what is there ---------------------------------------------------------
-    @property
-    def sites(self) -> list[str]:
-        return [s["hook"] for s in self.metadata["sites"]]
-
-    @property
-    def n_rows(self) -> int:
-        return self.layout.n_rows
-
-    @property
-    def done(self) -> np.ndarray:
-        """bool (shard,): the manifest, read fresh each time."""
-        return np.asarray(self.group["done"][:])
-
-    @property
-    def rows_done(self) -> int:
-        d = self.done
-        return sum(b - a for k, (a, b) in enumerate(map(self.layout.shard_rows, range(len(d)))) if d[k])
-
-    @property
-    def is_complete(self) -> bool:
-        return bool(self.done.all())
-
-    def site(self, hook: str) -> zarr.Array:
-        """The site's Zarr array, lazily (no done check)."""
-        if hook not in self.sites:
-            from .sites import _unknown
-            raise _unknown(hook, self.sites)
-        return self.group[f"acts/{hook}"]  # type: ignore[return-value]
-
-    def __getitem__(self, hook: str) -> zarr.Array:
-        return self.site(hook)
-
-    # --- rows ------------------------------------------------------------------
-    def check_done(self, rows: slice) -> None:
-        """Raise RowsNotDoneError unless every shard holding ``rows`` is done."""
-        a, b, _ = rows.indices(self.n_rows)
-        if b <= a:
-            return
-        rps = self.layout.rows_per_shard
-        ks = np.arange(a // rps, (b - 1) // rps + 1)
-        missing = ks[~self.done[ks]]
-        if len(missing):
-            lo, hi = self.layout.shard_rows(int(missing[0]))
-            raise RowsNotDoneError(
-                f"Rows {a}..{b - 1} of '{self.path}' include rows not yet written (first: {lo}..{hi - 1}); "
-                f"{self.rows_done} of {self.n_rows} rows are done. Finish the run with `actstore cache ... --resume`."
-            )
-
-    def _read(self, name: str, rows: slice | int, check_done: bool) -> np.ndarray:
-        sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
-        if check_done:
-            self.check_done(sl)
-        out = read_checked(self.group[name], sl, self.layout, self.path)
-        return out[0] if isinstance(rows, int) else out
-
-    def acts(self, hook: str, rows: slice | int = slice(None), as_: str = "numpy", check_done: bool = True) -> Any:
-        """Activations of ``hook`` for ``rows``: numpy array or torch tensor (row, ...)."""
-        self.site(hook)
-        out = self._read(f"acts/{hook}", rows, check_done)
-        if as_ == "torch":
-            import torch
-            return torch.from_numpy(np.ascontiguousarray(out))
-        return out
-
-    def tokens(self, rows: slice | int = slice(None), check_done: bool = True) -> np.ndarray:
-        return self._read("tokens", rows, check_done)
-
-    def doc(self, rows: slice | int = slice(None), check_done: bool = True) -> np.ndarray:
-        return self._read("doc", rows, check_done)
-
-    def doc_pos(self, rows: slice | int = slice(None), check_done: bool = True) -> np.ndarray:
-        return self._read("doc_pos", rows, check_done)
-
-    def mask(self, rows: slice | int = slice(None), check_done: bool = True) -> np.ndarray:
-        """bool (row, pos): real tokens. All True for packed stores."""
-        if "mask" not in self.group:
-            sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
-            a, b, _ = sl.indices(self.n_rows)
-            out = np.ones((b - a, self.layout.seq_len), bool)
-            return out[0] if isinstance(rows, int) else out
-        return self._read("mask", rows, check_done)
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            from .resources import tokenizer_for
-            self._tokenizer = tokenizer_for(self.metadata["model"]["name"])
-        return self._tokenizer
-
-    def str_tokens(self, row: int) -> list[str]:
-        tok = self.tokenizer
-        return [tok.decode([int(t)]) for t in self.tokens(row)]
-
-    def iter_blocks(self, hooks: Sequence[str], rows: slice = slice(None), block_rows: int | None = None
-                    ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
-        """Stream ``hooks`` over ``rows`` in blocks of whole inner chunks (default:
-        one shard), so a store larger than memory is read once, in order. Yields
-        (row slice, {hook: array (row, ...)}); the slice is absolute."""
-        a, b, _ = rows.indices(self.n_rows)
-        self.check_done(slice(a, b))
-        step = block_rows or self.layout.rows_per_shard
-        for hook in hooks:
-            self.site(hook)
-        start = a
-        while start < b:
-            stop = min((start // step + 1) * step, b)  # block edges on multiples of step
-            sl = slice(start, stop)
-            yield sl, {hook: read_checked(self.group[f"acts/{hook}"], sl, self.layout, self.path) for hook in hooks}
-            start = stop
-
-    # --- results -----------------------------------------------------------------
-    def save_result(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: Mapping[str, Any] | None = None,
-                    overwrite: bool = True) -> zarr.Array:
-        """Write a job's output to results/<name> (e.g. 'probes/blocks.3.hook_resid_post/weight')
-        with dimension names; attrs are JSON-serialisable provenance."""
-        if len(dims) != np.ndim(data):
-            raise ConfigError(f"Result '{name}': {len(dims)} dimension names for an array of {np.ndim(data)} dimensions.")
-        root = zarr.open_group(self.path, mode="r+")
-        arr = root.create_array(f"results/{name}", shape=np.shape(data), dtype=np.asarray(data).dtype,
-                                dimension_names=tuple(dims), overwrite=overwrite)
-        arr[...] = data
-        if attrs:
-            arr.attrs.update(dict(attrs))
-        self.group = zarr.open_group(self.path, mode="r")
-        return arr
-
-    def load_result(self, name: str) -> zarr.Array:
-        key = f"results/{name}"
-        if key not in self.group:
-            raise StoreNotFoundError(f"Store '{self.path}' has no result '{name}'; run the job that writes it first.")
-        return self.group[key]  # type: ignore[return-value]
-
-    def results(self) -> list[str]:
-        """Names of every array under results/."""
-        return sorted(_walk_arrays(self.group["results"])) if "results" in self.group else []
-
-    # --- stats -----------------------------------------------------------------
-    def stats(self, hook: str) -> Moments:
-        """Per-feature count, mean and M2 (float64) over the done rows of ``hook``
-        (positions outside ``mask`` excluded), merged in shard order."""
-        self.site(hook)
-        if f"stats/{hook}/mean" in self.group:
-            g = self.group[f"stats/{hook}"]
-            return Moments(int(g["count"][()]), np.asarray(g["mean"][...]), np.asarray(g["M2"][...]))
-        return merge_partials(self.group, hook, self.done)
-
-    def __repr__(self) -> str:
-        return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
-
-    # --- jobs over the store (thin: the work lives in loader.py and probes.py) -------
-    def loader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
-               **kw: Any) -> Any:
-        """Token-level torch batches {hook: (batch, *feature), "row", "pos"} for training;
-        see :class:`actstore.loader.ActivationLoader` for the options."""
-        from .loader import ActivationLoader
-        return ActivationLoader(self, sites, batch_size, shuffle, seed, **kw)
-
-    def load_probe(self, hook: str, name: str | None = None) -> Any:
-        """The probe saved under results/probes/<name>/<hook> by `actstore probe`
-        (``name`` may be left out when there is only one); see :class:`actstore.probes.Probe`."""
-        from .probes import load_probe
-        return load_probe(self, hook, name)
-
-
-def _walk_arrays(group: zarr.Group) -> list[str]:
+def walk_arrays(group: zarr.Group) -> list[str]:
     out = [name for name, _ in group.arrays()]
     for gname, sub in group.groups():
-        out += [f"{gname}/{p}" for p in _walk_arrays(sub)]
+        out += [f"{gname}/{p}" for p in walk_arrays(sub)]
     return out
 
 

@@ -4,18 +4,24 @@
     store = actstore.cache(out="acts.zarr", model="actstore-demo", dataset="actstore-demo",
                            sites="resid_post:all", n_rows=64)
     store.acts("blocks.0.hook_resid_post", rows=slice(0, 8))  # (row, pos, d_model)
+
+The jobs over a store are here too: ``actstore.patching`` (and ``.attribution``,
+``.tasks``), ``actstore.probes`` and ``actstore.analysis``.
 """
 
+from . import analysis, patching, probes
 from .capture import CacheConfig, cache
 from .corpus import CorpusSpec
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .models import ModelInfo, load_model
+from .patching import attribution, tasks
+from .patching.tasks import PromptPair, make_pairs
 from .sites import Site, parse_sites
 from .stats import Moments
 from .store import ActivationStore
-from .tasks import PromptPair, make_pairs
 
 __version__ = "0.1.0"
 __all__ = ["cache", "CacheConfig", "ActivationStore", "CorpusSpec", "Site", "parse_sites", "load_model",
-           "ModelInfo", "Moments", "PromptPair", "make_pairs", "__version__", *_errors_all]
+           "ModelInfo", "Moments", "PromptPair", "make_pairs", "patching", "attribution", "tasks", "probes",
+           "analysis", "__version__", *_errors_all]

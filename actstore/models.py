@@ -13,7 +13,7 @@ import torch
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
 from .sites import DERIVED_SITES, Site, stop_layer
 
-__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "fingerprint", "DTYPES"]
+__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -106,6 +106,11 @@ def _loss_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 _DERIVE = {"loss": _loss_per_token}
+
+
+def bridge_dtype(bridge: Any) -> torch.dtype:
+    """The dtype a TransformerBridge computes in (its weights')."""
+    return next(bridge.original_model.parameters()).dtype
 
 
 class _CaptureDone(Exception):

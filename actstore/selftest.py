@@ -133,12 +133,12 @@ class _Demo:
 
 
 def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
-    import actstore
-    from .store import verify_store
+    from .capture import cache
+    from .store import ActivationStore, verify_store
 
     sites = "resid_pre:all,resid_mid:1,attn_out:2,mlp_out:3,z:1,pattern:0,resid_post:3"
     path = f"{tmp}/selftest-{storage}.zarr"
-    store = actstore.cache(out=path, model="actstore-demo", dataset="actstore-demo", sites=sites, seq_len=32,
+    store = cache(out=path, model="actstore-demo", dataset="actstore-demo", sites=sites, seq_len=32,
                            n_rows=12, batch_size=4, rows_per_chunk=4, dtype=str(d.dtype).removeprefix("torch."),
                            storage_dtype=storage, device=device, progress=False)
     tokens = torch.as_tensor(store.tokens().astype(np.int64), device=device)
@@ -158,7 +158,7 @@ def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
     damage = verify_store(path, progress=False)
     if damage or not store.is_complete:
         return Check("", False, f"verify found {len(damage)} damaged shard objects; complete: {store.is_complete}")
-    back = actstore.ActivationStore.open(path)
+    back = ActivationStore.open(path)
     if not np.array_equal(back.tokens(), store.tokens()) or back.sites != store.sites:
         return Check("", False, "the store read back differs from what was written")
     what = "bit-exact" if exact else f"max error {worst:.2g}"
@@ -203,7 +203,7 @@ def directional_derivative(bridge: Any, corrupted: torch.Tensor, clean_cache: An
 
 
 def _check_attribution(d: _Demo) -> Check:
-    from . import attribution as at
+    from .patching import attribution as at
     from . import patching as ap
 
     corrupted = d.corrupted["late"]

@@ -61,7 +61,8 @@ from transformer_lens import patching as tlp  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from actstore import _self_check, patching as ap  # noqa: E402
+from actstore import patching as ap  # noqa: E402
+from actstore.patching import self_check as _self_check  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
 
 CLEAN = "After the meeting, Mary and John walked to the station, and then John handed the ticket to"

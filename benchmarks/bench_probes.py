@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 
 import actstore
 from actstore.demo import build_random_gpt2
-from actstore.labels import parse_target, split_rows
+from actstore.probes.labels import parse_target, split_rows
 from actstore.probes import fit_probes
 
 

@@ -243,7 +243,7 @@ def test_transformer_lens_3_is_refused_up_front(tmp_path, monkeypatch, capsys):
     """TransformerLens 3 has no PatchingResult: one line naming the fix, before any model loads."""
     from actstore import models
 
-    monkeypatch.setattr(ap, "PatchingResult", None)
+    monkeypatch.setattr(ap.sweeps, "PatchingResult", None)
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     err = one_line_error(capsys, ["patch", "--model", "actstore-demo", "--pairs", write_pairs(tmp_path / "p.jsonl", PAIRS),
                                   "--sweep", "resid_pre", "--quiet"])

@@ -25,7 +25,9 @@ import pytest
 import torch
 from transformer_lens import patching as tlp
 
-from actstore import _kv_prefix, _patch_engine, _path_engine, _self_check, patching as ap
+from actstore import patching as ap
+from actstore.patching import engine as _patch_engine, kv_prefix as _kv_prefix, path as _path_engine
+from actstore.patching import self_check as _self_check
 from actstore.errors import EngineCheckError
 
 from .conftest import TL4

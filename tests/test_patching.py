@@ -21,7 +21,8 @@ import torch
 from transformer_lens import patching as tlp
 
 import actstore
-from actstore import _patch_engine, patching as ap
+from actstore import patching as ap
+from actstore.patching import engine as _patch_engine
 from actstore.errors import ConfigError, StoreMismatchError
 
 from .conftest import TL4, needs_tl4

@@ -110,7 +110,7 @@ def test_edges_run_batched_from_their_destination_layer(s, monkeypatch):
     """The 48 edges of the tiny model (16 into layer 1, 32 into layer 2) run as a few
     batched block calls from the destination block on, not as 48 full forwards (the
     self-check, off here, adds two plain forwards: tests/test_fidelity.py)."""
-    from actstore import _self_check
+    from actstore.patching import self_check as _self_check
 
     monkeypatch.setattr(_self_check, "ENABLED", False)
     calls: dict[int, list[int]] = {i: [] for i in range(3)}

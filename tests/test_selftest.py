@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from actstore import _patch_engine, _self_check
+from actstore.patching import engine as _patch_engine, self_check as _self_check
 from actstore.cli import main
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from actstore import tasks
-from actstore.cli.patch import read_pairs
+from actstore.patching.pairs import read_pairs
 from actstore.errors import ConfigError, CorpusError
 
 GENERATED = ["ioi", "ioi-flip", "repeated-name", "greater-than"]

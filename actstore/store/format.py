@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ..errors import ConfigError, CorruptChunkError, RowsNotDoneError, StoreNotFoundError
+from ..errors import ConfigError, CorruptChunkError
 from ..sites import SiteShape
 from ..stats import Moments
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import numpy as np
-import zarr
 from tqdm.auto import tqdm
 
 from .format import INDEX_ARRAYS, shard_exists

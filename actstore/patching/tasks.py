@@ -32,29 +32,15 @@ from __future__ import annotations
 import difflib
 import os
 import random
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from .errors import ConfigError, CorpusError
-from .jsonl import read_records, write_records
+from ..errors import ConfigError
+from ..jsonl import write_records
+from .facts import FACTS_FORMAT, factual_pairs
+from .prompts import PromptPair, generate, need, single_token_words, template_index, token_ids, tokenizer_or_gpt2
 
 __all__ = ["PromptPair", "TASKS", "make_pairs", "ioi_pairs", "repeated_name_pairs", "greater_than_pairs",
-           "factual_pairs", "write_pairs", "IOI_TEMPLATES", "NAMES"]
-
-
-@dataclass(frozen=True)
-class PromptPair:
-    """One clean/corrupted pair; ``meta`` says how it was made (template, names, ...)."""
-
-    clean: str
-    corrupted: str
-    answer: str
-    wrong: str
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"clean": self.clean, "corrupted": self.corrupted, "answer": self.answer, "wrong": self.wrong,
-                **({"meta": self.meta} if self.meta else {})}
+           "factual_pairs", "write_pairs", "single_token_words", "IOI_TEMPLATES", "NAMES", "FACTS_FORMAT"]
 
 
 # --- word lists --------------------------------------------------------------------------------
@@ -129,54 +115,6 @@ GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to th
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _tokenizer(tokenizer: Any) -> Any:
-    if tokenizer is None:
-        from .resources import gpt2_tokenizer
-
-        return gpt2_tokenizer()
-    return tokenizer
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def single_token_words(words: Sequence[str], tokenizer: Any, prefix: str = " ") -> list[str]:
-    """The words that are one token with ``prefix`` (a leading space) before them."""
-    return [w for w in words if len(_ids(tokenizer, prefix + w)) == 1]
-
-
-def _need(words: Sequence[str], k: int, what: str) -> None:
-    if len(words) < k:
-        raise ConfigError(f"Only {len(words)} {what} are single tokens for this tokenizer; the task needs {k}. "
-                          "Use a GPT-2-family tokenizer.")
-
-
-def _generate(n: int, seed: int, tokenizer: Any, make: Callable[[random.Random, int], PromptPair],
-              task: str) -> list[PromptPair]:
-    """n pairs from ``make(rng, i)``, each checked (equal token lengths, one-token answers)."""
-    if n < 1:
-        raise ConfigError(f"n (the number of pairs) must be at least 1, got {n}.")
-    rng = random.Random(f"{task}:{seed}")
-    pairs = []
-    for i in range(n):
-        pair = make(rng, i)
-        a, b = _ids(tokenizer, pair.clean), _ids(tokenizer, pair.corrupted)
-        if len(a) != len(b) or any(len(_ids(tokenizer, w)) != 1 for w in (pair.answer, pair.wrong)):
-            raise ConfigError(f"{task}: pair {i} does not tokenise as the task assumes ({pair.clean!r} / "
-                              f"{pair.corrupted!r}, answers {pair.answer!r}, {pair.wrong!r}); use a GPT-2-family "
-                              "tokenizer.")
-        pairs.append(pair)
-    return pairs
-
-
-def _template_index(template: Optional[int], n_templates: int, rng: random.Random) -> int:
-    return rng.randrange(n_templates) if template is None else template
-
-
-# --- the tasks ---------------------------------------------------------------------------------
-
-
 def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optional[int] = 0, order: str = "mixed",
               corruption: str = "abc") -> list[PromptPair]:
     """Indirect object identification pairs (see the module docstring).
@@ -190,7 +128,7 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optiona
         corruption: 'abc' (three fresh names) or 'flip' (the second subject mention
             replaced by the indirect object).
     """
-    tokenizer = _tokenizer(tokenizer)
+    tokenizer = tokenizer_or_gpt2(tokenizer)
     if order not in ("ABBA", "BABA", "mixed"):
         raise ConfigError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}.")
     if corruption not in ("abc", "flip"):
@@ -200,9 +138,9 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optiona
         raise ConfigError(f"template must be in 0..{len(IOI_TEMPLATES) - 1} (IOI_TEMPLATES) or None, got {template}.")
     names = single_token_words(NAMES, tokenizer)
     places, objects = single_token_words(PLACES, tokenizer), single_token_words(OBJECTS, tokenizer)
-    _need(names, 5, "IOI names")
-    _need(places, 1, "places")
-    _need(objects, 1, "objects")
+    need(names, 5, "IOI names")
+    need(places, 1, "places")
+    need(objects, 1, "objects")
     orders: list[str] = [order] * n if order != "mixed" else []
     order_rng = random.Random(f"ioi-order:{seed}")
     while len(orders) < n:  # each two pairs: one ABBA, one BABA, in a seeded order (so the first k pairs
@@ -215,7 +153,7 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optiona
         return body.replace("[PLACE]", place).replace("[OBJECT]", obj)
 
     def make(rng: random.Random, i: int) -> PromptPair:
-        t = _template_index(template, len(IOI_TEMPLATES), rng)
+        t = template_index(template, len(IOI_TEMPLATES), rng)
         io, s, c1, c2, c3 = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
         first, second = (s, io) if orders[i] == "BABA" else (io, s)
@@ -227,7 +165,7 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optiona
         meta = {"task": "ioi", "template": t, "order": orders[i], "corruption": corruption, "io": io, "s": s}
         return PromptPair(clean, corrupted, " " + io, " " + s, meta)
 
-    return _generate(n, seed, tokenizer, make, "ioi")
+    return generate(n, seed, tokenizer, make, "ioi")
 
 
 def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optional[int] = 0
@@ -235,30 +173,30 @@ def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, templat
     """"Michelle Jones was a top-notch student. Michelle" (answer " Jones") against the
     same with another surname (wrong: that surname). ``template`` indexes
     :data:`REPEATED_NAME_TEMPLATES` (None: random per pair)."""
-    tokenizer = _tokenizer(tokenizer)
+    tokenizer = tokenizer_or_gpt2(tokenizer)
     if template is not None and not 0 <= template < len(REPEATED_NAME_TEMPLATES):
         raise ConfigError(f"template must be in 0..{len(REPEATED_NAME_TEMPLATES) - 1} or None, got {template}.")
     # the first name also starts the prompt (no leading space there): one token both ways
     firsts = [w for w in single_token_words(NAMES, tokenizer) if w in single_token_words([w], tokenizer, prefix="")]
     lasts = single_token_words(SURNAMES, tokenizer)
-    _need(firsts, 1, "first names")
-    _need(lasts, 2, "surnames")
+    need(firsts, 1, "first names")
+    need(lasts, 2, "surnames")
 
     def make(rng: random.Random, i: int) -> PromptPair:
-        t = _template_index(template, len(REPEATED_NAME_TEMPLATES), rng)
+        t = template_index(template, len(REPEATED_NAME_TEMPLATES), rng)
         first = rng.choice(firsts)
         last, other = rng.sample(lasts, 2)
         fmt = REPEATED_NAME_TEMPLATES[t].format
         return PromptPair(fmt(first=first, last=last), fmt(first=first, last=other), " " + last, " " + other,
                           {"task": "repeated-name", "template": t, "first": first})
 
-    return _generate(n, seed, tokenizer, make, "repeated-name")
+    return generate(n, seed, tokenizer, make, "repeated-name")
 
 
 def _year_ok(tokenizer: Any, century: int, yy: int) -> bool:
     """' CCYY' is the two tokens ' CC' + 'YY', the latter also the token of 'YY' alone."""
-    ids = _ids(tokenizer, f" {century}{yy:02d}")
-    return len(ids) == 2 and ids[1:] == _ids(tokenizer, f"{yy:02d}") and ids[:1] == _ids(tokenizer, f" {century}")
+    ids = token_ids(tokenizer, f" {century}{yy:02d}")
+    return len(ids) == 2 and ids[1:] == token_ids(tokenizer, f"{yy:02d}") and ids[:1] == token_ids(tokenizer, f" {century}")
 
 
 def greater_than_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, centuries: Sequence[int] = range(11, 18)
@@ -267,9 +205,9 @@ def greater_than_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, centurie
     "33" (YY+1), wrong "31" (YY-1). YY is drawn from 03..97, the noun from the nouns of
     Hanna et al. that are one token, the century from ``centuries`` (those whose years
     tokenise as ' CC' + 'YY')."""
-    tokenizer = _tokenizer(tokenizer)
+    tokenizer = tokenizer_or_gpt2(tokenizer)
     nouns = single_token_words(GREATER_THAN_NOUNS, tokenizer)
-    _need(nouns, 1, "nouns")
+    need(nouns, 1, "nouns")
     years = {c: [yy for yy in range(3, 98) if all(_year_ok(tokenizer, c, y) for y in (yy - 1, yy, yy + 1))]
              for c in centuries if _year_ok(tokenizer, c, 1)}
     years = {c: ys for c, ys in years.items() if ys}
@@ -284,114 +222,10 @@ def greater_than_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, centurie
         return PromptPair(fmt(noun=noun, century=century, yy=yy), fmt(noun=noun, century=century, yy=1),
                           f"{yy + 1:02d}", f"{yy - 1:02d}", {"task": "greater-than", "century": century, "yy": yy})
 
-    return _generate(n, seed, tokenizer, make, "greater-than")
+    return generate(n, seed, tokenizer, make, "greater-than")
 
 
 # --- factual recall from a file ---------------------------------------------------------------
-
-_FACT_FIELDS = ("prompt", "answer", "corrupted_prompt", "wrong")
-_FACT_EXTRA = ("subject", "relation", "id", "meta")  # kept in PromptPair.meta
-FACTS_FORMAT = """one JSON object per line:
-  {"prompt": "The Kremlin is in the city of", "answer": " Moscow"}
-  {"prompt": "The Vatican is in the city of", "answer": " Rome"}
-  {"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The capital of France is", "wrong": " Paris"}
-'answer' and 'wrong' are one token each (mind the leading space). A fact with 'corrupted_prompt'
-(same token length as 'prompt') also needs 'wrong', the corrupted prompt's answer; a fact
-without one is paired with another fact of the same token length and a different answer
-(its prompt becomes the corrupted prompt, its answer the wrong one). Optional: subject,
-relation, id, meta."""
-
-
-def factual_pairs(path: str | os.PathLike[str], n: Optional[int] = None, seed: int = 0, tokenizer: Any = None
-                  ) -> list[PromptPair]:
-    """Factual-recall pairs from a JSON-lines file (format: :data:`FACTS_FORMAT`),
-    validated before anything runs (every error names the line and the fix).
-
-    ``n``: use n facts, a seeded sample kept in file order (default: all). Facts
-    without a corrupted prompt are paired within their token length, in a seeded order.
-    Pairs of different facts may have different lengths."""
-    tokenizer = _tokenizer(tokenizer)
-    path = os.fspath(path)
-    facts: list[tuple[str, dict[str, Any], list[int]]] = []
-    records = read_records(path, "Facts", f"Pass a JSON-lines file of facts to --facts; {FACTS_FORMAT}", FACTS_FORMAT,
-                           '{"prompt": ..., "answer": ...}')
-    for where, rec in records:
-        for key in rec:
-            if key not in _FACT_FIELDS + _FACT_EXTRA:
-                close = difflib.get_close_matches(key, _FACT_FIELDS + _FACT_EXTRA, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise CorpusError(f"{where}: unknown field {key!r}{hint}; a fact has prompt, answer and optionally "
-                                  "corrupted_prompt and wrong (and subject, relation, id, meta).")
-        for key in ("prompt", "answer"):
-            if key not in rec:
-                raise CorpusError(f"{where} has no field {key!r}; {FACTS_FORMAT}")
-        if "corrupted_prompt" in rec and "wrong" not in rec:
-            raise CorpusError(f"{where} has a corrupted_prompt but no 'wrong': add the answer the corrupted prompt "
-                              "leads to (one token), which the logit difference compares against.")
-        if "wrong" in rec and "corrupted_prompt" not in rec:
-            raise CorpusError(f"{where} has 'wrong' but no corrupted_prompt: add the corrupted prompt, or drop "
-                              "'wrong' to pair the fact with another fact of the same length.")
-        for key in _FACT_FIELDS:
-            if key in rec and not isinstance(rec[key], str):
-                raise CorpusError(f"{where}: {key} must be a string, got {type(rec[key]).__name__}.")
-        for key in ("answer", "wrong"):
-            if key in rec:
-                tok = _ids(tokenizer, rec[key])
-                if len(tok) != 1:
-                    pieces = [tokenizer.decode([t]) for t in tok]
-                    raise ConfigError(f"{where}: {key} {rec[key]!r} is {len(tok)} tokens {pieces}; the logit "
-                                      "difference needs one-token answers. Pick a one-token word (mind the leading "
-                                      "space: ' Paris' is one token).")
-        if rec.get("wrong") is not None and _ids(tokenizer, rec["wrong"]) == _ids(tokenizer, rec["answer"]):
-            raise ConfigError(f"{where}: answer and wrong are the same token {rec['answer']!r}; the logit difference "
-                              "would be 0. Give the corrupted prompt's own answer as 'wrong'.")
-        ids = _ids(tokenizer, rec["prompt"])
-        if "corrupted_prompt" in rec and len(_ids(tokenizer, rec["corrupted_prompt"])) != len(ids):
-            raise ConfigError(f"{where}: the prompt is {len(ids)} tokens and the corrupted_prompt "
-                              f"{len(_ids(tokenizer, rec['corrupted_prompt']))}; patching compares them position by "
-                              "position. Reword the corrupted prompt to the same token length.")
-        facts.append((where, rec, ids))
-    if n is not None:
-        if not 1 <= n <= len(facts):
-            raise ConfigError(f"n_pairs {n} is outside 1..{len(facts)} (the facts in '{path}'); pass at most "
-                              f"{len(facts)}, or omit it to use every fact.")
-        keep = sorted(random.Random(f"factual:{seed}").sample(range(len(facts)), n))
-        facts = [facts[i] for i in keep]
-    return _pair_facts(facts, seed, tokenizer)
-
-
-def _pair_facts(facts: list[tuple[str, dict[str, Any], list[int]]], seed: int, tokenizer: Any) -> list[PromptPair]:
-    """Facts without a corrupted prompt get a partner: the next fact of the same token
-    length with a different answer, in a seeded cyclic order."""
-    groups: dict[int, list[int]] = {}
-    for i, (_, rec, ids) in enumerate(facts):
-        if "corrupted_prompt" not in rec:
-            groups.setdefault(len(ids), []).append(i)
-    partner: dict[int, int] = {}
-    rng = random.Random(f"factual-pairing:{seed}")
-    for length, members in groups.items():
-        cycle = list(members)
-        rng.shuffle(cycle)
-        for k, i in enumerate(cycle):
-            answer = _ids(tokenizer, facts[i][1]["answer"])
-            j = next((cycle[(k + d) % len(cycle)] for d in range(1, len(cycle))
-                      if _ids(tokenizer, facts[cycle[(k + d) % len(cycle)]][1]["answer"]) != answer), None)
-            if j is None:
-                raise ConfigError(f"{facts[i][0]}: no other fact has a prompt of {length} tokens and a different "
-                                  "answer to pair it with; add \"corrupted_prompt\" and \"wrong\" to it, or more facts "
-                                  "of that length.")
-            partner[i] = j
-    pairs = []
-    for i, (where, rec, _) in enumerate(facts):
-        meta = {"task": "factual", "source": where, **{k: rec[k] for k in _FACT_EXTRA if k in rec}}
-        if i in partner:
-            other = facts[partner[i]]
-            meta["paired_with"] = other[0]
-            pairs.append(PromptPair(rec["prompt"], other[1]["prompt"], rec["answer"], other[1]["answer"], meta))
-        else:
-            pairs.append(PromptPair(rec["prompt"], rec["corrupted_prompt"], rec["answer"], rec["wrong"], meta))
-    return pairs
-
 
 # --- by name -----------------------------------------------------------------------------------
 

@@ -33,21 +33,21 @@ from __future__ import annotations
 import math
 import os
 import re
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _self_check
-from ._kv_prefix import PrefixKV, attention_prefix
-from .errors import ConfigError, StoreMismatchError
+from ..errors import ConfigError
+from ..models import bridge_dtype
+from . import self_check
+from .clean import CleanSource
+from .kv_prefix import PrefixKV, attention_prefix
+from .metrics import Metrics
 
-__all__ = ["Sweep", "run_sweep", "CleanSource", "default_memory_budget"]
+__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "unembed_columns"]
 
-MetricFn = Callable[[torch.Tensor], torch.Tensor]
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 # one block call costs about as much as this many extra (row x position) items of work:
@@ -71,129 +71,6 @@ def default_memory_budget(device: torch.device | str) -> int:
     return int(min(512 * 2**20, avail // 4))
 
 
-# --- clean activations ---------------------------------------------------------------
-
-
-class CleanSource:
-    """The clean run's activations by hook name, from a TransformerLens ActivationCache
-    (or any mapping of hook name -> tensor) or from an actstore ActivationStore and the
-    rows that hold the clean prompts (read from disk, one hook at a time)."""
-
-    def __init__(self, clean: Any, model: Any, n_pos: int, batch: int, rows: Any = None):
-        from .store import ActivationStore
-
-        self.model = model
-        self.n_pos = n_pos
-        self.store: ActivationStore | None = clean if isinstance(clean, ActivationStore) else None
-        self.cache = None if self.store is not None else clean
-        self.rows: list[int] | None = None
-        if self.store is not None:
-            self.rows = _parse_rows(rows, self.store, batch)
-            check_store_model(self.store, model)
-        elif rows is not None:
-            raise ConfigError("clean_rows applies only when the clean cache is an ActivationStore; "
-                              "drop clean_rows, or pass the store as clean_cache.")
-
-    def __getitem__(self, hook: str) -> torch.Tensor:
-        dtype = _model_dtype(self.model)
-        device = torch.device(self.model.cfg.device)
-        if self.store is not None:
-            return self._from_store(hook).to(device=device, dtype=dtype)
-        act = torch.as_tensor(self.cache[hook]).to(device=device, dtype=dtype)
-        n = act.shape[2] if hook.endswith(_PATTERN_HOOKS) else act.shape[1]
-        if n != self.n_pos:
-            raise ConfigError(f"The clean activations of {hook} cover {n} positions but the corrupted prompts have "
-                              f"{self.n_pos} tokens; clean and corrupted prompts must have the same number of tokens.")
-        return act
-
-    def _from_store(self, hook: str) -> torch.Tensor:
-        store, rows = self.store, self.rows
-        assert store is not None and rows is not None
-        site = next((s for s in store.metadata["sites"] if s["hook"] == hook), None)
-        if site is None:
-            raise StoreMismatchError(
-                f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
-                f"swept layer. Cache the clean prompts with e.g. --sites {_short_site(hook)}:all, or pass an "
-                "ActivationCache from run_with_cache instead.")
-        if site["heads"] is not None:
-            raise StoreMismatchError(
-                f"Store '{store.path}' holds only heads {site['heads']} of {hook}; patching needs every head. "
-                f"Cache it with --sites {_short_site(hook)}:all.")
-        seq_len = store.layout.seq_len
-        if seq_len < self.n_pos:
-            raise ConfigError(f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
-                              f"{self.n_pos}; clean and corrupted prompts must have the same number of tokens.")
-        parts = []
-        for a, b in _runs(rows):  # contiguous runs: store.acts checks the done manifest
-            parts.append(store.acts(hook, rows=slice(a, b)))
-        order = np.argsort(np.argsort(rows, kind="stable"), kind="stable")
-        arr = np.concatenate(parts)[order] if len(parts) > 1 or sorted(rows) != rows else parts[0]
-        # keep the first n_pos positions: causal, so a longer (padded) row agrees there
-        if hook.endswith(_PATTERN_HOOKS):
-            arr = arr[:, :, : self.n_pos, : self.n_pos]
-        else:
-            arr = arr[:, : self.n_pos]
-        return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
-    """[3, 4, 5, 9] -> [(3, 6), (9, 10)] over the sorted rows."""
-    out: list[tuple[int, int]] = []
-    for r in sorted(rows):
-        if out and r == out[-1][1]:
-            out[-1] = (out[-1][0], r + 1)
-        elif not out or r >= out[-1][1]:
-            out.append((r, r + 1))
-    return out
-
-
-def _parse_rows(rows: Any, store: Any, batch: int) -> list[int]:
-    if rows is None:
-        if store.n_rows != batch:
-            raise ConfigError(f"Store '{store.path}' has {store.n_rows} rows but the corrupted batch has {batch} "
-                              "prompts; pass clean_rows=[...] naming the row of each clean prompt.")
-        rows = range(batch)
-    elif isinstance(rows, slice):
-        rows = range(*rows.indices(store.n_rows))
-    out = [int(r) for r in rows]
-    if len(out) != batch:
-        raise ConfigError(f"clean_rows names {len(out)} rows but the corrupted batch has {batch} prompts; "
-                          "give one store row per corrupted prompt, in the same order.")
-    bad = [r for r in out if not 0 <= r < store.n_rows]
-    if bad:
-        raise ConfigError(f"clean_rows {bad[:5]} are outside store '{store.path}' (rows 0..{store.n_rows - 1}).")
-    return out
-
-
-def _short_site(hook: str) -> str:
-    return hook.rsplit("hook_", 1)[-1]
-
-
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-
-
-def check_store_model(store: Any, model: Any) -> None:
-    """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
-    from .models import check_identity, fingerprint
-
-    if model not in _FINGERPRINTS:
-        _FINGERPRINTS[model] = fingerprint(model.original_model)
-    cfg = model.cfg
-    info = dict(fingerprint=_FINGERPRINTS[model], dtype=str(_model_dtype(model)).removeprefix("torch."),
-                n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
-                d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
-    diffs = check_identity(store.metadata["model"], info)
-    if diffs:
-        raise StoreMismatchError(
-            f"Store '{store.path}' was cached with another model ('{store.metadata['model']['name']}'): "
-            f"{'; '.join(diffs)}. Pass a store cached with this model (same weights and dtype), "
-            "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
-
-
-def _model_dtype(model: Any) -> torch.dtype:
-    return next(model.original_model.parameters()).dtype
-
-
 # --- the sweep -------------------------------------------------------------------------
 
 
@@ -205,93 +82,6 @@ class Sweep:
     indices: list[list[int]]
     act_name: Callable[[int], str]
     patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
-
-
-class Metrics:
-    """The metrics of one sweep, evaluated on many variants at once.
-
-    A *plain* metric maps the logits of one run, (batch, pos, d_vocab), to a scalar or
-    a (batch,) tensor, as in transformer_lens.patching; it is called once per variant.
-    A *batched* metric has ``batched(logits)`` taking (variant, batch, pos, vocab) and
-    returning (variant,) or (variant, batch); when it declares ``positions`` and
-    ``token_ids``, its logits are only those positions and vocabulary columns, in that
-    order, and only those are computed."""
-
-    def __init__(self, metrics: Mapping[str, MetricFn], per_example: bool, batch: int, n_pos: int):
-        self.fns = dict(metrics)
-        self.per_example = per_example
-        self.batch = batch
-        self.n_pos = n_pos
-        sparse = [getattr(m, "positions", None) is not None and getattr(m, "token_ids", None) is not None
-                  and callable(getattr(m, "batched", None)) for m in self.fns.values()]
-        self.restricted = all(sparse)
-        for name, m in self.fns.items():
-            bad = [p for p in (getattr(m, "positions", None) or ()) if not -n_pos <= p < n_pos]
-            if bad:
-                raise ConfigError(f"Metric {name!r} reads positions {bad}, outside prompts of {n_pos} tokens.")
-        if self.restricted:
-            pos = [tuple(p % n_pos for p in m.positions) for m in self.fns.values()]  # type: ignore[attr-defined]
-            tok = [tuple(int(t) for t in m.token_ids) for m in self.fns.values()]  # type: ignore[attr-defined]
-            self.positions = sorted(set().union(*pos))
-            self.token_ids = sorted(set().union(*tok))
-            self._pidx = [[self.positions.index(p) for p in ps] for ps in pos]
-            self._tidx = [[self.token_ids.index(t) for t in ts] for ts in tok]
-        else:
-            self.positions = list(range(n_pos))
-            self.token_ids = []  # every token
-
-    @property
-    def end(self) -> int:
-        """One past the last position any metric reads."""
-        return max(self.positions) + 1 if self.restricted else self.n_pos
-
-    def select(self, logits: torch.Tensor) -> torch.Tensor:
-        """(batch, pos, d_vocab) full logits -> what ``evaluate`` takes for one variant."""
-        if not self.restricted:
-            return logits
-        return logits[:, self.positions][:, :, self.token_ids]
-
-    def evaluate(self, logits: torch.Tensor) -> torch.Tensor:
-        """(variant * batch, pos', vocab') logits -> (variant, metric[, batch]) float32."""
-        n_var = logits.shape[0] // self.batch
-        per_var = logits.view(n_var, self.batch, *logits.shape[1:])
-        outs = []
-        for i, (name, fn) in enumerate(self.fns.items()):
-            if callable(getattr(fn, "batched", None)):
-                sel = per_var
-                if self.restricted:
-                    sel = per_var[:, :, self._pidx[i]][..., self._tidx[i]]
-                elif getattr(fn, "positions", None) is not None or getattr(fn, "token_ids", None) is not None:
-                    sel = _select_declared(per_var, fn, self.n_pos)
-                out = torch.as_tensor(fn.batched(sel))  # type: ignore[attr-defined]
-                self._check(name, out, lead=(n_var,))
-            else:
-                vals = [torch.as_tensor(fn(per_var[v])) for v in range(n_var)]
-                for val in vals:
-                    self._check(name, val, lead=())
-                out = torch.stack(vals)
-            outs.append(out.detach().float())
-        return torch.stack(outs, dim=1)
-
-    def _check(self, name: str, out: torch.Tensor, lead: tuple[int, ...]) -> None:
-        want = lead + ((self.batch,) if self.per_example else ())
-        if tuple(out.shape) == want:
-            return
-        if self.per_example:
-            raise ConfigError(f"patching_metric {name!r} must return a [batch] tensor of length {self.batch} "
-                              f"under reduce='mean' or 'none' (one value per variant for a batched metric: "
-                              f"shape {want}), got shape {tuple(out.shape)}.")
-        raise ConfigError(f"patching_metric {name!r} must return a scalar under reduce='scalar' (shape {want} "
-                          f"for a batched metric), got shape {tuple(out.shape)}; return a [batch] tensor and "
-                          "pass reduce='mean' or reduce='none' to keep per-example values.")
-
-
-def _select_declared(per_var: torch.Tensor, fn: Any, n_pos: int) -> torch.Tensor:
-    if fn.positions is not None:
-        per_var = per_var[:, :, [p % n_pos for p in fn.positions]]
-    if fn.token_ids is not None:
-        per_var = per_var[..., [int(t) for t in fn.token_ids]]
-    return per_var
 
 
 def block_projections(model: Any, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
@@ -407,7 +197,7 @@ def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int
     return sorted(chunks)
 
 
-def _check_model(model: Any) -> None:
+def check_model(model: Any) -> None:
     cfg = model.cfg
     if not hasattr(model, "blocks") or getattr(cfg, "positional_embedding_type", "standard") != "standard":
         raise ConfigError(
@@ -429,10 +219,10 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     ``kv_prefix=False`` runs every variant over all positions (from its patched block
     on), handing no earlier keys or values to the attentions. Either way, a few
     variants are recomputed with a plain run_with_hooks before anything is returned
-    (:mod:`actstore._self_check`)."""
+    (:mod:`actstore.patching.self_check`)."""
     from tqdm.auto import tqdm
 
-    _check_model(model)
+    check_model(model)
     device = torch.device(model.cfg.device)
     batch, n_pos = corrupted_tokens.shape
     n_layers = int(model.cfg.n_layers)
@@ -492,11 +282,11 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
                     out[c] = v
                 bar.update(b - a)
         bar.close()
-        if _self_check.ENABLED and all_live:
+        if self_check.ENABLED and all_live:
             cells = [c for _, c in all_live]
             moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
-            _self_check.check_variants(
-                model, corrupted_tokens, _self_check.pick(all_live, dict(zip(cells, moved)), end),
+            self_check.check_variants(
+                model, corrupted_tokens, self_check.pick(all_live, dict(zip(cells, moved)), end),
                 lambda c: sweep.indices[c],
                 lambda c: sweep.act_name(int(sweep.indices[c][0])), sweep.patch_setter, clean,
                 next(iter(in_place.values())), lambda logits: metrics.evaluate(metrics.select(logits)), out,
@@ -508,7 +298,7 @@ def _row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int
     """Rough peak bytes of one prompt row of one variant through a block."""
     cfg = model.cfg
     d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)
-    item = torch.finfo(_model_dtype(model)).bits // 8
+    item = torch.finfo(bridge_dtype(model)).bits // 8
     per_pos = 12 * int(cfg.d_model) + 3 * d_mlp + 4 * int(cfg.n_heads) * n_pos
     logits = n_pos * int(cfg.d_vocab) if full_logits else 0
     return item * (n_pos * per_pos + logits + 2 * act_numel)
@@ -576,11 +366,11 @@ def _logits(model: Any, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: 
     cols = [i for i, p in enumerate(metrics.positions) if p >= start]
     if cols:
         h = model.ln_final(x[:, [metrics.positions[i] - start for i in cols]])
-        out[:, cols] = _unembed_columns(model, h, metrics.token_ids)
+        out[:, cols] = unembed_columns(model, h, metrics.token_ids)
     return out
 
 
-def _unembed_columns(model: Any, h: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+def unembed_columns(model: Any, h: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
     """The unembedding of ``h`` for the given vocabulary columns only."""
     lin = getattr(model.unembed, "original_component", None)
     if isinstance(lin, torch.nn.Linear):

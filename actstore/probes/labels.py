@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .store import ActivationStore
+    from ..store import ActivationStore
 
 __all__ = ["BUILTIN_TARGETS", "Target", "parse_target", "split_rows", "ClassPlan", "class_plan"]
 
@@ -125,7 +125,7 @@ def class_plan(store: "ActivationStore", target: Target, test_rows: np.ndarray, 
     label never seen in training cannot be predicted and is left out of the score
     (counted in n_test_unseen). ``max_classes`` keeps the most frequent ones (ties to the
     smaller label); 'balanced' weights are scikit-learn's n / (n_classes * count)."""
-    from .store.loader import keep_positions, row_units
+    from ..store.loader import keep_positions, row_units
 
     seen: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {False: [], True: []}
     for unit in row_units(store, rows_per_unit=4096):

@@ -45,10 +45,12 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
-from . import patching as _p
-from ._patch_engine import (CleanSource, Metrics, Sweep, _check_model, _model_dtype, _select_declared,
-                            _unembed_columns)
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..models import bridge_dtype
+from . import sweeps as _p
+from .clean import CleanSource
+from .engine import Sweep, check_model, unembed_columns
+from .metrics import Metrics, select_declared
 
 __all__ = [
     "attribution_patch", "generic_attribution_patch", "SWEEPS", "get_act_patch_resid_pre", "get_act_patch_resid_mid",
@@ -68,7 +70,7 @@ __all__ = [
 def _metric_value(fn: Any, logits: torch.Tensor, n_pos: int) -> torch.Tensor:
     """A metric on one run's full logits, differentiably (plain or batched)."""
     if callable(getattr(fn, "batched", None)) and not callable(fn):
-        return fn.batched(_select_declared(logits[None], fn, n_pos))[0]
+        return fn.batched(select_declared(logits[None], fn, n_pos))[0]
     return torch.as_tensor(fn(logits))
 
 
@@ -85,7 +87,7 @@ def _metric_values(model: Any, metrics: Metrics, out: torch.Tensor, n_pos: int) 
     d_model = int(model.cfg.d_model)
     if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
         return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
-    sel = _unembed_columns(model, model.ln_final(out[:, metrics.positions]), metrics.token_ids)[None]
+    sel = unembed_columns(model, model.ln_final(out[:, metrics.positions]), metrics.token_ids)[None]
     return [fn.batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
             for i, fn in enumerate(metrics.fns.values())]
 
@@ -137,7 +139,7 @@ class _GradPass:
                 self.grads[name] = {h: torch.zeros_like(leaves[h]) if g is None else g
                                     for h, g in zip(self.hooks, grads)}
                 base.append(value.detach())
-        dtype = torch.promote_types(_model_dtype(model), torch.float32)
+        dtype = torch.promote_types(bridge_dtype(model), torch.float32)
         self.baseline = torch.stack(base).to(dtype)  # (metric[, batch])
 
     def matches(self, metrics: Metrics, hooks: Sequence[str]) -> bool:
@@ -191,7 +193,7 @@ def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, 
 def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
     def run(model: Any, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
             memory_budget: Optional[int], progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_model(model)
+        check_model(model)
         by_hook: dict[str, list[int]] = {}
         for c, index in enumerate(sweep.indices):
             by_hook.setdefault(sweep.act_name(int(index[0])), []).append(c)
@@ -337,7 +339,7 @@ def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
         raise ConfigError(f"Unknown sweep {unknown[0]!r}; expected one of {', '.join(SWEEPS)}.")
-    _check_model(model)
+    check_model(model)
     hooks = sorted({h for s in sweeps for h in _hooks_of(model, s)})
     if isinstance(clean, torch.Tensor) and not torch.is_floating_point(clean):
         with torch.no_grad():
@@ -374,7 +376,7 @@ def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
 def plot_comparison(exact: Any, approx: Any, path: str, *, title: str, xlabel: str = "exact patching",
                     ylabel: str = "attribution patching") -> str:
     """Scatter of attribution against exact values, one point per cell, with y = x."""
-    from .plots import _plt
+    from ..plots import _plt
 
     plt = _plt()
     e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()).ravel() for v in (exact, approx))

@@ -13,7 +13,7 @@ then silently dropped. So the prefix is not passed through the block at all: a
 forward pre-hook on each attention module puts it into the attention's own keyword
 arguments, under every name a bridge has read it by. Whether it was used is checked
 (:attr:`PrefixKV.calls`), and every sweep compares one variant against a plain
-``run_with_hooks`` (:mod:`actstore._self_check`), so a future change fails loudly.
+``run_with_hooks`` (:mod:`actstore.patching.self_check`), so a future change fails loudly.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def attention_prefix(model: Any, layers: Sequence[int], prefix: PrefixKV | None)
             h.remove()
     unused = sorted(set(ran) - set(prefix.calls))
     if unused:
-        from ._self_check import engine_error
+        from .self_check import engine_error
 
         raise engine_error(f"found that the attention of layers {unused} ignored the earlier positions' keys and "
                            "values handed to it", kv_prefix=True)

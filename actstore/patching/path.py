@@ -1,4 +1,4 @@
-"""Direct path patching on the vectorised engine (see :mod:`actstore._patch_engine`).
+"""Direct path patching on the vectorised engine (see :mod:`actstore.patching.engine`).
 
 ``transformer_lens.patching.get_act_patch_direct_path`` patches one edge A -> B at a
 time: A's clean-minus-corrupted residual write, ``delta = z_clean[:, :, A] @ W_O[A] -
@@ -11,7 +11,7 @@ exactly a patch of one head of ``blocks.L.attn.hook_{q,k,v}`` with the value
 ``proj_B(ln1(resid_pre_L + delta))``, everything upstream of layer L being the
 corrupted run. This module computes those values for every source and destination
 head of a layer at once (one ``ln1`` and projection per source, batched), and hands the
-edges to :func:`~actstore._patch_engine.run_sweep` as a sweep of that hook, so they run
+edges to :func:`~actstore.patching.engine.run_sweep` as a sweep of that hook, so they run
 many at a time from the destination block on, over the positions the patch changes.
 Where ``delta`` is zero (positions before the first one at which clean and corrupted
 differ) the value is the corrupted run's own, bit for bit, and the engine skips them.
@@ -24,10 +24,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from . import _self_check
-from ._patch_engine import (CleanSource, Metrics, Sweep, _check_model, _model_dtype, block_projections,
-                            run_sweep)
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..models import bridge_dtype
+from . import self_check as _self_check
+from .clean import CleanSource
+from .engine import Sweep, block_projections, check_model, run_sweep
+from .metrics import Metrics
 
 __all__ = ["direct_path_sweep"]
 
@@ -91,7 +93,7 @@ def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, so
     layer, its heads' ``component`` read off their hook (the forward abandoned there);
     the engine's sweep of these values is checked by run_sweep itself. Raise
     EngineCheckError if they differ."""
-    from .models import _CaptureDone
+    from ..models import _CaptureDone
 
     n_layers = int(model.cfg.n_layers)
     live = [i for i, (src_layer, _) in enumerate(sources) if src_layer < n_layers - 1]
@@ -135,7 +137,7 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
     if component not in _COMPONENTS:
         raise ConfigError(f"component must be one of {_COMPONENTS} (the destination head's query, key or value "
                           f"input), got {component!r}.")
-    _check_model(model)
+    check_model(model)
     cfg = model.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
     bad = [s for s in sources if not (0 <= s[0] < n_layers and 0 <= s[1] < n_heads)]
@@ -169,7 +171,7 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
         model.run_with_hooks(corrupted_tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)])
         clean = CleanSource(clean_cache, model, n_pos, batch, clean_rows)
         corr_z = acts if corrupted_cache is None else corrupted_cache
-        dtype = _model_dtype(model)
+        dtype = bridge_dtype(model)
         deltas = []
         for src_layer, src_head in sources:
             z_name = f"blocks.{src_layer}.attn.hook_z"

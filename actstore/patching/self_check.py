@@ -1,7 +1,7 @@
 """The patching engine's self-check: every sweep recomputes one of its variants the
 plain way and refuses to return a result that disagrees.
 
-The engine (:mod:`actstore._patch_engine`) is fast because it relies on how
+The engine (:mod:`actstore.patching.engine`) is fast because it relies on how
 TransformerLens's bridge runs a block standalone and hands keys and values to its
 attention; both are internals that a transformers or TransformerLens release can
 change without an error (transformers 5.24 did). So after a sweep, the variant that
@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import compat
-from .errors import EngineCheckError
+from .. import compat
+from ..errors import EngineCheckError
 
 __all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
 

@@ -12,7 +12,7 @@ What differs is the cost: the patched variants run many at a time in the batch
 dimension, from the patched block on (not from the embedding), over the positions a
 patch can change only (the corrupted run's keys and values stand in for the earlier
 ones), with logits only where the metric reads them; patches that change nothing are
-not run at all. See :mod:`actstore._patch_engine`.
+not run at all. See :mod:`actstore.patching.engine`.
 
 Extra keyword-only options on every sweep:
   ``clean_rows``     the store rows of the clean prompts when ``clean_cache`` is an
@@ -28,7 +28,7 @@ Extra keyword-only options on every sweep:
 Every sweep checks itself before returning: the variants that exercise the engine most
 are recomputed with a plain ``run_with_hooks``, as ``transformer_lens.patching`` runs them,
 and a disagreement raises :class:`~actstore.errors.EngineCheckError` naming the installed
-versions (see :mod:`actstore._self_check`; it costs about one forward per sweep).
+versions (see :mod:`actstore.patching.self_check`; it costs about one forward per sweep).
 
 Patches are written into the hooked activation, as transformer_lens's setters do under
 ``torch.no_grad()``. On a TransformerBridge that matters for ``hook_resid_mid``, which is
@@ -48,7 +48,7 @@ wraps a function as one, and :class:`LogitDiff` is the built-in logit difference
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
@@ -65,9 +65,11 @@ from transformer_lens.patching import (  # the reference's own setters, re-expor
 )
 from transformer_lens.utilities import get_act_name
 
-from ._patch_engine import CleanSource, Metrics, Sweep, run_sweep
-from ._path_engine import direct_path_sweep
-from .errors import ConfigError
+from ..errors import ConfigError
+from .clean import CleanSource
+from .engine import Sweep, run_sweep
+from .metrics import BatchedMetric, LogitDiff, MetricFn, Metrics, batched_metric
+from .path import direct_path_sweep
 
 __all__ = [
     "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
@@ -86,122 +88,7 @@ __all__ = [
 # TransformerLens 4 types the rich return; 3.x has none (its sweeps return tensors only)
 PatchingResult: Any = getattr(_tl, "PatchingResult", None)
 
-MetricFn = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], torch.Tensor]
 _REDUCE_MODES = ("scalar", "mean", "none")
-
-
-# --- metrics -------------------------------------------------------------------------
-
-
-@runtime_checkable
-class BatchedMetric(Protocol):
-    """A metric evaluated on many patched variants at once.
-
-    ``batched(logits)`` takes (variant, batch, pos, vocab) logits and returns (variant,)
-    under ``reduce='scalar'``, (variant, batch) otherwise. If ``positions`` and
-    ``token_ids`` are both set (not None), the logits it gets hold only those positions
-    and vocabulary columns, in that order (``logits[..., i, j]`` is the logit of token
-    ``token_ids[j]`` at position ``positions[i]``; negative positions count from the
-    end), and only those are computed."""
-
-    positions: Optional[Sequence[int]]
-    token_ids: Optional[Sequence[int]]
-
-    def batched(self, logits: Float[torch.Tensor, "variant batch pos vocab"]) -> torch.Tensor: ...
-
-
-class _BatchedFn:
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]],
-                 token_ids: Optional[Sequence[int]]):
-        self.batched = fn
-        self.positions = None if positions is None else tuple(int(p) for p in positions)
-        self.token_ids = None if token_ids is None else tuple(int(t) for t in token_ids)
-
-    def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
-        if self.positions is not None:
-            logits = logits[:, list(self.positions)]
-        if self.token_ids is not None:
-            logits = logits[..., list(self.token_ids)]
-        return self.batched(logits[None])[0]
-
-
-def batched_metric(fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]] = None,
-                   token_ids: Optional[Sequence[int]] = None) -> BatchedMetric:
-    """Make ``fn`` ((variant, batch, pos, vocab) logits -> (variant,) or (variant, batch))
-    a batched metric. With ``positions`` and ``token_ids``, ``fn`` sees only those
-    logits. The result also works as a plain TransformerLens metric on one run's logits."""
-    return _BatchedFn(fn, positions, token_ids)
-
-
-class LogitDiff:
-    """Logit difference ``logit[answer] - logit[wrong]`` at position ``pos`` (default the
-    last), mean over the batch (``per_example=True``: one value per prompt, for
-    ``reduce='mean'`` or ``'none'``).
-
-    With ``clean`` and ``corrupted`` baselines (the logit differences of the unpatched
-    runs, one per prompt or one number), it is normalised: ``(ld - corrupted) / (clean -
-    corrupted)``, 0 = the corrupted run, 1 = the clean run (batch means first when not
-    per example). :meth:`normalised` computes the baselines from the two runs' logits.
-
-    A batched metric that reads only ``pos`` and the answer tokens; also a plain metric
-    (``metric(logits)``) for ``transformer_lens.patching``."""
-
-    def __init__(self, answer: Union[int, Sequence[int], torch.Tensor], wrong: Union[int, Sequence[int], torch.Tensor],
-                 pos: Union[int, Sequence[int]] = -1, *, per_example: bool = False,
-                 clean: Union[float, Sequence[float], torch.Tensor, None] = None,
-                 corrupted: Union[float, Sequence[float], torch.Tensor, None] = None):
-        self.answer = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
-        self.wrong = torch.as_tensor(wrong, dtype=torch.long).reshape(-1)
-        self.pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1)
-        n = max(len(self.answer), len(self.wrong), len(self.pos))
-        if any(len(t) not in (1, n) for t in (self.answer, self.wrong, self.pos)):
-            raise ConfigError(f"LogitDiff: answer ({len(self.answer)}), wrong ({len(self.wrong)}) and pos "
-                              f"({len(self.pos)}) must each hold one value, or one per prompt.")
-        if (clean is None) != (corrupted is None):
-            raise ConfigError("LogitDiff: pass both clean and corrupted baselines to normalise, or neither.")
-        self.per_example = per_example
-        self.clean = None if clean is None else torch.as_tensor(clean, dtype=torch.float32).reshape(-1)
-        self.corrupted = None if corrupted is None else torch.as_tensor(corrupted, dtype=torch.float32).reshape(-1)
-        self.positions = tuple(sorted(set(self.pos.tolist())))
-        self.token_ids = tuple(sorted(set(self.answer.tolist()) | set(self.wrong.tolist())))
-        self._pidx = torch.tensor([self.positions.index(p) for p in self.pos.tolist()])
-        self._aidx = torch.tensor([self.token_ids.index(t) for t in self.answer.tolist()])
-        self._widx = torch.tensor([self.token_ids.index(t) for t in self.wrong.tolist()])
-
-    def normalised(self, clean_logits: Float[torch.Tensor, "batch pos d_vocab"],
-                   corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"]) -> "LogitDiff":
-        """The same metric, normalised by the logit differences of these two runs."""
-        raw = LogitDiff(self.answer, self.wrong, self.pos, per_example=True)
-        return LogitDiff(self.answer, self.wrong, self.pos, per_example=self.per_example,
-                         clean=raw(clean_logits).detach().cpu(), corrupted=raw(corrupted_logits).detach().cpu())
-
-    @property
-    def is_normalised(self) -> bool:
-        return self.clean is not None
-
-    def raw(self, logits: Float[torch.Tensor, "... batch pos vocab"]) -> Float[torch.Tensor, "... batch"]:
-        """Per-prompt logit differences from logits restricted to ``positions`` x ``token_ids``."""
-        batch = logits.shape[-3]
-        b = torch.arange(batch, device=logits.device)
-        p, a, w = (t.to(logits.device).expand(batch) for t in (self._pidx, self._aidx, self._widx))
-        return logits[..., b, p, a] - logits[..., b, p, w]
-
-    def batched(self, logits: Float[torch.Tensor, "variant batch pos vocab"]) -> torch.Tensor:
-        ld = self.raw(logits)  # (variant, batch)
-        if self.clean is None or self.corrupted is None:
-            return ld if self.per_example else ld.mean(-1)
-        clean, corr = self.clean.to(ld.device), self.corrupted.to(ld.device)
-        if self.per_example:
-            return (ld - corr) / (clean - corr)
-        return (ld.mean(-1) - corr.mean()) / (clean.mean() - corr.mean())
-
-    def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
-        sel = logits[:, list(self.positions)][:, :, list(self.token_ids)]
-        return self.batched(sel[None])[0]
-
-    def __repr__(self) -> str:
-        kind = "normalised " if self.is_normalised else ""
-        return f"LogitDiff({kind}answer={self.answer.tolist()}, wrong={self.wrong.tolist()}, pos={self.pos.tolist()})"
 
 
 # --- the generic sweep ------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""What the analyses share: the store's model reloaded and checked, single-token
+answers, the sites of a kind, and results saved under results/analysis/<name>/."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, StoreMismatchError
+from ..models import LoadedModel, load_model
+from ..store import ActivationStore
+
+
+__all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
+
+
+def model_for(store: ActivationStore, name: str | None = None, device: str | None = "auto") -> LoadedModel:
+    """Load the store's model (or ``name``) and check its weights are the store's."""
+    meta = store.metadata["model"]
+    model = load_model(name or meta["name"], meta["dtype"], device, meta.get("revision"))
+    if model.info.fingerprint != meta["fingerprint"]:
+        raise StoreMismatchError(
+            f"Model '{name or meta['name']}' has other weights than the store's ({meta['fingerprint'][:19]}...); "
+            "pass --model with the model the store was made with."
+        )
+    return model
+
+
+def single_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ConfigError(f"'{text}' is {len(ids)} tokens ({ids}); pass a single token, e.g. ' Mary' with its leading space.")
+    return int(ids[0])
+
+
+def sites_with(store: ActivationStore, suffix: str) -> list[dict[str, Any]]:
+    return [s for s in store.metadata["sites"] if s["hook"].startswith("blocks.") and s["hook"].endswith(suffix)]
+
+
+def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
+          attrs: dict[str, Any]) -> list[str]:
+    """Write each array to results/analysis/<name>/<key> with its dimension names."""
+    for key, (data, dims) in arrays.items():
+        store.save_result(f"analysis/{name}/{key}", np.asarray(data), dims, attrs)
+    return [f"results/analysis/{name}/{key}" for key in arrays]
+
+
+def layer_head_grid(store: ActivationStore) -> np.ndarray:
+    m = store.metadata["model"]
+    return np.full((m["n_layers"], m["n_heads"]), np.nan)
+
+

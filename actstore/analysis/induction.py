@@ -1,0 +1,92 @@
+"""Induction heads on repeated random tokens: induction, duplicate-token and previous-token
+scores of every head, and the loss on each half."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..store import ActivationStore
+from ..corpus import parse_synthetic
+
+from .common import layer_head_grid, save_result, sites_with
+
+__all__ = ["InductionScores", "induction_scores"]
+
+
+@dataclass
+class InductionScores:
+    induction: np.ndarray  # (layer, head): mean attention from second-half query q to key q - half_len + 1
+    prev_token: np.ndarray  # (layer, head): mean attention from q to q - 1, q >= 1
+    duplicate: np.ndarray  # (layer, head): mean attention from second-half q to q - half_len
+    loss_by_pos: np.ndarray | None  # (pos,): mean loss of predicting token pos + 1, when 'loss' is stored
+    half_len: int
+    n_rows: int
+
+    def save(self, store: ActivationStore) -> list[str]:
+        arrays = {name: (getattr(self, name), ("layer", "head")) for name in ("induction", "prev_token", "duplicate")}
+        if self.loss_by_pos is not None:
+            arrays["loss_by_pos"] = (self.loss_by_pos, ("pos",))
+        return save_result(store, "induction", arrays, {"half_len": self.half_len, "n_rows": self.n_rows,
+                     "definition": "mean attention over rows and second-half queries q: induction q -> q-half_len+1, "
+                                   "duplicate q -> q-half_len; prev_token over all q >= 1: q -> q-1"})
+
+    @property
+    def loss_halves(self) -> tuple[float, float] | None:
+        """Mean loss on the first and on the second (repeated) half."""
+        if self.loss_by_pos is None:
+            return None
+        h = self.half_len
+        return float(self.loss_by_pos[:h].mean()), float(self.loss_by_pos[h:].mean())
+
+
+def _half_len(store: ActivationStore, half_len: int | None) -> int:
+    if half_len is not None:
+        return half_len
+    corpus = store.metadata["corpus"]
+    if corpus["kind"] == "synthetic":
+        return parse_synthetic(corpus["source"], corpus["seq_len"]).half_len
+    raise ConfigError(f"Store '{store.path}' was not made from repeated random tokens; cache one with "
+                      "--dataset repeated-random:HALF_LEN, or pass --half-len for a store of repeated sequences.")
+
+
+def induction_scores(store: ActivationStore, rows: slice = slice(None), half_len: int | None = None,
+                     progress: bool = True) -> InductionScores:
+    """Scores of every stored attention pattern (other heads are NaN)."""
+    h = _half_len(store, half_len)
+    L = store.layout.seq_len
+    if L < 2 * h + 1:
+        raise ConfigError(f"Rows of {L} tokens cannot hold BOS + 2 x {h} tokens; pass the right --half-len.")
+    sites = sites_with(store, "attn.hook_pattern")
+    if not sites:
+        raise ConfigError(f"Store '{store.path}' holds no attention patterns; cache them with --sites pattern:all.")
+    q2 = np.arange(h + 1, 2 * h + 1)  # queries of the second half
+    q1 = np.arange(1, L)
+    scores = {name: layer_head_grid(store) for name in ("induction", "prev_token", "duplicate")}
+    a, b, _ = rows.indices(store.n_rows)
+    bar = tqdm(total=(b - a) * len(sites), unit="row", desc="induction", disable=not progress)
+    for site in sites:
+        sums = {name: 0.0 for name in scores}
+        for sl, block in store.iter_blocks([site["hook"]], slice(a, b)):
+            p = block[site["hook"]].astype(np.float64)  # (row, head, query_pos, key_pos)
+            sums["induction"] = sums["induction"] + p[:, :, q2, q2 - h + 1].sum(axis=(0, 2))
+            sums["duplicate"] = sums["duplicate"] + p[:, :, q2, q2 - h].sum(axis=(0, 2))
+            sums["prev_token"] = sums["prev_token"] + p[:, :, q1, q1 - 1].sum(axis=(0, 2))
+            bar.update(sl.stop - sl.start)
+        heads = site["heads"] if site["heads"] is not None else list(range(scores["induction"].shape[1]))
+        n = {"induction": len(q2), "duplicate": len(q2), "prev_token": len(q1)}
+        for name in scores:
+            scores[name][site["layer"], heads] = sums[name] / ((b - a) * n[name])
+    bar.close()
+    loss = None
+    if "loss" in store.sites:
+        total = np.zeros(L - 1)
+        for _, block in store.iter_blocks(["loss"], slice(a, b)):
+            total += block["loss"].astype(np.float64).sum(axis=0)
+        loss = total / (b - a)
+    return InductionScores(scores["induction"], scores["prev_token"], scores["duplicate"], loss, h, b - a)
+
+

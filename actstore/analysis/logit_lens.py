@@ -1,0 +1,79 @@
+"""The logit lens: every stored residual decoded through the final LayerNorm and the
+unembedding; top-k tokens and the rank and probability of the next (or a target) token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..models import LoadedModel
+from ..store import ActivationStore
+
+from .common import save_result
+
+__all__ = ["LogitLens", "logit_lens"]
+
+
+@dataclass
+class LogitLens:
+    hooks: list[str]  # the residual sites decoded, in model order
+    rows: list[int]
+    target: np.ndarray  # int (row, pos): the token whose probability is tracked
+    target_prob: np.ndarray  # (row, site, pos)
+    target_rank: np.ndarray  # int (row, site, pos): 0 = top-1
+    topk_tokens: np.ndarray  # int (row, site, pos, k)
+    topk_probs: np.ndarray  # (row, site, pos, k)
+
+    def save(self, store: ActivationStore) -> list[str]:
+        d = ("row", "site", "pos")
+        return save_result(store, "logit_lens", {"target": (self.target, ("row", "pos")), "target_prob": (self.target_prob, d),
+                                           "target_rank": (self.target_rank, d), "topk_tokens": (self.topk_tokens, (*d, "k")),
+                                           "topk_probs": (self.topk_probs, (*d, "k"))},
+                     {"rows": self.rows, "sites": self.hooks})
+
+
+def _resid_hooks(store: ActivationStore) -> list[str]:
+    hooks = [s["hook"] for s in store.metadata["sites"] if s["hook"].endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))]
+    if not hooks:
+        raise ConfigError(f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all.")
+    order = {"pre": 0, "mid": 1, "post": 2}
+    return sorted(hooks, key=lambda k: (int(k.split(".")[1]), order[k.rsplit("_", 1)[1]]))
+
+
+def logit_lens(store: ActivationStore, model: LoadedModel, rows: Sequence[int], k: int = 5,
+               target: int | None = None, progress: bool = True) -> LogitLens:
+    """Decode each stored residual through the final LayerNorm and the unembedding.
+    The tracked token is ``target`` at every position, else the row's next token
+    (the last position then has none: probability NaN, rank -1, target -1)."""
+    hooks = _resid_hooks(store)
+    L = store.layout.seq_len
+    R, S = len(rows), len(hooks)
+    out_prob, out_rank = np.zeros((R, S, L)), np.zeros((R, S, L), np.int64)
+    top_t, top_p = np.zeros((R, S, L, k), np.int64), np.zeros((R, S, L, k))
+    targets = np.zeros((R, L), np.int64)
+    bridge = model.bridge
+    dtype = next(bridge.unembed.parameters()).dtype
+    for i, r in enumerate(tqdm(rows, unit="row", desc="logit lens", disable=not progress)):
+        tokens = store.tokens(r).astype(np.int64)
+        for j, hook in enumerate(hooks):
+            x = torch.from_numpy(store.acts(hook, rows=r)).to(model.device, dtype)  # (pos, d_model)
+            with torch.inference_mode():
+                probs = torch.softmax(bridge.unembed(bridge.ln_final(x[None]))[0].double(), dim=-1)  # (pos, vocab)
+            tp, tt = probs.topk(k, dim=-1)
+            top_p[i, j], top_t[i, j] = tp.cpu().numpy(), tt.cpu().numpy()
+            tgt = np.full(L, target) if target is not None else np.append(tokens[1:], 0)
+            idx = torch.from_numpy(tgt).to(probs.device)
+            p_t = probs.gather(-1, idx[:, None])  # (pos, 1)
+            out_prob[i, j] = p_t[:, 0].cpu().numpy()
+            out_rank[i, j] = (probs > p_t).sum(-1).cpu().numpy()
+            if target is None:
+                tgt[-1], out_prob[i, j, -1], out_rank[i, j, -1] = -1, np.nan, -1
+            targets[i] = tgt
+    return LogitLens(hooks, list(rows), targets, out_prob, out_rank, top_t, top_p)
+
+

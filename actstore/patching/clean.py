@@ -1,0 +1,136 @@
+"""The clean run's activations for a sweep: from a TransformerLens ActivationCache (or
+any mapping of hook name -> tensor), or from an actstore store and the rows holding the
+clean prompts (read from disk one hook at a time, the store's model checked)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, StoreMismatchError
+from ..models import bridge_dtype
+
+__all__ = ["CleanSource", "check_store_model"]
+
+_PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
+
+
+class CleanSource:
+    """The clean run's activations by hook name, from a TransformerLens ActivationCache
+    (or any mapping of hook name -> tensor) or from an actstore ActivationStore and the
+    rows that hold the clean prompts (read from disk, one hook at a time)."""
+
+    def __init__(self, clean: Any, model: Any, n_pos: int, batch: int, rows: Any = None):
+        from ..store import ActivationStore
+
+        self.model = model
+        self.n_pos = n_pos
+        self.store: ActivationStore | None = clean if isinstance(clean, ActivationStore) else None
+        self.cache = None if self.store is not None else clean
+        self.rows: list[int] | None = None
+        if self.store is not None:
+            self.rows = _parse_rows(rows, self.store, batch)
+            check_store_model(self.store, model)
+        elif rows is not None:
+            raise ConfigError("clean_rows applies only when the clean cache is an ActivationStore; "
+                              "drop clean_rows, or pass the store as clean_cache.")
+
+    def __getitem__(self, hook: str) -> torch.Tensor:
+        dtype = bridge_dtype(self.model)
+        device = torch.device(self.model.cfg.device)
+        if self.store is not None:
+            return self._from_store(hook).to(device=device, dtype=dtype)
+        act = torch.as_tensor(self.cache[hook]).to(device=device, dtype=dtype)
+        n = act.shape[2] if hook.endswith(_PATTERN_HOOKS) else act.shape[1]
+        if n != self.n_pos:
+            raise ConfigError(f"The clean activations of {hook} cover {n} positions but the corrupted prompts have "
+                              f"{self.n_pos} tokens; clean and corrupted prompts must have the same number of tokens.")
+        return act
+
+    def _from_store(self, hook: str) -> torch.Tensor:
+        store, rows = self.store, self.rows
+        assert store is not None and rows is not None
+        site = next((s for s in store.metadata["sites"] if s["hook"] == hook), None)
+        if site is None:
+            raise StoreMismatchError(
+                f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
+                f"swept layer. Cache the clean prompts with e.g. --sites {_short_site(hook)}:all, or pass an "
+                "ActivationCache from run_with_cache instead.")
+        if site["heads"] is not None:
+            raise StoreMismatchError(
+                f"Store '{store.path}' holds only heads {site['heads']} of {hook}; patching needs every head. "
+                f"Cache it with --sites {_short_site(hook)}:all.")
+        seq_len = store.layout.seq_len
+        if seq_len < self.n_pos:
+            raise ConfigError(f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
+                              f"{self.n_pos}; clean and corrupted prompts must have the same number of tokens.")
+        parts = []
+        for a, b in _runs(rows):  # contiguous runs: store.acts checks the done manifest
+            parts.append(store.acts(hook, rows=slice(a, b)))
+        order = np.argsort(np.argsort(rows, kind="stable"), kind="stable")
+        arr = np.concatenate(parts)[order] if len(parts) > 1 or sorted(rows) != rows else parts[0]
+        # keep the first n_pos positions: causal, so a longer (padded) row agrees there
+        if hook.endswith(_PATTERN_HOOKS):
+            arr = arr[:, :, : self.n_pos, : self.n_pos]
+        else:
+            arr = arr[:, : self.n_pos]
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """[3, 4, 5, 9] -> [(3, 6), (9, 10)] over the sorted rows."""
+    out: list[tuple[int, int]] = []
+    for r in sorted(rows):
+        if out and r == out[-1][1]:
+            out[-1] = (out[-1][0], r + 1)
+        elif not out or r >= out[-1][1]:
+            out.append((r, r + 1))
+    return out
+
+
+def _parse_rows(rows: Any, store: Any, batch: int) -> list[int]:
+    if rows is None:
+        if store.n_rows != batch:
+            raise ConfigError(f"Store '{store.path}' has {store.n_rows} rows but the corrupted batch has {batch} "
+                              "prompts; pass clean_rows=[...] naming the row of each clean prompt.")
+        rows = range(batch)
+    elif isinstance(rows, slice):
+        rows = range(*rows.indices(store.n_rows))
+    out = [int(r) for r in rows]
+    if len(out) != batch:
+        raise ConfigError(f"clean_rows names {len(out)} rows but the corrupted batch has {batch} prompts; "
+                          "give one store row per corrupted prompt, in the same order.")
+    bad = [r for r in out if not 0 <= r < store.n_rows]
+    if bad:
+        raise ConfigError(f"clean_rows {bad[:5]} are outside store '{store.path}' (rows 0..{store.n_rows - 1}).")
+    return out
+
+
+def _short_site(hook: str) -> str:
+    return hook.rsplit("hook_", 1)[-1]
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def check_store_model(store: Any, model: Any) -> None:
+    """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
+    from ..models import check_identity, fingerprint
+
+    if model not in _FINGERPRINTS:
+        _FINGERPRINTS[model] = fingerprint(model.original_model)
+    cfg = model.cfg
+    info = dict(fingerprint=_FINGERPRINTS[model], dtype=str(bridge_dtype(model)).removeprefix("torch."),
+                n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
+                d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
+    diffs = check_identity(store.metadata["model"], info)
+    if diffs:
+        raise StoreMismatchError(
+            f"Store '{store.path}' was cached with another model ('{store.metadata['model']['name']}'): "
+            f"{'; '.join(diffs)}. Pass a store cached with this model (same weights and dtype), "
+            "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
+
+

@@ -1,0 +1,378 @@
+"""`actstore patch`'s job: an activation-patching sweep over a file of prompt pairs.
+
+Each line of the pairs file is a JSON object: the clean and corrupted prompts (the
+same number of tokens) and the answer and wrong answer (one token each)::
+
+    {"clean": "When Mary and John went to the store, John gave a drink to",
+     "corrupted": "When Mary and John went to the store, Mary gave a drink to",
+     "answer": " Mary", "wrong": " John"}
+
+Instead of a file, ``--task`` generates the pairs of a standard task
+(:mod:`actstore.patching.tasks`: ioi, ioi-flip, repeated-name, greater-than, factual with
+``--facts``), deterministic from ``--seed``; ``--write-pairs`` saves them in this format.
+
+Prompts are tokenised as BOS + text. The metric is the logit difference answer -
+wrong at the last position. Pairs run ``batch_pairs`` at a time through
+:mod:`actstore.patching` (clean activations from ``--store`` when given, read from
+disk; a store that does not exist yet is first cached from the clean prompts). The
+results group holds, per sweep, the patched logit difference of every pair and the
+normalised mean over pairs (0 = corrupted, 1 = clean), with dimension names; a
+heatmap PNG (layers by positions, labelled with the first pair's tokens) goes next to it.
+
+``--method`` picks exact activation patching (default), attribution patching
+(:mod:`actstore.patching.attribution`: one forward and backward per batch of pairs) or both,
+stored side by side (``attribution_logit_diff``, ``attribution_normalised``) with their
+Pearson correlation in the arrays' attributes and a scatter plot.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
+from ..parallel import group_for
+from ..store import ActivationStore, is_store
+from . import attribution, sweeps as patching, tasks
+from .figures import heatmaps, scatter
+from .pairs import read_pairs, task_pairs
+
+__all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "METHODS", "patch_pairs"]
+
+# sweep name -> (function, the short sites whose clean activations it reads)
+SWEEPS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "resid_pre": (patching.get_act_patch_resid_pre, ("resid_pre",)),
+    "resid_mid": (patching.get_act_patch_resid_mid, ("resid_mid",)),
+    "attn_out": (patching.get_act_patch_attn_out, ("attn_out",)),
+    "mlp_out": (patching.get_act_patch_mlp_out, ("mlp_out",)),
+    **{f"attn_head_{kind}_{where}": (getattr(patching, f"get_act_patch_attn_head_{kind}_{where}"),
+                                     ("z" if kind == "out" else kind,))
+       for kind in ("out", "q", "k", "v", "pattern") for where in ("by_pos", "all_pos")},
+    "attn_head_pattern_dest_src_pos": (patching.get_act_patch_attn_head_pattern_dest_src_pos, ("pattern",)),
+    "block_every": (patching.get_act_patch_block_every, ("resid_pre", "attn_out", "mlp_out")),
+    "attn_head_all_pos_every": (patching.get_act_patch_attn_head_all_pos_every, ("z", "q", "k", "v", "pattern")),
+    "attn_head_by_pos_every": (patching.get_act_patch_attn_head_by_pos_every, ("z", "q", "k", "v", "pattern")),
+}
+_DIM_NAMES = {"head_index": "head"}  # one vocabulary for dimensions: layer pos head dest_pos src_pos
+
+METHODS = ("exact", "attribution", "both")
+
+
+@dataclass(frozen=True)
+class PatchJobConfig:
+    """One `actstore patch` run; the CLI flags map onto these fields."""
+
+    model: str  # hub name, local folder, or actstore-demo
+    pairs: str | None = None  # JSON lines: clean, corrupted, answer, wrong (or task)
+    sweep: str = "resid_pre"  # a key of SWEEPS
+    store: str | None = None  # clean activations read from this store (cached into it first if missing)
+    out: str | None = None  # results group; default: the store's results/, else <pairs>.patch.zarr
+    metric: str = "normalised"  # what the heatmap shows: 'normalised' (0 corrupted, 1 clean) or 'logit_diff'
+    figure: str | None = None  # heatmap path; default next to the results, <out>.<sweep>.png
+    batch_pairs: int = 16  # pairs per sweep call (the batch dimension of each patched forward)
+    memory_budget: int | None = None  # bytes per batched forward; None: actstore.patching's default
+    dtype: str | None = None
+    device: str = "auto"
+    model_revision: str | None = None
+    overwrite: bool = False  # replace this sweep's results if the group already holds them
+    progress: bool = True
+    command_line: str = ""
+    method: str = "exact"  # exact, attribution or both
+    task: str | None = None  # a task of actstore.tasks.TASKS instead of pairs
+    n_pairs: int | None = None  # pairs to generate (default 16; factual: every fact)
+    seed: int = 0
+    facts: str | None = None  # the factual task's JSON-lines file
+    write_pairs: str | None = None  # save the generated pairs here (pairs-file format)
+
+
+@dataclass
+class PatchJobResult:
+    out: str  # the results group (a store's path when written under its results/)
+    prefix: str  # where this sweep's arrays are inside it
+    figures: list[str]
+    dims: tuple[str, ...]  # of the per-pair values, 'pair' first
+    logit_diff: np.ndarray  # (pair, *cells): exact patching's (attribution's when --method attribution)
+    normalised: np.ndarray  # (*cells), likewise
+    clean_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    corrupted_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    method: str = "exact"
+    attribution: np.ndarray | None = field(repr=False, default=None)  # (pair, *cells), estimated logit diffs
+    attribution_normalised: np.ndarray | None = field(repr=False, default=None)  # (*cells)
+    correlation: dict[str, Any] | None = None  # method both: attribution.compare of the two
+
+
+def _check_source(cfg: PatchJobConfig) -> None:
+    """The pairs' source options, checked before the model loads."""
+    if (cfg.pairs is None) == (cfg.task is None):
+        raise ConfigError("Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
+                          f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}.")
+    if cfg.task is None:
+        extra = [flag for flag, v in (("--n-pairs", cfg.n_pairs), ("--facts", cfg.facts),
+                                      ("--write-pairs", cfg.write_pairs)) if v is not None]
+        if extra:
+            raise ConfigError(f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is.")
+        return
+    if cfg.task not in tasks.TASKS:
+        tasks.make_pairs(cfg.task)  # raises: unknown task, with the list and a close match
+    if cfg.task == "factual" and cfg.facts is None:
+        raise ConfigError("--task factual reads facts from a file: pass --facts FILE (JSON lines of "
+                          '{"prompt": ..., "answer": ...}; see `actstore patch --help`).')
+    if cfg.task == "factual" and not os.path.isfile(cfg.facts or ""):
+        raise CorpusError(f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts.")
+    if cfg.task != "factual" and cfg.facts is not None:
+        raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
+    if cfg.n_pairs is not None and cfg.n_pairs < 1:
+        raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
+    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
+    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
+        raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
+                               "another path.")
+
+
+def _store_rows(store: ActivationStore, clean: torch.Tensor) -> list[int]:
+    """The store row holding each clean prompt (as BOS + tokens, possibly padded)."""
+    n_pos = clean.shape[1]
+    if store.layout.seq_len < n_pos:
+        raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
+                                 f"{n_pos}. Cache the clean prompts with --packing document --seq-len {n_pos}.")
+    tokens, mask = store.tokens(), store.mask()
+    real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
+    where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
+    rows = [where.get(tuple(c.tolist())) for c in clean]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise StoreMismatchError(
+            f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
+            f"{len(rows)} missing). Give a new --store path (it is then cached from the clean prompts), or cache them "
+            f"yourself: actstore cache STORE --model M --dataset clean.txt --packing document --seq-len {n_pos}.")
+    return [int(r) for r in rows]
+
+
+def _check_store_sites(store: ActivationStore, shorts: Sequence[str], n_layers: int) -> None:
+    have = set(store.sites)
+    need = [f"blocks.{layer}.{'attn.' if s in ('z', 'q', 'k', 'v', 'pattern') else ''}hook_{s}"
+            for s in shorts for layer in range(n_layers)]
+    missing = [h for h in need if h not in have]
+    if missing:
+        raise StoreMismatchError(
+            f"Store '{store.path}' lacks {len(missing)} of the sites this sweep reads (first: {missing[0]}). "
+            f"Cache the clean prompts with --sites {','.join(f'{s}:all' for s in shorts)}, or give a new --store path.")
+
+
+class _Writer:
+    """Arrays with dimension names into a results group, or under a store's results/.
+    Refuses, before any work, to replace a sweep's results without overwrite."""
+
+    def __init__(self, cfg: PatchJobConfig, store: ActivationStore | None):
+        out = cfg.out
+        if out is not None and store is not None and os.path.abspath(out) == os.path.abspath(store.path):
+            out = None
+        if out is None and store is not None:
+            self.store: ActivationStore | None = store
+        elif out is not None and is_store(out):
+            self.store = ActivationStore.open(out)
+        else:
+            self.store = None
+        self.path = self.store.path if self.store is not None else (out or _default_out(cfg))
+        self.prefix = f"patching/{cfg.sweep}"
+        self.group: zarr.Group | None = None
+        if self._exists() and not cfg.overwrite:
+            raise StoreExistsError(f"'{self.path}' already holds results of the {cfg.sweep} sweep ({self.prefix}); "
+                                   "pass --overwrite to replace them, or --out another path.")
+
+    def _exists(self) -> bool:
+        if self.store is not None:
+            return any(r.startswith(self.prefix + "/") for r in self.store.results())
+        if not os.path.exists(self.path):
+            return False
+        try:
+            return self.prefix in zarr.open_group(self.path, mode="r")
+        except Exception:
+            raise StoreExistsError(f"'{self.path}' exists and is not a Zarr group; pass --out another path.") from None
+
+    def __call__(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: dict[str, Any]) -> None:
+        key = f"{self.prefix}/{name}"
+        if self.store is not None:
+            self.store.save_result(key, data, dims, attrs)
+            return
+        if self.group is None:
+            self.group = zarr.open_group(self.path, mode="a")
+        arr = self.group.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims),
+                                      overwrite=True)
+        arr[...] = data
+        arr.attrs.update(attrs)
+
+
+    def prune(self, keep: Sequence[str]) -> None:
+        """Remove this sweep's arrays that this run did not write (an --overwrite run with
+        another --method must not leave the previous run's results beside its own)."""
+        if self.store is not None:
+            stale = [r for r in self.store.results() if r.startswith(self.prefix + "/")
+                     and r[len(self.prefix) + 1:] not in keep]
+        elif os.path.exists(self.path):
+            group = zarr.open_group(self.path, mode="r")
+            stale = [f"{self.prefix}/{k}" for k in (group[self.prefix].array_keys() if self.prefix in group else [])
+                     if k not in keep]
+        else:
+            return
+        if stale:
+            g = zarr.open_group(self.path, mode="r+")
+            for name in stale:
+                del g[name if self.store is None else f"results/{name}"]
+            if self.store is not None:
+                self.store.group = zarr.open_group(self.path, mode="r")
+
+
+def _default_out(cfg: PatchJobConfig) -> str:
+    stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or "patch")
+    return f"{stem}.patch.zarr"
+
+
+def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
+    """Run one sweep over every pair (exact, attribution or both); write the results,
+    the heatmaps and, for both, their correlation and a scatter plot."""
+    from ..capture import cache
+    from ..models import load_model
+
+    if cfg.sweep not in SWEEPS:
+        raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
+    if cfg.metric not in ("normalised", "logit_diff"):
+        raise ConfigError(f"Unknown metric '{cfg.metric}'; expected normalised or logit_diff.")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"Unknown method '{cfg.method}'; expected one of {', '.join(METHODS)}.")
+    if cfg.batch_pairs < 1:
+        raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
+    if patching.PatchingResult is None:  # per-pair values and baselines: TransformerLens 4's result type
+        from ..compat import versions
+
+        raise ConfigError(f"actstore patch needs transformer_lens>=4 (installed: {versions()['transformer-lens']}) for "
+                          "its per-pair results; pip install 'transformer_lens>=4,<4.4', or call actstore.patching's "
+                          "sweeps from Python, whose default tensor return works with TransformerLens 3.")
+    _check_source(cfg)
+    _, shorts = SWEEPS[cfg.sweep]
+    procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
+    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
+    bridge, info = model.bridge, model.info
+    generated: list[tasks.PromptPair] = []
+    if cfg.pairs is not None:
+        pairs = read_pairs(cfg.pairs, model.tokenizer)
+    else:
+        pairs, generated = task_pairs(cfg, model.tokenizer)
+    n_pairs, n_pos = pairs.clean.shape
+    if n_pos > info.n_ctx:
+        raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {info.n_ctx}.")
+
+    store = None
+    if cfg.store is not None:
+        if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
+            if cfg.progress and procs.main:
+                print(f"caching the {n_pairs} clean prompts into {cfg.store}")
+            cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+                  sites=",".join(f"{s}:all" for s in shorts), dtype=info.dtype, device=model.device,
+                  model_revision=cfg.model_revision, progress=cfg.progress,
+                  command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
+        store = ActivationStore.open(cfg.store)
+        from .clean import check_store_model
+
+        check_store_model(store, bridge)
+        _check_store_sites(store, shorts, info.n_layers)
+        rows = _store_rows(store, pairs.clean)
+    writer = _Writer(cfg, store)
+    if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run patches
+        tasks.write_pairs(generated, cfg.write_pairs)
+
+    fns = {m: getattr(patching if m == "exact" else attribution, f"get_act_patch_{cfg.sweep}")
+           for m in (("exact", "attribution") if cfg.method == "both" else (cfg.method,))}
+    starts = list(range(0, n_pairs, cfg.batch_pairs))
+    if procs.distributed and procs.main and cfg.progress:
+        print(f"{procs.world} processes share the {len(starts)} batches of pairs")
+    parts: dict[int, tuple[Any, ...]] = {}
+    for i in procs.owned(range(len(starts))):
+        a, b = starts[i], min(starts[i] + cfg.batch_pairs, n_pairs)
+        corrupted = pairs.corrupted[a:b].to(model.device)
+        metric = patching.LogitDiff(pairs.answer[a:b], pairs.wrong[a:b], per_example=True)
+        with torch.no_grad():
+            if store is not None:
+                clean_src, extra = store, {"clean_rows": rows[a:b]}
+                clean_logits = bridge(pairs.clean[a:b].to(model.device))
+            else:
+                clean_logits, clean_src = bridge.run_with_cache(pairs.clean[a:b].to(model.device))
+                extra = {}
+        per_method = {}
+        for method, fn in fns.items():
+            res = fn(bridge, corrupted, clean_src, metric, reduce="none", baseline=True,
+                     memory_budget=cfg.memory_budget, progress=cfg.progress and procs.main, **extra)
+            per_method[method] = res.values.movedim(-1, 0).float().cpu().numpy()  # (pair, *cells)
+        parts[i] = (per_method, res.baseline.float().cpu().numpy(), metric(clean_logits).float().cpu().numpy(),
+                    list(res.axis_names), res.patch_type_names)
+    for share in procs.all_gather(parts, "every batch of pairs was patched"):
+        parts.update(share)
+    ordered = [parts[i] for i in range(len(starts))]
+    per_pair = {m: [p[0][m] for p in ordered] for m in fns}
+    corr_ld, clean_ld = [p[1] for p in ordered], [p[2] for p in ordered]
+    axis_names, type_names = ordered[-1][3], ordered[-1][4]
+    values = {m: np.concatenate(v) for m, v in per_pair.items()}
+    clean_v, corr_v = np.concatenate(clean_ld), np.concatenate(corr_ld)
+    normalised = {m: (v.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean()) for m, v in values.items()}
+    dims = ("pair", *(_DIM_NAMES.get(d, d) for d in axis_names))
+
+    correlation = None
+    if cfg.method == "both":
+        # cells no pair's patch changes are equal in both by construction: r is also given without them
+        base = corr_v.reshape((-1,) + (1,) * (values["attribution"].ndim - 1))
+        changed = (values["attribution"] != base).any(0)
+        correlation = attribution.compare(values["exact"].mean(0), values["attribution"].mean(0), changed)
+        # per pair, the effects (value - that pair's corrupted logit diff: the pairs' own offsets would inflate r)
+        correlation["pearson_pair_effects"] = attribution.compare(values["exact"] - base,
+                                                                  values["attribution"] - base)["pearson"]
+    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
+              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
+               "pairs_written_to": os.path.abspath(cfg.write_pairs) if cfg.write_pairs else None})
+    attrs = {"sweep": cfg.sweep, "metric": "logit difference answer - wrong at the last position",
+             "method": cfg.method, "model": info.to_dict(), **source, "n_pairs": int(n_pairs),
+             "clean_source": f"store {store.path}" if store is not None else "clean forward (run_with_cache)",
+             "command_line": cfg.command_line, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if "attribution" in values:
+        attrs["attribution"] = ("first-order estimate of the patched logit difference: corrupted + sum over the "
+                                "patched slice of (clean - corrupted) * d logit_diff / d activation")
+    if correlation is not None:
+        attrs["correlation"] = correlation
+    if cfg.sweep.endswith("_every"):
+        attrs["patch_type"] = list(type_names or [])
+    figures: list[str] = []
+    if procs.main:  # one process writes the results and draws the figures
+        norm_doc = "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"
+        written = ["clean_logit_diff", "corrupted_logit_diff", "clean_tokens", "corrupted_tokens"]
+        for method in values:
+            prefix = "" if method == "exact" else "attribution_"
+            writer(f"{prefix}logit_diff", values[method].astype(np.float32), dims, attrs)
+            writer(f"{prefix}normalised", normalised[method].astype(np.float32), dims[1:], {**attrs, "normalised": norm_doc})
+            written += [f"{prefix}logit_diff", f"{prefix}normalised"]
+        writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
+        writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
+        writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
+        writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
+        writer.prune(written)
+
+        for method in values:
+            shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)
+            figures += heatmaps(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
+                                type_names if cfg.sweep.endswith("_every") else None,
+                                suffix="" if method == "exact" else ".attribution")
+        if correlation is not None:
+            figures.append(scatter(cfg, writer.path, normalised, correlation, info.name, n_pairs))
+    main = "exact" if "exact" in values else "attribution"
+    return PatchJobResult(out=writer.path, prefix=("results/" if writer.store is not None else "") + writer.prefix,
+                          figures=figures, dims=dims, logit_diff=values[main], normalised=normalised[main],
+                          clean_logit_diff=clean_v, corrupted_logit_diff=corr_v, method=cfg.method,
+                          attribution=values.get("attribution"), attribution_normalised=normalised.get("attribution"),
+                          correlation=correlation)
+
+

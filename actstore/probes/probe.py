@@ -1,0 +1,113 @@
+"""A saved probe (:class:`Probe`): written under results/probes/<name>/<hook>/ of the
+store, read back with :meth:`Probe.load`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError, StoreNotFoundError
+
+if TYPE_CHECKING:
+    from ..store import ActivationStore
+    from .config import ProbeConfig, ProbeReport
+    from .plan import Plan
+
+__all__ = ["Probe", "load_probe", "probe_names", "save_probes"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A saved probe in raw activation space: logits (or the prediction) = acts @ weight + bias."""
+
+    hook: str
+    name: str
+    kind: str
+    weight: np.ndarray  # (*feature, class) for logistic, (*feature,) for ridge
+    bias: np.ndarray  # (class,) or ()
+    classes: np.ndarray | None  # (class,) label of each output; None for ridge
+    attrs: dict[str, Any]
+
+    def predict(self, acts: np.ndarray) -> np.ndarray:
+        """acts (..., *feature) -> predicted labels (...)."""
+        nf = self.weight.ndim - (1 if self.kind == "logistic" else 0)
+        lead = acts.shape[: acts.ndim - nf]
+        x = np.asarray(acts, np.float64).reshape(-1, int(np.prod(self.weight.shape[:nf])))
+        z = x @ self.weight.reshape(x.shape[1], -1).astype(np.float64) + self.bias.astype(np.float64)
+        if self.kind == "ridge":
+            return z[:, 0].reshape(lead)
+        return self.classes[z.argmax(1)].reshape(lead)
+
+    @classmethod
+    def load(cls, store: "ActivationStore", hook: str, name: str | None = None) -> "Probe":
+        """The probe saved under results/probes/<name>/<hook> of ``store`` by `actstore probe`
+        or fit_probes (``name`` may be left out when there is only one)."""
+        return load_probe(store, hook, name)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return f"<{type(v).__name__}>" if isinstance(v, np.ndarray) else str(v)
+
+
+def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report: ProbeReport,
+          fitted: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """results/probes/<name>/<hook>/{weight, bias[, classes]}, in raw activation space."""
+    scores = report.to_json()
+    config = {k: _jsonable(v) for k, v in asdict(cfg).items() if k not in ("progress", "command_line")}
+    for s in plan.sites:
+        W, b = fitted[s.hook]  # (F, C), (C,) on standardised features
+        mean, scale = plan.mean[s.hook], plan.scale[s.hook]
+        Wr = W / scale[:, None]
+        br = b - (mean / scale) @ W
+        attrs = {"kind": report.kind, "target": report.target, "metric": report.metric, "scores": scores[s.hook],
+                 "standardized": cfg.standardize, "config": config, "notes": report.notes,
+                 "command_line": cfg.command_line or "actstore.probes.fit_probes(...)"}
+        base = f"probes/{report.name}/{s.hook}"
+        if report.kind == "logistic":
+            store.save_result(f"{base}/weight", Wr.reshape(*s.feature_shape, -1), (*s.feature_dims, "class"), attrs)
+            store.save_result(f"{base}/bias", br, ("class",))
+            store.save_result(f"{base}/classes", plan.classes, ("class",))
+        else:
+            store.save_result(f"{base}/weight", Wr[:, 0].reshape(s.feature_shape), s.feature_dims, attrs)
+            store.save_result(f"{base}/bias", np.asarray(br[0]), ())
+            _drop_result(store, f"{base}/classes")  # left by a logistic probe of the same name
+
+
+def _drop_result(store: "ActivationStore", name: str) -> None:
+    import zarr
+    if f"results/{name}" in store.group:
+        del zarr.open_group(store.path, mode="r+")[f"results/{name}"]
+        store.group = zarr.open_group(store.path, mode="r")
+
+
+def probe_names(store: "ActivationStore", hook: str) -> list[str]:
+    """Names of the probe runs saved for ``hook``."""
+    return sorted({r.split("/")[1] for r in store.results()
+                   if r.startswith("probes/") and r.endswith(f"/{hook}/weight") and r.count("/") == 3})
+
+
+def load_probe(store: "ActivationStore", hook: str, name: str | None = None) -> Probe:
+    """The probe saved for ``hook`` by the run ``name`` (optional when there is only one)."""
+    store.site(hook)
+    names = probe_names(store, hook)
+    if not names:
+        raise StoreNotFoundError(f"Store '{store.path}' has no probe for {hook}; fit one with "
+                                 f"`actstore probe {store.path} --sites {hook} --target ...`.")
+    if name is None:
+        if len(names) > 1:
+            raise ConfigError(f"Store '{store.path}' holds probes {', '.join(names)} for {hook}; pass name=... to pick one.")
+        name = names[0]
+    elif name not in names:
+        raise StoreNotFoundError(f"Store '{store.path}' has no probe '{name}' for {hook}; it has: {', '.join(names)}.")
+    base = f"probes/{name}/{hook}"
+    w = store.load_result(f"{base}/weight")
+    attrs = dict(w.attrs)
+    classes = np.asarray(store.load_result(f"{base}/classes")[...]) if attrs["kind"] == "logistic" else None
+    return Probe(hook, name, attrs["kind"], np.asarray(w[...]), np.asarray(store.load_result(f"{base}/bias")[...]),
+                 classes, attrs)

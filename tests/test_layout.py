@@ -1,0 +1,148 @@
+"""The package's shape: subpackages follow the data flow (foundation -> corpus -> store ->
+capture -> jobs -> cli/demo), lower layers never import higher ones, no import cycles,
+every relative import resolves, and no module is much over 400 lines.
+
+Imports are read from the source (ast), including those inside functions; imports under
+``if TYPE_CHECKING:`` (type hints only, never executed) are left out."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "actstore"
+MAX_LINES = 420  # "about 400"
+
+# the lowest layer a module may import from is its own; a module imports only its layer or lower ones
+LAYERS = {
+    "actstore.errors": 0, "actstore.compat": 0, "actstore.sites": 0, "actstore.stats": 0, "actstore.models": 0,
+    "actstore.parallel": 0, "actstore.location": 0, "actstore.plots": 0, "actstore.jsonl": 0, "actstore._faults": 0,
+    "actstore.resources": 0,
+    "actstore.corpus": 1,
+    "actstore.store": 2,
+    "actstore.capture": 3,
+    "actstore.patching": 4, "actstore.probes": 4, "actstore.analysis": 4,
+    "actstore.cli": 5, "actstore.demo": 5, "actstore.selftest": 5, "actstore.__main__": 5,
+    "actstore": 6,  # the package's own __init__: the public API over everything
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> int:
+    name = module
+    while name not in LAYERS:
+        if "." not in name:
+            raise AssertionError(f"{module} is in no layer of tests/test_layout.py's LAYERS")
+        name = name.rsplit(".", 1)[0]
+    return LAYERS[name]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (isinstance(t, ast.Attribute)
+                                                                       and t.attr == "TYPE_CHECKING")
+
+
+def _imports(module: str) -> list[tuple[int, str]]:
+    """(line, imported actstore module) for every import in the module's source."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "actstore"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "actstore":
+                target = node.module
+            else:
+                continue
+            for a in node.names:  # `from pkg import submodule` imports the submodule
+                sub = f"{target}.{a.name}"
+                out.append((node.lineno, sub if sub in MODULES else target))
+    return out
+
+
+GRAPH = {m: sorted({t for _, t in _imports(m)} - {m}) for m in MODULES}
+
+
+def test_every_import_resolves():
+    missing = [f"{m}:{line} imports {t}" for m in MODULES for line, t in _imports(m) if t not in MODULES]
+    assert not missing, missing
+
+
+def test_lower_layers_never_import_higher_ones():
+    upward = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+              for m, targets in GRAPH.items() for t in targets if t in MODULES and _layer(t) > _layer(m)]
+    assert not upward, upward
+
+
+def test_no_import_cycles():
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH.get(v, []):
+            if w not in MODULES:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(MODULES):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_size(module):
+    n = len(MODULES[module].read_text().splitlines())
+    assert n <= MAX_LINES, f"{module} has {n} lines; split it (about 400 at most)"
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES:
+        _layer(m)

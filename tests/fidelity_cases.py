@@ -1,4 +1,4 @@
-"""The models, prompt pairs and tolerance of the fidelity tests (tests/test_fidelity.py
+"""The models, prompt pairs and tolerance of the fidelity tests (tests/patching/test_fidelity.py
 and the other families' tests): cases where patching moves the metrics a lot, with
 prompts that differ late (the engine then reuses the most keys and values) and early.
 

@@ -8,7 +8,7 @@ from transformer_lens.model_bridge import TransformerBridge
 import actstore
 from actstore.errors import RowsNotDoneError, UnknownSiteError
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 SITES = "resid_pre:0,resid_mid:1,resid_post:all,attn_out:1,mlp_out:2,z:0-2,q:1,k:1,v:1,pattern:1.1,1.3,pattern:2,mlp_post:1"
 

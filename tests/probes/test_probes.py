@@ -17,7 +17,7 @@ from actstore.probes.labels import parse_target, split_rows
 from actstore.store.loader import resolve_sites
 from actstore.probes import Probe, fit_probes
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 L = 16  # seq_len
 RESID = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]

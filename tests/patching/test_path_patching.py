@@ -19,8 +19,8 @@ from actstore import patching as ap
 from actstore.errors import ConfigError
 from actstore.selftest import edge_by_hooks  # one edge patched by hand: the reference of direct path patching
 
-from .conftest import needs_tl4
-from .fidelity_cases import assert_close_rel, demo_case, wide_case
+from ..conftest import needs_tl4
+from ..fidelity_cases import assert_close_rel, demo_case, wide_case
 from .test_patching import PAIRS, Setup
 
 
@@ -109,7 +109,7 @@ def test_without_a_corrupted_cache_and_from_a_store(s, sharp_model, tmp_path):
 def test_edges_run_batched_from_their_destination_layer(s, monkeypatch):
     """The 48 edges of the tiny model (16 into layer 1, 32 into layer 2) run as a few
     batched block calls from the destination block on, not as 48 full forwards (the
-    self-check, off here, adds two plain forwards: tests/test_fidelity.py)."""
+    self-check, off here, adds two plain forwards: tests/patching/test_fidelity.py)."""
     from actstore.patching import self_check as _self_check
 
     monkeypatch.setattr(_self_check, "ENABLED", False)

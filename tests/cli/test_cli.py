@@ -7,7 +7,7 @@ import numpy as np
 import actstore
 from actstore.cli import main
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 
 def test_cache_then_info(tmp_path, tiny_model, capsys):

@@ -30,8 +30,8 @@ from actstore.patching import engine as _patch_engine, kv_prefix as _kv_prefix, 
 from actstore.patching import self_check as _self_check
 from actstore.errors import EngineCheckError
 
-from .conftest import TL4
-from .fidelity_cases import Case, assert_matches, demo_case, wide_case
+from ..conftest import TL4
+from ..fidelity_cases import Case, assert_matches, demo_case, wide_case
 
 SINGLE = [
     "resid_pre", "resid_mid", "attn_out", "mlp_out",

@@ -8,7 +8,7 @@ import actstore
 from actstore.analysis import direct_logit_attribution, induction_scores, logit_lens, model_for, single_token
 from actstore.errors import ConfigError
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 H = 6  # half length of the repeated random rows
 
@@ -122,7 +122,7 @@ def test_single_token_and_model_check(text_store, tmp_path):
     from actstore.demo import build_random_gpt2, gpt2_tokenizer
     from actstore.errors import StoreMismatchError
 
-    from .conftest import TINY
+    from ..conftest import TINY
 
     with pytest.raises(ConfigError, match="is 2 tokens"):
         single_token(gpt2_tokenizer(), " Mary Smith")

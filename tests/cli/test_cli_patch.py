@@ -18,8 +18,8 @@ import actstore
 from actstore import patching as ap
 from actstore.cli import main
 
-from .conftest import needs_tl4
-from .fidelity_cases import assert_close_rel, boot
+from ..conftest import needs_tl4
+from ..fidelity_cases import assert_close_rel, boot
 
 
 PAIRS = [
@@ -154,7 +154,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
 def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
     from actstore.demo import build_random_gpt2
 
-    from .conftest import TINY
+    from ..conftest import TINY
 
     other = build_random_gpt2(tmp_path / "other", seed=11, **TINY)
     pairs = write_pairs(tmp_path / "ioi.jsonl", PAIRS)

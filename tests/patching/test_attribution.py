@@ -32,8 +32,8 @@ from actstore import attribution as at, patching as ap
 from actstore.errors import ConfigError
 from actstore.selftest import directional_derivative  # the reference: finite differences of the in-place patch
 
-from .conftest import TL4, needs_tl4
-from .fidelity_cases import assert_close_rel, demo_case
+from ..conftest import TL4, needs_tl4
+from ..fidelity_cases import assert_close_rel, demo_case
 from .test_patching import PAIRS, Setup, tokens_of
 
 

@@ -13,7 +13,7 @@ import pytest
 import actstore
 from actstore import errors, location
 
-from .conftest import RESUME_OPTS, store_files
+from ..conftest import RESUME_OPTS, store_files
 
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")

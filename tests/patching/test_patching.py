@@ -2,7 +2,7 @@
 same bridge, tokens and metric: every option (reduce, baseline, metric mappings,
 index_df, custom setters and batched metrics), clean activations from an
 ActivationCache or from a store, what the engine skips, and its errors. Every sweep on
-the trained demo model and a wide model, late and early prompts: tests/test_fidelity.py.
+the trained demo model and a wide model, late and early prompts: tests/patching/test_fidelity.py.
 
 The model: the tiny shape (3 layers, d_model 64, 4 heads) with weights drawn 10x wider
 than GPT-2's init (std 0.2), so that patches move the metrics by O(0.1-1); a few
@@ -25,8 +25,8 @@ from actstore import patching as ap
 from actstore.patching import engine as _patch_engine
 from actstore.errors import ConfigError, StoreMismatchError
 
-from .conftest import TL4, needs_tl4
-from .fidelity_cases import assert_close_rel
+from ..conftest import TL4, needs_tl4
+from ..fidelity_cases import assert_close_rel
 
 PAIRS = [  # (clean, corrupted, answer, wrong): 6 tokens each, + BOS; they differ at positions 2, 5 and 4
     ("The cat sat on the warm", "The dog sat on the warm", " mat", " rug"),

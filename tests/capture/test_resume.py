@@ -12,7 +12,7 @@ import pytest
 import actstore
 from actstore.errors import StoreMismatchError
 
-from .conftest import RESUME_OPTS as OPTS, store_files
+from ..conftest import RESUME_OPTS as OPTS, store_files
 
 # A slow disk (every object waits 30 ms before its fsync) for the timed kills: the
 # pipelined writer otherwise finishes this 4-shard run within milliseconds of the
@@ -109,7 +109,7 @@ def test_resume_refuses_another_model(tmp_path, tiny_model, corpus_file, referen
 
     from actstore.demo import build_random_gpt2
 
-    from .conftest import TINY
+    from ..conftest import TINY
 
     other = build_random_gpt2(tmp_path / "other", seed=99, **TINY)
     out = tmp_path / "copy.zarr"

@@ -9,7 +9,7 @@ import pytest
 import actstore
 from actstore.cli import main
 
-from .conftest import DOCS, TINY
+from ..conftest import DOCS, TINY
 
 
 @pytest.fixture(scope="module")

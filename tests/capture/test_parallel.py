@@ -15,7 +15,7 @@ import pytest
 import actstore
 from actstore.parallel import Group
 
-from .conftest import RESUME_OPTS, needs_tl4, store_files
+from ..conftest import RESUME_OPTS, needs_tl4, store_files
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT = 240
@@ -84,7 +84,7 @@ def test_slurm_script_two_processes_write_the_single_process_store(tmp_path, tin
     for shim in bin_dir.iterdir():
         shim.chmod(0o755)
     out = tmp_path / "two.zarr"
-    script = Path(__file__).resolve().parent.parent / "scripts" / "slurm_cache.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "slurm_cache.sh"
     args = [a for a in _args(out, tiny_model, corpus_file)[2:] if a != "--quiet"]  # the flags after 'cache OUT'
     r = _run(["bash", str(script), str(out), *args], PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
              SLURM_JOB_NODELIST="node1", SLURM_JOB_NUM_NODES="1", NPROC_PER_NODE="2", MASTER_PORT=str(_free_port()),

@@ -6,7 +6,7 @@ import pytest
 from actstore.corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
 from actstore.errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 EOT = 50256
 

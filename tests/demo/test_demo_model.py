@@ -18,7 +18,7 @@ from actstore import demo
 from actstore.demo import data as demo_data, tour
 from actstore.analysis import induction_scores
 
-from .conftest import needs_tl4
+from ..conftest import needs_tl4
 
 H = 20  # half length of the repeated random rows (the README's example)
 

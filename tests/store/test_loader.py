@@ -11,7 +11,7 @@ import zarr
 import actstore
 from actstore.errors import ConfigError, RowsNotDoneError
 
-from .conftest import DOCS
+from ..conftest import DOCS
 
 L = 16
 HOOKS = ["blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]

@@ -21,7 +21,7 @@ from actstore.capture.lock import lock_path
 from actstore.capture import repair_store
 from actstore.store import verify_store
 
-from .conftest import DOCS, RESUME_OPTS as OPTS
+from ..conftest import DOCS, RESUME_OPTS as OPTS
 from .test_resume import SLOW_DISK, assert_same_store, cli_args
 
 

@@ -33,24 +33,8 @@ from actstore.errors import ConfigError
 from actstore.selftest import directional_derivative  # the reference: finite differences of the in-place patch
 
 from ..conftest import TL4, needs_tl4
-from ..fidelity_cases import assert_close_rel, demo_case
+from ..fidelity_cases import assert_close_rel, boot, demo_case
 from .test_patching import PAIRS, Setup, tokens_of
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny forwards: see test_patching
-    yield
-    torch.set_num_threads(n)
-
-
-def boot(folder: str, dtype: torch.dtype = torch.float32):
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(folder, device="cpu", dtype=dtype)
-    bridge.eval()
-    return bridge
 
 
 @pytest.fixture(scope="module")

@@ -43,14 +43,6 @@ EVERY = ["block_every", "attn_head_all_pos_every", "attn_head_by_pos_every"]
 CASES = ["demo_late", "demo_early", "wide_late"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny reference forwards: see test_patching
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, Case]:
     return {}

@@ -26,7 +26,7 @@ from actstore.patching import engine as _patch_engine
 from actstore.errors import ConfigError, StoreMismatchError
 
 from ..conftest import TL4, needs_tl4
-from ..fidelity_cases import assert_close_rel
+from ..fidelity_cases import assert_close_rel, boot
 
 PAIRS = [  # (clean, corrupted, answer, wrong): 6 tokens each, + BOS; they differ at positions 2, 5 and 4
     ("The cat sat on the warm", "The dog sat on the warm", " mat", " rug"),
@@ -67,22 +67,9 @@ class Setup:
         self.plain_pe = every_position_per_prompt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the reference runs thousands of tiny forwards; with two threads on a busy 2-core machine each
-    # one waits on the other (~20x slower). Restored after this module.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def s(sharp_model, tokenizer) -> Setup:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(sharp_model, device="cpu", dtype=torch.float32)
-    bridge.eval()
+    bridge = boot(sharp_model)
     return Setup(bridge, tokenizer)
 
 

@@ -20,24 +20,13 @@ from actstore.errors import ConfigError
 from actstore.selftest import edge_by_hooks  # one edge patched by hand: the reference of direct path patching
 
 from ..conftest import needs_tl4
-from ..fidelity_cases import assert_close_rel, demo_case, wide_case
+from ..fidelity_cases import assert_close_rel, boot, demo_case, wide_case
 from .test_patching import PAIRS, Setup
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the reference runs many tiny forwards: see test_patching
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def s(sharp_model, tokenizer) -> Setup:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(sharp_model, device="cpu", dtype=torch.float32)
-    bridge.eval()
+    bridge = boot(sharp_model)
     setup = Setup(bridge, tokenizer)
     with torch.no_grad():
         _, setup.corrupted_cache = bridge.run_with_cache(setup.corrupted)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, check_identity, load_model
 from ..store import ActivationStore
 
 
@@ -19,9 +19,10 @@ def model_for(store: ActivationStore, name: str | None = None, device: str | Non
     """Load the store's model (or ``name``) and check its weights are the store's."""
     meta = store.metadata["model"]
     model = load_model(name or meta["name"], meta["dtype"], device, meta.get("revision"))
-    if model.info.fingerprint != meta["fingerprint"]:
+    diffs = check_identity(meta, model.info.to_dict())
+    if diffs:
         raise StoreMismatchError(
-            f"Model '{name or meta['name']}' has other weights than the store's ({meta['fingerprint'][:19]}...); "
+            f"Model '{name or meta['name']}' has other weights than the store's ('{store.path}': {'; '.join(diffs)}); "
             "pass --model with the model the store was made with."
         )
     return model

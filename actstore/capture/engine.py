@@ -23,7 +23,7 @@ import zarr
 
 from .batching import auto_batch_size, default_chunk_rows
 from ..compat import versions
-from ..corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
+from ..corpus import Checkpoint, CorpusSpec, RowReader, count_rows, is_synthetic, iter_rows, parse_synthetic
 from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
 from .. import location
@@ -42,6 +42,7 @@ from .writer import BackgroundWriter
 __all__ = ["CacheConfig", "cache"]
 
 STORAGE_DTYPES = ("float16", "float32")
+DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
@@ -57,7 +58,7 @@ class CacheConfig:
     dataset_config: str | None = None  # hub dataset configuration name
     dataset_revision: str | None = None
     model_revision: str | None = None
-    seq_len: int = 128
+    seq_len: int | None = None  # tokens per row; None: 2 x HALF_LEN + 1 for repeated-random:HALF_LEN, else 128
     n_rows: int | None = None  # default: the whole corpus (local sources)
     n_tokens: int | None = None  # alternative to n_rows: ceil(n_tokens / seq_len) rows
     packing: str = "pack"  # 'pack' (rows of concatenated documents) | 'document' (one per row, padded)
@@ -84,7 +85,7 @@ class CacheConfig:
 
         for name in ("seq_len", "n_rows", "n_tokens", "batch_size", "rows_per_chunk", "rows_per_shard", "write_threads"):
             positive(name)
-        if self.seq_len < 2:
+        if self.seq_len is not None and self.seq_len < 2:
             raise ConfigError(f"seq_len must be at least 2 (BOS plus one token); got {self.seq_len}.")
         if self.n_rows is not None and self.n_tokens is not None:
             raise ConfigError("Pass n_rows or n_tokens, not both.")
@@ -102,11 +103,20 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     Takes a CacheConfig, or its fields as keyword arguments."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
-    cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out))
+    cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))
     procs = group_for(cfg.device)  # one process, or this one's place in a torchrun / accelerate launch
     lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
     with procs.main_context(lock, "taking the store lock"):
         return _cache(cfg, procs)
+
+
+def _seq_len(cfg: CacheConfig) -> int:
+    """The row length asked for, or the dataset's own (a repeated-random row: 2 x HALF_LEN + 1), or 128."""
+    if cfg.seq_len is not None:
+        return cfg.seq_len
+    if isinstance(cfg.dataset, str) and is_synthetic(cfg.dataset):
+        return parse_synthetic(cfg.dataset, None).seq_len
+    return DEFAULT_SEQ_LEN
 
 
 def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:

@@ -55,7 +55,7 @@ def _register_cache(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset-revision")
     c.add_argument("--split", default="train")
     c.add_argument("--text-field", default="text")
-    c.add_argument("--seq-len", type=int, default=128)
+    c.add_argument("--seq-len", type=int, help="tokens per row (default 128; 2 x HALF_LEN + 1 for repeated-random:HALF_LEN)")
     n = c.add_mutually_exclusive_group()
     n.add_argument("--n-rows", type=int, help="rows to cache (default: the whole local corpus)")
     n.add_argument("--n-tokens", type=int, help="tokens to cache, rounded up to whole rows")

@@ -54,7 +54,8 @@ def is_synthetic(source: Any) -> bool:
     return isinstance(source, str) and source.startswith("repeated-random")
 
 
-def parse_synthetic(source: str, seq_len: int) -> RepeatedRandom:
+def parse_synthetic(source: str, seq_len: int | None) -> RepeatedRandom:
+    """The synthetic corpus ``source`` names; ``seq_len`` (None: not checked) must be its row length."""
     m = _RE.match(source)
     if not m:
         raise CorpusError(f"Cannot read synthetic corpus '{source}'; expected 'repeated-random:HALF_LEN' or "
@@ -62,7 +63,7 @@ def parse_synthetic(source: str, seq_len: int) -> RepeatedRandom:
     spec = RepeatedRandom(int(m.group(1)), int(m.group(2) or 0))
     if spec.half_len < 1:
         raise CorpusError(f"'{source}': HALF_LEN must be at least 1.")
-    if seq_len != spec.seq_len:
+    if seq_len is not None and seq_len != spec.seq_len:
         raise CorpusError(f"'{source}' makes rows of BOS + 2 x {spec.half_len} = {spec.seq_len} tokens; "
-                          f"pass --seq-len {spec.seq_len}.")
+                          f"pass --seq-len {spec.seq_len}, or leave --seq-len out.")
     return spec

@@ -13,7 +13,7 @@ from ..errors import ConfigError, RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, walk_arrays
 
-__all__ = ["ActivationStore"]
+__all__ = ["ActivationStore", "open_store"]
 
 
 class ActivationStore:
@@ -196,3 +196,8 @@ class ActivationStore:
         see :class:`actstore.store.loader.ActivationLoader` for the options."""
         from .loader import ActivationLoader
         return ActivationLoader(self, sites, batch_size, shuffle, seed, **kw)
+
+
+def open_store(path: str | os.PathLike[str]) -> ActivationStore:
+    """Open the store at ``path`` (a folder or an fsspec URL) for reading: ``actstore.open``."""
+    return ActivationStore.open(path)

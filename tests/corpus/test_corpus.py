@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+import actstore
 from actstore.corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
 from actstore.errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
 
@@ -174,3 +175,20 @@ def test_file_lists_are_files_even_when_one_is_missing(tmp_path):
     with pytest.raises(CorpusError, match="b.jsonl' not found"):
         spec.files()
     assert CorpusSpec.from_dataset(["just some text", "more text"]).kind == "python-list"
+
+
+def test_repeated_random_rows_take_their_length_without_seq_len(tmp_path, tiny_model):
+    """--dataset repeated-random:H with no --seq-len makes rows of BOS + 2H tokens (issue 14, 7a);
+    a --seq-len that disagrees is still refused."""
+    from actstore.cli import main
+
+    store = actstore.cache(out=str(tmp_path / "r.zarr"), model=tiny_model, dataset="repeated-random:5", n_rows=3,
+                           sites="resid_post:0", progress=False)
+    assert store.layout.seq_len == 11 and store.tokens().shape == (3, 11)
+    assert (store.tokens()[:, 1:6] == store.tokens()[:, 6:]).all()  # the second half repeats the first
+    assert main(["cache", str(tmp_path / "c.zarr"), "--model", tiny_model, "--dataset", "repeated-random:4",
+                 "--n-rows", "2", "--sites", "resid_post:0", "--quiet"]) == 0
+    assert actstore.ActivationStore.open(tmp_path / "c.zarr").layout.seq_len == 9
+    with pytest.raises(actstore.CorpusError, match="pass --seq-len 11, or leave --seq-len out"):
+        actstore.cache(out=str(tmp_path / "x.zarr"), model=tiny_model, dataset="repeated-random:5", seq_len=12,
+                       n_rows=1, progress=False)

@@ -17,7 +17,7 @@ import torch
 
 from .errors import UnknownSiteError
 
-__all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes"]
+__all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes", "hook_name", "layer_of"]
 
 # short name -> hook name template; {L} is the layer
 SHORT_SITES: dict[str, str] = {
@@ -60,6 +60,23 @@ class Site:
     def __str__(self) -> str:
         return self.hook if self.heads is None else f"{self.hook}[heads={','.join(map(str, self.heads))}]"
 
+    @classmethod
+    def of(cls, short: str, layer: int | None = None) -> "Site":
+        """The site of a short name at a layer: ``Site.of("z", 5).hook == "blocks.5.attn.hook_z"``;
+        global sites (``embed``, ``logits``) take no layer."""
+        return cls(hook_name(short, layer), layer if short in SHORT_SITES else None)
+
+    @classmethod
+    def from_hook(cls, hook: str) -> "Site":
+        """``Site.from_hook("blocks.5.hook_resid_post")``: the layer read off the name."""
+        return cls(hook, layer_of(hook))
+
+    @property
+    def short(self) -> str | None:
+        """The short name (``resid_post``, ``z``, ``embed``, ...), or None for a hook
+        outside the short vocabulary."""
+        return _SHORT_OF.get(self.hook if self.layer is None else self.hook.replace(f".{self.layer}.", ".{L}.", 1))
+
 
 @dataclass(frozen=True)
 class SiteShape:
@@ -81,9 +98,25 @@ class SiteShape:
         return tuple(s for d, s in zip(self.dims, self.shape) if d != "pos")
 
 
+_SHORT_OF: dict[str, str] = {**{t: n for n, t in SHORT_SITES.items()}, **{h: n for n, h in GLOBAL_SITES.items()}}
+
+
 def layer_of(hook: str) -> int | None:
+    """The block index in a hook name (``blocks.5.…`` -> 5), None outside the blocks."""
     m = _LAYER_RE.match(hook)
     return int(m.group(1)) if m else None
+
+
+def hook_name(short: str, layer: int | None = None) -> str:
+    """``hook_name("resid_pre", 3) == "blocks.3.hook_resid_pre"``; the one place short
+    names become hook names."""
+    if short in SHORT_SITES:
+        if layer is None:
+            raise UnknownSiteError(f"Site '{short}' needs a layer, e.g. {short}:0.")
+        return SHORT_SITES[short].format(L=int(layer))
+    if short in GLOBAL_SITES:
+        return GLOBAL_SITES[short]
+    raise _unknown(short, ())
 
 
 def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, int | None]]:

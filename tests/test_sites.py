@@ -84,3 +84,28 @@ def test_probe_names_dimensions(tiny_model, hooks):
     }
     assert shapes["blocks.1.attn.hook_pattern"].feature_shape is None
     assert shapes["blocks.1.attn.hook_z"].feature_shape == (4, 16)
+
+
+def test_site_of_and_from_hook_round_trip_every_short_name():
+    from actstore.sites import GLOBAL_SITES, SHORT_SITES, Site, hook_name
+
+    for short in SHORT_SITES:
+        for layer in (0, 7, 11):
+            site = Site.of(short, layer)
+            assert site.hook == SHORT_SITES[short].format(L=layer) == hook_name(short, layer)
+            assert Site.from_hook(site.hook) == site and site.short == short and site.layer == layer
+    for short, hook in GLOBAL_SITES.items():
+        assert Site.of(short) == Site.from_hook(hook) == Site(hook, None) and Site(hook, None).short == short
+    assert Site.from_hook("blocks.3.ln1.hook_in").short is None
+
+
+def test_hook_name_needs_a_layer_and_a_known_name():
+    import pytest
+
+    from actstore.errors import UnknownSiteError
+    from actstore.sites import hook_name
+
+    with pytest.raises(UnknownSiteError, match="needs a layer"):
+        hook_name("resid_pre")
+    with pytest.raises(UnknownSiteError, match="resid_post"):
+        hook_name("resid_psot", 1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import LoadedModel, check_identity, load_model
-from ..store import ActivationStore
+from ..store import ActivationStore, SiteMeta
 
 
 __all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
@@ -35,8 +35,8 @@ def single_token(tokenizer: Any, text: str) -> int:
     return int(ids[0])
 
 
-def sites_with(store: ActivationStore, suffix: str) -> list[dict[str, Any]]:
-    return [s for s in store.metadata["sites"] if s["hook"].startswith("blocks.") and s["hook"].endswith(suffix)]
+def sites_with(store: ActivationStore, suffix: str) -> list[SiteMeta]:
+    return [s for s in store.meta.sites if s.hook.startswith("blocks.") and s.hook.endswith(suffix)]
 
 
 def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
@@ -48,7 +48,7 @@ def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.nd
 
 
 def layer_head_grid(store: ActivationStore) -> np.ndarray:
-    m = store.metadata["model"]
-    return np.full((m["n_layers"], m["n_heads"]), np.nan)
+    m = store.meta.model
+    return np.full((m.n_layers, m.n_heads), np.nan)
 
 

@@ -38,7 +38,7 @@ class LogitLens:
 
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
-    hooks = [s["hook"] for s in store.metadata["sites"] if s["hook"].endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))]
+    hooks = [h for h in store.sites if h.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))]
     if not hooks:
         raise ConfigError(f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all.")
     order = {"pre": 0, "mid": 1, "post": 2}

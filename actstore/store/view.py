@@ -125,29 +125,33 @@ class ArrayView:
         return out if dtype is None else out.astype(dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        """numpy's indexing, the first axis being the row: only the rows asked are read
+        (whole rows), then the rest of the index applies to them as numpy would."""
         key = key if isinstance(key, tuple) else (key,)
         if not key or key[0] is Ellipsis:  # x[...], x[..., 0]: every row
             return self._rows(slice(None))[key]
-        rows, rest = key[0], (slice(None), *key[1:])
+        rows, rest = key[0], key[1:]
         if isinstance(rows, slice):
             a, b, step = rows.indices(len(self))
-            return (self._rows(slice(a, max(a, b))) if step == 1 else self._take(np.arange(a, b, step)))[rest]
+            block = self._rows(slice(a, max(a, b))) if step == 1 else self._take(np.arange(a, b, step))
+            return block[(slice(None), *rest)]
         if isinstance(rows, (int, np.integer)):
             r = int(rows) + (len(self) if int(rows) < 0 else 0)
             if not 0 <= r < len(self):
                 raise IndexError(f"Row {int(rows)} is out of range for the {len(self)} rows of '{self.name}'.")
-            return self._rows(slice(r, r + 1))[0][key[1:]]
+            return self._rows(slice(r, r + 1))[(0, *rest)]
         idx = np.asarray(rows)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
                 raise IndexError(f"A boolean row index must have {len(self)} entries; got shape {idx.shape}.")
             idx = np.flatnonzero(idx)
-        if idx.dtype.kind not in "iu" or idx.ndim != 1:
-            raise IndexError(f"Rows must be an int, a slice, a 1-d array of row numbers or a boolean mask; got {rows!r}.")
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"Rows must be an int, a slice, an array of row numbers or a boolean mask; got {rows!r}.")
         idx = np.where(idx < 0, idx + len(self), idx)
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"Rows {rows!r} fall outside the {len(self)} rows of '{self.name}'.")
-        return self._take(idx)[rest]
+        uniq = np.unique(idx)  # each row read once; numpy then indexes them as asked
+        return self._take(uniq)[(np.searchsorted(uniq, idx), *rest)]
 
     # --- checked reads ------------------------------------------------------------
     def _rows(self, rows: slice) -> np.ndarray:

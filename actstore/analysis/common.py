@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import LoadedModel, check_identity, load_model
-from ..store import ActivationStore, SiteMeta
+from ..store import ActivationStore, ResultWriter, SiteMeta
 
 
 __all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
@@ -41,9 +41,11 @@ def sites_with(store: ActivationStore, suffix: str) -> list[SiteMeta]:
 
 def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
           attrs: dict[str, Any]) -> list[str]:
-    """Write each array to results/analysis/<name>/<key> with its dimension names."""
-    for key, (data, dims) in arrays.items():
-        store.save_result(f"analysis/{name}/{key}", np.asarray(data), dims, attrs)
+    """Write each array to results/analysis/<name>/<key> with its dimension names; a
+    rerun of the analysis replaces its earlier result whole."""
+    with ResultWriter.for_store(store, f"analysis/{name}", replace=True) as out:
+        for key, (data, dims) in arrays.items():
+            out.write(key, data, dims, attrs)
     return [f"results/analysis/{name}/{key}" for key in arrays]
 
 

@@ -9,10 +9,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, RowsNotDoneError, StoreNotFoundError
+from ..errors import RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, walk_arrays
 from .meta import StoreMeta
+from .results import write_result
 from .view import ArrayView, array_name
 
 __all__ = ["ActivationStore", "open_store"]
@@ -161,19 +162,11 @@ class ActivationStore:
 
     # --- results -----------------------------------------------------------------
     def save_result(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: Mapping[str, Any] | None = None,
-                    overwrite: bool = True) -> zarr.Array:
-        """Write a job's output to results/<name> (e.g. 'probes/blocks.3.hook_resid_post/weight')
-        with dimension names; attrs are JSON-serialisable provenance."""
-        if len(dims) != np.ndim(data):
-            raise ConfigError(f"Result '{name}': {len(dims)} dimension names for an array of {np.ndim(data)} dimensions.")
-        root = zarr.open_group(self.path, mode="r+")
-        arr = root.create_array(f"results/{name}", shape=np.shape(data), dtype=np.asarray(data).dtype,
-                                dimension_names=tuple(dims), overwrite=overwrite)
-        arr[...] = data
-        if attrs:
-            arr.attrs.update(dict(attrs))
-        self.group = zarr.open_group(self.path, mode="r")
-        return arr
+                    overwrite: bool = False) -> zarr.Array:
+        """Write a job's output to results/<name> (e.g. 'analysis/mine/scores') with
+        dimension names; attrs are JSON-serialisable provenance. An existing result is
+        replaced only with overwrite=True. Several arrays as one result: ResultWriter."""
+        return write_result(self, name, data, dims, attrs, overwrite)
 
     def load_result(self, name: str) -> zarr.Array:
         key = f"results/{name}"

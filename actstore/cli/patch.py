@@ -7,7 +7,8 @@ import argparse
 import shlex
 
 from ..parallel import is_main_process
-from ..patching.job import SWEEPS, PatchJobConfig, patch_pairs
+from ..patching.job import PatchJobConfig, patch_pairs
+from ..patching.table import SWEEPS
 from ..patching.tasks import TASKS
 
 __all__ = ["register"]
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "estimate: one forward + backward per batch) or both (stored side "
                                                      "by side, with their Pearson correlation and a scatter plot)")
     p.add_argument("--sweep", default="resid_pre", choices=list(SWEEPS), metavar="SWEEP",
-                   help=f"what to patch (default resid_pre): {', '.join(SWEEPS)}")
+                   help=f"what to patch (default resid_pre), a sweep of transformer_lens.patching: {', '.join(SWEEPS)}")
     p.add_argument("--store", help="read the clean activations from this store (cached from the clean prompts first "
                                    "if it does not exist)")
     p.add_argument("--out", help="results Zarr group (default: the store's results/, else PAIRS.patch.zarr)")

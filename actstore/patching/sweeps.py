@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from transformer_lens import patching as _tl
-from transformer_lens.patching import (  # the reference's own setters, re-exported unchanged (table.py uses them)
+from transformer_lens.patching import (  # the reference's own setters, re-exported unchanged
     layer_head_dest_src_pos_pattern_patch_setter,
     layer_head_pattern_patch_setter,
     layer_head_pos_pattern_patch_setter,
@@ -195,7 +195,7 @@ def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
     the runner) plus its own options, and check every call against it (a TypeError naming
     ``fn`` and the argument, as a plain def gives)."""
     own = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    sig = inspect.Signature(_COMMON + own, return_annotation=Any)
+    sig = inspect.Signature(_COMMON + own, return_annotation="Any")
 
     @wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:

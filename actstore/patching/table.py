@@ -101,6 +101,11 @@ class SweepRow:
         return f"get_act_patch_{self.name}"
 
     @property
+    def result_axes(self) -> tuple[str, ...]:
+        """The axes of its tensor result: a stack's start with patch_type."""
+        return ("patch_type", *self.axes) if self.kind == "stack" else self.axes
+
+    @property
     def reads(self) -> tuple[str, ...]:
         """The short sites whose clean activations the sweep reads (at every layer)."""
         shorts = (self.activation,) if self.activation is not None else tuple(p.activation for p in self.parts)

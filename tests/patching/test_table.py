@@ -67,6 +67,9 @@ def test_attribution_job_and_cli_list_exactly_the_tables_sweeps():
     cli_patch.register(parser.add_subparsers())
     sweep = next(a for a in parser._subparsers._group_actions[0].choices["patch"]._actions if a.dest == "sweep")
     assert list(sweep.choices) == list(table.SWEEPS)
+    for name, row in table.SWEEPS.items():  # --help lists each with what it patches
+        assert f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]" in cli_patch.SWEEP_LINES
+    assert table.SWEEPS["block_every"].result_axes == ("patch_type", "layer", "pos")
 
 
 def test_each_rows_sites_are_hooks_of_the_demo_model(demo):

@@ -7,7 +7,8 @@ import argparse
 import shlex
 
 from ..parallel import is_main_process
-from ..patching.job import SWEEPS, PatchJobConfig, patch_pairs
+from ..patching.job import PatchJobConfig, patch_pairs
+from ..patching.table import SWEEPS
 from ..patching.tasks import TASKS
 
 __all__ = ["register"]
@@ -33,10 +34,15 @@ facts.jsonl (--task factual --facts facts.jsonl), one JSON object per line:
    "wrong": " Paris"}
   (a fact without corrupted_prompt is paired with another fact of the same token length)
 """
+# --sweep's choices, one line each, from the sweep table: name, what it patches, result axes
+SWEEP_LINES = "sweeps (--sweep):\n" + "\n".join(
+    f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]"
+    for name, row in SWEEPS.items())
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patch", help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
-                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
+                       description=__doc__.split("\n\n")[0], epilog=f"{EXAMPLE}\n{SWEEP_LINES}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo")
     p.add_argument("--model-revision")
@@ -51,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "estimate: one forward + backward per batch) or both (stored side "
                                                      "by side, with their Pearson correlation and a scatter plot)")
     p.add_argument("--sweep", default="resid_pre", choices=list(SWEEPS), metavar="SWEEP",
-                   help=f"what to patch (default resid_pre): {', '.join(SWEEPS)}")
+                   help="what to patch (default resid_pre): a sweep of transformer_lens.patching, listed below")
     p.add_argument("--store", help="read the clean activations from this store (cached from the clean prompts first "
                                    "if it does not exist)")
     p.add_argument("--out", help="results Zarr group (default: the store's results/, else PAIRS.patch.zarr)")

@@ -17,8 +17,8 @@ from .sites import DERIVED_SITES, Site, stop_layer
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "check_processes", "resolve_device",
-           "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
+__all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
+           "resolve_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -239,7 +239,6 @@ def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: s
 ModelLike = Union[str, "os.PathLike[str]", "TransformerBridge", LoadedModel]
 
 IN_MEMORY_LABEL = "in-memory TransformerBridge"
-_SAVE_HINT = "save it with model.original_model.save_pretrained(FOLDER) (and its tokenizer) and pass the folder"
 
 
 def as_loaded(model: ModelLike, dtype: str | None = None, device: str | None = "auto",
@@ -313,6 +312,23 @@ def _check_matches(info: ModelInfo, dev: str, dtype: str | None, device: str | N
                           "is already loaded, so leave the revision unset.")
 
 
+def save_model(model: "TransformerBridge | LoadedModel", folder: str | os.PathLike[str]) -> str:
+    """Save a model held in memory as a Hugging Face folder (config, weights, tokenizer)
+    that every entry point, the CLI and multi-process runs load by name, with the same
+    fingerprint. (A booted bridge's ``original_model.save_pretrained`` fails: the bridge
+    wraps its modules and adds views; this saves the Hugging Face keys only.)"""
+    bridge = model.bridge if isinstance(model, LoadedModel) else _as_bridge(model)
+    hf = bridge.original_model
+    weights: dict[str, torch.Tensor] = {}
+    for key, t in hf.state_dict().items():
+        weights.setdefault(key.replace("._original_component", ""), t)
+    with torch.device("meta"):  # the plain model's keys, without allocating it
+        keys = type(hf)(hf.config).state_dict().keys()
+    hf.save_pretrained(folder, state_dict={k: weights[k].contiguous() for k in keys})
+    bridge.tokenizer.save_pretrained(folder)
+    return os.fspath(folder)
+
+
 def check_processes(model: ModelLike) -> None:
     """Refuse an in-memory model when this run is launched as several processes
     (torchrun / accelerate): the other processes cannot receive the object. Call it
@@ -320,7 +336,8 @@ def check_processes(model: ModelLike) -> None:
     in_memory = model.info.in_memory if isinstance(model, LoadedModel) else not isinstance(model, (str, os.PathLike))
     if in_memory and launched():
         raise ConfigError("A model held in memory cannot be shared with the other processes of a multi-process run; "
-                          f"{_SAVE_HINT}, or run a single process.")
+                          "save it with actstore.models.save_model(model, FOLDER) (save_pretrained of the weights and "
+                          "tokenizer) and pass the folder, or run a single process.")
 
 
 def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ def config_from_metadata(meta: dict[str, Any], out: str, model: ModelLike | None
     if model is None and meta["model"].get("source") == "in-memory":
         raise ConfigError(f"This store was cached from a model held in memory ('{meta['model']['name']}'), which the "
                           "store does not keep; pass that model (repair_store(path, damage, model=bridge)), or a folder "
-                          "it was saved to with save_pretrained (--model FOLDER).")
+                          "it was saved to with actstore.models.save_model (--model FOLDER).")
     if corpus["kind"] == "python-list":
         raise ConfigError("This store was made from a Python list, which the store does not keep; call "
                           "actstore.cache(...) again with the same list and resume=True to recompute unfinished rows.")

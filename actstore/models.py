@@ -214,7 +214,8 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     return LoadedModel(bridge=bridge, info=_describe(bridge, name, revision, dt, label), device=dev)
 
 
-def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: str, in_memory: bool = False) -> ModelInfo:
+def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: str,
+              in_memory: bool = False) -> ModelInfo:
     """The ModelInfo of a booted bridge; the fingerprint is computed from its tensors."""
     cfg = bridge.cfg
     return ModelInfo(
@@ -292,8 +293,8 @@ def _as_bridge(model: Any) -> Any:
         raise ConfigError(
             f"model must be a name (hub name such as 'gpt2', a local folder, or 'actstore-demo') or a "
             f"transformer_lens TransformerBridge; got {type(model).__module__}.{type(model).__name__}. Boot one with "
-            "TransformerBridge.boot_transformers(name_or_folder), or save your model with save_pretrained and pass "
-            "the folder.")
+            "TransformerBridge.boot_transformers(name_or_folder) (a Hugging Face model in memory: "
+            "boot_transformers(name, hf_model=your_model)), or pass a folder written by save_pretrained.")
     return model
 
 

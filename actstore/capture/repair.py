@@ -32,7 +32,8 @@ def config_from_metadata(meta: dict[str, Any], out: str, model: ModelLike | None
     return CacheConfig(
         out=out, model=model or meta["model"]["name"], dataset=corpus["source"], split=corpus["split"],
         text_field=corpus["text_field"], dataset_config=corpus["config_name"], dataset_revision=corpus["revision"],
-        model_revision=meta["model"]["revision"] if model is None or isinstance(model, str) else None, seq_len=corpus["seq_len"], n_rows=lay["n_rows"],
+        model_revision=meta["model"]["revision"] if model is None or isinstance(model, str) else None,
+        seq_len=corpus["seq_len"], n_rows=lay["n_rows"],
         packing=corpus["packing"], sites=[Site(s["hook"], s["layer"], None if s["heads"] is None else tuple(s["heads"]))
                                           for s in meta["sites"]],
         dtype=meta["model"]["dtype"], storage_dtype=meta["storage_dtype"], codec=meta["codec"],

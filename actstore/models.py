@@ -40,13 +40,18 @@ class ModelInfo:
     fingerprint: str  # sha256 of every weight tensor (name, dtype, shape, bytes)
     label: str  # e.g. "Hugging Face model", or the demo model's "DEMO model ..., NOT GPT-2"
     in_memory: bool = False  # passed as a TransformerBridge object, not loaded by name
+    hooks: tuple[str, ...] = ()  # hook points the caller left hooks on (they run during caching)
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata's model dict; an in-memory model adds ``"source": "in-memory"``
-        (a model loaded by name writes exactly the keys it always did)."""
+        and, if hooks are attached, ``"hooks"`` (a model loaded by name writes exactly
+        the keys it always did)."""
         d = asdict(self)
         if d.pop("in_memory"):
             d["source"] = "in-memory"
+        hooks = d.pop("hooks")
+        if hooks:
+            d["hooks"] = list(hooks)
         return d
 
     def as_argument(self) -> str:
@@ -232,7 +237,13 @@ def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: s
         fingerprint=fingerprint(bridge.original_model),
         label=label,
         in_memory=in_memory,
+        hooks=_attached_hooks(bridge) if in_memory else (),  # a bridge loaded here has none
     )
+
+
+def _attached_hooks(bridge: Any) -> tuple[str, ...]:
+    """Hook points with forward hooks on them (by every alias in hook_dict)."""
+    return tuple(sorted(n for n, h in bridge.hook_dict.items() if h._forward_hooks or h._forward_pre_hooks))
 
 
 # A model as every entry point takes it: a name (hub name, local folder, 'actstore-demo'),
@@ -341,9 +352,10 @@ def check_processes(model: ModelLike) -> None:
                           "tokenizer) and pass the folder, or run a single process.")
 
 
-def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], also: Sequence[str] = ()) -> list[str]:
     """Differences between two model descriptions (a store's metadata["model"] and
-    ModelInfo.to_dict()) that make them other models; names may differ."""
-    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx")
+    ModelInfo.to_dict()) that make them other models; names may differ. ``also``:
+    more keys to compare (resume adds "hooks": the hooks a model in memory runs with)."""
+    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx", *also)
     return [f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
             for k in keys if stored.get(k) != current.get(k)]

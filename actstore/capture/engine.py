@@ -261,7 +261,7 @@ _IDENTITY = ("format_version", "corpus", "layout", "sites", "storage_dtype", "co
 
 def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
     old = existing.metadata
-    diffs = check_identity(old["model"], meta["model"])
+    diffs = check_identity(old["model"], meta["model"], also=("hooks",))
     for key in _IDENTITY:
         if old.get(key) != meta.get(key):
             diffs.append(f"{key}: store has {old.get(key)!r}, this run has {meta.get(key)!r}")

@@ -127,3 +127,20 @@ def test_options_the_object_contradicts_are_refused(tmp_path, demo):
         actstore.cache(out=out, model=training, **OPTS)
     assert not (tmp_path / "s.zarr").exists()
     assert as_loaded(demo, "float32", "cpu").info == as_loaded(demo).info  # agreeing options are fine
+
+
+def test_a_hooked_bridge_caches_what_it_computes_and_resume_checks_its_hooks(tmp_path, by_name):
+    hooked = boot()
+    hooked.add_hook("blocks.0.hook_resid_post", lambda x, hook: x + 1.0, is_permanent=True)
+    out = str(tmp_path / "s.zarr")
+    store = actstore.cache(out=out, model=hooked, **OPTS)
+    model = store.metadata["model"]
+    assert "blocks.0.hook_resid_post" in model["hooks"]
+    assert model["fingerprint"] == by_name.metadata["model"]["fingerprint"]  # the weights are the demo's
+    _, cache = hooked.run_with_cache(torch.from_numpy(store.tokens(slice(None))).long())
+    for hook in ("blocks.0.hook_resid_post", "blocks.3.hook_resid_post"):
+        np.testing.assert_array_equal(store.acts(hook), cache[hook].numpy(), err_msg=hook)
+    zarr.open_group(out, mode="r+")["done"][0] = False
+    with pytest.raises(StoreMismatchError, match="model.hooks"):
+        actstore.cache(out=out, model=boot(), resume=True, **OPTS)  # the same weights without the hook
+    assert actstore.cache(out=out, model=hooked, resume=True, **OPTS).rows_done == 12

@@ -100,7 +100,9 @@ class CacheConfig:
 
 def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:
     """Cache activations into a Zarr store and return it opened for reading.
-    Takes a CacheConfig, or its fields as keyword arguments."""
+    Takes a CacheConfig, or its fields as keyword arguments. ``model`` is a name or a
+    TransformerBridge already in memory (fine-tuned, hooked), used as it is: see
+    :func:`actstore.models.as_loaded`."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
     cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))

@@ -26,7 +26,9 @@ def model_for(store: ActivationStore, name: ModelLike | None = None, device: str
     if diffs:
         raise StoreMismatchError(
             f"Model '{model.info.name}' has other weights than the store's ('{store.path}': {'; '.join(diffs)}); "
-            "pass --model with the model the store was made with."
+            "pass --model with the model the store was made with"
+            + (" (it was cached from a model in memory: pass that object, or the folder actstore.models.save_model "
+               "wrote it to)." if meta.get("source") == "in-memory" else ".")
         )
     return model
 

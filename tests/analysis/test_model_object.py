@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import actstore
 from actstore.analysis import direct_logit_attribution, logit_lens, model_for
 from actstore.errors import StoreMismatchError
 from actstore.models import load_model
@@ -37,3 +38,11 @@ def test_another_bridge_is_refused(text_store, tiny_model):  # noqa: F811
         logit_lens(text_store, other, [0], progress=False)
     with pytest.raises(StoreMismatchError, match="model.fingerprint"):
         direct_logit_attribution(text_store, other, [0], 5, progress=False)
+
+
+def test_a_store_from_a_model_in_memory_names_the_fix(tmp_path, bridge):
+    store = actstore.cache(out=str(tmp_path / "s.zarr"), model=bridge, dataset=["a b c d e f"] * 4, seq_len=4,
+                           sites="resid_post:2", progress=False)
+    assert model_for(store, bridge).info.fingerprint == store.metadata["model"]["fingerprint"]
+    with pytest.raises(StoreMismatchError, match="cached from a model in memory: pass that object"):
+        model_for(store, "actstore-demo", device="cpu")

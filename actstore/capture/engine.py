@@ -28,7 +28,7 @@ from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, Insuf
                      StoreExistsError, StoreMismatchError)
 from .. import location
 from .lock import store_lock
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, ModelLike, as_loaded, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
 from .shard_write import Shard, ShardWrite as _ShardWrite
@@ -50,7 +50,7 @@ class CacheConfig:
     """Options of one caching run; the CLI flags map onto these fields."""
 
     out: str  # the store's path
-    model: str  # hub name (gpt2 ... gpt2-xl), local folder, or 'actstore-demo'
+    model: ModelLike  # hub name (gpt2 ... gpt2-xl), local folder, 'actstore-demo', or a TransformerBridge in memory
     dataset: str | Sequence[str]  # hub name, local file(s)/glob(s), 'actstore-demo', or a list of strings
     sites: str | Sequence[str] = "resid_post:all"
     split: str = "train"
@@ -100,10 +100,13 @@ class CacheConfig:
 
 def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:
     """Cache activations into a Zarr store and return it opened for reading.
-    Takes a CacheConfig, or its fields as keyword arguments."""
+    Takes a CacheConfig, or its fields as keyword arguments. ``model`` is a name or a
+    TransformerBridge already in memory (fine-tuned, hooked), used as it is: see
+    :func:`actstore.models.as_loaded`."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
     cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))
+    check_processes(cfg.model)
     procs = group_for(cfg.device)  # one process, or this one's place in a torchrun / accelerate launch
     lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
     with procs.main_context(lock, "taking the store lock"):
@@ -123,7 +126,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     existing = _existing_store(cfg)
     log = _Log(cfg.progress and procs.main)
 
-    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
+    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     info = model.info
     if cfg.seq_len > info.n_ctx:
         raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
@@ -243,13 +246,13 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
         "storage_dtype": storage_dtype,
         "codec": cfg.codec,
         "software": versions(),
-        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg)})",
+        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg, model.info.as_argument())})",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _config_repr(cfg: CacheConfig) -> str:
-    fields = dataclasses.asdict(cfg)
+def _config_repr(cfg: CacheConfig, model: str) -> str:
+    fields = dataclasses.asdict(dataclasses.replace(cfg, model=model))  # a model object is shown by name, not copied
     if not isinstance(cfg.dataset, str):
         fields["dataset"] = f"<{len(cfg.dataset)} items>"
     return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
+from ..models import ModelLike, as_loaded, check_processes
 from ..parallel import group_for
 from ..store import ActivationStore, ResultWriter, is_store
 from . import attribution, sweeps as patching, table, tasks
@@ -57,7 +58,7 @@ METHODS = ("exact", "attribution", "both")
 class PatchJobConfig:
     """One `actstore patch` run; the CLI flags map onto these fields."""
 
-    model: str  # hub name, local folder, or actstore-demo
+    model: ModelLike  # hub name, local folder, actstore-demo, or a TransformerBridge in memory
     pairs: str | None = None  # JSON lines: clean, corrupted, answer, wrong (or task)
     sweep: str = "resid_pre"  # a key of SWEEPS
     store: str | None = None  # clean activations read from this store (cached into it first if missing)
@@ -188,7 +189,6 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     """Run one sweep over every pair (exact, attribution or both); write the results,
     the heatmaps and, for both, their correlation and a scatter plot."""
     from ..capture import cache
-    from ..models import load_model
 
     if cfg.sweep not in SWEEPS:
         raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
@@ -206,8 +206,9 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
                           "sweeps from Python, whose default tensor return works with TransformerLens 3.")
     _check_source(cfg)
     row = SWEEPS[cfg.sweep]
+    check_processes(cfg.model)
     procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
-    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
+    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
     generated: list[tasks.PromptPair] = []
     if cfg.pairs is not None:
@@ -223,7 +224,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
             if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {cfg.store}")
-            cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+            cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
                   sites=row.site_spec, dtype=info.dtype, device=model.device,
                   model_revision=cfg.model_revision, progress=cfg.progress,
                   command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)

@@ -163,8 +163,10 @@ class StoreMeta:
         check_version(d["format_version"], where)
         known, extra = _known(cls, d, "actstore")
         model, model_extra = _known(ModelInfo, known["model"], "model")
+        if "source" in model_extra:  # ModelInfo.to_dict writes in_memory as "source"
+            model["source"] = model_extra.pop("source")
         layout, _ = _known(Layout, known["layout"], "layout")  # n_shards follows from the rest
-        return cls(**{**known, "model": ModelInfo(**model), "corpus": CorpusMeta.from_dict(known["corpus"], "corpus"),
+        return cls(**{**known, "model": ModelInfo.from_dict(model), "corpus": CorpusMeta.from_dict(known["corpus"], "corpus"),
                       "layout": Layout(**layout),
                       "sites": tuple(SiteMeta.from_dict(s, f"sites[{i}]") for i, s in enumerate(known["sites"])),
                       "software": dict(known["software"]), "model_extra": model_extra, "extra": extra})
@@ -205,7 +207,7 @@ class StoreMeta:
         identity, corpus, layout, sites, storage dtype, codec. The format version is not
         compared: the versions this actstore reads differ only in what unwritten rows
         read as, so resuming or repairing an older store writes the bytes its run would have."""
-        diffs = check_identity(self.model.to_dict(), other.model.to_dict())
+        diffs = check_identity(self.model.to_dict(), other.model.to_dict(), also=("hooks",))
         mine, theirs = self.to_dict(), other.to_dict()
         for key in self._SAME_RUN:
             if mine[key] != theirs[key]:

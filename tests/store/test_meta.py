@@ -111,3 +111,12 @@ def test_resume_compares_typed_metadata(kinds, tmp_path):
         actstore.cache(out=str(out), **{**opts, "n_rows": 4})
     assert np.array_equal(actstore.open(out).acts("blocks.0.hook_resid_post"),
                           kinds[2].acts("blocks.0.hook_resid_post"))
+
+
+def test_a_model_held_in_memory_round_trips():
+    raw = stored_attrs(V1_STORE)
+    raw = {**raw, "model": {**raw["model"], "source": "in-memory", "hooks": ["blocks.0.hook_resid_post"]}}
+    m = StoreMeta.from_dict(raw)
+    assert m.model.in_memory and m.model.hooks == ("blocks.0.hook_resid_post",) and m.model_extra == {}
+    assert same_json(m.to_dict(), raw)
+    assert not StoreMeta.from_dict(stored_attrs(V1_STORE)).model.in_memory

@@ -122,9 +122,9 @@ def generic_activation_patch(
             hook name -> (batch, ...) tensor), or an ActivationStore with ``clean_rows``.
         patching_metric: logits -> scalar (or (batch,) under reduce 'mean'/'none'), a
             batched metric, or a mapping of names to either.
-        patch_setter, activation_name, index_axis_names, index_df, return_index_df,
-        reduce, baseline: as in transformer_lens.patching.
-        clean_rows, memory_budget, progress, kv_prefix: see the module docstring.
+        patch_setter: as in transformer_lens.patching; so are activation_name,
+            index_axis_names, index_df, return_index_df, reduce and baseline.
+        clean_rows: see the module docstring; so are memory_budget, progress and kv_prefix.
 
     Returns:
         A tensor with one axis per index axis (flat, one value per ``index_df`` row, when

@@ -5,15 +5,22 @@ A page runs as one script, its blocks in order, in a temporary folder of its own
 blocks run with bash -euo pipefail (``actstore`` is ``python -m actstore`` of this checkout,
 ``python`` this interpreter), and a block right after ``<!-- file: NAME -->`` is written to NAME
 (a ```json pairs file that a later command reads). ```text blocks (output, trees, formats) are
-not run. A block that cannot run here (the hub, a GPU, a cluster launcher, the long set-up
+not run. A bash block made only of plain ``actstore ...`` commands (no pipes, redirections,
+variables or other programs) runs them in this process, ``actstore.cli.main(argv)`` one after
+the other, stopping at the first non-zero exit, as bash -e would: the same program without a
+Python start-up (torch, transformers) per command, which keeps the whole file near a minute.
+A block that cannot run here (the hub, a GPU, a cluster launcher, the long set-up
 commands) follows ``<!-- no-test: REASON -->``; the reason is required, and so is a language
 on every fence.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -91,6 +98,37 @@ def _env() -> dict[str, str]:
 BASH_PRELUDE = f'actstore() {{ "{sys.executable}" -m actstore "$@"; }}\npython() {{ "{sys.executable}" "$@"; }}\n'
 
 
+def actstore_commands(code: str) -> list[list[str]] | None:
+    """The argv of each command when a bash block is only ``actstore ...`` commands (comments and
+    backslash continuations allowed); None when anything else is in it."""
+    commands = []
+    for line in code.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        if not tokens:
+            continue
+        if tokens[0] != "actstore" or any(set(t) <= set("();<>|&") or "$" in t or "`" in t for t in tokens):
+            return None
+        commands.append(tokens[1:])
+    return commands
+
+
+def _run_in_process(commands: list[list[str]]) -> tuple[int, str]:
+    from actstore.cli import main
+
+    out = io.StringIO()
+    for argv in commands:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse: a bad flag, --help
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if rc:
+            return rc, f"actstore {shlex.join(argv)}\n" + out.getvalue()[-3000:]
+    return 0, ""
+
+
 def run_page(text: str, workdir: Path, name: str = "<page>") -> int:
     """Run every runnable block of a page in workdir, in order; returns how many ran.
     Raises AssertionError naming the page and line of the first block that fails."""
@@ -111,6 +149,10 @@ def run_page(text: str, workdir: Path, name: str = "<page>") -> int:
                     exec(compile(block.code, where, "exec"), namespace)
                 except Exception as e:
                     raise AssertionError(f"{where}: the python block failed: {type(e).__name__}: {e}\n{block.code}") from e
+            elif (commands := actstore_commands(block.code)) is not None:
+                rc, output = _run_in_process(commands)
+                if rc:
+                    raise AssertionError(f"{where}: the bash block exited {rc}\n{block.code}\n--- output\n{output}")
             else:
                 done = subprocess.run(["bash", "-euo", "pipefail", "-c", BASH_PRELUDE + block.code], cwd=workdir,
                                       env=_env(), capture_output=True, text=True, timeout=300)
@@ -163,9 +205,13 @@ def test_a_broken_python_block_fails(tmp_path):
 
 
 def test_a_broken_bash_block_fails(tmp_path):
-    page = "```bash\nactstore info missing.zarr\n```\n"
-    with pytest.raises(AssertionError, match=r"<page>:1: the bash block exited 1"):
+    page = "```bash\nactstore info missing.zarr\n```\n"  # in this process
+    with pytest.raises(AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"):
         run_page(page, tmp_path)
+    with pytest.raises(AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"):
+        run_page("```bash\nactstore info missing.zarr | cat\n```\n", tmp_path)  # with bash
+    with pytest.raises(AssertionError, match=r"exited 2(.|\n)*invalid choice"):  # argparse's exit
+        run_page("```bash\nactstore info --help\nactstore nonexistent-command\n```\n", tmp_path)
     with pytest.raises(AssertionError, match="exited"):  # -e: a failing line in the middle fails the block
         run_page("```bash\nfalse\necho ok\n```\n", tmp_path)
 
@@ -175,6 +221,16 @@ def test_marked_and_text_blocks_are_not_run_and_files_are_written(tmp_path):
             "<!-- file: pairs.jsonl -->\n```json\n{\"a\": 1}\n```\n\n```bash\ntest -s pairs.jsonl\n```\n"
             "```python\nassert open('pairs.jsonl').read() == '{\"a\": 1}\\n'\n```\n")
     assert run_page(page, tmp_path) == 2
+
+
+def test_only_plain_actstore_commands_run_in_process():
+    assert actstore_commands("actstore cache a.zarr \\\n    --sites resid_post:0  # c\n\n# note\nactstore info a.zarr\n") == [
+        ["cache", "a.zarr", "--sites", "resid_post:0"], ["info", "a.zarr"]]
+    assert actstore_commands('actstore analyze dla t.zarr --target " Mary"  # optional: --pos P\n') == [
+        ["analyze", "dla", "t.zarr", "--target", " Mary"]]
+    for code in ["actstore info a.zarr | head\n", "actstore info a.zarr > x\n", "actstore info $X\n",
+                 "python x.py\n", "actstore info a && ls\n", "if actstore info m; then exit 1; fi\n"]:
+        assert actstore_commands(code) is None, code
 
 
 @pytest.mark.parametrize("page, error", [

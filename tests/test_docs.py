@@ -196,6 +196,15 @@ def test_readme_starts_with_the_two_commands():
     assert len(text.splitlines()) <= 330, "the README is a landing page; the detail belongs in docs/"
 
 
+def test_the_site_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "site" / "api" / "index.html").read_text().count('id="actstore.patching.get_act_patch_resid_pre"')
+
+
 # The runner itself must be able to fail.
 
 def test_a_broken_python_block_fails(tmp_path):

@@ -186,6 +186,12 @@ def test_every_page_is_in_the_nav():
     assert not missing, f"docs pages missing from mkdocs.yml's nav: {missing}"
 
 
+def test_readme_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text)
+    assert links and all((ROOT / link).is_file() for link in links), [l for l in links if not (ROOT / l).is_file()]
+
+
 def test_readme_starts_with_the_two_commands():
     text = (ROOT / "README.md").read_text()
     first = next(b for b in parse(text, "README.md") if b.lang == "bash")

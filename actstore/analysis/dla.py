@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models import LoadedModel
+from ..sites import hook_name
 from ..store import ActivationStore
 
 from .common import save_result, sites_with
@@ -41,7 +42,7 @@ def direct_logit_attribution(store: ActivationStore, model: LoadedModel, rows: S
     the unembedding direction of ``target`` (minus ``wrong``). Reads position ``pos``,
     default the last real token of each row."""
     info = model.info
-    final = f"blocks.{info.n_layers - 1}.hook_resid_post"
+    final = hook_name("resid_post", info.n_layers - 1)
     if final not in store.sites:
         raise ConfigError(f"DLA needs the final residual ({final}) for the LayerNorm scale; cache it with "
                           f"--sites resid_post:{info.n_layers - 1},z:all,mlp_out:all.")

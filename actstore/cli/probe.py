@@ -8,6 +8,7 @@ import shlex
 
 from ..location import figure_path
 from ..probes import ProbeConfig, ProbeReport, fit_probes
+from ..sites import Site
 from ..store import ActivationStore
 
 EXAMPLE = """examples:
@@ -62,7 +63,7 @@ def plot(report: ProbeReport, path: str) -> str:
     layers = sorted({r.layer if r.layer is not None else -1 for r in report.results.values()})
     kinds: dict[str, dict[int, tuple[float, float]]] = {}
     for hook, r in report.results.items():
-        kind = hook.split(".", 2)[-1] if r.layer is not None else hook
+        kind = Site.from_hook(hook).kind
         kinds.setdefault(kind, {})[r.layer if r.layer is not None else -1] = (r.train, r.test)
     ys = {}
     for kind, by_layer in kinds.items():

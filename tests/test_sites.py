@@ -142,3 +142,19 @@ def test_dims_come_from_the_site_when_sizes_coincide(tmp_path):
         "mlp_pre": (("pos", "d_mlp"), (16, 16)), "mlp_post": (("pos", "d_mlp"), (16, 16)),
         "logits": (("pos", "d_vocab"), (16, 965)), "loss": (("pos",), (15,)),
     }
+
+
+def test_dims_of_a_hook_outside_the_vocabulary_are_measured_and_a_known_site_is_checked():
+    import torch
+
+    sizes = {"head": 4, "d_head": 8, "d_model": 32, "d_mlp": 128, "d_vocab": 50}
+
+    def forward(tokens, sites):  # z comes back without its head axis: not what a 'z' site is
+        n = tokens.shape[1]
+        shapes = {"blocks.0.ln1.hook_normalized": (1, n, 32), "blocks.0.attn.hook_z": (1, n, 32)}
+        return {s.hook: torch.zeros(shapes[s.hook]) for s in sites}
+
+    raw = probe_shapes(forward, [Site.from_hook("blocks.0.ln1.hook_normalized")], 16, sizes)
+    assert raw["blocks.0.ln1.hook_normalized"].dims == ("pos", "d_model")
+    with pytest.raises(UnknownSiteError, match=r"blocks.0.attn.hook_z has shape \(2, 32\).*\(pos, head, d_head\)"):
+        probe_shapes(forward, [Site.of("z", 0)], 16, sizes)

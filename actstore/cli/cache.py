@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 from ..capture import CacheConfig, cache
 from ..parallel import is_main_process
-from .flags import add_config_flags, config_from_args
+from .flags import add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
 
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(CacheConfig, args, command_line=shlex.join(["actstore", *args.argv]))
+    cfg = config_from_args(CacheConfig, args, command_line=command_line(args))
     store = cache(cfg)
     if cfg.progress and is_main_process():
         print(f"wrote {store.path}: {store.rows_done}/{store.n_rows} rows, sites: {', '.join(store.sites)}")

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
 from typing import Any, Collection, Mapping, TypeVar
 
-__all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of"]
+__all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of", "command_line"]
 
 T = TypeVar("T")
 _KEYS = frozenset({"help", "flag", "positional", "choices", "metavar", "nargs", "required", "group", "from_cli"})
@@ -118,3 +119,8 @@ def config_from_args(cls: type[T], args: argparse.Namespace, *, skip: Collection
         convert = f.metadata.get("from_cli")
         values[f.name] = convert(v) if convert is not None and v is not None else v
     return cls(**values, **given)  # type: ignore[call-arg]
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed (``actstore cache ...``): the provenance a job records."""
+    return shlex.join(["actstore", *getattr(args, "argv", [])])

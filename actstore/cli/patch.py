@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 from ..parallel import is_main_process
 from ..patching.job import SWEEPS, PatchJobConfig, patch_pairs
-from .flags import add_config_flags, config_from_args
+from .flags import add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
 
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(PatchJobConfig, args, command_line=shlex.join(["actstore", *getattr(args, "argv", [])]))
+    cfg = config_from_args(PatchJobConfig, args, command_line=command_line(args))
     res = patch_pairs(cfg)
     if not is_main_process():
         return 0

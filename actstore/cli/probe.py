@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 
 from ..location import figure_path
 from ..probes import ProbeConfig, ProbeReport, fit_probes
 from ..sites import Site
 from ..store import ActivationStore
-from .flags import add_config_flags, config_from_args
+from .flags import add_config_flags, command_line, config_from_args
 
 EXAMPLE = """examples:
   actstore probe demo.zarr --sites resid_post:all --target position
@@ -59,7 +58,7 @@ def plot(report: ProbeReport, path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
-    cfg = config_from_args(ProbeConfig, args, command_line=shlex.join(["actstore", *getattr(args, "argv", [])]))
+    cfg = config_from_args(ProbeConfig, args, command_line=command_line(args))
     report = fit_probes(store, cfg)
     png = None
     if args.plot != "none":

@@ -24,7 +24,7 @@ import dataclasses
 import shlex
 import types
 import typing
-from typing import Any, Collection, Mapping, TypeVar
+from typing import Any, Collection, TypeVar
 
 __all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of", "command_line"]
 
@@ -68,11 +68,9 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = (),
-                     extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = ()) -> None:
     """Add one argparse option per CLI field of ``cls`` (see the module docstring), but
-    those in ``skip``; ``extra[name]`` adds or overrides argparse keywords of one (e.g.
-    choices known only to the command)."""
+    those in ``skip`` (which the command then fills in itself)."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in cli_fields(cls):
@@ -99,7 +97,6 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collec
             kw["dest"] = f.name
             if required:
                 kw["required"] = True
-        kw.update((extra or {}).get(f.name, {}))
         target: Any = parser
         if "group" in meta:
             if meta["group"] not in groups:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..parallel import is_main_process
-from ..patching.job import SWEEPS, PatchJobConfig, patch_pairs
+from ..patching.job import PatchJobConfig, patch_pairs
+from ..patching.table import SWEEPS
 from .flags import add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
@@ -32,13 +33,17 @@ facts.jsonl (--task factual --facts facts.jsonl), one JSON object per line:
    "wrong": " Paris"}
   (a fact without corrupted_prompt is paired with another fact of the same token length)
 """
+# --sweep's choices, one line each, from the sweep table: name, what it patches, result axes
+SWEEP_LINES = "sweeps (--sweep):\n" + "\n".join(
+    f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]"
+    for name, row in SWEEPS.items())
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patch", help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
-                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
+                       description=__doc__.split("\n\n")[0], epilog=f"{EXAMPLE}\n{SWEEP_LINES}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(p, PatchJobConfig, extra={"sweep": dict(
-        choices=list(SWEEPS), metavar="SWEEP", help=f"what to patch (default resid_pre): {', '.join(SWEEPS)}")})
+    add_config_flags(p, PatchJobConfig)
     p.set_defaults(run=_run)
 
 

@@ -38,28 +38,22 @@ model); ``memory_budget`` is accepted for compatibility and unused.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Int
 
 from ..errors import ConfigError
 from ..models import bridge_dtype
-from . import sweeps as _p
+from . import sweeps as _p, table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model, unembed_columns
 from .metrics import Metrics, select_declared
 
 __all__ = [
-    "attribution_patch", "generic_attribution_patch", "SWEEPS", "get_act_patch_resid_pre", "get_act_patch_resid_mid",
-    "get_act_patch_attn_out", "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos",
-    "get_act_patch_attn_head_q_by_pos", "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos",
-    "get_act_patch_attn_head_pattern_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos",
-    "get_act_patch_attn_head_out_all_pos", "get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_k_all_pos",
-    "get_act_patch_attn_head_v_all_pos", "get_act_patch_attn_head_pattern_all_pos",
-    "get_act_patch_attn_head_all_pos_every", "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every",
+    "attribution_patch", "generic_attribution_patch", "SWEEPS",
+    *(row.function for row in _table.SWEEPS.values()),  # get_act_patch_resid_pre, ...: one per sweep of the table
     "compare", "plot_comparison",
 ]
 
@@ -214,110 +208,54 @@ def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
 # --- the sweeps --------------------------------------------------------------------------------
 
 
-def generic_attribution_patch(
-    model: Any,
-    corrupted_tokens: Int[torch.Tensor, "batch pos"],
-    clean_cache: Any,
-    patching_metric: Any,
-    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
-    activation_name: str,
-    index_axis_names: Optional[Sequence[str]] = None,
-    index_df: Optional[pd.DataFrame] = None,
-    return_index_df: bool = False,
-    *,
-    reduce: str = "scalar",
-    baseline: bool = False,
-    as_effect: bool = False,
-    clean_rows: Union[Sequence[int], slice, None] = None,
-    memory_budget: Optional[int] = None,
-    progress: bool = True,
-    _shared: Optional[_Shared] = None,
-) -> Any:
+@_p.generic_signature
+def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: Optional[_Shared] = None,
+                              **kwargs: Any) -> Any:
     """The attribution estimate of :func:`actstore.patching.generic_activation_patch`:
     the same arguments and return shapes (tensor, ``(tensor, index_df)`` or
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
     grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
     the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
-    return _p._generic_patch(_runner(_shared, as_effect), model, corrupted_tokens, clean_cache, patching_metric,
-                             patch_setter, activation_name, index_axis_names, index_df, return_index_df,
-                             reduce=reduce, baseline=baseline, clean_rows=clean_rows, memory_budget=memory_budget,
-                             progress=progress)
+    return _p._generic_patch(_runner(_shared, as_effect), *args, **kwargs)
 
 
-def _named(exact: Any) -> Callable[..., Any]:
-    kw = exact.keywords  # the exact sweep is a partial of generic_activation_patch
-    fn = partial(generic_attribution_patch, patch_setter=kw["patch_setter"], activation_name=kw["activation_name"],
-                 index_axis_names=kw["index_axis_names"])
+def _single(row: _table.SweepRow) -> Any:
+    fn = _p.single_sweep(generic_attribution_patch, row)
     fn.__doc__ = ("Attribution estimate of actstore.patching's (= transformer_lens.patching's) sweep of this name: "
-                  f"a tensor of shape [{', '.join(kw['index_axis_names'])}] (see generic_attribution_patch).")
+                  f"a tensor of shape [{', '.join(row.axes)}] (see generic_attribution_patch).")
     return fn
 
 
-get_act_patch_resid_pre = _named(_p.get_act_patch_resid_pre)
-get_act_patch_resid_mid = _named(_p.get_act_patch_resid_mid)
-get_act_patch_attn_out = _named(_p.get_act_patch_attn_out)
-get_act_patch_mlp_out = _named(_p.get_act_patch_mlp_out)
-get_act_patch_attn_head_out_by_pos = _named(_p.get_act_patch_attn_head_out_by_pos)
-get_act_patch_attn_head_q_by_pos = _named(_p.get_act_patch_attn_head_q_by_pos)
-get_act_patch_attn_head_k_by_pos = _named(_p.get_act_patch_attn_head_k_by_pos)
-get_act_patch_attn_head_v_by_pos = _named(_p.get_act_patch_attn_head_v_by_pos)
-get_act_patch_attn_head_pattern_by_pos = _named(_p.get_act_patch_attn_head_pattern_by_pos)
-get_act_patch_attn_head_pattern_dest_src_pos = _named(_p.get_act_patch_attn_head_pattern_dest_src_pos)
-get_act_patch_attn_head_out_all_pos = _named(_p.get_act_patch_attn_head_out_all_pos)
-get_act_patch_attn_head_q_all_pos = _named(_p.get_act_patch_attn_head_q_all_pos)
-get_act_patch_attn_head_k_all_pos = _named(_p.get_act_patch_attn_head_k_all_pos)
-get_act_patch_attn_head_v_all_pos = _named(_p.get_act_patch_attn_head_v_all_pos)
-get_act_patch_attn_head_pattern_all_pos = _named(_p.get_act_patch_attn_head_pattern_all_pos)
-
-_SINGLE = {name: globals()[f"get_act_patch_{name}"] for name in (
-    "resid_pre", "resid_mid", "attn_out", "mlp_out",
-    *(f"attn_head_{kind}_{where}" for kind in ("out", "q", "k", "v", "pattern") for where in ("by_pos", "all_pos")),
-    "attn_head_pattern_dest_src_pos")}
-_EVERY = {  # name -> (its sweeps, their axes, patch type names, axis order), as actstore.patching's helpers
-    "attn_head_all_pos_every": (("attn_head_out_all_pos", "attn_head_q_all_pos", "attn_head_k_all_pos",
-                                 "attn_head_v_all_pos", "attn_head_pattern_all_pos"),
-                                (_p._LH,) * 4 + (("layer", "head_index"),), ("out", "q", "k", "v", "pattern"), _p._LH),
-    "attn_head_by_pos_every": (("attn_head_out_by_pos", "attn_head_q_by_pos", "attn_head_k_by_pos",
-                                "attn_head_v_by_pos", "attn_head_pattern_by_pos"),
-                               (_p._LPH,) * 4 + (("layer", "head_index", "dest_pos"),),
-                               ("out", "q", "k", "v", "pattern"), _p._LPH),
-    "block_every": (("resid_pre", "attn_out", "mlp_out"), (_p._LP,) * 3, ("resid_pre", "attn_out", "mlp_out"),
-                    _p._LP),
-}
-#: every sweep name attribution_patch accepts (those of actstore.patching without the get_act_patch_ prefix)
-SWEEPS: tuple[str, ...] = (*_SINGLE, *_EVERY)
-
-
-def _hooks_of(model: Any, name: str) -> list[str]:
-    from transformer_lens.utilities import get_act_name
-
-    singles = _EVERY[name][0] if name in _EVERY else (name,)
-    acts = {_SINGLE[s].keywords["activation_name"] for s in singles}
-    return [get_act_name(a, layer=layer) for a in sorted(acts) for layer in range(int(model.cfg.n_layers))]
-
-
-def _run_named(name: str, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
-               shared: _Shared, kwargs: dict[str, Any]) -> Any:
-    if name in _SINGLE:
-        return _SINGLE[name](model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs)
-    singles, axes, type_names, order = _EVERY[name]
-    sweeps = [partial(_SINGLE[s], _shared=shared) for s in singles]
-    return _p._every(sweeps, axes, type_names, order, model, corrupted_tokens, clean_cache, metric, kwargs)
-
-
-def _every(name: str) -> Callable[..., Any]:
+def _stack(row: _table.SweepRow) -> Callable[..., Any]:
     def sweep(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
               **kwargs: Any) -> Any:
-        return _run_named(name, model, corrupted_tokens, clean_cache, metric, _Shared(_hooks_of(model, name)), kwargs)
-    sweep.__name__ = f"get_act_patch_{name}"
-    sweep.__doc__ = (f"Attribution estimate of actstore.patching.get_act_patch_{name} (the same stacked shape), "
+        shared = _Shared(_hooks_of(model, row.name))
+        return _run_named(row.name, model, corrupted_tokens, clean_cache, metric, shared, kwargs)
+    sweep.__name__ = sweep.__qualname__ = row.function
+    sweep.__doc__ = (f"Attribution estimate of actstore.patching.{row.function} (the same stacked shape), "
                      "every patch type from one forward and backward.")
     return sweep
 
 
-get_act_patch_attn_head_all_pos_every = _every("attn_head_all_pos_every")
-get_act_patch_attn_head_by_pos_every = _every("attn_head_by_pos_every")
-get_act_patch_block_every = _every("block_every")
+#: every sweep's function by name (also bound in the module as get_act_patch_<name>): one per row of the table
+_FUNCTIONS: dict[str, Callable[..., Any]] = {name: _stack(row) if row.kind == "stack" else _single(row)
+                                             for name, row in _table.SWEEPS.items()}
+globals().update({row.function: _FUNCTIONS[name] for name, row in _table.SWEEPS.items()})
+#: every sweep name attribution_patch accepts: the table's (actstore.patching.table.SWEEPS)
+SWEEPS: tuple[str, ...] = tuple(_table.SWEEPS)
+
+
+def _hooks_of(model: Any, name: str) -> list[str]:
+    return _table.SWEEPS[name].hooks(int(model.cfg.n_layers))
+
+
+def _run_named(name: str, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
+               shared: _Shared, kwargs: dict[str, Any]) -> Any:
+    row = _table.SWEEPS[name]
+    if row.kind == "single":
+        return _FUNCTIONS[name](model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs)
+    parts = [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
+    return _p.stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
 
 
 def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean: Any, metric: Any,
@@ -332,7 +270,7 @@ def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos
             here), or their activations: an ActivationCache, a mapping, or an
             ActivationStore with ``clean_rows=``.
         metric: as for actstore.patching (plain, batched, or a mapping of names to metrics).
-        sweeps: names from :data:`SWEEPS` (e.g. "resid_pre", "attn_head_out_by_pos",
+        sweeps: names of :data:`SWEEPS` (the table's, e.g. "resid_pre", "attn_head_out_by_pos",
             "block_every").
         kwargs: the sweeps' options (reduce, baseline, as_effect, clean_rows, ...).
     """

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
+from ..sites import Site
 
 __all__ = ["CleanSource", "check_store_model"]
 
@@ -57,12 +58,12 @@ class CleanSource:
         if site is None:
             raise StoreMismatchError(
                 f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
-                f"swept layer. Cache the clean prompts with e.g. --sites {_short_site(hook)}:all, or pass an "
+                f"swept layer. Cache the clean prompts with e.g. --sites {_all_layers_spec(hook)}, or pass an "
                 "ActivationCache from run_with_cache instead.")
         if site["heads"] is not None:
             raise StoreMismatchError(
                 f"Store '{store.path}' holds only heads {site['heads']} of {hook}; patching needs every head. "
-                f"Cache it with --sites {_short_site(hook)}:all.")
+                f"Cache it with --sites {_all_layers_spec(hook)}.")
         seq_len = store.layout.seq_len
         if seq_len < self.n_pos:
             raise ConfigError(f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
@@ -109,8 +110,10 @@ def _parse_rows(rows: Any, store: Any, batch: int) -> list[int]:
     return out
 
 
-def _short_site(hook: str) -> str:
-    return hook.rsplit("hook_", 1)[-1]
+def _all_layers_spec(hook: str) -> str:
+    """The --sites spec that caches ``hook``'s kind at every layer (``z:all``), or the hook name."""
+    site = Site.from_hook(hook)
+    return hook if site.short is None else site.short if site.layer is None else f"{site.short}:all"
 
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()

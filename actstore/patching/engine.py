@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models import bridge_dtype
+from ..sites import hook_name, layer_of
 from . import self_check
 from .clean import CleanSource
 from .kv_prefix import PrefixKV, attention_prefix
@@ -48,7 +48,6 @@ from .metrics import Metrics
 
 __all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "unembed_columns"]
 
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 # one block call costs about as much as this many extra (row x position) items of work:
 # reading the block's weights once (measured on CPU, one thread, GPT-2-small block: 3.5 ms
@@ -114,8 +113,8 @@ class _Corrupted:
     def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int):
         n_layers = int(model.cfg.n_layers)
         self.acts: dict[str, torch.Tensor] = {}
-        names = set(hooks) | {f"blocks.{layer}.hook_resid_pre" for layer in range(first_layer, n_layers)}
-        names |= {f"blocks.{layer}.attn.hook_{kv}" for layer in range(first_layer, n_layers) for kv in "kv"}
+        layers = range(first_layer, n_layers)
+        names = set(hooks) | {hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")}
 
         def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             # stored under the name asked for (the bridge's hook point may carry its
@@ -127,24 +126,24 @@ class _Corrupted:
 
         # a plain run_with_hooks, as the reference's baseline: the same logits, bit for bit
         self.logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]).detach()
-        self.keys = {layer: self.acts[f"blocks.{layer}.attn.hook_k"].transpose(1, 2) for layer in range(first_layer, n_layers)}
-        self.values = {layer: self.acts[f"blocks.{layer}.attn.hook_v"].transpose(1, 2) for layer in range(first_layer, n_layers)}
+        self.keys = {layer: self.acts[hook_name("k", layer)].transpose(1, 2) for layer in layers}
+        self.values = {layer: self.acts[hook_name("v", layer)].transpose(1, 2) for layer in layers}
         # may the last block run for the final position only? (its keys/values computed
         # apart, checked here against the corrupted run's own)
         last = n_layers - 1
-        kv = _block_kv(model, last, self.acts[f"blocks.{last}.hook_resid_pre"])
+        kv = _block_kv(model, last, self.acts[hook_name("resid_pre", last)])
         self.last_kv_apart = kv is not None and all(
             a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
             for a, b in zip(kv, (self.keys[last], self.values[last])))
 
 
 def _layer(hook: str) -> int:
-    m = _LAYER_RE.match(hook)
-    if m is None:
+    layer = layer_of(hook)
+    if layer is None:
         raise ConfigError(f"Hook {hook} is outside the transformer blocks; actstore.patching patches hooks of "
                           "blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...). Use "
                           "transformer_lens.patching for this one.")
-    return int(m.group(1))
+    return layer
 
 
 def _pos_axes(hook: str, act: torch.Tensor, n_pos: int) -> tuple[int | None, int | None]:
@@ -305,7 +304,7 @@ def _row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int
 
 
 def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
-               hook_name: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
+               hook: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
                k_axis: int | None, n_layers: int, in_place: bool, kv_prefix: bool) -> torch.Tensor:
     """Run the variants of one chunk from block ``layer`` on, over positions
     [start, end); return their metric values (variant, metric[, batch]).
@@ -322,14 +321,14 @@ def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_se
 
     def substitute(act: torch.Tensor, hook: Any) -> torch.Tensor:
         if act.shape != window.shape:
-            raise RuntimeError(f"{hook_name}: activation of shape {tuple(act.shape)} where the engine expected "
+            raise RuntimeError(f"{hook}: activation of shape {tuple(act.shape)} where the engine expected "
                                f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes.")
         fired.append(True)
         if in_place:
             return act.copy_(window)
         return window
 
-    x = corrupted.acts[f"blocks.{layer}.hook_resid_pre"][:, start:end].repeat(n_var, 1, 1)
+    x = corrupted.acts[hook_name("resid_pre", layer)][:, start:end].repeat(n_var, 1, 1)
     prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var) if start > 0 else None
     # the last block for the final position only, when that is all the metrics read:
     # the other window positions there only give keys and values
@@ -337,12 +336,12 @@ def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_se
     trim = (kv_prefix and corrupted.last_kv_apart and layer < last and metrics.restricted and end - start > 1
             and [p for p in metrics.positions if p >= start] == [end - 1])
     blocks = range(layer, last if trim else n_layers)
-    with model.hooks(fwd_hooks=[(hook_name, substitute)]), attention_prefix(model, blocks, prefix):
+    with model.hooks(fwd_hooks=[(hook, substitute)]), attention_prefix(model, blocks, prefix):
         for i in blocks:
             y = model.blocks[i](x)
             x = y[0] if isinstance(y, tuple) else y
     if len(fired) != 1:
-        raise RuntimeError(f"{hook_name} fired {len(fired)} times in the patched blocks (expected once).")
+        raise RuntimeError(f"{hook} fired {len(fired)} times in the patched blocks (expected once).")
     if trim:
         k, v = _block_kv(model, last, x[:, :-1])  # type: ignore[misc]
         prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,26 +40,16 @@ from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchEr
 from ..models import DTYPES
 from ..parallel import group_for
 from ..store import ActivationStore, is_store
-from . import attribution, sweeps as patching, tasks
+from . import attribution, sweeps as patching, table, tasks
 from .figures import heatmaps, scatter
 from .pairs import read_pairs, task_pairs
+from .table import SweepRow
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "METHODS", "patch_pairs"]
 
-# sweep name -> (function, the short sites whose clean activations it reads)
-SWEEPS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
-    "resid_pre": (patching.get_act_patch_resid_pre, ("resid_pre",)),
-    "resid_mid": (patching.get_act_patch_resid_mid, ("resid_mid",)),
-    "attn_out": (patching.get_act_patch_attn_out, ("attn_out",)),
-    "mlp_out": (patching.get_act_patch_mlp_out, ("mlp_out",)),
-    **{f"attn_head_{kind}_{where}": (getattr(patching, f"get_act_patch_attn_head_{kind}_{where}"),
-                                     ("z" if kind == "out" else kind,))
-       for kind in ("out", "q", "k", "v", "pattern") for where in ("by_pos", "all_pos")},
-    "attn_head_pattern_dest_src_pos": (patching.get_act_patch_attn_head_pattern_dest_src_pos, ("pattern",)),
-    "block_every": (patching.get_act_patch_block_every, ("resid_pre", "attn_out", "mlp_out")),
-    "attn_head_all_pos_every": (patching.get_act_patch_attn_head_all_pos_every, ("z", "q", "k", "v", "pattern")),
-    "attn_head_by_pos_every": (patching.get_act_patch_attn_head_by_pos_every, ("z", "q", "k", "v", "pattern")),
-}
+#: the sweeps `actstore patch` runs, by name: actstore.patching.table's rows (each row's
+#: function, in actstore.patching and actstore.attribution, and the sites it reads)
+SWEEPS: Mapping[str, SweepRow] = table.SWEEPS
 _DIM_NAMES = {"head_index": "head"}  # one vocabulary for dimensions: layer pos head dest_pos src_pos
 
 METHODS = ("exact", "attribution", "both")
@@ -72,7 +62,9 @@ class PatchJobConfig:
 
     model: str = field(metadata={"help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
     pairs: str | None = field(default=None, metadata={"help": "JSON lines: clean, corrupted, answer, wrong (or --task)"})
-    sweep: str = field(default="resid_pre", metadata={"help": "what to patch (default resid_pre)"})  # a key of SWEEPS
+    sweep: str = field(default="resid_pre", metadata={  # a key of SWEEPS
+        "help": "what to patch (default resid_pre): a sweep of transformer_lens.patching, listed below",
+        "choices": tuple(SWEEPS), "metavar": "SWEEP"})
     store: str | None = field(default=None, metadata={
         "help": "read the clean activations from this store (cached from the clean prompts first if it does not exist)"})
     out: str | None = field(default=None, metadata={
@@ -169,15 +161,13 @@ def _store_rows(store: ActivationStore, clean: torch.Tensor) -> list[int]:
     return [int(r) for r in rows]
 
 
-def _check_store_sites(store: ActivationStore, shorts: Sequence[str], n_layers: int) -> None:
+def _check_store_sites(store: ActivationStore, row: SweepRow, n_layers: int) -> None:
     have = set(store.sites)
-    need = [f"blocks.{layer}.{'attn.' if s in ('z', 'q', 'k', 'v', 'pattern') else ''}hook_{s}"
-            for s in shorts for layer in range(n_layers)]
-    missing = [h for h in need if h not in have]
+    missing = [h for h in row.hooks(n_layers) if h not in have]
     if missing:
         raise StoreMismatchError(
             f"Store '{store.path}' lacks {len(missing)} of the sites this sweep reads (first: {missing[0]}). "
-            f"Cache the clean prompts with --sites {','.join(f'{s}:all' for s in shorts)}, or give a new --store path.")
+            f"Cache the clean prompts with --sites {row.site_spec}, or give a new --store path.")
 
 
 class _Writer:
@@ -270,7 +260,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
                           "its per-pair results; pip install 'transformer_lens>=4,<4.4', or call actstore.patching's "
                           "sweeps from Python, whose default tensor return works with TransformerLens 3.")
     _check_source(cfg)
-    _, shorts = SWEEPS[cfg.sweep]
+    row = SWEEPS[cfg.sweep]
     procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
     model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
@@ -289,20 +279,20 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
             if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {cfg.store}")
             cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
-                  sites=",".join(f"{s}:all" for s in shorts), dtype=info.dtype, device=model.device,
+                  sites=row.site_spec, dtype=info.dtype, device=model.device,
                   model_revision=cfg.model_revision, progress=cfg.progress,
                   command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
         store = ActivationStore.open(cfg.store)
         from .clean import check_store_model
 
         check_store_model(store, bridge)
-        _check_store_sites(store, shorts, info.n_layers)
+        _check_store_sites(store, row, info.n_layers)
         rows = _store_rows(store, pairs.clean)
     writer = _Writer(cfg, store)
     if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run patches
         tasks.write_pairs(generated, cfg.write_pairs)
 
-    fns = {m: getattr(patching if m == "exact" else attribution, f"get_act_patch_{cfg.sweep}")
+    fns = {m: getattr(patching if m == "exact" else attribution, row.function)
            for m in (("exact", "attribution") if cfg.method == "both" else (cfg.method,))}
     starts = list(range(0, n_pairs, cfg.batch_pairs))
     if procs.distributed and procs.main and cfg.progress:
@@ -358,7 +348,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
                                 "patched slice of (clean - corrupted) * d logit_diff / d activation")
     if correlation is not None:
         attrs["correlation"] = correlation
-    if cfg.sweep.endswith("_every"):
+    if row.kind == "stack":
         attrs["patch_type"] = list(type_names or [])
     figures: list[str] = []
     if procs.main:  # one process writes the results and draws the figures
@@ -378,7 +368,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         for method in values:
             shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)
             figures += heatmaps(cfg, writer.path, shown, dims[1:], pairs, model.tokenizer, info.name, n_pairs,
-                                type_names if cfg.sweep.endswith("_every") else None,
+                                type_names if row.kind == "stack" else None,
                                 suffix="" if method == "exact" else ".attribution")
         if correlation is not None:
             figures.append(scatter(cfg, writer.path, normalised, correlation, info.name, n_pairs))

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import bridge_dtype
+from ..sites import hook_name
 from . import self_check as _self_check
 from .clean import CleanSource
 from .engine import Sweep, block_projections, check_model, run_sweep
@@ -34,10 +35,6 @@ from .metrics import Metrics
 __all__ = ["direct_path_sweep"]
 
 _COMPONENTS = ("q", "k", "v")
-
-
-def _hook(layer: int, component: str) -> str:
-    return f"blocks.{layer}.attn.hook_{component}"
 
 
 class _EdgeValues(Mapping[str, torch.Tensor]):
@@ -50,7 +47,7 @@ class _EdgeValues(Mapping[str, torch.Tensor]):
         self.model, self.component, self.sources = model, component, list(sources)
         self.deltas = deltas  # (source, batch, pos, d_model)
         self.resid_pre, self.corrupted = resid_pre, corrupted  # per layer: (batch, pos, d_model); hook values
-        self._names = {_hook(layer, component): layer for layer in corrupted}
+        self._names = {hook_name(component, layer): layer for layer in corrupted}
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         layer = self._names[hook]
@@ -112,13 +109,13 @@ def _check_edge_values(model: Any, tokens: torch.Tensor, values: _EdgeValues, so
 
     with torch.no_grad():
         try:
-            model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", add), (_hook(layer, component), keep)])
+            model.run_with_hooks(tokens, fwd_hooks=[(hook_name("resid_pre", layer), add), (hook_name(component, layer), keep)])
         except _CaptureDone:
             pass
         if "act" not in seen:
-            raise _self_check.engine_error(f"self-check: {_hook(layer, component)} did not fire in a plain "
+            raise _self_check.engine_error(f"self-check: {hook_name(component, layer)} did not fire in a plain "
                                            "run_with_hooks", kv_prefix)
-        got, want = values[_hook(layer, component)][:, :, s], seen["act"]
+        got, want = values[hook_name(component, layer)][:, :, s], seen["act"]
     tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
     if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
         raise _self_check.engine_error(
@@ -156,9 +153,9 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
     src_layers = sorted({s[0] for s in sources})
 
     # the corrupted run once: z of the source layers, resid_pre and the patched hook of the destinations
-    names = {name for layer in dst_layers for name in (f"blocks.{layer}.hook_resid_pre", _hook(layer, component))}
+    names = {name for layer in dst_layers for name in (hook_name("resid_pre", layer), hook_name(component, layer))}
     if corrupted_cache is None:
-        names |= {f"blocks.{layer}.attn.hook_z" for layer in src_layers}
+        names |= {hook_name("z", layer) for layer in src_layers}
     acts: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -174,17 +171,17 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
         dtype = bridge_dtype(model)
         deltas = []
         for src_layer, src_head in sources:
-            z_name = f"blocks.{src_layer}.attn.hook_z"
+            z_name = hook_name("z", src_layer)
             w_o = model.blocks[src_layer].attn.W_O[src_head]  # (d_head, d_model)
             zc = clean[z_name][:, :, src_head]
             zk = torch.as_tensor(corr_z[z_name]).to(device=device, dtype=dtype)[:, :, src_head]
             deltas.append(zc @ w_o - zk @ w_o)  # as the reference: clean write minus corrupted write
         values = _EdgeValues(model, component, sources, torch.stack(deltas),
-                             {layer: acts[f"blocks.{layer}.hook_resid_pre"] for layer in dst_layers},
-                             {layer: acts[_hook(layer, component)] for layer in dst_layers})
+                             {layer: acts[hook_name("resid_pre", layer)] for layer in dst_layers},
+                             {layer: acts[hook_name(component, layer)] for layer in dst_layers})
     indices = [[layer, s, head] for layer in dst_layers for s, (src_layer, _) in enumerate(sources)
                if src_layer < layer for head in range(n_heads)]
-    sweep = Sweep(indices=indices, act_name=lambda layer: _hook(layer, component), patch_setter=_edge_setter)
+    sweep = Sweep(indices=indices, act_name=lambda layer: hook_name(component, layer), patch_setter=_edge_setter)
     out, _ = run_sweep(model, corrupted_tokens, CleanSource(values, model, n_pos, batch),
                        Metrics({"metric": metric}, False, batch, n_pos), sweep, memory_budget, progress, kv_prefix)
     if _self_check.ENABLED:

@@ -47,7 +47,8 @@ wraps a function as one, and :class:`LogitDiff` is the built-in logit difference
 
 from __future__ import annotations
 
-from functools import partial
+import inspect
+from functools import partial, wraps
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
@@ -63,13 +64,13 @@ from transformer_lens.patching import (  # the reference's own setters, re-expor
     layer_pos_patch_setter,
     make_df_from_ranges,
 )
-from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from .clean import CleanSource
 from .engine import Sweep, run_sweep
 from .metrics import BatchedMetric, LogitDiff, MetricFn, Metrics, batched_metric
 from .path import direct_path_sweep
+from .table import AXIS_RENAMES, SWEEPS, SweepRow, act_hook
 
 __all__ = [
     "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
@@ -94,7 +95,14 @@ _REDUCE_MODES = ("scalar", "mean", "none")
 # --- the generic sweep ------------------------------------------------------------------
 
 
-def generic_activation_patch(
+# (model, corrupted tokens, clean source, metrics, sweep, memory budget, progress) ->
+# (values (index, metric[, batch]), baseline (metric[, batch])): run_sweep, or attribution's
+SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional[int], bool],
+                       "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def _generic_patch(
+    runner: SweepRunner,
     model: Any,
     corrupted_tokens: Int[torch.Tensor, "batch pos"],
     clean_cache: Any,
@@ -110,46 +118,10 @@ def generic_activation_patch(
     clean_rows: Union[Sequence[int], slice, None] = None,
     memory_budget: Optional[int] = None,
     progress: bool = True,
-    kv_prefix: bool = True,
 ) -> Any:
-    """``transformer_lens.patching.generic_activation_patch``, vectorised: the same
-    arguments, return values and errors (``ValueError``s are :class:`ConfigError`).
-
-    Args:
-        model: a TransformerBridge (GPT-2 family), in eval mode.
-        corrupted_tokens: (batch, pos) token ids of the corrupted run.
-        clean_cache: the clean run's activations: an ActivationCache (or a mapping of
-            hook name -> (batch, ...) tensor), or an ActivationStore with ``clean_rows``.
-        patching_metric: logits -> scalar (or (batch,) under reduce 'mean'/'none'), a
-            batched metric, or a mapping of names to either.
-        patch_setter, activation_name, index_axis_names, index_df, return_index_df,
-        reduce, baseline: as in transformer_lens.patching.
-        clean_rows, memory_budget, progress, kv_prefix: see the module docstring.
-
-    Returns:
-        A tensor with one axis per index axis (flat, one value per ``index_df`` row, when
-        ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
-        ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
-    """
-    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
-                          patching_metric, patch_setter,
-                          activation_name, index_axis_names, index_df, return_index_df, reduce=reduce,
-                          baseline=baseline, clean_rows=clean_rows, memory_budget=memory_budget, progress=progress)
-
-
-# (model, corrupted tokens, clean source, metrics, sweep, memory budget, progress) ->
-# (values (index, metric[, batch]), baseline (metric[, batch])): run_sweep, or attribution's
-SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional[int], bool],
-                       "tuple[torch.Tensor, torch.Tensor]"]
-
-
-def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
-                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
-                   index_axis_names: Optional[Sequence[str]], index_df: Optional[pd.DataFrame],
-                   return_index_df: bool, *, reduce: str, baseline: bool, clean_rows: Any,
-                   memory_budget: Optional[int], progress: bool) -> Any:
-    """generic_activation_patch's checks, patch indices and result shaping around
-    ``runner``, which computes the values of every index."""
+    """generic_activation_patch's signature (after ``runner``), checks, patch indices and
+    result shaping around ``runner``, which computes the values of every index; the one
+    definition behind generic_activation_patch and generic_attribution_patch."""
     if reduce not in _REDUCE_MODES:
         raise ConfigError(f"reduce must be one of {_REDUCE_MODES}, got {reduce!r}")
     if isinstance(patching_metric, Mapping):
@@ -188,8 +160,7 @@ def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tens
 
     per_example = reduce != "scalar"
     indices = [row.to_list() for _, row in index_df.iterrows()]
-    sweep = Sweep(indices=indices, act_name=lambda layer: get_act_name(activation_name, layer=layer),
-                  patch_setter=patch_setter)
+    sweep = Sweep(indices=indices, act_name=act_hook(activation_name), patch_setter=patch_setter)
     values, base = runner(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
                           Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
     # (index, metric[, batch]) -> (metric, *cells[, batch])
@@ -215,95 +186,135 @@ def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tens
     )
 
 
-# --- the named sweeps: one line each ----------------------------------------------------
+_COMMON = list(inspect.signature(_generic_patch).parameters.values())[1:]
 
 
-def _named(activation_name: str, patch_setter: Callable[..., torch.Tensor], axes: tuple[str, ...], what: str
-           ) -> Callable[..., Any]:
-    sweep = partial(generic_activation_patch, patch_setter=patch_setter, activation_name=activation_name,
-                    index_axis_names=axes)
-    sweep.__doc__ = (f"Patch {what}, one variant per ({', '.join(axes)}): a tensor of shape [{', '.join(axes)}] "
-                     "(or a PatchingResult, see generic_activation_patch). Same as transformer_lens.patching's "
-                     "function of this name, vectorised.")
+def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make ``fn(*args, <its own keyword-only options>, **kwargs)``, which passes ``args``
+    and ``kwargs`` on to :func:`_generic_patch`, present _generic_patch's signature (less
+    the runner) plus its own options, and check every call against it (a TypeError naming
+    ``fn`` and the argument, as a plain def gives)."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    sig = inspect.Signature(_COMMON + own, return_annotation="Any")
+
+    @wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{fn.__name__}(): {e}") from None
+        return fn(*args, **kwargs)
+
+    checked.__signature__ = sig  # type: ignore[attr-defined]
+    return checked
+
+
+@generic_signature
+def generic_activation_patch(*args: Any, kv_prefix: bool = True, **kwargs: Any) -> Any:
+    """``transformer_lens.patching.generic_activation_patch``, vectorised: the same
+    arguments, return values and errors (``ValueError``s are :class:`ConfigError`).
+
+    Args:
+        model: a TransformerBridge (GPT-2 family), in eval mode.
+        corrupted_tokens: (batch, pos) token ids of the corrupted run.
+        clean_cache: the clean run's activations: an ActivationCache (or a mapping of
+            hook name -> (batch, ...) tensor), or an ActivationStore with ``clean_rows``.
+        patching_metric: logits -> scalar (or (batch,) under reduce 'mean'/'none'), a
+            batched metric, or a mapping of names to either.
+        patch_setter, activation_name, index_axis_names, index_df, return_index_df,
+        reduce, baseline: as in transformer_lens.patching.
+        clean_rows, memory_budget, progress, kv_prefix: see the module docstring.
+
+    Returns:
+        A tensor with one axis per index axis (flat, one value per ``index_df`` row, when
+        ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
+        ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
+    """
+    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), *args, **kwargs)
+
+
+# --- the named sweeps: rows of actstore.patching.table -------------------------------------
+
+
+def single_sweep(generic: Callable[..., Any], row: SweepRow) -> Any:
+    """A single sweep of the table as a partial of ``generic`` (generic_activation_patch or
+    generic_attribution_patch), as transformer_lens.patching defines them."""
+    return partial(generic, patch_setter=row.setter, activation_name=row.activation, index_axis_names=row.axes)
+
+
+def _named(name: str) -> Any:
+    sweep = single_sweep(generic_activation_patch, SWEEPS[name])
+    sweep.__doc__ = SWEEPS[name].doc
     return sweep
 
 
-_LP, _LPH, _LH = ("layer", "pos"), ("layer", "pos", "head"), ("layer", "head")
-get_act_patch_resid_pre = _named("resid_pre", layer_pos_patch_setter, _LP, "the residual stream entering each block")
-get_act_patch_resid_mid = _named("resid_mid", layer_pos_patch_setter, _LP, "the residual stream between attention and MLP")
-get_act_patch_attn_out = _named("attn_out", layer_pos_patch_setter, _LP, "each attention layer's output")
-get_act_patch_mlp_out = _named("mlp_out", layer_pos_patch_setter, _LP, "each MLP layer's output")
-get_act_patch_attn_head_out_by_pos = _named("z", layer_pos_head_vector_patch_setter, _LPH, "each head's output (z)")
-get_act_patch_attn_head_q_by_pos = _named("q", layer_pos_head_vector_patch_setter, _LPH, "each head's queries")
-get_act_patch_attn_head_k_by_pos = _named("k", layer_pos_head_vector_patch_setter, _LPH, "each head's keys")
-get_act_patch_attn_head_v_by_pos = _named("v", layer_pos_head_vector_patch_setter, _LPH, "each head's values")
-get_act_patch_attn_head_pattern_by_pos = _named("pattern", layer_head_pos_pattern_patch_setter,
-                                                ("layer", "head_index", "dest_pos"), "each head's pattern row")
-get_act_patch_attn_head_pattern_dest_src_pos = _named("pattern", layer_head_dest_src_pos_pattern_patch_setter,
-                                                      ("layer", "head_index", "dest_pos", "src_pos"),
-                                                      "each entry of each head's pattern")
-get_act_patch_attn_head_out_all_pos = _named("z", layer_head_vector_patch_setter, _LH, "each head's output, all positions")
-get_act_patch_attn_head_q_all_pos = _named("q", layer_head_vector_patch_setter, _LH, "each head's queries, all positions")
-get_act_patch_attn_head_k_all_pos = _named("k", layer_head_vector_patch_setter, _LH, "each head's keys, all positions")
-get_act_patch_attn_head_v_all_pos = _named("v", layer_head_vector_patch_setter, _LH, "each head's values, all positions")
-get_act_patch_attn_head_pattern_all_pos = _named("pattern", layer_head_pattern_patch_setter, ("layer", "head_index"),
-                                                 "each head's whole pattern")
+get_act_patch_resid_pre = _named("resid_pre")
+get_act_patch_resid_mid = _named("resid_mid")
+get_act_patch_attn_out = _named("attn_out")
+get_act_patch_mlp_out = _named("mlp_out")
+get_act_patch_attn_head_out_by_pos = _named("attn_head_out_by_pos")
+get_act_patch_attn_head_q_by_pos = _named("attn_head_q_by_pos")
+get_act_patch_attn_head_k_by_pos = _named("attn_head_k_by_pos")
+get_act_patch_attn_head_v_by_pos = _named("attn_head_v_by_pos")
+get_act_patch_attn_head_pattern_by_pos = _named("attn_head_pattern_by_pos")
+get_act_patch_attn_head_pattern_dest_src_pos = _named("attn_head_pattern_dest_src_pos")
+get_act_patch_attn_head_out_all_pos = _named("attn_head_out_all_pos")
+get_act_patch_attn_head_q_all_pos = _named("attn_head_q_all_pos")
+get_act_patch_attn_head_k_all_pos = _named("attn_head_k_all_pos")
+get_act_patch_attn_head_v_all_pos = _named("attn_head_v_all_pos")
+get_act_patch_attn_head_pattern_all_pos = _named("attn_head_pattern_all_pos")
 
 
 # --- several sweeps stacked ---------------------------------------------------------------
 
 
-def _every(sweeps: Sequence[Callable[..., Any]], axes: Sequence[tuple[str, ...]], type_names: Sequence[str],
-           axis_order: tuple[str, ...], model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
-           metric: Any, kwargs: dict[str, Any]) -> Any:
-    """Run sweeps and stack them on a leading patch_type axis, exactly as
-    transformer_lens.patching's *_every helpers do (baseline computed once; k/v
-    zero-padded to n_heads; pattern by position moved to (layer, pos, head))."""
+def _to_stack_order(t: torch.Tensor, part: SweepRow, order: Sequence[str], n_heads: int) -> torch.Tensor:
+    """A part's tensor result with its axes in the stack's order, the head axis
+    zero-padded to n_heads (k/v of grouped-query attention)."""
+    names = [AXIS_RENAMES.get(a, a) for a in part.axes]
+    t = t.permute(*(names.index(a) for a in order))
+    if "head" in order and t.shape[order.index("head")] < n_heads:
+        axis = order.index("head")
+        pad = list(t.shape)
+        pad[axis] = n_heads - t.shape[axis]
+        t = torch.cat([t, t.new_zeros(pad)], dim=axis)
+    return t
+
+
+def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: Any, corrupted_tokens: torch.Tensor,
+                 clean_cache: Any, metric: Any, kwargs: dict[str, Any]) -> Any:
+    """Run a stack row's parts (``parts``: their functions) and stack them on a leading
+    patch_type axis, exactly as transformer_lens.patching's *_every helpers do (baseline
+    computed once; k/v zero-padded to n_heads; pattern by position moved to (layer, pos, head))."""
     kwargs = dict(kwargs)
     baseline = bool(kwargs.pop("baseline", False))
     results = []
-    for i, (sweep, names) in enumerate(zip(sweeps, axes)):
+    for i, (sweep, part) in enumerate(zip(parts, row.parts)):
         out = sweep(model, corrupted_tokens, clean_cache, metric, baseline=baseline and i == 0, **kwargs)
         if baseline and isinstance(out, torch.Tensor):
-            out = _tl._wrap_tensor_result(out, names)
+            out = _tl._wrap_tensor_result(out, part.axes)
         results.append(out)
+    n_heads = int(model.cfg.n_heads) if "head" in row.axes else 0
     if all(isinstance(r, torch.Tensor) for r in results):
-        if "head" in axis_order:
-            n_heads = results[0].size(-1)
-            for i, name in enumerate(type_names):
-                if name in ("k", "v"):
-                    results[i] = torch.nn.functional.pad(results[i], (0, n_heads - results[i].size(-1)))
-                if name == "pattern" and "pos" in axis_order:
-                    results[i] = results[i].permute(0, 2, 1)  # (layer, head, dest_pos) -> (layer, pos, head)
-        return torch.stack(results, dim=0)
-    return _tl._stack_patch_types(results, axis_order=axis_order, n_heads=model.cfg.n_heads if "head" in axis_order
-                                  else 0, type_names=type_names)
+        return torch.stack([_to_stack_order(r, p, row.axes, n_heads) for r, p in zip(results, row.parts)], dim=0)
+    return _tl._stack_patch_types(results, axis_order=row.axes, n_heads=n_heads, type_names=row.patch_types)
 
 
-def get_act_patch_attn_head_all_pos_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
-                                          clean_cache: Any, metric: Any, **kwargs: Any) -> Any:
-    """Every head across all positions for out, q, k, v and pattern: [5, n_layers, n_heads]
-    (or a PatchingResult with a leading patch_type axis under reduce/baseline)."""
-    return _every((get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
-                   get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
-                   get_act_patch_attn_head_pattern_all_pos), (_LH,) * 4 + (("layer", "head_index"),),
-                  ("out", "q", "k", "v", "pattern"), _LH, model, corrupted_tokens, clean_cache, metric, kwargs)
+def _stacked(name: str) -> Callable[..., Any]:
+    row = SWEEPS[name]
+
+    def sweep(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
+              **kwargs: Any) -> Any:
+        parts = [globals()[part.function] for part in row.parts]
+        return stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
+    sweep.__name__ = sweep.__qualname__ = row.function
+    sweep.__doc__ = row.doc
+    return sweep
 
 
-def get_act_patch_attn_head_by_pos_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
-                                         clean_cache: Any, metric: Any, **kwargs: Any) -> Any:
-    """Every head by position for out, q, k, v and pattern: [5, n_layers, pos, n_heads]."""
-    return _every((get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
-                   get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
-                   get_act_patch_attn_head_pattern_by_pos), (_LPH,) * 4 + (("layer", "head_index", "dest_pos"),),
-                  ("out", "q", "k", "v", "pattern"), _LPH, model, corrupted_tokens, clean_cache, metric, kwargs)
-
-
-def get_act_patch_block_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
-                              metric: Any, **kwargs: Any) -> Any:
-    """resid_pre, attn_out and mlp_out by position: [3, n_layers, pos]."""
-    return _every((get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out), (_LP,) * 3,
-                  ("resid_pre", "attn_out", "mlp_out"), _LP, model, corrupted_tokens, clean_cache, metric, kwargs)
+get_act_patch_attn_head_all_pos_every = _stacked("attn_head_all_pos_every")
+get_act_patch_attn_head_by_pos_every = _stacked("attn_head_by_pos_every")
+get_act_patch_block_every = _stacked("block_every")
 
 
 # --- direct path patching ------------------------------------------------------------------

@@ -28,18 +28,15 @@ from transformer_lens import patching as tlp
 from actstore import patching as ap
 from actstore.patching import engine as _patch_engine, kv_prefix as _kv_prefix, path as _path_engine
 from actstore.patching import self_check as _self_check
+from actstore.patching.table import SWEEPS
 from actstore.errors import EngineCheckError
 
 from ..conftest import TL4
 from ..fidelity_cases import Case, assert_matches, demo_case, wide_case
 
-SINGLE = [
-    "resid_pre", "resid_mid", "attn_out", "mlp_out",
-    *(f"attn_head_{kind}_by_pos" for kind in ("out", "q", "k", "v", "pattern")),
-    "attn_head_pattern_dest_src_pos",
-    *(f"attn_head_{kind}_all_pos" for kind in ("out", "q", "k", "v", "pattern")),
-]
-EVERY = ["block_every", "attn_head_all_pos_every", "attn_head_by_pos_every"]
+# every sweep of the table (tests/patching/test_table.py: the table is transformer_lens.patching's list)
+SINGLE = [name for name, row in SWEEPS.items() if row.kind == "single"]
+EVERY = [name for name, row in SWEEPS.items() if row.kind == "stack"]
 CASES = ["demo_late", "demo_early", "wide_late"]
 
 

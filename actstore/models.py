@@ -6,14 +6,19 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import torch
 
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
+from .parallel import launched
 from .sites import DERIVED_SITES, Site, stop_layer
 
-__all__ = ["ModelInfo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
+           "resolve_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,9 +39,24 @@ class ModelInfo:
     n_ctx: int
     fingerprint: str  # sha256 of every weight tensor (name, dtype, shape, bytes)
     label: str  # e.g. "Hugging Face model", or the demo model's "DEMO model ..., NOT GPT-2"
+    in_memory: bool = False  # passed as a TransformerBridge object, not loaded by name
+    hooks: tuple[str, ...] = ()  # hook points the caller left hooks on (they run during caching)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The metadata's model dict; an in-memory model adds ``"source": "in-memory"``
+        and, if hooks are attached, ``"hooks"`` (a model loaded by name writes exactly
+        the keys it always did)."""
+        d = asdict(self)
+        if d.pop("in_memory"):
+            d["source"] = "in-memory"
+        hooks = d.pop("hooks")
+        if hooks:
+            d["hooks"] = list(hooks)
+        return d
+
+    def as_argument(self) -> str:
+        """How the model was given, for a command-line record."""
+        return f"<in-memory model {self.name}>" if self.in_memory else self.name
 
     @property
     def dim_sizes(self) -> dict[str, int]:
@@ -196,11 +216,17 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
             "folder written by save_pretrained; offline, set HF_HUB_OFFLINE=1 with the model in the HF cache."
         ) from e
     bridge.eval()
+    return LoadedModel(bridge=bridge, info=_describe(bridge, name, revision, dt, label), device=dev)
+
+
+def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: str,
+              in_memory: bool = False) -> ModelInfo:
+    """The ModelInfo of a booted bridge; the fingerprint is computed from its tensors."""
     cfg = bridge.cfg
-    info = ModelInfo(
+    return ModelInfo(
         name=name,
         revision=revision,
-        dtype=dt,
+        dtype=dtype,
         n_layers=int(cfg.n_layers),
         d_model=int(cfg.d_model),
         n_heads=int(cfg.n_heads),
@@ -210,13 +236,126 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
         n_ctx=int(cfg.n_ctx),
         fingerprint=fingerprint(bridge.original_model),
         label=label,
+        in_memory=in_memory,
+        hooks=_attached_hooks(bridge) if in_memory else (),  # a bridge loaded here has none
     )
+
+
+def _attached_hooks(bridge: Any) -> tuple[str, ...]:
+    """Hook points with forward hooks on them (by every alias in hook_dict)."""
+    return tuple(sorted(n for n, h in bridge.hook_dict.items() if h._forward_hooks or h._forward_pre_hooks))
+
+
+# A model as every entry point takes it: a name (hub name, local folder, 'actstore-demo'),
+# a TransformerBridge already in memory (fine-tuned, hooked...), or a LoadedModel.
+ModelLike = Union[str, "os.PathLike[str]", "TransformerBridge", LoadedModel]
+
+IN_MEMORY_LABEL = "in-memory TransformerBridge"
+
+
+def as_loaded(model: ModelLike, dtype: str | None = None, device: str | None = "auto",
+              revision: str | None = None) -> LoadedModel:
+    """The model of a cache, patching or analysis run: a name is loaded with
+    :func:`load_model`; a TransformerBridge (or a LoadedModel) is used as it is, on its
+    own device and dtype. A ``dtype`` or ``device`` that differs from the object's is an
+    error, not a silent conversion (convert the model yourself, or leave them unset:
+    None / 'auto'); so is a ``revision``, which only names what to load. An in-memory
+    model is recorded under ``bridge.cfg.model_name`` with revision None and
+    ``source: "in-memory"``; its fingerprint is computed from its tensors, so a store
+    made from it resumes with the same weights, by object or by a saved folder."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(os.fspath(model), dtype, device, revision)
+    if isinstance(model, LoadedModel):
+        _check_matches(model.info, model.device, dtype, device, revision)
+        return model
+    bridge = _as_bridge(model)
+    active = [n for n, m in bridge.named_modules() if isinstance(m, torch.nn.Dropout) and m.training and m.p > 0]
+    if active:
+        raise ConfigError(f"The model is in training mode with dropout active ({active[0]} and {len(active) - 1} more), "
+                          "so its activations are random; call model.eval() first (and model.train() after, to go on "
+                          "training).")
+    dt = {v: k for k, v in DTYPES.items()}.get(bridge_dtype(bridge))
+    if dt is None:
+        raise ConfigError(f"The model computes in {bridge_dtype(bridge)}; actstore runs {', '.join(DTYPES)} models. "
+                          "Convert it first, e.g. model.to(torch.float32).")
+    dev = str(next(bridge.original_model.parameters()).device)
+    info = _describe(bridge, _name_of(bridge), None, dt, IN_MEMORY_LABEL, in_memory=True)
+    _check_matches(info, dev, dtype, device, revision)
     return LoadedModel(bridge=bridge, info=info, device=dev)
 
 
-def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def _name_of(bridge: Any) -> str:
+    """What the bridge was booted from (``cfg.model_name``): a hub name or a folder;
+    the demo model's folder is named 'actstore-demo', as when loaded by name."""
+    from . import resources
+
+    name = str(getattr(bridge.cfg, "model_name", None) or type(bridge.original_model).__name__)
+    try:
+        demo = resources.demo_model_dir()
+    except ModelNotFoundError:  # not shipped: then no bridge comes from it
+        return name
+    return resources.DEMO_MODEL if os.path.realpath(name) == os.path.realpath(demo) else name
+
+
+def _as_bridge(model: Any) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not isinstance(model, TransformerBridge):
+        raise ConfigError(
+            f"model must be a name (hub name such as 'gpt2', a local folder, or 'actstore-demo') or a "
+            f"transformer_lens TransformerBridge; got {type(model).__module__}.{type(model).__name__}. Boot one with "
+            "TransformerBridge.boot_transformers(name_or_folder) (a Hugging Face model in memory: "
+            "boot_transformers(name, hf_model=your_model)), or pass a folder written by save_pretrained.")
+    return model
+
+
+def _check_matches(info: ModelInfo, dev: str, dtype: str | None, device: str | None, revision: str | None) -> None:
+    """Refuse options that would need the model in memory converted or reloaded."""
+    if dtype is not None and dtype != info.dtype:
+        raise ConfigError(f"The model passed computes in {info.dtype}, but dtype '{dtype}' was asked for; convert it "
+                          f"first (model.to(torch.{dtype})) or leave dtype unset to use the model as it is.")
+    if device not in (None, "auto"):
+        want, have = torch.device(device), torch.device(dev)
+        if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
+            raise ConfigError(f"The model passed is on {dev}, but device '{device}' was asked for; move it first "
+                              f"(model.to('{device}')) or leave device unset ('auto') to use it where it is.")
+    if revision is not None and revision != info.revision:
+        raise ConfigError(f"A model revision ('{revision}') only applies to a model loaded by name; the model passed "
+                          "is already loaded, so leave the revision unset.")
+
+
+def save_model(model: "TransformerBridge | LoadedModel", folder: str | os.PathLike[str]) -> str:
+    """Save a model held in memory as a Hugging Face folder (config, weights, tokenizer)
+    that every entry point, the CLI and multi-process runs load by name, with the same
+    fingerprint. (A booted bridge's ``original_model.save_pretrained`` fails: the bridge
+    wraps its modules and adds views; this saves the Hugging Face keys only.)"""
+    bridge = model.bridge if isinstance(model, LoadedModel) else _as_bridge(model)
+    hf = bridge.original_model
+    weights: dict[str, torch.Tensor] = {}
+    for key, t in hf.state_dict().items():
+        weights.setdefault(key.replace("._original_component", ""), t)
+    with torch.device("meta"):  # the plain model's keys, without allocating it
+        keys = type(hf)(hf.config).state_dict().keys()
+    hf.save_pretrained(folder, state_dict={k: weights[k].contiguous() for k in keys})
+    bridge.tokenizer.save_pretrained(folder)
+    return os.fspath(folder)
+
+
+def check_processes(model: ModelLike) -> None:
+    """Refuse an in-memory model when this run is launched as several processes
+    (torchrun / accelerate): the other processes cannot receive the object. Call it
+    before the process group is set up."""
+    in_memory = model.info.in_memory if isinstance(model, LoadedModel) else not isinstance(model, (str, os.PathLike))
+    if in_memory and launched():
+        raise ConfigError("A model held in memory cannot be shared with the other processes of a multi-process run; "
+                          "save it with actstore.models.save_model(model, FOLDER) (save_pretrained of the weights and "
+                          "tokenizer) and pass the folder, or run a single process.")
+
+
+def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], also: Sequence[str] = ()) -> list[str]:
     """Differences between two model descriptions (a store's metadata["model"] and
-    ModelInfo.to_dict()) that make them other models; names may differ."""
-    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx")
+    ModelInfo.to_dict()) that make them other models; names may differ. ``also``:
+    more keys to compare (resume adds "hooks": the hooks a model in memory runs with)."""
+    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx", *also)
     return [f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
             for k in keys if stored.get(k) != current.get(k)]

@@ -27,7 +27,7 @@ import torch
 
 from .errors import ActStoreError, PeerFailedError
 
-__all__ = ["Group", "group_for", "single", "is_main_process"]
+__all__ = ["Group", "group_for", "single", "is_main_process", "launched"]
 
 T = TypeVar("T")
 
@@ -126,7 +126,8 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _launched() -> bool:
+def launched() -> bool:
+    """Whether this process is one of several launched by torchrun / accelerate."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -134,7 +135,7 @@ def group_for(device: str) -> Group:
     """The current run's process group: a single process unless launched by
     torchrun / accelerate (WORLD_SIZE > 1), in which case the process group is
     initialised here (gloo on CPU, nccl on GPU)."""
-    if not _launched():
+    if not launched():
         return single()
     from accelerate import PartialState
 

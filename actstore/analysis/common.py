@@ -8,22 +8,27 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
-from ..models import LoadedModel, check_identity, load_model
+from ..models import LoadedModel, ModelLike, as_loaded, check_identity
 from ..store import ActivationStore
 
 
 __all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
 
 
-def model_for(store: ActivationStore, name: str | None = None, device: str | None = "auto") -> LoadedModel:
-    """Load the store's model (or ``name``) and check its weights are the store's."""
+def model_for(store: ActivationStore, name: ModelLike | None = None, device: str | None = "auto") -> LoadedModel:
+    """Load the store's model (or ``name``), or take the model passed (a TransformerBridge
+    in memory, a LoadedModel), and check its weights are the store's."""
     meta = store.metadata["model"]
-    model = load_model(name or meta["name"], meta["dtype"], device, meta.get("revision"))
+    given = name if name is not None else meta["name"]
+    by_name = isinstance(given, str)
+    model = as_loaded(given, meta["dtype"] if by_name else None, device, meta.get("revision") if by_name else None)
     diffs = check_identity(meta, model.info.to_dict())
     if diffs:
         raise StoreMismatchError(
-            f"Model '{name or meta['name']}' has other weights than the store's ('{store.path}': {'; '.join(diffs)}); "
-            "pass --model with the model the store was made with."
+            f"Model '{model.info.name}' has other weights than the store's ('{store.path}': {'; '.join(diffs)}); "
+            "pass --model with the model the store was made with"
+            + (" (it was cached from a model in memory: pass that object, or the folder actstore.models.save_model "
+               "wrote it to)." if meta.get("source") == "in-memory" else ".")
         )
     return model
 

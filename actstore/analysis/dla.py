@@ -10,11 +10,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models import LoadedModel
+from ..models import ModelLike
 from ..sites import hook_name
 from ..store import ActivationStore
 
-from .common import save_result, sites_with
+from .common import model_for, save_result, sites_with
 
 __all__ = ["DirectLogitAttribution", "direct_logit_attribution"]
 
@@ -33,7 +33,7 @@ class DirectLogitAttribution:
                      {"rows": self.rows, "positions": self.positions, "target": self.target, "wrong": self.wrong})
 
 
-def direct_logit_attribution(store: ActivationStore, model: LoadedModel, rows: Sequence[int], target: int,
+def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Sequence[int], target: int,
                              wrong: int | None = None, pos: int | None = None,
                              progress: bool = True) -> DirectLogitAttribution:
     """Per head (from stored z and W_O) and per MLP layer (stored mlp_out): the
@@ -41,7 +41,8 @@ def direct_logit_attribution(store: ActivationStore, model: LoadedModel, rows: S
     residual (as TransformerLens's apply_ln_to_stack), dotted with ln_final.w times
     the unembedding direction of ``target`` (minus ``wrong``). Reads position ``pos``,
     default the last real token of each row."""
-    info = model.info
+    loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    info = loaded.info
     final = hook_name("resid_post", info.n_layers - 1)
     if final not in store.sites:
         raise ConfigError(f"DLA needs the final residual ({final}) for the LayerNorm scale; cache it with "
@@ -49,7 +50,7 @@ def direct_logit_attribution(store: ActivationStore, model: LoadedModel, rows: S
     z_sites, mlp_sites = sites_with(store, "attn.hook_z"), sites_with(store, "hook_mlp_out")
     if not z_sites and not mlp_sites:
         raise ConfigError("DLA needs z and/or mlp_out sites in the store; cache them with --sites z:all,mlp_out:all.")
-    b = model.bridge
+    b = loaded.bridge
     W_U = b.W_U.detach().double().cpu()
     direction = W_U[:, target] - (W_U[:, wrong] if wrong is not None else 0)
     direction = (direction * b.ln_final.w.detach().double().cpu()).numpy()  # (d_model,)

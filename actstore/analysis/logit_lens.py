@@ -11,11 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models import LoadedModel
+from ..models import ModelLike
 from ..sites import Site
 from ..store import ActivationStore
 
-from .common import save_result
+from .common import model_for, save_result
 
 __all__ = ["LogitLens", "logit_lens"]
 
@@ -46,23 +46,24 @@ def _resid_hooks(store: ActivationStore) -> list[str]:
     return [site.hook for site in sorted(sites, key=lambda site: (site.layer, order[site.short or ""]))]
 
 
-def logit_lens(store: ActivationStore, model: LoadedModel, rows: Sequence[int], k: int = 5,
+def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k: int = 5,
                target: int | None = None, progress: bool = True) -> LogitLens:
     """Decode each stored residual through the final LayerNorm and the unembedding.
     The tracked token is ``target`` at every position, else the row's next token
     (the last position then has none: probability NaN, rank -1, target -1)."""
+    loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
     hooks = _resid_hooks(store)
     L = store.layout.seq_len
     R, S = len(rows), len(hooks)
     out_prob, out_rank = np.zeros((R, S, L)), np.zeros((R, S, L), np.int64)
     top_t, top_p = np.zeros((R, S, L, k), np.int64), np.zeros((R, S, L, k))
     targets = np.zeros((R, L), np.int64)
-    bridge = model.bridge
+    bridge = loaded.bridge
     dtype = next(bridge.unembed.parameters()).dtype
     for i, r in enumerate(tqdm(rows, unit="row", desc="logit lens", disable=not progress)):
         tokens = store.tokens(r).astype(np.int64)
         for j, hook in enumerate(hooks):
-            x = torch.from_numpy(store.acts(hook, rows=r)).to(model.device, dtype)  # (pos, d_model)
+            x = torch.from_numpy(store.acts(hook, rows=r)).to(loaded.device, dtype)  # (pos, d_model)
             with torch.inference_mode():
                 probs = torch.softmax(bridge.unembed(bridge.ln_final(x[None]))[0].double(), dim=-1)  # (pos, vocab)
             tp, tt = probs.topk(k, dim=-1)

@@ -28,7 +28,7 @@ from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, Insuf
                      StoreExistsError, StoreMismatchError)
 from .. import location
 from .lock import store_lock
-from ..models import DTYPES, LoadedModel, check_identity, load_model
+from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_identity, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
 from .shard_write import Shard, ShardWrite as _ShardWrite
@@ -51,7 +51,8 @@ class CacheConfig:
     fields and their metadata (see actstore.cli.flags)."""
 
     out: str = field(metadata={"help": "the store to write (a folder, e.g. acts.zarr)", "positional": True})
-    model: str = field(metadata={"help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
+    model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
+        "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
     dataset: str | Sequence[str] = field(metadata={  # or, in Python, a list of strings
         "help": "hub dataset name, local .txt/.jsonl/.parquet/.csv files or globs, or actstore-demo", "nargs": "+",
         "from_cli": lambda paths: paths[0] if len(paths) == 1 else paths})
@@ -120,10 +121,13 @@ class CacheConfig:
 
 def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:
     """Cache activations into a Zarr store and return it opened for reading.
-    Takes a CacheConfig, or its fields as keyword arguments."""
+    Takes a CacheConfig, or its fields as keyword arguments. ``model`` is a name or a
+    TransformerBridge already in memory (fine-tuned, hooked), used as it is: see
+    :func:`actstore.models.as_loaded`."""
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
     cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))
+    check_processes(cfg.model)
     procs = group_for(cfg.device)  # one process, or this one's place in a torchrun / accelerate launch
     lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
     with procs.main_context(lock, "taking the store lock"):
@@ -143,7 +147,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     existing = _existing_store(cfg)
     log = _Log(cfg.progress and procs.main)
 
-    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
+    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     info = model.info
     if cfg.seq_len > info.n_ctx:
         raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
@@ -263,13 +267,13 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
         "storage_dtype": storage_dtype,
         "codec": cfg.codec,
         "software": versions(),
-        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg)})",
+        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg, model.info.as_argument())})",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _config_repr(cfg: CacheConfig) -> str:
-    fields = dataclasses.asdict(cfg)
+def _config_repr(cfg: CacheConfig, model: str) -> str:
+    fields = dataclasses.asdict(dataclasses.replace(cfg, model=model))  # a model object is shown by name, not copied
     if not isinstance(cfg.dataset, str):
         fields["dataset"] = f"<{len(cfg.dataset)} items>"
     return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)
@@ -280,7 +284,7 @@ _IDENTITY = ("format_version", "corpus", "layout", "sites", "storage_dtype", "co
 
 def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
     old = existing.metadata
-    diffs = check_identity(old["model"], meta["model"])
+    diffs = check_identity(old["model"], meta["model"], also=("hooks",))
     for key in _IDENTITY:
         if old.get(key) != meta.get(key):
             diffs.append(f"{key}: store has {old.get(key)!r}, this run has {meta.get(key)!r}")

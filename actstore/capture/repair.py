@@ -8,6 +8,7 @@ from typing import Any
 import zarr
 
 from ..errors import ConfigError
+from ..models import ModelLike
 from ..sites import Site
 from ..store import ActivationStore, Damage
 from .engine import CacheConfig, cache
@@ -15,10 +16,15 @@ from .engine import CacheConfig, cache
 __all__ = ["repair_store", "config_from_metadata"]
 
 
-def config_from_metadata(meta: dict[str, Any], out: str, model: str | None = None, device: str = "auto",
+def config_from_metadata(meta: dict[str, Any], out: str, model: ModelLike | None = None, device: str = "auto",
                          progress: bool = True) -> CacheConfig:
-    """The config that made a store, to resume or repair it."""
+    """The config that made a store, to resume or repair it; ``model`` replaces the
+    recorded one (a name, or a TransformerBridge in memory: its weights are checked)."""
     corpus = meta["corpus"]
+    if model is None and meta["model"].get("source") == "in-memory":
+        raise ConfigError(f"This store was cached from a model held in memory ('{meta['model']['name']}'), which the "
+                          "store does not keep; pass that model (repair_store(path, damage, model=bridge)), or a folder "
+                          "it was saved to with actstore.models.save_model (--model FOLDER).")
     if corpus["kind"] == "python-list":
         raise ConfigError("This store was made from a Python list, which the store does not keep; call "
                           "actstore.cache(...) again with the same list and resume=True to recompute unfinished rows.")
@@ -26,7 +32,8 @@ def config_from_metadata(meta: dict[str, Any], out: str, model: str | None = Non
     return CacheConfig(
         out=out, model=model or meta["model"]["name"], dataset=corpus["source"], split=corpus["split"],
         text_field=corpus["text_field"], dataset_config=corpus["config_name"], dataset_revision=corpus["revision"],
-        model_revision=meta["model"]["revision"], seq_len=corpus["seq_len"], n_rows=lay["n_rows"],
+        model_revision=meta["model"]["revision"] if model is None or isinstance(model, str) else None,
+        seq_len=corpus["seq_len"], n_rows=lay["n_rows"],
         packing=corpus["packing"], sites=[Site(s["hook"], s["layer"], None if s["heads"] is None else tuple(s["heads"]))
                                           for s in meta["sites"]],
         dtype=meta["model"]["dtype"], storage_dtype=meta["storage_dtype"], codec=meta["codec"],
@@ -35,7 +42,7 @@ def config_from_metadata(meta: dict[str, Any], out: str, model: str | None = Non
     )
 
 
-def repair_store(path: str, damage: list[Damage], model: str | None = None, device: str = "auto",
+def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None, device: str = "auto",
                  progress: bool = True) -> ActivationStore:
     """Mark the damaged shards not done and recompute them with the store's own
     config (bit-identical on the same kind of device and software)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import sys
 import types
 import typing
 from typing import Any, Collection, TypeVar
@@ -52,6 +53,17 @@ def flag_of(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("flag", "--" + f.name.replace("_", "-")))
 
 
+def _annotation(cls: type, f: dataclasses.Field[Any]) -> Any:
+    """The field's type; a string annotation is evaluated in its module (its forward
+    references, e.g. inside ModelLike, are left as they are)."""
+    if not isinstance(f.type, str):
+        return f.type
+    try:
+        return eval(f.type, vars(sys.modules[cls.__module__]))  # noqa: S307 - an annotation of our own code
+    except Exception:  # noqa: BLE001 - a name only imported for type checkers: not one plain type
+        return str
+
+
 def _value_type(annotation: Any) -> Any:
     """int for ``int | None``; str for anything that is not one plain type."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -71,14 +83,13 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = ()) -> None:
     """Add one argparse option per CLI field of ``cls`` (see the module docstring), but
     those in ``skip`` (which the command then fills in itself)."""
-    hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in cli_fields(cls):
         if f.name in skip:
             continue
         meta = f.metadata
         kw: dict[str, Any] = {"help": meta["help"]}
-        kind = _value_type(hints[f.name])
+        kind = _value_type(_annotation(cls, f))
         default = _default(f)
         if kind is bool:
             kw.update(action="store_false" if default else "store_true", default=default)

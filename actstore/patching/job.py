@@ -37,7 +37,7 @@ import torch
 import zarr
 
 from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
-from ..models import DTYPES
+from ..models import DTYPES, ModelLike, as_loaded, check_processes
 from ..parallel import group_for
 from ..store import ActivationStore, is_store
 from . import attribution, sweeps as patching, table, tasks
@@ -60,7 +60,8 @@ class PatchJobConfig:
     """One `actstore patch` run; its flags are generated from these fields and their
     metadata (see actstore.cli.flags)."""
 
-    model: str = field(metadata={"help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
+    model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
+        "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
     pairs: str | None = field(default=None, metadata={"help": "JSON lines: clean, corrupted, answer, wrong (or --task)"})
     sweep: str = field(default="resid_pre", metadata={  # a key of SWEEPS
         "help": "what to patch (default resid_pre): a sweep of transformer_lens.patching, listed below",
@@ -243,7 +244,6 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     """Run one sweep over every pair (exact, attribution or both); write the results,
     the heatmaps and, for both, their correlation and a scatter plot."""
     from ..capture import cache
-    from ..models import load_model
 
     if cfg.sweep not in SWEEPS:
         raise ConfigError(f"Unknown sweep '{cfg.sweep}'; expected one of {', '.join(SWEEPS)}.")
@@ -261,8 +261,9 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
                           "sweeps from Python, whose default tensor return works with TransformerLens 3.")
     _check_source(cfg)
     row = SWEEPS[cfg.sweep]
+    check_processes(cfg.model)
     procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
-    model = load_model(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
+    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
     generated: list[tasks.PromptPair] = []
     if cfg.pairs is not None:
@@ -278,7 +279,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
             if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {cfg.store}")
-            cache(out=cfg.store, model=cfg.model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+            cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
                   sites=row.site_spec, dtype=info.dtype, device=model.device,
                   model_revision=cfg.model_revision, progress=cfg.progress,
                   command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)

@@ -6,8 +6,8 @@ over the corpus that also counted its rows. Every process then reads only its ow
 shards: each run of consecutive shards it owns is one read, which seeks to the run's
 first shard and tokenises no document past the run's last one. Where the plan does
 not know a start (a streamed hub dataset), or the store has no plan (made by an
-older version), the process reads sequentially from the first shard still to do,
-which it finds from the rows done before it.
+older version, or its plan object is damaged), the process reads sequentially from
+the first shard still to do, which it finds from the rows done before it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def make_plan(spec: CorpusSpec, scanned: CorpusScan | None, layout: Layout) -> n
     return unknown_plan(boundaries) if scanned is None else scanned.plan(boundaries)
 
 
-def plan_reads(group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequence[int], mine: Sequence[int]) -> list[Read]:
+def plan_reads(group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequence[int],
+               mine: Sequence[int]) -> list[Read]:
     """The reads that yield the shards ``mine`` (a non-empty part of ``todo``)."""
     owned = sorted(mine)
     runs: list[list[int]] = []
@@ -53,8 +54,8 @@ def plan_reads(group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequen
             runs[-1].append(k)
         else:
             runs.append([k])
-    if "plan" in group:
-        plan = np.asarray(group["plan"][...])
+    plan = _read_plan(group)
+    if plan is not None:
         starts = [plan_checkpoint(plan, run[0]) for run in runs]
         if all(s is not None for s in starts):
             ends = [plan_checkpoint(plan, run[-1] + 1) for run in runs]
@@ -74,6 +75,19 @@ def read_shards(group: zarr.Group, spec: CorpusSpec, tokenizer: Any, layout: Lay
             rows = reader.take(b - a)
             if k in mine:
                 yield k, rows
+
+
+def _read_plan(group: zarr.Group) -> np.ndarray | None:
+    """The store's plan; None when it has none, or when its object fails its checksum
+    (the sequential read needs no plan, only the rows done)."""
+    if "plan" not in group:
+        return None
+    try:
+        return np.asarray(group["plan"][...])
+    except ValueError as e:
+        if "checksum" not in str(e):
+            raise
+        return None
 
 
 def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Checkpoint:

@@ -1,9 +1,10 @@
 """The corpus plan: where each shard's first row starts in the source, computed once.
 
 One pass over the corpus (:func:`scan`, the pass that also counts its rows)
-tokenises every document up to the last row asked for and keeps, per document, its
-length in the packed stream and its data part (local file) and record there. From
-that, :meth:`CorpusScan.checkpoint` names the start of any row, so a process seeks
+tokenises every document up to the last row asked for (by tokenizer calls of 256
+documents) and keeps where each starts in the packed stream (8 bytes a document, on
+the one process that scans) and the document index where each data part (local
+file) starts. From that, :meth:`CorpusScan.checkpoint` names the start of any row, so a process seeks
 straight to its shards instead of tokenising the corpus up to them. Synthetic rows
 need no pass (row r is computed on its own); a hub dataset is streamed, and is not
 scanned: its plan is unknown past row 0 (:func:`unknown_plan`) and its readers read
@@ -32,14 +33,19 @@ PLAN_FIELDS = ("row", "doc", "item", "part", "record")
 
 @dataclass(frozen=True)
 class CorpusScan:
-    """What one pass over the corpus learnt: its rows (up to the limit), each
-    document's items in the packed stream (0 for an empty one), and the document
-    index where each data part starts (empty for sources without parts)."""
+    """What one pass over the corpus learnt: its rows (up to the limit), where each
+    document starts in the packed stream, and the document index where each data
+    part starts (empty for sources without parts)."""
 
     spec: CorpusSpec
     n_rows: int
-    items: np.ndarray  # int64 (document,): tokens + separator, 0 when empty
+    starts: np.ndarray  # int64 (document + 1,): stream item where each document starts; then the end
     part_starts: np.ndarray  # int64 (part,)
+
+    @property
+    def n_docs(self) -> int:
+        """The documents the pass read."""
+        return len(self.starts) - 1
 
     def checkpoint(self, row: int) -> Checkpoint:
         """Where row ``row`` (0..n_rows; n_rows: the end of the last row) starts."""
@@ -48,12 +54,11 @@ class CorpusScan:
         if self.spec.packing == "document":
             doc, item = row, 0
         else:
-            cum = np.concatenate([[0], np.cumsum(self.items)])
             p = row * (self.spec.seq_len - 1)
-            doc = int(np.searchsorted(cum, p, side="right")) - 1  # the last document starting at or before p
-            item = p - int(cum[doc])
+            doc = int(np.searchsorted(self.starts, p, side="right")) - 1  # the last document starting at or before p
+            item = p - int(self.starts[doc])
         part, record = -1, -1
-        if doc < len(self.items):  # a document the pass read: its part is known
+        if doc < self.n_docs:  # a document the pass read: its part is known
             if self.spec.documents is not None:
                 part, record = 0, doc
             elif len(self.part_starts):
@@ -70,15 +75,15 @@ def scan(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> CorpusSc
     """Read and tokenise the corpus once, up to ``limit`` rows (None: all of it).
     Raises EmptyCorpusError when it yields no row."""
     width = spec.seq_len - 1
-    items, part_starts = array("q"), array("q")
+    starts, part_starts = array("q", [0]), array("q")
     total, n_rows, part = 0, 0, -1
     for d, p, ids in _tokenized(spec, tokenizer, Checkpoint(), what="plan"):
         while p > part:  # parts without records start where the next one does
             part += 1
             part_starts.append(d)
         n = len(ids)
-        items.append(n + 1 if n else 0)
         total += n + 1 if n else 0
+        starts.append(total)
         n_rows = total // width if spec.packing == "pack" else d + 1
         # stop past the limit's last item, so that the document holding the end is read
         if limit is not None and (n_rows > limit or (n_rows == limit and total > limit * width)):
@@ -89,7 +94,7 @@ def scan(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> CorpusSc
             "(no documents, only empty ones, or fewer tokens than one row); pass a corpus with text or a smaller --seq-len."
         )
     n_rows = n_rows if limit is None else min(n_rows, limit)
-    return CorpusScan(spec, n_rows, np.frombuffer(items, np.int64).copy(), np.frombuffer(part_starts, np.int64).copy())
+    return CorpusScan(spec, n_rows, np.frombuffer(starts, np.int64).copy(), np.frombuffer(part_starts, np.int64).copy())
 
 
 def count_rows(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> int:

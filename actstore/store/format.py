@@ -161,8 +161,8 @@ def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Map
     root.create_array("done", shape=(layout.n_shards,), chunks=(1,), dtype="bool", fill_value=False,
                       dimension_names=("shard",), compressors=_checked(None), config={"write_empty_chunks": True})
     if plan is not None:
-        arr = root.create_array("plan", shape=plan.shape, dtype="int64", dimension_names=("boundary", "field"),
-                                fill_value=-1, compressors=_checked(None))
+        arr = root.create_array("plan", shape=plan.shape, chunks=plan.shape, dtype="int64",
+                                dimension_names=("boundary", "field"), fill_value=-1, compressors=_checked(None))
         arr[...] = plan
         arr.attrs["fields"] = list(plan_fields)
     root.attrs["actstore"] = dict(meta)

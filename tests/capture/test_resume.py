@@ -165,3 +165,22 @@ def test_a_store_without_a_plan_resumes_by_the_sequential_read(tmp_path, tiny_mo
     resume(out, tiny_model, corpus_file)
     want = {k: v for k, v in store_files(reference).items() if not k.startswith("plan/")}
     assert store_files(out) == want
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "missing"])
+def test_a_damaged_plan_falls_back_to_the_sequential_read(tmp_path, tiny_model, corpus_file, reference, damage):
+    import shutil
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    obj = out / "plan" / "c" / "0" / "0"
+    if damage == "missing":
+        obj.unlink()
+    else:
+        data = bytearray(obj.read_bytes())
+        data[8] ^= 0xFF
+        obj.write_bytes(bytes(data))
+    _undo(out, [1, 3])
+    resume(out, tiny_model, corpus_file)
+    got, want = store_files(out), store_files(reference)
+    assert {k: v for k, v in got.items() if k != "plan/c/0/0"} == {k: v for k, v in want.items() if k != "plan/c/0/0"}

@@ -120,3 +120,4 @@ def test_an_unknown_plan_knows_only_row_0():
 
 def test_counting_is_off_unless_asked():
     assert "ACTSTORE_COUNT_DOCS" not in os.environ and rows._COUNT_DOCS == ""
+

@@ -23,7 +23,7 @@ import zarr
 
 from .batching import auto_batch_size, default_chunk_rows
 from ..compat import versions
-from ..corpus import Checkpoint, CorpusSpec, RowReader, count_rows, is_synthetic, iter_rows, parse_synthetic
+from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
 from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
 from .. import location
@@ -31,6 +31,7 @@ from .lock import store_lock
 from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_identity, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
+from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
@@ -158,7 +159,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
                                    config_name=cfg.dataset_config, revision=cfg.dataset_revision,
                                    seq_len=cfg.seq_len, packing=cfg.packing)
-    n_rows = _n_rows(cfg, spec, model.tokenizer)
+    scanned: list[CorpusScan] = []  # the plan's pass over the corpus, made once, by process 0
+    n_rows = procs.on_main(lambda: _n_rows(cfg, spec, model.tokenizer, scanned), "counting the corpus")
     bytes_per_row = row_bytes(shapes, storage_dtype)
     batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
                                               cfg.seq_len, n_rows, bytes_per_row)
@@ -185,7 +187,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
         if existing is None or cfg.overwrite:
             if not location.is_url(cfg.out) and os.path.isdir(cfg.out):
                 os.rmdir(cfg.out)  # an empty folder (anything else was refused above)
-            create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document")
+            create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document",
+                         make_plan(spec, scanned[0] if scanned else None, layout), PLAN_FIELDS)
         if not location.is_url(cfg.out):
             n_stale = remove_partial_files(cfg.out)
             if n_stale:
@@ -218,10 +221,13 @@ def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
     return store
 
 
-def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
+def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[CorpusScan]) -> int:
+    """The rows to cache. A finite local corpus is read once, up to them: the pass
+    that counts them also makes the corpus plan (appended to ``scanned``)."""
     want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
     if spec.kind not in ("hub", "synthetic"):  # finite and local: count now, so a short corpus fails up front
-        available = count_rows(spec, tokenizer, limit=want)
+        scanned.append(scan(spec, tokenizer, limit=want))
+        available = scanned[0].n_rows
         if want is not None and available < want:
             raise CorpusExhaustedError(
                 f"The corpus yields only {available} rows of {cfg.seq_len} tokens, fewer than the {want} asked for; "
@@ -326,17 +332,6 @@ class _Log:
 
 # --- the run ------------------------------------------------------------------------
 
-def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Checkpoint:
-    """Where shard k's first row starts in the source, from the done rows before it."""
-    a, _ = layout.shard_rows(k)
-    if a == 0:
-        return Checkpoint()
-    if spec.packing == "document":
-        return Checkpoint(row=a, doc=a)
-    doc, pos = int(group["doc"][a - 1, -1]), int(group["doc_pos"][a - 1, -1])
-    return Checkpoint(row=a, doc=doc, item=pos + 1)
-
-
 _PENDING = 2  # shards filled and waiting for the writer; one more is being filled
 
 
@@ -359,8 +354,6 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     mine = set(procs.owned(todo))
     if not mine:
         return
-    first, last = int(todo[0]), max(mine)
-    reader = RowReader(spec, model.tokenizer, _start(group, spec, layout, first))
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
     rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
     pool = BufferPool(lambda: ShardBuffers(shapes, storage_dtype, layout.rows_per_shard, model.device), _PENDING + 1)
@@ -371,11 +364,8 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     bar = Progress(layout, rows_before, row_mb, cfg.seq_len, group["done"] if procs.distributed else None,
                     on=cfg.progress and procs.main)
     try:
-        for k in range(first, last + 1):
+        for k, rows in read_shards(group, spec, model.tokenizer, layout, todo, mine):
             a, b = layout.shard_rows(k)
-            rows = reader.take(b - a)
-            if k not in mine:
-                continue
             bufs = pool.acquire(writer.check)
             for i in range(0, b - a, batch):
                 j = min(i + batch, b - a)

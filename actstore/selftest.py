@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import compat
+from .sites import hook_name
 
 __all__ = ["Check", "SelftestReport", "run_selftest", "edge_by_hooks", "directional_derivative"]
 
@@ -208,12 +209,12 @@ def _check_attribution(d: _Demo) -> Check:
 
     corrupted = d.corrupted["late"]
     worst = (-1.0, 0.0, 0.0)
-    for sweep, act, setter in (("resid_mid", "hook_resid_mid", ap.layer_pos_patch_setter),
-                               ("attn_head_out_by_pos", "attn.hook_z", ap.layer_pos_head_vector_patch_setter)):
+    for sweep, act, setter in (("resid_mid", "resid_mid", ap.layer_pos_patch_setter),
+                               ("attn_head_out_by_pos", "z", ap.layer_pos_head_vector_patch_setter)):
         got = getattr(at, f"get_act_patch_{sweep}")(d.bridge, corrupted, d.cache, d.ld, as_effect=True, progress=False)
         for flat in torch.argsort(got.abs().flatten(), descending=True)[:2].tolist():
             index = [int(i) for i in np.unravel_index(flat, tuple(got.shape))]
-            fd = float(directional_derivative(d.bridge, corrupted, d.cache, d.ld, f"blocks.{index[0]}.{act}", setter,
+            fd = float(directional_derivative(d.bridge, corrupted, d.cache, d.ld, hook_name(act, index[0]), setter,
                                               index))
             err, tol = abs(float(got.flatten()[flat]) - fd), 1e-6 * abs(fd) + 1e-9
             if err > tol:
@@ -230,10 +231,10 @@ def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrup
     layer, the destination head's ``component`` read off that run and written into the
     corrupted run (every other reader keeps the corrupted residual); the metric."""
     (sl, sh), (dl, dh) = src, dst
-    z = f"blocks.{sl}.attn.hook_z"
+    z = hook_name("z", sl)
     w_o = bridge.blocks[sl].attn.W_O[sh]
     delta = clean_cache[z][:, :, sh] @ w_o - corrupted_cache[z][:, :, sh] @ w_o
-    name = f"blocks.{dl}.attn.hook_{component}"
+    name = hook_name(component, dl)
     seen: dict[str, torch.Tensor] = {}
 
     def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -245,7 +246,7 @@ def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrup
         return act
 
     with torch.no_grad():
-        bridge.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{dl}.hook_resid_pre", lambda a, hook: a + delta),
+        bridge.run_with_hooks(corrupted, fwd_hooks=[(hook_name("resid_pre", dl), lambda a, hook: a + delta),
                                                     (name, keep)])
         return float(metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, write)])))
 

@@ -17,7 +17,8 @@ import torch
 
 from .errors import UnknownSiteError
 
-__all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes", "hook_name", "layer_of"]
+__all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes", "hook_name", "layer_of",
+           "SITE_DIMS"]
 
 # short name -> hook name template; {L} is the layer
 SHORT_SITES: dict[str, str] = {
@@ -44,6 +45,14 @@ GLOBAL_SITES: dict[str, str] = {
 # sites computed from a hook rather than read from it: name -> the hook they need.
 # loss: -log p(token[pos+1] | tokens[:pos+1]), as TransformerLens's loss_per_token, (pos = seq_len - 1)
 DERIVED_SITES: dict[str, str] = {"loss": "unembed.hook_out"}
+# short name -> the dimension names of one row of the site (sizes: ModelInfo.dim_sizes, pos: seq_len)
+_RESID, _HEADS, _GRID = ("pos", "d_model"), ("pos", "head", "d_head"), ("head", "query_pos", "key_pos")
+SITE_DIMS: dict[str, tuple[str, ...]] = {
+    "resid_pre": _RESID, "resid_mid": _RESID, "resid_post": _RESID, "attn_out": _RESID, "mlp_out": _RESID,
+    "z": _HEADS, "q": _HEADS, "k": _HEADS, "v": _HEADS, "pattern": _GRID, "attn_scores": _GRID,
+    "mlp_pre": ("pos", "d_mlp"), "mlp_post": ("pos", "d_mlp"),
+    "embed": _RESID, "pos_embed": _RESID, "logits": ("pos", "d_vocab"), "loss": ("pos",),
+}
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _SELECTOR_RE = re.compile(r"^(all|\d+(-\d+)?|\d+\.\d+)$")
 _EMBED_PREFIXES = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")
@@ -74,8 +83,16 @@ class Site:
     @property
     def short(self) -> str | None:
         """The short name (``resid_post``, ``z``, ``embed``, ...), or None for a hook
-        outside the short vocabulary."""
+        outside the short vocabulary. A derived site's short name is its hook (``loss``)."""
         return _SHORT_OF.get(self.hook if self.layer is None else self.hook.replace(f".{self.layer}.", ".{L}.", 1))
+
+    @property
+    def kind(self) -> str:
+        """What the site is, whatever its layer: the short name where there is one, else the
+        hook name past ``blocks.L.`` (``ln1.hook_normalized``), else the hook itself."""
+        if self.short is not None:
+            return self.short
+        return self.hook if self.layer is None else self.hook.split(".", 2)[-1]
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,8 @@ class SiteShape:
         return tuple(s for d, s in zip(self.dims, self.shape) if d != "pos")
 
 
-_SHORT_OF: dict[str, str] = {**{t: n for n, t in SHORT_SITES.items()}, **{h: n for n, h in GLOBAL_SITES.items()}}
+_SHORT_OF: dict[str, str] = {**{t: n for n, t in SHORT_SITES.items()}, **{h: n for n, h in GLOBAL_SITES.items()},
+                             **{n: n for n in DERIVED_SITES}}
 
 
 def layer_of(hook: str) -> int | None:
@@ -116,6 +134,8 @@ def hook_name(short: str, layer: int | None = None) -> str:
         return SHORT_SITES[short].format(L=int(layer))
     if short in GLOBAL_SITES:
         return GLOBAL_SITES[short]
+    if short in DERIVED_SITES:
+        return short
     raise _unknown(short, ())
 
 
@@ -239,7 +259,26 @@ def stop_layer(sites: Sequence[Site]) -> int | None:
     return needed
 
 
+def _site_dims(site: Site, shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]) -> tuple[str, ...]:
+    """The site's own dimension names (SITE_DIMS), checked against the measured shape; a
+    hook outside the short vocabulary is named from its shape."""
+    dims = SITE_DIMS.get(site.short or "")
+    if dims is None:
+        return _name_dims(shape, pos_axes, sizes)
+    if len(dims) != len(shape) or {i for i, d in enumerate(dims) if d.endswith("pos")} != pos_axes or any(
+        d in sizes and sizes[d] != n for d, n in zip(dims, shape)
+    ):
+        raise UnknownSiteError(
+            f"Site {site.hook} has shape {tuple(shape)} (positions on axes {sorted(pos_axes)}) at 2 tokens, not the "
+            f"({', '.join(dims)}) of a '{site.short}' site with {dict(sizes)}; this model names its hooks "
+            "differently: cache the hook by another name, or report the model."
+        )
+    return dims
+
+
 def _name_dims(shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]) -> tuple[str, ...]:
+    """Dimension names of a hook outside the vocabulary: positions where the shape moved
+    with the sequence length, else the first unused size that matches (dimN if none)."""
     names: list[str] = []
     pos_names = iter(["pos"] if len(pos_axes) == 1 else ["query_pos", "key_pos"])
     for axis, size in enumerate(shape):
@@ -267,7 +306,7 @@ def probe_shapes(
     for site in sites:
         sa, sb = tuple(a[site.hook].shape[1:]), tuple(b[site.hook].shape[1:])
         pos_axes = {i for i, (x, y) in enumerate(zip(sa, sb)) if x != y}
-        dims = _name_dims(sa, pos_axes, sizes)
+        dims = _site_dims(site, sa, pos_axes, sizes)
         shape = tuple(seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa))  # loss: seq_len - 1
         if site.heads is not None:
             if "head" not in dims:

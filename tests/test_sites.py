@@ -109,3 +109,52 @@ def test_hook_name_needs_a_layer_and_a_known_name():
         hook_name("resid_pre")
     with pytest.raises(UnknownSiteError, match="resid_post"):
         hook_name("resid_psot", 1)
+
+
+def test_site_kind_is_the_short_name_or_the_hook_past_its_block():
+    assert Site.from_hook("blocks.4.attn.hook_z").kind == "z"
+    assert Site.from_hook("blocks.4.ln1.hook_normalized").kind == "ln1.hook_normalized"
+    assert Site.from_hook("unembed.hook_out").kind == "logits"
+    assert Site.from_hook("ln_final.hook_normalized").kind == "ln_final.hook_normalized"
+
+
+def test_dims_come_from_the_site_when_sizes_coincide(tmp_path):
+    """n_heads == d_head == 4 and d_model == d_mlp == seq_len == n_ctx == 16: matching sizes
+    cannot tell mlp_post's d_mlp from d_model; the site's own dims can."""
+    from actstore.models import load_model
+    from actstore.resources import build_random_gpt2, demo_tokenizer
+    from actstore.sites import GLOBAL_SITES, SHORT_SITES
+
+    folder = build_random_gpt2(tmp_path / "coincide", seed=0, tokenizer=demo_tokenizer(), n_layer=1, n_embd=16,
+                               n_head=4, n_inner=16, n_positions=16, vocab_size=965, bos_token_id=0, eos_token_id=0)
+    m = load_model(str(folder), "float32", "cpu")
+    sizes = m.info.dim_sizes
+    assert sizes["head"] == sizes["d_head"] == 4 and sizes["d_model"] == sizes["d_mlp"] == 16
+    sites = parse_sites([*(f"{s}:0" for s in SHORT_SITES), *GLOBAL_SITES, "loss"], m.bridge.hook_dict, 1, 4)
+    shapes = probe_shapes(m.capture, sites, 16, sizes)
+    got = {Site.from_hook(h).short or h: (s.dims, s.shape) for h, s in shapes.items()}
+    pos_model, heads, grid = (("pos", "d_model"), (16, 16)), (("pos", "head", "d_head"), (16, 4, 4)), \
+        (("head", "query_pos", "key_pos"), (4, 16, 16))
+    assert got == {
+        "resid_pre": pos_model, "resid_mid": pos_model, "resid_post": pos_model, "attn_out": pos_model,
+        "mlp_out": pos_model, "embed": pos_model, "pos_embed": pos_model,
+        "z": heads, "q": heads, "k": heads, "v": heads, "pattern": grid, "attn_scores": grid,
+        "mlp_pre": (("pos", "d_mlp"), (16, 16)), "mlp_post": (("pos", "d_mlp"), (16, 16)),
+        "logits": (("pos", "d_vocab"), (16, 965)), "loss": (("pos",), (15,)),
+    }
+
+
+def test_dims_of_a_hook_outside_the_vocabulary_are_measured_and_a_known_site_is_checked():
+    import torch
+
+    sizes = {"head": 4, "d_head": 8, "d_model": 32, "d_mlp": 128, "d_vocab": 50}
+
+    def forward(tokens, sites):  # z comes back without its head axis: not what a 'z' site is
+        n = tokens.shape[1]
+        shapes = {"blocks.0.ln1.hook_normalized": (1, n, 32), "blocks.0.attn.hook_z": (1, n, 32)}
+        return {s.hook: torch.zeros(shapes[s.hook]) for s in sites}
+
+    raw = probe_shapes(forward, [Site.from_hook("blocks.0.ln1.hook_normalized")], 16, sizes)
+    assert raw["blocks.0.ln1.hook_normalized"].dims == ("pos", "d_model")
+    with pytest.raises(UnknownSiteError, match=r"blocks.0.attn.hook_z has shape \(2, 32\).*\(pos, head, d_head\)"):
+        probe_shapes(forward, [Site.of("z", 0)], 16, sizes)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models import ModelLike
+from ..sites import hook_name
 from ..store import ActivationStore
 
 from .common import model_for, save_result, sites_with
@@ -42,7 +43,7 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
     default the last real token of each row."""
     loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
     info = loaded.info
-    final = f"blocks.{info.n_layers - 1}.hook_resid_post"
+    final = hook_name("resid_post", info.n_layers - 1)
     if final not in store.sites:
         raise ConfigError(f"DLA needs the final residual ({final}) for the LayerNorm scale; cache it with "
                           f"--sites resid_post:{info.n_layers - 1},z:all,mlp_out:all.")

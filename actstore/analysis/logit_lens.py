@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models import ModelLike
+from ..sites import Site
 from ..store import ActivationStore
 
 from .common import model_for, save_result
@@ -38,11 +39,11 @@ class LogitLens:
 
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
-    hooks = [h for h in store.sites if h.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))]
-    if not hooks:
+    order = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
+    sites = [site for site in map(Site.from_hook, store.sites) if site.short in order]
+    if not sites:
         raise ConfigError(f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all.")
-    order = {"pre": 0, "mid": 1, "post": 2}
-    return sorted(hooks, key=lambda k: (int(k.split(".")[1]), order[k.rsplit("_", 1)[1]]))
+    return [site.hook for site in sorted(sites, key=lambda site: (site.layer, order[site.short or ""]))]
 
 
 def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k: int = 5,

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -23,14 +23,15 @@ import zarr
 
 from .batching import auto_batch_size, default_chunk_rows
 from ..compat import versions
-from ..corpus import Checkpoint, CorpusSpec, RowReader, count_rows, is_synthetic, iter_rows, parse_synthetic
+from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
 from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
                      StoreExistsError, StoreMismatchError)
 from .. import location
 from .lock import store_lock
-from ..models import LoadedModel, ModelLike, as_loaded, check_processes
+from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
+from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
@@ -47,34 +48,55 @@ DEFAULT_SEQ_LEN = 128
 
 @dataclass
 class CacheConfig:
-    """Options of one caching run; the CLI flags map onto these fields."""
+    """Options of one caching run; ``actstore cache``'s flags are generated from these
+    fields and their metadata (see actstore.cli.flags)."""
 
-    out: str  # the store's path
-    model: ModelLike  # hub name (gpt2 ... gpt2-xl), local folder, 'actstore-demo', or a TransformerBridge in memory
-    dataset: str | Sequence[str]  # hub name, local file(s)/glob(s), 'actstore-demo', or a list of strings
-    sites: str | Sequence[str] = "resid_post:all"
-    split: str = "train"
-    text_field: str = "text"
-    dataset_config: str | None = None  # hub dataset configuration name
-    dataset_revision: str | None = None
-    model_revision: str | None = None
-    seq_len: int | None = None  # tokens per row; None: 2 x HALF_LEN + 1 for repeated-random:HALF_LEN, else 128
-    n_rows: int | None = None  # default: the whole corpus (local sources)
-    n_tokens: int | None = None  # alternative to n_rows: ceil(n_tokens / seq_len) rows
-    packing: str = "pack"  # 'pack' (rows of concatenated documents) | 'document' (one per row, padded)
-    dtype: str | None = None  # compute dtype; None: float32 on CPU, float16 on GPU
-    storage_dtype: str | None = None  # None: float32 for float32 compute, else float16
-    batch_size: int | None = None  # rows per forward; None: fitted to the free (GPU) memory, see batching.py
-    rows_per_chunk: int | None = None  # inner chunk; default batch_size if given, else ~8 MB of the largest site
-    rows_per_shard: int | None = None  # write unit; default ~256 MB of all sites (on resume: the store's)
-    codec: str = "none"  # activations' compressor; see README for the measurements
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    check_disk: bool = True
-    durable: bool = True  # fsync each shard before marking it done
-    write_threads: int | None = None  # writer's worker threads; None: one per core, 2 to 8
-    progress: bool = True
+    out: str = field(metadata={"help": "the store to write (a folder, e.g. acts.zarr)", "positional": True})
+    model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
+        "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
+    dataset: str | Sequence[str] = field(metadata={  # or, in Python, a list of strings
+        "help": "hub dataset name, local .txt/.jsonl/.parquet/.csv files or globs, or actstore-demo", "nargs": "+",
+        "from_cli": lambda paths: paths[0] if len(paths) == 1 else paths})
+    sites: str | Sequence[str] = field(default="resid_post:all", metadata={
+        "help": "comma-separated specs: resid_post:all, z:5-7, pattern:5.1,5.5, or hook names"})
+    split: str = field(default="train", metadata={"help": "hub dataset split (default train)"})
+    text_field: str = field(default="text", metadata={"help": "the column or JSON key holding the text (default text)"})
+    dataset_config: str | None = field(default=None, metadata={
+        "help": "hub dataset configuration, e.g. wikitext-103-raw-v1"})
+    dataset_revision: str | None = field(default=None, metadata={"help": "hub dataset revision (branch, tag, commit)"})
+    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
+    seq_len: int | None = field(default=None, metadata={
+        "help": "tokens per row (default 128; 2 x HALF_LEN + 1 for repeated-random:HALF_LEN)"})
+    n_rows: int | None = field(default=None, metadata={
+        "help": "rows to cache (default: the whole local corpus)", "group": "amount"})
+    n_tokens: int | None = field(default=None, metadata={
+        "help": "tokens to cache, rounded up to whole rows (ceil(n_tokens / seq_len) rows)", "group": "amount"})
+    packing: str = field(default="pack", metadata={
+        "help": "pack: rows of concatenated documents; document: one document per row, padded, with a mask",
+        "choices": ("pack", "document")})
+    dtype: str | None = field(default=None, metadata={
+        "help": "compute dtype (default float32 on CPU, float16 on GPU)", "choices": tuple(DTYPES)})
+    storage_dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the stored activations (default float32 for float32 compute, else float16)",
+        "choices": STORAGE_DTYPES})
+    batch_size: int | None = field(default=None, metadata={  # see batching.py
+        "help": "rows per forward (default: fitted to free GPU memory; 2048 tokens per forward on CPU)"})
+    rows_per_chunk: int | None = field(default=None, metadata={
+        "help": "rows per inner chunk (default: the batch size if given, else ~8 MB of the largest site)"})
+    rows_per_shard: int | None = field(default=None, metadata={
+        "help": "rows per shard, the unit of writing (default ~256 MB of all sites; on resume: the store's)"})
+    codec: str = field(default="none", metadata={  # see README for the measurements
+        "help": "none | zstd[:L] | blosc-lz4 | blosc-zstd[:L] | blosc-zstd-bitshuffle[:L] | pcodec[:L]"})
+    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
+    resume: bool = field(default=False, metadata={
+        "help": "continue an existing store of the same run", "group": "mode"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing store", "group": "mode"})
+    check_disk: bool = field(default=True, metadata={"help": "skip the free-space check", "flag": "--no-disk-check"})
+    durable: bool = field(default=True, metadata={
+        "help": "do not fsync shards before marking them done", "flag": "--no-fsync"})
+    write_threads: int | None = field(default=None, metadata={
+        "help": "writer threads encoding and writing arrays at once (default: cores, 2-8)"})
+    progress: bool = field(default=True, metadata={"help": "no progress bar or messages", "flag": "--quiet"})
     command_line: str | None = None  # provenance; the CLI fills it in
 
     def validate(self) -> None:
@@ -137,7 +159,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
                                    config_name=cfg.dataset_config, revision=cfg.dataset_revision,
                                    seq_len=cfg.seq_len, packing=cfg.packing)
-    n_rows = _n_rows(cfg, spec, model.tokenizer)
+    scanned: list[CorpusScan] = []  # the plan's pass over the corpus, made once, by process 0
+    n_rows = procs.on_main(lambda: _n_rows(cfg, spec, model.tokenizer, scanned), "counting the corpus")
     bytes_per_row = row_bytes(shapes, storage_dtype)
     batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
                                               cfg.seq_len, n_rows, bytes_per_row)
@@ -164,7 +187,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
         if existing is None or cfg.overwrite:
             if not location.is_url(cfg.out) and os.path.isdir(cfg.out):
                 os.rmdir(cfg.out)  # an empty folder (anything else was refused above)
-            create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document")
+            create_store(cfg.out, meta, layout, shapes, storage_dtype, cfg.codec, spec.packing == "document",
+                         make_plan(spec, scanned[0] if scanned else None, layout), PLAN_FIELDS)
         if not location.is_url(cfg.out):
             n_stale = remove_partial_files(cfg.out)
             if n_stale:
@@ -197,10 +221,13 @@ def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
     return store
 
 
-def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any) -> int:
+def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[CorpusScan]) -> int:
+    """The rows to cache. A finite local corpus is read once, up to them: the pass
+    that counts them also makes the corpus plan (appended to ``scanned``)."""
     want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
     if spec.kind not in ("hub", "synthetic"):  # finite and local: count now, so a short corpus fails up front
-        available = count_rows(spec, tokenizer, limit=want)
+        scanned.append(scan(spec, tokenizer, limit=want))
+        available = scanned[0].n_rows
         if want is not None and available < want:
             raise CorpusExhaustedError(
                 f"The corpus yields only {available} rows of {cfg.seq_len} tokens, fewer than the {want} asked for; "
@@ -298,17 +325,6 @@ class _Log:
 
 # --- the run ------------------------------------------------------------------------
 
-def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Checkpoint:
-    """Where shard k's first row starts in the source, from the done rows before it."""
-    a, _ = layout.shard_rows(k)
-    if a == 0:
-        return Checkpoint()
-    if spec.packing == "document":
-        return Checkpoint(row=a, doc=a)
-    doc, pos = int(group["doc"][a - 1, -1]), int(group["doc_pos"][a - 1, -1])
-    return Checkpoint(row=a, doc=doc, item=pos + 1)
-
-
 _PENDING = 2  # shards filled and waiting for the writer; one more is being filled
 
 
@@ -331,8 +347,6 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     mine = set(procs.owned(todo))
     if not mine:
         return
-    first, last = int(todo[0]), max(mine)
-    reader = RowReader(spec, model.tokenizer, _start(group, spec, layout, first))
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
     rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
     pool = BufferPool(lambda: ShardBuffers(shapes, storage_dtype, layout.rows_per_shard, model.device), _PENDING + 1)
@@ -343,11 +357,8 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
     bar = Progress(layout, rows_before, row_mb, cfg.seq_len, group["done"] if procs.distributed else None,
                     on=cfg.progress and procs.main)
     try:
-        for k in range(first, last + 1):
+        for k, rows in read_shards(group, spec, model.tokenizer, layout, todo, mine):
             a, b = layout.shard_rows(k)
-            rows = reader.take(b - a)
-            if k not in mine:
-                continue
             bufs = pool.acquire(writer.check)
             for i in range(0, b - a, batch):
                 j = min(i + batch, b - a)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 
 from ..location import figure_path
 from ..probes import ProbeConfig, ProbeReport, fit_probes
+from ..sites import Site
 from ..store import ActivationStore
+from .flags import add_config_flags, command_line, config_from_args
 
 EXAMPLE = """examples:
   actstore probe demo.zarr --sites resid_post:all --target position
@@ -26,28 +27,10 @@ space; load one with actstore.probes.Probe.load(ActivationStore.open(STORE), HOO
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="fit a linear probe per site (logistic or ridge) and report train/test scores",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store")
-    p.add_argument("--sites", default="resid_post:all", help="specs or hook names present in the store (default resid_post:all)")
-    p.add_argument("--target", required=True, help="position | doc_pos | token | next_token | doc | FILE.npy")
-    p.add_argument("--kind", choices=("logistic", "ridge"), help="default: logistic for classes, ridge for real values")
-    p.add_argument("--test-frac", type=float, default=0.2, help="fraction of rows held out (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the row split")
-    p.add_argument("--no-standardize", action="store_true", help="fit on raw activations, not (x - mean) / std")
-    p.add_argument("--class-weight", choices=("balanced",), help="weight classes by n / (n_classes * count)")
-    p.add_argument("--max-classes", type=int, help="keep the K most frequent training classes (others unlabelled)")
-    p.add_argument("--C", type=float, default=1.0, help="logistic: inverse L2 strength, as scikit-learn (default 1)")
-    p.add_argument("--alpha", type=float, default=1.0, help="ridge: L2 strength, as scikit-learn; 0 = least squares")
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--keep-bos", action="store_true", help="also use position 0 (BOS)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-memory-gb", type=float, default=8.0, help="gather data in memory up to this, else stream")
-    p.add_argument("--num-workers", type=int, default=4, help="reader threads")
-    p.add_argument("--name", help="results/probes/NAME (default TARGET-KIND)")
-    p.add_argument("--no-save", action="store_true", help="do not write weights to the store")
+    p.add_argument("store", help="the store whose activations are probed (a folder or URL)")
+    add_config_flags(p, ProbeConfig)
     p.add_argument("--plot", help="PNG of score by layer (default: next to the store; 'none' to skip)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by hook name")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
@@ -62,7 +45,7 @@ def plot(report: ProbeReport, path: str) -> str:
     layers = sorted({r.layer if r.layer is not None else -1 for r in report.results.values()})
     kinds: dict[str, dict[int, tuple[float, float]]] = {}
     for hook, r in report.results.items():
-        kind = hook.split(".", 2)[-1] if r.layer is not None else hook
+        kind = Site.from_hook(hook).kind
         kinds.setdefault(kind, {})[r.layer if r.layer is not None else -1] = (r.train, r.test)
     ys = {}
     for kind, by_layer in kinds.items():
@@ -75,14 +58,7 @@ def plot(report: ProbeReport, path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
-    cfg = ProbeConfig(
-        sites=args.sites, target=args.target, kind=args.kind, test_frac=args.test_frac, seed=args.seed,
-        standardize=not args.no_standardize, class_weight=args.class_weight, max_classes=args.max_classes,
-        C=args.C, alpha=args.alpha, max_iter=args.max_iter, tol=args.tol, skip_bos=not args.keep_bos,
-        device=args.device, max_memory_gb=args.max_memory_gb, num_workers=args.num_workers, name=args.name,
-        save=not args.no_save, progress=not args.quiet,
-        command_line=shlex.join(["actstore", *getattr(args, "argv", [])]),
-    )
+    cfg = config_from_args(ProbeConfig, args, command_line=command_line(args))
     report = fit_probes(store, cfg)
     png = None
     if args.plot != "none":

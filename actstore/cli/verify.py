@@ -18,11 +18,11 @@ EXAMPLES = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every chunk's checksum; --repair recomputes damaged shards",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store")
+    p.add_argument("store", help="the store to check (a folder or URL)")
     p.add_argument("--repair", action="store_true", help="recompute the damaged shards with the store's own config")
     p.add_argument("--model", help="the store's model, if its recorded name no longer loads (weights are checked)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="where --repair recomputes: auto (GPU if there is one), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print the damage report as JSON")
     p.set_defaults(run=_verify)
 
 

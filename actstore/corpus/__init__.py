@@ -1,8 +1,13 @@
 """Documents -> packed rows of token ids, deterministically: local files, hub datasets,
-Python lists (rows.py) and synthetic rows such as repeated random tokens (synthetic.py)."""
+Python lists (rows.py) and synthetic rows such as repeated random tokens (synthetic.py);
+the corpus plan, each shard's start in the source, so any process seeks straight to
+its shards (plan.py)."""
 
-from .rows import DEMO_CORPUS, Checkpoint, CorpusSpec, RowBlock, RowReader, count_rows, iter_rows
+from .plan import (PLAN_FIELDS, CorpusScan, count_rows, plan_checkpoint, scan, stop_after, synthetic_plan,
+                   unknown_plan)
+from .rows import DEMO_CORPUS, Checkpoint, CorpusSpec, RowBlock, RowReader, iter_rows
 from .synthetic import RepeatedRandom, is_synthetic, ordinary_tokens, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS",
-           "RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens"]
+           "RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens",
+           "PLAN_FIELDS", "CorpusScan", "scan", "synthetic_plan", "unknown_plan", "plan_checkpoint", "stop_after"]

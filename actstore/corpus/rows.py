@@ -11,14 +11,21 @@ document r, padded with the end-of-text token; ``mask`` marks real tokens (BOS
 included); padding has doc -1 and doc_pos -1.
 
 A row's content is a pure function of (corpus, tokenizer, seq_len, row index).
-:class:`Checkpoint` names where row r starts in the source so that a resumed run
-skips to it: Python lists and local files seek by document index
-(``IterableDataset.skip`` still reads the skipped records of a streamed file or hub
-dataset, but does not tokenise them).
+:class:`Checkpoint` names where row r starts in the source so that a reader skips to
+it (plan.py computes one per shard): Python lists seek by document index, local files
+by data part (``datasets``' shard of the stream: a file) and record inside it; with no
+part known, by document index (``IterableDataset.skip`` still reads the skipped
+records of a streamed file or hub dataset, but does not tokenise them). A reader
+given ``stop`` tokenises no document from index ``stop`` on.
+
+``ACTSTORE_COUNT_DOCS=<folder>`` (test instrumentation): every process appends the
+number of documents of each tokenizer call to ``<folder>/<what>.<pid>`` (what: 'rows'
+or 'plan').
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import os
@@ -31,11 +38,12 @@ import numpy as np
 from ..errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
 from .synthetic import is_synthetic, parse_synthetic
 
-__all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS"]
+__all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "DEMO_CORPUS"]
 
 DEMO_CORPUS = "actstore-demo"
 _BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _DOC_BATCH = 256  # documents per tokenizer call
+_COUNT_DOCS = os.environ.get("ACTSTORE_COUNT_DOCS", "")
 
 
 def _looks_like_file(name: str) -> bool:
@@ -122,11 +130,15 @@ class CorpusSpec:
 @dataclass(frozen=True)
 class Checkpoint:
     """Row ``row`` starts at stream item ``item`` of document ``doc`` (pack mode;
-    item len(doc) is the document's separator). In document mode doc == row."""
+    item len(doc) is the document's separator). In document mode doc == row.
+    ``part``/``record``: the data part (local file) holding document ``doc`` and
+    its record index there; -1 where unknown (then the reader seeks by ``doc``)."""
 
     row: int = 0
     doc: int = 0
     item: int = 0
+    part: int = -1
+    record: int = -1
 
 
 @dataclass
@@ -154,11 +166,30 @@ class RowBlock:
                         cat([b.doc_pos for b in blocks]), None if masks[0] is None else cat(masks))
 
 
-def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
+def _records(spec: CorpusSpec, start: Checkpoint) -> Iterator[tuple[int, Any]]:
+    """(part, record) from document ``start.doc`` on; part -1 where parts are not
+    followed (hub datasets, or a start whose part is unknown)."""
     if spec.documents is not None:
-        for text in spec.documents[start_doc:]:
-            yield {spec.text_field: text}
+        for text in spec.documents[start.doc:]:
+            yield 0, {spec.text_field: text}
         return
+    ds = _open(spec)
+    if spec.kind in ("files", "demo") and (start.part >= 0 or start.doc == 0):
+        n = ds.num_shards  # the parts, in stream order (datasets: concatenated back, they are the stream)
+        for p in range(max(start.part, 0), n):
+            part = ds.shard(n, p) if n > 1 else ds
+            if p == start.part and start.record > 0:
+                part = part.skip(start.record)
+            for rec in part:
+                yield p, rec
+        return
+    if start.doc:
+        ds = ds.skip(start.doc)
+    for rec in ds:
+        yield -1, rec
+
+
+def _open(spec: CorpusSpec) -> Any:
     import datasets
 
     try:
@@ -169,10 +200,9 @@ def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
             builders = {_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
             if None in builders or len(builders) != 1:
                 raise CorpusError(f"Cannot read {files}: files must all be one of {', '.join(_BUILDERS)}.")
-            ds = datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
-        else:
-            ds = datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
-                                       revision=spec.revision, streaming=True)
+            return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
+        return datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
+                                     revision=spec.revision, streaming=True)
     except CorpusError:
         raise
     except Exception as e:
@@ -180,9 +210,6 @@ def _records(spec: CorpusSpec, start_doc: int) -> Iterator[Any]:
             f"Could not open dataset '{spec.source}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             "Check the hub name, --split and --dataset-config, or pass local .txt/.jsonl/.parquet files."
         ) from e
-    if start_doc:
-        ds = ds.skip(start_doc)
-    yield from ds
 
 
 def _decoded(records: Iterator[Any], spec: CorpusSpec) -> Iterator[Any]:
@@ -195,8 +222,11 @@ def _decoded(records: Iterator[Any], spec: CorpusSpec) -> Iterator[Any]:
         ) from e
 
 
-def _documents(spec: CorpusSpec, start_doc: int) -> Iterator[tuple[int, str]]:
-    for i, rec in enumerate(_decoded(_records(spec, start_doc), spec), start=start_doc):
+def _documents(spec: CorpusSpec, start: Checkpoint, stop: int | None) -> Iterator[tuple[int, int, str]]:
+    """(document index, part, text) from ``start.doc`` to ``stop`` (exclusive; None: the end)."""
+    for i, (part, rec) in enumerate(_decoded(_records(spec, start), spec), start=start.doc):
+        if stop is not None and i >= stop:
+            return
         if spec.text_field not in rec:
             raise MissingTextFieldError(
                 f"Records have no field '{spec.text_field}' (fields: {', '.join(map(str, rec))}); "
@@ -207,23 +237,28 @@ def _documents(spec: CorpusSpec, start_doc: int) -> Iterator[tuple[int, str]]:
             text = ""
         if not isinstance(text, str):
             raise CorpusError(f"Document {i}: field '{spec.text_field}' holds {type(text).__name__}, not text; pass --text-field naming a text field.")
-        yield i, text
+        yield i, part, text
 
 
-def _tokenized(spec: CorpusSpec, tokenizer: Any, start_doc: int) -> Iterator[tuple[int, list[int]]]:
-    batch: list[tuple[int, str]] = []
-    for item in _documents(spec, start_doc):
+def _tokenized(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
+               what: str = "rows") -> Iterator[tuple[int, int, list[int]]]:
+    """(document index, part, token ids), tokenised ``_DOC_BATCH`` documents at a time."""
+    batch: list[tuple[int, int, str]] = []
+    for item in _documents(spec, start, stop):
         batch.append(item)
         if len(batch) == _DOC_BATCH:
-            yield from _tokenize_batch(tokenizer, batch)
+            yield from _tokenize_batch(tokenizer, batch, what)
             batch = []
     if batch:
-        yield from _tokenize_batch(tokenizer, batch)
+        yield from _tokenize_batch(tokenizer, batch, what)
 
 
-def _tokenize_batch(tokenizer: Any, batch: list[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
-    ids = tokenizer([t for _, t in batch], add_special_tokens=False)["input_ids"]
-    yield from zip((i for i, _ in batch), ids)
+def _tokenize_batch(tokenizer: Any, batch: list[tuple[int, int, str]], what: str) -> Iterator[tuple[int, int, list[int]]]:
+    if _COUNT_DOCS:
+        with open(os.path.join(_COUNT_DOCS, f"{what}.{os.getpid()}"), "a") as f:
+            f.write(f"{len(batch)}\n")
+    ids = tokenizer([t for _, _, t in batch], add_special_tokens=False)["input_ids"]
+    yield from ((i, p, x) for (i, p, _), x in zip(batch, ids))
 
 
 def _special(tokenizer: Any) -> tuple[int, int]:
@@ -234,7 +269,7 @@ def _special(tokenizer: Any) -> tuple[int, int]:
     return int(bos), int(eos)
 
 
-def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[RowBlock]:
+def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None) -> Iterator[RowBlock]:
     bos, eos = _special(tokenizer)
     width = spec.seq_len - 1  # stream items per row after the BOS
     carry = [np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)]
@@ -257,7 +292,7 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[Row
             row += k
 
     first = True
-    for d, ids in _tokenized(spec, tokenizer, start.doc):
+    for d, _, ids in _tokenized(spec, tokenizer, start, stop):
         n = len(ids)
         if n == 0:
             first = False
@@ -274,11 +309,11 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[Row
     yield from flush(True)
 
 
-def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[RowBlock]:
+def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None) -> Iterator[RowBlock]:
     bos, eos = _special(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     L = spec.seq_len
-    for d, ids in _tokenized(spec, tokenizer, start.row):
+    for d, _, ids in _tokenized(spec, tokenizer, dataclasses.replace(start, doc=start.row), stop):
         ids = ids[: L - 1]
         n = len(ids) + 1
         tokens = np.full((1, L), pad, np.int32)
@@ -301,22 +336,24 @@ def _synthetic(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[
         yield RowBlock(r, tokens, doc, np.broadcast_to(pos, tokens.shape).copy())
 
 
-def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()) -> Iterator[RowBlock]:
-    """Blocks of consecutive rows from ``start.row`` on, until the corpus ends."""
+def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint(),
+              stop: int | None = None) -> Iterator[RowBlock]:
+    """Blocks of consecutive rows from ``start.row`` on, until the corpus ends or
+    (``stop``) before document ``stop``: only rows whose tokens all come before it."""
     if spec.kind == "synthetic":
         return _synthetic(spec, tokenizer, start)
     if spec.packing == "pack":
-        return _packed(spec, tokenizer, start)
+        return _packed(spec, tokenizer, start, stop)
     if spec.packing == "document":
-        return _per_document(spec, tokenizer, start)
+        return _per_document(spec, tokenizer, start, stop)
     raise CorpusError(f"Unknown packing '{spec.packing}'; expected 'pack' or 'document'.")
 
 
 class RowReader:
     """Hands out exact numbers of rows from :func:`iter_rows`."""
 
-    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()):
-        self._blocks = iter_rows(spec, tokenizer, start)
+    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint(), stop: int | None = None):
+        self._blocks = iter_rows(spec, tokenizer, start, stop)
         self._buf: list[RowBlock] = []
         self._n = 0
         self.next_row = start.row
@@ -336,19 +373,3 @@ class RowReader:
         self._buf, self._n = ([rest] if len(rest) else []), len(rest)
         self.next_row += n
         return out
-
-
-def count_rows(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> int:
-    """Rows the corpus yields, counting no further than ``limit``. Raises
-    EmptyCorpusError when it yields none."""
-    n = 0
-    for block in iter_rows(spec, tokenizer):
-        n += len(block)
-        if limit is not None and n >= limit:
-            return limit
-    if n == 0:
-        raise EmptyCorpusError(
-            f"The corpus '{spec.describe()['source']}' yields no rows of {spec.seq_len} tokens "
-            "(no documents, only empty ones, or fewer tokens than one row); pass a corpus with text or a smaller --seq-len."
-        )
-    return n

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CorpusError
 
-__all__ = ["RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens"]
+__all__ = ["RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens", "bos_id", "repeated_random_rows"]
 
 _RE = re.compile(r"^repeated-random:(\d+)(?::(\d+))?$")
 _BLOCK = 64  # rows per yielded block
@@ -25,6 +25,20 @@ def ordinary_tokens(tokenizer: Any) -> np.ndarray:
     repeated random rows are drawn from."""
     special = set(tokenizer.all_special_ids)
     return np.array([t for t in range(len(tokenizer)) if t not in special], dtype=np.int32)
+
+
+def bos_id(tokenizer: Any) -> int:
+    """The token that starts a row: BOS, else end-of-text (GPT-2's tokenizer has both as one)."""
+    return int(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
+
+
+def repeated_random_rows(rng: np.random.Generator, vocab: np.ndarray, bos: int, n_rows: int,
+                         half_len: int) -> np.ndarray:
+    """(n_rows, 2 * half_len + 1) of ``vocab``'s dtype: ``bos``, then half_len tokens drawn
+    uniformly from ``vocab`` with ``rng``, then the same tokens again. The one generator of
+    repeated random tokens (the synthetic corpus, the demo model's training batches)."""
+    half = vocab[rng.integers(0, len(vocab), (n_rows, half_len))]
+    return np.concatenate([np.full((n_rows, 1), bos, half.dtype), half, half], 1)
 
 
 @dataclass(frozen=True)
@@ -39,13 +53,11 @@ class RepeatedRandom:
     def rows(self, tokenizer: Any, start_row: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, tokens int32 (row, pos)) blocks from ``start_row`` on, forever."""
         vocab = ordinary_tokens(tokenizer)
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        bos = bos_id(tokenizer)
         r = start_row
         while True:
-            block = np.empty((_BLOCK, self.seq_len), np.int32)
-            for i in range(_BLOCK):
-                half = vocab[np.random.default_rng([self.seed, r + i]).integers(0, len(vocab), self.half_len)]
-                block[i] = np.concatenate([[bos], half, half])
+            block = np.concatenate([repeated_random_rows(np.random.default_rng([self.seed, r + i]), vocab, bos, 1,
+                                                         self.half_len) for i in range(_BLOCK)])
             yield r, block
             r += _BLOCK
 

@@ -33,25 +33,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..jsonl import write_records
-from ..corpus import ordinary_tokens
+from ..corpus.synthetic import bos_id, ordinary_tokens, repeated_random_rows
+from ..corpus.vocab import (DEMO_NAMES as NAMES, DEMO_OBJECTS as OBJECTS, DEMO_PLACES as PLACES, DEMO_ROLES as ROLES,
+                           DEMO_SURNAMES as SURNAMES)
 
 __all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
            "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words",
            "write_documents"]
 
-NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "James", "Anna", "David", "Laura", "Paul", "Emma", "Mark",
-         "Tom", "Kate", "Peter", "Lucy", "Jack", "Rose", "Sam", "Helen", "Mike", "Jane", "Chris", "Amy",
-         "Dan", "Lisa", "Ben", "Nina", "Adam", "Eva", "Max", "Julia", "Leo", "Clara", "Ryan", "Sophie",
-         "Luke", "Grace", "Eric", "Ruth", "Carl", "Diana", "Fred", "Irene", "Henry", "Olivia", "Oscar", "Vera",
-         "Michelle", "Steve")
-SURNAMES = ("Jones", "Smith", "Brown", "Miller", "Davis", "Wilson", "Moore", "Taylor", "Clark", "Hall",
-            "Young", "King", "Wright", "Green", "Baker", "Adams")
-OBJECTS = ("drink", "book", "ball", "ring", "key", "letter", "bag", "coin", "hat", "pen", "cake", "card",
-           "cup", "gift", "lamp", "map", "note", "phone", "shirt", "watch", "apple", "box", "flower", "basket")
-PLACES = ("store", "park", "school", "office", "garden", "station", "library", "market", "beach", "museum",
-          "cafe", "river", "zoo", "bank", "farm", "hotel")
-ROLES = ("student", "teacher", "doctor", "player", "writer", "cook", "pilot", "singer")
 
 # IOI-style sentences are an opener (both names), a link and an action (the subject again,
 # then "to"); {a} is the indirect object (the answer), {b} the subject. A fifth of the
@@ -210,9 +200,7 @@ def text_rows(tokenizer: Any, n_rows: int, seq_len: int = 128, seed: int = 0) ->
 def repeated_batch(tokenizer: Any, rng: np.random.Generator, n_rows: int, half_len: int) -> np.ndarray:
     """int64 (row, 2 * half_len + 1): BOS, half_len uniformly random non-special tokens,
     the same again; the rows of ``--dataset repeated-random``, drawn from ``rng``."""
-    vocab = ordinary_tokens(tokenizer).astype(np.int64)
-    x = vocab[rng.integers(0, len(vocab), (n_rows, half_len))]
-    return np.concatenate([np.full((n_rows, 1), tokenizer.bos_token_id), x, x], 1)
+    return repeated_random_rows(rng, ordinary_tokens(tokenizer).astype(np.int64), bos_id(tokenizer), n_rows, half_len)
 
 
 def write_documents(path: str, n: int, seed: int) -> None:

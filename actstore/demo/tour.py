@@ -26,6 +26,7 @@ from .. import resources
 from . import data as demo_data
 from ..errors import ActStoreError
 from ..jsonl import write_records
+from ..sites import layer_of
 
 __all__ = ["TourResult", "run_tour", "register"]
 
@@ -90,7 +91,7 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     store = ActivationStore.open(main_store)
     for hook in store.sites:
         scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
-        res.probe_accuracy[int(hook.split(".")[1])] = float(scores["test"])
+        res.probe_accuracy[layer_of(hook)] = float(scores["test"])
     res.figures.append(probe_png)
 
     # 3. induction heads on repeated random tokens

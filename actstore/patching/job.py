@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
-from ..models import ModelLike, as_loaded, check_processes
+from ..models import DTYPES, ModelLike, as_loaded, check_processes
 from ..parallel import group_for
 from ..store import ActivationStore, ResultWriter, is_store
 from . import attribution, sweeps as patching, table, tasks
@@ -56,29 +56,45 @@ METHODS = ("exact", "attribution", "both")
 
 @dataclass(frozen=True)
 class PatchJobConfig:
-    """One `actstore patch` run; the CLI flags map onto these fields."""
+    """One `actstore patch` run; its flags are generated from these fields and their
+    metadata (see actstore.cli.flags)."""
 
-    model: ModelLike  # hub name, local folder, actstore-demo, or a TransformerBridge in memory
-    pairs: str | None = None  # JSON lines: clean, corrupted, answer, wrong (or task)
-    sweep: str = "resid_pre"  # a key of SWEEPS
-    store: str | None = None  # clean activations read from this store (cached into it first if missing)
-    out: str | None = None  # results group; default: the store's results/, else <pairs>.patch.zarr
-    metric: str = "normalised"  # what the heatmap shows: 'normalised' (0 corrupted, 1 clean) or 'logit_diff'
-    figure: str | None = None  # heatmap path; default next to the results, <out>.<sweep>.png
-    batch_pairs: int = 16  # pairs per sweep call (the batch dimension of each patched forward)
-    memory_budget: int | None = None  # bytes per batched forward; None: actstore.patching's default
-    dtype: str | None = None
-    device: str = "auto"
-    model_revision: str | None = None
-    overwrite: bool = False  # replace this sweep's results if the group already holds them
-    progress: bool = True
+    model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
+        "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
+    pairs: str | None = field(default=None, metadata={"help": "JSON lines: clean, corrupted, answer, wrong (or --task)"})
+    sweep: str = field(default="resid_pre", metadata={  # a key of SWEEPS
+        "help": "what to patch (default resid_pre): a sweep of transformer_lens.patching, listed below",
+        "choices": tuple(SWEEPS), "metavar": "SWEEP"})
+    store: str | None = field(default=None, metadata={
+        "help": "read the clean activations from this store (cached from the clean prompts first if it does not exist)"})
+    out: str | None = field(default=None, metadata={
+        "help": "results Zarr group (default: the store's results/, else PAIRS.patch.zarr)"})
+    metric: str = field(default="normalised", metadata={  # 'normalised': 0 corrupted, 1 clean
+        "help": "what the heatmap shows (both are saved)", "choices": ("normalised", "logit_diff")})
+    figure: str | None = field(default=None, metadata={
+        "help": "heatmap PNG path (default: next to the results, OUT.SWEEP.png)"})
+    batch_pairs: int = field(default=16, metadata={"help": "pairs per sweep call"})  # the batch of each forward
+    memory_budget: int | None = field(default=None, metadata={  # bytes; None: actstore.patching's default
+        "help": "activation memory of one batched forward, MB", "flag": "--memory-budget-mb",
+        "from_cli": lambda mb: mb * 2**20})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)",
+                                                      "choices": tuple(DTYPES)})
+    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
+    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace this sweep's results in an existing group"})
+    progress: bool = field(default=True, metadata={"help": "no progress bars or messages", "flag": "--quiet"})
     command_line: str = ""
-    method: str = "exact"  # exact, attribution or both
-    task: str | None = None  # a task of actstore.tasks.TASKS instead of pairs
-    n_pairs: int | None = None  # pairs to generate (default 16; factual: every fact)
-    seed: int = 0
-    facts: str | None = None  # the factual task's JSON-lines file
-    write_pairs: str | None = None  # save the generated pairs here (pairs-file format)
+    method: str = field(default="exact", metadata={
+        "help": "exact (activation patching, default), attribution (gradient estimate: one forward + backward per "
+                "batch) or both (stored side by side, with their Pearson correlation and a scatter plot)"})
+    task: str | None = field(default=None, metadata={
+        "help": f"generate the pairs of a standard task instead: {', '.join(tasks.TASKS)}"})
+    n_pairs: int | None = field(default=None, metadata={"help": "pairs to generate (default 16; factual: every fact)"})
+    seed: int = field(default=0, metadata={"help": "the generated pairs are a function of the seed (default 0)"})
+    facts: str | None = field(default=None, metadata={
+        "help": '--task factual: JSON lines of facts {"prompt", "answer"[, "corrupted_prompt", "wrong"]}'})
+    write_pairs: str | None = field(default=None, metadata={
+        "help": "also save the generated pairs to FILE (the --pairs format)", "metavar": "FILE"})
 
 
 @dataclass

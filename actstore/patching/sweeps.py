@@ -101,27 +101,14 @@ SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional
                        "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _generic_patch(
-    runner: SweepRunner,
-    model: Any,
-    corrupted_tokens: Int[torch.Tensor, "batch pos"],
-    clean_cache: Any,
-    patching_metric: Union[MetricFn, Mapping[str, MetricFn]],
-    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
-    activation_name: str,
-    index_axis_names: Optional[Sequence[str]] = None,
-    index_df: Optional[pd.DataFrame] = None,
-    return_index_df: bool = False,
-    *,
-    reduce: str = "scalar",
-    baseline: bool = False,
-    clean_rows: Union[Sequence[int], slice, None] = None,
-    memory_budget: Optional[int] = None,
-    progress: bool = True,
-) -> Any:
-    """generic_activation_patch's signature (after ``runner``), checks, patch indices and
-    result shaping around ``runner``, which computes the values of every index; the one
-    definition behind generic_activation_patch and generic_attribution_patch."""
+def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
+                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
+                   index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
+                   return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
+                   clean_rows: Any = None, memory_budget: Optional[int] = None, progress: bool = True) -> Any:
+    """generic_activation_patch's checks, patch indices and result shaping around
+    ``runner``, which computes the values of every index; the one body behind
+    generic_activation_patch and generic_attribution_patch."""
     if reduce not in _REDUCE_MODES:
         raise ConfigError(f"reduce must be one of {_REDUCE_MODES}, got {reduce!r}")
     if isinstance(patching_metric, Mapping):
@@ -186,16 +173,14 @@ def _generic_patch(
     )
 
 
-_COMMON = list(inspect.signature(_generic_patch).parameters.values())[1:]
-
-
 def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Make ``fn(*args, <its own keyword-only options>, **kwargs)``, which passes ``args``
-    and ``kwargs`` on to :func:`_generic_patch`, present _generic_patch's signature (less
-    the runner) plus its own options, and check every call against it (a TypeError naming
+    and ``kwargs`` on to :func:`_generic_patch`, present generic_activation_patch's
+    signature (less kv_prefix) plus its own options, and check every call against it (a TypeError naming
     ``fn`` and the argument, as a plain def gives)."""
+    common = [p for p in inspect.signature(generic_activation_patch).parameters.values() if p.name != "kv_prefix"]
     own = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    sig = inspect.Signature(_COMMON + own, return_annotation="Any")
+    sig = inspect.Signature(common + own, return_annotation="Any")
 
     @wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -209,8 +194,24 @@ def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
-@generic_signature
-def generic_activation_patch(*args: Any, kv_prefix: bool = True, **kwargs: Any) -> Any:
+def generic_activation_patch(
+    model: Any,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean_cache: Any,
+    patching_metric: Union[MetricFn, Mapping[str, MetricFn]],
+    patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
+    activation_name: str,
+    index_axis_names: Optional[Sequence[str]] = None,
+    index_df: Optional[pd.DataFrame] = None,
+    return_index_df: bool = False,
+    *,
+    reduce: str = "scalar",
+    baseline: bool = False,
+    clean_rows: Union[Sequence[int], slice, None] = None,
+    memory_budget: Optional[int] = None,
+    progress: bool = True,
+    kv_prefix: bool = True,
+) -> Any:
     """``transformer_lens.patching.generic_activation_patch``, vectorised: the same
     arguments, return values and errors (``ValueError``s are :class:`ConfigError`).
 
@@ -221,16 +222,19 @@ def generic_activation_patch(*args: Any, kv_prefix: bool = True, **kwargs: Any) 
             hook name -> (batch, ...) tensor), or an ActivationStore with ``clean_rows``.
         patching_metric: logits -> scalar (or (batch,) under reduce 'mean'/'none'), a
             batched metric, or a mapping of names to either.
-        patch_setter, activation_name, index_axis_names, index_df, return_index_df,
-        reduce, baseline: as in transformer_lens.patching.
-        clean_rows, memory_budget, progress, kv_prefix: see the module docstring.
+        patch_setter: as in transformer_lens.patching; so are activation_name,
+            index_axis_names, index_df, return_index_df, reduce and baseline.
+        clean_rows: see the module docstring; so are memory_budget, progress and kv_prefix.
 
     Returns:
         A tensor with one axis per index axis (flat, one value per ``index_df`` row, when
         ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
         ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
     """
-    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), *args, **kwargs)
+    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
+                          patching_metric, patch_setter, activation_name, index_axis_names, index_df,
+                          return_index_df, reduce=reduce, baseline=baseline, clean_rows=clean_rows,
+                          memory_budget=memory_budget, progress=progress)
 
 
 # --- the named sweeps: rows of actstore.patching.table -------------------------------------

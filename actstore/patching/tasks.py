@@ -34,6 +34,7 @@ import os
 import random
 from typing import Any, Optional, Sequence
 
+from ..corpus.vocab import GREATER_THAN_NOUNS, IOI_NAMES as NAMES, IOI_OBJECTS as OBJECTS, IOI_PLACES as PLACES, SURNAMES
 from ..errors import ConfigError
 from ..jsonl import write_records
 from .facts import FACTS_FORMAT, factual_pairs
@@ -43,7 +44,7 @@ __all__ = ["PromptPair", "TASKS", "make_pairs", "ioi_pairs", "repeated_name_pair
            "factual_pairs", "write_pairs", "single_token_words", "IOI_TEMPLATES", "NAMES", "FACTS_FORMAT"]
 
 
-# --- word lists --------------------------------------------------------------------------------
+# --- templates (the word lists are in actstore.corpus.vocab) --------------------------------------
 
 #: Wang et al. 2022, Fig. 14, in the BABA order ([B] = subject S, [A] = indirect object IO);
 #: the final " [A]" is the answer, not part of the prompt. ABBA swaps the first [B] and [A].
@@ -64,50 +65,11 @@ IOI_TEMPLATES = (
     "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
     "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
 )
-#: the first names of the IOI authors' code (99)
-NAMES = (
-    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel", "David",
-    "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah", "William",
-    "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric", "Elizabeth", "Adam",
-    "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle", "Rachel", "Laura", "Lauren",
-    "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy", "Crystal", "Michelle", "Tiffany",
-    "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca", "Jacob", "Stephen", "Patrick", "Sean",
-    "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin", "Paul", "Angela", "Tyler", "Scott",
-    "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa", "Kenneth", "Bryan", "Lindsey", "Kristen",
-    "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon", "Vanessa", "Courtney", "Christine", "Alicia",
-    "Cody", "Allison", "Bradley", "Samuel",
-)
-PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
-OBJECTS = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
-SURNAMES = (
-    "Smith", "Jones", "Brown", "Johnson", "Williams", "Miller", "Taylor", "Wilson", "Davis", "White", "Clark",
-    "Hall", "Thomas", "Thompson", "Moore", "Hill", "Walker", "Anderson", "Wright", "Martin", "Wood", "Allen",
-    "Robinson", "Lewis", "Scott", "Young", "Jackson", "Adams", "Baker", "Harris", "Lee", "King", "Green", "Evans",
-    "Turner", "Cooper", "Hughes", "Ward", "Morris", "Edwards", "Collins", "Stewart", "Morgan", "Bell", "Murphy",
-    "Bailey", "Cook", "Rogers", "Parker", "Carter", "Phillips", "Mitchell", "Campbell", "Roberts", "Nelson",
-)
 REPEATED_NAME_TEMPLATES = (
     "{first} {last} was a top-notch student. {first}",
     "{first} {last} is a talented painter. {first}",
     "{first} {last} went to the market yesterday. {first}",
     "Yesterday {first} {last} won the race. {first}",
-)
-#: nouns of Hanna et al. 2023 (those that are one GPT-2 token are used)
-GREATER_THAN_NOUNS = (
-    "abduction", "accord", "affair", "agreement", "appraisal", "assaults", "assessment", "attack", "attempts",
-    "campaign", "captivity", "case", "challenge", "chaos", "clash", "collaboration", "coma", "competition",
-    "confrontation", "consequence", "conspiracy", "construction", "consultation", "contact", "contract",
-    "convention", "cooperation", "custody", "deal", "decline", "decrease", "demonstrations", "development",
-    "disagreement", "disorder", "dispute", "domination", "dynasty", "effect", "effort", "employment", "endeavor",
-    "engagement", "epidemic", "evaluation", "exchange", "existence", "expansion", "expedition", "experiments",
-    "fall", "fame", "flights", "friendship", "growth", "hardship", "hostility", "illness", "impact",
-    "imprisonment", "improvement", "incarceration", "increase", "insurgency", "invasion", "investigation",
-    "journey", "kingdom", "marriage", "modernization", "negotiations", "notoriety", "obstruction", "operation",
-    "order", "outbreak", "outcome", "overhaul", "patrols", "pilgrimage", "plague", "plan", "practice", "process",
-    "program", "progress", "project", "pursuit", "quest", "raids", "reforms", "reign", "relationship",
-    "retaliation", "riot", "rise", "rivalry", "romance", "rule", "sanctions", "shift", "siege", "slump",
-    "stature", "stint", "strikes", "study", "test", "testing", "tests", "therapy", "tour", "tradition", "treaty",
-    "trial", "trip", "unemployment", "voyage", "war", "warfare", "work",
 )
 GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to the year {century}"
 

@@ -16,27 +16,34 @@ KINDS = ("logistic", "ridge")
 
 @dataclass
 class ProbeConfig:
-    """Options of one probe run; the CLI flags map onto these fields."""
+    """Options of one probe run; ``actstore probe``'s flags are generated from these fields
+    and their metadata (see actstore.cli.flags)."""
 
-    sites: str | Sequence[str] = "resid_post:all"  # specs resolved against the store's hooks
-    target: Any = "position"  # built-in name, .npy path, or (row, pos) array; see labels.py
-    kind: str | None = None  # 'logistic' | 'ridge'; None: logistic for classes, ridge for real values
-    test_frac: float = 0.2  # fraction of rows held out
-    seed: int = 0  # the split's seed
-    standardize: bool = True  # (x - mean) / std from the store's stats before fitting
-    class_weight: str | None = None  # None | 'balanced' (scikit-learn's n / (n_classes * count))
-    max_classes: int | None = None  # keep the most frequent training classes; others are not labels
-    C: float = 1.0  # logistic: inverse L2 strength, as scikit-learn's C
-    alpha: float = 1.0  # ridge: L2 strength, as scikit-learn's alpha; 0 = least squares
-    max_iter: int = 100  # L-BFGS iterations (scikit-learn's default)
-    tol: float = 1e-4  # stop when max |gradient| <= tol (scikit-learn's default)
-    skip_bos: bool = True  # pos 0 of every row is BOS
-    device: str = "auto"
-    max_memory_gb: float = 8.0  # gather data in memory up to this; stream the store beyond it
-    num_workers: int = 4  # reader threads
-    name: str | None = None  # results/probes/<name>/...; default: '<target>-<kind>'
-    save: bool = True
-    progress: bool = True
+    sites: str | Sequence[str] = field(default="resid_post:all", metadata={  # resolved against the store's hooks
+        "help": "specs or hook names present in the store (default resid_post:all)"})
+    target: Any = field(default="position", metadata={  # or, in Python, a (row, pos) array; see labels.py
+        "help": "position | doc_pos | token | next_token | doc | FILE.npy", "required": True})
+    kind: str | None = field(default=None, metadata={
+        "help": "default: logistic for classes, ridge for real values", "choices": KINDS})
+    test_frac: float = field(default=0.2, metadata={"help": "fraction of rows held out (default 0.2)"})
+    seed: int = field(default=0, metadata={"help": "seed of the row split"})
+    standardize: bool = field(default=True, metadata={  # (x - mean) / std from the store's stats
+        "help": "fit on raw activations, not (x - mean) / std", "flag": "--no-standardize"})
+    class_weight: str | None = field(default=None, metadata={
+        "help": "weight classes by n / (n_classes * count)", "choices": ("balanced",)})
+    max_classes: int | None = field(default=None, metadata={
+        "help": "keep the K most frequent training classes (others unlabelled)"})
+    C: float = field(default=1.0, metadata={"help": "logistic: inverse L2 strength, as scikit-learn (default 1)"})
+    alpha: float = field(default=1.0, metadata={"help": "ridge: L2 strength, as scikit-learn; 0 = least squares"})
+    max_iter: int = field(default=100, metadata={"help": "L-BFGS iterations (default 100, scikit-learn's)"})
+    tol: float = field(default=1e-4, metadata={"help": "stop when max |gradient| <= tol (default 1e-4, scikit-learn's)"})
+    skip_bos: bool = field(default=True, metadata={"help": "also use position 0 (BOS)", "flag": "--keep-bos"})
+    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
+    max_memory_gb: float = field(default=8.0, metadata={"help": "gather data in memory up to this, else stream"})
+    num_workers: int = field(default=4, metadata={"help": "reader threads"})
+    name: str | None = field(default=None, metadata={"help": "results/probes/NAME (default TARGET-KIND)"})
+    save: bool = field(default=True, metadata={"help": "do not write weights to the store", "flag": "--no-save"})
+    progress: bool = field(default=True, metadata={"help": "no progress bars", "flag": "--quiet"})
     command_line: str | None = None  # provenance; the CLI fills it in
 
     def validate(self) -> None:

@@ -139,8 +139,11 @@ def _checked(compressors: list[Any] | None) -> list[Any]:
 
 
 def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[str, SiteShape],
-                 storage_dtype: str, codec: str, mask: bool) -> zarr.Group:
-    """Create every array of an empty store. ``path`` must not exist."""
+                 storage_dtype: str, codec: str, mask: bool, plan: np.ndarray | None = None,
+                 plan_fields: Sequence[str] = ()) -> zarr.Group:
+    """Create every array of an empty store. ``path`` must not exist. ``plan``: the
+    corpus plan, int64 (boundary, field), boundary k = shard k's start, the last one
+    the end of the last row (see corpus/plan.py); -1 where unknown."""
     root = zarr.open_group(path, mode="w-")
     n, L, rpc, rps = layout.n_rows, layout.seq_len, layout.rows_per_chunk, layout.rows_per_shard
     index_codec = [ZstdCodec(level=3)]
@@ -164,6 +167,11 @@ def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[s
         partials.attrs["columns"] = columns
     root.create_array("done", shape=(layout.n_shards,), chunks=(1,), dtype="bool", fill_value=False,
                       dimension_names=("shard",), compressors=_checked(None), config={"write_empty_chunks": True})
+    if plan is not None:
+        arr = root.create_array("plan", shape=plan.shape, chunks=plan.shape, dtype="int64",
+                                dimension_names=("boundary", "field"), fill_value=-1, compressors=_checked(None))
+        arr[...] = plan
+        arr.attrs["fields"] = list(plan_fields)
     root.attrs["actstore"] = meta.to_dict()
     return root
 

@@ -45,8 +45,8 @@ def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
-def _torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+def _torchrun(args: list[str], nproc: int = 2, **env: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                  "--master-port", str(_free_port()), "-m", "actstore", *args], **env)
 
 
@@ -121,6 +121,31 @@ def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_mode
     assert r.returncode == 0, r.stderr[-3000:]
     assert store_files(out) == store_files(reference)
     assert np.asarray(actstore.ActivationStore.open(out).done).all()
+
+
+def test_four_processes_each_tokenise_a_quarter_of_the_corpus(tmp_path, tiny_model, corpus_file, reference):
+    """4 processes, 4 shards: process 0 tokenises the corpus once to plan it (the pass
+    that counts its rows), then each process tokenises only its own shard's documents."""
+    import zarr
+
+    from actstore.corpus import plan_checkpoint, stop_after
+
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    out = tmp_path / "four.zarr"
+    r = _torchrun(_args(out, tiny_model, corpus_file), nproc=4, ACTSTORE_COUNT_DOCS=str(counts))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert store_files(out) == store_files(reference)
+    tokenised = {f.name: sum(map(int, f.read_text().split())) for f in counts.iterdir()}
+    per_rank = sorted(n for name, n in tokenised.items() if name.startswith("rows."))
+    plans = [n for name, n in tokenised.items() if name.startswith("plan.")]
+    plan = np.asarray(zarr.open_group(str(out), mode="r")["plan"][...])
+    used = stop_after(plan_checkpoint(plan, 4))  # the documents the 30 rows come from
+    own = sorted(stop_after(plan_checkpoint(plan, k + 1)) - plan_checkpoint(plan, k).doc for k in range(4))
+    print("documents tokenised per process:", per_rank, "plan:", plans, "of", used)
+    assert plans == [60] and used < 60  # once, by one process (a tokenizer call takes the whole small corpus)
+    assert len(per_rank) == 4 and per_rank == own
+    assert max(per_rank) <= used / 4 + 4 and sum(per_rank) <= used + 3  # not ~2.5x the corpus, as before the plan
 
 
 def test_single_process_group_gathers_its_own_part():

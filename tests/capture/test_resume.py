@@ -118,3 +118,69 @@ def test_resume_refuses_another_model(tmp_path, tiny_model, corpus_file, referen
     with pytest.raises(StoreMismatchError, match=r"model.fingerprint"):
         resume(out, str(other), corpus_file)
     assert store_files(out) == before
+
+
+def _undo(out, shards):
+    import zarr
+
+    done = zarr.open_group(str(out), mode="r+")["done"]
+    for k in shards:
+        done[k] = False
+
+
+def test_resume_seeks_to_the_planned_shard_and_tokenises_only_its_documents(tmp_path, tiny_model, corpus_file,
+                                                                             reference, monkeypatch):
+    import shutil
+
+    import numpy as np
+    import zarr
+
+    from actstore.corpus import PLAN_FIELDS, plan_checkpoint, rows, stop_after
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    plan = zarr.open_group(str(out), mode="r")["plan"]
+    assert plan.attrs["fields"] == list(PLAN_FIELDS) and plan.metadata.dimension_names == ("boundary", "field")
+    assert plan.shape == (5, len(PLAN_FIELDS))  # 4 shards' starts, then the end of row 29
+    _undo(out, [2])
+    (tmp_path / "counts").mkdir()
+    monkeypatch.setattr(rows, "_COUNT_DOCS", str(tmp_path / "counts"))
+    resume(out, tiny_model, corpus_file)
+    assert_same_store(out, reference)
+    counts = {f.name.split(".")[0]: sum(map(int, f.read_text().split())) for f in (tmp_path / "counts").iterdir()}
+    p = np.asarray(plan[...])
+    assert counts["rows"] == stop_after(plan_checkpoint(p, 3)) - plan_checkpoint(p, 2).doc < 20
+    assert counts["plan"] <= 60  # the count of the corpus (once; the store's plan is kept)
+
+
+def test_a_store_without_a_plan_resumes_by_the_sequential_read(tmp_path, tiny_model, corpus_file, reference):
+    """Stores written before the plan existed: the rows done before the first shard to
+    do say where it starts, and the reader goes on from there."""
+    import shutil
+
+    out = tmp_path / "old.zarr"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "plan")
+    _undo(out, [1, 3])
+    resume(out, tiny_model, corpus_file)
+    want = {k: v for k, v in store_files(reference).items() if not k.startswith("plan/")}
+    assert store_files(out) == want
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "missing"])
+def test_a_damaged_plan_falls_back_to_the_sequential_read(tmp_path, tiny_model, corpus_file, reference, damage):
+    import shutil
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    obj = out / "plan" / "c" / "0" / "0"
+    if damage == "missing":
+        obj.unlink()
+    else:
+        data = bytearray(obj.read_bytes())
+        data[8] ^= 0xFF
+        obj.write_bytes(bytes(data))
+    _undo(out, [1, 3])
+    resume(out, tiny_model, corpus_file)
+    got, want = store_files(out), store_files(reference)
+    assert {k: v for k, v in got.items() if k != "plan/c/0/0"} == {k: v for k, v in want.items() if k != "plan/c/0/0"}

@@ -165,6 +165,8 @@ def test_hub_dataset_needs_a_length(fake_hub, tiny_model, tmp_path):
     s = actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset="someorg/some-corpus", seq_len=16,
                        sites="resid_post:0", n_rows=5, progress=False)
     assert s.is_complete and s.metadata["corpus"]["kind"] == "hub" and s.metadata["corpus"]["source"] == "someorg/some-corpus"
+    plan = np.asarray(s.group["plan"][...])  # a streamed source is not scanned: only row 0's start is known
+    assert plan[0].tolist() == [0, 0, 0, -1, -1] and (plan[1:, 1:] == -1).all()
 
 
 def test_file_lists_are_files_even_when_one_is_missing(tmp_path):

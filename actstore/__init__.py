@@ -20,10 +20,10 @@ from .patching import attribution, tasks
 from .patching.tasks import PromptPair, make_pairs
 from .sites import Site, parse_sites
 from .stats import Moments
-from .store import ActivationStore
+from .store import ActivationStore, StoreMeta
 from .store import open_store as open  # noqa: A004  (actstore.open(path), as zarr.open)
 
 __version__ = "0.1.0"
 __all__ = ["cache", "open", "CacheConfig", "ActivationStore", "CorpusSpec", "Site", "parse_sites", "load_model",
-           "ModelInfo", "Moments", "PromptPair", "make_pairs", "patching", "attribution", "tasks", "probes",
+           "ModelInfo", "StoreMeta", "Moments", "PromptPair", "make_pairs", "patching", "attribution", "tasks", "probes",
            "analysis", "__version__", *_errors_all]

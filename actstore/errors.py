@@ -15,6 +15,8 @@ __all__ = [
     "StoreExistsError",
     "StoreMismatchError",
     "StoreNotFoundError",
+    "StoreFormatError",
+    "ResultExistsError",
     "InsufficientDiskError",
     "WriterError",
     "RowsNotDoneError",
@@ -74,6 +76,15 @@ class StoreMismatchError(ActStoreError, ValueError):
 
 class StoreNotFoundError(ActStoreError, FileNotFoundError):
     """No actstore store at the path."""
+
+
+class StoreFormatError(ActStoreError, ValueError):
+    """A store this actstore cannot read: a later format version, or metadata that
+    lacks what its version requires."""
+
+
+class ResultExistsError(StoreExistsError):
+    """A job result is already there and replacing it was not asked."""
 
 
 class InsufficientDiskError(ActStoreError, OSError):

@@ -54,6 +54,13 @@ class ModelInfo:
             d["hooks"] = list(hooks)
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelInfo":
+        """The inverse of :meth:`to_dict` (a store's metadata["model"])."""
+        d = dict(d)
+        in_memory = d.pop("source", None) == "in-memory"
+        return cls(**{**d, "hooks": tuple(d.get("hooks", ()))}, in_memory=in_memory)
+
     def as_argument(self) -> str:
         """How the model was given, for a command-line record."""
         return f"<in-memory model {self.name}>" if self.in_memory else self.name

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import LoadedModel, ModelLike, as_loaded, check_identity
-from ..store import ActivationStore
+from ..store import ActivationStore, ResultWriter, SiteMeta
 
 
 __all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
@@ -40,20 +40,22 @@ def single_token(tokenizer: Any, text: str) -> int:
     return int(ids[0])
 
 
-def sites_with(store: ActivationStore, suffix: str) -> list[dict[str, Any]]:
-    return [s for s in store.metadata["sites"] if s["hook"].startswith("blocks.") and s["hook"].endswith(suffix)]
+def sites_with(store: ActivationStore, suffix: str) -> list[SiteMeta]:
+    return [s for s in store.meta.sites if s.hook.startswith("blocks.") and s.hook.endswith(suffix)]
 
 
 def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
           attrs: dict[str, Any]) -> list[str]:
-    """Write each array to results/analysis/<name>/<key> with its dimension names."""
-    for key, (data, dims) in arrays.items():
-        store.save_result(f"analysis/{name}/{key}", np.asarray(data), dims, attrs)
+    """Write each array to results/analysis/<name>/<key> with its dimension names; a
+    rerun of the analysis replaces its earlier result whole."""
+    with ResultWriter.for_store(store, f"analysis/{name}", replace=True) as out:
+        for key, (data, dims) in arrays.items():
+            out.write(key, data, dims, attrs)
     return [f"results/analysis/{name}/{key}" for key in arrays]
 
 
 def layer_head_grid(store: ActivationStore) -> np.ndarray:
-    m = store.metadata["model"]
-    return np.full((m["n_layers"], m["n_heads"]), np.nan)
+    m = store.meta.model
+    return np.full((m.n_layers, m.n_heads), np.nan)
 
 

@@ -69,9 +69,9 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
             return ((c - c.mean(-1, keepdims=True)) / scale) @ direction
 
         for s in z_sites:
-            z = store.acts(s["hook"], rows=r)[p].astype(np.float64)  # (head, d_head)
-            hs = s["heads"] if s["heads"] is not None else list(range(info.n_heads))
-            heads[i, s["layer"], hs] = project(np.einsum("hd,hdm->hm", z, W_O[s["layer"], hs]))
+            z = store.acts(s.hook, rows=r)[p].astype(np.float64)  # (head, d_head)
+            hs = s.heads if s.heads is not None else list(range(info.n_heads))
+            heads[i, s.layer, hs] = project(np.einsum("hd,hdm->hm", z, W_O[s.layer, hs]))
         for s in mlp_sites:
-            mlp[i, s["layer"]] = project(store.acts(s["hook"], rows=r)[p].astype(np.float64))
+            mlp[i, s.layer] = project(store.acts(s.hook, rows=r)[p].astype(np.float64))
     return DirectLogitAttribution(heads, mlp, list(rows), positions, target, wrong)

@@ -46,9 +46,9 @@ class InductionScores:
 def _half_len(store: ActivationStore, half_len: int | None) -> int:
     if half_len is not None:
         return half_len
-    corpus = store.metadata["corpus"]
-    if corpus["kind"] == "synthetic":
-        return parse_synthetic(corpus["source"], corpus["seq_len"]).half_len
+    corpus = store.meta.corpus
+    if corpus.kind == "synthetic":
+        return parse_synthetic(corpus.source, corpus.seq_len).half_len
     raise ConfigError(f"Store '{store.path}' was not made from repeated random tokens; cache one with "
                       "--dataset repeated-random:HALF_LEN, or pass --half-len for a store of repeated sequences.")
 
@@ -70,16 +70,16 @@ def induction_scores(store: ActivationStore, rows: slice = slice(None), half_len
     bar = tqdm(total=(b - a) * len(sites), unit="row", desc="induction", disable=not progress)
     for site in sites:
         sums = {name: 0.0 for name in scores}
-        for sl, block in store.iter_blocks([site["hook"]], slice(a, b)):
-            p = block[site["hook"]].astype(np.float64)  # (row, head, query_pos, key_pos)
+        for sl, block in store.iter_blocks([site.hook], slice(a, b)):
+            p = block[site.hook].astype(np.float64)  # (row, head, query_pos, key_pos)
             sums["induction"] = sums["induction"] + p[:, :, q2, q2 - h + 1].sum(axis=(0, 2))
             sums["duplicate"] = sums["duplicate"] + p[:, :, q2, q2 - h].sum(axis=(0, 2))
             sums["prev_token"] = sums["prev_token"] + p[:, :, q1, q1 - 1].sum(axis=(0, 2))
             bar.update(sl.stop - sl.start)
-        heads = site["heads"] if site["heads"] is not None else list(range(scores["induction"].shape[1]))
+        heads = site.heads if site.heads is not None else list(range(scores["induction"].shape[1]))
         n = {"induction": len(q2), "duplicate": len(q2), "prev_token": len(q1)}
         for name in scores:
-            scores[name][site["layer"], heads] = sums[name] / ((b - a) * n[name])
+            scores[name][site.layer, heads] = sums[name] / ((b - a) * n[name])
     bar.close()
     loss = None
     if "loss" in store.sites:

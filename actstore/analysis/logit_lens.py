@@ -40,7 +40,7 @@ class LogitLens:
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
     order = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
-    sites = [site for site in map(Site.from_hook, (s["hook"] for s in store.metadata["sites"])) if site.short in order]
+    sites = [site for site in map(Site.from_hook, store.sites) if site.short in order]
     if not sites:
         raise ConfigError(f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all.")
     return [site.hook for site in sorted(sites, key=lambda site: (site.layer, order[site.short or ""]))]

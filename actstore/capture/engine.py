@@ -28,14 +28,14 @@ from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, Insuf
                      StoreExistsError, StoreMismatchError)
 from .. import location
 from .lock import store_lock
-from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_identity, check_processes
+from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
 from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
-from ..store import ActivationStore
+from ..store import ActivationStore, StoreMeta
 from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, is_store, parse_codec,
                             plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
@@ -165,7 +165,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
                                               cfg.seq_len, n_rows, bytes_per_row)
     layout = _layout(cfg, existing, n_rows, bytes_per_row, batch, default_chunk_rows(shapes, storage_dtype, n_rows))
-    meta = _metadata(cfg, model, spec, layout, sites, shapes, storage_dtype)
+    meta = StoreMeta.from_dict(_metadata(cfg, model, spec, layout, sites, shapes, storage_dtype), cfg.out)
     if existing is not None and cfg.resume:
         _check_same_run(existing, meta)
 
@@ -285,15 +285,8 @@ def _config_repr(cfg: CacheConfig, model: str) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)
 
 
-_IDENTITY = ("format_version", "corpus", "layout", "sites", "storage_dtype", "codec")
-
-
-def _check_same_run(existing: ActivationStore, meta: Mapping[str, Any]) -> None:
-    old = existing.metadata
-    diffs = check_identity(old["model"], meta["model"], also=("hooks",))
-    for key in _IDENTITY:
-        if old.get(key) != meta.get(key):
-            diffs.append(f"{key}: store has {old.get(key)!r}, this run has {meta.get(key)!r}")
+def _check_same_run(existing: ActivationStore, meta: StoreMeta) -> None:
+    diffs = existing.meta.run_diffs(meta)
     if diffs:
         raise StoreMismatchError(
             f"Store '{existing.path}' was made by another model, corpus or config, so it cannot be resumed:\n  "

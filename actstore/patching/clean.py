@@ -54,15 +54,15 @@ class CleanSource:
     def _from_store(self, hook: str) -> torch.Tensor:
         store, rows = self.store, self.rows
         assert store is not None and rows is not None
-        site = next((s for s in store.metadata["sites"] if s["hook"] == hook), None)
+        site = next((s for s in store.meta.sites if s.hook == hook), None)
         if site is None:
             raise StoreMismatchError(
                 f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
                 f"swept layer. Cache the clean prompts with e.g. --sites {_all_layers_spec(hook)}, or pass an "
                 "ActivationCache from run_with_cache instead.")
-        if site["heads"] is not None:
+        if site.heads is not None:
             raise StoreMismatchError(
-                f"Store '{store.path}' holds only heads {site['heads']} of {hook}; patching needs every head. "
+                f"Store '{store.path}' holds only heads {list(site.heads)} of {hook}; patching needs every head. "
                 f"Cache it with --sites {_all_layers_spec(hook)}.")
         seq_len = store.layout.seq_len
         if seq_len < self.n_pos:
@@ -129,10 +129,10 @@ def check_store_model(store: Any, model: Any) -> None:
     info = dict(fingerprint=_FINGERPRINTS[model], dtype=str(bridge_dtype(model)).removeprefix("torch."),
                 n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
                 d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
-    diffs = check_identity(store.metadata["model"], info)
+    diffs = check_identity(store.meta.model.to_dict(), info)
     if diffs:
         raise StoreMismatchError(
-            f"Store '{store.path}' was cached with another model ('{store.metadata['model']['name']}'): "
+            f"Store '{store.path}' was cached with another model ('{store.meta.model.name}'): "
             f"{'; '.join(diffs)}. Pass a store cached with this model (same weights and dtype), "
             "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
 

@@ -34,12 +34,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import zarr
 
 from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
 from ..models import DTYPES, ModelLike, as_loaded, check_processes
 from ..parallel import group_for
-from ..store import ActivationStore, is_store
+from ..store import ActivationStore, ResultWriter, is_store
 from . import attribution, sweeps as patching, table, tasks
 from .figures import heatmaps, scatter
 from .pairs import read_pairs, task_pairs
@@ -172,8 +171,10 @@ def _check_store_sites(store: ActivationStore, row: SweepRow, n_layers: int) -> 
 
 
 class _Writer:
-    """Arrays with dimension names into a results group, or under a store's results/.
-    Refuses, before any work, to replace a sweep's results without overwrite."""
+    """The sweep's result (actstore.store.results): under a store's results/, or in a
+    results group of its own. Refuses, before any work, to replace a sweep's results
+    without overwrite; an --overwrite run with another --method leaves none of the
+    previous run's arrays beside its own."""
 
     def __init__(self, cfg: PatchJobConfig, store: ActivationStore | None):
         out = cfg.out
@@ -187,52 +188,12 @@ class _Writer:
             self.store = None
         self.path = self.store.path if self.store is not None else (out or _default_out(cfg))
         self.prefix = f"patching/{cfg.sweep}"
-        self.group: zarr.Group | None = None
-        if self._exists() and not cfg.overwrite:
-            raise StoreExistsError(f"'{self.path}' already holds results of the {cfg.sweep} sweep ({self.prefix}); "
-                                   "pass --overwrite to replace them, or --out another path.")
-
-    def _exists(self) -> bool:
-        if self.store is not None:
-            return any(r.startswith(self.prefix + "/") for r in self.store.results())
-        if not os.path.exists(self.path):
-            return False
-        try:
-            return self.prefix in zarr.open_group(self.path, mode="r")
-        except Exception:
-            raise StoreExistsError(f"'{self.path}' exists and is not a Zarr group; pass --out another path.") from None
+        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path")
+        self.result = (ResultWriter.for_store(self.store, self.prefix, cfg.overwrite, **how) if self.store is not None
+                       else ResultWriter(self.path, self.prefix, cfg.overwrite, **how))
 
     def __call__(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: dict[str, Any]) -> None:
-        key = f"{self.prefix}/{name}"
-        if self.store is not None:
-            self.store.save_result(key, data, dims, attrs)
-            return
-        if self.group is None:
-            self.group = zarr.open_group(self.path, mode="a")
-        arr = self.group.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims),
-                                      overwrite=True)
-        arr[...] = data
-        arr.attrs.update(attrs)
-
-
-    def prune(self, keep: Sequence[str]) -> None:
-        """Remove this sweep's arrays that this run did not write (an --overwrite run with
-        another --method must not leave the previous run's results beside its own)."""
-        if self.store is not None:
-            stale = [r for r in self.store.results() if r.startswith(self.prefix + "/")
-                     and r[len(self.prefix) + 1:] not in keep]
-        elif os.path.exists(self.path):
-            group = zarr.open_group(self.path, mode="r")
-            stale = [f"{self.prefix}/{k}" for k in (group[self.prefix].array_keys() if self.prefix in group else [])
-                     if k not in keep]
-        else:
-            return
-        if stale:
-            g = zarr.open_group(self.path, mode="r+")
-            for name in stale:
-                del g[name if self.store is None else f"results/{name}"]
-            if self.store is not None:
-                self.store.group = zarr.open_group(self.path, mode="r")
+        self.result.write(name, data, dims, attrs)
 
 
 def _default_out(cfg: PatchJobConfig) -> str:
@@ -354,17 +315,15 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     figures: list[str] = []
     if procs.main:  # one process writes the results and draws the figures
         norm_doc = "(mean patched - mean corrupted) / (mean clean - mean corrupted): 0 corrupted, 1 clean"
-        written = ["clean_logit_diff", "corrupted_logit_diff", "clean_tokens", "corrupted_tokens"]
         for method in values:
             prefix = "" if method == "exact" else "attribution_"
             writer(f"{prefix}logit_diff", values[method].astype(np.float32), dims, attrs)
             writer(f"{prefix}normalised", normalised[method].astype(np.float32), dims[1:], {**attrs, "normalised": norm_doc})
-            written += [f"{prefix}logit_diff", f"{prefix}normalised"]
         writer("clean_logit_diff", clean_v.astype(np.float32), ("pair",), attrs)
         writer("corrupted_logit_diff", corr_v.astype(np.float32), ("pair",), attrs)
         writer("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
         writer("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
-        writer.prune(written)
+        writer.result.finish()
 
         for method in values:
             shown = normalised[method] if cfg.metric == "normalised" else values[method].mean(0)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from ..errors import ConfigError, StoreNotFoundError
+from ..store.results import ResultWriter
 
 if TYPE_CHECKING:
     from ..store import ActivationStore
@@ -68,22 +69,15 @@ def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report
         attrs = {"kind": report.kind, "target": report.target, "metric": report.metric, "scores": scores[s.hook],
                  "standardized": cfg.standardize, "config": config, "notes": report.notes,
                  "command_line": cfg.command_line or "actstore.probes.fit_probes(...)"}
-        base = f"probes/{report.name}/{s.hook}"
-        if report.kind == "logistic":
-            store.save_result(f"{base}/weight", Wr.reshape(*s.feature_shape, -1), (*s.feature_dims, "class"), attrs)
-            store.save_result(f"{base}/bias", br, ("class",))
-            store.save_result(f"{base}/classes", plan.classes, ("class",))
-        else:
-            store.save_result(f"{base}/weight", Wr[:, 0].reshape(s.feature_shape), s.feature_dims, attrs)
-            store.save_result(f"{base}/bias", np.asarray(br[0]), ())
-            _drop_result(store, f"{base}/classes")  # left by a logistic probe of the same name
-
-
-def _drop_result(store: "ActivationStore", name: str) -> None:
-    import zarr
-    if f"results/{name}" in store.group:
-        del zarr.open_group(store.path, mode="r+")[f"results/{name}"]
-        store.group = zarr.open_group(store.path, mode="r")
+        # a run of the same name replaces the earlier one, whole (a ridge run leaves no classes)
+        with ResultWriter.for_store(store, f"probes/{report.name}/{s.hook}", replace=True) as out:
+            if report.kind == "logistic":
+                out.write("weight", Wr.reshape(*s.feature_shape, -1), (*s.feature_dims, "class"), attrs)
+                out.write("bias", br, ("class",))
+                out.write("classes", plan.classes, ("class",))
+            else:
+                out.write("weight", Wr[:, 0].reshape(s.feature_shape), s.feature_dims, attrs)
+                out.write("bias", np.asarray(br[0]), ())
 
 
 def probe_names(store: "ActivationStore", hook: str) -> list[str]:

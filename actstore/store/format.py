@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -23,10 +23,16 @@ from ..errors import ConfigError, CorruptChunkError
 from ..sites import SiteShape
 from ..stats import Moments
 
-__all__ = ["FORMAT_VERSION", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
+if TYPE_CHECKING:
+    from .meta import StoreMeta
+
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
            "INDEX_ARRAYS", "read_checked", "merge_partials", "finalize_stats", "walk_arrays"]
 
-FORMAT_VERSION = 1
+# Version 2: activation arrays have fill value NaN (version 1: 0), so that rows not yet
+# written read as NaN outside actstore too (plain zarr, xarray.open_zarr).
+FORMAT_VERSION = 2  # what this actstore writes
+READABLE_VERSIONS = (1, 2)  # what it reads; both are written the same way
 _SHARD_TARGET_BYTES = 256 * 2**20  # all sites of one shard together: bounds the writer's buffer
 INDEX_ARRAYS = {"tokens": "int32", "doc": "int64", "doc_pos": "int32", "mask": "bool"}
 
@@ -132,7 +138,7 @@ def _checked(compressors: list[Any] | None) -> list[Any]:
     return [*(compressors or []), Crc32cCodec()]
 
 
-def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Mapping[str, SiteShape],
+def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[str, SiteShape],
                  storage_dtype: str, codec: str, mask: bool, plan: np.ndarray | None = None,
                  plan_fields: Sequence[str] = ()) -> zarr.Group:
     """Create every array of an empty store. ``path`` must not exist. ``plan``: the
@@ -146,7 +152,8 @@ def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Map
             _array(root, name, (n, L), rpc, rps, dtype, ("row", "pos"), index_codec, False if dtype == "bool" else 0)
     acts_codec = parse_codec(codec)
     for hook, s in shapes.items():
-        _array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec)
+        _array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec,
+               fill=float("nan"))  # unwritten rows are NaN, not zeros, to any reader (format version 2)
     columns: dict[str, list[Any]] = {}
     width = 0
     for hook, s in shapes.items():
@@ -165,7 +172,7 @@ def create_store(path: str, meta: Mapping[str, Any], layout: Layout, shapes: Map
                                 dimension_names=("boundary", "field"), fill_value=-1, compressors=_checked(None))
         arr[...] = plan
         arr.attrs["fields"] = list(plan_fields)
-    root.attrs["actstore"] = dict(meta)
+    root.attrs["actstore"] = meta.to_dict()
     return root
 
 

@@ -38,7 +38,7 @@ def resolve_sites(store: "ActivationStore", spec: str | Sequence[str]) -> list[s
     names, in the store's order. ``X:all`` means every layer of X that the store holds;
     a named layer or hook the store lacks is an error that lists what it holds."""
     present = store.sites
-    model = store.metadata["model"]
+    model = store.meta.model
     wanted: set[str] = set()
     for s in _split_specs(spec):
         name, _, selectors = s.partition(":")
@@ -50,7 +50,7 @@ def resolve_sites(store: "ActivationStore", spec: str | Sequence[str]) -> list[s
             wanted.update(got)
             continue
         try:
-            parsed = parse_sites(s, present, model["n_layers"], model["n_heads"])
+            parsed = parse_sites(s, present, model.n_layers, model.n_heads)
         except UnknownSiteError as e:
             raise UnknownSiteError(f"{e} This store holds: {', '.join(present)}.") from None
         for site in parsed:
@@ -78,15 +78,14 @@ class TokenSite:
 def token_sites(store: "ActivationStore", hooks: Sequence[str]) -> list[TokenSite]:
     """The token-level description of ``hooks``; attention patterns (two position
     axes) are refused."""
-    meta = {s["hook"]: s for s in store.metadata["sites"]}
     out = []
     for hook in hooks:
-        s = meta[hook]
-        dims, shape = list(s["dims"]), list(s["shape"])
+        s = store.meta.site(hook)
+        dims, shape = list(s.dims), list(s.shape)
         if len(dims) < 3 or dims[1] != "pos" or "pos" in dims[2:] or any(d.endswith("_pos") for d in dims):
             raise ConfigError(f"Site {hook} is stored as ({', '.join(dims)}), not one vector per token; "
                               "probes and loaders need (row, pos, ...) sites such as resid_post or z.")
-        out.append(TokenSite(hook, s["layer"], tuple(dims[2:]), tuple(shape[2:])))
+        out.append(TokenSite(hook, s.layer, tuple(dims[2:]), tuple(shape[2:])))
     return out
 
 

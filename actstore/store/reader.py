@@ -9,9 +9,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, RowsNotDoneError, StoreNotFoundError
+from ..errors import RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, walk_arrays
+from .meta import StoreMeta
+from .results import write_result
+from .view import ArrayView, array_name
 
 __all__ = ["ActivationStore", "open_store"]
 
@@ -24,8 +27,9 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
-        self.metadata: dict[str, Any] = dict(group.attrs["actstore"])
-        self.layout = Layout(**{k: v for k, v in self.metadata["layout"].items() if k != "n_shards"})
+        self.metadata: dict[str, Any] = dict(group.attrs["actstore"])  # as stored; ``meta`` is the typed view
+        self.meta: StoreMeta = StoreMeta.from_dict(self.metadata, path)  # refuses a format it cannot read
+        self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
 
     @classmethod
@@ -42,7 +46,7 @@ class ActivationStore:
     # --- what is there ---------------------------------------------------------
     @property
     def sites(self) -> list[str]:
-        return [s["hook"] for s in self.metadata["sites"]]
+        return self.meta.hooks
 
     @property
     def n_rows(self) -> int:
@@ -63,28 +67,34 @@ class ActivationStore:
         return bool(self.done.all())
 
     def site(self, hook: str) -> zarr.Array:
-        """The site's Zarr array, lazily (no done check)."""
+        """The site's Zarr array, lazily (no done check; ``store[hook]`` checks)."""
         if hook not in self.sites:
             from ..sites import _unknown
             raise _unknown(hook, self.sites)
         return self.group[f"acts/{hook}"]  # type: ignore[return-value]
 
-    def __getitem__(self, hook: str) -> zarr.Array:
-        return self.site(hook)
+    def __getitem__(self, key: str | tuple[str, int]) -> ArrayView:
+        """A lazy, checked view of one array: ``store["blocks.5.hook_resid_post"]``,
+        ``store["resid_post:5"]``, ``store["resid_post", 5]`` (TransformerLens style) or an
+        index array (``store["tokens"]``). Indexing it reads only done rows, or raises
+        RowsNotDoneError; see :class:`actstore.store.view.ArrayView`."""
+        return ArrayView(self, array_name(self, key))
 
     # --- rows ------------------------------------------------------------------
     def check_done(self, rows: slice) -> None:
         """Raise RowsNotDoneError unless every shard holding ``rows`` is done."""
         a, b, _ = rows.indices(self.n_rows)
-        if b <= a:
-            return
-        rps = self.layout.rows_per_shard
-        ks = np.arange(a // rps, (b - 1) // rps + 1)
-        missing = ks[~self.done[ks]]
+        if b > a:
+            rps = self.layout.rows_per_shard
+            self.check_shards(np.arange(a // rps, (b - 1) // rps + 1), f"Rows {a}..{b - 1}")
+
+    def check_shards(self, shards: np.ndarray, what: str) -> None:
+        """Raise RowsNotDoneError, naming ``what`` was asked, unless every shard is done."""
+        missing = shards[~self.done[shards]]
         if len(missing):
             lo, hi = self.layout.shard_rows(int(missing[0]))
             raise RowsNotDoneError(
-                f"Rows {a}..{b - 1} of '{self.path}' include rows not yet written (first: {lo}..{hi - 1}); "
+                f"{what} of '{self.path}' include rows not yet written (first: {lo}..{hi - 1}); "
                 f"{self.rows_done} of {self.n_rows} rows are done. Finish the run with `actstore cache ... --resume`."
             )
 
@@ -126,7 +136,7 @@ class ActivationStore:
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from ..resources import tokenizer_for
-            self._tokenizer = tokenizer_for(self.metadata["model"]["name"])
+            self._tokenizer = tokenizer_for(self.meta.model.name)
         return self._tokenizer
 
     def str_tokens(self, row: int) -> list[str]:
@@ -152,19 +162,11 @@ class ActivationStore:
 
     # --- results -----------------------------------------------------------------
     def save_result(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: Mapping[str, Any] | None = None,
-                    overwrite: bool = True) -> zarr.Array:
-        """Write a job's output to results/<name> (e.g. 'probes/blocks.3.hook_resid_post/weight')
-        with dimension names; attrs are JSON-serialisable provenance."""
-        if len(dims) != np.ndim(data):
-            raise ConfigError(f"Result '{name}': {len(dims)} dimension names for an array of {np.ndim(data)} dimensions.")
-        root = zarr.open_group(self.path, mode="r+")
-        arr = root.create_array(f"results/{name}", shape=np.shape(data), dtype=np.asarray(data).dtype,
-                                dimension_names=tuple(dims), overwrite=overwrite)
-        arr[...] = data
-        if attrs:
-            arr.attrs.update(dict(attrs))
-        self.group = zarr.open_group(self.path, mode="r")
-        return arr
+                    overwrite: bool = False) -> zarr.Array:
+        """Write a job's output to results/<name> (e.g. 'analysis/mine/scores') with
+        dimension names; attrs are JSON-serialisable provenance. An existing result is
+        replaced only with overwrite=True. Several arrays as one result: ResultWriter."""
+        return write_result(self, name, data, dims, attrs, overwrite)
 
     def load_result(self, name: str) -> zarr.Array:
         key = f"results/{name}"

@@ -265,3 +265,15 @@ def test_cli_json_table_and_plot(store, capsys, tmp_path):
     assert "blocks.1.hook_resid_post" in text and "test acc" in text and "plot: " in text
     assert main(["probe", store.path, "--sites", "nope:1", "--target", "position", "--quiet"]) == 2
     assert "Unknown site 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_of_the_same_name_replaces_the_earlier_one_whole(store, tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    fit_probes(store, sites="resid_post:0", target="position", name="same", progress=False)
+    assert f"probes/same/{hook}/classes" in store.results()
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).normal(size=(40, L)))
+    fit_probes(store, sites="resid_post:0", target=str(tmp_path / "y.npy"), name="same", progress=False)
+    # the ridge run writes no classes: the logistic run's are removed, not left beside it
+    assert [r for r in store.results() if r.startswith("probes/same/")] == [f"probes/same/{hook}/bias",
+                                                                           f"probes/same/{hook}/weight"]
+    assert Probe.load(store, hook, "same").kind == "ridge"

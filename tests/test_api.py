@@ -15,3 +15,15 @@ def test_open_and_the_jobs_are_there_after_import(tmp_path, tiny_model):
                      ("tasks", "make_pairs"), ("probes", "fit_probes"), ("analysis", "induction_scores")]:
         assert callable(getattr(getattr(actstore, name), fn)), name
     assert actstore.probes.Probe.load.__qualname__ == "Probe.load"
+
+
+def test_the_entry_points_their_configs_and_results_are_at_the_top():
+    from actstore.models import save_model
+    from actstore.patching.job import PatchJobConfig, PatchJobResult, patch_pairs
+    from actstore.probes import Probe, ProbeConfig, ProbeReport, fit_probes
+
+    for name, obj in [("patch_pairs", patch_pairs), ("PatchJobConfig", PatchJobConfig),
+                      ("PatchJobResult", PatchJobResult), ("fit_probes", fit_probes), ("ProbeConfig", ProbeConfig),
+                      ("ProbeReport", ProbeReport), ("Probe", Probe), ("save_model", save_model)]:
+        assert getattr(actstore, name) is obj and name in actstore.__all__, name
+    assert all(hasattr(actstore, name) for name in actstore.__all__)

@@ -135,7 +135,10 @@ def test_four_processes_each_tokenise_a_quarter_of_the_corpus(tmp_path, tiny_mod
     out = tmp_path / "four.zarr"
     r = _torchrun(_args(out, tiny_model, corpus_file), nproc=4, ACTSTORE_COUNT_DOCS=str(counts))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert store_files(out) == store_files(reference)
+    got, want = store_files(out), store_files(reference)
+    assert sorted(got) == sorted(want)
+    differ = sorted(name for name in want if got[name] != want[name])
+    assert not differ, f"files that differ from the single-process store: {differ}\n{r.stderr[-3000:]}"
     tokenised = {f.name: sum(map(int, f.read_text().split())) for f in counts.iterdir()}
     per_rank = sorted(n for name, n in tokenised.items() if name.startswith("rows."))
     plans = [n for name, n in tokenised.items() if name.startswith("plan.")]

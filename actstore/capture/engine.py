@@ -25,8 +25,8 @@ from .batching import auto_batch_size, default_chunk_rows
 from ..compat import versions
 from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
 from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
-                     StoreExistsError, StoreMismatchError)
-from .. import location
+                     StoreExistsError, StoreMismatchError, WriterError)
+from .. import _faults, location
 from .lock import store_lock
 from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_processes
 from ..parallel import Group, group_for
@@ -181,7 +181,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
         log(f"{procs.world} processes; each writes its own shards")
     procs.barrier("the store was created")  # every process has checked everything before the store changes
 
-    def create() -> None:
+    def create() -> np.ndarray:
         if existing is not None and cfg.overwrite:
             location.remove(cfg.out)
         if existing is None or cfg.overwrite:
@@ -193,13 +193,17 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
             n_stale = remove_partial_files(cfg.out)
             if n_stale:
                 log(f"removed {n_stale} temporary files left by an interrupted write")
+        # the manifest as it stands before any process writes: every rank deals the shards
+        # still to do from this one copy (a rank reading it later could see shards another
+        # rank has just finished, deal them differently, and write a shard twice)
+        return np.asarray(zarr.open_group(cfg.out, mode="r")["done"][:])
 
-    procs.on_main(create, "creating the store")
+    done = procs.on_main(create, "creating the store")
     group = zarr.open_group(cfg.out, mode="r+")
     resumed = existing is not None and not cfg.overwrite
-    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed, procs)
+    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed, procs, done)
     procs.barrier("every process finished its shards")
-    procs.on_main(lambda: finalize_stats(group, [s.hook for s in sites]), "merging the statistics")
+    procs.on_main(lambda: _finish(group, cfg.out, [s.hook for s in sites]), "merging the statistics")
     return ActivationStore.open(cfg.out)
 
 
@@ -285,6 +289,16 @@ def _config_repr(cfg: CacheConfig, model: str) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)
 
 
+def _finish(group: zarr.Group, out: str, hooks: Sequence[str]) -> None:
+    """Every shard is done once every process has finished (else the run is wrong, never
+    silently incomplete); then the statistics are merged."""
+    missing = np.flatnonzero(~np.asarray(group["done"][:]))
+    if len(missing):
+        raise WriterError(f"Every process finished, but shards {missing[:8].tolist()} of '{out}' are not done: a bug "
+                          "in how the shards were dealt. Run the same command with --resume to write them.")
+    finalize_stats(group, hooks)
+
+
 def _check_same_run(existing: ActivationStore, meta: StoreMeta) -> None:
     diffs = existing.meta.run_diffs(meta)
     if diffs:
@@ -334,12 +348,13 @@ def _write_threads(cfg: CacheConfig) -> int:
 
 def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
          sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: _Log,
-         resumed: bool, procs: Group) -> None:
+         resumed: bool, procs: Group, done: np.ndarray) -> None:
     """The pipeline: the forward stages each shard's activations into a host buffer set
     (device copies overlap compute on CUDA), the writer thread takes whole shards and
     writes their arrays in parallel; buffer sets are recycled (bounded memory). With
-    several processes, each does its own share of the shards still to do."""
-    done = np.asarray(group["done"][:])
+    several processes, each does its own share of the shards still to do (``done``: the
+    manifest read once, before any process wrote)."""
+    _faults.pause("deal")
     todo = np.flatnonzero(~done)
     if len(todo) == 0:
         log("every row is already done")

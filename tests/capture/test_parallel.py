@@ -50,8 +50,10 @@ def _torchrun(args: list[str], nproc: int = 2, **env: str) -> subprocess.Complet
                  "--master-port", str(_free_port()), "-m", "actstore", *args], **env)
 
 
-def _bare_ranks(args: list[str], faults: dict[int, str]) -> list[subprocess.CompletedProcess[str]]:
-    """Two processes started by hand with the variables every launcher sets."""
+def _bare_ranks(args: list[str], faults: dict[int, str], env_of: dict[int, dict[str, str]] | None = None
+                ) -> list[subprocess.CompletedProcess[str]]:
+    """Two processes started by hand with the variables every launcher sets (plus
+    ``env_of[rank]``)."""
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
@@ -59,6 +61,7 @@ def _bare_ranks(args: list[str], faults: dict[int, str]) -> list[subprocess.Comp
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         if rank in faults:
             env["ACTSTORE_FAULT"] = faults[rank]
+        env.update((env_of or {}).get(rank, {}))
         procs.append(subprocess.Popen([sys.executable, "-m", "actstore", *args], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = []
@@ -107,6 +110,35 @@ def test_a_killed_process_leaves_its_shards_the_others_finish_and_resume_complet
     r = _torchrun(_args(out, tiny_model, corpus_file, "--resume"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert store_files(out) == store_files(reference)
+
+
+def test_a_late_rank_deals_the_shards_as_the_others_did(tmp_path, tiny_model, corpus_file, reference):
+    """Rank 1 reaches the deal of the shards 3 s late, when rank 0 has long finished its
+    own: it must still take shards 1 and 3 (the manifest as it stood before anyone wrote),
+    not deal the shards left at that moment anew (which left shard 1 to nobody)."""
+    out = tmp_path / "late.zarr"
+    r0, r1 = _bare_ranks(_args(out, tiny_model, corpus_file), {}, {1: {"ACTSTORE_PAUSE": "deal:3"}})
+    assert r0.returncode == r1.returncode == 0, r0.stderr[-2000:] + r1.stderr[-2000:]
+    assert np.asarray(actstore.ActivationStore.open(out).done).all()
+    assert store_files(out) == store_files(reference)
+
+
+def test_a_run_that_ends_with_a_shard_not_done_is_an_error(tmp_path, reference):
+    """The last check of every run: all shards done, or an error naming --resume."""
+    import shutil
+
+    import zarr
+
+    from actstore.capture.engine import _finish
+    from actstore.errors import WriterError
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    group = zarr.open_group(str(out), mode="r+")
+    _finish(group, str(out), ["blocks.0.hook_resid_post"])  # a complete store passes
+    group["done"][1] = False
+    with pytest.raises(WriterError, match=r"shards \[1\].*--resume"):
+        _finish(group, str(out), ["blocks.0.hook_resid_post"])
 
 
 def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_model, corpus_file, reference):

@@ -58,6 +58,10 @@ def curves(x: Sequence[float], ys: Mapping[str, Sequence[float]], path: str | os
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    if all(float(v).is_integer() for v in x):  # layers, steps: no tick between two of them
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(ys) > 1:
         ax.legend()
     fig.tight_layout()

@@ -158,12 +158,12 @@ def writer_alone(store: actstore.ActivationStore, out: Path, stats: bool = True)
     real = sw.shard_moments
     if not stats:
         sw.shard_moments = lambda buf, shape, mask: sw.Moments.empty(shape.feature_shape or ())
-    meta = store.metadata
-    shapes = {s["hook"]: SiteShape(tuple(s["dims"][1:]), tuple(s["shape"][1:])) for s in meta["sites"]}
+    meta = store.meta
+    shapes = {s.hook: SiteShape(tuple(s.dims[1:]), tuple(s.shape[1:])) for s in meta.sites}
     layout = store.layout
-    create_store(str(out), meta, layout, shapes, meta["storage_dtype"], meta["codec"], False)
+    create_store(str(out), meta, layout, shapes, meta.storage_dtype, meta.codec, False)
     group = zarr.open_group(str(out), mode="r+")
-    bufs = ShardBuffers(shapes, meta["storage_dtype"], layout.rows_per_shard, "cpu")
+    bufs = ShardBuffers(shapes, meta.storage_dtype, layout.rows_per_shard, "cpu")
     write = ShardWrite(group, str(out), layout, shapes, durable=True, clear_first=False,
                        threads=min(8, max(2, os.cpu_count() or 2)), release=lambda b: None)
     from actstore.corpus import RowBlock

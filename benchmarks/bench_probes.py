@@ -35,7 +35,7 @@ from transformers.utils import logging as hf_logging
 import actstore
 from actstore.demo import build_random_gpt2
 from actstore.probes.labels import parse_target, split_rows
-from actstore.probes import fit_probes
+from actstore.probes import Probe, fit_probes
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,7 +106,7 @@ def compare(store: actstore.ActivationStore, kind: str, target: str, a: argparse
 
     # actstore before and after scikit-learn, so that load from elsewhere on the machine hits both alike
     ours_times = [ours()[0]]
-    classes = {h: store.load_probe(h, f"bench-{kind}").classes for h in hooks}
+    classes = {h: Probe.load(store, h, f"bench-{kind}").classes for h in hooks}
     sk_s, sk = sklearn_layers(store, hooks, kind, target, classes, a)
     t, rep = ours()
     ours_times.append(t)

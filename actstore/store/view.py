@@ -93,6 +93,15 @@ class ArrayView:
         return len(self.shape)
 
     @property
+    def size(self) -> int:
+        return self.array.size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole array, uncompressed (as zarr's and numpy's ``nbytes``)."""
+        return self.array.nbytes
+
+    @property
     def dims(self) -> tuple[str, ...]:
         return tuple(self.array.metadata.dimension_names or ())
 

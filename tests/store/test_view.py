@@ -34,6 +34,7 @@ def test_shape_dims_and_lazy_attributes(store):
     assert view.dims == ("row", "pos", "d_model") and view.chunks == (4, 16, 128)
     assert view.metadata.dimension_names == view.dims and isinstance(view.array, zarr.Array)
     assert "row=4, pos=16, d_model=128" in repr(view)
+    assert view.size == 4 * 16 * 128 and view.nbytes == 4 * view.size  # float32, the whole array uncompressed
 
 
 @pytest.mark.parametrize("index", [

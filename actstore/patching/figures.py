@@ -11,7 +11,7 @@ import numpy as np
 from . import attribution
 
 if TYPE_CHECKING:
-    from .job import PatchJobConfig
+    from .config import PatchJobConfig
     from .pairs import Pairs
 
 __all__ = ["heatmaps", "scatter"]

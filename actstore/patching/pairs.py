@@ -13,7 +13,7 @@ from ..jsonl import read_records
 from . import tasks
 
 if TYPE_CHECKING:
-    from .job import PatchJobConfig
+    from .config import PatchJobConfig
 
 __all__ = ["Pairs", "read_pairs", "task_pairs"]
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -22,39 +21,13 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from ..errors import ConfigError, CorruptChunkError
 from ..sites import SiteShape
 from ..stats import Moments
-
-if TYPE_CHECKING:
-    from .meta import StoreMeta
+from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
            "INDEX_ARRAYS", "read_checked", "merge_partials", "finalize_stats", "walk_arrays"]
 
-# Version 2: activation arrays have fill value NaN (version 1: 0), so that rows not yet
-# written read as NaN outside actstore too (plain zarr, xarray.open_zarr).
-FORMAT_VERSION = 2  # what this actstore writes
-READABLE_VERSIONS = (1, 2)  # what it reads; both are written the same way
 _SHARD_TARGET_BYTES = 256 * 2**20  # all sites of one shard together: bounds the writer's buffer
 INDEX_ARRAYS = {"tokens": "int32", "doc": "int64", "doc_pos": "int32", "mask": "bool"}
-
-
-@dataclass(frozen=True)
-class Layout:
-    n_rows: int
-    seq_len: int
-    rows_per_chunk: int  # inner chunk: the unit of reading
-    rows_per_shard: int  # shard: the unit of writing and of `done`
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_rows // self.rows_per_shard)
-
-    def shard_rows(self, k: int) -> tuple[int, int]:
-        a = k * self.rows_per_shard
-        return a, min(a + self.rows_per_shard, self.n_rows)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"n_rows": self.n_rows, "seq_len": self.seq_len, "rows_per_chunk": self.rows_per_chunk,
-                "rows_per_shard": self.rows_per_shard, "n_shards": self.n_shards}
 
 
 def row_bytes(shapes: Mapping[str, SiteShape], storage_dtype: str) -> int:

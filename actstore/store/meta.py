@@ -18,9 +18,34 @@ from typing import Any, ClassVar, Mapping, TypeVar
 from ..errors import StoreFormatError
 from ..models import ModelInfo, check_identity
 from ..sites import Site
-from .format import FORMAT_VERSION, READABLE_VERSIONS, Layout
 
-__all__ = ["StoreMeta", "CorpusMeta", "SiteMeta", "check_version"]
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "StoreMeta", "CorpusMeta", "SiteMeta", "check_version"]
+
+# Version 2: activation arrays have fill value NaN (version 1: 0), so that rows not yet
+# written read as NaN outside actstore too (plain zarr, xarray.open_zarr).
+FORMAT_VERSION = 2  # what this actstore writes
+READABLE_VERSIONS = (1, 2)  # what it reads; both are written the same way
+
+
+@dataclass(frozen=True)
+class Layout:
+    n_rows: int
+    seq_len: int
+    rows_per_chunk: int  # inner chunk: the unit of reading
+    rows_per_shard: int  # shard: the unit of writing and of `done`
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.rows_per_shard)
+
+    def shard_rows(self, k: int) -> tuple[int, int]:
+        a = k * self.rows_per_shard
+        return a, min(a + self.rows_per_shard, self.n_rows)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"n_rows": self.n_rows, "seq_len": self.seq_len, "rows_per_chunk": self.rows_per_chunk,
+                "rows_per_shard": self.rows_per_shard, "n_shards": self.n_shards}
+
 
 P = TypeVar("P")
 

@@ -1,0 +1,62 @@
+"""`actstore patch`'s options: :class:`PatchJobConfig` (its flags are generated from the
+fields' metadata, see actstore.cli.flags), the sweeps it runs and its methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..models import DTYPES, ModelLike
+from . import table, tasks
+from .table import SweepRow
+
+__all__ = ["PatchJobConfig", "SWEEPS", "METHODS"]
+
+#: the sweeps `actstore patch` runs, by name: actstore.patching.table's rows (each row's
+#: function, in actstore.patching and actstore.attribution, and the sites it reads)
+SWEEPS: Mapping[str, SweepRow] = table.SWEEPS
+
+METHODS = ("exact", "attribution", "both")
+
+
+@dataclass(frozen=True)
+class PatchJobConfig:
+    """One `actstore patch` run; its flags are generated from these fields and their
+    metadata (see actstore.cli.flags)."""
+
+    model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
+        "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
+    pairs: str | None = field(default=None, metadata={"help": "JSON lines: clean, corrupted, answer, wrong (or --task)"})
+    sweep: str = field(default="resid_pre", metadata={  # a key of SWEEPS
+        "help": "what to patch (default resid_pre): a sweep of transformer_lens.patching, listed below",
+        "choices": tuple(SWEEPS), "metavar": "SWEEP"})
+    store: str | None = field(default=None, metadata={
+        "help": "read the clean activations from this store (cached from the clean prompts first if it does not exist)"})
+    out: str | None = field(default=None, metadata={
+        "help": "results Zarr group (default: the store's results/, else PAIRS.patch.zarr)"})
+    metric: str = field(default="normalised", metadata={  # 'normalised': 0 corrupted, 1 clean
+        "help": "what the heatmap shows (both are saved)", "choices": ("normalised", "logit_diff")})
+    figure: str | None = field(default=None, metadata={
+        "help": "heatmap PNG path (default: next to the results, OUT.SWEEP.png)"})
+    batch_pairs: int = field(default=16, metadata={"help": "pairs per sweep call"})  # the batch of each forward
+    memory_budget: int | None = field(default=None, metadata={  # bytes; None: actstore.patching's default
+        "help": "activation memory of one batched forward, MB", "flag": "--memory-budget-mb",
+        "from_cli": lambda mb: mb * 2**20})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)",
+                                                      "choices": tuple(DTYPES)})
+    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
+    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace this sweep's results in an existing group"})
+    progress: bool = field(default=True, metadata={"help": "no progress bars or messages", "flag": "--quiet"})
+    command_line: str = ""
+    method: str = field(default="exact", metadata={
+        "help": "exact (activation patching, default), attribution (gradient estimate: one forward + backward per "
+                "batch) or both (stored side by side, with their Pearson correlation and a scatter plot)"})
+    task: str | None = field(default=None, metadata={
+        "help": f"generate the pairs of a standard task instead: {', '.join(tasks.TASKS)}"})
+    n_pairs: int | None = field(default=None, metadata={"help": "pairs to generate (default 16; factual: every fact)"})
+    seed: int = field(default=0, metadata={"help": "the generated pairs are a function of the seed (default 0)"})
+    facts: str | None = field(default=None, metadata={
+        "help": '--task factual: JSON lines of facts {"prompt", "answer"[, "corrupted_prompt", "wrong"]}'})
+    write_pairs: str | None = field(default=None, metadata={
+        "help": "also save the generated pairs to FILE (the --pairs format)", "metavar": "FILE"})

@@ -47,6 +47,15 @@ class Faithfulness:
         with np.errstate(divide="ignore", invalid="ignore"):
             return (self.metric - self.corrupted) / (self.clean - self.corrupted)
 
+    @classmethod
+    def concat(cls, parts: Sequence["Faithfulness"]) -> "Faithfulness":
+        """One result of the same circuits over several batches of pairs, in order."""
+        first = parts[0]
+        if any(not np.array_equal(p.n_edges, first.n_edges) for p in parts):
+            raise ConfigError("the parts measure different circuits; concatenate runs of the same masks only.")
+        return cls(first.sizes, first.n_edges, np.concatenate([p.metric for p in parts], 1),
+                   np.concatenate([p.clean for p in parts]), np.concatenate([p.corrupted for p in parts]))
+
     @property
     def mean(self) -> np.ndarray:
         """(size,): the same of the means over pairs."""

@@ -16,7 +16,8 @@ from ..store import ActivationStore
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
 # with set_defaults(run=handler), handler(args) -> exit code.
 _COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.cache", "actstore.cli.analyze", "actstore.cli.verify",
-                                     "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour")
+                                     "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour",
+                                     "actstore.cli.circuit")
 
 
 def _parser() -> argparse.ArgumentParser:

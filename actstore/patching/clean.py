@@ -14,7 +14,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..sites import Site
 
-__all__ = ["CleanSource", "check_store_model"]
+__all__ = ["CleanSource", "check_store_model", "store_rows"]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 
@@ -137,3 +137,21 @@ def check_store_model(store: Any, model: Any) -> None:
             "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
 
 
+def store_rows(store: Any, clean: torch.Tensor) -> list[int]:
+    """The row of ``store`` (an ActivationStore) holding each clean prompt (``clean``: (pair, pos),
+    BOS + tokens, possibly padded); StoreMismatchError naming the fix where one is missing."""
+    n_pos = clean.shape[1]
+    if store.layout.seq_len < n_pos:
+        raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
+                                 f"{n_pos}. Cache the clean prompts with --packing document --seq-len {n_pos}.")
+    tokens, mask = store.tokens(), store.mask()
+    real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
+    where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
+    rows = [where.get(tuple(c.tolist())) for c in clean]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise StoreMismatchError(
+            f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
+            f"{len(rows)} missing). Give a new --store path (it is then cached from the clean prompts), or cache them "
+            f"yourself: actstore cache STORE --model M --dataset clean.txt --packing document --seq-len {n_pos}.")
+    return [int(r) for r in rows]

@@ -35,14 +35,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, CorpusError, StoreExistsError, StoreMismatchError
+from ..errors import ConfigError, StoreMismatchError
 from ..models import as_loaded, check_processes
 from ..parallel import group_for
 from ..store import ActivationStore, ResultWriter, is_store
 from . import attribution, sweeps as patching, tasks
 from .config import METHODS, SWEEPS, PatchJobConfig
 from .figures import heatmaps, scatter
-from .pairs import read_pairs, task_pairs
+from .clean import store_rows as _store_rows
+from .pairs import check_source as _check_source, read_pairs, task_pairs
 from .table import SweepRow
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "METHODS", "patch_pairs"]
@@ -64,54 +65,6 @@ class PatchJobResult:
     attribution: np.ndarray | None = field(repr=False, default=None)  # (pair, *cells), estimated logit diffs
     attribution_normalised: np.ndarray | None = field(repr=False, default=None)  # (*cells)
     correlation: dict[str, Any] | None = None  # method both: attribution.compare of the two
-
-
-def _check_source(cfg: PatchJobConfig) -> None:
-    """The pairs' source options, checked before the model loads."""
-    if (cfg.pairs is None) == (cfg.task is None):
-        raise ConfigError("Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
-                          f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}.")
-    if cfg.task is None:
-        extra = [flag for flag, v in (("--n-pairs", cfg.n_pairs), ("--facts", cfg.facts),
-                                      ("--write-pairs", cfg.write_pairs)) if v is not None]
-        if extra:
-            raise ConfigError(f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is.")
-        return
-    if cfg.task not in tasks.TASKS:
-        tasks.make_pairs(cfg.task)  # raises: unknown task, with the list and a close match
-    if cfg.task == "factual" and cfg.facts is None:
-        raise ConfigError("--task factual reads facts from a file: pass --facts FILE (JSON lines of "
-                          '{"prompt": ..., "answer": ...}; see `actstore patch --help`).')
-    if cfg.task == "factual" and not os.path.isfile(cfg.facts or ""):
-        raise CorpusError(f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts.")
-    if cfg.task != "factual" and cfg.facts is not None:
-        raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
-    if cfg.n_pairs is not None and cfg.n_pairs < 1:
-        raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
-    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
-        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
-    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
-        raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
-                               "another path.")
-
-
-def _store_rows(store: ActivationStore, clean: torch.Tensor) -> list[int]:
-    """The store row holding each clean prompt (as BOS + tokens, possibly padded)."""
-    n_pos = clean.shape[1]
-    if store.layout.seq_len < n_pos:
-        raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
-                                 f"{n_pos}. Cache the clean prompts with --packing document --seq-len {n_pos}.")
-    tokens, mask = store.tokens(), store.mask()
-    real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
-    where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
-    rows = [where.get(tuple(c.tolist())) for c in clean]
-    missing = [i for i, r in enumerate(rows) if r is None]
-    if missing:
-        raise StoreMismatchError(
-            f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
-            f"{len(rows)} missing). Give a new --store path (it is then cached from the clean prompts), or cache them "
-            f"yourself: actstore cache STORE --model M --dataset clean.txt --packing document --seq-len {n_pos}.")
-    return [int(r) for r in rows]
 
 
 def _check_store_sites(store: ActivationStore, row: SweepRow, n_layers: int) -> None:

@@ -3,19 +3,20 @@ tokenised as BOS + text, checked (equal lengths, one-token answers)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..errors import ConfigError, CorpusError, MissingTextFieldError
+from ..errors import ConfigError, CorpusError, MissingTextFieldError, StoreExistsError
 from ..jsonl import read_records
 from . import tasks
 
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "task_pairs"]
+__all__ = ["Pairs", "read_pairs", "task_pairs", "check_source"]
 
 
 @dataclass
@@ -87,3 +88,33 @@ def task_pairs(cfg: "PatchJobConfig", tokenizer: Any) -> tuple[Pairs, list[tasks
     where = cfg.facts if cfg.task == "factual" else f"task {cfg.task}"
     return _tokenize_pairs([(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)], tokenizer,
                            str(where), fix), generated
+
+
+def check_source(cfg: "PatchJobConfig") -> None:
+    """The pairs' source options (--pairs or --task, --n-pairs, --facts, --write-pairs) of
+    `actstore patch` or `actstore circuit`, checked before the model loads."""
+    if (cfg.pairs is None) == (cfg.task is None):
+        raise ConfigError("Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
+                          f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}.")
+    if cfg.task is None:
+        extra = [flag for flag, v in (("--n-pairs", cfg.n_pairs), ("--facts", cfg.facts),
+                                      ("--write-pairs", cfg.write_pairs)) if v is not None]
+        if extra:
+            raise ConfigError(f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is.")
+        return
+    if cfg.task not in tasks.TASKS:
+        tasks.make_pairs(cfg.task)  # raises: unknown task, with the list and a close match
+    if cfg.task == "factual" and cfg.facts is None:
+        raise ConfigError("--task factual reads facts from a file: pass --facts FILE (JSON lines of "
+                          '{"prompt": ..., "answer": ...}; see `actstore patch --help`).')
+    if cfg.task == "factual" and not os.path.isfile(cfg.facts or ""):
+        raise CorpusError(f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts.")
+    if cfg.task != "factual" and cfg.facts is not None:
+        raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
+    if cfg.n_pairs is not None and cfg.n_pairs < 1:
+        raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
+    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
+    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
+        raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
+                               "another path.")

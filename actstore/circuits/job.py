@@ -1,0 +1,268 @@
+"""`actstore circuit`'s job: edge scores over prompt pairs, the circuit they pick, and its
+faithfulness curve.
+
+Pairs come as for `actstore patch` (``--pairs FILE`` or ``--task NAME``, see
+:mod:`actstore.patching.job`). Each ``--method`` scores every edge of the graph
+(:mod:`actstore.circuits.graph`): ``exact`` patches each edge (:func:`exact_edge_scores`),
+``eap``, ``eap-ig-inputs`` and ``eap-ig-activations`` estimate it from gradients
+(:func:`edge_attribution`). A score is ``metric(edge patched) - metric(corrupted)``,
+the mean over pairs, the edge patched meaning that its downstream input reads the
+upstream node's clean output in the corrupted run.
+
+For each method the job writes, under ``circuit/<method>/`` of ``--out``:
+
+    scores (edge)  edge (edge: names)  src, dst (edge: indices of upstream and downstream)
+    circuit (edge: bool, the --top circuit after pruning)
+    faithfulness (size, pair)  faithfulness_mean (size)  sizes (size: edges selected)
+    n_edges (size: edges after pruning)  circuit_metric (size, pair)
+    clean_metric, corrupted_metric (pair)  clean_tokens, corrupted_tokens (pair, pos)
+
+with the run's attributes (model, task or pairs, metric, steps, n_pairs, command line,
+software versions) and, beside exact, each method's correlation with it. Figures go
+next to ``--out``: the circuit as PNG, DOT and JSON, the faithfulness curves, and each
+method's scores against exact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, StoreMismatchError
+from ..models import as_loaded
+from ..patching.clean import check_store_model, store_rows
+from ..patching.pairs import Pairs, check_source, read_pairs, task_pairs
+from ..store import ActivationStore, ResultWriter
+from .circuit import SELECTIONS, Circuit, select_circuit
+from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
+from .faithfulness import Faithfulness, default_sizes, faithfulness
+from .graph import Graph
+
+__all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
+
+
+@dataclass
+class CircuitJobResult:
+    out: str  # the results group
+    scores: dict[str, np.ndarray]  # method -> (edge,)
+    circuits: dict[str, Circuit]  # method -> the --top circuit (pruned)
+    faithfulness: dict[str, Faithfulness]  # method -> its curve
+    correlation: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> compare_scores with exact
+    figures: list[str] = field(default_factory=list)
+
+
+def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
+    """How well ``approx`` edge scores track ``exact`` ones: ``pearson``, ``spearman``
+    (Pearson r of the ranks, ties averaged) and ``top_overlap``, the share of exact's
+    ``top`` edges by |score| that are among approx's ``top`` (None for top 0)."""
+    from ..patching.attribution import compare
+
+    e, a = np.asarray(exact, np.float64), np.asarray(approx, np.float64)
+    out = {"pearson": compare(e, a)["pearson"], "spearman": compare(_ranks(e), _ranks(a))["pearson"],
+           "n_edges": int(e.size), "top": int(top)}
+    if top > 0:
+        best = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:top].tolist())  # noqa: E731
+        out["top_overlap"] = len(best(e) & best(a)) / top
+    else:
+        out["top_overlap"] = None
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]  # ties share their mean rank
+
+
+def _check(cfg: CircuitJobConfig) -> None:
+    """Everything that can be checked before the model loads."""
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
+        raise ConfigError(f"Unknown method {unknown[0] if unknown else cfg.method!r}; --method takes one or a comma "
+                          f"list of {', '.join(METHODS)}.")
+    if cfg.metric not in METRICS:
+        raise ConfigError(f"Unknown metric {cfg.metric!r}; expected one of {', '.join(METRICS)}.")
+    if cfg.selection not in SELECTIONS:
+        raise ConfigError(f"Unknown selection {cfg.selection!r}; expected one of {', '.join(SELECTIONS)}.")
+    for name, value in (("--steps", cfg.steps), ("--batch-pairs", cfg.batch_pairs)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}.")
+    if cfg.top < 0:
+        raise ConfigError(f"--top must be at least 0, got {cfg.top}.")
+    if cfg.clean_rows is not None and cfg.store is None:
+        raise ConfigError("--clean-rows names rows of a store; pass --store too, or drop it.")
+    if cfg.clean_rows is not None and not re.fullmatch(r"\d+:\d+", cfg.clean_rows):
+        raise ConfigError(f"--clean-rows {cfg.clean_rows!r}: expected A:B, the store rows A to B-1 (e.g. 0:64).")
+    if cfg.store is not None and not os.path.exists(cfg.store) and cfg.clean_rows is not None:
+        raise ConfigError(f"Store '{cfg.store}' does not exist, so --clean-rows cannot name its rows; drop "
+                          "--clean-rows (the store is then cached from the clean prompts).")
+    check_source(cfg)  # type: ignore[arg-type]  # the pair-source fields are PatchJobConfig's
+
+
+def _default_out(cfg: CircuitJobConfig) -> str:
+    stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or "circuit")
+    return f"{stem}.circuit.zarr"
+
+
+def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[ActivationStore | None, list[int] | None]:
+    """The store of the clean activations (cached from the clean prompts if it does not
+    exist), checked, and the rows that hold the clean prompts."""
+    if cfg.store is None:
+        return None, None
+    from ..capture import cache
+
+    n_pairs, n_pos = pairs.clean.shape
+    if not os.path.exists(cfg.store):
+        if cfg.progress:
+            print(f"caching the {n_pairs} clean prompts into {cfg.store}")
+        cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+              sites=CLEAN_SITES, dtype=model.info.dtype, device=model.device, model_revision=cfg.model_revision,
+              progress=cfg.progress, command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
+    store = ActivationStore.open(cfg.store)
+    check_store_model(store, model.bridge)
+    have = set(store.sites)
+    L = model.info.n_layers
+    need = ["hook_embed", "hook_pos_embed"] + [f"blocks.{i}.{h}" for i in range(L)
+                                               for h in ("attn.hook_z", "hook_mlp_out")]
+    missing = [h for h in need if h not in have]
+    if missing:
+        raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "
+                                 f"{missing[0]}). Cache the clean prompts with `actstore cache {store.path} --sites "
+                                 f"{CLEAN_SITES} --packing document --seq-len {n_pos} ...`, or give a new --store path.")
+    if cfg.clean_rows is None:
+        return store, store_rows(store, pairs.clean)
+    a, b = (int(x) for x in cfg.clean_rows.split(":"))
+    if b - a != n_pairs or b > store.layout.n_rows:
+        raise ConfigError(f"--clean-rows {cfg.clean_rows} names {b - a} rows of a {store.layout.n_rows}-row store; "
+                          f"there are {n_pairs} pairs: pass A:A+{n_pairs} within the store.")
+    tokens = torch.as_tensor(np.asarray(store.tokens()[a:b, :n_pos]), dtype=torch.long)
+    if not torch.equal(tokens, pairs.clean):
+        bad = int(torch.nonzero((tokens != pairs.clean).any(1))[0, 0])
+        raise StoreMismatchError(f"Row {a + bad} of store '{store.path}' does not hold the clean prompt of pair "
+                                 f"{bad + 1}; pass the rows that do (--clean-rows), or drop --clean-rows to find them.")
+    return store, list(range(a, b))
+
+
+def _scorer(method: str) -> Callable[..., torch.Tensor]:
+    """The method's edge-score function; ``steps`` applies to the eap-ig methods only."""
+    if method == "exact":
+        from .exact import exact_edge_scores
+
+        return lambda *args, steps, **kw: exact_edge_scores(*args, **kw)
+    from .attribution import edge_attribution
+
+    return lambda *args, steps, **kw: edge_attribution(*args, method=method, steps=steps, **kw)
+
+
+def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
+    """Score every edge by each method, pick and prune the --top circuit, measure the
+    faithfulness curve; write the results and figures (see the module docstring)."""
+    from ..compat import versions
+    from .figures import draw_circuit, draw_curves, draw_comparison
+    from .metrics import circuit_metric
+    from ..patching import tasks
+
+    _check(cfg)
+    model = as_loaded(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    bridge, info = model.bridge, model.info
+    generated: list[tasks.PromptPair] = []
+    if cfg.pairs is not None:
+        pairs = read_pairs(cfg.pairs, model.tokenizer)
+    else:
+        pairs, generated = task_pairs(cfg, model.tokenizer)  # type: ignore[arg-type]
+    n_pairs, n_pos = pairs.clean.shape
+    if n_pos > info.n_ctx:
+        raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {info.n_ctx}.")
+    graph = Graph.from_model(bridge)
+    if cfg.top > graph.n_edges:
+        raise ConfigError(f"--top {cfg.top} is more than the graph's {graph.n_edges} edges; pass at most "
+                          f"{graph.n_edges}.")
+    store, rows = _clean_rows(cfg, model, pairs)
+    out = cfg.out or _default_out(cfg)
+    writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
+                               fix="pass --overwrite to replace them, or --out another path") for m in cfg.methods}
+    if cfg.write_pairs:  # every check passed: the pairs are what this run scores
+        tasks.write_pairs(generated, cfg.write_pairs)
+
+    clean, corrupted = pairs.clean.to(model.device), pairs.corrupted.to(model.device)
+    with torch.no_grad():
+        clean_logits, corrupted_logits = bridge(clean), bridge(corrupted)
+
+    def metric_of(a: int, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return circuit_metric(cfg.metric, answer=pairs.answer[a:b].to(model.device),
+                              wrong=pairs.wrong[a:b].to(model.device), clean_logits=clean_logits[a:b],
+                              corrupted_logits=corrupted_logits[a:b])
+
+    extra = {"clean_cache": store, "clean_rows": rows} if store is not None else {}
+    scores: dict[str, np.ndarray] = {}
+    for method in cfg.methods:
+        if cfg.progress:
+            print(f"scoring {graph.n_edges} edges: {method}")
+        s = _scorer(method)(bridge, clean, corrupted, metric_of(0, n_pairs), graph=graph, steps=cfg.steps,
+                            memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
+        scores[method] = s.detach().double().cpu().numpy()
+
+    from .forward import GraphForward
+
+    fwd = GraphForward(bridge, graph)
+    sizes = sorted(set(default_sizes(graph.n_edges)) | {cfg.top})
+    absolute = not cfg.signed
+    curves: dict[str, Faithfulness] = {}
+    circuits: dict[str, Circuit] = {}
+    for method, s in scores.items():
+        circuits[method] = select_circuit(graph, s, cfg.top, how=cfg.selection, absolute=absolute)  # type: ignore[arg-type]
+        masks = np.stack([select_circuit(graph, s, n, how=cfg.selection, absolute=absolute).mask  # type: ignore[arg-type]
+                          for n in sizes])
+        parts = [faithfulness(bridge, clean[a:a + cfg.batch_pairs], corrupted[a:a + cfg.batch_pairs],
+                              metric_of(a, a + cfg.batch_pairs), masks, forward=fwd, memory_budget=cfg.memory_budget,
+                              progress=cfg.progress, sizes=sizes) for a in range(0, n_pairs, cfg.batch_pairs)]
+        curves[method] = Faithfulness.concat(parts)
+    correlation = ({m: compare_scores(scores["exact"], s, cfg.top) for m, s in scores.items() if m != "exact"}
+                   if "exact" in scores else {})
+
+    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
+              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
+    attrs = {"model": info.to_dict(), **source, "metric": cfg.metric, "steps": cfg.steps, "n_pairs": int(n_pairs),
+             "selection": cfg.selection, "signed": cfg.signed, "top": cfg.top,
+             "clean_source": f"store {store.path}" if store is not None else "clean forward",
+             "command_line": cfg.command_line, "software": versions(),
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for method, w in writers.items():
+        a = {**attrs, "method": method, **({"correlation_with_exact": correlation[method]}
+                                           if method in correlation else {})}
+        _write(w, graph, scores[method], circuits[method], curves[method], pairs, a)
+    figures = [p for m in scores for p in draw_circuit(out, m, circuits[m], scores[m], info.name, n_pairs)]
+    figures.append(draw_curves(out, curves, info.name, n_pairs, cfg.selection))
+    figures += [draw_comparison(out, m, scores["exact"], scores[m], c, info.name) for m, c in correlation.items()]
+    return CircuitJobResult(out, scores, circuits, curves, correlation, figures)
+
+
+def _write(w: ResultWriter, graph: Graph, scores: np.ndarray, circuit: Circuit, curve: Faithfulness, pairs: Pairs,
+           attrs: dict[str, Any]) -> None:
+    doc = {**attrs, "faithfulness": "(m(circuit) - m(corrupted)) / (m(clean) - m(corrupted)); faithfulness_mean: "
+                                    "the same of the means over pairs"}
+    w.write("scores", scores.astype(np.float32), ("edge",), attrs)
+    w.write("edge", np.array(graph.names, dtype=np.dtypes.StringDType()), ("edge",), attrs)
+    w.write("src", graph.src, ("edge",), {"upstream": [u.name for u in graph.upstream]})
+    w.write("dst", graph.dst, ("edge",), {"downstream": [d.name for d in graph.downstream]})
+    w.write("circuit", circuit.mask, ("edge",), {**attrs, "n_selected": circuit.n_selected,
+                                                 "n_edges": circuit.n_edges, "nodes": list(circuit.nodes)})
+    w.write("faithfulness", curve.per_pair.astype(np.float32), ("size", "pair"), doc)
+    w.write("faithfulness_mean", curve.mean.astype(np.float32), ("size",), doc)
+    w.write("circuit_metric", curve.metric.astype(np.float32), ("size", "pair"), attrs)
+    w.write("sizes", np.asarray(curve.sizes, np.int64), ("size",), {"what": "edges selected, before pruning"})
+    w.write("n_edges", np.asarray(curve.n_edges, np.int64), ("size",), {"what": "edges after pruning"})
+    w.write("clean_metric", curve.clean.astype(np.float32), ("pair",), attrs)
+    w.write("corrupted_metric", curve.corrupted.astype(np.float32), ("pair",), attrs)
+    w.write("clean_tokens", pairs.clean.numpy().astype(np.int32), ("pair", "pos"), attrs)
+    w.write("corrupted_tokens", pairs.corrupted.numpy().astype(np.int32), ("pair", "pos"), attrs)
+    w.finish()

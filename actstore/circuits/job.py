@@ -167,9 +167,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     """Score every edge by each method, pick and prune the --top circuit, measure the
     faithfulness curve; write the results and figures (see the module docstring)."""
     from ..compat import versions
-    from .figures import draw_circuit, draw_curves, draw_comparison
-    from .metrics import circuit_metric
     from ..patching import tasks
+    from .figures import draw_circuit, draw_comparison, draw_curves
 
     _check(cfg)
     model = as_loaded(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
@@ -196,6 +195,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     clean, corrupted = pairs.clean.to(model.device), pairs.corrupted.to(model.device)
     with torch.no_grad():
         clean_logits, corrupted_logits = bridge(clean), bridge(corrupted)
+
+    from .metrics import circuit_metric
 
     def metric_of(a: int, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return circuit_metric(cfg.metric, answer=pairs.answer[a:b].to(model.device),

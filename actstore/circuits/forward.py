@@ -26,7 +26,7 @@ wrong edges.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -96,13 +96,17 @@ class GraphForward:
     # --- the masked forward -------------------------------------------------------------
 
     def run(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor | None = None, *,
-            outputs: Mapping[str, torch.Tensor] | None = None, embed: torch.Tensor | None = None) -> torch.Tensor:
+            outputs: Mapping[str, torch.Tensor] | None = None, embed: torch.Tensor | None = None,
+            positions: Sequence[int] | None = None) -> torch.Tensor:
         """Logits (variant, batch, pos, d_vocab) of the masked forward (module docstring).
 
         ``mask`` (variant, n_edges) bool or float; ``patch`` (n_upstream, batch, pos, d_model),
         may be None where every mask entry is 1; ``outputs`` replaces named nodes' live
         outputs ((batch, pos, d_model) or (variant, batch, pos, d_model)); ``embed`` replaces
-        the input node's. Differentiable in mask, patch, outputs and embed."""
+        the input node's. ``positions``: compute the logits at these positions only
+        (variant, batch, len(positions), d_vocab), e.g. [-1] for a metric that reads the
+        last one (the unembedding is most of a small model's cost). Differentiable in mask,
+        patch, outputs and embed."""
         tokens = self._tokens(tokens)
         mask = self._mask(mask)
         batch, n_pos = tokens.shape
@@ -117,10 +121,16 @@ class GraphForward:
         over = self._overrides(outputs, embed, batch, n_pos)
         if not self._checked and self_check.ENABLED:
             self._check(tokens)
-        return self._forward(tokens, mask, patch.to(self.dtype), over)
+        pos = None
+        if positions is not None:
+            pos = torch.as_tensor(list(positions), dtype=torch.long)
+            if pos.ndim != 1 or len(pos) == 0 or bool(((pos < -n_pos) | (pos >= n_pos)).any()):
+                raise ConfigError(f"positions {list(positions)} are not positions of {n_pos}-token prompts "
+                                  f"(0..{n_pos - 1}, or -1 for the last).")
+        return self._forward(tokens, mask, patch.to(self.dtype), over, pos)
 
     def _forward(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor,
-                 over: dict[int, torch.Tensor]) -> torch.Tensor:
+                 over: dict[int, torch.Tensor], positions: torch.Tensor | None = None) -> torch.Tensor:
         model, g = self.model, self.graph
         n_var = mask.shape[0]
         batch, n_pos = tokens.shape
@@ -150,6 +160,8 @@ class GraphForward:
             mlp_in = self._inputs(first + 3 * self.n_heads, first + per_layer, mask, groups, sums, bias)[..., 0, :]
             add([block.mlp(block.ln2(mlp_in.flatten(0, 1))).unflatten(0, (n_var, batch))])
         final = self._inputs(len(g.downstream) - 1, len(g.downstream), mask, groups, sums, bias)[..., 0, :]
+        if positions is not None:
+            final = final[:, :, positions.to(final.device)]
         resid = model.ln_final(final.flatten(0, 1))
         logits = resid @ model.W_U.to(self.dtype) + model.b_U.to(self.dtype)
         return logits.unflatten(0, (n_var, batch))

@@ -43,7 +43,10 @@ def test_all_edges_kept_is_the_models_forward(case, fwd):
 def test_every_edge_cut_to_the_other_run_is_the_other_forward(case, fwd):
     with torch.no_grad():
         got = fwd.run(case.corrupted, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(case.clean))[0]
+        last = fwd.run(case.corrupted, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(case.clean),
+                       positions=[-1, 3])[0]
     assert_close_rel(got, case.clean_logits, min_spread=5.0, scale=case.logit_scale, what="all zeros")
+    assert_close_rel(last, case.clean_logits[:, [-1, 3]], min_spread=5.0, scale=case.logit_scale, what="positions")
 
 
 def test_node_outputs_sum_to_the_final_residual(case, fwd):
@@ -121,6 +124,8 @@ def test_bad_inputs_are_refused(case, fwd):
         fwd.run(case.clean, torch.zeros(1, fwd.graph.n_edges))
     with pytest.raises(ConfigError, match="no upstream node 'a99.h0'"):
         fwd.run(case.clean, _ones(fwd), outputs={"a99.h0": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="are not positions of"):
+        fwd.run(case.clean, _ones(fwd), positions=[99])
     with pytest.raises(ConfigError, match="Graph.from_model"):
         GraphForward(case.bridge, Graph(1, 1))
 

@@ -65,13 +65,14 @@ class GraphForward:
 
     def row_bytes(self, n_pos: int, grad: bool = False) -> int:
         """Bytes one (variant x pair) row of :meth:`run` needs, roughly: every node's output
-        and its difference from ``patch`` (kept whole), one layer's per-head inputs, and with
-        ``grad`` the per-layer intermediates autograd keeps."""
-        n_up = len(self.graph.upstream)
+        less its patch value (kept whole), one layer's per-head inputs and their layer norm,
+        and with ``grad`` what autograd keeps of every layer (the per-head inputs, normed and
+        summed, the heads' outputs, the MLP's hidden layer, the attention pattern)."""
+        n_up, d, h = len(self.graph.upstream), self.d_model, self.n_heads
         item = torch.finfo(self.dtype).bits // 8
-        per_pos = 2 * n_up * self.d_model + 3 * self.n_heads * self.d_model * 3
+        per_pos = n_up * d + 3 * h * d * 3
         if grad:
-            per_pos += self.graph.n_layers * (3 * self.n_heads * self.d_model * 2 + 4 * self.d_model * 3)
+            per_pos += self.graph.n_layers * (3 * h * d * 4 + h * d + 4 * d * 3 + h * n_pos)
         return int(per_pos * n_pos * item)
 
     # --- the plain forward's node outputs ---------------------------------------------

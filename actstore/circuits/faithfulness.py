@@ -79,11 +79,14 @@ def _forward(model: Any, forward: Any, graph: Graph | None) -> Any:
 
 def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
                  masks: Any, *, forward: Any = None, graph: Graph | None = None, memory_budget: int | None = None,
-                 progress: bool = True, sizes: Sequence[int] | None = None) -> Faithfulness:
+                 progress: bool = True, sizes: Sequence[int] | None = None,
+                 positions: Sequence[int] | None = None) -> Faithfulness:
     """The metric of each circuit in ``masks`` ((size, n_edges) bool, one row a circuit)
     on the clean prompts with every other edge corrupted; see the module docstring.
     ``metric`` maps logits (pair, pos, d_vocab) to (pair,), for the whole batch of pairs.
-    ``forward``: a :class:`~actstore.circuits.forward.GraphForward` of ``model`` to reuse."""
+    ``forward``: a :class:`~actstore.circuits.forward.GraphForward` of ``model`` to reuse.
+    ``positions``: the circuit runs compute the logits at these positions only (e.g. [-1]
+    for a metric of the last position), which ``metric`` then receives."""
     from tqdm.auto import tqdm
 
     from ..patching.engine import default_memory_budget
@@ -108,7 +111,8 @@ def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch
         patch = fwd.node_outputs(corrupted)
         starts = range(0, len(masks), per_chunk)
         for a in tqdm(starts, desc="circuit runs", unit="forward", disable=not progress or len(starts) < 2):
-            logits = fwd.run(clean, masks[a:a + per_chunk].to(device), patch)  # (circuit, pair, pos, d_vocab)
+            # (circuit, pair, pos or len(positions), d_vocab)
+            logits = fwd.run(clean, masks[a:a + per_chunk].to(device), patch, positions=positions)
             for i, row in enumerate(logits):
                 values[a + i] = metric(row).double().cpu()
             del logits
@@ -120,11 +124,12 @@ def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch
 def faithfulness_curve(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
                        scores: Any, sizes: Sequence[int] | None = None, *, how: Selection = "top-n",
                        absolute: bool = True, forward: Any = None, graph: Graph | None = None,
-                       memory_budget: int | None = None, progress: bool = True) -> Faithfulness:
+                       memory_budget: int | None = None, progress: bool = True,
+                       positions: Sequence[int] | None = None) -> Faithfulness:
     """Faithfulness of the circuits of ``scores`` at each size (edges selected by ``how``,
     then pruned; default :func:`default_sizes`), all in a handful of batched forwards."""
     fwd = _forward(model, forward, graph)
     sizes = default_sizes(fwd.graph.n_edges) if sizes is None else [int(n) for n in sizes]
     masks = np.stack([select_circuit(fwd.graph, scores, n, how=how, absolute=absolute).mask for n in sizes])
     return faithfulness(model, clean_tokens, corrupted_tokens, metric, masks, forward=fwd,
-                        memory_budget=memory_budget, progress=progress, sizes=sizes)
+                        memory_budget=memory_budget, progress=progress, sizes=sizes, positions=positions)

@@ -135,9 +135,10 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
                                                for h in ("attn.hook_z", "hook_mlp_out")]
     missing = [h for h in need if h not in have]
     if missing:
-        raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "
-                                 f"{missing[0]}). Cache the clean prompts with `actstore cache {store.path} --sites "
-                                 f"{CLEAN_SITES} --packing document --seq-len {n_pos} ...`, or give a new --store path.")
+        raise StoreMismatchError(
+            f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: {missing[0]}). Cache the "
+            f"clean prompts with `actstore cache {store.path} --sites {CLEAN_SITES} --packing document --seq-len "
+            f"{n_pos} ...`, or give a new --store path.")
     if cfg.clean_rows is None:
         return store, store_rows(store, pairs.clean)
     a, b = (int(x) for x in cfg.clean_rows.split(":"))
@@ -216,16 +217,16 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
 
     fwd = GraphForward(bridge, graph)
     sizes = sorted(set(default_sizes(graph.n_edges)) | {cfg.top})
-    absolute = not cfg.signed
+    pick = dict(how=cfg.selection, absolute=not cfg.signed)
     curves: dict[str, Faithfulness] = {}
     circuits: dict[str, Circuit] = {}
     for method, s in scores.items():
-        circuits[method] = select_circuit(graph, s, cfg.top, how=cfg.selection, absolute=absolute)  # type: ignore[arg-type]
-        masks = np.stack([select_circuit(graph, s, n, how=cfg.selection, absolute=absolute).mask  # type: ignore[arg-type]
-                          for n in sizes])
+        circuits[method] = select_circuit(graph, s, cfg.top, **pick)  # type: ignore[arg-type]
+        masks = np.stack([select_circuit(graph, s, n, **pick).mask for n in sizes])  # type: ignore[arg-type]
         parts = [faithfulness(bridge, clean[a:a + cfg.batch_pairs], corrupted[a:a + cfg.batch_pairs],
                               metric_of(a, a + cfg.batch_pairs), masks, forward=fwd, memory_budget=cfg.memory_budget,
-                              progress=cfg.progress, sizes=sizes) for a in range(0, n_pairs, cfg.batch_pairs)]
+                              progress=cfg.progress, sizes=sizes, positions=[-1])
+                 for a in range(0, n_pairs, cfg.batch_pairs)]
         curves[method] = Faithfulness.concat(parts)
     correlation = ({m: compare_scores(scores["exact"], s, cfg.top) for m, s in scores.items() if m != "exact"}
                    if "exact" in scores else {})

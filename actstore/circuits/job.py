@@ -153,6 +153,17 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     return store, list(range(a, b))
 
 
+def _check_separated(clean: np.ndarray, corrupted: np.ndarray) -> None:
+    """Refuse, before any work, a faithfulness of 0 / 0: pairs whose clean and corrupted
+    runs the metric (values per pair) does not tell apart."""
+    gap = float(clean.mean() - corrupted.mean())
+    scale = float(max(np.abs(clean).max(), np.abs(corrupted).max()))
+    if not abs(gap) > 1e-4 * scale:
+        raise ConfigError(f"The metric's mean on the clean runs ({clean.mean():.6g}) and on the corrupted runs "
+                          f"({corrupted.mean():.6g}) are the same, so faithfulness would be 0 / 0; nothing was "
+                          "done. Use pairs whose clean prompts the model separates from the corrupted ones.")
+
+
 def _scorer(method: str) -> Callable[..., torch.Tensor]:
     """The method's edge-score function; ``steps`` applies to the eap-ig methods only."""
     if method == "exact":
@@ -199,17 +210,15 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
 
     from .metrics import circuit_metric
 
-    def metric_of(a: int, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        return circuit_metric(cfg.metric, answer=pairs.answer[a:b].to(model.device),
-                              wrong=pairs.wrong[a:b].to(model.device), clean_logits=clean_logits[a:b],
-                              corrupted_logits=corrupted_logits[a:b])
-
+    metric = circuit_metric(cfg.metric, answer=pairs.answer.to(model.device), wrong=pairs.wrong.to(model.device),
+                            clean_logits=clean_logits, corrupted_logits=corrupted_logits)
+    _check_separated(*(metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)))
     extra = {"clean_cache": store, "clean_rows": rows} if store is not None else {}
     scores: dict[str, np.ndarray] = {}
     for method in cfg.methods:
         if cfg.progress:
             print(f"scoring {graph.n_edges} edges: {method}")
-        s = _scorer(method)(bridge, clean, corrupted, metric_of(0, n_pairs), graph=graph, steps=cfg.steps,
+        s = _scorer(method)(bridge, clean, corrupted, metric, graph=graph, steps=cfg.steps,
                             memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
         scores[method] = s.detach().double().cpu().numpy()
 
@@ -217,17 +226,19 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
 
     fwd = GraphForward(bridge, graph)
     sizes = sorted(set(default_sizes(graph.n_edges)) | {cfg.top})
+    # --signed ranks the edges that move the metric towards the clean run first (for kl: the negative scores)
+    sign = 1.0 if metric.higher_is_better else -1.0
     pick = dict(how=cfg.selection, absolute=not cfg.signed)
     curves: dict[str, Faithfulness] = {}
     circuits: dict[str, Circuit] = {}
     for method, s in scores.items():
-        circuits[method] = select_circuit(graph, s, cfg.top, **pick)  # type: ignore[arg-type]
-        masks = np.stack([select_circuit(graph, s, n, **pick).mask for n in sizes])  # type: ignore[arg-type]
-        parts = [faithfulness(bridge, clean[a:a + cfg.batch_pairs], corrupted[a:a + cfg.batch_pairs],
-                              metric_of(a, a + cfg.batch_pairs), masks, forward=fwd, memory_budget=cfg.memory_budget,
-                              progress=cfg.progress, sizes=sizes, positions=[-1])
-                 for a in range(0, n_pairs, cfg.batch_pairs)]
-        curves[method] = Faithfulness.concat(parts)
+        circuits[method] = select_circuit(graph, sign * s, cfg.top, **pick)  # type: ignore[arg-type]
+        masks = np.stack([select_circuit(graph, sign * s, n, **pick).mask for n in sizes])  # type: ignore[arg-type]
+        chunks = [(a, min(a + cfg.batch_pairs, n_pairs)) for a in range(0, n_pairs, cfg.batch_pairs)]
+        curves[method] = Faithfulness.concat([
+            faithfulness(bridge, clean[a:b], corrupted[a:b], metric if (a, b) == (0, n_pairs) else
+                         metric.for_pairs(a, b), masks, forward=fwd, memory_budget=cfg.memory_budget,
+                         progress=cfg.progress, sizes=sizes, positions=metric.positions) for a, b in chunks])
     correlation = ({m: compare_scores(scores["exact"], s, cfg.top) for m, s in scores.items() if m != "exact"}
                    if "exact" in scores else {})
 

@@ -140,7 +140,7 @@ def test_refuses_before_work(tmp_path, result, run, capsys):
     assert "eap, eap-ig-inputs" in one_line_error(capsys, base + ["--method", "exact,eep"])
     assert "--steps must be at least 1" in one_line_error(capsys, base + ["--steps", "0"])
     assert "at most 479" in one_line_error(capsys, base + ["--top", "480"])
-    assert "--pairs FILE" in one_line_error(capsys, base[:4] + ["--out", str(tmp_path / "x.zarr")])
+    assert "--pairs FILE" in one_line_error(capsys, base[:3] + ["--out", str(tmp_path / "x.zarr")])
     assert "A:B" in one_line_error(capsys, base + ["--store", str(tmp_path / "s.zarr"), "--clean-rows", "3"])
     assert not os.path.exists(tmp_path / "x.zarr")
     import actstore

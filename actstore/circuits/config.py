@@ -19,7 +19,7 @@ __all__ = ["CircuitJobConfig", "METHODS", "METRICS", "CLEAN_SITES"]
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 METRICS = ("logit-diff", "norm-logit-diff", "kl")
 #: the clean activations edge scores read from a store: every upstream node's output
-CLEAN_SITES = "embed,pos_embed,z:all,mlp_out:all"
+CLEAN_SITES = "z:all,mlp_out:all,resid_pre:0"  # resid_pre 0 = embed + pos_embed, the input node
 
 _PATCH = {f.name: f for f in dataclasses.fields(PatchJobConfig)}
 

@@ -131,8 +131,7 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     check_store_model(store, model.bridge)
     have = set(store.sites)
     L = model.info.n_layers
-    need = ["hook_embed", "hook_pos_embed"] + [f"blocks.{i}.{h}" for i in range(L)
-                                               for h in ("attn.hook_z", "hook_mlp_out")]
+    need = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
     missing = [h for h in need if h not in have]
     if missing:
         raise StoreMismatchError(

@@ -148,6 +148,19 @@ def test_refuses_before_work(tmp_path, result, run, capsys):
     actstore.cache(out=str(tmp_path / "s.zarr"), model="actstore-demo", dataset=["Mary and John went home."],
                    packing="document", seq_len=16, sites="resid_pre:all", progress=False)
     err = one_line_error(capsys, base + ["--store", str(tmp_path / "s.zarr")])
-    assert "--sites embed,pos_embed,z:all,mlp_out:all" in err
+    assert "--sites z:all,mlp_out:all,resid_pre:0" in err
     ResultWriter(str(tmp_path / "y.zarr"), "circuit/eap").write("scores", np.zeros(3), ("edge",))
     assert "--overwrite" in one_line_error(capsys, base[:-1] + [str(tmp_path / "y.zarr"), "--method", "eap"])
+
+
+def test_clean_activations_from_a_store(tmp_path, result):
+    """--store: a new store is cached from the clean prompts and the exact scores read from
+    it equal those of the clean forward."""
+    out = tmp_path / "stored.zarr"
+    assert main(["circuit", "--model", "actstore-demo", "--task", "ioi", "--n-pairs", "6", "--method", "exact",
+                 "--top", "25", "--store", str(tmp_path / "clean.zarr"), "--out", str(out), "--quiet"]) == 0
+    got = zarr.open_group(str(out), mode="r")["circuit/exact/scores"]
+    want = zarr.open_group(str(result), mode="r")["circuit/exact/scores"][:]
+    assert got.attrs["clean_source"].startswith("store")
+    assert_close_rel(torch.as_tensor(got[:], dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64),
+                     min_spread=1.0, what="exact scores from a store")

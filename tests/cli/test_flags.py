@@ -10,12 +10,13 @@ import importlib
 import pytest
 
 from actstore.capture import CacheConfig
+from actstore.circuits.config import CircuitJobConfig
 from actstore.cli.flags import add_config_flags, cli_fields, config_from_args, flag_of
 from actstore.patching.job import PatchJobConfig
 from actstore.probes import ProbeConfig
 
 main_module = importlib.import_module("actstore.cli.main")
-CONFIGS = {"cache": CacheConfig, "probe": ProbeConfig, "patch": PatchJobConfig}
+CONFIGS = {"cache": CacheConfig, "probe": ProbeConfig, "patch": PatchJobConfig, "circuit": CircuitJobConfig}
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:

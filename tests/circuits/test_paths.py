@@ -108,10 +108,12 @@ def test_longer_paths(case):
 
 
 def test_variants_that_cannot_share_a_forward(case):
-    """m2 sends in one variant and is downstream of a receiver in another: two forwards,
-    the same values as one variant at a time; a memory budget of one row a forward too."""
-    variants = [Paths("a1.h1", "a2.h3<v>"), Paths("m2", "logits"), Paths("a0.h0", "a2.h3<v>"), Paths("input", "m3")]
-    assert _groups(path_mask(Graph(4, 4), variants)) == [[0, 2, 3], [1]]
+    """m2 and m3 send in some variants and are downstream of a receiver in others: two
+    forwards, the same values as one variant at a time; a memory budget of one row a
+    forward too."""
+    variants = [Paths("m0", "a2.h3<v>"), Paths("m2", "logits"), Paths("a1.h1", "a2.h3<v>"), Paths("m3", "logits"),
+                Paths("input", "m3")]
+    assert _groups(path_mask(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
     check(case, variants)
     one = torch.stack([path_patch(case.bridge, case.clean, case.corrupted, case.ld, p.senders, p.receivers)
                        for p in variants])
@@ -156,11 +158,11 @@ def test_transformer_lens_direct_path_is_a_special_case(sharp_model, tokenizer, 
     s = Setup(boot(sharp_model), tokenizer)
     with torch.no_grad():
         _, corrupted_cache = s.bridge.run_with_cache(s.corrupted)
-    want = tlp.get_act_patch_direct_path(s.bridge, s.corrupted, s.cache, corrupted_cache, s.ld, *src,
+    want = tlp.get_act_patch_direct_path(s.bridge, s.corrupted, s.cache, corrupted_cache, s.plain, *src,
                                          component=component, verbose=False)
     n_layers, n_heads = want.shape
     later = [(dl, dh) for dl in range(src[0] + 1, n_layers) for dh in range(n_heads)]
-    got = path_patch_sweep(s.bridge, s.corrupted, s.clean, s.ld,
+    got = path_patch_sweep(s.bridge, s.corrupted, s.clean, s.plain,
                            [Paths(f"a{src[0]}.h{src[1]}", f"a{dl}.h{dh}<{component}>") for dl, dh in later])
     assert_close_rel(got, torch.stack([want[dl, dh] for dl, dh in later]), min_spread=0.01, scale=s.logit_scale)
 

@@ -27,17 +27,10 @@ from actstore.patching.path import direct_path_sweep
 
 from ..conftest import needs_tl4
 from ..fidelity_cases import assert_close_rel, boot, demo_case
+from ..patching.conftest import _one_thread  # noqa: F401  (one thread per module, as the patching tests)
 from .path_reference import path_patch_by_hooks
 
 NODES = ["input"] + [n for layer in range(4) for n in [f"a{layer}.h{h}" for h in range(4)] + [f"m{layer}"]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -260,19 +260,20 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
     evaluated on many variants at once. The variants run as rows of one edge mask, in
     forwards of at most ``memory_budget`` bytes (default: half the free GPU memory, or
     up to 512 MiB of RAM). ``forward``: a GraphForward of ``model`` to reuse."""
-    from ..patching.engine import check_model, default_memory_budget
+    from ..patching.engine import default_memory_budget
     from ..patching.metrics import Metrics
     from .forward import GraphForward
 
-    check_model(model)
+    pm = path_mask(forward.graph if forward is not None else Graph.from_model(model), variants)
     base, other = _pair(base_tokens, other_tokens, torch.device(model.cfg.device))
-    fwd = forward if forward is not None else GraphForward(model)
-    pm = path_mask(fwd.graph, variants)
+    fwd = forward if forward is not None else GraphForward(model, pm.graph)
     batch, n_pos = (int(n) for n in base.shape)
     metrics = Metrics({"metric": metric}, per_example, batch, n_pos)
-    names = [u.name for u in fwd.graph.upstream]
+    positions = metrics.positions if metrics.restricted else None  # only the logits the metric reads
+    names = [u.name for u in pm.graph.upstream]
     out = torch.empty(len(pm.senders), *((batch,) if per_example else ()))
-    per_call = max(1, (memory_budget or default_memory_budget(base.device)) // max(1, fwd.row_bytes(n_pos)))
+    budget = memory_budget or default_memory_budget(base.device)
+    per_call = max(1, budget // max(1, batch * fwd.row_bytes(n_pos)))
     with torch.no_grad():
         base_out, other_out = fwd.node_outputs(base), fwd.node_outputs(other)  # (n_upstream, batch, pos, d_model)
         for group in _groups(pm):
@@ -284,8 +285,10 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
                     sends = torch.tensor([u in pm.senders[v] for v in rows], device=base.device)[:, None, None, None]
                     outputs[names[u]] = torch.where(sends, other_out[u], base_out[u])
                 mask = torch.as_tensor(pm.mask[rows], device=base.device)
-                logits = fwd.run(base, mask, base_out, outputs=outputs)  # (variant, batch, pos, d_vocab)
-                out[rows] = metrics.evaluate(metrics.select(logits.flatten(0, 1)))[:, 0].cpu()
+                logits = fwd.run(base, mask, base_out, outputs=outputs, positions=positions).flatten(0, 1)
+                if positions is not None:
+                    logits = logits[..., metrics.token_ids]
+                out[rows] = metrics.evaluate(logits)[:, 0].cpu()
     return out
 
 

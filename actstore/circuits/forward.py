@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..patching import self_check
 from ..patching.engine import check_model
 from ..sites import hook_name
+from .edge_sum import edge_sum
 from .graph import Graph
 
 __all__ = ["GraphForward"]
@@ -64,13 +65,14 @@ class GraphForward:
 
     def row_bytes(self, n_pos: int, grad: bool = False) -> int:
         """Bytes one (variant x pair) row of :meth:`run` needs, roughly: every node's output
-        and its difference from ``patch`` (kept whole), one layer's per-head inputs, and with
-        ``grad`` the per-layer intermediates autograd keeps."""
-        n_up = len(self.graph.upstream)
+        less its patch value (kept whole), one layer's per-head inputs and their layer norm,
+        and with ``grad`` what autograd keeps of every layer (the per-head inputs, normed and
+        summed, the heads' outputs, the MLP's hidden layer, the attention pattern)."""
+        n_up, d, h = len(self.graph.upstream), self.d_model, self.n_heads
         item = torch.finfo(self.dtype).bits // 8
-        per_pos = 2 * n_up * self.d_model + 3 * self.n_heads * self.d_model * 3
+        per_pos = n_up * d + 3 * h * d * 3
         if grad:
-            per_pos += self.graph.n_layers * (3 * self.n_heads * self.d_model * 2 + 4 * self.d_model * 3)
+            per_pos += self.graph.n_layers * (3 * h * d * 4 + h * d + 4 * d * 3 + h * n_pos)
         return int(per_pos * n_pos * item)
 
     # --- the plain forward's node outputs ---------------------------------------------
@@ -137,29 +139,31 @@ class GraphForward:
         shape = (n_var, batch, n_pos, self.d_model)
         # the upstream nodes so far in groups (input; each layer's heads; each MLP), as
         # (first node, live - patch of its nodes (variant, node, batch, pos, d_model));
-        # sums[i] = patch summed over nodes 0..i-1
+        # psum: patch summed over every node so far
         groups: list[tuple[int, torch.Tensor]] = []
-        sums = [torch.zeros_like(patch[0])]
+        psum = torch.zeros_like(patch[0])
 
-        def add(nodes: list[torch.Tensor]) -> None:
-            first = sums.__len__() - 1
-            live = [over.get(first + i, x).expand(shape) for i, x in enumerate(nodes)]
-            groups.append((first, torch.stack([x - patch[first + i] for i, x in enumerate(live)], 1)))
-            for i in range(len(nodes)):
-                sums.append(sums[-1] + patch[first + i])
+        def add(live: torch.Tensor) -> None:  # live: (variant or 1, nodes, batch, pos, d_model)
+            nonlocal psum
+            first = groups[-1][0] + groups[-1][1].shape[1] if groups else 0
+            nodes = range(first, first + live.shape[1])
+            if any(i in over for i in nodes):
+                live = torch.stack([over.get(i, live[:, k]).expand(shape) for k, i in enumerate(nodes)], 1)
+            groups.append((first, live.expand(n_var, *live.shape[1:]) - patch[first:first + live.shape[1]]))
+            psum = psum + patch[first:first + live.shape[1]].sum(0)
 
-        add([self._embed(tokens)])
+        add(self._embed(tokens)[None, None])
         bias = torch.zeros(self.d_model, device=self.device, dtype=self.dtype)
         per_layer = 3 * self.n_heads + 1
         for layer in range(g.n_layers):
             block = model.blocks[layer]
             first = layer * per_layer
-            qkv = self._inputs(first, first + 3 * self.n_heads, mask, groups, sums, bias)  # (V, B, P, 3H, D)
-            add(list(self._attention(block, qkv.unflatten(-2, (self.n_heads, 3)))))
+            qkv = self._inputs(first, first + 3 * self.n_heads, mask, groups, psum + bias)  # (V, B, P, 3H, D)
+            add(self._attention(block, qkv.unflatten(-2, (self.n_heads, 3))))
             bias = bias + block.attn.b_O.to(self.dtype)
-            mlp_in = self._inputs(first + 3 * self.n_heads, first + per_layer, mask, groups, sums, bias)[..., 0, :]
-            add([block.mlp(block.ln2(mlp_in.flatten(0, 1))).unflatten(0, (n_var, batch))])
-        final = self._inputs(len(g.downstream) - 1, len(g.downstream), mask, groups, sums, bias)[..., 0, :]
+            mlp_in = self._inputs(first + 3 * self.n_heads, first + per_layer, mask, groups, psum + bias)[..., 0, :]
+            add(block.mlp(block.ln2(mlp_in.flatten(0, 1))).unflatten(0, (n_var, batch))[:, None])
+        final = self._inputs(len(g.downstream) - 1, len(g.downstream), mask, groups, psum + bias)[..., 0, :]
         if positions is not None:
             final = final[:, :, positions.to(final.device)]
         resid = model.ln_final(final.flatten(0, 1))
@@ -167,20 +171,20 @@ class GraphForward:
         return logits.unflatten(0, (n_var, batch))
 
     def _inputs(self, lo: int, hi: int, mask: torch.Tensor, groups: list[tuple[int, torch.Tensor]],
-                sums: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
-        """Downstream inputs lo..hi-1, which read the same upstream nodes (every node so far,
-        0..n-1): (variant, batch, pos, hi - lo, d_model). Edge (node u -> input j) is number
-        ``start_j + u`` (edges are destination-major, sources in forward order)."""
+                base: torch.Tensor) -> torch.Tensor:
+        """Downstream inputs lo..hi-1, which read the same upstream nodes (every node so far):
+        (variant, batch, pos, hi - lo, d_model). Edge (node u -> input j) is number
+        ``start_j + u`` (edges are destination-major, sources in forward order); ``base`` is
+        what every input reads besides its edges' masked differences: the patch values of all
+        its sources and the biases."""
         starts = torch.tensor([self._range[j][0] for j in range(lo, hi)], device=self.device)
-        x = (sums[-1] + bias)[..., None, :]
-        for first, diff in groups:
-            cols = starts[None, :] + torch.arange(first, first + diff.shape[1], device=self.device)[:, None]
-            x = x + torch.einsum("vun,vubpd->vbpnd", mask[:, cols], diff)
-        return x
+        cols = [(starts[None, :] + torch.arange(first, first + diff.shape[1], device=self.device)[:, None], diff)
+                for first, diff in groups]
+        return edge_sum(mask, cols).movedim(1, -2) + base[..., None, :]
 
     def _attention(self, block: Any, x: torch.Tensor) -> torch.Tensor:
         """Each head from its own q, k and v inputs x (V, B, P, H, 3, D): its output z @ W_O
-        (H, V, B, P, D)."""
+        (V, H, B, P, D)."""
         attn, dt = block.attn, self.dtype
         h = block.ln1(x)
         q = torch.einsum("vbphd,hde->vbhpe", h[..., 0, :], attn.W_Q.to(dt)) + attn.b_Q.to(dt)[:, None]
@@ -192,7 +196,7 @@ class GraphForward:
         scores = scores.masked_fill(~causal, float("-inf"))
         pattern = torch.softmax(scores.float(), -1).to(dt)
         z = pattern @ v  # (V, B, H, P, d_head)
-        return torch.einsum("vbhpe,hed->hvbpd", z, attn.W_O.to(dt))
+        return torch.einsum("vbhpe,hed->vhbpd", z, attn.W_O.to(dt))
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input node's output: the residual entering block 0 (token plus position

@@ -49,7 +49,7 @@ def _names(value: Names, role: str) -> tuple[str, ...]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Paths:
     """One path-patching variant.
 
@@ -258,7 +258,7 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
     ``metric``: a TransformerLens metric of one run's logits (batch, pos, d_vocab), or a
     batched one (:class:`~actstore.patching.LogitDiff`, ``batched_metric``), which is
     evaluated on many variants at once. The variants run as rows of one edge mask, in
-    forwards of at most ``memory_budget`` bytes (default: half the free GPU memory, or
+    forwards of about ``memory_budget`` bytes each (default: half the free GPU memory, or
     up to 512 MiB of RAM). ``forward``: a GraphForward of ``model`` to reuse."""
     from ..patching.engine import default_memory_budget
     from ..patching.metrics import Metrics
@@ -273,15 +273,18 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
     names = [u.name for u in pm.graph.upstream]
     out = torch.empty(len(pm.senders), *((batch,) if per_example else ()))
     budget = memory_budget or default_memory_budget(base.device)
-    per_call = max(1, budget // max(1, batch * fwd.row_bytes(n_pos)))
     with torch.no_grad():
         base_out, other_out = fwd.node_outputs(base), fwd.node_outputs(other)  # (n_upstream, batch, pos, d_model)
         for group in _groups(pm):
-            senders = sorted(set().union(*(pm.senders[v].tolist() for v in group)))
+            n_send = len(set().union(*(pm.senders[v].tolist() for v in group)))
+            # bytes per (variant x prompt) row: the forward's, and the senders' outputs given per variant
+            row = fwd.row_bytes(n_pos) + n_send * n_pos * int(fwd.d_model) * base_out.element_size()
+            per_call = max(1, budget // (batch * row))
             for start in range(0, len(group), per_call):
                 rows = group[start:start + per_call]
                 outputs = {}
-                for u in senders:  # other's output where u sends, its base output (unchanged there) elsewhere
+                for u in sorted(set().union(*(pm.senders[v].tolist() for v in rows))):
+                    # the other run's output where u sends, its base output (unchanged there) elsewhere
                     sends = torch.tensor([u in pm.senders[v] for v in rows], device=base.device)[:, None, None, None]
                     outputs[names[u]] = torch.where(sends, other_out[u], base_out[u])
                 mask = torch.as_tensor(pm.mask[rows], device=base.device)

@@ -37,7 +37,7 @@ from jaxtyping import Float, Int
 from ..errors import ConfigError
 from .graph import Graph
 
-__all__ = ["Paths", "PathMask", "path_mask", "path_patch", "path_patch_sweep"]
+__all__ = ["Paths", "path_mask", "path_patch", "path_patch_sweep"]
 
 Names = Union[str, Sequence[str]]
 
@@ -79,16 +79,28 @@ class Paths:
 
 
 @dataclass(frozen=True)
-class PathMask:
-    """Compiled variants: ``mask`` (variant, n_edges) bool, the edges that read live values
-    (the rest read the base run's node outputs); ``senders[v]`` and ``changed[v]`` the
-    upstream indices of variant v's senders and of the nodes whose output differs from
-    the base run's (intermediates, receiver nodes and their descendants)."""
+class _Variant:
+    """One compiled variant. Its mask row: an edge u -> d reads live values where d is a
+    receiver's or an intermediate's input and u a sender or an intermediate (but a
+    sender -> receiver edge when ``cut_direct``), or where d is any other input and u a
+    receiver node or downstream of one; every other edge reads the base run."""
 
-    graph: Graph
-    mask: np.ndarray
-    senders: tuple[np.ndarray, ...]
-    changed: tuple[np.ndarray, ...]
+    senders: np.ndarray  # upstream indices
+    changed: np.ndarray  # upstream indices of nodes whose output differs from the base run's
+    on_path: np.ndarray  # (n_upstream,) bool: senders and intermediates
+    into_path: np.ndarray  # (n_downstream,) bool: receivers' and intermediates' inputs
+    after: np.ndarray  # (n_upstream,) bool: receiver nodes and their descendants (recomputed)
+    receiving: np.ndarray  # (n_downstream,) bool: the receivers' inputs
+    cut_direct: bool
+
+    def row(self, graph: Graph, edges: np.ndarray | slice = slice(None)) -> np.ndarray:
+        src, dst = graph.src[edges], graph.dst[edges]
+        live = np.where(self.into_path[dst], self.on_path[src], self.after[src])
+        if self.cut_direct:
+            is_s = np.zeros_like(self.on_path)
+            is_s[self.senders] = True
+            live &= ~(is_s[src] & self.receiving[dst])
+        return live
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,7 @@ def _parse_inputs(t: _Tables, names: Sequence[str], role: str, where: str) -> tu
     return ins, sorted({int(t.node_of[j]) for j in ins if t.node_of[j] >= 0})
 
 
-def _compile(graph: Graph, t: _Tables, p: Paths, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _compile(graph: Graph, t: _Tables, p: Paths, where: str) -> _Variant:
     if not p.senders or not p.receivers:
         raise ConfigError(f"{where}path patching needs at least one sender and one receiver, got senders="
                           f"{list(p.senders)} and receivers={list(p.receivers)}.")
@@ -166,25 +178,24 @@ def _compile(graph: Graph, t: _Tables, p: Paths, where: str) -> tuple[np.ndarray
     on_path, into_path = np.zeros(len(t.up), dtype=bool), np.zeros(len(graph.downstream), dtype=bool)
     on_path[s + i_nodes] = True
     into_path[r_in + i_in] = True
-    is_s, is_r = np.zeros_like(on_path), np.zeros_like(into_path)
-    is_s[s], is_r[r_in] = True, True
-    src, dst = graph.src, graph.dst
-    live = np.where(into_path[dst], on_path[src], changed[src])
-    if not p.uses_direct:
-        live &= ~(is_s[src] & is_r[dst])
-    _check_paths(t, live, graph, s, i_nodes, i_in, r_in, where)
-    return live, np.asarray(s, dtype=np.int64), np.flatnonzero(changed | np.isin(np.arange(len(t.up)), i_nodes))
+    receiving = np.zeros_like(into_path)
+    receiving[r_in] = True
+    moved = changed.copy()
+    moved[i_nodes] = True
+    v = _Variant(np.asarray(s, dtype=np.int64), np.flatnonzero(moved), on_path, into_path, changed, receiving,
+                 not p.uses_direct)
+    _check_paths(t, v, graph, s, i_nodes, i_in, r_in, where)
+    return v
 
 
-def _check_paths(t: _Tables, live: np.ndarray, graph: Graph, s: list[int], i_nodes: list[int], i_in: list[int],
+def _check_paths(t: _Tables, v: _Variant, graph: Graph, s: list[int], i_nodes: list[int], i_in: list[int],
                  r_in: list[int], where: str) -> None:
     """Every intermediate lies on a path from a sender to a receiver along live edges, every
     sender starts one and every receiver ends one."""
     name = [u.name for u in graph.upstream]
-    into = np.zeros(len(graph.downstream), dtype=bool)
-    into[i_in + r_in] = True
-    keep = live & into[graph.dst]
-    e_src, e_dst = graph.src[keep], graph.dst[keep]  # the live edges into path inputs
+    into = np.flatnonzero(v.into_path[graph.dst])  # the edges into path inputs
+    keep = into[v.row(graph, into)]
+    e_src, e_dst = graph.src[keep], graph.dst[keep]  # the live ones
     node_in = t.node_of[e_dst]
 
     def hears(dst_ok: np.ndarray, from_nodes: set[int]) -> bool:
@@ -211,32 +222,35 @@ def _check_paths(t: _Tables, live: np.ndarray, graph: Graph, s: list[int], i_nod
         useful.add(u)
 
 
-def path_mask(graph: Graph, variants: Sequence[Paths]) -> PathMask:
-    """The edge masks of path-patching variants (see the module docstring); ConfigError,
-    naming the variant and the fix, for unknown names and senders, intermediates or
-    receivers out of order."""
+def _plan(graph: Graph, variants: Sequence[Paths]) -> list[_Variant]:
+    """The compiled variants; ConfigError, naming the variant and the fix, for unknown names
+    and senders, intermediates or receivers out of order."""
     if isinstance(variants, Paths):
         variants = [variants]
     if not variants:
         raise ConfigError("path patching needs at least one variant (a Paths of senders and receivers).")
     t = _tables(graph)
-    rows, senders, changed = [], [], []
+    out = []
     for v, p in enumerate(variants):
         if not isinstance(p, Paths):
             raise ConfigError(f"variant {v} is a {type(p).__name__}; pass Paths(senders, receivers, through=...).")
-        row, s, c = _compile(graph, t, p, f"variant {v}: " if len(variants) > 1 else "")
-        rows.append(row)
-        senders.append(s)
-        changed.append(c)
-    return PathMask(graph, np.stack(rows), tuple(senders), tuple(changed))
+        out.append(_compile(graph, t, p, f"variant {v}: " if len(variants) > 1 else ""))
+    return out
 
 
-def _groups(pm: PathMask) -> list[list[int]]:
+def path_mask(graph: Graph, variants: Paths | Sequence[Paths]) -> np.ndarray:
+    """(variant, n_edges) bool: the edges that read live values in each variant's forward,
+    the rest reading the base run's node outputs (see the module docstring); ConfigError
+    for unknown names and senders, intermediates or receivers out of order."""
+    return np.stack([v.row(graph) for v in _plan(graph, variants)])
+
+
+def _groups(plan: Sequence[_Variant]) -> list[list[int]]:
     """Variants that can share a forward: a node given the other run's output in one
     (a sender) must hold its base output in the others, so must not change there."""
     groups: list[tuple[list[int], set[int], set[int]]] = []
-    for v in range(len(pm.senders)):
-        s, c = set(pm.senders[v].tolist()), set(pm.changed[v].tolist())
+    for v, var in enumerate(plan):
+        s, c = set(var.senders.tolist()), set(var.changed.tolist())
         for rows, g_s, g_c in groups:
             if not (s & g_c) and not (c & g_s):
                 rows.append(v)
@@ -264,30 +278,31 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
     from ..patching.metrics import Metrics
     from .forward import GraphForward
 
-    pm = path_mask(forward.graph if forward is not None else Graph.from_model(model), variants)
+    graph = forward.graph if forward is not None else Graph.from_model(model)
+    plan = _plan(graph, variants)
     base, other = _pair(base_tokens, other_tokens, torch.device(model.cfg.device))
-    fwd = forward if forward is not None else GraphForward(model, pm.graph)
+    fwd = forward if forward is not None else GraphForward(model, graph)
     batch, n_pos = (int(n) for n in base.shape)
     metrics = Metrics({"metric": metric}, per_example, batch, n_pos)
     positions = metrics.positions if metrics.restricted else None  # only the logits the metric reads
-    names = [u.name for u in pm.graph.upstream]
-    out = torch.empty(len(pm.senders), *((batch,) if per_example else ()))
+    names = [u.name for u in graph.upstream]
+    out = torch.empty(len(plan), *((batch,) if per_example else ()))
     budget = memory_budget or default_memory_budget(base.device)
     with torch.no_grad():
         base_out, other_out = fwd.node_outputs(base), fwd.node_outputs(other)  # (n_upstream, batch, pos, d_model)
-        for group in _groups(pm):
-            n_send = len(set().union(*(pm.senders[v].tolist() for v in group)))
+        for group in _groups(plan):
+            n_send = len(set().union(*(plan[v].senders.tolist() for v in group)))
             # bytes per (variant x prompt) row: the forward's, and the senders' outputs given per variant
             row = fwd.row_bytes(n_pos) + n_send * n_pos * int(fwd.d_model) * base_out.element_size()
             per_call = max(1, budget // (batch * row))
             for start in range(0, len(group), per_call):
                 rows = group[start:start + per_call]
                 outputs = {}
-                for u in sorted(set().union(*(pm.senders[v].tolist() for v in rows))):
+                for u in sorted(set().union(*(plan[v].senders.tolist() for v in rows))):
                     # the other run's output where u sends, its base output (unchanged there) elsewhere
-                    sends = torch.tensor([u in pm.senders[v] for v in rows], device=base.device)[:, None, None, None]
+                    sends = torch.tensor([u in plan[v].senders for v in rows], device=base.device)[:, None, None, None]
                     outputs[names[u]] = torch.where(sends, other_out[u], base_out[u])
-                mask = torch.as_tensor(pm.mask[rows], device=base.device)
+                mask = torch.as_tensor(np.stack([plan[v].row(graph) for v in rows]), device=base.device)
                 logits = fwd.run(base, mask, base_out, outputs=outputs, positions=positions).flatten(0, 1)
                 if positions is not None:
                     logits = logits[..., metrics.token_ids]

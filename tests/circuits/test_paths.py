@@ -21,7 +21,7 @@ import torch
 
 from actstore import patching as ap
 from actstore.circuits.graph import Graph
-from actstore.circuits.paths import Paths, _groups, path_mask, path_patch, path_patch_sweep
+from actstore.circuits.paths import Paths, _groups, _plan, path_mask, path_patch, path_patch_sweep
 from actstore.errors import ConfigError
 from actstore.patching.path import direct_path_sweep
 
@@ -106,7 +106,7 @@ def test_variants_that_cannot_share_a_forward(case):
     forward too."""
     variants = [Paths("m0", "a2.h3<v>"), Paths("m2", "logits"), Paths("a1.h1", "a2.h3<v>"), Paths("m3", "logits"),
                 Paths("input", "m3")]
-    assert _groups(path_mask(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
+    assert _groups(_plan(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
     check(case, variants)
     one = torch.stack([path_patch(case.bridge, case.clean, case.corrupted, case.ld, p.senders, p.receivers)
                        for p in variants])
@@ -165,12 +165,13 @@ def test_the_mask_of_one_path():
     out of the receiver head and its descendants (m1, recomputed as in step 3); every
     other edge reads the base run."""
     g = Graph(2, 2)
-    pm = path_mask(g, [Paths("a0.h0", "a1.h0<q>")])
-    live = {g.names[e] for e in np.flatnonzero(pm.mask[0])}
+    one = Paths("a0.h0", "a1.h0<q>")
+    live = {g.names[e] for e in np.flatnonzero(path_mask(g, one)[0])}
     assert live == {"a0.h0->a1.h0<q>", "a1.h0->m1", "a1.h0->logits", "m1->logits"}
-    assert pm.senders[0].tolist() == [1] and [g.upstream[u].name for u in pm.changed[0]] == ["a1.h0", "m1"]
+    plan = _plan(g, [one])[0]
+    assert plan.senders.tolist() == [1] and [g.upstream[u].name for u in plan.changed] == ["a1.h0", "m1"]
     two = path_mask(g, [Paths("input", "logits", ["a0.h1<v>", "m0"])])
-    live = {g.names[e] for e in np.flatnonzero(two.mask[0])}
+    live = {g.names[e] for e in np.flatnonzero(two[0])}
     assert live == {"input->a0.h1<v>", "input->m0", "a0.h1->m0", "a0.h1->logits", "m0->logits"}
 
 

@@ -7,8 +7,9 @@ transformer_lens.patching (TransformerLens 4) are its special case of one sender
 and one receiver head's q, k or v input.
 
 The model: the trained demo model on 4 held-out IOI pairs that differ late (position
-10 of 15; tests/fidelity_cases.py), base = the clean prompts, other = the corrupted
-ones, the metric the IO - S logit difference (about 9 clean, -10 corrupted).
+10 of 15; tests/fidelity_cases.py), and a few sweeps on pairs that differ early (another
+first name at position 2); base = the clean prompts, other = the corrupted ones, the
+metric the IO - S logit difference (about 9 clean, -10 corrupted).
 Tolerance: 1e-4 of the spread of the reference's values (or 16 float32 ulps of the
 largest logit), each comparison asserting the spread is at least 0.02 and 100
 tolerances."""
@@ -73,6 +74,18 @@ def test_the_reference_recipe(case):
 def test_direct_paths_one_sender_each(case, receiver):
     """A sweep: every node before the receiver, one sender a variant, in one batched run."""
     check(case, [Paths(s, receiver) for s in NODES if before(s, receiver)], receiver)
+
+
+@pytest.fixture(scope="module")
+def early():
+    return demo_case("early")
+
+
+@pytest.mark.parametrize("receiver,through", [("a1.h0<k>", ()), ("a2.h3", ()), ("logits", ("a2.h3",))])
+def test_prompts_that_differ_early(early, receiver, through):
+    """The same clean prompts, the other run with another first name at position 2."""
+    node = (through or (receiver,))[0].split("<")[0]
+    check(early, [Paths(s, receiver, through) for s in NODES if before(s, node)], f"early {receiver}")
 
 
 def test_sender_and_receiver_sets(case):

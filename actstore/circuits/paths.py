@@ -278,6 +278,9 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], ot
     from ..patching.metrics import Metrics
     from .forward import GraphForward
 
+    if forward is not None and forward.model is not model:
+        raise ConfigError("forward= is a GraphForward of another model; pass GraphForward(model) of this one, or "
+                          "leave forward= out.")
     graph = forward.graph if forward is not None else Graph.from_model(model)
     plan = _plan(graph, variants)
     base, other = _pair(base_tokens, other_tokens, torch.device(model.cfg.device))

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from actstore import patching as ap
+from actstore.circuits.forward import GraphForward
 from actstore.circuits.graph import Graph
 from actstore.circuits.paths import Paths, _groups, _plan, path_mask, path_patch, path_patch_sweep
 from actstore.errors import ConfigError
@@ -116,14 +117,15 @@ def test_longer_paths(case):
 def test_variants_that_cannot_share_a_forward(case):
     """m2 and m3 send in some variants and are downstream of a receiver in others: two
     forwards, the same values as one variant at a time; a memory budget of one row a
-    forward too."""
+    forward, with a GraphForward passed in, too."""
     variants = [Paths("m0", "a2.h3<v>"), Paths("m2", "logits"), Paths("a1.h1", "a2.h3<v>"), Paths("m3", "logits"),
                 Paths("input", "m3")]
     assert _groups(_plan(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
     check(case, variants)
     one = torch.stack([path_patch(case.bridge, case.clean, case.corrupted, case.ld, p.senders, p.receivers)
                        for p in variants])
-    small = path_patch_sweep(case.bridge, case.clean, case.corrupted, case.ld, variants, memory_budget=1)
+    small = path_patch_sweep(case.bridge, case.clean, case.corrupted, case.ld, variants, memory_budget=1,
+                             forward=GraphForward(case.bridge))
     spread = float(one.max() - one.min())
     assert spread > 5
     torch.testing.assert_close(small, one, rtol=0, atol=1e-4 * spread)
@@ -224,3 +226,6 @@ def test_bad_input_fails_before_work(case, monkeypatch):
         path_patch(case.bridge, case.clean, case.corrupted[:, 1:], case.ld, "m0", "m1")
     with pytest.raises(ConfigError, match="path patching needs at least one variant"):
         path_patch_sweep(case.bridge, case.clean, case.corrupted, case.ld, [])
+    other_model = forward.GraphForward(demo_case("early").bridge)
+    with pytest.raises(ConfigError, match="forward= is a GraphForward of another model"):
+        path_patch(case.bridge, case.clean, case.corrupted, case.ld, "m0", "m1", forward=other_model)

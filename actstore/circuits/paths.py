@@ -45,7 +45,8 @@ Names = Union[str, Sequence[str]]
 def _names(value: Names, role: str) -> tuple[str, ...]:
     out = (value,) if isinstance(value, str) else tuple(value)
     if not all(isinstance(n, str) for n in out):
-        raise ConfigError(f"{role} must be node or input names (strings like 'a1.h2', 'm3', 'a2.h0<q>'), got {value!r}.")
+        raise ConfigError(f"{role} must be node or input names (strings like 'a1.h2', 'm3', 'a2.h0<q>'), "
+                          f"got {value!r}.")
     return out
 
 
@@ -262,8 +263,9 @@ def _groups(plan: Sequence[_Variant]) -> list[list[int]]:
     return [rows for rows, _, _ in groups]
 
 
-def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], other_tokens: Int[torch.Tensor, "batch pos"],
-                     metric: Callable[[torch.Tensor], torch.Tensor], variants: Sequence[Paths], *,
+def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"],
+                     other_tokens: Int[torch.Tensor, "batch pos"], metric: Callable[[torch.Tensor], torch.Tensor],
+                     variants: Sequence[Paths], *,
                      per_example: bool = False, memory_budget: int | None = None, forward: Any = None
                      ) -> Float[torch.Tensor, "variant *batch"]:
     """The metric of each path-patching variant: (variant,), or (variant, batch) with

@@ -105,3 +105,19 @@ def test_bad_input():
         select_edges(g, np.full(g.n_edges, np.nan), 1)
     with pytest.raises(ConfigError, match="unknown selection"):
         select_edges(g, np.zeros(g.n_edges), 1, how="best")  # type: ignore[arg-type]
+
+
+def test_compare_scores_equals_scipy():
+    from scipy import stats
+
+    from actstore.circuits.job import compare_scores
+
+    rng = np.random.default_rng(1)
+    exact = rng.normal(size=300).round(1)  # ties: ranks averaged, as scipy's
+    approx = exact + rng.normal(scale=0.5, size=300)
+    c = compare_scores(exact, approx, 20)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(exact, approx)[0], abs=1e-12)
+    assert c["spearman"] == pytest.approx(stats.spearmanr(exact, approx)[0], abs=1e-12)
+    top = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:20])  # noqa: E731
+    assert c["top_overlap"] == len(top(exact) & top(approx)) / 20 and 0 < c["top_overlap"] < 1
+    assert compare_scores(exact, exact, 20)["top_overlap"] == 1.0

@@ -80,7 +80,7 @@ def test_pruning_examples():
     # a head's q, k and v inputs belong to one node: feeding k and reading its output joins them
     via_k = ix(["input->a0.h1<k>", "a0.h1->logits"])
     assert prune(g, via_k).tolist() == sorted(via_k.tolist())
-    dangling = ix(["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"])  # nothing reaches from input to logits
+    dangling = ix(["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"])  # no input-to-logits path
     assert prune(g, dangling).tolist() == []
     c = select_circuit(g, np.isin(np.arange(g.n_edges), chain).astype(float), 3)
     assert c.nodes == ("input", "a0.h0", "a1.h1", "logits") and c.names == [g.names[i] for i in sorted(chain)]

@@ -104,7 +104,11 @@ def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch
     clean, corrupted = clean_tokens.to(device), corrupted_tokens.to(device)
     n_pairs, n_pos = clean.shape
     budget = memory_budget or default_memory_budget(device)
-    per_chunk = max(1, budget // max(1, fwd.row_bytes(n_pos) * n_pairs))  # circuits a forward
+    if sizes is not None and len(sizes) != len(masks):
+        raise ConfigError(f"{len(sizes)} sizes for {len(masks)} circuits; give one size per mask row, or none.")
+    n_out = n_pos if positions is None else len(positions)  # the logits each row returns, float32 at most
+    row = fwd.row_bytes(n_pos) + n_out * int(model.cfg.d_vocab) * 4
+    per_chunk = max(1, budget // max(1, row * n_pairs))  # circuits a forward
     values = torch.empty(len(masks), n_pairs, dtype=torch.float64)
     with torch.no_grad():
         base = [metric(model(t)).double().cpu() for t in (clean, corrupted)]

@@ -86,11 +86,14 @@ READERS: Mapping[str, Reader] = {
 class EdgeValues(Mapping[str, torch.Tensor]):
     """Per reader layer L: the hook ``reader.hook(L)`` as each source's edge patch would
     make it, (batch, pos, source, ...); a source not in ``live[L]`` holds the corrupted
-    value (never used). Computed on demand, one layer at a time (the last one kept)."""
+    value (never used). Computed on demand, one layer at a time (the last one kept).
+    ``labels`` name the sources in error messages."""
 
     def __init__(self, model: Any, reader: Reader, deltas: torch.Tensor, live: Mapping[int, Sequence[int]],
-                 base: Mapping[int, torch.Tensor], corrupted: Mapping[int, torch.Tensor]):
+                 base: Mapping[int, torch.Tensor], corrupted: Mapping[int, torch.Tensor],
+                 labels: Sequence[str] | None = None):
         self.model, self.reader, self.live = model, reader, live
+        self.labels = list(labels) if labels is not None else [f"source {i}" for i in range(len(deltas))]
         self.deltas = deltas  # (source, batch, pos, d_model)
         self.base, self.corrupted = base, corrupted  # per layer: the residual read, the hook's value (batch, pos, ...)
         self._names = {reader.hook(layer): layer for layer in corrupted}
@@ -182,8 +185,9 @@ def check_edge_values(model: Any, tokens: torch.Tensor, values: EdgeValues, kv_p
     tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
     if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
         raise _self_check.engine_error(
-            f"computed {hook} with source {s}'s write added to {reader.read_hook(layer)} as differing by "
-            f"{float((got - want).abs().max()):.3g} (tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
+            f"computed the {reader.name} input of layer {layer} with {values.labels[s]}'s write added (to "
+            f"{reader.read_hook(layer)}, read at {hook}) as differing by {float((got - want).abs().max()):.3g} "
+            f"(tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
 
 
 def capture(model: Any, tokens: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -251,7 +255,7 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
     live = {layer: [s for s, (src_layer, _) in enumerate(sources) if src_layer < layer] for layer in dst_layers}
     values = EdgeValues(model, reader, torch.stack(deltas), live,
                         {layer: acts[reader.read_hook(layer)] for layer in dst_layers},
-                        {layer: acts[reader.hook(layer)] for layer in dst_layers})
+                        {layer: acts[reader.hook(layer)] for layer in dst_layers}, [f"head {s}" for s in sources])
     indices = [[layer, s, head] for layer in dst_layers for s in live[layer] for head in range(n_heads)]
     out, _ = edge_sweep(model, corrupted_tokens, values, indices, Metrics({"metric": metric}, False, batch, n_pos),
                         memory_budget, progress, kv_prefix)

@@ -4,13 +4,10 @@ prompts that differ late (position 10 of 15) and early (position 2), for a sampl
 edges of every kind: input, head and MLP sources into a head's q, k and v, into an MLP
 (same-layer heads included) and into the logits.
 
-The reference (:func:`edge_by_hooks`): the source's clean-minus-corrupted write
-(embed + pos_embed, z @ W_O of one head, or mlp_out, from run_with_cache) added to the
-residual the destination reads (resid_pre of its layer for a head's q/k/v, resid_mid for
-an MLP, the last resid_post for the logits); the destination's output read off that run
-(the head's hook_q/k/v, hook_mlp_out) and written into a fresh corrupted run, so that
-every other reader keeps the corrupted residual; the metric of that run minus the
-corrupted run's, per pair.
+The reference (tests/circuits/edge_reference.py): the source's clean-minus-corrupted
+write added to the residual the destination reads, the destination's output read off
+that run and written into a fresh corrupted run, so that every other reader keeps the
+corrupted residual; the metric of that run minus the corrupted run's, per pair.
 
 Tolerance: 1e-4 of the spread of the reference's values, or 16 float32 ulps of the
 logits, per destination kind, each spread asserted large (fidelity_cases.assert_close_rel).
@@ -32,48 +29,17 @@ from actstore.errors import ConfigError, EngineCheckError
 from actstore.patching.path import Reader
 
 from ..fidelity_cases import Case, assert_close_rel, demo_case
+from ..patching.conftest import _one_thread  # noqa: F401  (one torch thread: the reference runs ~200 tiny forwards)
+from .edge_reference import edge_by_hooks
 
 KINDS = ("q", "k", "v", "mlp", "logits")
 # the demo's IOI circuit: the edges that move the late case's logit difference most (2-18 units)
 STRONG = ("m0->a2.h3<v>", "input->m0", "m3->logits", "a2.h3->m3", "a2.h3->logits")
 
 
-def edge_by_hooks(case: Case, graph: Graph, edge: int, metric) -> torch.Tensor:
-    """One edge patched by hand (see the module docstring): (batch,) metric differences."""
-    bridge, clean, corr = case.bridge, case.cache, case.corrupted_cache
-    u, d = graph.upstream[graph.src[edge]], graph.downstream[graph.dst[edge]]
-    if u.kind == "input":
-        delta = (clean["hook_embed"] + clean["hook_pos_embed"]) - (corr["hook_embed"] + corr["hook_pos_embed"])
-    elif u.kind == "head":
-        w_o = bridge.blocks[u.layer].attn.W_O[u.head]
-        z = f"blocks.{u.layer}.attn.hook_z"
-        delta = torch.einsum("bpe,ed->bpd", clean[z][:, :, u.head], w_o) - torch.einsum(
-            "bpe,ed->bpd", corr[z][:, :, u.head], w_o)
-    else:
-        delta = clean[f"blocks.{u.layer}.hook_mlp_out"] - corr[f"blocks.{u.layer}.hook_mlp_out"]
-    last = bridge.cfg.n_layers - 1
-    with torch.no_grad():
-        if d.kind == "logits":
-            logits = bridge.run_with_hooks(case.corrupted, fwd_hooks=[(f"blocks.{last}.hook_resid_post",
-                                                                       lambda a, hook: a + delta)])
-        else:
-            read, out = ((f"blocks.{d.layer}.hook_resid_mid", f"blocks.{d.layer}.hook_mlp_out") if d.kind == "mlp"
-                         else (f"blocks.{d.layer}.hook_resid_pre", f"blocks.{d.layer}.attn.hook_{d.kind}"))
-            seen = {}
-
-            def keep(act, hook):
-                seen["act"] = act.clone()
-                return act
-
-            def write(act, hook):
-                if d.kind == "mlp":
-                    return seen["act"]
-                act[:, :, d.head] = seen["act"][:, :, d.head]
-                return act
-
-            bridge.run_with_hooks(case.corrupted, fwd_hooks=[(read, lambda a, hook: a + delta), (out, keep)])
-            logits = bridge.run_with_hooks(case.corrupted, fwd_hooks=[(out, write)])
-        return metric(logits) - metric(case.corrupted_logits)
+def reference(case: Case, graph: Graph, edge: int, metric) -> torch.Tensor:
+    return edge_by_hooks(case.bridge, case.corrupted, case.cache, case.corrupted_cache, case.corrupted_logits, graph,
+                         edge, metric)
 
 
 def sample_edges(graph: Graph, per_kind: int = 3, seed: int = 0) -> np.ndarray:
@@ -90,15 +56,6 @@ def sample_edges(graph: Graph, per_kind: int = 3, seed: int = 0) -> np.ndarray:
     return np.array(sorted(picked | set(graph.edge_index(STRONG).tolist())))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The reference runs hundreds of tiny forwards: on a busy machine two threads wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cases():
     """Per case: (case, graph, sampled edges, reference (edge, batch), metric)."""
@@ -108,7 +65,7 @@ def cases():
         graph = Graph.from_model(case.bridge)
         edges = sample_edges(graph)
         metric = ap.LogitDiff(case.answer, case.wrong, per_example=True)
-        ref = torch.stack([edge_by_hooks(case, graph, int(e), metric) for e in edges])
+        ref = torch.stack([reference(case, graph, int(e), metric) for e in edges])
         out[kind] = (case, graph, edges, ref, metric)
     return out
 

@@ -4,7 +4,7 @@ side by side in one run.
 On a random-init GPT-2-small-shaped model (12 layers, d_model 768, 12 heads: 32,491
 edges; built into a temp folder, no download) and `--pairs` IOI prompt pairs
 (actstore.tasks, template 0, ABC corruption: clean and corrupted differ from the names
-on), with the per-pair LogitDiff, it times:
+on; `--corruption flip`: they differ late), with the per-pair LogitDiff, it times:
   ours       exact_edge_scores over every edge of the graph (self-check included)
   reference  the per-edge loop of run_with_hooks that the tests compare against
              (tests/circuits/edge_reference.py: two forwards per edge into a head or an
@@ -60,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="3 layers, d_model 64, 4 heads instead of GPT-2 small's shape")
     p.add_argument("--pairs", type=int, default=4, help="IOI prompt pairs (the batch)")
+    p.add_argument("--corruption", default="abc", choices=["abc", "flip"],
+                   help="abc: three fresh names (pairs differ from position 2 on); flip: the second mention of the "
+                        "subject replaced (they differ late, so each edge runs over fewer positions)")
     p.add_argument("--sample", type=int, default=60, help="edges the reference runs (a seeded uniform sample)")
     p.add_argument("--check-cost", action="store_true", help="also time ours with the self-check off")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -104,17 +107,18 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     shape = "tiny" if args.tiny else "small"
     bridge = boot(model_dir, shape, args.device, getattr(torch, args.dtype))
     tok = gpt2_tokenizer()
-    pairs = tasks.ioi_pairs(args.pairs, seed=0, tokenizer=tok)
+    pairs = tasks.ioi_pairs(args.pairs, seed=0, tokenizer=tok, corruption=args.corruption)
     ids = lambda t: [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     clean = torch.tensor([ids(p.clean) for p in pairs], device=args.device)
     corrupted = torch.tensor([ids(p.corrupted) for p in pairs], device=args.device)
     metric = ap.LogitDiff([ids(p.answer)[1] for p in pairs], [ids(p.wrong)[1] for p in pairs], per_example=True)
     graph = Graph.from_model(bridge)
     cfg = SHAPES[shape]
+    first = int(torch.nonzero((clean != corrupted).any(0))[0, 0])
     print(f"\nexact edge patching, GPT-2-{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
           f"{cfg['n_head']} heads: {graph.n_edges} edges), random init, {args.dtype}, {args.device}; {args.pairs} IOI "
-          f"pairs of {clean.shape[1]} tokens; per-pair LogitDiff; torch threads {torch.get_num_threads()}; load "
-          f"average {loadavg()} on {os.cpu_count()} CPUs")
+          f"pairs ({args.corruption}) of {clean.shape[1]} tokens, first differing at position {first}; per-pair "
+          f"LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()} on {os.cpu_count()} CPUs")
 
     t_ours, ours = clock(args.device, lambda: exact_edge_scores(bridge, clean, corrupted, metric, graph=graph,
                                                                 per_pair=True, progress=False))
@@ -134,7 +138,8 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
           f"~{est_ref / 60:.1f} min (estimate: time per edge x edges)")
     print(f"  ratio ~{est_ref / t_ours:.0f}x; max |ours - reference| on the sample {diff:.2g} (reference spread "
           f"{spread:.3g})")
-    row = dict(shape=shape, edges=graph.n_edges, pairs=args.pairs, n_pos=int(clean.shape[1]), device=args.device,
+    row = dict(shape=shape, edges=graph.n_edges, pairs=args.pairs, corruption=args.corruption, first_change=first,
+               n_pos=int(clean.shape[1]), device=args.device,
                dtype=args.dtype, threads=torch.get_num_threads(), ours_s=t_ours,
                ours_edges_per_s=graph.n_edges / t_ours,
                reference_sample=len(sample), reference_s=t_ref, reference_edges_per_s=1 / per_edge_ref,

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from ..patching.engine import check_model, default_memory_budget
 from ..patching.metrics import Metrics
 from ..patching.path import READERS, EdgeValues, capture, edge_sweep
 from ..sites import hook_name
+from ..store import ActivationStore
 from .graph import Graph, Node
 
 __all__ = ["exact_edge_scores"]
@@ -185,6 +186,11 @@ def _clean(model: Any, tokens: torch.Tensor | None, cache: Any, rows: Any, hooks
     if cache is None:
         assert tokens is not None
         cache = capture(model, tokens, hooks)[1]
+    missing = [h for h in hooks if h not in cache.sites] if isinstance(cache, ActivationStore) else []
+    if missing:
+        raise StoreMismatchError(f"Store '{cache.path}' has no activations for {', '.join(missing[:3])}; exact edge "
+                                 "patching reads the clean run's source outputs. Cache the clean prompts with --sites "
+                                 "resid_pre:0,z:all,mlp_out:all, or pass an ActivationCache (or clean_tokens).")
     source = CleanSource(cache, model, n_pos, batch, rows)
     return {h: source[h] for h in hooks}
 

@@ -25,7 +25,7 @@ import actstore
 from actstore import patching as ap
 from actstore.circuits.exact import exact_edge_scores
 from actstore.circuits.graph import Graph
-from actstore.errors import ConfigError, EngineCheckError
+from actstore.errors import ConfigError, EngineCheckError, StoreMismatchError
 from actstore.patching.path import Reader
 
 from ..fidelity_cases import Case, assert_close_rel, demo_case
@@ -140,6 +140,11 @@ def test_clean_from_a_store_or_a_cache(cases, tmp_path):
     from_cache = exact_edge_scores(case.bridge, None, case.corrupted, metric, edges=edges, clean_cache=case.cache,
                                    per_pair=True, progress=False)
     compare(from_cache, ref, case, graph, edges, "clean from an ActivationCache")
+    partial = actstore.cache(out=str(tmp_path / "z.zarr"), model="actstore-demo", dataset=texts, packing="document",
+                             seq_len=case.clean.shape[1], sites="z:all", progress=False)
+    with pytest.raises(StoreMismatchError, match=r"no activations for blocks.0.hook_mlp_out, blocks.0.hook_resid_pre"
+                                                 r".*--sites resid_pre:0,z:all,mlp_out:all"):
+        exact_edge_scores(case.bridge, None, case.corrupted, metric, clean_cache=partial, progress=False)
 
 
 def test_the_self_check_catches_wrong_mlp_values(cases, monkeypatch):

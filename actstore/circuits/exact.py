@@ -58,7 +58,8 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     come from ``clean_cache`` (an ActivationCache or a mapping of hook name -> tensor, or
     an ActivationStore with ``clean_rows``: it needs ``resid_pre:0,z:all,mlp_out:all``),
     or, when None, from running ``clean_tokens``. ``memory_budget``: bytes of activations
-    one batched forward may use (default: the engine's)."""
+    (default: the engine's), half for the edge values of a group of sources, half for each
+    batched forward of the engine."""
     from tqdm.auto import tqdm
 
     check_model(model)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Int
 
 from ..errors import ConfigError
 from .circuit import Selection, select_circuit
@@ -77,7 +78,8 @@ def _forward(model: Any, forward: Any, graph: Graph | None) -> Any:
     return forward
 
 
-def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
+def faithfulness(model: Any, clean_tokens: Int[torch.Tensor, "pair pos"], corrupted_tokens: Int[torch.Tensor, "pair pos"],
+                 metric: Metric,
                  masks: Any, *, forward: Any = None, graph: Graph | None = None, memory_budget: int | None = None,
                  progress: bool = True, sizes: Sequence[int] | None = None,
                  positions: Sequence[int] | None = None) -> Faithfulness:
@@ -125,7 +127,8 @@ def faithfulness(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch
                         base[0].numpy(), base[1].numpy())
 
 
-def faithfulness_curve(model: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
+def faithfulness_curve(model: Any, clean_tokens: Int[torch.Tensor, "pair pos"],
+                       corrupted_tokens: Int[torch.Tensor, "pair pos"], metric: Metric,
                        scores: Any, sizes: Sequence[int] | None = None, *, how: Selection = "top-n",
                        absolute: bool = True, forward: Any = None, graph: Graph | None = None,
                        memory_budget: int | None = None, progress: bool = True,

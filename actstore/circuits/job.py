@@ -98,6 +98,9 @@ def _check(cfg: CircuitJobConfig) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}.")
     if cfg.top < 0:
         raise ConfigError(f"--top must be at least 0, got {cfg.top}.")
+    if cfg.store is not None and os.path.abspath(cfg.store) == os.path.abspath(cfg.out or _default_out(cfg)):
+        raise ConfigError(f"--out {cfg.out} is the clean store; write the circuit results to a group of their own "
+                          "(another --out path).")
     if cfg.clean_rows is not None and cfg.store is None:
         raise ConfigError("--clean-rows names rows of a store; pass --store too, or drop it.")
     if cfg.clean_rows is not None and not re.fullmatch(r"\d+:\d+", cfg.clean_rows):

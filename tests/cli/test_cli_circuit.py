@@ -142,6 +142,7 @@ def test_refuses_before_work(tmp_path, result, run, capsys):
     assert "at most 479" in one_line_error(capsys, base + ["--top", "480"])
     assert "--pairs FILE" in one_line_error(capsys, base[:3] + ["--out", str(tmp_path / "x.zarr")])
     assert "A:B" in one_line_error(capsys, base + ["--store", str(tmp_path / "s.zarr"), "--clean-rows", "3"])
+    assert "is the clean store" in one_line_error(capsys, base + ["--store", str(tmp_path / "x.zarr")])
     assert not os.path.exists(tmp_path / "x.zarr")
     import actstore
 

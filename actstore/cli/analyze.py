@@ -159,10 +159,10 @@ def _logit_lens(args: argparse.Namespace) -> int:
     sl = _rows(args, store)
     out, figure = _outputs(args, store, "logit_lens")
     model = analysis.model_for(store, args.model, args.device)
-    target = analysis.single_token(model.tokenizer, args.target) if args.target else None
+    target = analysis.single_token(model.tokenizer, args.target) if args.target is not None else None
     res = analysis.logit_lens(store, model, list(range(sl.start, sl.stop)), args.k, target, progress=not args.json)
     saved = res.save(store, out) if out is not None else []
-    what = f"P({args.target!r})" if args.target else "P(next token)"
+    what = f"P({args.target!r})" if target is not None else "P(next token)"
     if figure:
         tokens = store.str_tokens(res.rows[0])
         plots.heatmap(res.target_prob[0], figure, title=f"Logit lens, row {res.rows[0]}: {what}",

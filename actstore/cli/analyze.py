@@ -183,7 +183,7 @@ def _dla(args: argparse.Namespace) -> int:
     out, figure = _outputs(args, store, "dla")
     model = analysis.model_for(store, args.model, args.device)
     target = analysis.single_token(model.tokenizer, args.target)
-    wrong = analysis.single_token(model.tokenizer, args.wrong) if args.wrong else None
+    wrong = analysis.single_token(model.tokenizer, args.wrong) if args.wrong is not None else None
     res = analysis.direct_logit_attribution(store, model, list(range(sl.start, sl.stop)), target, wrong, args.pos,
                                             progress=not args.json)
     saved = res.save(store, out) if out is not None else []

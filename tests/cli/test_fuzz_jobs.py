@@ -24,7 +24,7 @@ import os
 import re
 import shlex
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from ..conftest import DOCS, needs_tl4
 
 N_ROWS, SEQ, HALF = 6, 16, 4
 OUTCOMES: dict[str, Counter] = {}
+MESSAGES: dict[str, Counter] = defaultdict(Counter)  # the errors met, by the start of their message
 SETTINGS = dict(deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),  # no shrinking: slow here
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                          HealthCheck.too_slow])
@@ -84,6 +85,7 @@ def run(command: str, argv: list[str], capsys, stores_touched: list[str]) -> tup
             if code == 2:
                 assert err.startswith("actstore: error: ") and err.count("\n") == 1, err
                 outcome = "error"
+                MESSAGES[command][re.sub(r"'[^']*'|\d+", "_", err[17:])[:70]] += 1
             else:
                 assert code == 0, (argv, code, err)
                 outcome = "ok"
@@ -233,7 +235,8 @@ GOOD_TOKENS, BAD_TOKENS = [" Mary", " John", "Mary", " the"], [" Mary Smith", ""
 @st.composite
 def analyze_argv(draw):
     which = draw(st.sampled_from(["induction", "logit-lens", "dla"]))
-    bad = faults(draw, ["store", "rows", "--half-len", "--k", "--target", "--wrong", "--pos"])
+    bad = faults(draw, ["store", "rows", *{"induction": ["--half-len"], "logit-lens": ["--k", "--target"],
+                                           "dla": ["--target", "--wrong", "--pos"]}[which]])
     store = ("text" if which == "induction" else "rep") if "store" in bad else ("rep" if which == "induction" else "text")
     rows = draw(ROWS if "rows" in bad else st.sampled_from([None, "0:2", "1", "-2:", "-1", ":", "2:4", ":-1"]))
     argv = draw(st.sampled_from([["--rows", rows], [f"--rows={rows}"]])) if rows is not None else []
@@ -361,6 +364,8 @@ def test_outcome_counts():
     """Both sides of the matrix were reached, for every command; the counts, for the README."""
     total = {cmd: dict(c) for cmd, c in sorted(OUTCOMES.items())}
     print("\nfuzzed job commands (outcome counts):", json.dumps(total))
+    for cmd, messages in sorted(MESSAGES.items()):
+        print(f"  {cmd}: " + "; ".join(f"{n} x {m}" for m, n in messages.most_common()))
     if os.environ.get("ACTSTORE_FUZZ_REPORT"):
         Path(os.environ["ACTSTORE_FUZZ_REPORT"]).write_text(json.dumps(total, indent=2) + "\n")
     for cmd, c in total.items():

@@ -83,8 +83,8 @@ def _rows(args: argparse.Namespace, store: ActivationStore) -> slice:
         return slice(0, n)
     m = _ROWS.match(text.strip())
     if not m or not (m.group(1) or m.group(2)) or (not m.group(2) and m.group(3)):
-        raise ConfigError(f"--rows '{text}': expected 'A:B', 'N', or negative from the end ('-3:-1'; write "
-                          "--rows=-3:-1 where a shell script passes it on).")
+        raise ConfigError(f"--rows '{text}': expected 'A:B' or 'N', counted from the end when negative "
+                          "(e.g. '0:8', '5', '-3:-1', '-1').")
     a, colon, b = (int(g) if g and g != ":" else g for g in m.groups())
     start = (a or 0) + (n if (a or 0) < 0 else 0)
     stop = start + 1 if not colon else (n if b is None else b + (n if b < 0 else 0))

@@ -78,7 +78,7 @@ CASES = [
     ("analyze logit-lens {d}/text.zarr --k 0", r"at least 1; got 0"),
     ("analyze logit-lens {d}/text.zarr --target ''", r"'' is 0 tokens"),
     ("analyze logit-lens {d}/text.zarr --rows -9:-1", r"--rows '-9:-1' is outside the store's rows 0..3"),
-    ("analyze logit-lens {d}/text.zarr --rows 1:2:3", r"expected 'A:B', 'N', or negative from the end"),
+    ("analyze logit-lens {d}/text.zarr --rows 1:2:3", r"expected 'A:B' or 'N', counted from the end when negative"),
     # patch
     ("patch --model {m} --pairs {d}/nope.jsonl", r"Pairs file .*nope.jsonl' not found"),
     ("patch --model {m} --pairs {d}/pairs_bad.jsonl --quiet", r"clean prompt is 5 tokens and the corrupted one 3"),

@@ -38,10 +38,11 @@ class _Parser(argparse.ArgumentParser):
     '-' and is not a plain negative number for an option)."""
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        args = list(args or [])
-        for i in range(len(args) - 1, 0, -1):
-            if args[i - 1] == "--rows" and args[i].startswith("-") and _ROWS.match(args[i]) and args[i] != "-":
-                args[i - 1: i + 1] = [f"--rows={args[i]}"]
+        if args is not None:
+            args = list(args)
+            for i in range(len(args) - 1, 0, -1):
+                if args[i - 1] == "--rows" and args[i].startswith("-") and _ROWS.match(args[i]):
+                    args[i - 1: i + 1] = [f"--rows={args[i]}"]
         return super().parse_known_args(args, namespace)
 
 

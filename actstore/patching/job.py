@@ -141,7 +141,8 @@ class _Writer:
             self.store = None
         self.path = self.store.path if self.store is not None else (out or _default_out(cfg))
         self.prefix = f"patching/{cfg.sweep}"
-        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path")
+        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path",
+                   unwritable_fix="pass --out a path you can write")
         self.result = (ResultWriter.for_store(self.store, self.prefix, cfg.overwrite, **how) if self.store is not None
                        else ResultWriter(self.path, self.prefix, cfg.overwrite, **how))
 

@@ -162,6 +162,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
 
 
 @needs_tl4
+def test_a_read_only_folder_is_refused_before_the_sweep(tmp_path, tiny_model, capsys, monkeypatch):
+    from actstore.patching import job
+
+    from ..readonly import read_only_copy
+
+    import shutil
+
+    shutil.copytree(tiny_model, tmp_path / "folder" / "model")  # readable by anyone in the copy, as the pairs
+    write_pairs(tmp_path / "folder" / "p.jsonl", PAIRS[:1])
+    with read_only_copy(tmp_path / "folder") as ro:
+        monkeypatch.setattr(job.patching, "LogitDiff", lambda *a, **k: pytest.fail("the sweep ran"))
+        err = one_line_error(capsys, ["patch", "--model", str(ro / "model"), "--pairs", str(ro / "p.jsonl"),
+                                      "--out", str(ro / "r.zarr"), "--quiet"])
+    assert "Cannot write results of the resid_pre sweep" in err and "pass --out a path you can write" in err
+
+
+@needs_tl4
 def test_a_pair_and_its_swap_cancel_out_and_are_refused(tmp_path, sharp_model, capsys):
     """Each pair is sound, but the mean clean and corrupted logit differences are equal:
     the normalised effect would be noise / noise. Nothing is written."""

@@ -24,6 +24,7 @@ __all__ = [
     "StoreLockedError",
     "PeerFailedError",
     "EngineCheckError",
+    "NotWritableError",
 ]
 
 
@@ -114,3 +115,8 @@ class PeerFailedError(ActStoreError, RuntimeError):
 class EngineCheckError(ActStoreError, RuntimeError):
     """The vectorised patching engine disagreed with a plain ``run_with_hooks`` of the
     same patch (installed libraries whose internals changed); no result was returned."""
+
+
+class NotWritableError(ActStoreError, PermissionError):
+    """A job's results or figures would go where nothing can be written (a read-only
+    store or folder); refused before any work."""

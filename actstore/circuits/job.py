@@ -202,7 +202,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     store, rows = _clean_rows(cfg, model, pairs)
     out = cfg.out or _default_out(cfg)
     writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
-                               fix="pass --overwrite to replace them, or --out another path") for m in cfg.methods}
+                               fix="pass --overwrite to replace them, or --out another path",
+                               unwritable_fix="pass --out a path you can write") for m in cfg.methods}
     if cfg.write_pairs:  # every check passed: the pairs are what this run scores
         tasks.write_pairs(generated, cfg.write_pairs)
 

@@ -199,11 +199,11 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     if cfg.top > graph.n_edges:
         raise ConfigError(f"--top {cfg.top} is more than the graph's {graph.n_edges} edges; pass at most "
                           f"{graph.n_edges}.")
-    store, rows = _clean_rows(cfg, model, pairs)
     out = cfg.out or _default_out(cfg)
     writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
                                fix="pass --overwrite to replace them, or --out another path",
                                unwritable_fix="pass --out a path you can write") for m in cfg.methods}
+    store, rows = _clean_rows(cfg, model, pairs)  # may cache the clean prompts: after every refusal above
     if cfg.write_pairs:  # every check passed: the pairs are what this run scores
         tasks.write_pairs(generated, cfg.write_pairs)
 

@@ -113,6 +113,9 @@ class CacheConfig:
             raise ConfigError("Pass --resume or --overwrite, not both.")
         if self.packing not in ("pack", "document"):
             raise ConfigError(f"Unknown packing '{self.packing}'; expected 'pack' or 'document'.")
+        if self.packing == "document" and isinstance(self.dataset, str) and is_synthetic(self.dataset):
+            raise ConfigError(f"Synthetic rows ('{self.dataset}') are whole rows already, so --packing document does "
+                              "not apply to them; leave --packing out.")
         if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'.")
         parse_codec(self.codec)

@@ -119,7 +119,8 @@ class CacheConfig:
         if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'.")
         parse_codec(self.codec)
-        check_device(self.device)
+        if isinstance(self.model, str):  # a model object: as_loaded says where it is and how to move it
+            check_device(self.device)
 
 
 def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:

@@ -85,6 +85,18 @@ def test_an_unwritable_folder_is_refused_before_anything(tmp_path, tiny_model, m
     assert os.listdir(tmp_path) == []
 
 
+def test_a_read_only_store_is_refused_before_anything(tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "s.zarr"
+    actstore.cache(out=str(out), model=tiny_model, dataset=DOCS, **SMALL)
+    before = store_files(out)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(out) else real_access(p, mode))
+    for mode in ("resume", "overwrite"):
+        with pytest.raises(ConfigError, match=r"s.zarr': the folder is not writable. Fix its permissions"):
+            actstore.cache(out=str(out), model=tiny_model, dataset=DOCS, **{mode: True}, **SMALL)
+    assert store_files(out) == before and sorted(os.listdir(tmp_path)) == ["s.zarr"]
+
+
 def test_a_lock_file_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypatch):
     from actstore.capture import lock
 

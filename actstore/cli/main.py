@@ -14,7 +14,8 @@ from ..errors import ActStoreError
 from ..store import ActivationStore
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
-# with set_defaults(run=handler), handler(args) -> exit code.
+# with set_defaults(run=handler), handler(args) -> exit code, and optionally
+# on_interrupt(args) -> str, what Ctrl-C left (printed on one line; exit code 130).
 _COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.cache", "actstore.cli.analyze", "actstore.cli.verify",
                                      "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour",
                                      "actstore.cli.circuit")
@@ -92,3 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"actstore: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        where = getattr(args, "on_interrupt", None)  # a command's own account of where it stopped
+        print(f"actstore: interrupted{'; ' + where(args) if where else ''}", file=sys.stderr)
+        return 130

@@ -53,6 +53,9 @@ def plan_layout(n_rows: int, seq_len: int, batch_size: int, bytes_per_row: int,
     return Layout(n_rows, seq_len, rpc, rows_per_shard)
 
 
+_LEVELS = {"zstd": (-131072, 22), "blosc": (0, 9), "pcodec": (0, 12)}  # the levels each library accepts
+
+
 def parse_codec(spec: str) -> list[Any] | None:
     """'none' | 'zstd[:level]' | 'blosc-lz4' | 'blosc-zstd[:level]' | 'blosc-zstd-bitshuffle[:level]' |
     'pcodec[:level]'. A list of zarr codecs: compressors, or for pcodec (which encodes
@@ -62,6 +65,9 @@ def parse_codec(spec: str) -> list[Any] | None:
         level = int(level_s) if level_s else 1
     except ValueError:
         raise ConfigError(f"Codec '{spec}': level '{level_s}' is not an integer.") from None
+    lo, hi = _LEVELS.get(name.split("-")[0], (level, level))
+    if level_s and not lo <= level <= hi:
+        raise ConfigError(f"Codec '{spec}': level {level} is outside {name}'s levels {lo}..{hi}; pass a level in that range.")
     if name == "none":
         return None
     if name == "zstd":

@@ -19,6 +19,9 @@ def files(tmp_path_factory, tiny_model):
     (d / "empty.jsonl").write_text("")
     (d / "notastore").mkdir()
     (d / "notastore" / "thesis.tex").write_text("years of work")
+    (d / "nulls.jsonl").write_text('{"text": "a b c d e f g h i j k l m n o p q"}\n{"text": null}\n')
+    (d / "broken.jsonl").write_text('{"text": "a b c d e f g h i j k l m n o p q"}\n{"text": "abc"\n')
+    (d / "doc.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20 + "\n")
     (d / "pairs_bad.jsonl").write_text('{"clean": "When Mary and John", "corrupted": "When Mary", "answer": " Mary", "wrong": " John"}\n')
     (d / "pairs_same.jsonl").write_text('{"clean": "When Mary and John went", "corrupted": "When John and Mary went", '
                                         '"answer": " Mary", "wrong": " Mary"}\n')
@@ -60,6 +63,14 @@ CASES = [
     ("cache {d}/text.zarr --model {d}/other-model --dataset actstore-demo --seq-len 16 --n-rows 4 --resume "
      "--sites resid_post:all,z:all,mlp_out:all", r"another model, corpus or config"),
     ("cache {d}/notastore --model {m} --dataset actstore-demo --seq-len 16 --overwrite", r"not an actstore store; refusing"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/nulls.jsonl --seq-len 4", r"nulls.jsonl', line 2: field 'text' holds no value"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/broken.jsonl --seq-len 4", r"broken.jsonl', line 2: Expecting ','"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/doc.txt --seq-len 4 --split validation", r"one split, so --split validation"),
+    ("cache {d}/text.zarr/results/inner.zarr --model {m} --dataset {d}/doc.txt --seq-len 4", r"is inside the store"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/doc.txt --seq-len 4 --codec zstd:99", r"level 99 is outside zstd's"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/doc.txt --seq-len 4 --codec blosc-zstd:50", r"level 50 is outside"),
+    ("cache {d}/o.zarr --model {m} --dataset {d}/doc.txt --seq-len 4 --device tpu", r"Unknown device 'tpu'; pass auto"),
+    ("cache {d}/o.zarr --model {m} --dataset repeated-random:5 --packing document", r"--packing document does not apply"),
     # info, verify
     ("info {d}/missing.zarr", r"No store at '.*missing.zarr'"),
     ("info {d}/notastore", r"No store at"),

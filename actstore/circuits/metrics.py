@@ -24,7 +24,9 @@ may skip computing the others' logits) and ``higher_is_better``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+import inspect
+from functools import partial
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Float
@@ -43,14 +45,34 @@ class CircuitMetric:
 
     ``fn`` maps (batch, pos, vocab) logits to (batch,); every call checks the shape and
     that the values are finite. ``positions`` are the positions ``fn`` reads (None: any),
-    ``higher_is_better`` says which way a helpful patch moves it."""
+    ``higher_is_better`` says which way a helpful patch moves it. ``part(start, stop)``,
+    where given, makes ``fn`` for pairs ``start`` to ``stop - 1`` only (a metric with one
+    answer per pair, scored a chunk of pairs at a time): see :meth:`for_pairs`."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str, *,
-                 positions: Optional[Sequence[int]] = None, higher_is_better: bool = True):
+                 positions: Optional[Sequence[int]] = None, higher_is_better: bool = True,
+                 part: Optional[Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]]] = None):
         self.fn = fn
         self.name = name
         self.positions = None if positions is None else tuple(int(p) for p in positions)
         self.higher_is_better = higher_is_better
+        self._part = part
+
+    @property
+    def splits(self) -> bool:
+        """Whether the metric can score a chunk of the pairs (:meth:`for_pairs`)."""
+        return self._part is not None
+
+    def for_pairs(self, start: int, stop: int) -> "CircuitMetric":
+        """The metric of pairs ``start`` to ``stop - 1``, for logits of those pairs only.
+        A user function splits if it takes a ``pairs`` keyword (it is given
+        ``pairs=slice(start, stop)``); one that does not must see every pair at once."""
+        if self._part is None:
+            raise ConfigError(f"metric {self.name!r} must see every pair at once, but the pairs are scored in chunks "
+                              "to fit memory; give the function a `pairs` keyword (a slice of pair indices: the "
+                              "chunk it is called on), or pass a larger memory_budget.")
+        return CircuitMetric(self._part(start, stop), self.name, positions=self.positions,
+                             higher_is_better=self.higher_is_better, part=None)
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> Float[torch.Tensor, " batch"]:
         if logits.ndim != 3:
@@ -105,7 +127,11 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
             "norm-logit-diff" needs both, "kl" the clean ones.
     """
     if callable(kind) and not isinstance(kind, str):
-        return kind if isinstance(kind, CircuitMetric) else CircuitMetric(kind, getattr(kind, "__name__", "metric"))
+        if isinstance(kind, CircuitMetric):
+            return kind
+        fn = kind
+        part = (lambda a, b: partial(fn, pairs=slice(a, b))) if _takes_pairs(fn) else None
+        return CircuitMetric(fn, getattr(fn, "__name__", "metric"), part=part)
     if kind not in KINDS:
         raise ConfigError(f"unknown circuit metric {kind!r}; use one of {', '.join(KINDS)}, or pass a function "
                           "logits (batch, pos, vocab) -> (batch,).")
@@ -116,13 +142,17 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
             raise ConfigError(f"position holds {len(pos)} values for {clean.shape[0]} pairs; give one, or one per pair.")
         ref = _log_probs_at(clean.float(), pos)  # (batch, vocab)
 
-        def kl(logits: torch.Tensor) -> torch.Tensor:
-            if logits.shape[0] != ref.shape[0]:
-                raise ConfigError(f"the kl metric was built for {ref.shape[0]} pairs, got logits of "
-                                  f"{logits.shape[0]}; build one metric per batch of pairs.")
-            r = ref.to(device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32))
-            return (r.exp() * (r - _log_probs_at(logits, pos).to(r.dtype))).sum(-1)
-        return CircuitMetric(kl, "kl", positions=pos.tolist(), higher_is_better=False)
+        def kl(a: int, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            r_ab, p_ab = ref[a:b], _pairs(pos, a, b)
+
+            def fn(logits: torch.Tensor) -> torch.Tensor:
+                if logits.shape[0] != r_ab.shape[0]:
+                    raise ConfigError(f"the kl metric was built for {r_ab.shape[0]} pairs, got logits of "
+                                      f"{logits.shape[0]}; use metric.for_pairs(start, stop) for a chunk of pairs.")
+                r = r_ab.to(device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32))
+                return (r.exp() * (r - _log_probs_at(logits, p_ab).to(r.dtype))).sum(-1)
+            return fn
+        return CircuitMetric(kl(0, len(ref)), "kl", positions=pos.tolist(), higher_is_better=False, part=kl)
 
     if answer is None or wrong is None:
         raise ConfigError(f"circuit_metric({kind!r}) needs answer= and wrong= token ids (one, or one per pair).")
@@ -137,7 +167,9 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
                           "logit difference is always 0. Give each pair two different tokens.")
     raw = LogitDiff(a, w, pos, per_example=True)
     if kind == "logit-diff":
-        return CircuitMetric(raw, "logit-diff", positions=pos.tolist())
+        return CircuitMetric(raw, "logit-diff", positions=pos.tolist(),
+                             part=lambda i, j: LogitDiff(_pairs(a, i, j), _pairs(w, i, j), _pairs(pos, i, j),
+                                                         per_example=True))
     clean = _check_logits("clean_logits", clean_logits, kind)
     corr = _check_logits("corrupted_logits", corrupted_logits, kind)
     c_mean, x_mean = float(raw(clean.float()).mean()), float(raw(corr.float()).mean())
@@ -145,5 +177,20 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
         raise ConfigError(f"the clean and corrupted runs have the same mean logit difference ({c_mean:.6g}), so "
                           "norm-logit-diff is undefined; use kind 'logit-diff', or pairs whose corruption changes "
                           "the answer.")
-    norm = LogitDiff(a, w, pos, per_example=True, clean=c_mean, corrupted=x_mean)
-    return CircuitMetric(norm, "norm-logit-diff", positions=pos.tolist())
+
+    def norm(i: int, j: int) -> LogitDiff:
+        return LogitDiff(_pairs(a, i, j), _pairs(w, i, j), _pairs(pos, i, j), per_example=True, clean=c_mean,
+                         corrupted=x_mean)
+    return CircuitMetric(norm(0, n), "norm-logit-diff", positions=pos.tolist(), part=norm)
+
+
+def _pairs(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Pairs a to b - 1 of a per-pair tensor (one value for every pair: itself)."""
+    return t if len(t) == 1 else t[a:b]
+
+
+def _takes_pairs(fn: Callable[..., Any]) -> bool:
+    try:
+        return "pairs" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False

@@ -100,3 +100,25 @@ def test_refuses_undefined_normalisation_and_non_finite(case):
         circuit_metric(lambda logits: logits[:, -1, 0].sum())(case.clean_logits)
     with pytest.raises(ConfigError, match="reads positions \\[40\\]"):
         circuit_metric("logit-diff", answer=1, wrong=2, position=40)(case.clean_logits)
+
+
+@pytest.mark.parametrize("kind", ["logit-diff", "norm-logit-diff", "kl"])
+def test_for_pairs_scores_a_chunk(case, kind):
+    m = circuit_metric(kind, answer=case.answer, wrong=case.wrong, clean_logits=case.clean_logits,
+                       corrupted_logits=case.corrupted_logits)
+    full = m(case.corrupted_logits)
+    assert m.splits
+    torch.testing.assert_close(m.for_pairs(1, 3)(case.corrupted_logits[1:3]), full[1:3], rtol=0, atol=0)
+
+
+def test_user_function_splits_only_with_a_pairs_keyword(case):
+    answer = torch.tensor(case.answer)
+
+    def with_pairs(logits: torch.Tensor, pairs: slice = slice(None)) -> torch.Tensor:
+        return logits[torch.arange(len(logits)), -1, answer[pairs]]
+    m = circuit_metric(with_pairs)
+    torch.testing.assert_close(m.for_pairs(2, 4)(case.clean_logits[2:4]), m(case.clean_logits)[2:4], rtol=0, atol=0)
+    plain = circuit_metric(lambda logits: logits[:, -1, 0])
+    assert not plain.splits
+    with pytest.raises(ConfigError, match="give the function a `pairs` keyword"):
+        plain.for_pairs(0, 2)

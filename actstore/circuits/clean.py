@@ -26,7 +26,7 @@ from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from .graph import Graph
 
-__all__ = ["CleanNodes", "node_hooks", "node_outputs", "STORE_SITES"]
+__all__ = ["CleanNodes", "node_hooks", "node_outputs", "run_node_outputs", "STORE_SITES"]
 
 STORE_SITES = "z:all,mlp_out:all,resid_pre:0"  # the --sites of a store that edge scores can read
 _EMBED = ("hook_embed", "hook_pos_embed")
@@ -50,6 +50,26 @@ def node_outputs(model: Any, acts: Mapping[str, torch.Tensor]) -> Float[torch.Te
         w_o = model.blocks[layer].attn.W_O.to(z.dtype)  # (head, d_head, d_model)
         outs += [torch.einsum("bphd,hdm->hbpm", z, w_o), acts[f"blocks.{layer}.hook_mlp_out"][None]]
     return torch.cat(outs)
+
+
+def run_node_outputs(model: Any, tokens: torch.Tensor, embed: Optional[torch.Tensor] = None
+                     ) -> Float[torch.Tensor, "upstream batch pos d_model"]:
+    """Every upstream node's output in the model's own forward on ``tokens`` (no gradient);
+    ``embed`` (batch, pos, d_model) replaces the input node's output (the residual entering
+    block 0), as EAP-IG over inputs interpolates it."""
+    hooks = node_hooks(int(model.cfg.n_layers), (_RESID0,))
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if name == _RESID0 and embed is not None:
+                act = embed.to(act.dtype).clone()
+            acts[name] = act.detach()  # by our name: a bridge's hook.name may be an alias's
+            return act
+        return fn
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(h, keep(h)) for h in hooks])
+        return node_outputs(model, acts)
 
 
 class CleanNodes:
@@ -80,7 +100,7 @@ class CleanNodes:
                 raise ConfigError(f"clean tokens have shape {tuple(clean.shape)} but the corrupted ones "
                                   f"({batch}, {n_pos}); each pair's prompts need the same number of tokens.")
             self.tokens = clean
-            self.embed: Sequence[str] = _EMBED
+            self.embed: Sequence[str] = (_RESID0,)
         elif isinstance(clean, ActivationStore):
             have = set(clean.sites)
             self.embed = _EMBED if all(h in have for h in _EMBED) else (_RESID0,)
@@ -111,17 +131,10 @@ class CleanNodes:
 
     def __call__(self, start: int, stop: int) -> Float[torch.Tensor, "upstream batch pos d_model"]:
         """Clean node outputs of pairs ``start`` to ``stop - 1``."""
-        hooks = node_hooks(int(self.model.cfg.n_layers), self.embed)
         if self.tokens is not None:
-            acts: dict[str, torch.Tensor] = {}
-
-            def keep(name: str) -> Any:
-                def fn(act: torch.Tensor, hook: Any) -> None:
-                    acts[name] = act.detach()  # by our name: a bridge's hook.name may be an alias's
-                return fn
-            with torch.no_grad():
-                self.model.run_with_hooks(self.tokens[start:stop], fwd_hooks=[(h, keep(h)) for h in hooks])
-        elif isinstance(self.source, CleanSource):
+            return run_node_outputs(self.model, self.tokens[start:stop])
+        hooks = node_hooks(int(self.model.cfg.n_layers), self.embed)
+        if isinstance(self.source, CleanSource):
             acts = {h: self.source[h][start:stop] for h in hooks}
         else:
             store, rows = self.source

@@ -7,19 +7,21 @@ mean over pairs. A positive score: patching the edge toward clean raises the met
 
 - ``"eap"``: ``(clean_u - corrupted_u) . d metric / d input_d`` on the corrupted run,
   summed over positions. With :class:`~actstore.circuits.forward.GraphForward` that is
-  exactly ``-d metric / d mask[e]`` at mask = 1 with patch = the clean node outputs: every
-  edge from one backward pass per chunk of pairs.
+  exactly ``-d metric / d mask[e]`` at mask = 1 with patch = the clean node outputs.
 - ``"eap-ig-inputs"`` (k = ``steps``): the same fixed difference ``clean_u - corrupted_u``
   times the gradient averaged over the runs whose input embeddings are ``corrupted + t
-  (clean - corrupted)``, t = 0, 1/k, ..., (k-1)/k (each run's mask gradient with patch =
-  its own node outputs + the difference).
+  (clean - corrupted)``, t = 0, 1/k, ..., (k-1)/k.
 - ``"eap-ig-activations"``: integrated gradients over the edge mask: ``-d metric / d
   mask[e]`` averaged over mask = 1 - t (every downstream input reads ``(1 - t)`` of its
   live inputs plus ``t`` of the clean ones), same t. At mask 0 every input reads the clean
   outputs, so the scores of all edges sum to ``metric(clean) - metric(corrupted)`` as k
   grows (the completeness of integrated gradients).
 
-With k = 1 both EAP-IG methods are EAP exactly. hannamw/EAP-IG (``attribute(...,
+Every edge's score comes from one forward and backward per chunk of pairs (and step): at a
+uniform mask GraphForward's run is the plain residual stream, so it runs in that form with
+a zero probe added to each downstream input (:class:`_Uniform`; tested equal to
+GraphForward's mask gradient), and the scores are the products of node differences and
+probe gradients, per pair. With k = 1 both EAP-IG methods are EAP exactly. hannamw/EAP-IG (``attribute(...,
 method='EAP-IG-inputs', ig_steps=k)``) takes the mirror image: its base run is the clean
 one and its difference ``corrupted - clean``, at the same points t = 0 .. (k-1)/k from
 the corrupted inputs towards the clean ones, so its scores are ours negated. Its EAP
@@ -35,8 +37,9 @@ import torch
 from jaxtyping import Float, Int
 
 from ..errors import ConfigError
+from ..patching import self_check
 from ..patching.engine import default_memory_budget
-from .clean import CleanNodes, run_node_outputs
+from .clean import CleanNodes
 from .forward import GraphForward
 from .graph import Graph
 from .metrics import CircuitMetric, circuit_metric
@@ -68,7 +71,7 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
         graph: the edge graph (default ``Graph.from_model(model)``).
         clean_cache: the clean run's activations instead of running ``clean_tokens``: an
             ActivationCache / mapping, or an ActivationStore with ``clean_rows``.
-        per_pair: one score per pair (each pair then runs its own backward passes).
+        per_pair: one score per pair (no extra cost: pairs are independent in the backward).
         memory_budget: bytes one forward and backward may use (default: the engine's);
             pairs (and EAP-IG's steps) run in chunks that fit it.
         progress: a tqdm bar over pairs x steps.
@@ -92,65 +95,137 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
     metric = circuit_metric(metric)
     batch, n_pos = corrupted.shape
     n_steps = 1 if method == "eap" else steps
-    pairs, variants = _plan(fwd, n_pos, batch, n_steps if method == "eap-ig-activations" else 1, per_pair,
-                            memory_budget)
+    pairs = _plan(fwd, n_pos, batch, memory_budget)
     if pairs < batch:
         metric.for_pairs(0, pairs)  # a metric that must see every pair fails here, before any work
     clean = CleanNodes(model, clean_cache if clean_cache is not None else clean_tokens, fwd.graph, n_pos, batch,
                        clean_rows)
     out_dtype = torch.promote_types(fwd.dtype, torch.float32)
-    total = torch.zeros((fwd.graph.n_edges,) + ((batch,) if per_pair else ()), dtype=torch.float64,
-                        device=fwd.device)
+    total = torch.zeros((fwd.graph.n_edges, batch), dtype=torch.float64, device=fwd.device)
+    uniform = _Uniform(fwd)
     bar = tqdm(total=batch * n_steps, desc=f"edge attribution ({method})", unit="pair-step", disable=not progress)
     for a in range(0, batch, pairs):
         b = min(batch, a + pairs)
         m = metric if (a, b) == (0, batch) else metric.for_pairs(a, b)
-        s = _chunk(fwd, corrupted[a:b], clean(a, b), m, method, n_steps, variants, bar)
-        if per_pair:
-            total[:, a] = s  # one pair a chunk
-        else:
-            total += s
+        total[:, a:b] = _chunk(fwd, uniform, corrupted[a:b].to(fwd.device), clean(a, b), m, method, n_steps, bar)
     bar.close()
-    return (total / (n_steps * (1 if per_pair else batch))).to(out_dtype)
+    total /= n_steps
+    return (total if per_pair else total.mean(1)).to(out_dtype)
 
 
-def _chunk(fwd: GraphForward, tokens: torch.Tensor, clean: torch.Tensor, metric: CircuitMetric, method: str,
-           n_steps: int, variants: int, bar: Any) -> torch.Tensor:
-    """(n_edges,) float64: the chunk's scores summed over its pairs and the steps."""
-    n_pairs = tokens.shape[0]
-    total = torch.zeros(fwd.graph.n_edges, dtype=torch.float64, device=fwd.device)
-    if method == "eap-ig-inputs":
-        corr = run_node_outputs(fwd.model, tokens)
-        delta = clean - corr
-    for k0 in range(0, n_steps, variants):
-        ts = [k / n_steps for k in range(k0, min(n_steps, k0 + variants))]
-        patch, embed = clean, None
-        if method == "eap-ig-inputs" and ts[0] > 0:  # patch = live + delta: the mask gradient is delta . grad
-            embed = corr[0] + ts[0] * delta[0]
-            patch = run_node_outputs(fwd.model, tokens, embed) + delta
-        level = [1.0 - t if method == "eap-ig-activations" else 1.0 for t in ts]
-        mask = torch.tensor(level, dtype=fwd.dtype, device=fwd.device)[:, None].repeat(1, fwd.graph.n_edges)
-        mask.requires_grad_(True)
-        with torch.enable_grad():
-            logits = fwd.run(tokens, mask, patch, embed=embed)  # (variant, pair, pos, d_vocab)
-            value = torch.stack([metric(logits[v]) for v in range(len(ts))]).sum()
-            (grad,) = torch.autograd.grad(value, mask)
-        total -= grad.sum(0).double()
-        bar.update(n_pairs * len(ts))
+def _chunk(fwd: GraphForward, uniform: "_Uniform", tokens: torch.Tensor, clean: torch.Tensor,
+           metric: CircuitMetric, method: str, n_steps: int, bar: Any) -> torch.Tensor:
+    """(n_edges, pair) float64: the chunk's scores per pair, summed over the steps."""
+    total = torch.zeros((fwd.graph.n_edges, tokens.shape[0]), dtype=torch.float64, device=fwd.device)
+    corr = None
+    for k in range(n_steps):
+        t = k / n_steps
+        embed = None
+        if method == "eap-ig-inputs" and k > 0:
+            assert corr is not None
+            embed = corr[0] + t * (clean[0] - corr[0])
+        grads, live = uniform.grads(tokens, metric, clean, t if method == "eap-ig-activations" else 0.0, embed)
+        if k == 0:
+            corr = live
+        # eap-ig-inputs: the fixed difference clean - corrupted; else clean - live, i.e. -d metric / d mask
+        diff = clean - (corr if method == "eap-ig-inputs" else live)
+        total += _edge_products(fwd.graph, diff, grads)
+        bar.update(tokens.shape[0])
     return total
 
 
-def _plan(fwd: GraphForward, n_pos: int, batch: int, n_var: int, per_pair: bool, budget: Optional[int]
-          ) -> tuple[int, int]:
-    """(pairs a chunk, variants a forward) so that rows = pairs x variants fit the budget:
-    each row's forward and backward (GraphForward.row_bytes) plus the chunk's node outputs
-    (clean, corrupted, live: three (upstream, pos, d_model) a pair)."""
+def _edge_products(graph: Graph, diff: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """(n_edges, pair) float64: sum over positions and d_model of diff[src] * grads[dst]."""
+    per_pair = torch.einsum("ubpd,nbpd->bun", diff, grads)  # (pair, upstream, downstream)
+    src = torch.as_tensor(graph.src, device=diff.device)
+    dst = torch.as_tensor(graph.dst, device=diff.device)
+    return per_pair[:, src, dst].T.double()
+
+
+class _Uniform:
+    """GraphForward's run at a uniform mask, every edge at ``1 - t`` (every downstream input
+    reads ``(1 - t)`` x its live inputs' sum + ``t`` x the patch's + the b_O biases), computed
+    as one residual stream instead of edge by edge, with a zero probe added to each
+    downstream input: the probes' gradients are d metric / d input. At a uniform mask the
+    mask gradient of edge u -> d is (live_u - patch_u) . d metric / d input_d, so this gives
+    every edge's from one plain-sized forward and backward (GraphForward.run materialises
+    every edge's sum; tests/circuits/test_attribution.py checks the two agree). Built from
+    GraphForward's own parts (its embedding and attention, the model's modules); checked
+    once per model against the model's own logits."""
+
+    def __init__(self, fwd: GraphForward):
+        self.fwd = fwd
+        self.checked = not self_check.ENABLED
+
+    def grads(self, tokens: torch.Tensor, metric: CircuitMetric, patch: torch.Tensor, t: float,
+              embed: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d metric / d input: (n_downstream, pair, pos, d_model), live node outputs: (n_upstream, ...))."""
+        fwd = self.fwd
+        if not self.checked:
+            self._check(tokens[:1])
+        with torch.enable_grad():
+            logits, live, probes = self._forward(tokens, patch, t, embed, probe=True)
+            value = metric(logits).sum()
+            grads = torch.autograd.grad(value, probes, allow_unused=True)
+        out = []
+        for layer in range(fwd.graph.n_layers):  # a layer's heads' q, k, v (head by head), then its MLP
+            qkv, mlp = grads[2 * layer], grads[2 * layer + 1]
+            out += [qkv.permute(2, 3, 0, 1, 4).flatten(0, 1), mlp[None]]
+        out.append(grads[-1][None])
+        return torch.cat(out), live
+
+    def _forward(self, tokens: torch.Tensor, patch: torch.Tensor, t: float, embed: Optional[torch.Tensor],
+                 probe: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        fwd, model = self.fwd, self.fwd.model
+        n_heads = fwd.n_heads
+        x0 = (embed if embed is not None else fwd._embed(tokens)).to(fwd.dtype)
+        live, probes = [x0], []
+        resid, patched, bias = x0, patch[0], torch.zeros(fwd.d_model, device=fwd.device, dtype=fwd.dtype)
+
+        def read(shape: tuple[int, ...]) -> torch.Tensor:
+            x = resid + bias if t == 0 else (1 - t) * resid + t * patched + bias
+            p = torch.zeros(shape, device=fwd.device, dtype=fwd.dtype, requires_grad=probe)
+            probes.append(p)
+            return x.view(x.shape[:2] + (1,) * (len(shape) - 3) + x.shape[2:]) + p  # (b, pos[, 1, 1], d)
+
+        for layer in range(fwd.graph.n_layers):
+            block, first = model.blocks[layer], 1 + layer * (n_heads + 1)
+            b, n_pos = tokens.shape
+            heads = fwd._attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[:, 0]  # (head, b, pos, d)
+            live += list(heads)
+            resid, patched = resid + heads.sum(0), patched + patch[first:first + n_heads].sum(0)
+            bias = bias + block.attn.b_O.to(fwd.dtype)
+            mlp = block.mlp(block.ln2(read((b, n_pos, fwd.d_model))))
+            live.append(mlp)
+            resid, patched = resid + mlp, patched + patch[first + n_heads]
+        final = model.ln_final(read(tuple(tokens.shape) + (fwd.d_model,)))
+        logits = final @ model.W_U.to(fwd.dtype) + model.b_U.to(fwd.dtype)
+        return logits, torch.stack(live).detach(), probes
+
+    def _check(self, row: torch.Tensor) -> None:
+        with torch.no_grad():
+            want = self.fwd.model(row).detach()
+            zero = torch.zeros(len(self.fwd.graph.upstream), 1, 1, self.fwd.d_model, device=self.fwd.device,
+                               dtype=self.fwd.dtype)
+            got = self._forward(row, zero, 0.0, None, probe=False)[0]
+        tol = self_check.tolerance(got, want, float(want.abs().max()), self.fwd.dtype)
+        err = float((got.double() - want.double()).abs().max())
+        if not err <= tol:
+            raise self_check.engine_error(f"computed the model's logits through its edge graph's residual form as "
+                                          f"differing by {err:.3g} (tolerance {tol:.2g}) from its own forward", False)
+        self.checked = True
+
+
+def _plan(fwd: GraphForward, n_pos: int, batch: int, budget: Optional[int]) -> int:
+    """Pairs a chunk, so that each pair's forward and backward (GraphForward.row_bytes, an
+    upper bound for the residual form) plus its node outputs and input gradients (clean,
+    corrupted, live, difference: four (upstream, pos, d_model); (downstream, pos, d_model))
+    fit the budget."""
     budget = int(budget) if budget is not None else default_memory_budget(fwd.device)
     item = torch.finfo(fwd.dtype).bits // 8
-    nodes = 3 * len(fwd.graph.upstream) * n_pos * fwd.d_model * item
-    rows = max(1, budget // max(1, fwd.row_bytes(n_pos, grad=True) + nodes))
-    pairs = 1 if per_pair else min(batch, rows)
-    return pairs, max(1, min(n_var, rows // pairs))
+    g = fwd.graph
+    nodes = (4 * len(g.upstream) + len(g.downstream)) * n_pos * fwd.d_model * item + len(g.upstream) * len(g.downstream) * 8
+    return max(1, min(batch, budget // max(1, fwd.row_bytes(n_pos, grad=True) + nodes)))
 
 
 def _tokens(tokens: Any, name: str) -> torch.Tensor:

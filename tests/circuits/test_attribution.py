@@ -214,3 +214,22 @@ def test_refusals(kwargs, match):
         edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False, **kwargs)
     with pytest.raises(ConfigError, match="same shape"):
         edge_attribution(c.bridge, c.clean, c.corrupted[:, :-1], _metric(c), progress=False)
+
+
+def test_equals_graph_forward_mask_gradients():
+    """The residual form (one plain-sized forward) against GraphForward's own run, edge by
+    edge: -d metric / d mask at a uniform mask 1 - t, patch = the clean node outputs."""
+    from actstore.circuits.forward import GraphForward
+
+    c = _case("early")
+    metric, fwd = _metric(c), GraphForward(c.bridge)
+    patch = fwd.node_outputs(c.clean)
+
+    def mask_grad(t: float) -> torch.Tensor:
+        mask = torch.full((1, fwd.graph.n_edges), 1 - t, dtype=torch.float64, requires_grad=True)
+        return -torch.autograd.grad(metric(fwd.run(c.corrupted, mask, patch)[0]).sum(), mask)[0][0] / len(c.clean)
+    eap = edge_attribution(c.bridge, c.clean, c.corrupted, metric, progress=False)
+    want = mask_grad(0.0)
+    assert_close_rel(eap, want, min_spread=0.5, what="EAP vs GraphForward")
+    ig = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-activations", steps=2, progress=False)
+    assert_close_rel(ig, (want + mask_grad(0.5)) / 2, min_spread=0.5, what="EAP-IG-activations vs GraphForward")

@@ -73,10 +73,12 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build(folder: Path, config: dict[str, int]) -> Path:
-    """Build the random model in a subprocess, so a measuring process's peak memory is the run's own."""
+def build(folder: Path, config: dict[str, int], save_dtype: str = "float32") -> Path:
+    """Build the random model in a subprocess, so a measuring process's peak memory is the run's own
+    (saved in float16 for the XL shape: half the disk; it runs in float32)."""
     if not (folder / "config.json").exists():
-        code = f"import sys; from actstore.demo import build_random_gpt2; build_random_gpt2(sys.argv[1], seed=0, **{config!r})"
+        code = ("import sys; from actstore.demo import build_random_gpt2; "
+                f"build_random_gpt2(sys.argv[1], seed=0, save_dtype={save_dtype!r}, **{config!r})")
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     return folder
 
@@ -215,7 +217,7 @@ def main() -> None:
         if args.eapig_python and args.eapig_src:
             bench_eapig(args, folder, pairs, clean, corrupted, a, w, model, methods, ours)
     if args.xl or args.xl_only:
-        folder = build(model_dir / "gpt2-xl-shape", XL)
+        folder = build(model_dir / "gpt2-xl-shape", XL, save_dtype="float16")
         print(f"\nGPT-2-XL shape ({XL['n_layer']} layers, d_model {XL['n_embd']}, {XL['n_head']} heads), random init:")
         cmd = [sys.executable, __file__, "--xl-child", str(folder), "--xl-pairs", str(args.xl_pairs)]
         subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else []), check=True)

@@ -55,10 +55,10 @@ def main() -> None:
         eap_attribute.torch = _CpuZeros()
 
     hf = GPT2LMHeadModel.from_pretrained(job["model_dir"]).eval()
-    c = hf.config
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
-                                  normalization_type="LN", eps=c.layer_norm_epsilon, device="cpu")
+    c = hf.config  # GPT-2: d_mlp = 4 d_model and LayerNorm eps 1e-5 are the config's defaults
+    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, n_heads=c.n_head,
+                                  d_head=c.n_embd // c.n_head, d_vocab=c.vocab_size, act_fn="gelu_new",
+                                  normalization_type="LN", device="cpu")
     model = HookedTransformer(cfg)
     model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
     model.set_tokenizer(AutoTokenizer.from_pretrained(job["model_dir"]))

@@ -28,17 +28,10 @@ from actstore.circuits.metrics import circuit_metric
 from actstore.errors import ConfigError, StoreMismatchError
 
 from ..fidelity_cases import assert_close_rel, demo_case
+from ..patching.conftest import _one_thread  # noqa: F401  (one thread a module: the machine is shared)
 from .attribution_reference import edge_derivative, node_outputs, shifted_metric
 
 FD_REL = 1e-6  # central differences in float64 at eps = 1e-4: truncation ~ eps^2, far below this
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 _CASES: dict = {}

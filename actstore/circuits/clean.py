@@ -96,6 +96,9 @@ class CleanNodes:
         self.tokens: Optional[torch.Tensor] = None
         self.source: Any = None
         if isinstance(clean, torch.Tensor) and not clean.is_floating_point():
+            if clean_rows is not None:
+                raise ConfigError("clean_rows applies only when the clean activations are an ActivationStore; "
+                                  "drop clean_rows, or pass the store as clean_cache.")
             if tuple(clean.shape) != (batch, n_pos):
                 raise ConfigError(f"clean tokens have shape {tuple(clean.shape)} but the corrupted ones "
                                   f"({batch}, {n_pos}); each pair's prompts need the same number of tokens.")

@@ -207,6 +207,11 @@ def test_refusals(kwargs, match):
         edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False, **kwargs)
     with pytest.raises(ConfigError, match="same shape"):
         edge_attribution(c.bridge, c.clean, c.corrupted[:, :-1], _metric(c), progress=False)
+    with pytest.raises(ConfigError, match="clean_rows applies only when the clean activations are an ActivationStore"):
+        edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), clean_rows=[0, 1, 2, 3], progress=False)
+    with pytest.raises(ConfigError, match="give the function a `pairs` keyword"):  # chunks of one pair: refused up front
+        edge_attribution(c.bridge, c.clean, c.corrupted, lambda logits: logits[:, -1, 0], memory_budget=1,
+                         progress=False)
 
 
 def test_equals_graph_forward_mask_gradients():

@@ -29,4 +29,4 @@ python - <<'PY'
 from actstore.compat import describe
 print("fidelity tests with", describe(("transformers", "transformer-lens", "torch", "zarr", "numcodecs", "datasets")))
 PY
-python -m pytest -q "$@" tests/patching tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py
+python -m pytest -q "$@" tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py

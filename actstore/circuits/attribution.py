@@ -164,7 +164,10 @@ class _Uniform:
         if not self.checked:
             self._check(tokens[:1])
         with torch.enable_grad():
-            logits, live, probes = self._forward(tokens, patch, t, embed, probe=True)
+            n_pos = tokens.shape[1]
+            pos = None if metric.positions is None else torch.tensor(sorted({p % n_pos for p in metric.positions}),
+                                                                      device=fwd.device)
+            logits, live, probes = self._forward(tokens, patch, t, embed, probe=True, positions=pos)
             value = metric(logits).sum()
             grads = torch.autograd.grad(value, probes, allow_unused=True)
         out = []
@@ -175,7 +178,8 @@ class _Uniform:
         return torch.cat(out), live
 
     def _forward(self, tokens: torch.Tensor, patch: torch.Tensor, t: float, embed: Optional[torch.Tensor],
-                 probe: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+                 probe: bool, positions: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         fwd, model = self.fwd, self.fwd.model
         n_heads = fwd.n_heads
         x0 = (embed if embed is not None else fwd._embed(tokens)).to(fwd.dtype)
@@ -191,15 +195,20 @@ class _Uniform:
         for layer in range(fwd.graph.n_layers):
             block, first = model.blocks[layer], 1 + layer * (n_heads + 1)
             b, n_pos = tokens.shape
-            heads = fwd._attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[:, 0]  # (head, b, pos, d)
+            heads = fwd._attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[0]  # (head, b, pos, d)
             live += list(heads)
             resid, patched = resid + heads.sum(0), patched + patch[first:first + n_heads].sum(0)
             bias = bias + block.attn.b_O.to(fwd.dtype)
             mlp = block.mlp(block.ln2(read((b, n_pos, fwd.d_model))))
             live.append(mlp)
             resid, patched = resid + mlp, patched + patch[first + n_heads]
-        final = model.ln_final(read(tuple(tokens.shape) + (fwd.d_model,)))
-        logits = final @ model.W_U.to(fwd.dtype) + model.b_U.to(fwd.dtype)
+        final = read(tuple(tokens.shape) + (fwd.d_model,))
+        if positions is not None:  # only the positions the metric reads are unembedded; the rest stay 0
+            final = final[:, positions]
+        logits = model.ln_final(final) @ model.W_U.to(fwd.dtype) + model.b_U.to(fwd.dtype)
+        if positions is not None:
+            full = torch.zeros(tokens.shape + (logits.shape[-1],), device=fwd.device, dtype=logits.dtype)
+            logits = full.index_copy(1, positions, logits)
         return logits, torch.stack(live).detach(), probes
 
     def _check(self, row: torch.Tensor) -> None:

@@ -231,3 +231,17 @@ def test_equals_graph_forward_mask_gradients():
     assert_close_rel(eap, want, min_spread=0.5, what="EAP vs GraphForward")
     ig = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-activations", steps=2, progress=False)
     assert_close_rel(ig, (want + mask_grad(0.5)) / 2, min_spread=0.5, what="EAP-IG-activations vs GraphForward")
+
+
+def test_a_user_metric_reading_every_logit_agrees():
+    """A plain function (no declared positions: every position's logits are computed),
+    chunked through its pairs keyword, gives the built-in metric's scores."""
+    c = _case("late")
+    a, w = torch.tensor(c.answer), torch.tensor(c.wrong)
+
+    def ld(logits: torch.Tensor, pairs: slice = slice(None)) -> torch.Tensor:
+        b = torch.arange(len(logits))
+        return logits[b, -1, a[pairs]] - logits[b, -1, w[pairs]]
+    want = edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False)
+    got = edge_attribution(c.bridge, c.clean, c.corrupted, ld, memory_budget=1, progress=False)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

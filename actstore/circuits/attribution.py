@@ -73,7 +73,7 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
             ActivationCache / mapping, or an ActivationStore with ``clean_rows``.
         per_pair: one score per pair (no extra cost: pairs are independent in the backward).
         memory_budget: bytes one forward and backward may use (default: the engine's);
-            pairs (and EAP-IG's steps) run in chunks that fit it.
+            pairs run in chunks that fit it (EAP-IG's steps one after another).
         progress: a tqdm bar over pairs x steps.
     """
     from tqdm.auto import tqdm
@@ -101,16 +101,20 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
     clean = CleanNodes(model, clean_cache if clean_cache is not None else clean_tokens, fwd.graph, n_pos, batch,
                        clean_rows)
     out_dtype = torch.promote_types(fwd.dtype, torch.float32)
-    total = torch.zeros((fwd.graph.n_edges, batch), dtype=torch.float64, device=fwd.device)
+    total = torch.zeros((fwd.graph.n_edges,) + ((batch,) if per_pair else ()), dtype=torch.float64,
+                        device=fwd.device)
     uniform = _Uniform(fwd)
     bar = tqdm(total=batch * n_steps, desc=f"edge attribution ({method})", unit="pair-step", disable=not progress)
     for a in range(0, batch, pairs):
         b = min(batch, a + pairs)
         m = metric if (a, b) == (0, batch) else metric.for_pairs(a, b)
-        total[:, a:b] = _chunk(fwd, uniform, corrupted[a:b].to(fwd.device), clean(a, b), m, method, n_steps, bar)
+        scores = _chunk(fwd, uniform, corrupted[a:b].to(fwd.device), clean(a, b), m, method, n_steps, bar)
+        if per_pair:
+            total[:, a:b] = scores
+        else:
+            total += scores.sum(1)
     bar.close()
-    total /= n_steps
-    return (total if per_pair else total.mean(1)).to(out_dtype)
+    return (total / (n_steps * (1 if per_pair else batch))).to(out_dtype)
 
 
 def _chunk(fwd: GraphForward, uniform: "_Uniform", tokens: torch.Tensor, clean: torch.Tensor,

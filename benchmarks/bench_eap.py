@@ -67,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--xl", action="store_true")
     p.add_argument("--xl-only", action="store_true")
     p.add_argument("--xl-pairs", type=int, default=1)
+    p.add_argument("--progress", action="store_true", help="show our runs' progress bars")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model, 2 pairs, 2 steps (a smoke run)")
     p.add_argument("--model-dir", default=None, help="where the random models are built (default: a temp folder)")
     p.add_argument("--xl-child", default=None, help=argparse.SUPPRESS)
@@ -208,7 +209,7 @@ def main() -> None:
         ours: dict[str, tuple[float, torch.Tensor]] = {}
         for m in methods:
             ours[m] = timed(lambda: edge_attribution(model, clean, corrupted, metric, method=m, steps=steps,
-                                                     progress=False))
+                                                     progress=args.progress))
             print(f"  ours {m}{'' if m == 'eap' else f' ({steps} steps)'}: {ours[m][0]:.1f} s "
                   f"({ours[m][0] / n_pairs:.2f} s a pair)")
         if not args.no_tl:

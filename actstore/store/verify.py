@@ -1,32 +1,58 @@
-"""Integrity: read every finished shard of every array and report what is missing or
-fails its checksum (recomputing those shards is capture/repair.py's)."""
+"""Integrity: check every object of a store against what its own metadata defines and
+report what is damaged, lost or unfinished (repairing it is capture/repair.py's).
+
+What is checked: the zarr.json of every group and array (missing, unreadable, or not
+what ``attrs["actstore"]`` defines: see nodes.py), every finished shard of every array
+(missing, empty, or failing its checksum), the manifest (entries damaged, shards not
+done), the merged statistics of a complete store (equal to a merge of the per-shard
+ones), the corpus plan, and every job result under ``results/``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 from tqdm.auto import tqdm
 
-from .format import INDEX_ARRAYS, shard_exists
+from .format import INDEX_ARRAYS, merge_partials, shard_exists
+from .nodes import list_keys, node_problem, parents, site_shapes
 from .reader import ActivationStore
 
-__all__ = ["Damage", "verify_store"]
+__all__ = ["Damage", "verify_store", "FIXES"]
+
+FIXES = {  # what `verify --repair` does about each kind of damage
+    "rebuild": "metadata rebuilt from the store's own metadata",
+    "recompute": "rows recomputed with the store's own config",
+    "finish": "rows computed (the run did not finish them)",
+    "stats": "statistics merged again from the per-shard ones",
+    "plan": "corpus plan made again from the corpus",
+    "manual": "not repairable from the store: rerun the job that wrote it, or delete it",
+}
 
 
 @dataclass(frozen=True)
 class Damage:
-    array: str  # e.g. 'acts/blocks.3.hook_resid_post', 'tokens', 'done'
-    shard: int
-    rows: tuple[int, int]  # [start, stop)
+    array: str  # e.g. 'acts/blocks.3.hook_resid_post', 'tokens', 'done', 'stats/blocks.0.hook_resid_post'
+    shard: int | None  # None: the whole array or node
+    rows: tuple[int, int] | None  # [start, stop)
     problem: str
+    fix: str = "recompute"  # a key of FIXES
 
     def __str__(self) -> str:
-        return f"{self.array}: rows {self.rows[0]}..{self.rows[1] - 1} (shard {self.shard}): {self.problem}"
+        where = f": rows {self.rows[0]}..{self.rows[1] - 1} (shard {self.shard})" if self.rows is not None else ""
+        return f"{self.array}{where}: {self.problem}"
 
 
-def _arrays(store: ActivationStore) -> list[str]:
-    names = [n for n in INDEX_ARRAYS if n in store.group] + [f"acts/{h}" for h in store.sites]
-    return names + (["stats/partials"] if "stats/partials" in store.group else [])
+def _metadata(store: ActivationStore) -> list[Damage]:
+    """Every node the store's metadata defines, checked (merged stats only where present)."""
+    out = []
+    for node, doc in store.expected.items():
+        if node.startswith("stats/") and node != "stats/partials":
+            continue  # checked with the statistics
+        problem = node_problem(store.group.store, node, doc)
+        if problem is not None:
+            out.append(Damage(node, None, None, problem, "rebuild"))
+    return out
 
 
 def _read_done(store: ActivationStore) -> tuple[np.ndarray, list[Damage]]:
@@ -40,24 +66,111 @@ def _read_done(store: ActivationStore) -> tuple[np.ndarray, list[Damage]]:
     return done, damage
 
 
+def _not_done(store: ActivationStore, done: np.ndarray, damaged: set[int]) -> list[Damage]:
+    """One entry per run of consecutive shards not done (and not damaged)."""
+    out: list[Damage] = []
+    lay = store.layout
+    todo = [int(k) for k in np.flatnonzero(~done) if int(k) not in damaged]
+    runs: list[list[int]] = []
+    for k in todo:
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    for run in runs:
+        a, b = lay.shard_rows(run[0])[0], lay.shard_rows(run[-1])[1]
+        what = f"shard {run[0]} is" if len(run) == 1 else f"shards {run[0]}..{run[-1]} are"
+        out.append(Damage("done", run[0], (a, b), f"not done: {what} not finished", "finish"))
+    return out
+
+
+def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
+    """The merged statistics of a complete store: present, readable and equal to a merge of the partials."""
+    out = []
+    for hook, shape in site_shapes(store.meta).items():
+        if shape.feature_shape is None:
+            continue
+        name = f"stats/{hook}"
+        nodes = [name] + [f"{name}/{n}" for n in ("count", "mean", "M2")]
+        problems = [f"'{n}': {p}" for n in nodes if (p := node_problem(store.group.store, n, store.expected[n]))]
+        if not problems:
+            try:
+                g = store.group[name]
+                m = merge_partials(store.group["stats/partials"], hook, done)
+                same = (int(g["count"][()]) == m.count and np.array_equal(g["mean"][...], m.mean)
+                        and np.array_equal(g["M2"][...], m.m2))
+                problems += [] if same else ["differs from the merge of the per-shard statistics"]
+            except ValueError as e:
+                problems.append(f"fails its checksum ({e})")
+        if problems:
+            out.append(Damage(name, None, None, "; ".join(problems), "stats"))
+    return out
+
+
+def _plan(store: ActivationStore) -> list[Damage]:
+    if "plan" not in store.expected:
+        return []
+    arr = store.group["plan"]
+    try:
+        if shard_exists(arr, 0):
+            arr[...]
+            return []
+        problem = "its object is missing or empty"
+    except ValueError as e:
+        problem = f"fails its checksum ({e})"
+    return [Damage("plan", None, None, problem, "plan")]
+
+
+def _results(store: ActivationStore) -> list[Damage]:
+    """Every array under results/: metadata readable, every chunk passing its checksum."""
+    keys = list_keys(store.group.store, "results/")
+    nodes = {k[:-len("/zarr.json")] for k in keys if k.endswith("/zarr.json")}
+    arrays = {k.split("/c/")[0] if "/c/" in k else k[:-2] for k in keys if not k.endswith("zarr.json")}
+    out = []
+    for node in sorted(set(parents(nodes | arrays)) | nodes | arrays):
+        problem = node_problem(store.group.store, node, None)
+        if problem is None and node in arrays:
+            try:
+                store.group[node][...]
+            except Exception as e:  # noqa: BLE001 - whatever zarr makes of a damaged object
+                problem = f"cannot be read ({type(e).__name__}: {str(e)[:80]})"
+        if problem is not None:
+            is_group = node not in arrays and node not in nodes
+            out.append(Damage(node, None, None, problem, "rebuild" if is_group else "manual"))
+    return out
+
+
 def verify_store(path: str, progress: bool = True) -> list[Damage]:
-    """Every problem in the finished shards of ``path``; empty when the store is sound."""
+    """Every problem of ``path``, the rows not done included; empty when the store is
+    complete and sound. A store whose root metadata is damaged raises StoreDamagedError."""
     store = ActivationStore.open(path)
     lay = store.layout
-    done, damage = _read_done(store)
-    names = _arrays(store)
+    damage = _metadata(store)
+    bad = {d.array for d in damage}
+    if "done" in bad:  # which rows are done is unknown until the manifest's metadata is rebuilt
+        return damage
+    done, damage_done = _read_done(store)
+    damage += damage_done
+    names = [n for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"]
+             if n in store.expected and n not in bad]
     bar = tqdm(total=int(done.sum()) * len(names), unit="shard", desc="verify", disable=not progress)
     for name in names:
         arr = store.group[name]
         for k in np.flatnonzero(done):
             a, b = lay.shard_rows(int(k))
             if not shard_exists(arr, int(k)):
-                damage.append(Damage(name, int(k), (a, b), "object missing"))
+                damage.append(Damage(name, int(k), (a, b), "object missing or empty"))
             else:
                 try:
-                    arr[a:b]
+                    arr[int(k)] if name == "stats/partials" else arr[a:b]
                 except ValueError as e:
                     damage.append(Damage(name, int(k), (a, b), f"fails its checksum ({e})"))
             bar.update()
     bar.close()
-    return sorted(damage, key=lambda d: (d.shard, d.array))
+    recompute = {d.shard for d in damage if d.shard is not None}
+    damage += _not_done(store, done, recompute)  # type: ignore[arg-type]
+    if done.all() and not recompute and "stats/partials" in store.expected and not bad & {"stats", "stats/partials"}:
+        damage += _stats(store, done)
+    damage += _plan(store) if "plan" not in bad else []
+    damage += _results(store)
+    return sorted(damage, key=lambda d: (-1 if d.shard is None else d.shard, d.array))

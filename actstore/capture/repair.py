@@ -46,11 +46,11 @@ def config_from_metadata(meta: StoreMeta | Mapping[str, Any], out: str, model: M
     )
 
 
-def _rebuild_metadata(store: ActivationStore, damage: list[Damage]) -> bool:
+def _rebuild_metadata(store: ActivationStore, group: zarr.Group, damage: list[Damage]) -> bool:
     """Write back the zarr.json of every node whose metadata is damaged; whether any was."""
     todo = [d.array for d in damage if d.fix == "rebuild"]
     for name in todo:
-        write_key(store.group.store, f"{name}/zarr.json", store.expected.get(name) or group_doc())
+        write_key(group.store, f"{name}/zarr.json", store.expected.get(name) or group_doc())
     return bool(todo)
 
 
@@ -71,11 +71,11 @@ def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None
     software). What cannot be repaired from the store (a damaged job result) is left; verify
     again to see it."""
     store = ActivationStore.open(path)
-    if _rebuild_metadata(store, damage):  # the arrays are readable again: check their chunks
-        store = ActivationStore.open(path)
-        damage = verify_store(path, progress=False)
-        _rebuild_metadata(store, damage)
     group = zarr.open_group(path, mode="r+")
+    if _rebuild_metadata(store, group, damage):  # the arrays are readable again: check their chunks
+        damage = verify_store(path, progress=False)
+        _rebuild_metadata(store, group, damage)
+        group = zarr.open_group(path, mode="r+")
     recompute = sorted({d.shard for d in damage if d.fix in ("recompute", "finish") and d.shard is not None})
     cfg = config_from_metadata(store.meta, path, model, device, progress) if recompute or any(
         d.fix == "plan" for d in damage) else None

@@ -18,7 +18,7 @@ import zarr
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ..errors import ConfigError, CorruptChunkError
+from ..errors import ConfigError, CorruptChunkError, StoreDamagedError
 from ..sites import SiteShape
 from ..stats import Moments
 from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
@@ -154,13 +154,13 @@ def shard_key(arr: zarr.Array, k: int) -> str:
     return f"{arr.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
 
 
-def shard_exists(arr: zarr.Array, k: int) -> bool:
+def shard_exists(arr: zarr.Array, k: int, empty: bool = False) -> bool:
     """Whether shard k's object is there and not empty (zarr reads an empty shard object
-    as a missing one: fill values)."""
+    as a missing one: fill values); ``empty``: whether it is there and empty."""
     from zarr.core.sync import sync
 
     try:
-        return bool(sync(arr.store.getsize(shard_key(arr, k))))
+        return (sync(arr.store.getsize(shard_key(arr, k))) == 0) == empty
     except FileNotFoundError:
         return False
 
@@ -228,9 +228,16 @@ def remove_store(path: str) -> None:
 
 
 def walk_arrays(group: zarr.Group) -> list[str]:
-    out = [name for name, _ in group.arrays()]
-    for gname, sub in group.groups():
-        out += [f"{gname}/{p}" for p in walk_arrays(sub)]
+    """Paths of every array under ``group``; a node whose metadata is damaged is a StoreDamagedError."""
+    try:
+        out = [name for name, _ in group.arrays()]
+        for gname, sub in group.groups():
+            out += [f"{gname}/{p}" for p in walk_arrays(sub)]
+    except (ValueError, KeyError, TypeError) as e:  # what zarr makes of a damaged zarr.json
+        where = getattr(group.store, "root", group.store)
+        raise StoreDamagedError(f"'{group.path}' of the store at '{where}' holds a node whose metadata is damaged "
+                                f"({type(e).__name__}: {str(e)[:80]}); `actstore verify STORE` names it: delete it "
+                                "and rerun the job that wrote it.") from None
     return out
 
 

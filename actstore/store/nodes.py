@@ -26,7 +26,7 @@ from .format import create_store, stats_arrays
 from .meta import StoreMeta
 
 __all__ = ["expected_nodes", "node_problem", "read_key", "write_key", "list_keys", "damaged", "root_damaged",
-           "looks_like_store", "site_shapes", "group_doc", "parents"]
+           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined"]
 
 _MARKERS = ("zarr.json", "done", "tokens", "acts")  # what a store's folder holds, even with its root zarr.json gone
 
@@ -49,6 +49,16 @@ def expected_nodes(meta: StoreMeta, plan: bool = True) -> dict[str, bytes]:
         if s.feature_shape is not None:
             stats_arrays(root, hook, s.feature_shape, tuple(d for d in s.dims if d != "pos"))
     return {k[:-len("/zarr.json")]: read_key(mem, k) for k in list_keys(mem) if k.endswith("/zarr.json")}  # type: ignore[misc]
+
+
+def as_defined(group: zarr.Group, name: str, doc: bytes) -> zarr.Array:
+    """The array ``name`` of ``group``'s store read with the metadata ``doc`` (what the
+    store's metadata defines) instead of its own zarr.json, which may be lost: its
+    chunks are checked before that zarr.json is rebuilt."""
+    from zarr.core.array import AsyncArray
+    from zarr.storage import StorePath
+
+    return zarr.Array(AsyncArray(json.loads(doc), StorePath(group.store, name)))
 
 
 def group_doc() -> bytes:

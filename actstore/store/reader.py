@@ -56,6 +56,15 @@ class ActivationStore:
         """zarr.json of every node the store's metadata defines (see nodes.py)."""
         return expected_nodes(self.meta, plan=read_key(self.group.store, "plan/zarr.json") is not None)
 
+    def check_metadata(self) -> None:
+        """Raise StoreDamagedError unless the zarr.json of every group and array the store's
+        metadata defines is there and as defined (reads no chunk; ``actstore verify`` reads all)."""
+        for node, doc in self.expected.items():
+            if not node.startswith("stats/") or node == "stats/partials":  # merged stats: once complete
+                problem = node_problem(self.group.store, node, doc)
+                if problem is not None:
+                    raise damaged(self.path, node, problem)
+
     def array(self, name: str) -> zarr.Array:
         """The array at ``name`` ('done', 'tokens', 'acts/<hook>', ...), once its metadata and its
         groups' are what the store's own metadata defines; else StoreDamagedError naming the fix."""
@@ -217,8 +226,11 @@ class ActivationStore:
 
     def load_result(self, name: str) -> zarr.Array:
         key = f"results/{name}"
-        if key not in self.group:
+        problem = node_problem(self.group.store, key, None)
+        if problem is not None and "missing" in problem:
             raise StoreNotFoundError(f"Store '{self.path}' has no result '{name}'; run the job that writes it first.")
+        if problem is not None:
+            raise damaged(self.path, key, problem)
         return self.group[key]  # type: ignore[return-value]
 
     def results(self) -> list[str]:

@@ -9,13 +9,16 @@ ones), the corpus plan, and every job result under ``results/``."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import zarr
 from tqdm.auto import tqdm
+from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
-from .nodes import list_keys, node_problem, parents, site_shapes
+from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
 from .reader import ActivationStore
 
 __all__ = ["Damage", "verify_store", "FIXES"]
@@ -26,7 +29,7 @@ FIXES = {  # what `verify --repair` does about each kind of damage
     "finish": "rows computed (the run did not finish them)",
     "stats": "statistics merged again from the per-shard ones",
     "plan": "corpus plan made again from the corpus",
-    "manual": "not repairable from the store: rerun the job that wrote it, or delete it",
+    "manual": "not repairable from the store: delete it and rerun the job that wrote it",
 }
 
 
@@ -55,12 +58,14 @@ def _metadata(store: ActivationStore) -> list[Damage]:
     return out
 
 
-def _read_done(store: ActivationStore) -> tuple[np.ndarray, list[Damage]]:
-    arr, lay = store.group["done"], store.layout
+def _read_done(store: ActivationStore, arr: zarr.Array) -> tuple[np.ndarray, list[Damage]]:
+    lay = store.layout
     done, damage = np.zeros(lay.n_shards, bool), []
     for k in range(lay.n_shards):
         try:
             done[k] = bool(arr[k]) if shard_exists(arr, k) else False
+            if not done[k] and shard_exists(arr, k, empty=True):
+                damage.append(Damage("done", k, lay.shard_rows(k), "manifest entry is empty"))
         except ValueError as e:
             damage.append(Damage("done", k, lay.shard_rows(k), f"manifest entry fails its checksum ({e})"))
     return done, damage
@@ -121,22 +126,42 @@ def _plan(store: ActivationStore) -> list[Damage]:
     return [Damage("plan", None, None, problem, "plan")]
 
 
+def _lost_chunks(arr: zarr.Array) -> str | None:
+    """Read ``arr`` whole; where it was written with checksums and every chunk (results since
+    format 2's checksums), also say which chunk objects are missing or empty."""
+    arr[...]
+    if not any(isinstance(c, Crc32cCodec) for c in arr.metadata.codecs):
+        return None
+    grid = itertools.product(*(range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)))
+    keys = [f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}" for coords in grid]
+    lost = [k for k in keys if not (read_key(arr.store, k) or b"")]
+    return f"chunk objects missing or empty: {', '.join(lost[:4])}" if lost else None
+
+
 def _results(store: ActivationStore) -> list[Damage]:
-    """Every array under results/: metadata readable, every chunk passing its checksum."""
-    keys = list_keys(store.group.store, "results/")
-    nodes = {k[:-len("/zarr.json")] for k in keys if k.endswith("/zarr.json")}
-    arrays = {k.split("/c/")[0] if "/c/" in k else k[:-2] for k in keys if not k.endswith("zarr.json")}
+    """Every node under results/: metadata readable and of the right kind (a node above
+    another is a group, one with chunks an array), every array's chunks there and passing
+    their checksums. A group's zarr.json can be rebuilt (results' groups have no
+    attributes); a damaged array cannot."""
+    st = store.group.store
+    keys = list_keys(st, "results/")
+    docs = {k[:-len("/zarr.json")]: parse_doc(read_key(st, k) or b"")[0] for k in keys if k.endswith("/zarr.json")}
+    chunked = {k.split("/c/")[0] if "/c/" in k else k[:-2] for k in keys if not k.endswith("zarr.json")}
+    arrays = chunked | {n for n, d in docs.items() if isinstance(d, dict) and d.get("node_type") == "array"}
+    groups = set(parents(docs.keys() | chunked))
     out = []
-    for node in sorted(set(parents(nodes | arrays)) | nodes | arrays):
-        problem = node_problem(store.group.store, node, None)
-        if problem is None and node in arrays:
+    for node in sorted(groups | arrays | docs.keys()):
+        problem = node_problem(st, node, None)
+        kind = "group" if node in groups else "array" if node in chunked else None
+        if problem is None and kind is not None and docs[node].get("node_type") != kind:
+            problem = f"its metadata (zarr.json) says it is not a Zarr {kind}"
+        if problem is None and node in arrays and node not in groups:
             try:
-                store.group[node][...]
+                problem = _lost_chunks(store.group[node])  # type: ignore[arg-type]
             except Exception as e:  # noqa: BLE001 - whatever zarr makes of a damaged object
                 problem = f"cannot be read ({type(e).__name__}: {str(e)[:80]})"
         if problem is not None:
-            is_group = node not in arrays and node not in nodes
-            out.append(Damage(node, None, None, problem, "rebuild" if is_group else "manual"))
+            out.append(Damage(node, None, None, problem, "rebuild" if node in groups else "manual"))
     return out
 
 
@@ -147,15 +172,13 @@ def verify_store(path: str, progress: bool = True) -> list[Damage]:
     lay = store.layout
     damage = _metadata(store)
     bad = {d.array for d in damage}
-    if "done" in bad:  # which rows are done is unknown until the manifest's metadata is rebuilt
-        return damage
-    done, damage_done = _read_done(store)
+    done, damage_done = _read_done(store, as_defined(store.group, "done", store.expected["done"]) if "done" in bad
+                                   else store.group["done"])
     damage += damage_done
-    names = [n for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"]
-             if n in store.expected and n not in bad]
+    names = [n for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"] if n in store.expected]
     bar = tqdm(total=int(done.sum()) * len(names), unit="shard", desc="verify", disable=not progress)
-    for name in names:
-        arr = store.group[name]
+    for name in names:  # an array whose zarr.json is damaged is read as its metadata defines it
+        arr = as_defined(store.group, name, store.expected[name]) if name in bad else store.group[name]
         for k in np.flatnonzero(done):
             a, b = lay.shard_rows(int(k))
             if not shard_exists(arr, int(k)):

@@ -12,9 +12,9 @@ import zarr
 
 from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
-from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
+from .format import Layout, chunk_present, merge_partials, read_checked, shard_exists, walk_arrays
 from .meta import StoreMeta
-from .nodes import damaged, expected_nodes, looks_like_store, node_problem, parents, read_key, root_damaged
+from .nodes import damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key, root_damaged
 from .results import write_result
 from .view import ArrayView, array_name
 
@@ -54,7 +54,7 @@ class ActivationStore:
     @cached_property
     def expected(self) -> dict[str, bytes]:
         """zarr.json of every node the store's metadata defines (see nodes.py)."""
-        return expected_nodes(self.meta, plan=read_key(self.group.store, "plan/zarr.json") is not None)
+        return expected_nodes(self.meta, plan=bool(list_keys(self.group.store, "plan/")))  # older stores have none
 
     def check_metadata(self) -> None:
         """Raise StoreDamagedError unless the zarr.json of every group and array the store's
@@ -249,6 +249,8 @@ class ActivationStore:
         try:
             if done.all() and read_key(self.group.store, f"{final}/mean/zarr.json") is not None:
                 count, mean, m2 = (self.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
+                if not all(map(chunk_present, (count, mean, m2))):
+                    raise damaged(self.path, final, "an object of the merged statistics is missing or empty")
                 return Moments(int(count[()]), np.asarray(mean[...]), np.asarray(m2[...]))
             if read_key(self.group.store, "stats/partials/zarr.json") is None:
                 raise damaged(self.path, "stats", "the statistics are missing (stats/partials)")
@@ -257,10 +259,10 @@ class ActivationStore:
             if lost:
                 raise damaged(self.path, "stats/partials", f"the statistics of shards {lost[:8]} are missing")
             return merge_partials(partials, hook, done)
-        except ValueError as e:
-            if "checksum" not in str(e):
+        except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
+            if isinstance(e, ValueError) and "checksum" not in str(e):
                 raise
-            raise damaged(self.path, "stats", f"the statistics of {hook} fail their checksum") from e
+            raise damaged(self.path, "stats", f"the statistics of {hook} cannot be read ({str(e)[:80]})") from e
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"

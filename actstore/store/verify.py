@@ -17,7 +17,7 @@ import zarr
 from tqdm.auto import tqdm
 from zarr.codecs import Crc32cCodec
 
-from .format import INDEX_ARRAYS, merge_partials, shard_exists
+from .format import INDEX_ARRAYS, chunk_present, merge_partials, shard_exists
 from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
 from .reader import ActivationStore
 
@@ -102,11 +102,13 @@ def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
             try:
                 g = store.group[name]
                 m = merge_partials(store.group["stats/partials"], hook, done)
-                same = (int(g["count"][()]) == m.count and np.array_equal(g["mean"][...], m.mean)
-                        and np.array_equal(g["M2"][...], m.m2))
-                problems += [] if same else ["differs from the merge of the per-shard statistics"]
-            except ValueError as e:
-                problems.append(f"fails its checksum ({e})")
+                if not all(chunk_present(g[n]) for n in ("count", "mean", "M2")):  # type: ignore[arg-type]
+                    problems.append("an object is missing or empty")
+                elif not (int(g["count"][()]) == m.count and np.array_equal(g["mean"][...], m.mean)
+                          and np.array_equal(g["M2"][...], m.m2)):
+                    problems.append("differs from the merge of the per-shard statistics")
+            except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
+                problems.append(f"cannot be read ({str(e)[:80]})")
         if problems:
             out.append(Damage(name, None, None, "; ".join(problems), "stats"))
     return out

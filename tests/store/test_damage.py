@@ -50,8 +50,8 @@ def _flip(data: bytes) -> bytes:
 def _garble(data: bytes) -> bytes:
     """Valid JSON that says something else: a wrong row count, the attributes gone, or a group for an array."""
     doc = json.loads(data)
-    if "shape" in doc and doc["shape"]:
-        doc["shape"][0] += 1
+    if "shape" in doc:
+        doc["shape"] = [doc["shape"][0] + 1, *doc["shape"][1:]] if doc["shape"] else [1]
     elif doc.get("attributes"):
         doc["attributes"] = {}
     elif "node_type" in doc:
@@ -172,7 +172,8 @@ CASES = [(t, k) for t in TYPES for k in KINDS if k != "garble-json" or "zarr.jso
 def _commands(i: int, type_: str) -> list[str]:
     """The cheap commands always; the slow ones on every case with ACTSTORE_DAMAGE=full, else on a
     fixed sample (verify --repair always where the lock is damaged: the lock is only taken to write)."""
-    slow = ["verify --repair", *SLOW] if FULL else [["verify --repair", "probe", "logit-lens", "probe", "", ""][i % 6]]
+    sample = {0: "verify --repair", 2: "probe", 5: "logit-lens", 7: "probe"}
+    slow = ["verify --repair", *SLOW] if FULL else [sample.get(i % 10, "")]
     if type_ == "lock" and "verify --repair" not in slow:
         slow.append("verify --repair")
     return ["info", "verify", "read", *(c for c in slow if c)]

@@ -219,6 +219,8 @@ class StoreMeta:
         if cmd.startswith("actstore cache"):
             words = [w for w in cmd.split() if w not in ("--overwrite", "--resume")]
             again = f"`{' '.join(words)} --resume`"
+        elif cmd.startswith("actstore.cache("):
+            again = f"`{cmd}` again with resume=True"
         else:
             again = "the same actstore.cache(...) call with resume=True"
         return f"finish it with `actstore verify {path} --repair` (its own config), or {again}"

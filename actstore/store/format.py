@@ -274,16 +274,9 @@ def finalize_stats(group: zarr.Group, hooks: Sequence[str]) -> None:
 def stats_arrays(group: zarr.Group, hook: str, feature_shape: tuple[int, ...], feat_dims: tuple[str, ...]
                  ) -> tuple[zarr.Array, zarr.Array, zarr.Array]:
     """Create (or replace) stats/<hook>/{count,mean,M2}, float64 per feature, empty; one
-    chunk each, always written, with a checksum (see :func:`chunk_present`)."""
+    chunk each, always written, with a checksum (see nodes.chunk_present)."""
     g = group.require_group(f"stats/{hook}")
     kw: dict[str, Any] = dict(overwrite=True, compressors=_checked(None), config={"write_empty_chunks": True})
     return (g.create_array("count", shape=(), dtype="int64", **kw),
             g.create_array("mean", shape=feature_shape, dtype="float64", dimension_names=feat_dims, **kw),
             g.create_array("M2", shape=feature_shape, dtype="float64", dimension_names=feat_dims, **kw))
-
-
-def chunk_present(arr: zarr.Array) -> bool:
-    """Whether the one chunk of a single-chunk array (the merged stats) is there and not empty."""
-    from .nodes import read_key
-
-    return bool(read_key(arr.store, f"{arr.path}/{arr.metadata.encode_chunk_key((0,) * arr.ndim)}"))

@@ -26,7 +26,7 @@ from .format import create_store, stats_arrays
 from .meta import StoreMeta
 
 __all__ = ["expected_nodes", "node_problem", "read_key", "write_key", "list_keys", "damaged", "root_damaged",
-           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined"]
+           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined", "chunk_present"]
 
 _MARKERS = ("zarr.json", "done", "tokens", "acts")  # what a store's folder holds, even with its root zarr.json gone
 
@@ -81,13 +81,18 @@ def read_key(store: Any, key: str) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
+def chunk_present(arr: zarr.Array) -> bool:
+    """Whether the one chunk of a single-chunk array (the merged stats) is there and not empty."""
+    return bool(read_key(arr.store, f"{arr.path}/{arr.metadata.encode_chunk_key((0,) * arr.ndim)}"))
+
+
 def write_key(store: Any, key: str, data: bytes) -> None:
     sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
-def _essential(doc: Any) -> Any:
+def _essential(doc: Any, codecs: bool) -> Any:
     """What a reader relies on in a zarr.json (codec settings by name only, so a store
-    written by another zarr version is not taken for a damaged one)."""
+    written by another zarr version is not taken for a damaged one; ``codecs``: at all)."""
     if not isinstance(doc, dict):
         return doc
 
@@ -99,7 +104,7 @@ def _essential(doc: Any) -> Any:
 
     keys = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
             "dimension_names", "attributes")
-    return {**{k: doc.get(k) for k in keys}, "codecs": names(doc.get("codecs"))}
+    return {**{k: doc.get(k) for k in keys}, "codecs": names(doc.get("codecs")) if codecs else None}
 
 
 def parse_doc(raw: bytes) -> tuple[Any, str | None]:
@@ -121,7 +126,8 @@ def node_problem(store: Any, name: str, expected: bytes | None) -> str | None:
         return why
     if not isinstance(doc, dict) or doc.get("node_type") not in ("array", "group"):
         return "its metadata (zarr.json) is not a Zarr node's"
-    if expected is not None and _essential(doc) != _essential(json.loads(expected)):
+    merged_stats = name.startswith("stats/") and name != "stats/partials"  # their codecs changed in format 2
+    if expected is not None and _essential(doc, not merged_stats) != _essential(json.loads(expected), not merged_stats):
         return "its metadata (zarr.json) differs from what the store's own metadata defines"
     return None
 

@@ -88,8 +88,10 @@ def test_version_2_nan_through_xarray(unfinished):
 # If only FULL_HASH differs on some machine while FORMAT_HASH matches, the metadata is
 # the same and chunk bytes differ: float32 CPU kernels of another torch, or another
 # codec library's encoding; check that first.
-FORMAT_HASH = "sha256:6c4fd1121b84421109d90c9a640e066b64631ed3f2c0e616d31530b817b29d3e"
-FULL_HASH = "sha256:a91425b0a46d73cafaf535aaa2aa996dbf342109de2f810283509515f9bd61ef"
+# Last change: the merged stats (stats/<hook>/{count,mean,M2}) carry crc32c checksums and
+# write every chunk, so their damage is found (readable by earlier actstore versions too).
+FORMAT_HASH = "sha256:207e5e8c84f79a8002d923caa4ce45ec70f086381ff6d7295d17e74abfb63ef9"
+FULL_HASH = "sha256:f5953235764970b9f8b946e4b57e43762cfd81367bb2bb1e919704c1067b7174"
 HASHED_OPTS = dict(DEMO, sites="resid_post:0,z:1", n_rows=6, seq_len=16, batch_size=2, rows_per_chunk=2,
                    rows_per_shard=4, write_threads=1, command_line="actstore cache (format hash)")
 _VARYING = ("software", "created", "command_line")

@@ -75,17 +75,12 @@ def _not_done(store: ActivationStore, done: np.ndarray, damaged: set[int]) -> li
     """One entry per run of consecutive shards not done (and not damaged)."""
     out: list[Damage] = []
     lay = store.layout
-    todo = [int(k) for k in np.flatnonzero(~done) if int(k) not in damaged]
-    runs: list[list[int]] = []
-    for k in todo:
-        if runs and runs[-1][-1] == k - 1:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
-    for run in runs:
-        a, b = lay.shard_rows(run[0])[0], lay.shard_rows(run[-1])[1]
-        what = f"shard {run[0]} is" if len(run) == 1 else f"shards {run[0]}..{run[-1]} are"
-        out.append(Damage("done", run[0], (a, b), f"not done: {what} not finished", "finish"))
+    todo = np.array([k for k in np.flatnonzero(~done) if int(k) not in damaged], dtype=int)
+    for run in np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if len(todo) else []:
+        first, last = int(run[0]), int(run[-1])
+        what = f"shard {first} is" if first == last else f"shards {first}..{last} are"
+        out.append(Damage("done", first, (lay.shard_rows(first)[0], lay.shard_rows(last)[1]),
+                          f"not done: {what} not finished", "finish"))
     return out
 
 

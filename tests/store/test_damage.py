@@ -10,7 +10,7 @@ a correct result (equal to the undamaged store's); verify never exits 0 on a dam
 after verify --repair the store holds the undamaged store's values, or verify says what
 is left to do. One object of each kind is damaged (ACTSTORE_DAMAGE=full: every object);
 the cheap commands run on every case, the slow ones (model loads) on a fixed sample
-(ACTSTORE_DAMAGE=full: all).
+(ACTSTORE_DAMAGE=commands or full: on every case).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from actstore.demo import build_random_gpt2
 from actstore.errors import ActStoreError
 from actstore.store import ActivationStore
 
-FULL = os.environ.get("ACTSTORE_DAMAGE") == "full"
+MODE = os.environ.get("ACTSTORE_DAMAGE", "")  # "commands": every command on each case; "full": and every object
+FULL = MODE == "full"
+EVERY_COMMAND = MODE in ("full", "commands")
 SITES = "resid_post:all,z:1,pattern:1.0"
 LOCK = "../s.zarr.lock"  # beside the store
 
@@ -173,7 +175,7 @@ def _commands(i: int, type_: str) -> list[str]:
     """The cheap commands always; the slow ones on every case with ACTSTORE_DAMAGE=full, else on a
     fixed sample (verify --repair always where the lock is damaged: the lock is only taken to write)."""
     sample = {0: "verify --repair", 2: "probe", 5: "logit-lens", 7: "probe"}
-    slow = ["verify --repair", *SLOW] if FULL else [sample.get(i % 10, "")]
+    slow = ["verify --repair", *SLOW] if EVERY_COMMAND else [sample.get(i % 10, "")]
     if type_ == "lock" and "verify --repair" not in slow:
         slow.append("verify --repair")
     return ["info", "verify", "read", *(c for c in slow if c)]

@@ -71,20 +71,19 @@ def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None
     software). What cannot be repaired from the store (a damaged job result) is left; verify
     again to see it."""
     store = ActivationStore.open(path)
+    cfg = config_from_metadata(store.meta, path, model, device, progress)  # before anything changes
     group = zarr.open_group(path, mode="r+")
     if _rebuild_metadata(store, group, damage):  # the arrays are readable again: check their chunks
         damage = verify_store(path, progress=False)
         _rebuild_metadata(store, group, damage)
         group = zarr.open_group(path, mode="r+")
     recompute = sorted({d.shard for d in damage if d.fix in ("recompute", "finish") and d.shard is not None})
-    cfg = config_from_metadata(store.meta, path, model, device, progress) if recompute or any(
-        d.fix == "plan" for d in damage) else None
     for d in damage:
         if d.fix == "stats":  # merged again below, from the partials
             sync(group.store.delete_dir(d.array))
-        if d.fix == "plan" and cfg is not None:
+        if d.fix == "plan":
             _remake_plan(store, cfg, group)
-    if cfg is None or not recompute:
+    if not recompute:
         if np.asarray(group["done"][:]).all():
             finalize_stats(group, store.sites)
         return ActivationStore.open(path)

@@ -26,7 +26,7 @@ from .format import create_store, stats_arrays
 from .meta import StoreMeta
 
 __all__ = ["expected_nodes", "node_problem", "read_key", "write_key", "list_keys", "damaged", "root_damaged",
-           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined", "chunk_present"]
+           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined", "chunk_present", "check_groups"]
 
 _MARKERS = ("zarr.json", "done", "tokens", "acts")  # what a store's folder holds, even with its root zarr.json gone
 
@@ -135,6 +135,20 @@ def node_problem(store: Any, name: str, expected: bytes | None) -> str | None:
 def damaged(path: str, name: str, problem: str) -> StoreDamagedError:
     return StoreDamagedError(f"Store '{path}' is damaged: '{name}': {problem}. Run `actstore verify {path} --repair`, "
                              "which rebuilds it from the store's own metadata and recomputes the rows it cannot rebuild.")
+
+
+def check_groups(store: Any, path: str, name: str) -> None:
+    """Raise StoreDamagedError if a node above ``name`` is there but is not a readable Zarr
+    group (zarr would fail to write ``name`` under it)."""
+    for node in parents([name]):
+        raw = read_key(store, f"{node}/zarr.json")
+        if raw is None:
+            continue
+        doc, why = parse_doc(raw)
+        if why is None and not (isinstance(doc, dict) and doc.get("node_type") == "group"):
+            why = "its metadata (zarr.json) is not a Zarr group's"
+        if why is not None:
+            raise damaged(path, node, why)
 
 
 def looks_like_store(path: str, children: bool = False) -> bool:

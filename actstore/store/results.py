@@ -24,6 +24,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, ResultExistsError, StoreExistsError
 from .format import walk_arrays
+from .nodes import check_groups
 
 if TYPE_CHECKING:
     from .reader import ActivationStore
@@ -91,6 +92,7 @@ class ResultWriter:
         if key in self.written:
             raise ResultExistsError(f"Result array '{key}' was already written by this run; give each array its own name.")
         root = zarr.open_group(self.path, mode="a")
+        check_groups(root.store, self.path, key)
         if key in root and not self.replace:
             raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
         arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True,

@@ -14,7 +14,8 @@ from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFound
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
 from .meta import StoreMeta
-from .nodes import chunk_present, damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key, root_damaged
+from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key,
+                    root_damaged)
 from .results import write_result
 from .view import ArrayView, array_name
 

@@ -21,9 +21,12 @@ __all__ = [
     "WriterError",
     "RowsNotDoneError",
     "CorruptChunkError",
+    "StoreDamagedError",
+    "RowIndexError",
     "StoreLockedError",
     "PeerFailedError",
     "EngineCheckError",
+    "NotWritableError",
 ]
 
 
@@ -99,8 +102,17 @@ class RowsNotDoneError(ActStoreError, LookupError):
     """Rows asked of a store that its run has not finished writing."""
 
 
-class CorruptChunkError(ActStoreError, OSError):
+class StoreDamagedError(ActStoreError, OSError):
+    """A store whose objects are damaged: metadata (zarr.json) missing, unreadable or not
+    what the store's own metadata defines, or chunks (CorruptChunkError)."""
+
+
+class CorruptChunkError(StoreDamagedError):
     """A chunk that fails its checksum, or a finished chunk whose object is missing."""
+
+
+class RowIndexError(ActStoreError, IndexError):
+    """A row index outside the store's rows."""
 
 
 class StoreLockedError(ActStoreError, BlockingIOError):
@@ -114,3 +126,8 @@ class PeerFailedError(ActStoreError, RuntimeError):
 class EngineCheckError(ActStoreError, RuntimeError):
     """The vectorised patching engine disagreed with a plain ``run_with_hooks`` of the
     same patch (installed libraries whose internals changed); no result was returned."""
+
+
+class NotWritableError(ActStoreError, PermissionError):
+    """A job's results or figures would go where nothing can be written (a read-only
+    store or folder); refused before any work."""

@@ -20,8 +20,12 @@ def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empt
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CorpusError(f"{what} file '{path}' not found. {missing_fix}")
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{what} file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8 "
+                          "JSON lines.") from None
     if not lines:
         raise CorpusError(f"{what} file '{path}' holds no {what.lower()}; {empty_fix}")
     items = []

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
-           "resolve_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
+           "resolve_device", "check_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -149,11 +149,31 @@ def _head_axis(hook: str) -> int:
     return 1 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 2
 
 
+def check_device(device: str | None) -> None:
+    """A ConfigError for a device name that is not auto, cpu, cuda, cuda:N or mps, or
+    that names hardware torch does not see here."""
+    if device in (None, "auto"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unknown device '{device}'; pass auto (a GPU if there is one), cpu, cuda, cuda:N or mps.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device '{device}' was asked for, but torch sees no CUDA device; pass --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"Device '{device}' was asked for, but torch sees {torch.cuda.device_count()} CUDA devices "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pass one of those.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"Device '{device}' was asked for, but torch sees no Apple GPU here; pass --device cpu.")
+
+
 def resolve_device(device: str | None) -> str:
+    """The device to run on: ``auto`` is cuda when torch sees a GPU, else cpu."""
+    check_device(device)
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"Device '{device}' was asked for, but torch sees no CUDA device; pass --device cpu.")
     return device
 
 
@@ -222,8 +242,20 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
             "Check the hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) and your network, or pass a local "
             "folder written by save_pretrained; offline, set HF_HUB_OFFLINE=1 with the model in the HF cache."
         ) from e
+    _check_tokenizer(bridge, name)
     bridge.eval()
     return LoadedModel(bridge=bridge, info=_describe(bridge, name, revision, dt, label), device=dev)
+
+
+def _check_tokenizer(bridge: Any, name: str) -> None:
+    """A model whose folder lacks tokenizer files boots with an empty tokenizer, which
+    would turn every document into nothing; refuse it."""
+    tok = getattr(bridge, "tokenizer", None)
+    if tok is None or len(tok) < 2:
+        raise ModelNotFoundError(
+            f"Model '{name}' has no tokenizer (its folder lacks tokenizer.json, or vocab.json and merges.txt). "
+            "Save the tokenizer beside the model (tokenizer.save_pretrained(folder)), e.g. GPT-2's for a GPT-2 model."
+        )
 
 
 def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: str,

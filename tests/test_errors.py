@@ -104,7 +104,7 @@ def test_overwrite_replaces_a_store(existing, tiny_model, made):
 def test_full_disk_is_refused_before_writing(tmp_path, tiny_model, monkeypatch):
     import collections
 
-    engine = importlib.import_module("actstore.capture.engine")
+    engine = importlib.import_module("actstore.capture.checks")
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))

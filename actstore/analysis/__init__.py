@@ -4,10 +4,10 @@ Each streams over rows, so it works on stores larger than memory, and writes its
 arrays under results/analysis/<name>/ with named dimensions.
 """
 
-from .common import model_for, single_token
+from .common import model_for, result_writer, single_token
 from .dla import DirectLogitAttribution, direct_logit_attribution
 from .induction import InductionScores, induction_scores
 from .logit_lens import LogitLens, logit_lens
 
 __all__ = ["InductionScores", "induction_scores", "LogitLens", "logit_lens", "DirectLogitAttribution",
-           "direct_logit_attribution", "model_for", "single_token"]
+           "direct_logit_attribution", "model_for", "result_writer", "single_token"]

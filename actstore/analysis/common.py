@@ -12,7 +12,7 @@ from ..models import LoadedModel, ModelLike, as_loaded, check_identity
 from ..store import ActivationStore, ResultWriter, SiteMeta
 
 
-__all__ = ["model_for", "single_token", "sites_with", "save_result", "layer_head_grid"]
+__all__ = ["model_for", "single_token", "sites_with", "result_writer", "save_result", "layer_head_grid"]
 
 
 def model_for(store: ActivationStore, name: ModelLike | None = None, device: str | None = "auto") -> LoadedModel:
@@ -44,11 +44,19 @@ def sites_with(store: ActivationStore, suffix: str) -> list[SiteMeta]:
     return [s for s in store.meta.sites if s.hook.startswith("blocks.") and s.hook.endswith(suffix)]
 
 
+def result_writer(store: ActivationStore, name: str) -> ResultWriter:
+    """The writer of results/analysis/<name> (a rerun replaces the earlier result whole).
+    Made before the analysis runs, it refuses a store that cannot be written first."""
+    return ResultWriter.for_store(store, f"analysis/{name}", replace=True,
+                                  unwritable_fix="pass --no-save to analyse without saving, or copy the store to a "
+                                                 "folder you can write")
+
+
 def save_result(store: ActivationStore, name: str, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
-          attrs: dict[str, Any]) -> list[str]:
-    """Write each array to results/analysis/<name>/<key> with its dimension names; a
-    rerun of the analysis replaces its earlier result whole."""
-    with ResultWriter.for_store(store, f"analysis/{name}", replace=True) as out:
+                attrs: dict[str, Any], out: ResultWriter | None = None) -> list[str]:
+    """Write each array to results/analysis/<name>/<key> with its dimension names, through
+    ``out`` (default: :func:`result_writer`)."""
+    with out if out is not None else result_writer(store, name) as out:
         for key, (data, dims) in arrays.items():
             out.write(key, data, dims, attrs)
     return [f"results/analysis/{name}/{key}" for key in arrays]

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models import ModelLike
 from ..sites import hook_name
-from ..store import ActivationStore
+from ..store import ActivationStore, ResultWriter
 
 from .common import model_for, save_result, sites_with
 
@@ -28,9 +28,10 @@ class DirectLogitAttribution:
     target: int
     wrong: int | None
 
-    def save(self, store: ActivationStore) -> list[str]:
+    def save(self, store: ActivationStore, out: ResultWriter | None = None) -> list[str]:
+        """Write the arrays under results/analysis/dla/ (through ``out``, made beforehand, if given)."""
         return save_result(store, "dla", {"heads": (self.heads, ("row", "layer", "head")), "mlp": (self.mlp, ("row", "layer"))},
-                     {"rows": self.rows, "positions": self.positions, "target": self.target, "wrong": self.wrong})
+                     {"rows": self.rows, "positions": self.positions, "target": self.target, "wrong": self.wrong}, out)
 
 
 def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Sequence[int], target: int,
@@ -41,6 +42,17 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
     residual (as TransformerLens's apply_ln_to_stack), dotted with ln_final.w times
     the unembedding direction of ``target`` (minus ``wrong``). Reads position ``pos``,
     default the last real token of each row."""
+    if wrong is not None and wrong == target:
+        raise ConfigError(f"The target and the wrong token are the same token ({target}), so every logit difference "
+                          "is 0; pass another wrong token, or leave it out to attribute the target's logit.")
+    rows = list(rows)
+    if not rows or not all(0 <= r < store.n_rows for r in rows):
+        raise ConfigError(f"DLA needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}.")
+    L = store.layout.seq_len
+    if pos is not None and not -L <= pos < L:
+        raise ConfigError(f"Position {pos} is outside the store's rows of {L} tokens; pass a position in 0..{L - 1} "
+                          "(or -1 for the last), or leave it out to read each row's last real token.")
+    positions = _positions(store, rows, pos)
     loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
     info = loaded.info
     final = hook_name("resid_post", info.n_layers - 1)
@@ -52,16 +64,17 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
         raise ConfigError("DLA needs z and/or mlp_out sites in the store; cache them with --sites z:all,mlp_out:all.")
     b = loaded.bridge
     W_U = b.W_U.detach().double().cpu()
+    for name, tok in (("target", target), ("wrong", wrong)):
+        if tok is not None and not 0 <= tok < W_U.shape[1]:
+            raise ConfigError(f"The {name} token {tok} is outside the model's vocabulary of {W_U.shape[1]} tokens.")
     direction = W_U[:, target] - (W_U[:, wrong] if wrong is not None else 0)
     direction = (direction * b.ln_final.w.detach().double().cpu()).numpy()  # (d_model,)
     W_O = b.W_O.detach().double().cpu().numpy()  # (layer, head, d_head, d_model)
     eps = float(b.cfg.eps)
     heads = np.full((len(rows), info.n_layers, info.n_heads), np.nan)
     mlp = np.full((len(rows), info.n_layers), np.nan)
-    positions = []
     for i, r in enumerate(tqdm(rows, unit="row", desc="dla", disable=not progress)):
-        p = pos if pos is not None else int(np.flatnonzero(store.mask(r))[-1])
-        positions.append(p)
+        p = positions[i]
         x = store.acts(final, rows=r)[p].astype(np.float64)
         scale = np.sqrt(((x - x.mean()) ** 2).mean() + eps)
 
@@ -75,3 +88,19 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
         for s in mlp_sites:
             mlp[i, s.layer] = project(store.acts(s.hook, rows=r)[p].astype(np.float64))
     return DirectLogitAttribution(heads, mlp, list(rows), positions, target, wrong)
+
+
+def _positions(store: ActivationStore, rows: Sequence[int], pos: int | None) -> list[int]:
+    """The position read in each row: ``pos`` (from the end if negative), else the row's
+    last real token; a ``pos`` that is padding in some row is refused, naming the rows."""
+    mask = np.stack([store.mask(r) for r in rows])  # (row, pos)
+    last = [int(np.flatnonzero(m)[-1]) for m in mask]
+    if pos is None:
+        return last
+    p = pos % mask.shape[1]
+    pad = [r for r, m in zip(rows, mask) if not m[p]]
+    if pad:
+        raise ConfigError(f"Position {pos} is padding in {len(pad)} of the {len(rows)} rows (first: row {pad[0]}, whose "
+                          f"last real token is at {last[rows.index(pad[0])]}); pass a position every row has, or leave "
+                          "--pos out to read each row's last real token.")
+    return [p] * len(rows)

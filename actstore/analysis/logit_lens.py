@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models import ModelLike
 from ..sites import Site
-from ..store import ActivationStore
+from ..store import ActivationStore, ResultWriter
 
 from .common import model_for, save_result
 
@@ -30,12 +30,13 @@ class LogitLens:
     topk_tokens: np.ndarray  # int (row, site, pos, k)
     topk_probs: np.ndarray  # (row, site, pos, k)
 
-    def save(self, store: ActivationStore) -> list[str]:
+    def save(self, store: ActivationStore, out: ResultWriter | None = None) -> list[str]:
+        """Write the arrays under results/analysis/logit_lens/ (through ``out``, made beforehand, if given)."""
         d = ("row", "site", "pos")
         return save_result(store, "logit_lens", {"target": (self.target, ("row", "pos")), "target_prob": (self.target_prob, d),
                                            "target_rank": (self.target_rank, d), "topk_tokens": (self.topk_tokens, (*d, "k")),
                                            "topk_probs": (self.topk_probs, (*d, "k"))},
-                     {"rows": self.rows, "sites": self.hooks})
+                     {"rows": self.rows, "sites": self.hooks}, out)
 
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
@@ -51,8 +52,18 @@ def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k:
     """Decode each stored residual through the final LayerNorm and the unembedding.
     The tracked token is ``target`` at every position, else the row's next token
     (the last position then has none: probability NaN, rank -1, target -1)."""
-    loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k (--k) is the number of top tokens kept per position: at least 1; got {k!r}.")
+    rows = list(rows)
+    if not rows or not all(0 <= r < store.n_rows for r in rows):
+        raise ConfigError(f"The logit lens needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}.")
     hooks = _resid_hooks(store)
+    loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    vocab = int(loaded.bridge.W_U.shape[-1])
+    if k > vocab:
+        raise ConfigError(f"k (--k) {k} is more than the model's vocabulary of {vocab} tokens; pass at most {vocab}.")
+    if target is not None and not 0 <= target < vocab:
+        raise ConfigError(f"The target token {target} is outside the model's vocabulary of {vocab} tokens.")
     L = store.layout.seq_len
     R, S = len(rows), len(hooks)
     out_prob, out_rank = np.zeros((R, S, L)), np.zeros((R, S, L), np.int64)

@@ -21,7 +21,7 @@ import torch
 
 from ..sites import SiteShape
 
-__all__ = ["auto_batch_size", "batch_for_memory", "default_chunk_rows"]
+__all__ = ["auto_batch_size", "batch_for_memory", "default_chunk_rows", "chunk_dividing"]
 
 GPU_FRACTION = 0.6
 MAX_BATCH = 1024
@@ -73,3 +73,12 @@ def default_chunk_rows(shapes: Mapping[str, SiteShape], storage_dtype: str, n_ro
     item = np.dtype(storage_dtype).itemsize
     largest = max((int(np.prod(s.shape)) * item for s in shapes.values()), default=1)
     return max(1, min(_pow2_floor(CHUNK_BYTES / largest), MAX_CHUNK_ROWS, n_rows))
+
+
+def chunk_dividing(rows_per_shard: int | None, preferred: int) -> int:
+    """Rows per inner chunk when the user set none: ``preferred`` (the batch size, or
+    :func:`default_chunk_rows`), or, for a shard size it does not divide, the largest
+    divisor of the shard size below it (a shard holds whole chunks)."""
+    if rows_per_shard is None or rows_per_shard % preferred == 0:
+        return preferred
+    return max(d for d in range(1, min(preferred, rows_per_shard) + 1) if rows_per_shard % d == 0)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,14 +19,14 @@ import numpy as np
 import torch
 import zarr
 
-from .batching import auto_batch_size, default_chunk_rows
+from .batching import auto_batch_size, chunk_dividing, default_chunk_rows
+from .checks import Log, check_disk, check_output, check_same_run, existing_store, fmt_bytes
 from ..compat import versions
 from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
-from ..errors import (ConfigError, CorpusExhaustedError, EmptyCorpusError, InsufficientDiskError,
-                     StoreExistsError, StoreMismatchError, WriterError)
+from ..errors import ConfigError, CorpusExhaustedError, EmptyCorpusError, WriterError
 from .. import _faults, location
 from .lock import store_lock
-from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_processes
+from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_device, check_processes
 from ..parallel import Group, group_for
 from .progress import Progress
 from .reads import make_plan, read_shards
@@ -36,7 +34,7 @@ from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
 from ..store import ActivationStore, StoreMeta
-from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, is_store, parse_codec,
+from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, parse_codec,
                             plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
 
@@ -115,9 +113,14 @@ class CacheConfig:
             raise ConfigError("Pass --resume or --overwrite, not both.")
         if self.packing not in ("pack", "document"):
             raise ConfigError(f"Unknown packing '{self.packing}'; expected 'pack' or 'document'.")
+        if self.packing == "document" and isinstance(self.dataset, str) and is_synthetic(self.dataset):
+            raise ConfigError(f"Synthetic rows ('{self.dataset}') are whole rows already, so --packing document does "
+                              "not apply to them; leave --packing out.")
         if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'.")
         parse_codec(self.codec)
+        if isinstance(self.model, str):  # a model object: as_loaded says where it is and how to move it
+            check_device(self.device)
 
 
 def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationStore:
@@ -128,6 +131,7 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     cfg = config if config is not None else CacheConfig(**options)
     cfg.validate()
     cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))
+    check_output(cfg.out)
     check_processes(cfg.model)
     procs = group_for(cfg.device)  # one process, or this one's place in a torchrun / accelerate launch
     lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
@@ -145,8 +149,8 @@ def _seq_len(cfg: CacheConfig) -> int:
 
 
 def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
-    existing = _existing_store(cfg)
-    log = _Log(cfg.progress and procs.main)
+    existing = existing_store(cfg.out, cfg.resume, cfg.overwrite)
+    log = Log(cfg.progress and procs.main)
 
     model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     info = model.info
@@ -167,16 +171,16 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     layout = _layout(cfg, existing, n_rows, bytes_per_row, batch, default_chunk_rows(shapes, storage_dtype, n_rows))
     meta = StoreMeta.from_dict(_metadata(cfg, model, spec, layout, sites, shapes, storage_dtype), cfg.out)
     if existing is not None and cfg.resume:
-        _check_same_run(existing, meta)
+        check_same_run(existing, meta, log)
 
     done_before = existing.rows_done if existing is not None and cfg.resume else 0
     need = estimate_bytes(n_rows - done_before, cfg.seq_len, shapes, storage_dtype, spec.packing == "document")
     log(f"{info.name} ({info.label}), {len(sites)} sites, {n_rows} rows x {cfg.seq_len} tokens; "
-        f"store estimate {_fmt_bytes(estimate_bytes(n_rows, cfg.seq_len, shapes, storage_dtype, spec.packing == 'document'))}"
-        f" uncompressed, {_fmt_bytes(need)} still to write; batch {batch} rows"
+        f"store estimate {fmt_bytes(estimate_bytes(n_rows, cfg.seq_len, shapes, storage_dtype, spec.packing == 'document'))}"
+        f" uncompressed, {fmt_bytes(need)} still to write; batch {batch} rows"
         f"{'' if cfg.batch_size else ' (auto)'}")
     if cfg.check_disk and not location.is_url(cfg.out):
-        _check_disk(cfg.out, need)
+        check_disk(cfg.out, need)
     if procs.distributed:
         log(f"{procs.world} processes; each writes its own shards")
     procs.barrier("the store was created")  # every process has checked everything before the store changes
@@ -209,22 +213,6 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
 
 # --- checks before any work -------------------------------------------------------
 
-def _existing_store(cfg: CacheConfig) -> ActivationStore | None:
-    if location.is_empty(cfg.out):
-        return None
-    if not is_store(cfg.out):
-        raise StoreExistsError(
-            f"'{cfg.out}' exists and is not an actstore store; refusing to touch it. Choose another output path."
-        )
-    store = ActivationStore.open(cfg.out)
-    if not (cfg.resume or cfg.overwrite):
-        raise StoreExistsError(
-            f"Store '{cfg.out}' already exists ({store.rows_done} of {store.n_rows} rows done); "
-            "pass --resume to continue that run or --overwrite to replace it."
-        )
-    return store
-
-
 def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[CorpusScan]) -> int:
     """The rows to cache. A finite local corpus is read once, up to them: the pass
     that counts them also makes the corpus plan (appended to ``scanned``)."""
@@ -252,8 +240,8 @@ def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, byt
     if existing is not None and cfg.resume:  # keep the store's layout whatever the batch size now
         rpc = rpc or existing.layout.rows_per_chunk
         rps = rps or existing.layout.rows_per_shard
-    if rpc is None and cfg.batch_size is None:
-        rpc = auto_chunk  # the layout must not depend on the machine's memory
+    if rpc is None:  # the layout must not depend on the machine's memory
+        rpc = chunk_dividing(rps, min(cfg.batch_size or auto_chunk, n_rows))
     return plan_layout(n_rows, cfg.seq_len, batch, bytes_per_row, rpc, rps)
 
 
@@ -299,44 +287,6 @@ def _finish(group: zarr.Group, out: str, hooks: Sequence[str]) -> None:
     finalize_stats(group, hooks)
 
 
-def _check_same_run(existing: ActivationStore, meta: StoreMeta) -> None:
-    diffs = existing.meta.run_diffs(meta)
-    if diffs:
-        raise StoreMismatchError(
-            f"Store '{existing.path}' was made by another model, corpus or config, so it cannot be resumed:\n  "
-            + "\n  ".join(diffs) + "\nPass the same options as the first run, --overwrite to replace it, or another output path."
-        )
-
-
-def _check_disk(out: str, need: int) -> None:
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    free = shutil.disk_usage(parent).free
-    if need > free:
-        raise InsufficientDiskError(
-            f"The store needs about {_fmt_bytes(need)} (uncompressed estimate) but {parent} has {_fmt_bytes(free)} free; "
-            "free some space, write elsewhere, cache fewer rows or sites, or pass --no-disk-check if compression will make it fit."
-        )
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-class _Log:
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __call__(self, msg: str) -> None:
-        if self.on:
-            print(f"actstore: {msg}", file=sys.stderr, flush=True)
-
-
 # --- the run ------------------------------------------------------------------------
 
 _PENDING = 2  # shards filled and waiting for the writer; one more is being filled
@@ -347,7 +297,7 @@ def _write_threads(cfg: CacheConfig) -> int:
 
 
 def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
-         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: _Log,
+         sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: Log,
          resumed: bool, procs: Group, done: np.ndarray) -> None:
     """The pipeline: the forward stages each shard's activations into a host buffer set
     (device copies overlap compute on CUDA), the writer thread takes whole shards and

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..errors import StoreLockedError
+from ..errors import ConfigError, StoreLockedError
 
 __all__ = ["store_lock", "lock_path"]
 
@@ -33,15 +33,25 @@ def _alive(pid: int) -> bool:
 def _owner(path: str) -> dict | None:
     try:
         with open(path) as f:
-            return json.load(f)
+            owner = json.load(f)
     except (OSError, ValueError):
         return None  # vanished, or killed while writing it
+    ok = isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("host"), str)
+    return owner if ok else None  # else damaged: treated as one being written
+
+
+def _unwritable(store: str, path: str, e: OSError) -> ConfigError:
+    return ConfigError(f"Cannot write '{store}': the lock file {path} cannot be created ({e.strerror or e}); the folder "
+                       "is not writable. Fix its permissions, or choose an output path in a folder you can write to.")
 
 
 @contextmanager
 def store_lock(store: str) -> Iterator[None]:
     path = lock_path(store)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise _unwritable(store, path, e) from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for _ in range(3):
         try:
@@ -53,11 +63,13 @@ def store_lock(store: str) -> Iterator[None]:
             if stale:
                 os.remove(path)
                 continue
-            who = f"process {other['pid']} on {other['host']} since {other['started']}" if other else "another run"
+            who = f"process {other['pid']} on {other['host']} since {other.get('started', '?')}" if other else "another run"
             raise StoreLockedError(
                 f"Store '{store}' is being written by {who} (lock {path}). Wait for that run to finish; "
                 "if it is gone (e.g. its machine died), delete the lock file and rerun with --resume."
             ) from None
+        except OSError as e:
+            raise _unwritable(store, path, e) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..capture import CacheConfig, cache
+from ..errors import ActStoreError
+from ..store import ActivationStore
 from ..parallel import is_main_process
 from .flags import add_config_flags, command_line, config_from_args
 
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cache", help="stream a corpus through a model and store activations",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(c, CacheConfig)
-    c.set_defaults(run=_run)
+    c.set_defaults(run=_run, on_interrupt=_stopped)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -32,3 +34,13 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.progress and is_main_process():
         print(f"wrote {store.path}: {store.rows_done}/{store.n_rows} rows, sites: {', '.join(store.sites)}")
     return 0
+
+
+def _stopped(args: argparse.Namespace) -> str:
+    """Where an interrupted run stopped: the rows done, which --resume keeps."""
+    try:
+        store = ActivationStore.open(args.out)
+    except ActStoreError:
+        return f"nothing was written to '{args.out}'"
+    return (f"'{args.out}' holds {store.rows_done} of {store.n_rows} rows, safely; rerun the same command with "
+            "--resume to continue")

@@ -14,7 +14,8 @@ from ..errors import ActStoreError
 from ..store import ActivationStore
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
-# with set_defaults(run=handler), handler(args) -> exit code.
+# with set_defaults(run=handler), handler(args) -> exit code, and optionally
+# on_interrupt(args) -> str, what Ctrl-C left (printed on one line; exit code 130).
 _COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.cache", "actstore.cli.analyze", "actstore.cli.verify",
                                      "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour")
 
@@ -55,6 +56,7 @@ def info_text(store: ActivationStore) -> str:
         f"rows       {store.rows_done} / {lay.n_rows} done"
         f"  ({lay.n_shards} shard{'s' if lay.n_shards != 1 else ''} of {lay.rows_per_shard} rows,"
         f" chunks of {lay.rows_per_chunk})",
+        *([] if store.is_complete else [f"           incomplete: {m.finish_hint(store.path)}"]),
         f"storage    {m.storage_dtype}, codec {m.codec}",
         "sites",
     ]
@@ -73,6 +75,7 @@ def info_text(store: ActivationStore) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
+    store.check_metadata()
     if args.json:
         print(json.dumps({**store.metadata, "rows_done": store.rows_done}, indent=2))
     else:
@@ -91,3 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"actstore: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        where = getattr(args, "on_interrupt", None)  # a command's own account of where it stopped
+        print(f"actstore: interrupted{'; ' + where(args) if where else ''}", file=sys.stderr)
+        return 130

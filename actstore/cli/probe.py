@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..location import figure_path
 from ..probes import ProbeConfig, ProbeReport, fit_probes
 from ..sites import Site
 from ..store import ActivationStore
+from ..store.results import check_writable
 from .flags import add_config_flags, command_line, config_from_args
 
 EXAMPLE = """examples:
@@ -59,6 +61,9 @@ def plot(report: ProbeReport, path: str) -> str:
 def run(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
     cfg = config_from_args(ProbeConfig, args, command_line=command_line(args))
+    if args.plot != "none":  # checked before the fit, as the store is (unless --no-save)
+        check_writable(os.path.dirname(args.plot or default_plot_path(store.path, "x")) or ".", "the plot",
+                       "pass --plot PATH in a folder you can write, or --plot none")
     report = fit_probes(store, cfg)
     png = None
     if args.plot != "none":

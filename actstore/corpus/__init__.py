@@ -1,5 +1,7 @@
 """Documents -> packed rows of token ids, deterministically: local files, hub datasets,
-Python lists (rows.py) and synthetic rows such as repeated random tokens (synthetic.py);
+Python lists (records.py reads them, naming the file and line of a bad record; rows.py
+packs them), their content fingerprints (fingerprint.py), and synthetic rows such as
+repeated random tokens (synthetic.py);
 the corpus plan, each shard's start in the source, so any process seeks straight to
 its shards (plan.py)."""
 

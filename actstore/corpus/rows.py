@@ -35,13 +35,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+from ..errors import CorpusError, CorpusExhaustedError
+from .fingerprint import file_sha256, hub_revision
+from .records import BUILDERS, documents
 from .synthetic import is_synthetic, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "DEMO_CORPUS"]
 
 DEMO_CORPUS = "actstore-demo"
-_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _DOC_BATCH = 256  # documents per tokenizer call
 _COUNT_DOCS = os.environ.get("ACTSTORE_COUNT_DOCS", "")
 
@@ -49,7 +50,7 @@ _COUNT_DOCS = os.environ.get("ACTSTORE_COUNT_DOCS", "")
 def _looks_like_file(name: str) -> bool:
     """Hub names look like 'org/name'; files have an extension we read, a glob, or
     start like a path."""
-    return (os.path.splitext(name)[1].lower() in _BUILDERS or glob.has_magic(name)
+    return (os.path.splitext(name)[1].lower() in BUILDERS or glob.has_magic(name)
             or name.startswith((".", os.sep, "~")) or os.path.isfile(name))
 
 
@@ -106,7 +107,9 @@ class CorpusSpec:
         return found
 
     def describe(self) -> dict[str, Any]:
-        """What the metadata records; equal descriptions give equal rows."""
+        """What the metadata records; equal descriptions give equal rows. Reads every
+        local file once (its sha256) and asks the hub which commit a hub dataset is at
+        (see fingerprint.py)."""
         d: dict[str, Any] = {"kind": self.kind, "split": self.split, "text_field": self.text_field,
                              "config_name": self.config_name, "revision": self.revision,
                              "seq_len": self.seq_len, "packing": self.packing}
@@ -119,11 +122,14 @@ class CorpusSpec:
         elif self.kind in ("files", "demo"):
             names = [self.source] if isinstance(self.source, str) else list(self.source)
             d["source"] = self.source if self.kind == "demo" else [os.path.abspath(os.path.expanduser(n)) for n in names]
-            d["files"] = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f)} for f in self.files()]
+            d["files"] = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f), "sha256": file_sha256(f)}
+                          for f in self.files()]
             if self.kind == "demo":
-                d["files"] = [{"path": "actstore/data/demo_corpus.jsonl", "bytes": d["files"][0]["bytes"]}]
+                d["files"] = [{**d["files"][0], "path": "actstore/data/demo_corpus.jsonl"}]
         else:
             d["source"] = self.source
+            if self.kind == "hub":
+                d["resolved_revision"] = hub_revision(str(self.source), self.revision)
         return d
 
 
@@ -166,85 +172,11 @@ class RowBlock:
                         cat([b.doc_pos for b in blocks]), None if masks[0] is None else cat(masks))
 
 
-def _records(spec: CorpusSpec, start: Checkpoint) -> Iterator[tuple[int, Any]]:
-    """(part, record) from document ``start.doc`` on; part -1 where parts are not
-    followed (hub datasets, or a start whose part is unknown)."""
-    if spec.documents is not None:
-        for text in spec.documents[start.doc:]:
-            yield 0, {spec.text_field: text}
-        return
-    ds = _open(spec)
-    if spec.kind in ("files", "demo") and (start.part >= 0 or start.doc == 0):
-        n = ds.num_shards  # the parts, in stream order (datasets: concatenated back, they are the stream)
-        for p in range(max(start.part, 0), n):
-            part = ds.shard(n, p) if n > 1 else ds
-            if p == start.part and start.record > 0:
-                part = part.skip(start.record)
-            for rec in part:
-                yield p, rec
-        return
-    if start.doc:
-        ds = ds.skip(start.doc)
-    for rec in ds:
-        yield -1, rec
-
-
-def _open(spec: CorpusSpec) -> Any:
-    import datasets
-
-    try:
-        files = spec.files()
-        if files and all(os.path.getsize(f) == 0 for f in files):
-            raise EmptyCorpusError(f"The dataset files {files} are empty; pass files with text.")
-        if files:
-            builders = {_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
-            if None in builders or len(builders) != 1:
-                raise CorpusError(f"Cannot read {files}: files must all be one of {', '.join(_BUILDERS)}.")
-            return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
-        return datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
-                                     revision=spec.revision, streaming=True)
-    except CorpusError:
-        raise
-    except Exception as e:
-        raise CorpusError(
-            f"Could not open dataset '{spec.source}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            "Check the hub name, --split and --dataset-config, or pass local .txt/.jsonl/.parquet files."
-        ) from e
-
-
-def _decoded(records: Iterator[Any], spec: CorpusSpec) -> Iterator[Any]:
-    try:
-        yield from records
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"Dataset '{spec.source}' is not UTF-8 text ({e}); convert it first, e.g. "
-            "`iconv -f latin1 -t utf-8 in.txt > out.txt`."
-        ) from e
-
-
-def _documents(spec: CorpusSpec, start: Checkpoint, stop: int | None) -> Iterator[tuple[int, int, str]]:
-    """(document index, part, text) from ``start.doc`` to ``stop`` (exclusive; None: the end)."""
-    for i, (part, rec) in enumerate(_decoded(_records(spec, start), spec), start=start.doc):
-        if stop is not None and i >= stop:
-            return
-        if spec.text_field not in rec:
-            raise MissingTextFieldError(
-                f"Records have no field '{spec.text_field}' (fields: {', '.join(map(str, rec))}); "
-                f"pass --text-field with one of them."
-            )
-        text = rec[spec.text_field]
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            raise CorpusError(f"Document {i}: field '{spec.text_field}' holds {type(text).__name__}, not text; pass --text-field naming a text field.")
-        yield i, part, text
-
-
 def _tokenized(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
                what: str = "rows") -> Iterator[tuple[int, int, list[int]]]:
     """(document index, part, token ids), tokenised ``_DOC_BATCH`` documents at a time."""
     batch: list[tuple[int, int, str]] = []
-    for item in _documents(spec, start, stop):
+    for item in documents(spec, start, stop):
         batch.append(item)
         if len(batch) == _DOC_BATCH:
             yield from _tokenize_batch(tokenizer, batch, what)

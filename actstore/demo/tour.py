@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import resources
 from . import data as demo_data
-from ..errors import ActStoreError
+from ..errors import ActStoreError, ConfigError
 from ..jsonl import write_records
 from ..sites import layer_of
 
@@ -67,6 +67,15 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
 
     from ..store import ActivationStore
 
+    from ..store.results import check_writable
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"Tour folder '{out}' is a file; pass a folder (new or from an earlier tour), e.g. "
+                          "`actstore tour demo_out`.")
+    if n_rows < 2 or n_rep_rows < 1 or n_pairs < 1:
+        raise ConfigError(f"The tour needs at least 2 rows (a training and a test row for the probe), 1 repeated row "
+                          f"and 1 pair; got n_rows={n_rows}, n_rep_rows={n_rep_rows}, n_pairs={n_pairs}.")
+    check_writable(out, "the tour's stores and figures", "pass a folder you can write")
     t0 = time.time()
     say = not quiet
     q = ["--quiet"] if quiet else []

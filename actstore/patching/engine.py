@@ -210,7 +210,7 @@ def check_model(model: Any) -> None:
 
 
 def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
-              memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True
+              memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True, bar: Any = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's metric values, (index, metric[, batch]), and the unpatched
     corrupted run's, (metric[, batch]); float32 on the model's device.
@@ -218,7 +218,8 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     ``kv_prefix=False`` runs every variant over all positions (from its patched block
     on), handing no earlier keys or values to the attentions. Either way, a few
     variants are recomputed with a plain run_with_hooks before anything is returned
-    (:mod:`actstore.patching.self_check`)."""
+    (:mod:`actstore.patching.self_check`). ``bar``: a tqdm bar of a larger job to advance
+    by one per index (instead of drawing one of its own)."""
     from tqdm.auto import tqdm
 
     check_model(model)
@@ -239,8 +240,10 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
         end = metrics.end
         in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
         all_live: list[tuple[int, int]] = []
-        bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
-                   disable=not progress, leave=False)
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
+                       disable=not progress, leave=False)
         for layer in sorted(by_layer):
             hook, cells = hooks[layer], by_layer[layer]
             corr_act, clean_act = corrupted.acts[hook], clean[hook]
@@ -280,7 +283,8 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
                 for (_, c), v in zip(live[a:b], vals):
                     out[c] = v
                 bar.update(b - a)
-        bar.close()
+        if own_bar:
+            bar.close()
         if self_check.ENABLED and all_live:
             cells = [c for _, c in all_live]
             moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics

@@ -141,12 +141,28 @@ class _Writer:
             self.store = None
         self.path = self.store.path if self.store is not None else (out or _default_out(cfg))
         self.prefix = f"patching/{cfg.sweep}"
-        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path")
+        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path",
+                   unwritable_fix="pass --out a path you can write")
         self.result = (ResultWriter.for_store(self.store, self.prefix, cfg.overwrite, **how) if self.store is not None
                        else ResultWriter(self.path, self.prefix, cfg.overwrite, **how))
 
     def __call__(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: dict[str, Any]) -> None:
         self.result.write(name, data, dims, attrs)
+
+
+def _check_separated(clean: np.ndarray, corrupted: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """Refuse (before anything is written) results that are not numbers, or a normalised
+    effect whose denominator, mean clean - mean corrupted logit difference, is within
+    1e-4 of the largest logit difference of 0: noise divided by noise."""
+    if not all(np.isfinite(v).all() for v in (clean, corrupted, *values.values())):
+        raise ConfigError("The model gave logit differences that are not finite (overflow in float16?); nothing was "
+                          "written. Pass --dtype float32.")
+    gap, scale = float(clean.mean() - corrupted.mean()), float(max(np.abs(clean).max(), np.abs(corrupted).max()))
+    if abs(gap) <= 1e-4 * scale:
+        raise ConfigError(f"The mean clean and corrupted logit differences are the same ({clean.mean():.6g} and "
+                          f"{corrupted.mean():.6g}), so the normalised effect is 0 / 0; nothing was written. Use pairs "
+                          "whose clean prompts the model separates from the corrupted ones (a pair and its swap "
+                          "cancel out).")
 
 
 def _default_out(cfg: PatchJobConfig) -> str:
@@ -239,6 +255,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
     axis_names, type_names = ordered[-1][3], ordered[-1][4]
     values = {m: np.concatenate(v) for m, v in per_pair.items()}
     clean_v, corr_v = np.concatenate(clean_ld), np.concatenate(corr_ld)
+    _check_separated(clean_v, corr_v, values)
     normalised = {m: (v.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean()) for m, v in values.items()}
     dims = ("pair", *(_DIM_NAMES.get(d, d) for d in axis_names))
 

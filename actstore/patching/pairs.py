@@ -68,6 +68,7 @@ def _tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any,
                     f"{where}: {key} {rec[key]!r} is {len(tok)} tokens {pieces}; the logit difference needs one-token "
                     "answers. Pick a one-token word (mind the leading space: ' Mary' is one token).")
             answers.append(tok[0])
+        _check_pair(where, rec, clean, corrupted, answers)
         rows.append((clean, corrupted, answers[0], answers[1], rec["clean"]))
     lengths = {len(r[0]) for r in rows}
     if len(lengths) > 1:
@@ -77,6 +78,18 @@ def _tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any,
             f"{other[4]!r}); one sweep lines up positions across pairs. {length_fix}")
     as_t = lambda i: torch.tensor([r[i] for r in rows], dtype=torch.long)  # noqa: E731
     return Pairs(as_t(0), as_t(1), as_t(2), as_t(3), [r[4] for r in rows])
+
+
+def _check_pair(where: str, rec: dict[str, Any], clean: list[int], corrupted: list[int], answers: list[int]) -> None:
+    """Refuse a pair whose patching result would be meaningless: every logit difference 0
+    (answer = wrong), or nothing to patch (clean = corrupted: the normalised effect is 0 / 0)."""
+    if answers[0] == answers[1]:
+        raise ConfigError(f"{where}: answer {rec['answer']!r} and wrong {rec['wrong']!r} are the same token "
+                          f"({answers[0]}), so the logit difference answer - wrong is 0 whatever is patched. "
+                          "Give the pair a wrong answer that differs from its answer.")
+    if clean == corrupted:
+        raise ConfigError(f"{where}: the clean and corrupted prompts are the same tokens, so patching changes nothing "
+                          "and the normalised effect is 0 / 0. Make the corrupted prompt differ (e.g. swap a name).")
 
 
 def task_pairs(cfg: "PatchJobConfig", tokenizer: Any) -> tuple[Pairs, list[tasks.PromptPair]]:

@@ -51,13 +51,20 @@ class ProbeConfig:
             raise ConfigError(f"Unknown probe kind '{self.kind}'; expected 'logistic' or 'ridge'.")
         if self.class_weight not in (None, "balanced"):
             raise ConfigError(f"class_weight must be None or 'balanced'; got {self.class_weight!r}.")
-        if not self.C > 0 or not self.alpha >= 0:
-            raise ConfigError(f"C must be > 0 and alpha >= 0; got C={self.C}, alpha={self.alpha}.")
+        if not 0 < self.C < math.inf or not 0 <= self.alpha < math.inf:
+            raise ConfigError(f"C must be > 0 and alpha >= 0, both finite; got C={self.C}, alpha={self.alpha}.")
+        if not 0 <= self.tol < math.inf or not 0 <= self.max_memory_gb < math.inf:  # 0: always stream
+            raise ConfigError(f"tol and max_memory_gb must be >= 0 and finite; got tol={self.tol}, "
+                              f"max_memory_gb={self.max_memory_gb}.")
         for k in ("max_iter", "num_workers") + (("max_classes",) if self.max_classes is not None else ()):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be a positive integer; got {getattr(self, k)!r}.")
-        if self.name is not None and ("/" in self.name or not self.name):
-            raise ConfigError(f"Probe name '{self.name}' must be non-empty and hold no '/'.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}.")
+        if self.name is not None and (not self.name or self.name in (".", "..") or self.name.startswith("__")
+                                      or any(c in self.name for c in "/\\")):
+            raise ConfigError(f"Probe name '{self.name}' must be non-empty, hold no '/' or '\\', and be neither "
+                              "'.', '..' nor start with '__' (it names a folder of the store's results).")
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ import numpy as np
 from ..errors import ConfigError
 from ..store.loader import resolve_sites, token_sites
 from .config import ProbeConfig, ProbeReport
-from .labels import parse_target, split_rows
+from .labels import check_regression, parse_target, split_rows
 from .logistic import fit_logistic
 from .plan import Plan
-from .probe import save_probes
+from .probe import probe_writers, save_probes
 from .ridge import fit_ridge
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, *
         raise ConfigError(f"Target '{target.name}' holds category ids, not quantities; fit it with kind 'logistic'.")
     store.check_done(slice(None))
     test_rows = split_rows(store.n_rows, cfg.test_frac, cfg.seed)
+    name = cfg.name or f"{target.name}-{kind}"
+    writers = probe_writers(store, name, [s.hook for s in sites]) if cfg.save else None  # a read-only store: refused now
+    if kind == "ridge":
+        check_regression(store, target, test_rows, cfg.skip_bos)
     mean, scale = {}, {}
     for s in sites:
         if cfg.standardize:
@@ -67,14 +71,13 @@ def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, *
             mean[s.hook], scale[s.hook] = np.zeros(s.n_features), np.ones(s.n_features)
     plan = Plan(store, sites, target, test_rows, mean, scale, cfg.skip_bos)
     device = _device(cfg.device)
-    name = cfg.name or f"{target.name}-{kind}"
     if kind == "ridge":
         fitted, results, notes = fit_ridge(plan, cfg)
     else:
         fitted, results, notes = fit_logistic(plan, cfg, device)
     report = ProbeReport(kind, target.name, name, "accuracy" if kind == "logistic" else "r2", results, notes)
     if cfg.save:
-        save_probes(store, plan, cfg, report, fitted)
+        save_probes(store, plan, cfg, report, fitted, writers)
     return report
 
 

@@ -24,7 +24,8 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..store import ActivationStore
 
-__all__ = ["BUILTIN_TARGETS", "Target", "parse_target", "split_rows", "ClassPlan", "class_plan"]
+__all__ = ["BUILTIN_TARGETS", "Target", "parse_target", "split_rows", "ClassPlan", "class_plan", "check_values",
+           "check_regression"]
 
 BUILTIN_TARGETS = ("position", "doc_pos", "token", "next_token", "doc")
 _NUMERIC = ("position", "doc_pos")  # built-ins that are also meaningful as numbers (ridge)
@@ -76,18 +77,55 @@ def parse_target(target: str | os.PathLike[str] | np.ndarray, store: "Activation
                               "or a .npy file of labels (row, pos).")
         if not path.is_file():
             raise ConfigError(f"Target file '{target}' not found; pass a .npy array of labels (row, pos).")
-        target, name = np.load(path, mmap_mode="r"), path.stem
+        try:
+            with open(path, "rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise ValueError("it has no .npy header")
+            target, name = np.load(path, mmap_mode="r", allow_pickle=False), path.stem
+        except (ValueError, OSError, EOFError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
+            raise ConfigError(f"Target file '{path}' is not a NumPy .npy array ({reason}); save the labels "
+                              "with numpy.save(path, labels), labels an int or float array (row, pos).") from None
     array = target
     want = (store.n_rows, store.layout.seq_len)
     if not isinstance(array, np.ndarray) or array.shape != want:
         shape = getattr(array, "shape", type(array).__name__)
         raise ConfigError(f"Target labels must be an array of shape (row, pos) = {want} aligned with the store; "
                           f"got {shape}.")
-    if array.dtype.kind in "iub":
-        return Target(name, categorical=True, array=array)
-    if array.dtype.kind == "f":
-        return Target(name, categorical=False, array=array)
-    raise ConfigError(f"Target labels must be integers (classes) or floats (regression); got dtype {array.dtype}.")
+    if array.dtype.kind not in "iubf":
+        raise ConfigError(f"Target labels must be integers (classes) or floats (regression); got dtype {array.dtype}.")
+    check_values(array, name)
+    return Target(name, categorical=array.dtype.kind != "f", array=array)
+
+
+def check_values(array: np.ndarray, name: str, rows_per_block: int = 65536) -> None:
+    """Refuse labels that are not what they claim: infinite floats, integers beyond int64,
+    or no label at all. Read in blocks of rows (a memory-mapped file need not fit in memory)."""
+    n_bad, first, n_labelled = 0, None, 0
+    floats = array.dtype.kind == "f"
+    for a in range(0, len(array), rows_per_block):
+        block = np.asarray(array[a:a + rows_per_block])
+        if floats:
+            bad, labelled = np.isinf(block), ~np.isnan(block)
+        elif array.dtype.kind == "u" and array.dtype.itemsize == 8:
+            bad, labelled = block > np.iinfo(np.int64).max, np.ones(block.shape, bool)
+        else:
+            bad, labelled = np.zeros(block.shape, bool), block >= 0
+        if first is None and bad.any():
+            r, p = np.argwhere(bad)[0]
+            first = (a + int(r), int(p))
+        n_bad += int(bad.sum())
+        n_labelled += int((labelled & ~bad).sum())
+    if n_bad:
+        what = f"infinite value{'s' * (n_bad != 1)}" if floats else f"value{'s' * (n_bad != 1)} beyond int64"
+        raise ConfigError(f"Target '{name}' holds {n_bad} {what} (first at row {first[0]}, "
+                          f"pos {first[1]}); mark positions without a label with "
+                          f"{'NaN' if floats else 'a negative value'} and make every label "
+                          f"{'finite' if floats else 'fit in int64'}.")
+    if not n_labelled:
+        none = "NaN" if floats else "negative"
+        raise ConfigError(f"Target '{name}' labels no position (every value is {none}, which means 'no label'); "
+                          "pass labels for at least the training rows.")
 
 
 def split_rows(n_rows: int, test_frac: float, seed: int) -> np.ndarray:
@@ -144,10 +182,44 @@ def class_plan(store: "ActivationStore", target: Target, test_rows: np.ndarray, 
                           "a classifier needs at least 2. Check the target, or pass more rows or a different split.")
     tv, tc = _total(seen[True])
     in_train = np.isin(tv, classes)
+    _check_test(target, int(tc[in_train].sum()), bool(test_rows.any()), "whose class occurs in the training rows")
     class_w = counts.sum() / (len(classes) * counts) if class_weight == "balanced" else np.ones(len(classes))
     majority = classes[np.argmax(counts)]
     return ClassPlan(classes, class_w, int(counts.sum()), int(tc[in_train].sum()), n_labelled - int(counts.sum()),
                      int(tc[~in_train].sum()), int(tc[tv == majority].sum()), float((counts * class_w).sum()))
+
+
+def check_regression(store: "ActivationStore", target: Target, test_rows: np.ndarray, skip_bos: bool) -> None:
+    """One cheap pass over real-valued labels (no activations): refuse, before any work, a
+    split whose R^2 is undefined (fewer than 2 labelled training positions, a constant
+    training target, no labelled test position although there are test rows)."""
+    from ..store.loader import keep_positions, row_units
+
+    lo, hi, n = {False: np.inf, True: np.inf}, {False: -np.inf, True: -np.inf}, {False: 0, True: 0}
+    for unit in row_units(store, rows_per_unit=4096):
+        y = target.labels(store, unit)
+        y = np.where(y >= 0, y, np.nan) if y.dtype.kind != "f" else y  # integer labels: negative = none
+        ok = keep_positions(store, unit, skip_bos, skip_padding=True) & ~np.isnan(y)
+        test = np.broadcast_to(test_rows[unit][:, None], y.shape)
+        for split in (False, True):
+            v = y[ok & (test == split)]
+            if len(v):
+                n[split] += len(v)
+                lo[split], hi[split] = min(lo[split], v.min()), max(hi[split], v.max())
+    if n[False] < 2:
+        raise ConfigError(f"Target '{target.name}' labels {n[False]} training position(s) (BOS and padding excluded); "
+                          "a probe needs at least 2. Label more positions, or pass more rows or a different split.")
+    for split, rows in ((False, "training"), (True, "test")):
+        if n[split] and lo[split] == hi[split]:
+            raise ConfigError(f"Target '{target.name}' is {lo[split]:g} at every {rows} position, so R^2 is undefined "
+                              "there; pass a target that varies" + (", or another --seed." if split else "."))
+    _check_test(target, n[True], bool(test_rows.any()), "")
+
+
+def _check_test(target: Target, n_test: int, has_test_rows: bool, which: str) -> None:
+    if has_test_rows and not n_test:
+        raise ConfigError(f"Target '{target.name}' labels no position of the test rows{' ' + which if which else ''}, "
+                          "so there is no test score; pass --test-frac 0 to fit on every row, or another --seed.")
 
 
 def _total(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,7 @@ class Plan:
             (r, p), y, test = self.select(unit)
             xs = []
             for s in sites:
-                x = acts[s.hook][r, p].reshape(len(r), -1).astype(dtype)
+                x = acts[s.hook][r, p].reshape(len(r), s.n_features).astype(dtype)
                 xs.append((x - self.mean[s.hook].astype(dtype)) / self.scale[s.hook].astype(dtype))
             return xs, y, test
         reader = ChunkReader(self.store, [s.hook for s in sites], num_workers, transform=transform)

@@ -4,7 +4,7 @@ store, read back with :meth:`Probe.load`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .config import ProbeConfig, ProbeReport
     from .plan import Plan
 
-__all__ = ["Probe", "load_probe", "probe_names", "save_probes"]
+__all__ = ["Probe", "load_probe", "probe_names", "probe_writers", "save_probes"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,21 @@ def _jsonable(v: Any) -> Any:
     return f"<{type(v).__name__}>" if isinstance(v, np.ndarray) else str(v)
 
 
+def probe_writers(store: "ActivationStore", name: str, hooks: Sequence[str]) -> dict[str, ResultWriter]:
+    """The writers of results/probes/<name>/<hook>, made before any work (so a store that
+    cannot be written is refused first). A run of the same name replaces the earlier one,
+    whole, hook by hook (a ridge run leaves no classes)."""
+    return {h: ResultWriter.for_store(store, f"probes/{name}/{h}", replace=True,
+                                      unwritable_fix="pass --no-save (save=False) to fit and score without saving, "
+                                                     "or copy the store to a folder you can write") for h in hooks}
+
+
 def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report: ProbeReport,
-          fitted: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """results/probes/<name>/<hook>/{weight, bias[, classes]}, in raw activation space."""
+                fitted: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                writers: Mapping[str, ResultWriter] | None = None) -> None:
+    """results/probes/<name>/<hook>/{weight, bias[, classes]}, in raw activation space,
+    through ``writers`` (default: made here, see :func:`probe_writers`)."""
+    writers = writers if writers is not None else probe_writers(store, report.name, [s.hook for s in plan.sites])
     scores = report.to_json()
     config = {k: _jsonable(v) for k, v in asdict(cfg).items() if k not in ("progress", "command_line")}
     for s in plan.sites:
@@ -69,8 +81,7 @@ def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report
         attrs = {"kind": report.kind, "target": report.target, "metric": report.metric, "scores": scores[s.hook],
                  "standardized": cfg.standardize, "config": config, "notes": report.notes,
                  "command_line": cfg.command_line or "actstore.probes.fit_probes(...)"}
-        # a run of the same name replaces the earlier one, whole (a ridge run leaves no classes)
-        with ResultWriter.for_store(store, f"probes/{report.name}/{s.hook}", replace=True) as out:
+        with writers[s.hook] as out:
             if report.kind == "logistic":
                 out.write("weight", Wr.reshape(*s.feature_shape, -1), (*s.feature_dims, "class"), attrs)
                 out.write("bias", br, ("class",))

@@ -16,18 +16,51 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..errors import ConfigError, ResultExistsError, StoreExistsError
+from ..errors import ConfigError, NotWritableError, ResultExistsError, StoreExistsError
 from .format import walk_arrays
+from .nodes import check_groups
 
 if TYPE_CHECKING:
     from .reader import ActivationStore
 
-__all__ = ["ResultWriter", "write_result"]
+__all__ = ["ResultWriter", "write_result", "check_writable"]
+
+_UNWRITABLE_FIX = "make it writable, or copy the store to a folder you can write"
+
+
+def check_writable(path: str, what: str, fix: str = _UNWRITABLE_FIX) -> None:
+    """Refuse, before any work, to write ``what`` at ``path`` (a file or folder, which may
+    not exist yet) where nothing can be written: a small file is made and removed in the
+    deepest folder of ``path`` that exists (on object storage: under ``path``)."""
+    from ..location import filesystem, is_url, normalize
+
+    path = normalize(path)
+    try:
+        if is_url(path):
+            fs, p = filesystem(path)
+            probe = f"{p.rstrip('/')}/.actstore-write-check"
+            fs.touch(probe)
+            fs.rm(probe)
+            return
+        folder = os.path.abspath(path)
+        while not os.path.isdir(folder):
+            if os.path.exists(folder):
+                raise NotWritableError(f"Cannot write {what} to '{path}': '{folder}' is a file, not a folder; "
+                                       "pass another path.")
+            folder = os.path.dirname(folder)
+        fd, name = tempfile.mkstemp(prefix=".actstore-write-check-", dir=folder)
+        os.close(fd)
+        os.remove(name)
+    except OSError as e:
+        raise NotWritableError(f"Cannot write {what} to '{path}' ({e.strerror or e}); {fix}.") from None
+
 
 
 def _checked(name: str, data: Any, dims: Sequence[str], attrs: Mapping[str, Any] | None) -> np.ndarray:
@@ -56,13 +89,15 @@ class ResultWriter:
 
     def __init__(self, path: str, prefix: str, replace: bool = False, what: str | None = None,
                  fix: str = "pass overwrite=True (--overwrite) to replace it, or write it elsewhere",
-                 store: "ActivationStore | None" = None):
+                 store: "ActivationStore | None" = None, unwritable_fix: str = _UNWRITABLE_FIX):
         self.path, self.prefix, self.replace, self.store = path, prefix.strip("/"), replace, store
         self.written: list[str] = []
         existing = self.existing()
+        what = what or f"the result {self.prefix!r}"
         if existing and not replace:
-            raise ResultExistsError(f"'{path}' already holds {what or 'the result ' + repr(self.prefix)} "
+            raise ResultExistsError(f"'{path}' already holds {what} "
                                     f"({self.prefix}: {len(existing)} array{'s' * (len(existing) != 1)}); {fix}.")
+        check_writable(f"{path.rstrip('/')}/{self.prefix}", what, unwritable_fix)
 
     @classmethod
     def for_store(cls, store: "ActivationStore", name: str, replace: bool = False, **kw: Any) -> "ResultWriter":
@@ -90,9 +125,12 @@ class ResultWriter:
         if key in self.written:
             raise ResultExistsError(f"Result array '{key}' was already written by this run; give each array its own name.")
         root = zarr.open_group(self.path, mode="a")
+        check_groups(root.store, self.path, key)
         if key in root and not self.replace:
             raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
-        arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True)
+        arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True,
+                                compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read, like every chunk
+                                config={"write_empty_chunks": True})  # so a lost chunk is missing, never the fill value
         arr[...] = data
         if attrs:
             arr.attrs.update(dict(attrs))

@@ -147,7 +147,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
     assert "different token lengths" in err and "Split the file by length" in err
     err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "d.jsonl", [{"clean": "x"}])])
     assert "no field 'corrupted', 'answer', 'wrong'" in err
+    # silently wrong before (exit 0, an all-NaN normalised result): refused, naming the line and why
+    same_answer = dict(PAIRS[0], wrong="Mary")  # ' Mary' / 'Mary' differ; ' Mary' / ' Mary' do not
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "e.jsonl", [same_answer, PAIRS[0] | {
+        "wrong": " Mary"}])])
+    assert "e.jsonl:2: answer ' Mary' and wrong ' Mary' are the same token (5335)" in err
+    no_change = dict(PAIRS[0], corrupted=PAIRS[0]["clean"])
+    err = one_line_error(capsys, base + ["--pairs", write_pairs(tmp_path / "f.jsonl", [PAIRS[2], no_change])])
+    assert "f.jsonl:2: the clean and corrupted prompts are the same tokens" in err and "0 / 0" in err
+    (tmp_path / "g.jsonl").write_bytes(b'{"clean": "caf\xe9"}\n')
+    err = one_line_error(capsys, base + ["--pairs", str(tmp_path / "g.jsonl")])
+    assert "g.jsonl' is not UTF-8 text" in err
     assert not (tmp_path / "r.zarr").exists()  # nothing written on bad input
+
+
+@needs_tl4
+def test_a_read_only_folder_is_refused_before_the_sweep(tmp_path, tiny_model, capsys, monkeypatch):
+    from actstore.patching import job
+
+    from ..readonly import read_only_copy
+
+    import shutil
+
+    shutil.copytree(tiny_model, tmp_path / "folder" / "model")  # readable by anyone in the copy, as the pairs
+    write_pairs(tmp_path / "folder" / "p.jsonl", PAIRS[:1])
+    with read_only_copy(tmp_path / "folder") as ro:
+        monkeypatch.setattr(job.patching, "LogitDiff", lambda *a, **k: pytest.fail("the sweep ran"))
+        err = one_line_error(capsys, ["patch", "--model", str(ro / "model"), "--pairs", str(ro / "p.jsonl"),
+                                      "--out", str(ro / "r.zarr"), "--quiet"])
+    assert "Cannot write results of the resid_pre sweep" in err and "pass --out a path you can write" in err
+
+
+@needs_tl4
+def test_a_pair_and_its_swap_cancel_out_and_are_refused(tmp_path, sharp_model, capsys):
+    """Each pair is sound, but the mean clean and corrupted logit differences are equal:
+    the normalised effect would be noise / noise. Nothing is written."""
+    swapped = dict(PAIRS[0], clean=PAIRS[0]["corrupted"], corrupted=PAIRS[0]["clean"])
+    out = tmp_path / "r.zarr"
+    err = one_line_error(capsys, ["patch", "--model", sharp_model, "--sweep", "resid_pre", "--out", str(out),
+                                  "--pairs", write_pairs(tmp_path / "s.jsonl", [PAIRS[0], swapped]), "--quiet"])
+    assert "mean clean and corrupted logit differences are the same" in err and "nothing was written" in err
+    assert not out.exists()
 
 
 @needs_tl4

@@ -169,6 +169,24 @@ def test_hub_dataset_needs_a_length(fake_hub, tiny_model, tmp_path):
     assert plan[0].tolist() == [0, 0, 0, -1, -1] and (plan[1:, 1:] == -1).all()
 
 
+def test_hub_resume_compares_the_commit_the_revision_resolves_to(fake_hub, tiny_model, tmp_path, monkeypatch, capsys):
+    import actstore
+    from actstore.corpus import rows
+    from actstore.errors import StoreMismatchError
+
+    opts = dict(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset="someorg/some-corpus", seq_len=16,
+                sites="resid_post:0", n_rows=4, progress=False)
+    monkeypatch.setattr(rows, "hub_revision", lambda name, revision: "abc123")
+    assert actstore.cache(**opts).metadata["corpus"]["resolved_revision"] == "abc123"
+    monkeypatch.setattr(rows, "hub_revision", lambda name, revision: "def456")  # the branch moved on
+    with pytest.raises(StoreMismatchError, match="'someorg/some-corpus' is now at commit def456; the store was made "
+                                                 "from commit abc123"):
+        actstore.cache(**opts, resume=True)
+    monkeypatch.setattr(rows, "hub_revision", lambda name, revision: None)  # offline: said, not refused
+    assert actstore.cache(**{**opts, "progress": True}, resume=True).is_complete
+    assert "without checking that hub dataset 'someorg/some-corpus' is still at commit abc123" in capsys.readouterr().err
+
+
 def test_file_lists_are_files_even_when_one_is_missing(tmp_path):
     real = tmp_path / "a.jsonl"
     real.write_text('{"text": "hi"}\n')

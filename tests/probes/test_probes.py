@@ -3,6 +3,7 @@ accuracy within 1 point), numpy's ridge solution (weights to 1e-5), computed her
 the store's arrays with numpy, not through actstore.probes."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -223,6 +224,18 @@ def test_site_specs_resolve_against_the_store(store):
     (dict(kind="svm"), ConfigError, r"Unknown probe kind 'svm'"),
     (dict(test_frac=1.0), ConfigError, r"test_frac must be in \[0, 1\)"),
     (dict(name="a/b"), ConfigError, r"hold no '/'"),
+    # silently wrong before: R^2 = nan from an infinite label, a traceback from no label at all
+    (dict(target=np.where(np.arange(40 * L).reshape(40, L) == 3 * L + 5, np.inf, 1.0) * np.arange(L)), ConfigError,
+     r"Target 'labels' holds 1 infinite value \(first at row 3, pos 5\); mark positions without a label with NaN"),
+    (dict(target=np.full((40, L), -np.inf)), ConfigError, r"holds 640 infinite values \(first at row 0, pos 0\)"),
+    (dict(target=np.full((40, L), np.nan)), ConfigError, r"labels no position \(every value is NaN"),
+    (dict(target=np.full((40, L), -1)), ConfigError, r"labels no position \(every value is negative"),
+    (dict(target=np.full((40, L), 2**63, np.uint64)), ConfigError, r"640 values beyond int64"),
+    (dict(target=np.where(np.arange(L) == 1, 1.0, np.nan) * np.ones((40, 1))), ConfigError,
+     r"is 1 at every training position, so R\^2 is undefined"),
+    (dict(target=np.where(split_rows(40, 0.2, 0)[:, None], np.nan, np.ones((40, L)) * np.arange(L))), ConfigError,
+     r"labels no position of the test rows, so there is no test score; pass --test-frac 0"),
+    (dict(target=np.full((40, L), "a")), ConfigError, r"got dtype <U1"),
 ])
 def test_bad_input_fails_before_work(store, opts, err, match):
     before = store.results()
@@ -277,3 +290,35 @@ def test_a_run_of_the_same_name_replaces_the_earlier_one_whole(store, tmp_path):
     assert [r for r in store.results() if r.startswith("probes/same/")] == [f"probes/same/{hook}/bias",
                                                                            f"probes/same/{hook}/weight"]
     assert Probe.load(store, hook, "same").kind == "ridge"
+
+
+def test_a_file_that_is_not_npy_is_refused(store, tmp_path, capsys):
+    (tmp_path / "text.npy").write_text("hello")
+    np.save(tmp_path / "obj.npy", np.array([[None] * L] * 40, dtype=object))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "obj.npy").read_bytes()[:20])
+    for name, why in (("text", "it has no .npy header"), ("obj", "Array can.t be memory-mapped: Python objects"),
+                      ("short", "EOF")):
+        assert main(["probe", store.path, "--target", str(tmp_path / f"{name}.npy"), "--quiet", "--no-save"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(rf"is not a NumPy .npy array \({why}", err) and "numpy.save" in err, err
+
+
+def test_a_read_only_store_is_refused_before_the_fit(store, capsys, monkeypatch):
+    from actstore.probes import fit as fit_module
+
+    from ..readonly import read_only_copy
+
+    def no_fit(*a, **k):
+        raise AssertionError("the fit ran")
+
+    with read_only_copy(store.path) as ro:
+        monkeypatch.setattr(fit_module, "fit_logistic", no_fit)
+        assert main(["probe", str(ro), "--sites", "resid_post:1", "--target", "position", "--quiet", "--plot", "none"]) == 2
+        err = capsys.readouterr().err
+        assert "Cannot write the result 'results/probes/position-logistic/blocks.1.hook_resid_post'" in err
+        assert "pass --no-save" in err and "Traceback" not in err
+        assert main(["probe", str(ro), "--sites", "resid_post:1", "--target", "position", "--quiet"]) == 2
+        assert "Cannot write the plot" in capsys.readouterr().err  # beside the store, by default
+        monkeypatch.undo()
+        assert main(["probe", str(ro), "--sites", "resid_post:1", "--target", "position", "--quiet", "--no-save",
+                     "--plot", "none"]) == 0

@@ -88,8 +88,11 @@ def test_version_2_nan_through_xarray(unfinished):
 # If only FULL_HASH differs on some machine while FORMAT_HASH matches, the metadata is
 # the same and chunk bytes differ: float32 CPU kernels of another torch, or another
 # codec library's encoding; check that first.
-FORMAT_HASH = "sha256:6c4fd1121b84421109d90c9a640e066b64631ed3f2c0e616d31530b817b29d3e"
-FULL_HASH = "sha256:a91425b0a46d73cafaf535aaa2aa996dbf342109de2f810283509515f9bd61ef"
+# Last change: the merged stats (stats/<hook>/{count,mean,M2}) carry crc32c checksums and
+# write every chunk, so their damage is found (readable by earlier actstore versions too); the
+# corpus metadata holds each local file's sha256 (a resume of a changed corpus is refused).
+FORMAT_HASH = "sha256:0e9d230fa5e05f90d00165d3b7b500f8915a2a7bf5da9730dbd1af5e02fea108"
+FULL_HASH = "sha256:4f276381019048650d6cadae1cafc0108e95cf65b4415765ea4e750985f52bcd"
 HASHED_OPTS = dict(DEMO, sites="resid_post:0,z:1", n_rows=6, seq_len=16, batch_size=2, rows_per_chunk=2,
                    rows_per_shard=4, write_threads=1, command_line="actstore cache (format hash)")
 _VARYING = ("software", "created", "command_line")

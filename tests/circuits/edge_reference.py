@@ -1,0 +1,58 @@
+"""One edge of the circuit graph patched by hand with hooks, one edge per forward: the
+reference of exact edge patching (tests/circuits/test_exact.py, benchmarks/bench_edges.py).
+
+The source's clean-minus-corrupted write (embed + pos_embed, z @ W_O of one head, or
+mlp_out, from run_with_cache) is added to the residual the destination reads
+(resid_pre of its layer for a head's q/k/v, resid_mid for an MLP, the last resid_post
+for the logits); the destination's output is read off that run (the head's
+hook_q/k/v, hook_mlp_out) and written into a fresh corrupted run, so that every other
+reader keeps the corrupted residual. The result: the metric of that run minus the
+corrupted run's, per pair."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from actstore.circuits.graph import Graph
+
+
+def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
+                  corrupted_logits: torch.Tensor, graph: Graph, edge: int,
+                  metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(batch,) metric differences of patching ``edge`` alone."""
+    clean, corr = clean_cache, corrupted_cache
+    u, d = graph.upstream[graph.src[edge]], graph.downstream[graph.dst[edge]]
+    if u.kind == "input":
+        delta = (clean["hook_embed"] + clean["hook_pos_embed"]) - (corr["hook_embed"] + corr["hook_pos_embed"])
+    elif u.kind == "head":
+        w_o = bridge.blocks[u.layer].attn.W_O[u.head]
+        z = f"blocks.{u.layer}.attn.hook_z"
+        delta = torch.einsum("bpe,ed->bpd", clean[z][:, :, u.head], w_o) - torch.einsum(
+            "bpe,ed->bpd", corr[z][:, :, u.head], w_o)
+    else:
+        delta = clean[f"blocks.{u.layer}.hook_mlp_out"] - corr[f"blocks.{u.layer}.hook_mlp_out"]
+    last = bridge.cfg.n_layers - 1
+    with torch.no_grad():
+        if d.kind == "logits":
+            logits = bridge.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{last}.hook_resid_post",
+                                                                  lambda a, hook: a + delta)])
+        else:
+            read, out = ((f"blocks.{d.layer}.hook_resid_mid", f"blocks.{d.layer}.hook_mlp_out") if d.kind == "mlp"
+                         else (f"blocks.{d.layer}.hook_resid_pre", f"blocks.{d.layer}.attn.hook_{d.kind}"))
+            seen = {}
+
+            def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                seen["act"] = act.clone()
+                return act
+
+            def write(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                if d.kind == "mlp":
+                    return seen["act"]
+                act[:, :, d.head] = seen["act"][:, :, d.head]
+                return act
+
+            bridge.run_with_hooks(corrupted, fwd_hooks=[(read, lambda a, hook: a + delta), (out, keep)])
+            logits = bridge.run_with_hooks(corrupted, fwd_hooks=[(out, write)])
+        return metric(logits) - metric(corrupted_logits)

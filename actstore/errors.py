@@ -21,6 +21,8 @@ __all__ = [
     "WriterError",
     "RowsNotDoneError",
     "CorruptChunkError",
+    "StoreDamagedError",
+    "RowIndexError",
     "StoreLockedError",
     "PeerFailedError",
     "EngineCheckError",
@@ -100,8 +102,17 @@ class RowsNotDoneError(ActStoreError, LookupError):
     """Rows asked of a store that its run has not finished writing."""
 
 
-class CorruptChunkError(ActStoreError, OSError):
+class StoreDamagedError(ActStoreError, OSError):
+    """A store whose objects are damaged: metadata (zarr.json) missing, unreadable or not
+    what the store's own metadata defines, or chunks (CorruptChunkError)."""
+
+
+class CorruptChunkError(StoreDamagedError):
     """A chunk that fails its checksum, or a finished chunk whose object is missing."""
+
+
+class RowIndexError(ActStoreError, IndexError):
+    """A row index outside the store's rows."""
 
 
 class StoreLockedError(ActStoreError, BlockingIOError):

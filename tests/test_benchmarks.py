@@ -19,6 +19,7 @@ TINY = {
     "bench_loader.py": ["--n-layers", "2", "--d-model", "64", "--n-rows", "64", "--seq-len", "32", "--workers", "1",
                         "--repeat", "1"],
     "bench_probes.py": ["--n-layers", "2", "--d-model", "64", "--n-heads", "4", "--n-rows", "64", "--seq-len", "32"],
+    "bench_eap.py": ["--tiny", "--threads", "1"],
     "bench_attribution.py": ["--sweeps", "resid_pre", "--pairs", "2", "--repeat", "1", "--threads", "1"],
     "bench_parallel.py": ["--procs", "1,2", "--n-layers", "2", "--d-model", "64", "--n-heads", "4", "--n-rows", "32",
                           "--seq-len", "32", "--repeat", "1"],

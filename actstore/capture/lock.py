@@ -33,9 +33,11 @@ def _alive(pid: int) -> bool:
 def _owner(path: str) -> dict | None:
     try:
         with open(path) as f:
-            return json.load(f)
+            owner = json.load(f)
     except (OSError, ValueError):
         return None  # vanished, or killed while writing it
+    ok = isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("host"), str)
+    return owner if ok else None  # else damaged: treated as one being written
 
 
 def _unwritable(store: str, path: str, e: OSError) -> ConfigError:
@@ -61,7 +63,7 @@ def store_lock(store: str) -> Iterator[None]:
             if stale:
                 os.remove(path)
                 continue
-            who = f"process {other['pid']} on {other['host']} since {other['started']}" if other else "another run"
+            who = f"process {other['pid']} on {other['host']} since {other.get('started', '?')}" if other else "another run"
             raise StoreLockedError(
                 f"Store '{store}' is being written by {who} (lock {path}). Wait for that run to finish; "
                 "if it is gone (e.g. its machine died), delete the lock file and rerun with --resume."

@@ -1,16 +1,23 @@
-"""Repair: mark damaged shards not done and recompute exactly those with the store's
+"""Repair what verify found, from the store's own metadata: rewrite the metadata it defines
+(array and group zarr.json), merge the statistics again, make the corpus plan again, mark
+damaged shards not done and recompute them, and finish shards not done, with the store's
 own config (rows are deterministic, so the bytes are those of an undamaged store)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import zarr
+from zarr.core.sync import sync
 
+from ..corpus import CorpusSpec, scan
 from ..errors import ConfigError
 from ..models import ModelLike
-from ..store import ActivationStore, Damage, StoreMeta
+from ..store import ActivationStore, Damage, StoreMeta, finalize_stats, verify_store
+from ..store.nodes import group_doc, write_key
 from .engine import CacheConfig, cache
+from .reads import make_plan
 
 __all__ = ["repair_store", "config_from_metadata"]
 
@@ -39,13 +46,47 @@ def config_from_metadata(meta: StoreMeta | Mapping[str, Any], out: str, model: M
     )
 
 
+def _rebuild_metadata(store: ActivationStore, group: zarr.Group, damage: list[Damage]) -> bool:
+    """Write back the zarr.json of every node whose metadata is damaged; whether any was."""
+    todo = [d.array for d in damage if d.fix == "rebuild"]
+    for name in todo:
+        write_key(group.store, f"{name}/zarr.json", store.expected.get(name) or group_doc())
+    return bool(todo)
+
+
+def _remake_plan(store: ActivationStore, cfg: CacheConfig, group: zarr.Group) -> None:
+    """The corpus plan again, from the same pass over the corpus that made it."""
+    spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
+                                   config_name=cfg.dataset_config, revision=cfg.dataset_revision,
+                                   seq_len=store.layout.seq_len, packing=cfg.packing)
+    scanned = None if spec.kind in ("hub", "synthetic") else scan(spec, store.tokenizer, limit=store.n_rows)
+    group["plan"][...] = make_plan(spec, scanned, store.layout)
+
+
 def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None, device: str = "auto",
                  progress: bool = True) -> ActivationStore:
-    """Mark the damaged shards not done and recompute them with the store's own
-    config (bit-identical on the same kind of device and software)."""
+    """Repair ``damage`` (from :func:`verify_store`): rebuild what the store's metadata
+    defines, then mark the damaged shards not done and recompute them, and every shard not
+    done, with the store's own config (bit-identical on the same kind of device and
+    software). What cannot be repaired from the store (a damaged job result) is left; verify
+    again to see it."""
     store = ActivationStore.open(path)
-    cfg = config_from_metadata(store.meta, path, model, device, progress)
-    done = zarr.open_group(path, mode="r+")["done"]
-    for k in sorted({d.shard for d in damage}):
-        done[k] = False
+    cfg = config_from_metadata(store.meta, path, model, device, progress)  # before anything changes
+    group = zarr.open_group(path, mode="r+")
+    if _rebuild_metadata(store, group, damage):  # the arrays are readable again: check their chunks
+        damage = verify_store(path, progress=False)
+        _rebuild_metadata(store, group, damage)
+        group = zarr.open_group(path, mode="r+")
+    recompute = sorted({d.shard for d in damage if d.fix in ("recompute", "finish") and d.shard is not None})
+    for d in damage:
+        if d.fix == "stats":  # merged again below, from the partials
+            sync(group.store.delete_dir(d.array))
+        if d.fix == "plan":
+            _remake_plan(store, cfg, group)
+    if not recompute:
+        if np.asarray(group["done"][:]).all():
+            finalize_stats(group, store.sites)
+        return ActivationStore.open(path)
+    for k in recompute:
+        group["done"][k] = False
     return cache(cfg)

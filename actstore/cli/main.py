@@ -57,6 +57,7 @@ def info_text(store: ActivationStore) -> str:
         f"rows       {store.rows_done} / {lay.n_rows} done"
         f"  ({lay.n_shards} shard{'s' if lay.n_shards != 1 else ''} of {lay.rows_per_shard} rows,"
         f" chunks of {lay.rows_per_chunk})",
+        *([] if store.is_complete else [f"           incomplete: {m.finish_hint(store.path)}"]),
         f"storage    {m.storage_dtype}, codec {m.codec}",
         "sites",
     ]
@@ -75,6 +76,7 @@ def info_text(store: ActivationStore) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
+    store.check_metadata()
     if args.json:
         print(json.dumps({**store.metadata, "rows_done": store.rows_done}, indent=2))
     else:

@@ -1,46 +1,66 @@
-"""`actstore verify STORE [--repair]`: read everything, report damaged shards by
-array and row range; --repair recomputes exactly those."""
+"""`actstore verify STORE [--repair]`: check every object of a store, report what is
+damaged or not done (by array and row range) and what --repair does about each;
+--repair rebuilds and recomputes it, then checks again."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Sequence
 
 from ..capture import repair_store
-from ..store import verify_store
+from ..store import ActivationStore, Damage, verify_store
+from ..store.verify import FIXES
 
 EXAMPLES = """examples:
-  actstore verify acts.zarr            # exit 1 when anything is damaged
-  actstore verify acts.zarr --repair   # recompute the damaged shards, then check again
+  actstore verify acts.zarr            # exit 1 when anything is damaged or not done
+  actstore verify acts.zarr --repair   # rebuild and recompute what is, then check again
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check every chunk's checksum; --repair recomputes damaged shards",
+    p = sub.add_parser("verify", help="check a store's metadata, checksums and manifest; --repair fixes what it finds",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="the store to check (a folder or URL)")
-    p.add_argument("--repair", action="store_true", help="recompute the damaged shards with the store's own config")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild damaged metadata and statistics, recompute damaged rows and finish rows not done, "
+                        "with the store's own config")
     p.add_argument("--model", help="the store's model, if its recorded name no longer loads (weights are checked)")
     p.add_argument("--device", default="auto", help="where --repair recomputes: auto (GPU if there is one), cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the damage report as JSON")
     p.set_defaults(run=_verify)
 
 
+def _report(path: str, damage: Sequence[Damage], repairing: bool) -> list[str]:
+    """What is wrong, then what to do about each kind of it."""
+    if not damage:
+        return [f"{path}: complete; every object is present, passes its checksum and matches the store's metadata"]
+    lines = [f"{path}: {len(damage)} problem{'s' if len(damage) != 1 else ''}"] + [f"  {d}" for d in damage]
+    fixes = sorted({d.fix for d in damage}, key=list(FIXES).index)
+    if set(fixes) == {"finish"}:
+        meta = ActivationStore.open(path).meta
+        return lines + [f"the store is incomplete; {meta.finish_hint(path)}"]
+    if fixes == ["manual"]:
+        return lines + [f"left to do: {FIXES['manual']}"]
+    if repairing:
+        return lines + ["repair did not fix everything; left: " + "; ".join(FIXES[f] for f in fixes)]
+    return lines + ["run again with --repair: " + "; ".join(FIXES[f] for f in fixes)]
+
+
 def _verify(args: argparse.Namespace) -> int:
     damage = verify_store(args.store, progress=not args.json)
-    repaired = False
-    if damage and args.repair:
+    remaining = damage
+    if damage and args.repair and any(d.fix != "manual" for d in damage):
         repair_store(args.store, damage, args.model, args.device, progress=not args.json)
         remaining = verify_store(args.store, progress=False)
-        repaired = not remaining
     if args.json:
-        print(json.dumps({"damaged": [vars(d) | {"rows": list(d.rows)} for d in damage], "repaired": repaired}, indent=2))
-    elif not damage:
-        print(f"{args.store}: every finished shard is present and passes its checksum")
+        report = {"damaged": [vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage],
+                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining]}
+        print(json.dumps(report, indent=2))
+    elif args.repair and damage:
+        print("\n".join(_report(args.store, damage, False)[:-1]))
+        print("repaired: every problem fixed and verified" if not remaining else
+              "\n".join(["after repair:"] + _report(args.store, remaining, True)))
     else:
-        print(f"{args.store}: {len(damage)} damaged shard objects")
-        for d in damage:
-            print(f"  {d}")
-        print("repaired: every damaged shard recomputed and verified" if repaired else
-              "run again with --repair to recompute them" if not args.repair else "repair did not fix everything")
-    return 0 if not damage or repaired else 1
+        print("\n".join(_report(args.store, damage, False)))
+    return 0 if not remaining else 1

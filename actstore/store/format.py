@@ -18,7 +18,7 @@ import zarr
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ..errors import ConfigError, CorruptChunkError
+from ..errors import ConfigError, CorruptChunkError, StoreDamagedError
 from ..sites import SiteShape
 from ..stats import Moments
 from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
@@ -130,9 +130,9 @@ def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[s
         if name != "mask" or mask:
             _array(root, name, (n, L), rpc, rps, dtype, ("row", "pos"), index_codec, False if dtype == "bool" else 0)
     acts_codec = parse_codec(codec)
+    fill = float("nan") if meta.format_version >= 2 else 0.0  # unwritten rows are NaN, not zeros (format version 2)
     for hook, s in shapes.items():
-        _array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec,
-               fill=float("nan"))  # unwritten rows are NaN, not zeros, to any reader (format version 2)
+        _array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec, fill)
     columns: dict[str, list[Any]] = {}
     width = 0
     for hook, s in shapes.items():
@@ -160,10 +160,15 @@ def shard_key(arr: zarr.Array, k: int) -> str:
     return f"{arr.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
 
 
-def shard_exists(arr: zarr.Array, k: int) -> bool:
+def shard_exists(arr: zarr.Array, k: int, empty: bool = False) -> bool:
+    """Whether shard k's object is there and not empty (zarr reads an empty shard object
+    as a missing one: fill values); ``empty``: whether it is there and empty."""
     from zarr.core.sync import sync
 
-    return bool(sync(arr.store.exists(shard_key(arr, k))))
+    try:
+        return (sync(arr.store.getsize(shard_key(arr, k))) == 0) == empty
+    except FileNotFoundError:
+        return False
 
 
 def clear_shard(arr: zarr.Array, k: int) -> None:
@@ -182,7 +187,7 @@ def read_checked(arr: zarr.Array, rows: slice, layout: Layout, path: str) -> np.
     shards = range(a // rps, (b - 1) // rps + 1) if b > a else range(0)
     for k in shards:
         if not shard_exists(arr, k):
-            raise _corrupt(arr, k, layout, path, "its object is missing")
+            raise _corrupt(arr, k, layout, path, "its object is missing or empty")
     try:
         return np.asarray(arr[rows])
     except ValueError as e:
@@ -229,16 +234,21 @@ def remove_store(path: str) -> None:
 
 
 def walk_arrays(group: zarr.Group) -> list[str]:
-    out = [name for name, _ in group.arrays()]
-    for gname, sub in group.groups():
-        out += [f"{gname}/{p}" for p in walk_arrays(sub)]
+    """Paths of every array under ``group``; a node whose metadata is damaged is a StoreDamagedError."""
+    try:
+        out = [name for name, _ in group.arrays()]
+        for gname, sub in group.groups():
+            out += [f"{gname}/{p}" for p in walk_arrays(sub)]
+    except (ValueError, KeyError, TypeError) as e:  # what zarr makes of a damaged zarr.json
+        where = getattr(group.store, "root", group.store)
+        raise StoreDamagedError(f"'{group.path}' of the store at '{where}' holds a node whose metadata is damaged "
+                                f"({type(e).__name__}: {str(e)[:80]}); `actstore verify STORE` names it: delete it "
+                                "and rerun the job that wrote it.") from None
     return out
 
 
-def merge_partials(group: zarr.Group, hook: str, done: np.ndarray) -> Moments:
-    if "stats/partials" not in group:
-        raise ConfigError(f"Site {hook} has no stats (attention patterns have no single position axis).")
-    partials = group["stats/partials"]
+def merge_partials(partials: zarr.Array, hook: str, done: np.ndarray) -> Moments:
+    """The moments of ``hook`` over the done shards, merged in shard order from stats/partials."""
     columns = partials.attrs["columns"]
     if hook not in columns:
         raise ConfigError(f"Site {hook} has no stats (attention patterns have no single position axis).")
@@ -261,10 +271,18 @@ def finalize_stats(group: zarr.Group, hooks: Sequence[str]) -> None:
     for hook in hooks:
         if hook not in group["stats/partials"].attrs["columns"]:
             continue
-        m = merge_partials(group, hook, done)
+        m = merge_partials(group["stats/partials"], hook, done)
         feat_dims = tuple(group[f"acts/{hook}"].metadata.dimension_names[1:])
-        feat_dims = tuple(d for d in feat_dims if d != "pos")
-        g = group.require_group(f"stats/{hook}")
-        g.create_array("count", shape=(), dtype="int64", overwrite=True)[()] = m.count
-        g.create_array("mean", shape=m.mean.shape, dtype="float64", dimension_names=feat_dims, overwrite=True)[...] = m.mean
-        g.create_array("M2", shape=m.m2.shape, dtype="float64", dimension_names=feat_dims, overwrite=True)[...] = m.m2
+        count, mean, m2 = stats_arrays(group, hook, m.mean.shape, tuple(d for d in feat_dims if d != "pos"))
+        count[()], mean[...], m2[...] = m.count, m.mean, m.m2
+
+
+def stats_arrays(group: zarr.Group, hook: str, feature_shape: tuple[int, ...], feat_dims: tuple[str, ...]
+                 ) -> tuple[zarr.Array, zarr.Array, zarr.Array]:
+    """Create (or replace) stats/<hook>/{count,mean,M2}, float64 per feature, empty; one
+    chunk each, always written, with a checksum (see nodes.chunk_present)."""
+    g = group.require_group(f"stats/{hook}")
+    kw: dict[str, Any] = dict(overwrite=True, compressors=_checked(None), config={"write_empty_chunks": True})
+    return (g.create_array("count", shape=(), dtype="int64", **kw),
+            g.create_array("mean", shape=feature_shape, dtype="float64", dimension_names=feat_dims, **kw),
+            g.create_array("M2", shape=feature_shape, dtype="float64", dimension_names=feat_dims, **kw))

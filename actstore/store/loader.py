@@ -124,7 +124,7 @@ class ChunkReader:
         if num_workers < 1:
             raise ConfigError(f"num_workers must be at least 1; got {num_workers}.")
         self.store, self.hooks = store, list(hooks)
-        self.arrays = [store.group[f"acts/{h}"] for h in self.hooks]
+        self.arrays = [store.array(f"acts/{h}") for h in self.hooks]
         self.num_workers = num_workers
         self.prefetch = prefetch or 2 * num_workers
         self.transform = transform

@@ -213,6 +213,18 @@ class StoreMeta:
         return {**out, **_json(self.extra)}
 
     # --- questions every reader asks --------------------------------------------
+    def finish_hint(self, path: str) -> str:
+        """How to finish this store's run: repair from its metadata, or its own command resumed."""
+        cmd = self.command_line or ""
+        if cmd.startswith("actstore cache"):
+            words = [w for w in cmd.split() if w not in ("--overwrite", "--resume")]
+            again = f"`{' '.join(words)} --resume`"
+        elif cmd.startswith("actstore.cache("):
+            again = f"`{cmd}` again with resume=True"
+        else:
+            again = "the same actstore.cache(...) call with resume=True"
+        return f"finish it with `actstore verify {path} --repair` (its own config), or {again}"
+
     @property
     def hooks(self) -> list[str]:
         """The stored sites' hook names, in the store's order."""

@@ -4,15 +4,18 @@ RowsNotDoneError; a finished chunk that fails its checksum raises CorruptChunkEr
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
 
-from ..errors import RowsNotDoneError, StoreNotFoundError
+from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
-from .format import Layout, merge_partials, read_checked, walk_arrays
+from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
 from .meta import StoreMeta
+from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key,
+                    root_damaged)
 from .results import write_result
 from .view import ArrayView, array_name
 
@@ -31,6 +34,7 @@ class ActivationStore:
         self.meta: StoreMeta = StoreMeta.from_dict(self.metadata, path)  # refuses a format it cannot read
         self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
+        self._arrays: dict[str, zarr.Array] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "ActivationStore":
@@ -38,10 +42,40 @@ class ActivationStore:
         try:
             group = zarr.open_group(path, mode="r")
         except Exception:
+            if looks_like_store(path):  # the folder is there, its root metadata is not
+                raise root_damaged(path) from None
             raise StoreNotFoundError(f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`.") from None
         if "actstore" not in group.attrs:
+            if looks_like_store(path, children=True):
+                raise root_damaged(path, "has no 'actstore' metadata")
             raise StoreNotFoundError(f"'{path}' is a Zarr group but not an actstore store (no 'actstore' metadata).")
         return cls(group, path)
+
+    # --- checked arrays ----------------------------------------------------------
+    @cached_property
+    def expected(self) -> dict[str, bytes]:
+        """zarr.json of every node the store's metadata defines (see nodes.py)."""
+        return expected_nodes(self.meta, plan=bool(list_keys(self.group.store, "plan/")))  # older stores have none
+
+    def check_metadata(self) -> None:
+        """Raise StoreDamagedError unless the zarr.json of every group and array the store's
+        metadata defines is there and as defined (reads no chunk; ``actstore verify`` reads all)."""
+        for node, doc in self.expected.items():
+            if not node.startswith("stats/") or node == "stats/partials":  # merged stats: once complete
+                problem = node_problem(self.group.store, node, doc)
+                if problem is not None:
+                    raise damaged(self.path, node, problem)
+
+    def array(self, name: str) -> zarr.Array:
+        """The array at ``name`` ('done', 'tokens', 'acts/<hook>', ...), once its metadata and its
+        groups' are what the store's own metadata defines; else StoreDamagedError naming the fix."""
+        if name not in self._arrays:
+            for node in [*parents([name]), name]:
+                problem = node_problem(self.group.store, node, self.expected.get(node))
+                if problem is not None:
+                    raise damaged(self.path, node, problem)
+            self._arrays[name] = self.group[name]  # type: ignore[assignment]
+        return self._arrays[name]
 
     # --- what is there ---------------------------------------------------------
     @property
@@ -55,7 +89,20 @@ class ActivationStore:
     @property
     def done(self) -> np.ndarray:
         """bool (shard,): the manifest, read fresh each time."""
-        return np.asarray(self.group["done"][:])
+        arr = self.array("done")
+        try:
+            return np.asarray(arr[:])
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            for k in range(arr.shape[0]):
+                try:
+                    arr[k]
+                except ValueError:
+                    lo, hi = self.layout.shard_rows(k)
+                    raise damaged(self.path, "done", f"the manifest entry of shard {k} (rows {lo}..{hi - 1}) fails its "
+                                  "checksum") from e
+            raise
 
     @property
     def rows_done(self) -> int:
@@ -71,7 +118,7 @@ class ActivationStore:
         if hook not in self.sites:
             from ..sites import _unknown
             raise _unknown(hook, self.sites)
-        return self.group[f"acts/{hook}"]  # type: ignore[return-value]
+        return self.array(f"acts/{hook}")
 
     def __getitem__(self, key: str | tuple[str, int]) -> ArrayView:
         """A lazy, checked view of one array: ``store["blocks.5.hook_resid_post"]``,
@@ -95,15 +142,26 @@ class ActivationStore:
             lo, hi = self.layout.shard_rows(int(missing[0]))
             raise RowsNotDoneError(
                 f"{what} of '{self.path}' include rows not yet written (first: {lo}..{hi - 1}); "
-                f"{self.rows_done} of {self.n_rows} rows are done. Finish the run with `actstore cache ... --resume`."
+                f"{self.rows_done} of {self.n_rows} rows are done: the store is incomplete; "
+                f"{self.meta.finish_hint(self.path)}."
             )
 
+    def row_slice(self, rows: slice | int) -> slice:
+        """``rows`` as a slice; an int row is checked against the store's rows (negative: from the end)."""
+        if isinstance(rows, (int, np.integer)):
+            r, n = int(rows), self.n_rows
+            if not -n <= r < n:
+                raise RowIndexError(f"Row {r} is out of range: store '{self.path}' has rows 0..{n - 1} "
+                                    f"(or -{n}..-1, counted from the end).")
+            return slice(r % n, r % n + 1)
+        return rows
+
     def _read(self, name: str, rows: slice | int, check_done: bool) -> np.ndarray:
-        sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
+        sl = self.row_slice(rows)
         if check_done:
             self.check_done(sl)
-        out = read_checked(self.group[name], sl, self.layout, self.path)
-        return out[0] if isinstance(rows, int) else out
+        out = read_checked(self.array(name), sl, self.layout, self.path)
+        return out[0] if not isinstance(rows, slice) else out
 
     def acts(self, hook: str, rows: slice | int = slice(None), as_: str = "numpy", check_done: bool = True) -> Any:
         """Activations of ``hook`` for ``rows``: numpy array or torch tensor (row, ...)."""
@@ -125,11 +183,10 @@ class ActivationStore:
 
     def mask(self, rows: slice | int = slice(None), check_done: bool = True) -> np.ndarray:
         """bool (row, pos): real tokens. All True for packed stores."""
-        if "mask" not in self.group:
-            sl = slice(rows, rows + 1) if isinstance(rows, int) else rows
-            a, b, _ = sl.indices(self.n_rows)
+        if self.meta.corpus.packing != "document":
+            a, b, _ = self.row_slice(rows).indices(self.n_rows)
             out = np.ones((b - a, self.layout.seq_len), bool)
-            return out[0] if isinstance(rows, int) else out
+            return out[0] if not isinstance(rows, slice) else out
         return self._read("mask", rows, check_done)
 
     @property
@@ -157,7 +214,7 @@ class ActivationStore:
         while start < b:
             stop = min((start // step + 1) * step, b)  # block edges on multiples of step
             sl = slice(start, stop)
-            yield sl, {hook: read_checked(self.group[f"acts/{hook}"], sl, self.layout, self.path) for hook in hooks}
+            yield sl, {hook: read_checked(self.array(f"acts/{hook}"), sl, self.layout, self.path) for hook in hooks}
             start = stop
 
     # --- results -----------------------------------------------------------------
@@ -170,23 +227,43 @@ class ActivationStore:
 
     def load_result(self, name: str) -> zarr.Array:
         key = f"results/{name}"
-        if key not in self.group:
+        problem = node_problem(self.group.store, key, None)
+        if problem is not None and "missing" in problem:
             raise StoreNotFoundError(f"Store '{self.path}' has no result '{name}'; run the job that writes it first.")
+        if problem is not None:
+            raise damaged(self.path, key, problem)
         return self.group[key]  # type: ignore[return-value]
 
     def results(self) -> list[str]:
         """Names of every array under results/."""
-        return sorted(walk_arrays(self.group["results"])) if "results" in self.group else []
+        return sorted(walk_arrays(self.group["results"])) if "results" in self.group else []  # checked by verify
 
     # --- stats -----------------------------------------------------------------
     def stats(self, hook: str) -> Moments:
         """Per-feature count, mean and M2 (float64) over the done rows of ``hook``
         (positions outside ``mask`` excluded), merged in shard order."""
         self.site(hook)
-        if f"stats/{hook}/mean" in self.group:
-            g = self.group[f"stats/{hook}"]
-            return Moments(int(g["count"][()]), np.asarray(g["mean"][...]), np.asarray(g["M2"][...]))
-        return merge_partials(self.group, hook, self.done)
+        if self.meta.site(hook).dims.count("pos") != 1:
+            raise ConfigError(f"Site {hook} has no stats (attention patterns have no single position axis).")
+        done = self.done
+        final = f"stats/{hook}"
+        try:
+            if done.all() and read_key(self.group.store, f"{final}/mean/zarr.json") is not None:
+                count, mean, m2 = (self.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
+                if not all(map(chunk_present, (count, mean, m2))):
+                    raise damaged(self.path, final, "an object of the merged statistics is missing or empty")
+                return Moments(int(count[()]), np.asarray(mean[...]), np.asarray(m2[...]))
+            if read_key(self.group.store, "stats/partials/zarr.json") is None:
+                raise damaged(self.path, "stats", "the statistics are missing (stats/partials)")
+            partials = self.array("stats/partials")
+            lost = [int(k) for k in np.flatnonzero(done) if not shard_exists(partials, int(k))]
+            if lost:
+                raise damaged(self.path, "stats/partials", f"the statistics of shards {lost[:8]} are missing")
+            return merge_partials(partials, hook, done)
+        except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
+            if isinstance(e, ValueError) and "checksum" not in str(e):
+                raise
+            raise damaged(self.path, "stats", f"the statistics of {hook} cannot be read ({str(e)[:80]})") from e
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, NotWritableError, ResultExistsError, StoreExistsError
 from .format import walk_arrays
+from .nodes import check_groups
 
 if TYPE_CHECKING:
     from .reader import ActivationStore
@@ -123,9 +125,12 @@ class ResultWriter:
         if key in self.written:
             raise ResultExistsError(f"Result array '{key}' was already written by this run; give each array its own name.")
         root = zarr.open_group(self.path, mode="a")
+        check_groups(root.store, self.path, key)
         if key in root and not self.replace:
             raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
-        arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True)
+        arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True,
+                                compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read, like every chunk
+                                config={"write_empty_chunks": True})  # so a lost chunk is missing, never the fill value
         arr[...] = data
         if attrs:
             arr.attrs.update(dict(attrs))

@@ -29,7 +29,7 @@ __all__ = ["ArrayView", "array_name"]
 
 
 def _no_such(store: "ActivationStore", key: Any, why: str = "") -> UnknownSiteError:
-    index = [n for n in INDEX_ARRAYS if n in store.group]
+    index = [n for n in INDEX_ARRAYS if n in store.expected]
     return UnknownSiteError(
         f"Store '{store.path}' holds no array {key!r}{why}. It holds the sites {', '.join(store.sites)} and the "
         f"index arrays {', '.join(index)}. Index it with a hook name, a site spec such as 'resid_post:5', a "
@@ -44,7 +44,7 @@ def array_name(store: "ActivationStore", key: Any) -> str:
         except UnknownSiteError:
             raise _no_such(store, key, f" ('{key[0]}' is not a site name)") from None
     elif isinstance(key, str) and key in INDEX_ARRAYS:
-        if key not in store.group:
+        if key not in store.expected:
             raise _no_such(store, key, " (a store of packed rows has no mask: every token is real)")
         return key
     elif isinstance(key, str) and key in store.sites:
@@ -78,7 +78,7 @@ class ArrayView:
     @property
     def array(self) -> zarr.Array:
         """The raw zarr array (no done check)."""
-        return self.store.group[self.name]  # type: ignore[return-value]
+        return self.store.array(self.name)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -88,8 +88,11 @@ def test_version_2_nan_through_xarray(unfinished):
 # If only FULL_HASH differs on some machine while FORMAT_HASH matches, the metadata is
 # the same and chunk bytes differ: float32 CPU kernels of another torch, or another
 # codec library's encoding; check that first.
-FORMAT_HASH = "sha256:3ccf724d6d918418679f060b202f2cdc265e7a08dd0b9d4df018db5a58271576"
-FULL_HASH = "sha256:297028a087755f61ac41f5ccbeaa8f5b03f797e6a98021febc240c9a031db5cc"
+# Last change: the merged stats (stats/<hook>/{count,mean,M2}) carry crc32c checksums and
+# write every chunk, so their damage is found (readable by earlier actstore versions too); the
+# corpus metadata holds each local file's sha256 (a resume of a changed corpus is refused).
+FORMAT_HASH = "sha256:0e9d230fa5e05f90d00165d3b7b500f8915a2a7bf5da9730dbd1af5e02fea108"
+FULL_HASH = "sha256:4f276381019048650d6cadae1cafc0108e95cf65b4415765ea4e750985f52bcd"
 HASHED_OPTS = dict(DEMO, sites="resid_post:0,z:1", n_rows=6, seq_len=16, batch_size=2, rows_per_chunk=2,
                    rows_per_shard=4, write_threads=1, command_line="actstore cache (format hash)")
 _VARYING = ("software", "created", "command_line")

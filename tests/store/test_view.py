@@ -85,7 +85,9 @@ def test_unfinished_store_raises_for_rows_not_done(unfinished):
             with pytest.raises(RowsNotDoneError, match=rf"include rows not yet written \(first: {first}..{first + 1}\); "
                                                        r"2 of 8 rows are done"):
                 view[index]
-        with pytest.raises(RowsNotDoneError, match="Finish the run with `actstore cache ... --resume`"):
+        with pytest.raises(RowsNotDoneError, match=r"the store is incomplete; finish it with `actstore verify \S+ "
+                                                   r"--repair` \(its own config\), or `actstore cache \S+ --model "
+                                                   r"actstore-demo .* --resume`"):
             np.asarray(view)
     # the raw zarr array reads what is there: shard 1 was written (not done), 2 and 3 never were
     raw = zarr.open_group(str(unfinished), mode="r")["acts/blocks.0.hook_resid_post"]

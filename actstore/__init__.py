@@ -15,8 +15,9 @@ too: ``actstore.patching`` (and ``.attribution``, ``.tasks``), ``actstore.probes
 ``actstore.analysis``.
 """
 
-from . import analysis, patching, probes
+from . import analysis, circuits, patching, probes
 from .capture import CacheConfig, cache
+from .circuits import CircuitJobConfig, CircuitJobResult, find_circuit
 from .corpus import CorpusSpec
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
@@ -34,4 +35,4 @@ __version__ = "0.1.0"
 __all__ = ["cache", "open", "CacheConfig", "ActivationStore", "CorpusSpec", "Site", "parse_sites", "load_model",
            "save_model", "ModelInfo", "StoreMeta", "patch_pairs", "PatchJobConfig", "PatchJobResult", "fit_probes",
            "ProbeConfig", "ProbeReport", "Probe", "Moments", "PromptPair", "make_pairs", "patching", "attribution", "tasks", "probes",
-           "analysis", "__version__", *_errors_all]
+           "analysis", "circuits", "find_circuit", "CircuitJobConfig", "CircuitJobResult", "__version__", *_errors_all]

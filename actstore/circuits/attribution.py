@@ -61,8 +61,9 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
 
     Args:
         model: a TransformerBridge (or HookedTransformer) of the GPT-2 family, in eval mode.
-        clean_tokens, corrupted_tokens: (batch, pos) token ids of the pairs; clean_tokens
-            may be None when ``clean_cache`` holds the clean run.
+        clean_tokens: (batch, pos) token ids of the clean prompts; may be None when
+            ``clean_cache`` holds the clean run.
+        corrupted_tokens: (batch, pos) token ids of the corrupted prompts.
         metric: logits (batch, pos, vocab) -> (batch,), differentiable; see
             :func:`~actstore.circuits.metrics.circuit_metric`. A metric with one answer per
             pair is given the logits of a chunk of pairs (``metric.for_pairs``).
@@ -186,7 +187,7 @@ class _Uniform:
                  ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         fwd, model = self.fwd, self.fwd.model
         n_heads = fwd.n_heads
-        x0 = (embed if embed is not None else fwd._embed(tokens)).to(fwd.dtype)
+        x0 = (embed if embed is not None else fwd.input_output(tokens)).to(fwd.dtype)
         live, probes = [x0], []
         resid, patched, bias = x0, patch[0], torch.zeros(fwd.d_model, device=fwd.device, dtype=fwd.dtype)
 
@@ -199,7 +200,7 @@ class _Uniform:
         for layer in range(fwd.graph.n_layers):
             block, first = model.blocks[layer], 1 + layer * (n_heads + 1)
             b, n_pos = tokens.shape
-            heads = fwd._attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[0]  # (head, b, pos, d)
+            heads = fwd.attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[0]  # (head, b, pos, d)
             live += list(heads)
             resid, patched = resid + heads.sum(0), patched + patch[first:first + n_heads].sum(0)
             bias = bias + block.attn.b_O.to(fwd.dtype)

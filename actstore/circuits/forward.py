@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..patching import self_check
 from ..patching.engine import check_model
 from ..sites import hook_name
+from .clean import run_node_outputs
 from .edge_sum import edge_sum
 from .graph import Graph
 
@@ -79,21 +80,10 @@ class GraphForward:
 
     def node_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """(n_upstream, batch, pos, d_model): every upstream node's output in the model's own
-        forward on ``tokens``, read from its hooks (input = embed + pos_embed, a head = its z
-        @ W_O, an MLP = mlp_out). No gradient."""
-        tokens = self._tokens(tokens)
-        n_layers = self.graph.n_layers
-        names = ["hook_embed", "hook_pos_embed"] + [hook_name(s, layer) for layer in range(n_layers)
-                                                    for s in ("z", "mlp_out")]
-        seen: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            self.model.run_with_hooks(tokens, fwd_hooks=[(n, _keep_as(seen, n)) for n in names])
-        outs = [seen["hook_embed"] + seen["hook_pos_embed"]]
-        for layer in range(n_layers):
-            w_o = self.model.blocks[layer].attn.W_O  # (head, d_head, d_model)
-            heads = torch.einsum("bphe,hed->hbpd", seen[hook_name("z", layer)].to(w_o.dtype), w_o)
-            outs += list(heads) + [seen[hook_name("mlp_out", layer)]]
-        return torch.stack(outs).to(self.dtype)
+        forward on ``tokens``, read from its hooks (input = the residual entering block 0, a
+        head = its z @ W_O, an MLP = mlp_out; :func:`actstore.circuits.clean.run_node_outputs`).
+        No gradient."""
+        return run_node_outputs(self.model, self._tokens(tokens)).to(self.dtype)
 
     # --- the masked forward -------------------------------------------------------------
 
@@ -152,14 +142,14 @@ class GraphForward:
             groups.append((first, live.expand(n_var, *live.shape[1:]) - patch[first:first + live.shape[1]]))
             psum = psum + patch[first:first + live.shape[1]].sum(0)
 
-        add(self._embed(tokens)[None, None])
+        add(self.input_output(tokens)[None, None])
         bias = torch.zeros(self.d_model, device=self.device, dtype=self.dtype)
         per_layer = 3 * self.n_heads + 1
         for layer in range(g.n_layers):
             block = model.blocks[layer]
             first = layer * per_layer
             qkv = self._inputs(first, first + 3 * self.n_heads, mask, groups, psum + bias)  # (V, B, P, 3H, D)
-            add(self._attention(block, qkv.unflatten(-2, (self.n_heads, 3))))
+            add(self.attention(block, qkv.unflatten(-2, (self.n_heads, 3))))
             bias = bias + block.attn.b_O.to(self.dtype)
             mlp_in = self._inputs(first + 3 * self.n_heads, first + per_layer, mask, groups, psum + bias)[..., 0, :]
             add(block.mlp(block.ln2(mlp_in.flatten(0, 1))).unflatten(0, (n_var, batch))[:, None])
@@ -182,7 +172,7 @@ class GraphForward:
                 for first, diff in groups]
         return edge_sum(mask, cols).movedim(1, -2) + base[..., None, :]
 
-    def _attention(self, block: Any, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, block: Any, x: torch.Tensor) -> torch.Tensor:
         """Each head from its own q, k and v inputs x (V, B, P, H, 3, D): its output z @ W_O
         (V, H, B, P, D)."""
         attn, dt = block.attn, self.dtype
@@ -198,7 +188,7 @@ class GraphForward:
         z = pattern @ v  # (V, B, H, P, d_head)
         return torch.einsum("vbhpe,hed->vhbpd", z, attn.W_O.to(dt))
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+    def input_output(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input node's output: the residual entering block 0 (token plus position
         embeddings), from the model's own embedding modules (the forward stops there)."""
         from ..models import _CaptureDone
@@ -267,10 +257,3 @@ class GraphForward:
                                   f"(batch, pos, d_model) = {(batch, n_pos, self.d_model)}, or with a variant axis first.")
             over[self._node[name]] = value
         return over
-
-
-def _keep_as(store: dict[str, torch.Tensor], name: str) -> Any:
-    def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        store[name] = act.detach()
-        return act
-    return fn

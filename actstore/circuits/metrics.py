@@ -121,10 +121,11 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
 
     Args:
         kind: "logit-diff", "norm-logit-diff", "kl", or a function logits -> (batch,).
-        answer, wrong: token ids, one or one per pair (logit-diff kinds).
+        answer: the answer's token id, one or one per pair (logit-diff kinds).
+        wrong: the wrong answer's token id, one or one per pair (logit-diff kinds).
         position: the position the metric reads, one or one per pair (default the last).
-        clean_logits, corrupted_logits: (batch, pos, vocab) logits of the two runs:
-            "norm-logit-diff" needs both, "kl" the clean ones.
+        clean_logits: (batch, pos, vocab) logits of the clean run ("norm-logit-diff", "kl").
+        corrupted_logits: (batch, pos, vocab) logits of the corrupted run ("norm-logit-diff").
     """
     if callable(kind) and not isinstance(kind, str):
         if isinstance(kind, CircuitMetric):

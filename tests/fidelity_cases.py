@@ -92,6 +92,22 @@ def boot(folder: str | Path, dtype: torch.dtype = torch.float32) -> Any:
     return bridge
 
 
+def hooked_transformer(bridge: Any) -> Any:
+    """TransformerLens 3.x's HookedTransformer with a GPT-2 bridge's weights, in eval mode."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    hf = bridge.original_model
+    c = hf.config
+    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
+                                  normalization_type="LN", eps=c.layer_norm_epsilon, device="cpu")
+    ht = HookedTransformer(cfg)
+    ht.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
+    ht.eval()
+    return ht
+
+
 def _ids(tok: Any, text: str) -> list[int]:
     return [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
 

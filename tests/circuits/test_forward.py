@@ -15,7 +15,7 @@ from actstore.errors import ConfigError
 from actstore.patching import self_check
 
 from ..conftest import TL4
-from ..fidelity_cases import assert_close_rel, demo_case, wide_case, wide_model
+from ..fidelity_cases import assert_close_rel, demo_case, hooked_transformer, wide_case, wide_model
 
 
 @pytest.fixture(scope="module", params=["demo_late", "demo_early", "wide_late"])
@@ -143,17 +143,7 @@ def test_the_self_check_catches_a_changed_block(case, monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("transformer_lens.HookedTransformer") is None or TL4,
                     reason="HookedTransformer: TransformerLens 3.x")
 def test_hooked_transformer(case):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    hf = case.bridge.original_model
-    c = hf.config
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
-                                  normalization_type="LN", eps=c.layer_norm_epsilon, device="cpu")
-    ht = HookedTransformer(cfg)
-    ht.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
-    ht.eval()
+    ht = hooked_transformer(case.bridge)
     f = GraphForward(ht)
     with torch.no_grad():
         got = f.run(case.corrupted, torch.zeros(1, f.graph.n_edges), f.node_outputs(case.clean))[0]

@@ -32,7 +32,7 @@ from actstore.patching.table import SWEEPS
 from actstore.errors import EngineCheckError
 
 from ..conftest import TL4
-from ..fidelity_cases import Case, assert_matches, demo_case, wide_case
+from ..fidelity_cases import Case, assert_matches, demo_case, hooked_transformer, wide_case
 
 # every sweep of the table (tests/patching/test_table.py: the table is transformer_lens.patching's list)
 SINGLE = [name for name, row in SWEEPS.items() if row.kind == "single"]
@@ -166,18 +166,8 @@ def test_resid_mid_is_the_residual_stream(cases, tmp_path_factory):
 def test_hooked_transformer_means_the_same(cases, sweep):
     """On TransformerLens 3.x: HookedTransformer, loaded with the demo model's weights,
     gives the same sweeps (its hooks are the meaning the bridge's names promise)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
-    hf = case.bridge.original_model
-    c = hf.config
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
-                                  normalization_type="LN", eps=c.layer_norm_epsilon, device="cpu")
-    ht = HookedTransformer(cfg)
-    ht.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
-    ht.eval()
+    ht = hooked_transformer(case.bridge)
     with torch.no_grad():
         _, ht_cache = ht.run_with_cache(case.clean)
         want = getattr(tlp, f"get_act_patch_{sweep}")(ht, case.corrupted, ht_cache, case.ld)

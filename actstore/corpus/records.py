@@ -11,14 +11,43 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
 
 from ..errors import CorpusError, EmptyCorpusError, MissingTextFieldError
 
-if TYPE_CHECKING:
-    from .rows import Checkpoint, CorpusSpec
+__all__ = ["BUILDERS", "Checkpoint", "documents", "open_dataset"]
 
-__all__ = ["BUILDERS", "documents", "open_dataset"]
+
+class CorpusSpec(Protocol):
+    """What reading records needs of a corpus spec (:class:`actstore.corpus.rows.CorpusSpec`)."""
+
+    source: str | tuple[str, ...]
+    split: str
+    text_field: str
+    config_name: str | None
+    revision: str | None
+    documents: tuple[str, ...] | None
+
+    @property
+    def kind(self) -> str: ...
+
+    def files(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Row ``row`` starts at stream item ``item`` of document ``doc`` (pack mode;
+    item len(doc) is the document's separator). In document mode doc == row.
+    ``part``/``record``: the data part (local file) holding document ``doc`` and
+    its record index there; -1 where unknown (then the reader seeks by ``doc``)."""
+
+    row: int = 0
+    doc: int = 0
+    item: int = 0
+    part: int = -1
+    record: int = -1
+
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 DEFAULT_SPLIT = "train"  # the one split of local files and lists

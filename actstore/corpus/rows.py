@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import CorpusError, CorpusExhaustedError
 from .fingerprint import file_sha256, hub_revision
-from .records import BUILDERS, documents
+from .records import BUILDERS, Checkpoint, documents
 from .synthetic import is_synthetic, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "DEMO_CORPUS"]
@@ -131,20 +131,6 @@ class CorpusSpec:
             if self.kind == "hub":
                 d["resolved_revision"] = hub_revision(str(self.source), self.revision)
         return d
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Row ``row`` starts at stream item ``item`` of document ``doc`` (pack mode;
-    item len(doc) is the document's separator). In document mode doc == row.
-    ``part``/``record``: the data part (local file) holding document ``doc`` and
-    its record index there; -1 where unknown (then the reader seeks by ``doc``)."""
-
-    row: int = 0
-    doc: int = 0
-    item: int = 0
-    part: int = -1
-    record: int = -1
 
 
 @dataclass

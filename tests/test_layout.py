@@ -2,8 +2,9 @@
 capture -> jobs -> cli/demo), lower layers never import higher ones, no import cycles,
 every relative import resolves, and no module is much over 400 lines.
 
-Imports are read from the source (ast), including those inside functions; imports under
-``if TYPE_CHECKING:`` (type hints only, never executed) are left out."""
+Imports are read from the source (ast), including those inside functions and those under
+``if TYPE_CHECKING:`` (type hints make a dependency too: a helper types its store by the
+Protocol in store/base.py, not by the reader that imports it)."""
 
 from __future__ import annotations
 
@@ -51,25 +52,13 @@ def _layer(module: str) -> int:
     return LAYERS[name]
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (isinstance(t, ast.Attribute)
-                                                                       and t.attr == "TYPE_CHECKING")
-
-
 def _imports(module: str) -> list[tuple[int, str]]:
     """(line, imported actstore module) for every import in the module's source."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     out = []
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "actstore"]
         elif isinstance(node, ast.ImportFrom):

@@ -17,48 +17,19 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, UnknownSiteError
-from ..sites import SHORT_SITES, _split_specs, layer_of, parse_sites
+from ..errors import ConfigError
 from .format import read_checked
+from .base import StoreLike
+from .view import resolve_sites
 
-if TYPE_CHECKING:
-    from .reader import ActivationStore
 
 __all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",
            "ActivationLoader"]
-
-
-def resolve_sites(store: "ActivationStore", spec: str | Sequence[str]) -> list[str]:
-    """Site specs (``resid_post:all``, ``resid_post:3-5``, hook names) -> the store's hook
-    names, in the store's order. ``X:all`` means every layer of X that the store holds;
-    a named layer or hook the store lacks is an error that lists what it holds."""
-    present = store.sites
-    model = store.meta.model
-    wanted: set[str] = set()
-    for s in _split_specs(spec):
-        name, _, selectors = s.partition(":")
-        if name in SHORT_SITES and selectors == "all":
-            template = SHORT_SITES[name]
-            got = [h for h in present if layer_of(h) is not None and h == template.format(L=layer_of(h))]
-            if not got:
-                raise UnknownSiteError(f"Site '{s}': the store holds no {name} hooks. It holds: {', '.join(present)}.")
-            wanted.update(got)
-            continue
-        try:
-            parsed = parse_sites(s, present, model.n_layers, model.n_heads)
-        except UnknownSiteError as e:
-            raise UnknownSiteError(f"{e} This store holds: {', '.join(present)}.") from None
-        for site in parsed:
-            if site.heads is not None:
-                raise ConfigError(f"Site '{s}' selects heads; token-level readers use every stored head of "
-                                  f"{site.hook}. Pass the hook without '.H'.")
-            wanted.add(site.hook)
-    return [h for h in present if h in wanted]
 
 
 @dataclass(frozen=True)
@@ -75,7 +46,7 @@ class TokenSite:
         return int(np.prod(self.feature_shape))
 
 
-def token_sites(store: "ActivationStore", hooks: Sequence[str]) -> list[TokenSite]:
+def token_sites(store: "StoreLike", hooks: Sequence[str]) -> list[TokenSite]:
     """The token-level description of ``hooks``; attention patterns (two position
     axes) are refused."""
     out = []
@@ -89,7 +60,7 @@ def token_sites(store: "ActivationStore", hooks: Sequence[str]) -> list[TokenSit
     return out
 
 
-def keep_positions(store: "ActivationStore", rows: slice, skip_bos: bool = True, skip_padding: bool = True
+def keep_positions(store: "StoreLike", rows: slice, skip_bos: bool = True, skip_padding: bool = True
                    ) -> np.ndarray:
     """bool (row, pos): positions to use. Every row starts with BOS at pos 0; padding
     is where ``store.mask()`` is False (per-document stores)."""
@@ -102,7 +73,7 @@ def keep_positions(store: "ActivationStore", rows: slice, skip_bos: bool = True,
     return keep
 
 
-def row_units(store: "ActivationStore", rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
+def row_units(store: "StoreLike", rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
     """``rows`` cut into read units on inner-chunk boundaries (default: one inner chunk)."""
     a, b, _ = rows.indices(store.n_rows)
     rpc = store.layout.rows_per_chunk
@@ -119,7 +90,7 @@ class ChunkReader:
     """Reads row units in a given order with a pool of threads, ``prefetch`` units
     ahead, and hands them back in that order: (unit, {hook: array (row, pos, ...)})."""
 
-    def __init__(self, store: "ActivationStore", hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
+    def __init__(self, store: "StoreLike", hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
                  transform: Callable[[slice, dict[str, np.ndarray]], Any] | None = None):
         if num_workers < 1:
             raise ConfigError(f"num_workers must be at least 1; got {num_workers}.")
@@ -163,7 +134,7 @@ class ActivationLoader:
     "row": (batch,), "pos": (batch,)}. Iterate it once per epoch; ``set_epoch``
     (or ``epoch=``) changes the order, deterministically."""
 
-    def __init__(self, store: "ActivationStore", sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
+    def __init__(self, store: "StoreLike", sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
                  seed: int = 0, *, epoch: int = 0, skip_bos: bool = True, skip_padding: bool = True,
                  rows: slice = slice(None), buffer_tokens: int | None = None, num_workers: int = 4,
                  prefetch: int | None = None, drop_last: bool = False, dtype: torch.dtype | None = None,

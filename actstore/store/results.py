@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -26,9 +26,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from ..errors import ConfigError, NotWritableError, ResultExistsError, StoreExistsError
 from .format import walk_arrays
 from .nodes import check_groups
+from .base import StoreLike
 
-if TYPE_CHECKING:
-    from .reader import ActivationStore
 
 __all__ = ["ResultWriter", "write_result", "check_writable"]
 
@@ -89,7 +88,7 @@ class ResultWriter:
 
     def __init__(self, path: str, prefix: str, replace: bool = False, what: str | None = None,
                  fix: str = "pass overwrite=True (--overwrite) to replace it, or write it elsewhere",
-                 store: "ActivationStore | None" = None, unwritable_fix: str = _UNWRITABLE_FIX):
+                 store: "StoreLike | None" = None, unwritable_fix: str = _UNWRITABLE_FIX):
         self.path, self.prefix, self.replace, self.store = path, prefix.strip("/"), replace, store
         self.written: list[str] = []
         existing = self.existing()
@@ -100,7 +99,7 @@ class ResultWriter:
         check_writable(f"{path.rstrip('/')}/{self.prefix}", what, unwritable_fix)
 
     @classmethod
-    def for_store(cls, store: "ActivationStore", name: str, replace: bool = False, **kw: Any) -> "ResultWriter":
+    def for_store(cls, store: "StoreLike", name: str, replace: bool = False, **kw: Any) -> "ResultWriter":
         """A writer of results/<name> of ``store`` (which sees each array as it is written)."""
         return cls(store.path, f"results/{name}", replace, store=store, **kw)
 
@@ -161,7 +160,7 @@ class ResultWriter:
             self.store.group = zarr.open_group(self.path, mode="r")
 
 
-def write_result(store: "ActivationStore", name: str, data: Any, dims: Sequence[str],
+def write_result(store: "StoreLike", name: str, data: Any, dims: Sequence[str],
                  attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> zarr.Array:
     """One array at results/<name> of ``store``; an existing one is replaced only with overwrite=True."""
     return ResultWriter.for_store(store, name, overwrite, fix="pass overwrite=True to replace it").write("", data, dims, attrs)

@@ -13,22 +13,49 @@ the raw zarr array, for those who want it unchecked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
 
-from ..errors import ActStoreError, UnknownSiteError
-from ..sites import hook_name
+from ..errors import ActStoreError, ConfigError, UnknownSiteError
+from ..sites import SHORT_SITES, _split_specs, hook_name, layer_of, parse_sites
 from .format import INDEX_ARRAYS, read_checked
+from .base import StoreLike
 
-if TYPE_CHECKING:
-    from .reader import ActivationStore
 
 __all__ = ["ArrayView", "array_name"]
 
 
-def _no_such(store: "ActivationStore", key: Any, why: str = "") -> UnknownSiteError:
+def resolve_sites(store: "StoreLike", spec: str | Sequence[str]) -> list[str]:
+    """Site specs (``resid_post:all``, ``resid_post:3-5``, hook names) -> the store's hook
+    names, in the store's order. ``X:all`` means every layer of X that the store holds;
+    a named layer or hook the store lacks is an error that lists what it holds."""
+    present = store.sites
+    model = store.meta.model
+    wanted: set[str] = set()
+    for s in _split_specs(spec):
+        name, _, selectors = s.partition(":")
+        if name in SHORT_SITES and selectors == "all":
+            template = SHORT_SITES[name]
+            got = [h for h in present if layer_of(h) is not None and h == template.format(L=layer_of(h))]
+            if not got:
+                raise UnknownSiteError(f"Site '{s}': the store holds no {name} hooks. It holds: {', '.join(present)}.")
+            wanted.update(got)
+            continue
+        try:
+            parsed = parse_sites(s, present, model.n_layers, model.n_heads)
+        except UnknownSiteError as e:
+            raise UnknownSiteError(f"{e} This store holds: {', '.join(present)}.") from None
+        for site in parsed:
+            if site.heads is not None:
+                raise ConfigError(f"Site '{s}' selects heads; token-level readers use every stored head of "
+                                  f"{site.hook}. Pass the hook without '.H'.")
+            wanted.add(site.hook)
+    return [h for h in present if h in wanted]
+
+
+def _no_such(store: "StoreLike", key: Any, why: str = "") -> UnknownSiteError:
     index = [n for n in INDEX_ARRAYS if n in store.expected]
     return UnknownSiteError(
         f"Store '{store.path}' holds no array {key!r}{why}. It holds the sites {', '.join(store.sites)} and the "
@@ -36,7 +63,7 @@ def _no_such(store: "ActivationStore", key: Any, why: str = "") -> UnknownSiteEr
         "TransformerLens-style key such as store['resid_post', 5], or an index array name.")
 
 
-def array_name(store: "ActivationStore", key: Any) -> str:
+def array_name(store: "StoreLike", key: Any) -> str:
     """The group path of the array ``key`` names: 'acts/<hook>' or an index array."""
     if isinstance(key, tuple) and 1 <= len(key) <= 2 and isinstance(key[0], str):
         try:
@@ -50,7 +77,6 @@ def array_name(store: "ActivationStore", key: Any) -> str:
     elif isinstance(key, str) and key in store.sites:
         hook = key
     elif isinstance(key, str):
-        from .loader import resolve_sites
 
         try:
             hooks = resolve_sites(store, key)
@@ -71,7 +97,7 @@ def array_name(store: "ActivationStore", key: Any) -> str:
 class ArrayView:
     """A lazy view of one array of a store; indexing reads checked rows (see module doc)."""
 
-    def __init__(self, store: "ActivationStore", name: str):
+    def __init__(self, store: "StoreLike", name: str):
         self.store = store
         self.name = name  # 'acts/<hook>' or 'tokens', 'doc', 'doc_pos', 'mask'
 

@@ -21,8 +21,9 @@ def render() -> None:
     p = state.prompt_store(m, state.prompt())
     left, right = st.columns([1, 3])
     k = int(left.number_input("Top k", min_value=1, max_value=50, value=5, key="lens-k"))
+    d = default_prompt(m.info.name)  # its answer is the default target of the default prompt
     target = right.text_input("Target token (one token, with its leading space; empty: the next token)",
-                              value=default_prompt(m.info.name).answer, key="lens-target")
+                              value=d.answer if p.text == d.text else "", key="lens-target")
     lens = prompt_logit_lens(m, p, k=k, target=target or None)
     tok = m.tokenizer
     pos_labels, sites = token_labels(tok, p.tokens), site_labels(lens.hooks)

@@ -163,3 +163,20 @@ def test_bad_input_is_shown_on_the_page(open_app):
     at = open_app("dla", model="no-such-model-folder")
     assert not at.exception and at.error and "no-such-model-folder" in at.error[0].value
 
+
+
+def test_prompt_pages_run_on_another_gpt2_model(open_app, tiny_model):
+    """A GPT-2-tokenizer model from a folder (3 layers, 4 heads): every prompt page draws
+    its figures at that model's shapes, with the classic IOI prompt as the default."""
+    tokens = open_app("tokens", model=tiny_model)
+    assert not tokens.exception and not tokens.error
+    n_pos = len(tokens.dataframe[0].value)
+    assert tokens.dataframe[0].value["token"].tolist()[-2:] == [" drink", " to"]
+    shapes = {"logit_lens": (4, n_pos), "attention": (n_pos, n_pos), "dla": (3, 5)}
+    for page, shape in shapes.items():
+        at = open_app(page, model=tiny_model)
+        assert not at.exception and not at.error, page
+        assert array(charts(at)[0]["data"][0]["z"]).shape == shape, page
+    at = open_app("induction", model=tiny_model, **{"ind-half": 5, "ind-rows": 2})
+    assert not at.exception and not at.error
+    assert array(charts(at)[0]["data"][0]["z"]).shape == (3, 4)

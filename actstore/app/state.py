@@ -26,7 +26,6 @@ __all__ = ["MODEL_ENV", "STORES_ENV", "configured_model", "configured_stores", "
            "current_store", "prompt", "prompt_store", "model_and_prompt", "repeated", "guarded", "load", "open_cached"]
 
 
-
 def configured_model() -> str:
     return os.environ.get(MODEL_ENV) or DEMO_MODEL
 

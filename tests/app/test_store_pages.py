@@ -1,0 +1,191 @@
+"""The store pages: their plain functions (actstore.app.store_data) equal direct reads of
+the store, read lazily (a bounded number of chunks, counted on the store's reads), and
+each page runs in Streamlit's AppTest on a store with results."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore
+
+import actstore
+from actstore.app import store_data as sd
+from actstore.cli.main import info_text
+from actstore.errors import ConfigError, RowIndexError, StoreNotFoundError
+
+from ..conftest import DOCS
+
+N_PAIRS = 4
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from actstore.models import load_model
+
+    return load_model("actstore-demo", "float32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory, demo):
+    """The trained demo model on its corpus (a spread of norms across layers), with a
+    patching sweep, a probe and a logit lens under results/."""
+    from actstore.analysis import logit_lens
+    from actstore.patching.job import PatchJobConfig, patch_pairs
+
+    path = str(tmp_path_factory.mktemp("app") / "demo.zarr")
+    store = actstore.cache(out=path, model=demo.bridge, dataset="actstore-demo", seq_len=24, n_rows=16, batch_size=8,
+                           rows_per_chunk=4, rows_per_shard=8, sites="resid_pre:0,resid_post:all,z:1,pattern:1",
+                           progress=False)
+    patch_pairs(PatchJobConfig(model=demo.bridge, task="ioi", n_pairs=N_PAIRS, sweep="resid_pre", out=path,
+                               progress=False))
+    actstore.probes.fit_probes(store, sites="resid_post:all", target=store.doc_pos().astype(np.float32), name="dp")
+    logit_lens(store, demo, [0, 1], k=3, progress=False).save(store)
+    return actstore.open(path)
+
+
+@pytest.fixture(scope="module")
+def circuit_group(tmp_path_factory, demo):
+    from actstore.circuits.config import CircuitJobConfig
+    from actstore.circuits.job import find_circuit
+
+    out = str(tmp_path_factory.mktemp("app") / "ioi.circuit.zarr")
+    find_circuit(CircuitJobConfig(model=demo.bridge, task="ioi", n_pairs=2, method="eap", out=out, top=10,
+                                  progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def many_rows(tmp_path_factory, tiny_model):
+    """64 rows in 32 chunks of 2 rows (16 shards): a page that read whole arrays would read them all."""
+    path = str(tmp_path_factory.mktemp("app") / "many.zarr")
+    store = actstore.cache(out=path, model=tiny_model, dataset=DOCS, seq_len=8, n_rows=64, batch_size=8,
+                           rows_per_chunk=2, rows_per_shard=4, sites="resid_post:all,z:1,pattern:1", progress=False)
+    store.save_result("mine/big", np.arange(4000 * 300, dtype=np.float32).reshape(4000, 300), ("a", "b"))
+    return path
+
+
+@contextlib.contextmanager
+def counted_reads() -> Iterator[Counter]:
+    """Every read of a local store's objects while inside, as (key, byte range) -> count."""
+    reads: Counter = Counter()
+    original = LocalStore.get
+
+    async def get(self, key, prototype=None, byte_range=None):
+        reads[(key, str(byte_range))] += 1
+        return await original(self, key, prototype, byte_range)
+
+    LocalStore.get = get
+    try:
+        yield reads
+    finally:
+        LocalStore.get = original
+
+
+def data_keys(reads: Counter, prefix: str) -> set[str]:
+    """The data objects (not zarr.json) under ``prefix`` that were read."""
+    return {k for k, _ in reads if k.startswith(prefix) and not k.endswith("zarr.json")}
+
+
+# --- the plain functions equal direct reads ----------------------------------------------------
+def test_info_is_actstore_info(demo_store):
+    assert sd.info_text is info_text  # the CLI's own function, not a copy
+    assert sd.info_json(demo_store)["rows_done"] == 16 and sd.info_json(demo_store)["model"] == demo_store.metadata["model"]
+
+
+def test_site_stats_equal_direct_reads(demo_store):
+    got = {s.hook: s for s in sd.site_stats(demo_store)}
+    assert set(got) == {h for h in demo_store.sites if "pattern" not in h}  # patterns have no stats
+    rms = []
+    for hook, s in got.items():
+        x = demo_store.acts(hook).astype(np.float64)  # (row, pos, ...) every token
+        x = x.reshape(-1, int(np.prod(x.shape[2:])))
+        ref_rms = np.sqrt((x**2).sum(-1).mean())
+        ref_var = x.var(axis=0).sum()
+        ref_mean = np.linalg.norm(x.mean(0))
+        assert s.count == len(x)
+        np.testing.assert_allclose([s.rms_norm, s.total_var, s.mean_norm], [ref_rms, ref_var, ref_mean], rtol=1e-9)
+        rms.append(ref_rms)
+        var, dims = sd.feature_variance(demo_store, hook)
+        assert dims == tuple(d for d in demo_store.meta.site(hook).dims[1:] if d != "pos")
+        np.testing.assert_allclose(var.ravel(), x.var(axis=0), rtol=1e-9, atol=1e-12 * x.var(axis=0).max())
+    assert max(rms) > 2 * min(rms)  # the references spread: norms grow through the layers
+    layers = [s.layer for s in got.values() if s.kind == "resid_post"]
+    assert layers == [0, 1, 2, 3]
+
+
+def test_row_view_equals_direct_reads(demo_store):
+    hook = "blocks.1.attn.hook_z"
+    v = sd.row_view(demo_store, 11, hook)
+    x = demo_store.acts(hook)[11].astype(np.float64)  # (pos, head, d_head)
+    ref = np.sqrt((x**2).sum(axis=(1, 2)))
+    np.testing.assert_allclose(v.norms, ref, rtol=1e-12)
+    assert ref.std() > 0.1 * ref.mean()
+    assert np.array_equal(v.tokens, demo_store.tokens()[11]) and v.str_tokens == demo_store.str_tokens(11)
+    assert np.array_equal(v.doc, demo_store.doc()[11]) and np.array_equal(v.doc_pos, demo_store.doc_pos()[11])
+    assert v.table()["norm"] == ref.tolist() and len(v.table()["token"]) == 24
+    assert sd.token_sites(demo_store) == [h for h in demo_store.sites if "pattern" not in h]
+    with pytest.raises(ConfigError, match="no position axis"):
+        sd.row_view(demo_store, 0, "blocks.1.attn.hook_pattern")
+    with pytest.raises(RowIndexError, match="rows 0..15"):
+        sd.row_view(demo_store, 16, hook)
+
+
+def test_results_of_a_store_with_their_dims_and_labels(demo_store):
+    src = sd.open_results(demo_store.path)
+    assert src.names == demo_store.results()
+    assert {n.split("/")[0] for n in src.names} == {"analysis", "patching", "probes"}
+    info = src.describe("patching/resid_pre/logit_diff")
+    assert info.dims == ("pair", "layer", "pos") and info.shape[0] == N_PAIRS and info.numeric
+    full = np.asarray(demo_store.load_result("patching/resid_pre/logit_diff")[...])
+    got = sd.result_slice(src.array(info.name), ("pos", "layer"), at={"pair": 2})
+    np.testing.assert_array_equal(got, full[2].T)
+    got = sd.result_slice(src.array(info.name), ("pair",), at={"layer": 1, "pos": 5}, window={"pair": (1, 3)})
+    np.testing.assert_array_equal(got, full[1:3, 1, 5])
+    lens = "analysis/logit_lens/target_prob"
+    assert sd.axis_labels(src, lens, "site") == demo_store.load_result(lens).attrs["sites"]
+    assert sd.axis_labels(src, lens, "pos") is None
+    with pytest.raises(ConfigError, match="one or two different dims"):
+        sd.result_slice(src.array(info.name), ("pair", "pair"))
+    with pytest.raises(ConfigError, match="outside"):
+        sd.result_slice(src.array(info.name), ("pos",), at={"pair": N_PAIRS})
+
+
+def test_results_of_a_circuit_group(circuit_group):
+    src = sd.open_results(circuit_group)
+    assert src.store is None and "circuit/eap/scores" in src.names
+    g = zarr.open_group(circuit_group, mode="r")
+    labels = sd.axis_labels(src, "circuit/eap/scores", "edge")
+    assert labels == list(np.asarray(g["circuit/eap/edge"][...])) and len(labels) > 100
+    np.testing.assert_array_equal(sd.result_slice(src.array("circuit/eap/scores"), ("edge",)), g["circuit/eap/scores"][...])
+    assert not src.describe("circuit/eap/edge").numeric
+    with pytest.raises(StoreNotFoundError, match="No store or results group"):
+        sd.open_results(circuit_group + "-missing")
+
+
+# --- lazily: a bounded number of chunks ---------------------------------------------------------
+def test_each_function_reads_a_bounded_number_of_chunks(many_rows):
+    with counted_reads() as reads:
+        store = actstore.open(many_rows)
+        info_text(store)
+    assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")  # metadata and the manifest only
+    assert len(data_keys(reads, "done/")) <= 16
+    with counted_reads() as reads:
+        sd.site_stats(store)
+    assert not data_keys(reads, "acts/") and data_keys(reads, "stats/")  # the merged stats, not the activations
+    with counted_reads() as reads:
+        v = sd.row_view(store, 37, "blocks.1.attn.hook_z")
+    acts = data_keys(reads, "acts/")
+    assert acts == {"acts/blocks.1.attn.hook_z/c/9/0/0/0"}  # shard 9 holds row 37
+    assert sum(n for (k, _), n in reads.items() if k in acts) <= 3  # its index and one 2-row chunk
+    assert v.norms.shape == (8,)
+    with counted_reads() as reads:
+        src = sd.open_results(store)
+        big = src.array("mine/big")
+        got = sd.result_slice(big, ("a",), at={"b": 150}, window={"a": (1000, 1100)})
+    np.testing.assert_array_equal(got, np.arange(1000, 1100) * 300 + 150)
+    assert len(data_keys(reads, "results/")) == 1 < np.prod(big.cdata_shape)

@@ -26,7 +26,7 @@ from ..sites import Site
 from ..store import ActivationStore
 from ..store.format import walk_arrays
 
-__all__ = ["info_text", "info_json", "SiteStats", "site_stats", "feature_variance", "token_sites", "RowView",
+__all__ = ["info_text", "info_json", "sites_table", "SiteStats", "site_stats", "feature_variance", "token_sites", "RowView",
            "row_view", "ResultsSource", "ResultArray", "open_results", "axis_labels", "result_slice", "MAX_CELLS"]
 
 MAX_CELLS = {1: 4096, 2: 256 * 256}  # the most values one figure reads and draws, by its number of axes
@@ -35,6 +35,14 @@ MAX_CELLS = {1: 4096, 2: 256 * 256}  # the most values one figure reads and draw
 def info_json(store: ActivationStore) -> dict[str, Any]:
     """What ``actstore info --json`` prints: the store's metadata and its rows done."""
     return {**store.metadata, "rows_done": store.rows_done}
+
+
+def sites_table(store: ActivationStore) -> list[dict[str, Any]]:
+    """One entry per site: its hook, layer, kept heads, dims, shape and uncompressed size."""
+    item = np.dtype(store.meta.storage_dtype).itemsize
+    return [{"hook": s.hook, "layer": s.layer, "heads": None if s.heads is None else list(s.heads),
+             "dims": ", ".join(s.dims), "shape": ", ".join(map(str, s.shape)),
+             "MB": round(int(np.prod(s.shape)) * item / 1e6, 3)} for s in store.meta.sites]
 
 
 # --- per-site statistics ---------------------------------------------------------------

@@ -189,3 +189,117 @@ def test_each_function_reads_a_bounded_number_of_chunks(many_rows):
         got = sd.result_slice(big, ("a",), at={"b": 150}, window={"a": (1000, 1100)})
     np.testing.assert_array_equal(got, np.arange(1000, 1100) * 300 + 150)
     assert len(data_keys(reads, "results/")) == 1 < np.prod(big.cdata_shape)
+
+
+# --- the pages, in AppTest ----------------------------------------------------------------------
+def figures(at) -> list[dict]:
+    """The plotly figures the page drew, as JSON (arrays decoded)."""
+    import base64
+    import json
+
+    def decode(v):
+        if isinstance(v, dict) and "bdata" in v:
+            a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+            return a.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else a
+        if isinstance(v, dict):
+            return {k: decode(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [decode(x) for x in v]
+        return v
+
+    return [decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
+
+
+def ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def test_store_info_page(open_app, demo_store):
+    at = ok(open_app("store_info", stores=(demo_store.path,)))
+    assert at.code[0].value == info_text(demo_store)
+    assert list(at.dataframe[0].value["hook"]) == demo_store.sites
+    assert "16 of 16 rows done" in at.get("progress")[0].proto.text
+
+
+def test_store_stats_page(open_app, demo_store):
+    at = ok(open_app("store_stats", stores=(demo_store.path,)))
+    stats = sd.site_stats(demo_store)
+    by_kind = {t["name"]: t for t in figures(at)[0]["data"]}
+    assert set(by_kind) == {"resid_pre", "resid_post", "z"}
+    np.testing.assert_allclose(by_kind["resid_post"]["y"], [s.rms_norm for s in stats if s.kind == "resid_post"])
+    ok(at.selectbox(key="stats-measure").set_value("total_var").run())
+    by_kind = {t["name"]: t for t in figures(at)[0]["data"]}
+    np.testing.assert_allclose(by_kind["resid_post"]["y"], [s.total_var for s in stats if s.kind == "resid_post"])
+    ok(at.selectbox(key="stats-site").set_value("blocks.1.attn.hook_z").run())
+    z = np.asarray(figures(at)[1]["data"][0]["z"], dtype=np.float64)  # (head, d_head)
+    np.testing.assert_allclose(z, sd.feature_variance(demo_store, "blocks.1.attn.hook_z")[0], rtol=1e-12)
+
+
+def test_store_rows_page(open_app, demo_store):
+    at = ok(open_app("store_rows", stores=(demo_store.path,)))
+    at.number_input(key="rows-row").set_value(11)
+    ok(at.selectbox(key="rows-site").set_value("blocks.1.attn.hook_z").run())
+    bar = figures(at)[0]["data"][0]
+    v = sd.row_view(demo_store, 11, "blocks.1.attn.hook_z")
+    np.testing.assert_allclose(bar["y"], v.norms, rtol=1e-12)
+    assert [c[0] for c in bar["customdata"]] == v.str_tokens
+    assert list(at.dataframe[0].value["doc_pos"]) == v.doc_pos.tolist()
+
+
+def test_store_results_page(open_app, demo_store, circuit_group):
+    at = ok(open_app("store_results", stores=(demo_store.path,)))
+    ok(at.selectbox(key="results-result").set_value("patching/resid_pre").run())
+    name = "patching/resid_pre/logit_diff"
+    assert at.multiselect(key=f"results-axes-{name}").value == ["layer", "pos"]
+    ok(at.slider(key=f"results-at-{name}-pair").set_value(2).run())
+    heat = figures(at)[0]["data"][0]
+    full = np.asarray(demo_store.load_result(name)[...])
+    np.testing.assert_array_equal(np.asarray(heat["z"], dtype=np.float32), full[2])
+    assert np.ptp(full[2]) > 0.1 * np.abs(full[2]).max()
+    ok(at.selectbox(key="results-result").set_value("analysis/logit_lens").run())
+    heat = figures(at)[0]["data"][0]  # target_prob (row, site, pos): site by pos, the sites named
+    assert heat["y"] == [f"{i}: {h}" for i, h in enumerate(demo_store.load_result(name.replace(
+        "patching/resid_pre/logit_diff", "analysis/logit_lens/target_prob")).attrs["sites"])]
+
+    ok(at.text_input(key="results-group").set_value(circuit_group).run())
+    ok(at.selectbox(key="results-result").set_value("circuit/eap").run())
+    arrays = at.selectbox(key="results-array-circuit/eap")
+    ok(arrays.set_value(arrays.options.index(next(o for o in arrays.options if o.startswith("scores")))).run())
+    line = figures(at)[0]["data"][0]
+    g = zarr.open_group(circuit_group, mode="r")
+    np.testing.assert_array_equal(np.asarray(line["y"], dtype=np.float32), g["circuit/eap/scores"][...])
+    assert line["x"] == [f"{i}: {e}" for i, e in enumerate(np.asarray(g["circuit/eap/edge"][...]))]
+
+    at.text_input(key="results-group").set_value(circuit_group + "-missing").run()
+    assert not at.exception and "No store or results group" in at.error[0].value
+
+
+def test_a_missing_store_is_an_error_on_the_page(open_app, tmp_path):
+    at = open_app("store_info", stores=(str(tmp_path / "nowhere.zarr"),))
+    assert not at.exception and "No store at" in at.error[0].value
+
+
+def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
+    at = ok(open_app("store_rows", stores=(many_rows,)))
+    with counted_reads() as reads:
+        ok(at.number_input(key="rows-row").set_value(37).run())
+    assert data_keys(reads, "acts/") == {"acts/blocks.0.hook_resid_post/c/9/0/0"}  # the row's shard, one chunk of it
+    with counted_reads() as reads:
+        ok(goto_page(at, "store_stats"))
+        ok(goto_page(at, "store_info"))
+    assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")
+    with counted_reads() as reads:
+        ok(goto_page(at, "store_results"))
+        heat = figures(at)[0]["data"][0]
+    assert np.asarray(heat["z"]).shape == (256, 256)
+    big = zarr.open_group(many_rows, mode="r")["results/mine/big"]
+    touched = int(np.prod([-(-256 // c) for c in big.chunks]))  # the chunks holding the 256 x 256 drawn
+    assert len(data_keys(reads, "results/mine/big")) == touched < np.prod(big.cdata_shape)
+
+
+def goto_page(at, page):
+    from .conftest import goto
+
+    return goto(at, page)

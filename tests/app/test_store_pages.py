@@ -303,3 +303,35 @@ def goto_page(at, page):
     from .conftest import goto
 
     return goto(at, page)
+
+
+
+@pytest.fixture
+def s3_store(monkeypatch, many_rows):
+    """``many_rows`` copied to moto's S3-compatible server on loopback, as an s3:// URL."""
+    server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    srv = server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    env = dict(AWS_ACCESS_KEY_ID="app-test-key", AWS_SECRET_ACCESS_KEY="app-test-secret", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=env["AWS_ENDPOINT_URL"])
+    fs.mkdir("app")
+    fs.put(many_rows, "app/many.zarr", recursive=True)
+    yield "s3://app/many.zarr"
+    srv.stop()
+
+
+def test_a_store_on_object_storage_reads_the_same(open_app, s3_store, many_rows):
+    local = actstore.open(many_rows)
+    at = open_app("store_rows")
+    at.session_state["stores"] = s3_store  # typed in the sidebar
+    ok(at.run())
+    ok(at.number_input(key="rows-row").set_value(37).run())
+    np.testing.assert_array_equal(figures(at)[0]["data"][0]["y"], sd.row_view(local, 37, local.sites[0]).norms)
+    assert at.dataframe[0].value["token_id"].tolist() == local.tokens(37).tolist()
+    ok(goto_page(at, "store_info"))
+    assert at.code[0].value == info_text(actstore.open(s3_store)) and s3_store in at.code[0].value

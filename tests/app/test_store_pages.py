@@ -335,3 +335,22 @@ def test_a_store_on_object_storage_reads_the_same(open_app, s3_store, many_rows)
     assert at.dataframe[0].value["token_id"].tolist() == local.tokens(37).tolist()
     ok(goto_page(at, "store_info"))
     assert at.code[0].value == info_text(actstore.open(s3_store)) and s3_store in at.code[0].value
+
+
+def test_an_unfinished_store(open_app, many_rows, tmp_path):
+    """Shards 8..15 not done: statistics over the done rows, rows not done an error on the page."""
+    import shutil
+
+    path = str(tmp_path / "unfinished.zarr")
+    shutil.copytree(many_rows, path)
+    zarr.open_group(path, mode="r+")["done"][8:] = False
+    store = actstore.open(path)
+    x = store.acts("blocks.2.hook_resid_post", slice(0, 32)).astype(np.float64).reshape(-1, 64)
+    s = {s.hook: s for s in sd.site_stats(store)}["blocks.2.hook_resid_post"]
+    assert s.count == len(x) == 32 * 8
+    np.testing.assert_allclose([s.rms_norm, s.total_var], [np.sqrt((x**2).sum(-1).mean()), x.var(0).sum()], rtol=1e-9)
+    at = ok(open_app("store_info", stores=(path,)))
+    assert "32 of 64 rows done (incomplete)" in at.get("progress")[0].proto.text
+    ok(goto_page(at, "store_rows"))
+    at.number_input(key="rows-row").set_value(37).run()
+    assert not at.exception and "not yet written" in at.error[0].value

@@ -26,7 +26,7 @@ def render() -> None:
     if app_model and app_model != store.meta.model.name:
         st.caption(f"This store was made with {store.meta.model.name}; the app's model is {app_model}. The store "
                    "pages read the store alone and do not run the model.")
-    st.code(info_text(store), language=None)
+    st.code(info_text(store), language=None, wrap_lines=True)
     st.subheader("Sites")
     table = pd.DataFrame(sites_table(store))
     st.dataframe(table, hide_index=True, key="store-info-sites")

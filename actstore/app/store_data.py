@@ -14,7 +14,7 @@ row asked for, and the part of a result shown; never a whole activation array, s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,6 +22,7 @@ import zarr
 
 from ..cli.main import info_text
 from ..errors import ConfigError, RowIndexError, StoreNotFoundError, UnknownSiteError
+from ..resources import tokenizer_for
 from ..sites import Site
 from ..store import ActivationStore
 from ..store.format import walk_arrays
@@ -190,14 +191,18 @@ def open_results(path: str | ActivationStore) -> ResultsSource:
 
 def axis_labels(src: ResultsSource, name: str, dim: str) -> list[str] | None:
     """Labels of dimension ``dim`` of result ``name``, where the result names them: an
-    attribute listing them (``sites`` for the dim ``site``), or a 1-D sibling array over
-    that dim named after it (``edge``, ``classes``, ``sizes``); None otherwise."""
+    attribute listing them (``sites`` for the dim ``site``), a 1-D sibling array over
+    that dim named after it (``edge``, ``classes``, ``sizes``), or for ``pos`` the first
+    pair's tokens (a sibling ``clean_tokens``, decoded with the result's model's
+    tokenizer); None otherwise."""
     info = src.describe(name)
     n = info.shape[info.dims.index(dim)]
     listed = info.attrs.get(f"{dim}s")
     if isinstance(listed, list) and len(listed) == n:
         return [str(v) for v in listed]
     parent = name.rsplit("/", 1)[0] if "/" in name else ""
+    if dim == "pos" and f"{parent}/clean_tokens" in src.names:  # a patching sweep's or a circuit's pairs
+        return _pair_tokens(src, f"{parent}/clean_tokens", n)
     for sib in (dim, f"{dim}s", f"{dim}es"):
         sib_name = f"{parent}/{sib}" if parent else sib
         if sib_name == name or sib_name not in src.names:
@@ -206,6 +211,21 @@ def axis_labels(src: ResultsSource, name: str, dim: str) -> list[str] | None:
         if s.dims == (dim,) and s.shape == (n,) and n <= MAX_CELLS[1]:
             return [str(v) for v in np.asarray(src.array(sib_name)[...]).tolist()]
     return None
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(model_name: str) -> Any:
+    return tokenizer_for(model_name)
+
+
+def _pair_tokens(src: ResultsSource, name: str, n: int) -> list[str] | None:
+    """The first pair's clean tokens, as the job's own heatmaps label positions."""
+    info = src.describe(name)
+    if info.dims != ("pair", "pos") or info.shape[1] != n or not info.shape[0]:
+        return None
+    model = info.attrs.get("model")
+    tok = _tokenizer(model.get("name", "") if isinstance(model, dict) else "")
+    return [tok.decode([int(t)]) for t in np.asarray(src.array(name)[0])]
 
 
 def result_slice(arr: zarr.Array, axes: Sequence[str], at: Mapping[str, int] | None = None,

@@ -135,7 +135,7 @@ def test_row_view_equals_direct_reads(demo_store):
         sd.row_view(demo_store, 16, hook)
 
 
-def test_results_of_a_store_with_their_dims_and_labels(demo_store):
+def test_results_of_a_store_with_their_dims_and_labels(demo_store, demo):
     src = sd.open_results(demo_store.path)
     assert src.names == demo_store.results()
     assert {n.split("/")[0] for n in src.names} == {"analysis", "patching", "probes"}
@@ -149,6 +149,8 @@ def test_results_of_a_store_with_their_dims_and_labels(demo_store):
     lens = "analysis/logit_lens/target_prob"
     assert sd.axis_labels(src, lens, "site") == demo_store.load_result(lens).attrs["sites"]
     assert sd.axis_labels(src, lens, "pos") is None
+    clean = np.asarray(demo_store.load_result("patching/resid_pre/clean_tokens")[0])  # the first pair labels positions
+    assert sd.axis_labels(src, info.name, "pos") == [demo.tokenizer.decode([int(t)]) for t in clean]
     with pytest.raises(ConfigError, match="one or two different dims"):
         sd.result_slice(src.array(info.name), ("pair", "pair"))
     with pytest.raises(ConfigError, match="outside"):
@@ -257,6 +259,7 @@ def test_store_results_page(open_app, demo_store, circuit_group):
     heat = figures(at)[0]["data"][0]
     full = np.asarray(demo_store.load_result(name)[...])
     np.testing.assert_array_equal(np.asarray(heat["z"], dtype=np.float32), full[2])
+    assert heat["x"] == [f"{i}: {t}" for i, t in enumerate(sd.axis_labels(sd.open_results(demo_store), name, "pos"))]
     assert np.ptp(full[2]) > 0.1 * np.abs(full[2]).max()
     ok(at.selectbox(key="results-result").set_value("analysis/logit_lens").run())
     heat = figures(at)[0]["data"][0]  # target_prob (row, site, pos): site by pos, the sites named

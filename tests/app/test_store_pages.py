@@ -241,7 +241,7 @@ def test_store_stats_page(open_app, demo_store):
 
 def test_store_rows_page(open_app, demo_store):
     at = ok(open_app("store_rows", stores=(demo_store.path,)))
-    at.number_input(key="rows-row").set_value(11)
+    at.number_input(key=f"rows-row-{demo_store.path}").set_value(11)
     ok(at.selectbox(key="rows-site").set_value("blocks.1.attn.hook_z").run())
     bar = figures(at)[0]["data"][0]
     v = sd.row_view(demo_store, 11, "blocks.1.attn.hook_z")
@@ -250,12 +250,22 @@ def test_store_rows_page(open_app, demo_store):
     assert list(at.dataframe[0].value["doc_pos"]) == v.doc_pos.tolist()
 
 
+def test_switching_stores_keeps_each_ones_row(open_app, demo_store, many_rows):
+    at = ok(open_app("store_rows", stores=(many_rows, demo_store.path)))
+    ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())  # past the demo store's 16 rows
+    ok(at.selectbox(key="store").set_value(demo_store.path).run())
+    assert at.number_input(key=f"rows-row-{demo_store.path}").value == 0
+    ok(goto_page(at, "store_results"))
+    ok(at.selectbox(key="store").set_value(many_rows).run())
+    assert figures(at)[0]["data"][0]["z"].shape == (256, 256)
+
+
 def test_store_results_page(open_app, demo_store, circuit_group):
     at = ok(open_app("store_results", stores=(demo_store.path,)))
     ok(at.selectbox(key="results-result").set_value("patching/resid_pre").run())
     name = "patching/resid_pre/logit_diff"
-    assert at.multiselect(key=f"results-axes-{name}").value == ["layer", "pos"]
-    ok(at.slider(key=f"results-at-{name}-pair").set_value(2).run())
+    assert at.multiselect(key=f"results-{demo_store.path}-{name}-axes").value == ["layer", "pos"]
+    ok(at.slider(key=f"results-{demo_store.path}-{name}-at-pair").set_value(2).run())
     heat = figures(at)[0]["data"][0]
     full = np.asarray(demo_store.load_result(name)[...])
     np.testing.assert_array_equal(np.asarray(heat["z"], dtype=np.float32), full[2])
@@ -268,7 +278,7 @@ def test_store_results_page(open_app, demo_store, circuit_group):
 
     ok(at.text_input(key="results-group").set_value(circuit_group).run())
     ok(at.selectbox(key="results-result").set_value("circuit/eap").run())
-    arrays = at.selectbox(key="results-array-circuit/eap")
+    arrays = at.selectbox(key=f"results-array-{circuit_group}-circuit/eap")
     ok(arrays.set_value(arrays.options.index(next(o for o in arrays.options if o.startswith("scores")))).run())
     line = figures(at)[0]["data"][0]
     g = zarr.open_group(circuit_group, mode="r")
@@ -287,7 +297,7 @@ def test_a_missing_store_is_an_error_on_the_page(open_app, tmp_path):
 def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
     at = ok(open_app("store_rows", stores=(many_rows,)))
     with counted_reads() as reads:
-        ok(at.number_input(key="rows-row").set_value(37).run())
+        ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())
     assert data_keys(reads, "acts/") == {"acts/blocks.0.hook_resid_post/c/9/0/0"}  # the row's shard, one chunk of it
     with counted_reads() as reads:
         ok(goto_page(at, "store_stats"))
@@ -333,7 +343,7 @@ def test_a_store_on_object_storage_reads_the_same(open_app, s3_store, many_rows)
     at = open_app("store_rows")
     at.session_state["stores"] = s3_store  # typed in the sidebar
     ok(at.run())
-    ok(at.number_input(key="rows-row").set_value(37).run())
+    ok(at.number_input(key=f"rows-row-{s3_store}").set_value(37).run())
     np.testing.assert_array_equal(figures(at)[0]["data"][0]["y"], sd.row_view(local, 37, local.sites[0]).norms)
     assert at.dataframe[0].value["token_id"].tolist() == local.tokens(37).tolist()
     ok(goto_page(at, "store_info"))
@@ -355,5 +365,5 @@ def test_an_unfinished_store(open_app, many_rows, tmp_path):
     at = ok(open_app("store_info", stores=(path,)))
     assert "32 of 64 rows done (incomplete)" in at.get("progress")[0].proto.text
     ok(goto_page(at, "store_rows"))
-    at.number_input(key="rows-row").set_value(37).run()
+    at.number_input(key=f"rows-row-{path}").set_value(37).run()
     assert not at.exception and "not yet written" in at.error[0].value

@@ -41,15 +41,15 @@ def _pick(src: ResultsSource) -> ResultArray:
     infos = [src.describe(n) for n in leaves]
     drawn = sorted(range(len(infos)), key=lambda j: (not infos[j].numeric, "float" not in infos[j].dtype,
                                                     len(infos[j].shape) < 2))  # float grids first
-    i = right.selectbox("Array", range(len(leaves)), index=drawn[0], key=f"results-array-{group}",
+    i = right.selectbox("Array", range(len(leaves)), index=drawn[0], key=f"results-array-{src.path}-{group}",
                         format_func=lambda j: f"{leaves[j].rsplit('/', 1)[-1]} ({', '.join(infos[j].dims)})")
     return infos[i]
 
 
-def _window(info: ResultArray, dim: str, n: int, limit: int) -> tuple[int, int]:
+def _window(key: str, dim: str, n: int, limit: int) -> tuple[int, int]:
     if n <= limit:
         return 0, n
-    a, b = st.slider(f"{dim} window", 0, n, (0, limit), key=f"results-window-{info.name}-{dim}")
+    a, b = st.slider(f"{dim} window", 0, n, (0, limit), key=f"{key}-window-{dim}")
     if b - a > limit or b <= a:
         b = min(n, a + limit) if b > a else min(n, a + 1)
         st.caption(f"{dim}: showing {a}..{b - 1} (at most {limit} values at a time).")
@@ -89,23 +89,24 @@ def render() -> None:
     with st.expander("Attributes"):
         st.json(info.attrs, expanded=False)
     arr = src.array(info.name)
+    key = f"results-{src.path}-{info.name}"  # each array's own widgets: shapes differ between arrays and stores
     if not info.shape:
         st.metric(leaf, str(np.asarray(arr[()])))
         return
     axes = [info.dims[0]] if not info.numeric else st.multiselect(
-        "Axes", info.dims, default=default_axes(info.dims), max_selections=2, key=f"results-axes-{info.name}")
+        "Axes", info.dims, default=default_axes(info.dims), max_selections=2, key=f"{key}-axes")
     if not axes:
         st.info("Pick one or two dims to draw.")
         return
     at = {}
     for d, n in zip(info.dims, info.shape):
         if d not in axes and n > 1:
-            at[d] = st.slider(d, 0, n - 1, 0, key=f"results-at-{info.name}-{d}")
+            at[d] = st.slider(d, 0, n - 1, 0, key=f"{key}-at-{d}")
             names = axis_labels(src, info.name, d)
             if names is not None:
                 st.caption(f"{d} {at[d]}: {names[at[d]]}")
     limit = int(MAX_CELLS[len(axes)] ** (1 / len(axes)))
-    window = {d: _window(info, d, n, limit) for d, n in zip(info.dims, info.shape) if d in axes}
+    window = {d: _window(key, d, n, limit) for d, n in zip(info.dims, info.shape) if d in axes}
     values = result_slice(arr, axes, at, window)
     coords = {d: _labels(src, info, d, *window[d]) for d in axes}
     fixed = "".join(f", {d} {i}" for d, i in at.items())

@@ -36,7 +36,7 @@ def render() -> None:
         st.info("This store holds only attention patterns: no site has one activation per token.")
         return
     left, right = st.columns([1, 3])
-    row = left.number_input("Row", min_value=0, max_value=store.n_rows - 1, value=0, step=1, key="rows-row")
+    row = left.number_input("Row", min_value=0, max_value=store.n_rows - 1, value=0, step=1, key=f"rows-row-{store.path}")  # per store: their row counts differ
     hook = right.selectbox("Site", sites, key="rows-site")
     v = row_view(store, int(row), hook)
     st.caption(f"Row {v.row} of {store.n_rows}: {len(set(v.doc.tolist()))} document(s), "

@@ -64,7 +64,7 @@ def many_rows(tmp_path_factory, tiny_model):
     """64 rows in 32 chunks of 2 rows (16 shards): a page that read whole arrays would read them all."""
     path = str(tmp_path_factory.mktemp("app") / "many.zarr")
     store = actstore.cache(out=path, model=tiny_model, dataset=DOCS, seq_len=8, n_rows=64, batch_size=8,
-                           rows_per_chunk=2, rows_per_shard=4, sites="resid_post:all,z:1,pattern:1", progress=False)
+                           rows_per_chunk=2, rows_per_shard=4, sites="resid_post:all,z:1,pattern:1,loss", progress=False)
     store.save_result("mine/big", np.arange(4000 * 300, dtype=np.float32).reshape(4000, 300), ("a", "b"))
     return path
 
@@ -301,6 +301,8 @@ def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
     assert data_keys(reads, "acts/") == {"acts/blocks.0.hook_resid_post/c/9/0/0"}  # the row's shard, one chunk of it
     with counted_reads() as reads:
         ok(goto_page(at, "store_stats"))
+        assert list(at.dataframe[0].value["hook"])[-1] == "loss"  # a site outside the layers, in the table
+        ok(at.selectbox(key="stats-site").set_value("loss").run())
         ok(goto_page(at, "store_info"))
     assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")
     with counted_reads() as reads:

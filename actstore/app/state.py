@@ -23,7 +23,7 @@ from . import MODEL_ENV, STORES_ENV
 from .prompt_data import PromptStore, cache_prompt, default_prompt, repeated_store
 
 __all__ = ["MODEL_ENV", "STORES_ENV", "configured_model", "configured_stores", "sidebar", "model", "store_paths",
-           "current_store", "prompt", "prompt_store", "repeated", "guarded", "load", "open_cached"]
+           "current_store", "prompt", "prompt_store", "model_and_prompt", "repeated", "guarded", "load", "open_cached"]
 
 
 
@@ -98,6 +98,12 @@ def _prompt_store(_model: LoadedModel, name: str, fingerprint: str, text: str) -
 def prompt_store(m: LoadedModel, text: str) -> PromptStore:
     """The prompt cached through ``m`` (every prompt site, one forward), once per (model, prompt)."""
     return _prompt_store(m, m.info.name, m.info.fingerprint, text)
+
+
+def model_and_prompt() -> tuple[LoadedModel, PromptStore]:
+    """The sidebar's model and its prompt's one-row store: what a prompt page starts from."""
+    m = model()
+    return m, prompt_store(m, prompt())
 
 
 @st.cache_resource(show_spinner="Caching repeated random tokens ...", max_entries=8)

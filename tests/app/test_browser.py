@@ -76,6 +76,12 @@ def _wait_for_figure(page, title: str) -> None:
     page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(state="visible", timeout=WAIT_MS)
 
 
+def _wait_until_done(page) -> None:
+    """Wait until the script run is over (Streamlit's running indicator is gone) and the figures settle."""
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=WAIT_MS)
+    page.wait_for_timeout(1000)
+
+
 def test_app_in_chromium(served: str, tmp_path: Path) -> None:
     _browser_or_skip()
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
@@ -99,12 +105,13 @@ def test_app_in_chromium(served: str, tmp_path: Path) -> None:
         page.get_by_role("link", name="Logit lens").click()
         _wait_for_figure(page, "Logit lens")
         page.locator(".js-plotly-plot", has_text="farm").first.wait_for(timeout=WAIT_MS)  # the typed prompt's tokens
+        _wait_until_done(page)
         page.screenshot(path=str(shots / "app-logit-lens.png"), full_page=True)
 
         if importlib.util.find_spec("actstore.app.pages.patching") is not None:
             page.get_by_role("link", name="Patching").click()
             page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(state="visible", timeout=WAIT_MS)
-            page.wait_for_timeout(1000)  # let the heatmap finish drawing
+            _wait_until_done(page)
             page.screenshot(path=str(shots / "app-patching.png"), full_page=True)
         else:
             print("no patching page in this checkout: its step is skipped")

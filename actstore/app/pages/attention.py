@@ -15,8 +15,7 @@ SECTION = "Prompt"
 
 def render() -> None:
     st.header("Attention patterns")
-    m = state.model()
-    p = state.prompt_store(m, state.prompt())
+    m, p = state.model_and_prompt()
     patterns = attention_patterns(p)  # (layer, head, query_pos, key_pos)
     labels = token_labels(m.tokenizer, p.tokens)
     left, right = st.columns(2)

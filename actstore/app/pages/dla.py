@@ -17,8 +17,7 @@ SECTION = "Prompt"
 
 def render() -> None:
     st.header("Direct logit attribution")
-    m = state.model()
-    p = state.prompt_store(m, state.prompt())
+    m, p = state.model_and_prompt()
     d = default_prompt(m.info.name)
     left, right = st.columns(2)
     answer = left.text_input("Answer token (with its leading space)", value=d.answer, key="dla-answer")

@@ -17,8 +17,7 @@ SECTION = "Prompt"
 
 def render() -> None:
     st.header("Logit lens")
-    m = state.model()
-    p = state.prompt_store(m, state.prompt())
+    m, p = state.model_and_prompt()
     left, right = st.columns([1, 3])
     k = int(left.number_input("Top k", min_value=1, max_value=50, value=5, key="lens-k"))
     d = default_prompt(m.info.name)  # its answer is the default target of the default prompt

@@ -8,7 +8,7 @@ from pathlib import Path
 
 MAIN = str(Path(__file__).with_name("main.py"))  # the script Streamlit serves
 # `actstore app --model M --store A --store B` hands its choices to the app's sessions in these
-MODEL_ENV, STORES_ENV = "ACTSTORE_APP_MODEL", "ACTSTORE_APP_STORES"  # (stores joined by os.pathsep)
+MODEL_ENV, STORES_ENV = "ACTSTORE_APP_MODEL", "ACTSTORE_APP_STORES"  # (stores one per line: a URL may hold ":")
 
 __all__ = ["MAIN", "MODEL_ENV", "STORES_ENV", "navigation_only"]
 

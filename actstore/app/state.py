@@ -4,7 +4,7 @@ metadata only), the prompt's one-row store cached per (model, prompt), and
 :func:`guarded`, which shows an actstore error on the page instead of a traceback.
 
 `actstore app --model M --store A --store B` passes its choices in the environment
-(ACTSTORE_APP_MODEL; ACTSTORE_APP_STORES, joined by os.pathsep): they are the sidebar's
+(ACTSTORE_APP_MODEL; ACTSTORE_APP_STORES, one per line): they are the sidebar's
 defaults, so AppTest and a browser see the same app."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def configured_model() -> str:
 
 
 def configured_stores() -> list[str]:
-    return [p for p in os.environ.get(STORES_ENV, "").split(os.pathsep) if p]
+    return [p for p in os.environ.get(STORES_ENV, "").splitlines() if p]
 
 
 def sidebar() -> None:

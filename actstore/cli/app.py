@@ -46,7 +46,7 @@ def _app(args: argparse.Namespace) -> int:
     from ..app import MAIN, MODEL_ENV, STORES_ENV, navigation_only
 
     os.environ[MODEL_ENV] = args.model
-    os.environ[STORES_ENV] = os.pathsep.join(os.path.abspath(s) if not is_url(s) else s for s in args.store)
+    os.environ[STORES_ENV] = "\n".join(os.path.abspath(s) if not is_url(s) else s for s in args.store)
     navigation_only()
     flags = {"server.port": args.port, "server.address": args.address, "server.headless": args.headless,
              "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "global.developmentMode": False,

@@ -48,7 +48,7 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
         import os
 
         monkeypatch.setenv(MODEL_ENV, model)
-        monkeypatch.setenv(STORES_ENV, os.pathsep.join(stores))
+        monkeypatch.setenv(STORES_ENV, "\n".join(stores))
         # from a script of its own: AppTest treats a pages/ folder beside main.py as old-style pages
         at = AppTest.from_string("from actstore.app.main import app\napp()\n", default_timeout=TIMEOUT)
         for key, value in state.items():

@@ -15,8 +15,9 @@ from .conftest import DEMO
 
 L = 16
 N_ROWS = 37
-SITES = "resid_mid:1,mlp_out:1,resid_post:0-1"
-HOOKS = ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+SITES = "resid_mid:1,mlp_out:1,resid_post:0-1,z:1"
+HOOKS = ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
+         "blocks.1.attn.hook_z"]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_dataloader_factory_and_worker_processes(store):
 def direct_norm(store, hook, skip_bos):
     x = store.acts(hook).astype(np.float64)
     x = x[:, 1:] if skip_bos else x
-    x = x.reshape(-1, x.shape[-1])
+    x = x.reshape(-1, int(np.prod(x.shape[2:])))  # (token, feature): z's (head, d_head) flattened
     mean = x.mean(0)
     return x, mean, np.sqrt(x.shape[1]) / np.linalg.norm(x - mean, axis=1).mean()
 
@@ -163,12 +164,13 @@ def test_normalisation_equals_numpy(store, skip_bos):
         x, mean, factor = direct_norm(store, h, skip_bos)
         norms = np.linalg.norm(x - mean, axis=1)
         assert norms.std() > 0.05 * norms.mean() and abs(factor - 1) > 0.01  # the scaling does something (tolerance: 1e-9)
-        np.testing.assert_allclose(lo.norm[h].mean, mean, rtol=1e-9, atol=1e-9 * np.abs(mean).max())
+        np.testing.assert_allclose(lo.norm[h].mean.reshape(-1), mean, rtol=1e-9, atol=1e-9 * np.abs(mean).max())
         assert lo.norm[h].scale == pytest.approx(factor, rel=1e-9)
         raw = store.acts(h)[got["row"], got["pos"]].astype(np.float64)
-        want = (raw - mean) * factor
+        want = (raw - lo.norm[h].mean) * factor
         np.testing.assert_allclose(got[h], want, rtol=0, atol=1e-5 * np.abs(want).max())
-        assert np.linalg.norm(got[h].astype(np.float64), axis=1).mean() == pytest.approx(np.sqrt(x.shape[1]), rel=1e-5)
+        flat = got[h].reshape(len(got[h]), -1).astype(np.float64)
+        assert np.linalg.norm(flat, axis=1).mean() == pytest.approx(np.sqrt(x.shape[1]), rel=1e-5)
         np.testing.assert_allclose(lo.norm[h].inverse(got[h].astype(np.float64)), raw, atol=1e-5 * np.abs(raw).max())
     only = store.loader(HOOKS[0], batch_size=64, scale=True, skip_bos=skip_bos, progress=False).norm[HOOKS[0]]
     x, _, _ = direct_norm(store, HOOKS[0], skip_bos)

@@ -2,8 +2,11 @@
 
   (a) sequential: ActivationStore.iter_blocks over every row, whole shards in store
       order, one thread (the fastest way to read the store once)
-  (b) store.loader(..., shuffle=True): random chunk order, threaded reads, mixing
-      buffer, token-level torch batches
+  (b) store.loader(..., shuffle=True): random chunk order, threaded reads, tokens
+      shuffled a window of chunks at a time, token-level torch batches
+  (c) the same loader split across --ranks processes (rank=, world_size=, as under
+      torchrun): each reads its share; MB/s is the store's bytes over the wall time from
+      the common start to the last rank's end
   MB/s is the activation bytes read from the store per second (the store's
   uncompressed bytes of the chosen sites); the goal is (b) / (a) >= 0.7. Each figure is
   the best of --repeat runs after one untimed warm-up read, so both are served from the
@@ -11,12 +14,13 @@
 
     /tmp/venv/bin/python benchmarks/bench_loader.py                       # 6 x d_model 768 sites, 448 rows x 64
     /tmp/venv/bin/python benchmarks/bench_loader.py --codec zstd:1 --workers 1,2,4
-    /tmp/venv/bin/python benchmarks/bench_loader.py --store acts.zarr --sites resid_post:all
+    /tmp/venv/bin/python benchmarks/bench_loader.py --store acts.zarr --sites resid_post:all --ranks 1,2,4
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import platform
 import tempfile
 import time
@@ -43,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--codec", default="none")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--workers", default="4", help="comma-separated worker counts to measure")
+    p.add_argument("--ranks", default="1,2", help="comma-separated process counts for the split loader")
     p.add_argument("--repeat", type=int, default=3)
     return p.parse_args()
 
@@ -54,6 +59,32 @@ def best_of(n: int, fn: Callable[[], int]) -> tuple[float, int]:
         got = fn()
         times.append(time.perf_counter() - t0)
     return min(times), got
+
+
+def rank_run(path: str, hooks: list[str], batch_size: int, workers: int, rank: int, world: int, start, out) -> None:
+    """One rank of the split loader, in its own process: wait for every rank, read its share."""
+    store = actstore.ActivationStore.open(path)
+    loader = store.loader(hooks, batch_size, seed=0, num_workers=workers, skip_bos=False, rank=rank, world_size=world)
+    start.wait()
+    t0 = time.perf_counter()
+    n = sum(len(batch["row"]) for batch in loader)
+    out.put((n, t0, time.perf_counter()))
+
+
+def ranks_run(path: str, hooks: list[str], batch_size: int, workers: int, world: int) -> tuple[float, int]:
+    """(seconds from the common start to the last rank's end, tokens read by all ranks)."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(world), ctx.Queue()
+    procs = [ctx.Process(target=rank_run, args=(path, hooks, batch_size, workers, r, world, start, out))
+             for r in range(world)]
+    for proc in procs:
+        proc.start()
+    got = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+        if proc.exitcode:
+            raise SystemExit(f"a rank failed (exit code {proc.exitcode})")
+    return max(g[2] for g in got) - min(g[1] for g in got), sum(g[0] for g in got)
 
 
 def main() -> None:
@@ -107,8 +138,15 @@ def main() -> None:
                 assert tokens == (n_tokens if not skip_bos else n_tokens - store.n_rows)
                 name = f"loader shuffle, {workers} worker{'s' if workers > 1 else ''}" + (", skip BOS" if skip_bos else "")
                 print(f"  {name:<44}{s:>9.2f}{nbytes / s / 1e6:>9.0f}{seq_s / s:>14.2f}x")
-        print(f"  (batches of {a.batch_size} tokens; mixing buffer of the default 8 chunks; MB/s counts the store's "
-              "bytes of the sites read)")
+        workers = int(a.workers.split(",")[-1])  # the ranks use the last --workers count
+        for world in [int(r) for r in a.ranks.split(",")]:
+            times = [ranks_run(store.path, hooks, a.batch_size, workers, world) for _ in range(a.repeat)]
+            assert all(tokens == n_tokens for _, tokens in times)
+            s = min(t for t, _ in times)
+            name = f"loader, {world} rank{'s' if world > 1 else ''} ({world} process{'es' if world > 1 else ''})"
+            print(f"  {name:<44}{s:>9.2f}{nbytes / s / 1e6:>9.0f}{seq_s / s:>14.2f}x")
+        print(f"  (batches of {a.batch_size} tokens; windows of the default 8 chunks; MB/s counts the store's "
+              f"bytes of the sites read; the ranks use {workers} read threads each)")
 
 
 if __name__ == "__main__":

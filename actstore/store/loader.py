@@ -1,238 +1,262 @@
-"""Token-level reading of a store: site specs resolved against the store's hooks,
-threaded chunk reads, and a shuffled training loader.
+"""The training loader: token-level torch batches of one or more sites, shuffled,
+split across ranks, resumable, optionally normalised.
 
-    store = actstore.ActivationStore.open("acts.zarr")
+    store = actstore.open("acts.zarr")
     for batch in store.loader("resid_post:5", batch_size=4096, seed=0):
         x = batch["blocks.5.hook_resid_post"]  # (batch, d_model), random tokens of the store
 
-The shuffle is chunk-aware: inner chunks (the store's unit of reading) are read in a
-random order by a pool of threads, and their tokens pass through a mixing buffer that
-is shuffled, half emitted as batches, and refilled. Everything random comes from one
-``numpy.random.Generator`` seeded with (seed, epoch), consumed in a fixed order, so a
-seed gives the same batches whatever the number of workers.
+The order of an epoch is a pure function of (seed, epoch, rank, world size) (see
+epoch.py): the inner chunks are permuted and dealt to the ranks, each rank reads its
+chunks a window (``buffer_tokens``, default 8 chunks) at a time with a pool of threads,
+shuffles the window's tokens together and cuts batches from the windows back to back.
+So batch k is found without reading batches 0..k-1 (``state_dict`` / ``load_state_dict``),
+and the batches are the same whatever the number of read threads.
+
+:class:`ActivationLoader` is a ``torch.utils.data.IterableDataset``; :func:`make_dataloader`
+(``store.dataloader(...)``) wraps it in a ``DataLoader`` for trainers that want one.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError
-from .format import read_checked
 from .base import StoreLike
+from .epoch import EpochPlan, Window, resolve_rank
+from .norm import Normalizer, normalizers
+from .tokens import ChunkReader, TokenSite, keep_positions, row_units, token_sites
 from .view import resolve_sites
 
-
 __all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",
-           "ActivationLoader"]
+           "ActivationLoader", "ActivationDataLoader", "make_dataloader"]
+
+_INDEX = ("row", "pos")
 
 
-@dataclass(frozen=True)
-class TokenSite:
-    """A site with one value per token: stored as (row, pos, *feature)."""
-
-    hook: str
-    layer: int | None
-    feature_dims: tuple[str, ...]  # e.g. ("d_model",) or ("head", "d_head")
-    feature_shape: tuple[int, ...]
-
-    @property
-    def n_features(self) -> int:
-        return int(np.prod(self.feature_shape))
-
-
-def token_sites(store: "StoreLike", hooks: Sequence[str]) -> list[TokenSite]:
-    """The token-level description of ``hooks``; attention patterns (two position
-    axes) are refused."""
-    out = []
-    for hook in hooks:
-        s = store.meta.site(hook)
-        dims, shape = list(s.dims), list(s.shape)
-        if len(dims) < 3 or dims[1] != "pos" or "pos" in dims[2:] or any(d.endswith("_pos") for d in dims):
-            raise ConfigError(f"Site {hook} is stored as ({', '.join(dims)}), not one vector per token; "
-                              "probes and loaders need (row, pos, ...) sites such as resid_post or z.")
-        out.append(TokenSite(hook, s.layer, tuple(dims[2:]), tuple(shape[2:])))
-    return out
-
-
-def keep_positions(store: "StoreLike", rows: slice, skip_bos: bool = True, skip_padding: bool = True
-                   ) -> np.ndarray:
-    """bool (row, pos): positions to use. Every row starts with BOS at pos 0; padding
-    is where ``store.mask()`` is False (per-document stores)."""
-    keep = store.mask(rows, check_done=False) if skip_padding else None
-    a, b, _ = rows.indices(store.n_rows)
-    if keep is None:
-        keep = np.ones((b - a, store.layout.seq_len), bool)
-    if skip_bos:
-        keep[:, 0] = False
-    return keep
-
-
-def row_units(store: "StoreLike", rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
-    """``rows`` cut into read units on inner-chunk boundaries (default: one inner chunk)."""
-    a, b, _ = rows.indices(store.n_rows)
-    rpc = store.layout.rows_per_chunk
-    step = max(rpc, (rows_per_unit or rpc) // rpc * rpc)
-    out, start = [], a
-    while start < b:
-        stop = min((start // step + 1) * step, b)
-        out.append(slice(start, stop))
-        start = stop
-    return out
-
-
-class ChunkReader:
-    """Reads row units in a given order with a pool of threads, ``prefetch`` units
-    ahead, and hands them back in that order: (unit, {hook: array (row, pos, ...)})."""
-
-    def __init__(self, store: "StoreLike", hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
-                 transform: Callable[[slice, dict[str, np.ndarray]], Any] | None = None):
-        if num_workers < 1:
-            raise ConfigError(f"num_workers must be at least 1; got {num_workers}.")
-        self.store, self.hooks = store, list(hooks)
-        self.arrays = [store.array(f"acts/{h}") for h in self.hooks]
-        self.num_workers = num_workers
-        self.prefetch = prefetch or 2 * num_workers
-        self.transform = transform
-
-    def _read(self, unit: slice) -> Any:
-        got = {h: read_checked(arr, unit, self.store.layout, self.store.path) for h, arr in zip(self.hooks, self.arrays)}
-        return got if self.transform is None else self.transform(unit, got)
-
-    def __call__(self, units: Sequence[slice]) -> Iterator[tuple[slice, Any]]:
-        if self.num_workers == 1:
-            for u in units:
-                yield u, self._read(u)
-            return
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="actstore-read")
-        pending: deque[tuple[slice, Future]] = deque()
-        todo = iter(units)
-        try:
-            for u in todo:
-                pending.append((u, pool.submit(self._read, u)))
-                if len(pending) >= self.prefetch:
-                    break
-            while pending:
-                u, fut = pending.popleft()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(self._read, nxt)))
-                yield u, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=True)
-
-
-class ActivationLoader:
+class ActivationLoader(IterableDataset):
     """Token-level torch batches of one or more sites: {hook: (batch, *feature),
-    "row": (batch,), "pos": (batch,)}. Iterate it once per epoch; ``set_epoch``
-    (or ``epoch=``) changes the order, deterministically."""
+    "row": (batch,), "pos": (batch,)}, every site's vectors of the same tokens, in the
+    same order. Each epoch yields every kept token of ``rows`` once across the ranks.
 
-    def __init__(self, store: "StoreLike", sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
+    Iterating continues where the last iteration stopped; a finished epoch moves on to
+    the next. ``set_epoch(e)`` starts epoch ``e`` from its first batch (it keeps the
+    position when ``e`` is the current epoch, so a resumed loop may call it).
+
+    Options beyond the store's reading ones (``skip_bos``, ``skip_padding``, ``rows``):
+    ``rank``/``world_size`` (default: torch.distributed, then torchrun's RANK/WORLD_SIZE);
+    ``even_batches`` (every rank yields the smallest rank's number of whole batches,
+    dropping the rest of each rank's tokens: what DDP needs); ``center``/``scale``
+    (subtract the exact mean; multiply by sqrt(d) / mean norm, see norm.py);
+    ``device`` (batches are gathered in pinned memory and copied non-blocking when it is
+    a GPU); ``num_workers`` read threads, ``prefetch`` chunks read ahead.
+    """
+
+    def __init__(self, store: StoreLike, sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
                  seed: int = 0, *, epoch: int = 0, skip_bos: bool = True, skip_padding: bool = True,
                  rows: slice = slice(None), buffer_tokens: int | None = None, num_workers: int = 4,
                  prefetch: int | None = None, drop_last: bool = False, dtype: torch.dtype | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, rank: int | None = None, world_size: int | None = None,
+                 even_batches: bool = False, center: bool = False, scale: bool = False, progress: bool = True):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        if num_workers < 1:
+            raise ConfigError(f"num_workers (read threads) must be at least 1; got {num_workers}.")
         self.store = store
         self.hooks = resolve_sites(store, sites)
         self.sites = token_sites(store, self.hooks)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.skip_bos, self.skip_padding, self.drop_last = skip_bos, skip_padding, drop_last
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.even_batches = even_batches
         self.rows = slice(*rows.indices(store.n_rows)[:2])
-        self.units = row_units(store, self.rows)
-        tokens_per_unit = store.layout.rows_per_chunk * store.layout.seq_len
-        # default: 8 chunks' tokens and at least 4 batches, so that each emitted half mixes >= 4 chunks
-        self.buffer_tokens = buffer_tokens or max(8 * tokens_per_unit, 4 * batch_size)
-        self.num_workers, self.prefetch = num_workers, prefetch
-        self.dtype, self.device = dtype, device
         store.check_done(self.rows)
+        self.units = row_units(store, self.rows)
+        self.unit_tokens = self._count_tokens()
+        tokens_per_unit = store.layout.rows_per_chunk * store.layout.seq_len
+        # default: 8 chunks' tokens and at least 4 batches, so that each batch mixes several chunks
+        self.buffer_tokens = buffer_tokens or max(8 * tokens_per_unit, 4 * batch_size)
+        self.window_units = max(1, -(-self.buffer_tokens // tokens_per_unit))
+        self.num_workers, self.prefetch = num_workers, prefetch
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self.pin = self.device is not None and self.device.type == "cuda"
+        self.norm: dict[str, Normalizer] = (normalizers(store, self.hooks, self.rows, skip_bos, skip_padding, center,
+                                                        scale, num_workers, progress) if center or scale else {})
+        self._norm_t: dict[str, tuple[torch.Tensor, float]] = {}
+        self._done = 0  # batches of self.epoch already yielded
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    # --- size and state ------------------------------------------------------------------
+    def _count_tokens(self) -> np.ndarray:
+        """int64 (unit,): kept tokens of each read unit (reads the mask of per-document stores)."""
+        a = self.rows.start
+        per_row = [keep_positions(self.store, u, self.skip_bos, self.skip_padding).sum(1)
+                   for u in row_units(self.store, self.rows, rows_per_unit=4096)]
+        counts = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
+        return np.array([counts[u.start - a:u.stop - a].sum() for u in self.units], np.int64)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's order of ``epoch`` (default: the current one)."""
+        return EpochPlan(self.unit_tokens, self.seed, self.epoch if epoch is None else epoch, self.rank,
+                         self.world_size, self.window_units, self.shuffle)
 
     @property
     def n_tokens(self) -> int:
-        """Tokens one epoch yields."""
-        n = 0
-        for unit in row_units(self.store, self.rows, rows_per_unit=4096):
-            n += int(keep_positions(self.store, unit, self.skip_bos, self.skip_padding).sum())
-        return n
+        """Tokens one epoch yields on this rank (on every rank together when world_size is 1)."""
+        if self.even_batches:
+            return len(self) * self.batch_size
+        return self.plan().rank_tokens()
 
     def __len__(self) -> int:
-        n = self.n_tokens
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Batches one epoch yields on this rank: ranks may differ by one or more unless even_batches."""
+        return self.plan().n_batches(self.batch_size, self.drop_last, self.even_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._done = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the next batch is batch ``batches`` of ``epoch``."""
+        return {"epoch": self.epoch, "batches": self._done, "seed": self.seed, "world_size": self.world_size,
+                "batch_size": self.batch_size, "shuffle": self.shuffle, "n_tokens": int(self.unit_tokens.sum()),
+                "buffer_tokens": self.buffer_tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from any rank of a run with the same world size, seed,
+        batch size and tokens): the next batch is the one the saved run would have yielded."""
+        mine = self.state_dict()
+        for key in ("seed", "world_size", "batch_size", "shuffle", "n_tokens", "buffer_tokens"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(f"The loader state was saved with {key}={state.get(key)!r}, this loader has "
+                                  f"{key}={mine[key]!r}; resume with the same settings (and number of processes) "
+                                  "as the saved run.")
+        self.epoch, self._done = int(state["epoch"]), int(state["batches"])
+
+    # --- batches -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if get_worker_info() is not None:
+            raise ConfigError("ActivationLoader reads with its own threads (num_workers=...) and splits the store "
+                              "across ranks itself; use it in a DataLoader with num_workers=0, e.g. "
+                              "actstore.store.loader.make_dataloader(store, ...) or store.dataloader(...).")
+        if self._done >= len(self) > 0:
+            self.set_epoch(self.epoch + 1)
+        limit = len(self)
+        host = self._host_batches(self.plan(), self._done * self.batch_size)
+        try:
+            for batch in host:
+                if self._done >= limit:
+                    break
+                self._done += 1  # handed over at the yield: a state saved now resumes after it
+                yield self._to_device(batch)
+        finally:
+            host.close()
+        if self._done >= limit > 0:
+            self.set_epoch(self.epoch + 1)
+
+    def _host_batches(self, plan: EpochPlan, skip_tokens: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches on the host (pinned when the device is a GPU): the windows' shuffled
+        tokens back to back, after the first ``skip_tokens``; the last one may be short."""
+        windows = plan.windows(skip_tokens)
+        reader = ChunkReader(self.store, self.hooks, self.num_workers, self.prefetch, transform=self._tokens_of)
+        parts = reader([self.units[u] for w in windows for u in w.units])
+        bs, rest = self.batch_size, None
+        try:
+            for w in windows:
+                got = self._window([next(parts)[1] for _ in w.units], w)
+                if rest is not None:
+                    need = bs - len(rest["row"])
+                    rest = {k: torch.cat([rest[k], v[:need]]) for k, v in got.items()}
+                    got = {k: v[need:] for k, v in got.items()}
+                    if len(rest["row"]) < bs:
+                        continue
+                    yield {k: v.pin_memory() for k, v in rest.items()} if self.pin else rest
+                    rest = None
+                n = len(got["row"])
+                for i in range(0, n - bs + 1, bs):
+                    yield {k: v[i:i + bs] for k, v in got.items()}
+                if n % bs:
+                    rest = {k: v[n - n % bs:] for k, v in got.items()}
+            if rest is not None:
+                yield {k: v.pin_memory() for k, v in rest.items()} if self.pin else rest
+        finally:
+            parts.close()
 
     def _tokens_of(self, unit: slice, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One unit's (row, pos, ...) arrays -> its kept tokens (token, ...), row-major. Runs in a worker."""
+        """One unit's (row, pos, ...) arrays as (row*pos, ...) views, with the flat indices
+        of its kept positions ("keep") and their row and pos. Runs in a read thread."""
         keep = keep_positions(self.store, unit, self.skip_bos, self.skip_padding)
         r, p = np.nonzero(keep)
-        out = {h: a.reshape(-1, *a.shape[2:]) if len(r) == keep.size else a[keep] for h, a in acts.items()}
+        out = {h: a.reshape(-1, *a.shape[2:]) for h, a in acts.items()}
+        out["keep"] = np.flatnonzero(keep)
         out["row"], out["pos"] = (r + unit.start).astype(np.int64), p.astype(np.int64)
         return out
 
-    def _batch(self, parts: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def _window(self, parts: list[dict[str, np.ndarray]], w: Window) -> dict[str, torch.Tensor]:
+        """The window's kept tokens in its shuffled order, without the first ``w.skip``:
+        one gather per array, into pinned memory when the device is a GPU."""
+        order = np.random.default_rng(list(w.key)).permutation(w.n_tokens) if self.shuffle else np.arange(w.n_tokens)
+        order = torch.from_numpy(order[w.skip:])
+        offsets = np.cumsum([0] + [len(p[self.hooks[0]]) for p in parts[:-1]])
+        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[order]
         out = {}
-        for k, v in parts.items():
-            t = torch.from_numpy(np.ascontiguousarray(v))
-            if self.dtype is not None and k not in ("row", "pos"):
-                t = t.to(self.dtype)
-            out[k] = t.to(self.device) if self.device is not None else t
+        for k in [*self.hooks, *_INDEX]:
+            src = torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
+            idx = order if k in _INDEX else keep
+            dst = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
+            out[k] = torch.index_select(src, 0, idx, out=dst)
         return out
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = [self.units[i] for i in rng.permutation(len(self.units))] if self.shuffle else self.units
-        reader = ChunkReader(self.store, self.hooks, self.num_workers, self.prefetch, transform=self._tokens_of)
-        parts = (got for _, got in reader(order))
-        yield from (self._shuffled(parts, rng) if self.shuffle else self._in_order(parts))
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy to the device (non-blocking from pinned memory: later work on the same
+        stream waits for the copy, and the pinned block is not reused before it ends),
+        then cast and normalise there."""
+        out = {}
+        for k, t in batch.items():
+            if self.device is not None:
+                t = t.to(self.device, non_blocking=self.pin)
+            if k in self.norm:
+                mean, scale = self._norm_on(k, t.device)
+                t = ((t.float() - mean) * scale).to(self.dtype or t.dtype)
+            elif self.dtype is not None and k not in _INDEX:
+                t = t.to(self.dtype)
+            out[k] = t
+        return out
 
-    def _shuffled(self, parts: Iterator[dict[str, np.ndarray]], rng: np.random.Generator
-                  ) -> Iterator[dict[str, torch.Tensor]]:
-        """The mixing buffer: tokens go into free slots of a fixed array; when it holds
-        buffer_tokens, a random half (whole batches) is emitted and those slots are freed.
-        Each token is copied in once and gathered out once."""
-        bs, cap = self.batch_size, self.buffer_tokens + self.store.layout.rows_per_chunk * self.store.layout.seq_len
-        buf: dict[str, np.ndarray] = {}
-        held = np.zeros(0, np.int64)  # occupied slots
-        free = np.arange(cap)
-        for got in parts:
-            k = len(got["row"])
-            if not buf:
-                buf = {key: np.empty((cap, *v.shape[1:]), v.dtype) for key, v in got.items()}
-            slots, free = free[:k], free[k:]
-            for key, v in got.items():
-                buf[key][slots] = v
-            held = np.concatenate([held, slots])
-            if len(held) < self.buffer_tokens:
-                continue
-            perm = rng.permutation(len(held))
-            n_out = max(len(held) - self.buffer_tokens // 2, bs) // bs * bs
-            out, held = held[perm[:n_out]], held[perm[n_out:]]
-            for i in range(0, n_out, bs):
-                yield self._batch({key: b[out[i:i + bs]] for key, b in buf.items()})
-            free = np.concatenate([free, out])
-        out = held[rng.permutation(len(held))]
-        stop = len(out) // bs * bs if self.drop_last else len(out)
-        for i in range(0, stop, bs):
-            yield self._batch({key: b[out[i:i + bs]] for key, b in buf.items()})
+    def _norm_on(self, hook: str, device: torch.device) -> tuple[torch.Tensor, float]:
+        if hook not in self._norm_t or self._norm_t[hook][0].device != device:
+            n = self.norm[hook]
+            self._norm_t[hook] = (torch.from_numpy(n.mean).float().to(device), n.scale)  # (*feature)
+        return self._norm_t[hook]
 
-    def _in_order(self, parts: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, torch.Tensor]]:
-        bs = self.batch_size
-        rest: dict[str, np.ndarray] | None = None
-        for got in parts:
-            merged = got if rest is None else {k: np.concatenate([rest[k], v]) for k, v in got.items()}
-            n_out = len(merged["row"]) // bs * bs
-            for i in range(0, n_out, bs):
-                yield self._batch({k: v[i:i + bs] for k, v in merged.items()})
-            rest = {k: v[n_out:] for k, v in merged.items()}
-        n = 0 if rest is None else len(rest["row"])
-        if n and not (self.drop_last and n < bs):
-            yield self._batch(rest)
+
+class ActivationDataLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`ActivationLoader` (whose items are whole batches),
+    with its ``set_epoch``, ``state_dict`` and ``load_state_dict``. Do not pass it through
+    ``accelerator.prepare``: it already splits the store across ranks."""
+
+    def __init__(self, dataset: ActivationLoader):
+        super().__init__(dataset, batch_size=None, num_workers=0)
+
+    @property
+    def loader(self) -> ActivationLoader:
+        return self.dataset  # type: ignore[return-value]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
+def make_dataloader(store: StoreLike, sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
+                    seed: int = 0, **kw: Any) -> ActivationDataLoader:
+    """A ready ``DataLoader`` of the store's tokens (``store.dataloader(...)``); the options
+    are :class:`ActivationLoader`'s (``num_workers`` is its read threads: the DataLoader
+    itself runs in the main process)."""
+    return ActivationDataLoader(ActivationLoader(store, sites, batch_size, shuffle, seed, **kw))

@@ -276,6 +276,13 @@ class ActivationStore:
         from .loader import ActivationLoader
         return ActivationLoader(self, sites, batch_size, shuffle, seed, **kw)
 
+    def dataloader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
+                   **kw: Any) -> Any:
+        """:meth:`loader` in a ready ``torch.utils.data.DataLoader`` (with ``state_dict``);
+        see :func:`actstore.store.loader.make_dataloader`."""
+        from .loader import make_dataloader
+        return make_dataloader(self, sites, batch_size, shuffle, seed, **kw)
+
 
 def open_store(path: str | os.PathLike[str]) -> ActivationStore:
     """Open the store at ``path`` (a folder or an fsspec URL) for reading: ``actstore.open``."""

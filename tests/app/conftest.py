@@ -45,8 +45,6 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
     from actstore.app.state import MODEL_ENV, STORES_ENV
 
     def make(page: str, model: str = "actstore-demo", stores: tuple[str, ...] = (), **state: object) -> AppTest:
-        import os
-
         monkeypatch.setenv(MODEL_ENV, model)
         monkeypatch.setenv(STORES_ENV, "\n".join(stores))
         # from a script of its own: AppTest treats a pages/ folder beside main.py as old-style pages

@@ -1,5 +1,5 @@
 """Many processes, one store: which process owns which write units, barriers, and
-errors that every process sees. Used by caching; sweeps and probes can reuse it.
+errors that every process sees. Used by caching, patching sweeps and probes.
 
 Launch with anything that sets the torch.distributed environment (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): ``accelerate launch``,
@@ -62,6 +62,33 @@ class Group:
         except RuntimeError as e:
             raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
         return out
+
+    def each(self, fn: Callable[[], T], what: str) -> list[T]:
+        """Run ``fn`` on every rank (each on its share); every rank gets every rank's
+        (picklable) result, in rank order, or raises the first rank's error if one failed."""
+        result: Any = None
+        error: ActStoreError | None = None
+        try:
+            result = fn()
+        except ActStoreError as e:
+            if not self.distributed:
+                raise
+            error = e
+        got = self.all_gather((error, result), what)
+        for e, _ in got:
+            if e is not None:
+                raise e
+        return [r for _, r in got]
+
+    def all_sum(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        """``t`` (contiguous, on this rank's device) summed over every rank, in place:
+        the same values on every rank, so decisions taken from it agree."""
+        if self.distributed:
+            try:
+                torch.distributed.all_reduce(t)
+            except RuntimeError as e:
+                raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
+        return t
 
     def barrier(self, what: str) -> None:
         if not self.distributed:

@@ -13,15 +13,24 @@ scikit-learn fitting each layer, in the same run, on the same data.
 The store is cached first from a random-init GPT-2-small-shaped model (no download),
 or reused with --store.
 
+--processes N (default 2; 0 skips) then runs `actstore probe` on the CPU as one process
+and under torchrun as N (gloo; the cores shared out by OMP_NUM_THREADS), both as fresh
+commands (start-up included), and prints the two times and the largest weight difference.
+
     /tmp/venv/bin/python benchmarks/bench_probes.py                      # 12 layers, d_model 768, 256 rows x 64
     /tmp/venv/bin/python benchmarks/bench_probes.py --target position --max-classes 0
     /tmp/venv/bin/python benchmarks/bench_probes.py --store /tmp/g2.zarr --device cuda
+    /tmp/venv/bin/python benchmarks/bench_probes.py --n-layers 4 --processes 2     # + 1 vs 2 processes
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -53,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--ridge-target", default="position", help="numeric target for the ridge comparison; 'none' skips")
     p.add_argument("--device", default="auto")
+    p.add_argument("--processes", type=int, default=2, help="also time the CLI on 1 vs this many CPU processes; 0 skips")
     return p.parse_args()
 
 
@@ -129,6 +139,38 @@ def compare(store: actstore.ActivationStore, kind: str, target: str, a: argparse
     print(f"  speed-up (scikit-learn / actstore): {sk_s / ours_s:.2f}x")
 
 
+def _timed(cmd: list[str], threads: int) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    t0 = time.perf_counter()
+    got = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if got.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{got.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def processes(store: actstore.ActivationStore, kind: str, target: str, a: argparse.Namespace) -> None:
+    """`actstore probe` on the CPU: one process against a.processes under torchrun."""
+    n, cores = a.processes, os.cpu_count() or 1
+    args = ["probe", store.path, "--sites", "resid_post:all", "--target", target, "--kind", kind, "--device", "cpu",
+            "--quiet", "--plot", "none", "--json"]
+    if kind == "logistic":
+        args += ["--C", str(a.C), "--max-iter", str(a.max_iter), "--tol", str(a.tol)]
+        args += ["--max-classes", str(a.max_classes)] if a.max_classes else []
+    one = _timed([sys.executable, "-m", "actstore", *args, "--name", f"bench-{kind}-1"], cores)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    many = _timed([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
+                   str(port), "-m", "actstore", *args, "--name", f"bench-{kind}-{n}"], max(1, cores // n))
+    diff, spread = 0.0, 0.0
+    for h in store.sites:
+        w1, wn = Probe.load(store, h, f"bench-{kind}-1").weight, Probe.load(store, h, f"bench-{kind}-{n}").weight
+        diff, spread = max(diff, float(np.abs(wn - w1).max())), max(spread, float(np.ptp(w1)))
+    print(f"  {kind}, `actstore probe` on {cores} CPU cores: 1 process {one:.2f}s, {n} processes (torchrun) {many:.2f}s, "
+          f"ratio {one / many:.2f}x; max |weight difference| {diff:.2e} (weights' spread {spread:.2f})")
+
+
 def main() -> None:
     a = parse_args()
     hf_logging.disable_progress_bar()  # save_pretrained's bar
@@ -140,6 +182,11 @@ def main() -> None:
         compare(store, "logistic", a.target, a)
         if a.ridge_target != "none":
             compare(store, "ridge", a.ridge_target, a)
+        if a.processes:
+            print()
+            processes(store, "logistic", a.target, a)
+            if a.ridge_target != "none":
+                processes(store, "ridge", a.ridge_target, a)
 
 
 if __name__ == "__main__":

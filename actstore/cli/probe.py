@@ -7,6 +7,7 @@ import json
 import os
 
 from ..location import figure_path
+from ..parallel import is_main_process
 from ..probes import ProbeConfig, ProbeReport, fit_probes
 from ..sites import Site
 from ..store import ActivationStore
@@ -23,6 +24,10 @@ or a .npy array (row, pos) aligned with the store: integers are classes (negativ
 floats are regression targets (NaN = no label). BOS (pos 0, unless --keep-bos) and padding are never used.
 Probes are saved under STORE/results/probes/NAME/HOOK/{weight,bias,classes}, in raw activation
 space; load one with actstore.probes.Probe.load(ActivationStore.open(STORE), HOOK).
+
+many processes: torchrun --nproc-per-node 4 -m actstore probe acts.zarr --target position
+  each process reads a share of the store; ridge equals one process's to float64 rounding,
+  logistic solves the same problem (the sums are all-reduced); process 0 writes and prints.
 """
 
 
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable(os.path.dirname(args.plot or default_plot_path(store.path, "x")) or ".", "the plot",
                        "pass --plot PATH in a folder you can write, or --plot none")
     report = fit_probes(store, cfg)
+    if not is_main_process():  # under torchrun every process has the same report; process 0 shows it
+        return 0
     png = None
     if args.plot != "none":
         png = plot(report, args.plot or default_plot_path(store.path, report.name))

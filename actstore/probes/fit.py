@@ -19,6 +19,12 @@ stats unless standardize=False: mean and population variance over every masked p
 of the store, BOS and test rows included (an affine map fixed before fitting, so it leaks
 no labels); saved weights are folded back into raw activation space. Ridge runs on the
 CPU (float64 BLAS) whatever the device.
+
+Under torchrun / accelerate (detected as caching does, parallel.group_for) every process
+streams a disjoint share of the store's read units: ridge merges the processes' co-moments
+(the same weights on every process, equal to one process's up to float64 rounding);
+logistic all-reduces each loss and gradient evaluation, so the processes take the same
+L-BFGS steps. Process 0 alone writes the probes; every process returns the same report.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..parallel import group_for
 from ..store.loader import resolve_sites, token_sites
 from .config import ProbeConfig, ProbeReport
 from .labels import check_regression, parse_target, split_rows
@@ -57,7 +64,11 @@ def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, *
     store.check_done(slice(None))
     test_rows = split_rows(store.n_rows, cfg.test_frac, cfg.seed)
     name = cfg.name or f"{target.name}-{kind}"
-    writers = probe_writers(store, name, [s.hook for s in sites]) if cfg.save else None  # a read-only store: refused now
+    procs = group_for(cfg.device)  # under torchrun / accelerate: each process reads its share of the store
+    writers: dict = {}  # process 0 writes; a read-only store is refused now, on every process
+    if cfg.save:
+        procs.on_main(lambda: writers.update(probe_writers(store, name, [s.hook for s in sites])),
+                      "checking the store can be written")
     if kind == "ridge":
         check_regression(store, target, test_rows, cfg.skip_bos)
     mean, scale = {}, {}
@@ -69,15 +80,15 @@ def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, *
             scale[s.hook] = np.where(sd > 1e-12, sd, 1.0)
         else:
             mean[s.hook], scale[s.hook] = np.zeros(s.n_features), np.ones(s.n_features)
-    plan = Plan(store, sites, target, test_rows, mean, scale, cfg.skip_bos)
-    device = _device(cfg.device)
+    plan = Plan(store, sites, target, test_rows, mean, scale, cfg.skip_bos, procs=procs)
+    device = procs.device or _device(cfg.device)
     if kind == "ridge":
         fitted, results, notes = fit_ridge(plan, cfg)
     else:
         fitted, results, notes = fit_logistic(plan, cfg, device)
     report = ProbeReport(kind, target.name, name, "accuracy" if kind == "logistic" else "r2", results, notes)
-    if cfg.save:
-        save_probes(store, plan, cfg, report, fitted, writers)
+    if cfg.save:  # the others wait, and see its error if it fails
+        procs.on_main(lambda: save_probes(store, plan, cfg, report, fitted, writers), "saving the probes")
     return report
 
 

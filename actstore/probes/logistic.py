@@ -1,6 +1,9 @@
 """Multinomial logistic regression with scikit-learn's objective, by L-BFGS batched over
 sites: every site's parameters in one (site, ...) tensor, each evaluation one batched
-matmul, the kept positions gathered in memory when they fit, else streamed."""
+matmul, the kept positions gathered in memory when they fit, else streamed. Under
+torchrun / accelerate each process holds (or streams) its share of the store and the
+loss, gradient and accuracy sums are all-reduced, so every process solves the same
+problem and takes the same steps."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ProbeConfig, ProbeResult
+from ..parallel import Group
 from ..store.loader import TokenSite
+from .config import ProbeConfig, ProbeResult
 from .labels import class_plan
 from .plan import Plan, groups as site_groups
 
@@ -54,8 +58,9 @@ def _stream_blocks(plan: Plan, group: list[TokenSite], split: bool, device: str,
 
 
 def _loss_grad(blocks: Blocks, idx: torch.Tensor, theta: torch.Tensor, F: int, C: int, lam: float, sw_sum: float,
-               weighted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's multinomial objective and its gradient, per site: f (S,) float64, g (S, P)."""
+               weighted: bool, procs: Group) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's multinomial objective and its gradient, per site: f (S,) float64, g (S, P);
+    the data terms summed over every process's share."""
     S = theta.shape[0]
     W, b = theta[:, : F * C].view(S, F, C), theta[:, F * C:]
     f = torch.zeros(S, dtype=torch.float64, device=theta.device)
@@ -71,6 +76,9 @@ def _loss_grad(blocks: Blocks, idx: torch.Tensor, theta: torch.Tensor, F: int, C
             P.mul_(w[None, :, None])
         gWt.baddbmm_(P.transpose(1, 2), X)
         gb += P.sum(1)
+    procs.all_sum(f, "a loss evaluation")
+    sums = procs.all_sum(torch.cat([gWt.flatten(1), gb], 1), "a gradient evaluation")
+    gWt, gb = sums[:, : F * C].view(S, C, F), sums[:, F * C:]
     f = f / sw_sum + 0.5 * lam * W.double().pow(2).sum((1, 2))
     g = torch.cat([(gWt.transpose(1, 2) / sw_sum + lam * W).reshape(S, -1), gb / sw_sum], 1)
     return f, g
@@ -174,14 +182,21 @@ def fit_logistic(plan: Plan, cfg: ProbeConfig, device: str) -> tuple[dict, dict[
     sw_sum = cp.sw_sum
     lam = 1.0 / (cfg.C * sw_sum)  # scikit-learn's l2_reg_strength
     weighted = cfg.class_weight is not None
-    need = sum(n_split.values()) * sum(s.n_features for s in plan.sites) * 4
+    procs = plan.procs
+    share = _share_counts(plan) if procs.distributed else n_split  # positions this process holds
+    shares = procs.all_gather(share, "the positions were counted")
+    if {sp: sum(c[sp] for c in shares) for sp in n_split} != n_split:  # the shares partition the positions
+        raise RuntimeError(f"internal: the processes hold {shares} positions, the label pass counted {n_split}")
+    width = sum(s.n_features for s in plan.sites) * 4
+    need = max(sum(c.values()) for c in shares) * width  # bytes gathered by the process holding the most
     in_memory = need <= cfg.max_memory_gb * 2**30
     notes = {"n_classes": C, "n_train_dropped": cp.n_train_dropped, "n_test_unseen": cp.n_test_unseen,
-             "data": "memory" if in_memory else "stream", "device": device, "gathered_bytes": need if in_memory else 0}
+             "data": "memory" if in_memory else "stream", "device": device,
+             "gathered_bytes": sum(n_split.values()) * width if in_memory else 0, "processes": procs.world}
     groups = site_groups(plan.sites)
     data: dict[int, dict[bool, Blocks]] = {}
-    if in_memory:
-        data = _gather(plan, groups, n_split, class_w, C, device, cfg)
+    if in_memory:  # an error reading any process's share is raised on every process
+        procs.each(lambda: data.update(_gather(plan, groups, share, class_w, C, device, cfg)), "reading the store")
     else:
         for gi, group in enumerate(groups):
             width = C + group[0].n_features
@@ -196,15 +211,15 @@ def fit_logistic(plan: Plan, cfg: ProbeConfig, device: str) -> tuple[dict, dict[
         flush = device == "cpu" and torch.set_flush_denormal(True)
         try:
             with tqdm(total=cfg.max_iter, desc=f"logistic L-BFGS ({S} sites, {C} classes)", unit="iter",
-                      disable=not cfg.progress) as bar:
-                theta, n_iter, conv = _lbfgs(lambda x, idx: _loss_grad(train, idx, x, F, C, lam, sw_sum, weighted),
-                                             theta, cfg.max_iter, cfg.tol, bar)
+                      disable=not (cfg.progress and procs.main)) as bar:
+                theta, n_iter, conv = _lbfgs(lambda x, idx: _loss_grad(train, idx, x, F, C, lam, sw_sum, weighted,
+                                                                       procs), theta, cfg.max_iter, cfg.tol, bar)
         finally:
             if flush:
                 torch.set_flush_denormal(False)
         every = torch.arange(S, device=device)
-        acc_train = _correct(train, every, theta, F, C) / max(n_split[False], 1)
-        acc_test = (_correct(test, every, theta, F, C) / n_split[True] if n_split[True] else np.full(S, np.nan))
+        acc_train = _correct(train, every, theta, F, C, procs) / max(n_split[False], 1)
+        acc_test = (_correct(test, every, theta, F, C, procs) / n_split[True] if n_split[True] else np.full(S, np.nan))
         base = cp.majority_test / n_split[True] if n_split[True] else float("nan")
         for i, s in enumerate(group):
             th = theta[i].double().cpu().numpy()
@@ -214,10 +229,21 @@ def fit_logistic(plan: Plan, cfg: ProbeConfig, device: str) -> tuple[dict, dict[
     return fitted, {s.hook: results[s.hook] for s in plan.sites}, notes
 
 
+def _share_counts(plan: Plan) -> dict[bool, int]:
+    """Positions (train, test) of this process's share of the store: a pass over the labels only."""
+    n = {False: 0, True: 0}
+    for unit in plan.units(plan.sites):
+        test = plan.select(unit)[2]
+        n[True] += int(test.sum())
+        n[False] += len(test) - int(test.sum())
+    return n
+
+
 def _gather(plan: Plan, groups: list[list[TokenSite]], n_split: dict[bool, int], class_w: torch.Tensor, C: int,
             device: str, cfg: ProbeConfig) -> dict[int, dict[bool, Blocks]]:
-    """One pass over the store: every site's kept positions, standardised, into (site, n, F)
-    float32 tensors per group and split, on ``device``."""
+    """One pass over (this process's share of) the store: every site's kept positions,
+    standardised, into (site, n, F) float32 tensors per group and split, on ``device``;
+    ``n_split``: the positions of the share."""
     where = {s.hook: (gi, i) for gi, g in enumerate(groups) for i, s in enumerate(g)}
     X = {gi: {sp: torch.empty(len(g), n_split[sp], g[0].n_features, device=device) for sp in (False, True)}
          for gi, g in enumerate(groups)}
@@ -225,7 +251,7 @@ def _gather(plan: Plan, groups: list[list[TokenSite]], n_split: dict[bool, int],
     off = {False: 0, True: 0}
     stream = plan.reader(plan.sites, np.float32, cfg.num_workers)
     for xs, yb, test in tqdm(stream(), total=len(plan.units(plan.sites)), desc=f"reading {len(plan.sites)} sites",
-                             unit="block", disable=not cfg.progress):
+                             unit="block", disable=not (cfg.progress and plan.procs.main)):
         for sp in (False, True):
             sel = test == sp
             o, n = off[sp], int(sel.sum())
@@ -241,12 +267,13 @@ def _gather(plan: Plan, groups: list[list[TokenSite]], n_split: dict[bool, int],
 
 
 @torch.no_grad()
-def _correct(blocks: Blocks, idx: torch.Tensor, theta: torch.Tensor, F: int, C: int) -> np.ndarray:
+def _correct(blocks: Blocks, idx: torch.Tensor, theta: torch.Tensor, F: int, C: int, procs: Group) -> np.ndarray:
+    """Correct predictions per site, over every process's share."""
     S = theta.shape[0]
     W, b = theta[:, : F * C].view(S, F, C), theta[:, F * C:]
     right = torch.zeros(S, dtype=torch.long, device=theta.device)
     for X, y, _ in blocks(idx):
         right += (torch.baddbmm(b[:, None, :], X, W).argmax(-1) == y[None]).sum(1)
-    return right.cpu().numpy()
+    return procs.all_sum(right, "scoring the probes").cpu().numpy()
 
 

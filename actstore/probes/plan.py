@@ -1,13 +1,15 @@
 """The plan of a probe run shared by both kinds: the sites, the target, the split, the
-standardisation, and the streaming reads of the store in units of rows."""
+standardisation, and the streaming reads of the store in units of rows. Under torchrun /
+accelerate each process reads its own share of the units (round-robin, parallel.Group)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..parallel import Group, single
 from ..store.loader import ChunkReader, TokenSite, keep_positions, row_units
 from .labels import Target
 
@@ -30,10 +32,16 @@ class Plan:
     skip_bos: bool
     classes: np.ndarray | None = None  # int64 (class,) sorted, logistic only
     class_w: np.ndarray | None = None  # float64 (class,) per-class sample weight
+    procs: Group = field(default_factory=single)  # this process's place in a launched run
 
     def units(self, sites: Sequence[TokenSite]) -> list[slice]:
+        """This process's share of the read units (all of them in a single process)."""
         row_bytes = sum(s.n_features for s in sites) * self.store.layout.seq_len * 4
-        return row_units(self.store, rows_per_unit=max(1, _UNIT_BYTES // max(row_bytes, 1)))
+        rows = max(1, _UNIT_BYTES // max(row_bytes, 1))
+        if self.procs.distributed:  # several units per process, so the shares balance
+            rows = min(rows, max(1, self.store.n_rows // (4 * self.procs.world)))
+        units = row_units(self.store, rows_per_unit=rows)
+        return [units[i] for i in self.procs.owned(range(len(units)))]
 
     def select(self, unit: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kept, labelled positions of a unit: (row, pos) indices (2, n), labels (n,) (class

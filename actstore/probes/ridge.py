@@ -1,6 +1,8 @@
 """Ridge (and ordinary least squares, alpha=0), exact: one streaming pass of float64
 co-moments per site and split, merged with Chan et al.'s formula, solved as
-scikit-learn's Ridge with an unpenalised intercept."""
+scikit-learn's Ridge with an unpenalised intercept. Under torchrun / accelerate each
+process summarises its share of the store and the shares merge in rank order on every
+process: the same weights everywhere, equal to one process's up to float64 rounding."""
 
 from __future__ import annotations
 
@@ -50,17 +52,27 @@ class _Comoments:
         return float(1 - sse / self.syy)
 
 
-def fit_ridge(plan: Plan, cfg: ProbeConfig) -> tuple[dict, dict[str, ProbeResult], dict]:
+def _accumulate(plan: Plan, cfg: ProbeConfig) -> dict[tuple[str, bool], _Comoments]:
+    """This process's share of the store, summarised per (site, split)."""
     acc: dict[tuple[str, bool], _Comoments] = {}
     stream = plan.reader(plan.sites, np.float64, cfg.num_workers)
     for xs, y, test in tqdm(stream(), total=len(plan.units(plan.sites)), desc=f"ridge ({len(plan.sites)} sites)",
-                            unit="block", disable=not cfg.progress):
+                            unit="block", disable=not (cfg.progress and plan.procs.main)):
         for split in (False, True):
             sel = test == split
             if sel.any():
                 for s, x in zip(plan.sites, xs):
                     c = _Comoments.of(x[sel], y[sel])
                     acc[s.hook, split] = acc[s.hook, split].merge(c) if (s.hook, split) in acc else c
+    return acc
+
+
+def fit_ridge(plan: Plan, cfg: ProbeConfig) -> tuple[dict, dict[str, ProbeResult], dict]:
+    acc: dict[tuple[str, bool], _Comoments] = {}
+    # every process's co-moments, merged in rank order on every process: the same weights everywhere
+    for part in plan.procs.each(lambda: _accumulate(plan, cfg), "the ridge co-moments were summed"):
+        for key, c in part.items():
+            acc[key] = acc[key].merge(c) if key in acc else c
     fitted, results = {}, {}
     for s in plan.sites:
         train, test = acc.get((s.hook, False)), acc.get((s.hook, True))

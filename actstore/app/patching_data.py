@@ -28,8 +28,8 @@ from ..patching import LogitDiff, attribution, sweeps, tasks
 from ..patching.pairs import Pairs, _tokenize_pairs
 
 __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_NAMES", "default_task", "task_records", "typed_record", "tokenize",
-           "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "run_edges",
-           "edge_matrix", "head_summary", "top_edges", "AUTO_EDGE_LIMIT"]
+           "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
+           "eap_edges", "run_edges", "edge_results", "edge_matrix", "head_summary", "top_edges", "AUTO_EDGE_LIMIT"]
 
 DEMO_IOI = "demo-ioi"
 #: the page's built-in tasks: the demo model's held-out IOI pairs, then actstore.tasks' (factual needs a file)
@@ -155,29 +155,53 @@ class EdgeResults:
     correlation: dict[str, Any]  # attribution.compare(exact, eap)
 
 
+def edge_metric(model: Any, pairs: Pairs) -> Any:
+    """The ``norm-logit-diff`` circuit metric of these pairs (refused, like the sweeps,
+    for pairs the model does not tell apart)."""
+    dev = _device(model)
+    _metric(model, pairs)
+    with torch.no_grad():
+        clean_logits, corrupted_logits = model(pairs.clean.to(dev)), model(pairs.corrupted.to(dev))
+    return circuit_metric("norm-logit-diff", answer=pairs.answer, wrong=pairs.wrong, clean_logits=clean_logits,
+                          corrupted_logits=corrupted_logits)
+
+
+def exact_edges(model: Any, pairs: Pairs, edges: np.ndarray, metric: Any = None) -> np.ndarray:
+    """(len(edges),) :func:`exact_edge_scores` of these edges of ``Graph.from_model(model)``."""
+    dev = _device(model)
+    metric = edge_metric(model, pairs) if metric is None else metric
+    scores = exact_edge_scores(model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, edges=edges,
+                               progress=False)
+    return scores.float().cpu().numpy()
+
+
+def eap_edges(model: Any, pairs: Pairs, metric: Any = None) -> np.ndarray:
+    """(edge,) :func:`edge_attribution` (EAP) of every edge of ``Graph.from_model(model)``."""
+    dev = _device(model)
+    metric = edge_metric(model, pairs) if metric is None else metric
+    scores = edge_attribution(model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, method="eap",
+                              progress=False)
+    return scores.detach().float().cpu().numpy()
+
+
 def run_edges(model: Any, pairs: Pairs, chunk: int = 256,
               on_progress: Optional[Callable[[int, int], None]] = None) -> EdgeResults:
-    """Exact edge patching of every edge (:func:`exact_edge_scores`, ``chunk`` edges a call,
-    ``on_progress(done, total)`` after each) and EAP (:func:`edge_attribution`), with the
-    ``norm-logit-diff`` circuit metric."""
-    dev = _device(model)
-    clean_t, corr_t = pairs.clean.to(dev), pairs.corrupted.to(dev)
-    _metric(model, pairs)  # the same refusal as the sweeps: pairs the model does not tell apart
-    with torch.no_grad():
-        clean_logits, corrupted_logits = model(clean_t), model(corr_t)
-    metric = circuit_metric("norm-logit-diff", answer=pairs.answer, wrong=pairs.wrong, clean_logits=clean_logits,
-                            corrupted_logits=corrupted_logits)
+    """Exact edge patching of every edge (:func:`exact_edges`, ``chunk`` edges a call,
+    ``on_progress(done, total)`` after each) and EAP (:func:`eap_edges`)."""
+    metric = edge_metric(model, pairs)
     graph = Graph.from_model(model)
     parts, done = [], 0
     for ids in edge_chunks(graph, chunk):
-        parts.append(exact_edge_scores(model, clean_t, corr_t, metric, graph=graph, edges=ids, progress=False))
+        parts.append(exact_edges(model, pairs, ids, metric))
         done += len(ids)
         if on_progress is not None:
             on_progress(done, graph.n_edges)
-    exact = torch.cat(parts).float().cpu().numpy()
-    eap = edge_attribution(model, clean_t, corr_t, metric, method="eap", graph=graph, progress=False)
-    eap_np = eap.detach().float().cpu().numpy()
-    return EdgeResults(graph, exact, eap_np, attribution.compare(exact, eap_np))
+    return edge_results(graph, np.concatenate(parts), eap_edges(model, pairs, metric))
+
+
+def edge_results(graph: Graph, exact: np.ndarray, eap: np.ndarray) -> EdgeResults:
+    """The scores with their correlation (:func:`actstore.attribution.compare`)."""
+    return EdgeResults(graph, exact, eap, attribution.compare(exact, eap))
 
 
 def edge_matrix(graph: Graph, scores: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:

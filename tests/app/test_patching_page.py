@@ -204,3 +204,95 @@ def test_pairs_the_model_does_not_separate_are_refused(model):
     same.corrupted = same.clean.clone()  # identical runs: the normalised effect would be 0 / 0
     with pytest.raises(ConfigError, match="0 / 0"):
         pd.run_sweeps(model, same)
+
+
+# --- the page, under AppTest ---------------------------------------------------------------------
+
+
+def _chart(at, key: str) -> dict:
+    """The plotly figure of chart ``key`` as the page sent it."""
+    import json
+
+    found = [e for e in at.get("plotly_chart") if e.key == f"fig-{key}"]
+    assert len(found) == 1, (key, [e.key for e in at.get("plotly_chart")])
+    return json.loads(found[0].proto.spec)
+
+
+def _array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array ({dtype, bdata, shape})."""
+    import base64
+
+    if isinstance(value, dict):
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).copy()
+        shape = value.get("shape")
+        return out.reshape([int(s) for s in str(shape).split(",")]) if shape else out
+    return np.array(value, dtype=float)
+
+
+def _z(at, key: str) -> torch.Tensor:
+    return torch.as_tensor(_array(_chart(at, key)["data"][0]["z"]).astype(np.float64))
+
+
+def _assert_page_shows(at, model, records, *, edges: bool = True) -> None:
+    """Every number the page drew equals the plain functions' on the same pairs."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    pairs = pd.tokenize(records, model.tokenizer)
+    want = pd.run_sweeps(model, pairs)
+    for key, name in (("patch-resid_pre", "resid_pre"), ("patch-heads", "attn_head_out_all_pos")):
+        assert_close_rel(_z(at, key), torch.as_tensor(want.exact[name]).double(), min_spread=0.5, what=key)
+    x = _chart(at, "patch-resid_pre")["data"][0]["x"]
+    assert x == pd.position_labels(pairs, model.tokenizer)
+    scatter = {t["name"].split(" (r = ")[0]: t for t in _chart(at, "patch-scatter")["data"]}
+    for name in pd.SWEEP_NAMES:
+        assert_close_rel(torch.as_tensor(_array(scatter[name]["x"])), torch.as_tensor(want.exact[name].ravel()).double(),
+                         min_spread=0.5, what=f"scatter x {name}")
+        assert_close_rel(torch.as_tensor(_array(scatter[name]["y"])),
+                         torch.as_tensor(want.attribution[name].ravel()).double(), min_spread=0.5,
+                         what=f"scatter y {name}")
+    if edges:
+        got = pd.run_edges(model, pairs)
+        grid = pd.edge_matrix(got.graph, got.exact)[2]
+        assert_close_rel(_z(at, "patch-edges"), torch.as_tensor(grid), min_spread=0.3, what="edge heatmap")
+        assert_close_rel(torch.as_tensor(_array(scatter["edges (EAP)"]["y"])), torch.as_tensor(got.eap).double(),
+                         min_spread=0.3, what="scatter EAP")
+
+
+def test_page_default_task(open_app, demo_model):
+    at = open_app("patching")
+    records = pd.task_records(pd.DEMO_IOI, 8, 0, demo_model.tokenizer)  # the default: 8 pairs, seed 0
+    _assert_page_shows(at, demo_model.bridge, records)
+    assert at.selectbox(key="patch-task").value == pd.DEMO_IOI
+
+
+def test_page_typed_pair(open_app, demo_model):
+    at = open_app("patching")
+    at.radio(key="patch-source").set_value("Typed pair").run()
+    for field in ("clean", "corrupted", "answer", "wrong"):
+        at.text_input(key=f"patch-{field}").set_value(EARLY[field])
+    at.run()
+    _assert_page_shows(at, demo_model.bridge, [EARLY])
+
+
+def test_page_shows_the_librarys_error(open_app):
+    at = open_app("patching")
+    at.radio(key="patch-source").set_value("Typed pair").run()
+    at.text_input(key="patch-corrupted").set_value("When Mary and John went to the big store, John gave a drink to")
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "same token length" in at.error[0].value, [e.value for e in at.error]
+    assert not at.get("plotly_chart")
+
+
+def test_a_big_graph_waits_for_the_button_and_shows_a_head_summary(open_app, demo_model, monkeypatch):
+    monkeypatch.setattr(pd, "AUTO_EDGE_LIMIT", 100)  # the demo's 479 edges count as many
+    at = open_app("patching")
+    assert not at.exception and [e.key for e in at.get("plotly_chart")] == ["fig-patch-resid_pre", "fig-patch-heads",
+                                                                            "fig-patch-scatter"]
+    at.button(key="patch-edges-run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    records = pd.task_records(pd.DEMO_IOI, 8, 0, demo_model.tokenizer)
+    got = pd.run_edges(demo_model.bridge, pd.tokenize(records, demo_model.tokenizer))
+    want = pd.head_summary(got.graph, got.exact)
+    assert_close_rel(_z(at, "patch-edges-heads"), torch.as_tensor(want), min_spread=0.3, what="head summary")
+    assert [e.key for e in at.get("plotly_chart")][-1] == "fig-patch-scatter"

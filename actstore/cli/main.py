@@ -18,7 +18,7 @@ from ..store import ActivationStore
 # on_interrupt(args) -> str, what Ctrl-C left (printed on one line; exit code 130).
 _COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.cache", "actstore.cli.analyze", "actstore.cli.verify",
                                      "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour",
-                                     "actstore.cli.circuit")
+                                     "actstore.cli.circuit", "actstore.cli.app")
 
 
 def _parser() -> argparse.ArgumentParser:

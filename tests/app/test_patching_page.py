@@ -233,66 +233,77 @@ def _z(at, key: str) -> torch.Tensor:
     return torch.as_tensor(_array(_chart(at, key)["data"][0]["z"]).astype(np.float64))
 
 
-def _assert_page_shows(at, model, records, *, edges: bool = True) -> None:
+@pytest.fixture(scope="module")
+def default_pairs(model):
+    """What the page shows by default (8 pairs of the demo's IOI task, seed 0), by the plain functions."""
+    records = pd.task_records(pd.DEMO_IOI, 8, 0, model.tokenizer)
+    pairs = pd.tokenize(records, model.tokenizer)
+    return pairs, pd.run_sweeps(model, pairs), pd.run_edges(model, pairs)
+
+
+def _assert_page_shows(at, model, pairs, sweeps, edges) -> None:
     """Every number the page drew equals the plain functions' on the same pairs."""
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    pairs = pd.tokenize(records, model.tokenizer)
-    want = pd.run_sweeps(model, pairs)
     for key, name in (("patch-resid_pre", "resid_pre"), ("patch-heads", "attn_head_out_all_pos")):
-        assert_close_rel(_z(at, key), torch.as_tensor(want.exact[name]).double(), min_spread=0.5, what=key)
+        assert_close_rel(_z(at, key), torch.as_tensor(sweeps.exact[name]).double(), min_spread=0.5, what=key)
     x = _chart(at, "patch-resid_pre")["data"][0]["x"]
     assert x == pd.position_labels(pairs, model.tokenizer)
     scatter = {t["name"].split(" (r = ")[0]: t for t in _chart(at, "patch-scatter")["data"]}
     for name in pd.SWEEP_NAMES:
-        assert_close_rel(torch.as_tensor(_array(scatter[name]["x"])), torch.as_tensor(want.exact[name].ravel()).double(),
-                         min_spread=0.5, what=f"scatter x {name}")
-        assert_close_rel(torch.as_tensor(_array(scatter[name]["y"])),
-                         torch.as_tensor(want.attribution[name].ravel()).double(), min_spread=0.5,
-                         what=f"scatter y {name}")
-    if edges:
-        got = pd.run_edges(model, pairs)
-        grid = pd.edge_matrix(got.graph, got.exact)[2]
-        assert_close_rel(_z(at, "patch-edges"), torch.as_tensor(grid), min_spread=0.3, what="edge heatmap")
-        assert_close_rel(torch.as_tensor(_array(scatter["edges (EAP)"]["y"])), torch.as_tensor(got.eap).double(),
-                         min_spread=0.3, what="scatter EAP")
+        for axis, want in (("x", sweeps.exact[name]), ("y", sweeps.attribution[name])):
+            assert_close_rel(torch.as_tensor(_array(scatter[name][axis])), torch.as_tensor(want.ravel()).double(),
+                             min_spread=0.5, what=f"scatter {axis} {name}")
+    grid = pd.edge_matrix(edges.graph, edges.exact)[2]
+    assert_close_rel(_z(at, "patch-edges"), torch.as_tensor(grid), min_spread=0.3, what="edge heatmap")
+    for axis, want in (("x", edges.exact), ("y", edges.eap)):
+        assert_close_rel(torch.as_tensor(_array(scatter["edges (EAP)"][axis])), torch.as_tensor(want).double(),
+                         min_spread=0.3, what=f"scatter {axis} edges")
 
 
-def test_page_default_task(open_app, demo_model):
+def test_page_default_task(open_app, model, default_pairs):
     at = open_app("patching")
-    records = pd.task_records(pd.DEMO_IOI, 8, 0, demo_model.tokenizer)  # the default: 8 pairs, seed 0
-    _assert_page_shows(at, demo_model.bridge, records)
+    _assert_page_shows(at, model, *default_pairs)
     assert at.selectbox(key="patch-task").value == pd.DEMO_IOI
 
 
-def test_page_typed_pair(open_app, demo_model):
+def test_page_typed_pair(open_app, model):
     at = open_app("patching")
     at.radio(key="patch-source").set_value("Typed pair").run()
     for field in ("clean", "corrupted", "answer", "wrong"):
         at.text_input(key=f"patch-{field}").set_value(EARLY[field])
     at.run()
-    _assert_page_shows(at, demo_model.bridge, [EARLY])
+    pairs = pd.tokenize([EARLY], model.tokenizer)
+    _assert_page_shows(at, model, pairs, pd.run_sweeps(model, pairs), pd.run_edges(model, pairs))
 
 
-def test_page_shows_the_librarys_error(open_app):
+@pytest.mark.parametrize("field, value, message", [
+    ("corrupted", "When Mary and John went to the big store, John gave a drink to", "same token length"),
+    ("wrong", " Mary", "are the same token"),
+    ("answer", " Marianne", "one-token answers"),
+])
+def test_page_shows_the_librarys_error(open_app, field, value, message):
     at = open_app("patching")
     at.radio(key="patch-source").set_value("Typed pair").run()
-    at.text_input(key="patch-corrupted").set_value("When Mary and John went to the big store, John gave a drink to")
+    if field == "wrong":  # answer == wrong
+        at.text_input(key="patch-answer").set_value(value)
+    at.text_input(key=f"patch-{field}").set_value(value)
     at.run()
-    assert not at.exception
-    assert len(at.error) == 1 and "same token length" in at.error[0].value, [e.value for e in at.error]
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1 and message in at.error[0].value, [e.value for e in at.error]
     assert not at.get("plotly_chart")
 
 
-def test_a_big_graph_waits_for_the_button_and_shows_a_head_summary(open_app, demo_model, monkeypatch):
+def test_a_big_graph_waits_for_the_button_and_shows_a_head_summary(open_app, monkeypatch, default_pairs):
     monkeypatch.setattr(pd, "AUTO_EDGE_LIMIT", 100)  # the demo's 479 edges count as many
     at = open_app("patching")
     assert not at.exception and [e.key for e in at.get("plotly_chart")] == ["fig-patch-resid_pre", "fig-patch-heads",
                                                                             "fig-patch-scatter"]
     at.button(key="patch-edges-run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    records = pd.task_records(pd.DEMO_IOI, 8, 0, demo_model.tokenizer)
-    got = pd.run_edges(demo_model.bridge, pd.tokenize(records, demo_model.tokenizer))
-    want = pd.head_summary(got.graph, got.exact)
+    edges = default_pairs[2]
+    want = pd.head_summary(edges.graph, edges.exact)
     assert_close_rel(_z(at, "patch-edges-heads"), torch.as_tensor(want), min_spread=0.3, what="head summary")
     assert [e.key for e in at.get("plotly_chart")][-1] == "fig-patch-scatter"
+    (top,) = [d.value for d in at.dataframe if "edge" in d.value.columns]
+    assert list(top["edge"]) == [r["edge"] for r in pd.top_edges(edges.graph, edges.exact, len(top))]

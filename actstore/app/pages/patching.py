@@ -22,7 +22,8 @@ TITLE = "Patching"
 SECTION = "Prompt"
 
 VALUE = "normalised logit diff"  # 0 = the corrupted run, 1 = the clean run
-EDGE_CHUNK = 256  # edges per cached call (and per step of the progress bar)
+EDGE_CHUNK = 256  # edges per cached call (and per step of the progress bar), at least
+WEBGL_POINTS = 5000  # scatter traces with more points are drawn with WebGL
 TOP = 30  # edges listed
 
 
@@ -91,7 +92,7 @@ def _edges(m: Any, key: tuple[str, str, str]) -> data.EdgeResults | None:
         if not st.button(f"Run exact edge patching ({graph.n_edges:,} edges)", key="patch-edges-run"):
             return None
         ss["patch-edges-for"] = key
-    chunks = data.edge_chunks(graph, EDGE_CHUNK)
+    chunks = data.edge_chunks(graph, max(EDGE_CHUNK, graph.n_edges // 100))
     bar = st.progress(0.0, text="exact edge patching") if len(chunks) > 1 else None
     parts = []
     for ids in chunks:
@@ -136,7 +137,8 @@ def _scatter(sweeps: data.SweepResults, edges: data.EdgeResults | None, labels: 
         parts.append(("edges (EAP)", list(edges.graph.names), edges.exact, edges.eap, edges.correlation["pearson"]))
     for name, text, x, y, r in parts:
         r_text = "n/a" if r is None else f"{r:.3f}"
-        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"{name} (r = {r_text})", text=text,
+        kind = go.Scattergl if len(x) > WEBGL_POINTS else go.Scatter
+        fig.add_trace(kind(x=x, y=y, mode="markers", name=f"{name} (r = {r_text})", text=text,
                                  hovertemplate="%{text}<br>exact %{x:.4g}<br>attribution %{y:.4g}<extra></extra>"))
         tables.append(pd.DataFrame({"sweep": name, "cell": text, "exact": x, "attribution": y}))
     values = np.concatenate([np.concatenate([p[2], p[3]]) for p in parts])

@@ -106,6 +106,10 @@ def _metric(model: Any, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray
     """The normalised logit difference of these pairs, their raw clean and corrupted
     logit differences, and the clean run's cache."""
     dev = _device(model)
+    n_pos, n_ctx = int(pairs.clean.shape[1]), int(model.cfg.n_ctx)
+    if n_pos > n_ctx:
+        raise ConfigError(f"the prompts are {n_pos} tokens (with BOS), beyond the model's context of {n_ctx}; "
+                          "shorten them.")
     raw = LogitDiff(pairs.answer, pairs.wrong, per_example=True)
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(pairs.clean.to(dev))

@@ -199,6 +199,13 @@ def test_bad_pairs_are_the_librarys_errors(model, record, match):
         pd.tokenize([record], model.tokenizer)
 
 
+def test_prompts_beyond_the_context_are_refused(model):
+    long = " and".join(["When Mary and John went to the store, John gave a drink to Mary"] * 12)
+    pairs = pd.tokenize([pd.typed_record(long + " and John", long + " and Mary", " Mary", " John")], model.tokenizer)
+    with pytest.raises(ConfigError, match="beyond the model's context of 128"):
+        pd.run_sweeps(model, pairs)
+
+
 def test_pairs_the_model_does_not_separate_are_refused(model):
     same = pd.tokenize([EARLY], model.tokenizer)
     same.corrupted = same.clean.clone()  # identical runs: the normalised effect would be 0 / 0

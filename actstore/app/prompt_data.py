@@ -23,11 +23,12 @@ from ..demo.data import ioi_pairs
 from ..errors import ConfigError
 from ..models import LoadedModel
 from ..resources import DEMO_MODEL
+from ..sites import Site
 from ..store import ActivationStore
 
 __all__ = ["PromptStore", "DefaultPrompt", "default_prompt", "cache_prompt", "token_table", "token_labels",
            "prompt_logit_lens", "prompt_dla", "attention_patterns", "repeated_store", "prompt_induction",
-           "PROMPT_SITES"]
+           "PROMPT_SITES", "site_labels"]
 
 # every site a prompt page reads; one forward per prompt fills them all
 PROMPT_SITES = "resid_pre:0,resid_post:all,z:all,mlp_out:all,pattern:all"
@@ -92,6 +93,15 @@ def cache_prompt(model: LoadedModel, text: str, sites: str = PROMPT_SITES) -> Pr
 def token_labels(tokenizer: Any, ids: np.ndarray) -> list[str]:
     """'pos:token' for each id: unique axis labels that show where each token is."""
     return [f"{i}:{tokenizer.decode([int(t)])!r}"[:24] for i, t in enumerate(ids)]
+
+
+def site_labels(hooks: list[str]) -> list[str]:
+    """Short axis labels of hook names: 'resid_post 3' for blocks.3.hook_resid_post."""
+    out = []
+    for h in hooks:
+        site = Site.from_hook(h)
+        out.append(f"{site.short or site.kind} {site.layer}" if site.layer is not None else (site.short or h))
+    return out
 
 
 def token_table(tokenizer: Any, prompt: PromptStore) -> pd.DataFrame:

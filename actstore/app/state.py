@@ -20,11 +20,10 @@ from ..models import LoadedModel, load_model
 from ..resources import DEMO_MODEL
 from ..store import ActivationStore, open_store
 from . import MODEL_ENV, STORES_ENV
-from .prompt_data import PromptStore, cache_prompt, default_prompt
+from .prompt_data import PromptStore, cache_prompt, default_prompt, repeated_store
 
 __all__ = ["MODEL_ENV", "STORES_ENV", "configured_model", "configured_stores", "sidebar", "model", "store_paths",
-           "current_store", "prompt", "prompt_store", "guarded", "load", "open_cached"]
-
+           "current_store", "prompt", "prompt_store", "model_and_prompt", "repeated", "guarded", "load", "open_cached"]
 
 
 def configured_model() -> str:
@@ -98,6 +97,23 @@ def _prompt_store(_model: LoadedModel, name: str, fingerprint: str, text: str) -
 def prompt_store(m: LoadedModel, text: str) -> PromptStore:
     """The prompt cached through ``m`` (every prompt site, one forward), once per (model, prompt)."""
     return _prompt_store(m, m.info.name, m.info.fingerprint, text)
+
+
+def model_and_prompt() -> tuple[LoadedModel, PromptStore]:
+    """The sidebar's model and its prompt's one-row store: what a prompt page starts from."""
+    m = model()
+    return m, prompt_store(m, prompt())
+
+
+@st.cache_resource(show_spinner="Caching repeated random tokens ...", max_entries=8)
+def _repeated(_model: LoadedModel, name: str, fingerprint: str, half_len: int, n_rows: int, seed: int) -> PromptStore:
+    return repeated_store(_model, half_len, n_rows, seed)
+
+
+def repeated(m: LoadedModel, half_len: int, n_rows: int, seed: int) -> PromptStore:
+    """``n_rows`` rows of repeated-random:HALF_LEN:SEED cached through ``m`` (patterns
+    and loss), once per (model, half_len, n_rows, seed)."""
+    return _repeated(m, m.info.name, m.info.fingerprint, half_len, n_rows, seed)
 
 
 def guarded(render: Callable[[], None]) -> Callable[[], None]:

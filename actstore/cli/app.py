@@ -34,7 +34,8 @@ def _app(args: argparse.Namespace) -> int:
         from streamlit.web import bootstrap
         import plotly  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"`actstore app` needs the app extra ({e.name} is missing): pip install 'actstore[app]'.") from e
+        raise ConfigError(f"`actstore app` needs the app extra ({e.name} is missing): "
+                          "pip install 'actstore[app]'.") from e
     missing = [s for s in args.store if not is_url(s) and not os.path.exists(s)]
     if missing:
         raise ConfigError(f"No store at {', '.join(map(repr, missing))}; pass --store with a store's folder or URL.")
@@ -48,7 +49,8 @@ def _app(args: argparse.Namespace) -> int:
     os.environ[STORES_ENV] = os.pathsep.join(os.path.abspath(s) if not is_url(s) else s for s in args.store)
     navigation_only()
     flags = {"server.port": args.port, "server.address": args.address, "server.headless": args.headless,
-             "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "global.developmentMode": False}
+             "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "global.developmentMode": False,
+             "client.toolbarMode": "viewer"}  # no usage stats, no file watching, no Deploy button
     config._main_script_path = MAIN  # as `streamlit run` does, before reading config files
     bootstrap.load_config_options(flag_options=flags)
     bootstrap.run(MAIN, False, [], flags)

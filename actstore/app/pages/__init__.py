@@ -34,7 +34,8 @@ def discover() -> list[PageSpec]:
         mod = importlib.import_module(f"{__name__}.{info.name}")
         missing = [a for a in ("TITLE", "SECTION", "render") if not hasattr(mod, a)]
         if missing:
-            raise TypeError(f"page module {mod.__name__} lacks {', '.join(missing)} (see actstore/app/pages/__init__.py)")
+            raise TypeError(f"page module {mod.__name__} lacks {', '.join(missing)} "
+                            "(see actstore/app/pages/__init__.py)")
         if mod.SECTION not in SECTIONS:
             raise ValueError(f"page module {mod.__name__} has SECTION {mod.SECTION!r}; expected one of {SECTIONS}")
         specs.append(PageSpec(info.name, mod.TITLE, mod.SECTION, mod.render))

@@ -284,6 +284,20 @@ def test_page_typed_pair(open_app, model):
     _assert_page_shows(at, model, pairs, pd.run_sweeps(model, pairs), pd.run_edges(model, pairs))
 
 
+def test_the_pages_choices_survive_a_visit_to_another_page(open_app):
+    from .conftest import goto
+
+    at = open_app("patching")
+    at.radio(key="patch-source").set_value("Typed pair").run()
+    for field in ("clean", "corrupted", "answer", "wrong"):
+        at.text_input(key=f"patch-{field}").set_value(EARLY[field])
+    at.run()
+    at = goto(goto(at, "tokens"), "patching")
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    assert at.radio(key="patch-source").value == "Typed pair"
+    assert {f: at.text_input(key=f"patch-{f}").value for f in EARLY} == EARLY
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("corrupted", "When Mary and John went to the big store, John gave a drink to", "same token length"),
     ("wrong", " Mary", "are the same token"),

@@ -43,29 +43,45 @@ def _eap(_model: Any, name: str, fingerprint: str, records: str) -> np.ndarray:
     return data.eap_edges(_model.bridge, data.tokenize(json.loads(records), _model.tokenizer))
 
 
+def _remembered(defaults: dict[str, Any]) -> None:
+    """Give the page's widgets their values: as last chosen (Streamlit forgets a widget's
+    value while another page shows, so each change is also kept under '_saved-<key>' by
+    :func:`_keep`), else ``defaults``. Values are set here only, never as widget arguments."""
+    ss = st.session_state
+    for key, value in defaults.items():
+        ss[key] = ss.get(f"_saved-{key}", value)
+
+
+def _keep(key: str) -> None:
+    st.session_state[f"_saved-{key}"] = st.session_state[key]
+
+
+def _kept(key: str) -> dict[str, Any]:
+    """The widget arguments that keep its value across pages."""
+    return {"key": key, "on_change": _keep, "args": (key,)}
+
+
 def _records(m: Any) -> tuple[list[dict[str, Any]], str]:
     """The pairs chosen on the page, and where they come from."""
-    ss = st.session_state
-    source = st.radio("Prompt pairs", ["Built-in task", "Typed pair"], horizontal=True, key="patch-source")
+    default = data.default_task(m.info.name)
+    first = data.task_records(default, 1, 0, m.tokenizer)[0]  # the typed pair starts as the task's first pair
+    defaults = {"patch-source": "Built-in task", "patch-task": default, "patch-n": 8, "patch-seed": 0,
+                **{f"patch-{k}": first[k] for k in ("clean", "corrupted", "answer", "wrong")}}
+    _remembered(defaults)
+    source = st.radio("Prompt pairs", ["Built-in task", "Typed pair"], horizontal=True, **_kept("patch-source"))
     if source == "Built-in task":
-        names = list(data.TASK_CHOICES)
-        default = data.default_task(m.info.name)
         left, mid, right = st.columns([3, 1, 1])
-        task = left.selectbox("Task", names, index=names.index(default), key="patch-task",
+        task = left.selectbox("Task", list(data.TASK_CHOICES), **_kept("patch-task"),
                               help="; ".join(f"{k}: {v}" for k, v in data.TASK_CHOICES.items()))
-        n = int(mid.number_input("Pairs", min_value=1, max_value=64, value=8, key="patch-n"))
-        seed = int(right.number_input("Seed", min_value=0, value=0, key="patch-seed"))
+        n = int(mid.number_input("Pairs", min_value=1, max_value=64, **_kept("patch-n")))
+        seed = int(right.number_input("Seed", min_value=0, **_kept("patch-seed")))
         st.caption(data.TASK_CHOICES[task])
         return data.task_records(task, n, seed, m.tokenizer), f"task {task}"
-    if "patch-clean" not in ss:  # start from the default task's first pair
-        first = data.task_records(data.default_task(m.info.name), 1, 0, m.tokenizer)[0]
-        for key in ("clean", "corrupted", "answer", "wrong"):
-            ss[f"patch-{key}"] = first[key]
     left, right = st.columns(2)
-    clean = left.text_input("Clean prompt", key="patch-clean")
-    corrupted = right.text_input("Corrupted prompt (same token length)", key="patch-corrupted")
-    answer = left.text_input("Answer (one token; mind the leading space)", key="patch-answer")
-    wrong = right.text_input("Wrong answer (one token)", key="patch-wrong")
+    clean = left.text_input("Clean prompt", **_kept("patch-clean"))
+    corrupted = right.text_input("Corrupted prompt (same token length)", **_kept("patch-corrupted"))
+    answer = left.text_input("Answer (one token; mind the leading space)", **_kept("patch-answer"))
+    wrong = right.text_input("Wrong answer (one token)", **_kept("patch-wrong"))
     return [data.typed_record(clean, corrupted, answer, wrong)], "typed pair"
 
 

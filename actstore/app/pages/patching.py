@@ -155,7 +155,7 @@ def _scatter(sweeps: data.SweepResults, edges: data.EdgeResults | None, labels: 
         r_text = "n/a" if r is None else f"{r:.3f}"
         kind = go.Scattergl if len(x) > WEBGL_POINTS else go.Scatter
         fig.add_trace(kind(x=x, y=y, mode="markers", name=f"{name} (r = {r_text})", text=text,
-                                 hovertemplate="%{text}<br>exact %{x:.4g}<br>attribution %{y:.4g}<extra></extra>"))
+                           hovertemplate="%{text}<br>exact %{x:.4g}<br>attribution %{y:.4g}<extra></extra>"))
         tables.append(pd.DataFrame({"sweep": name, "cell": text, "exact": x, "attribution": y}))
     values = np.concatenate([np.concatenate([p[2], p[3]]) for p in parts])
     lo, hi = float(values.min()), float(values.max())
@@ -170,7 +170,7 @@ def render() -> None:
     st.header("Activation patching")
     m = state.model()
     records, source = _records(m)
-    pairs = data.tokenize(records, m.tokenizer, source)  # the library's checks: an error is shown, not raised
+    pairs = data.tokenize(records, m.tokenizer, source)  # the library's checks (state.guarded shows their errors)
     key = (m.info.name, m.info.fingerprint, json.dumps(records, sort_keys=True))
     res = _sweeps(m, *key)
     labels = data.position_labels(pairs, m.tokenizer)

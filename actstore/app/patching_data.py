@@ -25,7 +25,7 @@ from ..circuits import circuit_metric, edge_attribution, exact_edge_scores
 from ..circuits.graph import Graph
 from ..errors import ConfigError
 from ..patching import LogitDiff, attribution, sweeps, tasks
-from ..patching.pairs import Pairs, _tokenize_pairs
+from ..patching.pairs import Pairs, tokenize_pairs
 
 __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_NAMES", "default_task", "task_records", "typed_record", "tokenize",
            "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
@@ -75,7 +75,7 @@ def tokenize(records: Sequence[dict[str, Any]], tokenizer: Any, source: str = "t
     if not records:
         raise ConfigError("no prompt pairs to patch; type a pair or choose a task.")
     items = [(source if len(records) == 1 else f"{source}, pair {i + 1}", dict(r)) for i, r in enumerate(records)]
-    return _tokenize_pairs(items, tokenizer, source, "Patch pairs of one token length together.")
+    return tokenize_pairs(items, tokenizer, source, "Patch pairs of one token length together.")
 
 
 def position_labels(pairs: Pairs, tokenizer: Any) -> list[str]:

@@ -16,7 +16,7 @@ from . import tasks
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "task_pairs", "check_source"]
+__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source"]
 
 
 @dataclass
@@ -33,11 +33,11 @@ def read_pairs(path: str, tokenizer: Any) -> Pairs:
     items = read_records(path, "Pairs", "Pass a JSON-lines file with clean, corrupted, answer and wrong fields "
                          "(see `actstore patch --help`).", "write one JSON object per line.",
                          '{"clean": ..., "corrupted": ..., ...}')
-    return _tokenize_pairs(items, tokenizer, path, "Split the file by length, one run each.")
+    return tokenize_pairs(items, tokenizer, path, "Split the file by length, one run each.")
 
 
-def _tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, source: str,
-                    length_fix: str) -> Pairs:
+def tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, source: str,
+                   length_fix: str) -> Pairs:
     """Check pairs (each named by ``where``) and tokenise them as BOS + text."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
@@ -99,7 +99,7 @@ def task_pairs(cfg: "PatchJobConfig", tokenizer: Any) -> tuple[Pairs, list[tasks
     fix = ("Keep facts of one token length in the facts file (or one length per run)." if cfg.task == "factual"
            else "Generate them with one template.")
     where = cfg.facts if cfg.task == "factual" else f"task {cfg.task}"
-    return _tokenize_pairs([(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)], tokenizer,
+    return tokenize_pairs([(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)], tokenizer,
                            str(where), fix), generated
 
 

@@ -59,7 +59,7 @@ from actstore.capture.shard_write import Shard, ShardWrite
 from actstore.sites import SiteShape, parse_sites, stop_layer
 from actstore.capture.staging import ShardBuffers
 from actstore.store.format import create_store
-from bridge_cost import ATTN, PARTS, breakdown, hf_forward, plain_hf, sync  # benchmarks/bridge_cost.py
+from bridge_cost import ATTN, PARTS, breakdown, hf_forward, plain_hf, same_values, sync  # benchmarks/bridge_cost.py
 
 SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
@@ -247,6 +247,8 @@ def main() -> None:
                     shutil.rmtree(p)
         parts = (breakdown(model, hfs["eager"], tokens[:a.batch_size], sites, a.device, max(3, a.repeat))
                  if a.breakdown else None)
+        n_blocks = model.info.n_layers if stop is None else stop
+        values = {x: same_values(model, hfs[x], tokens[:a.batch_size], n_blocks) for x in ATTN}
     best = {k: min(v) for k, v in t.items() if v}
     tok = a.n_rows * a.seq_len
     marginal = max(best["full"] - best["quarter"], 1e-9) / (a.n_rows - quarter)  # s per row
@@ -271,6 +273,7 @@ def main() -> None:
         res[f"ratio_bare_over_hf_{x}"] = res["bare_tok_s"] / res[f"hf_{x}_tok_s"]
     if parts is not None:
         res["breakdown_s"] = parts
+    res["plain_hf_vs_bridge_values"] = values
     res["ratio_b_actstore_over_raw"] = res["actstore_mb_s"] / res["raw_write_mb_s"]
     res["ratio_b_writer_over_raw"] = res["writer_alone_mb_s"] / res["raw_write_mb_s"]
     res["ratio_b_writer_no_stats_over_raw"] = res["writer_alone_no_stats_mb_s"] / res["raw_write_mb_s"]
@@ -295,6 +298,10 @@ def main() -> None:
     for x in ATTN:
         print(f"      actstore / bare HF forward ({x}):{'':<{6 - len(x)}}{res[f'ratio_actstore_over_hf_{x}']:.2f}   "
               f"bare bridge / bare HF ({x}): {res[f'ratio_bare_over_hf_{x}']:.2f}   (goal: actstore >= 0.95 of HF)")
+    for x in ATTN:
+        print(f"  plain HF ({x}) block outputs vs the bridge's, one batch: bit-equal at "
+              f"{sum(r['bit_equal'] for r in values[x])} of {len(values[x])} layers; largest |difference| / spread "
+              f"{max(r['max_abs_diff'] / r['spread'] for r in values[x]):.1e}")
     if parts is not None:
         print(f"  one batch of {a.batch_size} rows, seconds (median of {max(3, a.repeat)}):  "
               f"{'bridge':>8}{'HF eager':>10}{'extra':>8}")

@@ -108,3 +108,27 @@ def breakdown(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, sit
     plain = component_times(list(hf.transformer.h[:n]), 1, lambda: hf_forward(hf, tokens.to(device), stop),
                             device, repeat)
     return {"bridge": bridge, "hf_eager": plain}
+
+
+def same_values(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n_blocks: int) -> list[dict[str, Any]]:
+    """Whether hooks on the plain model could replace the bridge's for caching: the block
+    outputs (blocks.L.hook_resid_post) of both on one batch, per layer: bit-equal or not,
+    and the largest difference relative to the spread (std) of the bridge's values."""
+    from actstore.sites import Site
+
+    sites = [Site(f"blocks.{i}.hook_resid_post", i) for i in range(n_blocks)]
+    ours = model.capture(tokens, sites)
+    theirs: dict[int, torch.Tensor] = {}
+    handles = [block.register_forward_hook(lambda mod, args, out, i=i: theirs.__setitem__(
+        i, (out[0] if isinstance(out, tuple) else out).detach().clone())) for i, block in enumerate(hf.transformer.h)]
+    try:
+        hf_forward(hf, tokens.to(next(hf.parameters()).device), n_blocks)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for i, site in enumerate(sites):
+        a, b = ours[site.hook].float(), theirs[i].float()
+        rows.append({"hook": site.hook, "bit_equal": bool(torch.equal(ours[site.hook], theirs[i])),
+                     "max_abs_diff": float((a - b).abs().max()), "spread": float(a.std())})
+    return rows

@@ -59,7 +59,7 @@ from actstore.capture.shard_write import Shard, ShardWrite
 from actstore.sites import SiteShape, parse_sites, stop_layer
 from actstore.capture.staging import ShardBuffers
 from actstore.store.format import create_store
-from bridge_cost import ATTN, PARTS, breakdown, hf_forward, plain_hf, same_values, sync  # benchmarks/bridge_cost.py
+from bridge_cost import ATTN, PARTS, TINY, breakdown, hf_forward, plain_hf, same_values, sync  # benchmarks/bridge_cost.py
 
 SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
@@ -305,7 +305,7 @@ def main() -> None:
     if parts is not None:
         print(f"  one batch of {a.batch_size} rows, seconds (median of {max(3, a.repeat)}):  "
               f"{'bridge':>8}{'HF eager':>10}{'extra':>8}")
-        for role in (*PARTS, "the rest", "total"):
+        for role in (*PARTS, "the rest", "total", TINY):
             br, hf = parts["bridge"][role], parts["hf_eager"][role]
             print(f"    {role:<44}{br:>8.3f}{hf:>10.3f}{br - hf:>+8.3f}")
     print(f"  (b) actstore MB/s / raw write:          {res['ratio_b_actstore_over_raw']:.2f}   "

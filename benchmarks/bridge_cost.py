@@ -100,14 +100,32 @@ def component_times(blocks: list[torch.nn.Module], names: int, run: Callable[[],
 
 def breakdown(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, sites: list, device: str,
               repeat: int) -> dict[str, dict[str, float]]:
-    """Where the bridge's extra time goes: per role, bridge vs plain model (eager), one batch."""
+    """Where the bridge's extra time goes: per role, bridge vs plain model (eager), one batch;
+    and the cost of a forward of 1 row x 4 tokens (compute ~nil: Python, hooks, wrappers)."""
     stop = stop_layer(sites)
     n = len(model.bridge.blocks) if stop is None else stop
     bridge = component_times(list(model.bridge.blocks[:n]), 0, lambda: model.capture(tokens, sites, keep=False),
                              device, repeat)
     plain = component_times(list(hf.transformer.h[:n]), 1, lambda: hf_forward(hf, tokens.to(device), stop),
                             device, repeat)
+    tiny = tokens[:1, :4]
+    bridge[TINY] = _median_time(lambda: model.capture(tiny, sites, keep=False), device, max(20, repeat))
+    plain[TINY] = _median_time(lambda: hf_forward(hf, tiny.to(device), stop), device, max(20, repeat))
     return {"bridge": bridge, "hf_eager": plain}
+
+
+TINY = "a forward of 1 row x 4 tokens"
+
+
+def _median_time(fn: Callable[[], None], device: str, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def same_values(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n_blocks: int) -> list[dict[str, Any]]:

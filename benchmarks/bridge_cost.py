@@ -56,7 +56,7 @@ def _raise_stop(*_: Any) -> None:
 
 # the modules of one block, by role: the bridge's (TransformerBridge) and the plain model's names
 PARTS = {"layer norms": (("ln1", "ln2"), ("ln_1", "ln_2")), "attention": (("attn",), ("attn",)),
-          "mlp": (("mlp",), ("mlp",))}
+           "mlp": (("mlp",), ("mlp",))}
 
 
 def component_times(blocks: list[torch.nn.Module], names: int, run: Callable[[], None], device: str,

@@ -2,6 +2,10 @@
 
   bare     the same truncated forward actstore runs (abandoned after the last needed
            hook, LoadedModel.capture(keep=False)), same batch size       -> tokens/s
+  hf       the plain Hugging Face model (GPT2LMHeadModel.from_pretrained of the same
+           folder, no TransformerLens), the same blocks (stopped by a forward hook
+           on the last one needed), eager and sdpa attention            -> tokens/s
+           (what the hardware does without the bridge: issue 16 item 6's reference)
   actstore actstore.cache() into a fresh store (durable: fsynced)         -> tokens/s, MB/s
   naive    the loop users write today: run_with_cache on each batch, then write
            each site's batch synchronously into a Zarr array (chunk = batch, no
@@ -16,15 +20,18 @@ store creation (fixed costs, reported apart) cancel. Scenarios:
 
   --scenario compute  GPT-2-small shape, resid_post at all 12 layers (issue 3 (a))
   --scenario io       2 layers, d_model 768: every resid, attn_out, mlp_out and z (b)
+  --scenario layer6   GPT-2-small shape, blocks.6.hook_resid_post only (the forward stops
+                      after block 6; issue 16 item 6's measurement)
   --scenario gpt2-xl  GPT-2-XL shape (48 layers, d_model 1600, 25 heads), resid_post of
                       every 4th layer (a GPU's job: scripts/gpu_check.sh)
 
-Ratios: actstore/bare (a); actstore MB/s / raw and writer MB/s / raw (b); actstore /
+Ratios: actstore/bare (a); actstore/hf and bare/hf (the bridge's own cost); actstore MB/s / raw and writer MB/s / raw (b); actstore /
 naive (c). Best of --repeat, interleaved. No assertions: information only. The
 model is a random-init GPT-2-shaped model built into a temp folder (no download).
 
     python benchmarks/bench_cache.py --scenario compute --repeat 3
     python benchmarks/bench_cache.py --scenario io --repeat 3
+    python benchmarks/bench_cache.py --scenario layer6 --n-rows 256 --repeat 3 --skip-naive --breakdown
     python benchmarks/bench_cache.py --scenario compute --device cuda --dtype float16 --n-rows 2048
 """
 
@@ -49,12 +56,14 @@ import actstore
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
 from actstore.capture.shard_write import Shard, ShardWrite
-from actstore.sites import SiteShape, parse_sites
+from actstore.sites import SiteShape, parse_sites, stop_layer
 from actstore.capture.staging import ShardBuffers
 from actstore.store.format import create_store
+from bridge_cost import ATTN, PARTS, TINY, breakdown, hf_forward, plain_hf, same_values, sync  # benchmarks/bridge_cost.py
 
 SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),
+    "layer6": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:6"),
     "io": dict(n_layers=2, d_model=768, n_heads=12,
                sites="resid_pre:all,resid_mid:all,resid_post:all,attn_out:all,mlp_out:all,z:all"),
     # GPT-2 XL's shape (1.5B parameters), every 4th layer's residual stream: 38 KB a token in float16
@@ -78,6 +87,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dir", default=None, help="where the stores go (default: a temp dir on /tmp's disk)")
     p.add_argument("--repeat", type=int, default=2, help="timed rounds; the best of each is reported")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time each component (layer norms, attention, MLP, the rest) in the bridge and in the "
+                        "plain Hugging Face model, one batch, median of --repeat")
     p.add_argument("--out-json", default=None)
     return p.parse_args()
 
@@ -86,11 +98,6 @@ def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def fsync_tree(path: Path) -> None:
@@ -210,11 +217,23 @@ def main() -> None:
                 model.capture(tokens[i:i + a.batch_size], sites, keep=False)
             sync(a.device)
 
+        stop = stop_layer(sites)
+        hfs = {attn: plain_hf(b.folder, a.dtype, a.device, attn) for attn in ATTN}
+
+        def hf_bare(attn: str) -> None:
+            for i in range(0, a.n_rows, a.batch_size):
+                hf_forward(hfs[attn], tokens[i:i + a.batch_size].to(a.device), stop)
+            sync(a.device)
+
         bare()
-        t: dict[str, list[float]] = {k: [] for k in ("bare", "full", "quarter", "naive", "raw", "writer",
-                                                     "writer_nostats", "load")}
+        for attn in ATTN:
+            hf_bare(attn)
+        t: dict[str, list[float]] = {k: [] for k in ("bare", *(f"hf_{x}" for x in ATTN), "full", "quarter", "naive",
+                                                     "raw", "writer", "writer_nostats", "load")}
         for r in range(a.repeat):
             t["bare"].append(timed(bare))
+            for attn in ATTN:
+                t[f"hf_{attn}"].append(timed(lambda: hf_bare(attn)))
             t["full"].append(timed(lambda: b.cache(a.n_rows)))
             t["quarter"].append(timed(lambda: b.cache(quarter)))
             if not a.skip_naive:
@@ -226,6 +245,10 @@ def main() -> None:
             for p in tmp.iterdir():  # keep the disk use to one round
                 if p.name != "model" and p != Path(first.path):
                     shutil.rmtree(p)
+        parts = (breakdown(model, hfs["eager"], tokens[:a.batch_size], sites, a.device, max(3, a.repeat))
+                 if a.breakdown else None)
+        n_blocks = model.info.n_layers if stop is None else stop
+        values = {x: same_values(model, hfs[x], tokens[:a.batch_size], n_blocks) for x in ATTN}
     best = {k: min(v) for k, v in t.items() if v}
     tok = a.n_rows * a.seq_len
     marginal = max(best["full"] - best["quarter"], 1e-9) / (a.n_rows - quarter)  # s per row
@@ -233,6 +256,7 @@ def main() -> None:
         "config": vars(a), "platform": platform.platform(), "tokens": tok, "act_mb": act_bytes / 1e6,
         "store_mb": store_bytes / 1e6, "times_s": t,
         "bare_tok_s": tok / best["bare"],
+        **{f"hf_{x}_tok_s": tok / best[f"hf_{x}"] for x in ATTN},
         "actstore_tok_s": a.seq_len / marginal,
         "actstore_end_to_end_tok_s": tok / best["full"],
         "actstore_mb_s": act_bytes / a.n_rows / marginal / 1e6,
@@ -244,6 +268,12 @@ def main() -> None:
     if "naive" in best:
         res["naive_tok_s"] = tok / best["naive"]
     res["ratio_a_actstore_over_bare"] = res["actstore_tok_s"] / res["bare_tok_s"]
+    for x in ATTN:
+        res[f"ratio_actstore_over_hf_{x}"] = res["actstore_tok_s"] / res[f"hf_{x}_tok_s"]
+        res[f"ratio_bare_over_hf_{x}"] = res["bare_tok_s"] / res[f"hf_{x}_tok_s"]
+    if parts is not None:
+        res["breakdown_s"] = parts
+    res["plain_hf_vs_bridge_values"] = values
     res["ratio_b_actstore_over_raw"] = res["actstore_mb_s"] / res["raw_write_mb_s"]
     res["ratio_b_writer_over_raw"] = res["writer_alone_mb_s"] / res["raw_write_mb_s"]
     res["ratio_b_writer_no_stats_over_raw"] = res["writer_alone_no_stats_mb_s"] / res["raw_write_mb_s"]
@@ -254,7 +284,8 @@ def main() -> None:
     print(f"  activations {act_bytes / 1e6:.1f} MB per {a.n_rows}-row run ({act_bytes / tok / 1e3:.1f} KB/token); "
           f"fixed costs of a cache() call {res['fixed_costs_s']:.2f} s (load {best['load']:.2f} s)")
     print(f"  {'':<40}{'tokens/s':>12}{'MB/s':>10}")
-    rows = [("bare forward", res["bare_tok_s"], None),
+    rows = [("bare forward (TransformerBridge)", res["bare_tok_s"], None),
+            *((f"bare Hugging Face forward, {x} attention", res[f"hf_{x}_tok_s"], None) for x in ATTN),
             ("actstore.cache (marginal)", res["actstore_tok_s"], res["actstore_mb_s"]),
             ("actstore.cache (end to end)", res["actstore_end_to_end_tok_s"], None),
             ("naive run_with_cache + write loop", res.get("naive_tok_s"), None),
@@ -264,6 +295,19 @@ def main() -> None:
     for name, tps, mbs in rows:
         print(f"  {name:<40}{'' if tps is None else f'{tps:,.0f}':>12}{'' if mbs is None else f'{mbs:,.0f}':>10}")
     print(f"  (a) actstore / bare forward:            {res['ratio_a_actstore_over_bare']:.2f}")
+    for x in ATTN:
+        print(f"      actstore / bare HF forward ({x}):{'':<{6 - len(x)}}{res[f'ratio_actstore_over_hf_{x}']:.2f}   "
+              f"bare bridge / bare HF ({x}): {res[f'ratio_bare_over_hf_{x}']:.2f}   (goal: actstore >= 0.95 of HF)")
+    for x in ATTN:
+        print(f"  plain HF ({x}) block outputs vs the bridge's, one batch: bit-equal at "
+              f"{sum(r['bit_equal'] for r in values[x])} of {len(values[x])} layers; largest |difference| / spread "
+              f"{max(r['max_abs_diff'] / r['spread'] for r in values[x]):.1e}")
+    if parts is not None:
+        print(f"  one batch of {a.batch_size} rows, seconds (median of {max(3, a.repeat)}):  "
+              f"{'bridge':>8}{'HF eager':>10}{'extra':>8}")
+        for role in (*PARTS, "the rest", "total", TINY):
+            br, hf = parts["bridge"][role], parts["hf_eager"][role]
+            print(f"    {role:<44}{br:>8.3f}{hf:>10.3f}{br - hf:>+8.3f}")
     print(f"  (b) actstore MB/s / raw write:          {res['ratio_b_actstore_over_raw']:.2f}   "
           f"writer alone / raw write: {res['ratio_b_writer_over_raw']:.2f} "
           f"({res['ratio_b_writer_no_stats_over_raw']:.2f} without statistics)")

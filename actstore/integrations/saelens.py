@@ -147,6 +147,8 @@ def sae_trainer(store: StoreArg, site: str, sae: Any, *, training_tokens: int, b
     sae_dtype = getattr(torch, cfg.dtype) if isinstance(cfg.dtype, str) else cfg.dtype
     provider = data_provider(store, hook, batch_size, seed=seed, dtype=sae_dtype, device=device,
                              **(loader_options or {}))
+    options = {"lr": 3e-4, **trainer_options}
+    options.setdefault("lr_end", options["lr"] / 10)  # LanguageModelSAERunnerConfig's default; SAETrainer needs one
     trainer_cfg = sl.config.SAETrainerConfig(total_training_samples=training_tokens,
-                                             train_batch_size_samples=batch_size, device=device, **trainer_options)
+                                             train_batch_size_samples=batch_size, device=device, **options)
     return sl.training.sae_trainer.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider)

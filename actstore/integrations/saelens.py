@@ -19,9 +19,9 @@ Only :func:`sae_trainer` imports sae_lens; the data providers are plain torch it
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -32,11 +32,11 @@ from . import MissingDependencyError
 
 __all__ = ["data_provider", "multi_hook_data_provider", "site_d_in", "sae_trainer"]
 
-StoreArg = StoreLike | str
+StoreArg = StoreLike | str | os.PathLike  # an open store, or its path
 
 
 def _open(store: StoreArg) -> StoreLike:
-    return ActivationStore.open(store) if isinstance(store, str) else store
+    return ActivationStore.open(store) if isinstance(store, (str, os.PathLike)) else store
 
 
 def site_d_in(store: StoreArg, site: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ asked otherwise, and refuse what an SAE cannot train on before reading anything.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_shuffled_epochs_are_permutations_in_new_orders(store):
 def test_float16_store_keeps_its_dtype_unless_asked(half_store):
     ref = reference(half_store, RESID)
     assert ref.dtype == np.float16
-    (b,) = list(saelens.data_provider(half_store, "resid_post:1", len(ref), shuffle=False, epochs=1))
+    (b,) = list(saelens.data_provider(Path(half_store.path), "resid_post:1", len(ref), shuffle=False, epochs=1))
     assert b.dtype == torch.float16
     np.testing.assert_array_equal(b.numpy(), ref)
     (b32,) = list(saelens.data_provider(half_store, "resid_post:1", len(ref), shuffle=False, epochs=1,

@@ -5,7 +5,7 @@
 # users meet it. CI runs both after the main suite.
 #
 #   bash scripts/fidelity_matrix.sh newest   # the newest releases pyproject.toml's bounds allow (.venv-newest)
-#   bash scripts/fidelity_matrix.sh tl3      # the lock with TransformerLens 3.9, SAELens's (.venv-tl3)
+#   bash scripts/fidelity_matrix.sh tl3      # the lock with TransformerLens 3.9 and SAELens (.venv-tl3)
 #
 # Extra arguments go to pytest. A failure here with `newest` means a release inside the bounds
 # breaks actstore: lower the bound in pyproject.toml (or fix actstore) before users meet it.
@@ -20,13 +20,23 @@ case "$which" in
         export ACTSTORE_VENV=.venv-tl3 ACTSTORE_CONSTRAINTS=.venv-tl3/constraints.txt
         mkdir -p .venv-tl3
         grep -v '^transformer-lens==' constraints.txt > "$ACTSTORE_CONSTRAINTS"
-        echo 'transformer-lens==3.9.0' >> "$ACTSTORE_CONSTRAINTS" ;;
+        # SAELens needs TransformerLens < 4; this lane also runs the SAELens integration (tests/integrations)
+        # with the SAELens release it was tested with, and that release's own dependencies outside the lock
+        printf '%s\n' transformer-lens==3.9.0 sae-lens==6.54.12 babe==0.0.7 nltk==3.10.4 plotly-express==0.4.1 \
+            simple-parsing==0.1.9 tenacity==9.2.1 >> "$ACTSTORE_CONSTRAINTS" ;;
     *)
         echo "usage: bash scripts/fidelity_matrix.sh newest|tl3 [pytest args]" >&2; exit 2 ;;
 esac
 source scripts/setup_env.sh
+if [ "$which" = tl3 ]; then
+    python -m pip install -q --disable-pip-version-check -c "$ACTSTORE_CONSTRAINTS" sae-lens
+fi
 python - <<'PY'
+from importlib.util import find_spec
 from actstore.compat import describe
-print("fidelity tests with", describe(("transformers", "transformer-lens", "torch", "zarr", "numcodecs", "datasets")))
+saelens = ("sae-lens",) if find_spec("sae_lens") else ()
+print("fidelity tests with", describe(("transformers", "transformer-lens", *saelens, "torch", "zarr", "numcodecs",
+                                       "datasets")))
 PY
-python -m pytest -q "$@" tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py
+python -m pytest -q "$@" tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py \
+    tests/integrations

@@ -2,7 +2,7 @@
 Streamlit app over a model and stores. Prompt pages analyse a typed prompt with actstore's
 own functions (the prompt is cached into a one-row store and the store analyses run on it);
 store pages read stores lazily. Computation lives in plain modules (prompt_data.py, ...)
-with no Streamlit; pages/ renders them; figures.py shows every figure with its downloads."""
+with no Streamlit; views/ renders them; figures.py shows every figure with its downloads."""
 
 from pathlib import Path
 
@@ -10,14 +10,5 @@ MAIN = str(Path(__file__).with_name("main.py"))  # the script Streamlit serves
 # `actstore app --model M --store A --store B` hands its choices to the app's sessions in these
 MODEL_ENV, STORES_ENV = "ACTSTORE_APP_MODEL", "ACTSTORE_APP_STORES"  # (stores one per line: a URL may hold ":")
 
-__all__ = ["MAIN", "MODEL_ENV", "STORES_ENV", "navigation_only"]
+__all__ = ["MAIN", "MODEL_ENV", "STORES_ENV"]
 
-
-def navigation_only() -> None:
-    """Tell Streamlit that pages/ beside main.py is no folder of old-style (v1) page
-    scripts: our pages are st.navigation's. Streamlit decides that once per process from
-    the folder's existence, before the first run, so `actstore app` (and a test) calls
-    this before serving main.py."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    PagesManager.uses_pages_directory = False

@@ -1,13 +1,13 @@
 """The Streamlit script of `actstore app`: the shared sidebar, then the page chosen in the
-navigation (pages/ holds one module per page). Serve it with `actstore app`, which tells
-Streamlit that pages/ is not a folder of old-style page scripts (see
-:func:`actstore.app.navigation_only`); tests run :func:`app` through AppTest.from_string."""
+navigation (views/ holds one module per page; a folder named pages/ beside this script
+would be taken by Streamlit for old-style page scripts). Serve it with `actstore app`;
+tests run :func:`app` through AppTest."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from actstore.app.pages import SECTIONS, discover
+from actstore.app.views import SECTIONS, discover
 from actstore.app.state import guarded, sidebar
 
 __all__ = ["app"]

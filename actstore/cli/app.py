@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..errors import ConfigError
 from ..location import is_url
@@ -29,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_app)
 
 
-def _app(args: argparse.Namespace) -> int:
+def _app(args: argparse.Namespace) -> int:  # returns only on an error: serving replaces this process
     try:
-        from streamlit.web import bootstrap
         import plotly  # noqa: F401
+        import streamlit.web  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"`actstore app` needs the app extra ({e.name} is missing): "
                           "pip install 'actstore[app]'.") from e
@@ -41,17 +42,15 @@ def _app(args: argparse.Namespace) -> int:
         raise ConfigError(f"No store at {', '.join(map(repr, missing))}; pass --store with a store's folder or URL.")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a port; pass one in 1..65535, e.g. 8501.")
-    from streamlit import config
+    from ..app import MAIN, MODEL_ENV, STORES_ENV
 
-    from ..app import MAIN, MODEL_ENV, STORES_ENV, navigation_only
-
-    os.environ[MODEL_ENV] = args.model
-    os.environ[STORES_ENV] = "\n".join(os.path.abspath(s) if not is_url(s) else s for s in args.store)
-    navigation_only()
+    env = {**os.environ, MODEL_ENV: args.model,
+           STORES_ENV: "\n".join(os.path.abspath(s) if not is_url(s) else s for s in args.store)}
     flags = {"server.port": args.port, "server.address": args.address, "server.headless": args.headless,
              "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "global.developmentMode": False,
              "client.toolbarMode": "viewer"}  # no usage stats, no file watching, no Deploy button
-    config._main_script_path = MAIN  # as `streamlit run` does, before reading config files
-    bootstrap.load_config_options(flag_options=flags)
-    bootstrap.run(MAIN, False, [], flags)
-    return 0
+    # Streamlit's own command line (`streamlit run`, its public interface) in place of this process,
+    # so that Ctrl-C and a terminate signal reach the server itself
+    cmd = [sys.executable, "-m", "streamlit", "run", MAIN] + [f"--{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                                             for k, v in flags.items()]
+    os.execve(sys.executable, cmd, env)

@@ -29,7 +29,7 @@ def goto(at: AppTest, page: str) -> AppTest:
     page's title among those st.navigation registered."""
     import importlib
 
-    title = importlib.import_module(f"actstore.app.pages.{page}").TITLE  # the default page's URL path is ''
+    title = importlib.import_module(f"actstore.app.views.{page}").TITLE  # the default page's URL path is ''
     hashes = [h for h, info in at._registered_pages.items() if info.get("page_name") == title]
     if not hashes:
         known = sorted(str(i.get("page_name")) for i in at._registered_pages.values())
@@ -47,7 +47,6 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
     def make(page: str, model: str = "actstore-demo", stores: tuple[str, ...] = (), **state: object) -> AppTest:
         monkeypatch.setenv(MODEL_ENV, model)
         monkeypatch.setenv(STORES_ENV, "\n".join(stores))
-        # from a script of its own: AppTest treats a pages/ folder beside main.py as old-style pages
         at = AppTest.from_string("from actstore.app.main import app\napp()\n", default_timeout=TIMEOUT)
         for key, value in state.items():
             at.session_state[key] = value

@@ -108,7 +108,7 @@ def test_app_in_chromium(served: str, tmp_path: Path) -> None:
         _wait_until_done(page)
         page.screenshot(path=str(shots / "app-logit-lens.png"), full_page=True)
 
-        if importlib.util.find_spec("actstore.app.pages.patching") is not None:
+        if importlib.util.find_spec("actstore.app.views.patching") is not None:
             page.get_by_role("link", name="Patching").click()
             page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(state="visible", timeout=WAIT_MS)
             _wait_until_done(page)

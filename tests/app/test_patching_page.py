@@ -1,4 +1,4 @@
-"""The patching page (actstore/app/pages/patching.py) and its numbers
+"""The patching page (actstore/app/views/patching.py) and its numbers
 (actstore/app/patching_data.py), on the trained demo model.
 
 The plain functions against independent references: activation patching against

@@ -35,7 +35,7 @@ def discover() -> list[PageSpec]:
         missing = [a for a in ("TITLE", "SECTION", "render") if not hasattr(mod, a)]
         if missing:
             raise TypeError(f"page module {mod.__name__} lacks {', '.join(missing)} "
-                            "(see actstore/app/pages/__init__.py)")
+                            "(see actstore/app/views/__init__.py)")
         if mod.SECTION not in SECTIONS:
             raise ValueError(f"page module {mod.__name__} has SECTION {mod.SECTION!r}; expected one of {SECTIONS}")
         specs.append(PageSpec(info.name, mod.TITLE, mod.SECTION, mod.render))

@@ -13,14 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "bench_cache.py": ["--scenario", "compute", "--n-rows", "16", "--batch-size", "8", "--repeat", "1"],
+    "bench_cache.py": ["--scenario", "compute", "--n-rows", "16", "--batch-size", "8", "--seq-len", "32", "--repeat", "1"],
     "bench_edges.py": ["--tiny", "--threads", "1", "--pairs", "2", "--sample", "6"],
     "bench_codecs.py": ["--rows", "16", "--seq-len", "32", "--repeat", "1", "--codecs", "none,zstd"],
     "bench_loader.py": ["--n-layers", "2", "--d-model", "64", "--n-rows", "64", "--seq-len", "32", "--workers", "1",
                         "--repeat", "1"],
     "bench_probes.py": ["--n-layers", "2", "--d-model", "64", "--n-heads", "4", "--n-rows", "64", "--seq-len", "32"],
     "bench_eap.py": ["--tiny", "--threads", "1"],
-    "bench_attribution.py": ["--sweeps", "resid_pre", "--pairs", "2", "--repeat", "1", "--threads", "1"],
+    "bench_attribution.py": ["--shapes", "tiny", "--sweeps", "resid_pre", "--pairs", "2", "--repeat", "1", "--threads", "1"],
     "bench_parallel.py": ["--procs", "1,2", "--n-layers", "2", "--d-model", "64", "--n-heads", "4", "--n-rows", "32",
                           "--seq-len", "32", "--repeat", "1"],
     "bench_patching.py": ["--threads", "1", "--batch", "1", "--sweeps", "resid_pre", "--scenarios", "early"],

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..patching import LogitDiff, attribution, sweeps, tasks
 from ..patching.pairs import Pairs, tokenize_pairs
 
-__all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_NAMES", "default_task", "task_records", "typed_record", "tokenize",
+__all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_records", "typed_record", "tokenize",
            "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
            "eap_edges", "run_edges", "edge_results", "edge_matrix", "head_summary", "top_edges", "AUTO_EDGE_LIMIT"]
 
@@ -39,7 +39,7 @@ TASK_CHOICES: dict[str, str] = {
     **{k: v for k, v in tasks.TASKS.items() if k != "factual"},
 }
 #: the two activation-patching sweeps the page draws (rows of actstore.patching.table.SWEEPS)
-SWEEP_NAMES = ("resid_pre", "attn_head_out_all_pos")
+SWEEP_KINDS = ("resid_pre", "attn_head_out_all_pos")
 #: graphs of at most this many edges are edge-patched without asking (the demo model has 479)
 AUTO_EDGE_LIMIT = 2000
 
@@ -125,7 +125,7 @@ def _metric(model: Any, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray
     return LogitDiff(pairs.answer, pairs.wrong).normalised(clean_logits, corrupted_logits), clean, corr, cache
 
 
-def run_sweeps(model: Any, pairs: Pairs, names: Sequence[str] = SWEEP_NAMES) -> SweepResults:
+def run_sweeps(model: Any, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS) -> SweepResults:
     """Exact and attribution patching of ``names`` (rows of the sweep table) on ``pairs``
     with the normalised logit difference: ``actstore.patching.get_act_patch_<name>`` and
     ``actstore.attribution.attribution_patch`` (one forward and backward for all)."""

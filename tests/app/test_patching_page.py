@@ -257,7 +257,7 @@ def _assert_page_shows(at, model, pairs, sweeps, edges) -> None:
     x = _chart(at, "patch-resid_pre")["data"][0]["x"]
     assert x == pd.position_labels(pairs, model.tokenizer)
     scatter = {t["name"].split(" (r = ")[0]: t for t in _chart(at, "patch-scatter")["data"]}
-    for name in pd.SWEEP_NAMES:
+    for name in pd.SWEEP_KINDS:
         for axis, want in (("x", sweeps.exact[name]), ("y", sweeps.attribution[name])):
             assert_close_rel(torch.as_tensor(_array(scatter[name][axis])), torch.as_tensor(want.ravel()).double(),
                              min_spread=0.5, what=f"scatter {axis} {name}")

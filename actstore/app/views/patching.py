@@ -146,7 +146,7 @@ def _scatter(sweeps: data.SweepResults, edges: data.EdgeResults | None, labels: 
     cells = {"resid_pre": [f"L{la} {labels[p]}" for la, p in np.ndindex(*sweeps.exact["resid_pre"].shape)],
              "attn_head_out_all_pos": [f"L{la} H{h}"
                                        for la, h in np.ndindex(*sweeps.exact["attn_head_out_all_pos"].shape)]}
-    for name in data.SWEEP_NAMES:
+    for name in data.SWEEP_KINDS:
         parts.append((name, cells[name], sweeps.exact[name].ravel(), sweeps.attribution[name].ravel(),
                       sweeps.correlation[name]["pearson"]))
     if edges is not None:

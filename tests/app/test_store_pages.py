@@ -338,6 +338,7 @@ def s3_store(monkeypatch, many_rows):
     fs.put(many_rows, "app/many.zarr", recursive=True)
     yield "s3://app/many.zarr"
     srv.stop()
+    s3fs.S3FileSystem.clear_instance_cache()  # its cached filesystems point at this server, now gone
 
 
 def test_a_store_on_object_storage_reads_the_same(open_app, s3_store, many_rows):

@@ -24,6 +24,9 @@ KEY_ID = "actstore-test-key-id"
 
 @pytest.fixture(scope="module")
 def s3():
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test may point at its own server
     srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
@@ -42,6 +45,7 @@ def s3():
         else:
             os.environ[k] = v
     srv.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _objects(client, prefix: str) -> dict[str, bytes]:

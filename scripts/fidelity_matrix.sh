@@ -38,5 +38,5 @@ saelens = ("sae-lens",) if find_spec("sae_lens") else ()
 print("fidelity tests with", describe(("transformers", "transformer-lens", *saelens, "torch", "zarr", "numcodecs",
                                        "datasets")))
 PY
-python -m pytest -q "$@" tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py \
+python -m pytest -q -n "${ACTSTORE_TEST_WORKERS:-auto}" "$@" tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py \
     tests/integrations

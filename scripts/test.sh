@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-python -m pytest -q "$@" tests
+# one worker per core (pytest-xdist); tests/conftest.py gives each worker one torch thread
+python -m pytest -q -n "${ACTSTORE_TEST_WORKERS:-auto}" "$@" tests

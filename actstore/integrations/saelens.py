@@ -30,7 +30,7 @@ from ..store.base import StoreLike
 from ..store.loader import resolve_sites, token_sites
 from . import MissingDependencyError
 
-__all__ = ["data_provider", "multi_hook_data_provider", "site_d_in", "sae_trainer"]
+__all__ = ["data_provider", "multi_hook_data_provider", "Provider", "site_d_in", "sae_trainer"]
 
 StoreArg = StoreLike | str | os.PathLike  # an open store, or its path
 
@@ -60,7 +60,7 @@ def _check_d_in(hook: str, have: int, want: int | None) -> None:
 def multi_hook_data_provider(store: StoreArg, sites: str | Sequence[str], batch_size: int, *, seed: int = 0,
                              shuffle: bool = True, epochs: int | None = None, dtype: torch.dtype | None = None,
                              device: str | torch.device | None = None, d_in: dict[str, int] | None = None,
-                             **loader_options: Any) -> Iterator[dict[str, torch.Tensor]]:
+                             **loader_options: Any) -> Provider:
     """{hook: (batch_size, d_in)} batches of the same tokens at several sites, for
     SAELens's ``MultiSAETrainer``: one read of the store feeds every SAE.
 
@@ -84,23 +84,46 @@ def multi_hook_data_provider(store: StoreArg, sites: str | Sequence[str], batch_
     if n_tokens < batch_size:
         raise ConfigError(f"The store holds {n_tokens} training tokens of {', '.join(hooks)}, fewer than one batch "
                           f"of {batch_size}; pass a smaller batch_size.")
-    return _batches(loader, hooks, epochs)
+    return Provider(loader, hooks, epochs)
 
 
-def _batches(loader: Any, hooks: list[str], epochs: int | None) -> Iterator[dict[str, torch.Tensor]]:
-    first = loader.epoch
-    epoch = first
-    while epochs is None or epoch < first + epochs:
-        loader.set_epoch(epoch)
-        for batch in loader:
-            yield {h: batch[h].reshape(len(batch[h]), -1) for h in hooks}  # (batch, *feature) -> (batch, d_in)
-        epoch += 1
+class Provider(Iterator[Any]):
+    """The batches of a data provider, resumable: ``state_dict()`` says where it stands
+    (the loader's epoch and batch), and ``load_state_dict(state)`` on a new provider made
+    with the same arguments continues at the exact next batch (save it beside the
+    SAELens checkpoint)."""
+
+    def __init__(self, loader: Any, hooks: list[str], epochs: int | None, pick: str | None = None):
+        self.loader, self.hooks, self.pick = loader, hooks, pick
+        self.stop = None if epochs is None else loader.epoch + epochs  # the first epoch not to yield
+        self._it: Iterator[dict[str, torch.Tensor]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        while self.stop is None or self.loader.epoch < self.stop:
+            epoch = self.loader.epoch
+            for batch in self.loader:  # from the loader's position: a resumed epoch continues mid-way
+                yield {h: batch[h].reshape(len(batch[h]), -1) for h in self.hooks}  # (batch, *feature) -> (batch, d_in)
+            self.loader.set_epoch(epoch + 1)
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = self._batches()
+        batch = next(self._it)
+        return batch if self.pick is None else batch[self.pick]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._it is not None:
+            raise ConfigError("Load a data provider's state before taking its first batch (make a new provider).")
+        self.loader.load_state_dict(state)
 
 
 def data_provider(store: StoreArg, site: str, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                   epochs: int | None = None, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None, d_in: int | None = None,
-                  **loader_options: Any) -> Iterator[torch.Tensor]:
+                  **loader_options: Any) -> Provider:
     """(batch_size, d_in) batches of one site, SAELens's ``DataProvider``: pass it to
     ``SAETrainer(cfg, sae, data_provider)``. Options as :func:`multi_hook_data_provider`;
     ``d_in`` (the SAE's) must equal the site's per-token size."""
@@ -108,7 +131,7 @@ def data_provider(store: StoreArg, site: str, batch_size: int, *, seed: int = 0,
     _check_d_in(hook, width, d_in)
     multi = multi_hook_data_provider(store, hook, batch_size, seed=seed, shuffle=shuffle, epochs=epochs,
                                      dtype=dtype, device=device, **loader_options)
-    return (b[hook] for b in multi)
+    return Provider(multi.loader, multi.hooks, epochs, pick=hook)
 
 
 def _sae_lens() -> Any:

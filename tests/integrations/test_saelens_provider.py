@@ -52,6 +52,27 @@ def test_shuffled_epochs_are_permutations_in_new_orders(store):
     assert not np.array_equal(epochs[0], ref[:len(epochs[0])])
 
 
+def test_a_resumed_provider_continues_at_the_exact_next_batch(store):
+    """Stopped in its second epoch, saved, and resumed by a new provider: the batches that
+    follow are the uninterrupted run's, through the next epoch boundary."""
+    n_per_epoch = len(reference(store, RESID)) // 50
+    whole = saelens.data_provider(store, "resid_post:1", 50, seed=5)
+    expect = [next(whole) for _ in range(3 * n_per_epoch)]
+    first = saelens.data_provider(store, "resid_post:1", 50, seed=5)
+    k = n_per_epoch + n_per_epoch // 2  # mid-way through epoch 1
+    for _ in range(k):
+        next(first)
+    state = first.state_dict()
+    resumed = saelens.data_provider(store, "resid_post:1", 50, seed=5)
+    resumed.load_state_dict(state)
+    rest = [next(resumed) for _ in range(3 * n_per_epoch - k)]
+    assert rest[0].std() > 0.1
+    for a, b in zip(rest, expect[k:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="before taking its first batch"):
+        first.load_state_dict(state)
+
+
 def test_float16_store_keeps_its_dtype_unless_asked(half_store):
     ref = reference(half_store, RESID)
     assert ref.dtype == np.float16

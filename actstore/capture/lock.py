@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ..errors import ConfigError, StoreLockedError
 
-__all__ = ["store_lock", "lock_path"]
+__all__ = ["store_lock", "lock_path", "lock_note"]
 
 
 def lock_path(store: str) -> str:
@@ -45,6 +45,36 @@ def _unwritable(store: str, path: str, e: OSError) -> ConfigError:
                        "is not writable. Fix its permissions, or choose an output path in a folder you can write to.")
 
 
+def _stale(path: str, other: dict | None, host: str) -> bool:
+    """A lock left by a process that is gone: unreadable for over 10 s (killed while writing
+    it), or owned by a dead pid of this host."""
+    if other is None:
+        return time.time() - os.path.getmtime(path) > 10
+    return other.get("host") == host and not _alive(int(other.get("pid", -1)))
+
+
+def _who(other: dict | None) -> str:
+    return f"process {other['pid']} on {other['host']} since {other.get('started', '?')}" if other else "another run"
+
+
+def lock_note(store: str) -> str | None:
+    """One line on the store's lock for `actstore verify`, or None when there is none:
+    stale (its process is gone: the next write takes it over), or held by a run."""
+    path = lock_path(store)
+    if not os.path.exists(path):
+        return None
+    other = _owner(path)
+    try:
+        stale = _stale(path, other, socket.gethostname())
+    except OSError:  # removed meanwhile: the run finished
+        return None
+    if stale:
+        return (f"a stale lock {path}: {_who(other)} is gone; the next `actstore cache --resume` or `actstore verify "
+                "--repair` takes it over")
+    return (f"a run holds the lock {path} ({_who(other)}): it may still be writing, so rows not done may be in "
+            "progress; verify again when it has finished")
+
+
 @contextmanager
 def store_lock(store: str) -> Iterator[None]:
     path = lock_path(store)
@@ -58,14 +88,11 @@ def store_lock(store: str) -> Iterator[None]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             other = _owner(path)
-            stale = other is None and time.time() - os.path.getmtime(path) > 10 or (
-                other is not None and other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))))
-            if stale:
+            if _stale(path, other, me["host"]):
                 os.remove(path)
                 continue
-            who = f"process {other['pid']} on {other['host']} since {other.get('started', '?')}" if other else "another run"
             raise StoreLockedError(
-                f"Store '{store}' is being written by {who} (lock {path}). Wait for that run to finish; "
+                f"Store '{store}' is being written by {_who(other)} (lock {path}). Wait for that run to finish; "
                 "if it is gone (e.g. its machine died), delete the lock file and rerun with --resume."
             ) from None
         except OSError as e:

@@ -9,6 +9,8 @@ import json
 from typing import Sequence
 
 from ..capture import repair_store
+from ..capture.lock import lock_note
+from ..location import is_url
 from ..store import ActivationStore, Damage, verify_store
 from ..store.verify import FIXES
 
@@ -53,11 +55,15 @@ def _verify(args: argparse.Namespace) -> int:
     if damage and args.repair and any(d.fix != "manual" for d in damage):
         repair_store(args.store, damage, args.model, args.device, progress=not args.json)
         remaining = verify_store(args.store, progress=False)
+    lock = None if is_url(args.store) else lock_note(args.store)  # (object stores have no lock file)
     if args.json:
         report = {"damaged": [vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage],
-                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining]}
+                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining], "lock": lock}
         print(json.dumps(report, indent=2))
-    elif args.repair and damage:
+        return 0 if not remaining else 1
+    if lock:
+        print(f"note: {lock}")
+    if args.repair and damage:
         print("\n".join(_report(args.store, damage, False)[:-1]))
         print("repaired: every problem fixed and verified" if not remaining else
               "\n".join(["after repair:"] + _report(args.store, remaining, True)))

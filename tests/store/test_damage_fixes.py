@@ -122,3 +122,24 @@ def test_sigkill_during_repair_leaves_a_store_verify_calls_incomplete(copy, refe
     assert rc == 1 and "done: rows 16..23 (shard 2): not done" in out, out
     assert "the store is incomplete; finish it with `actstore verify" in out and "` again with resume=True" in out
     repaired(capsys, copy, reference)  # the killed run's lock is stale and taken over
+
+
+def test_verify_reports_a_stale_lock_and_a_held_one(copy, capsys):
+    """The lock beside a store: a killed run's (its pid gone) is reported stale with what takes
+    it over; one held by a live process says a run may still be writing. Neither is damage."""
+    import json
+    import socket
+
+    lock = Path(str(copy) + ".lock")
+    assert not lock.exists()
+    rc, out, _ = run(capsys, "verify", str(copy))
+    assert rc == 0 and "lock" not in out
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+    rc, out, _ = run(capsys, "verify", str(copy))
+    assert rc == 0 and f"note: a stale lock {lock}" in out and "verify --repair` takes it over" in out, out
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    rc, out, _ = run(capsys, "verify", str(copy), "--json")
+    assert rc == 0 and "a run holds the lock" in json.loads(out)["lock"], out
+    assert lock.exists()  # verify only reports: the lock is taken over by the next write

@@ -214,7 +214,11 @@ class StoreMeta:
 
     # --- questions every reader asks --------------------------------------------
     def finish_hint(self, path: str) -> str:
-        """How to finish this store's run: repair from its metadata, or its own command resumed."""
+        """What to do about this store's rows not done, right now: while a live run holds its
+        lock (it is writing them), wait for it; else repair from its metadata, or its own
+        command resumed (either takes over a stale lock)."""
+        from .lock import lock_holder
+
         cmd = self.command_line or ""
         if cmd.startswith("actstore cache"):
             words = [w for w in cmd.split() if w not in ("--overwrite", "--resume")]
@@ -223,7 +227,14 @@ class StoreMeta:
             again = f"`{cmd}` again with resume=True"
         else:
             again = "the same actstore.cache(...) call with resume=True"
-        return f"finish it with `actstore verify {path} --repair` (its own config), or {again}"
+        finish = f"finish it with `actstore verify {path} --repair` (its own config), or {again}"
+        holder = lock_holder(path)
+        if holder is None:
+            return finish
+        if holder.stale:
+            return f"{finish} (either takes over the stale lock {holder.path}: {holder.who} is gone)"
+        return (f"a run is writing it ({holder.who}, lock {holder.path}): wait for that run to finish, then try "
+                f"again (repairing or resuming now would be refused); {holder.if_gone(finish)}")
 
     @property
     def hooks(self) -> list[str]:

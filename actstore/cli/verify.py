@@ -67,7 +67,7 @@ def _verify(args: argparse.Namespace) -> int:
             repair_store(args.store, damage, args.model, args.device, progress=not args.json)
             remaining = verify_store(args.store, progress=False)
     holder = lock_holder(args.store) if local else None
-    writing = next((h for h in (holder, before) if h is not None and not h.stale), None)  # live during the check
+    writing = next((h for h in (holder, before) if h is not None and h.writing), None)  # live during the check
     lock = None if holder is None else lock_note(args.store)
     if args.json:
         report = {"damaged": [vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage],

@@ -67,6 +67,11 @@ class LockHolder:
     local: bool
 
     @property
+    def writing(self) -> bool:
+        """A live run holds it (an unreadable lock is damaged, or being taken this instant: not counted)."""
+        return not self.stale and self.owner is not None
+
+    @property
     def who(self) -> str:
         o = self.owner
         return f"process {o['pid']} on {o['host']} since {o.get('started', '?')}" if o else "another run"
@@ -166,16 +171,13 @@ def store_lock(store: str, wait: float = 0.0) -> Iterator[None]:
     holds it while it resumes the store)."""
     path = lock_path(store)
     me = threading.get_ident()
-    if path in _held and _held[path][0] == me:
+    if path in _held and _held[path][0] == me:  # (another thread waits for the file, as another process does)
         _held[path] = (me, _held[path][1] + 1)
         try:
             yield
         finally:
             _held[path] = (me, _held[path][1] - 1)
         return
-    if path in _held:  # another thread of this process
-        raise StoreLockedError(f"Store '{store}' is being written by another thread of this process (lock {path}); "
-                               "wait for it to finish, then run this again.")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:

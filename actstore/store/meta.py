@@ -233,6 +233,9 @@ class StoreMeta:
             return finish
         if holder.stale:
             return f"{finish} (either takes over the stale lock {holder.path}: {holder.who} is gone)"
+        if not holder.writing:
+            return (f"{finish} (its lock file {holder.path} cannot be read: damaged, unless a run is taking it this "
+                    "instant; it is taken over 10 s after it was written)")
         return (f"a run is writing it ({holder.who}, lock {holder.path}): wait for that run to finish, then try "
                 f"again (repairing or resuming now would be refused); {holder.if_gone(finish)}")
 

@@ -127,7 +127,7 @@ def lock_note(store: str) -> str | None:
         return (f"a stale lock {h.path}: {h.who} is gone; the next `actstore cache --resume` or `actstore verify "
                 "--repair` takes it over")
     return (f"a run holds the lock {h.path} ({h.who}): it is writing the store, so rows not done may be in "
-            "progress and --repair is refused until it finishes; verify again when it has finished")
+            "progress; --repair is refused until it finishes")
 
 
 def _unwritable(store: str, path: str, e: OSError) -> ConfigError:

@@ -75,6 +75,7 @@ def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None
     again to see it. The store's lock is taken first: while a live run holds it (it is
     writing the store, so ``damage`` may be its work in progress), StoreLockedError, and
     nothing is changed."""
+    ActivationStore.open(path)  # no store, or its root damaged: said before a lock file is made beside it
     lock = nullcontext() if location.is_url(path) else store_lock(location.normalize(path))
     with lock:
         return _repair(path, damage, model, device, progress)

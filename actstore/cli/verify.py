@@ -60,6 +60,8 @@ def _verify(args: argparse.Namespace) -> int:
     and holds it while it checks, repairs and checks again."""
     local = not is_url(args.store)  # (object stores have no lock file)
     before = lock_holder(args.store) if local and not args.repair else None
+    if args.repair:
+        ActivationStore.open(args.store)  # no store, or its root damaged: said before a lock file is made beside it
     with store_lock(args.store) if args.repair and local else nullcontext():
         damage = verify_store(args.store, progress=not args.json)
         remaining = damage

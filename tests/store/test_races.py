@@ -251,3 +251,11 @@ def test_commands_beside_a_real_writer(tmp_path, reference, capsys):
     assert writer.returncode == 0, err
     assert not os.path.exists(lock) and verify_store(str(store), progress=False) == []
     assert_same_store(store, reference)
+
+
+def test_repair_of_no_store_makes_no_lock_and_no_folder(tmp_path, capsys):
+    """The lock is taken first, but a path that holds no store is said before the lock file
+    (and the folders above it) would be made."""
+    missing = tmp_path / "no" / "s.zarr"
+    rc, _, err = run(["verify", str(missing), "--repair"], capsys)
+    assert rc == 2 and "actstore: error: No store at" in err and os.listdir(tmp_path) == []

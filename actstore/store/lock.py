@@ -29,12 +29,14 @@ def lock_path(store: str) -> str:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # no process (and os.kill would signal a process group)
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
+    except PermissionError:
+        return True
     return True
 
 

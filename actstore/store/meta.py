@@ -12,6 +12,8 @@ known ones. ``from_dict`` refuses a format version this actstore cannot read.
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -221,13 +223,20 @@ class StoreMeta:
 
         cmd = self.command_line or ""
         if cmd.startswith("actstore cache"):
-            words = [w for w in cmd.split() if w not in ("--overwrite", "--resume")]
-            again = f"`{' '.join(words)} --resume`"
+            try:
+                words = shlex.split(cmd)
+            except ValueError:  # not written by shlex.join: as it is
+                words = cmd.split()
+            if len(words) > 2 and not words[2].startswith("-"):
+                words[2] = path  # the store where it is now (it may have been moved or copied)
+            again = f"`{shlex.join([w for w in words if w not in ('--overwrite', '--resume')] + ['--resume'])}`"
         elif cmd.startswith("actstore.cache("):
+            cmd = re.sub(r"^actstore\.cache\(out=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")",
+                         lambda _: f"actstore.cache(out={path!r}", cmd)
             again = f"`{cmd}` again with resume=True"
         else:
             again = "the same actstore.cache(...) call with resume=True"
-        finish = f"finish it with `actstore verify {path} --repair` (its own config), or {again}"
+        finish = f"finish it with `actstore verify {shlex.quote(path)} --repair` (its own config), or {again}"
         holder = lock_holder(path)
         if holder is None:
             return finish

@@ -259,3 +259,29 @@ def test_repair_of_no_store_makes_no_lock_and_no_folder(tmp_path, capsys):
     missing = tmp_path / "no" / "s.zarr"
     rc, _, err = run(["verify", str(missing), "--repair"], capsys)
     assert rc == 2 and "actstore: error: No store at" in err and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 10**30])
+def test_a_lock_naming_no_process_is_stale(tmp_path, reference, capsys, pid):
+    """pid -1 or 0 (os.kill would ask about a process group) or one beyond any pid: no run holds it."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    unfinished(store)
+    hold_lock(store, pid)
+    with pytest.raises(RowsNotDoneError, match=r"finish it with `actstore verify .* --repair`.*takes over the stale lock"):
+        actstore.open(store).loader("resid_post:0", batch_size=8)
+    rc, out, _ = run(["verify", str(store)], capsys)
+    assert rc == 1 and "note: a stale lock" in out and "run again with --repair" not in out
+    assert "the store is incomplete; finish it with `actstore verify" in out
+
+
+def test_the_advice_names_the_store_where_it_is(tmp_path, reference):
+    """A copied (or moved) store: the resume command advised is for this store, not the one
+    its command line first wrote (which it would resume, or refuse as another run)."""
+    store = tmp_path / "a copy.zarr"
+    shutil.copytree(reference, store)
+    unfinished(store)
+    with pytest.raises(RowsNotDoneError) as e:
+        actstore.open(store).loader("resid_post:0", batch_size=8)
+    assert f"`actstore verify '{store}' --repair`" in str(e.value) and f"`actstore cache '{store}' --model" in str(e.value)
+    assert str(reference) not in str(e.value)

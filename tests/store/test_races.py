@@ -226,7 +226,7 @@ def test_commands_beside_a_real_writer(tmp_path, reference, capsys):
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     unfinished(store, (1, 2, 3))
-    env = {**os.environ, "ACTSTORE_SLOW_IO": "0.2", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "ACTSTORE_SLOW_IO": "0.15", "HF_HUB_OFFLINE": "1"}
     writer = subprocess.Popen([sys.executable, "-m", "actstore", *cache_argv(store, "--resume")], env=env,
                               stderr=subprocess.PIPE, text=True)
     lock, deadline = lock_path(str(store)), time.monotonic() + 120

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..errors import ConfigError, StoreLockedError
+from ..location import is_url, normalize
 
 __all__ = ["store_lock", "lock_path", "lock_holder", "lock_note", "LockHolder", "check_unlocked"]
 
@@ -25,7 +26,7 @@ _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread holding it, depth
 
 
 def lock_path(store: str) -> str:
-    return os.path.abspath(store).rstrip(os.sep) + ".lock"
+    return os.path.abspath(normalize(store)).rstrip(os.sep) + ".lock"  # (file:// stripped)
 
 
 def _alive(pid: int) -> bool:
@@ -95,8 +96,6 @@ class LockHolder:
 
 def lock_holder(store: str) -> LockHolder | None:
     """The holder of ``store``'s lock, or None when there is none (or ``store`` is a URL)."""
-    from ..location import is_url
-
     if is_url(store):
         return None
     path = lock_path(store)

@@ -5,18 +5,21 @@ own config (rows are deterministic, so the bytes are those of an undamaged store
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Mapping
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from .. import location
 from ..corpus import CorpusSpec, scan
 from ..errors import ConfigError
 from ..models import ModelLike
 from ..store import ActivationStore, Damage, StoreMeta, finalize_stats, verify_store
 from ..store.nodes import group_doc, write_key
 from .engine import CacheConfig, cache
+from .lock import store_lock
 from .reads import make_plan
 
 __all__ = ["repair_store", "config_from_metadata"]
@@ -69,7 +72,16 @@ def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None
     defines, then mark the damaged shards not done and recompute them, and every shard not
     done, with the store's own config (bit-identical on the same kind of device and
     software). What cannot be repaired from the store (a damaged job result) is left; verify
-    again to see it."""
+    again to see it. The store's lock is taken first: while a live run holds it (it is
+    writing the store, so ``damage`` may be its work in progress), StoreLockedError, and
+    nothing is changed."""
+    ActivationStore.open(path)  # no store, or its root damaged: said before a lock file is made beside it
+    lock = nullcontext() if location.is_url(path) else store_lock(location.normalize(path))
+    with lock:
+        return _repair(path, damage, model, device, progress)
+
+
+def _repair(path: str, damage: list[Damage], model: ModelLike | None, device: str, progress: bool) -> ActivationStore:
     store = ActivationStore.open(path)
     cfg = config_from_metadata(store.meta, path, model, device, progress)  # before anything changes
     group = zarr.open_group(path, mode="r+")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from typing import Sequence
 
 from ..capture import repair_store
-from ..capture.lock import lock_note
+from ..capture.lock import LockHolder, lock_holder, lock_note, store_lock
 from ..location import is_url
 from ..store import ActivationStore, Damage, verify_store
 from ..store.verify import FIXES
@@ -33,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_verify)
 
 
-def _report(path: str, damage: Sequence[Damage], repairing: bool) -> list[str]:
-    """What is wrong, then what to do about each kind of it."""
+def _report(path: str, damage: Sequence[Damage], repairing: bool, writing: LockHolder | None = None) -> list[str]:
+    """What is wrong, then what to do about each kind of it; while a live run holds the
+    lock (``writing``), what is found may be its work in progress: wait for it."""
     if not damage:
         return [f"{path}: complete; every object is present, passes its checksum and matches the store's metadata"]
     lines = [f"{path}: {len(damage)} problem{'s' if len(damage) != 1 else ''}"] + [f"  {d}" for d in damage]
     fixes = sorted({d.fix for d in damage}, key=list(FIXES).index)
+    if writing is not None:
+        return lines + [f"a run is writing the store ({writing.who}, lock {writing.path}), so these may be its work in "
+                        "progress: wait for that run to finish, then verify again (--repair is refused while it "
+                        f"runs); {writing.if_gone('verify again')}"]
     if set(fixes) == {"finish"}:
         meta = ActivationStore.open(path).meta
         return lines + [f"the store is incomplete; {meta.finish_hint(path)}"]
@@ -50,15 +56,25 @@ def _report(path: str, damage: Sequence[Damage], repairing: bool) -> list[str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    damage = verify_store(args.store, progress=not args.json)
-    remaining = damage
-    if damage and args.repair and any(d.fix != "manual" for d in damage):
-        repair_store(args.store, damage, args.model, args.device, progress=not args.json)
-        remaining = verify_store(args.store, progress=False)
-    lock = None if is_url(args.store) else lock_note(args.store)  # (object stores have no lock file)
+    """--repair takes the store's lock first (refused, nothing changed, while a run holds it),
+    and holds it while it checks, repairs and checks again."""
+    local = not is_url(args.store)  # (object stores have no lock file)
+    before = lock_holder(args.store) if local and not args.repair else None
+    if args.repair:
+        ActivationStore.open(args.store)  # no store, or its root damaged: said before a lock file is made beside it
+    with store_lock(args.store) if args.repair and local else nullcontext():
+        damage = verify_store(args.store, progress=not args.json)
+        remaining = damage
+        if damage and args.repair and any(d.fix != "manual" for d in damage):
+            repair_store(args.store, damage, args.model, args.device, progress=not args.json)
+            remaining = verify_store(args.store, progress=False)
+    holder = lock_holder(args.store) if local else None
+    writing = next((h for h in (holder, before) if h is not None and h.writing), None)  # live during the check
+    lock = None if holder is None else lock_note(args.store)
     if args.json:
         report = {"damaged": [vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage],
-                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining], "lock": lock}
+                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining], "lock": lock,
+                  "writing": writing is not None}
         print(json.dumps(report, indent=2))
         return 0 if not remaining else 1
     if lock:
@@ -68,5 +84,5 @@ def _verify(args: argparse.Namespace) -> int:
         print("repaired: every problem fixed and verified" if not remaining else
               "\n".join(["after repair:"] + _report(args.store, remaining, True)))
     else:
-        print("\n".join(_report(args.store, damage, False)))
+        print("\n".join(_report(args.store, damage, False, writing)))
     return 0 if not remaining else 1

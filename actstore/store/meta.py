@@ -12,6 +12,8 @@ known ones. ``from_dict`` refuses a format version this actstore cannot read.
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -214,16 +216,37 @@ class StoreMeta:
 
     # --- questions every reader asks --------------------------------------------
     def finish_hint(self, path: str) -> str:
-        """How to finish this store's run: repair from its metadata, or its own command resumed."""
+        """What to do about this store's rows not done, right now: while a live run holds its
+        lock (it is writing them), wait for it; else repair from its metadata, or its own
+        command resumed (either takes over a stale lock)."""
+        from .lock import lock_holder
+
         cmd = self.command_line or ""
         if cmd.startswith("actstore cache"):
-            words = [w for w in cmd.split() if w not in ("--overwrite", "--resume")]
-            again = f"`{' '.join(words)} --resume`"
+            try:
+                words = shlex.split(cmd)
+            except ValueError:  # not written by shlex.join: as it is
+                words = cmd.split()
+            if len(words) > 2 and not words[2].startswith("-"):
+                words[2] = path  # the store where it is now (it may have been moved or copied)
+            again = f"`{shlex.join([w for w in words if w not in ('--overwrite', '--resume')] + ['--resume'])}`"
         elif cmd.startswith("actstore.cache("):
+            cmd = re.sub(r"^actstore\.cache\(out=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")",
+                         lambda _: f"actstore.cache(out={path!r}", cmd)
             again = f"`{cmd}` again with resume=True"
         else:
             again = "the same actstore.cache(...) call with resume=True"
-        return f"finish it with `actstore verify {path} --repair` (its own config), or {again}"
+        finish = f"finish it with `actstore verify {shlex.quote(path)} --repair` (its own config), or {again}"
+        holder = lock_holder(path)
+        if holder is None:
+            return finish
+        if holder.stale:
+            return f"{finish} (either takes over the stale lock {holder.path}: {holder.who} is gone)"
+        if not holder.writing:
+            return (f"{finish} (its lock file {holder.path} cannot be read: damaged, unless a run is taking it this "
+                    "instant; it is taken over 10 s after it was written)")
+        return (f"a run is writing it ({holder.who}, lock {holder.path}): wait for that run to finish, then try "
+                f"again (repairing or resuming now would be refused); {holder.if_gone(finish)}")
 
     @property
     def hooks(self) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, NotWritableError, ResultExistsError, StoreExistsError
 from .format import walk_arrays
+from .lock import check_unlocked, store_lock
 from .nodes import check_groups
 from .base import StoreLike
 
@@ -96,7 +98,21 @@ class ResultWriter:
         if existing and not replace:
             raise ResultExistsError(f"'{path}' already holds {what} "
                                     f"({self.prefix}: {len(existing)} array{'s' * (len(existing) != 1)}); {fix}.")
+        if self._locks:  # a run writing the store (cache, resume, repair): refused before the job's work
+            check_unlocked(path, "run this job again")
         check_writable(f"{path.rstrip('/')}/{self.prefix}", what, unwritable_fix)
+
+    @property
+    def _locks(self) -> bool:
+        """Whether writing takes the store's lock: results of a local store (see lock.py)."""
+        from ..location import is_url
+
+        return self.store is not None and not is_url(self.path)
+
+    def _lock(self) -> AbstractContextManager[None]:
+        """The store's lock, held while an array is written or removed (never while a cache,
+        resume or repair writes the store); another job's short write is waited for."""
+        return store_lock(self.path, wait=30) if self._locks else nullcontext()
 
     @classmethod
     def for_store(cls, store: "StoreLike", name: str, replace: bool = False, **kw: Any) -> "ResultWriter":
@@ -123,16 +139,17 @@ class ResultWriter:
         data = _checked(key, data, dims, attrs)
         if key in self.written:
             raise ResultExistsError(f"Result array '{key}' was already written by this run; give each array its own name.")
-        root = zarr.open_group(self.path, mode="a")
-        check_groups(root.store, self.path, key)
-        if key in root and not self.replace:
-            raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
-        arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims), overwrite=True,
-                                compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read, like every chunk
-                                config={"write_empty_chunks": True})  # so a lost chunk is missing, never the fill value
-        arr[...] = data
-        if attrs:
-            arr.attrs.update(dict(attrs))
+        with self._lock():
+            root = zarr.open_group(self.path, mode="a")
+            check_groups(root.store, self.path, key)
+            if key in root and not self.replace:
+                raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
+            arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims),
+                                    overwrite=True, compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read
+                                    config={"write_empty_chunks": True})  # a lost chunk is missing, never the fill value
+            arr[...] = data
+            if attrs:
+                arr.attrs.update(dict(attrs))
         self.written.append(key)
         self._refresh()
         return arr
@@ -142,9 +159,10 @@ class ResultWriter:
         replaced result holds nothing stale); the paths written."""
         stale = [k for k in self.existing() if k not in self.written]
         if stale:
-            root = zarr.open_group(self.path, mode="r+")
-            for key in stale:
-                del root[key]
+            with self._lock():
+                root = zarr.open_group(self.path, mode="r+")
+                for key in stale:
+                    del root[key]
             self._refresh()
         return list(self.written)
 

@@ -98,7 +98,7 @@ def test_a_read_only_store_is_refused_before_anything(tmp_path, tiny_model, monk
 
 
 def test_a_lock_file_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypatch):
-    from actstore.capture import lock
+    from actstore.store import lock
 
     real_open = os.open
 

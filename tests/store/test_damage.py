@@ -144,14 +144,15 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, corpus_file: str) -> dict
                  "--dtype", "float32", "--device", "cpu", "--quiet"])[0] == 0
     assert _run(["analyze", "logit-lens", str(store), "--rows", "0:2", "--device", "cpu", "--json",
                  "--figure", str(base / "ll.png")])[0] == 0
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    PRISTINE_FILES.update({str(p.relative_to(store)): str(p) for p in sorted(store.rglob("*")) if p.is_file()})
+    pristine = {"path": store, "values": _values(store), "read": _read(str(store)),
+                "out": {name: _run(argv(str(store), base))[1].replace(str(store), "STORE").replace(str(base), "DIR")
+                        for name, argv in SLOW.items()} | {"info": _run(["info", str(store)])[1].replace(str(store), "STORE")}}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # after the jobs, which write results: they take it over
     dead.wait()
     (base / "s.zarr.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
-    PRISTINE_FILES.update({str(p.relative_to(store)): str(p) for p in sorted(store.rglob("*")) if p.is_file()})
     PRISTINE_FILES[LOCK] = str(base / "s.zarr.lock")
-    return {"path": store, "values": _values(store), "read": _read(str(store)),
-            "out": {name: _run(argv(str(store), base))[1].replace(str(store), "STORE").replace(str(base), "DIR")
-                    for name, argv in SLOW.items()} | {"info": _run(["info", str(store)])[1].replace(str(store), "STORE")}}
+    return pristine
 
 
 SLOW: dict[str, Callable[[str, Path], list[str]]] = {

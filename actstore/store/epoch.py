@@ -37,7 +37,8 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
             rank, world_size = 0, 1
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
         raise ConfigError(f"rank must be in 0..world_size-1 with world_size >= 1; got rank={rank!r}, "
-                          f"world_size={world_size!r}.")
+                          f"world_size={world_size!r}. Pass integers: world_size, the number of processes, and rank, "
+                          "this process's place among them.")
     return rank, world_size
 
 

@@ -38,6 +38,9 @@ def store_identity(store: StoreLike) -> dict[str, Any]:
             "corpus_sha256": hashlib.sha256(corpus).hexdigest()[:16], "layout": m.layout.to_dict()}
 
 
+_KINDS = {int: "an integer", bool: "True or False", list: "a list", str: "a string"}
+
+
 def _rows_text(key: Any) -> str:
     """A RowSelection's key as the user would pass it."""
     if isinstance(key, list) and len(key) == 2:
@@ -92,8 +95,7 @@ def check_state(state: Any, mine: dict[str, Any], path: str, n_batches: Callable
     for key in SETTINGS:
         theirs, have = state[key], mine[key]
         if type(theirs) is not type(have):
-            raise _not_a_state(f"has {key}={theirs!r} (a {type(theirs).__name__}; a loader saves a "
-                               f"{type(have).__name__})")
+            raise _not_a_state(f"has {key}={theirs!r} (a loader saves {_KINDS.get(type(have), type(have).__name__)})")
         if theirs != have:
             show = _rows_text if key == "rows" else repr
             note = " (its default for this batch size)" if key == "buffer_tokens" and default_buffer else ""

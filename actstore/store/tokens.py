@@ -45,7 +45,7 @@ def token_sites(store: "StoreLike", hooks: Sequence[str]) -> list[TokenSite]:
         dims, shape = list(s.dims), list(s.shape)
         if len(dims) < 3 or dims[1] != "pos" or "pos" in dims[2:] or any(d.endswith("_pos") for d in dims):
             raise ConfigError(f"Site {hook} is stored as ({', '.join(dims)}), not one vector per token; "
-                              "probes and loaders need (row, pos, ...) sites such as resid_post or z.")
+                              "probes and loaders read (row, pos, ...) sites: pass one such as resid_post or z.")
         out.append(TokenSite(hook, s.layer, tuple(dims[2:]), tuple(shape[2:])))
     return out
 

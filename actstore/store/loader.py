@@ -6,8 +6,9 @@ split across ranks, resumable, optionally normalised.
         x = batch["blocks.5.hook_resid_post"]  # (batch, d_model), random tokens of the store
 
 The order of an epoch is a pure function of (seed, epoch, rank, world size) (see
-epoch.py): the inner chunks are permuted and dealt to the ranks, each rank reads its
-chunks a window (``buffer_tokens``, default 8 chunks) at a time with a pool of threads,
+epoch.py): the read units (inner chunks; single rows when the rows hold fewer chunks than
+there are ranks) are permuted and dealt to the ranks, each rank reads its units a window
+(``buffer_tokens``, default 8 units) at a time with a pool of threads,
 shuffles the window's tokens together and cuts batches from the windows back to back.
 So batch k is found without reading batches 0..k-1 (``state_dict`` / ``load_state_dict``),
 and the batches are the same whatever the number of read threads.

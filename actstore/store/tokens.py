@@ -126,11 +126,14 @@ def select_rows(store: "StoreLike", rows: RowsArg) -> RowSelection:
     if rows is None:
         rows = slice(None)
     if isinstance(rows, range):
+        if len(rows) == 0:
+            raise ConfigError(f"rows={rows!r} selects no row; {_rows_hint(n)}.")
         rows = list(rows)
     if isinstance(rows, slice):
         if not all(v is None or (isinstance(v, Integral) and not isinstance(v, bool))
                    for v in (rows.start, rows.stop, rows.step)):
-            raise ConfigError(f"rows={rows!r}: a slice's start, stop and step must be integers or None; {_rows_hint(n)}.")
+            raise ConfigError(f"rows={rows!r}: a slice's start, stop and step must be integers or None; "
+                              f"{_rows_hint(n)}.")
         if rows.step == 0:
             raise ConfigError(f"rows={rows!r}: a slice step cannot be zero; {_rows_hint(n)}.")
         idx = np.arange(n, dtype=np.int64)[rows]
@@ -151,7 +154,7 @@ def select_rows(store: "StoreLike", rows: RowsArg) -> RowSelection:
             raise ConfigError(f"rows= is a mask with no row set; {_rows_hint(n)}.")
         return _from_index(np.flatnonzero(arr))
     if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) == 0:
-        what = "empty" if arr.size == 0 else f"of shape {arr.shape} and dtype {arr.dtype}"
+        what = "with no row" if arr.size == 0 else f"of shape {arr.shape} and dtype {arr.dtype}"
         raise ConfigError(f"rows= ({type(rows).__name__} {what}) is not a row selection; {_rows_hint(n)}.")
     bad = arr[(arr < -n) | (arr >= n)]
     if len(bad):

@@ -15,6 +15,7 @@ chunks), the same layout from another model's weights, and padded rows (one docu
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -193,8 +194,8 @@ ARGS = [  # (id, loader arguments, expect: None = a correct result, else the ref
     ("rows-float-slice", {"rows": slice(0.5, 3)}, r"must be integers"),
     ("rows-int-out", {"rows": 12}, r"row 12, out of range.*0\.\.11"),
     ("rows-int-out-negative", {"rows": -13}, r"row -13, out of range"),
-    ("rows-range-empty", {"rows": range(0)}, r"not a row selection"),
-    ("rows-list-empty", {"rows": []}, r"not a row selection"),
+    ("rows-range-empty", {"rows": range(0)}, r"rows=range\(0, 0\) selects no row"),
+    ("rows-list-empty", {"rows": []}, r"list with no row\) is not a row selection"),
     ("rows-twice", {"rows": [1, 1]}, r"row 1 more than once"),
     ("rows-list-out", {"rows": [0, 99]}, r"row 99, out of range"),
     ("rows-str", {"rows": "0:5"}, r"not a row selection"),
@@ -360,7 +361,7 @@ STATES = [  # (id, a function (stores, this loader's own state) -> the state to 
     ("epoch-negative", lambda s, m: {**m, "epoch": -1}, r"epoch=-1"),
     ("mid-epoch", lambda s, m: {**m, "batches": 4}, None),
     ("end-of-epoch", lambda s, m: {**m, "epoch": 2, "batches": 11}, None),
-    ("json", lambda s, m: __import__("json").loads(__import__("json").dumps({**m, "batches": 3})), None),
+    ("json", lambda s, m: json.loads(json.dumps({**m, "batches": 3})), None),
 ]
 
 

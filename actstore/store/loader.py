@@ -103,7 +103,6 @@ class ActivationLoader(IterableDataset):
         self._identity = store_identity(store)
         self._open: weakref.ref | None = None  # the open iterator, if any
         self._done = 0  # batches of self.epoch already yielded
-        self._check_batches(self.plan())
         self.norm: dict[str, Normalizer] = (normalizers(store, self.hooks, self.rows, self.skip_bos, self.skip_padding,
                                                         center, scale, self.num_workers, progress)
                                             if center or scale else {})

@@ -1,5 +1,6 @@
 """The order of one epoch of the training loader, as a pure function of (seed, epoch,
-rank, world size): which read units (inner chunks) each rank reads, grouped into
+rank, world size): which read units (inner chunks, or single rows when there are fewer
+chunks than ranks: tokens.read_units) each rank reads, grouped into
 windows whose tokens are shuffled together, and where batch k starts. Nothing here
 reads activations, so a resumed loader finds batch k without replaying the data.
 
@@ -32,12 +33,18 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
         if dist.is_available() and dist.is_initialized():
             rank, world_size = dist.get_rank(), dist.get_world_size()
         elif launched():
-            rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+            env = os.environ.get("RANK", "0"), os.environ["WORLD_SIZE"]
+            if not all(v.strip().isdigit() for v in env):
+                raise ConfigError(f"The environment has RANK={env[0]!r} and WORLD_SIZE={env[1]!r}, not integers; launch "
+                                  "with torchrun or accelerate (which set them), or pass rank= and world_size=.")
+            rank, world_size = int(env[0]), int(env[1])
         else:
             rank, world_size = 0, 1
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+    if not (isinstance(world_size, int) and not isinstance(world_size, bool) and world_size >= 1
+            and isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < world_size):
         raise ConfigError(f"rank must be in 0..world_size-1 with world_size >= 1; got rank={rank!r}, "
-                          f"world_size={world_size!r}.")
+                          f"world_size={world_size!r}. Pass integers: world_size, the number of processes, and rank, "
+                          "this process's place among them.")
     return rank, world_size
 
 

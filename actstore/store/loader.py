@@ -6,8 +6,9 @@ split across ranks, resumable, optionally normalised.
         x = batch["blocks.5.hook_resid_post"]  # (batch, d_model), random tokens of the store
 
 The order of an epoch is a pure function of (seed, epoch, rank, world size) (see
-epoch.py): the inner chunks are permuted and dealt to the ranks, each rank reads its
-chunks a window (``buffer_tokens``, default 8 chunks) at a time with a pool of threads,
+epoch.py): the read units (inner chunks; single rows when the rows hold fewer chunks than
+there are ranks) are permuted and dealt to the ranks, each rank reads its units a window
+(``buffer_tokens``, default 8 units) at a time with a pool of threads,
 shuffles the window's tokens together and cuts batches from the windows back to back.
 So batch k is found without reading batches 0..k-1 (``state_dict`` / ``load_state_dict``),
 and the batches are the same whatever the number of read threads.
@@ -18,6 +19,7 @@ and the batches are the same whatever the number of read threads.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -27,8 +29,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import ConfigError
 from .base import StoreLike
 from .epoch import EpochPlan, Window, resolve_rank
+from .loader_args import flag, parse_device, parse_dtype, whole
+from .loader_state import STATE_VERSION, check_state, store_identity
 from .norm import Normalizer, normalizers
-from .tokens import ChunkReader, TokenSite, keep_positions, row_units, token_sites
+from .tokens import (ChunkReader, RowsArg, RowSelection, TokenSite, keep_positions, read_units, row_units,
+                     select_rows, token_sites)
 from .view import resolve_sites
 
 __all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",
@@ -42,60 +47,74 @@ class ActivationLoader(IterableDataset):
     "row": (batch,), "pos": (batch,)}, every site's vectors of the same tokens, in the
     same order. Each epoch yields every kept token of ``rows`` once across the ranks.
 
-    Iterating continues where the last iteration stopped; a finished epoch moves on to
-    the next. ``set_epoch(e)`` starts epoch ``e`` from its first batch (it keeps the
-    position when ``e`` is the current epoch, so a resumed loop may call it).
+    The loader is one stream with one position (``state_dict``): iterating continues
+    where the last iteration stopped, a finished epoch moves on to the next, and a second
+    iterator while one is open is refused. ``set_epoch(e)`` starts epoch ``e`` from its
+    first batch (it keeps the position when ``e`` is the current epoch, so a resumed loop
+    may call it).
 
-    Options beyond the store's reading ones (``skip_bos``, ``skip_padding``, ``rows``):
+    Options beyond the store's reading ones (``skip_bos``, ``skip_padding``, ``rows``: a
+    slice with any step, a range, a row, a list of rows or a bool mask):
     ``rank``/``world_size`` (default: torch.distributed, then torchrun's RANK/WORLD_SIZE);
     ``even_batches`` (every rank yields the smallest rank's number of whole batches,
     dropping the rest of each rank's tokens: what DDP needs); ``center``/``scale``
-    (subtract the exact mean; multiply by sqrt(d) / mean norm, see norm.py);
-    ``device`` (batches are gathered in pinned memory and copied non-blocking when it is
-    a GPU); ``num_workers`` read threads, ``prefetch`` chunks read ahead.
+    (subtract the exact mean; multiply by sqrt(d) / mean norm, see norm.py); ``dtype`` (a
+    floating torch dtype or its name); ``device`` (batches are gathered in pinned memory
+    and copied non-blocking when it is a GPU); ``num_workers`` read threads, ``prefetch``
+    chunks read ahead. Every argument is checked before anything is read.
     """
 
     def __init__(self, store: StoreLike, sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
                  seed: int = 0, *, epoch: int = 0, skip_bos: bool = True, skip_padding: bool = True,
-                 rows: slice = slice(None), buffer_tokens: int | None = None, num_workers: int = 4,
-                 prefetch: int | None = None, drop_last: bool = False, dtype: torch.dtype | None = None,
+                 rows: RowsArg = slice(None), buffer_tokens: int | None = None, num_workers: int = 4,
+                 prefetch: int | None = None, drop_last: bool = False, dtype: torch.dtype | str | None = None,
                  device: str | torch.device | None = None, rank: int | None = None, world_size: int | None = None,
                  even_batches: bool = False, center: bool = False, scale: bool = False, progress: bool = True):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        if num_workers < 1:
-            raise ConfigError(f"num_workers (read threads) must be at least 1; got {num_workers}.")
-        self.store = store
-        self.hooks = resolve_sites(store, sites)
-        self.sites = token_sites(store, self.hooks)
-        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.skip_bos, self.skip_padding, self.drop_last = skip_bos, skip_padding, drop_last
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.even_batches = even_batches
-        self.rows = slice(*rows.indices(store.n_rows)[:2])
-        store.check_done(self.rows)
-        self.units = row_units(store, self.rows)
-        self.unit_tokens = self._count_tokens()
-        tokens_per_unit = store.layout.rows_per_chunk * store.layout.seq_len
-        # default: 8 chunks' tokens and at least 4 batches, so that each batch mixes several chunks
-        self.buffer_tokens = buffer_tokens or max(8 * tokens_per_unit, 4 * batch_size)
-        self.window_units = max(1, -(-self.buffer_tokens // tokens_per_unit))
-        self.num_workers, self.prefetch = num_workers, prefetch
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else None
+        self.batch_size = whole("batch_size", batch_size, 1)
+        self.seed = whole("seed", seed, 0, "The order of every epoch is a pure function of the seed: pass an integer, "
+                          "e.g. seed=0")
+        self.epoch = whole("epoch", epoch, 0)
+        self.shuffle, self.skip_bos, self.skip_padding, self.drop_last, self.even_batches = (
+            flag(n, v) for n, v in (("shuffle", shuffle), ("skip_bos", skip_bos), ("skip_padding", skip_padding),
+                                    ("drop_last", drop_last), ("even_batches", even_batches)))
+        center, scale, progress = flag("center", center), flag("scale", scale), flag("progress", progress)
+        self.num_workers = whole("num_workers (read threads)", num_workers, 1)
+        self.prefetch = None if prefetch is None else whole("prefetch", prefetch, 1)
+        buffer = None if buffer_tokens is None else whole("buffer_tokens", buffer_tokens, 1)
+        self.dtype, self.device = parse_dtype(dtype), parse_device(device)
         self.pin = self.device is not None and self.device.type == "cuda"
-        self.norm: dict[str, Normalizer] = (normalizers(store, self.hooks, self.rows, skip_bos, skip_padding, center,
-                                                        scale, num_workers, progress) if center or scale else {})
-        self._norm_t: dict[str, tuple[torch.Tensor, float]] = {}
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.store = store
+        self.hooks = _hooks(store, sites)
+        self.sites = token_sites(store, self.hooks)
+        self.rows: RowSelection = select_rows(store, rows)
+        store.check_shards(np.unique(self.rows.index() // store.layout.rows_per_shard), f"The loader's {self.rows}")
+        self.units = read_units(store, self.rows, self.world_size)
+        self.unit_tokens = self._count_tokens()
+        if not self.unit_tokens.any():
+            raise ConfigError(f"The loader's {self.rows} of '{store.path}' hold no token to train on (skip_bos="
+                              f"{self.skip_bos}, skip_padding={self.skip_padding}: every position is BOS or "
+                              "padding); select other rows, or pass skip_bos=False.")
+        tokens_per_unit = max(u.stop - u.start for u in self.units) * store.layout.seq_len
+        # default: 8 units' tokens and at least 4 batches, so that each batch mixes several chunks
+        self._buffer_default = buffer is None
+        self.buffer_tokens = buffer or max(8 * tokens_per_unit, 4 * self.batch_size)
+        self.window_units = max(1, -(-self.buffer_tokens // tokens_per_unit))
+        self._identity = store_identity(store)
+        self._open: weakref.ref | None = None  # the open iterator, if any
         self._done = 0  # batches of self.epoch already yielded
+        self.norm: dict[str, Normalizer] = (normalizers(store, self.hooks, self.rows, self.skip_bos, self.skip_padding,
+                                                        center, scale, self.num_workers, progress)
+                                            if center or scale else {})
+        self._norm_t: dict[str, tuple[torch.Tensor, float]] = {}
 
     # --- size and state ------------------------------------------------------------------
     def _count_tokens(self) -> np.ndarray:
         """int64 (unit,): kept tokens of each read unit (reads the mask of per-document stores)."""
         a = self.rows.start
-        per_row = [keep_positions(self.store, u, self.skip_bos, self.skip_padding).sum(1)
-                   for u in row_units(self.store, self.rows, rows_per_unit=4096)]
-        counts = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
+        per_row = [self.rows.keep(self.store, u, self.skip_bos, self.skip_padding).sum(1)
+                   for u in row_units(self.store, self.rows.span, rows_per_unit=4096)]
+        counts = np.concatenate(per_row)
         return np.array([counts[u.start - a:u.stop - a].sum() for u in self.units], np.int64)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
@@ -103,37 +122,80 @@ class ActivationLoader(IterableDataset):
         return EpochPlan(self.unit_tokens, self.seed, self.epoch if epoch is None else epoch, self.rank,
                          self.world_size, self.window_units, self.shuffle)
 
+    def _n_batches(self, plan: EpochPlan) -> int:
+        return plan.n_batches(self.batch_size, self.drop_last, self.even_batches)
+
+    def _check_batches(self, plan: EpochPlan) -> int:
+        """This rank's batches of ``plan``'s epoch; none is an error naming the numbers and the fix
+        (a training loop would otherwise turn over empty epochs for ever)."""
+        n = self._n_batches(plan)
+        if n:
+            return n
+        where = f"rank {self.rank} of world_size={self.world_size}" if self.world_size > 1 else "this loader"
+        if self.even_batches and self.world_size > 1:
+            fewest = min(plan.rank_tokens(r) for r in range(self.world_size))
+            raise ConfigError(f"Epoch {plan.epoch} of the loader has no batch: with even_batches=True every rank yields "
+                              f"as many whole batches as the rank with the fewest tokens, and that rank gets {fewest} "
+                              f"tokens of {self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+                              f"{self.batch_size}. Pass batch_size={max(fewest, 1)} or less, run fewer processes, or "
+                              "select more rows.")
+        tokens = plan.rank_tokens()
+        why = "drop_last=True drops them" if tokens else "it has no token"
+        raise ConfigError(f"Epoch {plan.epoch} of the loader has no batch on {where}: it gets {tokens} tokens of "
+                          f"{self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+                          f"{self.batch_size}, and {why}. Pass batch_size={max(tokens, 1)} or less, drop_last=False, "
+                          "run fewer processes, or select more rows.")
+
     @property
     def n_tokens(self) -> int:
         """Tokens one epoch yields on this rank (on every rank together when world_size is 1)."""
         if self.even_batches:
             return len(self) * self.batch_size
-        return self.plan().rank_tokens()
+        return min(self.plan().rank_tokens(), len(self) * self.batch_size)
+
+    @property
+    def n_dropped(self) -> int:
+        """Tokens of this rank's share of the current epoch that it does not yield
+        (``drop_last``'s short batch, or ``even_batches``'s rest)."""
+        return self.plan().rank_tokens() - self.n_tokens
 
     def __len__(self) -> int:
         """Batches one epoch yields on this rank: ranks may differ by one or more unless even_batches."""
-        return self.plan().n_batches(self.batch_size, self.drop_last, self.even_batches)
+        return self._n_batches(self.plan())
+
+    def _is_open(self) -> bool:
+        gen = self._open() if self._open is not None else None
+        return gen is not None and gen.gi_frame is not None  # alive and not finished
+
+    def _refuse_while_open(self, what: str) -> None:
+        if self._is_open():
+            raise ConfigError(f"{what} while an iterator of this loader is open: the loader is one stream with one "
+                              f"position (epoch {self.epoch}, batch {self._done}), which that iterator holds. Finish "
+                              "or close it first (it.close(), or del it), or make a second loader for a second stream.")
 
     def set_epoch(self, epoch: int) -> None:
+        epoch = whole("epoch", epoch, 0, "loader.set_epoch(e) starts epoch e (0, 1, 2, ...) from its first batch")
         if epoch != self.epoch:
+            self._refuse_while_open(f"set_epoch({epoch}) was called")
             self.epoch, self._done = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands: the next batch is batch ``batches`` of ``epoch``."""
-        return {"epoch": self.epoch, "batches": self._done, "seed": self.seed, "world_size": self.world_size,
-                "batch_size": self.batch_size, "shuffle": self.shuffle, "n_tokens": int(self.unit_tokens.sum()),
-                "buffer_tokens": self.buffer_tokens}
+        """Where the loader stands (the next batch is batch ``batches`` of ``epoch``) and what
+        fixes its order: the store's identity and the settings (see loader_state.py)."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches": self._done, "store": self._identity,
+                "sites": list(self.hooks), "rows": self.rows.key(), "skip_bos": self.skip_bos,
+                "skip_padding": self.skip_padding, "world_size": self.world_size, "seed": self.seed,
+                "shuffle": self.shuffle, "batch_size": self.batch_size, "drop_last": self.drop_last,
+                "even_batches": self.even_batches, "buffer_tokens": self.buffer_tokens}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (from any rank of a run with the same world size, seed,
-        batch size and tokens): the next batch is the one the saved run would have yielded."""
-        mine = self.state_dict()
-        for key in ("seed", "world_size", "batch_size", "shuffle", "n_tokens", "buffer_tokens"):
-            if state.get(key) != mine[key]:
-                raise ConfigError(f"The loader state was saved with {key}={state.get(key)!r}, this loader has "
-                                  f"{key}={mine[key]!r}; resume with the same settings (and number of processes) "
-                                  "as the saved run.")
-        self.epoch, self._done = int(state["epoch"]), int(state["batches"])
+        """Continue from ``state`` (from any rank of a run of the same store with the same
+        settings and world size): the next batch is the one the saved run would have yielded.
+        A state of another store or other settings, or out of range, is refused, naming both sides."""
+        self._refuse_while_open("load_state_dict was called")
+        epoch, batches = check_state(state, self.state_dict(), self.store.path,
+                                     lambda e: self._n_batches(self.plan(e)), self._buffer_default)
+        self.epoch, self._done = epoch, batches
 
     # --- batches -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -141,10 +203,17 @@ class ActivationLoader(IterableDataset):
             raise ConfigError("ActivationLoader reads with its own threads (num_workers=...) and splits the store "
                               "across ranks itself; use it in a DataLoader with num_workers=0, e.g. "
                               "actstore.store.loader.make_dataloader(store, ...) or store.dataloader(...).")
-        if self._done >= len(self) > 0:
-            self.set_epoch(self.epoch + 1)
-        limit = len(self)
-        host = self._host_batches(self.plan(), self._done * self.batch_size)
+        self._refuse_while_open("A second iterator was asked for")
+        batches = self._batches()
+        self._open = weakref.ref(batches)
+        return batches
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._done >= self._n_batches(self.plan()):  # the last one saved at the end of its epoch
+            self.epoch, self._done = self.epoch + 1, 0
+        plan = self.plan()
+        limit = self._check_batches(plan)
+        host = self._host_batches(plan, self._done * self.batch_size)
         try:
             for batch in host:
                 if self._done >= limit:
@@ -153,8 +222,8 @@ class ActivationLoader(IterableDataset):
                 yield self._to_device(batch)
         finally:
             host.close()
-        if self._done >= limit > 0:
-            self.set_epoch(self.epoch + 1)
+        if self._done >= limit:
+            self.epoch, self._done = self.epoch + 1, 0
 
     def _host_batches(self, plan: EpochPlan, skip_tokens: int) -> Iterator[dict[str, torch.Tensor]]:
         """Batches on the host (pinned when the device is a GPU): the windows' shuffled
@@ -187,7 +256,7 @@ class ActivationLoader(IterableDataset):
     def _tokens_of(self, unit: slice, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One unit's (row, pos, ...) arrays as (row*pos, ...) views, with the flat indices
         of its kept positions ("keep") and their row and pos. Runs in a read thread."""
-        keep = keep_positions(self.store, unit, self.skip_bos, self.skip_padding)
+        keep = self.rows.keep(self.store, unit, self.skip_bos, self.skip_padding)
         r, p = np.nonzero(keep)
         out = {h: a.reshape(-1, *a.shape[2:]) for h, a in acts.items()}
         out["keep"] = np.flatnonzero(keep)
@@ -230,6 +299,17 @@ class ActivationLoader(IterableDataset):
             n = self.norm[hook]
             self._norm_t[hook] = (torch.from_numpy(n.mean).float().to(device), n.scale)  # (*feature)
         return self._norm_t[hook]
+
+
+def _hooks(store: StoreLike, sites: Any) -> list[str]:
+    """The store's hooks that ``sites`` names (site specs or hook names); none is an error."""
+    ok = isinstance(sites, str) or (isinstance(sites, (list, tuple)) and all(isinstance(x, str) for x in sites))
+    hooks = resolve_sites(store, sites) if ok else []
+    if not hooks:
+        raise ConfigError(f"sites={sites!r} names no site; pass one or more of the store's sites as a spec or a list "
+                          f"(e.g. 'resid_post:1' or ['{store.sites[0]}']). Store '{store.path}' holds: "
+                          f"{', '.join(store.sites)}.")
+    return hooks
 
 
 class ActivationDataLoader(DataLoader):

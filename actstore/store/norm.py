@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..stats import Moments
 from .base import StoreLike
-from .tokens import ChunkReader, keep_positions, row_units
+from .tokens import ChunkReader, RowSelection, row_units
 
 __all__ = ["Normalizer", "normalizers"]
 
@@ -41,27 +41,26 @@ class Normalizer:
         return y / self.scale + self.mean
 
 
-def normalizers(store: StoreLike, hooks: Sequence[str], rows: slice, skip_bos: bool, skip_padding: bool,
+def normalizers(store: StoreLike, hooks: Sequence[str], rows: RowSelection, skip_bos: bool, skip_padding: bool,
                 center: bool, scale: bool, num_workers: int = 4, progress: bool = True) -> dict[str, Normalizer]:
     """The :class:`Normalizer` of each hook over the kept tokens of ``rows``."""
-    a, b, _ = rows.indices(store.n_rows)
-    key = (store.path, a, b, skip_bos, skip_padding, center, scale)
+    key = (store.path, *rows.key(), skip_bos, skip_padding, center, scale)
     todo = [h for h in hooks if (key, h) not in _CACHE]
     if todo:
         means = {h: np.zeros(store.meta.site(h).shape[2:]) for h in todo}
         counts = dict.fromkeys(todo, 0)
-        stats_cover = (a, b) == (0, store.n_rows) and not skip_bos and skip_padding
+        stats_cover = rows.key() == [0, store.n_rows] and not skip_bos and skip_padding
         if center and stats_cover:
             for h in todo:
                 m = store.stats(h)
                 means[h], counts[h] = m.mean, m.count
         elif center:
-            moments = _pass(store, todo, slice(a, b), skip_bos, skip_padding, num_workers, progress, "mean", None)
+            moments = _pass(store, todo, rows, skip_bos, skip_padding, num_workers, progress, "mean", None)
             means = {h: m.mean for h, m in moments.items()}
             counts = {h: m.count for h, m in moments.items()}
         factors = dict.fromkeys(todo, 1.0)
         if scale:
-            sums = _pass(store, todo, slice(a, b), skip_bos, skip_padding, num_workers, progress, "norm", means)
+            sums = _pass(store, todo, rows, skip_bos, skip_padding, num_workers, progress, "norm", means)
             for h, (total, n) in sums.items():
                 d = int(np.prod(store.meta.site(h).shape[2:]))
                 factors[h], counts[h] = float(np.sqrt(d) / (total / n)), n
@@ -70,12 +69,12 @@ def normalizers(store: StoreLike, hooks: Sequence[str], rows: slice, skip_bos: b
     return {h: _CACHE[key, h] for h in hooks}
 
 
-def _pass(store: StoreLike, hooks: list[str], rows: slice, skip_bos: bool, skip_padding: bool, num_workers: int,
+def _pass(store: StoreLike, hooks: list[str], rows: RowSelection, skip_bos: bool, skip_padding: bool, num_workers: int,
           progress: bool, what: str, means: dict[str, np.ndarray] | None) -> dict:
     """One streaming read of ``hooks`` over ``rows``, in store order: the float64 Moments
     (what="mean") or the (sum of ||x - mean||, count) (what="norm") of the kept tokens."""
     def per_unit(unit: slice, acts: dict[str, np.ndarray]) -> dict:
-        keep = keep_positions(store, unit, skip_bos, skip_padding)
+        keep = rows.keep(store, unit, skip_bos, skip_padding)
         out = {}
         for h, x in acts.items():
             x = x[keep]  # (token, *feature)
@@ -86,7 +85,7 @@ def _pass(store: StoreLike, hooks: list[str], rows: slice, skip_bos: bool, skip_
                 out[h] = (float(np.sqrt(np.einsum("ij,ij->i", d, d)).sum()), len(x))
         return out
 
-    units = row_units(store, rows)
+    units = row_units(store, rows.span)
     reader = ChunkReader(store, hooks, num_workers, transform=per_unit)
     total: dict = {h: Moments.empty(store.meta.site(h).shape[2:]) if what == "mean" else (0.0, 0) for h in hooks}
     bar = tqdm(total=len(units), desc=f"normalisation: {'mean' if what == 'mean' else 'mean norm'}", unit="chunk",

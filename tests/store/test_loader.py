@@ -103,3 +103,28 @@ def test_bad_input(store, tmp_path):
         actstore.ActivationStore.open(copy).loader("resid_post:1", batch_size=8)
     assert sum(len(b["row"]) for b in actstore.ActivationStore.open(copy).loader(
         "resid_post:1", batch_size=8, rows=slice(0, 16))) == 16 * (L - 1)
+
+
+def test_even_batches_drop_exactly_the_rest_of_each_share(store):
+    """More ranks than chunks (37 rows in 10 chunks, 12 ranks): single rows are dealt, every
+    rank gets work, and each yields n = min(share // batch_size) batches, dropping the rest."""
+    world, bs = 12, 10
+    plain = [store.loader("resid_post:1", batch_size=1, rank=r, world_size=world) for r in range(world)]
+    shares = [lo.n_tokens for lo in plain]
+    assert len(plain[0].units) == 37 and min(shares) == 3 * (L - 1) and sum(shares) == 37 * (L - 1)
+    even = [store.loader("resid_post:1", batch_size=bs, rank=r, world_size=world, even_batches=True)
+            for r in range(world)]
+    n = min(shares) // bs
+    for lo, share in zip(even, shares):
+        assert len(lo) == n and lo.n_tokens == n * bs and lo.n_dropped == share - n * bs < (L - 1) + bs
+        assert sum(len(b["row"]) for b in lo) == n * bs
+
+
+def test_state_carries_the_store_and_the_order(store):
+    lo = store.loader("resid_post:1", batch_size=8, rows=slice(0, 20, 3), seed=2)
+    state = lo.state_dict()
+    assert state["store"]["fingerprint"] == store.meta.model.fingerprint
+    assert state["store"]["layout"]["n_rows"] == 37 and state["sites"] == ["blocks.1.hook_resid_post"]
+    assert state["rows"][:3] == [0, 19, 7] and state["seed"] == 2
+    with pytest.raises(ConfigError, match=r"saved with seed=2, this loader has seed=0"):
+        store.loader("resid_post:1", batch_size=8, rows=slice(0, 20, 3)).load_state_dict(state)

@@ -217,13 +217,13 @@ def save(obj: dict[str, Any], path: str) -> None:
 
 def train(a: argparse.Namespace) -> None:
     check_device(a.device)
+    if a.out and a.checkpoint and os.path.realpath(a.out) == os.path.realpath(a.checkpoint):
+        raise ConfigError(f"--out and --checkpoint are the same file '{a.out}'; the SAE would replace the "
+                          "checkpoint. Pass two paths.")
     if a.out:
         check_path(a.out, "--out", a.overwrite)
     if a.checkpoint:
         check_path(a.checkpoint, "--checkpoint", None)
-        if a.out and os.path.realpath(a.out) == os.path.realpath(a.checkpoint):
-            raise ConfigError(f"--out and --checkpoint are the same file '{a.out}'; the SAE would replace the "
-                              "checkpoint. Pass two paths.")
     store = actstore.open(a.store)
     hooks = resolve_sites(store, a.site)
     if len(hooks) != 1:

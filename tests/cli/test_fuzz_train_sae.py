@@ -121,7 +121,7 @@ class Case:
 def changed(**config) -> Callable[[dict], object]:
     """The base checkpoint with its recorded configuration (and loader state) edited."""
     def edit(ckpt: dict) -> dict:
-        ckpt["config"] = {**ckpt["config"], **config}
+        ckpt["config"] = {**ckpt.get("config", {}), **config}
         ckpt["loader"] = {**ckpt["loader"], **{k: v for k, v in config.items() if k in ckpt["loader"]}}
         return ckpt
     return edit
@@ -168,7 +168,7 @@ CASES = [
     Case("out is a folder", ["--steps", "2", "--out", "{dir}"], r"--out .* is a folder; pass a file path"),
     Case("out exists", ["--steps", "2", "--out", "{out}"], r"--out .* already exists.*pass --overwrite",
          out_exists=True),
-    Case("out is the checkpoint", ["--steps", "5", "--out", "{ck}", "--checkpoint", "{ck}", "--overwrite"],
+    Case("out is the checkpoint", ["--steps", "5", "--out", "{ck}", "--checkpoint", "{ck}"],
          r"same file.*Pass two paths", checkpoint=base),
     Case("checkpoint in a missing folder", ["--steps", "2", "--checkpoint", "{dir}/none/ck.pt"],
          r"--checkpoint .*does not exist; create it"),

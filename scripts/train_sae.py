@@ -31,7 +31,7 @@ import torch.nn as nn
 import actstore
 from actstore.errors import ActStoreError, ConfigError, StoreMismatchError
 from actstore.models import check_device
-from actstore.parallel import group_for, is_main_process
+from actstore.parallel import group_for
 from actstore.store import ActivationStore
 from actstore.store.loader import resolve_sites, token_sites
 
@@ -162,10 +162,11 @@ def check_checkpoint(path: str, ckpt: Any, mine: dict[str, Any], store_path: str
         if saved.get(key) == mine[key]:
             continue
         if key == "world_size":
-            raise StoreMismatchError(f"Checkpoint '{path}' was made by {saved.get(key)!r} processes; this run has "
-                                     f"{mine[key]}: run as many as it was made by (torchrun --nproc_per_node "
-                                     f"{saved.get(key)!r}; the loader's order depends on it), or pass a new "
-                                     "--checkpoint path to start over.")
+            n = saved.get(key)
+            raise StoreMismatchError(f"Checkpoint '{path}' was made by {n!r} process{'' if n == 1 else 'es'}; this "
+                                     f"run has {mine[key]}: run as many as it was made by (torchrun --nproc_per_node "
+                                     f"{n!r}; the loader's order depends on it), or pass a new --checkpoint path to "
+                                     "start over.")
         raise StoreMismatchError(f"Checkpoint '{path}' was made with {flag} {_flag_value(key, saved)}; this run has "
                                  f"{flag} {_flag_value(key, mine)}: {fix}.")
     if not isinstance(ckpt["step"], int) or ckpt["step"] > steps:
@@ -211,8 +212,12 @@ def check_batches(loader: Any, batch_size: int, world: int, store_path: str) -> 
 def save(obj: dict[str, Any], path: str) -> None:
     """Write ``path`` whole or not at all (a crash mid-save leaves the previous file)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def train(a: argparse.Namespace) -> None:
@@ -298,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(a)
     except ActStoreError as e:
-        if is_main_process():
-            print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        # under torchrun every process says it (torchrun may stop the others before rank 0 could)
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return 2
     return 0
 

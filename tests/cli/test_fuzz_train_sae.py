@@ -23,12 +23,14 @@ import re
 import shutil
 import signal
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import actstore
 
@@ -244,3 +246,78 @@ def test_train_sae_command_line(case: Case, world: Path, tmp_path: Path, train_s
     assert len(lines) == 1 or lines[0].startswith("usage: "), err  # ours: one line; argparse: usage, then one
     assert re.search(case.error, lines[-1]), (case.error, lines[-1])
     assert digest(touched) == before, f"{argv} was refused but changed files"
+
+
+# --- generated: flags drawn good or bad, over the checkpoint states ----------------------------
+
+GOOD = {"--site": ["resid_post:1", "blocks.1.hook_resid_post", "resid_post:0", "z:1"], "--k": ["1", "4", "8"],
+        "--expansion": ["1", "2", "3"], "--batch-size": ["16", "32", "180"], "--lr": ["0.003", "0.01"],
+        "--seed": ["0", "1"], "--steps": ["3", "4"]}
+BAD = {"--site": ["resid_post:0-1", "resid_post:all", "mlp_out:1", "pattern:1", "resid_post:9", "z:1.0"],
+       "--k": ["0", "-1", "400"], "--expansion": ["0", "-2"], "--batch-size": ["0", "-4", "181", "4096"],
+       "--lr": ["0", "-1", "nan", "inf"], "--steps": ["0", "-1"]}
+HOOKS = {"resid_post:1": "blocks.1.hook_resid_post", "blocks.1.hook_resid_post": "blocks.1.hook_resid_post",
+         "resid_post:0": "blocks.0.hook_resid_post", "z:1": "blocks.1.attn.hook_z"}
+OUTCOMES: Counter = Counter()
+
+
+@st.composite
+def command_lines(draw) -> tuple[dict[str, str], set[str], str, str]:
+    """(flag values, the flags given a bad value, the store, the checkpoint's state)."""
+    bad = set(draw(st.lists(st.sampled_from(sorted(BAD)), max_size=2, unique=True))
+              if draw(st.integers(0, 2)) == 0 else [])
+    values = dict(zip(BASE[0:12:2], BASE[1:12:2]), **{"--steps": "3"})
+    for flag in GOOD:
+        if flag in bad:
+            values[flag] = draw(st.sampled_from(BAD[flag]))
+        elif draw(st.integers(0, 2)) == 0:
+            values[flag] = draw(st.sampled_from(GOOD[flag]))
+    return values, bad, draw(st.sampled_from(["a", "a", "b"])), draw(st.sampled_from(["none", "base", "base",
+                                                                                           "garbage", "old"]))
+
+
+def _resumable(values: dict[str, str], store: str) -> bool:
+    """Whether these flags continue the base checkpoint (its site, k, ... and store a)."""
+    same = all(values[f] == v for f, v in zip(BASE[2:12:2], BASE[3:12:2]))
+    return same and HOOKS[values["--site"]] == "blocks.1.hook_resid_post" and store == "a" and int(values["--steps"]) >= 3
+
+
+@settings(deadline=None, derandomize=True, max_examples=int(os.environ.get("ACTSTORE_FUZZ_EXAMPLES", "30")),
+          suppress_health_check=[HealthCheck.too_slow])
+@given(line=command_lines())
+def test_generated_command_lines(line, world: Path, tmp_path_factory, train_sae) -> None:
+    values, bad, store, state = line
+    d = tmp_path_factory.mktemp("gen")
+    ck, out = d / "ck.pt", d / "sae.pt"
+    if state == "base":
+        shutil.copy(world / "base.pt", ck)
+    elif state == "old":
+        torch.save(without_config(torch.load(world / "base.pt", weights_only=True)), ck)
+    elif state == "garbage":
+        ck.write_bytes(GARBAGE["bytes"])
+    argv = [str(world / f"{store}.zarr"), "--device", "cpu", "--log-every", "100", "--checkpoint", str(ck),
+            "--out", str(out)] + [x for kv in values.items() for x in kv]
+    ok = not bad and (int(values["--k"]) <= int(values["--expansion"]) * 128) and (
+        state == "none" or state == "base" and _resumable(values, store))
+    before = digest([world / "a.zarr", world / "b.zarr", d])
+    code, err = run(train_sae, argv)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    if ok:
+        assert code == 0, (argv, err)
+        saved = torch.load(out, weights_only=True)
+        d_sae = int(values["--expansion"]) * 128  # every site of these stores has 128 features per token
+        assert saved["hook"] == HOOKS[values["--site"]] and saved["k"] == int(values["--k"])
+        assert tuple(saved["sae"]["W_enc"].shape) == (128, d_sae)
+        OUTCOMES["trained"] += 1
+    else:
+        assert code == 2 and lines and lines[-1].startswith("train_sae: error: "), (argv, code, err)
+        assert len(lines) == 1 or lines[0].startswith("usage: "), err
+        assert digest([world / "a.zarr", world / "b.zarr", d]) == before, f"{argv} was refused but changed files"
+        OUTCOMES["usage error" if lines[0].startswith("usage: ") else "error of ours"] += 1
+
+
+def test_the_generator_reaches_every_outcome() -> None:
+    """Runs after the one above (file order): it trained, and met both kinds of error."""
+    print(dict(OUTCOMES))
+    assert set(OUTCOMES) == {"trained", "usage error", "error of ours"}, OUTCOMES

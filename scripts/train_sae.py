@@ -76,6 +76,16 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64-1; got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 epilog="example:\n  python scripts/train_sae.py acts.zarr --site resid_post:5 --k 32 "
@@ -89,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=pos_int, default=1000, help="train until this step (a resumed run counts on)")
     p.add_argument("--batch-size", type=pos_int, default=4096, help="tokens per step on each process")
     p.add_argument("--lr", type=pos_float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--log-every", type=pos_int, default=10)
     p.add_argument("--checkpoint", help="save here every --save-every steps; resume from it when it exists")
@@ -146,7 +156,8 @@ def _store_diff(saved: dict[str, Any], mine: dict[str, Any]) -> str | None:
 def check_checkpoint(path: str, ckpt: Any, mine: dict[str, Any], store_path: str, steps: int) -> None:
     """Refuse to resume ``ckpt`` (read from ``path``) with another configuration, naming both values."""
     fix = "pass the same flags as the run that made it, or a new --checkpoint path to start over"
-    if not isinstance(ckpt, dict) or not {"sae", "opt", "loader", "step"} <= set(ckpt):
+    kinds = {"sae": dict, "opt": dict, "loader": dict, "step": int}
+    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), t) for k, t in kinds.items()) or ckpt["step"] < 0:
         raise ConfigError(f"--checkpoint '{path}' is not a train_sae checkpoint; pass a new --checkpoint path "
                           "(the file is left as it is).")
     saved = ckpt.get("config")
@@ -169,7 +180,7 @@ def check_checkpoint(path: str, ckpt: Any, mine: dict[str, Any], store_path: str
                                      "start over.")
         raise StoreMismatchError(f"Checkpoint '{path}' was made with {flag} {_flag_value(key, saved)}; this run has "
                                  f"{flag} {_flag_value(key, mine)}: {fix}.")
-    if not isinstance(ckpt["step"], int) or ckpt["step"] > steps:
+    if ckpt["step"] > steps:
         raise ConfigError(f"Checkpoint '{path}' is at step {ckpt['step']!r}, past --steps {steps}; pass --steps "
                           f"{ckpt['step']} or more to train on from it, or a new --checkpoint path.")
 
@@ -220,6 +231,22 @@ def save(obj: dict[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
+def resume(ckpt: dict[str, Any], path: str, loader: Any, sae: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load a checked checkpoint; return its step. Its parts that do not fit (a damaged
+    file whose configuration matched) are refused before any step."""
+    try:
+        loader.load_state_dict(ckpt["loader"])  # the same batches on every rank as the interrupted run
+        sae.load_state_dict(ckpt["sae"])
+        opt.load_state_dict(ckpt["opt"])
+    except ActStoreError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError(f"--checkpoint '{path}' does not fit its own recorded configuration "
+                          f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}); it is "
+                          "damaged: pass a new --checkpoint path (the file is left as it is).") from None
+    return ckpt["step"]
+
+
 def train(a: argparse.Namespace) -> None:
     check_device(a.device)
     if a.out and a.checkpoint and os.path.realpath(a.out) == os.path.realpath(a.checkpoint):
@@ -257,17 +284,7 @@ def train(a: argparse.Namespace) -> None:
     sae = TopKSAE(d_in, a.expansion * d_in, a.k).to(device)
     model = torch.nn.parallel.DistributedDataParallel(sae) if group.distributed else sae
     opt = torch.optim.Adam(sae.parameters(), lr=a.lr)
-    step = 0
-    if ckpt is not None:
-        loader.load_state_dict(ckpt["loader"])  # the same batches on every rank as the interrupted run
-        try:
-            sae.load_state_dict(ckpt["sae"])
-            opt.load_state_dict(ckpt["opt"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"--checkpoint '{a.checkpoint}' holds weights of another shape than its recorded "
-                              f"configuration ({str(e).splitlines()[0][:120]}); it is damaged: pass a new "
-                              "--checkpoint path.") from None
-        step = ckpt["step"]
+    step = 0 if ckpt is None else resume(ckpt, a.checkpoint, loader, sae, opt)
     while step < a.steps:
         taken = step
         for batch in loader:

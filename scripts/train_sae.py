@@ -116,7 +116,7 @@ def check_path(path: str, flag: str, overwrite: bool | None) -> None:
     folder; an existing file is refused unless ``overwrite`` (None: it may exist)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ConfigError(f"{flag} '{path}' is a folder; pass a file path, e.g. {flag} {os.path.join(path, 'sae.pt')}.")
+        raise ConfigError(f"{flag} '{path}' is a folder; pass a file path, e.g. {flag} {os.path.join(path, 'sae.pt' if flag == '--out' else 'ckpt.pt')}.")
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag} '{path}': the folder '{folder}' does not exist; create it (mkdir -p {folder}) "
                           f"or pass another {flag}.")
@@ -258,6 +258,8 @@ def train(a: argparse.Namespace) -> None:
         check_path(a.checkpoint, "--checkpoint", None)
     store = actstore.open(a.store)
     hooks = resolve_sites(store, a.site)
+    if not hooks:
+        raise ConfigError(f"--site {a.site!r} names no site; pass one of the store's, e.g. --site {store.sites[0]}.")
     if len(hooks) != 1:
         raise ConfigError(f"--site '{a.site}' names {len(hooks)} sites ({', '.join(hooks)}); train_sae trains one "
                           f"SAE on one site: pass one, e.g. --site {hooks[0]}.")

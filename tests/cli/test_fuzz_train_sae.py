@@ -161,6 +161,8 @@ CASES = [
     # sites
     Case("site range", ["--site", "resid_post:0-1", "--steps", "2"], r"names 2 sites .*pass one, e\.g\. --site"),
     Case("site all", ["--site", "resid_post:all", "--steps", "2"], r"names 2 sites .*pass one"),
+    Case("site empty", ["--site", "", "--steps", "2"], r"names no site; pass one of the store's, e\.g\. --site"),
+    Case("site of commas", ["--site", ",", "--steps", "2"], r"names no site; pass one"),
     Case("site not stored", ["--site", "resid_post:3", "--steps", "2"], r"resid_post.*This store holds"),
     Case("site of heads", ["--site", "z:1.0", "--steps", "2"], r"selects heads.*Pass the hook without"),
     Case("site of patterns", ["--site", "pattern:1", "--steps", "2"], r"not one vector per token"),
@@ -259,7 +261,7 @@ def test_train_sae_command_line(case: Case, world: Path, tmp_path: Path, train_s
 GOOD = {"--site": ["resid_post:1", "blocks.1.hook_resid_post", "resid_post:0", "z:1"], "--k": ["1", "4", "8"],
         "--expansion": ["1", "2", "3"], "--batch-size": ["16", "32", "180"], "--lr": ["0.003", "0.01"],
         "--seed": ["0", "1"], "--steps": ["3", "4"]}
-BAD = {"--site": ["resid_post:0-1", "resid_post:all", "mlp_out:1", "pattern:1", "resid_post:9", "z:1.0"],
+BAD = {"--site": ["", "resid_post:0-1", "resid_post:all", "mlp_out:1", "pattern:1", "resid_post:9", "z:1.0"],
        "--k": ["0", "-1", "400"], "--expansion": ["0", "-2"], "--batch-size": ["0", "-4", "181", "4096"],
        "--lr": ["0", "-1", "nan", "inf"], "--steps": ["0", "-1"]}
 HOOKS = {"resid_post:1": "blocks.1.hook_resid_post", "blocks.1.hook_resid_post": "blocks.1.hook_resid_post",

@@ -116,7 +116,8 @@ def check_path(path: str, flag: str, overwrite: bool | None) -> None:
     folder; an existing file is refused unless ``overwrite`` (None: it may exist)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ConfigError(f"{flag} '{path}' is a folder; pass a file path, e.g. {flag} {os.path.join(path, 'sae.pt' if flag == '--out' else 'ckpt.pt')}.")
+        example = os.path.join(path, "sae.pt" if flag == "--out" else "ckpt.pt")
+        raise ConfigError(f"{flag} '{path}' is a folder; pass a file path, e.g. {flag} {example}.")
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag} '{path}': the folder '{folder}' does not exist; create it (mkdir -p {folder}) "
                           f"or pass another {flag}.")
@@ -135,9 +136,10 @@ def store_identity(store: ActivationStore) -> dict[str, Any]:
 
 
 def run_config(a: argparse.Namespace, store: ActivationStore, hook: str, d_in: int, world: int) -> dict[str, Any]:
-    return {"version": CONFIG_VERSION, "hook": hook, "d_in": d_in, "expansion": a.expansion, "d_sae": a.expansion * d_in,
-            "k": a.k, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "world_size": world,
-            "store": store_identity(store)}
+    """What a checkpoint records and a resume must match (FLAGS, then the store)."""
+    return {"version": CONFIG_VERSION, "hook": hook, "d_in": d_in, "expansion": a.expansion,
+            "d_sae": a.expansion * d_in, "k": a.k, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
+            "world_size": world, "store": store_identity(store)}
 
 
 def _store_diff(saved: dict[str, Any], mine: dict[str, Any]) -> str | None:

@@ -140,7 +140,8 @@ def base(ckpt: dict) -> dict:
 GARBAGE = {"bytes": b"\x00not a checkpoint\xff" * 10, "empty": b"", "text": b"sae weights\n"}
 CASES = [
     # flags
-    Case("k above d_sae", ["--k", "300", "--steps", "2"], r"--k 300 is more than the SAE's 256 latents.*pass --k 256 or less"),
+    Case("k above d_sae", ["--k", "300", "--steps", "2"],
+         r"--k 300 is more than the SAE's 256 latents.*pass --k 256 or less"),
     Case("k 0", ["--k", "0", "--steps", "2"], r"argument --k: expected a positive integer; got '0'"),
     Case("k negative", ["--k=-3", "--steps", "2"], r"argument --k: expected a positive integer"),
     Case("expansion 0", ["--expansion", "0", "--steps", "2"], r"argument --expansion: expected a positive integer"),
@@ -287,7 +288,8 @@ def command_lines(draw) -> tuple[dict[str, str], set[str], str, str]:
 def _resumable(values: dict[str, str], store: str) -> bool:
     """Whether these flags continue the base checkpoint (its site, k, ... and store a)."""
     same = all(values[f] == v for f, v in zip(BASE[2:12:2], BASE[3:12:2]))
-    return same and HOOKS[values["--site"]] == "blocks.1.hook_resid_post" and store == "a" and int(values["--steps"]) >= 3
+    site = HOOKS[values["--site"]]
+    return same and site == "blocks.1.hook_resid_post" and store == "a" and int(values["--steps"]) >= 3
 
 
 @settings(deadline=None, derandomize=True, max_examples=int(os.environ.get("ACTSTORE_FUZZ_EXAMPLES", "30")),

@@ -1,7 +1,9 @@
 """scripts/train_sae.py trains a top-k SAE from the loader: the loss falls, on one
 process and under torchrun with two CPU processes (gloo, DDP), and a run stopped at a
-checkpoint resumes to the same weights as an uninterrupted one."""
+checkpoint resumes to the same weights as an uninterrupted one, but not under another
+number of processes."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -27,13 +29,17 @@ def store(tmp_path_factory):
     return str(out)
 
 
-def train(store, *args, procs=1):
+def launch(store, *args, procs=1):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+    runner = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                                                   str(procs), "--master_port", "29517"]
-    cmd = [*launch, SCRIPT, store, "--site", "resid_post:1", "--device", "cpu", "--batch-size", "128", "--k", "8",
+    cmd = [*runner, SCRIPT, store, "--site", "resid_post:1", "--device", "cpu", "--batch-size", "128", "--k", "8",
            "--expansion", "4", "--log-every", "1", "--lr", "3e-3", *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def train(store, *args, procs=1):
+    r = launch(store, *args, procs=procs)
     assert r.returncode == 0, f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
 
@@ -62,10 +68,28 @@ def test_loss_falls_under_torchrun_two_processes(store):
     falls(train(store, "--steps", "20", procs=2))
 
 
-def test_checkpoint_resumes_exactly(store, whole, tmp_path):
-    ckpt, part = tmp_path / "ckpt.pt", tmp_path / "part.pt"
+@pytest.fixture(scope="module")
+def partial(store, tmp_path_factory):
+    """A checkpoint of the first 13 of the 20 steps."""
+    ckpt = tmp_path_factory.mktemp("partial") / "ckpt.pt"
     train(store, "--steps", "13", "--checkpoint", str(ckpt), "--save-every", "13")
+    return ckpt
+
+
+def test_checkpoint_resumes_exactly(store, whole, partial, tmp_path):
+    ckpt, part = tmp_path / "ckpt.pt", tmp_path / "part.pt"
+    ckpt.write_bytes(partial.read_bytes())
     log = train(store, "--steps", "20", "--checkpoint", str(ckpt), "--out", str(part))
     assert log[0]["step"] == 14
     a, b = torch.load(whole[1])["sae"], torch.load(part)["sae"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_under_another_number_of_processes_is_refused(store, partial):
+    before = hashlib.sha256(partial.read_bytes()).hexdigest()
+    r = launch(store, "--steps", "20", "--checkpoint", str(partial), procs=2)
+    assert r.returncode != 0 and f'File "{SCRIPT}"' not in r.stderr, r.stderr[-3000:]  # no traceback of ours
+    errors = [line for line in r.stderr.splitlines() if line.startswith("train_sae: error: ")]
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, r.stderr[-3000:]  # the same line, from each process
+    assert "made by 1 process; this run has 2: run as many" in errors[0]
+    assert hashlib.sha256(partial.read_bytes()).hexdigest() == before

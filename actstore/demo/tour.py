@@ -117,13 +117,14 @@ def check_tour_folder(out: str, overwrite: bool = False) -> None:
     taken = [n for n in OUTPUTS if os.path.lexists(os.path.join(out, n))]
     blocked = [why for n in taken if (why := _unreplaceable(os.path.join(out, n), n)) is not None]
     if blocked:
-        raise ConfigError(f"Tour folder '{out}' holds what the tour cannot replace ({'; '.join(blocked)}); pass a new "
-                          f"folder, e.g. `actstore tour {_fresh_name(out)}`.")
+        raise ConfigError(f"Tour folder '{out}' holds what the tour cannot replace ({'; '.join(blocked)}); remove "
+                          f"{'them' if len(blocked) > 1 else 'it'}, or pass a new folder, e.g. "
+                          f"`actstore tour {_fresh_name(out)}`.")
     if taken and not overwrite and not os.path.isfile(os.path.join(out, MARKER)):
         raise ConfigError(f"Tour folder '{out}' already holds {', '.join(taken)}, which no earlier tour made there (it "
                           f"has no {MARKER} file), and the tour would replace {'them' if len(taken) > 1 else 'it'}. "
                           f"Pass a new folder, e.g. `actstore tour {_fresh_name(out)}`, or --overwrite (overwrite=True) "
-                          "to let the tour replace them.")
+                          f"to let the tour replace {'them' if len(taken) > 1 else 'it'}.")
 
 
 def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
-           "resolve_device", "check_device", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
+           "resolve_device", "check_device", "check_dtype", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -177,12 +177,24 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def check_dtype(dtype: object) -> None:
+    """A ConfigError for a compute dtype actstore does not run (None: unset, is fine)."""
+    if dtype is None or (isinstance(dtype, str) and dtype in DTYPES):
+        return
+    names = ", ".join(f"'{d}'" for d in DTYPES)
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+        fix = f"pass dtype='{name}'" if name in DTYPES else f"pass one of {names}"
+        raise ConfigError(f"dtype must be a name ({names}); got the torch dtype {dtype}: {fix}.")
+    raise ConfigError(f"Unknown dtype {dtype!r}; actstore computes in {names}. Pass one of those, or leave dtype unset "
+                      "(float32 on CPU, float16 on GPU; a model passed in memory computes in its own dtype).")
+
+
 def resolve_dtype(dtype: str | None, device: str) -> str:
     """float32 on CPU and float16 on GPU unless given."""
+    check_dtype(dtype)
     if dtype is None:
         return "float32" if device == "cpu" else "float16"
-    if dtype not in DTYPES:
-        raise ConfigError(f"Unknown dtype '{dtype}'; expected one of {', '.join(DTYPES)}.")
     return dtype
 
 
@@ -350,6 +362,7 @@ def _as_bridge(model: Any) -> Any:
 
 def _check_matches(info: ModelInfo, dev: str, dtype: str | None, device: str | None, revision: str | None) -> None:
     """Refuse options that would need the model in memory converted or reloaded."""
+    check_dtype(dtype)  # first: the advice below names torch.<dtype>, which must exist
     if dtype is not None and dtype != info.dtype:
         raise ConfigError(f"The model passed computes in {info.dtype}, but dtype '{dtype}' was asked for; convert it "
                           f"first (model.to(torch.{dtype})) or leave dtype unset to use the model as it is.")

@@ -35,7 +35,7 @@ import torch
 from . import compat
 from .sites import hook_name
 
-__all__ = ["Check", "SelftestReport", "run_selftest", "edge_by_hooks", "directional_derivative"]
+__all__ = ["Check", "SelftestReport", "run_selftest", "check_selftest_device", "available_devices", "edge_by_hooks", "directional_derivative"]
 
 REL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
@@ -269,8 +269,31 @@ def _check_direct_path(d: _Demo) -> Check:
     return Check("", ok, f"edges from head {src[0]}.{src[1]} into every later head's {component}; {why}", err, tol)
 
 
+def available_devices() -> list[str]:
+    """The devices torch sees here, as --device takes them."""
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["cpu", *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
+
+
+def check_selftest_device(device: str) -> str:
+    """The device to test on (``auto``: a GPU if there is one), or a ConfigError, before any
+    check runs: an unknown device name, or one this machine lacks, is no failed check."""
+    from .errors import ConfigError
+    from .models import resolve_device
+
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a name such as 'cpu' or 'cuda'; got {device!r}.")
+    try:
+        return resolve_device(device)
+    except ConfigError as e:
+        raise ConfigError(f"{e} Devices here: {', '.join(available_devices())}. Nothing was checked.") from None
+
+
 def run_selftest(device: str = "cpu", progress: bool = True) -> SelftestReport:
-    """Every check on ``device`` ('cpu', 'cuda', 'cuda:1', ...; on a GPU, float16 too)."""
+    """Every check on ``device`` ('cpu', 'cuda', 'cuda:1', 'mps', 'auto'; on a GPU, float16
+    too). A device that is not a device name, or that this machine lacks, is refused
+    (ConfigError) before any check runs."""
+    device = check_selftest_device(device)
     report = SelftestReport(device=device, versions=compat.versions())
     gpu = torch.device(device).type == "cuda"
     torch.manual_seed(0)

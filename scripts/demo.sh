@@ -11,6 +11,10 @@
 # actstore-demo is a small GPT-2-architecture DEMO model trained on a synthetic corpus and
 # shipped with the package (actstore/data/demo-model/): it is NOT GPT-2.
 #
+# Run twice, the second run replaces the first's output (the tour marks its folder with
+# demo_out/.actstore-tour); a demo_out/ holding files of the tour's names that no tour made
+# is refused before anything runs (pass OUT=another folder).
+#
 #   bash scripts/demo.sh                 # writes demo_out/
 #   OUT=/tmp/tour bash scripts/demo.sh   # elsewhere
 set -euo pipefail

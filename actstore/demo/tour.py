@@ -8,6 +8,10 @@ each step is an `actstore` command, printed, then run; figures land in one folde
 
     actstore tour demo_out        # or: bash scripts/demo.sh, which also sets up .venv
 
+The tour writes only its own files (OUTPUTS) and a marker file (MARKER) that says the folder
+is a tour's; a later tour into that folder replaces them. It never replaces a file or store
+of those names that it did not make, unless asked to with ``--overwrite``.
+
 `actstore-demo` is a small DEMO model trained on a synthetic corpus, not GPT-2.
 """
 
@@ -28,9 +32,15 @@ from ..errors import ActStoreError, ConfigError
 from ..jsonl import write_records
 from ..sites import layer_of
 
-__all__ = ["TourResult", "run_tour", "register"]
+__all__ = ["TourResult", "run_tour", "check_tour_folder", "register", "OUTPUTS", "MARKER"]
 
 HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
+MARKER = ".actstore-tour"  # written first into the tour's folder: what is there was made by a tour
+STORES = ("demo.zarr", "induction.zarr")  # actstore stores (`actstore cache`)
+GROUPS = ("ioi.zarr",)  # Zarr groups of results (`actstore patch --out`)
+FILES = ("probe_position.png", "induction_heads.png", "ioi_pairs.jsonl", "ioi_patch_resid_pre.png",
+         "ioi_patch_attn_head_out_all_pos.png")
+OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (besides MARKER)
 
 
 @dataclass
@@ -60,18 +70,75 @@ def _run(argv: Sequence[str], say: bool) -> None:
         raise ActStoreError(f"tour step `actstore {shlex.join(argv)}` failed (exit {rc}); see the message above.")
 
 
+def _fresh_name(out: str) -> str:
+    """A folder name beside ``out`` that does not exist yet (``out``-tour, -tour2, ...)."""
+    base = out.rstrip("/" + os.sep) or "demo_out"
+    for i in range(1, 1000):
+        name = f"{base}-tour{'' if i == 1 else i}"
+        if not os.path.lexists(name):
+            return name
+    return "a new folder"
+
+
+def _unreplaceable(path: str, name: str) -> str | None:
+    """Why the tour's step cannot replace what is at ``path`` (None: nothing there, or it can)."""
+    import zarr
+
+    from ..store.format import is_store
+
+    if not os.path.lexists(path):
+        return None
+    if name in FILES:
+        return None if os.path.isfile(path) else f"{name} is a folder, where the tour writes a file"
+    if not os.path.isdir(path):
+        return f"{name} is a file, where the tour writes a Zarr store"
+    if name in STORES:
+        return None if is_store(path) else f"{name} is a folder but not an actstore store"
+    try:
+        zarr.open_group(path, mode="r")
+    except Exception:
+        return f"{name} is a folder but not a Zarr group"
+    return None
+
+
+def check_tour_folder(out: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, a folder the tour cannot write without destroying what it
+    did not make. Accepted: a new or empty folder; a folder holding none of OUTPUTS; an
+    earlier tour's folder (it holds MARKER); with ``overwrite``, a folder whose files of
+    those names the tour may replace. Refused: a file; a folder holding any of OUTPUTS
+    that no tour made (unless ``overwrite``); and, always, one of OUTPUTS of a kind the
+    tour's step cannot replace (a folder where it writes a file, a folder that is not a
+    store where it writes a store)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"Tour folder '{out}' is a file; pass a folder (new or from an earlier tour), e.g. "
+                          "`actstore tour demo_out`.")
+    if not os.path.isdir(out):
+        return
+    taken = [n for n in OUTPUTS if os.path.lexists(os.path.join(out, n))]
+    blocked = [why for n in taken if (why := _unreplaceable(os.path.join(out, n), n)) is not None]
+    if blocked:
+        raise ConfigError(f"Tour folder '{out}' holds what the tour cannot replace ({'; '.join(blocked)}); remove "
+                          f"{'them' if len(blocked) > 1 else 'it'}, or pass a new folder, e.g. "
+                          f"`actstore tour {_fresh_name(out)}`.")
+    if taken and not overwrite and not os.path.isfile(os.path.join(out, MARKER)):
+        raise ConfigError(f"Tour folder '{out}' already holds {', '.join(taken)}, which no earlier tour made there (it "
+                          f"has no {MARKER} file), and the tour would replace {'them' if len(taken) > 1 else 'it'}. "
+                          f"Pass a new folder, e.g. `actstore tour {_fresh_name(out)}`, or --overwrite (overwrite=True) "
+                          f"to let the tour replace {'them' if len(taken) > 1 else 'it'}.")
+
+
 def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
-             quiet: bool = False) -> TourResult:
-    """Run the tour into ``out`` (replacing what an earlier tour wrote there)."""
+             quiet: bool = False, overwrite: bool = False) -> TourResult:
+    """Run the tour into ``out``, replacing what an earlier tour wrote there; files of the
+    tour's names (OUTPUTS) that no tour made are replaced only with ``overwrite``, see
+    :func:`check_tour_folder`."""
     import zarr
 
     from ..store import ActivationStore
 
     from ..store.results import check_writable
 
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"Tour folder '{out}' is a file; pass a folder (new or from an earlier tour), e.g. "
-                          "`actstore tour demo_out`.")
+    check_tour_folder(out, overwrite)
     if n_rows < 2 or n_rep_rows < 1 or n_pairs < 1:
         raise ConfigError(f"The tour needs at least 2 rows (a training and a test row for the probe), 1 repeated row "
                           f"and 1 pair; got n_rows={n_rows}, n_rep_rows={n_rep_rows}, n_pairs={n_pairs}.")
@@ -80,11 +147,11 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     say = not quiet
     q = ["--quiet"] if quiet else []
     os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:  # first: an interrupted tour's folder is still the tour's
+        f.write("Made by `actstore tour`; a later tour into this folder replaces: " + ", ".join(OUTPUTS) + "\n")
     res = TourResult(out=out)
-    main_store = os.path.join(out, "demo.zarr")
-    rep_store = os.path.join(out, "induction.zarr")
+    main_store, rep_store, patch_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
     pairs = os.path.join(out, "ioi_pairs.jsonl")
-    patch_out = os.path.join(out, "ioi.zarr")
     if say:
         print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
 
@@ -166,11 +233,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-rows", type=int, default=200, help="rows of 128 tokens of the demo corpus to cache")
     p.add_argument("--n-pairs", type=int, default=32, help="held-out IOI pairs to patch")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files and stores of the tour's names in OUT that no earlier tour made "
+                        "(an earlier tour's are always replaced)")
     p.set_defaults(run=_cli)
 
 
 def _cli(args: Any) -> int:
-    res = run_tour(args.out, n_rows=args.n_rows, n_pairs=args.n_pairs, quiet=args.quiet)
+    res = run_tour(args.out, n_rows=args.n_rows, n_pairs=args.n_pairs, quiet=args.quiet, overwrite=args.overwrite)
     if args.quiet:
         print(summary(res))
     return 0

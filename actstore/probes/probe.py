@@ -3,12 +3,14 @@ store, read back with :meth:`Probe.load`."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, StoreNotFoundError
+from ..errors import ConfigError, StoreNotFoundError, UnknownSiteError
+from ..sites import GLOBAL_SITES, SHORT_SITES, Site, parse_sites
 from ..store.results import ResultWriter
 
 if TYPE_CHECKING:
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from .config import ProbeConfig, ProbeReport
     from .plan import Plan
 
-__all__ = ["Probe", "load_probe", "probe_names", "probe_writers", "save_probes"]
+__all__ = ["Probe", "load_probe", "probe_names", "saved_probes", "probe_writers", "save_probes"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,11 @@ class Probe:
         return self.classes[z.argmax(1)].reshape(lead)
 
     @classmethod
-    def load(cls, store: "ActivationStore", hook: str, name: str | None = None) -> "Probe":
-        """The probe saved under results/probes/<name>/<hook> of ``store`` by `actstore probe`
-        or fit_probes (``name`` may be left out when there is only one)."""
+    def load(cls, store: "ActivationStore | str | os.PathLike[str]", hook: "str | Site",
+             name: str | None = None) -> "Probe":
+        """The probe saved under results/probes/<name>/<hook> of ``store`` (an open store or
+        its path) by `actstore probe` or fit_probes. ``hook``: a hook name or a site spec of
+        one site ('resid_post:1'); ``name`` may be left out when there is only one."""
         return load_probe(store, hook, name)
 
 
@@ -93,17 +97,73 @@ def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report
 
 def probe_names(store: "ActivationStore", hook: str) -> list[str]:
     """Names of the probe runs saved for ``hook``."""
-    return sorted({r.split("/")[1] for r in store.results()
-                   if r.startswith("probes/") and r.endswith(f"/{hook}/weight") and r.count("/") == 3})
+    return saved_probes(store).get(hook, [])
 
 
-def load_probe(store: "ActivationStore", hook: str, name: str | None = None) -> Probe:
-    """The probe saved for ``hook`` by the run ``name`` (optional when there is only one)."""
-    store.site(hook)
+def saved_probes(store: "ActivationStore") -> dict[str, list[str]]:
+    """hook -> names of the probe runs saved for it (results/probes/<name>/<hook>/weight)."""
+    saved: dict[str, list[str]] = {}
+    for r in store.results():
+        parts = r.split("/")
+        if len(parts) == 4 and parts[0] == "probes" and parts[3] == "weight":
+            saved.setdefault(parts[2], []).append(parts[1])
+    return {h: sorted(n) for h, n in saved.items()}
+
+
+def _saved_text(store: "ActivationStore") -> str:
+    saved = saved_probes(store)
+    if not saved:
+        return "The store holds no probes yet."
+    return "Probes saved in it: " + "; ".join(f"{', '.join(n)} for {h}" for h, n in saved.items()) + "."
+
+
+def _open(store: "ActivationStore | str | os.PathLike[str]") -> "ActivationStore":
+    from ..store import ActivationStore
+
+    if isinstance(store, ActivationStore):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return ActivationStore.open(store)
+    raise ConfigError(f"store must be a store's path or an ActivationStore (actstore.open(path)); got "
+                      f"{type(store).__name__}.")
+
+
+def _probe_hook(store: "ActivationStore", site: "str | Site") -> str:
+    """The hook named by ``site``: a hook name or a site spec of one hook ('resid_post:1'),
+    resolved as the model's sites are (so a site the store lacks is still recognised)."""
+    if isinstance(site, str) and site in store.sites:
+        return site
+    if isinstance(site, tuple) and len(site) == 2 and isinstance(site[0], str) and isinstance(site[1], int):
+        site = f"{site[0]}:{site[1]}"  # TransformerLens style: ("resid_post", 1)
+    if not isinstance(site, (str, Site)) or (isinstance(site, str) and not site.strip()):
+        raise ConfigError(f"The probe's site must be a hook name or a site spec of one site such as 'resid_post:1'; "
+                          f"got {site!r}. {_saved_text(store)}")
+    model = store.meta.model
+    hooks = set(store.sites) | set(GLOBAL_SITES.values()) | {
+        t.format(L=layer) for t in SHORT_SITES.values() for layer in range(model.n_layers)}
+    try:
+        parsed = parse_sites(site, hooks, model.n_layers, model.n_heads)
+    except UnknownSiteError as e:
+        raise UnknownSiteError(f"{e} {_saved_text(store)}") from None
+    if len(parsed) != 1:
+        raise ConfigError(f"Site '{site}' names {len(parsed)} sites ({', '.join(p.hook for p in parsed)}); a probe is "
+                          f"saved per site, so pass one. {_saved_text(store)}")
+    if parsed[0].heads is not None:
+        raise ConfigError(f"Site '{site}' selects heads; a probe is saved per site, over every head it was fitted "
+                          f"on: pass {parsed[0].hook}.")
+    return parsed[0].hook
+
+
+def load_probe(store: "ActivationStore | str | os.PathLike[str]", hook: "str | Site", name: str | None = None) -> Probe:
+    """The probe saved for ``hook`` (a hook name or a site spec such as 'resid_post:1') by
+    the run ``name`` (optional when there is only one) in ``store`` (or the store at that path)."""
+    store = _open(store)
+    hook = _probe_hook(store, hook)
     names = probe_names(store, hook)
     if not names:
-        raise StoreNotFoundError(f"Store '{store.path}' has no probe for {hook}; fit one with "
-                                 f"`actstore probe {store.path} --sites {hook} --target ...`.")
+        fix = (f"fit one with `actstore probe {store.path} --sites {hook} --target ...`" if hook in store.sites else
+               f"the store does not hold {hook}, so no probe was fitted on it (it holds {', '.join(store.sites)})")
+        raise StoreNotFoundError(f"Store '{store.path}' has no probe for {hook}; {fix}. {_saved_text(store)}")
     if name is None:
         if len(names) > 1:
             raise ConfigError(f"Store '{store.path}' holds probes {', '.join(names)} for {hook}; pass name=... to pick one.")

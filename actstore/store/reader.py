@@ -19,7 +19,39 @@ from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_lik
 from .results import write_result
 from .view import ArrayView, array_name
 
-__all__ = ["ActivationStore", "open_store"]
+__all__ = ["ActivationStore", "open_store", "not_a_store"]
+
+_NEW_STORE = "`actstore cache NEW.zarr --model ... --dataset ...`"
+
+
+def _what_is_there(path: str) -> str | None:
+    """What a local ``path`` that is no store is (None: nothing there, or a URL)."""
+    from .. import location
+
+    if location.is_url(path) or not os.path.lexists(path):
+        return None
+    if not os.path.isdir(path):
+        return "is a file, not an actstore store (a store is a folder written by `actstore cache`)"
+    names = sorted(os.listdir(path))
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"is a folder but not an actstore store (it holds {shown}, and no store metadata)"
+
+
+def not_a_store(path: str, what: str | None = None) -> StoreNotFoundError:
+    """The error for opening ``path``, where no store is: nothing there (create one there),
+    an empty folder (``actstore cache`` writes into it), or something else (``what`` it is:
+    a file, a folder, a Zarr group; ``actstore cache`` refuses to replace it, so the fix is
+    another path)."""
+    what = what if what is not None else _what_is_there(path)
+    if what is None:
+        return StoreNotFoundError(f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`.")
+    if what == "":
+        return StoreNotFoundError(f"'{path}' is an empty folder, not a store yet. Pass the path of a store, or create "
+                                  f"one there with `actstore cache {path} --model ... --dataset ...`.")
+    return StoreNotFoundError(f"'{path}' {what}. Pass the path of a store, or create one at a new path with "
+                              f"{_NEW_STORE} (it will not write into '{path}', even with --overwrite).")
 
 
 class ActivationStore:
@@ -44,11 +76,11 @@ class ActivationStore:
         except Exception:
             if looks_like_store(path):  # the folder is there, its root metadata is not
                 raise root_damaged(path) from None
-            raise StoreNotFoundError(f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`.") from None
+            raise not_a_store(path) from None
         if "actstore" not in group.attrs:
             if looks_like_store(path, children=True):
                 raise root_damaged(path, "has no 'actstore' metadata")
-            raise StoreNotFoundError(f"'{path}' is a Zarr group but not an actstore store (no 'actstore' metadata).")
+            raise not_a_store(path, "is a Zarr group but not an actstore store (it has no 'actstore' metadata)")
         return cls(group, path)
 
     # --- checked arrays ----------------------------------------------------------

@@ -73,7 +73,7 @@ CASES = [
     ("cache {d}/o.zarr --model {m} --dataset repeated-random:5 --packing document", r"--packing document does not apply"),
     # info, verify
     ("info {d}/missing.zarr", r"No store at '.*missing.zarr'"),
-    ("info {d}/notastore", r"No store at"),
+    ("info {d}/notastore", r"notastore. is a folder but not an actstore store \(it holds thesis.tex"),
     ("verify {d}/missing.zarr", r"No store at"),
     # analyze
     ("analyze induction {d}/text.zarr", r"not made from repeated random tokens"),

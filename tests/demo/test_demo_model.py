@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 import numpy as np
@@ -192,3 +193,6 @@ def test_tour_writes_figures(tmp_path, capsys):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", f
     assert set(res.probe_accuracy) == {0, 1, 2, 3} and res.induction_heads[0][1] >= 0.5
     assert res.ioi_logit_diff > 0 and res.loss_halves[1] < res.loss_halves[0]
+    # it wrote only the files it declares, and its marker, so a second tour here replaces them
+    assert sorted(os.listdir(res.out)) == sorted([tour.MARKER, *tour.OUTPUTS])
+    tour.check_tour_folder(res.out)

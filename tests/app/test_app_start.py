@@ -97,8 +97,9 @@ def serve(tmp_path: Path, *flags: str, stdin: str = "closed") -> Iterator[Served
     if stdin == "terminal":
         master, slave = pty.openpty()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*_actstore(), "app", "--port", str(port), *flags], stdin=subprocess.DEVNULL if slave is None else slave,
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen([*_actstore(), "app", "--port", str(port), *flags],
+                                stdin=subprocess.DEVNULL if slave is None else slave, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         yield Served(proc, f"http://localhost:{port}", log, calls, home)
     finally:

@@ -48,7 +48,25 @@ def exists(path: str) -> bool:
     if not is_url(path):
         return os.path.exists(path)
     fs, p = filesystem(path)
-    return bool(fs.exists(p))  # on object stores: any object under the prefix
+    try:
+        return bool(fs.exists(p))  # on object stores: any object under the prefix
+    except Exception as e:  # no credentials, no endpoint, access denied: the backend's own error types
+        raise _unreachable(path, e) from e
+
+
+_GCS = "GOOGLE_APPLICATION_CREDENTIALS"
+_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a "
+                      "server other than AWS", "gs": _GCS, "gcs": _GCS}  # what the error asks to set, per scheme
+
+
+def _unreachable(path: str, error: BaseException) -> Exception:
+    """The error for a URL whose object storage cannot be asked (``error``: the backend's)."""
+    from .errors import ConfigError
+
+    scheme = path.split("://")[0]
+    env = _CREDENTIALS.get(scheme, f"the variables your fsspec {scheme} backend reads")
+    return ConfigError(f"Cannot read '{path}' ({type(error).__name__}: {error}). Object storage takes its credentials "
+                       f"and endpoint from the environment only: set {env}; then check the URL's bucket and path.")
 
 
 def is_empty(path: str) -> bool:

@@ -62,8 +62,8 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
+        self.meta: StoreMeta = StoreMeta.from_dict(group.attrs["actstore"], path)  # refuses metadata it cannot read
         self.metadata: dict[str, Any] = dict(group.attrs["actstore"])  # as stored; ``meta`` is the typed view
-        self.meta: StoreMeta = StoreMeta.from_dict(self.metadata, path)  # refuses a format it cannot read
         self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
         self._arrays: dict[str, zarr.Array] = {}

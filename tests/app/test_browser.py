@@ -44,10 +44,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path):
-    """`python -m actstore app --port P --headless` as a subprocess; yields its URL."""
+    """`python -m actstore app --port P` as a subprocess (no browser of its own: the default); yields its URL."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "actstore", "app", "--port", str(port), "--headless"],
+    proc = subprocess.Popen([sys.executable, "-m", "actstore", "app", "--port", str(port)], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://localhost:{port}"
     try:

@@ -16,7 +16,7 @@ from zarr.storage import LocalStore
 import actstore
 from actstore.app import store_data as sd
 from actstore.cli.main import info_text
-from actstore.errors import ConfigError, RowIndexError, StoreNotFoundError
+from actstore.errors import ActStoreError, ConfigError, RowIndexError, StoreNotFoundError
 
 from ..conftest import DOCS
 
@@ -292,6 +292,72 @@ def test_store_results_page(open_app, demo_store, circuit_group):
 def test_a_missing_store_is_an_error_on_the_page(open_app, tmp_path):
     at = open_app("store_info", stores=(str(tmp_path / "nowhere.zarr"),))
     assert not at.exception and "No store at" in at.error[0].value
+
+
+def _not_a_store(tmp_path, many_rows, case: str) -> str:
+    """A path that actstore.open refuses, made as ``case`` says."""
+    import json
+    import shutil
+
+    path = tmp_path / f"{case}.zarr"
+    if case == "a file":
+        path.write_text("not a store")
+    elif case == "a folder of other files":
+        path.mkdir()
+        (path / "notes.txt").write_text("hello")
+    elif case == "a zarr group, not a store":
+        zarr.open_group(str(path), mode="w")
+    else:  # a copy of a store with its root metadata damaged
+        shutil.copytree(many_rows, path)
+        root = path / "zarr.json"
+        if case == "root metadata not JSON":
+            root.write_text("{not json")
+        else:
+            doc = json.loads(root.read_text())
+            doc["attributes"]["actstore"] = {"format_version": 999} if case == "a later format" else "garbage"
+            root.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize("case, page", [(c, "store_info") for c in (
+    "a file", "a folder of other files", "a zarr group, not a store", "root metadata not JSON", "a later format",
+    "actstore metadata not a mapping")] + [("root metadata not JSON", "store_results")])  # results: its own opening
+def test_a_path_that_is_not_a_store_is_an_error_on_the_page(open_app, tmp_path, many_rows, case, page):
+    """Every refusal of actstore.open shows on every store page as the error naming the path, not as a traceback."""
+    path = _not_a_store(tmp_path, many_rows, case)
+    with pytest.raises(ActStoreError) as refused:
+        actstore.open(path)
+    at = open_app(page, stores=(path,))
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [str(refused.value)] and path in str(refused.value)
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """No AWS credentials anywhere (environment, files, instance metadata) and an endpoint that
+    nothing serves, so nothing leaves this machine."""
+    import s3fs
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("page", ["store_info", "store_results"])
+def test_a_store_url_without_credentials_is_an_error_on_the_page(open_app, no_credentials, page):
+    pytest.importorskip("s3fs")
+    at = open_app(page, stores=("s3://nope/x.zarr",))
+    assert not at.exception, [e.value for e in at.exception]
+    (error,) = [e.value for e in at.error]
+    assert "Cannot read 's3://nope/x.zarr" in error and "NoCredentialsError" in error
+    assert "AWS_ACCESS_KEY_ID" in error and "AWS_ENDPOINT_URL" in error and "bucket and path" in error
 
 
 def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):

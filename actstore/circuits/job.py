@@ -36,6 +36,7 @@ import torch
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import as_loaded
+from ..parallel import launched
 from ..patching.clean import check_store_model, store_rows
 from ..patching.pairs import Pairs, check_source, read_pairs, task_pairs
 from ..store import ActivationStore, ResultWriter
@@ -85,6 +86,10 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def _check(cfg: CircuitJobConfig) -> None:
     """Everything that can be checked before the model loads."""
+    if launched():
+        raise ConfigError(f"actstore circuit runs in one process, but this one is one of {os.environ['WORLD_SIZE']} "
+                          "(WORLD_SIZE, set by torchrun or accelerate launch): each would run the whole job and write "
+                          "the same results. Run it as a single process: actstore circuit ... (without torchrun).")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise ConfigError(f"Unknown method {unknown[0] if unknown else cfg.method!r}; --method takes one or a comma "
@@ -182,7 +187,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     faithfulness curve; write the results and figures (see the module docstring)."""
     from ..compat import versions
     from ..patching import tasks
-    from .figures import draw_circuit, draw_comparison, draw_curves
+    from . import output
+    from .figures import draw_circuit
 
     _check(cfg)
     model = as_loaded(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
@@ -200,6 +206,10 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
         raise ConfigError(f"--top {cfg.top} is more than the graph's {graph.n_edges} edges; pass at most "
                           f"{graph.n_edges}.")
     out = cfg.out or _default_out(cfg)
+    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
+              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
+    ident = output.identity(info.to_dict(), pairs, source, cfg, graph)
+    replace_all = output.check_output(out, ident, cfg.overwrite)  # another run's group: refused, or replaced whole
     writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
                                fix="pass --overwrite to replace them, or --out another path",
                                unwritable_fix="pass --out a path you can write") for m in cfg.methods}
@@ -242,24 +252,20 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
             faithfulness(bridge, clean[a:b], corrupted[a:b], metric if (a, b) == (0, n_pairs) else
                          metric.for_pairs(a, b), masks, forward=fwd, memory_budget=cfg.memory_budget,
                          progress=cfg.progress, sizes=sizes, positions=metric.positions) for a, b in chunks])
-    correlation = ({m: compare_scores(scores["exact"], s, cfg.top) for m, s in scores.items() if m != "exact"}
-                   if "exact" in scores else {})
-
-    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
-              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
     attrs = {"model": info.to_dict(), **source, "metric": cfg.metric, "steps": cfg.steps, "n_pairs": int(n_pairs),
              "selection": cfg.selection, "signed": cfg.signed, "top": cfg.top,
              "clean_source": f"store {store.path}" if store is not None else "clean forward",
              "command_line": cfg.command_line, "software": versions(),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if replace_all:  # another run's results (or none): nothing of them, arrays or figures, remains
+        output.reset_output(out)
+    output.record_identity(out, ident)
     for method, w in writers.items():
-        a = {**attrs, "method": method, **({"correlation_with_exact": correlation[method]}
-                                           if method in correlation else {})}
-        _write(w, graph, scores[method], circuits[method], curves[method], pairs, a)
+        _write(w, graph, scores[method], circuits[method], curves[method], pairs, {**attrs, "method": method})
     figures = [p for m in scores for p in draw_circuit(out, m, circuits[m], scores[m], info.name, n_pairs)]
-    figures.append(draw_curves(out, curves, info.name, n_pairs, cfg.selection))
-    figures += [draw_comparison(out, m, scores["exact"], scores[m], c, info.name) for m, c in correlation.items()]
-    return CircuitJobResult(out, scores, circuits, curves, correlation, figures)
+    # the figures that join methods show every method in the group, this run's and those it already held
+    correlation, joint = output.refresh_figures(out, info.name, n_pairs, cfg.selection, cfg.top)
+    return CircuitJobResult(out, scores, circuits, curves, correlation, figures + joint)
 
 
 def _write(w: ResultWriter, graph: Graph, scores: np.ndarray, circuit: Circuit, curve: Faithfulness, pairs: Pairs,

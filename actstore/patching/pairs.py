@@ -16,7 +16,7 @@ from . import tasks
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source"]
+__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source", "check_write_pairs"]
 
 
 @dataclass
@@ -126,8 +126,23 @@ def check_source(cfg: "PatchJobConfig") -> None:
         raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
     if cfg.n_pairs is not None and cfg.n_pairs < 1:
         raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
-    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
+    if cfg.write_pairs:
+        check_write_pairs(cfg)
+
+
+def check_write_pairs(cfg: "PatchJobConfig") -> None:
+    """--write-pairs names a file this run may write: not a folder, not the results group or
+    the store, in a folder that exists, and replaced only with --overwrite."""
+    path = os.path.abspath(cfg.write_pairs or "")
+    if os.path.isdir(path) or (cfg.write_pairs or "").endswith(("/", os.sep)):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs} is a folder; --write-pairs needs a file path, e.g. "
+                          f"{os.path.join(cfg.write_pairs or '', 'pairs.jsonl')}.")
+    for flag, other in (("--out", cfg.out), ("--store", cfg.store), ("--facts", cfg.facts)):
+        if other is not None and os.path.abspath(other) == path:
+            raise ConfigError(f"--write-pairs {cfg.write_pairs} is also the {flag} path; give the pairs file a path "
+                              "of its own, e.g. pairs.jsonl.")
+    if not os.path.isdir(os.path.dirname(path)):
         raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
-    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
+    if os.path.exists(path) and not cfg.overwrite:
         raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
                                "another path.")

@@ -38,7 +38,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..models import as_loaded
 from ..parallel import launched
 from ..patching.clean import check_store_model, store_rows
-from ..patching.pairs import Pairs, check_source, read_pairs, task_pairs
+from ..patching.pairs import Pairs, check_source, clean_store_fix, read_pairs, task_pairs
 from ..store import ActivationStore, ResultWriter
 from .circuit import SELECTIONS, Circuit, select_circuit
 from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
@@ -141,13 +141,12 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     L = model.info.n_layers
     need = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
     missing = [h for h in need if h not in have]
+    fix = clean_store_fix(cfg, cfg.store, CLEAN_SITES, n_pos, model.info.dtype)  # type: ignore[arg-type]
     if missing:
-        raise StoreMismatchError(
-            f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: {missing[0]}). Cache the "
-            f"clean prompts with `actstore cache {store.path} --sites {CLEAN_SITES} --packing document --seq-len "
-            f"{n_pos} ...`, or give a new --store path.")
+        raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "
+                                 f"{missing[0]}). {fix}")
     if cfg.clean_rows is None:
-        return store, store_rows(store, pairs.clean)
+        return store, store_rows(store, pairs.clean, fix)
     a, b = (int(x) for x in cfg.clean_rows.split(":"))
     if b - a != n_pairs or b > store.layout.n_rows:
         raise ConfigError(f"--clean-rows {cfg.clean_rows} names {b - a} rows of a {store.layout.n_rows}-row store; "

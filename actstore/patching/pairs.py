@@ -16,7 +16,8 @@ from . import tasks
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source", "check_write_pairs"]
+__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source", "check_write_pairs",
+           "clean_store_fix"]
 
 
 @dataclass
@@ -146,3 +147,29 @@ def check_write_pairs(cfg: "PatchJobConfig") -> None:
     if os.path.exists(path) and not cfg.overwrite:
         raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
                                "another path.")
+
+
+def _new_store_path(store: str) -> str:
+    """A path beside ``store`` that does not exist yet: STEM.clean.zarr (STEM.clean-2.zarr, ...)."""
+    stem = os.path.splitext(store.rstrip("/"))[0]
+    path, n = f"{stem}.clean.zarr", 2
+    while os.path.exists(path):
+        path, n = f"{stem}.clean-{n}.zarr", n + 1
+    return path
+
+
+def clean_store_fix(cfg: "PatchJobConfig", store: str, sites: str, n_pos: int, dtype: str) -> str:
+    """How to get a store of the clean prompts with ``sites`` that the run accepts: a new
+    --store path (cached by the run itself), or, for a pairs file, the complete cache command."""
+    import shlex
+
+    new = _new_store_path(store)
+    fix = f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites {sites})"
+    if cfg.pairs is None:
+        return fix + "."
+    model = cfg.model if isinstance(cfg.model, (str, os.PathLike)) else "MODEL_FOLDER"
+    argv = ["actstore", "cache", new, "--model", str(model), "--dataset", cfg.pairs, "--text-field", "clean",
+            "--packing", "document", "--seq-len", str(n_pos), "--sites", sites, "--dtype", dtype]
+    if cfg.model_revision:
+        argv += ["--model-revision", cfg.model_revision]
+    return f"{fix}, or cache them yourself: {shlex.join(argv)}, then pass --store {new}."

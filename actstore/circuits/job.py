@@ -20,7 +20,10 @@ For each method the job writes, under ``circuit/<method>/`` of ``--out``:
 with the run's attributes (model, task or pairs, metric, steps, n_pairs, command line,
 software versions) and, beside exact, each method's correlation with it. Figures go
 next to ``--out``: the circuit as PNG, DOT and JSON, the faithfulness curves, and each
-method's scores against exact.
+method's scores against exact. The group holds one identity (model, pairs, metric,
+circuit settings, graph; :mod:`actstore.circuits.output`): a run of the same one adds its
+methods, and the figures joining methods are drawn from all of them; another is refused,
+or with --overwrite replaces the whole output. One process only: refused under torchrun.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ __all__ = ["identity", "check_output", "reset_output", "record_identity", "store
            "figure_paths"]
 
 _KEY = "identity"
+_NEEDED = ("scores", "sizes", "n_edges", "circuit_metric", "clean_metric", "corrupted_metric")  # what figures read
 
 
 def _digest(*arrays: Any) -> str:
@@ -91,7 +92,7 @@ def stored_methods(out: str) -> list[str]:
     node = _circuit_node(out)
     if node is None:
         return []
-    have = [k for k in node.group_keys() if "scores" in node[k]]
+    have = [k for k in node.group_keys() if all(a in node[k] for a in _NEEDED)]  # complete: a crashed write is not
     return sorted(have, key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
 
 

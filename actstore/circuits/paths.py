@@ -355,8 +355,8 @@ def _check_call(model: Any, metric: Any, per_example: Any, memory_budget: Any, f
                           f"actstore.patching.LogitDiff(answer, wrong), got {type(metric).__name__}.")
     if not isinstance(per_example, (bool, np.bool_)):
         raise ConfigError(f"per_example must be True (one value per prompt) or False (one value), got {per_example!r}.")
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer))
-                                      or memory_budget < 1):
+    whole = isinstance(memory_budget, (int, np.integer)) and not isinstance(memory_budget, bool)
+    if memory_budget is not None and (not whole or memory_budget < 1):
         raise ConfigError(f"memory_budget must be a positive number of bytes (e.g. 2**30), or None for the default; "
                           f"got {memory_budget!r}.")
     if forward is not None and not isinstance(forward, GraphForward):

@@ -143,7 +143,8 @@ def check_write_pairs(cfg: "PatchJobConfig") -> None:
             raise ConfigError(f"--write-pairs {cfg.write_pairs} is also the {flag} path; give the pairs file a path "
                               "of its own, e.g. pairs.jsonl.")
     if not os.path.isdir(os.path.dirname(path)):
-        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
+        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another "
+                          "path.")
     if os.path.exists(path) and not cfg.overwrite:
         raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
                                "another path.")
@@ -164,7 +165,8 @@ def clean_store_fix(cfg: "PatchJobConfig", store: str, sites: str, n_pos: int, d
     import shlex
 
     new = _new_store_path(store)
-    fix = f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites {sites})"
+    fix = (f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites "
+           f"{sites})")
     if cfg.pairs is None:
         return fix + "."
     model = cfg.model if isinstance(cfg.model, (str, os.PathLike)) else "MODEL_FOLDER"

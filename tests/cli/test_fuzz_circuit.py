@@ -115,8 +115,10 @@ OUT_CASES = [
     ("both", dict(model="tiny"), True, "tiny"),  # replaced whole: no exact, no stale eap-vs-exact.png
     ("eap", dict(pairs=["--task", "ioi", "--n-pairs", "3"], method="exact"), False,
      r"pairs: the group has 2 pairs \(task ioi seed 0\), this run 3 pairs \(task ioi seed 0\)"),
-    ("eap", dict(pairs=[*PAIRS, "--seed", "1"], method="exact"), False, r"pairs: .* this run 2 pairs \(task ioi seed 1\)"),
-    ("eap", dict(extra=["--metric", "kl"], method="exact"), False, r"--metric: the group has 'logit-diff', this run 'kl'"),
+    ("eap", dict(pairs=[*PAIRS, "--seed", "1"], method="exact"), False,
+     r"pairs: .* this run 2 pairs \(task ioi seed 1\)"),
+    ("eap", dict(extra=["--metric", "kl"], method="exact"), False,
+     r"--metric: the group has 'logit-diff', this run 'kl'"),
     ("eap", dict(extra=["--top", "5"], method="exact"), False, r"--top: the group has 10, this run 5"),
     ("eap", dict(extra=["--selection", "greedy"], method="exact"), False, r"--selection: the group has 'top-n'"),
     ("eap", dict(method="exact"), False, "both"),  # a method added: every figure shows both
@@ -295,16 +297,16 @@ def _call(case, sweep: bool = False, **change):
         args["metric"] = LogitDiff(case.answer, case.wrong, per_example=True)
     kw = {k: args.pop(k) for k in ("through", "direct", "per_example", "memory_budget", "forward") if k in args}
     if sweep:
-        return path_patch_sweep(args["model"], args["base"], args["other"], args["metric"],
-                                [Paths(args["senders"], args["receivers"], kw.pop("through", ()), kw.pop("direct", None))],
-                                **kw)
+        variant = Paths(args["senders"], args["receivers"], kw.pop("through", ()), kw.pop("direct", None))
+        return path_patch_sweep(args["model"], args["base"], args["other"], args["metric"], [variant], **kw)
     return path_patch(args["model"], args["base"], args["other"], args["metric"], args["senders"], args["receivers"],
                       **kw)
 
 
 @pytest.mark.parametrize("change,pattern", BAD_CALLS, ids=[",".join(f"{k}={v!r}"[:20] for k, v in c.items())
                                                            for c, _ in BAD_CALLS])
-def test_path_patch_arguments(case, monkeypatch, change, pattern):
+@pytest.mark.parametrize("sweep", [False, True], ids=["path_patch", "path_patch_sweep"])
+def test_path_patch_arguments(case, monkeypatch, change, pattern, sweep):
     from actstore.circuits import forward
 
     def no_work(*args, **kwargs):
@@ -313,7 +315,7 @@ def test_path_patch_arguments(case, monkeypatch, change, pattern):
     if "metric" not in change:  # a metric's shape shows only on the logits
         monkeypatch.setattr(forward.GraphForward, "node_outputs", no_work)
     with pytest.raises(ConfigError, match=pattern):
-        _call(case, **change)
+        _call(case, sweep, **change)
 
 
 @pytest.mark.parametrize("change", [dict(through=None), dict(base="int16"), dict(variants="generator"),

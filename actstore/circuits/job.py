@@ -47,6 +47,7 @@ from .circuit import SELECTIONS, Circuit, select_circuit
 from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
 from .faithfulness import Faithfulness, default_sizes, faithfulness
 from .graph import Graph
+from .output import compare_scores
 
 __all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
 
@@ -59,32 +60,6 @@ class CircuitJobResult:
     faithfulness: dict[str, Faithfulness]  # method -> its curve
     correlation: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> compare_scores with exact
     figures: list[str] = field(default_factory=list)
-
-
-def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
-    """How well ``approx`` edge scores track ``exact`` ones: ``pearson``, ``spearman``
-    (Pearson r of the ranks, ties averaged) and ``top_overlap``, the share of exact's
-    ``top`` edges by |score| that are among approx's ``top`` (None for top 0)."""
-    from ..patching.attribution import compare
-
-    e, a = np.asarray(exact, np.float64), np.asarray(approx, np.float64)
-    out = {"pearson": compare(e, a)["pearson"], "spearman": compare(_ranks(e), _ranks(a))["pearson"],
-           "n_edges": int(e.size), "top": int(top)}
-    if top > 0:
-        best = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:top].tolist())  # noqa: E731
-        out["top_overlap"] = len(best(e) & best(a)) / top
-    else:
-        out["top_overlap"] = None
-    return out
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]  # ties share their mean rank
 
 
 def _check(cfg: CircuitJobConfig) -> None:

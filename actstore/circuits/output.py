@@ -8,7 +8,8 @@ pairs (their tokens; described by their file or task), the metric, the circuit s
 methods; a run of another identity is refused, or with --overwrite replaces the whole
 output, group and figures, so nothing of the earlier run remains. After every run the
 figures that join methods (the faithfulness curves, each method against exact) are drawn
-again from the group's stored arrays, so they show every method it holds.
+again from the group's stored arrays, so they show every method it holds, with each
+method's :func:`compare_scores` against exact.
 """
 
 from __future__ import annotations
@@ -25,11 +26,37 @@ from ..models import check_identity
 from .config import METHODS
 from .faithfulness import Faithfulness
 
-__all__ = ["identity", "check_output", "reset_output", "record_identity", "stored_methods", "refresh_figures",
+__all__ = ["compare_scores", "identity", "check_output", "reset_output", "record_identity", "stored_methods", "refresh_figures",
            "figure_paths"]
 
 _KEY = "identity"
 _NEEDED = ("scores", "sizes", "n_edges", "circuit_metric", "clean_metric", "corrupted_metric")  # what figures read
+
+
+def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
+    """How well ``approx`` edge scores track ``exact`` ones: ``pearson``, ``spearman``
+    (Pearson r of the ranks, ties averaged) and ``top_overlap``, the share of exact's
+    ``top`` edges by |score| that are among approx's ``top`` (None for top 0)."""
+    from ..patching.attribution import compare
+
+    e, a = np.asarray(exact, np.float64), np.asarray(approx, np.float64)
+    out = {"pearson": compare(e, a)["pearson"], "spearman": compare(_ranks(e), _ranks(a))["pearson"],
+           "n_edges": int(e.size), "top": int(top)}
+    if top > 0:
+        best = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:top].tolist())  # noqa: E731
+        out["top_overlap"] = len(best(e) & best(a)) / top
+    else:
+        out["top_overlap"] = None
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]  # ties share their mean rank
 
 
 def _digest(*arrays: Any) -> str:
@@ -156,7 +183,6 @@ def refresh_figures(out: str, model_name: str, n_pairs: int, selection: str, top
     arrays' attributes); remove those of methods it does not hold. Returns the
     correlations with exact and the figures drawn."""
     from .figures import draw_comparison, draw_curves
-    from .job import compare_scores
 
     methods = stored_methods(out)
     node = _circuit_node(out)

@@ -168,6 +168,7 @@ def reset_output(out: str) -> None:
 
 
 def record_identity(out: str, current: Mapping[str, Any]) -> None:
+    """Record the run's identity on the group's ``circuit`` node (made if need be)."""
     zarr.open_group(out, mode="a").require_group("circuit").attrs[_KEY] = dict(current)
 
 

@@ -68,7 +68,9 @@ class Paths:
     ``m{L}``, ``logits``; a head's name means its q, k and v inputs). ``through``:
     intermediate nodes (or single head inputs, ``a{L}.h{H}<v>``) that are recomputed
     from the senders' effect and pass it on: the patched paths are every path from a
-    sender to a receiver whose inner nodes all lie in ``through``. ``direct``: whether
+    sender to a receiver whose inner nodes all lie in ``through`` (None or () for none). Each
+    of the three is a name or a list of names; anything else is a ConfigError naming the
+    accepted forms. ``direct``: whether
     the sender -> receiver edges themselves are among them; default: only when
     ``through`` is empty (``through=["m1"]`` alone patches sender -> m1 -> receiver)."""
 

@@ -66,7 +66,8 @@ class CircuitJobConfig:
     dtype: str | None = _patch_field("dtype")
     device: str = _patch_field("device")
     model_revision: str | None = _patch_field("model_revision")
-    overwrite: bool = _patch_field("overwrite", help="replace these methods' results in an existing group")
+    overwrite: bool = _patch_field("overwrite", help="replace these methods' results in an existing group of the "
+                                   "same model, pairs and settings; a group of another is replaced whole, figures too")
     progress: bool = _patch_field("progress")
     command_line: str = ""
 

@@ -38,7 +38,7 @@ from .clean import run_node_outputs
 from .edge_sum import edge_sum
 from .graph import Graph
 
-__all__ = ["GraphForward"]
+__all__ = ["GraphForward", "token_ids"]
 
 
 class GraphForward:
@@ -224,12 +224,7 @@ class GraphForward:
         self._checked = True
 
     def _tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = torch.as_tensor(tokens)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ConfigError(f"tokens must be integer token ids (batch, pos), got {tuple(tokens.shape)} {tokens.dtype}.")
-        return tokens.to(self.device)
+        return token_ids(self.model, tokens).to(self.device)
 
     def _mask(self, mask: torch.Tensor) -> torch.Tensor:
         mask = torch.as_tensor(mask, device=self.device)
@@ -257,3 +252,31 @@ class GraphForward:
                                   f"(batch, pos, d_model) = {(batch, n_pos, self.d_model)}, or with a variant axis first.")
             over[self._node[name]] = value
         return over
+
+
+def token_ids(model: Any, tokens: Any, name: str = "tokens") -> torch.Tensor:
+    """``tokens`` as (batch, pos) int64 token ids the model can run (a 1-D prompt gets a
+    batch axis); ConfigError naming the problem otherwise: not integers, another shape, an
+    empty batch or prompt, ids outside the vocabulary, prompts beyond the context."""
+    what = f"{name} must be integer token ids of shape (batch, pos) (a tensor, array or nested list)"
+    try:
+        t = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"{what}, got {type(tokens).__name__}; tokenise the prompts first, e.g. "
+                          "model.to_tokens(prompts).") from None
+    if t.ndim == 1:
+        t = t[None]
+    if t.ndim != 2 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ConfigError(f"{what}, got {tuple(t.shape)} {t.dtype}.")
+    if t.numel() == 0:
+        raise ConfigError(f"{name} has shape {tuple(t.shape)}: pass at least one prompt of at least one token.")
+    cfg = model.cfg
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= int(cfg.d_vocab):
+        raise ConfigError(f"{name} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary (0 to "
+                          f"{int(cfg.d_vocab) - 1}); tokenise the prompts with this model's tokenizer.")
+    if t.shape[1] > int(cfg.n_ctx):
+        raise ConfigError(f"{name} has prompts of {t.shape[1]} tokens, beyond the model's context of {int(cfg.n_ctx)}; "
+                          "shorten them.")
+    return t.long()
+

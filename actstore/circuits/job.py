@@ -20,7 +20,10 @@ For each method the job writes, under ``circuit/<method>/`` of ``--out``:
 with the run's attributes (model, task or pairs, metric, steps, n_pairs, command line,
 software versions) and, beside exact, each method's correlation with it. Figures go
 next to ``--out``: the circuit as PNG, DOT and JSON, the faithfulness curves, and each
-method's scores against exact.
+method's scores against exact. The group holds one identity (model, pairs, metric,
+circuit settings, graph; :mod:`actstore.circuits.output`): a run of the same one adds its
+methods, and the figures joining methods are drawn from all of them; another is refused,
+or with --overwrite replaces the whole output. One process only: refused under torchrun.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ import torch
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import as_loaded
+from ..parallel import launched
 from ..patching.clean import check_store_model, store_rows
-from ..patching.pairs import Pairs, check_source, read_pairs, task_pairs
+from ..patching.pairs import Pairs, check_source, clean_store_fix, read_pairs, task_pairs
 from ..store import ActivationStore, ResultWriter
 from .circuit import SELECTIONS, Circuit, select_circuit
 from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
 from .faithfulness import Faithfulness, default_sizes, faithfulness
 from .graph import Graph
+from .output import compare_scores
 
 __all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
 
@@ -57,34 +62,12 @@ class CircuitJobResult:
     figures: list[str] = field(default_factory=list)
 
 
-def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
-    """How well ``approx`` edge scores track ``exact`` ones: ``pearson``, ``spearman``
-    (Pearson r of the ranks, ties averaged) and ``top_overlap``, the share of exact's
-    ``top`` edges by |score| that are among approx's ``top`` (None for top 0)."""
-    from ..patching.attribution import compare
-
-    e, a = np.asarray(exact, np.float64), np.asarray(approx, np.float64)
-    out = {"pearson": compare(e, a)["pearson"], "spearman": compare(_ranks(e), _ranks(a))["pearson"],
-           "n_edges": int(e.size), "top": int(top)}
-    if top > 0:
-        best = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:top].tolist())  # noqa: E731
-        out["top_overlap"] = len(best(e) & best(a)) / top
-    else:
-        out["top_overlap"] = None
-    return out
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]  # ties share their mean rank
-
-
 def _check(cfg: CircuitJobConfig) -> None:
     """Everything that can be checked before the model loads."""
+    if launched():
+        raise ConfigError(f"actstore circuit runs in one process, but this one is one of {os.environ['WORLD_SIZE']} "
+                          "(WORLD_SIZE, set by torchrun or accelerate launch): each would run the whole job and write "
+                          "the same results. Run it as a single process: actstore circuit ... (without torchrun).")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise ConfigError(f"Unknown method {unknown[0] if unknown else cfg.method!r}; --method takes one or a comma "
@@ -136,13 +119,12 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     L = model.info.n_layers
     need = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
     missing = [h for h in need if h not in have]
+    fix = clean_store_fix(cfg, cfg.store, CLEAN_SITES, n_pos, model.info.dtype)  # type: ignore[arg-type]
     if missing:
-        raise StoreMismatchError(
-            f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: {missing[0]}). Cache the "
-            f"clean prompts with `actstore cache {store.path} --sites {CLEAN_SITES} --packing document --seq-len "
-            f"{n_pos} ...`, or give a new --store path.")
+        raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "
+                                 f"{missing[0]}). {fix}")
     if cfg.clean_rows is None:
-        return store, store_rows(store, pairs.clean)
+        return store, store_rows(store, pairs.clean, fix)
     a, b = (int(x) for x in cfg.clean_rows.split(":"))
     if b - a != n_pairs or b > store.layout.n_rows:
         raise ConfigError(f"--clean-rows {cfg.clean_rows} names {b - a} rows of a {store.layout.n_rows}-row store; "
@@ -182,7 +164,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     faithfulness curve; write the results and figures (see the module docstring)."""
     from ..compat import versions
     from ..patching import tasks
-    from .figures import draw_circuit, draw_comparison, draw_curves
+    from . import output
+    from .figures import draw_circuit
 
     _check(cfg)
     model = as_loaded(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
@@ -200,6 +183,10 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
         raise ConfigError(f"--top {cfg.top} is more than the graph's {graph.n_edges} edges; pass at most "
                           f"{graph.n_edges}.")
     out = cfg.out or _default_out(cfg)
+    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
+              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
+    ident = output.identity(info.to_dict(), pairs, source, cfg, graph)
+    replace_all = output.check_output(out, ident, cfg.overwrite)  # another run's group: refused, or replaced whole
     writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
                                fix="pass --overwrite to replace them, or --out another path",
                                unwritable_fix="pass --out a path you can write") for m in cfg.methods}
@@ -242,24 +229,20 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
             faithfulness(bridge, clean[a:b], corrupted[a:b], metric if (a, b) == (0, n_pairs) else
                          metric.for_pairs(a, b), masks, forward=fwd, memory_budget=cfg.memory_budget,
                          progress=cfg.progress, sizes=sizes, positions=metric.positions) for a, b in chunks])
-    correlation = ({m: compare_scores(scores["exact"], s, cfg.top) for m, s in scores.items() if m != "exact"}
-                   if "exact" in scores else {})
-
-    source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
-              {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
     attrs = {"model": info.to_dict(), **source, "metric": cfg.metric, "steps": cfg.steps, "n_pairs": int(n_pairs),
              "selection": cfg.selection, "signed": cfg.signed, "top": cfg.top,
              "clean_source": f"store {store.path}" if store is not None else "clean forward",
              "command_line": cfg.command_line, "software": versions(),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if replace_all:  # another run's results (or none): nothing of them, arrays or figures, remains
+        output.reset_output(out)
+    output.record_identity(out, ident)
     for method, w in writers.items():
-        a = {**attrs, "method": method, **({"correlation_with_exact": correlation[method]}
-                                           if method in correlation else {})}
-        _write(w, graph, scores[method], circuits[method], curves[method], pairs, a)
+        _write(w, graph, scores[method], circuits[method], curves[method], pairs, {**attrs, "method": method})
     figures = [p for m in scores for p in draw_circuit(out, m, circuits[m], scores[m], info.name, n_pairs)]
-    figures.append(draw_curves(out, curves, info.name, n_pairs, cfg.selection))
-    figures += [draw_comparison(out, m, scores["exact"], scores[m], c, info.name) for m, c in correlation.items()]
-    return CircuitJobResult(out, scores, circuits, curves, correlation, figures)
+    # the figures that join methods show every method in the group, this run's and those it already held
+    correlation, joint = output.refresh_figures(out, info.name, n_pairs, cfg.selection, cfg.top)
+    return CircuitJobResult(out, scores, circuits, curves, correlation, figures + joint)
 
 
 def _write(w: ResultWriter, graph: Graph, scores: np.ndarray, circuit: Circuit, curve: Faithfulness, pairs: Pairs,

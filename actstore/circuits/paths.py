@@ -28,7 +28,7 @@ Many variants (sender, receiver and intermediate sets) run at once as rows of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,11 +42,20 @@ __all__ = ["Paths", "path_mask", "path_patch", "path_patch_sweep"]
 Names = Union[str, Sequence[str]]
 
 
-def _names(value: Names, role: str) -> tuple[str, ...]:
-    out = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(n, str) for n in out):
-        raise ConfigError(f"{role} must be node or input names (strings like 'a1.h2', 'm3', 'a2.h0<q>'), "
-                          f"got {value!r}.")
+_FORMS = {"senders": "'input', 'a{L}.h{H}' (a head's output) or 'm{L}' (an MLP's output)",
+          "receivers": "'a{L}.h{H}' (its q, k and v inputs), 'a{L}.h{H}<q|k|v>', 'm{L}' or 'logits'",
+          "through": "'a{L}.h{H}', 'a{L}.h{H}<q|k|v>' or 'm{L}', or () for none"}
+
+
+def _names(value: Names | None, role: str) -> tuple[str, ...]:
+    if value is None and role == "through":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    ok = isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping))
+    out = tuple(value) if ok else ()  # type: ignore[arg-type]
+    if not ok or not all(isinstance(n, str) for n in out):
+        raise ConfigError(f"{role} must be a name or a list of names, each {_FORMS[role]}; got {value!r}.")
     return out
 
 
@@ -59,7 +68,9 @@ class Paths:
     ``m{L}``, ``logits``; a head's name means its q, k and v inputs). ``through``:
     intermediate nodes (or single head inputs, ``a{L}.h{H}<v>``) that are recomputed
     from the senders' effect and pass it on: the patched paths are every path from a
-    sender to a receiver whose inner nodes all lie in ``through``. ``direct``: whether
+    sender to a receiver whose inner nodes all lie in ``through`` (None or () for none). Each
+    of the three is a name or a list of names; anything else is a ConfigError naming the
+    accepted forms. ``direct``: whether
     the sender -> receiver edges themselves are among them; default: only when
     ``through`` is empty (``through=["m1"]`` alone patches sender -> m1 -> receiver)."""
 
@@ -72,7 +83,10 @@ class Paths:
         object.__setattr__(self, "senders", _names(senders, "senders"))
         object.__setattr__(self, "receivers", _names(receivers, "receivers"))
         object.__setattr__(self, "through", _names(through, "through"))
-        object.__setattr__(self, "direct", direct)
+        if direct is not None and not isinstance(direct, (bool, np.bool_)):
+            raise ConfigError(f"direct must be True, False or None (the default: direct paths only without "
+                              f"through=), got {direct!r}.")
+        object.__setattr__(self, "direct", None if direct is None else bool(direct))
 
     @property
     def uses_direct(self) -> bool:
@@ -228,6 +242,8 @@ def _plan(graph: Graph, variants: Sequence[Paths]) -> list[_Variant]:
     and senders, intermediates or receivers out of order."""
     if isinstance(variants, Paths):
         variants = [variants]
+    elif isinstance(variants, Iterable) and not isinstance(variants, (str, bytes, Mapping)):
+        variants = list(variants)
     if not variants:
         raise ConfigError("path patching needs at least one variant (a Paths of senders and receivers).")
     t = _tables(graph)
@@ -280,15 +296,17 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"],
     from ..patching.metrics import Metrics
     from .forward import GraphForward
 
+    _check_call(model, metric, per_example, memory_budget, forward)
     if forward is not None and forward.model is not model:
         raise ConfigError("forward= is a GraphForward of another model; pass GraphForward(model) of this one, or "
                           "leave forward= out.")
     graph = forward.graph if forward is not None else Graph.from_model(model)
     plan = _plan(graph, variants)
-    base, other = _pair(base_tokens, other_tokens, torch.device(model.cfg.device))
+    base, other = _pair(base_tokens, other_tokens, model)
     fwd = forward if forward is not None else GraphForward(model, graph)
     batch, n_pos = (int(n) for n in base.shape)
-    metrics = Metrics({"metric": metric}, per_example, batch, n_pos)
+    metrics = Metrics({"metric": metric}, bool(per_example), batch, n_pos,
+                      modes=("per_example=False (the default)", "per_example=True"))
     positions = metrics.positions if metrics.restricted else None  # only the logits the metric reads
     names = [u.name for u in graph.upstream]
     out = torch.empty(len(plan), *((batch,) if per_example else ()))
@@ -327,11 +345,34 @@ def path_patch(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], other_to
                             per_example=per_example, memory_budget=memory_budget, forward=forward)[0]
 
 
-def _pair(base: torch.Tensor, other: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    base, other = (torch.as_tensor(t) for t in (base, other))
-    base, other = (t[None] if t.ndim == 1 else t for t in (base, other))
-    if base.ndim != 2 or base.shape != other.shape:
+def _check_call(model: Any, metric: Any, per_example: Any, memory_budget: Any, forward: Any) -> None:
+    """The arguments of a path-patching call other than the tokens and the variants."""
+    from .forward import GraphForward
+
+    if not hasattr(model, "cfg") or not callable(model):
+        raise ConfigError(f"model must be a TransformerBridge of a GPT-2-family model (e.g. "
+                          f"TransformerBridge.boot_transformers('gpt2')), got {type(model).__name__}.")
+    if not callable(metric):
+        raise ConfigError(f"metric must be a function of the logits (batch, pos, d_vocab), e.g. "
+                          f"actstore.patching.LogitDiff(answer, wrong), got {type(metric).__name__}.")
+    if not isinstance(per_example, (bool, np.bool_)):
+        raise ConfigError(f"per_example must be True (one value per prompt) or False (one value), got {per_example!r}.")
+    whole = isinstance(memory_budget, (int, np.integer)) and not isinstance(memory_budget, bool)
+    if memory_budget is not None and (not whole or memory_budget < 1):
+        raise ConfigError(f"memory_budget must be a positive number of bytes (e.g. 2**30), or None for the default; "
+                          f"got {memory_budget!r}.")
+    if forward is not None and not isinstance(forward, GraphForward):
+        raise ConfigError(f"forward must be a GraphForward of the model (GraphForward(model)), or None; got "
+                          f"{type(forward).__name__}.")
+
+
+def _pair(base: Any, other: Any, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    from .forward import token_ids
+
+    base, other = token_ids(model, base, "base_tokens"), token_ids(model, other, "other_tokens")
+    if base.shape != other.shape:
         raise ConfigError(f"base_tokens {tuple(base.shape)} and other_tokens {tuple(other.shape)} must be token ids of "
                           "the same shape (batch, pos): prompt i of one is paired with prompt i of the other; choose "
                           "prompts of equal token length.")
+    device = torch.device(model.cfg.device)
     return base.to(device), other.to(device)

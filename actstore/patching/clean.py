@@ -137,13 +137,15 @@ def check_store_model(store: Any, model: Any) -> None:
             "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
 
 
-def store_rows(store: Any, clean: torch.Tensor) -> list[int]:
+def store_rows(store: Any, clean: torch.Tensor, fix: str | None = None) -> list[int]:
     """The row of ``store`` (an ActivationStore) holding each clean prompt (``clean``: (pair, pos),
-    BOS + tokens, possibly padded); StoreMismatchError naming the fix where one is missing."""
+    BOS + tokens, possibly padded); StoreMismatchError naming the fix where one is missing
+    (``fix``: the caller's, e.g. a complete cache command)."""
     n_pos = clean.shape[1]
     if store.layout.seq_len < n_pos:
         raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
-                                 f"{n_pos}. Cache the clean prompts with --packing document --seq-len {n_pos}.")
+                                 f"{n_pos}. " + (fix or f"Cache the clean prompts with --packing document --seq-len "
+                                                        f"{n_pos}."))
     tokens, mask = store.tokens(), store.mask()
     real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
     where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
@@ -152,6 +154,7 @@ def store_rows(store: Any, clean: torch.Tensor) -> list[int]:
     if missing:
         raise StoreMismatchError(
             f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
-            f"{len(rows)} missing). Give a new --store path (it is then cached from the clean prompts), or cache them "
-            f"yourself: actstore cache STORE --model M --dataset clean.txt --packing document --seq-len {n_pos}.")
+            f"{len(rows)} missing). " + (fix or "Give a new --store path (it is then cached from the clean prompts), "
+                                         f"or cache them yourself: actstore cache STORE --model M --dataset clean.txt "
+                                         f"--packing document --seq-len {n_pos}."))
     return [int(r) for r in rows]

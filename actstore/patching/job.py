@@ -43,7 +43,7 @@ from . import attribution, sweeps as patching, tasks
 from .config import METHODS, SWEEPS, PatchJobConfig
 from .figures import heatmaps, scatter
 from .clean import store_rows as _store_rows
-from .pairs import check_source as _check_source, read_pairs, task_pairs
+from .pairs import check_source as _check_source, clean_store_fix, read_pairs, task_pairs
 from .table import SweepRow
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "METHODS", "patch_pairs"]
@@ -67,13 +67,12 @@ class PatchJobResult:
     correlation: dict[str, Any] | None = None  # method both: attribution.compare of the two
 
 
-def _check_store_sites(store: ActivationStore, row: SweepRow, n_layers: int) -> None:
+def _check_store_sites(store: ActivationStore, row: SweepRow, n_layers: int, fix: str) -> None:
     have = set(store.sites)
     missing = [h for h in row.hooks(n_layers) if h not in have]
     if missing:
         raise StoreMismatchError(
-            f"Store '{store.path}' lacks {len(missing)} of the sites this sweep reads (first: {missing[0]}). "
-            f"Cache the clean prompts with --sites {row.site_spec}, or give a new --store path.")
+            f"Store '{store.path}' lacks {len(missing)} of the sites this sweep reads (first: {missing[0]}). {fix}")
 
 
 class _Writer:
@@ -170,8 +169,9 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
         from .clean import check_store_model
 
         check_store_model(store, bridge)
-        _check_store_sites(store, row, info.n_layers)
-        rows = _store_rows(store, pairs.clean)
+        fix = clean_store_fix(cfg, cfg.store, row.site_spec, n_pos, info.dtype)
+        _check_store_sites(store, row, info.n_layers, fix)
+        rows = _store_rows(store, pairs.clean, fix)
     writer = _Writer(cfg, store)
     if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run patches
         tasks.write_pairs(generated, cfg.write_pairs)

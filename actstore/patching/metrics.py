@@ -137,8 +137,13 @@ class Metrics:
     ``token_ids``, its logits are only those positions and vocabulary columns, in that
     order, and only those are computed."""
 
-    def __init__(self, metrics: Mapping[str, MetricFn], per_example: bool, batch: int, n_pos: int):
+    #: how the caller asks for one scalar, or for per-example values (named in errors)
+    MODES = ("reduce='scalar'", "reduce='mean' or reduce='none'")
+
+    def __init__(self, metrics: Mapping[str, MetricFn], per_example: bool, batch: int, n_pos: int,
+                 modes: tuple[str, str] = MODES):
         self.fns = dict(metrics)
+        self.modes = modes
         self.per_example = per_example
         self.batch = batch
         self.n_pos = n_pos
@@ -199,11 +204,11 @@ class Metrics:
             return
         if self.per_example:
             raise ConfigError(f"patching_metric {name!r} must return a [batch] tensor of length {self.batch} "
-                              f"under reduce='mean' or 'none' (one value per variant for a batched metric: "
+                              f"under {self.modes[1]} (one value per variant for a batched metric: "
                               f"shape {want}), got shape {tuple(out.shape)}.")
-        raise ConfigError(f"patching_metric {name!r} must return a scalar under reduce='scalar' (shape {want} "
+        raise ConfigError(f"patching_metric {name!r} must return a scalar under {self.modes[0]} (shape {want} "
                           f"for a batched metric), got shape {tuple(out.shape)}; return a [batch] tensor and "
-                          "pass reduce='mean' or reduce='none' to keep per-example values.")
+                          f"pass {self.modes[1]} to keep per-example values.")
 
 
 def select_declared(per_var: torch.Tensor, fn: Any, n_pos: int) -> torch.Tensor:

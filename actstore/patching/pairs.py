@@ -16,7 +16,8 @@ from . import tasks
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source"]
+__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source", "check_write_pairs",
+           "clean_store_fix"]
 
 
 @dataclass
@@ -126,8 +127,51 @@ def check_source(cfg: "PatchJobConfig") -> None:
         raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
     if cfg.n_pairs is not None and cfg.n_pairs < 1:
         raise ConfigError(f"--n-pairs must be at least 1, got {cfg.n_pairs}.")
-    if cfg.write_pairs and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.write_pairs))):
-        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another path.")
-    if cfg.write_pairs and os.path.exists(cfg.write_pairs) and not cfg.overwrite:
+    if cfg.write_pairs:
+        check_write_pairs(cfg)
+
+
+def check_write_pairs(cfg: "PatchJobConfig") -> None:
+    """--write-pairs names a file this run may write: not a folder, not the results group or
+    the store, in a folder that exists, and replaced only with --overwrite."""
+    path = os.path.abspath(cfg.write_pairs or "")
+    if os.path.isdir(path) or (cfg.write_pairs or "").endswith(("/", os.sep)):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs} is a folder; --write-pairs needs a file path, e.g. "
+                          f"{os.path.join(cfg.write_pairs or '', 'pairs.jsonl')}.")
+    for flag, other in (("--out", cfg.out), ("--store", cfg.store), ("--facts", cfg.facts)):
+        if other is not None and os.path.abspath(other) == path:
+            raise ConfigError(f"--write-pairs {cfg.write_pairs} is also the {flag} path; give the pairs file a path "
+                              "of its own, e.g. pairs.jsonl.")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another "
+                          "path.")
+    if os.path.exists(path) and not cfg.overwrite:
         raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
                                "another path.")
+
+
+def _new_store_path(store: str) -> str:
+    """A path beside ``store`` that does not exist yet: STEM.clean.zarr (STEM.clean-2.zarr, ...)."""
+    stem = os.path.splitext(store.rstrip("/"))[0]
+    path, n = f"{stem}.clean.zarr", 2
+    while os.path.exists(path):
+        path, n = f"{stem}.clean-{n}.zarr", n + 1
+    return path
+
+
+def clean_store_fix(cfg: "PatchJobConfig", store: str, sites: str, n_pos: int, dtype: str) -> str:
+    """How to get a store of the clean prompts with ``sites`` that the run accepts: a new
+    --store path (cached by the run itself), or, for a pairs file, the complete cache command."""
+    import shlex
+
+    new = _new_store_path(store)
+    fix = (f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites "
+           f"{sites})")
+    if cfg.pairs is None:
+        return fix + "."
+    model = cfg.model if isinstance(cfg.model, (str, os.PathLike)) else "MODEL_FOLDER"
+    argv = ["actstore", "cache", new, "--model", str(model), "--dataset", cfg.pairs, "--text-field", "clean",
+            "--packing", "document", "--seq-len", str(n_pos), "--sites", sites, "--dtype", dtype]
+    if cfg.model_revision:
+        argv += ["--model-revision", cfg.model_revision]
+    return f"{fix}, or cache them yourself: {shlex.join(argv)}, then pass --store {new}."

@@ -113,3 +113,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, corpus_
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
     return out
+
+
+@pytest.fixture(scope="session")
+def train_sae():
+    """scripts/train_sae.py as a module, so its ``main(argv)`` runs in-process (tests of its checks)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_sae_under_test",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

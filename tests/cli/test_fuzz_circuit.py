@@ -42,14 +42,6 @@ PAIRS = ["--task", "ioi", "--n-pairs", "2"]
 CLEAN_SITES = "z:all,mlp_out:all,resid_pre:0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def circuit(out: Path, model: str = MODEL, method: str = "eap", pairs: list[str] = PAIRS, *extra: str) -> list[str]:
     return ["circuit", "--model", model, *pairs, "--top", "10", "--method", method, "--out", str(out), "--quiet",
             "--device", "cpu", *extra]

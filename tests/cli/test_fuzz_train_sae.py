@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import os
 import re
@@ -36,21 +35,12 @@ import actstore
 
 from ..conftest import DOCS
 
-ROOT = Path(__file__).resolve().parents[2]
 STORE_OPTS = dict(model="actstore-demo", dtype="float32", storage_dtype="float32", device="cpu", progress=False,
                   sites="resid_post:0,resid_post:1,z:1,pattern:1", seq_len=16, n_rows=12, batch_size=4,
                   rows_per_chunk=2, rows_per_shard=4)
 BASE = ["--site", "resid_post:1", "--k", "4", "--expansion", "2", "--batch-size", "32", "--lr", "0.003", "--seed",
         "0", "--device", "cpu", "--log-every", "100"]  # the checkpoint's configuration
 HANG_S = 20  # a run of these tiny stores takes about a second
-
-
-@pytest.fixture(scope="module")
-def train_sae():
-    spec = importlib.util.spec_from_file_location("train_sae_under_test", ROOT / "scripts" / "train_sae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

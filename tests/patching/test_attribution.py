@@ -70,11 +70,18 @@ def test_every_sweep_has_the_exact_sweeps_shape_and_meaning(s, name):
     approx = attr_fn(s.bridge, s.corrupted, s.cache, s.ld, progress=False)
     assert approx.shape == exact.shape and approx.dtype == exact.dtype == torch.float32
     base = s.ld(s.corrupted_logits)
-    effect = approx - base
-    # a patch that changes nothing has attribution exactly 0 and exact value the corrupted metric
-    noop = effect == 0
+    # a patch that changes nothing has attribution exactly 0: every such cell holds the attribution's
+    # own corrupted metric, bit for bit; that metric is the corrupted run's up to float rounding (its
+    # forward runs another batch, and some CPU kernels round a row differently by batch: 1.5e-7 seen
+    # on AVX-512), and the exact value there is the corrupted metric
+    values, counts = approx.unique(return_counts=True)
+    own = values[counts.argmax()]
+    noop = approx == own
     if "all_pos" not in name:
-        assert noop.any()
+        assert counts.max() > 1
+        torch.testing.assert_close(own, base, atol=1e-6 * s.logit_scale, rtol=0)
+    else:
+        noop = approx == base
     torch.testing.assert_close(exact[noop], base.expand(int(noop.sum())), atol=1e-6, rtol=0)
     # a first-order estimate of the same numbers (this random model is far from linear: r measured 0.53-0.97)
     r = np.corrcoef(exact.flatten().numpy(), approx.flatten().numpy())[0, 1]

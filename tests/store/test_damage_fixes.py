@@ -96,7 +96,7 @@ def test_damaged_root_metadata_is_named_not_taken_for_no_store(copy, tmp_path, c
         assert rc == 2 and "is damaged: its root metadata" in err and "Create one" not in err
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a store")
-    with pytest.raises(StoreNotFoundError, match="No store at"):
+    with pytest.raises(StoreNotFoundError, match=r"is a folder but not an actstore store \(it holds notes.txt"):
         actstore.open(tmp_path / "other")  # a folder without a store's objects still is no store
 
 

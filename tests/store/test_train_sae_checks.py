@@ -4,7 +4,6 @@ checkpoint and the SAE file record the configuration that a resume is checked ag
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from actstore.store.epoch import EpochPlan
 
 from .conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def train_sae():
-    spec = importlib.util.spec_from_file_location("train_sae_checks", ROOT / "scripts" / "train_sae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
 from ..store import ActivationStore, StoreMeta
+from ..store.codecs import codec_usage
 from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, parse_codec,
                             plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
@@ -84,7 +85,7 @@ class CacheConfig:
     rows_per_shard: int | None = field(default=None, metadata={
         "help": "rows per shard, the unit of writing (default ~256 MB of all sites; on resume: the store's)"})
     codec: str = field(default="none", metadata={  # see README for the measurements
-        "help": "none | zstd[:L] | blosc-lz4 | blosc-zstd[:L] | blosc-zstd-bitshuffle[:L] | pcodec[:L]"})
+        "help": codec_usage()})
     device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
     resume: bool = field(default=False, metadata={
         "help": "continue an existing store of the same run", "group": "mode"})

@@ -3,10 +3,11 @@
 Writing a shard through zarr (``arr[a:b] = x``) runs every inner chunk through its
 event loop: several copies of the data and one thread for all arrays, about a
 quarter of the disk's speed. actstore's arrays use one fixed family of codec chains
-(bytes, little-endian; an optional zstd or blosc compressor; crc32c; sharded with
-the index at the end), so the writer encodes a whole shard itself, byte for byte
-what zarr would write (tests compare the objects), and writes it in one go from
-the caller's thread, so that many arrays can be written at once:
+(bytes, little-endian; an optional compressor with a fast encoder in the codec
+registry, store/codecs.py; crc32c; sharded with the index at the end), so the
+writer encodes a whole shard itself, byte for byte what zarr would write (tests
+compare the objects), and writes it in one go from the caller's thread, so that
+many arrays can be written at once:
 
 * without a compressor, chunk data is written straight from the array's memory
   (no copy); the compressors and the file writes release the GIL;
@@ -24,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import google_crc32c
-import numcodecs
 import numpy as np
 import zarr
 
 from .. import _faults
+from ..store.codecs import fast_encoder
 
 __all__ = ["ShardEncoder", "encoder_for", "write_object", "write_rows", "object_path"]
 
@@ -40,21 +41,9 @@ def _crc(data: Any) -> bytes:
     return np.uint32(google_crc32c.value(np.frombuffer(data, np.uint8))).tobytes()
 
 
-def _compressor(spec: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """numcodecs' encode for one of zarr's bytes-to-bytes codecs, as zarr calls it."""
-    name, cfg = spec["name"], spec.get("configuration", {})
-    if name == "zstd":
-        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False)).encode
-    if name == "blosc":
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg["shuffle"]]
-        return numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle, blocksize=cfg["blocksize"],
-                               typesize=cfg["typesize"]).encode
-    return None
-
-
 def _chain(codecs: Sequence[dict[str, Any]]) -> list[Callable[[Any], Any]] | None:
-    """Compressors between 'bytes' (little-endian) and a final 'crc32c'; None if the
-    chain is anything else."""
+    """Compressors between 'bytes' (little-endian) and a final 'crc32c', each with its
+    fast encoder in the codec registry (store/codecs.py); None if the chain is anything else."""
     names = [c["name"] for c in codecs]
     if len(names) < 2 or names[0] != "bytes" or names[-1] != "crc32c":
         return None
@@ -62,7 +51,7 @@ def _chain(codecs: Sequence[dict[str, Any]]) -> list[Callable[[Any], Any]] | Non
         return None
     out = []
     for spec in codecs[1:-1]:
-        fn = _compressor(spec)
+        fn = fast_encoder(spec)
         if fn is None:
             return None
         out.append(fn)

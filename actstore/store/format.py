@@ -1,5 +1,6 @@
-"""The Zarr store's format: layout, codecs, creation, the `done` manifest, checked
-reads and per-shard stats (the reader, :class:`ActivationStore`, is in reader.py).
+"""The Zarr store's format: layout, creation, the `done` manifest, checked reads and
+per-shard stats (the reader, :class:`ActivationStore`, is in reader.py; the codecs,
+:func:`parse_codec` among them, in codecs.py).
 
 The write unit is the shard: ``rows_per_shard`` rows (a multiple of
 ``rows_per_chunk``; one inner chunk = ``rows_per_chunk`` rows). Every array's shard k,
@@ -16,11 +17,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, CorruptChunkError, StoreDamagedError
 from ..sites import SiteShape
 from ..stats import Moments
+from .codecs import parse_codec
 from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
@@ -51,45 +53,6 @@ def plan_layout(n_rows: int, seq_len: int, batch_size: int, bytes_per_row: int,
     if rpc < 1 or rows_per_shard % rpc:
         raise ConfigError(f"rows_per_shard ({rows_per_shard}) must be a positive multiple of rows_per_chunk ({rpc}).")
     return Layout(n_rows, seq_len, rpc, rows_per_shard)
-
-
-_LEVELS = {"zstd": (-131072, 22), "blosc": (0, 9), "pcodec": (0, 12)}  # the levels each library accepts
-
-
-def parse_codec(spec: str) -> list[Any] | None:
-    """'none' | 'zstd[:level]' | 'blosc-lz4' | 'blosc-zstd[:level]' | 'blosc-zstd-bitshuffle[:level]' |
-    'pcodec[:level]'. A list of zarr codecs: compressors, or for pcodec (which encodes
-    typed numbers, so it replaces the bytes serializer) the serializer alone."""
-    name, _, level_s = spec.partition(":")
-    try:
-        level = int(level_s) if level_s else 1
-    except ValueError:
-        raise ConfigError(f"Codec '{spec}': level '{level_s}' is not an integer.") from None
-    lo, hi = _LEVELS.get(name.split("-")[0], (level, level))
-    if level_s and not lo <= level <= hi:
-        raise ConfigError(f"Codec '{spec}': level {level} is outside {name}'s levels {lo}..{hi}; pass a level in that range.")
-    if name == "none":
-        return None
-    if name == "zstd":
-        return [ZstdCodec(level=level)]
-    if name == "blosc-lz4":
-        return [BloscCodec(cname="lz4", clevel=level if level_s else 5, shuffle="shuffle")]
-    if name in ("blosc-zstd", "blosc-zstd-bitshuffle"):
-        return [BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle" if name.endswith("bitshuffle") else "shuffle")]
-    if name == "pcodec":
-        try:
-            import pcodec  # noqa: F401
-            from zarr.codecs.numcodecs import PCodec
-        except ImportError:
-            raise ConfigError(f"Codec '{spec}' needs the pcodec package; pip install 'actstore[pcodec]' "
-                              "(or pcodec), or choose another --codec.") from None
-        import warnings
-
-        with warnings.catch_warnings():  # zarr warns that numcodecs codecs are outside the v3 spec
-            warnings.simplefilter("ignore")
-            return [PCodec(level=level if level_s else 8)]
-    raise ConfigError(f"Unknown codec '{spec}'; expected none, zstd[:L], blosc-lz4, blosc-zstd[:L], "
-                      "blosc-zstd-bitshuffle[:L] or pcodec[:L].")
 
 
 def is_store(path: str) -> bool:

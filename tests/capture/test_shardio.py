@@ -10,9 +10,13 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 
 from actstore.capture.shardio import encoder_for, write_rows
+from actstore.store.codecs import NO_FAST_PATH, registered
 from actstore.store.format import _array, parse_codec, plan_layout, shard_key
 
-CODECS = ["none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1"]
+# every registered codec with a fast path: at its default level, and at its highest
+FAST = [c for c in registered() if c.fast is not NO_FAST_PATH]
+CODECS = [c.name for c in FAST] + [f"{c.name}:{c.levels[1]}" for c in FAST if c.levels]
+SLOW = [c for c in registered() if c.fast is NO_FAST_PATH]
 DTYPES = ["float16", "float32", "int32", "int64", "bool"]
 # (rows, rows per chunk, rows per shard): whole shards, an edge shard with a missing
 # chunk, an edge chunk, no sharding (shard = chunk), a single short shard
@@ -50,6 +54,18 @@ def test_encoded_shards_equal_zarr_objects_byte_for_byte(tmp_path, codec):
                 checked += 1
             assert np.array_equal(zarr.open_array(str(tmp_path / "ours" / name))[:], x)
     assert checked == len(DTYPES) * 11  # shards over LAYOUTS: 3 + 1 + 2 + 2 + 1 + 2
+
+
+@pytest.mark.parametrize("codec", SLOW, ids=[c.name for c in SLOW])
+def test_codecs_without_a_fast_path_are_written_by_zarr(tmp_path, codec):
+    if codec.requires:
+        pytest.importorskip(codec.requires)
+    (ours,) = _pair(tmp_path, "x", 8, 2, 4, "float32", codec.name)[1:]
+    assert encoder_for(ours) is None
+    x = np.arange(8 * 18, dtype=np.float32).reshape(8, 6, 3)
+    for k in range(2):
+        write_rows(ours, str(tmp_path / "ours"), k, x[4 * k:4 * k + 4], durable=True, enc=None)
+    assert np.array_equal(ours[:], x)
 
 
 def test_wrong_row_count_is_refused(tmp_path):

@@ -4,7 +4,8 @@ Captures two sites (blocks.L.hook_resid_post and blocks.L.attn.hook_z, L the mid
 layer) of a model on rows of the bundled demo corpus: the trained demo model (`--model
 actstore-demo`, the default; d_model 128) or a random-init GPT-2-small-shaped model
 (`--model random-gpt2-small`, built in a temp folder). Stores them as float16 with actstore's chunk/shard shapes (chunks (8, seq, ...), shards
-(64, seq, ...)) and, for each codec spec of actstore.store.parse_codec, writes a fresh
+(64, seq, ...)) and, for each codec of actstore's codec registry (store/codecs.py; at
+its default level and its sample levels, or the specs given by --codecs), writes a fresh
 Zarr v3 array the way actstore writes it (whole shards, fsynced) and reads it back with
 zarr. MB/s are of uncompressed bytes; ratio = uncompressed / on disk; each round trip
 is checked bit for bit. Best of --repeat runs; no assertions on speed.
@@ -32,10 +33,11 @@ from actstore.demo import build_random_gpt2
 from actstore.models import load_model
 from actstore.sites import parse_sites
 from actstore.capture.shardio import encoder_for, write_rows
+from actstore.store.codecs import registered
 from actstore.store.format import _array, parse_codec
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-CODECS = ("none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1", "blosc-zstd-bitshuffle:1", "pcodec:4", "pcodec")
+CODECS = tuple(spec for c in registered() for spec in c.samples)  # every registered codec and its sample levels
 ROWS_PER_CHUNK, ROWS_PER_SHARD = 8, 64  # actstore's defaults at batch size 8 (shard capped at 256 MB)
 
 
@@ -44,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3, help="timed runs per codec; the best is reported")
-    p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs")
+    p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs (e.g. zstd:3,pcodec:4)")
     p.add_argument("--model", default="actstore-demo", help="actstore-demo or random-gpt2-small")
     return p.parse_args()
 
@@ -88,7 +90,7 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
         group = zarr.open_group(path, mode="w")
         arr = _array(group, "a", data.shape, chunks[0], (shards or chunks)[0], str(data.dtype),
                      ["row"] + [f"d{i}" for i in range(1, data.ndim)], parse_codec(codec))
-        enc = encoder_for(arr)  # None for pcodec: zarr writes it
+        enc = encoder_for(arr)  # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
         rps = arr.metadata.chunk_grid.chunk_shape[0]
         t0 = time.perf_counter()
         for k in range(-(-len(data) // rps)):

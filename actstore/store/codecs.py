@@ -54,19 +54,26 @@ class Codec:
     why_slow: str = ""
     requires: str | None = None  # the optional package (import name) it needs
     install: str = ""  # how to install it
+    sample_levels: tuple[int, ...] = ()  # levels measured beside the default (benchmark, tests)
 
     def __post_init__(self) -> None:
         if not (self.fast is NO_FAST_PATH or callable(self.fast)):
             raise TypeError(f"codec {self.name!r}: fast must be an encoder factory or NO_FAST_PATH, not {self.fast!r}")
         if (self.fast is NO_FAST_PATH) != bool(self.why_slow):
             raise TypeError(f"codec {self.name!r}: give why_slow exactly when fast is NO_FAST_PATH")
-        if self.levels is not None and not self.levels[0] <= self.default_level <= self.levels[1]:
-            raise TypeError(f"codec {self.name!r}: default level {self.default_level} is outside {self.levels}")
+        for level in (self.default_level, *self.sample_levels) if self.levels else self.sample_levels:
+            if self.levels is None or not self.levels[0] <= level <= self.levels[1]:
+                raise TypeError(f"codec {self.name!r}: level {level} is outside its levels {self.levels}")
 
     @property
     def usage(self) -> str:
         """How the spec is written: ``zstd[:L]``, ``none``."""
         return f"{self.name}[:L]" if self.levels else self.name
+
+    @property
+    def samples(self) -> tuple[str, ...]:
+        """Specs worth measuring: the default level, then ``sample_levels``."""
+        return (self.name, *(f"{self.name}:{level}" for level in self.sample_levels))
 
 
 _REGISTRY: dict[str, Codec] = {}
@@ -161,10 +168,11 @@ def _pcodec(level: int) -> list[Any]:
 
 _BLOSC_LEVELS = (0, 9)
 register(Codec("none", lambda level: None, None, 1, None, _raw))
-register(Codec("zstd", lambda level: [ZstdCodec(level=level)], (-131072, 22), 1, "zstd", _zstd_fast))
+register(Codec("zstd", lambda level: [ZstdCodec(level=level)], (-131072, 22), 1, "zstd", _zstd_fast,
+               sample_levels=(3,)))
 register(Codec("blosc-lz4", _blosc("lz4", "shuffle"), _BLOSC_LEVELS, 5, "blosc", _blosc_fast))
 register(Codec("blosc-zstd", _blosc("zstd", "shuffle"), _BLOSC_LEVELS, 1, "blosc", _blosc_fast))
 register(Codec("blosc-zstd-bitshuffle", _blosc("zstd", "bitshuffle"), _BLOSC_LEVELS, 1, "blosc", _blosc_fast))
 register(Codec("pcodec", _pcodec, (0, 12), 8, "numcodecs.pcodec", NO_FAST_PATH,
                why_slow="a typed serializer, not a bytes compressor: zarr encodes it",
-               requires="pcodec", install="pip install 'actstore[pcodec]' (or pcodec)"))
+               requires="pcodec", install="pip install 'actstore[pcodec]' (or pcodec)", sample_levels=(4,)))

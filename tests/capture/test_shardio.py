@@ -13,9 +13,9 @@ from actstore.capture.shardio import encoder_for, write_rows
 from actstore.store.codecs import NO_FAST_PATH, registered
 from actstore.store.format import _array, parse_codec, plan_layout, shard_key
 
-# every registered codec with a fast path: at its default level, and at its highest
+# every registered codec with a fast path: at its default and sample levels, and at its highest
 FAST = [c for c in registered() if c.fast is not NO_FAST_PATH]
-CODECS = [c.name for c in FAST] + [f"{c.name}:{c.levels[1]}" for c in FAST if c.levels]
+CODECS = [s for c in FAST for s in c.samples] + [f"{c.name}:{c.levels[1]}" for c in FAST if c.levels]
 SLOW = [c for c in registered() if c.fast is NO_FAST_PATH]
 DTYPES = ["float16", "float32", "int32", "int64", "bool"]
 # (rows, rows per chunk, rows per shard): whole shards, an edge shard with a missing

@@ -10,7 +10,7 @@ the benchmarks all read this table, so that a codec cannot be half-added.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -117,10 +117,18 @@ def lookup(spec: str) -> tuple[Codec, int, bool]:
         lo, hi = codec.levels
         raise ConfigError(f"Codec '{spec}': level {level} is outside {name}'s levels {lo}..{hi}; "
                           "pass a level in that range.")
-    if codec.requires and importlib.util.find_spec(codec.requires) is None:
+    if codec.requires and not _importable(codec.requires):
         raise ConfigError(f"Codec '{spec}' needs the {codec.requires} package; {codec.install}, "
                           "or choose another --codec.")
     return codec, level, bool(level_s)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def parse_codec(spec: str) -> list[Any] | None:

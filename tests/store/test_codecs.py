@@ -75,6 +75,15 @@ def test_the_benchmark_measures_every_registered_codec():
     assert "zstd:3" in bench.CODECS and "pcodec:4" in bench.CODECS  # the levels docs/store-format.md shows
 
 
+def test_a_missing_optional_package_is_named_with_its_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pcodec", None)  # import pcodec raises ImportError
+    with pytest.raises(ConfigError, match=r"Codec 'pcodec:4' needs the pcodec package; pip install 'actstore\[pcodec\]' "
+                                          r"\(or pcodec\), or choose another --codec\."):
+        parse_codec("pcodec:4")
+
+
 def test_levels_and_defaults():
     assert lookup("zstd") == (lookup("zstd")[0], 1, False)
     assert lookup("blosc-lz4")[1:] == (5, False) and lookup("blosc-lz4:3")[1:] == (3, True)

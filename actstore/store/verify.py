@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
-from .nodes import as_defined, chunk_present, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
+from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
 from .reader import ActivationStore, merged_stats, stats_unreadable
 
 __all__ = ["Damage", "verify_store", "FIXES"]

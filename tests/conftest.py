@@ -4,6 +4,7 @@ GPT-2 tokenizer (no hub, no ../shared), and a small varied corpus."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh runs one worker per
     torch.set_num_threads(1)
 
 from actstore.demo import build_random_gpt2  # noqa: E402
+
+from . import helpers  # noqa: E402
 
 
 def _tl4() -> bool:
@@ -125,3 +128,18 @@ def train_sae():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def copy(reference: Path, tmp_path: Path) -> Path:
+    """A copy of the session's reference store, to damage."""
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (see helpers.one_thread)."""
+    with helpers.one_thread():
+        yield

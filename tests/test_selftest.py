@@ -4,13 +4,14 @@ engine's own self-check is on."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
 
 from actstore.patching import engine as _patch_engine, self_check as _self_check
 from actstore.cli import main
+
+from .helpers import no_prefix
 
 
 def run(capsys, *args: str) -> tuple[int, dict]:
@@ -30,14 +31,9 @@ def test_passes_here_and_reports_versions_and_every_check(capsys):
         assert c["error"] is None or c["error"] <= c["tolerance"]
 
 
-@contextlib.contextmanager
-def _no_prefix(model, layers, prefix):  # the earlier positions' keys and values never reach the attentions
-    yield
-
-
 @pytest.mark.parametrize("engine_check", [True, False])
 def test_fails_loudly_when_the_engine_loses_its_prefix(capsys, monkeypatch, engine_check):
-    monkeypatch.setattr(_patch_engine, "attention_prefix", _no_prefix)
+    monkeypatch.setattr(_patch_engine, "attention_prefix", no_prefix)
     monkeypatch.setattr(_self_check, "ENABLED", engine_check)
     rc, report = run(capsys)
     assert rc == 1 and report["passed"] is False
@@ -49,7 +45,7 @@ def test_fails_loudly_when_the_engine_loses_its_prefix(capsys, monkeypatch, engi
 
 
 def test_text_report_says_what_failed(capsys, monkeypatch):
-    monkeypatch.setattr(_patch_engine, "attention_prefix", _no_prefix)
+    monkeypatch.setattr(_patch_engine, "attention_prefix", no_prefix)
     assert main(["selftest"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  patching equals transformer_lens.patching, prompts differing late" in out

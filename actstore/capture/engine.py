@@ -33,7 +33,7 @@ from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
-from ..store import ActivationStore, StoreMeta
+from ..store import ActivationStore, CorpusMeta, SiteMeta, StoreMeta
 from ..store.codecs import codec_usage
 from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, parse_codec,
                             plan_layout, remove_partial_files, row_bytes)
@@ -170,7 +170,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
                                               cfg.seq_len, n_rows, bytes_per_row)
     layout = _layout(cfg, existing, n_rows, bytes_per_row, batch, default_chunk_rows(shapes, storage_dtype, n_rows))
-    meta = StoreMeta.from_dict(_metadata(cfg, model, spec, layout, sites, shapes, storage_dtype), cfg.out)
+    meta = _metadata(cfg, model, spec, layout, sites, shapes, storage_dtype)
     if existing is not None and cfg.resume:
         check_same_run(existing, meta, log)
 
@@ -247,7 +247,8 @@ def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, byt
 
 
 def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: Layout, sites: Sequence[Site],
-              shapes: Mapping[str, SiteShape], storage_dtype: str) -> dict[str, Any]:
+              shapes: Mapping[str, SiteShape], storage_dtype: str) -> StoreMeta:
+    """The store's metadata; its layout (``attrs["actstore"]``) is :meth:`StoreMeta.to_dict`'s."""
     tok = model.tokenizer
     corpus = spec.describe()
     corpus["bos_policy"] = ("every row starts with BOS; documents separated by end-of-text"
@@ -255,20 +256,19 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
     corpus["bos_token_id"] = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     corpus["eos_token_id"] = tok.eos_token_id
     corpus["vocab_size"] = len(tok)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": model.info.to_dict(),
-        "corpus": corpus,
-        "layout": layout.to_dict(),
-        "sites": [{"hook": s.hook, "layer": s.layer, "heads": None if s.heads is None else list(s.heads),
-                   "dims": ["row", *shapes[s.hook].dims], "shape": [layout.n_rows, *shapes[s.hook].shape]}
-                  for s in sites],
-        "storage_dtype": storage_dtype,
-        "codec": cfg.codec,
-        "software": versions(),
-        "command_line": cfg.command_line or f"actstore.cache({_config_repr(cfg, model.info.as_argument())})",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return StoreMeta(
+        format_version=FORMAT_VERSION,
+        model=model.info,
+        corpus=CorpusMeta.from_dict(corpus, "corpus"),
+        layout=layout,
+        sites=tuple(SiteMeta(s.hook, s.layer, None if s.heads is None else tuple(s.heads),
+                             ("row", *shapes[s.hook].dims), (layout.n_rows, *shapes[s.hook].shape)) for s in sites),
+        storage_dtype=storage_dtype,
+        codec=cfg.codec,
+        software=versions(),
+        command_line=cfg.command_line or f"actstore.cache({_config_repr(cfg, model.info.as_argument())})",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _config_repr(cfg: CacheConfig, model: str) -> str:

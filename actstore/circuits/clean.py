@@ -26,9 +26,10 @@ from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from .graph import Graph
 
-__all__ = ["CleanNodes", "node_hooks", "node_outputs", "run_node_outputs", "STORE_SITES"]
+__all__ = ["CleanNodes", "node_hooks", "node_outputs", "run_node_outputs", "store_hooks", "STORE_SITES"]
 
-STORE_SITES = "z:all,mlp_out:all,resid_pre:0"  # the --sites of a store that edge scores can read
+#: the --sites of a store that edge scores can read (resid_pre 0 = embed + pos_embed, the input node)
+STORE_SITES = "z:all,mlp_out:all,resid_pre:0"
 _EMBED = ("hook_embed", "hook_pos_embed")
 _RESID0 = "blocks.0.hook_resid_pre"
 
@@ -37,6 +38,11 @@ def node_hooks(n_layers: int, embed: Sequence[str] = _EMBED) -> list[str]:
     """The hooks node outputs are read from: ``embed`` (the two embeddings, or resid_pre 0),
     then each layer's z and mlp_out."""
     return [*embed, *(h for L in range(n_layers) for h in (f"blocks.{L}.attn.hook_z", f"blocks.{L}.hook_mlp_out"))]
+
+
+def store_hooks(n_layers: int) -> list[str]:
+    """The hooks a store cached with :data:`STORE_SITES` holds (resid_pre 0 as the input node)."""
+    return node_hooks(n_layers, (_RESID0,))
 
 
 def node_outputs(model: Any, acts: Mapping[str, torch.Tensor]) -> Float[torch.Tensor, "upstream batch pos d_model"]:
@@ -57,7 +63,7 @@ def run_node_outputs(model: Any, tokens: torch.Tensor, embed: Optional[torch.Ten
     """Every upstream node's output in the model's own forward on ``tokens`` (no gradient);
     ``embed`` (batch, pos, d_model) replaces the input node's output (the residual entering
     block 0), as EAP-IG over inputs interpolates it."""
-    hooks = node_hooks(int(model.cfg.n_layers), (_RESID0,))
+    hooks = store_hooks(int(model.cfg.n_layers))
     acts: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Any:

@@ -12,14 +12,15 @@ from typing import Any
 from ..models import ModelLike
 from ..patching.config import PatchJobConfig
 from .circuit import SELECTIONS
+from .clean import STORE_SITES as CLEAN_SITES
+from .metrics import KINDS as METRICS
 
 __all__ = ["CircuitJobConfig", "METHODS", "METRICS", "CLEAN_SITES"]
 
 #: edge scores: exact (one patched forward per edge, batched) and the attribution estimates
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
-METRICS = ("logit-diff", "norm-logit-diff", "kl")
-#: the clean activations edge scores read from a store: every upstream node's output
-CLEAN_SITES = "z:all,mlp_out:all,resid_pre:0"  # resid_pre 0 = embed + pos_embed, the input node
+#: METRICS (circuits.metrics.KINDS) and CLEAN_SITES (circuits.clean.STORE_SITES, the clean activations
+#: edge scores read from a store: every upstream node's output) are defined where they are used
 
 _PATCH = {f.name: f for f in dataclasses.fields(PatchJobConfig)}
 

@@ -44,6 +44,7 @@ from ..patching.clean import check_store_model, store_rows
 from ..patching.pairs import Pairs, check_source, clean_store_fix, read_pairs, task_pairs
 from ..store import ActivationStore, ResultWriter
 from .circuit import SELECTIONS, Circuit, select_circuit
+from .clean import store_hooks
 from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
 from .faithfulness import Faithfulness, default_sizes, faithfulness
 from .graph import Graph
@@ -116,9 +117,7 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     store = ActivationStore.open(cfg.store)
     check_store_model(store, model.bridge)
     have = set(store.sites)
-    L = model.info.n_layers
-    need = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
-    missing = [h for h in need if h not in have]
+    missing = [h for h in store_hooks(model.info.n_layers) if h not in have]
     fix = clean_store_fix(cfg, cfg.store, CLEAN_SITES, n_pos, model.info.dtype)  # type: ignore[arg-type]
     if missing:
         raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "

@@ -19,7 +19,7 @@ from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_lik
 from .results import write_result
 from .view import ArrayView, array_name
 
-__all__ = ["ActivationStore", "open_store", "not_a_store"]
+__all__ = ["ActivationStore", "open_store", "not_a_store", "merged_stats", "stats_unreadable"]
 
 _NEW_STORE = "`actstore cache NEW.zarr --model ... --dataset ...`"
 
@@ -281,10 +281,10 @@ class ActivationStore:
         final = f"stats/{hook}"
         try:
             if done.all() and read_key(self.group.store, f"{final}/mean/zarr.json") is not None:
-                count, mean, m2 = (self.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
-                if not all(map(chunk_present, (count, mean, m2))):
-                    raise damaged(self.path, final, "an object of the merged statistics is missing or empty")
-                return Moments(int(count[()]), np.asarray(mean[...]), np.asarray(m2[...]))
+                merged = merged_stats(self, hook)
+                if isinstance(merged, str):
+                    raise damaged(self.path, final, merged)
+                return merged
             if read_key(self.group.store, "stats/partials/zarr.json") is None:
                 raise damaged(self.path, "stats", "the statistics are missing (stats/partials)")
             partials = self.array("stats/partials")
@@ -295,7 +295,7 @@ class ActivationStore:
         except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
             if isinstance(e, ValueError) and "checksum" not in str(e):
                 raise
-            raise damaged(self.path, "stats", f"the statistics of {hook} cannot be read ({str(e)[:80]})") from e
+            raise damaged(self.path, "stats", stats_unreadable(hook, e)) from e
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
@@ -319,3 +319,26 @@ class ActivationStore:
 def open_store(path: str | os.PathLike[str]) -> ActivationStore:
     """Open the store at ``path`` (a folder or an fsspec URL) for reading: ``actstore.open``."""
     return ActivationStore.open(path)
+
+
+def stats_unreadable(hook: str, e: Exception) -> str:
+    """What is wrong with statistics that raised ``e`` (a checksum, or a codec of a store
+    written before them) when read."""
+    return f"the statistics of {hook} cannot be read ({str(e)[:80]})"
+
+
+def merged_stats(store: ActivationStore, hook: str) -> Moments | str:
+    """The merged statistics of ``hook`` (``stats/<hook>``, their metadata checked by
+    :meth:`ActivationStore.array`), or what is wrong with their objects: the one check of
+    them, which :meth:`ActivationStore.stats` raises and ``actstore verify`` reports. A
+    ValueError other than a checksum's is raised."""
+    final = f"stats/{hook}"
+    try:
+        count, mean, m2 = (store.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
+        if not all(map(chunk_present, (count, mean, m2))):
+            return "an object of the merged statistics is missing or empty"
+        return Moments(int(count[()]), np.asarray(mean[...]), np.asarray(m2[...]))
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, ValueError) and "checksum" not in str(e):
+            raise
+        return stats_unreadable(hook, e)

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
-from .nodes import as_defined, chunk_present, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
-from .reader import ActivationStore
+from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
+from .reader import ActivationStore, merged_stats, stats_unreadable
 
 __all__ = ["Damage", "verify_store", "FIXES"]
 
@@ -95,15 +95,15 @@ def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
         problems = [f"'{n}': {p}" for n in nodes if (p := node_problem(store.group.store, n, store.expected[n]))]
         if not problems:
             try:
-                g = store.group[name]
+                have = merged_stats(store, hook)
                 m = merge_partials(store.group["stats/partials"], hook, done)
-                if not all(chunk_present(g[n]) for n in ("count", "mean", "M2")):  # type: ignore[arg-type]
-                    problems.append("an object is missing or empty")
-                elif not (int(g["count"][()]) == m.count and np.array_equal(g["mean"][...], m.mean)
-                          and np.array_equal(g["M2"][...], m.m2)):
+                if isinstance(have, str):
+                    problems.append(have)
+                elif not (have.count == m.count and np.array_equal(have.mean, m.mean)
+                          and np.array_equal(have.m2, m.m2)):
                     problems.append("differs from the merge of the per-shard statistics")
             except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
-                problems.append(f"cannot be read ({str(e)[:80]})")
+                problems.append(stats_unreadable(hook, e))
         if problems:
             out.append(Damage(name, None, None, "; ".join(problems), "stats"))
     return out

@@ -9,6 +9,7 @@ from actstore.analysis import direct_logit_attribution, induction_scores, logit_
 from actstore.errors import ConfigError
 
 from ..conftest import DOCS
+from ..helpers import layer_norm_unembed
 
 H = 6  # half length of the repeated random rows
 
@@ -63,14 +64,6 @@ def test_induction_needs_patterns_and_repeats(text_store):
         induction_scores(text_store, progress=False)
     with pytest.raises(ConfigError, match="holds no attention patterns"):
         induction_scores(text_store, half_len=4, progress=False)
-
-
-def layer_norm_unembed(x, bridge):
-    """Independent: LayerNorm and unembedding written out in float64 numpy."""
-    w, b = bridge.ln_final.w.detach().double().numpy(), bridge.ln_final.b.detach().double().numpy()
-    x = x.astype(np.float64)
-    xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + bridge.cfg.eps)
-    return (xn * w + b) @ bridge.W_U.detach().double().numpy() + bridge.b_U.detach().double().numpy()
 
 
 def test_logit_lens_equals_direct_decoding(text_store, tiny_model, bridge):

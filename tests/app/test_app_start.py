@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,14 @@ if not hasattr(os, "killpg"):
                 allow_module_level=True)
 import pty  # noqa: E402  (POSIX only)
 
+from ..helpers import free_port
+
 HEALTH = "/_stcore/health"  # Streamlit's health endpoint: "ok" once it serves
 SERVE_WITHIN = 60.0  # seconds: the issue's bound for a page served
 BROWSER_GRACE = 2.0  # seconds after the first page: --open's browser call comes well within this
 PROMPT_TEXT = ("Email:", "Welcome to Streamlit", "onboarding emails")  # Streamlit's first-run prompt
 STATS_TEXT = "Collecting usage statistics"  # what Streamlit prints when usage stats are on by default
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never through a proxy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _actstore() -> list[str]:
@@ -83,7 +78,7 @@ class Served:
 @contextlib.contextmanager
 def serve(tmp_path: Path, *flags: str, stdin: str = "closed") -> Iterator[Served]:
     """`actstore app --port P FLAGS` with stdin closed (/dev/null) or a terminal (a pty)."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     home.mkdir()
     calls = tmp_path / "browser-calls"

@@ -15,6 +15,8 @@ import torch
 from actstore.app.prompt_data import cache_prompt, default_prompt, token_table
 from actstore.demo import repeated_tokens
 
+from ..helpers import layer_norm_unembed
+
 PROMPT = default_prompt("actstore-demo")
 
 
@@ -50,16 +52,6 @@ def ref(demo_model):
     return ids, cache
 
 
-def layer_norm_unembed(x: np.ndarray, bridge) -> np.ndarray:
-    """Independent: the final LayerNorm and the unembedding written out in float64 numpy."""
-    w, b = bridge.ln_final.w.detach().double().numpy(), bridge.ln_final.b.detach().double().numpy()
-    x = x.astype(np.float64)
-    xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + bridge.cfg.eps)
-    logits = (xn * w + b) @ bridge.W_U.detach().double().numpy() + bridge.b_U.detach().double().numpy()
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    return p / p.sum(-1, keepdims=True)
-
-
 def test_prompt_store_holds_run_with_cache(demo_model, ref):
     ids, cache = ref
     p = cache_prompt(demo_model, PROMPT.text)
@@ -84,7 +76,8 @@ def test_logit_lens_page_equals_direct_decoding(open_app, demo_model, ref):
     lens_fig, rank_fig = charts(at)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(4)]
     target = tok.encode(PROMPT.answer, add_special_tokens=False)[0]
-    probs = np.stack([layer_norm_unembed(cache[h][0].detach().numpy(), bridge) for h in hooks])  # (site, pos, vocab)
+    probs = np.stack([layer_norm_unembed(cache[h][0].detach().numpy(), bridge, softmax=True)
+                      for h in hooks])  # (site, pos, vocab)
     assert_close_to_spread(array(lens_fig["data"][0]["z"]), probs[..., target], 1e-4, 0.01)
     want_rank = (probs > probs[..., target:target + 1]).sum(-1)
     assert np.array_equal(array(rank_fig["data"][0]["z"]), want_rank)

@@ -4,7 +4,6 @@ environment variables, against the single-process reference store, byte for byte
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,10 @@ from actstore.parallel import Group
 
 from ..conftest import RESUME_OPTS, needs_tl4, store_files
 
+from ..helpers import free_port
+
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(out: Path, model: str, corpus: str, *extra: str) -> list[str]:
@@ -47,14 +42,14 @@ def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 def _torchrun(args: list[str], nproc: int = 2, **env: str) -> subprocess.CompletedProcess[str]:
     return _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                 "--master-port", str(_free_port()), "-m", "actstore", *args], **env)
+                 "--master-port", str(free_port()), "-m", "actstore", *args], **env)
 
 
 def _bare_ranks(args: list[str], faults: dict[int, str], env_of: dict[int, dict[str, str]] | None = None
                 ) -> list[subprocess.CompletedProcess[str]]:
     """Two processes started by hand with the variables every launcher sets (plus
     ``env_of[rank]``)."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
@@ -90,7 +85,7 @@ def test_slurm_script_two_processes_write_the_single_process_store(tmp_path, tin
     script = Path(__file__).resolve().parents[2] / "scripts" / "slurm_cache.sh"
     args = [a for a in _args(out, tiny_model, corpus_file)[2:] if a != "--quiet"]  # the flags after 'cache OUT'
     r = _run(["bash", str(script), str(out), *args], PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
-             SLURM_JOB_NODELIST="node1", SLURM_JOB_NUM_NODES="1", NPROC_PER_NODE="2", MASTER_PORT=str(_free_port()),
+             SLURM_JOB_NODELIST="node1", SLURM_JOB_NUM_NODES="1", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()),
              SLURM_JOB_ID="4242")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes; each writes its own shards" in r.stderr
@@ -148,7 +143,7 @@ def test_all_processes_killed_then_accelerate_launch_resumes(tmp_path, tiny_mode
     assert list(actstore.ActivationStore.open(out).done) == [True, False, False, False]
     r = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "actstore",
+              "--main_process_port", str(free_port()), "-m", "actstore",
               *_args(out, tiny_model, corpus_file, "--resume")])
     assert r.returncode == 0, r.stderr[-3000:]
     assert store_files(out) == store_files(reference)

@@ -5,7 +5,6 @@ an identical store; readers see only finished rows; one writer at a time."""
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +22,6 @@ from actstore.store import verify_store
 
 from ..conftest import DOCS, RESUME_OPTS as OPTS
 from .test_resume import SLOW_DISK, assert_same_store, cli_args
-
-
-@pytest.fixture
-def copy(reference, tmp_path):
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
-    return out
 
 
 def flip_byte(path, offset=40):

@@ -8,6 +8,7 @@ before any work, with one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import json
+from functools import partial
 import os
 
 import numpy as np
@@ -20,24 +21,16 @@ from actstore.cli import main
 from actstore.store import ResultWriter
 
 from ..circuits.test_faithfulness import hooked_circuit_logits
+from .. import helpers
 from ..fidelity_cases import assert_close_rel, boot
 
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
+one_line_error = partial(helpers.one_line_error, prefix=False)  # the message's prefix is not checked here
 
 
 @pytest.fixture(scope="module")

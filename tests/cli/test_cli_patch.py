@@ -20,6 +20,7 @@ from actstore.cli import main
 
 from ..conftest import needs_tl4
 from ..fidelity_cases import assert_close_rel, boot
+from ..helpers import one_line_error
 
 
 PAIRS = [
@@ -32,12 +33,7 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny forwards: see test_patching
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny forwards
 
 
 def write_pairs(path, pairs) -> str:
@@ -124,13 +120,6 @@ def test_patch_heads_with_clean_activations_from_a_store(tmp_path, sharp_model, 
     assert ld.metadata.dimension_names == ("pair", "layer", "head")
     close(ld[...], reference(sharp, tokenizer, "get_act_patch_attn_head_out_all_pos"), sharp, torch.tensor([[0] * 15]))
     assert (tmp_path / "clean.attn_head_out_all_pos.png").exists()
-
-
-def one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("actstore: error: ") and err.count("\n") == 1
-    return err
 
 
 @needs_tl4

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ import zarr
 import actstore
 from actstore.cli import main
 from actstore.errors import ActStoreError, ConfigError, StoreNotFoundError, UnknownSiteError
+
+from .. import helpers
 
 
 class Started(BaseException):
@@ -40,12 +43,7 @@ def digest(path: str | Path) -> dict[str, str]:
             if p.is_file()}
 
 
-def one_line_error(capsys, argv: list[str], match: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err
-    assert err.startswith("actstore: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert re.search(match, err), err
+one_line_error = partial(helpers.one_line_error, clear=True)  # (capsys, argv, match)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@ with two threads on a busy 2-core machine each waits on the other (~20x slower),
 every module here runs on one thread (restored after it)."""
 
 import pytest
-import torch
+
+from ..helpers import one_thread
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield

@@ -17,7 +17,6 @@ actstore patches the residual stream either way (test_resid_mid_is_the_residual_
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 
 import pandas as pd
@@ -33,6 +32,7 @@ from actstore.errors import EngineCheckError
 
 from ..conftest import TL4
 from ..fidelity_cases import Case, assert_matches, demo_case, hooked_transformer, wide_case
+from ..helpers import no_prefix
 
 # every sweep of the table (tests/patching/test_table.py: the table is transformer_lens.patching's list)
 SINGLE = [name for name, row in SWEEPS.items() if row.kind == "single"]
@@ -178,17 +178,12 @@ def test_hooked_transformer_means_the_same(cases, sweep):
 # --- the self-check ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _no_prefix(model, layers, prefix):  # the prefix never reaches the attentions
-    yield
-
-
 def test_self_check_catches_a_lost_prefix(cases, monkeypatch):
     """Keys and values of the earlier positions dropped (what transformers 5.24 did to
     the old engine): the sweep raises instead of returning wrong numbers; kv_prefix=False,
     the way round it named in the error, gives the reference's values."""
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
-    monkeypatch.setattr(_patch_engine, "attention_prefix", _no_prefix)
+    monkeypatch.setattr(_patch_engine, "attention_prefix", no_prefix)
     with pytest.raises(EngineCheckError, match=r"plain run_with_hooks.*transformers \d.*transformer-lens \d.*"
                                                r"kv_prefix=False"):
         ap.get_act_patch_resid_pre(case.bridge, case.corrupted, case.cache, case.ld, progress=False)

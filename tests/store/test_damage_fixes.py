@@ -22,13 +22,6 @@ from ..capture.test_resume import assert_same_store
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture
-def copy(reference: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
-    return out
-
-
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))
     got = capsys.readouterr()

@@ -184,7 +184,7 @@ def test_position_probe(tmp_path):
 
 @needs_tl4  # actstore patch
 def test_tour_writes_figures(tmp_path, capsys):
-    from actstore.demo.tour import run_tour
+    from actstore.cli.main import run_tour
 
     res = run_tour(str(tmp_path / "tour"), n_rows=24, n_rep_rows=8, n_pairs=4, quiet=True)
     assert len(res.figures) == 4

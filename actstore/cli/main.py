@@ -77,7 +77,7 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
 
 def _register_tour(sub: argparse._SubParsersAction) -> None:
     doc = tour.__doc__ or ""
-    p = sub.add_parser("tour", help="a short tour on the offline demo model: cache, probe, induction heads, patching",
+    p = sub.add_parser("tour", help="a short tour on the offline demo model: cache, probe, induction heads, patching, the IOI circuit",
                        description=doc.split("\n\n")[0], epilog="example:\n  actstore tour demo_out",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", default="demo_out", help="folder for the stores and figures (default demo_out)")

@@ -4,7 +4,9 @@ each step is an `actstore` command, printed, then run; figures land in one folde
 1. cache the bundled demo corpus through `actstore-demo` (the main job) and describe it;
 2. probe the residual stream for the token's position, layer by layer;
 3. cache repeated random tokens and find the induction heads;
-4. write held-out IOI prompt pairs and patch the residual stream and every head's output.
+4. write held-out IOI prompt pairs and patch the residual stream and every head's output;
+5. find the IOI circuit on those pairs (edge attribution patching) and draw it;
+and then says how to open the explorer (`actstore app`) on what it wrote.
 
     actstore tour demo_out        # or: bash scripts/demo.sh, which also sets up .venv
 
@@ -17,6 +19,7 @@ of those names that it did not make, unless asked to with ``--overwrite``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,9 +42,11 @@ Runner = Callable[[Sequence[str], bool], None]
 HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
 MARKER = ".actstore-tour"  # written first into the tour's folder: what is there was made by a tour
 STORES = ("demo.zarr", "induction.zarr")  # actstore stores (`actstore cache`)
-GROUPS = ("ioi.zarr",)  # Zarr groups of results (`actstore patch --out`)
+GROUPS = ("ioi.zarr", "ioi_circuit.zarr")  # Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
+CIRCUIT_METHOD, CIRCUIT_TOP = "eap", 20  # one backward per pair: a second or two on a CPU
 FILES = ("probe_position.png", "induction_heads.png", "ioi_pairs.jsonl", "ioi_patch_resid_pre.png",
-         "ioi_patch_attn_head_out_all_pos.png")
+         "ioi_patch_attn_head_out_all_pos.png", *(f"ioi_circuit.{CIRCUIT_METHOD}.circuit.{x}" for x in ("png", "dot", "json")),
+         "ioi_circuit.faithfulness.png")
 OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (besides MARKER)
 
 
@@ -54,6 +59,8 @@ class TourResult:
     loss_halves: tuple[float, float] | None = None  # mean loss on the first, the repeated half
     ioi_logit_diff: float = float("nan")  # mean clean logit difference (answer - wrong) over the pairs
     ioi_accuracy: float = float("nan")  # share of pairs with a positive clean logit difference
+    circuit_heads: list[str] = field(default_factory=list)  # 'layer.head' of the attention heads in the IOI circuit
+    circuit_edges: int = 0  # edges of the IOI circuit drawn (after pruning to paths from the input to the logits)
     seconds: float = 0.0
 
 
@@ -138,7 +145,7 @@ def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: 
     with open(os.path.join(out, MARKER), "w") as f:  # first: an interrupted tour's folder is still the tour's
         f.write("Made by `actstore tour`; a later tour into this folder replaces: " + ", ".join(OUTPUTS) + "\n")
     res = TourResult(out=out)
-    main_store, rep_store, patch_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
+    main_store, rep_store, patch_out, circuit_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
     pairs = os.path.join(out, "ioi_pairs.jsonl")
     if say:
         print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
@@ -183,10 +190,34 @@ def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: 
         res.figures.append(png)
     ld = np.asarray(zarr.open_group(patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
     res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
+
+    # 5. the circuit behind it: edge attribution patching on the same pairs, the best edges drawn
+    run(["circuit", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--method", CIRCUIT_METHOD, "--top",
+         str(CIRCUIT_TOP), "--out", circuit_out, "--overwrite", *q], say)
+    stem = os.path.join(out, f"ioi_circuit.{CIRCUIT_METHOD}.circuit")
+    with open(stem + ".json") as f:
+        drawn = json.load(f)
+    res.circuit_heads = [_head(n) for n in drawn["nodes"] if n.startswith("a")]
+    res.circuit_edges = int(drawn["n_edges"])
+    res.figures.append(stem + ".png")
     res.seconds = time.time() - t0
     if say:
         print(summary(res))
     return res
+
+
+def _head(node: str) -> str:
+    """'a2.h3' (a circuit's node) -> '2.3' (layer.head, as the induction heads are named)."""
+    layer, head = node[1:].split(".h")
+    return f"{layer}.{head}"
+
+
+def _app_installed() -> bool:
+    """Whether `actstore app` can start: the app extra's packages are importable (scripts/setup_env.sh,
+    and so scripts/demo.sh, installs them with the test extra)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("streamlit", "plotly"))
 
 
 def summary(res: TourResult) -> str:
@@ -205,9 +236,15 @@ def summary(res: TourResult) -> str:
         f"  position probe, test accuracy by layer (resid_post): {acc}",
         f"  held-out IOI prompts: mean logit diff (answer - wrong) {res.ioi_logit_diff:.2f}, "
         f"right on {res.ioi_accuracy:.0%} of pairs",
+        f"  IOI circuit ({CIRCUIT_METHOD}, {res.circuit_edges} edges): attention heads (layer.head) "
+        f"{', '.join(res.circuit_heads) or 'none'}",
         "Figures to open:",
         *[f"  {f}" for f in res.figures],
-        f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr",
+        f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr, "
+        f"{res.out}/ioi_circuit.zarr",
+        "To explore them (and your own prompts) in the browser, open the explorer"
+        + ("" if _app_installed() else ", after pip install 'actstore[app]' (its extra is missing here)") + ":",
+        f"  actstore app --model {resources.DEMO_MODEL} --store {res.out}/demo.zarr --store {res.out}/induction.zarr",
         "=" * 78,
     ]
     return "\n".join(lines)

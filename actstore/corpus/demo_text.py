@@ -36,7 +36,7 @@ from .synthetic import bos_id, ordinary_tokens, repeated_random_rows
 from .vocab import (DEMO_NAMES as NAMES, DEMO_OBJECTS as OBJECTS, DEMO_PLACES as PLACES, DEMO_ROLES as ROLES,
                            DEMO_SURNAMES as SURNAMES)
 
-__all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
+__all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "ROLES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
            "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words",
            "write_documents"]

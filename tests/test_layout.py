@@ -1,10 +1,12 @@
 """The package's shape: subpackages follow the data flow (foundation -> corpus -> store ->
-capture -> jobs -> cli/demo), lower layers never import higher ones, no import cycles,
-every relative import resolves, and no module is much over 400 lines.
+capture -> jobs -> cli/app/demo), lower layers never import higher ones, the top floors cli,
+app and demo never import one another (but for the one entry point in SIBLING_ENTRY_POINTS),
+no import cycles, every relative import resolves, and no module is much over 400 lines.
 
 Imports are read from the source (ast), including those inside functions and those under
 ``if TYPE_CHECKING:`` (type hints make a dependency too: a helper types its store by the
-Protocol in store/base.py, not by the reader that imports it)."""
+Protocol in store/base.py, not by the reader that imports it), and a module named by a string
+(``importlib.import_module("actstore.cli.cache")``, the CLI's table of commands)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ MAX_LINES = 420  # "about 400"
 LAYERS = {
     "actstore.errors": 0, "actstore.compat": 0, "actstore.sites": 0, "actstore.stats": 0, "actstore.models": 0,
     "actstore.parallel": 0, "actstore.location": 0, "actstore.plots": 0, "actstore.jsonl": 0, "actstore._faults": 0,
-    "actstore.resources": 0,
+    "actstore.resources": 0, "actstore.launch": 0,
     "actstore.corpus": 1,
     "actstore.store": 2,
     "actstore.capture": 3,
@@ -28,6 +30,14 @@ LAYERS = {
     "actstore.integrations": 4,
     "actstore.cli": 5, "actstore.demo": 5, "actstore.app": 5, "actstore.selftest": 5, "actstore.__main__": 5,
     "actstore": 6,  # the package's own __init__: the public API over everything
+}
+# the top floors: each is its own room; what two of them share lives lower (store/info.py,
+# corpus/demo_text.py, launch.py), and the CLI starts the app as a process, by launch.APP_MAIN
+SIBLINGS = ("actstore.cli", "actstore.app", "actstore.demo")
+# the only imports between them, each with its reason
+SIBLING_ENTRY_POINTS = {
+    ("actstore.cli.main", "actstore.demo.tour"): "`actstore tour` runs the demo's steps (demo/ knows the steps, "
+                                                 "cli/ runs each as a command)",
 }
 
 
@@ -60,7 +70,10 @@ def _imports(module: str) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES
+                and node.value.startswith("actstore.")):  # importlib.import_module("actstore.x.y")
+            out.append((node.lineno, node.value))
+        elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "actstore"]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -89,6 +102,22 @@ def test_lower_layers_never_import_higher_ones():
     upward = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
               for m, targets in GRAPH.items() for t in targets if t in MODULES and _layer(t) > _layer(m)]
     assert not upward, upward
+
+
+def _room(module: str) -> str | None:
+    return next((r for r in SIBLINGS if module == r or module.startswith(r + ".")), None)
+
+
+def test_top_floors_never_import_one_another():
+    across = [f"{m} imports {t}" for m, targets in GRAPH.items() for t in targets
+              if t in MODULES and _room(m) and _room(t) and _room(m) != _room(t)
+              and (m, t) not in SIBLING_ENTRY_POINTS]
+    assert not across, across
+
+
+def test_sibling_entry_points_are_used():  # an exception that no import needs any more goes
+    for m, t in SIBLING_ENTRY_POINTS:
+        assert t in GRAPH[m], f"{m} no longer imports {t}: drop it from SIBLING_ENTRY_POINTS"
 
 
 def test_no_import_cycles():

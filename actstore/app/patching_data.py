@@ -34,7 +34,7 @@ __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_reco
 DEMO_IOI = "demo-ioi"
 #: the page's built-in tasks: the demo model's held-out IOI pairs, then actstore.tasks' (factual needs a file)
 TASK_CHOICES: dict[str, str] = {
-    DEMO_IOI: "the demo model's held-out IOI pairs (actstore.demo.data.ioi_pairs, template 0): the corrupted "
+    DEMO_IOI: "the demo model's held-out IOI pairs (actstore.corpus.demo_text.ioi_pairs, template 0): the corrupted "
               "prompt names the indirect object where the clean one repeats the subject",
     **{k: v for k, v in tasks.TASKS.items() if k != "factual"},
 }
@@ -54,7 +54,7 @@ def default_task(model_name: str) -> str:
 def task_records(task: str, n_pairs: int, seed: int, tokenizer: Any) -> list[dict[str, Any]]:
     """``n_pairs`` pairs of a built-in task as `actstore patch --pairs` records."""
     if task == DEMO_IOI:
-        from ..demo import data
+        from ..corpus import demo_text as data
 
         if n_pairs < 1:
             raise ConfigError(f"the number of pairs must be at least 1, got {n_pairs}.")

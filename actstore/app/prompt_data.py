@@ -19,7 +19,7 @@ import pandas as pd
 from ..analysis import (DirectLogitAttribution, InductionScores, LogitLens, direct_logit_attribution, induction_scores,
                         logit_lens, single_token)
 from ..capture import cache
-from ..demo.data import ioi_pairs
+from ..corpus.demo_text import ioi_pairs
 from ..errors import ConfigError
 from ..models import LoadedModel
 from ..resources import DEMO_MODEL

@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 
-from ..cli.main import info_text
 from ..errors import ConfigError, RowIndexError, StoreNotFoundError, UnknownSiteError
 from ..resources import tokenizer_for
 from ..sites import Site
 from ..store import ActivationStore
 from ..store.format import walk_arrays
+from ..store.info import info_text
 
 __all__ = ["info_text", "info_json", "sites_table", "SiteStats", "site_stats", "feature_variance", "token_sites", "RowView",
            "row_view", "ResultsSource", "ResultArray", "open_results", "axis_labels", "result_slice", "MAX_CELLS"]

@@ -56,7 +56,7 @@ def _app(args: argparse.Namespace) -> int:  # returns only on an error: serving 
         raise ConfigError(f"--port {args.port} is not a port; pass one in 1..65535, e.g. 8501.")
     if args.headless and args.open_browser:
         raise ConfigError("--headless (no browser, the default now) contradicts --open; drop --headless.")
-    from ..app import MAIN, MODEL_ENV, STORES_ENV
+    from ..launch import APP_MAIN as MAIN, MODEL_ENV, STORES_ENV
 
     env = {**os.environ, MODEL_ENV: args.model,
            STORES_ENV: "\n".join(os.path.abspath(s) if not is_url(s) else s for s in args.store)}
@@ -84,9 +84,9 @@ def served_url(address: str, port: int) -> str:
 def _open_when_serving(url: str) -> None:
     """Start actstore/app/opener.py beside the server this process becomes (same pid after
     execve): a fresh interpreter with the standard library only (-I), which detaches at once."""
-    from ..app import opener
+    from ..launch import APP_OPENER
 
-    proc = subprocess.Popen([sys.executable, "-I", opener.__file__, url, str(os.getpid())],
+    proc = subprocess.Popen([sys.executable, "-I", APP_OPENER, url, str(os.getpid())],
                             stdin=subprocess.DEVNULL)
     if hasattr(os, "fork"):  # it forks and its first process exits at once: nothing left for the server to reap
         proc.wait()

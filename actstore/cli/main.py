@@ -1,23 +1,27 @@
 """The `actstore` command: a thin layer over the library (flags -> config -> one call).
-Errors of ours print one line and exit 2; --debug shows the traceback."""
+Errors of ours print one line and exit 2; --debug shows the traceback. Here too: `info`, and
+`actstore tour`, which runs the demo's steps (actstore/demo/tour.py) through this dispatch."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import shlex
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
+from ..demo import tour
 from ..errors import ActStoreError
 from ..store import ActivationStore
+from ..store.info import info_text
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
 # with set_defaults(run=handler), handler(args) -> exit code, and optionally
 # on_interrupt(args) -> str, what Ctrl-C left (printed on one line; exit code 130).
 _COMMAND_MODULES: tuple[str, ...] = ("actstore.cli.cache", "actstore.cli.analyze", "actstore.cli.verify",
-                                     "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest", "actstore.demo.tour",
+                                     "actstore.cli.patch", "actstore.cli.probe", "actstore.cli.selftest",
                                      "actstore.cli.circuit", "actstore.cli.app")
 
 
@@ -31,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     _register_info(sub)
     for name in _COMMAND_MODULES[1:]:
         importlib.import_module(name).register(sub)
+        if name.endswith(".selftest"):
+            _register_tour(sub)  # the commands' order in --help, as before
     return p
 
 
@@ -42,38 +48,6 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(run=_info)
 
 
-def info_text(store: ActivationStore) -> str:
-    m = store.meta
-    mod, corpus, lay = m.model, m.corpus, m.layout
-    item = np.dtype(m.storage_dtype).itemsize
-    lines = [
-        f"store      {store.path}  (format {m.format_version})",
-        f"model      {mod.name}  [{mod.label}]",
-        f"           {mod.n_layers} layers, d_model {mod.d_model}, {mod.n_heads} heads x d_head {mod.d_head}, "
-        f"n_ctx {mod.n_ctx}, dtype {mod.dtype}",
-        f"           weights {mod.fingerprint}",
-        f"corpus     {corpus.dataset}  (split {corpus.split}, field '{corpus.text_field}', {corpus.kind})",
-        f"           seq_len {corpus.seq_len}, packing {corpus.packing}: {corpus.bos_policy}",
-        f"rows       {store.rows_done} / {lay.n_rows} done"
-        f"  ({lay.n_shards} shard{'s' if lay.n_shards != 1 else ''} of {lay.rows_per_shard} rows,"
-        f" chunks of {lay.rows_per_chunk})",
-        *([] if store.is_complete else [f"           incomplete: {m.finish_hint(store.path)}"]),
-        f"storage    {m.storage_dtype}, codec {m.codec}",
-        "sites",
-    ]
-    total = 0
-    for s in m.sites:
-        nbytes = int(np.prod(s.shape)) * item
-        total += nbytes
-        heads = f" heads {list(s.heads)}" if s.heads is not None else ""
-        shape = ", ".join(f"{d}={n}" for d, n in zip(s.dims, s.shape))
-        lines.append(f"  {s.hook:<34} ({shape}){heads}  {nbytes / 1e6:,.1f} MB")
-    lines.append(f"  total activations {total / 1e6:,.1f} MB uncompressed")
-    sw = ", ".join(f"{k} {v}" for k, v in m.software.items())
-    lines += [f"created    {m.created}", f"command    {m.command_line}", f"software   {sw}"]
-    return "\n".join(lines)
-
-
 def _info(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
     store.check_metadata()
@@ -81,6 +55,45 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps({**store.metadata, "rows_done": store.rows_done}, indent=2))
     else:
         print(info_text(store))
+    return 0
+
+
+def _run(argv: Sequence[str], say: bool) -> None:
+    """Print the command and run it (its output hidden unless ``say``)."""
+    if say:
+        print(f"\n$ actstore {shlex.join(argv)}", flush=True)
+    with contextlib.nullcontext() if say else contextlib.redirect_stdout(io.StringIO()):
+        rc = main(list(argv))
+    if rc != 0:
+        raise ActStoreError(f"tour step `actstore {shlex.join(argv)}` failed (exit {rc}); see the message above.")
+
+
+def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
+             quiet: bool = False, overwrite: bool = False) -> tour.TourResult:
+    """`actstore tour` from Python: the tour's steps into ``out``, see :func:`actstore.demo.tour.run_tour`."""
+    return tour.run_tour(lambda argv, say: _run(argv, say), out, n_rows=n_rows, n_rep_rows=n_rep_rows,
+                         n_pairs=n_pairs, quiet=quiet, overwrite=overwrite)
+
+
+def _register_tour(sub: argparse._SubParsersAction) -> None:
+    doc = tour.__doc__ or ""
+    p = sub.add_parser("tour", help="a short tour on the offline demo model: cache, probe, induction heads, patching, the IOI circuit",
+                       description=doc.split("\n\n")[0], epilog="example:\n  actstore tour demo_out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", nargs="?", default="demo_out", help="folder for the stores and figures (default demo_out)")
+    p.add_argument("--n-rows", type=int, default=200, help="rows of 128 tokens of the demo corpus to cache")
+    p.add_argument("--n-pairs", type=int, default=32, help="held-out IOI pairs to patch")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files and stores of the tour's names in OUT that no earlier tour made "
+                        "(an earlier tour's are always replaced)")
+    p.set_defaults(run=_cli)
+
+
+def _cli(args: Any) -> int:
+    res = run_tour(args.out, n_rows=args.n_rows, n_pairs=args.n_pairs, quiet=args.quiet, overwrite=args.overwrite)
+    if args.quiet:
+        print(tour.summary(res))
     return 0
 
 

@@ -4,7 +4,9 @@ each step is an `actstore` command, printed, then run; figures land in one folde
 1. cache the bundled demo corpus through `actstore-demo` (the main job) and describe it;
 2. probe the residual stream for the token's position, layer by layer;
 3. cache repeated random tokens and find the induction heads;
-4. write held-out IOI prompt pairs and patch the residual stream and every head's output.
+4. write held-out IOI prompt pairs and patch the residual stream and every head's output;
+5. find the IOI circuit on those pairs (edge attribution patching) and draw it;
+and then says how to open the explorer (`actstore app`) on what it wrote.
 
     actstore tour demo_out        # or: bash scripts/demo.sh, which also sets up .venv
 
@@ -17,29 +19,34 @@ of those names that it did not make, unless asked to with ``--overwrite``.
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .. import resources
-from . import data as demo_data
-from ..errors import ActStoreError, ConfigError
+from ..corpus import demo_text as demo_data
+from ..errors import ConfigError
 from ..jsonl import write_records
 from ..sites import layer_of
 
-__all__ = ["TourResult", "run_tour", "check_tour_folder", "register", "OUTPUTS", "MARKER"]
+__all__ = ["TourResult", "Runner", "run_tour", "check_tour_folder", "summary", "OUTPUTS", "MARKER"]
+
+#: runs one step: (argv of an `actstore` command, print it and its output?) -> None, raising on a failure.
+#: The CLI's `actstore tour` (actstore/cli/main.py) passes its own; the demo never imports the CLI.
+Runner = Callable[[Sequence[str], bool], None]
 
 HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
 MARKER = ".actstore-tour"  # written first into the tour's folder: what is there was made by a tour
 STORES = ("demo.zarr", "induction.zarr")  # actstore stores (`actstore cache`)
-GROUPS = ("ioi.zarr",)  # Zarr groups of results (`actstore patch --out`)
+GROUPS = ("ioi.zarr", "ioi_circuit.zarr")  # Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
+CIRCUIT_METHOD, CIRCUIT_TOP = "eap", 20  # one backward per pair: a second or two on a CPU
 FILES = ("probe_position.png", "induction_heads.png", "ioi_pairs.jsonl", "ioi_patch_resid_pre.png",
-         "ioi_patch_attn_head_out_all_pos.png")
+         "ioi_patch_attn_head_out_all_pos.png", *(f"ioi_circuit.{CIRCUIT_METHOD}.circuit.{x}" for x in ("png", "dot", "json")),
+         "ioi_circuit.faithfulness.png")
 OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (besides MARKER)
 
 
@@ -52,22 +59,9 @@ class TourResult:
     loss_halves: tuple[float, float] | None = None  # mean loss on the first, the repeated half
     ioi_logit_diff: float = float("nan")  # mean clean logit difference (answer - wrong) over the pairs
     ioi_accuracy: float = float("nan")  # share of pairs with a positive clean logit difference
+    circuit_heads: list[str] = field(default_factory=list)  # 'layer.head' of the attention heads in the IOI circuit
+    circuit_edges: int = 0  # edges of the IOI circuit drawn (after pruning to paths from the input to the logits)
     seconds: float = 0.0
-
-
-def _run(argv: Sequence[str], say: bool) -> None:
-    """Print the command and run it (its output hidden unless ``say``)."""
-    import contextlib
-    import io
-
-    from ..cli import main
-
-    if say:
-        print(f"\n$ actstore {shlex.join(argv)}", flush=True)
-    with contextlib.nullcontext() if say else contextlib.redirect_stdout(io.StringIO()):
-        rc = main(list(argv))
-    if rc != 0:
-        raise ActStoreError(f"tour step `actstore {shlex.join(argv)}` failed (exit {rc}); see the message above.")
 
 
 def _fresh_name(out: str) -> str:
@@ -127,9 +121,10 @@ def check_tour_folder(out: str, overwrite: bool = False) -> None:
                           f"to let the tour replace {'them' if len(taken) > 1 else 'it'}.")
 
 
-def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
+def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
              quiet: bool = False, overwrite: bool = False) -> TourResult:
-    """Run the tour into ``out``, replacing what an earlier tour wrote there; files of the
+    """Run the tour's steps into ``out``, each an `actstore` command run by ``run`` (from Python:
+    :func:`actstore.cli.tour.run_tour`, which runs them as `actstore tour` does), replacing what an earlier tour wrote there; files of the
     tour's names (OUTPUTS) that no tour made are replaced only with ``overwrite``, see
     :func:`check_tour_folder`."""
     import zarr
@@ -150,20 +145,20 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     with open(os.path.join(out, MARKER), "w") as f:  # first: an interrupted tour's folder is still the tour's
         f.write("Made by `actstore tour`; a later tour into this folder replaces: " + ", ".join(OUTPUTS) + "\n")
     res = TourResult(out=out)
-    main_store, rep_store, patch_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
+    main_store, rep_store, patch_out, circuit_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
     pairs = os.path.join(out, "ioi_pairs.jsonl")
     if say:
         print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
 
     # 1. the main job: cache the demo corpus
-    _run(["cache", main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
+    run(["cache", main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
           "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q], say)
     if say:
-        _run(["info", main_store], say)
+        run(["info", main_store], say)
 
     # 2. where is the position? a logistic probe per layer
     probe_png = os.path.join(out, "probe_position.png")
-    _run(["probe", main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q], say)
+    run(["probe", main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q], say)
     store = ActivationStore.open(main_store)
     for hook in store.sites:
         scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
@@ -172,10 +167,10 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
 
     # 3. induction heads on repeated random tokens
     ind_png = os.path.join(out, "induction_heads.png")
-    _run(["cache", rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
+    run(["cache", rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
           "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
           "--overwrite", *q], say)
-    _run(["analyze", "induction", rep_store, "--figure", ind_png, *(["--json"] if quiet else [])], say)
+    run(["analyze", "induction", rep_store, "--figure", ind_png, *(["--json"] if quiet else [])], say)
     g = zarr.open_group(rep_store, mode="r")["results/analysis/induction"]
     ind = np.asarray(g["induction"][...])
     order = np.argsort(ind.ravel())[::-1][:3]
@@ -190,15 +185,39 @@ def run_tour(out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_p
     write_records(pairs, demo_data.ioi_pairs(n_pairs, template=0))
     for sweep in ("resid_pre", "attn_head_out_all_pos"):
         png = os.path.join(out, f"ioi_patch_{sweep}.png")
-        _run(["patch", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
+        run(["patch", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
               "--figure", png, "--overwrite", *q], say)
         res.figures.append(png)
     ld = np.asarray(zarr.open_group(patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
     res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
+
+    # 5. the circuit behind it: edge attribution patching on the same pairs, the best edges drawn
+    run(["circuit", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--method", CIRCUIT_METHOD, "--top",
+         str(CIRCUIT_TOP), "--out", circuit_out, "--overwrite", *q], say)
+    stem = os.path.join(out, f"ioi_circuit.{CIRCUIT_METHOD}.circuit")
+    with open(stem + ".json") as f:
+        drawn = json.load(f)
+    res.circuit_heads = [_head(n) for n in drawn["nodes"] if n.startswith("a")]
+    res.circuit_edges = int(drawn["n_edges"])
+    res.figures.append(stem + ".png")
     res.seconds = time.time() - t0
     if say:
         print(summary(res))
     return res
+
+
+def _head(node: str) -> str:
+    """'a2.h3' (a circuit's node) -> '2.3' (layer.head, as the induction heads are named)."""
+    layer, head = node[1:].split(".h")
+    return f"{layer}.{head}"
+
+
+def _app_installed() -> bool:
+    """Whether `actstore app` can start: the app extra's packages are importable (scripts/setup_env.sh,
+    and so scripts/demo.sh, installs them with the test extra)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("streamlit", "plotly"))
 
 
 def summary(res: TourResult) -> str:
@@ -217,30 +236,15 @@ def summary(res: TourResult) -> str:
         f"  position probe, test accuracy by layer (resid_post): {acc}",
         f"  held-out IOI prompts: mean logit diff (answer - wrong) {res.ioi_logit_diff:.2f}, "
         f"right on {res.ioi_accuracy:.0%} of pairs",
+        f"  IOI circuit ({CIRCUIT_METHOD}, {res.circuit_edges} edges): attention heads (layer.head) "
+        f"{', '.join(res.circuit_heads) or 'none'}",
         "Figures to open:",
         *[f"  {f}" for f in res.figures],
-        f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr",
+        f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr, "
+        f"{res.out}/ioi_circuit.zarr",
+        "To explore them (and your own prompts) in the browser, open the explorer"
+        + ("" if _app_installed() else ", after pip install 'actstore[app]' (its extra is missing here)") + ":",
+        f"  actstore app --model {resources.DEMO_MODEL} --store {res.out}/demo.zarr --store {res.out}/induction.zarr",
         "=" * 78,
     ]
     return "\n".join(lines)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tour", help="a short tour on the offline demo model: cache, probe, induction heads, patching",
-                       description=__doc__.split("\n\n")[0], epilog="example:\n  actstore tour demo_out",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", nargs="?", default="demo_out", help="folder for the stores and figures (default demo_out)")
-    p.add_argument("--n-rows", type=int, default=200, help="rows of 128 tokens of the demo corpus to cache")
-    p.add_argument("--n-pairs", type=int, default=32, help="held-out IOI pairs to patch")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace files and stores of the tour's names in OUT that no earlier tour made "
-                        "(an earlier tour's are always replaced)")
-    p.set_defaults(run=_cli)
-
-
-def _cli(args: Any) -> int:
-    res = run_tour(args.out, n_rows=args.n_rows, n_pairs=args.n_pairs, quiet=args.quiet, overwrite=args.overwrite)
-    if args.quiet:
-        print(summary(res))
-    return 0

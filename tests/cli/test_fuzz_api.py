@@ -105,7 +105,9 @@ TOUR_CASES = [
 
 @pytest.mark.parametrize("what,holds,overwrite,refused", TOUR_CASES, ids=[c[0] for c in TOUR_CASES])
 def test_tour_folder(store_dir, tmp_path, monkeypatch, capsys, what, holds, overwrite, refused):
-    from actstore.demo import tour
+    import importlib
+
+    tour = importlib.import_module("actstore.cli.main")  # `actstore tour` (actstore.cli is the function main)
 
     def started(argv, say):
         raise Started(argv)

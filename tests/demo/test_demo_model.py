@@ -184,15 +184,21 @@ def test_position_probe(tmp_path):
 
 @needs_tl4  # actstore patch
 def test_tour_writes_figures(tmp_path, capsys):
-    from actstore.demo.tour import run_tour
+    from actstore.cli.main import run_tour
 
     res = run_tour(str(tmp_path / "tour"), n_rows=24, n_rep_rows=8, n_pairs=4, quiet=True)
-    assert len(res.figures) == 4
+    assert len(res.figures) == 5 and res.figures[-1].endswith("ioi_circuit.eap.circuit.png")
     for f in res.figures:
         with open(f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", f
     assert set(res.probe_accuracy) == {0, 1, 2, 3} and res.induction_heads[0][1] >= 0.5
     assert res.ioi_logit_diff > 0 and res.loss_halves[1] < res.loss_halves[0]
+    # the IOI circuit found on 4 pairs holds head 2.3, the demo model's IOI head (docs/getting-started.md)
+    assert "2.3" in res.circuit_heads and res.circuit_edges > 0, res.circuit_heads
+    with open(os.path.join(res.out, "ioi_circuit.eap.circuit.json")) as f:
+        assert "a2.h3" in json.load(f)["nodes"]
+    text = tour.summary(res)
+    assert "IOI circuit (eap" in text and "2.3" in text and "actstore app --model actstore-demo" in text
     # it wrote only the files it declares, and its marker, so a second tour here replaces them
     assert sorted(os.listdir(res.out)) == sorted([tour.MARKER, *tour.OUTPUTS])
     tour.check_tour_folder(res.out)

@@ -1,5 +1,5 @@
 """`actstore info` as a page: the model, corpus, layout, sites and provenance of the chosen
-store (the CLI's own :func:`actstore.cli.main.info_text`), its rows done, and its sites
+store (the CLI's own :func:`actstore.store.info.info_text`), its rows done, and its sites
 as a table. Reads the store's metadata and its done manifest only."""
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import pytest
 import actstore
 from actstore.probes import Probe, fit_probes
 
-from ..capture.test_parallel import _run, _free_port, _torchrun
+from ..capture.test_parallel import _run, _torchrun
+from ..helpers import free_port
 
 pytestmark = pytest.mark.slow
 SITES = "resid_post:1,resid_post:2"
@@ -121,7 +122,7 @@ def test_streamed_logistic_every_process_reports_the_same_and_errors_reach_both(
     script = tmp_path / "fit.py"
     script.write_text(textwrap.dedent(SCRIPT.format(sites=SITES, logistic=LOGISTIC)))
     got = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                str(_free_port()), str(script), store.path, str(damaged), str(tmp_path)])
+                str(free_port()), str(script), store.path, str(damaged), str(tmp_path)])
     assert got.returncode == 0, got.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # the same report, notes and error on both processes

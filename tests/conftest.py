@@ -66,6 +66,23 @@ def gpt2_small_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def family_model(tmp_path_factory: pytest.TempPathFactory):
+    """``family_model(family)``: the folder of a random tiny model of ``family``
+    (:data:`actstore.random_models.FAMILIES`), weights drawn at std 0.2 so that patches
+    move metrics; each built once per session."""
+    from actstore.random_models import build_random_model
+
+    built: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            folder = tmp_path_factory.mktemp("families") / family
+            built[family] = str(build_random_model(family, folder, seed=1, initializer_range=0.2))
+        return built[family]
+    return get
+
+
+@pytest.fixture(scope="session")
 def bridge(tiny_model: str):
     import torch
     from transformer_lens.model_bridge import TransformerBridge

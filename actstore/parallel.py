@@ -18,6 +18,7 @@ with CPU processes needs, else on the process's GPU (``cuda:LOCAL_RANK``, nccl).
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +159,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _close_group() -> None:
+    """Close the process group before the interpreter exits: gloo's threads outliving
+    it abort the process now and then ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def group_for(device: str) -> Group:
     """The current run's process group: a single process unless launched by
     torchrun / accelerate (WORLD_SIZE > 1), in which case the process group is
@@ -168,6 +176,8 @@ def group_for(device: str) -> Group:
 
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=on_cpu)
+    atexit.unregister(_close_group)  # once, however many jobs this process runs
+    atexit.register(_close_group)
     local = int(getattr(state, "local_process_index", os.environ.get("LOCAL_RANK", 0)))
     dev = None
     if not on_cpu and device in ("auto", "cuda"):

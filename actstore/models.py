@@ -41,6 +41,7 @@ class ModelInfo:
     label: str  # e.g. "Hugging Face model", or the demo model's "DEMO model ..., NOT GPT-2"
     in_memory: bool = False  # passed as a TransformerBridge object, not loaded by name
     hooks: tuple[str, ...] = ()  # hook points the caller left hooks on (they run during caching)
+    n_kv_heads: int | None = None  # grouped-query attention's key/value heads; None: one per head
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata's model dict; an in-memory model adds ``"source": "in-memory"``
@@ -52,6 +53,8 @@ class ModelInfo:
         hooks = d.pop("hooks")
         if hooks:
             d["hooks"] = list(hooks)
+        if d["n_kv_heads"] is None:  # a model with one K/V per head records what it always did
+            del d["n_kv_heads"]
         return d
 
     @classmethod
@@ -68,8 +71,9 @@ class ModelInfo:
     @property
     def dim_sizes(self) -> dict[str, int]:
         """Dimension name -> size, for naming a site's axes."""
-        return {"head": self.n_heads, "d_head": self.d_head, "d_model": self.d_model,
-                "d_mlp": self.d_mlp, "d_vocab": self.d_vocab}
+        sizes = {"head": self.n_heads, "d_head": self.d_head, "d_model": self.d_model,
+                 "d_mlp": self.d_mlp, "d_vocab": self.d_vocab}
+        return sizes if self.n_kv_heads is None else {**sizes, "kv_head": self.n_kv_heads}
 
 
 @dataclass
@@ -281,6 +285,7 @@ def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: s
         n_layers=int(cfg.n_layers),
         d_model=int(cfg.d_model),
         n_heads=int(cfg.n_heads),
+        n_kv_heads=_kv_heads(cfg),
         d_head=int(cfg.d_head),
         d_mlp=int(getattr(cfg, "d_mlp", 4 * cfg.d_model) or 4 * cfg.d_model),
         d_vocab=int(cfg.d_vocab),
@@ -290,6 +295,12 @@ def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: s
         in_memory=in_memory,
         hooks=_attached_hooks(bridge) if in_memory else (),  # a bridge loaded here has none
     )
+
+
+def _kv_heads(cfg: Any) -> int | None:
+    """Grouped-query attention's key/value heads, None where every head has its own."""
+    n = getattr(cfg, "n_key_value_heads", None)
+    return int(n) if n and int(n) != int(cfg.n_heads) else None
 
 
 def _attached_hooks(bridge: Any) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import torch
 from .errors import UnknownSiteError
 
 __all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes", "hook_name", "layer_of",
-           "SITE_DIMS"]
+           "SITE_DIMS", "KV_SITES", "sizes_of"]
 
 # short name -> hook name template; {L} is the layer
 SHORT_SITES: dict[str, str] = {
@@ -53,6 +53,7 @@ SITE_DIMS: dict[str, tuple[str, ...]] = {
     "mlp_pre": ("pos", "d_mlp"), "mlp_post": ("pos", "d_mlp"),
     "embed": _RESID, "pos_embed": _RESID, "logits": ("pos", "d_vocab"), "loss": ("pos",),
 }
+KV_SITES = frozenset({"k", "v"})  # sites whose heads are key/value heads
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _SELECTOR_RE = re.compile(r"^(all|\d+(-\d+)?|\d+\.\d+)$")
 _EMBED_PREFIXES = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")
@@ -185,20 +186,25 @@ def _unknown(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
 
 
 def parse_sites(
-    spec: str | Sequence[str | Site], hook_names: Iterable[str], n_layers: int, n_heads: int
+    spec: str | Sequence[str | Site], hook_names: Iterable[str], n_layers: int, n_heads: int,
+    n_kv_heads: int | None = None,
 ) -> list[Site]:
     """Expand site specs (strings or Site values) to a sorted list of Sites, one per
     hook (head selections of one hook are merged). Raises UnknownSiteError naming
-    close matches."""
+    close matches. A key or value site's heads are the ``n_kv_heads`` key/value heads
+    where the model groups its queries (grouped-query attention)."""
     hook_names = set(hook_names)
     wanted: dict[str, set[int] | None] = {}  # hook -> heads (None = all)
 
     def add(hook: str, head: int | None, spec_text: str) -> None:
         if hook not in hook_names and hook not in DERIVED_SITES:
             raise _unknown(hook, hook_names)
-        if head is not None and not 0 <= head < n_heads:
+        kv = n_kv_heads is not None and Site.from_hook(hook).short in KV_SITES
+        limit = n_kv_heads if kv and n_kv_heads is not None else n_heads
+        if head is not None and not 0 <= head < limit:
             raise UnknownSiteError(
-                f"Site '{spec_text}': head {head} is out of range; this model has heads 0..{n_heads - 1}."
+                f"Site '{spec_text}': head {head} is out of range; this model has "
+                f"{'key/value heads' if kv else 'heads'} 0..{limit - 1}."
             )
         if hook in wanted and wanted[hook] is None:
             return
@@ -265,6 +271,7 @@ def _site_dims(site: Site, shape: Sequence[int], pos_axes: set[int], sizes: Mapp
     dims = SITE_DIMS.get(site.short or "")
     if dims is None:
         return _name_dims(shape, pos_axes, sizes)
+    sizes = sizes_of(site.short, sizes)
     if len(dims) != len(shape) or {i for i, d in enumerate(dims) if d.endswith("pos")} != pos_axes or any(
         d in sizes and sizes[d] != n for d, n in zip(dims, shape)
     ):
@@ -274,6 +281,14 @@ def _site_dims(site: Site, shape: Sequence[int], pos_axes: set[int], sizes: Mapp
             "differently: cache the hook by another name, or report the model."
         )
     return dims
+
+
+def sizes_of(short: str | None, sizes: Mapping[str, int]) -> Mapping[str, int]:
+    """The sizes of a site's dimensions: in a key or value site the heads are the
+    key/value heads (``kv_head``: grouped-query attention), elsewhere the query heads."""
+    if short in KV_SITES and "kv_head" in sizes:
+        return {**sizes, "head": sizes["kv_head"]}
+    return sizes
 
 
 def _name_dims(shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]) -> tuple[str, ...]:

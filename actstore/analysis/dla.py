@@ -1,5 +1,7 @@
-"""Direct logit attribution: each head's and MLP's output, through the final LayerNorm's
-scale, along the unembedding direction of the answer (minus the wrong one)."""
+"""Direct logit attribution: each head's and MLP's output, through the final norm's
+scale, along the unembedding direction of the answer (minus the wrong one). Exact for
+every family whose logits are a sum of those parts through the final norm (LayerNorm or
+RMSNorm); refused for one that is not (Gemma 2: post-norms and soft-capped logits)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..families import adapter_for
 from ..models import ModelLike
 from ..sites import hook_name
 from ..store import ActivationStore, ResultWriter
@@ -38,10 +41,10 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
                              wrong: int | None = None, pos: int | None = None,
                              progress: bool = True) -> DirectLogitAttribution:
     """Per head (from stored z and W_O) and per MLP layer (stored mlp_out): the
-    component, centred and divided by the final LayerNorm's scale of the final
-    residual (as TransformerLens's apply_ln_to_stack), dotted with ln_final.w times
-    the unembedding direction of ``target`` (minus ``wrong``). Reads position ``pos``,
-    default the last real token of each row."""
+    component, centred (LayerNorm only) and divided by the final norm's scale of the
+    final residual (as TransformerLens's apply_ln_to_stack), dotted with the final
+    norm's weight times the unembedding direction of ``target`` (minus ``wrong``).
+    Reads position ``pos``, default the last real token of each row."""
     if wrong is not None and wrong == target:
         raise ConfigError(f"The target and the wrong token are the same token ({target}), so every logit difference "
                           "is 0; pass another wrong token, or leave it out to attribute the target's logit.")
@@ -54,6 +57,9 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
                           "(or -1 for the last), or leave it out to read each row's last real token.")
     positions = _positions(store, rows, pos)
     loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    adapter = adapter_for(loaded, "DLA")
+    adapter.check_direct_paths("DLA")
+    centre = adapter.final_norm == "layernorm"
     info = loaded.info
     final = hook_name("resid_post", info.n_layers - 1)
     if final not in store.sites:
@@ -68,7 +74,7 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
         if tok is not None and not 0 <= tok < W_U.shape[1]:
             raise ConfigError(f"The {name} token {tok} is outside the model's vocabulary of {W_U.shape[1]} tokens.")
     direction = W_U[:, target] - (W_U[:, wrong] if wrong is not None else 0)
-    direction = (direction * b.ln_final.w.detach().double().cpu()).numpy()  # (d_model,)
+    direction = (direction * adapter.final_norm_weight(b).double().cpu()).numpy()  # (d_model,)
     W_O = b.W_O.detach().double().cpu().numpy()  # (layer, head, d_head, d_model)
     eps = float(b.cfg.eps)
     heads = np.full((len(rows), info.n_layers, info.n_heads), np.nan)
@@ -76,10 +82,11 @@ def direct_logit_attribution(store: ActivationStore, model: ModelLike, rows: Seq
     for i, r in enumerate(tqdm(rows, unit="row", desc="dla", disable=not progress)):
         p = positions[i]
         x = store.acts(final, rows=r)[p].astype(np.float64)
-        scale = np.sqrt(((x - x.mean()) ** 2).mean() + eps)
+        x = x - x.mean() if centre else x
+        scale = np.sqrt((x ** 2).mean() + eps)
 
         def project(c: np.ndarray) -> np.ndarray:  # (..., d_model) -> (...)
-            return ((c - c.mean(-1, keepdims=True)) / scale) @ direction
+            return ((c - c.mean(-1, keepdims=True) if centre else c) / scale) @ direction
 
         for s in z_sites:
             z = store.acts(s.hook, rows=r)[p].astype(np.float64)  # (head, d_head)

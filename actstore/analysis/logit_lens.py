@@ -1,5 +1,7 @@
-"""The logit lens: every stored residual decoded through the final LayerNorm and the
-unembedding; top-k tokens and the rank and probability of the next (or a target) token."""
+"""The logit lens: every stored residual decoded as the model decodes its final one (the
+final norm, the unembedding and, in Gemma 2, the logits' soft-capping: the family
+adapter's ``logits``); top-k tokens and the rank and probability of the next (or a
+target) token."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..families import adapter_for
 from ..models import ModelLike
 from ..sites import Site
 from ..store import ActivationStore, ResultWriter
@@ -49,7 +52,7 @@ def _resid_hooks(store: ActivationStore) -> list[str]:
 
 def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k: int = 5,
                target: int | None = None, progress: bool = True) -> LogitLens:
-    """Decode each stored residual through the final LayerNorm and the unembedding.
+    """Decode each stored residual as the model decodes its final residual.
     The tracked token is ``target`` at every position, else the row's next token
     (the last position then has none: probability NaN, rank -1, target -1)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -59,6 +62,7 @@ def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k:
         raise ConfigError(f"The logit lens needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}.")
     hooks = _resid_hooks(store)
     loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    adapter = adapter_for(loaded, "The logit lens")
     vocab = int(loaded.bridge.W_U.shape[-1])
     if k > vocab:
         raise ConfigError(f"k (--k) {k} is more than the model's vocabulary of {vocab} tokens; pass at most {vocab}.")
@@ -76,7 +80,7 @@ def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k:
         for j, hook in enumerate(hooks):
             x = torch.from_numpy(store.acts(hook, rows=r)).to(loaded.device, dtype)  # (pos, d_model)
             with torch.inference_mode():
-                probs = torch.softmax(bridge.unembed(bridge.ln_final(x[None]))[0].double(), dim=-1)  # (pos, vocab)
+                probs = torch.softmax(adapter.logits(bridge, x[None])[0].double(), dim=-1)  # (pos, vocab)
             tp, tt = probs.topk(k, dim=-1)
             top_p[i, j], top_t[i, j] = tp.cpu().numpy(), tt.cpu().numpy()
             tgt = np.full(L, target) if target is not None else np.append(tokens[1:], 0)

@@ -157,7 +157,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     info = model.info
     if cfg.seq_len > info.n_ctx:
         raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
-    sites = parse_sites(cfg.sites, model.bridge.hook_dict.keys(), info.n_layers, info.n_heads)
+    sites = parse_sites(cfg.sites, model.bridge.hook_dict.keys(), info.n_layers, info.n_heads, info.n_kv_heads)
     shapes = probe_shapes(model.capture, sites, cfg.seq_len, info.dim_sizes)
     storage_dtype = cfg.storage_dtype or ("float32" if info.dtype == "float32" else "float16")
 

@@ -11,4 +11,4 @@ from .base import ADAPTERS, Adapter, adapter_for, architecture_of, register
 
 __all__ = ["Adapter", "ADAPTERS", "adapter_for", "architecture_of", "register"]
 
-from . import gpt2  # noqa: E402,F401  (registers itself)
+from . import gemma2, gpt2, gpt_neox, llama  # noqa: E402,F401  (each registers itself)

@@ -9,9 +9,12 @@ model's weights. The architecture is read from the Hugging Face model the bridge
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Adapter", "ADAPTERS", "adapter_for", "architecture_of", "register"]
 
@@ -24,6 +27,48 @@ class Adapter:
     # `actstore cache --engine hf`: hook name template -> where the plain model computes it
     # (filled by the plain-transformers engine; see actstore/families/hf.py once it exists)
     hf_sites: ClassVar[Mapping[str, Any]] = {}
+    # the final norm: LayerNorm (centre, scale, weight, bias) or RMSNorm (scale, weight)
+    final_norm: ClassVar[Literal["layernorm", "rmsnorm"]] = "layernorm"
+    # Gemma's RMSNorm multiplies by 1 + weight: what is added to the stored weight
+    norm_weight_offset: ClassVar[float] = 0.0
+    # each attention and MLP output normalised before it joins the residual (Gemma 2's
+    # post-norms): a head's output then reaches the logits through a norm of the sum
+    sublayer_output_norms: ClassVar[bool] = False
+    # actstore's own block runner (patching, path patching, circuits) computes this
+    # family exactly (absolute positions, one K/V per head)
+    hand_run_blocks: ClassVar[bool] = False
+
+    @classmethod
+    def final_softcap(cls, bridge: Any) -> float | None:
+        """The cap c of the logits' soft-capping (c * tanh(logits / c)), or None."""
+        return None
+
+    @classmethod
+    def logits(cls, bridge: Any, resid: "torch.Tensor") -> "torch.Tensor":
+        """The logits the model computes from a final residual ``resid`` (..., d_model):
+        the final norm, the unembedding and the family's soft-capping, in the model's
+        own modules and order of operations (so the final layer's equal the forward's)."""
+        out = bridge.unembed(bridge.ln_final(resid))
+        cap = cls.final_softcap(bridge)
+        if cap:
+            out = (out / cap).tanh() * cap  # as transformers' Gemma2ForCausalLM
+        return out
+
+    @classmethod
+    def final_norm_weight(cls, bridge: Any) -> "torch.Tensor":
+        """The final norm's effective per-dimension weight."""
+        return bridge.ln_final.w.detach() + cls.norm_weight_offset
+
+    @classmethod
+    def check_direct_paths(cls, what: str) -> None:
+        """Refuse ``what`` (a linear attribution of the logits to each head's and MLP's
+        output) for a family whose logits are not such a sum."""
+        if cls.sublayer_output_norms:
+            raise ConfigError(
+                f"{what} attributes a logit to each head and MLP as a sum of parts, and {cls.name} models are not "
+                "such a sum: they normalise each attention and MLP output before it joins the residual (and soft-cap "
+                "the logits), so a per-head share is not defined exactly. actstore refuses rather than approximate; "
+                "use the logit lens, or patch the model with TransformerLens.")
 
 
 ADAPTERS: dict[str, type[Adapter]] = {}  # architecture -> adapter

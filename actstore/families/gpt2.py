@@ -12,4 +12,5 @@ __all__ = ["GPT2"]
 @register
 class GPT2(Adapter):
     name = "gpt2"
+    hand_run_blocks = True
     architectures = ("GPT2LMHeadModel",)

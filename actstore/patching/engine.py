@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..families import ADAPTERS, adapter_for, architecture_of
 from ..models import bridge_dtype
 from ..sites import hook_name, layer_of
 from . import self_check
@@ -197,12 +198,15 @@ def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int
 
 
 def check_model(model: Any) -> None:
-    cfg = model.cfg
-    if not hasattr(model, "blocks") or getattr(cfg, "positional_embedding_type", "standard") != "standard":
+    """Refuse a model whose blocks actstore's own block runner does not compute exactly
+    (its family adapter says which do), or one in training mode."""
+    adapter = adapter_for(model, "Activation patching")
+    if not adapter.hand_run_blocks or not hasattr(model, "blocks"):
+        hand = ", ".join(sorted({a.name for a in ADAPTERS.values() if a.hand_run_blocks}))
         raise ConfigError(
-            f"actstore.patching runs the blocks of GPT-2-family models (absolute position embeddings, causal "
-            f"attention); this model has positional_embedding_type={getattr(cfg, 'positional_embedding_type', None)!r}. "
-            "Use transformer_lens.patching for it.")
+            f"actstore.patching runs the blocks itself, and does so exactly for the {hand} family only (absolute "
+            f"position embeddings, one key/value per head); this is a {adapter.name} model "
+            f"({architecture_of(model)}). Use transformer_lens.patching for it.")
     training = [n for n, m in model.named_modules() if m.training]
     if training:
         raise ConfigError(f"activation patching requires the model in evaluation mode; found training mode at "

@@ -142,7 +142,7 @@ def _probe_hook(store: "ActivationStore", site: "str | Site") -> str:
     hooks = set(store.sites) | set(GLOBAL_SITES.values()) | {
         t.format(L=layer) for t in SHORT_SITES.values() for layer in range(model.n_layers)}
     try:
-        parsed = parse_sites(site, hooks, model.n_layers, model.n_heads)
+        parsed = parse_sites(site, hooks, model.n_layers, model.n_heads, model.n_kv_heads)
     except UnknownSiteError as e:
         raise UnknownSiteError(f"{e} {_saved_text(store)}") from None
     if len(parsed) != 1:

@@ -44,7 +44,7 @@ def resolve_sites(store: "StoreLike", spec: str | Sequence[str]) -> list[str]:
             wanted.update(got)
             continue
         try:
-            parsed = parse_sites(s, present, model.n_layers, model.n_heads)
+            parsed = parse_sites(s, present, model.n_layers, model.n_heads, model.n_kv_heads)
         except UnknownSiteError as e:
             raise UnknownSiteError(f"{e} This store holds: {', '.join(present)}.") from None
         for site in parsed:

@@ -1,0 +1,42 @@
+"""What actstore does not compute exactly for a family it refuses before any work, naming
+the way round: patching and circuits run the blocks themselves (GPT-2 only so far); a
+model of an architecture with no adapter is refused by every engine that asks for one."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from actstore.cli import main
+from actstore.errors import ConfigError
+from actstore.families import adapter_for
+from actstore.random_models import FAMILIES
+
+HAND_RUN = "runs the blocks itself, and does so exactly for the gpt2 family only"
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+def test_patching_and_circuits_refuse_families_they_do_not_run(family_model, family, tmp_path, capsys):
+    model = family_model(family)
+    assert main(["patch", "--model", model, "--task", "ioi", "--n-pairs", "2", "--sweep", "resid_pre", "--quiet",
+                 "--device", "cpu"]) != 0
+    out = tmp_path / "c.zarr"
+    assert main(["circuit", "--model", model, "--task", "ioi", "--n-pairs", "2", "--method", "eap", "--top", "3",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert err.count(HAND_RUN) == 2 and f"this is a {family} model" in err and "transformer_lens.patching" in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_an_architecture_with_no_adapter_is_refused() -> None:
+    class OPTForCausalLM:  # a transformers class actstore has no adapter for
+        pass
+
+    bridge = SimpleNamespace(original_model=OPTForCausalLM())
+    with pytest.raises(ConfigError, match=r"The logit lens needs a model-family adapter, and actstore has none for "
+                                          r"OPTForCausalLM; it serves gemma2 \(Gemma2ForCausalLM\), gpt2 "
+                                          r"\(GPT2LMHeadModel\), .*mistral \(MistralForCausalLM\)\. Use "
+                                          r"TransformerLens directly"):
+        adapter_for(bridge, "The logit lens")
+    assert adapter_for(SimpleNamespace(original_model=type("LlamaForCausalLM", (), {})())).name == "llama"

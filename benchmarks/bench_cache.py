@@ -95,6 +95,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn`` takes, started from a synced disk: no run pays for the writeback of
+    another's dirty pages (on a fast disk that moved the write ratios by 0.2 either way)."""
+    os.sync()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -182,6 +185,7 @@ def writer_alone(store: actstore.ActivationStore, out: Path, stats: bool = True)
     for h, t in bufs.tensors.items():  # the same activation bytes
         src = store.acts(h, rows=slice(0, min(layout.rows_per_shard, layout.n_rows)))
         t[:len(src)] = torch.from_numpy(np.ascontiguousarray(src))
+    os.sync()  # as timed()
     t0 = time.perf_counter()
     try:
         for k, rows, n in shards:

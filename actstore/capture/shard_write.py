@@ -107,13 +107,18 @@ class ShardWrite:
                 clear_shard(arr, k)
         self._all([(self._write, (name, k, getattr(rows, name))) for name in INDEX_ARRAYS if name in self.arrays])
         _faults.point("mid_write", k)
-        jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
-            (shard_moments, (acts[hook], self.shapes[hook], rows.mask)) for hook in self.columns]
-        jobs += [(self._write, (f"acts/{hook}", k, buf)) for hook, buf in acts.items()]
-        results = self._all(jobs)
+        # each site's write, then its moments: the threads interleave the disk's waits and the
+        # moments' arithmetic instead of doing all of one before the other
+        futures: dict[tuple[str, str], Any] = {}
+        for hook, buf in acts.items():
+            futures["write", hook] = self.pool.submit(self._write, f"acts/{hook}", k, buf)
+            if hook in self.columns:
+                futures["moments", hook] = self.pool.submit(shard_moments, buf, self.shapes[hook], rows.mask)
+        results = {key: f.result() for key, f in futures.items()}  # the first failure is raised
         if self.partials is not None:
             vec = np.zeros((1, self.partials.shape[1]))
-            for (hook, (offset, _)), m in zip(self.columns.items(), results):
+            for hook, (offset, _) in self.columns.items():
+                m = results["moments", hook]
                 packed = m.pack()
                 vec[0, offset:offset + len(packed)] = packed
             self._write("stats/partials", k, vec)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
-           "resolve_device", "check_device", "check_dtype", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES"]
+           "resolve_device", "check_device", "check_dtype", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES",
+           "Collector", "CaptureDone", "model_source"]
 
 
 
@@ -95,26 +96,12 @@ class LoadedModel:
         activation as its hook fires (so copies can start while the forward goes on)
         and nothing is returned. ``keep=False`` runs the same truncated forward without
         keeping anything (the bare-forward reference of the benchmarks)."""
-        fired: set[str] = set()
-        got: dict[str, torch.Tensor] = {}
-        wanted = {site.hook for site in sites}
         tokens = tokens.to(self.device)
+        collect = Collector(sites, tokens, keep, sink)
 
-        def hook_for(site: Site):
-            derive = _DERIVE.get(site.hook)
-
+        def hook_for(site: Site) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                fired.add(site.hook)
-                if keep or sink is not None:
-                    value = act.detach() if derive is None else derive(act, tokens)
-                    if site.heads is not None:
-                        value = value.index_select(_head_axis(site.hook), torch.tensor(site.heads, device=value.device))
-                    if sink is not None:
-                        sink(site.hook, value)
-                    else:
-                        got[site.hook] = value
-                if len(fired) == len(wanted):
-                    raise _CaptureDone
+                collect(site, act)
                 return act
             return fn
 
@@ -122,12 +109,43 @@ class LoadedModel:
         try:
             with torch.inference_mode():
                 self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None)
-        except _CaptureDone:
+        except CaptureDone:
             pass
-        missing = wanted - fired
+        return collect.result()
+
+
+class Collector:
+    """What a capture forward does with each site's activation as its hook fires, whatever
+    runs the hooks (the bridge, or the plain model's modules: ``--engine hf``): derive it
+    (loss from logits), narrow its heads, hand it to ``sink`` or keep it; after the last
+    site, raise :class:`CaptureDone` to abandon the rest of the forward."""
+
+    def __init__(self, sites: Sequence[Site], tokens: torch.Tensor, keep: bool,
+                 sink: Callable[[str, torch.Tensor], None] | None):
+        self.tokens, self.keep, self.sink = tokens, keep, sink
+        self.wanted = {site.hook for site in sites}
+        self.fired: set[str] = set()
+        self.got: dict[str, torch.Tensor] = {}
+
+    def __call__(self, site: Site, act: torch.Tensor) -> None:
+        self.fired.add(site.hook)
+        if self.keep or self.sink is not None:
+            derive = _DERIVE.get(site.hook)
+            value = act.detach() if derive is None else derive(act, self.tokens)
+            if site.heads is not None:
+                value = value.index_select(_head_axis(site.hook), torch.tensor(site.heads, device=value.device))
+            if self.sink is not None:
+                self.sink(site.hook, value)
+            else:
+                self.got[site.hook] = value
+        if len(self.fired) == len(self.wanted):
+            raise CaptureDone
+
+    def result(self) -> dict[str, torch.Tensor]:
+        missing = self.wanted - self.fired
         if missing:
             raise UnknownSiteError(f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached.")
-        return got
+        return self.got
 
 
 def _loss_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -144,7 +162,7 @@ def bridge_dtype(bridge: Any) -> torch.dtype:
     return next(bridge.original_model.parameters()).dtype
 
 
-class _CaptureDone(Exception):
+class CaptureDone(Exception):
     """Raised by the last capture hook to abandon the rest of the forward."""
 
 
@@ -173,28 +191,31 @@ def fingerprint(module: torch.nn.Module) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def load_model(name: str, dtype: str | None = None, device: str | None = "auto", revision: str | None = None) -> LoadedModel:
-    """Boot ``name`` (hub name, local folder, or 'actstore-demo') with TransformerBridge."""
-    from transformer_lens.model_bridge import TransformerBridge
-
+def model_source(name: str) -> tuple[str, str]:
+    """What transformers loads for ``name`` (the demo model's folder, a local folder, or
+    the hub name), and how the store labels it."""
     from . import resources
 
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    label = "Hugging Face model"
-    source = name
     if name == resources.DEMO_MODEL:
-        source = str(resources.demo_model_dir())
-        label = resources.DEMO_MODEL_LABEL
-    elif _looks_like_path(name):
+        return str(resources.demo_model_dir()), resources.DEMO_MODEL_LABEL
+    if _looks_like_path(name):
         path = os.path.expanduser(name)
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelNotFoundError(
                 f"Model folder '{name}' not found or has no config.json. Pass a folder written by "
                 "save_pretrained (config.json, weights, tokenizer) or a hub name such as 'gpt2'."
             )
-        source = path
-        label = "local model folder"
+        return path, "local model folder"
+    return name, "Hugging Face model"
+
+
+def load_model(name: str, dtype: str | None = None, device: str | None = "auto", revision: str | None = None) -> LoadedModel:
+    """Boot ``name`` (hub name, local folder, or 'actstore-demo') with TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source, label = model_source(name)
     kwargs: dict[str, Any] = {"device": dev, "dtype": DTYPES[dt]}
     if revision is not None:
         kwargs["revision"] = revision

@@ -13,7 +13,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from .batching import auto_batch_size, chunk_dividing, default_chunk_rows
 from .checks import Log, check_disk, check_output, check_same_run, existing_store, fmt_bytes
 from ..compat import versions
 from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
+from ..families.hf import ENGINES, HFCapture
 from ..errors import ConfigError, CorpusExhaustedError, EmptyCorpusError, WriterError
 from .. import _faults, location
 from .lock import store_lock
@@ -42,6 +43,7 @@ from .writer import BackgroundWriter
 __all__ = ["CacheConfig", "cache"]
 
 STORAGE_DTYPES = ("float16", "float32")
+Capture = Callable[..., dict[str, torch.Tensor]]  # LoadedModel.capture's contract: (tokens, sites, keep, sink)
 DEFAULT_SEQ_LEN = 128
 
 
@@ -93,6 +95,10 @@ class CacheConfig:
     check_disk: bool = field(default=True, metadata={"help": "skip the free-space check", "flag": "--no-disk-check"})
     durable: bool = field(default=True, metadata={
         "help": "do not fsync shards before marking them done", "flag": "--no-fsync"})
+    engine: str = field(default="bridge", metadata={
+        "help": "bridge: TransformerBridge's hooks, bit-exact to run_with_cache (default); hf: forward hooks on the "
+                "plain transformers model's modules, its forward's speed, values within float rounding "
+                "(docs/caching.md)", "choices": ENGINES})
     write_threads: int | None = field(default=None, metadata={
         "help": "writer threads encoding and writing arrays at once (default: cores, 2-8)"})
     progress: bool = field(default=True, metadata={"help": "no progress bar or messages", "flag": "--quiet"})
@@ -117,6 +123,8 @@ class CacheConfig:
         if self.packing == "document" and isinstance(self.dataset, str) and is_synthetic(self.dataset):
             raise ConfigError(f"Synthetic rows ('{self.dataset}') are whole rows already, so --packing document does "
                               "not apply to them; leave --packing out.")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"Unknown engine '{self.engine}'; pass one of {', '.join(ENGINES)}.")
         if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'.")
         parse_codec(self.codec)
@@ -158,7 +166,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     if cfg.seq_len > info.n_ctx:
         raise ConfigError(f"seq_len {cfg.seq_len} is beyond the model's context of {info.n_ctx} tokens; pass --seq-len {info.n_ctx} or less.")
     sites = parse_sites(cfg.sites, model.bridge.hook_dict.keys(), info.n_layers, info.n_heads, info.n_kv_heads)
-    shapes = probe_shapes(model.capture, sites, cfg.seq_len, info.dim_sizes)
+    forward = model.capture if cfg.engine == "bridge" else HFCapture(model, sites).capture
+    shapes = probe_shapes(forward, sites, cfg.seq_len, info.dim_sizes)
     storage_dtype = cfg.storage_dtype or ("float32" if info.dtype == "float32" else "float16")
 
     spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
@@ -167,7 +176,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     scanned: list[CorpusScan] = []  # the plan's pass over the corpus, made once, by process 0
     n_rows = procs.on_main(lambda: _n_rows(cfg, spec, model.tokenizer, scanned), "counting the corpus")
     bytes_per_row = row_bytes(shapes, storage_dtype)
-    batch = cfg.batch_size or auto_batch_size(lambda t: model.capture(t, sites, keep=False), model.device,
+    batch = cfg.batch_size or auto_batch_size(lambda t: forward(t, sites, keep=False), model.device,
                                               cfg.seq_len, n_rows, bytes_per_row)
     layout = _layout(cfg, existing, n_rows, bytes_per_row, batch, default_chunk_rows(shapes, storage_dtype, n_rows))
     meta = _metadata(cfg, model, spec, layout, sites, shapes, storage_dtype)
@@ -206,7 +215,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
     done = procs.on_main(create, "creating the store")
     group = zarr.open_group(cfg.out, mode="r+")
     resumed = existing is not None and not cfg.overwrite
-    _run(cfg, group, model, spec, layout, sites, shapes, storage_dtype, batch, log, resumed, procs, done)
+    _run(cfg, group, model, forward, spec, layout, sites, shapes, storage_dtype, batch, log, resumed, procs, done)
     procs.barrier("every process finished its shards")
     procs.on_main(lambda: _finish(group, cfg.out, [s.hook for s in sites]), "merging the statistics")
     return ActivationStore.open(cfg.out)
@@ -265,6 +274,7 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
                              ("row", *shapes[s.hook].dims), (layout.n_rows, *shapes[s.hook].shape)) for s in sites),
         storage_dtype=storage_dtype,
         codec=cfg.codec,
+        engine=cfg.engine,
         software=versions(),
         command_line=cfg.command_line or f"actstore.cache({_config_repr(cfg, model.info.as_argument())})",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -297,7 +307,7 @@ def _write_threads(cfg: CacheConfig) -> int:
     return cfg.write_threads or min(8, max(2, os.cpu_count() or 2))
 
 
-def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSpec, layout: Layout,
+def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, forward: Capture, spec: CorpusSpec, layout: Layout,
          sites: Sequence[Site], shapes: Mapping[str, SiteShape], storage_dtype: str, batch: int, log: Log,
          resumed: bool, procs: Group, done: np.ndarray) -> None:
     """The pipeline: the forward stages each shard's activations into a host buffer set
@@ -328,8 +338,7 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, spec: CorpusSp
             bufs = pool.acquire(writer.check)
             for i in range(0, b - a, batch):
                 j = min(i + batch, b - a)
-                model.capture(torch.from_numpy(rows.tokens[i:j]).long(), sites,
-                              sink=lambda hook, t, i=i: bufs.put(hook, i, t))
+                forward(torch.from_numpy(rows.tokens[i:j]).long(), sites, sink=lambda hook, t, i=i: bufs.put(hook, i, t))
                 writer.check()
                 bar.update(j - i)
             bufs.seal()

@@ -44,7 +44,7 @@ def config_from_metadata(meta: StoreMeta | Mapping[str, Any], out: str, model: M
         model_revision=m.model.revision if model is None or isinstance(model, str) else None,
         seq_len=corpus.seq_len, n_rows=lay.n_rows, packing=corpus.packing,
         sites=[s.site for s in m.sites], dtype=m.model.dtype, storage_dtype=m.storage_dtype, codec=m.codec,
-        rows_per_chunk=lay.rows_per_chunk, rows_per_shard=lay.rows_per_shard, device=device,
+        rows_per_chunk=lay.rows_per_chunk, rows_per_shard=lay.rows_per_shard, device=device, engine=m.engine,
         resume=True, progress=progress, command_line=m.command_line,
     )
 

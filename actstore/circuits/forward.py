@@ -191,18 +191,18 @@ class GraphForward:
     def input_output(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input node's output: the residual entering block 0 (token plus position
         embeddings), from the model's own embedding modules (the forward stops there)."""
-        from ..models import _CaptureDone
+        from ..models import CaptureDone
 
         seen: dict[str, torch.Tensor] = {}
 
         def stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
             seen["x"] = act.detach()
-            raise _CaptureDone
+            raise CaptureDone
 
         with torch.no_grad():
             try:
                 self.model.run_with_hooks(tokens, fwd_hooks=[(hook_name("resid_pre", 0), stop)])
-            except _CaptureDone:
+            except CaptureDone:
                 pass
         return seen["x"].to(self.dtype)
 

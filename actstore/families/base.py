@@ -24,8 +24,8 @@ class Adapter:
 
     name: ClassVar[str]  # e.g. "gpt2"
     architectures: ClassVar[tuple[str, ...]]  # Hugging Face model classes, e.g. ("GPT2LMHeadModel",)
-    # `actstore cache --engine hf`: hook name template -> where the plain model computes it
-    # (filled by the plain-transformers engine; see actstore/families/hf.py once it exists)
+    # `actstore cache --engine hf`: hook name ({L}: the layer) -> where the plain model
+    # computes it (a families.hf.HFSite); a family without the map cannot use that engine
     hf_sites: ClassVar[Mapping[str, Any]] = {}
     # the final norm: LayerNorm (centre, scale, weight, bias) or RMSNorm (scale, weight)
     final_norm: ClassVar[Literal["layernorm", "rmsnorm"]] = "layernorm"

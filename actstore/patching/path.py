@@ -154,7 +154,7 @@ def check_edge_values(model: Any, tokens: torch.Tensor, values: EdgeValues, kv_p
     the reader reads there, the reader's hook read off (the forward abandoned there); the
     engine's sweep of these values is checked by run_sweep itself. Raise
     EngineCheckError if they differ."""
-    from ..models import _CaptureDone
+    from ..models import CaptureDone
 
     first: dict[int, int] = {}  # source -> the first layer whose reader reads it
     for layer in sorted(values.live):
@@ -172,12 +172,12 @@ def check_edge_values(model: Any, tokens: torch.Tensor, values: EdgeValues, kv_p
 
     def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
         seen["act"] = act.detach().clone()
-        raise _CaptureDone
+        raise CaptureDone
 
     with torch.no_grad():
         try:  # registered in this order, so on one hook point (logits) keep sees the sum
             model.run_with_hooks(tokens, fwd_hooks=[(reader.read_hook(layer), add), (hook, keep)])
-        except _CaptureDone:
+        except CaptureDone:
             pass
         if "act" not in seen:
             raise _self_check.engine_error(f"self-check: {hook} did not fire in a plain run_with_hooks", kv_prefix)

@@ -177,6 +177,7 @@ class StoreMeta:
     software: Mapping[str, str]
     command_line: str | None
     created: str
+    engine: str = "bridge"  # what ran the hooks: the bridge, or the plain transformers model ("hf")
     model_extra: Mapping[str, Any] = field(default_factory=dict)  # model keys ModelInfo does not know
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -211,6 +212,7 @@ class StoreMeta:
             "software": dict(self.software),
             "command_line": self.command_line,
             "created": self.created,
+            **({} if self.engine == "bridge" else {"engine": self.engine}),  # absent: the bridge, as before it existed
         }
         return {**out, **_json(self.extra)}
 
@@ -260,16 +262,16 @@ class StoreMeta:
         from ..sites import _unknown
         raise _unknown(hook, self.hooks)
 
-    _SAME_RUN: ClassVar[tuple[str, ...]] = ("corpus", "layout", "sites", "storage_dtype", "codec")
+    _SAME_RUN: ClassVar[tuple[str, ...]] = ("corpus", "layout", "sites", "storage_dtype", "codec", "engine")
 
     def run_diffs(self, other: "StoreMeta") -> list[str]:
         """What makes ``other`` (this run's plan) another run than this store's: model
-        identity, corpus, layout, sites, storage dtype, codec. The format version is not
+        identity, corpus, layout, sites, storage dtype, codec, engine. The format version is not
         compared: the versions this actstore reads differ only in what unwritten rows
         read as, so resuming or repairing an older store writes the bytes its run would have."""
         diffs = check_identity(self.model.to_dict(), other.model.to_dict(), also=("hooks",))
         mine, theirs = self.to_dict(), other.to_dict()
         for key in self._SAME_RUN:
-            if mine[key] != theirs[key]:
-                diffs.append(f"{key}: store has {mine[key]!r}, this run has {theirs[key]!r}")
+            if mine.get(key, "bridge") != theirs.get(key, "bridge"):  # only engine may be absent
+                diffs.append(f"{key}: store has {mine.get(key, 'bridge')!r}, this run has {theirs.get(key, 'bridge')!r}")
         return diffs

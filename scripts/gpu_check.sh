@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one report file; under 8 minutes on one GPU (each step has a
+# The checks that need a GPU, in one report file; under 10 minutes on one GPU (each step has a
 # time limit, so a hung step cannot take the rest with it). Run it whenever a GPU is at hand and
 # put its figures in the README ("On a GPU").
 #
@@ -13,7 +13,9 @@
 # 2. bench_cache at the GPT-2-small and GPT-2-XL shapes in float16: actstore's tokens/s as a fraction
 #    of the bare forward's (the same truncated forward without capture), and the writer's MB/s;
 # 3. bench_patching on the GPU in float16: actstore against transformer_lens.patching (resid_pre,
-#    every head by position; prompts differing late and early), and the self-check's cost.
+#    every head by position; prompts differing late and early), and the self-check's cost;
+# 5. bench_simulate: the pipeline fed by a simulated producer at GPT-2-small and -XL widths
+#    (12 and 48 sites, float16) against the raw write on this machine's cores and disk.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPORT="${1:-gpu_check_report.txt}"
@@ -47,6 +49,8 @@ step 210 "3. caching, GPT-2-XL shape, float16" python benchmarks/bench_cache.py 
     "${RANDOM_ROWS[@]}" --device "$DEVICE" --dtype float16 --n-rows 256 --batch-size 32 --repeat 1 --skip-naive
 step 120 "4. patching on $DEVICE, float16" python benchmarks/bench_patching.py --device "$DEVICE" \
     --dtype float16 --batch 8 --sweeps resid_pre,attn_head_out_by_pos --scenarios s2,early
+step 120 "5. the pipeline with a simulated producer (no model; the machine's cores and disk)" bash -c \
+    "python benchmarks/bench_simulate.py --width small --rows 512 --rounds 2 && python benchmarks/bench_simulate.py --width xl --rows 128 --rounds 2"
 echo
 if [ -n "$FAILED" ]; then echo "FAILED: ${FAILED#; }"; else echo "all steps finished"; fi
 echo "report: $REPORT"

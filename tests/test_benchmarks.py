@@ -26,6 +26,7 @@ TINY = {
     "bench_patching.py": ["--threads", "1", "--batch", "1", "--sweeps", "resid_pre", "--scenarios", "early"],
     "bench_nnsight.py": ["--rows", "4", "--seq-len", "16", "--batch", "4", "--rounds", "1", "--n-layers", "2",
                          "--d-model", "64", "--n-heads", "4"],
+    "bench_simulate.py": ["--width", "small", "--rows", "16", "--rounds", "1"],
     "bench_saelens.py": ["--n-layers", "2", "--d-model", "64", "--n-heads", "4", "--n-rows", "8", "--seq-len", "32",
                          "--batch-size", "64", "--hooks", "2"],
 }

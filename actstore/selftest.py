@@ -35,7 +35,7 @@ import torch
 from . import compat
 from .sites import hook_name
 
-__all__ = ["Check", "SelftestReport", "run_selftest", "check_selftest_device", "available_devices", "edge_by_hooks", "directional_derivative"]
+__all__ = ["Check", "SelftestReport", "run_selftest", "run_plan", "check_selftest_device", "available_devices", "edge_by_hooks", "directional_derivative"]
 
 REL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
@@ -326,14 +326,19 @@ def run_selftest(device: str = "cpu", progress: bool = True) -> SelftestReport:
                 ("patching equals transformer_lens.patching (float16)",
                  lambda: _check_patching(demo(torch.float16), "late", ("resid_pre", "attn_head_out_all_pos"))),
             ]
-        for name, run in plan:
-            t = time.perf_counter()
-            try:
-                check = run()
-            except Exception as e:  # a broken engine raises (EngineCheckError): that is a failed check
-                check = Check("", False, f"{type(e).__name__}: {e}")
-            check.name, check.seconds = name, time.perf_counter() - t
-            report.checks.append(check)
-            if progress:
-                print(f"  {'PASS' if check.passed else 'FAIL'}  {name}  [{check.seconds:.1f} s]", flush=True)
+        run_plan(plan, report, progress)
     return report
+
+
+def run_plan(plan: Sequence[tuple[str, Callable[[], Check]]], report: SelftestReport, progress: bool) -> None:
+    """Run each (name, check) into ``report``; an exception is a failed check."""
+    for name, run in plan:
+        t = time.perf_counter()
+        try:
+            check = run()
+        except Exception as e:  # a broken engine raises (EngineCheckError): that is a failed check
+            check = Check("", False, f"{type(e).__name__}: {e}")
+        check.name, check.seconds = name, time.perf_counter() - t
+        report.checks.append(check)
+        if progress:
+            print(f"  {'PASS' if check.passed else 'FAIL'}  {name}  [{check.seconds:.1f} s]", flush=True)

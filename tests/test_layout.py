@@ -28,7 +28,7 @@ LAYERS = {
     "actstore.capture": 3,
     "actstore.patching": 4, "actstore.probes": 4, "actstore.analysis": 4, "actstore.circuits": 4,
     "actstore.integrations": 4,
-    "actstore.cli": 5, "actstore.demo": 5, "actstore.app": 5, "actstore.selftest": 5, "actstore.__main__": 5,
+    "actstore.cli": 5, "actstore.demo": 5, "actstore.app": 5, "actstore.selftest": 5, "actstore.selftest_model": 5, "actstore.__main__": 5,
     "actstore": 6,  # the package's own __init__: the public API over everything
 }
 # the top floors: each is its own room; what two of them share lives lower (store/info.py,

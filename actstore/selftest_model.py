@@ -1,0 +1,122 @@
+"""`actstore selftest --model NAME`: the checks on a model of your own (any family with an
+adapter: docs/model-families.md), with the installed versions, before a long run on it:
+
+- caching every site kind the model has equals ``run_with_cache`` (bit for bit in float32
+  on CPU, else within the tolerance of :mod:`actstore.selftest`);
+- the logit lens decodes the final residual into the model's own logits (final norm,
+  unembedding, soft-cap: the family adapter's ``logits``);
+- where the family has a map of the plain model's modules, ``--engine hf``'s values are
+  within float rounding of ``run_with_cache``'s (1e-5 of the spread in float32).
+
+What actstore refuses for the family (patching and circuits beyond GPT-2, DLA on Gemma 2)
+is listed in the report, so that a refusal later is no surprise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .models import LoadedModel, load_model
+from . import compat
+from .selftest import Check, SelftestReport, _compare, check_selftest_device, run_plan
+from .sites import SHORT_SITES, SITE_DIMS, hook_name
+
+__all__ = ["model_checks", "run_model_selftest"]
+
+HF_REL = 1e-5  # --engine hf against run_with_cache, float32: tests/capture/test_hf_engine.py's bound
+
+
+def _kinds(model: LoadedModel) -> list[str]:
+    """Every short site kind the model exposes at layer 0."""
+    hooks = model.bridge.hook_dict
+    return [k for k in SHORT_SITES if k in SITE_DIMS and hook_name(k, 0) in hooks]
+
+
+def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
+    from .capture import cache
+
+    sites = ",".join(f"{k}:all" for k in _kinds(model) if engine == "bridge" or k not in ("pattern", "attn_scores"))
+    store = cache(out=f"{tmp}/model-{engine}.zarr", model=model.info.name, model_revision=model.info.revision,
+                  dataset="actstore-demo", sites=sites, seq_len=16, n_rows=4, batch_size=4, dtype=model.info.dtype,
+                  device=model.device, engine=engine, progress=False)
+    with torch.no_grad():
+        _, ref = model.bridge.run_with_cache(torch.as_tensor(store.tokens().astype(np.int64), device=model.device))
+    exact = engine == "bridge" and model.device == "cpu" and model.info.dtype == "float32"
+    dtype = getattr(torch, store.meta.storage_dtype)
+    worst, worst_tol = 0.0, 0.0
+    for hook in store.sites:
+        ours = torch.from_numpy(np.asarray(store.acts(hook))).double()
+        want = ref[hook].to(dtype).double().cpu()
+        if "attn_scores" in hook:  # masked: compare where a query may look
+            seen = want > -1e30
+            ours, want = ours[seen], want[seen]
+        if exact and not torch.equal(ours, want):
+            return Check("", False, f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)")
+        ok, err, tol, why = _compare(ours, want, float(want.abs().max()), dtype, 0.0)
+        if engine == "hf" and dtype == torch.float32:
+            tol = min(tol, HF_REL * float(want.max() - want.min()))
+            ok = err <= tol
+        if not ok:
+            return Check("", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol)
+        worst, worst_tol = max(worst, err), max(worst_tol, tol)
+    what = "bit-exact" if exact else f"max error {worst:.2g}"
+    return Check("", True, f"{len(store.sites)} sites ({sites}): {what}", None if exact else worst,
+                 None if exact else worst_tol)
+
+
+def _check_lens(model: LoadedModel) -> Check:
+    from .families import adapter_for
+
+    adapter = adapter_for(model, "The logit lens")
+    tokens = torch.randint(0, model.info.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(model.device)
+    with torch.no_grad():
+        logits, cache = model.bridge.run_with_cache(tokens)
+        lens = adapter.logits(model.bridge, cache[hook_name("resid_post", model.info.n_layers - 1)])
+    dtype = getattr(torch, model.info.dtype)
+    ok, err, tol, why = _compare(lens, logits, float(logits.abs().max()), dtype, 1e-3)
+    return Check("", ok, f"{adapter.name}: the final residual decoded as the forward's logits ({why})", err, tol)
+
+
+def _refusals(model: LoadedModel) -> Check:
+    from .families import adapter_for
+
+    adapter = adapter_for(model, "actstore selftest --model")
+    refused = [what for what, no in (("activation and path patching, attribution, circuits", not adapter.hand_run_blocks),
+                                     ("direct logit attribution", adapter.sublayer_output_norms),
+                                     ("--engine hf", not adapter.hf_sites)) if no]
+    detail = (f"{adapter.name}: every engine runs" if not refused else
+              f"{adapter.name}: refused by design, before any work: {'; '.join(refused)} (docs/model-families.md)")
+    return Check("", True, detail)
+
+
+def model_checks(name: str, device: str, tmp: str) -> list[tuple[str, Callable[[], Check]]]:
+    """The checks of ``name`` (a hub name or folder) on ``device``, in float32. A model
+    of a family actstore has no adapter for is refused here, before any check."""
+    from .families import adapter_for
+
+    model = load_model(name, "float32", device)
+    adapter = adapter_for(model, "actstore selftest --model")
+    plan: list[tuple[str, Callable[[], Check]]] = [
+        (f"cache equals run_with_cache, every site kind of {name} (float32)",
+         lambda: _check_cache(model, tmp, "bridge")),
+        ("the logit lens decodes the final residual into the model's logits", lambda: _check_lens(model)),
+        ("what actstore refuses for this family", lambda: _refusals(model)),
+    ]
+    if adapter.hf_sites:
+        plan.insert(1, ("--engine hf within float rounding of run_with_cache (float32)",
+                        lambda: _check_cache(model, tmp, "hf")))
+    return plan
+
+
+def run_model_selftest(name: str, device: str = "cpu", progress: bool = True) -> SelftestReport:
+    """:func:`model_checks` run into a report (as :func:`actstore.selftest.run_selftest`)."""
+    import tempfile
+
+    device = check_selftest_device(device)
+    report = SelftestReport(device=device, versions=compat.versions())
+    with tempfile.TemporaryDirectory(prefix="actstore-selftest-") as tmp:
+        run_plan(model_checks(name, device, tmp), report, progress)
+    return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -231,13 +232,19 @@ def finalize_stats(group: zarr.Group, hooks: Sequence[str]) -> None:
     if "stats/partials" not in group:
         return
     done = np.asarray(group["done"][:])
-    for hook in hooks:
-        if hook not in group["stats/partials"].attrs["columns"]:
-            continue
-        m = merge_partials(group["stats/partials"], hook, done)
+    partials = group["stats/partials"]
+
+    def finish(hook: str) -> None:
+        m = merge_partials(partials, hook, done)
         feat_dims = tuple(group[f"acts/{hook}"].metadata.dimension_names[1:])
         count, mean, m2 = stats_arrays(group, hook, m.mean.shape, tuple(d for d in feat_dims if d != "pos"))
         count[()], mean[...], m2[...] = m.count, m.mean, m.m2
+
+    # a site's arrays are its own: several sites at once, as an object store's round trips dominate
+    # there (12 sites on loopback S3: 5.4 s one after the other)
+    todo = [h for h in hooks if h in partials.attrs["columns"]]
+    with ThreadPoolExecutor(min(8, max(1, len(todo)))) as pool:
+        list(pool.map(finish, todo))
 
 
 def stats_arrays(group: zarr.Group, hook: str, feature_shape: tuple[int, ...], feat_dims: tuple[str, ...]

@@ -57,6 +57,9 @@ def test_the_store_records_the_engine_and_resume_and_repair_keep_it(tmp_path, ca
             "--engine", "hf"]
     assert main(args) == 0
     before = actstore.open(str(out)).acts("blocks.1.hook_resid_post")
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "; engine hf (the plain model's modules, not the bridge's)" in capsys.readouterr().out
     assert main([a for a in args if a not in ("--engine", "hf")] + ["--resume"]) != 0  # the bridge would differ
     assert "engine: store has 'hf', this run has 'bridge'" in capsys.readouterr().err
     shutil.rmtree(out / "acts" / "blocks.1.hook_resid_post" / "c" / "1")  # shard 1: rows 4..7

@@ -61,7 +61,7 @@ class HFCapture:
     def __init__(self, model: LoadedModel, sites: Sequence[Site]):
         adapter = adapter_for(model, "The plain-transformers engine (--engine hf)")
         self.model = model
-        self.n_heads = model.info.n_heads
+        self.d_head = model.info.d_head
         if model.info.in_memory:
             raise ConfigError("--engine hf loads the plain transformers model by name, and this model was passed in "
                               "memory as a TransformerBridge (whose modules the bridge has replaced). Pass its hub name "
@@ -101,7 +101,7 @@ class HFCapture:
         if spec.part is not None:
             x = x.chunk(3, dim=-1)[spec.part]
         if spec.heads:
-            x = x.unflatten(-1, (self.n_heads, -1))
+            x = x.unflatten(-1, (-1, self.d_head))  # query heads, or key/value heads (GQA)
         return x
 
     def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True,

@@ -50,6 +50,27 @@ def test_values_equal_run_with_cache_within_rounding(tmp_path, dtype):
     assert len(seen) == len(KINDS) + 3
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_llama_families_equal_run_with_cache_within_rounding(family_model, family, tmp_path):
+    """Grouped-query keys and values, the gated MLP's pre- and post-activation, q and k
+    before the rotary embedding: as the bridge's hooks, within float32 rounding."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    store = actstore.cache(out=str(tmp_path / "s.zarr"), model=family_model(family), dataset="actstore-demo",
+                           sites=SITES, n_rows=4, seq_len=16, batch_size=4, engine="hf", device="cpu",
+                           progress=False)
+    bridge = TransformerBridge.boot_transformers(family_model(family), device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        logits, cache = bridge.run_with_cache(torch.from_numpy(store.tokens()).long())
+    assert store.acts("blocks.0.attn.hook_k").shape[2] == 2  # the key/value heads
+    for hook in store.sites:
+        want = (cache[hook] if hook != "loss" else bridge.loss_fn(logits, torch.from_numpy(store.tokens()).long(),
+                                                                   per_token=True)).numpy()
+        spread = np.ptp(want)
+        assert spread > 0.1, (hook, spread)
+        assert np.abs(store.acts(hook) - want).max() <= BOUND["float32"] * spread, hook
+
+
 def test_the_store_records_the_engine_and_resume_and_repair_keep_it(tmp_path, capsys):
     out = tmp_path / "s.zarr"
     args = ["cache", str(out), "--model", "actstore-demo", "--dataset", "actstore-demo", "--sites",
@@ -75,8 +96,9 @@ def test_what_the_plain_model_does_not_compute_is_refused(tmp_path, family_model
                                           r"--engine bridge"):
         actstore.cache(out=str(out), model="actstore-demo", dataset="actstore-demo", sites="resid_post:0,pattern:0",
                        n_rows=2, seq_len=8, engine="hf", progress=False)
-    with pytest.raises(ConfigError, match=r"for gpt2 so far; this is a llama model.*--engine bridge"):
-        actstore.cache(out=str(out), model=family_model("llama"), dataset="actstore-demo", sites="resid_post:0",
+    with pytest.raises(ConfigError, match=r"for gpt2, llama, mistral, qwen2 so far; this is a gemma2 model.*"
+                                          r"--engine bridge"):
+        actstore.cache(out=str(out), model=family_model("gemma2"), dataset="actstore-demo", sites="resid_post:0",
                        n_rows=2, seq_len=8, engine="hf", progress=False)
     with pytest.raises(ConfigError, match="Unknown engine 'plain'; pass one of bridge, hf"):
         actstore.cache(out=str(out), model="actstore-demo", dataset="actstore-demo", n_rows=2, engine="plain")

@@ -11,15 +11,16 @@ from actstore.cli import main
 from actstore.families.gemma2 import Gemma2
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
 def test_selftest_model_passes(family_model, family, capsys):
     assert main(["selftest", "--model", family_model(family), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     names = [c["name"] for c in report["checks"]]
     assert report["passed"] and names[0].startswith("cache equals run_with_cache, every site kind")
-    assert ("--engine hf within float rounding of run_with_cache (float32)" in names) == (family == "gpt2")
+    assert ("--engine hf within float rounding of run_with_cache (float32)" in names) == (family != "gemma2")
     refusals = report["checks"][-1]["detail"]
-    assert refusals == "gpt2: every engine runs" if family == "gpt2" else "llama: refused by design" in refusals
+    assert refusals == "gpt2: every engine runs" if family == "gpt2" else f"{family}: refused by design" in refusals
+    assert ("--engine hf" in refusals) == (family == "gemma2")
 
 
 def test_selftest_model_fails_when_the_family_is_described_wrong(family_model, monkeypatch, capsys):

@@ -55,7 +55,7 @@ print("fidelity tests with", describe(("transformers", "transformer-lens", *sael
                                        "datasets")))
 PY
 TESTS=(tests/patching tests/circuits tests/cli/test_cli_patch.py tests/test_selftest.py tests/capture/test_cache.py
-       tests/integrations)
+       tests/integrations tests/families tests/capture/test_hf_engine.py)
 if [ "$which" != drift ]; then
     exec python -m pytest -q -n "${ACTSTORE_TEST_WORKERS:-auto}" "$@" "${TESTS[@]}"
 fi

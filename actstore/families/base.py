@@ -85,9 +85,29 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
 
 def architecture_of(model: Any) -> str:
     """The Hugging Face class name of the model a TransformerBridge (or a LoadedModel,
-    or a plain transformers model) wraps."""
+    or a plain transformers model) wraps. A TransformerLens 3.x HookedTransformer has no
+    Hugging Face model under it: its config's ``original_architecture`` names it, and one
+    built from a bare config is GPT-2's when its config says GPT-2's block (learned
+    absolute positions, LayerNorm, one key/value per head, attention and MLP in turn)."""
     model = getattr(model, "bridge", model)
-    return type(getattr(model, "original_model", model)).__name__
+    original = getattr(model, "original_model", None)
+    if original is not None:
+        return type(original).__name__
+    cfg = getattr(model, "cfg", None)
+    arch = getattr(cfg, "original_architecture", None)
+    if isinstance(arch, str) and arch:
+        return arch
+    if cfg is not None and hasattr(model, "blocks") and _gpt2_block(cfg):
+        return "GPT2LMHeadModel"
+    return type(model).__name__
+
+
+def _gpt2_block(cfg: Any) -> bool:
+    return (getattr(cfg, "positional_embedding_type", None) == "standard"
+            and getattr(cfg, "normalization_type", None) in ("LN", "LNPre")
+            and getattr(cfg, "n_key_value_heads", None) in (None, getattr(cfg, "n_heads", None))
+            and not getattr(cfg, "parallel_attn_mlp", False)
+            and not getattr(cfg, "gated_mlp", False))
 
 
 def adapter_for(model: Any, what: str = "this") -> type[Adapter]:

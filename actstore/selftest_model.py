@@ -38,7 +38,11 @@ def _kinds(model: LoadedModel) -> list[str]:
 def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
     from .capture import cache
 
-    sites = ",".join(f"{k}:all" for k in _kinds(model) if engine == "bridge" or k not in ("pattern", "attn_scores"))
+    from .families import adapter_for
+
+    mapped = adapter_for(model, "actstore selftest --model").hf_sites
+    sites = ",".join(f"{k}:all" for k in _kinds(model)
+                     if engine == "bridge" or SHORT_SITES[k] in mapped)
     store = cache(out=f"{tmp}/model-{engine}.zarr", model=model.info.name, model_revision=model.info.revision,
                   dataset="actstore-demo", sites=sites, seq_len=16, n_rows=4, batch_size=4, dtype=model.info.dtype,
                   device=model.device, engine=engine, progress=False)

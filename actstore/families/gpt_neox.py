@@ -4,11 +4,27 @@ MLP in parallel from the same residual, an untied unembedding."""
 from __future__ import annotations
 
 from .base import Adapter, register
+from .hf import HFSite
 
 __all__ = ["GPTNeoX"]
+
+_L = "gpt_neox.layers.{L}"
 
 
 @register
 class GPTNeoX(Adapter):
     name = "gpt_neox"
     architectures = ("GPTNeoXForCausalLM",)
+    # no q, k, v: the fused query_key_value interleaves them head by head (refused, naming the bridge);
+    # no resid_mid: attention and MLP both read the block's input
+    hf_sites = {
+        "hook_embed": HFSite("gpt_neox.embed_in"),
+        "blocks.{L}.hook_resid_pre": HFSite(f"{_L}.input_layernorm", "input"),
+        "blocks.{L}.hook_resid_post": HFSite(_L),
+        "blocks.{L}.hook_attn_out": HFSite(f"{_L}.attention"),
+        "blocks.{L}.hook_mlp_out": HFSite(f"{_L}.mlp"),
+        "blocks.{L}.attn.hook_z": HFSite(f"{_L}.attention.dense", "input", heads=True),
+        "blocks.{L}.mlp.hook_pre": HFSite(f"{_L}.mlp.act", "input"),
+        "blocks.{L}.mlp.hook_post": HFSite(f"{_L}.mlp.act"),
+        "unembed.hook_out": HFSite("lm_head"),
+    }

@@ -50,22 +50,29 @@ def test_values_equal_run_with_cache_within_rounding(tmp_path, dtype):
     assert len(seen) == len(KINDS) + 3
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-def test_llama_families_equal_run_with_cache_within_rounding(family_model, family, tmp_path):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt_neox"])
+def test_other_families_equal_run_with_cache_within_rounding(family_model, family, tmp_path):
     """Grouped-query keys and values, the gated MLP's pre- and post-activation, q and k
-    before the rotary embedding: as the bridge's hooks, within float32 rounding."""
+    before the rotary embedding (Llama's families); GPT-NeoX's parallel block: as the
+    bridge's hooks, within float32 rounding."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    neox = family == "gpt_neox"  # no resid_mid; q, k, v fused and interleaved: not mapped
+    sites = ",".join(f"{k}:all" for k in KINDS if not (neox and k in ("resid_mid", "q", "k", "v"))) + ",embed,logits"
     store = actstore.cache(out=str(tmp_path / "s.zarr"), model=family_model(family), dataset="actstore-demo",
-                           sites=SITES, n_rows=4, seq_len=16, batch_size=4, engine="hf", device="cpu",
+                           sites=sites, n_rows=4, seq_len=16, batch_size=4, engine="hf", device="cpu",
                            progress=False)
     bridge = TransformerBridge.boot_transformers(family_model(family), device="cpu", dtype=torch.float32)
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(torch.from_numpy(store.tokens()).long())
-    assert store.acts("blocks.0.attn.hook_k").shape[2] == 2  # the key/value heads
+    if not neox:
+        assert store.acts("blocks.0.attn.hook_k").shape[2] == 2  # the key/value heads
+    else:
+        with pytest.raises(ConfigError, match=r"none of them computes blocks.0.attn.hook_q \(q\)"):
+            actstore.cache(out=str(tmp_path / "q.zarr"), model=family_model(family), dataset="actstore-demo",
+                           sites="q:0", n_rows=2, seq_len=8, engine="hf", progress=False)
     for hook in store.sites:
-        want = (cache[hook] if hook != "loss" else bridge.loss_fn(logits, torch.from_numpy(store.tokens()).long(),
-                                                                   per_token=True)).numpy()
+        want = cache[hook].numpy()
         spread = np.ptp(want)
         assert spread > 0.1, (hook, spread)
         assert np.abs(store.acts(hook) - want).max() <= BOUND["float32"] * spread, hook
@@ -96,8 +103,8 @@ def test_what_the_plain_model_does_not_compute_is_refused(tmp_path, family_model
                                           r"--engine bridge"):
         actstore.cache(out=str(out), model="actstore-demo", dataset="actstore-demo", sites="resid_post:0,pattern:0",
                        n_rows=2, seq_len=8, engine="hf", progress=False)
-    with pytest.raises(ConfigError, match=r"for gpt2, llama, mistral, qwen2 so far; this is a gemma2 model.*"
-                                          r"--engine bridge"):
+    with pytest.raises(ConfigError, match=r"for gpt2, gpt_neox, llama, mistral, qwen2 so far; this is a gemma2 "
+                                          r"model.*--engine bridge"):
         actstore.cache(out=str(out), model=family_model("gemma2"), dataset="actstore-demo", sites="resid_post:0",
                        n_rows=2, seq_len=8, engine="hf", progress=False)
     with pytest.raises(ConfigError, match="Unknown engine 'plain'; pass one of bridge, hf"):

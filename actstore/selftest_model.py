@@ -19,8 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .models import LoadedModel, load_model
 from . import compat
+from .families import adapter_for
+from .models import LoadedModel, load_model
 from .selftest import Check, SelftestReport, _compare, check_selftest_device, run_plan
 from .sites import SHORT_SITES, SITE_DIMS, hook_name
 
@@ -37,8 +38,6 @@ def _kinds(model: LoadedModel) -> list[str]:
 
 def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
     from .capture import cache
-
-    from .families import adapter_for
 
     mapped = adapter_for(model, "actstore selftest --model").hf_sites
     sites = ",".join(f"{k}:all" for k in _kinds(model)
@@ -72,8 +71,6 @@ def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
 
 
 def _check_lens(model: LoadedModel) -> Check:
-    from .families import adapter_for
-
     adapter = adapter_for(model, "The logit lens")
     tokens = torch.randint(0, model.info.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(model.device)
     with torch.no_grad():
@@ -85,8 +82,6 @@ def _check_lens(model: LoadedModel) -> Check:
 
 
 def _refusals(model: LoadedModel) -> Check:
-    from .families import adapter_for
-
     adapter = adapter_for(model, "actstore selftest --model")
     refused = [what for what, no in (("activation and path patching, attribution, circuits", not adapter.hand_run_blocks),
                                      ("direct logit attribution", adapter.sublayer_output_norms),
@@ -99,8 +94,6 @@ def _refusals(model: LoadedModel) -> Check:
 def model_checks(name: str, device: str, tmp: str) -> list[tuple[str, Callable[[], Check]]]:
     """The checks of ``name`` (a hub name or folder) on ``device``, in float32. A model
     of a family actstore has no adapter for is refused here, before any check."""
-    from .families import adapter_for
-
     model = load_model(name, "float32", device)
     adapter = adapter_for(model, "actstore selftest --model")
     plan: list[tuple[str, Callable[[], Check]]] = [

@@ -71,7 +71,7 @@ class HFCapture:
             served = sorted({a.name for a in ADAPTERS.values() if a.hf_sites})
             raise ConfigError(f"--engine hf maps hook names to the plain model's modules for {', '.join(served)} so "
                               f"far; this is a {adapter.name} model. Cache it with --engine bridge (the default).")
-        where: dict[str, tuple[Site, HFSite]] = {}
+        where: dict[str, HFSite] = {}  # hook -> where the plain model computes it
         refused = []
         for site in sites:
             hook = DERIVED_SITES.get(site.hook, site.hook)
@@ -81,7 +81,7 @@ class HFCapture:
             if spec is None:
                 refused.append(site.hook)
             else:
-                where[site.hook] = (site, spec)
+                where[site.hook] = spec
         if refused:
             kinds = sorted({Site.from_hook(h).short or h for h in refused})
             raise ConfigError(
@@ -110,7 +110,7 @@ class HFCapture:
         collect = Collector(sites, tokens, keep, sink)
         handles = []
         for site in sites:
-            _, spec = self.where[site.hook]
+            spec = self.where[site.hook]
 
             def fn(module: Any, args: tuple[Any, ...], out: Any, site: Site = site, spec: HFSite = spec) -> None:
                 collect(site, self._value(spec, args, out))

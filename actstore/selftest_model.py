@@ -8,8 +8,11 @@ adapter: docs/model-families.md), with the installed versions, before a long run
 - where the family has a map of the plain model's modules, ``--engine hf``'s values are
   within float rounding of ``run_with_cache``'s (1e-5 of the spread in float32).
 
-What actstore refuses for the family (patching and circuits beyond GPT-2, DLA on Gemma 2)
-is listed in the report, so that a refusal later is no surprise.
+- activation patching (resid_pre and every head's output) equals
+  ``transformer_lens.patching`` on the same model, within the engine's self-check tolerance.
+
+What actstore refuses for the family (path patching and circuits beyond GPT-2, DLA and
+direct paths on Gemma 2) is listed in the report, so that a refusal later is no surprise.
 """
 
 from __future__ import annotations
@@ -81,11 +84,40 @@ def _check_lens(model: LoadedModel) -> Check:
     return Check("", ok, f"{adapter.name}: the final residual decoded as the forward's logits ({why})", err, tol)
 
 
+def _check_patching(model: LoadedModel) -> Check:
+    from transformer_lens import patching as tlp
+
+    from . import patching as ap
+    from .patching.self_check import tolerance
+
+    bridge, n_vocab = model.bridge, model.info.d_vocab
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, n_vocab, (2, 12), generator=gen)
+    corrupted = clean.clone()
+    corrupted[:, [4, 9]] = torch.randint(0, n_vocab, (2, 2), generator=gen)
+    clean, corrupted = clean.to(model.device), corrupted.to(model.device)
+    metric = ap.LogitDiff(*torch.randint(0, n_vocab, (2, 2), generator=gen).tolist())
+    worst, worst_tol = 0.0, 0.0
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(clean)
+        for sweep in ("resid_pre", "attn_head_out_all_pos"):
+            ours = getattr(ap, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric, progress=False)
+            want = getattr(tlp, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric)
+            err = float((ours - want).abs().max())
+            tol = tolerance(ours, want, 0.0, getattr(torch, model.info.dtype))
+            if err > tol:
+                return Check("", False, f"{sweep}: differs from transformer_lens.patching by {err:.3g} (tolerance "
+                                        f"{tol:.3g})", err, tol)
+            worst, worst_tol = max(worst, err), max(worst_tol, tol)
+    return Check("", True, f"resid_pre and attn_head_out_all_pos: max error {worst:.2g}", worst, worst_tol)
+
+
 def _refusals(model: LoadedModel) -> Check:
     adapter = adapter_for(model, "actstore selftest --model")
-    refused = [what for what, no in (("activation and path patching, attribution, circuits", not adapter.hand_run_blocks),
-                                     ("direct logit attribution", adapter.sublayer_output_norms),
+    refused = [what for what, no in (("path patching of edges, circuits", not adapter.hand_run_blocks),
+                                     ("direct logit attribution, direct path patching", adapter.sublayer_output_norms),
                                      ("--engine hf", not adapter.hf_sites)) if no]
+    refused += [f"the {site} site ({why})" for site, why in adapter.absent_sites.items()]
     detail = (f"{adapter.name}: every engine runs" if not refused else
               f"{adapter.name}: refused by design, before any work: {'; '.join(refused)} (docs/model-families.md)")
     return Check("", True, detail)
@@ -100,6 +132,7 @@ def model_checks(name: str, device: str, tmp: str) -> list[tuple[str, Callable[[
         (f"cache equals run_with_cache, every site kind of {name} (float32)",
          lambda: _check_cache(model, tmp, "bridge")),
         ("the logit lens decodes the final residual into the model's logits", lambda: _check_lens(model)),
+        ("activation patching equals transformer_lens.patching", lambda: _check_patching(model)),
         ("what actstore refuses for this family", lambda: _refusals(model)),
     ]
     if adapter.hf_sites:

@@ -38,6 +38,12 @@ No assertions on timings: the figures are information only.
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl-only --xl-scenario early
     /tmp/venv/bin/python benchmarks/bench_patching.py --direct-path-only --threads 1
     python benchmarks/bench_patching.py --device cuda --dtype float16 --batch 8   # on a GPU
+    python benchmarks/bench_patching.py --family llama --sweeps resid_pre      # another family, same size
+
+--family runs the small sweeps on a random model of another family at GPT-2-small's size
+(actstore.random_models): there actstore runs the patched variants as whole plain
+forwards, batched, so the block work of ours and the reference's is the same but for the
+no-op patches skipped.
 """
 
 from __future__ import annotations
@@ -90,19 +96,38 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--direct-path", action="store_true", help="also direct path patching (GPT-2-small shape)")
     p.add_argument("--direct-path-only", action="store_true")
     p.add_argument("--direct-path-source", default="0.1", help="LAYER.HEAD of the single-source comparison")
+    p.add_argument("--family", default="gpt2", help="the model family of the small sweeps (actstore.random_models."
+                   "FAMILIES), at GPT-2-small's size: 12 layers, d_model 768, 12 heads (4 key/value heads where the "
+                   "family has grouped-query attention)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--out-json", default=None)
     return p.parse_args()
 
 
-def build(folder: Path, config: dict[str, int], seed: int) -> Path:
+def build(folder: Path, config: dict[str, int], seed: int, family: str = "gpt2") -> Path:
     """Build the random model in a subprocess, so this process's peak memory is the run's own."""
     if not (folder / "config.json").exists():
         code = ("import sys; from actstore.demo import build_random_gpt2; "
-                f"build_random_gpt2(sys.argv[1], seed={seed}, **{config!r})")
+                f"build_random_gpt2(sys.argv[1], seed={seed}, **{config!r})") if family == "gpt2" else (
+                "import sys; from actstore.random_models import build_random_model; "
+                f"build_random_model({family!r}, sys.argv[1], seed={seed}, **{config!r})")
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     return folder
+
+
+def family_shape(family: str) -> dict[str, Any]:
+    """GPT-2-small's size in ``family``'s config keywords (its tiny config's other settings kept:
+    Mistral's and Gemma 2's sliding window of 8 positions, so 20-token prompts cross it)."""
+    if family == "gpt2":
+        return SMALL
+    shape: dict[str, Any] = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=2048,
+                                 max_position_embeddings=1024)
+    if family != "gpt_neox":
+        shape["num_key_value_heads"] = 4
+    if family == "gemma2":
+        shape.update(head_dim=64, query_pre_attn_scalar=64)
+    return shape
 
 
 DEVICE, DTYPE = "cpu", torch.float32  # set from --device/--dtype in main()
@@ -128,11 +153,12 @@ class BlockWork:
 
     def __init__(self, bridge: Any):
         self.n = 0
-        self.handles = [b.register_forward_pre_hook(self._count) for b in bridge.blocks]
+        self.handles = [b.register_forward_pre_hook(self._count, with_kwargs=True) for b in bridge.blocks]
 
-    def _count(self, module: Any, args: tuple) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            self.n += int(args[0].shape[0] * args[0].shape[1])
+    def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(x, torch.Tensor):
+            self.n += int(x.shape[0] * x.shape[1])
 
     def close(self) -> int:
         for h in self.handles:
@@ -174,9 +200,9 @@ def loadavg() -> str:
 
 
 def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
-    bridge = boot(build(model_dir / "gpt2-small-shape", SMALL, seed=0))
-    print(f"\nGPT-2-small shape ({SMALL['n_layer']} layers, d_model {SMALL['n_embd']}, {SMALL['n_head']} heads), "
-          f"random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
+    bridge = boot(build(model_dir / f"{args.family}-small-shape", family_shape(args.family), 0, args.family))
+    print(f"\n{args.family}, GPT-2-small's size ({bridge.cfg.n_layers} layers, d_model {bridge.cfg.d_model}, "
+          f"{bridge.cfg.n_heads} heads), random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
           f"{torch.get_num_threads()}; load average at start {loadavg()} on {os.cpu_count()} CPUs")
     head = (f"{'sweep':<22} {'prompts':<7} {'variants':>8} {'reference':>10} {'ours plain':>10} {'ratio':>7} "
             f"{'ours LogitDiff':>14} {'ratio':>7} {'check cost':>10} {'max|diff|':>9} {'block work ref / ours':>22}")

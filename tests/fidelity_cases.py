@@ -27,9 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
 import torch
+from transformer_lens import patching as tlp
 
 from actstore import patching as ap
+
+from .conftest import TL4
 
 REL = 1e-4
 
@@ -157,3 +161,76 @@ def wide_case(folder: Path) -> Case:
     answer, wrong = rng.sample(pool, 3), rng.sample(pool, 3)
     return Case("wide_late", boot(wide_model(folder)), clean, corrupted, answer, wrong, min_spread=0.02,
                 first_change=9)
+
+
+# --- the reference and actstore, side by side -----------------------------------------------
+
+
+_REFS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def reference(case: Case, sweep: str, index_df: pd.DataFrame | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformer_lens.patching's values for (LogitDiff, plain metric), under no_grad."""
+    key = (case.name, sweep)
+    if index_df is None and key in _REFS:
+        return _REFS[key]
+    if index_df is None:
+        fn = getattr(tlp, f"get_act_patch_{sweep}")
+        args: tuple = (case.bridge, case.corrupted, case.cache)
+        kwargs: dict = {}
+    else:  # a subset of the cells of a pattern sweep (every cell: one forward each)
+        fn = tlp.generic_activation_patch
+        args = (case.bridge, case.corrupted, case.cache)
+        kwargs = dict(patch_setter=tlp.layer_head_dest_src_pos_pattern_patch_setter, activation_name="pattern",
+                      index_df=index_df)
+    with torch.no_grad():
+        if TL4:
+            res = fn(*args, {"ld": case.ld, "plain": case.plain}, **kwargs)
+            out = (res.values[0], res.values[1])
+        else:
+            out = (fn(*args, case.ld, **kwargs), fn(*args, case.plain, **kwargs))
+    if index_df is None:
+        _REFS[key] = out
+    return out
+
+
+def ours(case: Case, sweep: str, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    fn = getattr(ap, f"get_act_patch_{sweep}")
+    return (fn(case.bridge, case.corrupted, case.cache, case.ld, progress=False, **kw),
+            fn(case.bridge, case.corrupted, case.cache, case.plain, progress=False, **kw))
+
+
+def dest_src_sample(case: Case, ours_ld: torch.Tensor) -> pd.DataFrame:
+    """The reference runs one forward a cell (3600 for the demo), so it gets 180: the 50
+    cells our sweep finds the largest effects at (the full spread), a seeded sample of
+    100 other cells a patch can change (the key at or before the query, the query at or
+    after the first difference) and 30 of the rest."""
+    cfg = case.bridge.cfg
+    n_pos = case.corrupted.shape[1]
+    df = tlp.make_df_from_ranges([cfg.n_layers, cfg.n_heads, n_pos, n_pos], ["layer", "head_index", "dest_pos", "src_pos"])
+    effect = (ours_ld - case.ld(case.corrupted_logits)).abs().flatten()
+    top = df.iloc[torch.argsort(effect, descending=True)[:50].numpy()]
+    rest = df.drop(top.index)
+    live = rest[(rest.src_pos <= rest.dest_pos) & (rest.dest_pos >= case.first_change)].sample(100, random_state=0)
+    return pd.concat([top, live, rest.drop(live.index).sample(30, random_state=0)]).sort_index()
+
+
+def compared(case: Case, sweep: str, got_ld: torch.Tensor, got_plain: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ours LogitDiff, ours plain, reference LogitDiff, reference plain) of ``sweep``,
+    compared cell for cell: the dest/src pattern sweep on a sample of cells
+    (:func:`dest_src_sample`); the stack of by-position sweeps built from the reference's
+    five sweeps as its own helper builds it (grouped-query k/v sweeps, with fewer heads,
+    padded with zeros)."""
+    if sweep == "attn_head_pattern_dest_src_pos":
+        df = dest_src_sample(case, got_ld)
+        want_ld, want_plain = reference(case, sweep, df)
+        cells = tuple(torch.tensor(df[c].to_numpy()) for c in df.columns)
+        return got_ld[cells], got_plain[cells], want_ld, want_plain
+    if sweep == "attn_head_by_pos_every":
+        parts = [reference(case, f"attn_head_{k}_by_pos") for k in ("out", "q", "k", "v", "pattern")]
+        pad = [torch.nn.functional.pad(p[i], (0, parts[0][i].shape[-1] - p[i].shape[-1])) for p in parts[:4]
+               for i in (0, 1)]
+        want_ld, want_plain = (torch.stack(pad[i::2] + [parts[4][i].permute(0, 2, 1)]) for i in (0, 1))
+        return got_ld, got_plain, want_ld, want_plain
+    return (got_ld, got_plain, *reference(case, sweep))

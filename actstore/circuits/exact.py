@@ -29,7 +29,7 @@ from jaxtyping import Int
 from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
-from ..patching.engine import check_model, default_memory_budget
+from ..patching.engine import check_hand_run, default_memory_budget
 from ..patching.metrics import Metrics
 from ..patching.path import READERS, EdgeValues, capture, edge_sweep
 from ..sites import hook_name
@@ -62,7 +62,7 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     batched forward of the engine."""
     from tqdm.auto import tqdm
 
-    check_model(model)
+    check_hand_run(model, "Circuit discovery")
     graph = _check_graph(model, graph)
     ids = _parse_edges(graph, edges)
     corrupted_tokens, clean_tokens = _parse_tokens(model, corrupted_tokens, clean_tokens, clean_cache)

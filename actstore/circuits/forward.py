@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ConfigError
 from ..patching import self_check
-from ..patching.engine import check_model
+from ..patching.engine import check_hand_run
 from ..sites import hook_name
 from .clean import run_node_outputs
 from .edge_sum import edge_sum
@@ -45,7 +45,7 @@ class GraphForward:
     """The masked edge forward of one model (see the module's docstring)."""
 
     def __init__(self, model: Any, graph: Graph | None = None):
-        check_model(model)
+        check_hand_run(model, "Circuit discovery")
         self.model = model
         self.graph = graph if graph is not None else Graph.from_model(model)
         cfg = model.cfg

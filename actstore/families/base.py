@@ -9,7 +9,7 @@ model's weights. The architecture is read from the Hugging Face model the bridge
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 from ..errors import ConfigError
 
@@ -37,6 +37,8 @@ class Adapter:
     # actstore's own block runner (patching, path patching, circuits) computes this
     # family exactly (absolute positions, one K/V per head)
     hand_run_blocks: ClassVar[bool] = False
+    # short site -> why this family's models have no such hook
+    absent_sites: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def final_softcap(cls, bridge: Any) -> float | None:
@@ -55,9 +57,43 @@ class Adapter:
         return out
 
     @classmethod
+    def logit_columns(cls, bridge: Any, resid: "torch.Tensor", token_ids: Sequence[int]) -> "torch.Tensor":
+        """:meth:`logits` for the vocabulary columns ``token_ids`` only (..., len(token_ids)):
+        only those rows of the unembedding are multiplied."""
+        import torch
+        import torch.nn.functional as F
+
+        h = bridge.ln_final(resid)
+        lin = getattr(bridge.unembed, "original_component", None)
+        if isinstance(lin, torch.nn.Linear):
+            idx = torch.tensor(list(token_ids), device=h.device)
+            bias = lin.bias.index_select(0, idx) if lin.bias is not None else None
+            out = F.linear(h, lin.weight.index_select(0, idx), bias)
+        else:
+            out = bridge.unembed(h)[..., list(token_ids)]
+        cap = cls.final_softcap(bridge)
+        if cap:
+            out = (out / cap).tanh() * cap
+        return out
+
+    @classmethod
     def final_norm_weight(cls, bridge: Any) -> "torch.Tensor":
         """The final norm's effective per-dimension weight."""
         return bridge.ln_final.w.detach() + cls.norm_weight_offset
+
+    @classmethod
+    def check_hooks(cls, model: Any, hooks: Sequence[str], what: str) -> None:
+        """Refuse ``what``, which reads ``hooks``, unless the model has every one of them
+        (naming why the family has none where its adapter says)."""
+        have = getattr(model, "hook_dict", None)
+        if have is None:
+            return
+        missing = [h for h in hooks if h not in have]
+        if missing:
+            from ..sites import Site
+
+            why = cls.absent_sites.get(Site.from_hook(missing[0]).kind) or "TransformerLens defines no such hook for it"
+            raise ConfigError(f"{what} reads {missing[0]}, and this {cls.name} model has no such hook: {why}.")
 
     @classmethod
     def check_direct_paths(cls, what: str) -> None:

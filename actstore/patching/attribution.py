@@ -45,10 +45,11 @@ import torch
 from jaxtyping import Int
 
 from ..errors import ConfigError
+from ..families import adapter_for
 from ..models import bridge_dtype
 from . import sweeps as _p, table as _table
 from .clean import CleanSource
-from .engine import Sweep, check_model, unembed_columns
+from .engine import Sweep, check_model
 from .metrics import Metrics, select_declared
 
 __all__ = [
@@ -81,7 +82,7 @@ def _metric_values(model: Any, metrics: Metrics, out: torch.Tensor, n_pos: int) 
     d_model = int(model.cfg.d_model)
     if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
         return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
-    sel = unembed_columns(model, model.ln_final(out[:, metrics.positions]), metrics.token_ids)[None]
+    sel = adapter_for(model).logit_columns(model, out[:, metrics.positions], metrics.token_ids)[None]
     return [fn.batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
             for i, fn in enumerate(metrics.fns.values())]
 
@@ -187,7 +188,7 @@ def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, 
 def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
     def run(model: Any, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
             memory_budget: Optional[int], progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        check_model(model)
+        check_model(model, "Attribution patching")
         by_hook: dict[str, list[int]] = {}
         for c, index in enumerate(sweep.indices):
             by_hook.setdefault(sweep.act_name(int(index[0])), []).append(c)
@@ -277,7 +278,7 @@ def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
         raise ConfigError(f"Unknown sweep {unknown[0]!r}; expected one of {', '.join(SWEEPS)}.")
-    check_model(model)
+    check_model(model, "Attribution patching")
     hooks = sorted({h for s in sweeps for h in _hooks_of(model, s)})
     if isinstance(clean, torch.Tensor) and not torch.is_floating_point(clean):
         with torch.no_grad():

@@ -24,8 +24,14 @@ forward per index. Here, for each layer:
    metrics read the final position only, the last block runs for that position alone
    (the other positions there only contribute keys and values, computed apart).
 
-Models: blocks must run standalone (``bridge.blocks[i](residual)``) with causal
-attention and absolute position embeddings added before block 0 (GPT-2 family).
+Models: the steps above run blocks standalone (``bridge.blocks[i](residual)``), which
+is exact for families with causal attention and absolute position embeddings added
+before block 0 (the adapter's ``hand_run_blocks``: GPT-2). Every other family the
+adapters serve (rotary positions, grouped-query attention, sliding windows,
+soft-capping, parallel blocks) runs step 3 as whole plain forwards instead, still many
+variants at a time and skipping no-op patches, each variant patched by the sweep's own
+setter in its rows of the hooked activation (:mod:`actstore.patching.hooked`): the
+reference's computation, batched, relying on nothing but the model's hooks.
 """
 
 from __future__ import annotations
@@ -36,18 +42,18 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..families import ADAPTERS, adapter_for, architecture_of
+from ..families import ADAPTERS, Adapter, adapter_for, architecture_of
 from ..models import bridge_dtype
 from ..sites import hook_name, layer_of
 from . import self_check
 from .clean import CleanSource
+from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
 
-__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "unembed_columns"]
+__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run"]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 # one block call costs about as much as this many extra (row x position) items of work:
@@ -111,10 +117,10 @@ def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, to
 class _Corrupted:
     """The corrupted run, once: logits and what the patched runs start from."""
 
-    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int):
+    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int, windowed: bool):
         n_layers = int(model.cfg.n_layers)
         self.acts: dict[str, torch.Tensor] = {}
-        layers = range(first_layer, n_layers)
+        layers = range(first_layer, n_layers) if windowed else range(0)  # (whole forwards need only the hooks)
         names = set(hooks) | {hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")}
 
         def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -132,7 +138,7 @@ class _Corrupted:
         # may the last block run for the final position only? (its keys/values computed
         # apart, checked here against the corrupted run's own)
         last = n_layers - 1
-        kv = _block_kv(model, last, self.acts[hook_name("resid_pre", last)])
+        kv = _block_kv(model, last, self.acts[hook_name("resid_pre", last)]) if windowed else None
         self.last_kv_apart = kv is not None and all(
             a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
             for a, b in zip(kv, (self.keys[last], self.values[last])))
@@ -197,20 +203,29 @@ def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int
     return sorted(chunks)
 
 
-def check_model(model: Any) -> None:
-    """Refuse a model whose blocks actstore's own block runner does not compute exactly
-    (its family adapter says which do), or one in training mode."""
-    adapter = adapter_for(model, "Activation patching")
+def check_model(model: Any, what: str = "Activation patching") -> type[Adapter]:
+    """The adapter of ``model``'s family (a model of any other architecture is refused),
+    after checking the model is in evaluation mode."""
+    adapter = adapter_for(model, what)
+    training = [n for n, m in model.named_modules() if m.training]
+    if training:
+        raise ConfigError(f"{what.lower()} requires the model in evaluation mode; found training mode at "
+                          f"{', '.join(training[:3])}. Call model.eval() first.")
+    return adapter
+
+
+def check_hand_run(model: Any, what: str) -> type[Adapter]:
+    """:func:`check_model`, and refuse a model whose blocks actstore's own block runner
+    does not compute exactly (its family adapter says which do): ``what`` runs blocks
+    standalone over windows of positions."""
+    adapter = check_model(model, what)
     if not adapter.hand_run_blocks or not hasattr(model, "blocks"):
         hand = ", ".join(sorted({a.name for a in ADAPTERS.values() if a.hand_run_blocks}))
         raise ConfigError(
-            f"actstore.patching runs the blocks itself, and does so exactly for the {hand} family only (absolute "
-            f"position embeddings, one key/value per head); this is a {adapter.name} model "
-            f"({architecture_of(model)}). Use transformer_lens.patching for it.")
-    training = [n for n, m in model.named_modules() if m.training]
-    if training:
-        raise ConfigError(f"activation patching requires the model in evaluation mode; found training mode at "
-                          f"{', '.join(training[:3])}. Call model.eval() first.")
+            f"{what} runs the blocks itself, and does so exactly for the {hand} family only (absolute position "
+            f"embeddings, one key/value per head); this is a {adapter.name} model ({architecture_of(model)}). "
+            "Use transformer_lens.patching for it.")
+    return adapter
 
 
 def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
@@ -226,7 +241,8 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     by one per index (instead of drawing one of its own)."""
     from tqdm.auto import tqdm
 
-    check_model(model)
+    adapter = check_model(model)
+    windowed_model = adapter.hand_run_blocks and hasattr(model, "blocks")  # else: whole plain forwards
     device = torch.device(model.cfg.device)
     batch, n_pos = corrupted_tokens.shape
     n_layers = int(model.cfg.n_layers)
@@ -237,7 +253,8 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     out = torch.zeros((len(sweep.indices), len(metrics.fns)) + ((batch,) if metrics.per_example else ()),
                       device=device)
     with torch.no_grad():
-        corrupted = _Corrupted(model, corrupted_tokens, list(hooks.values()), min(by_layer, default=0))
+        corrupted = _Corrupted(model, corrupted_tokens, list(hooks.values()), min(by_layer, default=0),
+                               windowed_model)
         corrupted_sel = metrics.select(corrupted.logits)  # (batch, pos', vocab')
         baseline = metrics.evaluate(corrupted_sel)[0]
         budget = memory_budget or default_memory_budget(device)
@@ -274,22 +291,32 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
             bar.update(len(cells) - len(live))
             live.sort()
             all_live += live
-            row_bytes = _row_bytes(model, n_pos, corr_act[0].numel(), full_logits=not metrics.restricted)
+            row_bytes = _row_bytes(model, n_pos, corr_act[0].numel(),
+                                   full_logits=not (metrics.restricted and windowed_model))
             max_var = max(1, budget // (batch * row_bytes))
-            windowed = q_axis is not None and kv_prefix
+            windowed = q_axis is not None and kv_prefix and windowed_model
             chunks = _plan_chunks([s if windowed else 0 for s, _ in live], batch, max_var, end,
                                   _CALL_COST_ROWPOS.get(device.type, 24))
             for a, b in chunks:
                 start = live[a][0] if windowed else 0
-                vals = _run_chunk(model, corrupted, metrics, corrupted_sel, layer, hook,
-                                  [patched(c) for _, c in live[a:b]], start, end if q_axis is not None else n_pos,
-                                  q_axis, k_axis, n_layers, in_place[layer], kv_prefix)
+                if not windowed_model:
+                    logits, fired = run_cells(model, corrupted_tokens, [c for _, c in live[a:b]],
+                                              lambda c: sweep.indices[c], lambda c: hook, sweep.patch_setter, clean,
+                                              in_place[layer])
+                    if fired != [hook]:
+                        raise RuntimeError(f"{hook} fired {len(fired)} times in a patched run (expected once).")
+                    vals = metrics.evaluate(metrics.select(logits))
+                else:
+                    vals = _run_chunk(model, corrupted, metrics, corrupted_sel, layer, hook,
+                                      [patched(c) for _, c in live[a:b]], start,
+                                      end if q_axis is not None else n_pos, q_axis, k_axis, n_layers,
+                                      in_place[layer], kv_prefix)
                 for (_, c), v in zip(live[a:b], vals):
                     out[c] = v
                 bar.update(b - a)
         if own_bar:
             bar.close()
-        if self_check.ENABLED and all_live:
+        if self_check.ENABLED and all_live and windowed_model:  # (whole forwards are the check's own run)
             cells = [c for _, c in all_live]
             moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
             self_check.check_variants(
@@ -372,16 +399,7 @@ def _logits(model: Any, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: 
     out = corrupted_sel.repeat(n_var, 1, 1)  # (row, pos', vocab')
     cols = [i for i, p in enumerate(metrics.positions) if p >= start]
     if cols:
-        h = model.ln_final(x[:, [metrics.positions[i] - start for i in cols]])
-        out[:, cols] = unembed_columns(model, h, metrics.token_ids)
+        resid = x[:, [metrics.positions[i] - start for i in cols]]
+        out[:, cols] = adapter_for(model).logit_columns(model, resid, metrics.token_ids)
     return out
 
-
-def unembed_columns(model: Any, h: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
-    """The unembedding of ``h`` for the given vocabulary columns only."""
-    lin = getattr(model.unembed, "original_component", None)
-    if isinstance(lin, torch.nn.Linear):
-        idx = torch.tensor(token_ids, device=h.device)
-        bias = lin.bias.index_select(0, idx) if lin.bias is not None else None
-        return F.linear(h, lin.weight.index_select(0, idx), bias)
-    return model.unembed(h)[..., list(token_ids)]

@@ -20,6 +20,7 @@ import torch
 
 from .. import compat
 from ..errors import EngineCheckError
+from .hooked import run_cells
 
 __all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
 
@@ -77,35 +78,11 @@ def check_variants(model: Any, tokens: torch.Tensor, cells: Sequence[int], index
     raise EngineCheckError unless each equals ``got`` (cell, metric[, batch]) within
     :func:`tolerance` of ``seen`` (every value of the sweep).
 
-    ``setter(act, index, clean_act)`` patches the hooked activation of one variant's
-    rows; ``in_place``: it writes into that activation (as transformer_lens.patching's
-    setters do, which also changes any tensor the model aliases to it) rather than
-    returning a new one. ``evaluate`` maps full logits (variant * batch, pos, vocab) to
-    (variant, metric[, batch])."""
-    batch = int(tokens.shape[0])
-    by_hook: dict[str, list[tuple[int, Sequence[int]]]] = {}
-    for i, c in enumerate(cells):
-        by_hook.setdefault(hook_of(c), []).append((i, index_of(c)))
-    fired: list[str] = []
-
-    def patch(name: str, entries: list[tuple[int, Sequence[int]]]):
-        clean_act = clean[name]
-
-        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            fired.append(name)
-            out = act if in_place else act.clone()
-            for i, index in entries:
-                rows = out[i * batch:(i + 1) * batch]
-                new = setter(rows if in_place else rows.clone(), index, clean_act)
-                if new is not rows:
-                    rows.copy_(new)
-            return out
-        return fn
-
-    with torch.no_grad():
-        logits = model.run_with_hooks(tokens.repeat(len(cells), 1),
-                                      fwd_hooks=[(name, patch(name, entries)) for name, entries in by_hook.items()])
-        want = evaluate(logits)
+    ``setter``, ``clean`` and ``in_place`` as :func:`~actstore.patching.hooked.run_cells`;
+    ``evaluate`` maps full logits (variant * batch, pos, vocab) to (variant, metric[, batch])."""
+    logits, fired = run_cells(model, tokens, cells, index_of, hook_of, setter, clean, in_place)
+    want = evaluate(logits)
+    by_hook = {hook_of(c) for c in cells}
     if sorted(fired) != sorted(by_hook):
         raise engine_error(f"self-check: hooks {sorted(set(by_hook) - set(fired))} did not fire in a plain "
                            "run_with_hooks", kv_prefix)

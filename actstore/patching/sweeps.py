@@ -66,6 +66,7 @@ from transformer_lens.patching import (  # the reference's own setters, re-expor
 )
 
 from ..errors import ConfigError
+from ..families import adapter_for
 from .clean import CleanSource
 from .engine import Sweep, run_sweep
 from .metrics import BatchedMetric, LogitDiff, MetricFn, Metrics, batched_metric
@@ -148,6 +149,8 @@ def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tens
     per_example = reduce != "scalar"
     indices = [row.to_list() for _, row in index_df.iterrows()]
     sweep = Sweep(indices=indices, act_name=act_hook(activation_name), patch_setter=patch_setter)
+    adapter_for(model, "Activation patching").check_hooks(
+        model, sorted({sweep.act_name(int(i[0])) for i in indices}), f"Patching {activation_name!r}")
     values, base = runner(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
                           Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
     # (index, metric[, batch]) -> (metric, *cells[, batch])

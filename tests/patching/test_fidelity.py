@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import pandas as pd
 import pytest
 import torch
 from transformer_lens import patching as tlp
@@ -31,7 +30,7 @@ from actstore.patching.table import SWEEPS
 from actstore.errors import EngineCheckError
 
 from ..conftest import TL4
-from ..fidelity_cases import Case, assert_matches, demo_case, hooked_transformer, wide_case
+from ..fidelity_cases import Case, assert_matches, compared, demo_case, hooked_transformer, ours, reference, wide_case
 from ..helpers import no_prefix
 
 # every sweep of the table (tests/patching/test_table.py: the table is transformer_lens.patching's list)
@@ -54,68 +53,9 @@ def case(request, cases, tmp_path_factory) -> Case:
     return cases[name]
 
 
-_REFS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def reference(case: Case, sweep: str, index_df: pd.DataFrame | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformer_lens.patching's values for (LogitDiff, plain metric), under no_grad."""
-    key = (case.name, sweep)
-    if index_df is None and key in _REFS:
-        return _REFS[key]
-    if index_df is None:
-        fn = getattr(tlp, f"get_act_patch_{sweep}")
-        args: tuple = (case.bridge, case.corrupted, case.cache)
-        kwargs: dict = {}
-    else:  # a subset of the cells of a pattern sweep (every cell: one forward each)
-        fn = tlp.generic_activation_patch
-        args = (case.bridge, case.corrupted, case.cache)
-        kwargs = dict(patch_setter=tlp.layer_head_dest_src_pos_pattern_patch_setter, activation_name="pattern",
-                      index_df=index_df)
-    with torch.no_grad():
-        if TL4:
-            res = fn(*args, {"ld": case.ld, "plain": case.plain}, **kwargs)
-            out = (res.values[0], res.values[1])
-        else:
-            out = (fn(*args, case.ld, **kwargs), fn(*args, case.plain, **kwargs))
-    if index_df is None:
-        _REFS[key] = out
-    return out
-
-
-def ours(case: Case, sweep: str, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    fn = getattr(ap, f"get_act_patch_{sweep}")
-    return (fn(case.bridge, case.corrupted, case.cache, case.ld, progress=False, **kw),
-            fn(case.bridge, case.corrupted, case.cache, case.plain, progress=False, **kw))
-
-
-def _dest_src_sample(case: Case, ours_ld: torch.Tensor) -> pd.DataFrame:
-    """The reference runs one forward a cell (3600 for the demo), so it gets 180: the 50
-    cells our sweep finds the largest effects at (the full spread), a seeded sample of
-    100 other cells a patch can change (the key at or before the query, the query at or
-    after the first difference) and 30 of the rest."""
-    cfg = case.bridge.cfg
-    n_pos = case.corrupted.shape[1]
-    df = tlp.make_df_from_ranges([cfg.n_layers, cfg.n_heads, n_pos, n_pos], ["layer", "head_index", "dest_pos", "src_pos"])
-    effect = (ours_ld - case.ld(case.corrupted_logits)).abs().flatten()
-    top = df.iloc[torch.argsort(effect, descending=True)[:50].numpy()]
-    rest = df.drop(top.index)
-    live = rest[(rest.src_pos <= rest.dest_pos) & (rest.dest_pos >= case.first_change)].sample(100, random_state=0)
-    return pd.concat([top, live, rest.drop(live.index).sample(30, random_state=0)]).sort_index()
-
-
 @pytest.mark.parametrize("sweep", SINGLE + EVERY)
 def test_every_sweep_equals_transformer_lens(case, sweep):
-    got_ld, got_plain = ours(case, sweep)
-    if sweep == "attn_head_pattern_dest_src_pos":
-        df = _dest_src_sample(case, got_ld)
-        want_ld, want_plain = reference(case, sweep, df)
-        cells = tuple(torch.tensor(df[c].to_numpy()) for c in df.columns)
-        got_ld, got_plain = got_ld[cells], got_plain[cells]
-    elif sweep == "attn_head_by_pos_every":  # the stack of the five by-position sweeps, as the reference's helper
-        parts = [reference(case, f"attn_head_{k}_by_pos") for k in ("out", "q", "k", "v", "pattern")]
-        want_ld, want_plain = (torch.stack([p[i] for p in parts[:4]] + [parts[4][i].permute(0, 2, 1)]) for i in (0, 1))
-    else:
-        want_ld, want_plain = reference(case, sweep)
+    got_ld, got_plain, want_ld, want_plain = compared(case, sweep, *ours(case, sweep))
     assert_matches(got_ld, want_ld, case, f"{sweep} LogitDiff")
     assert_matches(got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{sweep} plain metric")
 

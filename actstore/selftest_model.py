@@ -11,8 +11,8 @@ adapter: docs/model-families.md), with the installed versions, before a long run
 - activation patching (resid_pre and every head's output) equals
   ``transformer_lens.patching`` on the same model, within the engine's self-check tolerance.
 
-What actstore refuses for the family (path patching and circuits beyond GPT-2, DLA and
-direct paths on Gemma 2) is listed in the report, so that a refusal later is no surprise.
+What actstore refuses for the family (circuits on grouped-query models and Gemma 2, DLA
+and direct paths on Gemma 2) is listed in the report, so that a refusal later is no surprise.
 """
 
 from __future__ import annotations
@@ -114,9 +114,11 @@ def _check_patching(model: LoadedModel) -> Check:
 
 def _refusals(model: LoadedModel) -> Check:
     adapter = adapter_for(model, "actstore selftest --model")
-    refused = [what for what, no in (("path patching of edges, circuits", not adapter.hand_run_blocks),
-                                     ("direct logit attribution, direct path patching", adapter.sublayer_output_norms),
+    refused = [what for what, no in (("direct logit attribution, direct path patching", adapter.sublayer_output_norms),
                                      ("--engine hf", not adapter.hf_sites)) if no]
+    why = adapter.edge_graph_problem(model.bridge)
+    if why:
+        refused.append(f"circuit discovery and path patching ({why})")
     refused += [f"the {site} site ({why})" for site, why in adapter.absent_sites.items()]
     detail = (f"{adapter.name}: every engine runs" if not refused else
               f"{adapter.name}: refused by design, before any work: {'; '.join(refused)} (docs/model-families.md)")

@@ -17,6 +17,12 @@ next to the spread of the reference's values (a random-init model moves them lit
     /tmp/venv/bin/python benchmarks/bench_edges.py --threads 1          # GPT-2-small shape, CPU
     /tmp/venv/bin/python benchmarks/bench_edges.py --tiny               # 3 layers, d_model 64, 4 heads: 262 edges
     python benchmarks/bench_edges.py --device cuda --pairs 16 --sample 400   # on a GPU
+    python benchmarks/bench_edges.py --family gpt_neox --tiny           # another family (actstore.random_models)
+
+--family builds a random model of another family of the same shape (one key/value head per
+head); there ours runs the graph's masked forward on the model's own forward and hooks
+(actstore.circuits.forward_hooked), and the reference adds each edge's delta to the one
+input it feeds (tests/circuits/edge_reference.py: edge_by_input_hooks), one forward an edge.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from actstore.demo import gpt2_tokenizer  # noqa: E402
 from actstore.patching import self_check as _self_check  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference
-from tests.circuits.edge_reference import edge_by_hooks  # noqa: E402
+from tests.circuits.edge_reference import edge_by_hooks, edge_by_input_hooks  # noqa: E402
 
 hf_logging.disable_progress_bar()  # building and loading the model: no bars, no warnings
 hf_logging.set_verbosity_error()
@@ -59,6 +65,7 @@ SHAPES = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="3 layers, d_model 64, 4 heads instead of GPT-2 small's shape")
+    p.add_argument("--family", default="gpt2", help="model family (actstore.random_models.FAMILIES) of that shape")
     p.add_argument("--pairs", type=int, default=4, help="IOI prompt pairs (the batch)")
     p.add_argument("--corruption", default="abc", choices=["abc", "flip"],
                    help="abc: three fresh names (pairs differ from position 2 on); flip: the second mention of the "
@@ -73,12 +80,20 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def boot(model_dir: Path, shape: str, device: str, dtype: torch.dtype) -> Any:
+def boot(model_dir: Path, shape: str, device: str, dtype: torch.dtype, family: str = "gpt2") -> Any:
     """The random model, built by a subprocess (reused if model_dir has it)."""
-    folder = model_dir / f"gpt2-{shape}-shape"
+    folder = model_dir / f"{family}-{shape}-shape"
     if not (folder / "config.json").exists():
+        cfg = SHAPES[shape]
         code = ("import sys; from actstore.demo import build_random_gpt2; "
-                f"build_random_gpt2(sys.argv[1], seed=0, **{SHAPES[shape]!r})")
+                f"build_random_gpt2(sys.argv[1], seed=0, **{cfg!r})")
+        if family != "gpt2":
+            heads = dict(num_attention_heads=cfg["n_head"], **({} if family == "gpt_neox" else
+                                                               {"num_key_value_heads": cfg["n_head"]}))
+            kw = dict(num_hidden_layers=cfg["n_layer"], hidden_size=cfg["n_embd"], intermediate_size=4 * cfg["n_embd"],
+                      max_position_embeddings=cfg["n_positions"], **heads)
+            code = ("import sys; from actstore.random_models import build_random_model; "
+                    f"build_random_model({family!r}, sys.argv[1], seed=0, **{kw!r})")
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
     bridge.eval()
@@ -105,7 +120,7 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = "tiny" if args.tiny else "small"
-    bridge = boot(model_dir, shape, args.device, getattr(torch, args.dtype))
+    bridge = boot(model_dir, shape, args.device, getattr(torch, args.dtype), args.family)
     tok = gpt2_tokenizer()
     pairs = tasks.ioi_pairs(args.pairs, seed=0, tokenizer=tok, corruption=args.corruption)
     ids = lambda t: [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -115,7 +130,7 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     graph = Graph.from_model(bridge)
     cfg = SHAPES[shape]
     first = int(torch.nonzero((clean != corrupted).any(0))[0, 0])
-    print(f"\nexact edge patching, GPT-2-{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
+    print(f"\nexact edge patching, {args.family}, GPT-2-{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
           f"{cfg['n_head']} heads: {graph.n_edges} edges), random init, {args.dtype}, {args.device}; {args.pairs} IOI "
           f"pairs ({args.corruption}) of {clean.shape[1]} tokens, first differing at position {first}; per-pair "
           f"LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()} on {os.cpu_count()} CPUs")
@@ -126,8 +141,9 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(clean)
         corrupted_logits, corrupted_cache = bridge.run_with_cache(corrupted)
+    by_hooks = edge_by_hooks if args.family == "gpt2" else edge_by_input_hooks
     t_ref, ref = clock(args.device, lambda: torch.stack([
-        edge_by_hooks(bridge, corrupted, clean_cache, corrupted_cache, corrupted_logits, graph, e, metric)
+        by_hooks(bridge, corrupted, clean_cache, corrupted_cache, corrupted_logits, graph, e, metric)
         for e in sample]))
     per_edge_ref = t_ref / len(sample)
     est_ref = per_edge_ref * graph.n_edges
@@ -138,7 +154,7 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
           f"~{est_ref / 60:.1f} min (estimate: time per edge x edges)")
     print(f"  ratio ~{est_ref / t_ours:.0f}x; max |ours - reference| on the sample {diff:.2g} (reference spread "
           f"{spread:.3g})")
-    row = dict(shape=shape, edges=graph.n_edges, pairs=args.pairs, corruption=args.corruption, first_change=first,
+    row = dict(family=args.family, shape=shape, edges=graph.n_edges, pairs=args.pairs, corruption=args.corruption, first_change=first,
                n_pos=int(clean.shape[1]), device=args.device,
                dtype=args.dtype, threads=torch.get_num_threads(), ours_s=t_ours,
                ours_edges_per_s=graph.n_edges / t_ours,

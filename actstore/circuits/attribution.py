@@ -104,7 +104,7 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
     out_dtype = torch.promote_types(fwd.dtype, torch.float32)
     total = torch.zeros((fwd.graph.n_edges,) + ((batch,) if per_pair else ()), dtype=torch.float64,
                         device=fwd.device)
-    uniform = _Uniform(fwd)
+    uniform = _Uniform(fwd) if type(fwd) is GraphForward else fwd  # (HookedGraphForward has its own grads)
     bar = tqdm(total=batch * n_steps, desc=f"edge attribution ({method})", unit="pair-step", disable=not progress)
     for a in range(0, batch, pairs):
         b = min(batch, a + pairs)
@@ -118,7 +118,7 @@ def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch
     return (total / (n_steps * (1 if per_pair else batch))).to(out_dtype)
 
 
-def _chunk(fwd: GraphForward, uniform: "_Uniform", tokens: torch.Tensor, clean: torch.Tensor,
+def _chunk(fwd: GraphForward, uniform: Any, tokens: torch.Tensor, clean: torch.Tensor,
            metric: CircuitMetric, method: str, n_steps: int, bar: Any) -> torch.Tensor:
     """(n_edges, pair) float64: the chunk's scores per pair, summed over the steps."""
     total = torch.zeros((fwd.graph.n_edges, tokens.shape[0]), dtype=torch.float64, device=fwd.device)

@@ -29,7 +29,7 @@ from jaxtyping import Int
 from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
-from ..patching.engine import check_hand_run, default_memory_budget
+from ..patching.engine import check_hand_run, check_model, default_memory_budget, variant_row_bytes
 from ..patching.metrics import Metrics
 from ..patching.path import READERS, EdgeValues, capture, edge_sweep
 from ..sites import hook_name
@@ -62,13 +62,19 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     batched forward of the engine."""
     from tqdm.auto import tqdm
 
-    check_hand_run(model, "Circuit discovery")
+    adapter = check_model(model, "Circuit discovery")
     graph = _check_graph(model, graph)
     ids = _parse_edges(graph, edges)
     corrupted_tokens, clean_tokens = _parse_tokens(model, corrupted_tokens, clean_tokens, clean_cache)
     batch, n_pos = (int(n) for n in corrupted_tokens.shape)
     device = torch.device(model.cfg.device)
     unique, inverse = np.unique(ids, return_inverse=True)
+    if not adapter.hand_run_blocks:
+        scores = _hooked_scores(model, graph, unique, corrupted_tokens, clean_tokens, clean_cache, clean_rows, metric,
+                                memory_budget or default_memory_budget(device), progress)
+        scores = scores[torch.as_tensor(inverse, device=device)]
+        return scores if per_pair else scores.mean(-1)
+    check_hand_run(model, "Circuit discovery")
     scores = torch.zeros(len(unique), batch, device=device)
     by_reader: dict[str, list[int]] = {}  # reader -> positions in unique
     for i, e in enumerate(unique):
@@ -116,13 +122,52 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     return scores if per_pair else scores.mean(-1)
 
 
+def _hooked_scores(model: Any, graph: Graph, edges: np.ndarray, corrupted: torch.Tensor, clean: torch.Tensor | None,
+                   clean_cache: Any, clean_rows: Any, metric: Callable[[torch.Tensor], torch.Tensor], budget: int,
+                   progress: bool) -> torch.Tensor:
+    """(edge, batch): each edge patched alone on the model's own forward, its one input given
+    its source's clean-minus-corrupted output (:meth:`~actstore.circuits.forward_hooked.
+    HookedGraphForward.edge_patches`), many edges a forward, logits only where the metric
+    reads them."""
+    from tqdm.auto import tqdm
+
+    from .clean import CleanNodes
+    from .forward import GraphForward
+
+    fwd = GraphForward(model, graph)
+    batch, n_pos = (int(n) for n in corrupted.shape)
+    with torch.no_grad():
+        corrupted_logits = model(corrupted)
+    _check_metric(metric, corrupted_logits, batch)
+    metrics = Metrics({"metric": metric}, True, batch, n_pos)
+    baseline = metrics.evaluate(metrics.select(corrupted_logits))[0, 0]  # (batch,)
+    clean_out = CleanNodes(model, clean_cache if clean_cache is not None else clean, graph, n_pos, batch, clean_rows)
+    deltas = clean_out(0, batch) - fwd.node_outputs(corrupted)  # (upstream, batch, pos, d_model)
+    positions = metrics.positions if metrics.restricted else None
+    qkv_inputs = 3 * int(model.cfg.n_heads) * n_pos * fwd.d_model  # the per-head input copies, the largest hook
+    row = variant_row_bytes(model, n_pos, qkv_inputs, full_logits=positions is None)
+    per_chunk = max(1, budget // max(1, batch * row))
+    scores = torch.zeros(len(edges), batch, device=fwd.device)
+    bar = tqdm(total=len(edges), desc="exact edge patching", disable=not progress)
+    for a in range(0, len(edges), per_chunk):
+        chunk = [int(e) for e in edges[a:a + per_chunk]]
+        logits = fwd.edge_patches(corrupted, chunk, deltas, positions).flatten(0, 1)  # (edge * batch, pos', vocab)
+        sel = logits[..., list(metrics.token_ids)] if positions is not None else metrics.select(logits)
+        scores[a:a + len(chunk)] = metrics.evaluate(sel)[:, 0] - baseline
+        bar.update(len(chunk))
+    bar.close()
+    return scores
+
+
 def _check_graph(model: Any, graph: Graph | None) -> Graph:
-    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    own = Graph.from_model(model)
     if graph is None:
-        return Graph(n_layers, n_heads)
-    if (graph.n_layers, graph.n_heads) != (n_layers, n_heads):
-        raise ConfigError(f"the graph has {graph.n_layers} layers of {graph.n_heads} heads but the model "
-                          f"{n_layers} of {n_heads}; pass Graph.from_model(model) (or graph=None).")
+        return own
+    if (graph.n_layers, graph.n_heads, graph.parallel) != (own.n_layers, own.n_heads, own.parallel):
+        raise ConfigError(f"the graph has {graph.n_layers} layers of {graph.n_heads} heads"
+                          f"{' (parallel blocks)' if graph.parallel else ''} but the model {own.n_layers} of "
+                          f"{own.n_heads}{' (parallel blocks)' if own.parallel else ''}; pass Graph.from_model(model) "
+                          "(or graph=None).")
     return graph
 
 

@@ -1,6 +1,8 @@
-"""A GPT-2 forward in which every downstream input of the edge graph is computed from
-its own edges: the one mechanism behind edge attribution (its gradient in the mask),
-faithfulness (masks of circuits) and path patching (masks plus replaced senders).
+"""A forward in which every downstream input of the edge graph is computed from its own
+edges: the one mechanism behind edge attribution (its gradient in the mask),
+faithfulness (masks of circuits) and path patching (masks plus replaced senders). Written
+out here for GPT-2; the other families get the same from the model's own forward and
+hooks (:mod:`actstore.circuits.forward_hooked`, which ``GraphForward(model)`` returns there).
 
 ``run(tokens, mask, patch)`` computes, for each variant v, a forward on ``tokens`` in
 which every downstream input d of :class:`~actstore.circuits.graph.Graph` reads
@@ -32,7 +34,7 @@ import torch
 
 from ..errors import ConfigError
 from ..patching import self_check
-from ..patching.engine import check_hand_run
+from ..patching.engine import check_hand_run, check_model
 from ..sites import hook_name
 from .clean import run_node_outputs
 from .edge_sum import edge_sum
@@ -42,25 +44,41 @@ __all__ = ["GraphForward", "token_ids"]
 
 
 class GraphForward:
-    """The masked edge forward of one model (see the module's docstring)."""
+    """The masked edge forward of one model (see the module's docstring). On a family whose
+    blocks actstore does not compute by hand (its adapter's ``hand_run_blocks``),
+    ``GraphForward(model)`` is a :class:`~actstore.circuits.forward_hooked.HookedGraphForward`:
+    the same run, made of the model's own forward and hooks."""
+
+    def __new__(cls, model: Any, graph: Graph | None = None) -> "GraphForward":
+        if cls is GraphForward and not check_model(model, "Circuit discovery").hand_run_blocks:
+            from .forward_hooked import HookedGraphForward
+
+            return super().__new__(HookedGraphForward)
+        return super().__new__(cls)
 
     def __init__(self, model: Any, graph: Graph | None = None):
-        check_hand_run(model, "Circuit discovery")
+        self._check_family(model)
         self.model = model
-        self.graph = graph if graph is not None else Graph.from_model(model)
+        own = Graph.from_model(model)
+        self.graph = graph if graph is not None else own
         cfg = model.cfg
-        if (self.graph.n_layers, self.graph.n_heads) != (int(cfg.n_layers), int(cfg.n_heads)):
-            raise ConfigError(f"the graph is {self.graph.n_layers} layers x {self.graph.n_heads} heads but the model "
-                              f"is {cfg.n_layers} x {cfg.n_heads}; build it with Graph.from_model(model).")
+        g = self.graph
+        if (g.n_layers, g.n_heads, g.parallel) != (own.n_layers, own.n_heads, own.parallel):
+            raise ConfigError(f"the graph is {g.n_layers} layers x {g.n_heads} heads"
+                              f"{' (parallel blocks)' if g.parallel else ''} but the model is {cfg.n_layers} x "
+                              f"{cfg.n_heads}{' (parallel blocks)' if own.parallel else ''}; build it with "
+                              "Graph.from_model(model).")
         self.d_model, self.d_head, self.n_heads = int(cfg.d_model), int(cfg.d_head), int(cfg.n_heads)
         self.device = torch.device(cfg.device)
         self.dtype = model.W_E.dtype  # the weights' (a bridge or a HookedTransformer)
-        g = self.graph
         self._node = {u.name: i for i, u in enumerate(g.upstream)}
         # per downstream input: its edges (a contiguous range) and their source nodes
         starts = torch.searchsorted(torch.as_tensor(g.dst), torch.arange(len(g.downstream) + 1))
         self._range = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
         self._checked = False
+
+    def _check_family(self, model: Any) -> None:
+        check_hand_run(model, "Circuit discovery")
 
     # --- sizes --------------------------------------------------------------------------
 

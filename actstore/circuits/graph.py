@@ -11,7 +11,8 @@ separately, ``a{L}.h{H}<q>``, ``<k>``, ``<v>``; each MLP's input ``m{L}``; and
 
 An edge ``u->d`` exists where u is computed before d reads: a head of layer L reads
 ``input``, every head and MLP of layers before L; the MLP of layer L also reads the
-heads of its own layer; ``logits`` read every node. A downstream input is the sum of
+heads of its own layer, except in a model whose blocks run attention and MLP in parallel
+from the block's input (GPT-NeoX / Pythia: ``parallel``); ``logits`` read every node. A downstream input is the sum of
 its upstream nodes' outputs plus the biases (attention output biases, which no node
 owns). GPT-2 small (12 layers, 12 heads) has 32,491 edges.
 
@@ -62,20 +63,22 @@ class Input:
         return self.name.split("<")[0]
 
 
-def _reads(u: Node, d: Input) -> bool:
+def _reads(u: Node, d: Input, parallel: bool) -> bool:
     if u.kind == "input" or d.kind == "logits":
         return True
     if d.kind == "mlp":
-        return u.layer < d.layer or (u.layer == d.layer and u.kind == "head")
+        return u.layer < d.layer or (u.layer == d.layer and u.kind == "head" and not parallel)
     return u.layer < d.layer  # a head's q/k/v
 
 
 @dataclass(frozen=True)
 class Graph:
-    """Every node and edge of a GPT-2-family model of ``n_layers`` x ``n_heads``."""
+    """Every node and edge of a model of ``n_layers`` x ``n_heads`` (``parallel``: its
+    blocks run attention and MLP side by side)."""
 
     n_layers: int
     n_heads: int
+    parallel: bool = False
     upstream: tuple[Node, ...] = field(init=False, repr=False)
     downstream: tuple[Input, ...] = field(init=False, repr=False)
     src: np.ndarray = field(init=False, repr=False)  # (edge,) int64 index into upstream
@@ -96,7 +99,7 @@ class Graph:
         src, dst = [], []
         for j, d in enumerate(down):
             for i, u in enumerate(up):
-                if _reads(u, d):
+                if _reads(u, d, self.parallel):
                     src.append(i)
                     dst.append(j)
         object.__setattr__(self, "upstream", tuple(up))
@@ -107,8 +110,14 @@ class Graph:
 
     @classmethod
     def from_model(cls, model: Any) -> "Graph":
-        """The graph of a loaded model (``model.cfg.n_layers``, ``n_heads``)."""
-        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads))
+        """The graph of a loaded model (``model.cfg.n_layers``, ``n_heads``, and whether its
+        family's blocks are parallel); a model whose edges the graph cannot describe exactly
+        is refused here (its family adapter says why)."""
+        from ..families import adapter_for
+
+        adapter = adapter_for(model, "Circuit discovery")
+        adapter.check_edge_graph(model)
+        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), adapter.parallel_blocks(model))
 
     @property
     def n_edges(self) -> int:

@@ -96,6 +96,37 @@ class Adapter:
             raise ConfigError(f"{what} reads {missing[0]}, and this {cls.name} model has no such hook: {why}.")
 
     @classmethod
+    def parallel_blocks(cls, bridge: Any) -> bool:
+        """Whether the model's blocks run attention and the MLP side by side from the block's
+        input (so an MLP reads no head of its own layer)."""
+        return False
+
+    @classmethod
+    def edge_graph_problem(cls, bridge: Any) -> str | None:
+        """Why the circuit graph (actstore.circuits.graph: the residual stream as the sum of
+        the nodes' outputs, read by one q, k and v input per head) does not describe this
+        model exactly; None where it does."""
+        if cls.sublayer_output_norms:
+            return ("each attention and MLP output is normalised before it joins the residual, so a head's write is "
+                    "not z @ W_O")
+        cfg = getattr(bridge, "cfg", None)
+        n_kv, n_heads = getattr(cfg, "n_key_value_heads", None), getattr(cfg, "n_heads", None)
+        if n_kv is not None and n_heads is not None and int(n_kv) != int(n_heads):
+            return (f"each key/value head is shared by {int(n_heads) // int(n_kv)} query heads (n_key_value_heads="
+                    f"{n_kv}, n_heads={n_heads}), a graph actstore does not have yet")
+        return None
+
+    @classmethod
+    def check_edge_graph(cls, bridge: Any) -> None:
+        """Refuse a model :meth:`edge_graph_problem` names a problem with."""
+        why = cls.edge_graph_problem(bridge)
+        if why:
+            raise ConfigError(f"Circuit discovery scores the edges of a graph whose residual stream is the sum of its "
+                              f"nodes' outputs, each head with its own query, key and value input; in this {cls.name} "
+                              f"model {why}. actstore refuses rather than approximate: use activation patching "
+                              "(actstore patch, every sweep) for this model.")
+
+    @classmethod
     def check_direct_paths(cls, what: str) -> None:
         """Refuse ``what`` (a linear attribution of the logits to each head's and MLP's
         output) for a family whose logits are not such a sum."""

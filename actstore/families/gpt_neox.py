@@ -3,6 +3,8 @@ MLP in parallel from the same residual, an untied unembedding."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Adapter, register
 from .hf import HFSite
 
@@ -19,6 +21,13 @@ class GPTNeoX(Adapter):
                                  "no residual lies between them; patch resid_pre, attn_out or mlp_out instead"}
     # no q, k, v: the fused query_key_value interleaves them head by head (refused, naming the bridge);
     # no resid_mid: attention and MLP both read the block's input
+    @classmethod
+    def parallel_blocks(cls, bridge: Any) -> bool:
+        config = getattr(getattr(bridge, "original_model", None), "config", None)
+        if config is None:  # a HookedTransformer: its own config says
+            return bool(getattr(bridge.cfg, "parallel_attn_mlp", True))
+        return bool(getattr(config, "use_parallel_residual", True))
+
     hf_sites = {
         "hook_embed": HFSite("gpt_neox.embed_in"),
         "blocks.{L}.hook_resid_pre": HFSite(f"{_L}.input_layernorm", "input"),

@@ -53,7 +53,8 @@ from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
 
-__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run"]
+__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run",
+           "variant_row_bytes"]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 # one block call costs about as much as this many extra (row x position) items of work:
@@ -291,7 +292,7 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
             bar.update(len(cells) - len(live))
             live.sort()
             all_live += live
-            row_bytes = _row_bytes(model, n_pos, corr_act[0].numel(),
+            row_bytes = variant_row_bytes(model, n_pos, corr_act[0].numel(),
                                    full_logits=not (metrics.restricted and windowed_model))
             max_var = max(1, budget // (batch * row_bytes))
             windowed = q_axis is not None and kv_prefix and windowed_model
@@ -328,7 +329,7 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     return out, baseline
 
 
-def _row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int:
+def variant_row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int:
     """Rough peak bytes of one prompt row of one variant through a block."""
     cfg = model.cfg
     d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)

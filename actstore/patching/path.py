@@ -39,7 +39,7 @@ from .engine import Sweep, block_projections, check_model, run_sweep
 from .metrics import Metrics
 
 __all__ = ["Reader", "READERS", "EdgeValues", "edge_setter", "edge_sweep", "check_edge_values", "capture",
-           "direct_path_sweep"]
+           "direct_path_sweep", "split_qkv_input"]
 
 _COMPONENTS = ("q", "k", "v")
 
@@ -261,7 +261,7 @@ def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: A
     indices = [[layer, s, head] for layer in dst_layers for s in live[layer] for head in range(n_heads)]
     metrics = Metrics({"metric": metric}, False, batch, n_pos)
     if not hand_run:  # the reference's own fork, many edges at a time
-        with _split_qkv_input(model):
+        with split_qkv_input(model):
             sweep = Sweep(indices=indices, act_name=lambda layer: f"blocks.{layer}.attn.hook_{component}_input",
                           patch_setter=_add_write)
             out, _ = run_sweep(model, corrupted_tokens, _Writes(torch.stack(deltas)), metrics, sweep, memory_budget,
@@ -303,7 +303,7 @@ def _add_write(act: torch.Tensor, index: Sequence[int], deltas: torch.Tensor) ->
 
 
 @contextmanager
-def _split_qkv_input(model: Any) -> Iterator[None]:
+def split_qkv_input(model: Any) -> Iterator[None]:
     """The model's per-head q/k/v input hooks switched on (and its own settings back on exit)."""
     split = bool(getattr(model.cfg, "use_split_qkv_input", False))
     attn_in = bool(getattr(model.cfg, "use_attn_in", False))

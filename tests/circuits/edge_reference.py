@@ -7,7 +7,13 @@ mlp_out, from run_with_cache) is added to the residual the destination reads
 for the logits); the destination's output is read off that run (the head's
 hook_q/k/v, hook_mlp_out) and written into a fresh corrupted run, so that every other
 reader keeps the corrupted residual. The result: the metric of that run minus the
-corrupted run's, per pair."""
+corrupted run's, per pair.
+
+:func:`edge_by_input_hooks` is the same reference for the other families (and any model
+whose bridge has per-head input hooks): the delta is added to the one input the edge
+feeds, in one forward: a head's own q/k/v input (``blocks.L.attn.hook_{q,k,v}_input``,
+switched on), the MLP's input copy (a new tensor at ``blocks.L.ln2.hook_in``), or the
+final residual (``ln_final.hook_in``)."""
 
 from __future__ import annotations
 
@@ -56,3 +62,45 @@ def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrup
             bridge.run_with_hooks(corrupted, fwd_hooks=[(read, lambda a, hook: a + delta), (out, keep)])
             logits = bridge.run_with_hooks(corrupted, fwd_hooks=[(out, write)])
         return metric(logits) - metric(corrupted_logits)
+
+
+def node_output(bridge: Any, graph: Graph, u: int, cache: Any) -> torch.Tensor:
+    """Upstream node ``u``'s output in a run (its cache): the residual entering block 0, a
+    head's z @ W_O, an MLP's output."""
+    node = graph.upstream[u]
+    if node.kind == "input":
+        return cache["blocks.0.hook_resid_pre"]
+    if node.kind == "mlp":
+        return cache[f"blocks.{node.layer}.hook_mlp_out"]
+    return cache[f"blocks.{node.layer}.attn.hook_z"][:, :, node.head] @ bridge.blocks[node.layer].attn.W_O[node.head]
+
+
+def add_to_input(bridge: Any, graph: Graph, edge: int, corrupted: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The corrupted run's logits with ``delta`` added to the one input ``edge`` feeds."""
+    from actstore.patching.path import split_qkv_input
+
+    d = graph.downstream[graph.dst[edge]]
+    if d.kind in ("q", "k", "v"):
+        name = f"blocks.{d.layer}.attn.hook_{d.kind}_input"  # (batch, pos, head, d_model): the head's own copy
+
+        def add(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            act = act.clone()
+            act[:, :, d.head] = act[:, :, d.head] + delta
+            return act
+    else:  # a new tensor: the MLP's input copy (ln2's), or the final residual, alone
+        name = "ln_final.hook_in" if d.kind == "logits" else f"blocks.{d.layer}.ln2.hook_in"
+
+        def add(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            return act + delta
+    with split_qkv_input(bridge):
+        return bridge.run_with_hooks(corrupted, fwd_hooks=[(name, add)])
+
+
+def edge_by_input_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
+                        corrupted_logits: torch.Tensor, graph: Graph, edge: int,
+                        metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(batch,) metric differences of patching ``edge`` alone, through the input hooks."""
+    u = int(graph.src[edge])
+    delta = node_output(bridge, graph, u, clean_cache) - node_output(bridge, graph, u, corrupted_cache)
+    with torch.no_grad():
+        return metric(add_to_input(bridge, graph, edge, corrupted, delta)) - metric(corrupted_logits)

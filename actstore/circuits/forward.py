@@ -28,7 +28,7 @@ wrong edges.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -49,11 +49,15 @@ class GraphForward:
     ``GraphForward(model)`` is a :class:`~actstore.circuits.forward_hooked.HookedGraphForward`:
     the same run, made of the model's own forward and hooks."""
 
+    hand_run: ClassVar[bool] = True  # computes the blocks itself (the adapter's hand_run_blocks)
+
     def __new__(cls, model: Any, graph: Graph | None = None) -> "GraphForward":
         if cls is GraphForward and not check_model(model, "Circuit discovery").hand_run_blocks:
-            from .forward_hooked import HookedGraphForward
-
-            return super().__new__(HookedGraphForward)
+            # the subclass for the other families (actstore.circuits imports its module)
+            other = [sub for sub in GraphForward.__subclasses__() if not sub.hand_run]
+            if not other:
+                raise RuntimeError("actstore.circuits.forward_hooked is not imported; import actstore.circuits.")
+            return super().__new__(other[0])
         return super().__new__(cls)
 
     def __init__(self, model: Any, graph: Graph | None = None):

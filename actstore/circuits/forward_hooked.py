@@ -44,6 +44,8 @@ Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
 class HookedGraphForward(GraphForward):
     """:class:`GraphForward` on the model's own forward (module docstring)."""
 
+    hand_run = False
+
     def __init__(self, model: Any, graph: Any = None):
         super().__init__(model, graph)
         self.dtype = bridge_dtype(model)

@@ -62,7 +62,9 @@ class CircuitJobConfig:
         "help": "the store rows of the clean prompts, A:B (default: found by their tokens)", "metavar": "A:B"})
     out: str | None = field(default=None, metadata={"help": "results Zarr group (default PAIRS.circuit.zarr or "
                                                             "TASK.circuit.zarr); figures go next to it"})
-    batch_pairs: int = field(default=16, metadata={"help": "pairs per faithfulness forward (default 16)"})
+    batch_pairs: int = field(default=16, metadata={"help": "pairs per batch: each method scores them, and measures "
+                                                       "faithfulness, a batch at a time; under torchrun the batches "
+                                                       "are shared out (default 16)"})
     memory_budget: int | None = _patch_field("memory_budget")
     dtype: str | None = _patch_field("dtype")
     device: str = _patch_field("device")

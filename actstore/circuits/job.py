@@ -23,7 +23,13 @@ next to ``--out``: the circuit as PNG, DOT and JSON, the faithfulness curves, an
 method's scores against exact. The group holds one identity (model, pairs, metric,
 circuit settings, graph; :mod:`actstore.circuits.output`): a run of the same one adds its
 methods, and the figures joining methods are drawn from all of them; another is refused,
-or with --overwrite replaces the whole output. One process only: refused under torchrun.
+or with --overwrite replaces the whole output.
+
+Under torchrun / accelerate (several processes), the pairs are split into the same batches
+of ``--batch-pairs`` whatever the number of processes, dealt round-robin; each process
+scores its batches (every method, and the faithfulness curves), the per-pair results are
+gathered in batch order, and process 0 writes. So the results are the same, byte for byte,
+for any number of processes.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreMismatchError
-from ..models import as_loaded
-from ..parallel import launched
+from ..models import as_loaded, check_processes
+from ..parallel import Group, group_for
 from ..patching.clean import check_store_model, store_rows
 from ..patching.pairs import Pairs, check_source, clean_store_fix, read_pairs, task_pairs
 from ..store import ActivationStore, ResultWriter
@@ -65,10 +71,6 @@ class CircuitJobResult:
 
 def _check(cfg: CircuitJobConfig) -> None:
     """Everything that can be checked before the model loads."""
-    if launched():
-        raise ConfigError(f"actstore circuit runs in one process, but this one is one of {os.environ['WORLD_SIZE']} "
-                          "(WORLD_SIZE, set by torchrun or accelerate launch): each would run the whole job and write "
-                          "the same results. Run it as a single process: actstore circuit ... (without torchrun).")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise ConfigError(f"Unknown method {unknown[0] if unknown else cfg.method!r}; --method takes one or a comma "
@@ -100,7 +102,8 @@ def _default_out(cfg: CircuitJobConfig) -> str:
     return f"{stem}.circuit.zarr"
 
 
-def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[ActivationStore | None, list[int] | None]:
+def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs, procs: Group
+                ) -> tuple[ActivationStore | None, list[int] | None]:
     """The store of the clean activations (cached from the clean prompts if it does not
     exist), checked, and the rows that hold the clean prompts."""
     if cfg.store is None:
@@ -108,8 +111,8 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs) -> tuple[Activa
     from ..capture import cache
 
     n_pairs, n_pos = pairs.clean.shape
-    if not os.path.exists(cfg.store):
-        if cfg.progress:
+    if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
+        if cfg.progress and procs.main:
             print(f"caching the {n_pairs} clean prompts into {cfg.store}")
         cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
               sites=CLEAN_SITES, dtype=model.info.dtype, device=model.device, model_revision=cfg.model_revision,
@@ -161,13 +164,13 @@ def _scorer(method: str) -> Callable[..., torch.Tensor]:
 def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     """Score every edge by each method, pick and prune the --top circuit, measure the
     faithfulness curve; write the results and figures (see the module docstring)."""
-    from ..compat import versions
     from ..patching import tasks
     from . import output
-    from .figures import draw_circuit
 
     _check(cfg)
-    model = as_loaded(cfg.model, cfg.dtype, cfg.device, cfg.model_revision)
+    check_processes(cfg.model)
+    procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
+    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
     bridge, info = model.bridge, model.info
     generated: list[tasks.PromptPair] = []
     if cfg.pairs is not None:
@@ -185,12 +188,17 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
               {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None})
     ident = output.identity(info.to_dict(), pairs, source, cfg, graph)
-    replace_all = output.check_output(out, ident, cfg.overwrite)  # another run's group: refused, or replaced whole
-    writers = {m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
-                               fix="pass --overwrite to replace them, or --out another path",
-                               unwritable_fix="pass --out a path you can write") for m in cfg.methods}
-    store, rows = _clean_rows(cfg, model, pairs)  # may cache the clean prompts: after every refusal above
-    if cfg.write_pairs:  # every check passed: the pairs are what this run scores
+    writers: dict[str, ResultWriter] = {}
+
+    def check_output() -> bool:  # another run's group: refused, or replaced whole (process 0 writes)
+        replace = output.check_output(out, ident, cfg.overwrite)
+        writers.update({m: ResultWriter(out, f"circuit/{m}", cfg.overwrite, what=f"{m} circuit results",
+                                        fix="pass --overwrite to replace them, or --out another path",
+                                        unwritable_fix="pass --out a path you can write") for m in cfg.methods})
+        return replace
+    replace_all = procs.on_main(check_output, "checking the output")
+    store, rows = _clean_rows(cfg, model, pairs, procs)  # may cache the clean prompts: after every refusal above
+    if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run scores
         tasks.write_pairs(generated, cfg.write_pairs)
 
     clean, corrupted = pairs.clean.to(model.device), pairs.corrupted.to(model.device)
@@ -202,46 +210,105 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     metric = circuit_metric(cfg.metric, answer=pairs.answer.to(model.device), wrong=pairs.wrong.to(model.device),
                             clean_logits=clean_logits, corrupted_logits=corrupted_logits)
     _check_separated(*(metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)))
-    extra = {"clean_cache": store, "clean_rows": rows} if store is not None else {}
-    scores: dict[str, np.ndarray] = {}
-    for method in cfg.methods:
-        if cfg.progress:
-            print(f"scoring {graph.n_edges} edges: {method}")
-        s = _scorer(method)(bridge, clean, corrupted, metric, graph=graph, steps=cfg.steps,
-                            memory_budget=cfg.memory_budget, progress=cfg.progress, **extra)
-        scores[method] = s.detach().double().cpu().numpy()
-
-    from .forward import GraphForward
-
-    fwd = GraphForward(bridge, graph)
-    sizes = sorted(set(default_sizes(graph.n_edges)) | {cfg.top})
+    run = _Batches(cfg, procs, bridge, metric, clean, corrupted, store, rows)
+    scores = {m: run.scores(m, graph) for m in cfg.methods}
     # --signed ranks the edges that move the metric towards the clean run first (for kl: the negative scores)
     sign = 1.0 if metric.higher_is_better else -1.0
     pick = dict(how=cfg.selection, absolute=not cfg.signed)
-    curves: dict[str, Faithfulness] = {}
-    circuits: dict[str, Circuit] = {}
-    for method, s in scores.items():
-        circuits[method] = select_circuit(graph, sign * s, cfg.top, **pick)  # type: ignore[arg-type]
-        masks = np.stack([select_circuit(graph, sign * s, n, **pick).mask for n in sizes])  # type: ignore[arg-type]
-        chunks = [(a, min(a + cfg.batch_pairs, n_pairs)) for a in range(0, n_pairs, cfg.batch_pairs)]
-        curves[method] = Faithfulness.concat([
-            faithfulness(bridge, clean[a:b], corrupted[a:b], metric if (a, b) == (0, n_pairs) else
-                         metric.for_pairs(a, b), masks, forward=fwd, memory_budget=cfg.memory_budget,
-                         progress=cfg.progress, sizes=sizes, positions=metric.positions) for a, b in chunks])
-    attrs = {"model": info.to_dict(), **source, "metric": cfg.metric, "steps": cfg.steps, "n_pairs": int(n_pairs),
-             "selection": cfg.selection, "signed": cfg.signed, "top": cfg.top,
-             "clean_source": f"store {store.path}" if store is not None else "clean forward",
-             "command_line": cfg.command_line, "software": versions(),
-             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    circuits = {m: select_circuit(graph, sign * s, cfg.top, **pick)  # type: ignore[arg-type]
+                for m, s in scores.items()}
+    curves = {m: run.faithfulness(graph, sign * s, pick) for m, s in scores.items()}
+    result = CircuitJobResult(out, scores, circuits, curves)
+    attrs = _attrs(cfg, info, source, n_pairs, store)
+    result.correlation, result.figures = procs.on_main(
+        lambda: _write_all(cfg, result, writers, graph, pairs, attrs, replace_all, ident, info.name),
+        "writing the results")
+    return result
+
+
+class _Batches:
+    """The job's work in batches of ``--batch-pairs`` pairs, the same batches for any number
+    of processes, dealt round-robin; each result gathered in batch order on every process."""
+
+    def __init__(self, cfg: CircuitJobConfig, procs: Group, bridge: Any, metric: Any, clean: torch.Tensor,
+                 corrupted: torch.Tensor, store: ActivationStore | None, rows: list[int] | None):
+        self.cfg, self.procs, self.bridge, self.metric = cfg, procs, bridge, metric
+        self.clean, self.corrupted, self.store, self.rows = clean, corrupted, store, rows
+        n = int(clean.shape[0])
+        self.bounds = [(a, min(a + cfg.batch_pairs, n)) for a in range(0, n, cfg.batch_pairs)]
+        self.n = n
+
+    def _each(self, fn: Callable[[int, int, Any], Any], what: str) -> list[Any]:
+        """``fn(a, b, metric of pairs a..b-1)`` of every batch, in batch order."""
+        mine = {i: fn(a, b, self.metric if (a, b) == (0, self.n) else self.metric.for_pairs(a, b))
+                for i, (a, b) in ((i, self.bounds[i]) for i in self.procs.owned(range(len(self.bounds))))}
+        for share in self.procs.all_gather(mine, what):
+            mine.update(share)
+        return [mine[i] for i in range(len(self.bounds))]
+
+    def scores(self, method: str, graph: Graph) -> np.ndarray:
+        """(edge,) float64: the method's scores, the mean over every pair of the per-pair ones."""
+        cfg = self.cfg
+        if cfg.progress and self.procs.main:
+            print(f"scoring {graph.n_edges} edges: {method}"
+                  + (f" ({self.procs.world} processes share {len(self.bounds)} batches of pairs)"
+                     if self.procs.distributed else ""))
+
+        def batch(a: int, b: int, metric: Any) -> np.ndarray:
+            extra = {"clean_cache": self.store, "clean_rows": self.rows[a:b]} if self.store is not None and \
+                self.rows is not None else {}
+            s = _scorer(method)(self.bridge, self.clean[a:b], self.corrupted[a:b], metric, graph=graph,
+                                steps=cfg.steps, memory_budget=cfg.memory_budget, per_pair=True,
+                                progress=cfg.progress and self.procs.main, **extra)
+            return s.detach().double().cpu().numpy()  # (edge, pair)
+        return np.concatenate(self._each(batch, f"every batch of pairs was scored ({method})"), axis=1).mean(1)
+
+    def faithfulness(self, graph: Graph, signed: np.ndarray, pick: dict[str, Any]) -> Faithfulness:
+        """The faithfulness curve of the circuits the scores pick, at the default sizes and --top."""
+        from .forward import GraphForward
+
+        fwd = GraphForward(self.bridge, graph)
+        sizes = sorted(set(default_sizes(graph.n_edges)) | {self.cfg.top})
+        masks = np.stack([select_circuit(graph, signed, n, **pick).mask for n in sizes])
+
+        def batch(a: int, b: int, metric: Any) -> Faithfulness:
+            return faithfulness(self.bridge, self.clean[a:b], self.corrupted[a:b], metric, masks, forward=fwd,
+                                memory_budget=self.cfg.memory_budget, progress=self.cfg.progress and self.procs.main,
+                                sizes=sizes, positions=metric.positions)
+        return Faithfulness.concat(self._each(batch, "every batch of pairs was measured"))
+
+
+def _attrs(cfg: CircuitJobConfig, info: Any, source: dict[str, Any], n_pairs: int, store: ActivationStore | None
+           ) -> dict[str, Any]:
+    from ..compat import versions
+
+    return {"model": info.to_dict(), **source, "metric": cfg.metric, "steps": cfg.steps, "n_pairs": int(n_pairs),
+            "selection": cfg.selection, "signed": cfg.signed, "top": cfg.top,
+            "clean_source": f"store {store.path}" if store is not None else "clean forward",
+            "command_line": cfg.command_line, "software": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _write_all(cfg: CircuitJobConfig, result: CircuitJobResult, writers: dict[str, ResultWriter], graph: Graph,
+               pairs: Pairs, attrs: dict[str, Any], replace_all: bool, ident: dict[str, Any], name: str
+               ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Process 0's part: every method's arrays, the identity and the figures; (the
+    correlations with exact, the figures written)."""
+    from . import output
+    from .figures import draw_circuit
+
+    out, n_pairs = result.out, int(pairs.clean.shape[0])
     if replace_all:  # another run's results (or none): nothing of them, arrays or figures, remains
         output.reset_output(out)
     output.record_identity(out, ident)
     for method, w in writers.items():
-        _write(w, graph, scores[method], circuits[method], curves[method], pairs, {**attrs, "method": method})
-    figures = [p for m in scores for p in draw_circuit(out, m, circuits[m], scores[m], info.name, n_pairs)]
+        _write(w, graph, result.scores[method], result.circuits[method], result.faithfulness[method], pairs,
+               {**attrs, "method": method})
+    figures = [p for m in result.scores for p in draw_circuit(out, m, result.circuits[m], result.scores[m], name,
+                                                              n_pairs)]
     # the figures that join methods show every method in the group, this run's and those it already held
-    correlation, joint = output.refresh_figures(out, info.name, n_pairs, cfg.selection, cfg.top)
-    return CircuitJobResult(out, scores, circuits, curves, correlation, figures + joint)
+    correlation, joint = output.refresh_figures(out, name, n_pairs, cfg.selection, cfg.top)
+    return correlation, figures + joint
 
 
 def _write(w: ResultWriter, graph: Graph, scores: np.ndarray, circuit: Circuit, curve: Faithfulness, pairs: Pairs,

@@ -7,6 +7,7 @@ import argparse
 
 from ..circuits.config import CLEAN_SITES, CircuitJobConfig
 from ..circuits.job import find_circuit
+from ..parallel import is_main_process
 from .flags import add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
@@ -44,6 +45,8 @@ def _fmt(r: float | None) -> str:
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(CircuitJobConfig, args, command_line=command_line(args))
     res = find_circuit(cfg)
+    if not is_main_process():  # under torchrun: process 0 reports
+        return 0
     for method, c in res.correlation.items():  # printed even with --quiet: the answer to several methods
         print(f"{method} vs exact over {c['n_edges']} edges: Pearson r = {_fmt(c['pearson'])}, Spearman = "
               f"{_fmt(c['spearman'])}, top-{c['top']} overlap = {_fmt(c['top_overlap'])}")

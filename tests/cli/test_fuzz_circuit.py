@@ -7,15 +7,14 @@ path-patching API (issue 25): tables of cases over
   folder, an existing file, the --out path;
 - --store: a store of other prompts, or without the sites the run reads, whose error's
   fix is then followed as written (the cache command run, or the new --store passed);
-- the torchrun environment (WORLD_SIZE=2, either rank) for circuit;
 - the arguments of path_patch, path_patch_sweep and Paths.
 
 The invariant: a clear error of ours (exit 2 and one line ``actstore: error: ...``, or a
 ConfigError naming the accepted forms) with no byte changed in the folder, or a correct
 result; for circuit's output folder, the group and the figures beside it byte for byte
-those of one fresh run of the same identity and methods. `patch` under torchrun shares
-its batches of pairs (tests/capture/test_parallel.py); in-process it would wait for the
-other ranks, so only circuit's refusal is run here.
+those of one fresh run of the same identity and methods. `patch` and `circuit` under
+torchrun share their batches of pairs (tests/capture/test_parallel.py,
+tests/circuits/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -215,17 +214,6 @@ def test_store_fix_is_complete(world, tmp_path, capsys, command, store, source):
         assert argv[:2] == ["actstore", "cache"] and main(argv[1:] + ["--quiet"]) == 0
         assert cmd[2] == new[1]
     assert main(run(new[1])) == 0
-
-
-# --- torchrun ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_circuit_under_torchrun_is_refused(tmp_path, capsys, monkeypatch, rank):
-    for k, v in dict(WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank, LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT="29999").items():
-        monkeypatch.setenv(k, v)
-    refused(capsys, tmp_path, circuit(tmp_path / "c.zarr"),
-            r"runs in one process, but this one is one of 2 \(WORLD_SIZE.*Run it as a single process")
 
 
 # --- path_patch, path_patch_sweep, Paths -------------------------------------------------------

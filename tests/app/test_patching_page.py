@@ -328,3 +328,13 @@ def test_a_big_graph_waits_for_the_button_and_shows_a_head_summary(open_app, mon
     assert [e.key for e in at.get("plotly_chart")][-1] == "fig-patch-scatter"
     (top,) = [d.value for d in at.dataframe if "edge" in d.value.columns]
     assert list(top["edge"]) == [r["edge"] for r in pd.top_edges(edges.graph, edges.exact, len(top))]
+
+
+def test_the_page_on_a_grouped_query_model_shows_the_sweeps_and_says_why_no_edges(open_app, family_model):
+    """A Llama-style model (grouped-query attention): the sweeps and their attribution run
+    (the patching engine serves every family); edge patching, which the circuit graph does
+    not describe there, is left out with the reason."""
+    at = open_app("patching", model=family_model("llama"))
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    assert [e.key for e in at.get("plotly_chart")] == ["fig-patch-resid_pre", "fig-patch-heads", "fig-patch-scatter"]
+    assert any("each key/value head is shared by 2 query heads" in i.value for i in at.info)

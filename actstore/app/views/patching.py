@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ...circuits.graph import Graph
+from ...families import adapter_for
 from .. import patching_data as data
 from .. import state
 from ..figures import heatmap, long_table, show_figure
@@ -182,7 +183,12 @@ def render() -> None:
                "(clean→corrupted where they differ).")
     _sweep_figures(res, labels, int(m.bridge.cfg.n_layers), int(m.bridge.cfg.n_heads))
     st.subheader("Edge patching")
-    edges = _edges(m, key)
+    why = adapter_for(m.bridge, "The patching page").edge_graph_problem(m.bridge)
+    edges = None
+    if why:  # a family whose edges the circuit graph does not describe (the sweeps above still run)
+        st.info(f"Edge patching does not run on {m.info.name}: {why}. The sweeps above do.")
+    else:
+        edges = _edges(m, key)
     if edges is not None:
         _edge_figures(edges)
     st.subheader("Attribution against exact")

@@ -50,7 +50,7 @@ def test_values_equal_run_with_cache_within_rounding(tmp_path, dtype):
     assert len(seen) == len(KINDS) + 3
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt_neox", "gemma2"])
 def test_other_families_equal_run_with_cache_within_rounding(family_model, family, tmp_path):
     """Grouped-query keys and values, the gated MLP's pre- and post-activation, q and k
     before the rotary embedding (Llama's families); GPT-NeoX's parallel block: as the
@@ -103,10 +103,14 @@ def test_what_the_plain_model_does_not_compute_is_refused(tmp_path, family_model
                                           r"--engine bridge"):
         actstore.cache(out=str(out), model="actstore-demo", dataset="actstore-demo", sites="resid_post:0,pattern:0",
                        n_rows=2, seq_len=8, engine="hf", progress=False)
-    with pytest.raises(ConfigError, match=r"for gpt2, gpt_neox, llama, mistral, qwen2 so far; this is a gemma2 "
-                                          r"model.*--engine bridge"):
-        actstore.cache(out=str(out), model=family_model("gemma2"), dataset="actstore-demo", sites="resid_post:0",
-                       n_rows=2, seq_len=8, engine="hf", progress=False)
+    from actstore.families.gemma2 import Gemma2
+
+    with pytest.MonkeyPatch.context() as mp:  # a family without a module map
+        mp.setattr(Gemma2, "hf_sites", {})
+        with pytest.raises(ConfigError, match=r"for gpt2, gpt_neox, llama, mistral, qwen2 so far; this is a gemma2 "
+                                              r"model.*--engine bridge"):
+            actstore.cache(out=str(out), model=family_model("gemma2"), dataset="actstore-demo", sites="resid_post:0",
+                           n_rows=2, seq_len=8, engine="hf", progress=False)
     with pytest.raises(ConfigError, match="Unknown engine 'plain'; pass one of bridge, hf"):
         actstore.cache(out=str(out), model="actstore-demo", dataset="actstore-demo", n_rows=2, engine="plain")
     assert not out.exists()  # refused before the store was made

@@ -8,6 +8,7 @@ from typing import Any
 
 from .base import Adapter, register
 from .hf import HFSite
+from .llama import Llama
 
 __all__ = ["Gemma2"]
 
@@ -21,22 +22,13 @@ class Gemma2(Adapter):
     final_norm = "rmsnorm"
     norm_weight_offset = 1.0
     sublayer_output_norms = True
-    # the attention's and the MLP's outputs after their post-norms, as the bridge's hooks; the
-    # embedding before Gemma's sqrt(d_model) scale (the scaled one is resid_pre 0)
+    # Llama's module names, but the attention's and the MLP's outputs after their post-norms, as
+    # the bridge's hooks (the embedding is before Gemma's sqrt(d_model) scale; resid_pre 0 after)
     hf_sites = {
-        "hook_embed": HFSite("model.embed_tokens"),
-        "blocks.{L}.hook_resid_pre": HFSite(f"{_L}.input_layernorm", "input"),
+        **Llama.hf_sites,
         "blocks.{L}.hook_resid_mid": HFSite(f"{_L}.pre_feedforward_layernorm", "input"),
-        "blocks.{L}.hook_resid_post": HFSite(_L),
         "blocks.{L}.hook_attn_out": HFSite(f"{_L}.post_attention_layernorm"),
         "blocks.{L}.hook_mlp_out": HFSite(f"{_L}.post_feedforward_layernorm"),
-        "blocks.{L}.attn.hook_q": HFSite(f"{_L}.self_attn.q_proj", heads=True),
-        "blocks.{L}.attn.hook_k": HFSite(f"{_L}.self_attn.k_proj", heads=True),
-        "blocks.{L}.attn.hook_v": HFSite(f"{_L}.self_attn.v_proj", heads=True),
-        "blocks.{L}.attn.hook_z": HFSite(f"{_L}.self_attn.o_proj", "input", heads=True),
-        "blocks.{L}.mlp.hook_pre": HFSite(f"{_L}.mlp.act_fn", "input"),
-        "blocks.{L}.mlp.hook_post": HFSite(f"{_L}.mlp.down_proj", "input"),
-        "unembed.hook_out": HFSite("lm_head"),
     }
 
     @classmethod

@@ -182,7 +182,8 @@ def adapter_for(model: Any, what: str = "this") -> type[Adapter]:
     with a clear error naming the families served (``what`` names the engine asking)."""
     arch = architecture_of(model)
     if arch not in ADAPTERS:
-        served = ", ".join(f"{a.name} ({', '.join(a.architectures)})" for a in dict.fromkeys(ADAPTERS.values()))
+        served = ", ".join(f"{a.name} ({', '.join(a.architectures)})"
+                           for a in sorted(set(ADAPTERS.values()), key=lambda a: a.name))
         raise ConfigError(f"{what} needs a model-family adapter, and actstore has none for {arch}; it serves "
                           f"{served}. Use TransformerLens directly for this model.")
     return ADAPTERS[arch]

@@ -39,7 +39,8 @@ def test_an_architecture_with_no_adapter_is_refused() -> None:
     bridge = SimpleNamespace(original_model=OPTForCausalLM())
     with pytest.raises(ConfigError, match=r"The logit lens needs a model-family adapter, and actstore has none for "
                                           r"OPTForCausalLM; it serves gemma2 \(Gemma2ForCausalLM\), gpt2 "
-                                          r"\(GPT2LMHeadModel\), .*mistral \(MistralForCausalLM\)\. Use "
-                                          r"TransformerLens directly"):
+                                          r"\(GPT2LMHeadModel\), gpt_neox \(GPTNeoXForCausalLM\), llama "
+                                          r"\(LlamaForCausalLM\), mistral \(MistralForCausalLM\), qwen2 "
+                                          r"\(Qwen2ForCausalLM\)\. Use TransformerLens directly"):
         adapter_for(bridge, "The logit lens")
     assert adapter_for(SimpleNamespace(original_model=type("LlamaForCausalLM", (), {})())).name == "llama"

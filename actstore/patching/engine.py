@@ -44,10 +44,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..families import ADAPTERS, Adapter, adapter_for, architecture_of
+from ..families import adapter_for
 from ..models import bridge_dtype
 from ..sites import hook_name, layer_of
 from . import self_check
+from .checks import check_hand_run, check_model
 from .clean import CleanSource
 from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
@@ -202,31 +203,6 @@ def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int
             chunks.append((a, min(a + max_variants, bounds[j])))
         j = i
     return sorted(chunks)
-
-
-def check_model(model: Any, what: str = "Activation patching") -> type[Adapter]:
-    """The adapter of ``model``'s family (a model of any other architecture is refused),
-    after checking the model is in evaluation mode."""
-    adapter = adapter_for(model, what)
-    training = [n for n, m in model.named_modules() if m.training]
-    if training:
-        raise ConfigError(f"{what.lower()} requires the model in evaluation mode; found training mode at "
-                          f"{', '.join(training[:3])}. Call model.eval() first.")
-    return adapter
-
-
-def check_hand_run(model: Any, what: str) -> type[Adapter]:
-    """:func:`check_model`, and refuse a model whose blocks actstore's own block runner
-    does not compute exactly (its family adapter says which do): ``what`` runs blocks
-    standalone over windows of positions."""
-    adapter = check_model(model, what)
-    if not adapter.hand_run_blocks or not hasattr(model, "blocks"):
-        hand = ", ".join(sorted({a.name for a in ADAPTERS.values() if a.hand_run_blocks}))
-        raise ConfigError(
-            f"{what} runs the blocks itself, and does so exactly for the {hand} family only (absolute position "
-            f"embeddings, one key/value per head); this is a {adapter.name} model ({architecture_of(model)}). "
-            "Use transformer_lens.patching for it.")
-    return adapter
 
 
 def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,

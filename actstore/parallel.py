@@ -76,9 +76,9 @@ class Group:
                 raise
             error = e
         got = self.all_gather((error, result), what)
-        for e, _ in got:
-            if e is not None:
-                raise e
+        for err, _ in got:
+            if err is not None:
+                raise err
         return [r for _, r in got]
 
     def all_sum(self, t: torch.Tensor, what: str) -> torch.Tensor:

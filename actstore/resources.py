@@ -47,7 +47,7 @@ def demo_tokenizer() -> Any:
 
 def gpt2_tokenizer() -> Any:
     """OpenAI's GPT-2 BPE tokenizer, bundled with the package (50257 tokens)."""
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # a lazy module
 
     return GPT2TokenizerFast.from_pretrained(str(resources.files("actstore") / "data" / "gpt2-tokenizer"))
 

@@ -146,7 +146,7 @@ def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, in
         return [(layer, None) for layer in range(n_layers)]
     if "." in selector:
         layer_s, head_s = selector.split(".")
-        pairs = [(int(layer_s), int(head_s))]
+        pairs: list[tuple[int, int | None]] = [(int(layer_s), int(head_s))]
     elif "-" in selector:
         lo, hi = (int(x) for x in selector.split("-"))
         if hi < lo:

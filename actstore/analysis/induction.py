@@ -4,6 +4,7 @@ scores of every head, and the loss on each half."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,7 +29,8 @@ class InductionScores:
 
     def save(self, store: ActivationStore, out: ResultWriter | None = None) -> list[str]:
         """Write the arrays under results/analysis/induction/ (through ``out``, made beforehand, if given)."""
-        arrays = {name: (getattr(self, name), ("layer", "head")) for name in ("induction", "prev_token", "duplicate")}
+        arrays: dict[str, tuple[np.ndarray, Sequence[str]]] = {
+            name: (getattr(self, name), ("layer", "head")) for name in ("induction", "prev_token", "duplicate")}
         if self.loss_by_pos is not None:
             arrays["loss_by_pos"] = (self.loss_by_pos, ("pos",))
         return save_result(store, "induction", arrays, {"half_len": self.half_len, "n_rows": self.n_rows,
@@ -54,6 +56,7 @@ def _half_len(store: ActivationStore, half_len: int | None, rows: slice) -> int:
             raise ConfigError(f"--half-len {half_len} contradicts the store's corpus '{corpus.source}' (half length "
                               f"{own}); leave --half-len out to use the store's.")
         return own
+    assert half_len is not None  # induction_scores refuses a store of another corpus without one
     L = store.layout.seq_len
     if not 1 <= half_len <= (L - 1) // 2:
         raise ConfigError(f"Rows of {L} tokens cannot hold BOS + 2 x {half_len} tokens; pass the --half-len of the "

@@ -26,6 +26,7 @@ from ..sites import Site
 from ..store import ActivationStore
 from ..store.format import walk_arrays
 from ..store.info import info_text
+from ..store.typed import dimension_names
 
 __all__ = ["info_text", "info_json", "sites_table", "SiteStats", "site_stats", "feature_variance", "token_sites", "RowView",
            "row_view", "ResultsSource", "ResultArray", "open_results", "axis_labels", "result_slice", "MAX_CELLS"]
@@ -168,7 +169,7 @@ class ResultsSource:
 
     def describe(self, name: str) -> ResultArray:
         a = self.array(name)
-        dims = tuple(a.metadata.dimension_names or (f"dim_{i}" for i in range(a.ndim)))
+        dims = dimension_names(a)
         return ResultArray(name, tuple(a.shape), dims, str(a.dtype), getattr(a.dtype, "kind", "") in "biuf",
                            dict(a.attrs))
 
@@ -234,7 +235,7 @@ def result_slice(arr: zarr.Array, axes: Sequence[str], at: Mapping[str, int] | N
     the other dims fixed at ``at[dim]`` (default 0), each axis over ``window[dim]`` =
     (start, stop) (default: from 0, at most MAX_CELLS values in all). Reads only the
     chunks holding them."""
-    dims = tuple(arr.metadata.dimension_names or (f"dim_{i}" for i in range(arr.ndim)))
+    dims = dimension_names(arr)
     at, window = dict(at or {}), dict(window or {})
     if not 1 <= len(axes) <= 2 or len(set(axes)) != len(axes) or not set(axes) <= set(dims):
         raise ConfigError(f"Axes {list(axes)}: pick one or two different dims of {list(dims)}.")

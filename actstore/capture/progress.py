@@ -34,7 +34,7 @@ class Progress:
         now = time.perf_counter()
         if self.done is not None and now - self.polled > POLL_S:
             flags = np.asarray(self.done[:])
-            self.seen = sum(b - a for a, b in map(self.layout.shard_rows, np.flatnonzero(flags)))
+            self.seen = sum(b - a for a, b in (self.layout.shard_rows(int(k)) for k in np.flatnonzero(flags)))
             self.polled = now
         n = max(self.before + self.own, self.seen)
         self.bar.update(n - self.n)

@@ -21,6 +21,7 @@ import zarr
 from ..corpus import (Checkpoint, CorpusScan, CorpusSpec, RowBlock, RowReader, plan_checkpoint, stop_after,
                       synthetic_plan, unknown_plan)
 from ..store.format import Layout
+from ..store.typed import array_at
 
 __all__ = ["Read", "make_plan", "plan_reads", "read_shards"]
 
@@ -83,7 +84,7 @@ def _read_plan(group: zarr.Group) -> np.ndarray | None:
     if "plan" not in group:
         return None
     try:
-        return np.asarray(group["plan"][...])
+        return np.asarray(array_at(group, "plan")[...])
     except ValueError as e:
         if "checksum" not in str(e):
             raise
@@ -97,5 +98,5 @@ def _start(group: zarr.Group, spec: CorpusSpec, layout: Layout, k: int) -> Check
         return Checkpoint()
     if spec.packing == "document":
         return Checkpoint(row=a, doc=a)
-    doc, pos = int(group["doc"][a - 1, -1]), int(group["doc_pos"][a - 1, -1])
+    doc, pos = (int(np.asarray(array_at(group, name)[a - 1, -1])) for name in ("doc", "doc_pos"))
     return Checkpoint(row=a, doc=doc, item=pos + 1)

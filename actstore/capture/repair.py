@@ -15,6 +15,7 @@ from zarr.core.sync import sync
 from .. import location
 from ..corpus import CorpusSpec, scan
 from ..errors import ConfigError
+from ..store.typed import array_at
 from ..models import ModelLike
 from ..store import ActivationStore, Damage, StoreMeta, finalize_stats, verify_store
 from ..store.nodes import group_doc, write_key
@@ -63,7 +64,7 @@ def _remake_plan(store: ActivationStore, cfg: CacheConfig, group: zarr.Group) ->
                                    config_name=cfg.dataset_config, revision=cfg.dataset_revision,
                                    seq_len=store.layout.seq_len, packing=cfg.packing)
     scanned = None if spec.kind in ("hub", "synthetic") else scan(spec, store.tokenizer, limit=store.n_rows)
-    group["plan"][...] = make_plan(spec, scanned, store.layout)
+    array_at(group, "plan")[...] = make_plan(spec, scanned, store.layout)
 
 
 def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None, device: str = "auto",
@@ -96,9 +97,9 @@ def _repair(path: str, damage: list[Damage], model: ModelLike | None, device: st
         if d.fix == "plan":
             _remake_plan(store, cfg, group)
     if not recompute:
-        if np.asarray(group["done"][:]).all():
+        if np.asarray(array_at(group, "done")[:]).all():
             finalize_stats(group, store.sites)
         return ActivationStore.open(path)
     for k in recompute:
-        group["done"][k] = False
+        array_at(group, "done")[k] = False
     return cache(cfg)

@@ -26,6 +26,7 @@ from ..sites import SiteShape
 from .staging import ShardBuffers
 from ..stats import Moments
 from ..store.format import INDEX_ARRAYS, Layout, clear_shard
+from ..store.typed import array_at, attrs_of
 
 __all__ = ["Shard", "ShardWrite", "shard_moments"]
 
@@ -75,11 +76,11 @@ class ShardWrite:
                  clear_first: bool, threads: int, release: Callable[[ShardBuffers], None], background: bool = False):
         self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
         self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
-        self.partials = group["stats/partials"] if "stats/partials" in group else None
-        self.columns = self.partials.attrs["columns"] if self.partials is not None else {}
+        self.partials = array_at(group, "stats/partials") if "stats/partials" in group else None
+        self.columns: dict[str, Any] = attrs_of(self.partials)["columns"] if self.partials is not None else {}
         names = [n for n in INDEX_ARRAYS if n in group] + [f"acts/{h}" for h in shapes]
-        self.arrays = {name: group[name] for name in names}  # the arrays with one shard per write
-        self.small = {name: group[name] for name in ("stats/partials", "done") if name in group}
+        self.arrays = {name: array_at(group, name) for name in names}  # the arrays with one shard per write
+        self.small = {name: array_at(group, name) for name in ("stats/partials", "done") if name in group}
         self.encoders = {name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()}
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write",
                                        initializer=yield_cpu if background and _NICE else None)

@@ -27,9 +27,11 @@ from typing import Any, Callable, Sequence
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 from .. import _faults
 from ..store.codecs import fast_encoder
+from ..store.typed import write_unit_shape
 
 __all__ = ["ShardEncoder", "encoder_for", "write_object", "write_rows", "object_path"]
 
@@ -108,8 +110,10 @@ class ShardEncoder:
 def encoder_for(arr: zarr.Array) -> ShardEncoder | None:
     """The encoder of ``arr``'s shards, or None when its codecs are not the ones
     actstore creates (such arrays are written through zarr)."""
-    codecs = [c.to_dict() for c in arr.metadata.codecs]
-    chunks = arr.metadata.chunk_grid.chunk_shape  # the shard shape when sharded
+    if not isinstance(arr.metadata, ArrayV3Metadata):
+        return None  # zarr v2 arrays: not the ones actstore creates
+    codecs: list[dict[str, Any]] = [c.to_dict() for c in arr.metadata.codecs]
+    chunks = write_unit_shape(arr)  # the shard shape when sharded
     if any(c != s for c, s in zip(chunks[1:], arr.shape[1:])):
         return None  # only the row axis is split
     sharded = len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed"
@@ -190,7 +194,7 @@ def write_rows(arr: zarr.Array, root_path: str, k: int, data: np.ndarray, durabl
     if enc is not None:
         write_object(arr, shard_key(arr, k), enc.encode(data, k), durable)
         return
-    rows = arr.metadata.chunk_grid.chunk_shape[0]
+    rows = write_unit_shape(arr)[0]
     arr[k * rows:k * rows + len(data)] = data
     if durable and object_path(arr, shard_key(arr, k)) is not None:
         fsync_shard(root_path, arr, k)

@@ -32,9 +32,10 @@ class BackgroundWriter(Generic[T]):
                 return
             if self._error is None:  # after a failure, drain without writing
                 try:
-                    self._write(item)  # type: ignore[arg-type]
+                    self._write(item)  # type: ignore[arg-type]  # not _STOP: a T
                 except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                    msg = f"Writing {self._describe(item)} failed ({type(e).__name__}: {e}). " \
+                    what = self._describe(item)  # type: ignore[arg-type]  # not _STOP: a T
+                    msg = f"Writing {what} failed ({type(e).__name__}: {e}). " \
                           "That shard is not marked done; fix the cause (e.g. free disk space) and rerun with --resume."
                     self._error = WriterError(msg)
                     self._error.__cause__ = e

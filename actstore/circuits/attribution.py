@@ -133,6 +133,7 @@ def _chunk(fwd: GraphForward, uniform: Any, tokens: torch.Tensor, clean: torch.T
         if k == 0:
             corr = live
         # eap-ig-inputs: the fixed difference clean - corrupted; else clean - live, i.e. -d metric / d mask
+        assert corr is not None  # set at k = 0
         diff = clean - (corr if method == "eap-ig-inputs" else live)
         total += _edge_products(fwd.graph, diff, grads)
         bar.update(tokens.shape[0])

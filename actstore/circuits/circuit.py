@@ -146,8 +146,8 @@ def prune(graph: Graph, edges: Sequence[int] | np.ndarray) -> np.ndarray:
     reaches[n_up] = True  # logits
     for j in reversed(range(len(graph.downstream))):
         if reaches[reader[j]]:
-            e = np.arange(starts[j], starts[j + 1])
-            reaches[graph.src[e[sel[e]]]] = True
+            into = np.arange(starts[j], starts[j + 1])
+            reaches[graph.src[into[sel[into]]]] = True
     keep = sel & reached[graph.src] & reaches[reader[graph.dst]]
     return np.flatnonzero(keep)
 

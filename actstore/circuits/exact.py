@@ -133,8 +133,10 @@ def _hooked_scores(model: Any, graph: Graph, edges: np.ndarray, corrupted: torch
 
     from .clean import CleanNodes
     from .forward import GraphForward
+    from .forward_hooked import HookedGraphForward
 
     fwd = GraphForward(model, graph)
+    assert isinstance(fwd, HookedGraphForward)  # the families whose blocks are not run by hand
     batch, n_pos = (int(n) for n in corrupted.shape)
     with torch.no_grad():
         corrupted_logits = model(corrupted)

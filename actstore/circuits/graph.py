@@ -131,7 +131,7 @@ class Graph:
         lookup = self._lookup()
         single = isinstance(names, str)
         out = []
-        for n in ([names] if single else names):  # type: ignore[list-item]
+        for n in ([names] if single else names):
             if n not in lookup:
                 raise ConfigError(f"no edge {n!r} in a {self.n_layers}-layer, {self.n_heads}-head graph; edges are "
                                   "named like 'input->a0.h0<q>', 'a0.h1->a2.h3<k>', 'a1.h0->m1', 'm3->logits'.")

@@ -130,7 +130,7 @@ def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, 
     if callable(kind) and not isinstance(kind, str):
         if isinstance(kind, CircuitMetric):
             return kind
-        fn = kind
+        fn: Callable[..., torch.Tensor] = kind
         part = (lambda a, b: partial(fn, pairs=slice(a, b))) if _takes_pairs(fn) else None
         return CircuitMetric(fn, getattr(fn, "__name__", "metric"), part=part)
     if kind not in KINDS:

@@ -23,6 +23,7 @@ import zarr
 
 from ..errors import ResultExistsError
 from ..models import check_identity
+from ..store.typed import group_at
 from .config import METHODS
 from .faithfulness import Faithfulness
 
@@ -207,7 +208,7 @@ def refresh_figures(out: str, model_name: str, n_pairs: int, selection: str, top
 
 
 def _set_attr(out: str, method: str, key: str, value: Any) -> None:
-    grp = zarr.open_group(out, mode="r+")[f"circuit/{method}"]
-    for name in grp.array_keys():
-        if "method" in grp[name].attrs:
-            grp[name].attrs[key] = value
+    grp = group_at(zarr.open_group(out, mode="r+"), f"circuit/{method}")
+    for _, arr in grp.arrays():
+        if "method" in arr.attrs:
+            arr.attrs[key] = value

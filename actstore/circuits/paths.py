@@ -180,7 +180,7 @@ def _compile(graph: Graph, t: _Tables, p: Paths, where: str) -> _Variant:
     s = sorted({t.up[n] for n in p.senders})
     r_in, r_nodes = _parse_inputs(t, p.receivers, "receiver", where)
     i_in, i_nodes = _parse_inputs(t, p.through, "intermediate", where)
-    changed = t.below[r_nodes].any(0) if r_nodes else np.zeros(len(t.up), dtype=bool)
+    changed: np.ndarray = np.asarray(t.below[r_nodes].any(0)) if r_nodes else np.zeros(len(t.up), dtype=bool)
     name = [u.name for u in graph.upstream]
     for role, nodes in (("sender", s), ("intermediate", i_nodes)):
         bad = [name[u] for u in nodes if changed[u]]
@@ -237,7 +237,7 @@ def _check_paths(t: _Tables, v: _Variant, graph: Graph, s: list[int], i_nodes: l
         useful.add(u)
 
 
-def _plan(graph: Graph, variants: Sequence[Paths]) -> list[_Variant]:
+def _plan(graph: Graph, variants: Paths | Sequence[Paths]) -> list[_Variant]:
     """The compiled variants; ConfigError, naming the variant and the fix, for unknown names
     and senders, intermediates or receivers out of order."""
     if isinstance(variants, Paths):

@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
     """Reads ``--rows -3:-1`` as ``--rows=-3:-1`` (argparse takes a value that starts with
     '-' and is not a plain negative number for an option)."""
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         if args is not None:
             args = list(args)
             for i in range(len(args) - 1, 0, -1):
@@ -86,9 +86,9 @@ def _rows(args: argparse.Namespace, store: ActivationStore) -> slice:
     if not m or not (m.group(1) or m.group(2)) or (not m.group(2) and m.group(3)):
         raise ConfigError(f"--rows '{text}': expected 'A:B' or 'N', counted from the end when negative "
                           "(e.g. '0:8', '5', '-3:-1', '-1').")
-    a, colon, b = (int(g) if g and g != ":" else g for g in m.groups())
-    start = (a or 0) + (n if (a or 0) < 0 else 0)
-    stop = start + 1 if not colon else (n if b is None else b + (n if b < 0 else 0))
+    a, colon, b = (int(m.group(1)) if m.group(1) else 0), bool(m.group(2)), m.group(3)
+    start = a + (n if a < 0 else 0)
+    stop = start + 1 if not colon else (n if not b else int(b) + (n if int(b) < 0 else 0))
     if not 0 <= start < stop <= n:
         raise ConfigError(f"--rows '{text}' is outside the store's rows 0..{n - 1} (or names no row).")
     return slice(start, stop)

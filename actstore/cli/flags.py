@@ -126,7 +126,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, *, skip: Collection
         v = getattr(args, f.name)
         convert = f.metadata.get("from_cli")
         values[f.name] = convert(v) if convert is not None and v is not None else v
-    return cls(**values, **given)  # type: ignore[call-arg]
+    return cls(**values, **given)
 
 
 def command_line(args: argparse.Namespace) -> str:

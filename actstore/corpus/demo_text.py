@@ -109,6 +109,7 @@ def _ioi(rng: random.Random, combos: Sequence[tuple[int, int]] | None, template:
     given, else from an opener x action combination of ``combos`` and a random link."""
     io, s = rng.sample(NAMES, 2)
     if template is None:
+        assert combos is not None, "_ioi needs combos or a template"
         i, j = rng.choice(combos)
         template = IOI_OPENERS[i] + rng.choice(IOI_LINKS) + IOI_ACTIONS[j]
     text = template.format(a=io, b=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))

@@ -22,12 +22,19 @@ __all__ = ["BUILDERS", "Checkpoint", "documents", "open_dataset"]
 class CorpusSpec(Protocol):
     """What reading records needs of a corpus spec (:class:`actstore.corpus.rows.CorpusSpec`)."""
 
-    source: str | tuple[str, ...]
-    split: str
-    text_field: str
-    config_name: str | None
-    revision: str | None
-    documents: tuple[str, ...] | None
+    # read-only (properties): the spec is a frozen dataclass
+    @property
+    def source(self) -> str | tuple[str, ...]: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def text_field(self) -> str: ...
+    @property
+    def config_name(self) -> str | None: ...
+    @property
+    def revision(self) -> str | None: ...
+    @property
+    def documents(self) -> tuple[str, ...] | None: ...
 
     @property
     def kind(self) -> str: ...

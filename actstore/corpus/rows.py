@@ -155,7 +155,8 @@ class RowBlock:
         cat = np.concatenate
         masks = [b.mask for b in blocks]
         return RowBlock(blocks[0].start, cat([b.tokens for b in blocks]), cat([b.doc for b in blocks]),
-                        cat([b.doc_pos for b in blocks]), None if masks[0] is None else cat(masks))
+                        cat([b.doc_pos for b in blocks]),
+                        None if masks[0] is None else cat(masks))  # type: ignore[arg-type]  # all or none
 
 
 def _tokenized(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
@@ -190,7 +191,7 @@ def _special(tokenizer: Any) -> tuple[int, int]:
 def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None) -> Iterator[RowBlock]:
     bos, eos = _special(tokenizer)
     width = spec.seq_len - 1  # stream items per row after the BOS
-    carry = [np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)]
+    carry: list[np.ndarray] = [np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)]
     row = start.row
     pending: list[list[np.ndarray]] = []
     n_pending = 0
@@ -199,7 +200,7 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
         nonlocal carry, row, pending, n_pending
         if not pending:
             return
-        parts = [np.concatenate([c] + [p[j] for p in pending]) for j, c in enumerate(carry)]
+        parts: list[np.ndarray] = [np.concatenate([c] + [p[j] for p in pending]) for j, c in enumerate(carry)]
         pending, n_pending = [], 0
         k = len(parts[0]) // width
         carry = [p[k * width:] for p in parts]
@@ -215,7 +216,7 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
         if n == 0:
             first = False
             continue
-        items = (np.append(np.asarray(ids, np.int32), np.int32(eos)),
+        items: tuple[np.ndarray, ...] = (np.append(np.asarray(ids, np.int32), np.int32(eos)),
                  np.full(n + 1, d, np.int64), np.arange(n + 1, dtype=np.int32))
         if first and d == start.doc and start.item:
             items = tuple(a[start.item:] for a in items)

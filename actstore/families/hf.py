@@ -51,7 +51,7 @@ def _load_plain(model: LoadedModel) -> Any:
     if model.info.revision is not None:
         kwargs["revision"] = model.info.revision
     plain = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    return plain.to(model.device).eval()
+    return plain.to(model.device).eval()  # type: ignore[arg-type]  # transformers types .to narrowly
 
 
 class HFCapture:

@@ -38,7 +38,7 @@ model); ``memory_budget`` is accepted for compatibility and unused.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from ..models import bridge_dtype
 from . import sweeps as _p, table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model
-from .metrics import Metrics, select_declared
+from .metrics import BatchedMetric, Metrics, select_declared
 
 __all__ = [
     "attribution_patch", "generic_attribution_patch", "SWEEPS",
@@ -83,7 +83,8 @@ def _metric_values(model: Any, metrics: Metrics, out: torch.Tensor, n_pos: int) 
     if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
         return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
     sel = adapter_for(model).logit_columns(model, out[:, metrics.positions], metrics.token_ids)[None]
-    return [fn.batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
+    # restricted: every metric is a BatchedMetric (Metrics checks it)
+    return [cast(BatchedMetric, fn).batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
             for i, fn in enumerate(metrics.fns.values())]
 
 

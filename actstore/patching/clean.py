@@ -44,6 +44,7 @@ class CleanSource:
         device = torch.device(self.model.cfg.device)
         if self.store is not None:
             return self._from_store(hook).to(device=device, dtype=dtype)
+        assert self.cache is not None  # a clean source is a store or a cache
         act = torch.as_tensor(self.cache[hook]).to(device=device, dtype=dtype)
         n = act.shape[2] if hook.endswith(_PATTERN_HOOKS) else act.shape[1]
         if n != self.n_pos:
@@ -157,4 +158,4 @@ def store_rows(store: Any, clean: torch.Tensor, fix: str | None = None) -> list[
             f"{len(rows)} missing). " + (fix or "Give a new --store path (it is then cached from the clean prompts), "
                                          f"or cache them yourself: actstore cache STORE --model M --dataset clean.txt "
                                          f"--packing document --seq-len {n_pos}."))
-    return [int(r) for r in rows]
+    return [int(r) for r in rows if r is not None]  # none is missing

@@ -37,8 +37,8 @@ class _BatchedFn:
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]],
                  token_ids: Optional[Sequence[int]]):
         self.batched = fn
-        self.positions = None if positions is None else tuple(int(p) for p in positions)
-        self.token_ids = None if token_ids is None else tuple(int(t) for t in token_ids)
+        self.positions: Optional[Sequence[int]] = None if positions is None else tuple(int(p) for p in positions)
+        self.token_ids: Optional[Sequence[int]] = None if token_ids is None else tuple(int(t) for t in token_ids)
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
         if self.positions is not None:
@@ -70,7 +70,7 @@ class LogitDiff:
     (``metric(logits)``) for ``transformer_lens.patching``."""
 
     def __init__(self, answer: Union[int, Sequence[int], torch.Tensor], wrong: Union[int, Sequence[int], torch.Tensor],
-                 pos: Union[int, Sequence[int]] = -1, *, per_example: bool = False,
+                 pos: Union[int, Sequence[int], torch.Tensor] = -1, *, per_example: bool = False,
                  clean: Union[float, Sequence[float], torch.Tensor, None] = None,
                  corrupted: Union[float, Sequence[float], torch.Tensor, None] = None):
         self.answer = torch.as_tensor(answer, dtype=torch.long).reshape(-1)

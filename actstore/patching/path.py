@@ -130,7 +130,9 @@ def edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Ten
     """index = (reader layer, source number, *reader index: the head for q/k/v): the
     reader's patched value at every position."""
     _, src, *rest = index
-    corrupted[(slice(None), slice(None), *rest)] = values[(slice(None), slice(None), src, *rest)]
+    at: tuple[Any, ...] = (slice(None), slice(None), *rest)
+    source: tuple[Any, ...] = (slice(None), slice(None), src, *rest)
+    corrupted[at] = values[source]
     return corrupted
 
 

@@ -101,7 +101,7 @@ def parse_target(target: str | os.PathLike[str] | np.ndarray, store: "Activation
 def check_values(array: np.ndarray, name: str, rows_per_block: int = 65536) -> None:
     """Refuse labels that are not what they claim: infinite floats, integers beyond int64,
     or no label at all. Read in blocks of rows (a memory-mapped file need not fit in memory)."""
-    n_bad, first, n_labelled = 0, None, 0
+    n_bad, first, n_labelled = 0, (0, 0), 0
     floats = array.dtype.kind == "f"
     for a in range(0, len(array), rows_per_block):
         block = np.asarray(array[a:a + rows_per_block])
@@ -111,7 +111,7 @@ def check_values(array: np.ndarray, name: str, rows_per_block: int = 65536) -> N
             bad, labelled = block > np.iinfo(np.int64).max, np.ones(block.shape, bool)
         else:
             bad, labelled = np.zeros(block.shape, bool), block >= 0
-        if first is None and bad.any():
+        if not n_bad and bad.any():
             r, p = np.argwhere(bad)[0]
             first = (a + int(r), int(p))
         n_bad += int(bad.sum())

@@ -41,6 +41,7 @@ class Probe:
         z = x @ self.weight.reshape(x.shape[1], -1).astype(np.float64) + self.bias.astype(np.float64)
         if self.kind == "ridge":
             return z[:, 0].reshape(lead)
+        assert self.classes is not None  # a logistic probe has them
         return self.classes[z.argmax(1)].reshape(lead)
 
     @classmethod
@@ -142,7 +143,7 @@ def _probe_hook(store: "ActivationStore", site: "str | Site") -> str:
     hooks = set(store.sites) | set(GLOBAL_SITES.values()) | {
         t.format(L=layer) for t in SHORT_SITES.values() for layer in range(model.n_layers)}
     try:
-        parsed = parse_sites(site, hooks, model.n_layers, model.n_heads, model.n_kv_heads)
+        parsed = parse_sites([site] if isinstance(site, Site) else site, hooks, model.n_layers, model.n_heads, model.n_kv_heads)
     except UnknownSiteError as e:
         raise UnknownSiteError(f"{e} {_saved_text(store)}") from None
     if len(parsed) != 1:
@@ -172,7 +173,7 @@ def load_probe(store: "ActivationStore | str | os.PathLike[str]", hook: "str | S
         raise StoreNotFoundError(f"Store '{store.path}' has no probe '{name}' for {hook}; it has: {', '.join(names)}.")
     base = f"probes/{name}/{hook}"
     w = store.load_result(f"{base}/weight")
-    attrs = dict(w.attrs)
+    attrs: dict[str, Any] = dict(w.attrs)
     classes = np.asarray(store.load_result(f"{base}/classes")[...]) if attrs["kind"] == "logistic" else None
     return Probe(hook, name, attrs["kind"], np.asarray(w[...]), np.asarray(store.load_result(f"{base}/bias")[...]),
                  classes, attrs)

@@ -43,7 +43,7 @@ class _Comoments:
         return _Comoments(n, self.mx + dx * (o.n / n), self.my + dy * (o.n / n), self.cxx + o.cxx + f * np.outer(dx, dx),
                           self.cxy + o.cxy + f * dx * dy, self.syy + o.syy + f * dy * dy)
 
-    def r2(self, w: np.ndarray, b: float) -> float:
+    def r2(self, w: np.ndarray, b: float | np.ndarray) -> float:
         """R^2 of x @ w + b on the data summarised here (scikit-learn's r2_score)."""
         if self.n == 0 or self.syy <= 0:
             return float("nan")

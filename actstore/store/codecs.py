@@ -163,7 +163,7 @@ def _raw(cfg: Mapping[str, Any]) -> Encode:  # no compressor: the writer writes 
 
 
 def _blosc(cname: str, shuffle: str) -> Callable[[int], list[Any]]:
-    return lambda level: [BloscCodec(cname=cname, clevel=level, shuffle=shuffle)]
+    return lambda level: [BloscCodec(cname=cname, clevel=level, shuffle=shuffle)]  # type: ignore[arg-type]
 
 
 def _pcodec(level: int) -> list[Any]:

@@ -24,6 +24,7 @@ from ..errors import ConfigError, CorruptChunkError, StoreDamagedError
 from ..sites import SiteShape
 from ..stats import Moments
 from .codecs import parse_codec
+from .typed import array_at, attrs_of, dimension_names
 from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
@@ -213,7 +214,7 @@ def walk_arrays(group: zarr.Group) -> list[str]:
 
 def merge_partials(partials: zarr.Array, hook: str, done: np.ndarray) -> Moments:
     """The moments of ``hook`` over the done shards, merged in shard order from stats/partials."""
-    columns = partials.attrs["columns"]
+    columns = attrs_of(partials)["columns"]
     if hook not in columns:
         raise ConfigError(f"Site {hook} has no stats (attention patterns have no single position axis).")
     offset, fshape = columns[hook]
@@ -231,18 +232,18 @@ def finalize_stats(group: zarr.Group, hooks: Sequence[str]) -> None:
     Idempotent: recomputed from the partials each time."""
     if "stats/partials" not in group:
         return
-    done = np.asarray(group["done"][:])
-    partials = group["stats/partials"]
+    done = np.asarray(array_at(group, "done")[:])
+    partials = array_at(group, "stats/partials")
 
     def finish(hook: str) -> None:
         m = merge_partials(partials, hook, done)
-        feat_dims = tuple(group[f"acts/{hook}"].metadata.dimension_names[1:])
+        feat_dims = dimension_names(array_at(group, f"acts/{hook}"))[1:]
         count, mean, m2 = stats_arrays(group, hook, m.mean.shape, tuple(d for d in feat_dims if d != "pos"))
         count[()], mean[...], m2[...] = m.count, m.mean, m.m2
 
     # a site's arrays are its own: several sites at once, as an object store's round trips dominate
     # there (12 sites on loopback S3: 5.4 s one after the other)
-    todo = [h for h in hooks if h in partials.attrs["columns"]]
+    todo = [h for h in hooks if h in attrs_of(partials)["columns"]]
     with ThreadPoolExecutor(min(8, max(1, len(todo)))) as pool:
         list(pool.map(finish, todo))
 

@@ -20,7 +20,7 @@ and the batches are the same whatever the number of read threads.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -225,7 +225,7 @@ class ActivationLoader(IterableDataset):
         if self._done >= limit:
             self.epoch, self._done = self.epoch + 1, 0
 
-    def _host_batches(self, plan: EpochPlan, skip_tokens: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _host_batches(self, plan: EpochPlan, skip_tokens: int) -> Generator[dict[str, torch.Tensor], None, None]:
         """Batches on the host (pinned when the device is a GPU): the windows' shuffled
         tokens back to back, after the first ``skip_tokens``; the last one may be short."""
         windows = plan.windows(skip_tokens)
@@ -267,13 +267,13 @@ class ActivationLoader(IterableDataset):
         """The window's kept tokens in its shuffled order, without the first ``w.skip``:
         one gather per array, into pinned memory when the device is a GPU."""
         order = np.random.default_rng(list(w.key)).permutation(w.n_tokens) if self.shuffle else np.arange(w.n_tokens)
-        order = torch.from_numpy(order[w.skip:])
+        picked = torch.from_numpy(order[w.skip:])
         offsets = np.cumsum([0] + [len(p[self.hooks[0]]) for p in parts[:-1]])
-        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[order]
+        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[picked]
         out = {}
         for k in [*self.hooks, *_INDEX]:
             src = torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
-            idx = order if k in _INDEX else keep
+            idx = picked if k in _INDEX else keep
             dst = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
             out[k] = torch.index_select(src, 0, idx, out=dst)
         return out

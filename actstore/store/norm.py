@@ -13,7 +13,7 @@ Results are cached in memory per (store, site, token set) for the process's life
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -75,7 +75,7 @@ def _pass(store: StoreLike, hooks: list[str], rows: RowSelection, skip_bos: bool
     (what="mean") or the (sum of ||x - mean||, count) (what="norm") of the kept tokens."""
     def per_unit(unit: slice, acts: dict[str, np.ndarray]) -> dict:
         keep = rows.keep(store, unit, skip_bos, skip_padding)
-        out = {}
+        out: dict[str, Any] = {}
         for h, x in acts.items():
             x = x[keep]  # (token, *feature)
             if what == "mean":

@@ -14,6 +14,7 @@ from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFound
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
 from .meta import StoreMeta
+from .typed import attrs_of, group_at
 from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key,
                     root_damaged)
 from .results import write_result
@@ -62,8 +63,8 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
-        self.meta: StoreMeta = StoreMeta.from_dict(group.attrs["actstore"], path)  # refuses metadata it cannot read
-        self.metadata: dict[str, Any] = dict(group.attrs["actstore"])  # as stored; ``meta`` is the typed view
+        self.meta: StoreMeta = StoreMeta.from_dict(attrs_of(group)["actstore"], path)  # refuses metadata it cannot read
+        self.metadata: dict[str, Any] = dict(attrs_of(group)["actstore"])  # as stored; ``meta`` is the typed view
         self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
         self._arrays: dict[str, zarr.Array] = {}
@@ -268,7 +269,7 @@ class ActivationStore:
 
     def results(self) -> list[str]:
         """Names of every array under results/."""
-        return sorted(walk_arrays(self.group["results"])) if "results" in self.group else []  # checked by verify
+        return sorted(walk_arrays(group_at(self.group, "results"))) if "results" in self.group else []  # checked by verify
 
     # --- stats -----------------------------------------------------------------
     def stats(self, hook: str) -> Moments:
@@ -337,7 +338,7 @@ def merged_stats(store: ActivationStore, hook: str) -> Moments | str:
         count, mean, m2 = (store.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
         if not all(map(chunk_present, (count, mean, m2))):
             return "an object of the merged statistics is missing or empty"
-        return Moments(int(count[()]), np.asarray(mean[...]), np.asarray(m2[...]))
+        return Moments(int(np.asarray(count[()])), np.asarray(mean[...]), np.asarray(m2[...]))
     except (ValueError, RuntimeError) as e:
         if isinstance(e, ValueError) and "checksum" not in str(e):
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import hashlib
 from numbers import Integral
@@ -144,7 +144,7 @@ def select_rows(store: "StoreLike", rows: RowsArg) -> RowSelection:
     if isinstance(rows, bool) or isinstance(rows, (str, bytes, float)):
         raise ConfigError(f"rows={rows!r} is not a row selection; {_rows_hint(n)}.")
     if isinstance(rows, Integral):
-        rows = [rows]
+        rows = [int(rows)]
     try:
         arr = np.asarray(rows)
     except Exception:
@@ -222,7 +222,7 @@ class ChunkReader:
         got = {h: read_checked(arr, unit, self.store.layout, self.store.path) for h, arr in zip(self.hooks, self.arrays)}
         return got if self.transform is None else self.transform(unit, got)
 
-    def __call__(self, units: Sequence[slice]) -> Iterator[tuple[slice, Any]]:
+    def __call__(self, units: Sequence[slice]) -> Generator[tuple[slice, Any], None, None]:
         if self.num_workers == 1:
             for u in units:
                 yield u, self._read(u)

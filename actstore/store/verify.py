@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
+from .typed import array_at
 from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
 from .reader import ActivationStore, merged_stats, stats_unreadable
 
@@ -112,7 +113,7 @@ def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
 def _plan(store: ActivationStore) -> list[Damage]:
     if "plan" not in store.expected:
         return []
-    arr = store.group["plan"]
+    arr = array_at(store.group, "plan")
     try:
         if shard_exists(arr, 0):
             arr[...]
@@ -127,7 +128,7 @@ def _lost_chunks(arr: zarr.Array) -> str | None:
     """Read ``arr`` whole; where it was written with checksums and every chunk (results since
     format 2's checksums), also say which chunk objects are missing or empty."""
     arr[...]
-    if not any(isinstance(c, Crc32cCodec) for c in arr.metadata.codecs):
+    if not any(isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ())):  # v2 metadata has none
         return None
     grid = itertools.product(*(range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)))
     keys = [f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}" for coords in grid]
@@ -170,12 +171,12 @@ def verify_store(path: str, progress: bool = True) -> list[Damage]:
     damage = _metadata(store)
     bad = {d.array for d in damage}
     done, damage_done = _read_done(store, as_defined(store.group, "done", store.expected["done"]) if "done" in bad
-                                   else store.group["done"])
+                                   else array_at(store.group, "done"))
     damage += damage_done
     names = [n for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"] if n in store.expected]
     bar = tqdm(total=int(done.sum()) * len(names), unit="shard", desc="verify", disable=not progress)
     for name in names:  # an array whose zarr.json is damaged is read as its metadata defines it
-        arr = as_defined(store.group, name, store.expected[name]) if name in bad else store.group[name]
+        arr = as_defined(store.group, name, store.expected[name]) if name in bad else array_at(store.group, name)
         for k in np.flatnonzero(done):
             a, b = lay.shard_rows(int(k))
             if not shard_exists(arr, int(k)):
@@ -188,7 +189,7 @@ def verify_store(path: str, progress: bool = True) -> list[Damage]:
             bar.update()
     bar.close()
     recompute = {d.shard for d in damage if d.shard is not None}
-    damage += _not_done(store, done, recompute)  # type: ignore[arg-type]
+    damage += _not_done(store, done, recompute)
     if done.all() and not recompute and "stats/partials" in store.expected and not bad & {"stats", "stats/partials"}:
         damage += _stats(store, done)
     damage += _plan(store) if "plan" not in bad else []

@@ -22,6 +22,7 @@ from ..errors import ActStoreError, ConfigError, UnknownSiteError
 from ..sites import SHORT_SITES, _split_specs, hook_name, layer_of, parse_sites
 from .format import INDEX_ARRAYS, read_checked
 from .base import StoreLike
+from .typed import dimension_names
 
 
 __all__ = ["ArrayView", "array_name"]
@@ -129,7 +130,7 @@ class ArrayView:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return tuple(self.array.metadata.dimension_names or ())
+        return dimension_names(self.array)
 
     # the zarr array's own description, so code written for store[hook] as a zarr array reads on
     @property

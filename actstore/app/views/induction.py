@@ -40,5 +40,5 @@ def render() -> None:
         line.add_vline(x=half - 0.5, line_dash="dash", annotation_text="second half")
         line.update_layout(title="Loss by position", xaxis_title="position", yaxis_title="mean loss (nats)")
         show_figure(line, long_table(res.loss_by_pos, ("pos",), name="loss"), "induction_loss")
-        first, second = res.loss_halves
+        first, second = res.loss_halves or (float("nan"), float("nan"))  # loss_by_pos is set
         st.caption(f"Mean loss on the first half {first:.3f}, on the repeated half {second:.3f} nats.")

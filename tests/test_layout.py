@@ -1,8 +1,9 @@
 """The package's shape: subpackages follow the data flow (foundation -> corpus -> store ->
 capture -> jobs -> cli/app/demo), lower layers never import higher ones, the top floors cli,
 app and demo never import one another (but for the one entry point in SIBLING_ENTRY_POINTS),
-no import cycles, every relative import resolves, and no module is much over 400 lines (not counting the lines that only continue a bracketed
-expression, so that formatting does not change the count).
+no import cycles, every relative import resolves, and no module is much over 400 lines (not
+counting the lines that only continue a bracketed expression, so that formatting does not
+change the count).
 
 Imports are read from the source (ast), including those inside functions and those under
 ``if TYPE_CHECKING:`` (type hints make a dependency too: a helper types its store by the

@@ -14,26 +14,23 @@ from ..errors import StoreDamagedError
 __all__ = ["array_at", "group_at", "attrs_of", "dimension_names", "write_unit_shape"]
 
 
-def _where(group: zarr.Group) -> str:
-    return str(getattr(group.store, "root", group.store))
+def _node(group: zarr.Group, name: str, kind: type[Any]) -> Any:
+    node = group[name]  # KeyError, as zarr, when there is none
+    if not isinstance(node, kind):
+        where = getattr(group.store, "root", group.store)
+        raise StoreDamagedError(f"'{name}' of the store at '{where}' is not the {kind.__name__.lower()} its layout "
+                                "says it is; `actstore verify STORE` names what is wrong.")
+    return node
 
 
 def array_at(group: zarr.Group, name: str) -> zarr.Array:
     """The array ``name`` of ``group`` (KeyError, as zarr, when there is none)."""
-    node = group[name]
-    if not isinstance(node, zarr.Array):
-        raise StoreDamagedError(f"'{name}' of the store at '{_where(group)}' is a group where an array belongs; "
-                                "`actstore verify STORE` names what is wrong.")
-    return node
+    return _node(group, name, zarr.Array)
 
 
 def group_at(group: zarr.Group, name: str) -> zarr.Group:
     """The group ``name`` of ``group`` (KeyError, as zarr, when there is none)."""
-    node = group[name]
-    if not isinstance(node, zarr.Group):
-        raise StoreDamagedError(f"'{name}' of the store at '{_where(group)}' is an array where a group belongs; "
-                                "`actstore verify STORE` names what is wrong.")
-    return node
+    return _node(group, name, zarr.Group)
 
 
 def attrs_of(node: zarr.Array | zarr.Group) -> dict[str, Any]:

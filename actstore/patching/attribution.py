@@ -126,7 +126,7 @@ class _GradPass:
             base = []
             order = [leaves[h] for h in self.hooks]
             for i, (name, value) in enumerate(zip(metrics.fns, values)):
-                metrics._check(name, value, lead=())
+                metrics.check_shape(name, value, lead=())
                 if not value.requires_grad:
                     raise ConfigError(f"patching_metric {name!r} is not differentiable in the logits (it returned a "
                                       "tensor without a gradient); compute it with torch operations on the logits.")
@@ -217,7 +217,7 @@ def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: Opti
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
     grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
     the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
-    return _p._generic_patch(_runner(_shared, as_effect), *args, **kwargs)
+    return _p.generic_patch(_runner(_shared, as_effect), *args, **kwargs)
 
 
 def _single(row: _table.SweepRow) -> Any:
@@ -315,9 +315,9 @@ def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
 def plot_comparison(exact: Any, approx: Any, path: str, *, title: str, xlabel: str = "exact patching",
                     ylabel: str = "attribution patching") -> str:
     """Scatter of attribution against exact values, one point per cell, with y = x."""
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()).ravel() for v in (exact, approx))
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(e, a, s=10, alpha=0.6)

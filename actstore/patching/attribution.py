@@ -15,7 +15,8 @@ softmax and MLP nonlinearities between the site and the logits).
 Every sweep of :mod:`actstore.patching` is here under the same name, signature and
 options, with results of the same shape, so the two are compared cell by cell::
 
-    from actstore import attribution, patching
+    from actstore import patching
+    from actstore.patching import attribution
     exact = patching.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
     approx = attribution.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
 

@@ -25,7 +25,7 @@ import torch
 from . import compat
 from .families import adapter_for
 from .models import LoadedModel, load_model
-from .selftest import Check, SelftestReport, compare_to_reference, check_selftest_device, run_plan
+from .selftest import Check, SelftestReport, check_selftest_device, compare_to_reference, run_plan
 from .sites import SHORT_SITES, SITE_DIMS, hook_name
 
 __all__ = ["model_checks", "run_model_selftest"]

@@ -46,8 +46,8 @@ from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from actstore import patching as ap  # noqa: E402
-from actstore.patching import attribution as at, tasks  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
+from actstore.patching import attribution as at, tasks  # noqa: E402
 
 SHAPES = {
     "tiny": dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257),

@@ -45,11 +45,10 @@ from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from actstore import patching as ap  # noqa: E402
-from actstore.patching import tasks  # noqa: E402
 from actstore.circuits.exact import exact_edge_scores  # noqa: E402
 from actstore.circuits.graph import Graph  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
-from actstore.patching import self_check as _self_check  # noqa: E402
+from actstore.patching import self_check as _self_check, tasks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference
 from tests.circuits.edge_reference import edge_by_hooks, edge_by_input_hooks  # noqa: E402

@@ -92,7 +92,7 @@ def test_a_moved_name_warns_and_is_the_same_object(package, old, new):
     assert got is home(new)
     with warnings.catch_warnings(record=True) as seen:  # the from-import warns once, at this line
         warnings.simplefilter("always")
-        got = getattr(importlib.import_module(package), "__getattr__")(old)
+        got = module.__getattr__(old)
         exec(f"from {package} import {old} as again", namespace := {})
     assert namespace["again"] is got
     assert [(w.category, w.filename) for w in seen] == [(DeprecationWarning, __file__), (DeprecationWarning, "<string>")]
@@ -102,6 +102,7 @@ def test_an_unknown_name_is_still_an_attribute_error():
     for package in (actstore, actstore.store, importlib.import_module("actstore.integrations")):
         with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
             package.no_such_name  # noqa: B018
-    from actstore.integrations import saelens  # a submodule is found past the module __getattr__
+    # a submodule is found past the module __getattr__
+    from actstore.integrations import saelens
 
     assert callable(saelens.sae_trainer)

@@ -8,7 +8,10 @@ where each process takes its share of the shards), so a test can make one rank l
 
 ``ACTSTORE_SLOW_IO=<seconds>`` stands for a slow disk: every object written to a
 local store waits that long between its bytes and its fsync, so a test's kill can
-land in the middle of a run however fast the machine is."""
+land in the middle of a run however fast the machine is.
+
+Private on purpose: a hook for the crash tests, not part of the API. The writer
+modules import the module itself (``from .. import _faults``), never its names."""
 
 from __future__ import annotations
 

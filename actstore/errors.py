@@ -27,6 +27,7 @@ __all__ = [
     "PeerFailedError",
     "EngineCheckError",
     "NotWritableError",
+    "MissingDependencyError",
 ]
 
 
@@ -131,3 +132,8 @@ class EngineCheckError(ActStoreError, RuntimeError):
 class NotWritableError(ActStoreError, PermissionError):
     """A job's results or figures would go where nothing can be written (a read-only
     store or folder); refused before any work."""
+
+
+class MissingDependencyError(ActStoreError, ImportError):
+    """An optional library an integration needs is not installed (the message names the
+    ``pip install`` that adds it)."""

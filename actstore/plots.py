@@ -11,7 +11,8 @@ import numpy as np
 __all__ = ["heatmap", "curves"]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend, imported when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabe
             diverging: bool = False, colorbar_label: str = "") -> str:
     """A (rows, cols) heatmap. ``diverging`` centres a red-blue map on 0 (patching
     results); otherwise a sequential map (scores, accuracies)."""
-    plt = _plt()
+    plt = pyplot()
     data = np.asarray(data, dtype=float)
     h, w = data.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * w + 2), max(3.0, 0.35 * h + 1.5)))
@@ -50,7 +51,7 @@ def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabe
 def curves(x: Sequence[float], ys: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *, title: str,
            xlabel: str, ylabel: str) -> str:
     """One line per entry of ``ys`` against ``x`` (e.g. accuracy by layer)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, y in ys.items():
         ax.plot(list(x), list(y), marker="o", label=label)

@@ -79,8 +79,10 @@ class SelftestReport:
         return "\n".join(lines)
 
 
-def _compare(ours: torch.Tensor, ref: torch.Tensor, scale: float, dtype: torch.dtype, min_spread: float
-             ) -> tuple[bool, float, float, str]:
+def compare_to_reference(ours: torch.Tensor, ref: torch.Tensor, scale: float, dtype: torch.dtype,
+                         min_spread: float) -> tuple[bool, float, float, str]:
+    """(within tolerance, max error, tolerance, why): ``ours`` against ``ref``, the tolerance
+    relative to the reference's spread; a spread under ``min_spread`` is too little to compare."""
     ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
     if ours.shape != ref.shape:
         return False, float("inf"), 0.0, f"shape {tuple(ours.shape)} where the reference has {tuple(ref.shape)}"
@@ -152,7 +154,7 @@ def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
         want = ref[hook].to(getattr(torch, storage)).double().cpu()
         if exact and not torch.equal(ours, want):
             return Check("", False, f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)")
-        ok, err, tol, why = _compare(ours, want, float(want.abs().max()), getattr(torch, storage), 0.0)
+        ok, err, tol, why = compare_to_reference(ours, want, float(want.abs().max()), getattr(torch, storage), 0.0)
         if not ok:
             return Check("", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol)
         worst, worst_tol = max(worst, err), max(worst_tol, tol)
@@ -178,7 +180,7 @@ def _check_patching(d: _Demo, kind: str, sweeps: tuple[str, ...]) -> Check:
         ours = getattr(ap, f"get_act_patch_{sweep}")(d.bridge, corrupted, d.cache, d.ld, progress=False)
         with _quiet_reference():
             ref = getattr(tlp, f"get_act_patch_{sweep}")(d.bridge, corrupted, d.cache, d.ld)
-        ok, err, tol, why = _compare(ours, ref, d.scale, d.dtype, 0.02)
+        ok, err, tol, why = compare_to_reference(ours, ref, d.scale, d.dtype, 0.02)
         if not ok:
             return Check("", False, f"{sweep}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol)
         worst = max(worst, (err / tol, err, tol))
@@ -265,7 +267,7 @@ def _check_direct_path(d: _Demo) -> Check:
     for dl in range(src[0] + 1, n_layers):
         for dh in range(n_heads):
             want[dl, dh] = edge_by_hooks(d.bridge, corrupted, d.cache, corrupted_cache, d.ld, src, (dl, dh), component)
-    ok, err, tol, why = _compare(got[src[0] + 1:], want[src[0] + 1:], d.scale, d.dtype, 0.02)
+    ok, err, tol, why = compare_to_reference(got[src[0] + 1:], want[src[0] + 1:], d.scale, d.dtype, 0.02)
     return Check("", ok, f"edges from head {src[0]}.{src[1]} into every later head's {component}; {why}", err, tol)
 
 

@@ -25,7 +25,7 @@ import torch
 from . import compat
 from .families import adapter_for
 from .models import LoadedModel, load_model
-from .selftest import Check, SelftestReport, _compare, check_selftest_device, run_plan
+from .selftest import Check, SelftestReport, check_selftest_device, compare_to_reference, run_plan
 from .sites import SHORT_SITES, SITE_DIMS, hook_name
 
 __all__ = ["model_checks", "run_model_selftest"]
@@ -61,7 +61,7 @@ def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
             ours, want = ours[seen], want[seen]
         if exact and not torch.equal(ours, want):
             return Check("", False, f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)")
-        ok, err, tol, why = _compare(ours, want, float(want.abs().max()), dtype, 0.0)
+        ok, err, tol, why = compare_to_reference(ours, want, float(want.abs().max()), dtype, 0.0)
         if engine == "hf" and dtype == torch.float32:
             tol = min(tol, HF_REL * float(want.max() - want.min()))
             ok = err <= tol
@@ -80,7 +80,7 @@ def _check_lens(model: LoadedModel) -> Check:
         logits, cache = model.bridge.run_with_cache(tokens)
         lens = adapter.logits(model.bridge, cache[hook_name("resid_post", model.info.n_layers - 1)])
     dtype = getattr(torch, model.info.dtype)
-    ok, err, tol, why = _compare(lens, logits, float(logits.abs().max()), dtype, 1e-3)
+    ok, err, tol, why = compare_to_reference(lens, logits, float(logits.abs().max()), dtype, 1e-3)
     return Check("", ok, f"{adapter.name}: the final residual decoded as the forward's logits ({why})", err, tol)
 
 

@@ -137,7 +137,7 @@ def hook_name(short: str, layer: int | None = None) -> str:
         return GLOBAL_SITES[short]
     if short in DERIVED_SITES:
         return short
-    raise _unknown(short, ())
+    raise unknown_site(short, ())
 
 
 def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, int | None]]:
@@ -162,7 +162,7 @@ def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, in
     return pairs
 
 
-def _split_specs(spec: str | Sequence[str]) -> list[str]:
+def split_specs(spec: str | Sequence[str]) -> list[str]:
     """'resid_post:all,pattern:5.1,5.5' -> ['resid_post:all', 'pattern:5.1,5.5']"""
     tokens = [t.strip() for part in ([spec] if isinstance(spec, str) else spec) for t in part.split(",") if t.strip()]
     specs: list[str] = []
@@ -174,7 +174,8 @@ def _split_specs(spec: str | Sequence[str]) -> list[str]:
     return specs
 
 
-def _unknown(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
+def unknown_site(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
+    """The error for a site ``name`` that is neither a short spec nor one of ``hook_names``, with close matches."""
     vocab = sorted(set(SHORT_SITES) | set(GLOBAL_SITES) | set(DERIVED_SITES) | set(hook_names))
     close = difflib.get_close_matches(name, vocab, n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
@@ -198,7 +199,7 @@ def parse_sites(
 
     def add(hook: str, head: int | None, spec_text: str) -> None:
         if hook not in hook_names and hook not in DERIVED_SITES:
-            raise _unknown(hook, hook_names)
+            raise unknown_site(hook, hook_names)
         kv = n_kv_heads is not None and Site.from_hook(hook).short in KV_SITES
         limit = n_kv_heads if kv and n_kv_heads is not None else n_heads
         if head is not None and not 0 <= head < limit:
@@ -217,7 +218,7 @@ def parse_sites(
     for site in (x for x in given if isinstance(x, Site)):
         for head in site.heads if site.heads is not None else (None,):
             add(site.hook, head, str(site))
-    specs = _split_specs([x for x in given if isinstance(x, str)])
+    specs = split_specs([x for x in given if isinstance(x, str)])
     if not specs and not wanted:
         raise UnknownSiteError("No sites given; pass e.g. --sites resid_post:all")
     for s in specs:
@@ -241,7 +242,7 @@ def parse_sites(
         elif not selectors:
             add(name, None, s)
         else:
-            raise _unknown(name, hook_names)
+            raise unknown_site(name, hook_names)
 
     def order(hook: str) -> tuple[int, str]:
         layer = layer_of(hook)

@@ -2,10 +2,10 @@
 
 For each model shape (tiny: 3 layers, d_model 64, 4 heads; GPT-2 small: 12 layers,
 d_model 768, 12 heads), random init, float32, CPU, and IOI prompt pairs from
-actstore.tasks (template 0, ABC corruption, `--pairs` pairs, 16 tokens with BOS), for
+actstore.patching.tasks (template 0, ABC corruption, `--pairs` pairs, 16 tokens with BOS), for
 each sweep it times:
   exact        actstore.patching (vectorised) with the batched LogitDiff
-  attribution  actstore.attribution, the same sweep, the same metric
+  attribution  actstore.patching.attribution, the same sweep, the same metric
   (reference   transformer_lens.patching, with --reference; resid_pre only unless
                --reference-all: the head sweeps take minutes on GPT-2 small)
 and prints exact / attribution, Pearson r between the two over every cell and over
@@ -45,8 +45,9 @@ from transformer_lens import patching as tlp  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from actstore import attribution as at, patching as ap, tasks  # noqa: E402
+from actstore import patching as ap  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
+from actstore.patching import attribution as at, tasks  # noqa: E402
 
 SHAPES = {
     "tiny": dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257),

@@ -34,7 +34,7 @@ from actstore.models import load_model
 from actstore.sites import parse_sites
 from actstore.capture.shardio import encoder_for, write_rows
 from actstore.store.codecs import registered
-from actstore.store.format import _array, parse_codec
+from actstore.store.format import parse_codec, row_array
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 CODECS = tuple(spec for c in registered() for spec in c.samples)  # every registered codec and its sample levels
@@ -88,7 +88,7 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
     for r in range(repeat):
         path = root / f"{codec.replace(':', '_')}-{r}.zarr"
         group = zarr.open_group(path, mode="w")
-        arr = _array(group, "a", data.shape, chunks[0], (shards or chunks)[0], str(data.dtype),
+        arr = row_array(group, "a", data.shape, chunks[0], (shards or chunks)[0], str(data.dtype),
                      ["row"] + [f"d{i}" for i in range(1, data.ndim)], parse_codec(codec))
         enc = encoder_for(arr)  # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
         rps = arr.metadata.chunk_grid.chunk_shape[0]

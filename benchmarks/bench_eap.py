@@ -1,5 +1,5 @@
 """Edge attribution (actstore.circuits.edge_attribution: EAP, EAP-IG) against the reference
-implementations, side by side in one run, on IOI pairs (actstore.tasks.ioi_pairs).
+implementations, side by side in one run, on IOI pairs (actstore.patching.tasks.ioi_pairs).
 
 On a random-init GPT-2-small-shaped model (12 layers, d_model 768, 12 heads, built into a
 temp folder: no download) it times, for every edge of the graph (32,491):

@@ -3,7 +3,7 @@ side by side in one run.
 
 On a random-init GPT-2-small-shaped model (12 layers, d_model 768, 12 heads: 32,491
 edges; built into a temp folder, no download) and `--pairs` IOI prompt pairs
-(actstore.tasks, template 0, ABC corruption: clean and corrupted differ from the names
+(actstore.patching.tasks, template 0, ABC corruption: clean and corrupted differ from the names
 on; `--corruption flip`: they differ late), with the per-pair LogitDiff, it times:
   ours       exact_edge_scores over every edge of the graph (self-check included)
   reference  the per-edge loop of run_with_hooks that the tests compare against
@@ -44,11 +44,11 @@ import torch  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from actstore import patching as ap, tasks  # noqa: E402
+from actstore import patching as ap  # noqa: E402
 from actstore.circuits.exact import exact_edge_scores  # noqa: E402
 from actstore.circuits.graph import Graph  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
-from actstore.patching import self_check as _self_check  # noqa: E402
+from actstore.patching import self_check as _self_check, tasks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference
 from tests.circuits.edge_reference import edge_by_hooks, edge_by_input_hooks  # noqa: E402

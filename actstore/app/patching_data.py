@@ -5,7 +5,7 @@ the same sweeps, exact edge patching and EAP over the edge graph, and the tables
 page draws from them.
 
 Every value is one library call's result, untouched: :mod:`actstore.patching`'s sweeps
-and :mod:`actstore.attribution`'s with the normalised :class:`~actstore.patching.LogitDiff`
+and :mod:`actstore.patching.attribution`'s with the normalised :class:`~actstore.patching.LogitDiff`
 (0 = the corrupted run, 1 = the clean run, means over pairs), and
 :func:`~actstore.circuits.exact_edge_scores` / :func:`~actstore.circuits.edge_attribution`
 with the ``norm-logit-diff`` circuit metric (the same normalisation). Pairs are checked by
@@ -32,7 +32,7 @@ __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_reco
            "eap_edges", "run_edges", "edge_results", "edge_matrix", "head_summary", "top_edges", "AUTO_EDGE_LIMIT"]
 
 DEMO_IOI = "demo-ioi"
-#: the page's built-in tasks: the demo model's held-out IOI pairs, then actstore.tasks' (factual needs a file)
+#: the page's built-in tasks: the demo model's held-out IOI pairs, then actstore.patching.tasks' (factual needs a file)
 TASK_CHOICES: dict[str, str] = {
     DEMO_IOI: "the demo model's held-out IOI pairs (actstore.corpus.demo_text.ioi_pairs, template 0): the corrupted "
               "prompt names the indirect object where the clean one repeats the subject",
@@ -128,7 +128,7 @@ def _metric(model: Any, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray
 def run_sweeps(model: Any, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS) -> SweepResults:
     """Exact and attribution patching of ``names`` (rows of the sweep table) on ``pairs``
     with the normalised logit difference: ``actstore.patching.get_act_patch_<name>`` and
-    ``actstore.attribution.attribution_patch`` (one forward and backward for all)."""
+    ``actstore.patching.attribution.attribution_patch`` (one forward and backward for all)."""
     metric, clean, corr, cache = _metric(model, pairs)
     corrupted = pairs.corrupted.to(_device(model))
     with torch.no_grad():
@@ -204,7 +204,7 @@ def run_edges(model: Any, pairs: Pairs, chunk: int = 256,
 
 
 def edge_results(graph: Graph, exact: np.ndarray, eap: np.ndarray) -> EdgeResults:
-    """The scores with their correlation (:func:`actstore.attribution.compare`)."""
+    """The scores with their correlation (:func:`actstore.patching.attribution.compare`)."""
     return EdgeResults(graph, exact, eap, attribution.compare(exact, eap))
 
 

@@ -17,7 +17,8 @@ from ..corpus import CorpusSpec, scan
 from ..errors import ConfigError
 from ..store.typed import array_at
 from ..models import ModelLike
-from ..store import ActivationStore, Damage, StoreMeta, finalize_stats, verify_store
+from ..store import ActivationStore, Damage, StoreMeta, verify_store
+from ..store.format import finalize_stats
 from ..store.nodes import group_doc, write_key
 from .engine import CacheConfig, cache
 from .lock import store_lock

@@ -34,6 +34,7 @@ from ..patching.metrics import Metrics
 from ..patching.path import READERS, EdgeValues, capture, edge_sweep
 from ..sites import hook_name
 from ..store import ActivationStore
+from .clean import STORE_SITES
 from .graph import Graph, Node
 
 __all__ = ["exact_edge_scores"]
@@ -56,7 +57,7 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     declares its positions and tokens is faster). ``edges``: edge numbers of ``graph``
     (default: every edge of ``Graph.from_model(model)``). The clean run's activations
     come from ``clean_cache`` (an ActivationCache or a mapping of hook name -> tensor, or
-    an ActivationStore with ``clean_rows``: it needs ``resid_pre:0,z:all,mlp_out:all``),
+    an ActivationStore with ``clean_rows``, cached with the sites of :data:`.clean.STORE_SITES`),
     or, when None, from running ``clean_tokens``. ``memory_budget``: bytes of activations
     (default: the engine's), half for the edge values of a group of sources, half for each
     batched forward of the engine."""
@@ -238,7 +239,7 @@ def _clean(model: Any, tokens: torch.Tensor | None, cache: Any, rows: Any, hooks
     if missing:
         raise StoreMismatchError(f"Store '{cache.path}' has no activations for {', '.join(missing[:3])}; exact edge "
                                  "patching reads the clean run's source outputs. Cache the clean prompts with --sites "
-                                 "resid_pre:0,z:all,mlp_out:all, or pass an ActivationCache (or clean_tokens).")
+                                 f"{STORE_SITES}, or pass an ActivationCache (or clean_tokens).")
     source = CleanSource(cache, model, n_pos, batch, rows)
     return {h: source[h] for h in hooks}
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..plots import _plt
+from ..plots import pyplot
 from .circuit import Circuit
 from .faithfulness import Faithfulness
 
@@ -27,7 +27,8 @@ __all__ = ["draw_circuit", "draw_curves", "draw_comparison", "circuit_json", "ci
 _STYLE = {"q": "--", "k": ":", "v": "-", "mlp": "-", "logits": "-"}
 
 
-def _base(out: str) -> str:
+def out_stem(out: str) -> str:
+    """The path the figures of a job writing ``out`` start with (``out`` less ``.zarr``)."""
     return out[:-5] if out.endswith(".zarr") else out
 
 
@@ -74,7 +75,7 @@ def draw_circuit(out: str, method: str, circuit: Circuit, scores: np.ndarray, mo
     """The PNG, DOT and JSON of ``circuit``; their paths."""
     from matplotlib.lines import Line2D
 
-    root = f"{_base(out)}.{method}.circuit"
+    root = f"{out_stem(out)}.{method}.circuit"
     g = circuit.graph
     title = (f"{method} circuit: {os.path.basename(model_name)}, {n_pairs} pairs, {circuit.n_edges} edges "
              f"({circuit.n_selected} selected, {circuit.how})")
@@ -82,7 +83,7 @@ def draw_circuit(out: str, method: str, circuit: Circuit, scores: np.ndarray, mo
         json.dump(circuit_json(circuit, scores, model=model_name, method=method, n_pairs=n_pairs), f, indent=1)
     with open(f"{root}.dot", "w") as f:
         f.write(circuit_dot(circuit, scores, title))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * g.n_heads + 3), max(4.0, 0.9 * g.n_layers + 3)))
     pos = {n: _position(n, g.n_heads, g.n_layers) for n in circuit.nodes}
     edges = _edges(circuit, scores)
@@ -114,7 +115,7 @@ def draw_circuit(out: str, method: str, circuit: Circuit, scores: np.ndarray, mo
 def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n_pairs: int, selection: str) -> str:
     """Faithfulness against circuit size (edges after pruning), per method: the mean over
     pairs and the per-pair quartiles."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, c in curves.items():
         x = np.asarray(c.n_edges, float)
@@ -132,7 +133,7 @@ def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = f"{_base(out)}.faithfulness.png"
+    path = f"{out_stem(out)}.faithfulness.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -147,5 +148,5 @@ def draw_comparison(out: str, method: str, exact: np.ndarray, approx: np.ndarray
     title = (f"{method} vs exact: {os.path.basename(model_name)}, {corr['n_edges']} edges\nPearson r "
              f"{fmt(corr['pearson'])}, Spearman {fmt(corr['spearman'])}, top-{corr['top']} overlap "
              f"{fmt(corr['top_overlap'])}")
-    return plot_comparison(exact, approx, f"{_base(out)}.{method}-vs-exact.png", title=title,
+    return plot_comparison(exact, approx, f"{out_stem(out)}.{method}-vs-exact.png", title=title,
                            xlabel="exact edge score", ylabel=f"{method} edge score")

@@ -150,9 +150,9 @@ def check_output(out: str, current: Mapping[str, Any], overwrite: bool) -> bool:
 
 def figure_paths(out: str, methods: Any = METHODS) -> list[str]:
     """Every figure file a circuit run writes next to ``out`` for ``methods``."""
-    from .figures import _base
+    from .figures import out_stem
 
-    base = _base(out)
+    base = out_stem(out)
     paths = [f"{base}.{m}.circuit.{ext}" for m in methods for ext in ("png", "dot", "json")]
     paths += [f"{base}.{m}-vs-exact.png" for m in methods if m != "exact"]
     return paths + [f"{base}.faithfulness.png"]

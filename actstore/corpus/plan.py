@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import EmptyCorpusError
-from .rows import Checkpoint, CorpusSpec, _tokenized
+from .rows import Checkpoint, CorpusSpec, tokenized_documents
 
 __all__ = ["PLAN_FIELDS", "CorpusScan", "scan", "count_rows", "synthetic_plan", "unknown_plan", "plan_checkpoint",
            "stop_after"]
@@ -77,7 +77,7 @@ def scan(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> CorpusSc
     width = spec.seq_len - 1
     starts, part_starts = array("q", [0]), array("q")
     total, n_rows, part = 0, 0, -1
-    for d, p, ids in _tokenized(spec, tokenizer, Checkpoint(), what="plan"):
+    for d, p, ids in tokenized_documents(spec, tokenizer, Checkpoint(), what="plan"):
         while p > part:  # parts without records start where the next one does
             part += 1
             part_starts.append(d)

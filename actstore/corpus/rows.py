@@ -159,8 +159,8 @@ class RowBlock:
                         None if masks[0] is None else cat(masks))  # type: ignore[arg-type]  # all or none
 
 
-def _tokenized(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
-               what: str = "rows") -> Iterator[tuple[int, int, list[int]]]:
+def tokenized_documents(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
+                        what: str = "rows") -> Iterator[tuple[int, int, list[int]]]:
     """(document index, part, token ids), tokenised ``_DOC_BATCH`` documents at a time."""
     batch: list[tuple[int, int, str]] = []
     for item in documents(spec, start, stop):
@@ -211,7 +211,7 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
             row += k
 
     first = True
-    for d, _, ids in _tokenized(spec, tokenizer, start, stop):
+    for d, _, ids in tokenized_documents(spec, tokenizer, start, stop):
         n = len(ids)
         if n == 0:
             first = False
@@ -232,7 +232,7 @@ def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int
     bos, eos = _special(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     L = spec.seq_len
-    for d, _, ids in _tokenized(spec, tokenizer, dataclasses.replace(start, doc=start.row), stop):
+    for d, _, ids in tokenized_documents(spec, tokenizer, dataclasses.replace(start, doc=start.row), stop):
         ids = ids[: L - 1]
         n = len(ids) + 1
         tokens = np.full((1, L), pad, np.int32)

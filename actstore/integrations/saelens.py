@@ -24,11 +24,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependencyError
 from ..store import ActivationStore
 from ..store.base import StoreLike
 from ..store.loader import resolve_sites, token_sites
-from . import MissingDependencyError
 
 __all__ = ["data_provider", "multi_hook_data_provider", "Provider", "site_d_in", "sae_trainer"]
 

@@ -15,7 +15,8 @@ softmax and MLP nonlinearities between the site and the logits).
 Every sweep of :mod:`actstore.patching` is here under the same name, signature and
 options, with results of the same shape, so the two are compared cell by cell::
 
-    from actstore import attribution, patching
+    from actstore import patching
+    from actstore.patching import attribution
     exact = patching.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
     approx = attribution.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
 
@@ -127,7 +128,7 @@ class _GradPass:
             base = []
             order = [leaves[h] for h in self.hooks]
             for i, (name, value) in enumerate(zip(metrics.fns, values)):
-                metrics._check(name, value, lead=())
+                metrics.check_shape(name, value, lead=())
                 if not value.requires_grad:
                     raise ConfigError(f"patching_metric {name!r} is not differentiable in the logits (it returned a "
                                       "tensor without a gradient); compute it with torch operations on the logits.")
@@ -218,7 +219,7 @@ def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: Opti
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
     grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
     the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
-    return _p._generic_patch(_runner(_shared, as_effect), *args, **kwargs)
+    return _p.generic_patch(_runner(_shared, as_effect), *args, **kwargs)
 
 
 def _single(row: _table.SweepRow) -> Any:
@@ -316,9 +317,9 @@ def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
 def plot_comparison(exact: Any, approx: Any, path: str, *, title: str, xlabel: str = "exact patching",
                     ylabel: str = "attribution patching") -> str:
     """Scatter of attribution against exact values, one point per cell, with y = x."""
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()).ravel() for v in (exact, approx))
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(e, a, s=10, alpha=0.6)

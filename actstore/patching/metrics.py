@@ -189,16 +189,16 @@ class Metrics:
                 elif getattr(fn, "positions", None) is not None or getattr(fn, "token_ids", None) is not None:
                     sel = select_declared(per_var, fn, self.n_pos)
                 out = torch.as_tensor(fn.batched(sel))  # type: ignore[attr-defined]
-                self._check(name, out, lead=(n_var,))
+                self.check_shape(name, out, lead=(n_var,))
             else:
                 vals = [torch.as_tensor(fn(per_var[v])) for v in range(n_var)]
                 for val in vals:
-                    self._check(name, val, lead=())
+                    self.check_shape(name, val, lead=())
                 out = torch.stack(vals)
             outs.append(out.detach().float())
         return torch.stack(outs, dim=1)
 
-    def _check(self, name: str, out: torch.Tensor, lead: tuple[int, ...]) -> None:
+    def check_shape(self, name: str, out: torch.Tensor, lead: tuple[int, ...]) -> None:
         want = lead + ((self.batch,) if self.per_example else ())
         if tuple(out.shape) == want:
             return

@@ -102,11 +102,11 @@ SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional
                        "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
-                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
-                   index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
-                   return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
-                   clean_rows: Any = None, memory_budget: Optional[int] = None, progress: bool = True) -> Any:
+def generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
+                  patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
+                  index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
+                  return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
+                  clean_rows: Any = None, memory_budget: Optional[int] = None, progress: bool = True) -> Any:
     """generic_activation_patch's checks, patch indices and result shaping around
     ``runner``, which computes the values of every index; the one body behind
     generic_activation_patch and generic_attribution_patch."""
@@ -178,7 +178,7 @@ def _generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tens
 
 def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Make ``fn(*args, <its own keyword-only options>, **kwargs)``, which passes ``args``
-    and ``kwargs`` on to :func:`_generic_patch`, present generic_activation_patch's
+    and ``kwargs`` on to :func:`generic_patch`, present generic_activation_patch's
     signature (less kv_prefix) plus its own options, and check every call against it (a TypeError naming
     ``fn`` and the argument, as a plain def gives)."""
     common = [p for p in inspect.signature(generic_activation_patch).parameters.values() if p.name != "kv_prefix"]
@@ -234,7 +234,7 @@ def generic_activation_patch(
         ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
         ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
     """
-    return _generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
+    return generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
                           patching_metric, patch_setter, activation_name, index_axis_names, index_df,
                           return_index_df, reduce=reduce, baseline=baseline, clean_rows=clean_rows,
                           memory_budget=memory_budget, progress=progress)

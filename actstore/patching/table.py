@@ -45,7 +45,7 @@ AXIS_RENAMES: Mapping[str, str] = MappingProxyType({"head_index": "head", "dest_
 @dataclass(frozen=True)
 class SweepRow:
     """One sweep; ``get_act_patch_<name>`` is its function in actstore.patching,
-    actstore.attribution (not path sweeps) and transformer_lens.patching."""
+    actstore.patching.attribution (not path sweeps) and transformer_lens.patching."""
 
     name: str  # e.g. "attn_head_out_by_pos"
     what: str  # one line: what each variant patches
@@ -204,7 +204,7 @@ def check_table(rows: Sequence[SweepRow]) -> dict[str, SweepRow]:
 
 _ALL = check_table(ROWS)
 #: every sweep taking (model, corrupted_tokens, clean_cache, metric, **options), by name: what
-#: actstore.attribution and `actstore patch` accept (single sweeps and stacks)
+#: actstore.patching.attribution and `actstore patch` accept (single sweeps and stacks)
 SWEEPS: Mapping[str, SweepRow] = MappingProxyType({n: r for n, r in _ALL.items() if r.kind != "path"})
 #: direct path patching's rows (its functions take a source head and a corrupted cache as well)
 PATH_SWEEPS: Mapping[str, SweepRow] = MappingProxyType({n: r for n, r in _ALL.items() if r.kind == "path"})

@@ -64,8 +64,9 @@ def is_store(path: str) -> bool:
         return False
 
 
-def _array(group: zarr.Group, name: str, shape: tuple[int, ...], row_chunk: int, row_shard: int, dtype: str,
-           dims: Sequence[str], compressors: Any, fill: Any = 0) -> zarr.Array:
+def row_array(group: zarr.Group, name: str, shape: tuple[int, ...], row_chunk: int, row_shard: int, dtype: str,
+              dims: Sequence[str], compressors: Any, fill: Any = 0) -> zarr.Array:
+    """A new array of ``group`` chunked (and sharded, where ``row_shard`` differs) along rows, whole otherwise."""
     chunks = (row_chunk,) + tuple(shape[1:])
     shards = (row_shard,) + tuple(shape[1:]) if row_shard != row_chunk else None
     serializer: Any = "auto"
@@ -93,11 +94,11 @@ def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[s
     index_codec = [ZstdCodec(level=3)]
     for name, dtype in INDEX_ARRAYS.items():
         if name != "mask" or mask:
-            _array(root, name, (n, L), rpc, rps, dtype, ("row", "pos"), index_codec, False if dtype == "bool" else 0)
+            row_array(root, name, (n, L), rpc, rps, dtype, ("row", "pos"), index_codec, False if dtype == "bool" else 0)
     acts_codec = parse_codec(codec)
     fill = float("nan") if meta.format_version >= 2 else 0.0  # unwritten rows are NaN, not zeros (format version 2)
     for hook, s in shapes.items():
-        _array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec, fill)
+        row_array(root, f"acts/{hook}", (n,) + s.shape, rpc, rps, storage_dtype, ("row",) + s.dims, acts_codec, fill)
     columns: dict[str, list[Any]] = {}
     width = 0
     for hook, s in shapes.items():

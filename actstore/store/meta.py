@@ -259,8 +259,8 @@ class StoreMeta:
         for s in self.sites:
             if s.hook == hook:
                 return s
-        from ..sites import _unknown
-        raise _unknown(hook, self.hooks)
+        from ..sites import unknown_site
+        raise unknown_site(hook, self.hooks)
 
     _SAME_RUN: ClassVar[tuple[str, ...]] = ("corpus", "layout", "sites", "storage_dtype", "codec", "engine")
 

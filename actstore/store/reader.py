@@ -149,8 +149,8 @@ class ActivationStore:
     def site(self, hook: str) -> zarr.Array:
         """The site's Zarr array, lazily (no done check; ``store[hook]`` checks)."""
         if hook not in self.sites:
-            from ..sites import _unknown
-            raise _unknown(hook, self.sites)
+            from ..sites import unknown_site
+            raise unknown_site(hook, self.sites)
         return self.array(f"acts/{hook}")
 
     def __getitem__(self, key: str | tuple[str, int]) -> ArrayView:

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from ..errors import ActStoreError, ConfigError, UnknownSiteError
-from ..sites import SHORT_SITES, _split_specs, hook_name, layer_of, parse_sites
+from ..sites import SHORT_SITES, split_specs, hook_name, layer_of, parse_sites
 from .format import INDEX_ARRAYS, read_checked
 from .base import StoreLike
 from .typed import dimension_names
@@ -35,7 +35,7 @@ def resolve_sites(store: "StoreLike", spec: str | Sequence[str]) -> list[str]:
     present = store.sites
     model = store.meta.model
     wanted: set[str] = set()
-    for s in _split_specs(spec):
+    for s in split_specs(spec):
         name, _, selectors = s.partition(":")
         if name in SHORT_SITES and selectors == "all":
             template = SHORT_SITES[name]

@@ -59,7 +59,7 @@ def test_stats_equal_numpy_over_the_store(f32_store):
         assert m.count == len(x)
         np.testing.assert_allclose(m.mean, x.mean(0), rtol=0, atol=1e-12)
         np.testing.assert_allclose(m.var, x.var(0), rtol=1e-10, atol=1e-12)
-    with pytest.raises(actstore.ConfigError, match="no stats"):
+    with pytest.raises(actstore.errors.ConfigError, match="no stats"):
         f32_store.stats("blocks.1.attn.hook_pattern")
 
 

@@ -11,7 +11,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 
 from actstore.capture.shardio import encoder_for, write_rows
 from actstore.store.codecs import NO_FAST_PATH, registered
-from actstore.store.format import _array, parse_codec, plan_layout, shard_key
+from actstore.store.format import parse_codec, plan_layout, row_array, shard_key
 
 # every registered codec with a fast path: at its default and sample levels, and at its highest
 FAST = [c for c in registered() if c.fast is not NO_FAST_PATH]
@@ -28,7 +28,7 @@ def _pair(tmp_path, name, n, rpc, rps, dtype, codec):
     for side in ("zarr", "ours"):
         g = zarr.open_group(str(tmp_path / side), mode="a")
         fill = False if dtype == "bool" else 0
-        made.append(_array(g, name, (n, 6, 3), rpc, rps, dtype, ("row", "pos", "d"), parse_codec(codec), fill))
+        made.append(row_array(g, name, (n, 6, 3), rpc, rps, dtype, ("row", "pos", "d"), parse_codec(codec), fill))
     return made
 
 
@@ -88,7 +88,7 @@ def test_other_codec_chains_go_through_zarr(tmp_path):
 def test_object_stores_get_whole_objects_through_the_store_api():
     store = zarr.storage.MemoryStore()
     g = zarr.open_group(store, mode="w")
-    arr = _array(g, "x", (8, 3), 2, 4, "float32", ("row", "d"), parse_codec("zstd:1"))
+    arr = row_array(g, "x", (8, 3), 2, 4, "float32", ("row", "d"), parse_codec("zstd:1"))
     x = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
     enc = encoder_for(arr)
     for k in range(2):
@@ -100,7 +100,7 @@ def test_a_failed_write_leaves_no_object_and_no_temporary(tmp_path, monkeypatch)
     import actstore.capture.shardio as shardio
 
     g = zarr.open_group(str(tmp_path / "g"), mode="w")
-    arr = _array(g, "x", (8, 3), 2, 4, "float32", ("row", "d"), None)
+    arr = row_array(g, "x", (8, 3), 2, 4, "float32", ("row", "d"), None)
 
     def eio(fd):
         raise OSError(5, "Input/output error")

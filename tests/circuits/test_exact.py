@@ -143,7 +143,7 @@ def test_clean_from_a_store_or_a_cache(cases, tmp_path):
     partial = actstore.cache(out=str(tmp_path / "z.zarr"), model="actstore-demo", dataset=texts, packing="document",
                              seq_len=case.clean.shape[1], sites="z:all", progress=False)
     with pytest.raises(StoreMismatchError, match=r"no activations for blocks.0.hook_mlp_out, blocks.0.hook_resid_pre"
-                                                 r".*--sites resid_pre:0,z:all,mlp_out:all"):
+                                                 r".*--sites z:all,mlp_out:all,resid_pre:0"):
         exact_edge_scores(case.bridge, None, case.corrupted, metric, clean_cache=partial, progress=False)
 
 

@@ -199,7 +199,7 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model, capsys):
 
 @needs_tl4
 def test_task_with_both_methods(tmp_path, sharp_model, sharp, tokenizer, capsys):
-    from actstore import attribution, tasks
+    from actstore.patching import attribution, tasks
 
     out, written = tmp_path / "r.zarr", tmp_path / "ioi.pairs.jsonl"
     assert main(["patch", "--model", sharp_model, "--task", "ioi", "--n-pairs", "4", "--seed", "1", "--sweep",

@@ -209,6 +209,6 @@ def test_repeated_random_rows_take_their_length_without_seq_len(tmp_path, tiny_m
     assert main(["cache", str(tmp_path / "c.zarr"), "--model", tiny_model, "--dataset", "repeated-random:4",
                  "--n-rows", "2", "--sites", "resid_post:0", "--quiet"]) == 0
     assert actstore.ActivationStore.open(tmp_path / "c.zarr").layout.seq_len == 9
-    with pytest.raises(actstore.CorpusError, match="pass --seq-len 11, or leave --seq-len out"):
+    with pytest.raises(actstore.errors.CorpusError, match="pass --seq-len 11, or leave --seq-len out"):
         actstore.cache(out=str(tmp_path / "x.zarr"), model=tiny_model, dataset="repeated-random:5", seq_len=12,
                        n_rows=1, progress=False)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actstore import attribution as at, patching as ap
+from actstore import patching as ap
+from actstore.patching import attribution as at
 from actstore.random_models import FAMILIES
 from actstore.sites import hook_name
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from actstore.errors import ConfigError
-from actstore.integrations import MissingDependencyError
+from actstore.errors import MissingDependencyError
 from actstore.integrations import saelens
 
 from .conftest import L, ROWS

@@ -1,4 +1,4 @@
-"""actstore.attribution: the gradient estimate of every patching sweep.
+"""actstore.patching.attribution: the gradient estimate of every patching sweep.
 
 What it is checked against:
 - finite differences (float64: the sharp tiny model, and the trained demo model with
@@ -28,7 +28,8 @@ import pytest
 import torch
 
 import actstore
-from actstore import attribution as at, patching as ap
+from actstore import patching as ap
+from actstore.patching import attribution as at
 from actstore.errors import ConfigError
 from actstore.selftest import directional_derivative  # the reference: finite differences of the in-place patch
 

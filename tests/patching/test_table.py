@@ -12,7 +12,8 @@ import torch
 from transformer_lens import patching as tlp
 from transformer_lens.utilities import get_act_name
 
-from actstore import attribution as at, patching as ap
+from actstore import patching as ap
+from actstore.patching import attribution as at
 from actstore.errors import ConfigError
 from actstore.patching import job, table
 from actstore.sites import SHORT_SITES, Site, layer_of

@@ -1,4 +1,4 @@
-"""actstore.tasks: prompt pairs of the standard tasks, checked with the GPT-2 tokenizer:
+"""actstore.patching.tasks: prompt pairs of the standard tasks, checked with the GPT-2 tokenizer:
 equal token lengths (within a pair and across the pairs of one call), one-token
 answers, the structure each task promises, determinism from the seed, and clear errors
 for bad facts files."""
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from actstore import tasks
+from actstore.patching import tasks
 from actstore.patching.pairs import read_pairs
 from actstore.errors import ConfigError, CorpusError
 

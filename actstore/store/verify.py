@@ -97,7 +97,7 @@ def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
         if not problems:
             try:
                 have = merged_stats(store, hook)
-                m = merge_partials(store.group["stats/partials"], hook, done)
+                m = merge_partials(array_at(store.group, "stats/partials"), hook, done)
                 if isinstance(have, str):
                     problems.append(have)
                 elif not (have.count == m.count and np.array_equal(have.mean, m.mean)

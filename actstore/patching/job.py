@@ -98,10 +98,10 @@ _NOT_SEPARATED = ("The mean clean and corrupted logit differences are the same (
                   "separates from the corrupted ones (a pair and its swap cancel out).")
 
 
-def _check_finite(clean: np.ndarray, corrupted: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    """Refuse (before anything is written) results that are not numbers; then, as every
-    pair job, a normalised effect whose denominator, mean clean - mean corrupted logit
-    difference, is within 1e-4 of the largest logit difference of 0: noise divided by noise."""
+def _check_values(clean: np.ndarray, corrupted: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """Refuse (before anything is written) results that are not numbers, or a normalised
+    effect whose denominator, mean clean - mean corrupted logit difference, is within
+    1e-4 of the largest logit difference of 0: noise divided by noise."""
     if not all(np.isfinite(v).all() for v in (clean, corrupted, *values.values())):
         raise ConfigError("The model gave logit differences that are not finite (overflow in float16?); nothing was "
                           "written. Pass --dtype float32.")
@@ -254,7 +254,7 @@ def patch_pairs(cfg: PatchJobConfig) -> PatchJobResult:
 
     sweeps = _run_sweeps(cfg, job, row, store, rows)
     values, clean_v, corr_v = sweeps.values, sweeps.clean, sweeps.corrupted
-    _check_finite(clean_v, corr_v, values)
+    _check_values(clean_v, corr_v, values)
     normalised = {m: (v.mean(0) - corr_v.mean()) / (clean_v.mean() - corr_v.mean()) for m, v in values.items()}
     dims = ("pair", *(_DIM_NAMES.get(d, d) for d in sweeps.axis_names))
     correlation = _correlation(values, corr_v) if cfg.method == "both" else None

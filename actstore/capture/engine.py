@@ -27,8 +27,9 @@ from ..families.hf import ENGINES, HFCapture
 from ..errors import ConfigError, CorpusExhaustedError, EmptyCorpusError, WriterError
 from .. import _faults, location
 from .lock import store_lock
-from ..models import DTYPES, LoadedModel, ModelLike, as_loaded, check_device, check_processes
+from ..models import LoadedModel, ModelLike, as_loaded, check_device, check_processes
 from ..parallel import Group, group_for
+from ..run_options import ModelRunOptions, field_of, init_fields
 from .progress import Progress
 from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
@@ -48,9 +49,10 @@ DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
-class CacheConfig:
+class CacheConfig(ModelRunOptions):
     """Options of one caching run; ``actstore cache``'s flags are generated from these
-    fields and their metadata (see actstore.cli.flags)."""
+    fields and their metadata (see actstore.cli.flags), and from the run options
+    (device, dtype, model_revision, progress: actstore.run_options)."""
 
     out: str = field(metadata={"help": "the store to write (a folder, e.g. acts.zarr)", "positional": True})
     model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
@@ -65,7 +67,6 @@ class CacheConfig:
     dataset_config: str | None = field(default=None, metadata={
         "help": "hub dataset configuration, e.g. wikitext-103-raw-v1"})
     dataset_revision: str | None = field(default=None, metadata={"help": "hub dataset revision (branch, tag, commit)"})
-    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
     seq_len: int | None = field(default=None, metadata={
         "help": "tokens per row (default 128; 2 x HALF_LEN + 1 for repeated-random:HALF_LEN)"})
     n_rows: int | None = field(default=None, metadata={
@@ -75,8 +76,6 @@ class CacheConfig:
     packing: str = field(default="pack", metadata={
         "help": "pack: rows of concatenated documents; document: one document per row, padded, with a mask",
         "choices": ("pack", "document")})
-    dtype: str | None = field(default=None, metadata={
-        "help": "compute dtype (default float32 on CPU, float16 on GPU)", "choices": tuple(DTYPES)})
     storage_dtype: str | None = field(default=None, metadata={
         "help": "dtype of the stored activations (default float32 for float32 compute, else float16)",
         "choices": STORAGE_DTYPES})
@@ -88,7 +87,6 @@ class CacheConfig:
         "help": "rows per shard, the unit of writing (default ~256 MB of all sites; on resume: the store's)"})
     codec: str = field(default="none", metadata={  # see README for the measurements
         "help": codec_usage()})
-    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
     resume: bool = field(default=False, metadata={
         "help": "continue an existing store of the same run", "group": "mode"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing store", "group": "mode"})
@@ -101,8 +99,7 @@ class CacheConfig:
                 "(docs/caching.md)", "choices": ENGINES})
     write_threads: int | None = field(default=None, metadata={
         "help": "writer threads encoding and writing arrays at once (default: cores, 2-8)"})
-    progress: bool = field(default=True, metadata={"help": "no progress bar or messages", "flag": "--quiet"})
-    command_line: str | None = None  # provenance; the CLI fills it in
+    progress: bool = field_of(ModelRunOptions, "progress", help="no progress bar or messages")
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -282,7 +279,8 @@ def _metadata(cfg: CacheConfig, model: LoadedModel, spec: CorpusSpec, layout: La
 
 
 def _config_repr(cfg: CacheConfig, model: str) -> str:
-    fields = dataclasses.asdict(dataclasses.replace(cfg, model=model))  # a model object is shown by name, not copied
+    values = dataclasses.asdict(dataclasses.replace(cfg, model=model))  # a model object is shown by name, not copied
+    fields = {f.name: values[f.name] for f in init_fields(CacheConfig)}  # as a call: the run options last
     if not isinstance(cfg.dataset, str):
         fields["dataset"] = f"<{len(cfg.dataset)} items>"
     return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v != CacheConfig.__dataclass_fields__[k].default)

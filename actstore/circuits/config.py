@@ -1,16 +1,17 @@
 """`actstore circuit`'s options: :class:`CircuitJobConfig`, whose flags are generated from
-the fields' metadata (actstore.cli.flags). The model, pair-source and run options are
-`actstore patch`'s own fields (:class:`~actstore.patching.config.PatchJobConfig`), reused
-with their help text, so the two commands take pairs the same way."""
+the fields' metadata (actstore.cli.flags). The model and pair-source options are `actstore
+patch`'s own fields (:class:`~actstore.patching.config.PatchJobConfig`), reused with their
+help text, so the two commands take pairs the same way; the run options (device, dtype,
+model_revision, progress) are the base both derive from (actstore.run_options)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import ModelLike
 from ..patching.config import PatchJobConfig
+from ..run_options import FrozenModelRunOptions, field_of
 from .circuit import SELECTIONS
 from .clean import STORE_SITES as CLEAN_SITES
 from .metrics import KINDS as METRICS
@@ -22,21 +23,18 @@ METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 #: METRICS (circuits.metrics.KINDS) and CLEAN_SITES (circuits.clean.STORE_SITES, the clean activations
 #: edge scores read from a store: every upstream node's output) are defined where they are used
 
-_PATCH = {f.name: f for f in dataclasses.fields(PatchJobConfig)}
-
-
 def _patch_field(name: str, **meta: Any) -> Any:
     """`actstore patch`'s field ``name`` (default and metadata), ``meta`` overriding."""
-    f = _PATCH[name]
-    return field(default=f.default, metadata={**f.metadata, **meta})
+    return field_of(PatchJobConfig, name, **meta)
 
 
 @dataclass(frozen=True)
-class CircuitJobConfig:
+class CircuitJobConfig(FrozenModelRunOptions):
     """One `actstore circuit` run; its flags are generated from these fields and their
-    metadata (see actstore.cli.flags)."""
+    metadata (see actstore.cli.flags), and from the run options (device, dtype,
+    model_revision, progress: actstore.run_options)."""
 
-    model: ModelLike = field(metadata=_PATCH["model"].metadata)
+    model: ModelLike = _patch_field("model")
     pairs: str | None = _patch_field("pairs")
     task: str | None = _patch_field("task")
     n_pairs: int | None = _patch_field("n_pairs")
@@ -66,13 +64,9 @@ class CircuitJobConfig:
                                                        "faithfulness, a batch at a time; under torchrun the batches "
                                                        "are shared out (default 16)"})
     memory_budget: int | None = _patch_field("memory_budget")
-    dtype: str | None = _patch_field("dtype")
-    device: str = _patch_field("device")
-    model_revision: str | None = _patch_field("model_revision")
     overwrite: bool = _patch_field("overwrite", help="replace these methods' results in an existing group of the "
                                    "same model, pairs and settings; a group of another is replaced whole, figures too")
-    progress: bool = _patch_field("progress")
-    command_line: str = ""
+    command_line: str = _patch_field("command_line")
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -145,123 +145,157 @@ class HookedGraphForward(GraphForward):
         downstream input, in graph order). The forward stops at the final norm's input: the
         logits are the family adapter's decoding of the final residual (the model's own
         final norm and unembedding), where they are read."""
-        g, H, D = self.graph, self.n_heads, self.d_model
-        n_var, (batch, n_pos) = mask.shape[0], tokens.shape
-        per_layer = 3 * H + 1
-        groups: list[tuple[int, torch.Tensor]] = []  # (first node, live - patch (variant, nodes, batch, pos, d))
-        totals: list[torch.Tensor] = [torch.zeros((), device=self.device, dtype=self.dtype)]  # running sums of those
-        live0: list[torch.Tensor] = []
-        probe_list: list[torch.Tensor] = []
-        qkv_adjust: dict[int, torch.Tensor] = {}
-
-        def rows(x: torch.Tensor) -> torch.Tensor:  # (variant * batch, ...) -> (variant, batch, ...)
-            return x.unflatten(0, (n_var, batch))
-
-        def add_group(live: torch.Tensor) -> torch.Tensor:
-            """Add the next nodes' outputs (variant, nodes, batch, pos, d), replaced where
-            ``over`` says; return the outputs used."""
-            first = groups[-1][0] + groups[-1][1].shape[1] if groups else 0
-            nodes = range(first, first + live.shape[1])
-            if any(i in over for i in nodes):
-                live = torch.stack([over[i].expand(n_var, batch, n_pos, D) if i in over else live[:, k]
-                                    for k, i in enumerate(nodes)], 1)
-            live0.extend(live[0].unbind(0))
-            diff = live - patch[first:first + live.shape[1]]
-            groups.append((first, diff))
-            totals.append(totals[-1] + diff.sum(1))
-            return live
-
-        def adjust(lo: int, hi: int, n_groups: int) -> torch.Tensor:
-            """(variant, batch, pos, hi - lo, d): sum over the inputs' edges of (mask - 1) * (live - patch)."""
-            return self._inputs(lo, hi, mask, groups[:n_groups], -totals[n_groups])
-
-        def probe(shape: tuple[int, ...]) -> torch.Tensor | None:
-            if not probes:
-                return None
-            p = torch.zeros(shape, device=self.device, dtype=self.dtype, requires_grad=True)
-            probe_list.append(p)
-            return p
-
-        def input_node(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            if 0 in over:
-                act = over[0].expand(n_var, batch, n_pos, D).reshape(act.shape).to(act.dtype)
-            add_group(rows(act)[:, None])
-            return act
-
-        def qkv_input(layer: int, c: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            first = layer * per_layer
-
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d)
-                if layer not in qkv_adjust:
-                    a = adjust(first, first + 3 * H, len(groups)).unflatten(-2, (H, 3))  # (v, b, pos, head, 3, d)
-                    p = probe((batch, n_pos, H, 3, D))
-                    qkv_adjust[layer] = a if p is None else a + p
-                return act + qkv_adjust[layer][..., c, :].flatten(0, 1).to(act.dtype)
-            return fn
-
-        replaced: dict[int, torch.Tensor] = {}  # layer -> replaced minus own head outputs, summed over heads
-
-        def heads(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            w_o = self.model.blocks[layer].attn.W_O.to(self.dtype)  # (head, d_head, d)
-
-            def fn(z: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d_head)
-                own = torch.einsum("vbphe,hed->vhbpd", rows(z).to(self.dtype), w_o)
-                used = add_group(own)
-                if used is not own:  # replaced outputs join the residual in place of the own ones
-                    replaced[layer] = (used - own).sum(1).flatten(0, 1)
-                return z
-            return fn
-
-        def attn_out(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                return act + replaced[layer].to(act.dtype) if layer in replaced else act
-            return fn
-
-        def mlp_input(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            j = layer * per_layer + 3 * H
-
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                n_groups = len(groups) - 1 if g.parallel else len(groups)  # (parallel: not its own layer's heads)
-                a = adjust(j, j + 1, n_groups)[..., 0, :]
-                p = probe((batch, n_pos, D))
-                return act + (a if p is None else a + p).flatten(0, 1).to(act.dtype)
-            return fn
-
-        def mlp_output(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            node = (layer + 1) * (H + 1)
-
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                add_group(rows(act).to(self.dtype)[:, None])
-                if node in over:
-                    return over[node].expand(n_var, batch, n_pos, D).reshape(act.shape).to(act.dtype)
-                return act
-            return fn
-
-        resid: list[torch.Tensor] = []
-
-        def final(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            j = len(g.downstream) - 1
-            a = adjust(j, j + 1, len(groups))[..., 0, :]
-            p = probe((batch, n_pos, D))
-            resid.append(act + (a if p is None else a + p).flatten(0, 1).to(act.dtype))
-            raise CaptureDone
-
-        hooks: list[Hook] = [(hook_name("resid_pre", 0), input_node)]
-        for layer in range(g.n_layers):
-            hooks += [(f"blocks.{layer}.attn.hook_{c}_input", qkv_input(layer, i)) for i, c in enumerate("qkv")]
-            hooks.append((hook_name("z", layer), heads(layer)))
-            if any(1 + layer * (H + 1) + h in over for h in range(H)):
-                hooks.append((hook_name("attn_out", layer), attn_out(layer)))
-            hooks += [(f"blocks.{layer}.ln2.hook_in", mlp_input(layer)), (hook_name("mlp_out", layer),
-                                                                          mlp_output(layer))]
-        hooks.append(("ln_final.hook_in", final))
+        run = _MaskedRun(self, tokens, mask, patch, over, probes)
         with split_qkv_input(self.model):
             try:
-                self.model.run_with_hooks(tokens.repeat(n_var, 1), fwd_hooks=hooks)
+                self.model.run_with_hooks(tokens.repeat(run.n_var, 1), fwd_hooks=run.hooks())
             except CaptureDone:
                 pass
-        if not resid:
+        if not run.resid:
             raise RuntimeError("the model's forward never reached ln_final.hook_in; its bridge runs another way.")
-        x = resid[0] if positions is None else resid[0][:, positions.to(resid[0].device)]
+        x = run.resid[0] if positions is None else run.resid[0][:, positions.to(run.resid[0].device)]
         logits = adapter_for(self.model).logits(self.model, x)
-        return rows(logits), torch.stack(live0), probe_list
+        return run.rows(logits), torch.stack(run.live0), run.probe_list
+
+
+class _MaskedRun:
+    """One masked forward of :meth:`HookedGraphForward._hooked`: its hooks, and what they
+    share: the node outputs read so far, in groups as the forward reaches them (live -
+    patch, with running sums), from which each downstream input's adjustment is made."""
+
+    def __init__(self, fwd: HookedGraphForward, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor,
+                 over: dict[int, torch.Tensor], probes: bool):
+        self.fwd, self.g, self.mask, self.patch, self.over, self.with_probes = fwd, fwd.graph, mask, patch, over, probes
+        self.H, self.D, self.dtype = fwd.n_heads, fwd.d_model, fwd.dtype
+        self.n_var, (self.batch, self.n_pos) = mask.shape[0], tokens.shape
+        self.per_layer = 3 * self.H + 1
+        self.groups: list[tuple[int, torch.Tensor]] = []  # (first node, live - patch (variant, nodes, batch, pos, d))
+        self.totals: list[torch.Tensor] = [torch.zeros((), device=fwd.device, dtype=fwd.dtype)]  # running sums
+        self.live0: list[torch.Tensor] = []
+        self.probe_list: list[torch.Tensor] = []
+        self.qkv_adjust: dict[int, torch.Tensor] = {}
+        self.replaced: dict[int, torch.Tensor] = {}  # layer -> replaced minus own head outputs, summed over heads
+        self.resid: list[torch.Tensor] = []  # the final residual, adjusted
+
+    def hooks(self) -> list[Hook]:
+        """The forward hooks, in the order the forward reaches them."""
+        g, H = self.g, self.H
+        hooks: list[Hook] = [(hook_name("resid_pre", 0), self.input_node)]
+        for layer in range(g.n_layers):
+            hooks += [(f"blocks.{layer}.attn.hook_{c}_input", self.qkv_input(layer, i)) for i, c in enumerate("qkv")]
+            hooks.append((hook_name("z", layer), self.heads(layer)))
+            if any(1 + layer * (H + 1) + h in self.over for h in range(H)):
+                hooks.append((hook_name("attn_out", layer), self.attn_out(layer)))
+            hooks += [(f"blocks.{layer}.ln2.hook_in", self.mlp_input(layer)), (hook_name("mlp_out", layer),
+                                                                               self.mlp_output(layer))]
+        hooks.append(("ln_final.hook_in", self.final))
+        return hooks
+
+    # --- what the hooks share -----------------------------------------------------------
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(variant * batch, ...) -> (variant, batch, ...)."""
+        return x.unflatten(0, (self.n_var, self.batch))
+
+    def _over(self, node: int, shape: torch.Size) -> torch.Tensor:
+        """``over[node]`` (batch, pos, d) for every variant, in the hook's ``shape``."""
+        return self.over[node].expand(self.n_var, self.batch, self.n_pos, self.D).reshape(shape)
+
+    def add_group(self, live: torch.Tensor) -> torch.Tensor:
+        """Add the next nodes' outputs (variant, nodes, batch, pos, d), replaced where
+        ``over`` says; return the outputs used."""
+        groups, over = self.groups, self.over
+        first = groups[-1][0] + groups[-1][1].shape[1] if groups else 0
+        nodes = range(first, first + live.shape[1])
+        if any(i in over for i in nodes):
+            live = torch.stack([over[i].expand(self.n_var, self.batch, self.n_pos, self.D) if i in over else live[:, k]
+                                for k, i in enumerate(nodes)], 1)
+        self.live0.extend(live[0].unbind(0))
+        diff = live - self.patch[first:first + live.shape[1]]
+        groups.append((first, diff))
+        self.totals.append(self.totals[-1] + diff.sum(1))
+        return live
+
+    def adjust(self, lo: int, hi: int, n_groups: int) -> torch.Tensor:
+        """(variant, batch, pos, hi - lo, d): sum over the inputs' edges of (mask - 1) * (live - patch)."""
+        return self.fwd._inputs(lo, hi, self.mask, self.groups[:n_groups], -self.totals[n_groups])
+
+    def probe(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A zero tensor added to a downstream input, whose gradient edge attribution reads
+        (None without probes)."""
+        if not self.with_probes:
+            return None
+        p = torch.zeros(shape, device=self.fwd.device, dtype=self.dtype, requires_grad=True)
+        self.probe_list.append(p)
+        return p
+
+    def _adjusted(self, act: torch.Tensor, j: int, n_groups: int) -> torch.Tensor:
+        """``act`` (variant * batch, pos, d), the input of downstream node ``j``, adjusted
+        (and probed)."""
+        a = self.adjust(j, j + 1, n_groups)[..., 0, :]
+        p = self.probe((self.batch, self.n_pos, self.D))
+        return act + (a if p is None else a + p).flatten(0, 1).to(act.dtype)
+
+    # --- the hooks ------------------------------------------------------------------------
+
+    def input_node(self, act: torch.Tensor, hook: Any) -> torch.Tensor:
+        """blocks.0.hook_resid_pre: the input node's output (replaced where ``over`` says)."""
+        if 0 in self.over:
+            act = self._over(0, act.shape).to(act.dtype)
+        self.add_group(self.rows(act)[:, None])
+        return act
+
+    def qkv_input(self, layer: int, c: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """The layer's heads' q (c = 0), k (1) or v (2) inputs, adjusted."""
+        first, H, D = layer * self.per_layer, self.H, self.D
+
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d)
+            if layer not in self.qkv_adjust:
+                a = self.adjust(first, first + 3 * H, len(self.groups)).unflatten(-2, (H, 3))  # (v, b, pos, head, 3, d)
+                p = self.probe((self.batch, self.n_pos, H, 3, D))
+                self.qkv_adjust[layer] = a if p is None else a + p
+            return act + self.qkv_adjust[layer][..., c, :].flatten(0, 1).to(act.dtype)
+        return fn
+
+    def heads(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """hook_z: the layer's head outputs (z times W_O), read as nodes."""
+        w_o = self.fwd.model.blocks[layer].attn.W_O.to(self.dtype)  # (head, d_head, d)
+
+        def fn(z: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d_head)
+            own = torch.einsum("vbphe,hed->vhbpd", self.rows(z).to(self.dtype), w_o)
+            used = self.add_group(own)
+            if used is not own:  # replaced outputs join the residual in place of the own ones
+                self.replaced[layer] = (used - own).sum(1).flatten(0, 1)
+            return z
+        return fn
+
+    def attn_out(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """hook_attn_out: plus the replaced heads' difference."""
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            return act + self.replaced[layer].to(act.dtype) if layer in self.replaced else act
+        return fn
+
+    def mlp_input(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """ln2.hook_in: the MLP's own copy of its input, adjusted."""
+        j = layer * self.per_layer + 3 * self.H
+
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            n_groups = len(self.groups) - 1 if self.g.parallel else len(self.groups)  # (parallel: not its own heads)
+            return self._adjusted(act, j, n_groups)
+        return fn
+
+    def mlp_output(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """hook_mlp_out: the MLP node's output, read (replaced where ``over`` says)."""
+        node = (layer + 1) * (self.H + 1)
+
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            self.add_group(self.rows(act).to(self.dtype)[:, None])
+            if node in self.over:
+                return self._over(node, act.shape).to(act.dtype)
+            return act
+        return fn
+
+    def final(self, act: torch.Tensor, hook: Any) -> torch.Tensor:
+        """ln_final.hook_in: the final residual, adjusted, kept; the forward stops here."""
+        self.resid.append(self._adjusted(act, len(self.g.downstream) - 1, len(self.groups)))
+        raise CaptureDone

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreMismatchError
-from ..models import as_loaded, check_processes
-from ..parallel import Group, group_for
-from ..patching.clean import check_store_model, store_rows
-from ..patching.pairs import Pairs, check_source, clean_store_fix, read_pairs, task_pairs
+from ..parallel import Group
+from ..patching.clean import store_rows
+from ..patching.pair_job import PairJob, check_separated, default_out
+from ..patching.pairs import Pairs, check_source
 from ..store import ActivationStore, ResultWriter
 from .circuit import SELECTIONS, Circuit, select_circuit
 from .clean import store_hooks
@@ -98,40 +98,25 @@ def _check(cfg: CircuitJobConfig) -> None:
 
 
 def _default_out(cfg: CircuitJobConfig) -> str:
-    stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or "circuit")
-    return f"{stem}.circuit.zarr"
+    return default_out(cfg, "circuit")  # type: ignore[arg-type]
 
 
-def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs, procs: Group
-                ) -> tuple[ActivationStore | None, list[int] | None]:
+def _clean_rows(cfg: CircuitJobConfig, job: PairJob) -> tuple[ActivationStore | None, list[int] | None]:
     """The store of the clean activations (cached from the clean prompts if it does not
-    exist), checked, and the rows that hold the clean prompts."""
+    exist), checked, and the rows that hold the clean prompts: --clean-rows, checked, or
+    found by their tokens."""
     if cfg.store is None:
         return None, None
-    from ..capture import cache
-
-    n_pairs, n_pos = pairs.clean.shape
-    if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
-        if cfg.progress and procs.main:
-            print(f"caching the {n_pairs} clean prompts into {cfg.store}")
-        cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
-              sites=CLEAN_SITES, dtype=model.info.dtype, device=model.device, model_revision=cfg.model_revision,
-              progress=cfg.progress, command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
-    store = ActivationStore.open(cfg.store)
-    check_store_model(store, model.bridge)
-    have = set(store.sites)
-    missing = [h for h in store_hooks(model.info.n_layers) if h not in have]
-    fix = clean_store_fix(cfg, cfg.store, CLEAN_SITES, n_pos, model.info.dtype)  # type: ignore[arg-type]
-    if missing:
-        raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites edge scores read (first: "
-                                 f"{missing[0]}). {fix}")
+    pairs, n_pairs = job.pairs, int(job.pairs.clean.shape[0])
+    store, fix = job.clean_store(cfg, CLEAN_SITES, store_hooks(job.model.info.n_layers),  # type: ignore[arg-type]
+                                 "edge scores read")
     if cfg.clean_rows is None:
         return store, store_rows(store, pairs.clean, fix)
     a, b = (int(x) for x in cfg.clean_rows.split(":"))
     if b - a != n_pairs or b > store.layout.n_rows:
         raise ConfigError(f"--clean-rows {cfg.clean_rows} names {b - a} rows of a {store.layout.n_rows}-row store; "
                           f"there are {n_pairs} pairs: pass A:A+{n_pairs} within the store.")
-    tokens = torch.as_tensor(np.asarray(store.tokens()[a:b, :n_pos]), dtype=torch.long)
+    tokens = torch.as_tensor(np.asarray(store.tokens()[a:b, :pairs.clean.shape[1]]), dtype=torch.long)
     if not torch.equal(tokens, pairs.clean):
         bad = int(torch.nonzero((tokens != pairs.clean).any(1))[0, 0])
         raise StoreMismatchError(f"Row {a + bad} of store '{store.path}' does not hold the clean prompt of pair "
@@ -139,15 +124,9 @@ def _clean_rows(cfg: CircuitJobConfig, model: Any, pairs: Pairs, procs: Group
     return store, list(range(a, b))
 
 
-def _check_separated(clean: np.ndarray, corrupted: np.ndarray) -> None:
-    """Refuse, before any work, a faithfulness of 0 / 0: pairs whose clean and corrupted
-    runs the metric (values per pair) does not tell apart."""
-    gap = float(clean.mean() - corrupted.mean())
-    scale = float(max(np.abs(clean).max(), np.abs(corrupted).max()))
-    if not abs(gap) > 1e-4 * scale:
-        raise ConfigError(f"The metric's mean on the clean runs ({clean.mean():.6g}) and on the corrupted runs "
-                          f"({corrupted.mean():.6g}) are the same, so faithfulness would be 0 / 0; nothing was "
-                          "done. Use pairs whose clean prompts the model separates from the corrupted ones.")
+_NOT_SEPARATED = ("The metric's mean on the clean runs ({clean:.6g}) and on the corrupted runs ({corrupted:.6g}) are "
+                  "the same, so faithfulness would be 0 / 0; nothing was done. Use pairs whose clean prompts the "
+                  "model separates from the corrupted ones.")
 
 
 def _scorer(method: str) -> Callable[..., torch.Tensor]:
@@ -164,22 +143,12 @@ def _scorer(method: str) -> Callable[..., torch.Tensor]:
 def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     """Score every edge by each method, pick and prune the --top circuit, measure the
     faithfulness curve; write the results and figures (see the module docstring)."""
-    from ..patching import tasks
     from . import output
 
     _check(cfg)
-    check_processes(cfg.model)
-    procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
-    model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
-    bridge, info = model.bridge, model.info
-    generated: list[tasks.PromptPair] = []
-    if cfg.pairs is not None:
-        pairs = read_pairs(cfg.pairs, model.tokenizer)
-    else:
-        pairs, generated = task_pairs(cfg, model.tokenizer)  # type: ignore[arg-type]
-    n_pairs, n_pos = pairs.clean.shape
-    if n_pos > info.n_ctx:
-        raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {info.n_ctx}.")
+    job = PairJob.start(cfg)  # type: ignore[arg-type]  # the pair-source fields are PatchJobConfig's
+    procs, model, pairs = job.procs, job.model, job.pairs
+    bridge, info, n_pairs = model.bridge, model.info, int(pairs.clean.shape[0])
     graph = Graph.from_model(bridge)
     if cfg.top > graph.n_edges:
         raise ConfigError(f"--top {cfg.top} is more than the graph's {graph.n_edges} edges; pass at most "
@@ -197,9 +166,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
                                         unwritable_fix="pass --out a path you can write") for m in cfg.methods})
         return replace
     replace_all = procs.on_main(check_output, "checking the output")
-    store, rows = _clean_rows(cfg, model, pairs, procs)  # may cache the clean prompts: after every refusal above
-    if cfg.write_pairs and procs.main:  # every check passed: the pairs are what this run scores
-        tasks.write_pairs(generated, cfg.write_pairs)
+    store, rows = _clean_rows(cfg, job)  # may cache the clean prompts: after every refusal above
+    job.write_pairs(cfg)  # type: ignore[arg-type]  # every check passed: the pairs are what this run scores
 
     clean, corrupted = pairs.clean.to(model.device), pairs.corrupted.to(model.device)
     with torch.no_grad():
@@ -209,7 +177,7 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
 
     metric = circuit_metric(cfg.metric, answer=pairs.answer.to(model.device), wrong=pairs.wrong.to(model.device),
                             clean_logits=clean_logits, corrupted_logits=corrupted_logits)
-    _check_separated(*(metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)))
+    check_separated(*(metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)), _NOT_SEPARATED)
     run = _Batches(cfg, procs, bridge, metric, clean, corrupted, store, rows)
     scores = {m: run.scores(m, graph) for m in cfg.methods}
     # --signed ranks the edges that move the metric towards the clean run first (for kl: the negative scores)

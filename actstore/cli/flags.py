@@ -1,6 +1,7 @@
 """Command-line flags generated from the config dataclasses: each option is written once,
-as a field of its config (CacheConfig, ProbeConfig, PatchJobConfig), with its help text
-and CLI details in the field's metadata:
+as a field of its config (CacheConfig, ProbeConfig, PatchJobConfig, CircuitJobConfig, or the
+run options they derive from, actstore.run_options), with its help text and CLI details in
+the field's metadata:
 
     seq_len: int | None = field(default=None, metadata={"help": "tokens per row (default 128)"})
 
@@ -27,6 +28,8 @@ import types
 import typing
 from typing import Any, Collection, TypeVar
 
+from ..run_options import init_fields
+
 __all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of", "command_line"]
 
 T = TypeVar("T")
@@ -34,9 +37,10 @@ _KEYS = frozenset({"help", "flag", "positional", "choices", "metavar", "nargs", 
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
-    """The fields of config class ``cls`` that are command-line options, in field order."""
+    """The fields of config class ``cls`` that are command-line options, in the order of
+    its ``__init__``: its own fields, then the run options (actstore.run_options)."""
     out = []
-    for f in dataclasses.fields(cls):
+    for f in init_fields(cls):
         unknown = set(f.metadata) - _KEYS
         if unknown:
             raise TypeError(f"{cls.__name__}.{f.name}: unknown CLI metadata {sorted(unknown)}; "

@@ -127,10 +127,6 @@ def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: 
     :func:`actstore.cli.tour.run_tour`, which runs them as `actstore tour` does), replacing what an earlier tour wrote there; files of the
     tour's names (OUTPUTS) that no tour made are replaced only with ``overwrite``, see
     :func:`check_tour_folder`."""
-    import zarr
-
-    from ..store import ActivationStore
-
     from ..store.results import check_writable
 
     check_tour_folder(out, overwrite)
@@ -139,71 +135,98 @@ def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: 
                           f"and 1 pair; got n_rows={n_rows}, n_rep_rows={n_rep_rows}, n_pairs={n_pairs}.")
     check_writable(out, "the tour's stores and figures", "pass a folder you can write")
     t0 = time.time()
-    say = not quiet
-    q = ["--quiet"] if quiet else []
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, MARKER), "w") as f:  # first: an interrupted tour's folder is still the tour's
         f.write("Made by `actstore tour`; a later tour into this folder replaces: " + ", ".join(OUTPUTS) + "\n")
-    res = TourResult(out=out)
-    main_store, rep_store, patch_out, circuit_out = (os.path.join(out, n) for n in (*STORES, *GROUPS))
-    pairs = os.path.join(out, "ioi_pairs.jsonl")
-    if say:
+    tour = _Steps(run, out, quiet)
+    if tour.say:
         print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
+    tour.cache_and_probe(n_rows)
+    tour.induction(n_rep_rows)
+    tour.patching(n_pairs)
+    tour.circuit()
+    tour.res.seconds = time.time() - t0
+    if tour.say:
+        print(summary(tour.res))
+    return tour.res
 
-    # 1. the main job: cache the demo corpus
-    run(["cache", main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites", "resid_post:all",
-          "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q], say)
-    if say:
-        run(["info", main_store], say)
 
-    # 2. where is the position? a logistic probe per layer
-    probe_png = os.path.join(out, "probe_position.png")
-    run(["probe", main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q], say)
-    store = ActivationStore.open(main_store)
-    for hook in store.sites:
-        scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
-        res.probe_accuracy[layer_of(hook)] = float(scores["test"])
-    res.figures.append(probe_png)
+class _Steps:
+    """The tour's steps, each a few `actstore` commands run by ``run`` into ``out``, and
+    what each found, gathered in ``res``."""
 
-    # 3. induction heads on repeated random tokens
-    ind_png = os.path.join(out, "induction_heads.png")
-    run(["cache", rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
-          "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
-          "--overwrite", *q], say)
-    run(["analyze", "induction", rep_store, "--figure", ind_png, *(["--json"] if quiet else [])], say)
-    g = zarr.open_group(rep_store, mode="r")["results/analysis/induction"]
-    ind = np.asarray(g["induction"][...])
-    order = np.argsort(ind.ravel())[::-1][:3]
-    res.induction_heads = [(f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order]
-    loss = np.asarray(g["loss_by_pos"][...])
-    res.loss_halves = (float(loss[:HALF_LEN].mean()), float(loss[HALF_LEN:].mean()))
-    res.figures.append(ind_png)
+    def __init__(self, run: Runner, out: str, quiet: bool):
+        self.run, self.out, self.quiet, self.say = run, out, quiet, not quiet
+        self.q = ["--quiet"] if quiet else []
+        self.res = TourResult(out=out)
+        self.main_store, self.rep_store, self.patch_out, self.circuit_out = (os.path.join(out, n)
+                                                                             for n in (*STORES, *GROUPS))
+        self.pairs = os.path.join(out, "ioi_pairs.jsonl")
 
-    # 4. activation patching on held-out IOI prompts
-    if say:
-        print(f"\n$ python -m actstore.demo.data ioi-pairs {pairs} --n {n_pairs}")
-    write_records(pairs, demo_data.ioi_pairs(n_pairs, template=0))
-    for sweep in ("resid_pre", "attn_head_out_all_pos"):
-        png = os.path.join(out, f"ioi_patch_{sweep}.png")
-        run(["patch", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--sweep", sweep, "--out", patch_out,
-              "--figure", png, "--overwrite", *q], say)
-        res.figures.append(png)
-    ld = np.asarray(zarr.open_group(patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
-    res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
+    def cache_and_probe(self, n_rows: int) -> None:
+        """1. the main job: cache the demo corpus; 2. where is the position? a logistic probe per layer."""
+        from ..store import ActivationStore
 
-    # 5. the circuit behind it: edge attribution patching on the same pairs, the best edges drawn
-    run(["circuit", "--model", resources.DEMO_MODEL, "--pairs", pairs, "--method", CIRCUIT_METHOD, "--top",
-         str(CIRCUIT_TOP), "--out", circuit_out, "--overwrite", *q], say)
-    stem = os.path.join(out, f"ioi_circuit.{CIRCUIT_METHOD}.circuit")
-    with open(stem + ".json") as f:
-        drawn = json.load(f)
-    res.circuit_heads = [_head(n) for n in drawn["nodes"] if n.startswith("a")]
-    res.circuit_edges = int(drawn["n_edges"])
-    res.figures.append(stem + ".png")
-    res.seconds = time.time() - t0
-    if say:
-        print(summary(res))
-    return res
+        run, say, q, res = self.run, self.say, self.q, self.res
+        run(["cache", self.main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites",
+             "resid_post:all", "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q],
+            say)
+        if say:
+            run(["info", self.main_store], say)
+        probe_png = os.path.join(self.out, "probe_position.png")
+        run(["probe", self.main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q],
+            say)
+        store = ActivationStore.open(self.main_store)
+        for hook in store.sites:
+            scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
+            res.probe_accuracy[layer_of(hook)] = float(scores["test"])
+        res.figures.append(probe_png)
+
+    def induction(self, n_rep_rows: int) -> None:
+        """3. induction heads on repeated random tokens: the top 3 heads, the loss of each half."""
+        import zarr
+
+        run, say, res = self.run, self.say, self.res
+        ind_png = os.path.join(self.out, "induction_heads.png")
+        run(["cache", self.rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
+             "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
+             "--overwrite", *self.q], say)
+        run(["analyze", "induction", self.rep_store, "--figure", ind_png, *(["--json"] if self.quiet else [])], say)
+        g = zarr.open_group(self.rep_store, mode="r")["results/analysis/induction"]
+        ind = np.asarray(g["induction"][...])
+        order = np.argsort(ind.ravel())[::-1][:3]
+        res.induction_heads = [(f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order]
+        loss = np.asarray(g["loss_by_pos"][...])
+        res.loss_halves = (float(loss[:HALF_LEN].mean()), float(loss[HALF_LEN:].mean()))
+        res.figures.append(ind_png)
+
+    def patching(self, n_pairs: int) -> None:
+        """4. activation patching on held-out IOI prompts (written to the pairs file first)."""
+        import zarr
+
+        run, say, res = self.run, self.say, self.res
+        if say:
+            print(f"\n$ python -m actstore.demo.data ioi-pairs {self.pairs} --n {n_pairs}")
+        write_records(self.pairs, demo_data.ioi_pairs(n_pairs, template=0))
+        for sweep in ("resid_pre", "attn_head_out_all_pos"):
+            png = os.path.join(self.out, f"ioi_patch_{sweep}.png")
+            run(["patch", "--model", resources.DEMO_MODEL, "--pairs", self.pairs, "--sweep", sweep, "--out",
+                 self.patch_out, "--figure", png, "--overwrite", *self.q], say)
+            res.figures.append(png)
+        ld = np.asarray(zarr.open_group(self.patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
+        res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
+
+    def circuit(self) -> None:
+        """5. the circuit behind it: edge attribution patching on the same pairs, the best edges drawn."""
+        res = self.res
+        self.run(["circuit", "--model", resources.DEMO_MODEL, "--pairs", self.pairs, "--method", CIRCUIT_METHOD,
+                  "--top", str(CIRCUIT_TOP), "--out", self.circuit_out, "--overwrite", *self.q], self.say)
+        stem = os.path.join(self.out, f"ioi_circuit.{CIRCUIT_METHOD}.circuit")
+        with open(stem + ".json") as f:
+            drawn = json.load(f)
+        res.circuit_heads = [_head(n) for n in drawn["nodes"] if n.startswith("a")]
+        res.circuit_edges = int(drawn["n_edges"])
+        res.figures.append(stem + ".png")
 
 
 def _head(node: str) -> str:

@@ -6,23 +6,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ..models import DTYPES, ModelLike
+from ..models import ModelLike
+from ..run_options import FrozenModelRunOptions, field_of
 from . import table, tasks
 from .table import SweepRow
 
 __all__ = ["PatchJobConfig", "SWEEPS", "METHODS"]
 
 #: the sweeps `actstore patch` runs, by name: actstore.patching.table's rows (each row's
-#: function, in actstore.patching and actstore.attribution, and the sites it reads)
+#: function, in actstore.patching and actstore.patching.attribution, and the sites it reads)
 SWEEPS: Mapping[str, SweepRow] = table.SWEEPS
 
 METHODS = ("exact", "attribution", "both")
 
 
 @dataclass(frozen=True)
-class PatchJobConfig:
+class PatchJobConfig(FrozenModelRunOptions):
     """One `actstore patch` run; its flags are generated from these fields and their
-    metadata (see actstore.cli.flags)."""
+    metadata (see actstore.cli.flags), and from the run options (device, dtype,
+    model_revision, progress: actstore.run_options)."""
 
     model: ModelLike = field(metadata={  # or, in Python, a TransformerBridge in memory
         "help": "hub name (gpt2 .. gpt2-xl), local folder, or actstore-demo"})
@@ -42,13 +44,8 @@ class PatchJobConfig:
     memory_budget: int | None = field(default=None, metadata={  # bytes; None: actstore.patching's default
         "help": "activation memory of one batched forward, MB", "flag": "--memory-budget-mb",
         "from_cli": lambda mb: mb * 2**20})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)",
-                                                      "choices": tuple(DTYPES)})
-    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
-    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
     overwrite: bool = field(default=False, metadata={"help": "replace this sweep's results in an existing group"})
-    progress: bool = field(default=True, metadata={"help": "no progress bars or messages", "flag": "--quiet"})
-    command_line: str = ""
+    command_line: str = field_of(FrozenModelRunOptions, "command_line", default="")
     method: str = field(default="exact", metadata={
         "help": "exact (activation patching, default), attribution (gradient estimate: one forward + backward per "
                 "batch) or both (stored side by side, with their Pearson correlation and a scatter plot)"})

@@ -36,8 +36,6 @@ reference's computation, batched, relying on nothing but the model's hooks.
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -45,10 +43,10 @@ import torch
 
 from ..errors import ConfigError
 from ..families import adapter_for
-from ..models import bridge_dtype
 from ..sites import hook_name, layer_of
 from . import self_check
 from .checks import check_hand_run, check_model
+from .chunks import CALL_COST_ROWPOS, default_memory_budget, plan_chunks as _plan_chunks, variant_row_bytes
 from .clean import CleanSource
 from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
@@ -58,27 +56,6 @@ __all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "
            "variant_row_bytes"]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
-# one block call costs about as much as this many extra (row x position) items of work:
-# reading the block's weights once (measured on CPU, one thread, GPT-2-small block: 3.5 ms
-# for one position, 0.15 ms per further row-position); kernel launches dominate on GPU
-_CALL_COST_ROWPOS = {"cpu": 24, "cuda": 4096}
-
-
-def default_memory_budget(device: torch.device | str) -> int:
-    """Bytes of activations one batched forward may use: half the free GPU memory, or a
-    quarter of the available RAM, at most 512 MiB (on CPU, batches beyond a few hundred
-    rows only run slower per row)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 8 * 2**30
-    return int(min(512 * 2**20, avail // 4))
-
-
 # --- the sweep -------------------------------------------------------------------------
 
 
@@ -175,36 +152,6 @@ def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int 
     return int(torch.nonzero(per_pos)[0, 0])
 
 
-def _plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int, end: int, call_cost: int
-                 ) -> list[tuple[int, int]]:
-    """Split variants sorted by start into consecutive chunks [i, j), minimising
-    sum(rows * (end - start of the chunk's first variant)) + call_cost per forward call
-    (a chunk larger than max_variants takes several calls). Groups of equal start stay
-    together (nothing to gain by splitting them)."""
-    groups: list[tuple[int, int]] = []  # (first variant, start)
-    for i, s in enumerate(starts):
-        if not groups or starts[groups[-1][0]] != s:
-            groups.append((i, s))
-    n, g = len(starts), len(groups)
-    bounds = [gi for gi, _ in groups] + [n]
-    best = [0.0] + [math.inf] * g
-    cut = [0] * (g + 1)
-    for j in range(1, g + 1):
-        for i in range(j):
-            n_var = bounds[j] - bounds[i]
-            cost = n_var * rows_per_variant * (end - groups[i][1]) + math.ceil(n_var / max_variants) * call_cost
-            if best[i] + cost < best[j]:
-                best[j], cut[j] = best[i] + cost, i
-    chunks: list[tuple[int, int]] = []
-    j = g
-    while j > 0:
-        i = cut[j]
-        for a in range(bounds[i], bounds[j], max_variants):
-            chunks.append((a, min(a + max_variants, bounds[j])))
-        j = i
-    return sorted(chunks)
-
-
 def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
               memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True, bar: Any = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,101 +165,118 @@ def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, me
     by one per index (instead of drawing one of its own)."""
     from tqdm.auto import tqdm
 
-    adapter = check_model(model)
-    windowed_model = adapter.hand_run_blocks and hasattr(model, "blocks")  # else: whole plain forwards
-    device = torch.device(model.cfg.device)
-    batch, n_pos = corrupted_tokens.shape
-    n_layers = int(model.cfg.n_layers)
-    by_layer: dict[int, list[int]] = {}
-    for c, index in enumerate(sweep.indices):
-        by_layer.setdefault(_layer(sweep.act_name(int(index[0]))), []).append(c)
-    hooks = {layer: sweep.act_name(int(sweep.indices[cells[0]][0])) for layer, cells in by_layer.items()}
-    out = torch.zeros((len(sweep.indices), len(metrics.fns)) + ((batch,) if metrics.per_example else ()),
-                      device=device)
     with torch.no_grad():
-        corrupted = _Corrupted(model, corrupted_tokens, list(hooks.values()), min(by_layer, default=0),
-                               windowed_model)
-        corrupted_sel = metrics.select(corrupted.logits)  # (batch, pos', vocab')
-        baseline = metrics.evaluate(corrupted_sel)[0]
-        budget = memory_budget or default_memory_budget(device)
-        end = metrics.end
-        in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
-        all_live: list[tuple[int, int]] = []
+        run = _SweepRun(model, corrupted_tokens, clean, metrics, sweep, memory_budget, kv_prefix)
         own_bar = bar is None
         if own_bar:
             bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
                        disable=not progress, leave=False)
-        for layer in sorted(by_layer):
-            hook, cells = hooks[layer], by_layer[layer]
-            corr_act, clean_act = corrupted.acts[hook], clean[hook]
-            q_axis, k_axis = _pos_axes(hook, corr_act, n_pos)
-
-            def patched(c: int) -> torch.Tensor:
-                given = corr_act.clone()
-                new = sweep.patch_setter(given, sweep.indices[c], clean_act)
-                # the reference's hook returns what the setter returns: the hooked tensor itself
-                # when the setter writes into it (transformer_lens's do), which then also changes
-                # any tensor the model aliases to it (the bridge's hook_resid_mid is ln2's input,
-                # the very tensor the block adds the MLP's output to)
-                in_place.setdefault(layer, new is given)
-                return new
-
-            live: list[tuple[int, int]] = []  # (start, cell)
-            for c in cells:
-                new = patched(c)
-                s = _first_change(new, corr_act, q_axis)
-                if s is None or (s >= end and q_axis is not None):  # no-op, or after every position read
-                    out[c] = baseline
-                else:
-                    live.append((s, c))
-            bar.update(len(cells) - len(live))
-            live.sort()
-            all_live += live
-            row_bytes = variant_row_bytes(model, n_pos, corr_act[0].numel(),
-                                   full_logits=not (metrics.restricted and windowed_model))
-            max_var = max(1, budget // (batch * row_bytes))
-            windowed = q_axis is not None and kv_prefix and windowed_model
-            chunks = _plan_chunks([s if windowed else 0 for s, _ in live], batch, max_var, end,
-                                  _CALL_COST_ROWPOS.get(device.type, 24))
-            for a, b in chunks:
-                start = live[a][0] if windowed else 0
-                if not windowed_model:
-                    logits, fired = run_cells(model, corrupted_tokens, [c for _, c in live[a:b]],
-                                              lambda c: sweep.indices[c], lambda c: hook, sweep.patch_setter, clean,
-                                              in_place[layer])
-                    if fired != [hook]:
-                        raise RuntimeError(f"{hook} fired {len(fired)} times in a patched run (expected once).")
-                    vals = metrics.evaluate(metrics.select(logits))
-                else:
-                    vals = _run_chunk(model, corrupted, metrics, corrupted_sel, layer, hook,
-                                      [patched(c) for _, c in live[a:b]], start,
-                                      end if q_axis is not None else n_pos, q_axis, k_axis, n_layers,
-                                      in_place[layer], kv_prefix)
-                for (_, c), v in zip(live[a:b], vals):
-                    out[c] = v
-                bar.update(b - a)
+        for layer in sorted(run.by_layer):
+            run.patch_layer(layer, bar)
         if own_bar:
             bar.close()
-        if self_check.ENABLED and all_live and windowed_model:  # (whole forwards are the check's own run)
-            cells = [c for _, c in all_live]
-            moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
-            self_check.check_variants(
-                model, corrupted_tokens, self_check.pick(all_live, dict(zip(cells, moved)), end),
-                lambda c: sweep.indices[c],
-                lambda c: sweep.act_name(int(sweep.indices[c][0])), sweep.patch_setter, clean,
-                next(iter(in_place.values())), lambda logits: metrics.evaluate(metrics.select(logits)), out,
-                torch.cat([out.flatten(), baseline.flatten()]), float(corrupted_sel.abs().max()), kv_prefix)
-    return out, baseline
+        run.self_check()
+    return run.out, run.baseline
 
 
-def variant_row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int:
-    """Rough peak bytes of one prompt row of one variant through a block."""
-    cfg = model.cfg
-    d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)
-    item = torch.finfo(bridge_dtype(model)).bits // 8
-    per_pos = 12 * int(cfg.d_model) + 3 * d_mlp + 4 * int(cfg.n_heads) * n_pos
-    logits = n_pos * int(cfg.d_vocab) if full_logits else 0
-    return item * (n_pos * per_pos + logits + 2 * act_numel)
+class _SweepRun:
+    """One sweep of :func:`run_sweep`: the corrupted run, done once, the sweep's cells by
+    layer, and the results filled in layer by layer (``out``, (index, metric[, batch]))."""
+
+    def __init__(self, model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics,
+                 sweep: Sweep, memory_budget: int | None, kv_prefix: bool):
+        adapter = check_model(model)
+        self.model, self.corrupted_tokens, self.clean, self.metrics, self.sweep = (model, corrupted_tokens, clean,
+                                                                                    metrics, sweep)
+        self.kv_prefix = kv_prefix
+        self.windowed_model = adapter.hand_run_blocks and hasattr(model, "blocks")  # else: whole plain forwards
+        self.device = torch.device(model.cfg.device)
+        self.batch, self.n_pos = corrupted_tokens.shape
+        self.by_layer: dict[int, list[int]] = {}  # layer -> the cells (rows of sweep.indices) patching it
+        for c, index in enumerate(sweep.indices):
+            self.by_layer.setdefault(_layer(sweep.act_name(int(index[0]))), []).append(c)
+        self.hooks = {layer: sweep.act_name(int(sweep.indices[cells[0]][0])) for layer, cells in self.by_layer.items()}
+        self.out = torch.zeros((len(sweep.indices), len(metrics.fns)) + ((self.batch,) if metrics.per_example else ()),
+                               device=self.device)
+        self.corrupted = _Corrupted(model, corrupted_tokens, list(self.hooks.values()), min(self.by_layer, default=0),
+                                    self.windowed_model)
+        self.corrupted_sel = metrics.select(self.corrupted.logits)  # (batch, pos', vocab')
+        self.baseline = metrics.evaluate(self.corrupted_sel)[0]
+        self.budget = memory_budget or default_memory_budget(self.device)
+        self.end = metrics.end
+        self.in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
+        self.all_live: list[tuple[int, int]] = []  # (start, cell) of every cell that needed a forward
+
+    def _patched(self, layer: int, c: int, corr_act: torch.Tensor, clean_act: torch.Tensor) -> torch.Tensor:
+        """Cell ``c``'s patched activation: the sweep's setter on a copy of the corrupted one."""
+        given = corr_act.clone()
+        new = self.sweep.patch_setter(given, self.sweep.indices[c], clean_act)
+        # the reference's hook returns what the setter returns: the hooked tensor itself
+        # when the setter writes into it (transformer_lens's do), which then also changes
+        # any tensor the model aliases to it (the bridge's hook_resid_mid is ln2's input,
+        # the very tensor the block adds the MLP's output to)
+        self.in_place.setdefault(layer, new is given)
+        return new
+
+    def patch_layer(self, layer: int, bar: Any) -> None:
+        """Every cell of ``layer``: a no-op patch (or one after every position read) gets
+        the corrupted values; the others run, sorted by the first position they change, in
+        the chunks of variants :func:`_plan_chunks` picks."""
+        hook, cells = self.hooks[layer], self.by_layer[layer]
+        corr_act, clean_act = self.corrupted.acts[hook], self.clean[hook]
+        q_axis, k_axis = _pos_axes(hook, corr_act, self.n_pos)
+        live: list[tuple[int, int]] = []  # (start, cell)
+        for c in cells:
+            s = _first_change(self._patched(layer, c, corr_act, clean_act), corr_act, q_axis)
+            if s is None or (s >= self.end and q_axis is not None):  # no-op, or after every position read
+                self.out[c] = self.baseline
+            else:
+                live.append((s, c))
+        bar.update(len(cells) - len(live))
+        live.sort()
+        self.all_live += live
+        row_bytes = variant_row_bytes(self.model, self.n_pos, corr_act[0].numel(),
+                                      full_logits=not (self.metrics.restricted and self.windowed_model))
+        max_var = max(1, self.budget // (self.batch * row_bytes))
+        windowed = q_axis is not None and self.kv_prefix and self.windowed_model
+        chunks = _plan_chunks([s if windowed else 0 for s, _ in live], self.batch, max_var, self.end,
+                              CALL_COST_ROWPOS.get(self.device.type, 24))
+        for a, b in chunks:
+            if not self.windowed_model:
+                vals = self._whole_forwards(layer, hook, [c for _, c in live[a:b]])
+            else:
+                vals = _run_chunk(self.model, self.corrupted, self.metrics, self.corrupted_sel, layer, hook,
+                                  [self._patched(layer, c, corr_act, clean_act) for _, c in live[a:b]],
+                                  live[a][0] if windowed else 0, self.end if q_axis is not None else self.n_pos,
+                                  q_axis, k_axis, int(self.model.cfg.n_layers), self.in_place[layer], self.kv_prefix)
+            for (_, c), v in zip(live[a:b], vals):
+                self.out[c] = v
+            bar.update(b - a)
+
+    def _whole_forwards(self, layer: int, hook: str, cells: list[int]) -> torch.Tensor:
+        """The metrics of ``cells`` run as whole plain forwards (the families not run by hand)."""
+        sweep = self.sweep
+        logits, fired = run_cells(self.model, self.corrupted_tokens, cells, lambda c: sweep.indices[c],
+                                  lambda c: hook, sweep.patch_setter, self.clean, self.in_place[layer])
+        if fired != [hook]:
+            raise RuntimeError(f"{hook} fired {len(fired)} times in a patched run (expected once).")
+        return self.metrics.evaluate(self.metrics.select(logits))
+
+    def self_check(self) -> None:
+        """Recompute a few variants, those that move the metrics most among them, with a
+        plain run_with_hooks (:mod:`actstore.patching.self_check`); whole forwards are the
+        check's own run already."""
+        if not (self_check.ENABLED and self.all_live and self.windowed_model):
+            return
+        sweep, metrics, out, baseline = self.sweep, self.metrics, self.out, self.baseline
+        cells = [c for _, c in self.all_live]
+        moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
+        self_check.check_variants(
+            self.model, self.corrupted_tokens, self_check.pick(self.all_live, dict(zip(cells, moved)), self.end),
+            lambda c: sweep.indices[c],
+            lambda c: sweep.act_name(int(sweep.indices[c][0])), sweep.patch_setter, self.clean,
+            next(iter(self.in_place.values())), lambda logits: metrics.evaluate(metrics.select(logits)), out,
+            torch.cat([out.flatten(), baseline.flatten()]), float(self.corrupted_sel.abs().max()), self.kv_prefix)
 
 
 def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 
 from ..errors import ConfigError
+from ..run_options import RunOptions, field_of
 
 __all__ = ["ProbeConfig", "ProbeResult", "ProbeReport", "KINDS"]
 
@@ -15,9 +16,10 @@ KINDS = ("logistic", "ridge")
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(RunOptions):
     """Options of one probe run; ``actstore probe``'s flags are generated from these fields
-    and their metadata (see actstore.cli.flags)."""
+    and their metadata (see actstore.cli.flags), and from the run options (device,
+    progress: actstore.run_options)."""
 
     sites: str | Sequence[str] = field(default="resid_post:all", metadata={  # resolved against the store's hooks
         "help": "specs or hook names present in the store (default resid_post:all)"})
@@ -38,13 +40,11 @@ class ProbeConfig:
     max_iter: int = field(default=100, metadata={"help": "L-BFGS iterations (default 100, scikit-learn's)"})
     tol: float = field(default=1e-4, metadata={"help": "stop when max |gradient| <= tol (default 1e-4, scikit-learn's)"})
     skip_bos: bool = field(default=True, metadata={"help": "also use position 0 (BOS)", "flag": "--keep-bos"})
-    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
     max_memory_gb: float = field(default=8.0, metadata={"help": "gather data in memory up to this, else stream"})
     num_workers: int = field(default=4, metadata={"help": "reader threads"})
     name: str | None = field(default=None, metadata={"help": "results/probes/NAME (default TARGET-KIND)"})
     save: bool = field(default=True, metadata={"help": "do not write weights to the store", "flag": "--no-save"})
-    progress: bool = field(default=True, metadata={"help": "no progress bars", "flag": "--quiet"})
-    command_line: str | None = None  # provenance; the CLI fills it in
+    progress: bool = field_of(RunOptions, "progress", help="no progress bars")
 
     def validate(self) -> None:
         if self.kind is not None and self.kind not in KINDS:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, StoreNotFoundError, UnknownSiteError
+from ..run_options import init_fields
 from ..sites import GLOBAL_SITES, SHORT_SITES, Site, parse_sites
 from ..store.results import ResultWriter
 
@@ -77,7 +78,9 @@ def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report
     through ``writers`` (default: made here, see :func:`probe_writers`)."""
     writers = writers if writers is not None else probe_writers(store, report.name, [s.hook for s in plan.sites])
     scores = report.to_json()
-    config = {k: _jsonable(v) for k, v in asdict(cfg).items() if k not in ("progress", "command_line")}
+    values = asdict(cfg)
+    config = {f.name: _jsonable(values[f.name]) for f in init_fields(type(cfg))  # the run options last
+              if f.name not in ("progress", "command_line")}
     for s in plan.sites:
         W, b = fitted[s.hook]  # (F, C), (C,) on standardised features
         mean, scale = plan.mean[s.hook], plan.scale[s.hook]

@@ -45,7 +45,7 @@ def field_of(cls: type, name: str, **changes: Any) -> Any:
     """Field ``name`` of dataclass ``cls`` to declare again in another: its default, its
     metadata and whether it is keyword-only, but for ``changes`` (``default``, or metadata
     keys such as ``help``)."""
-    f = cls.__dataclass_fields__[name]
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = changes.pop("default", f.default)
     return field(default=default, default_factory=f.default_factory, metadata={**f.metadata, **changes},
                  kw_only=f.kw_only)

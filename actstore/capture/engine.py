@@ -29,7 +29,7 @@ from .. import _faults, location
 from .lock import store_lock
 from ..models import LoadedModel, ModelLike, as_loaded, check_device, check_processes
 from ..parallel import Group, group_for
-from ..run_options import ModelRunOptions, field_of, init_fields
+from ..run_options import ModelRunOptions, init_fields
 from .progress import Progress
 from .reads import make_plan, read_shards
 from .shard_write import Shard, ShardWrite as _ShardWrite
@@ -37,6 +37,7 @@ from ..sites import Site, SiteShape, parse_sites, probe_shapes
 from .staging import BufferPool, ShardBuffers
 from ..store import ActivationStore, CorpusMeta, SiteMeta, StoreMeta
 from ..store.codecs import codec_usage
+from ..store.typed import array_at
 from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, parse_codec,
                             plan_layout, remove_partial_files, row_bytes)
 from .writer import BackgroundWriter
@@ -60,7 +61,7 @@ class CacheConfig(ModelRunOptions):
     dataset: str | Sequence[str] = field(metadata={  # or, in Python, a list of strings
         "help": "hub dataset name, local .txt/.jsonl/.parquet/.csv files or globs, or actstore-demo", "nargs": "+",
         "from_cli": lambda paths: paths[0] if len(paths) == 1 else paths})
-    sites: str | Sequence[str] = field(default="resid_post:all", metadata={
+    sites: str | Sequence[str | Site] = field(default="resid_post:all", metadata={
         "help": "comma-separated specs: resid_post:all, z:5-7, pattern:5.1,5.5, or hook names"})
     split: str = field(default="train", metadata={"help": "hub dataset split (default train)"})
     text_field: str = field(default="text", metadata={"help": "the column or JSON key holding the text (default text)"})
@@ -99,7 +100,6 @@ class CacheConfig(ModelRunOptions):
                 "(docs/caching.md)", "choices": ENGINES})
     write_threads: int | None = field(default=None, metadata={
         "help": "writer threads encoding and writing arrays at once (default: cores, 2-8)"})
-    progress: bool = field_of(ModelRunOptions, "progress", help="no progress bar or messages")
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -155,6 +155,7 @@ def _seq_len(cfg: CacheConfig) -> int:
 
 
 def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
+    assert cfg.seq_len is not None  # validate() has set it
     existing = existing_store(cfg.out, cfg.resume, cfg.overwrite)
     log = Log(cfg.progress and procs.main)
 
@@ -207,7 +208,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
         # the manifest as it stands before any process writes: every rank deals the shards
         # still to do from this one copy (a rank reading it later could see shards another
         # rank has just finished, deal them differently, and write a shard twice)
-        return np.asarray(zarr.open_group(cfg.out, mode="r")["done"][:])
+        return np.asarray(array_at(zarr.open_group(cfg.out, mode="r"), "done")[:])
 
     done = procs.on_main(create, "creating the store")
     group = zarr.open_group(cfg.out, mode="r+")
@@ -223,6 +224,7 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
 def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[CorpusScan]) -> int:
     """The rows to cache. A finite local corpus is read once, up to them: the pass
     that counts them also makes the corpus plan (appended to ``scanned``)."""
+    assert cfg.seq_len is not None  # validate() has set it
     want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
     if spec.kind not in ("hub", "synthetic"):  # finite and local: count now, so a short corpus fails up front
         scanned.append(scan(spec, tokenizer, limit=want))
@@ -243,6 +245,7 @@ def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[Co
 
 def _layout(cfg: CacheConfig, existing: ActivationStore | None, n_rows: int, bytes_per_row: int, batch: int,
             auto_chunk: int) -> Layout:
+    assert cfg.seq_len is not None  # validate() has set it
     rpc, rps = cfg.rows_per_chunk, cfg.rows_per_shard
     if existing is not None and cfg.resume:  # keep the store's layout whatever the batch size now
         rpc = rpc or existing.layout.rows_per_chunk
@@ -289,7 +292,7 @@ def _config_repr(cfg: CacheConfig, model: str) -> str:
 def _finish(group: zarr.Group, out: str, hooks: Sequence[str]) -> None:
     """Every shard is done once every process has finished (else the run is wrong, never
     silently incomplete); then the statistics are merged."""
-    missing = np.flatnonzero(~np.asarray(group["done"][:]))
+    missing = np.flatnonzero(~np.asarray(array_at(group, "done")[:]))
     if len(missing):
         raise WriterError(f"Every process finished, but shards {missing[:8].tolist()} of '{out}' are not done: a bug "
                           "in how the shards were dealt. Run the same command with --resume to write them.")
@@ -313,8 +316,9 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, forward: Captu
     writes their arrays in parallel; buffer sets are recycled (bounded memory). With
     several processes, each does its own share of the shards still to do (``done``: the
     manifest read once, before any process wrote)."""
+    assert cfg.seq_len is not None  # validate() has set it
     _faults.pause("deal")
-    todo = np.flatnonzero(~done)
+    todo = [int(k) for k in np.flatnonzero(~done)]
     if len(todo) == 0:
         log("every row is already done")
         return
@@ -322,13 +326,13 @@ def _run(cfg: CacheConfig, group: zarr.Group, model: LoadedModel, forward: Captu
     if not mine:
         return
     row_mb = row_bytes(shapes, storage_dtype) / 1e6
-    rows_before = sum(b - a for a, b in map(layout.shard_rows, np.flatnonzero(done)))
+    rows_before = sum(b - a for a, b in (layout.shard_rows(int(k)) for k in np.flatnonzero(done)))
     pool = BufferPool(lambda: ShardBuffers(shapes, storage_dtype, layout.rows_per_shard, model.device), _PENDING + 1)
     write = _ShardWrite(group, cfg.out, layout, shapes, cfg.durable, clear_first=bool(done.any()) or resumed,
                         threads=_write_threads(cfg), release=pool.release,
                         background=model.device == "cpu")
     writer: BackgroundWriter[Shard] = BackgroundWriter(write, write.describe, max_pending=_PENDING)
-    bar = Progress(layout, rows_before, row_mb, cfg.seq_len, group["done"] if procs.distributed else None,
+    bar = Progress(layout, rows_before, row_mb, cfg.seq_len, array_at(group, "done") if procs.distributed else None,
                     on=cfg.progress and procs.main)
     try:
         for k, rows in read_shards(group, spec, model.tokenizer, layout, todo, mine):

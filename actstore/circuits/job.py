@@ -94,11 +94,11 @@ def _check(cfg: CircuitJobConfig) -> None:
     if cfg.store is not None and not os.path.exists(cfg.store) and cfg.clean_rows is not None:
         raise ConfigError(f"Store '{cfg.store}' does not exist, so --clean-rows cannot name its rows; drop "
                           "--clean-rows (the store is then cached from the clean prompts).")
-    check_source(cfg)  # type: ignore[arg-type]  # the pair-source fields are PatchJobConfig's
+    check_source(cfg)  # the pair-source fields are PatchJobConfig's
 
 
 def _default_out(cfg: CircuitJobConfig) -> str:
-    return default_out(cfg, "circuit")  # type: ignore[arg-type]
+    return default_out(cfg, "circuit")
 
 
 def _clean_rows(cfg: CircuitJobConfig, job: PairJob) -> tuple[ActivationStore | None, list[int] | None]:
@@ -108,7 +108,7 @@ def _clean_rows(cfg: CircuitJobConfig, job: PairJob) -> tuple[ActivationStore | 
     if cfg.store is None:
         return None, None
     pairs, n_pairs = job.pairs, int(job.pairs.clean.shape[0])
-    store, fix = job.clean_store(cfg, CLEAN_SITES, store_hooks(job.model.info.n_layers),  # type: ignore[arg-type]
+    store, fix = job.clean_store(cfg, CLEAN_SITES, store_hooks(job.model.info.n_layers),
                                  "edge scores read")
     if cfg.clean_rows is None:
         return store, store_rows(store, pairs.clean, fix)
@@ -146,7 +146,7 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     from . import output
 
     _check(cfg)
-    job = PairJob.start(cfg)  # type: ignore[arg-type]  # the pair-source fields are PatchJobConfig's
+    job = PairJob.start(cfg)  # the pair-source fields are PatchJobConfig's
     procs, model, pairs = job.procs, job.model, job.pairs
     bridge, info, n_pairs = model.bridge, model.info, int(pairs.clean.shape[0])
     graph = Graph.from_model(bridge)
@@ -167,7 +167,7 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
         return replace
     replace_all = procs.on_main(check_output, "checking the output")
     store, rows = _clean_rows(cfg, job)  # may cache the clean prompts: after every refusal above
-    job.write_pairs(cfg)  # type: ignore[arg-type]  # every check passed: the pairs are what this run scores
+    job.write_pairs(cfg)  # every check passed: the pairs are what this run scores
 
     clean, corrupted = pairs.clean.to(model.device), pairs.corrupted.to(model.device)
     with torch.no_grad():
@@ -177,7 +177,8 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
 
     metric = circuit_metric(cfg.metric, answer=pairs.answer.to(model.device), wrong=pairs.wrong.to(model.device),
                             clean_logits=clean_logits, corrupted_logits=corrupted_logits)
-    check_separated(*(metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)), _NOT_SEPARATED)
+    clean_values, corrupted_values = (metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits))
+    check_separated(clean_values, corrupted_values, _NOT_SEPARATED)
     run = _Batches(cfg, procs, bridge, metric, clean, corrupted, store, rows)
     scores = {m: run.scores(m, graph) for m in cfg.methods}
     # --signed ranks the edges that move the metric towards the clean run first (for kl: the negative scores)

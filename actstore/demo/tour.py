@@ -32,6 +32,7 @@ from ..corpus import demo_text as demo_data
 from ..errors import ConfigError
 from ..jsonl import write_records
 from ..sites import layer_of
+from ..store.typed import array_at, attrs_of, group_at
 
 __all__ = ["TourResult", "Runner", "run_tour", "check_tour_folder", "summary", "OUTPUTS", "MARKER"]
 
@@ -178,8 +179,8 @@ class _Steps:
             say)
         store = ActivationStore.open(self.main_store)
         for hook in store.sites:
-            scores = store.group[f"results/probes/position-logistic/{hook}/weight"].attrs["scores"]
-            res.probe_accuracy[layer_of(hook)] = float(scores["test"])
+            scores = attrs_of(array_at(store.group, f"results/probes/position-logistic/{hook}/weight"))["scores"]
+            res.probe_accuracy[layer_of(hook) or 0] = float(scores["test"])  # resid_post: every hook has a layer
         res.figures.append(probe_png)
 
     def induction(self, n_rep_rows: int) -> None:
@@ -192,11 +193,11 @@ class _Steps:
              "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
              "--overwrite", *self.q], say)
         run(["analyze", "induction", self.rep_store, "--figure", ind_png, *(["--json"] if self.quiet else [])], say)
-        g = zarr.open_group(self.rep_store, mode="r")["results/analysis/induction"]
-        ind = np.asarray(g["induction"][...])
+        g = group_at(zarr.open_group(self.rep_store, mode="r"), "results/analysis/induction")
+        ind = np.asarray(array_at(g, "induction")[...])
         order = np.argsort(ind.ravel())[::-1][:3]
         res.induction_heads = [(f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order]
-        loss = np.asarray(g["loss_by_pos"][...])
+        loss = np.asarray(array_at(g, "loss_by_pos")[...])
         res.loss_halves = (float(loss[:HALF_LEN].mean()), float(loss[HALF_LEN:].mean()))
         res.figures.append(ind_png)
 
@@ -213,7 +214,7 @@ class _Steps:
             run(["patch", "--model", resources.DEMO_MODEL, "--pairs", self.pairs, "--sweep", sweep, "--out",
                  self.patch_out, "--figure", png, "--overwrite", *self.q], say)
             res.figures.append(png)
-        ld = np.asarray(zarr.open_group(self.patch_out, mode="r")["patching/resid_pre/clean_logit_diff"][...])
+        ld = np.asarray(array_at(zarr.open_group(self.patch_out, mode="r"), "patching/resid_pre/clean_logit_diff")[...])
         res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
 
     def circuit(self) -> None:

@@ -5,7 +5,7 @@ clean prompts (read from disk one hook at a time, the store's model checked)."""
 from __future__ import annotations
 
 import weakref
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -14,9 +14,16 @@ from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..sites import Site
 
-__all__ = ["CleanSource", "check_store_model", "store_rows"]
+__all__ = ["CleanValues", "CleanSource", "check_store_model", "store_rows"]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
+
+
+class CleanValues(Protocol):
+    """What a sweep reads of the clean run: the values its setter takes, by hook name
+    (a :class:`CleanSource`; direct path patching passes each source's residual write)."""
+
+    def __getitem__(self, hook: str) -> torch.Tensor: ...
 
 
 class CleanSource:

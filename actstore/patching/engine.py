@@ -47,7 +47,7 @@ from ..sites import hook_name, layer_of
 from . import self_check
 from .checks import check_hand_run, check_model
 from .chunks import CALL_COST_ROWPOS, default_memory_budget, plan_chunks as _plan_chunks, variant_row_bytes
-from .clean import CleanSource
+from .clean import CleanValues
 from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
@@ -152,7 +152,7 @@ def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int 
     return int(torch.nonzero(per_pos)[0, 0])
 
 
-def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
+def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics, sweep: Sweep,
               memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True, bar: Any = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's metric values, (index, metric[, batch]), and the unpatched
@@ -183,7 +183,7 @@ class _SweepRun:
     """One sweep of :func:`run_sweep`: the corrupted run, done once, the sweep's cells by
     layer, and the results filled in layer by layer (``out``, (index, metric[, batch]))."""
 
-    def __init__(self, model: Any, corrupted_tokens: torch.Tensor, clean: CleanSource, metrics: Metrics,
+    def __init__(self, model: Any, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics,
                  sweep: Sweep, memory_budget: int | None, kv_prefix: bool):
         adapter = check_model(model)
         self.model, self.corrupted_tokens, self.clean, self.metrics, self.sweep = (model, corrupted_tokens, clean,

@@ -16,11 +16,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .clean import CleanValues
+
 __all__ = ["run_cells"]
 
 
 def run_cells(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
-              hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: Any, in_place: bool
+              hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool
               ) -> tuple[torch.Tensor, list[str]]:
     """The logits (variant * batch, pos, vocab) of ``cells`` patched, one variant each,
     and the hooks that fired.

@@ -84,7 +84,7 @@ class _Writer:
             self.store = None
         self.path = self.store.path if self.store is not None else (out or default_out(cfg, "patch"))
         self.prefix = f"patching/{cfg.sweep}"
-        how = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path",
+        how: dict[str, Any] = dict(what=f"results of the {cfg.sweep} sweep", fix="pass --overwrite to replace them, or --out another path",
                    unwritable_fix="pass --out a path you can write")
         self.result = (ResultWriter.for_store(self.store, self.prefix, cfg.overwrite, **how) if self.store is not None
                        else ResultWriter(self.path, self.prefix, cfg.overwrite, **how))
@@ -196,7 +196,7 @@ def _attrs(cfg: PatchJobConfig, job: PairJob, row: SweepRow, store: ActivationSt
     source = ({"pairs": os.path.abspath(cfg.pairs)} if cfg.pairs is not None else
               {"task": cfg.task, "seed": cfg.seed, "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
                "pairs_written_to": os.path.abspath(cfg.write_pairs) if cfg.write_pairs else None})
-    attrs = {"sweep": cfg.sweep, "metric": "logit difference answer - wrong at the last position",
+    attrs: dict[str, Any] = {"sweep": cfg.sweep, "metric": "logit difference answer - wrong at the last position",
              "method": cfg.method, "model": job.model.info.to_dict(), **source,
              "n_pairs": int(job.pairs.clean.shape[0]),
              "clean_source": f"store {store.path}" if store is not None else "clean forward (run_with_cache)",

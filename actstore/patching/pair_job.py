@@ -61,18 +61,20 @@ class PairJob:
         ``hooks`` (the sites ``reader`` reads); with the fix for a store the run refuses."""
         from ..capture import cache
 
+        path = cfg.store
+        assert path is not None  # a run with --store
         procs, model, pairs = self.procs, self.model, self.pairs
         n_pairs, n_pos = pairs.clean.shape
-        if procs.on_main(lambda: not os.path.exists(cfg.store), "checking the store"):  # one answer for every rank
+        if procs.on_main(lambda: not os.path.exists(path), "checking the store"):  # one answer for every rank
             if cfg.progress and procs.main:
-                print(f"caching the {n_pairs} clean prompts into {cfg.store}")
-            cache(out=cfg.store, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
+                print(f"caching the {n_pairs} clean prompts into {path}")
+            cache(out=path, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
                   sites=sites, dtype=model.info.dtype, device=model.device, model_revision=cfg.model_revision,
                   progress=cfg.progress,
                   command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
-        store = ActivationStore.open(cfg.store)
+        store = ActivationStore.open(path)
         check_store_model(store, model.bridge)
-        fix = clean_store_fix(cfg, cfg.store, sites, n_pos, model.info.dtype)
+        fix = clean_store_fix(cfg, path, sites, n_pos, model.info.dtype)
         have = set(store.sites)
         missing = [h for h in hooks if h not in have]
         if missing:

@@ -20,6 +20,7 @@ import torch
 
 from .. import compat
 from ..errors import EngineCheckError
+from .clean import CleanValues
 from .hooked import run_cells
 
 __all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
@@ -71,7 +72,7 @@ def pick(live: Sequence[tuple[int, int]], effect: dict[int, float], end: int) ->
 
 
 def check_variants(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
-                   hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: Any, in_place: bool,
+                   hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool,
                    evaluate: Callable[[torch.Tensor], torch.Tensor], got: torch.Tensor, seen: torch.Tensor,
                    logit_scale: float, kv_prefix: bool) -> None:
     """Recompute ``cells`` with one plain ``run_with_hooks`` (rows variant-major) and

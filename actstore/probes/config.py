@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 
 from ..errors import ConfigError
-from ..run_options import RunOptions, field_of
+from ..run_options import RunOptions
 
 __all__ = ["ProbeConfig", "ProbeResult", "ProbeReport", "KINDS"]
 
@@ -44,7 +44,6 @@ class ProbeConfig(RunOptions):
     num_workers: int = field(default=4, metadata={"help": "reader threads"})
     name: str | None = field(default=None, metadata={"help": "results/probes/NAME (default TARGET-KIND)"})
     save: bool = field(default=True, metadata={"help": "do not write weights to the store", "flag": "--no-save"})
-    progress: bool = field_of(RunOptions, "progress", help="no progress bars")
 
     def validate(self) -> None:
         if self.kind is not None and self.kind not in KINDS:

@@ -14,6 +14,7 @@ from .devices import DTYPES, check_device, check_dtype, resolve_device, resolve_
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
 from .parallel import launched
 from .sites import DERIVED_SITES, Site, stop_layer
+from .model_protocol import HookedModel
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -79,7 +80,7 @@ class ModelInfo:
 
 @dataclass
 class LoadedModel:
-    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    bridge: HookedModel  # transformer_lens.model_bridge.TransformerBridge
     info: ModelInfo
     device: str
 
@@ -157,7 +158,7 @@ def _loss_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 _DERIVE = {"loss": _loss_per_token}
 
 
-def bridge_dtype(bridge: Any) -> torch.dtype:
+def bridge_dtype(bridge: HookedModel) -> torch.dtype:
     """The dtype a TransformerBridge computes in (its weights')."""
     return next(bridge.original_model.parameters()).dtype
 
@@ -235,7 +236,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = "auto",
     return LoadedModel(bridge=bridge, info=_describe(bridge, name, revision, dt, label), device=dev)
 
 
-def _check_tokenizer(bridge: Any, name: str) -> None:
+def _check_tokenizer(bridge: HookedModel, name: str) -> None:
     """A model whose folder lacks tokenizer files boots with an empty tokenizer, which
     would turn every document into nothing; refuse it."""
     tok = getattr(bridge, "tokenizer", None)
@@ -246,7 +247,7 @@ def _check_tokenizer(bridge: Any, name: str) -> None:
         )
 
 
-def _describe(bridge: Any, name: str, revision: str | None, dtype: str, label: str,
+def _describe(bridge: HookedModel, name: str, revision: str | None, dtype: str, label: str,
               in_memory: bool = False) -> ModelInfo:
     """The ModelInfo of a booted bridge; the fingerprint is computed from its tensors."""
     cfg = bridge.cfg
@@ -275,7 +276,7 @@ def _kv_heads(cfg: Any) -> int | None:
     return int(n) if n and int(n) != int(cfg.n_heads) else None
 
 
-def _attached_hooks(bridge: Any) -> tuple[str, ...]:
+def _attached_hooks(bridge: HookedModel) -> tuple[str, ...]:
     """Hook points with forward hooks on them (by every alias in hook_dict)."""
     return tuple(sorted(n for n, h in bridge.hook_dict.items() if h._forward_hooks or h._forward_pre_hooks))
 
@@ -318,7 +319,7 @@ def as_loaded(model: ModelLike, dtype: str | None = None, device: str | None = "
     return LoadedModel(bridge=bridge, info=info, device=dev)
 
 
-def _name_of(bridge: Any) -> str:
+def _name_of(bridge: HookedModel) -> str:
     """What the bridge was booted from (``cfg.model_name``): a hub name or a folder;
     the demo model's folder is named 'actstore-demo', as when loaded by name."""
     from . import resources

@@ -34,6 +34,7 @@ import torch
 
 from . import compat
 from .sites import hook_name
+from .model_protocol import HookedModel
 
 __all__ = ["Check", "SelftestReport", "run_selftest", "run_plan", "check_selftest_device", "available_devices", "edge_by_hooks", "directional_derivative"]
 
@@ -187,7 +188,7 @@ def _check_patching(d: _Demo, kind: str, sweeps: tuple[str, ...]) -> Check:
     return Check("", True, ", ".join(sweeps), worst[1], worst[2])
 
 
-def directional_derivative(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, metric: Callable[..., Any],
+def directional_derivative(bridge: HookedModel, corrupted: torch.Tensor, clean_cache: Any, metric: Callable[..., Any],
                            name: str, setter: Callable[..., torch.Tensor], index: Sequence[int],
                            eps: float = 1e-4) -> torch.Tensor:
     """The reference of attribution patching: d/dt of the metric with the activation at
@@ -226,7 +227,7 @@ def _check_attribution(d: _Demo) -> Check:
     return Check("", True, "resid_mid and head outputs, their 2 largest cells each", worst[1], worst[2])
 
 
-def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any, metric: Any,
+def edge_by_hooks(bridge: HookedModel, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any, metric: Any,
                   src: tuple[int, int], dst: tuple[int, int], component: str) -> float:
     """One edge patched by hand, the reference of direct path patching: the source
     head's clean-minus-corrupted write added to the residual entering the destination

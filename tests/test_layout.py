@@ -30,7 +30,7 @@ LAYERS = {
     "actstore.errors": 0, "actstore.compat": 0, "actstore.sites": 0, "actstore.stats": 0, "actstore.models": 0, "actstore.devices": 0,
     "actstore.parallel": 0, "actstore.location": 0, "actstore.plots": 0, "actstore.jsonl": 0, "actstore._faults": 0,
     "actstore.deprecation": 0,
-    "actstore.resources": 0, "actstore.launch": 0, "actstore.run_options": 0, "actstore.families": 0, "actstore.random_models": 0,
+    "actstore.resources": 0, "actstore.launch": 0, "actstore.run_options": 0, "actstore.model_protocol": 0, "actstore.families": 0, "actstore.random_models": 0,
     "actstore.corpus": 1,
     "actstore.store": 2,
     "actstore.capture": 3,

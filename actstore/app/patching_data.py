@@ -26,6 +26,7 @@ from ..circuits.graph import Graph
 from ..errors import ConfigError
 from ..patching import LogitDiff, attribution, sweeps, tasks
 from ..patching.pairs import Pairs, tokenize_pairs
+from ..model_protocol import HookedModel
 
 __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_records", "typed_record", "tokenize",
            "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
@@ -87,7 +88,7 @@ def position_labels(pairs: Pairs, tokenizer: Any) -> list[str]:
     return out
 
 
-def _device(model: Any) -> torch.device:
+def _device(model: HookedModel) -> torch.device:
     return torch.device(model.cfg.device)
 
 
@@ -102,7 +103,7 @@ class SweepResults:
     correlation: dict[str, dict[str, Any]]  # sweep name -> attribution.compare(exact, attribution)
 
 
-def _metric(model: Any, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray, Any]:
+def _metric(model: HookedModel, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray, Any]:
     """The normalised logit difference of these pairs, their raw clean and corrupted
     logit differences, and the clean run's cache."""
     dev = _device(model)
@@ -125,7 +126,7 @@ def _metric(model: Any, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np.ndarray
     return LogitDiff(pairs.answer, pairs.wrong).normalised(clean_logits, corrupted_logits), clean, corr, cache
 
 
-def run_sweeps(model: Any, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS) -> SweepResults:
+def run_sweeps(model: HookedModel, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS) -> SweepResults:
     """Exact and attribution patching of ``names`` (rows of the sweep table) on ``pairs``
     with the normalised logit difference: ``actstore.patching.get_act_patch_<name>`` and
     ``actstore.patching.attribution.attribution_patch`` (one forward and backward for all)."""
@@ -159,7 +160,7 @@ class EdgeResults:
     correlation: dict[str, Any]  # attribution.compare(exact, eap)
 
 
-def edge_metric(model: Any, pairs: Pairs) -> Any:
+def edge_metric(model: HookedModel, pairs: Pairs) -> Any:
     """The ``norm-logit-diff`` circuit metric of these pairs (refused, like the sweeps,
     for pairs the model does not tell apart)."""
     dev = _device(model)
@@ -170,7 +171,7 @@ def edge_metric(model: Any, pairs: Pairs) -> Any:
                           corrupted_logits=corrupted_logits)
 
 
-def exact_edges(model: Any, pairs: Pairs, edges: np.ndarray, metric: Any = None) -> np.ndarray:
+def exact_edges(model: HookedModel, pairs: Pairs, edges: np.ndarray, metric: Any = None) -> np.ndarray:
     """(len(edges),) :func:`exact_edge_scores` of these edges of ``Graph.from_model(model)``."""
     dev = _device(model)
     metric = edge_metric(model, pairs) if metric is None else metric
@@ -179,7 +180,7 @@ def exact_edges(model: Any, pairs: Pairs, edges: np.ndarray, metric: Any = None)
     return scores.float().cpu().numpy()
 
 
-def eap_edges(model: Any, pairs: Pairs, metric: Any = None) -> np.ndarray:
+def eap_edges(model: HookedModel, pairs: Pairs, metric: Any = None) -> np.ndarray:
     """(edge,) :func:`edge_attribution` (EAP) of every edge of ``Graph.from_model(model)``."""
     dev = _device(model)
     metric = edge_metric(model, pairs) if metric is None else metric
@@ -188,7 +189,7 @@ def eap_edges(model: Any, pairs: Pairs, metric: Any = None) -> np.ndarray:
     return scores.detach().float().cpu().numpy()
 
 
-def run_edges(model: Any, pairs: Pairs, chunk: int = 256,
+def run_edges(model: HookedModel, pairs: Pairs, chunk: int = 256,
               on_progress: Optional[Callable[[int, int], None]] = None) -> EdgeResults:
     """Exact edge patching of every edge (:func:`exact_edges`, ``chunk`` edges a call,
     ``on_progress(done, total)`` after each) and EAP (:func:`eap_edges`)."""

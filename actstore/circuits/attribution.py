@@ -43,13 +43,14 @@ from .clean import CleanNodes
 from .forward import GraphForward
 from .graph import Graph
 from .metrics import CircuitMetric, circuit_metric
+from ..model_protocol import HookedModel
 
 __all__ = ["edge_attribution", "METHODS"]
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 
 
-def edge_attribution(model: Any, clean_tokens: Optional[Int[torch.Tensor, "batch pos"]],
+def edge_attribution(model: HookedModel, clean_tokens: Optional[Int[torch.Tensor, "batch pos"]],
                      corrupted_tokens: Int[torch.Tensor, "batch pos"],
                      metric: Callable[[torch.Tensor], torch.Tensor], *, method: str = "eap", steps: int = 5,
                      graph: Optional[Graph] = None, clean_cache: Any = None, clean_rows: Optional[Sequence[int]] = None,

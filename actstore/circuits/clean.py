@@ -25,6 +25,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from .graph import Graph
+from ..model_protocol import HookedModel
 
 __all__ = ["CleanNodes", "node_hooks", "node_outputs", "run_node_outputs", "store_hooks", "STORE_SITES"]
 
@@ -45,7 +46,7 @@ def store_hooks(n_layers: int) -> list[str]:
     return node_hooks(n_layers, (_RESID0,))
 
 
-def node_outputs(model: Any, acts: Mapping[str, torch.Tensor]) -> Float[torch.Tensor, "upstream batch pos d_model"]:
+def node_outputs(model: HookedModel, acts: Mapping[str, torch.Tensor]) -> Float[torch.Tensor, "upstream batch pos d_model"]:
     """Every upstream node's output from one run's activations (``acts`` holds
     :func:`node_hooks`' hooks, with either embedding form), in graph order."""
     first = acts[_RESID0] if _RESID0 in acts and not all(h in acts for h in _EMBED) else \
@@ -58,7 +59,7 @@ def node_outputs(model: Any, acts: Mapping[str, torch.Tensor]) -> Float[torch.Te
     return torch.cat(outs)
 
 
-def run_node_outputs(model: Any, tokens: torch.Tensor, embed: Optional[torch.Tensor] = None
+def run_node_outputs(model: HookedModel, tokens: torch.Tensor, embed: Optional[torch.Tensor] = None
                      ) -> Float[torch.Tensor, "upstream batch pos d_model"]:
     """Every upstream node's output in the model's own forward on ``tokens`` (no gradient);
     ``embed`` (batch, pos, d_model) replaces the input node's output (the residual entering
@@ -90,7 +91,7 @@ class CleanNodes:
         clean_rows: the store row of each clean prompt (stores only; default rows 0..batch-1).
     """
 
-    def __init__(self, model: Any, clean: Any, graph: Graph, n_pos: int, batch: int,
+    def __init__(self, model: HookedModel, clean: Any, graph: Graph, n_pos: int, batch: int,
                  clean_rows: Optional[Sequence[int]] = None):
         from ..store import ActivationStore
 

@@ -36,13 +36,14 @@ from ..sites import hook_name
 from ..store import ActivationStore
 from .clean import STORE_SITES
 from .graph import Graph, Node
+from ..model_protocol import HookedModel
 
 __all__ = ["exact_edge_scores"]
 
 _INPUT = hook_name("resid_pre", 0)  # what block 0 reads: token plus position embeddings
 
 
-def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] | None,
+def exact_edge_scores(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch pos"] | None,
                       corrupted_tokens: Int[torch.Tensor, "batch pos"],
                       metric: Callable[[torch.Tensor], torch.Tensor], *, graph: Graph | None = None,
                       edges: Sequence[int] | np.ndarray | None = None, clean_cache: Any = None, clean_rows: Any = None,
@@ -123,7 +124,7 @@ def exact_edge_scores(model: Any, clean_tokens: Int[torch.Tensor, "batch pos"] |
     return scores if per_pair else scores.mean(-1)
 
 
-def _hooked_scores(model: Any, graph: Graph, edges: np.ndarray, corrupted: torch.Tensor, clean: torch.Tensor | None,
+def _hooked_scores(model: HookedModel, graph: Graph, edges: np.ndarray, corrupted: torch.Tensor, clean: torch.Tensor | None,
                    clean_cache: Any, clean_rows: Any, metric: Callable[[torch.Tensor], torch.Tensor], budget: int,
                    progress: bool) -> torch.Tensor:
     """(edge, batch): each edge patched alone on the model's own forward, its one input given
@@ -162,7 +163,7 @@ def _hooked_scores(model: Any, graph: Graph, edges: np.ndarray, corrupted: torch
     return scores
 
 
-def _check_graph(model: Any, graph: Graph | None) -> Graph:
+def _check_graph(model: HookedModel, graph: Graph | None) -> Graph:
     own = Graph.from_model(model)
     if graph is None:
         return own
@@ -189,7 +190,7 @@ def _parse_edges(graph: Graph, edges: Sequence[int] | np.ndarray | None) -> np.n
     return arr.astype(np.int64)
 
 
-def _parse_tokens(model: Any, corrupted: torch.Tensor, clean: torch.Tensor | None, clean_cache: Any
+def _parse_tokens(model: HookedModel, corrupted: torch.Tensor, clean: torch.Tensor | None, clean_cache: Any
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     device = torch.device(model.cfg.device)
     corrupted = torch.as_tensor(corrupted)
@@ -229,7 +230,7 @@ def _source_hooks(graph: Graph, sources: Sequence[int]) -> list[str]:
     return sorted(set(out))
 
 
-def _clean(model: Any, tokens: torch.Tensor | None, cache: Any, rows: Any, hooks: Sequence[str], n_pos: int,
+def _clean(model: HookedModel, tokens: torch.Tensor | None, cache: Any, rows: Any, hooks: Sequence[str], n_pos: int,
            batch: int) -> dict[str, torch.Tensor]:
     """The clean values of ``hooks``: read once from the cache or store, or from one run of ``tokens``."""
     if cache is None:
@@ -244,7 +245,7 @@ def _clean(model: Any, tokens: torch.Tensor | None, cache: Any, rows: Any, hooks
     return {h: source[h] for h in hooks}
 
 
-def _delta(model: Any, node: Node, clean: dict[str, torch.Tensor], corr: dict[str, torch.Tensor]) -> torch.Tensor:
+def _delta(model: HookedModel, node: Node, clean: dict[str, torch.Tensor], corr: dict[str, torch.Tensor]) -> torch.Tensor:
     """The node's clean-minus-corrupted write to the residual, (batch, pos, d_model)."""
     dtype = bridge_dtype(model)
     if node.kind == "head":
@@ -260,7 +261,7 @@ def _reader_index(graph: Graph, edge: int) -> list[int]:
     return [int(d.head)] if d.kind in ("q", "k", "v") else []
 
 
-def _groups(model: Any, reader: str, sources: list[int], batch: int, n_pos: int, budget: int) -> list[list[int]]:
+def _groups(model: HookedModel, reader: str, sources: list[int], batch: int, n_pos: int, budget: int) -> list[list[int]]:
     """``sources`` in groups whose edge values (and the reader's work on them) fit ``budget`` bytes."""
     cfg = model.cfg
     d_model = int(cfg.d_model)

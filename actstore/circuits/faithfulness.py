@@ -26,6 +26,7 @@ from jaxtyping import Int
 from ..errors import ConfigError
 from .circuit import Selection, select_circuit
 from .graph import Graph
+from ..model_protocol import HookedModel
 
 __all__ = ["Faithfulness", "faithfulness", "faithfulness_curve", "default_sizes"]
 
@@ -68,7 +69,7 @@ def default_sizes(n_edges: int, n: int = 16) -> list[int]:
     return sorted({0, n_edges, *np.unique(np.geomspace(1, n_edges, n).round().astype(int)).tolist()})
 
 
-def _forward(model: Any, forward: Any, graph: Graph | None) -> Any:
+def _forward(model: HookedModel, forward: Any, graph: Graph | None) -> Any:
     from .forward import GraphForward
 
     if forward is None:
@@ -78,7 +79,7 @@ def _forward(model: Any, forward: Any, graph: Graph | None) -> Any:
     return forward
 
 
-def faithfulness(model: Any, clean_tokens: Int[torch.Tensor, "pair pos"], corrupted_tokens: Int[torch.Tensor, "pair pos"],
+def faithfulness(model: HookedModel, clean_tokens: Int[torch.Tensor, "pair pos"], corrupted_tokens: Int[torch.Tensor, "pair pos"],
                  metric: Metric,
                  masks: Any, *, forward: Any = None, graph: Graph | None = None, memory_budget: int | None = None,
                  progress: bool = True, sizes: Sequence[int] | None = None,
@@ -127,7 +128,7 @@ def faithfulness(model: Any, clean_tokens: Int[torch.Tensor, "pair pos"], corrup
                         base[0].numpy(), base[1].numpy())
 
 
-def faithfulness_curve(model: Any, clean_tokens: Int[torch.Tensor, "pair pos"],
+def faithfulness_curve(model: HookedModel, clean_tokens: Int[torch.Tensor, "pair pos"],
                        corrupted_tokens: Int[torch.Tensor, "pair pos"], metric: Metric,
                        scores: Any, sizes: Sequence[int] | None = None, *, how: Selection = "top-n",
                        absolute: bool = True, forward: Any = None, graph: Graph | None = None,

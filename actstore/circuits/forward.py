@@ -39,6 +39,7 @@ from ..sites import hook_name
 from .clean import run_node_outputs
 from .edge_sum import edge_sum
 from .graph import Graph
+from ..model_protocol import HookedModel
 
 __all__ = ["GraphForward", "token_ids"]
 
@@ -51,7 +52,7 @@ class GraphForward:
 
     hand_run: ClassVar[bool] = True  # computes the blocks itself (the adapter's hand_run_blocks)
 
-    def __new__(cls, model: Any, graph: Graph | None = None) -> "GraphForward":
+    def __new__(cls, model: HookedModel, graph: Graph | None = None) -> "GraphForward":
         if cls is GraphForward and not check_model(model, "Circuit discovery").hand_run_blocks:
             # the subclass for the other families (actstore.circuits imports its module)
             other = [sub for sub in GraphForward.__subclasses__() if not sub.hand_run]
@@ -60,7 +61,7 @@ class GraphForward:
             return super().__new__(other[0])
         return super().__new__(cls)
 
-    def __init__(self, model: Any, graph: Graph | None = None):
+    def __init__(self, model: HookedModel, graph: Graph | None = None):
         self._check_family(model)
         self.model = model
         own = Graph.from_model(model)
@@ -81,7 +82,7 @@ class GraphForward:
         self._range = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
         self._checked = False
 
-    def _check_family(self, model: Any) -> None:
+    def _check_family(self, model: HookedModel) -> None:
         check_hand_run(model, "Circuit discovery")
 
     # --- sizes --------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class GraphForward:
         return over
 
 
-def token_ids(model: Any, tokens: Any, name: str = "tokens") -> torch.Tensor:
+def token_ids(model: HookedModel, tokens: Any, name: str = "tokens") -> torch.Tensor:
     """``tokens`` as (batch, pos) int64 token ids the model can run (a 1-D prompt gets a
     batch axis); ConfigError naming the problem otherwise: not integers, another shape, an
     empty batch or prompt, ids outside the vocabulary, prompts beyond the context."""

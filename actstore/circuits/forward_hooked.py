@@ -35,6 +35,7 @@ from ..patching.path import split_qkv_input
 from ..sites import hook_name
 from .forward import GraphForward
 from .metrics import CircuitMetric
+from ..model_protocol import HookedModel
 
 __all__ = ["HookedGraphForward"]
 
@@ -46,11 +47,11 @@ class HookedGraphForward(GraphForward):
 
     hand_run = False
 
-    def __init__(self, model: Any, graph: Any = None):
+    def __init__(self, model: HookedModel, graph: Any = None):
         super().__init__(model, graph)
         self.dtype = bridge_dtype(model)
 
-    def _check_family(self, model: Any) -> None:
+    def _check_family(self, model: HookedModel) -> None:
         adapter = check_model(model, "Circuit discovery")
         adapter.check_edge_graph(model)
         if not hasattr(model, "set_use_split_qkv_input"):

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 
 __all__ = ["Graph", "Node", "Input", "QKV"]
 
@@ -109,7 +110,7 @@ class Graph:
         object.__setattr__(self, "names", tuple(f"{up[s].name}->{down[d].name}" for s, d in zip(src, dst)))
 
     @classmethod
-    def from_model(cls, model: Any) -> "Graph":
+    def from_model(cls, model: HookedModel) -> "Graph":
         """The graph of a loaded model (``model.cfg.n_layers``, ``n_heads``, and whether its
         family's blocks are parallel); a model whose edges the graph cannot describe exactly
         is refused here (its family adapter says why)."""

@@ -55,6 +55,7 @@ from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
 from .faithfulness import Faithfulness, default_sizes, faithfulness
 from .graph import Graph
 from .output import compare_scores
+from ..model_protocol import HookedModel
 
 __all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
 
@@ -199,7 +200,7 @@ class _Batches:
     """The job's work in batches of ``--batch-pairs`` pairs, the same batches for any number
     of processes, dealt round-robin; each result gathered in batch order on every process."""
 
-    def __init__(self, cfg: CircuitJobConfig, procs: Group, bridge: Any, metric: Any, clean: torch.Tensor,
+    def __init__(self, cfg: CircuitJobConfig, procs: Group, bridge: HookedModel, metric: Any, clean: torch.Tensor,
                  corrupted: torch.Tensor, store: ActivationStore | None, rows: list[int] | None):
         self.cfg, self.procs, self.bridge, self.metric = cfg, procs, bridge, metric
         self.clean, self.corrupted, self.store, self.rows = clean, corrupted, store, rows

@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 
 from ..errors import ConfigError
 from .graph import Graph
+from ..model_protocol import HookedModel
 
 __all__ = ["Paths", "path_mask", "path_patch", "path_patch_sweep"]
 
@@ -279,7 +280,7 @@ def _groups(plan: Sequence[_Variant]) -> list[list[int]]:
     return [rows for rows, _, _ in groups]
 
 
-def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"],
+def path_patch_sweep(model: HookedModel, base_tokens: Int[torch.Tensor, "batch pos"],
                      other_tokens: Int[torch.Tensor, "batch pos"], metric: Callable[[torch.Tensor], torch.Tensor],
                      variants: Sequence[Paths], *,
                      per_example: bool = False, memory_budget: int | None = None, forward: Any = None
@@ -333,7 +334,7 @@ def path_patch_sweep(model: Any, base_tokens: Int[torch.Tensor, "batch pos"],
     return out
 
 
-def path_patch(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], other_tokens: Int[torch.Tensor, "batch pos"],
+def path_patch(model: HookedModel, base_tokens: Int[torch.Tensor, "batch pos"], other_tokens: Int[torch.Tensor, "batch pos"],
                metric: Callable[[torch.Tensor], torch.Tensor], senders: Names, receivers: Names, *,
                through: Names = (), direct: bool | None = None, per_example: bool = False,
                memory_budget: int | None = None, forward: Any = None) -> torch.Tensor:
@@ -345,7 +346,7 @@ def path_patch(model: Any, base_tokens: Int[torch.Tensor, "batch pos"], other_to
                             per_example=per_example, memory_budget=memory_budget, forward=forward)[0]
 
 
-def _check_call(model: Any, metric: Any, per_example: Any, memory_budget: Any, forward: Any) -> None:
+def _check_call(model: HookedModel, metric: Any, per_example: Any, memory_budget: Any, forward: Any) -> None:
     """The arguments of a path-patching call other than the tokens and the variants."""
     from .forward import GraphForward
 
@@ -366,7 +367,7 @@ def _check_call(model: Any, metric: Any, per_example: Any, memory_budget: Any, f
                           f"{type(forward).__name__}.")
 
 
-def _pair(base: Any, other: Any, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(base: Any, other: Any, model: HookedModel) -> tuple[torch.Tensor, torch.Tensor]:
     from .forward import token_ids
 
     base, other = token_ids(model, base, "base_tokens"), token_ids(model, other, "other_tokens")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 
 if TYPE_CHECKING:
     import torch
@@ -41,12 +42,12 @@ class Adapter:
     absent_sites: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
-    def final_softcap(cls, bridge: Any) -> float | None:
+    def final_softcap(cls, bridge: HookedModel) -> float | None:
         """The cap c of the logits' soft-capping (c * tanh(logits / c)), or None."""
         return None
 
     @classmethod
-    def logits(cls, bridge: Any, resid: "torch.Tensor") -> "torch.Tensor":
+    def logits(cls, bridge: HookedModel, resid: "torch.Tensor") -> "torch.Tensor":
         """The logits the model computes from a final residual ``resid`` (..., d_model):
         the final norm, the unembedding and the family's soft-capping, in the model's
         own modules and order of operations (so the final layer's equal the forward's)."""
@@ -57,7 +58,7 @@ class Adapter:
         return out
 
     @classmethod
-    def logit_columns(cls, bridge: Any, resid: "torch.Tensor", token_ids: Sequence[int]) -> "torch.Tensor":
+    def logit_columns(cls, bridge: HookedModel, resid: "torch.Tensor", token_ids: Sequence[int]) -> "torch.Tensor":
         """:meth:`logits` for the vocabulary columns ``token_ids`` only (..., len(token_ids)):
         only those rows of the unembedding are multiplied."""
         import torch
@@ -77,12 +78,12 @@ class Adapter:
         return out
 
     @classmethod
-    def final_norm_weight(cls, bridge: Any) -> "torch.Tensor":
+    def final_norm_weight(cls, bridge: HookedModel) -> "torch.Tensor":
         """The final norm's effective per-dimension weight."""
         return bridge.ln_final.w.detach() + cls.norm_weight_offset
 
     @classmethod
-    def check_hooks(cls, model: Any, hooks: Sequence[str], what: str) -> None:
+    def check_hooks(cls, model: HookedModel, hooks: Sequence[str], what: str) -> None:
         """Refuse ``what``, which reads ``hooks``, unless the model has every one of them
         (naming why the family has none where its adapter says)."""
         have = getattr(model, "hook_dict", None)
@@ -96,13 +97,13 @@ class Adapter:
             raise ConfigError(f"{what} reads {missing[0]}, and this {cls.name} model has no such hook: {why}.")
 
     @classmethod
-    def parallel_blocks(cls, bridge: Any) -> bool:
+    def parallel_blocks(cls, bridge: HookedModel) -> bool:
         """Whether the model's blocks run attention and the MLP side by side from the block's
         input (so an MLP reads no head of its own layer)."""
         return False
 
     @classmethod
-    def edge_graph_problem(cls, bridge: Any) -> str | None:
+    def edge_graph_problem(cls, bridge: HookedModel) -> str | None:
         """Why the circuit graph (actstore.circuits.graph: the residual stream as the sum of
         the nodes' outputs, read by one q, k and v input per head) does not describe this
         model exactly; None where it does."""
@@ -117,7 +118,7 @@ class Adapter:
         return None
 
     @classmethod
-    def check_edge_graph(cls, bridge: Any) -> None:
+    def check_edge_graph(cls, bridge: HookedModel) -> None:
         """Refuse a model :meth:`edge_graph_problem` names a problem with."""
         why = cls.edge_graph_problem(bridge)
         if why:

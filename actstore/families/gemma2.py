@@ -9,6 +9,7 @@ from typing import Any
 from .base import Adapter, register
 from .hf import HFSite
 from .llama import Llama
+from ..model_protocol import HookedModel
 
 __all__ = ["Gemma2"]
 
@@ -32,6 +33,6 @@ class Gemma2(Adapter):
     }
 
     @classmethod
-    def final_softcap(cls, bridge: Any) -> float | None:
+    def final_softcap(cls, bridge: HookedModel) -> float | None:
         cap = getattr(bridge.original_model.config, "final_logit_softcapping", None)
         return float(cap) if cap else None

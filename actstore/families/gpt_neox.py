@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import Adapter, register
 from .hf import HFSite
+from ..model_protocol import HookedModel
 
 __all__ = ["GPTNeoX"]
 
@@ -22,7 +23,7 @@ class GPTNeoX(Adapter):
     # no q, k, v: the fused query_key_value interleaves them head by head (refused, naming the bridge);
     # no resid_mid: attention and MLP both read the block's input
     @classmethod
-    def parallel_blocks(cls, bridge: Any) -> bool:
+    def parallel_blocks(cls, bridge: HookedModel) -> bool:
         config = getattr(getattr(bridge, "original_model", None), "config", None)
         if config is None:  # a HookedTransformer: its own config says
             return bool(getattr(bridge.cfg, "parallel_attn_mlp", True))

@@ -52,6 +52,7 @@ from . import sweeps as _p, table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model
 from .metrics import BatchedMetric, Metrics, select_declared
+from ..model_protocol import HookedModel
 
 __all__ = [
     "attribution_patch", "generic_attribution_patch", "SWEEPS",
@@ -76,7 +77,7 @@ def _stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
     raise StopAtLayerException(act)  # run_with_hooks returns act: the residual entering ln_final
 
 
-def _metric_values(model: Any, metrics: Metrics, out: torch.Tensor, n_pos: int) -> list[torch.Tensor]:
+def _metric_values(model: HookedModel, metrics: Metrics, out: torch.Tensor, n_pos: int) -> list[torch.Tensor]:
     """Every metric's value from the run's output: the full logits, or (restricted
     metrics) the final residual, of which only the positions and vocabulary columns the
     metrics read are decoded."""
@@ -93,7 +94,7 @@ class _GradPass:
     """The corrupted run once with a zero leaf added at each hook: the activations,
     d metric / d activation for every metric, and the metric values (the baseline)."""
 
-    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics):
+    def __init__(self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics):
         self.hooks = sorted(set(hooks))
         self.metric_names = tuple(metrics.fns)
         self.per_example = metrics.per_example
@@ -152,7 +153,7 @@ class _Shared:
         self.hooks = list(hooks)
         self.grad_pass: Optional[_GradPass] = None
 
-    def get(self, model: Any, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]) -> _GradPass:
+    def get(self, model: HookedModel, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]) -> _GradPass:
         if self.grad_pass is None or not self.grad_pass.matches(metrics, hooks):
             self.grad_pass = _GradPass(model, tokens, sorted(set(self.hooks) | set(hooks)), metrics)
         return self.grad_pass
@@ -188,7 +189,7 @@ def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, 
 
 
 def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
-    def run(model: Any, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
+    def run(model: HookedModel, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
             memory_budget: Optional[int], progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         check_model(model, "Attribution patching")
         by_hook: dict[str, list[int]] = {}
@@ -230,7 +231,7 @@ def _single(row: _table.SweepRow) -> Any:
 
 
 def _stack(row: _table.SweepRow) -> Callable[..., Any]:
-    def sweep(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
+    def sweep(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
               **kwargs: Any) -> Any:
         shared = _Shared(_hooks_of(model, row.name))
         return _run_named(row.name, model, corrupted_tokens, clean_cache, metric, shared, kwargs)
@@ -248,11 +249,11 @@ globals().update({row.function: _FUNCTIONS[name] for name, row in _table.SWEEPS.
 SWEEPS: tuple[str, ...] = tuple(_table.SWEEPS)
 
 
-def _hooks_of(model: Any, name: str) -> list[str]:
+def _hooks_of(model: HookedModel, name: str) -> list[str]:
     return _table.SWEEPS[name].hooks(int(model.cfg.n_layers))
 
 
-def _run_named(name: str, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
+def _run_named(name: str, model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
                shared: _Shared, kwargs: dict[str, Any]) -> Any:
     row = _table.SWEEPS[name]
     if row.kind == "single":
@@ -261,7 +262,7 @@ def _run_named(name: str, model: Any, corrupted_tokens: torch.Tensor, clean_cach
     return _p.stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
 
 
-def attribution_patch(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean: Any, metric: Any,
+def attribution_patch(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean: Any, metric: Any,
                       sweeps: Sequence[str] = ("resid_pre",), **kwargs: Any) -> dict[str, Any]:
     """Several attribution sweeps from one forward and one backward of the corrupted run
     (per metric): ``{sweep name: result}``, each as the sweep's function returns it.

@@ -9,11 +9,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..families import ADAPTERS, Adapter, adapter_for, architecture_of
+from ..model_protocol import HookedModel
 
 __all__ = ["check_model", "check_hand_run"]
 
 
-def check_model(model: Any, what: str = "Activation patching") -> type[Adapter]:
+def check_model(model: HookedModel, what: str = "Activation patching") -> type[Adapter]:
     """The adapter of ``model``'s family (a model of any other architecture is refused),
     after checking the model is in evaluation mode."""
     adapter = adapter_for(model, what)
@@ -24,7 +25,7 @@ def check_model(model: Any, what: str = "Activation patching") -> type[Adapter]:
     return adapter
 
 
-def check_hand_run(model: Any, what: str) -> type[Adapter]:
+def check_hand_run(model: HookedModel, what: str) -> type[Adapter]:
     """:func:`check_model`, and refuse a model whose blocks actstore's own block runner
     does not compute exactly (its family adapter says which do): ``what`` runs blocks
     standalone over windows of positions."""

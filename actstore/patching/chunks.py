@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..models import bridge_dtype
+from ..model_protocol import HookedModel
 
 __all__ = ["default_memory_budget", "variant_row_bytes", "plan_chunks", "CALL_COST_ROWPOS"]
 
@@ -37,7 +38,7 @@ def default_memory_budget(device: torch.device | str) -> int:
     return int(min(512 * 2**20, avail // 4))
 
 
-def variant_row_bytes(model: Any, n_pos: int, act_numel: int, full_logits: bool) -> int:
+def variant_row_bytes(model: HookedModel, n_pos: int, act_numel: int, full_logits: bool) -> int:
     """Rough peak bytes of one prompt row of one variant through a block."""
     cfg = model.cfg
     d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)

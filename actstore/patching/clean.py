@@ -13,6 +13,7 @@ import torch
 from ..errors import ConfigError, StoreMismatchError
 from ..models import bridge_dtype
 from ..sites import Site
+from ..model_protocol import HookedModel
 
 __all__ = ["CleanValues", "CleanSource", "check_store_model", "store_rows"]
 
@@ -31,7 +32,7 @@ class CleanSource:
     (or any mapping of hook name -> tensor) or from an actstore ActivationStore and the
     rows that hold the clean prompts (read from disk, one hook at a time)."""
 
-    def __init__(self, clean: Any, model: Any, n_pos: int, batch: int, rows: Any = None):
+    def __init__(self, clean: Any, model: HookedModel, n_pos: int, batch: int, rows: Any = None):
         from ..store import ActivationStore
 
         self.model = model
@@ -127,7 +128,7 @@ def _all_layers_spec(hook: str) -> str:
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
-def check_store_model(store: Any, model: Any) -> None:
+def check_store_model(store: Any, model: HookedModel) -> None:
     """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
     from ..models import check_identity, fingerprint
 

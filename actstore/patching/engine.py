@@ -51,6 +51,7 @@ from .clean import CleanValues
 from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
+from ..model_protocol import HookedModel
 
 __all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run",
            "variant_row_bytes"]
@@ -69,7 +70,7 @@ class Sweep:
     patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
 
 
-def block_projections(model: Any, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
+def block_projections(model: HookedModel, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
                       ) -> tuple[torch.Tensor, ...] | None:
     """The queries/keys/values (``names`` of "q", "k", "v") block ``layer`` computes
     from its input ``x`` (row, pos, d_model), each as (row, head, pos, d_head), without
@@ -88,7 +89,7 @@ def block_projections(model: Any, layer: int, x: torch.Tensor, names: Sequence[s
     return tuple(o.transpose(1, 2) for o in outs)
 
 
-def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _block_kv(model: HookedModel, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Keys and values block ``layer`` computes from its input (see block_projections)."""
     return block_projections(model, layer, x, ("k", "v"))  # type: ignore[return-value]
 
@@ -96,7 +97,7 @@ def _block_kv(model: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, to
 class _Corrupted:
     """The corrupted run, once: logits and what the patched runs start from."""
 
-    def __init__(self, model: Any, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int, windowed: bool):
+    def __init__(self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int, windowed: bool):
         n_layers = int(model.cfg.n_layers)
         self.acts: dict[str, torch.Tensor] = {}
         layers = range(first_layer, n_layers) if windowed else range(0)  # (whole forwards need only the hooks)
@@ -152,7 +153,7 @@ def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int 
     return int(torch.nonzero(per_pos)[0, 0])
 
 
-def run_sweep(model: Any, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics, sweep: Sweep,
+def run_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics, sweep: Sweep,
               memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True, bar: Any = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's metric values, (index, metric[, batch]), and the unpatched
@@ -183,7 +184,7 @@ class _SweepRun:
     """One sweep of :func:`run_sweep`: the corrupted run, done once, the sweep's cells by
     layer, and the results filled in layer by layer (``out``, (index, metric[, batch]))."""
 
-    def __init__(self, model: Any, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics,
+    def __init__(self, model: HookedModel, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics,
                  sweep: Sweep, memory_budget: int | None, kv_prefix: bool):
         adapter = check_model(model)
         self.model, self.corrupted_tokens, self.clean, self.metrics, self.sweep = (model, corrupted_tokens, clean,
@@ -279,7 +280,7 @@ class _SweepRun:
             torch.cat([out.flatten(), baseline.flatten()]), float(self.corrupted_sel.abs().max()), self.kv_prefix)
 
 
-def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
+def _run_chunk(model: HookedModel, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
                hook: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
                k_axis: int | None, n_layers: int, in_place: bool, kv_prefix: bool) -> torch.Tensor:
     """Run the variants of one chunk from block ``layer`` on, over positions
@@ -328,7 +329,7 @@ def _run_chunk(model: Any, corrupted: _Corrupted, metrics: Metrics, corrupted_se
     return metrics.evaluate(_logits(model, metrics, corrupted, corrupted_sel, x, start, end, n_var))
 
 
-def _logits(model: Any, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: torch.Tensor, x: torch.Tensor,
+def _logits(model: HookedModel, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: torch.Tensor, x: torch.Tensor,
             start: int, end: int, n_var: int) -> torch.Tensor:
     """Logits of every variant row where the metrics read them; positions before
     ``start`` are the corrupted run's."""

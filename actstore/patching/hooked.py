@@ -17,11 +17,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .clean import CleanValues
+from ..model_protocol import HookedModel
 
 __all__ = ["run_cells"]
 
 
-def run_cells(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
+def run_cells(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
               hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool
               ) -> tuple[torch.Tensor, list[str]]:
     """The logits (variant * batch, pos, vocab) of ``cells`` patched, one variant each,

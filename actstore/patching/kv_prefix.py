@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from ..model_protocol import HookedModel
+
 __all__ = ["PrefixKV", "attention_prefix"]
 
 # the keyword names under which an attention bridge has looked for its KV cache
@@ -54,7 +56,7 @@ class PrefixKV:
 
 
 @contextmanager
-def attention_prefix(model: Any, layers: Sequence[int], prefix: PrefixKV | None) -> Iterator[None]:
+def attention_prefix(model: HookedModel, layers: Sequence[int], prefix: PrefixKV | None) -> Iterator[None]:
     """Within the block, hand ``prefix`` to the attention of each of ``layers`` as its
     KV cache; a no-op when ``prefix`` is None. On exit, raise if an attention that ran
     did not use it (the keys and values of the earlier positions would be missing)."""

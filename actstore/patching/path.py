@@ -37,6 +37,7 @@ from . import self_check as _self_check
 from .clean import CleanSource
 from .engine import Sweep, block_projections, check_model, run_sweep
 from .metrics import Metrics
+from ..model_protocol import HookedModel
 
 __all__ = ["Reader", "READERS", "EdgeValues", "edge_setter", "edge_sweep", "check_edge_values", "capture",
            "direct_path_sweep", "split_qkv_input"]
@@ -61,7 +62,7 @@ class Reader:
         """The residual this reader reads."""
         return hook_name(self.reads, layer)
 
-    def __call__(self, model: Any, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: HookedModel, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The hook's value from the residual ``x`` (row, pos, d_model): (row, pos, ...) as the hook has it."""
         if self.name in _COMPONENTS:
             proj = block_projections(model, layer, x, (self.name,))
@@ -90,7 +91,7 @@ class EdgeValues(Mapping[str, torch.Tensor]):
     value (never used). Computed on demand, one layer at a time (the last one kept).
     ``labels`` name the sources in error messages."""
 
-    def __init__(self, model: Any, reader: Reader, deltas: torch.Tensor, live: Mapping[int, Sequence[int]],
+    def __init__(self, model: HookedModel, reader: Reader, deltas: torch.Tensor, live: Mapping[int, Sequence[int]],
                  base: Mapping[int, torch.Tensor], corrupted: Mapping[int, torch.Tensor],
                  labels: Sequence[str] | None = None):
         self.model, self.reader, self.live = model, reader, live
@@ -136,7 +137,7 @@ def edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Ten
     return corrupted
 
 
-def edge_sweep(model: Any, corrupted_tokens: torch.Tensor, values: EdgeValues, indices: list[list[int]],
+def edge_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, values: EdgeValues, indices: list[list[int]],
                metrics: Metrics, memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True,
                bar: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every edge's metric values, (index, metric[, batch]), and the corrupted run's: the
@@ -151,7 +152,7 @@ def edge_sweep(model: Any, corrupted_tokens: torch.Tensor, values: EdgeValues, i
     return out, baseline
 
 
-def check_edge_values(model: Any, tokens: torch.Tensor, values: EdgeValues, kv_prefix: bool) -> None:
+def check_edge_values(model: HookedModel, tokens: torch.Tensor, values: EdgeValues, kv_prefix: bool) -> None:
     """Recompute the edge values of one source (the largest write) into the first layer
     that reads it with a plain run_with_hooks: the source's write added to the residual
     the reader reads there, the reader's hook read off (the forward abandoned there); the
@@ -193,7 +194,7 @@ def check_edge_values(model: Any, tokens: torch.Tensor, values: EdgeValues, kv_p
             f"(tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
 
 
-def capture(model: Any, tokens: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def capture(model: HookedModel, tokens: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One plain run_with_hooks of ``tokens``: its logits and a copy of each named hook's
     activation, under the name asked for (a bridge's hook point may carry its canonical
     name, e.g. blocks.0.hook_in for blocks.0.hook_resid_pre)."""
@@ -210,7 +211,7 @@ def capture(model: Any, tokens: torch.Tensor, names: Sequence[str]) -> tuple[tor
     return logits.detach(), acts
 
 
-def direct_path_sweep(model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
+def direct_path_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
                       metric: Callable[[torch.Tensor], torch.Tensor], sources: Sequence[tuple[int, int]],
                       component: str, *, clean_rows: Any = None, memory_budget: int | None = None,
                       progress: bool = True, kv_prefix: bool = True) -> torch.Tensor:
@@ -305,7 +306,7 @@ def _add_write(act: torch.Tensor, index: Sequence[int], deltas: torch.Tensor) ->
 
 
 @contextmanager
-def split_qkv_input(model: Any) -> Iterator[None]:
+def split_qkv_input(model: HookedModel) -> Iterator[None]:
     """The model's per-head q/k/v input hooks switched on (and its own settings back on exit)."""
     split = bool(getattr(model.cfg, "use_split_qkv_input", False))
     attn_in = bool(getattr(model.cfg, "use_attn_in", False))
@@ -320,7 +321,7 @@ def split_qkv_input(model: Any) -> Iterator[None]:
             model.set_use_attn_in(True)
 
 
-def _check_forked_direct_path(model: Any, adapter: Any, component: str) -> None:
+def _check_forked_direct_path(model: HookedModel, adapter: Any, component: str) -> None:
     """Refuse what the edge does not define on this family, up front."""
     if not hasattr(model, "set_use_split_qkv_input"):
         raise ConfigError(f"direct path patching on a {adapter.name} model patches each head's own q/k/v input, "

@@ -22,6 +22,7 @@ from .. import compat
 from ..errors import EngineCheckError
 from .clean import CleanValues
 from .hooked import run_cells
+from ..model_protocol import HookedModel
 
 __all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
 
@@ -71,7 +72,7 @@ def pick(live: Sequence[tuple[int, int]], effect: dict[int, float], end: int) ->
     return [max(both or wide or [c for _, c in live], key=lambda c: effect.get(c, 0.0))]
 
 
-def check_variants(model: Any, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
+def check_variants(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
                    hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool,
                    evaluate: Callable[[torch.Tensor], torch.Tensor], got: torch.Tensor, seen: torch.Tensor,
                    logit_scale: float, kv_prefix: bool) -> None:

@@ -72,6 +72,7 @@ from .engine import Sweep, run_sweep
 from .metrics import BatchedMetric, LogitDiff, MetricFn, Metrics, batched_metric
 from .path import direct_path_sweep
 from .table import AXIS_RENAMES, SWEEPS, SweepRow, act_hook
+from ..model_protocol import HookedModel
 
 __all__ = [
     "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
@@ -102,7 +103,7 @@ SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional
                        "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def generic_patch(runner: SweepRunner, model: Any, corrupted_tokens: torch.Tensor, clean_cache: Any,
+def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any,
                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
                   index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
                   return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
@@ -198,7 +199,7 @@ def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def generic_activation_patch(
-    model: Any,
+    model: HookedModel,
     corrupted_tokens: Int[torch.Tensor, "batch pos"],
     clean_cache: Any,
     patching_metric: Union[MetricFn, Mapping[str, MetricFn]],
@@ -288,7 +289,7 @@ def _to_stack_order(t: torch.Tensor, part: SweepRow, order: Sequence[str], n_hea
     return t
 
 
-def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: Any, corrupted_tokens: torch.Tensor,
+def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: HookedModel, corrupted_tokens: torch.Tensor,
                  clean_cache: Any, metric: Any, kwargs: dict[str, Any]) -> Any:
     """Run a stack row's parts (``parts``: their functions) and stack them on a leading
     patch_type axis, exactly as transformer_lens.patching's *_every helpers do (baseline
@@ -310,7 +311,7 @@ def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: Any,
 def _stacked(name: str) -> Callable[..., Any]:
     row = SWEEPS[name]
 
-    def sweep(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
+    def sweep(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
               **kwargs: Any) -> Any:
         parts = [globals()[part.function] for part in row.parts]
         return stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
@@ -327,7 +328,7 @@ get_act_patch_block_every = _stacked("block_every")
 # --- direct path patching ------------------------------------------------------------------
 
 
-def get_act_patch_direct_path(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
+def get_act_patch_direct_path(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
                               corrupted_cache: Any, patching_metric: MetricFn, src_layer: int, src_head: int,
                               component: str = "q", verbose: bool = True, *,
                               clean_rows: Union[Sequence[int], slice, None] = None,
@@ -349,7 +350,7 @@ def get_act_patch_direct_path(model: Any, corrupted_tokens: Int[torch.Tensor, "b
     return out[0]
 
 
-def get_act_patch_direct_path_all_sources(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+def get_act_patch_direct_path_all_sources(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"],
                                           clean_cache: Any, corrupted_cache: Any, patching_metric: MetricFn,
                                           component: str = "q", verbose: bool = True, *,
                                           clean_rows: Union[Sequence[int], slice, None] = None,

@@ -18,6 +18,7 @@ from ...families import adapter_for
 from .. import patching_data as data
 from .. import state
 from ..figures import heatmap, long_table, show_figure
+from ...models import LoadedModel
 
 TITLE = "Patching"
 SECTION = "Prompt"
@@ -29,18 +30,18 @@ TOP = 30  # edges listed
 
 
 @st.cache_data(show_spinner="Patching resid_pre and every head (exact and attribution) ...", max_entries=32)
-def _sweeps(_model: Any, name: str, fingerprint: str, records: str) -> data.SweepResults:
+def _sweeps(_model: LoadedModel, name: str, fingerprint: str, records: str) -> data.SweepResults:
     return data.run_sweeps(_model.bridge, data.tokenize(json.loads(records), _model.tokenizer))
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def _exact_chunk(_model: Any, name: str, fingerprint: str, records: str, start: int, stop: int) -> np.ndarray:
+def _exact_chunk(_model: LoadedModel, name: str, fingerprint: str, records: str, start: int, stop: int) -> np.ndarray:
     pairs = data.tokenize(json.loads(records), _model.tokenizer)
     return data.exact_edges(_model.bridge, pairs, np.arange(start, stop))
 
 
 @st.cache_data(show_spinner="Edge attribution (EAP) ...", max_entries=32)
-def _eap(_model: Any, name: str, fingerprint: str, records: str) -> np.ndarray:
+def _eap(_model: LoadedModel, name: str, fingerprint: str, records: str) -> np.ndarray:
     return data.eap_edges(_model.bridge, data.tokenize(json.loads(records), _model.tokenizer))
 
 

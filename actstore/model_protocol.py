@@ -1,7 +1,7 @@
 """The type of the model every engine takes: what actstore uses of a TransformerLens model
 (a ``TransformerBridge``, or a ``HookedTransformer`` on TransformerLens 3). The engines ask
-the model's family of its internals through its adapter (:func:`actstore.families.adapter_for`);
-everything else they use of the model itself is named here."""
+the model's family of its internals through its adapter (:func:`actstore.families.adapter_for`,
+whose methods take this type too); everything else they use of the model itself is named here."""
 
 from __future__ import annotations
 

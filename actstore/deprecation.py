@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["moved_names", "resolve"]
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from .devices import DTYPES, check_device, check_dtype, resolve_device, resolve_dtype
 from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
+from .model_protocol import HookedModel
 from .parallel import launched
 from .sites import DERIVED_SITES, Site, stop_layer
-from .model_protocol import HookedModel
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -60,7 +61,7 @@ class ModelInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelInfo":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelInfo:
         """The inverse of :meth:`to_dict` (a store's metadata["model"])."""
         d = dict(d)
         in_memory = d.pop("source", None) == "in-memory"
@@ -360,7 +361,7 @@ def _check_matches(info: ModelInfo, dev: str, dtype: str | None, device: str | N
                           "is already loaded, so leave the revision unset.")
 
 
-def save_model(model: "TransformerBridge | LoadedModel", folder: str | os.PathLike[str]) -> str:
+def save_model(model: TransformerBridge | LoadedModel, folder: str | os.PathLike[str]) -> str:
     """Save a model held in memory as a Hugging Face folder (config, weights, tokenizer)
     that every entry point, the CLI and multi-process runs load by name, with the same
     fingerprint. (A booted bridge's ``original_model.save_pretrained`` fails: the bridge

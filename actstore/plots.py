@@ -4,7 +4,7 @@ Matplotlib runs headless (Agg)."""
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 __all__ = ["DEMO_MODEL", "DEMO_MODEL_LABEL", "demo_model_dir", "demo_tokenizer", "gpt2_tokenizer", "tokenizer_for",
            "build_random_gpt2"]
 

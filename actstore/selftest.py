@@ -25,16 +25,17 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import compat
-from .sites import hook_name
 from .model_protocol import HookedModel
+from .sites import hook_name
 
 __all__ = ["Check", "SelftestReport", "run_selftest", "run_plan", "check_selftest_device", "available_devices", "edge_by_hooks", "directional_derivative"]
 
@@ -113,8 +114,8 @@ class _Demo:
         from transformer_lens.model_bridge import TransformerBridge
 
         from .demo import data as demo_data
-        from .resources import demo_model_dir, demo_tokenizer
         from .patching import LogitDiff
+        from .resources import demo_model_dir, demo_tokenizer
 
         self.bridge = TransformerBridge.boot_transformers(str(demo_model_dir()), device=device, dtype=dtype)
         self.bridge.eval()
@@ -207,8 +208,8 @@ def directional_derivative(bridge: HookedModel, corrupted: torch.Tensor, clean_c
 
 
 def _check_attribution(d: _Demo) -> Check:
-    from .patching import attribution as at
     from . import patching as ap
+    from .patching import attribution as at
 
     corrupted = d.corrupted["late"]
     worst = (-1.0, 0.0, 0.0)

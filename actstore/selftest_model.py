@@ -17,7 +17,7 @@ and direct paths on Gemma 2) is listed in the report, so that a refusal later is
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

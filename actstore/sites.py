@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -71,13 +71,13 @@ class Site:
         return self.hook if self.heads is None else f"{self.hook}[heads={','.join(map(str, self.heads))}]"
 
     @classmethod
-    def of(cls, short: str, layer: int | None = None) -> "Site":
+    def of(cls, short: str, layer: int | None = None) -> Site:
         """The site of a short name at a layer: ``Site.of("z", 5).hook == "blocks.5.attn.hook_z"``;
         global sites (``embed``, ``logits``) take no layer."""
         return cls(hook_name(short, layer), layer if short in SHORT_SITES else None)
 
     @classmethod
-    def from_hook(cls, hook: str) -> "Site":
+    def from_hook(cls, hook: str) -> Site:
         """``Site.from_hook("blocks.5.hook_resid_post")``: the layer read off the name."""
         return cls(hook, layer_of(hook))
 

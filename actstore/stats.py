@@ -19,7 +19,7 @@ class Moments:
     m2: np.ndarray  # float64 (*feature)
 
     @classmethod
-    def of(cls, x: np.ndarray) -> "Moments":
+    def of(cls, x: np.ndarray) -> Moments:
         """Moments of ``x`` (sample, *feature)."""
         if len(x) == 0:
             return cls.empty(np.shape(x)[1:])
@@ -30,10 +30,10 @@ class Moments:
         return cls(len(d), mean, np.einsum("ij,ij->j", flat, flat).reshape(mean.shape))
 
     @classmethod
-    def empty(cls, feature_shape: tuple[int, ...]) -> "Moments":
+    def empty(cls, feature_shape: tuple[int, ...]) -> Moments:
         return cls(0, np.zeros(feature_shape), np.zeros(feature_shape))
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         n = self.count + other.count
         if n == 0:
             return self
@@ -56,6 +56,6 @@ class Moments:
         return np.concatenate([[float(self.count)], self.mean.ravel(), self.m2.ravel()])
 
     @classmethod
-    def unpack(cls, v: np.ndarray, feature_shape: tuple[int, ...]) -> "Moments":
+    def unpack(cls, v: np.ndarray, feature_shape: tuple[int, ...]) -> Moments:
         f = int(np.prod(feature_shape))
         return cls(int(v[0]), v[1 : 1 + f].reshape(feature_shape), v[1 + f : 1 + 2 * f].reshape(feature_shape))

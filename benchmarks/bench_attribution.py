@@ -33,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's progress bars
@@ -47,7 +48,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from actstore import patching as ap  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
-from actstore.patching import attribution as at, tasks  # noqa: E402
+from actstore.patching import attribution as at  # noqa: E402
+from actstore.patching import tasks
 
 SHAPES = {
     "tiny": dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257),

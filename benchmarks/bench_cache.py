@@ -44,22 +44,32 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import zarr
+from bridge_cost import (  # benchmarks/bridge_cost.py
+    ATTN,
+    PARTS,
+    TINY,
+    breakdown,
+    hf_forward,
+    plain_hf,
+    same_values,
+    sync,
+)
 from transformers.utils import logging as hf_logging
 
 import actstore
+from actstore.capture.shard_write import Shard, ShardWrite
+from actstore.capture.staging import ShardBuffers
 from actstore.demo import build_random_gpt2
 from actstore.models import LoadedModel, load_model
-from actstore.capture.shard_write import Shard, ShardWrite
 from actstore.sites import SiteShape, parse_sites, stop_layer
-from actstore.capture.staging import ShardBuffers
 from actstore.store.format import create_store
-from bridge_cost import ATTN, PARTS, TINY, breakdown, hf_forward, plain_hf, same_values, sync  # benchmarks/bridge_cost.py
 
 SCENARIOS = {
     "compute": dict(n_layers=12, d_model=768, n_heads=12, sites="resid_post:all"),

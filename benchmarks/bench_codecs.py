@@ -17,10 +17,10 @@ is checked bit for bit. Best of --repeat runs; no assertions on speed.
 from __future__ import annotations
 
 import argparse
-import warnings
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,11 @@ import torch
 import zarr
 from transformers.utils import logging as hf_logging
 
+from actstore.capture.shardio import encoder_for, write_rows
 from actstore.corpus import CorpusSpec, RowReader
 from actstore.demo import build_random_gpt2
 from actstore.models import load_model
 from actstore.sites import parse_sites
-from actstore.capture.shardio import encoder_for, write_rows
 from actstore.store.codecs import registered
 from actstore.store.format import parse_codec, row_array
 

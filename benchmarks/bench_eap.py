@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from actstore.circuits.attribution import METHODS, edge_attribution  # noqa: E402
 from actstore.circuits.graph import Graph  # noqa: E402
 from actstore.circuits.metrics import circuit_metric  # noqa: E402
-from actstore.demo import build_random_gpt2, gpt2_tokenizer  # noqa: E402
+from actstore.demo import gpt2_tokenizer  # noqa: E402
 from actstore.patching import tasks  # noqa: E402
 
 SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)

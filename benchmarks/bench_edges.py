@@ -35,8 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,7 +49,8 @@ from actstore import patching as ap  # noqa: E402
 from actstore.circuits.exact import exact_edge_scores  # noqa: E402
 from actstore.circuits.graph import Graph  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
-from actstore.patching import self_check as _self_check, tasks  # noqa: E402
+from actstore.patching import self_check as _self_check  # noqa: E402
+from actstore.patching import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference
 from tests.circuits.edge_reference import edge_by_hooks, edge_by_input_hooks  # noqa: E402

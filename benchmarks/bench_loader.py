@@ -24,8 +24,8 @@ import multiprocessing as mp
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers.utils import logging as hf_logging

@@ -57,8 +57,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -68,8 +69,8 @@ from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from actstore import patching as ap  # noqa: E402
-from actstore.patching import self_check as _self_check  # noqa: E402
 from actstore.demo import gpt2_tokenizer  # noqa: E402
+from actstore.patching import self_check as _self_check  # noqa: E402
 
 CLEAN = "After the meeting, Mary and John walked to the station, and then John handed the ticket to"
 SCENARIOS = {

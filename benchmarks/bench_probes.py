@@ -43,8 +43,8 @@ from transformers.utils import logging as hf_logging
 
 import actstore
 from actstore.demo import build_random_gpt2
-from actstore.probes.labels import parse_target, split_rows
 from actstore.probes import Probe, fit_probes
+from actstore.probes.labels import parse_target, split_rows
 
 
 def parse_args() -> argparse.Namespace:

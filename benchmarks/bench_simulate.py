@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def sim_model(width: str, rate: float | None) -> Any:
     from actstore.resources import gpt2_tokenizer
 
     w = WIDTHS[width]
-    hooks = {f"blocks.{l}.hook_resid_post": None for l in range(w["n_layers"])}
+    hooks = {f"blocks.{layer}.hook_resid_post": None for layer in range(w["n_layers"])}
     info = ModelInfo(name=f"simulated-{width}", revision=None, dtype="float16", n_layers=w["n_layers"],
                      d_model=w["d_model"], n_heads=w["n_heads"], d_head=w["d_model"] // w["n_heads"],
                      d_mlp=4 * w["d_model"], d_vocab=50257, n_ctx=1024, fingerprint="simulated",
@@ -113,7 +114,7 @@ def part(a: argparse.Namespace) -> dict[str, Any]:
 
     model = sim_model(a.width, a.rate)
     w = WIDTHS[a.width]
-    sites = [Site(f"blocks.{l}.hook_resid_post", l) for l in range(w["n_layers"])]
+    sites = [Site(f"blocks.{layer}.hook_resid_post", layer) for layer in range(w["n_layers"])]
     tokens = torch.zeros(a.rows, SEQ, dtype=torch.long)
     out = Path(a.out)
     shard = a.rows_per_shard

@@ -8,8 +8,9 @@ breakdown (layer norms, attention, MLP, the rest) of one batch in each.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

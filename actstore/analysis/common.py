@@ -3,14 +3,14 @@ answers, the sites of a kind, and results saved under results/analysis/<name>/."
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
 from ..models import LoadedModel, ModelLike, as_loaded, check_identity
 from ..store import ActivationStore, ResultWriter, SiteMeta
-
 
 __all__ = ["model_for", "single_token", "sites_with", "result_writer", "save_result", "layer_head_grid"]
 

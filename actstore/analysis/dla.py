@@ -5,8 +5,8 @@ RMSNorm); refused for one that is not (Gemma 2: post-norms and soft-capped logit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,7 +16,6 @@ from ..families import adapter_for
 from ..models import ModelLike
 from ..sites import hook_name
 from ..store import ActivationStore, ResultWriter
-
 from .common import model_for, save_result, sites_with
 
 __all__ = ["DirectLogitAttribution", "direct_logit_attribution"]

@@ -3,16 +3,15 @@ scores of every head, and the loss on each half."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..corpus import parse_synthetic
 from ..errors import ConfigError
 from ..store import ActivationStore, ResultWriter
-from ..corpus import parse_synthetic
-
 from .common import layer_head_grid, save_result, sites_with
 
 __all__ = ["InductionScores", "induction_scores"]

@@ -5,8 +5,8 @@ target) token."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ from ..families import adapter_for
 from ..models import ModelLike
 from ..sites import Site
 from ..store import ActivationStore, ResultWriter
-
 from .common import model_for, save_result
 
 __all__ = ["LogitLens", "logit_lens"]

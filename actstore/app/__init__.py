@@ -4,7 +4,8 @@ own functions (the prompt is cached into a one-row store and the store analyses 
 store pages read stores lazily. Computation lives in plain modules (prompt_data.py, ...)
 with no Streamlit; views/ renders them; figures.py shows every figure with its downloads."""
 
-from ..launch import APP_MAIN as MAIN, MODEL_ENV, STORES_ENV  # one definition, which `actstore app` reads
+from ..launch import APP_MAIN as MAIN  # one definition, which `actstore app` reads
+from ..launch import MODEL_ENV, STORES_ENV
 
 __all__ = ["MAIN", "MODEL_ENV", "STORES_ENV"]
 

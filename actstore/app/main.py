@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from actstore.app.views import SECTIONS, discover
 from actstore.app.state import guarded, sidebar
+from actstore.app.views import SECTIONS, discover
 
 __all__ = ["app"]
 

@@ -15,8 +15,9 @@ prompts that differ), so bad input raises its :class:`~actstore.errors.ConfigErr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,9 @@ import torch
 from ..circuits import circuit_metric, edge_attribution, exact_edge_scores
 from ..circuits.graph import Graph
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 from ..patching import LogitDiff, attribution, sweeps, tasks
 from ..patching.pairs import Pairs, tokenize_pairs
-from ..model_protocol import HookedModel
 
 __all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_records", "typed_record", "tokenize",
            "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
@@ -190,7 +191,7 @@ def eap_edges(model: HookedModel, pairs: Pairs, metric: Any = None) -> np.ndarra
 
 
 def run_edges(model: HookedModel, pairs: Pairs, chunk: int = 256,
-              on_progress: Optional[Callable[[int, int], None]] = None) -> EdgeResults:
+              on_progress: Callable[[int, int], None] | None = None) -> EdgeResults:
     """Exact edge patching of every edge (:func:`exact_edges`, ``chunk`` edges a call,
     ``on_progress(done, total)`` after each) and EAP (:func:`eap_edges`)."""
     metric = edge_metric(model, pairs)
@@ -227,7 +228,7 @@ def head_summary(graph: Graph, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_edges(graph: Graph, scores: np.ndarray, k: int = 20, other: Optional[np.ndarray] = None
+def top_edges(graph: Graph, scores: np.ndarray, k: int = 20, other: np.ndarray | None = None
               ) -> list[dict[str, Any]]:
     """The ``k`` edges of largest |score|: name, score (and ``other``'s value, e.g. EAP's)."""
     order = np.argsort(-np.abs(scores), kind="stable")[:k]

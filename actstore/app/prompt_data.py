@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..analysis import (DirectLogitAttribution, InductionScores, LogitLens, direct_logit_attribution, induction_scores,
-                        logit_lens, single_token)
+from ..analysis import (
+    DirectLogitAttribution,
+    InductionScores,
+    LogitLens,
+    direct_logit_attribution,
+    induction_scores,
+    logit_lens,
+    single_token,
+)
 from ..capture import cache
 from ..corpus.demo_text import ioi_pairs
 from ..errors import ConfigError

@@ -13,9 +13,10 @@ row asked for, and the part of a result shown; never a whole activation array, s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zarr

@@ -10,36 +10,55 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import zarr
 
-from .batching import auto_batch_size, chunk_dividing, default_chunk_rows
-from .checks import Log, check_disk, check_output, check_same_run, existing_store, fmt_bytes
-from ..compat import versions
-from ..corpus import PLAN_FIELDS, CorpusScan, CorpusSpec, is_synthetic, iter_rows, parse_synthetic, scan
-from ..families.hf import ENGINES, HFCapture
-from ..errors import ConfigError, CorpusExhaustedError, EmptyCorpusError, WriterError
 from .. import _faults, location
-from .lock import store_lock
+from ..compat import versions
+from ..corpus import (
+    PLAN_FIELDS,
+    CorpusScan,
+    CorpusSpec,
+    is_synthetic,
+    iter_rows,
+    parse_synthetic,
+    scan,
+)
+from ..errors import ConfigError, CorpusExhaustedError, EmptyCorpusError, WriterError
+from ..families.hf import ENGINES, HFCapture
 from ..models import LoadedModel, ModelLike, as_loaded, check_device, check_processes
 from ..parallel import Group, group_for
 from ..run_options import ModelRunOptions, init_fields
-from .progress import Progress
-from .reads import make_plan, read_shards
-from .shard_write import Shard, ShardWrite as _ShardWrite
 from ..sites import Site, SiteShape, parse_sites, probe_shapes
-from .staging import BufferPool, ShardBuffers
 from ..store import ActivationStore, CorpusMeta, SiteMeta, StoreMeta
 from ..store.codecs import codec_usage
+from ..store.format import (
+    FORMAT_VERSION,
+    Layout,
+    create_store,
+    estimate_bytes,
+    finalize_stats,
+    parse_codec,
+    plan_layout,
+    remove_partial_files,
+    row_bytes,
+)
 from ..store.typed import array_at
-from ..store.format import (FORMAT_VERSION, Layout, create_store, estimate_bytes, finalize_stats, parse_codec,
-                            plan_layout, remove_partial_files, row_bytes)
+from .batching import auto_batch_size, chunk_dividing, default_chunk_rows
+from .checks import Log, check_disk, check_output, check_same_run, existing_store, fmt_bytes
+from .lock import store_lock
+from .progress import Progress
+from .reads import make_plan, read_shards
+from .shard_write import Shard
+from .shard_write import ShardWrite as _ShardWrite
+from .staging import BufferPool, ShardBuffers
 from .writer import BackgroundWriter
 
 __all__ = ["CacheConfig", "cache"]

@@ -12,14 +12,24 @@ the first shard still to do, which it finds from the rows done before it.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
 
-from ..corpus import (Checkpoint, CorpusScan, CorpusSpec, RowBlock, RowReader, plan_checkpoint, stop_after,
-                      synthetic_plan, unknown_plan)
+from ..corpus import (
+    Checkpoint,
+    CorpusScan,
+    CorpusSpec,
+    RowBlock,
+    RowReader,
+    plan_checkpoint,
+    stop_after,
+    synthetic_plan,
+    unknown_plan,
+)
 from ..store.format import Layout
 from ..store.typed import array_at
 

@@ -5,8 +5,9 @@ own config (rows are deterministic, so the bytes are those of an undamaged store
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
@@ -15,11 +16,11 @@ from zarr.core.sync import sync
 from .. import location
 from ..corpus import CorpusSpec, scan
 from ..errors import ConfigError
-from ..store.typed import array_at
 from ..models import ModelLike
 from ..store import ActivationStore, Damage, StoreMeta, verify_store
 from ..store.format import finalize_stats
 from ..store.nodes import group_doc, write_key
+from ..store.typed import array_at
 from .engine import CacheConfig, cache
 from .lock import store_lock
 from .reads import make_plan

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
 
 from .. import _faults
 from ..corpus import RowBlock
-from .shardio import encoder_for, write_rows
 from ..sites import SiteShape
-from .staging import ShardBuffers
 from ..stats import Moments
 from ..store.format import INDEX_ARRAYS, Layout, clear_shard
 from ..store.typed import array_at, attrs_of
+from .shardio import encoder_for, write_rows
+from .staging import ShardBuffers
 
 __all__ = ["Shard", "ShardWrite", "shard_moments"]
 

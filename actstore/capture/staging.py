@@ -12,7 +12,7 @@ plain memcpy into the recycled buffer.
 from __future__ import annotations
 
 import queue
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch

@@ -31,31 +31,32 @@ interpolates one layer's outputs at a time over t = 1/k .. 1, not the edge mask.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 from ..patching import self_check
 from ..patching.engine import default_memory_budget
 from .clean import CleanNodes
 from .forward import GraphForward
 from .graph import Graph
 from .metrics import CircuitMetric, circuit_metric
-from ..model_protocol import HookedModel
 
 __all__ = ["edge_attribution", "METHODS"]
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 
 
-def edge_attribution(model: HookedModel, clean_tokens: Optional[Int[torch.Tensor, "batch pos"]],
+def edge_attribution(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch pos"] | None,
                      corrupted_tokens: Int[torch.Tensor, "batch pos"],
                      metric: Callable[[torch.Tensor], torch.Tensor], *, method: str = "eap", steps: int = 5,
-                     graph: Optional[Graph] = None, clean_cache: Any = None, clean_rows: Optional[Sequence[int]] = None,
-                     per_pair: bool = False, memory_budget: Optional[int] = None, progress: bool = True
-                     ) -> Float[torch.Tensor, "edge *batch"]:
+                     graph: Graph | None = None, clean_cache: Any = None, clean_rows: Sequence[int] | None = None,
+                     per_pair: bool = False, memory_budget: int | None = None, progress: bool = True
+                     ) -> Float[torch.Tensor, "edge *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
     """Every edge's attribution score (module docstring): (n_edges,), mean over pairs, or
     (n_edges, batch) with ``per_pair``; in the graph's edge order, float32 (float64 for a
     float64 model).
@@ -165,7 +166,7 @@ class _Uniform:
         self.checked = not self_check.ENABLED
 
     def grads(self, tokens: torch.Tensor, metric: CircuitMetric, patch: torch.Tensor, t: float,
-              embed: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(d metric / d input: (n_downstream, pair, pos, d_model), live node outputs: (n_upstream, ...))."""
         fwd = self.fwd
         if not self.checked:
@@ -184,8 +185,8 @@ class _Uniform:
         out.append(grads[-1][None])
         return torch.cat(out), live
 
-    def _forward(self, tokens: torch.Tensor, patch: torch.Tensor, t: float, embed: Optional[torch.Tensor],
-                 probe: bool, positions: Optional[torch.Tensor] = None
+    def _forward(self, tokens: torch.Tensor, patch: torch.Tensor, t: float, embed: torch.Tensor | None,
+                 probe: bool, positions: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         fwd, model = self.fwd, self.fwd.model
         n_heads = fwd.n_heads
@@ -232,7 +233,7 @@ class _Uniform:
         self.checked = True
 
 
-def _plan(fwd: GraphForward, n_pos: int, batch: int, budget: Optional[int]) -> int:
+def _plan(fwd: GraphForward, n_pos: int, batch: int, budget: int | None) -> int:
     """Pairs a chunk, so that each pair's forward and backward (GraphForward.row_bytes, an
     upper bound for the residual form) plus its node outputs and input gradients (clean,
     corrupted, live, difference: four (upstream, pos, d_model); (downstream, pos, d_model))

@@ -17,8 +17,9 @@ and an edge into a node that reaches no kept edge changes nothing the logits rea
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 

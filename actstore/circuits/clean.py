@@ -16,16 +16,17 @@ Outputs are made a slice of pairs at a time, so memory stays bounded for big mod
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 
 from ..errors import ConfigError, StoreMismatchError
+from ..model_protocol import HookedModel
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from .graph import Graph
-from ..model_protocol import HookedModel
 
 __all__ = ["CleanNodes", "node_hooks", "node_outputs", "run_node_outputs", "store_hooks", "STORE_SITES"]
 
@@ -59,7 +60,7 @@ def node_outputs(model: HookedModel, acts: Mapping[str, torch.Tensor]) -> Float[
     return torch.cat(outs)
 
 
-def run_node_outputs(model: HookedModel, tokens: torch.Tensor, embed: Optional[torch.Tensor] = None
+def run_node_outputs(model: HookedModel, tokens: torch.Tensor, embed: torch.Tensor | None = None
                      ) -> Float[torch.Tensor, "upstream batch pos d_model"]:
     """Every upstream node's output in the model's own forward on ``tokens`` (no gradient);
     ``embed`` (batch, pos, d_model) replaces the input node's output (the residual entering
@@ -92,7 +93,7 @@ class CleanNodes:
     """
 
     def __init__(self, model: HookedModel, clean: Any, graph: Graph, n_pos: int, batch: int,
-                 clean_rows: Optional[Sequence[int]] = None):
+                 clean_rows: Sequence[int] | None = None):
         from ..store import ActivationStore
 
         self.model, self.n_pos, self.batch = model, n_pos, batch
@@ -100,7 +101,7 @@ class CleanNodes:
         if (graph.n_layers, graph.n_heads) != (n_layers, int(model.cfg.n_heads)):
             raise ConfigError(f"the graph has {graph.n_layers} layers x {graph.n_heads} heads but the model "
                               f"{n_layers} x {model.cfg.n_heads}; pass Graph.from_model(model).")
-        self.tokens: Optional[torch.Tensor] = None
+        self.tokens: torch.Tensor | None = None
         self.source: Any = None
         if isinstance(clean, torch.Tensor) and not clean.is_floating_point():
             if clean_rows is not None:

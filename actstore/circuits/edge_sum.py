@@ -11,7 +11,8 @@ temporary per group and ran several times slower on CPU.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -20,13 +20,15 @@ its delta changes. Sources are split into groups whose values fit the memory bud
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Int
 
 from ..errors import ConfigError, StoreMismatchError
+from ..model_protocol import HookedModel
 from ..models import bridge_dtype
 from ..patching.clean import CleanSource
 from ..patching.engine import check_hand_run, check_model, default_memory_budget, variant_row_bytes
@@ -36,7 +38,6 @@ from ..sites import hook_name
 from ..store import ActivationStore
 from .clean import STORE_SITES
 from .graph import Graph, Node
-from ..model_protocol import HookedModel
 
 __all__ = ["exact_edge_scores"]
 

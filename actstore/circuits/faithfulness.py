@@ -16,17 +16,18 @@ means over pairs (as `actstore patch`'s normalised values).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Int
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 from .circuit import Selection, select_circuit
 from .graph import Graph
-from ..model_protocol import HookedModel
 
 __all__ = ["Faithfulness", "faithfulness", "faithfulness_curve", "default_sizes"]
 
@@ -50,7 +51,7 @@ class Faithfulness:
             return (self.metric - self.corrupted) / (self.clean - self.corrupted)
 
     @classmethod
-    def concat(cls, parts: Sequence["Faithfulness"]) -> "Faithfulness":
+    def concat(cls, parts: Sequence[Faithfulness]) -> Faithfulness:
         """One result of the same circuits over several batches of pairs, in order."""
         first = parts[0]
         if any(not np.array_equal(p.n_edges, first.n_edges) for p in parts):

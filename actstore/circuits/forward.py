@@ -28,18 +28,19 @@ wrong edges.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 from ..patching import self_check
 from ..patching.engine import check_hand_run, check_model
 from ..sites import hook_name
 from .clean import run_node_outputs
 from .edge_sum import edge_sum
 from .graph import Graph
-from ..model_protocol import HookedModel
 
 __all__ = ["GraphForward", "token_ids"]
 
@@ -52,7 +53,7 @@ class GraphForward:
 
     hand_run: ClassVar[bool] = True  # computes the blocks itself (the adapter's hand_run_blocks)
 
-    def __new__(cls, model: HookedModel, graph: Graph | None = None) -> "GraphForward":
+    def __new__(cls, model: HookedModel, graph: Graph | None = None) -> GraphForward:
         if cls is GraphForward and not check_model(model, "Circuit discovery").hand_run_blocks:
             # the subclass for the other families (actstore.circuits imports its module)
             other = [sub for sub in GraphForward.__subclasses__() if not sub.hand_run]

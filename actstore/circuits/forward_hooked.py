@@ -23,19 +23,20 @@ the input gradients at a uniform mask that edge attribution reads.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from ..families import adapter_for
+from ..model_protocol import HookedModel
 from ..models import CaptureDone, bridge_dtype
 from ..patching.engine import check_model
 from ..patching.path import split_qkv_input
 from ..sites import hook_name
 from .forward import GraphForward
 from .metrics import CircuitMetric
-from ..model_protocol import HookedModel
 
 __all__ = ["HookedGraphForward"]
 

@@ -24,8 +24,9 @@ upstream nodes in forward order. ``src`` and ``dst`` index ``upstream`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class Graph:
         object.__setattr__(self, "names", tuple(f"{up[s].name}->{down[d].name}" for s, d in zip(src, dst)))
 
     @classmethod
-    def from_model(cls, model: HookedModel) -> "Graph":
+    def from_model(cls, model: HookedModel) -> Graph:
         """The graph of a loaded model (``model.cfg.n_layers``, ``n_heads``, and whether its
         family's blocks are parallel); a model whose edges the graph cannot describe exactly
         is refused here (its family adapter says why)."""

@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreMismatchError
+from ..model_protocol import HookedModel
 from ..parallel import Group
 from ..patching.clean import store_rows
 from ..patching.pair_job import PairJob, check_separated, default_out
@@ -55,7 +57,6 @@ from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
 from .faithfulness import Faithfulness, default_sizes, faithfulness
 from .graph import Graph
 from .output import compare_scores
-from ..model_protocol import HookedModel
 
 __all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
 

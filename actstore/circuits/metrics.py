@@ -25,8 +25,9 @@ may skip computing the others' logits) and ``higher_is_better``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -37,7 +38,7 @@ from ..patching.metrics import LogitDiff
 __all__ = ["CircuitMetric", "circuit_metric", "KINDS"]
 
 KINDS = ("logit-diff", "norm-logit-diff", "kl")
-Tokens = Union[int, Sequence[int], torch.Tensor]
+Tokens = int | Sequence[int] | torch.Tensor
 
 
 class CircuitMetric:
@@ -50,8 +51,8 @@ class CircuitMetric:
     answer per pair, scored a chunk of pairs at a time): see :meth:`for_pairs`."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str, *,
-                 positions: Optional[Sequence[int]] = None, higher_is_better: bool = True,
-                 part: Optional[Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]]] = None):
+                 positions: Sequence[int] | None = None, higher_is_better: bool = True,
+                 part: Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]] | None = None):
         self.fn = fn
         self.name = name
         self.positions = None if positions is None else tuple(int(p) for p in positions)
@@ -63,7 +64,7 @@ class CircuitMetric:
         """Whether the metric can score a chunk of the pairs (:meth:`for_pairs`)."""
         return self._part is not None
 
-    def for_pairs(self, start: int, stop: int) -> "CircuitMetric":
+    def for_pairs(self, start: int, stop: int) -> CircuitMetric:
         """The metric of pairs ``start`` to ``stop - 1``, for logits of those pairs only.
         A user function splits if it takes a ``pairs`` keyword (it is given
         ``pairs=slice(start, stop)``); one that does not must see every pair at once."""
@@ -95,7 +96,7 @@ class CircuitMetric:
         return f"CircuitMetric({self.name!r}, positions={self.positions}, higher_is_better={self.higher_is_better})"
 
 
-def _check_logits(name: str, logits: Optional[torch.Tensor], kind: str) -> torch.Tensor:
+def _check_logits(name: str, logits: torch.Tensor | None, kind: str) -> torch.Tensor:
     if logits is None:
         raise ConfigError(f"circuit_metric({kind!r}) needs {name}=: the {name.split('_')[0]} run's logits "
                           "(batch, pos, vocab), e.g. model(clean_tokens).")
@@ -113,10 +114,10 @@ def _log_probs_at(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[b, pos.to(logits.device).expand(logits.shape[0])], dim=-1)
 
 
-def circuit_metric(kind: Union[str, Callable[[torch.Tensor], torch.Tensor]], *, answer: Optional[Tokens] = None,
-                   wrong: Optional[Tokens] = None, position: Union[int, Sequence[int]] = -1,
-                   clean_logits: Optional[torch.Tensor] = None,
-                   corrupted_logits: Optional[torch.Tensor] = None) -> CircuitMetric:
+def circuit_metric(kind: str | Callable[[torch.Tensor], torch.Tensor], *, answer: Tokens | None = None,
+                   wrong: Tokens | None = None, position: int | Sequence[int] = -1,
+                   clean_logits: torch.Tensor | None = None,
+                   corrupted_logits: torch.Tensor | None = None) -> CircuitMetric:
     """A per-pair circuit metric (see the module docstring for the kinds).
 
     Args:

@@ -27,20 +27,21 @@ Many variants (sender, receiver and intermediate sets) run at once as rows of th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 
 from ..errors import ConfigError
-from .graph import Graph
 from ..model_protocol import HookedModel
+from .graph import Graph
 
 __all__ = ["Paths", "path_mask", "path_patch", "path_patch_sweep"]
 
-Names = Union[str, Sequence[str]]
+Names = str | Sequence[str]
 
 
 _FORMS = {"senders": "'input', 'a{L}.h{H}' (a head's output) or 'm{L}' (an MLP's output)",
@@ -284,7 +285,7 @@ def path_patch_sweep(model: HookedModel, base_tokens: Int[torch.Tensor, "batch p
                      other_tokens: Int[torch.Tensor, "batch pos"], metric: Callable[[torch.Tensor], torch.Tensor],
                      variants: Sequence[Paths], *,
                      per_example: bool = False, memory_budget: int | None = None, forward: Any = None
-                     ) -> Float[torch.Tensor, "variant *batch"]:
+                     ) -> Float[torch.Tensor, "variant *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
     """The metric of each path-patching variant: (variant,), or (variant, batch) with
     ``per_example`` (the metric then returns one value per prompt).
 

@@ -8,7 +8,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def _induction(args: argparse.Namespace) -> int:
                   f"{res.duplicate[layer, head]:.3f}")
         if res.loss_halves:
             print("mean loss, first half {:.3f}, repeated half {:.3f}".format(*res.loss_halves))
-    return _finish(args, saved, figure, {"rows": list(range(rows.start, rows.stop)), "top_induction_heads": [f"{l}.{h}" for l, h in top], "half_len": res.half_len,
+    return _finish(args, saved, figure, {"rows": list(range(rows.start, rows.stop)), "top_induction_heads": [f"{layer}.{h}" for layer, h in top], "half_len": res.half_len,
                                          "induction": res.induction.tolist(), "loss_halves": res.loss_halves})
 
 

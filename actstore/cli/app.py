@@ -56,7 +56,8 @@ def _app(args: argparse.Namespace) -> int:  # returns only on an error: serving 
         raise ConfigError(f"--port {args.port} is not a port; pass one in 1..65535, e.g. 8501.")
     if args.headless and args.open_browser:
         raise ConfigError("--headless (no browser, the default now) contradicts --open; drop --headless.")
-    from ..launch import APP_MAIN as MAIN, MODEL_ENV, STORES_ENV
+    from ..launch import APP_MAIN as MAIN
+    from ..launch import MODEL_ENV, STORES_ENV
 
     env = {**os.environ, MODEL_ENV: args.model,
            STORES_ENV: "\n".join(os.path.abspath(s) if not is_url(s) else s for s in args.store)}

@@ -7,8 +7,8 @@ import argparse
 
 from ..capture import CacheConfig, cache
 from ..errors import ActStoreError
-from ..store import ActivationStore
 from ..parallel import is_main_process
+from ..store import ActivationStore
 from .flags import add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]

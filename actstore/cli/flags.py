@@ -26,7 +26,8 @@ import shlex
 import sys
 import types
 import typing
-from typing import Any, Collection, TypeVar
+from collections.abc import Collection
+from typing import Any, TypeVar
 
 from ..run_options import init_fields
 

@@ -10,7 +10,8 @@ import io
 import json
 import shlex
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..demo import tour
 from ..errors import ActStoreError

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Sequence
 
 from ..capture import repair_store
 from ..capture.lock import LockHolder, lock_holder, lock_note, store_lock

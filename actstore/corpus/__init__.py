@@ -5,8 +5,16 @@ repeated random tokens (synthetic.py);
 the corpus plan, each shard's start in the source, so any process seeks straight to
 its shards (plan.py)."""
 
-from .plan import (PLAN_FIELDS, CorpusScan, count_rows, plan_checkpoint, scan, stop_after, synthetic_plan,
-                   unknown_plan)
+from .plan import (
+                   PLAN_FIELDS,
+                   CorpusScan,
+                   count_rows,
+                   plan_checkpoint,
+                   scan,
+                   stop_after,
+                   synthetic_plan,
+                   unknown_plan,
+)
 from .rows import DEMO_CORPUS, Checkpoint, CorpusSpec, RowBlock, RowReader, iter_rows
 from .synthetic import RepeatedRandom, is_synthetic, ordinary_tokens, parse_synthetic
 

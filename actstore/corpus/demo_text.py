@@ -27,14 +27,18 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..jsonl import write_records
 from .synthetic import bos_id, ordinary_tokens, repeated_random_rows
-from .vocab import (DEMO_NAMES as NAMES, DEMO_OBJECTS as OBJECTS, DEMO_PLACES as PLACES, DEMO_ROLES as ROLES,
-                           DEMO_SURNAMES as SURNAMES)
+from .vocab import DEMO_NAMES as NAMES
+from .vocab import DEMO_OBJECTS as OBJECTS
+from .vocab import DEMO_PLACES as PLACES
+from .vocab import DEMO_ROLES as ROLES
+from .vocab import DEMO_SURNAMES as SURNAMES
 
 __all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "ROLES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
            "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",

@@ -10,7 +10,8 @@ and sizes only, and says what it could not check (:func:`content_changes`).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["file_sha256", "hub_revision", "without_fingerprints", "content_changes"]
 

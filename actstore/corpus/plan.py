@@ -17,8 +17,9 @@ end of the last row, fields :data:`PLAN_FIELDS`; -1 marks what is unknown.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

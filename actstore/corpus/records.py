@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from ..errors import CorpusError, EmptyCorpusError, MissingTextFieldError
 
@@ -60,7 +61,7 @@ BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parq
 DEFAULT_SPLIT = "train"  # the one split of local files and lists
 
 
-def open_dataset(spec: "CorpusSpec") -> Any:
+def open_dataset(spec: CorpusSpec) -> Any:
     """The streamed dataset of a file or hub source."""
     import datasets
 
@@ -87,7 +88,7 @@ def open_dataset(spec: "CorpusSpec") -> Any:
         ) from e
 
 
-def _records(spec: "CorpusSpec", start: "Checkpoint") -> Iterator[tuple[int, int, Any]]:
+def _records(spec: CorpusSpec, start: Checkpoint) -> Iterator[tuple[int, int, Any]]:
     """(part, record index in the part, record) from document ``start.doc`` on; part -1
     where parts are not followed (hub datasets, or a start whose part is unknown), and
     then the record index is the document index."""
@@ -130,7 +131,7 @@ def _json_line(path: str, record: int) -> int | None:
     return None
 
 
-def _where(spec: "CorpusSpec", part: int, record: int) -> str:
+def _where(spec: CorpusSpec, part: int, record: int) -> str:
     """'file F, line L' (or 'record R'), else 'document D' for sources without files."""
     if spec.kind in ("files", "demo") and part >= 0:
         path = spec.files()[part]
@@ -155,7 +156,7 @@ def _first_bad_json_line(files: list[str]) -> str:
     return ""
 
 
-def _decoded(records: Iterator[tuple[int, int, Any]], spec: "CorpusSpec") -> Iterator[tuple[int, int, Any]]:
+def _decoded(records: Iterator[tuple[int, int, Any]], spec: CorpusSpec) -> Iterator[tuple[int, int, Any]]:
     try:
         yield from records
     except UnicodeDecodeError as e:
@@ -175,7 +176,7 @@ def _decoded(records: Iterator[tuple[int, int, Any]], spec: "CorpusSpec") -> Ite
         ) from e
 
 
-def documents(spec: "CorpusSpec", start: "Checkpoint", stop: int | None) -> Iterator[tuple[int, int, str]]:
+def documents(spec: CorpusSpec, start: Checkpoint, stop: int | None) -> Iterator[tuple[int, int, str]]:
     """(document index, part, text) from ``start.doc`` to ``stop`` (exclusive; None: the end)."""
     for i, (part, record, rec) in enumerate(_decoded(_records(spec, start), spec), start=start.doc):
         if stop is not None and i >= stop:

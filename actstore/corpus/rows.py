@@ -29,9 +29,10 @@ import dataclasses
 import glob
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,8 @@ from .records import BUILDERS, Checkpoint, documents
 from .synthetic import is_synthetic, parse_synthetic
 
 __all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "DEMO_CORPUS"]
+
+_START = Checkpoint()  # the start of the source, the default of every reader (frozen)
 
 DEMO_CORPUS = "actstore-demo"
 _DOC_BATCH = 256  # documents per tokenizer call
@@ -68,7 +71,7 @@ class CorpusSpec:
     documents: tuple[str, ...] | None = field(default=None, repr=False)  # a Python list of strings
 
     @classmethod
-    def from_dataset(cls, dataset: str | Sequence[str], **kw: Any) -> "CorpusSpec":
+    def from_dataset(cls, dataset: str | Sequence[str], **kw: Any) -> CorpusSpec:
         """A str is a hub name, a file, a glob or 'actstore-demo'; a list whose items
         all look like files (a known extension, a glob, or ./ / ~) is files; any
         other list is the documents themselves."""
@@ -146,12 +149,12 @@ class RowBlock:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def slice(self, a: int, b: int) -> "RowBlock":
+    def slice(self, a: int, b: int) -> RowBlock:
         return RowBlock(self.start + a, self.tokens[a:b], self.doc[a:b], self.doc_pos[a:b],
                         None if self.mask is None else self.mask[a:b])
 
     @staticmethod
-    def concat(blocks: Sequence["RowBlock"]) -> "RowBlock":
+    def concat(blocks: Sequence[RowBlock]) -> RowBlock:
         cat = np.concatenate
         masks = [b.mask for b in blocks]
         return RowBlock(blocks[0].start, cat([b.tokens for b in blocks]), cat([b.doc for b in blocks]),
@@ -255,7 +258,7 @@ def _synthetic(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[
         yield RowBlock(r, tokens, doc, np.broadcast_to(pos, tokens.shape).copy())
 
 
-def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint(),
+def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START,
               stop: int | None = None) -> Iterator[RowBlock]:
     """Blocks of consecutive rows from ``start.row`` on, until the corpus ends or
     (``stop``) before document ``stop``: only rows whose tokens all come before it."""
@@ -271,7 +274,7 @@ def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint()
 class RowReader:
     """Hands out exact numbers of rows from :func:`iter_rows`."""
 
-    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = Checkpoint(), stop: int | None = None):
+    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START, stop: int | None = None):
         self._blocks = iter_rows(spec, tokenizer, start, stop)
         self._buf: list[RowBlock] = []
         self._n = 0

@@ -9,7 +9,7 @@ its command line:
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..corpus.demo_text import *  # noqa: F401,F403  (the public names, __all__)
 from ..corpus.demo_text import HELDOUT_SEED, IOI_TEMPLATES_HELDOUT, ioi_pairs, write_documents

@@ -3,7 +3,8 @@ tests: repeated random token rows (induction) and IOI logit differences."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,7 +9,8 @@ model's weights. The architecture is read from the Hugging Face model the bridge
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ConfigError
 from ..model_protocol import HookedModel
@@ -47,7 +48,7 @@ class Adapter:
         return None
 
     @classmethod
-    def logits(cls, bridge: HookedModel, resid: "torch.Tensor") -> "torch.Tensor":
+    def logits(cls, bridge: HookedModel, resid: torch.Tensor) -> torch.Tensor:
         """The logits the model computes from a final residual ``resid`` (..., d_model):
         the final norm, the unembedding and the family's soft-capping, in the model's
         own modules and order of operations (so the final layer's equal the forward's)."""
@@ -58,7 +59,7 @@ class Adapter:
         return out
 
     @classmethod
-    def logit_columns(cls, bridge: HookedModel, resid: "torch.Tensor", token_ids: Sequence[int]) -> "torch.Tensor":
+    def logit_columns(cls, bridge: HookedModel, resid: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
         """:meth:`logits` for the vocabulary columns ``token_ids`` only (..., len(token_ids)):
         only those rows of the unembedding are multiplied."""
         import torch
@@ -78,7 +79,7 @@ class Adapter:
         return out
 
     @classmethod
-    def final_norm_weight(cls, bridge: HookedModel) -> "torch.Tensor":
+    def final_norm_weight(cls, bridge: HookedModel) -> torch.Tensor:
         """The final norm's effective per-dimension weight."""
         return bridge.ln_final.w.detach() + cls.norm_weight_offset
 

@@ -4,12 +4,10 @@ alternate layers, GQA, embeddings scaled by sqrt(d_model)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..model_protocol import HookedModel
 from .base import Adapter, register
 from .hf import HFSite
 from .llama import Llama
-from ..model_protocol import HookedModel
 
 __all__ = ["Gemma2"]
 

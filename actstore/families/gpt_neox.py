@@ -3,11 +3,9 @@ MLP in parallel from the same residual, an untied unembedding."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..model_protocol import HookedModel
 from .base import Adapter, register
 from .hf import HFSite
-from ..model_protocol import HookedModel
 
 __all__ = ["GPTNeoX"]
 

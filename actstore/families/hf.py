@@ -12,16 +12,16 @@ splits q/k/v itself); the bounds per site kind are in tests/families/test_hf_eng
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
-from ..errors import ConfigError
 from ..devices import DTYPES
+from ..errors import ConfigError
 from ..models import CaptureDone, Collector, LoadedModel, model_source
 from ..sites import DERIVED_SITES, Site, layer_of
-
 from .base import ADAPTERS, adapter_for
 
 __all__ = ["HFSite", "HFCapture", "ENGINES"]

@@ -20,7 +20,8 @@ Only :func:`sae_trainer` imports sae_lens; the data providers are plain torch it
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 

@@ -9,7 +9,6 @@ the engine behind it (engine, clean, kv_prefix, self_check), direct path patchin
 """
 
 from . import attribution, tasks  # noqa: F401  (actstore.patching.attribution and .tasks after `import actstore`)
-from .metrics import BatchedMetric, LogitDiff, batched_metric
 from .sweeps import *  # noqa: F401,F403  (the drop-in's names: every get_act_patch_*, the setters, ...)
 from .sweeps import __all__ as _sweeps_all
 

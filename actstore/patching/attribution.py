@@ -38,8 +38,9 @@ model); ``memory_budget`` is accepted for compatibility and unused.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,12 +48,13 @@ from jaxtyping import Int
 
 from ..errors import ConfigError
 from ..families import adapter_for
+from ..model_protocol import HookedModel
 from ..models import bridge_dtype
-from . import sweeps as _p, table as _table
+from . import sweeps as _p
+from . import table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model
 from .metrics import BatchedMetric, Metrics, select_declared
-from ..model_protocol import HookedModel
 
 __all__ = [
     "attribution_patch", "generic_attribution_patch", "SWEEPS",
@@ -151,7 +153,7 @@ class _Shared:
 
     def __init__(self, hooks: Sequence[str]):
         self.hooks = list(hooks)
-        self.grad_pass: Optional[_GradPass] = None
+        self.grad_pass: _GradPass | None = None
 
     def get(self, model: HookedModel, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]) -> _GradPass:
         if self.grad_pass is None or not self.grad_pass.matches(metrics, hooks):
@@ -188,9 +190,9 @@ def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, 
     return torch.stack(out)
 
 
-def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
+def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
     def run(model: HookedModel, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
-            memory_budget: Optional[int], progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            memory_budget: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         check_model(model, "Attribution patching")
         by_hook: dict[str, list[int]] = {}
         for c, index in enumerate(sweep.indices):
@@ -213,7 +215,7 @@ def _runner(shared: Optional[_Shared], as_effect: bool) -> _p.SweepRunner:
 
 
 @_p.generic_signature
-def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: Optional[_Shared] = None,
+def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: _Shared | None = None,
                               **kwargs: Any) -> Any:
     """The attribution estimate of :func:`actstore.patching.generic_activation_patch`:
     the same arguments and return shapes (tensor, ``(tensor, index_df)`` or
@@ -293,7 +295,7 @@ def attribution_patch(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "b
 # --- attribution against exact -----------------------------------------------------------------
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> Optional[float]:
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     if x.size < 2 or x.std() == 0 or y.std() == 0:
         return None  # undefined: fewer than two cells, or one side constant

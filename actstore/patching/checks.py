@@ -5,8 +5,6 @@ exactly."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import ConfigError
 from ..families import ADAPTERS, Adapter, adapter_for, architecture_of
 from ..model_protocol import HookedModel

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..models import bridge_dtype
 from ..model_protocol import HookedModel
+from ..models import bridge_dtype
 
 __all__ = ["default_memory_budget", "variant_row_bytes", "plan_chunks", "CALL_COST_ROWPOS"]
 

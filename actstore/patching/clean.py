@@ -5,15 +5,16 @@ clean prompts (read from disk one hook at a time, the store's model checked)."""
 from __future__ import annotations
 
 import weakref
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreMismatchError
+from ..model_protocol import HookedModel
 from ..models import bridge_dtype
 from ..sites import Site
-from ..model_protocol import HookedModel
 
 __all__ = ["CleanValues", "CleanSource", "check_store_model", "store_rows"]
 
@@ -125,7 +126,7 @@ def _all_layers_spec(hook: str) -> str:
     return hook if site.short is None else site.short if site.layer is None else f"{site.short}:all"
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def check_store_model(store: Any, model: HookedModel) -> None:

@@ -3,8 +3,8 @@ fields' metadata, see actstore.cli.flags), the sweeps it runs and its methods.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..models import ModelLike
 from ..run_options import FrozenModelRunOptions, field_of

@@ -36,22 +36,24 @@ reference's computation, batched, relying on nothing but the model's hooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from ..families import adapter_for
+from ..model_protocol import HookedModel
 from ..sites import hook_name, layer_of
 from . import self_check
 from .checks import check_hand_run, check_model
-from .chunks import CALL_COST_ROWPOS, default_memory_budget, plan_chunks as _plan_chunks, variant_row_bytes
+from .chunks import CALL_COST_ROWPOS, default_memory_budget, variant_row_bytes
+from .chunks import plan_chunks as _plan_chunks
 from .clean import CleanValues
 from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
-from ..model_protocol import HookedModel
 
 __all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run",
            "variant_row_bytes"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import random
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ConfigError, CorpusError
 from ..jsonl import read_records
@@ -27,7 +27,7 @@ without one is paired with another fact of the same token length and a different
 relation, id, meta."""
 
 
-def factual_pairs(path: str | os.PathLike[str], n: Optional[int] = None, seed: int = 0, tokenizer: Any = None
+def factual_pairs(path: str | os.PathLike[str], n: int | None = None, seed: int = 0, tokenizer: Any = None
                   ) -> list[PromptPair]:
     """Factual-recall pairs from a JSON-lines file (format: :data:`FACTS_FORMAT`),
     validated before anything runs (every error names the line and the fix).

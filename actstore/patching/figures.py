@@ -4,7 +4,8 @@ difference, labelled with the first pair's tokens, and attribution against exact
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,11 +18,11 @@ if TYPE_CHECKING:
 __all__ = ["heatmaps", "scatter"]
 
 
-def _figure_base(cfg: "PatchJobConfig", out: str) -> str:
+def _figure_base(cfg: PatchJobConfig, out: str) -> str:
     return cfg.figure or f"{out[:-5] if out.endswith('.zarr') else out}.{cfg.sweep}.png"
 
 
-def scatter(cfg: "PatchJobConfig", out: str, normalised: dict[str, np.ndarray], corr: dict[str, Any],
+def scatter(cfg: PatchJobConfig, out: str, normalised: dict[str, np.ndarray], corr: dict[str, Any],
              model_name: str, n_pairs: int) -> str:
     root, ext = os.path.splitext(_figure_base(cfg, out))
     r = corr["pearson"]
@@ -35,7 +36,7 @@ def scatter(cfg: "PatchJobConfig", out: str, normalised: dict[str, np.ndarray], 
                                        ylabel="attribution patching (normalised LD)")
 
 
-def heatmaps(cfg: "PatchJobConfig", out: str, data: np.ndarray, dims: Sequence[str], pairs: "Pairs", tokenizer: Any,
+def heatmaps(cfg: PatchJobConfig, out: str, data: np.ndarray, dims: Sequence[str], pairs: Pairs, tokenizer: Any,
              model_name: str, n_pairs: int, type_names: Sequence[str] | None, suffix: str = "") -> list[str]:
     """Heatmaps with positions along x, labelled 'clean token' (or 'clean/corrupted'
     where the first pair differs), and every other axis flattened along y."""

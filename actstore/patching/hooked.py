@@ -12,12 +12,13 @@ many at a time, relying on nothing but the model's hooks.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from .clean import CleanValues
 from ..model_protocol import HookedModel
+from .clean import CleanValues
 
 __all__ = ["run_cells"]
 

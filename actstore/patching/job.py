@@ -28,19 +28,21 @@ Pearson correlation in the arrays' attributes and a scatter plot.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..store import ActivationStore, ResultWriter, is_store
-from . import attribution, sweeps as patching
+from . import attribution
+from . import sweeps as patching
+from .clean import store_rows as _store_rows
 from .config import METHODS, SWEEPS, PatchJobConfig
 from .figures import heatmaps, scatter
-from .clean import store_rows as _store_rows
 from .pair_job import PairJob, check_separated, default_out
 from .pairs import check_source as _check_source
 from .table import SweepRow

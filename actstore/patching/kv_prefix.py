@@ -18,8 +18,9 @@ arguments, under every name a bridge has read it by. Whether it was used is chec
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -4,7 +4,8 @@ once, computing only the logits they read."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -27,18 +28,18 @@ class BatchedMetric(Protocol):
     ``token_ids[j]`` at position ``positions[i]``; negative positions count from the
     end), and only those are computed."""
 
-    positions: Optional[Sequence[int]]
-    token_ids: Optional[Sequence[int]]
+    positions: Sequence[int] | None
+    token_ids: Sequence[int] | None
 
     def batched(self, logits: Float[torch.Tensor, "variant batch pos vocab"]) -> torch.Tensor: ...
 
 
 class _BatchedFn:
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]],
-                 token_ids: Optional[Sequence[int]]):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Sequence[int] | None,
+                 token_ids: Sequence[int] | None):
         self.batched = fn
-        self.positions: Optional[Sequence[int]] = None if positions is None else tuple(int(p) for p in positions)
-        self.token_ids: Optional[Sequence[int]] = None if token_ids is None else tuple(int(t) for t in token_ids)
+        self.positions: Sequence[int] | None = None if positions is None else tuple(int(p) for p in positions)
+        self.token_ids: Sequence[int] | None = None if token_ids is None else tuple(int(t) for t in token_ids)
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
         if self.positions is not None:
@@ -48,8 +49,8 @@ class _BatchedFn:
         return self.batched(logits[None])[0]
 
 
-def batched_metric(fn: Callable[[torch.Tensor], torch.Tensor], positions: Optional[Sequence[int]] = None,
-                   token_ids: Optional[Sequence[int]] = None) -> BatchedMetric:
+def batched_metric(fn: Callable[[torch.Tensor], torch.Tensor], positions: Sequence[int] | None = None,
+                   token_ids: Sequence[int] | None = None) -> BatchedMetric:
     """Make ``fn`` ((variant, batch, pos, vocab) logits -> (variant,) or (variant, batch))
     a batched metric. With ``positions`` and ``token_ids``, ``fn`` sees only those
     logits. The result also works as a plain TransformerLens metric on one run's logits."""
@@ -69,10 +70,10 @@ class LogitDiff:
     A batched metric that reads only ``pos`` and the answer tokens; also a plain metric
     (``metric(logits)``) for ``transformer_lens.patching``."""
 
-    def __init__(self, answer: Union[int, Sequence[int], torch.Tensor], wrong: Union[int, Sequence[int], torch.Tensor],
-                 pos: Union[int, Sequence[int], torch.Tensor] = -1, *, per_example: bool = False,
-                 clean: Union[float, Sequence[float], torch.Tensor, None] = None,
-                 corrupted: Union[float, Sequence[float], torch.Tensor, None] = None):
+    def __init__(self, answer: int | Sequence[int] | torch.Tensor, wrong: int | Sequence[int] | torch.Tensor,
+                 pos: int | Sequence[int] | torch.Tensor = -1, *, per_example: bool = False,
+                 clean: float | Sequence[float] | torch.Tensor | None = None,
+                 corrupted: float | Sequence[float] | torch.Tensor | None = None):
         self.answer = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
         self.wrong = torch.as_tensor(wrong, dtype=torch.long).reshape(-1)
         self.pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1)
@@ -92,7 +93,7 @@ class LogitDiff:
         self._widx = torch.tensor([self.token_ids.index(t) for t in self.wrong.tolist()])
 
     def normalised(self, clean_logits: Float[torch.Tensor, "batch pos d_vocab"],
-                   corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"]) -> "LogitDiff":
+                   corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"]) -> LogitDiff:
         """The same metric, normalised by the logit differences of these two runs."""
         raw = LogitDiff(self.answer, self.wrong, self.pos, per_example=True)
         return LogitDiff(self.answer, self.wrong, self.pos, per_example=self.per_example,

@@ -8,8 +8,9 @@ default output path, and ``--write-pairs``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class PairJob:
     generated: list[tasks.PromptPair] = field(default_factory=list)
 
     @classmethod
-    def start(cls, cfg: "PatchJobConfig") -> "PairJob":
+    def start(cls, cfg: PatchJobConfig) -> PairJob:
         """Share out the processes (under torchrun / accelerate), load the model, read or
         generate the pairs; refuse prompts longer than the model's context."""
         check_processes(cfg.model)
@@ -54,7 +55,7 @@ class PairJob:
             raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {n_ctx}.")
         return cls(procs, model, pairs, generated)
 
-    def clean_store(self, cfg: "PatchJobConfig", sites: str, hooks: Sequence[str], reader: str
+    def clean_store(self, cfg: PatchJobConfig, sites: str, hooks: Sequence[str], reader: str
                     ) -> tuple[ActivationStore, str]:
         """The store ``cfg.store`` of the clean activations, cached with ``sites`` from the
         clean prompts if it does not exist yet, its model checked and refused without one of
@@ -82,14 +83,14 @@ class PairJob:
                                      f"{missing[0]}). {fix}")
         return store, fix
 
-    def write_pairs(self, cfg: "PatchJobConfig") -> None:
+    def write_pairs(self, cfg: PatchJobConfig) -> None:
         """--write-pairs: the generated pairs, written by the main process; call it after
         every check passed, so that the file holds the pairs this run works on."""
         if cfg.write_pairs and self.procs.main:
             tasks.write_pairs(self.generated, cfg.write_pairs)
 
 
-def default_out(cfg: "PatchJobConfig", kind: str) -> str:
+def default_out(cfg: PatchJobConfig, kind: str) -> str:
     """The results group without --out: PAIRS.KIND.zarr, TASK.KIND.zarr (or KIND.KIND.zarr)."""
     stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or kind)
     return f"{stem}.{kind}.zarr"

@@ -4,8 +4,9 @@ tokenised as BOS + text, checked (equal lengths, one-token answers)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -94,7 +95,7 @@ def _check_pair(where: str, rec: dict[str, Any], clean: list[int], corrupted: li
                           "and the normalised effect is 0 / 0. Make the corrupted prompt differ (e.g. swap a name).")
 
 
-def task_pairs(cfg: "PatchJobConfig", tokenizer: Any) -> tuple[Pairs, list[tasks.PromptPair]]:
+def task_pairs(cfg: PatchJobConfig, tokenizer: Any) -> tuple[Pairs, list[tasks.PromptPair]]:
     """Generate the task's pairs and check them."""
     generated = tasks.make_pairs(cfg.task or "", cfg.n_pairs, cfg.seed, tokenizer, cfg.facts)
     fix = ("Keep facts of one token length in the facts file (or one length per run)." if cfg.task == "factual"
@@ -104,7 +105,7 @@ def task_pairs(cfg: "PatchJobConfig", tokenizer: Any) -> tuple[Pairs, list[tasks
                            str(where), fix), generated
 
 
-def check_source(cfg: "PatchJobConfig") -> None:
+def check_source(cfg: PatchJobConfig) -> None:
     """The pairs' source options (--pairs or --task, --n-pairs, --facts, --write-pairs) of
     `actstore patch` or `actstore circuit`, checked before the model loads."""
     if (cfg.pairs is None) == (cfg.task is None):
@@ -131,7 +132,7 @@ def check_source(cfg: "PatchJobConfig") -> None:
         check_write_pairs(cfg)
 
 
-def check_write_pairs(cfg: "PatchJobConfig") -> None:
+def check_write_pairs(cfg: PatchJobConfig) -> None:
     """--write-pairs names a file this run may write: not a folder, not the results group or
     the store, in a folder that exists, and replaced only with --overwrite."""
     path = os.path.abspath(cfg.write_pairs or "")
@@ -159,7 +160,7 @@ def _new_store_path(store: str) -> str:
     return path
 
 
-def clean_store_fix(cfg: "PatchJobConfig", store: str, sites: str, n_pos: int, dtype: str) -> str:
+def clean_store_fix(cfg: PatchJobConfig, store: str, sites: str, n_pos: int, dtype: str) -> str:
     """How to get a store of the clean prompts with ``sites`` that the run accepts: a new
     --store path (cached by the run itself), or, for a pairs file, the complete cache command."""
     import shlex

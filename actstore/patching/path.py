@@ -23,21 +23,21 @@ differ) the value is the corrupted run's own, bit for bit, and the engine skips 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..model_protocol import HookedModel
 from ..models import bridge_dtype
 from ..sites import hook_name
 from . import self_check as _self_check
 from .clean import CleanSource
 from .engine import Sweep, block_projections, check_model, run_sweep
 from .metrics import Metrics
-from ..model_protocol import HookedModel
 
 __all__ = ["Reader", "READERS", "EdgeValues", "edge_setter", "edge_sweep", "check_edge_values", "capture",
            "direct_path_sweep", "split_qkv_input"]

@@ -4,8 +4,9 @@ single-token word lists, seeded generation that is prefix-stable."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -68,5 +69,5 @@ def generate(n: int, seed: int, tokenizer: Any, make: Callable[[random.Random, i
     return pairs
 
 
-def template_index(template: Optional[int], n_templates: int, rng: random.Random) -> int:
+def template_index(template: int | None, n_templates: int, rng: random.Random) -> int:
     return rng.randrange(n_templates) if template is None else template

@@ -14,15 +14,15 @@ around it. The check costs one forward of the corrupted batch per sweep.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .. import compat
 from ..errors import EngineCheckError
+from ..model_protocol import HookedModel
 from .clean import CleanValues
 from .hooked import run_cells
-from ..model_protocol import HookedModel
 
 __all__ = ["ENABLED", "engine_error", "pick", "check_variants", "tolerance"]
 

@@ -48,8 +48,9 @@ wraps a function as one, and :class:`LogitDiff` is the built-in logit difference
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial, wraps
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import pandas as pd
 import torch
@@ -67,12 +68,12 @@ from transformer_lens.patching import (  # the reference's own setters, re-expor
 
 from ..errors import ConfigError
 from ..families import adapter_for
+from ..model_protocol import HookedModel
 from .clean import CleanSource
 from .engine import Sweep, run_sweep
 from .metrics import BatchedMetric, LogitDiff, MetricFn, Metrics, batched_metric
 from .path import direct_path_sweep
 from .table import AXIS_RENAMES, SWEEPS, SweepRow, act_hook
-from ..model_protocol import HookedModel
 
 __all__ = [
     "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
@@ -99,15 +100,15 @@ _REDUCE_MODES = ("scalar", "mean", "none")
 
 # (model, corrupted tokens, clean source, metrics, sweep, memory budget, progress) ->
 # (values (index, metric[, batch]), baseline (metric[, batch])): run_sweep, or attribution's
-SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, Optional[int], bool],
+SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, int | None, bool],
                        "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any,
                   patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
-                  index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
+                  index_axis_names: Sequence[str] | None = None, index_df: pd.DataFrame | None = None,
                   return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
-                  clean_rows: Any = None, memory_budget: Optional[int] = None, progress: bool = True) -> Any:
+                  clean_rows: Any = None, memory_budget: int | None = None, progress: bool = True) -> Any:
     """generic_activation_patch's checks, patch indices and result shaping around
     ``runner``, which computes the values of every index; the one body behind
     generic_activation_patch and generic_attribution_patch."""
@@ -202,17 +203,17 @@ def generic_activation_patch(
     model: HookedModel,
     corrupted_tokens: Int[torch.Tensor, "batch pos"],
     clean_cache: Any,
-    patching_metric: Union[MetricFn, Mapping[str, MetricFn]],
+    patching_metric: MetricFn | Mapping[str, MetricFn],
     patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor],
     activation_name: str,
-    index_axis_names: Optional[Sequence[str]] = None,
-    index_df: Optional[pd.DataFrame] = None,
+    index_axis_names: Sequence[str] | None = None,
+    index_df: pd.DataFrame | None = None,
     return_index_df: bool = False,
     *,
     reduce: str = "scalar",
     baseline: bool = False,
-    clean_rows: Union[Sequence[int], slice, None] = None,
-    memory_budget: Optional[int] = None,
+    clean_rows: Sequence[int] | slice | None = None,
+    memory_budget: int | None = None,
     progress: bool = True,
     kv_prefix: bool = True,
 ) -> Any:
@@ -331,8 +332,8 @@ get_act_patch_block_every = _stacked("block_every")
 def get_act_patch_direct_path(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
                               corrupted_cache: Any, patching_metric: MetricFn, src_layer: int, src_head: int,
                               component: str = "q", verbose: bool = True, *,
-                              clean_rows: Union[Sequence[int], slice, None] = None,
-                              memory_budget: Optional[int] = None, kv_prefix: bool = True
+                              clean_rows: Sequence[int] | slice | None = None,
+                              memory_budget: int | None = None, kv_prefix: bool = True
                               ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path``, vectorised: the edge from
     head (src_layer, src_head) into each later head's ``component`` ('q', 'k' or 'v')
@@ -353,8 +354,8 @@ def get_act_patch_direct_path(model: HookedModel, corrupted_tokens: Int[torch.Te
 def get_act_patch_direct_path_all_sources(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"],
                                           clean_cache: Any, corrupted_cache: Any, patching_metric: MetricFn,
                                           component: str = "q", verbose: bool = True, *,
-                                          clean_rows: Union[Sequence[int], slice, None] = None,
-                                          memory_budget: Optional[int] = None, kv_prefix: bool = True
+                                          clean_rows: Sequence[int] | slice | None = None,
+                                          memory_budget: int | None = None, kv_prefix: bool = True
                                           ) -> Float[torch.Tensor, "n_layers n_heads n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path_all_sources``, vectorised:
     ``results[sl, sh, dl, dh]`` is the metric with the edge (sl, sh) -> (dl, dh)'s

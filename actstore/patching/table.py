@@ -21,9 +21,9 @@ row fails at import with a :class:`~actstore.errors.ConfigError` naming the row 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from transformer_lens import patching as tl
@@ -52,7 +52,7 @@ class SweepRow:
     activation: str | None = None  # single: the short site it patches; path: the one it reads; stack: None
     setter: Setter | None = None  # single: transformer_lens.patching's setter of each patch
     axes: tuple[str, ...] = ()  # single: index axes, layer first; stack: the order parts are stacked in
-    parts: tuple["SweepRow", ...] = ()  # stack: the single sweeps it runs, in order
+    parts: tuple[SweepRow, ...] = ()  # stack: the single sweeps it runs, in order
     patch_types: tuple[str, ...] = ()  # stack: each part's name on the patch_type axis
 
     def __post_init__(self) -> None:

@@ -32,13 +32,25 @@ from __future__ import annotations
 import difflib
 import os
 import random
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from ..corpus.vocab import GREATER_THAN_NOUNS, IOI_NAMES as NAMES, IOI_OBJECTS as OBJECTS, IOI_PLACES as PLACES, SURNAMES
+from ..corpus.vocab import GREATER_THAN_NOUNS, SURNAMES
+from ..corpus.vocab import IOI_NAMES as NAMES
+from ..corpus.vocab import IOI_OBJECTS as OBJECTS
+from ..corpus.vocab import IOI_PLACES as PLACES
 from ..errors import ConfigError
 from ..jsonl import write_records
 from .facts import FACTS_FORMAT, factual_pairs
-from .prompts import PromptPair, generate, need, single_token_words, template_index, token_ids, tokenizer_or_gpt2
+from .prompts import (
+    PromptPair,
+    generate,
+    need,
+    single_token_words,
+    template_index,
+    token_ids,
+    tokenizer_or_gpt2,
+)
 
 __all__ = ["PromptPair", "TASKS", "make_pairs", "ioi_pairs", "repeated_name_pairs", "greater_than_pairs",
            "factual_pairs", "write_pairs", "single_token_words", "IOI_TEMPLATES", "NAMES", "FACTS_FORMAT"]
@@ -77,7 +89,7 @@ GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to th
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optional[int] = 0, order: str = "mixed",
+def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | None = 0, order: str = "mixed",
               corruption: str = "abc") -> list[PromptPair]:
     """Indirect object identification pairs (see the module docstring).
 
@@ -130,7 +142,7 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optiona
     return generate(n, seed, tokenizer, make, "ioi")
 
 
-def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: Optional[int] = 0
+def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | None = 0
                         ) -> list[PromptPair]:
     """"Michelle Jones was a top-notch student. Michelle" (answer " Jones") against the
     same with another surname (wrong: that surname). ``template`` indexes
@@ -201,7 +213,7 @@ TASKS = {
 }
 
 
-def make_pairs(task: str, n: Optional[int] = None, seed: int = 0, tokenizer: Any = None,
+def make_pairs(task: str, n: int | None = None, seed: int = 0, tokenizer: Any = None,
                facts: str | os.PathLike[str] | None = None) -> list[PromptPair]:
     """Pairs of a task by name (:data:`TASKS`); ``n`` defaults to 16 (factual: every fact)."""
     if task not in TASKS:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
-
+from typing import Any
 
 from ..errors import ConfigError
 from ..run_options import RunOptions

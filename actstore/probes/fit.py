@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["fit_probes"]
 
 
-def fit_probes(store: "ActivationStore", config: ProbeConfig | None = None, /, **options: Any) -> ProbeReport:
+def fit_probes(store: ActivationStore, config: ProbeConfig | None = None, /, **options: Any) -> ProbeReport:
     """Fit one linear probe per site of ``store``; save them under results/probes/<name>/
     and return their train and test scores. Takes a ProbeConfig or its fields."""
     cfg = config if config is not None else ProbeConfig(**options)

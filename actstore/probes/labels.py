@@ -13,9 +13,10 @@ targets never label it; the probe drops it anyway unless asked not to.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class Target:
         """Whether the label is meaningful as a number (so ridge applies)."""
         return self.array is not None or self.name in _NUMERIC
 
-    def labels(self, store: "ActivationStore", rows: slice) -> np.ndarray:
+    def labels(self, store: ActivationStore, rows: slice) -> np.ndarray:
         """(row, pos) labels of ``rows``: int64 with -1 for none, or float64 with NaN."""
         a, b, _ = rows.indices(store.n_rows)
         if self.array is not None:
@@ -65,7 +66,7 @@ class Target:
         return out
 
 
-def parse_target(target: str | os.PathLike[str] | np.ndarray, store: "ActivationStore") -> Target:
+def parse_target(target: str | os.PathLike[str] | np.ndarray, store: ActivationStore) -> Target:
     """A built-in name, a .npy path, or an array (row, pos) aligned with the store."""
     if isinstance(target, str) and target in BUILTIN_TARGETS:
         return Target(target, categorical=True)
@@ -156,7 +157,7 @@ class ClassPlan:
     sw_sum: float  # sum of the training sample weights
 
 
-def class_plan(store: "ActivationStore", target: Target, test_rows: np.ndarray, skip_bos: bool,
+def class_plan(store: ActivationStore, target: Target, test_rows: np.ndarray, skip_bos: bool,
                max_classes: int | None = None, class_weight: str | None = None) -> ClassPlan:
     """One cheap pass over the labels (no activations). Classes are those seen in the
     training rows, so a 50k-token vocabulary costs only the tokens that occur; a test
@@ -189,7 +190,7 @@ def class_plan(store: "ActivationStore", target: Target, test_rows: np.ndarray, 
                      int(tc[~in_train].sum()), int(tc[tv == majority].sum()), float((counts * class_w).sum()))
 
 
-def check_regression(store: "ActivationStore", target: Target, test_rows: np.ndarray, skip_bos: bool) -> None:
+def check_regression(store: ActivationStore, target: Target, test_rows: np.ndarray, skip_bos: bool) -> None:
     """One cheap pass over real-valued labels (no activations): refuse, before any work, a
     split whose R^2 is undefined (fewer than 2 labelled training positions, a constant
     training target, no labelled test position although there are test rows)."""

@@ -7,7 +7,8 @@ problem and takes the same steps."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from ..parallel import Group
 from ..store.loader import TokenSite
 from .config import ProbeConfig, ProbeResult
 from .labels import class_plan
-from .plan import Plan, groups as site_groups
+from .plan import Plan
+from .plan import groups as site_groups
 
 __all__ = ["fit_logistic"]
 

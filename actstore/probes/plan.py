@@ -4,8 +4,9 @@ accelerate each process reads its own share of the units (round-robin, parallel.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ _UNIT_BYTES = 64 * 2**20  # rows read per unit: about this many bytes of all sit
 
 @dataclass
 class Plan:
-    store: "ActivationStore"
+    store: ActivationStore
     sites: list[TokenSite]
     target: Target
     test_rows: np.ndarray  # bool (row,)

@@ -4,8 +4,9 @@ store, read back with :meth:`Probe.load`."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,8 +47,8 @@ class Probe:
         return self.classes[z.argmax(1)].reshape(lead)
 
     @classmethod
-    def load(cls, store: "ActivationStore | str | os.PathLike[str]", hook: "str | Site",
-             name: str | None = None) -> "Probe":
+    def load(cls, store: ActivationStore | str | os.PathLike[str], hook: str | Site,
+             name: str | None = None) -> Probe:
         """The probe saved under results/probes/<name>/<hook> of ``store`` (an open store or
         its path) by `actstore probe` or fit_probes. ``hook``: a hook name or a site spec of
         one site ('resid_post:1'); ``name`` may be left out when there is only one."""
@@ -62,7 +63,7 @@ def _jsonable(v: Any) -> Any:
     return f"<{type(v).__name__}>" if isinstance(v, np.ndarray) else str(v)
 
 
-def probe_writers(store: "ActivationStore", name: str, hooks: Sequence[str]) -> dict[str, ResultWriter]:
+def probe_writers(store: ActivationStore, name: str, hooks: Sequence[str]) -> dict[str, ResultWriter]:
     """The writers of results/probes/<name>/<hook>, made before any work (so a store that
     cannot be written is refused first). A run of the same name replaces the earlier one,
     whole, hook by hook (a ridge run leaves no classes)."""
@@ -71,7 +72,7 @@ def probe_writers(store: "ActivationStore", name: str, hooks: Sequence[str]) -> 
                                                      "or copy the store to a folder you can write") for h in hooks}
 
 
-def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report: ProbeReport,
+def save_probes(store: ActivationStore, plan: Plan, cfg: ProbeConfig, report: ProbeReport,
                 fitted: Mapping[str, tuple[np.ndarray, np.ndarray]],
                 writers: Mapping[str, ResultWriter] | None = None) -> None:
     """results/probes/<name>/<hook>/{weight, bias[, classes]}, in raw activation space,
@@ -99,12 +100,12 @@ def save_probes(store: "ActivationStore", plan: "Plan", cfg: ProbeConfig, report
                 out.write("bias", np.asarray(br[0]), ())
 
 
-def probe_names(store: "ActivationStore", hook: str) -> list[str]:
+def probe_names(store: ActivationStore, hook: str) -> list[str]:
     """Names of the probe runs saved for ``hook``."""
     return saved_probes(store).get(hook, [])
 
 
-def saved_probes(store: "ActivationStore") -> dict[str, list[str]]:
+def saved_probes(store: ActivationStore) -> dict[str, list[str]]:
     """hook -> names of the probe runs saved for it (results/probes/<name>/<hook>/weight)."""
     saved: dict[str, list[str]] = {}
     for r in store.results():
@@ -114,14 +115,14 @@ def saved_probes(store: "ActivationStore") -> dict[str, list[str]]:
     return {h: sorted(n) for h, n in saved.items()}
 
 
-def _saved_text(store: "ActivationStore") -> str:
+def _saved_text(store: ActivationStore) -> str:
     saved = saved_probes(store)
     if not saved:
         return "The store holds no probes yet."
     return "Probes saved in it: " + "; ".join(f"{', '.join(n)} for {h}" for h, n in saved.items()) + "."
 
 
-def _open(store: "ActivationStore | str | os.PathLike[str]") -> "ActivationStore":
+def _open(store: ActivationStore | str | os.PathLike[str]) -> ActivationStore:
     from ..store import ActivationStore
 
     if isinstance(store, ActivationStore):
@@ -132,7 +133,7 @@ def _open(store: "ActivationStore | str | os.PathLike[str]") -> "ActivationStore
                       f"{type(store).__name__}.")
 
 
-def _probe_hook(store: "ActivationStore", site: "str | Site") -> str:
+def _probe_hook(store: ActivationStore, site: str | Site) -> str:
     """The hook named by ``site``: a hook name or a site spec of one hook ('resid_post:1'),
     resolved as the model's sites are (so a site the store lacks is still recognised)."""
     if isinstance(site, str) and site in store.sites:
@@ -158,7 +159,7 @@ def _probe_hook(store: "ActivationStore", site: "str | Site") -> str:
     return parsed[0].hook
 
 
-def load_probe(store: "ActivationStore | str | os.PathLike[str]", hook: "str | Site", name: str | None = None) -> Probe:
+def load_probe(store: ActivationStore | str | os.PathLike[str], hook: str | Site, name: str | None = None) -> Probe:
     """The probe saved for ``hook`` (a hook name or a site spec such as 'resid_post:1') by
     the run ``name`` (optional when there is only one) in ``store`` (or the store at that path)."""
     store = _open(store)

@@ -30,12 +30,12 @@ class _Comoments:
     syy: float
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray) -> "_Comoments":  # x (n, F), y (n,)
+    def of(cls, x: np.ndarray, y: np.ndarray) -> _Comoments:  # x (n, F), y (n,)
         mx, my = x.mean(0), float(y.mean())
         xc, yc = x - mx, y - my
         return cls(len(y), mx, my, xc.T @ xc, xc.T @ yc, float(yc @ yc))  # xc.T @ xc: BLAS syrk, half a matmul
 
-    def merge(self, o: "_Comoments | None") -> "_Comoments":
+    def merge(self, o: _Comoments | None) -> _Comoments:
         if o is None or o.n == 0:
             return self
         n = self.n + o.n

@@ -4,7 +4,8 @@ they type their store without importing the reader, which imports them."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import zarr

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numcodecs
 from zarr.codecs import BloscCodec, ZstdCodec

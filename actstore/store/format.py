@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -24,8 +25,8 @@ from ..errors import ConfigError, CorruptChunkError, StoreDamagedError
 from ..sites import SiteShape
 from ..stats import Moments
 from .codecs import parse_codec
-from .typed import array_at, attrs_of, dimension_names
 from .meta import FORMAT_VERSION, READABLE_VERSIONS, Layout, StoreMeta
+from .typed import array_at, attrs_of, dimension_names
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "plan_layout", "parse_codec", "create_store", "is_store", "estimate_bytes",
            "INDEX_ARRAYS", "read_checked", "merge_partials", "finalize_stats", "walk_arrays"]
@@ -83,7 +84,7 @@ def _checked(compressors: list[Any] | None) -> list[Any]:
     return [*(compressors or []), Crc32cCodec()]
 
 
-def create_store(path: str, meta: "StoreMeta", layout: Layout, shapes: Mapping[str, SiteShape],
+def create_store(path: str, meta: StoreMeta, layout: Layout, shapes: Mapping[str, SiteShape],
                  storage_dtype: str, codec: str, mask: bool, plan: np.ndarray | None = None,
                  plan_fields: Sequence[str] = ()) -> zarr.Group:
     """Create every array of an empty store. ``path`` must not exist. ``plan``: the

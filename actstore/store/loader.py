@@ -20,7 +20,8 @@ and the batches are the same whatever the number of read threads.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,17 @@ from .epoch import EpochPlan, Window, resolve_rank
 from .loader_args import flag, parse_device, parse_dtype, whole
 from .loader_state import STATE_VERSION, check_state, store_identity
 from .norm import Normalizer, normalizers
-from .tokens import (ChunkReader, RowsArg, RowSelection, TokenSite, keep_positions, read_units, row_units,
-                     select_rows, token_sites)
+from .tokens import (
+    ChunkReader,
+    RowsArg,
+    RowSelection,
+    TokenSite,
+    keep_positions,
+    read_units,
+    row_units,
+    select_rows,
+    token_sites,
+)
 from .view import resolve_sites
 
 __all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",

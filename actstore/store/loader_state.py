@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from numbers import Integral
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from .base import StoreLike

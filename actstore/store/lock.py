@@ -13,9 +13,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConfigError, StoreLockedError
 from ..location import is_url, normalize
@@ -154,7 +155,8 @@ def _create(store: str, path: str, wait: float) -> None:
                 continue
             if holder is not None and time.monotonic() >= deadline:
                 if holder.stale:
-                    raise StoreLockedError(f"Could not take the lock {path}; delete it if no run is writing '{store}'.")
+                    raise StoreLockedError(
+                        f"Could not take the lock {path}; delete it if no run is writing '{store}'.") from None
                 raise holder.refusal(store) from None
             time.sleep(0.05)
             continue

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import StoreFormatError
 from ..models import ModelInfo, check_identity
@@ -182,7 +183,7 @@ class StoreMeta:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "the store") -> "StoreMeta":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "the store") -> StoreMeta:
         """Typed metadata from ``attrs["actstore"]``; ``where`` (the store's path) names it
         in errors. A format version this actstore cannot read is a StoreFormatError."""
         if not isinstance(d, Mapping) or "format_version" not in d:
@@ -264,7 +265,7 @@ class StoreMeta:
 
     _SAME_RUN: ClassVar[tuple[str, ...]] = ("corpus", "layout", "sites", "storage_dtype", "codec", "engine")
 
-    def run_diffs(self, other: "StoreMeta") -> list[str]:
+    def run_diffs(self, other: StoreMeta) -> list[str]:
         """What makes ``other`` (this run's plan) another run than this store's: model
         identity, corpus, layout, sites, storage dtype, codec, engine. The format version is not
         compared: the versions this actstore reads differ only in what unwritten rows

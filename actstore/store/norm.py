@@ -12,8 +12,9 @@ Results are cached in memory per (store, site, token set) for the process's life
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ from .tokens import ChunkReader, RowSelection, row_units
 
 __all__ = ["Normalizer", "normalizers"]
 
-_CACHE: dict[tuple, "Normalizer"] = {}
+_CACHE: dict[tuple, Normalizer] = {}
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ RowsNotDoneError; a finished chunk that fails its checksum raises CorruptChunkEr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -14,10 +15,19 @@ from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFound
 from ..stats import Moments
 from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
 from .meta import StoreMeta
-from .typed import attrs_of, group_at
-from .nodes import (chunk_present, damaged, expected_nodes, list_keys, looks_like_store, node_problem, parents, read_key,
-                    root_damaged)
+from .nodes import (
+    chunk_present,
+    damaged,
+    expected_nodes,
+    list_keys,
+    looks_like_store,
+    node_problem,
+    parents,
+    read_key,
+    root_damaged,
+)
 from .results import write_result
+from .typed import attrs_of, group_at
 from .view import ArrayView, array_name
 
 __all__ = ["ActivationStore", "open_store", "not_a_store", "merged_stats", "stats_unreadable"]
@@ -70,7 +80,7 @@ class ActivationStore:
         self._arrays: dict[str, zarr.Array] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "ActivationStore":
+    def open(cls, path: str | os.PathLike[str]) -> ActivationStore:
         path = os.fspath(path)
         try:
             group = zarr.open_group(path, mode="r")

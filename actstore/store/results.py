@@ -17,19 +17,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, NotWritableError, ResultExistsError, StoreExistsError
+from .base import StoreLike
 from .format import walk_arrays
 from .lock import check_unlocked, store_lock
 from .nodes import check_groups
-from .base import StoreLike
-
 
 __all__ = ["ResultWriter", "write_result", "check_writable"]
 
@@ -90,7 +90,7 @@ class ResultWriter:
 
     def __init__(self, path: str, prefix: str, replace: bool = False, what: str | None = None,
                  fix: str = "pass overwrite=True (--overwrite) to replace it, or write it elsewhere",
-                 store: "StoreLike | None" = None, unwritable_fix: str = _UNWRITABLE_FIX):
+                 store: StoreLike | None = None, unwritable_fix: str = _UNWRITABLE_FIX):
         self.path, self.prefix, self.replace, self.store = path, prefix.strip("/"), replace, store
         self.written: list[str] = []
         existing = self.existing()
@@ -115,7 +115,7 @@ class ResultWriter:
         return store_lock(self.path, wait=30) if self._locks else nullcontext()
 
     @classmethod
-    def for_store(cls, store: "StoreLike", name: str, replace: bool = False, **kw: Any) -> "ResultWriter":
+    def for_store(cls, store: StoreLike, name: str, replace: bool = False, **kw: Any) -> ResultWriter:
         """A writer of results/<name> of ``store`` (which sees each array as it is written)."""
         return cls(store.path, f"results/{name}", replace, store=store, **kw)
 
@@ -166,7 +166,7 @@ class ResultWriter:
             self._refresh()
         return list(self.written)
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -178,7 +178,7 @@ class ResultWriter:
             self.store.group = zarr.open_group(self.path, mode="r")
 
 
-def write_result(store: "StoreLike", name: str, data: Any, dims: Sequence[str],
+def write_result(store: StoreLike, name: str, data: Any, dims: Sequence[str],
                  attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> zarr.Array:
     """One array at results/<name> of ``store``; an existing one is replaced only with overwrite=True."""
     return ResultWriter.for_store(store, name, overwrite, fix="pass overwrite=True to replace it").write("", data, dims, attrs)

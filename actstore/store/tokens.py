@@ -4,13 +4,13 @@ use, read units on inner-chunk boundaries, and a threaded reader of units in a g
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterator, Sequence
-
-import hashlib
 from numbers import Integral
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class TokenSite:
         return int(np.prod(self.feature_shape))
 
 
-def token_sites(store: "StoreLike", hooks: Sequence[str]) -> list[TokenSite]:
+def token_sites(store: StoreLike, hooks: Sequence[str]) -> list[TokenSite]:
     """The token-level description of ``hooks``; attention patterns (two position
     axes) are refused."""
     out = []
@@ -50,7 +50,7 @@ def token_sites(store: "StoreLike", hooks: Sequence[str]) -> list[TokenSite]:
     return out
 
 
-def keep_positions(store: "StoreLike", rows: slice, skip_bos: bool = True, skip_padding: bool = True
+def keep_positions(store: StoreLike, rows: slice, skip_bos: bool = True, skip_padding: bool = True
                    ) -> np.ndarray:
     """bool (row, pos): positions to use. Every row starts with BOS at pos 0; padding
     is where ``store.mask()`` is False (per-document stores)."""
@@ -93,7 +93,7 @@ class RowSelection:
         """bool (unit rows,): which rows of ``unit`` (inside the span) are selected; None: all."""
         return None if self.mask is None else self.mask[unit.start - self.start:unit.stop - self.start]
 
-    def keep(self, store: "StoreLike", unit: slice, skip_bos: bool, skip_padding: bool) -> np.ndarray:
+    def keep(self, store: StoreLike, unit: slice, skip_bos: bool, skip_padding: bool) -> np.ndarray:
         """bool (row, pos) of ``unit``: the kept positions of the selected rows."""
         keep = keep_positions(store, unit, skip_bos, skip_padding)
         sel = self.of(unit)
@@ -118,7 +118,7 @@ def _rows_hint(n: int) -> str:
             f"row indices in 0..{n - 1}, or a bool mask of {n} rows")
 
 
-def select_rows(store: "StoreLike", rows: RowsArg) -> RowSelection:
+def select_rows(store: StoreLike, rows: RowsArg) -> RowSelection:
     """``rows`` of the store as a :class:`RowSelection`: a slice (any step, clipped to the
     store as Python slices are), a range, an int or a sequence of row indices (negative:
     from the end; each in range, none twice), or a bool mask of ``n_rows``. No rows is an error."""
@@ -178,7 +178,7 @@ def _from_index(idx: np.ndarray) -> RowSelection:
     return RowSelection(a, b, mask)
 
 
-def row_units(store: "StoreLike", rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
+def row_units(store: StoreLike, rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
     """``rows`` cut into read units on inner-chunk boundaries (default: one inner chunk)."""
     a, b, _ = rows.indices(store.n_rows)
     rpc = store.layout.rows_per_chunk
@@ -191,7 +191,7 @@ def row_units(store: "StoreLike", rows: slice = slice(None), rows_per_unit: int 
     return out
 
 
-def read_units(store: "StoreLike", sel: RowSelection, world: int = 1) -> list[slice]:
+def read_units(store: StoreLike, sel: RowSelection, world: int = 1) -> list[slice]:
     """The training loader's read units over ``sel``, dealt to ``world`` ranks: the inner
     chunks holding a selected row (cut to the span); single rows when there are fewer such
     chunks than ranks, so that every rank gets work. Fewer rows than ranks is an error."""
@@ -208,7 +208,7 @@ class ChunkReader:
     """Reads row units in a given order with a pool of threads, ``prefetch`` units
     ahead, and hands them back in that order: (unit, {hook: array (row, pos, ...)})."""
 
-    def __init__(self, store: "StoreLike", hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
+    def __init__(self, store: StoreLike, hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
                  transform: Callable[[slice, dict[str, np.ndarray]], Any] | None = None):
         if num_workers < 1:
             raise ConfigError(f"num_workers must be at least 1; got {num_workers}.")

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
-from .typed import array_at
 from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
 from .reader import ActivationStore, merged_stats, stats_unreadable
+from .typed import array_at
 
 __all__ = ["Damage", "verify_store", "FIXES"]
 

@@ -13,22 +13,22 @@ the raw zarr array, for those who want it unchecked.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import zarr
 
 from ..errors import ActStoreError, ConfigError, UnknownSiteError
-from ..sites import SHORT_SITES, split_specs, hook_name, layer_of, parse_sites
-from .format import INDEX_ARRAYS, read_checked
+from ..sites import SHORT_SITES, hook_name, layer_of, parse_sites, split_specs
 from .base import StoreLike
+from .format import INDEX_ARRAYS, read_checked
 from .typed import dimension_names
-
 
 __all__ = ["ArrayView", "array_name"]
 
 
-def resolve_sites(store: "StoreLike", spec: str | Sequence[str]) -> list[str]:
+def resolve_sites(store: StoreLike, spec: str | Sequence[str]) -> list[str]:
     """Site specs (``resid_post:all``, ``resid_post:3-5``, hook names) -> the store's hook
     names, in the store's order. ``X:all`` means every layer of X that the store holds;
     a named layer or hook the store lacks is an error that lists what it holds."""
@@ -56,7 +56,7 @@ def resolve_sites(store: "StoreLike", spec: str | Sequence[str]) -> list[str]:
     return [h for h in present if h in wanted]
 
 
-def _no_such(store: "StoreLike", key: Any, why: str = "") -> UnknownSiteError:
+def _no_such(store: StoreLike, key: Any, why: str = "") -> UnknownSiteError:
     index = [n for n in INDEX_ARRAYS if n in store.expected]
     return UnknownSiteError(
         f"Store '{store.path}' holds no array {key!r}{why}. It holds the sites {', '.join(store.sites)} and the "
@@ -64,7 +64,7 @@ def _no_such(store: "StoreLike", key: Any, why: str = "") -> UnknownSiteError:
         "TransformerLens-style key such as store['resid_post', 5], or an index array name.")
 
 
-def array_name(store: "StoreLike", key: Any) -> str:
+def array_name(store: StoreLike, key: Any) -> str:
     """The group path of the array ``key`` names: 'acts/<hook>' or an index array."""
     if isinstance(key, tuple) and 1 <= len(key) <= 2 and isinstance(key[0], str):
         try:
@@ -98,7 +98,7 @@ def array_name(store: "StoreLike", key: Any) -> str:
 class ArrayView:
     """A lazy view of one array of a store; indexing reads checked rows (see module doc)."""
 
-    def __init__(self, store: "StoreLike", name: str):
+    def __init__(self, store: StoreLike, name: str):
         self.store = store
         self.name = name  # 'acts/<hook>' or 'tokens', 'doc', 'doc_pos', 'mask'
 

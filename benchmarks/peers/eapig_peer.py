@@ -33,15 +33,14 @@ def main() -> None:
     sys.path.insert(0, args.src)
     job = json.load(open(args.job))
 
-    import torch
     from importlib.metadata import version
 
+    import eap.attribute as eap_attribute
+    import torch
+    from eap.graph import Graph
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
     from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    import eap.attribute as eap_attribute
-    from eap.graph import Graph
 
     torch.set_num_threads(int(job.get("threads", torch.get_num_threads())))
     if not torch.cuda.is_available():

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["ORDER", "SECTIONS", "PageSpec", "discover"]
 

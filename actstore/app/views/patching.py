@@ -15,10 +15,10 @@ import streamlit as st
 
 from ...circuits.graph import Graph
 from ...families import adapter_for
+from ...models import LoadedModel
 from .. import patching_data as data
 from .. import state
 from ..figures import heatmap, long_table, show_figure
-from ...models import LoadedModel
 
 TITLE = "Patching"
 SECTION = "Prompt"

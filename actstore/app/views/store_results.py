@@ -5,7 +5,8 @@ other dim a slider. Reads only the part drawn (at most store_data.MAX_CELLS valu
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,7 +14,14 @@ import streamlit as st
 
 from .. import state
 from ..figures import downloads, heatmap, long_table, show_figure
-from ..store_data import MAX_CELLS, ResultArray, ResultsSource, axis_labels, open_results, result_slice
+from ..store_data import (
+    MAX_CELLS,
+    ResultArray,
+    ResultsSource,
+    axis_labels,
+    open_results,
+    result_slice,
+)
 
 TITLE = "Store results"
 SECTION = "Store"

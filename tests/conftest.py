@@ -31,6 +31,23 @@ def _tl4() -> bool:
 TL4 = _tl4()  # TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
 needs_tl4 = pytest.mark.skipif(not TL4, reason="needs transformer_lens>=4 (PatchingResult and its references)")
 
+# Modules of long tests (tens of seconds each, in subprocesses) run first. pytest-xdist hands
+# out the collection in order, keeping two tests queued per worker; with these last (where
+# their names sort), one worker was left with the last of them while the other idled
+# (simulated from a run's --durations: 1100 s on one worker and 911 s on the other;
+# first, 1007 s and 1004 s). Whole modules move, so their fixtures are built once as before.
+FIRST = ("test_benchmarks.py", "capture/test_parallel.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def first(item: pytest.Item) -> int:
+        path = item.path.relative_to(here).as_posix() if item.path.is_relative_to(here) else ""
+        return FIRST.index(path) if path in FIRST else len(FIRST)
+    items.sort(key=first)  # stable: the order within and among the other modules is kept
+
+
 TINY = dict(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=50257)
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
 

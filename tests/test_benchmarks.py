@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "bench_cache.py": ["--scenario", "compute", "--n-rows", "16", "--batch-size", "8", "--seq-len", "32", "--repeat", "1"],
+    # io: 2 layers of GPT-2-small width (compute, 12 layers, runs the same code at twice the CPU)
+    "bench_cache.py": ["--scenario", "io", "--n-rows", "16", "--batch-size", "8", "--seq-len", "32", "--repeat", "1"],
     "bench_edges.py": ["--tiny", "--threads", "1", "--pairs", "2", "--sample", "6"],
     "bench_codecs.py": ["--rows", "16", "--seq-len", "32", "--repeat", "1", "--codecs", "none,zstd"],
     "bench_loader.py": ["--n-layers", "2", "--d-model", "64", "--n-rows", "64", "--seq-len", "32", "--workers", "1",

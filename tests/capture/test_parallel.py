@@ -118,17 +118,14 @@ def test_a_late_rank_deals_the_shards_as_the_others_did(tmp_path, tiny_model, co
     assert store_files(out) == store_files(reference)
 
 
-def test_a_run_that_ends_with_a_shard_not_done_is_an_error(tmp_path, reference):
+def test_a_run_that_ends_with_a_shard_not_done_is_an_error(copy):
     """The last check of every run: all shards done, or an error naming --resume."""
-    import shutil
-
     import zarr
 
     from actstore.capture.engine import _finish
     from actstore.errors import WriterError
 
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+    out = copy
     group = zarr.open_group(str(out), mode="r+")
     _finish(group, str(out), ["blocks.0.hook_resid_post"])  # a complete store passes
     group["done"][1] = False

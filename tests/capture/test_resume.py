@@ -76,11 +76,8 @@ def test_sigkill_at_a_timed_point_then_resume_with_other_batch_size(tmp_path, ti
     assert_same_store(out, reference)
 
 
-def test_resume_of_complete_store_changes_nothing(tmp_path, tiny_model, corpus_file, reference):
-    import shutil
-
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+def test_resume_of_complete_store_changes_nothing(tiny_model, corpus_file, copy):
+    out = copy
     before = store_files(out)
     resume(out, tiny_model, corpus_file)
     assert store_files(out) == before
@@ -93,27 +90,21 @@ def test_resume_of_complete_store_changes_nothing(tmp_path, tiny_model, corpus_f
     (dict(n_rows=31), "layout"),
     (dict(rows_per_shard=4), "layout"),
 ])
-def test_resume_refuses_another_config_and_leaves_store_untouched(tmp_path, tiny_model, corpus_file, reference, change, field):
-    import shutil
-
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+def test_resume_refuses_another_config_and_leaves_store_untouched(tiny_model, corpus_file, copy, change, field):
+    out = copy
     before = store_files(out), (out / "zarr.json").read_bytes()
     with pytest.raises(StoreMismatchError, match=rf"another model, corpus or config.*\n  {field}"):
         resume(out, tiny_model, corpus_file, **change)
     assert (store_files(out), (out / "zarr.json").read_bytes()) == before
 
 
-def test_resume_refuses_another_model(tmp_path, tiny_model, corpus_file, reference):
-    import shutil
-
+def test_resume_refuses_another_model(tmp_path, tiny_model, corpus_file, copy):
     from actstore.demo import build_random_gpt2
 
     from ..conftest import TINY
 
     other = build_random_gpt2(tmp_path / "other", seed=99, **TINY)
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+    out = copy
     before = store_files(out)
     with pytest.raises(StoreMismatchError, match=r"model.fingerprint"):
         resume(out, str(other), corpus_file)
@@ -129,16 +120,13 @@ def _undo(out, shards):
 
 
 def test_resume_seeks_to_the_planned_shard_and_tokenises_only_its_documents(tmp_path, tiny_model, corpus_file,
-                                                                             reference, monkeypatch):
-    import shutil
-
+                                                                             reference, copy, monkeypatch):
     import numpy as np
     import zarr
 
     from actstore.corpus import PLAN_FIELDS, plan_checkpoint, rows, stop_after
 
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+    out = copy
     plan = zarr.open_group(str(out), mode="r")["plan"]
     assert plan.attrs["fields"] == list(PLAN_FIELDS) and plan.metadata.dimension_names == ("boundary", "field")
     assert plan.shape == (5, len(PLAN_FIELDS))  # 4 shards' starts, then the end of row 29
@@ -153,13 +141,12 @@ def test_resume_seeks_to_the_planned_shard_and_tokenises_only_its_documents(tmp_
     assert counts["plan"] <= 60  # the count of the corpus (once; the store's plan is kept)
 
 
-def test_a_store_without_a_plan_resumes_by_the_sequential_read(tmp_path, tiny_model, corpus_file, reference):
+def test_a_store_without_a_plan_resumes_by_the_sequential_read(tiny_model, corpus_file, reference, copy):
     """Stores written before the plan existed: the rows done before the first shard to
     do say where it starts, and the reader goes on from there."""
     import shutil
 
-    out = tmp_path / "old.zarr"
-    shutil.copytree(reference, out)
+    out = copy
     shutil.rmtree(out / "plan")
     _undo(out, [1, 3])
     resume(out, tiny_model, corpus_file)
@@ -168,11 +155,8 @@ def test_a_store_without_a_plan_resumes_by_the_sequential_read(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize("damage", ["bit flip", "missing"])
-def test_a_damaged_plan_falls_back_to_the_sequential_read(tmp_path, tiny_model, corpus_file, reference, damage):
-    import shutil
-
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(reference, out)
+def test_a_damaged_plan_falls_back_to_the_sequential_read(tiny_model, corpus_file, reference, copy, damage):
+    out = copy
     obj = out / "plan" / "c" / "0" / "0"
     if damage == "missing":
         obj.unlink()

@@ -203,9 +203,8 @@ READ_ONLY = ("verify", "loader", "cache-again")  # never change a byte, whatever
 
 @pytest.mark.parametrize("lock", ["live", "stale", "none"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_a_command_beside_a_lock(tmp_path, reference, sleeper, dead_pid, capsys, command, lock):
-    store = tmp_path / "s.zarr"
-    shutil.copytree(reference, store)
+def test_a_command_beside_a_lock(reference, copy, sleeper, dead_pid, capsys, command, lock):
+    store = copy
     state, check = COMMANDS[command]
     PREPARE[state](store)
     pid = {"live": sleeper, "stale": dead_pid, "none": 0}[lock]
@@ -219,12 +218,11 @@ def test_a_command_beside_a_lock(tmp_path, reference, sleeper, dead_pid, capsys,
                                                                                                        "loader")))
 
 
-def test_commands_beside_a_real_writer(tmp_path, reference, capsys):
+def test_commands_beside_a_real_writer(reference, copy, capsys):
     """A resumed run on a slow disk; meanwhile verify, verify --repair, the loader and cache
     --overwrite run here. Each is refused, or reports what it sees with the advice to wait;
     the writer finishes, and the store equals an uninterrupted run."""
-    store = tmp_path / "s.zarr"
-    shutil.copytree(reference, store)
+    store = copy
     unfinished(store, (1, 2, 3))
     env = {**os.environ, "ACTSTORE_SLOW_IO": "0.15", "HF_HUB_OFFLINE": "1"}
     writer = subprocess.Popen([sys.executable, "-m", "actstore", *cache_argv(store, "--resume")], env=env,
@@ -262,10 +260,9 @@ def test_repair_of_no_store_makes_no_lock_and_no_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("pid", [-1, 0, 10**30])
-def test_a_lock_naming_no_process_is_stale(tmp_path, reference, capsys, pid):
+def test_a_lock_naming_no_process_is_stale(copy, capsys, pid):
     """pid -1 or 0 (os.kill would ask about a process group) or one beyond any pid: no run holds it."""
-    store = tmp_path / "s.zarr"
-    shutil.copytree(reference, store)
+    store = copy
     unfinished(store)
     hold_lock(store, pid)
     with pytest.raises(RowsNotDoneError, match=r"finish it with `actstore verify .* --repair`.*takes over the stale lock"):

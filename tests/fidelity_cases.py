@@ -23,9 +23,10 @@ that matters for resid_mid).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -81,7 +82,7 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, *, min_spread: float
     return spread
 
 
-def assert_matches(got: torch.Tensor, want: torch.Tensor, case: "Case", what: str = "", min_spread: float | None = None
+def assert_matches(got: torch.Tensor, want: torch.Tensor, case: Case, what: str = "", min_spread: float | None = None
                    ) -> float:
     """:func:`assert_close_rel` at the case's logit scale and minimum spread."""
     return assert_close_rel(got, want, min_spread=case.min_spread if min_spread is None else min_spread,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def layer_norm_unembed(x: np.ndarray, bridge: Any, softmax: bool = False) -> np.
     return p / p.sum(-1, keepdims=True)
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], match: Optional[str] = None, *,
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], match: str | None = None, *,
                    prefix: bool = True, clear: bool = False) -> str:
     """Run the CLI on ``argv``: exit status 2 and one line on stderr (starting
     ``actstore: error: `` when ``prefix``; matching the regex ``match`` when given), which is

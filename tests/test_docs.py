@@ -189,7 +189,7 @@ def test_every_page_is_in_the_nav():
 def test_readme_links_resolve():
     text = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text)
-    assert links and all((ROOT / link).is_file() for link in links), [l for l in links if not (ROOT / l).is_file()]
+    assert links and all((ROOT / link).is_file() for link in links), [link for link in links if not (ROOT / link).is_file()]
 
 
 def test_readme_starts_with_the_two_commands():

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from actstore.patching import engine as _patch_engine, self_check as _self_check
 from actstore.cli import main
+from actstore.patching import engine as _patch_engine
+from actstore.patching import self_check as _self_check
 
 from .helpers import no_prefix
 

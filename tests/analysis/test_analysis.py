@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import actstore
-from actstore.analysis import direct_logit_attribution, induction_scores, logit_lens, model_for, single_token
+from actstore.analysis import (
+    direct_logit_attribution,
+    induction_scores,
+    logit_lens,
+    model_for,
+    single_token,
+)
 from actstore.errors import ConfigError
 
 from ..conftest import DOCS
@@ -100,7 +106,7 @@ def test_dla_equals_transformer_lens_apply_ln(text_store, bridge):
     heads = cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction  # (layer*head, row)
     torch.testing.assert_close(torch.from_numpy(dla.heads).float(), heads.reshape(3, 4, 6).permute(2, 0, 1).detach(),
                                rtol=1e-4, atol=1e-5)
-    mlp = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][:, -1] for l in range(3)])  # (layer, row, d_model)
+    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(3)])  # (layer, row, d_model)
     mlp = cache.apply_ln_to_stack(mlp, layer=-1, pos_slice=-1) @ direction  # (layer, row)
     torch.testing.assert_close(torch.from_numpy(dla.mlp).float(), mlp.T.detach(), rtol=1e-4, atol=1e-5)
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import actstore
-from actstore.analysis import direct_logit_attribution, induction_scores, logit_lens, model_for, single_token
+from actstore.analysis import (
+    direct_logit_attribution,
+    induction_scores,
+    logit_lens,
+    model_for,
+    single_token,
+)
 from actstore.cli import main
 from actstore.errors import ConfigError
 

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 pytest.importorskip("streamlit", reason="the app tests need the [app] extra: pip install 'actstore[app]'")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
-
 
 TIMEOUT = 180  # seconds per AppTest run: the first run of a session loads the model and caches the prompt
 

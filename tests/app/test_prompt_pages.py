@@ -74,7 +74,7 @@ def test_logit_lens_page_equals_direct_decoding(open_app, demo_model, ref):
     at = open_app("logit_lens")
     assert not at.exception and not at.error
     lens_fig, rank_fig = charts(at)
-    hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(4)]
+    hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
     target = tok.encode(PROMPT.answer, add_special_tokens=False)[0]
     probs = np.stack([layer_norm_unembed(cache[h][0].detach().numpy(), bridge, softmax=True)
                       for h in hooks])  # (site, pos, vocab)
@@ -115,7 +115,7 @@ def test_dla_page_equals_transformer_lens_apply_ln(open_app, demo_model, ref):
     t, w = tok.encode(PROMPT.answer, add_special_tokens=False)[0], tok.encode(PROMPT.wrong, add_special_tokens=False)[0]
     direction = (bridge.W_U[:, t] - bridge.W_U[:, w]) * bridge.ln_final.w
     heads = (cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction).reshape(4, 4)
-    mlp = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][:, -1] for l in range(4)])
+    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(4)])
     mlp = (cache.apply_ln_to_stack(mlp, layer=-1, pos_slice=-1) @ direction)[:, 0]
     want = torch.cat([heads, mlp[:, None]], 1).detach().double().numpy()  # (layer, head + MLP)
     assert_close_to_spread(array(charts(at)[0]["data"][0]["z"]), want, 1e-4, 0.1)
@@ -135,15 +135,15 @@ def test_induction_page_equals_direct_computation(open_app, demo_model):
     tokens = torch.from_numpy(repeated_tokens(demo_model.tokenizer, R, H, 0)).long()
     bridge = demo_model.bridge
     _, cache = bridge.run_with_cache(tokens)
-    ind = np.stack([cache[f"blocks.{l}.attn.hook_pattern"].double().diagonal(offset=1 - H, dim1=-2, dim2=-1)
-                    [..., 2:].mean(dim=(0, 2)).numpy() for l in range(4)])  # queries H+1 .. 2H
+    ind = np.stack([cache[f"blocks.{layer}.attn.hook_pattern"].double().diagonal(offset=1 - H, dim1=-2, dim2=-1)
+                    [..., 2:].mean(dim=(0, 2)).numpy() for layer in range(4)])  # queries H+1 .. 2H
     scores_fig, loss_fig = charts(at)
     assert_close_to_spread(array(scores_fig["data"][0]["z"]), ind, 1e-6, 0.05)
     loss = bridge(tokens, return_type="loss", loss_per_token=True).detach().double().mean(0).numpy()
     assert_close_to_spread(array(loss_fig["data"][0]["y"]), loss, 1e-5, 0.3)
     at.radio(key="ind-kind").set_value("prev_token").run()
-    prev = np.stack([cache[f"blocks.{l}.attn.hook_pattern"].double().diagonal(offset=-1, dim1=-2, dim2=-1)
-                     .mean(dim=(0, 2)).numpy() for l in range(4)])
+    prev = np.stack([cache[f"blocks.{layer}.attn.hook_pattern"].double().diagonal(offset=-1, dim1=-2, dim2=-1)
+                     .mean(dim=(0, 2)).numpy() for layer in range(4)])
     assert_close_to_spread(array(charts(at)[0]["data"][0]["z"]), prev, 1e-6, 0.05)
 
 

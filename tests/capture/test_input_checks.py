@@ -16,7 +16,8 @@ import actstore
 from actstore.capture.lock import store_lock
 from actstore.errors import ConfigError, ModelNotFoundError, StoreExistsError, StoreMismatchError
 
-from ..conftest import DOCS, RESUME_OPTS as OPTS, store_files
+from ..conftest import DOCS, store_files
+from ..conftest import RESUME_OPTS as OPTS
 from .test_resume import SLOW_DISK, assert_same_store, cli_args
 
 SMALL = dict(sites="resid_post:0", seq_len=16, n_rows=4, progress=False)

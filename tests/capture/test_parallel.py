@@ -15,7 +15,6 @@ import actstore
 from actstore.parallel import Group
 
 from ..conftest import RESUME_OPTS, needs_tl4, store_files
-
 from ..helpers import free_port
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,10 @@ import torch
 import actstore
 from actstore import errors
 from actstore.capture.batching import batch_for_memory, default_chunk_rows
+from actstore.capture.staging import BufferPool, ShardBuffers
 from actstore.models import load_model
 from actstore.sites import SiteShape, parse_sites
-from actstore.capture.staging import BufferPool, ShardBuffers
+
 from ..conftest import DOCS, store_files
 
 SITES = "resid_post:all,z:1,pattern:2.1,2.3,loss"

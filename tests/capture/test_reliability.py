@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 import actstore
+from actstore.capture import repair_store
+from actstore.capture.lock import lock_path
 from actstore.cli import main
 from actstore.errors import CorruptChunkError, RowsNotDoneError, StoreLockedError
-from actstore.capture.lock import lock_path
-from actstore.capture import repair_store
 from actstore.store import verify_store
 
-from ..conftest import DOCS, RESUME_OPTS as OPTS
+from ..conftest import DOCS
+from ..conftest import RESUME_OPTS as OPTS
 from .test_resume import SLOW_DISK, assert_same_store, cli_args
 
 

@@ -12,7 +12,8 @@ import pytest
 import actstore
 from actstore.errors import StoreMismatchError
 
-from ..conftest import RESUME_OPTS as OPTS, store_files
+from ..conftest import RESUME_OPTS as OPTS
+from ..conftest import store_files
 
 # A slow disk (every object waits 30 ms before its fsync) for the timed kills: the
 # pipelined writer otherwise finishes this 4-shard run within milliseconds of the

@@ -13,14 +13,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from actstore.circuits.graph import Graph, Input
 
 
-def node_outputs(model: Any, tokens: torch.Tensor, embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+def node_outputs(model: Any, tokens: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
     """(upstream, batch, pos, d_model) in graph order, from one run (``embed``: the input node's output)."""
     L = int(model.cfg.n_layers)
     acts: dict[str, torch.Tensor] = {}
@@ -43,7 +44,7 @@ def node_outputs(model: Any, tokens: torch.Tensor, embed: Optional[torch.Tensor]
 
 
 def shifted_metric(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], d: Input,
-                   shift: torch.Tensor, embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   shift: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
     """(batch,) metric with downstream input ``d`` reading ``shift`` (batch, pos, d_model) more."""
     seen: dict[str, torch.Tensor] = {}
     hooks: list[tuple[str, Callable[..., Any]]] = []
@@ -75,7 +76,7 @@ def shifted_metric(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Ten
 
 def edge_derivative(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], graph: Graph,
                     edge: int, delta: torch.Tensor, eps: float = 1e-4,
-                    embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    embed: torch.Tensor | None = None) -> torch.Tensor:
     """(batch,) central difference of the metric in ``eps``, edge ``edge``'s input moved
     by ``eps * delta[src]`` (delta: (upstream, batch, pos, d_model))."""
     d = graph.downstream[int(graph.dst[edge])]

@@ -17,7 +17,8 @@ final residual (``ln_final.hook_in``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

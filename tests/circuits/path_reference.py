@@ -18,7 +18,8 @@ independent of actstore's graph: the reference of tests/circuits/test_paths.py.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

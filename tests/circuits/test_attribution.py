@@ -165,7 +165,8 @@ def test_ig_activations_scores_sum_to_the_metric_change():
 
 def test_clean_outputs_from_a_run_a_cache_and_a_store_agree(tmp_path):
     c = _case("late", torch.float32)
-    from actstore.demo import data as demo_data, demo_model_dir
+    from actstore.demo import data as demo_data
+    from actstore.demo import demo_model_dir
 
     texts = [p["clean"] for p in demo_data.ioi_pairs(4, template=0)]
     n_pos = c.clean.shape[1]

@@ -7,7 +7,7 @@ from actstore.circuits.edge_sum import edge_sum
 
 def test_edge_sum_value_and_gradients():
     g = torch.Generator().manual_seed(0)
-    n_edges, n_in = 40, 3
+    n_edges = 40
     mask = torch.rand(2, n_edges, generator=g, dtype=torch.float64, requires_grad=True)
     d1 = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     d2 = torch.randn(2, 1, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)

@@ -63,7 +63,7 @@ def test_node_outputs_sum_to_the_final_residual(case, fwd):
 def _cut_reference(model, tokens, patch_outputs, live_outputs, graph, edge):
     """Logits with one edge u->d cut (d reads u's patch value instead of its live one), by
     hooks on the model: the one reader's input shifted by patch_u - live_u, all else live."""
-    u, d = graph.upstream[graph.src[edge]], graph.downstream[graph.dst[edge]]
+    d = graph.downstream[graph.dst[edge]]
     delta = patch_outputs[graph.src[edge]] - live_outputs[graph.src[edge]]
     seen = {}
 

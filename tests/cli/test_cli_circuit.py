@@ -8,8 +8,8 @@ before any work, with one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import json
-from functools import partial
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -20,8 +20,8 @@ from actstore.circuits.graph import Graph
 from actstore.cli import main
 from actstore.store import ResultWriter
 
-from ..circuits.test_faithfulness import hooked_circuit_logits
 from .. import helpers
+from ..circuits.test_faithfulness import hooked_circuit_logits
 from ..fidelity_cases import assert_close_rel, boot
 
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")

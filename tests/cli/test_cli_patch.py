@@ -22,7 +22,6 @@ from ..conftest import needs_tl4
 from ..fidelity_cases import assert_close_rel, boot
 from ..helpers import one_line_error
 
-
 PAIRS = [
     {"clean": "When Mary and John went to the store, John gave a drink to",
      "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"},
@@ -152,11 +151,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
 
 @needs_tl4
 def test_a_read_only_folder_is_refused_before_the_sweep(tmp_path, tiny_model, capsys, monkeypatch):
+    import shutil
+
     from actstore.patching import job
 
     from ..readonly import read_only_copy
-
-    import shutil
 
     shutil.copytree(tiny_model, tmp_path / "folder" / "model")  # readable by anyone in the copy, as the pairs
     write_pairs(tmp_path / "folder" / "p.jsonl", PAIRS[:1])

@@ -5,7 +5,12 @@ import pytest
 
 import actstore
 from actstore.corpus import Checkpoint, CorpusSpec, RowReader, count_rows, iter_rows
-from actstore.errors import CorpusError, CorpusExhaustedError, EmptyCorpusError, MissingTextFieldError
+from actstore.errors import (
+    CorpusError,
+    CorpusExhaustedError,
+    EmptyCorpusError,
+    MissingTextFieldError,
+)
 
 from ..conftest import DOCS
 
@@ -26,8 +31,8 @@ def reference_packed(docs, tokenizer, seq_len):
     return rows
 
 
-def all_rows(spec, tokenizer, start=Checkpoint()):
-    blocks = list(iter_rows(spec, tokenizer, start))
+def all_rows(spec, tokenizer, start=None):
+    blocks = list(iter_rows(spec, tokenizer, start or Checkpoint()))
     return (np.concatenate([b.tokens for b in blocks]), np.concatenate([b.doc for b in blocks]),
             np.concatenate([b.doc_pos for b in blocks]))
 

@@ -8,8 +8,19 @@ import os
 import numpy as np
 import pytest
 
-from actstore.corpus import (PLAN_FIELDS, Checkpoint, CorpusSpec, RowReader, iter_rows, plan_checkpoint, rows,
-                             scan, stop_after, synthetic_plan, unknown_plan)
+from actstore.corpus import (
+    PLAN_FIELDS,
+    Checkpoint,
+    CorpusSpec,
+    RowReader,
+    iter_rows,
+    plan_checkpoint,
+    rows,
+    scan,
+    stop_after,
+    synthetic_plan,
+    unknown_plan,
+)
 
 from ..conftest import DOCS
 

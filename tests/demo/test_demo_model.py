@@ -16,8 +16,9 @@ import torch
 
 import actstore
 from actstore import demo
-from actstore.demo import data as demo_data, tour
 from actstore.analysis import induction_scores
+from actstore.demo import data as demo_data
+from actstore.demo import tour
 
 from ..conftest import needs_tl4
 

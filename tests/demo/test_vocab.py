@@ -15,7 +15,8 @@ import pytest
 import actstore
 from actstore.corpus import RepeatedRandom, vocab
 from actstore.corpus.synthetic import ordinary_tokens, repeated_random_rows
-from actstore.demo import data as demo_data, demo_tokenizer, repeated_tokens
+from actstore.demo import data as demo_data
+from actstore.demo import demo_tokenizer, repeated_tokens
 from actstore.patching import tasks
 from actstore.resources import gpt2_tokenizer
 

@@ -49,10 +49,10 @@ def _parts(hf: Any) -> dict[str, Any]:
     norm, unembed = _final(hf)
     if hasattr(hf, "gpt_neox"):
         m = hf.gpt_neox
-        return dict(layers=[(l.attention.dense, l.mlp) for l in m.layers], embed=m.embed_in, norm=norm,
+        return dict(layers=[(block.attention.dense, block.mlp) for block in m.layers], embed=m.embed_in, norm=norm,
                     unembed=unembed, eps=norm.eps, centre=True)
     m = hf.model
-    return dict(layers=[(l.self_attn.o_proj, l.mlp) for l in m.layers], embed=m.embed_tokens, norm=norm,
+    return dict(layers=[(block.self_attn.o_proj, block.mlp) for block in m.layers], embed=m.embed_tokens, norm=norm,
                 unembed=unembed, eps=norm.variance_epsilon, centre=False)
 
 
@@ -111,9 +111,9 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
     seen: dict[str, torch.Tensor] = {}
     handles = [parts["norm"].register_forward_hook(lambda m, a, o: seen.__setitem__("final", a[0])),
                parts["embed"].register_forward_hook(lambda m, a, o: seen.__setitem__("embed", o))]
-    for l, (o_proj, mlp) in enumerate(parts["layers"]):
-        handles.append(o_proj.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(f"z{l}", a[0])))
-        handles.append(mlp.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(f"mlp{l}", o)))
+    for layer, (o_proj, mlp) in enumerate(parts["layers"]):
+        handles.append(o_proj.register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(f"z{layer}", a[0])))
+        handles.append(mlp.register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(f"mlp{layer}", o)))
     tokens = torch.from_numpy(store.tokens()).long()
     with torch.no_grad():
         logits = hf(tokens).logits.double()
@@ -133,15 +133,15 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
 
     n_heads, total = hf.config.num_attention_heads, torch.zeros(ROWS, dtype=torch.float64)
     rest = seen["embed"].double()[rows, pos]
-    for l, (o_proj, _) in enumerate(parts["layers"]):
-        z = seen[f"z{l}"].double()[rows, pos].view(ROWS, n_heads, -1)  # (row, head, d_head)
+    for layer, (o_proj, _) in enumerate(parts["layers"]):
+        z = seen[f"z{layer}"].double()[rows, pos].view(ROWS, n_heads, -1)  # (row, head, d_head)
         W = o_proj.weight.double().view(-1, n_heads, z.shape[-1])  # (d_model, head, d_head)
         heads = project(torch.einsum("rhd,mhd->rhm", z, W))  # (row, head)
-        mlp = project(seen[f"mlp{l}"].double()[rows, pos])
+        mlp = project(seen[f"mlp{layer}"].double()[rows, pos])
         ref = torch.cat([heads, mlp[:, None]], 1).numpy()
         spread = np.ptp(ref)
         assert spread > 0.1, spread
-        assert np.abs(np.c_[got.heads[:, l], got.mlp[:, l]] - ref).max() <= 1e-5 * spread
+        assert np.abs(np.c_[got.heads[:, layer], got.mlp[:, layer]] - ref).max() <= 1e-5 * spread
         total += heads.sum(1) + mlp
         if o_proj.bias is not None:
             rest = rest + o_proj.bias.double()

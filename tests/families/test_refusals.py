@@ -15,6 +15,7 @@ from actstore.errors import ConfigError
 from actstore.families import adapter_for
 from actstore.random_models import FAMILIES
 
+
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
 def test_actstore_patch_runs_on_every_family(family_model, family, tmp_path, capsys):
     model = family_model(family)

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.errors import ConfigError
-from actstore.errors import MissingDependencyError
+from actstore.errors import ConfigError, MissingDependencyError
 from actstore.integrations import saelens
 
-from .conftest import L, ROWS
+from .conftest import ROWS, L
 
 RESID, Z = "blocks.1.hook_resid_post", "blocks.1.attn.hook_z"
 

@@ -29,9 +29,11 @@ import torch
 
 import actstore
 from actstore import patching as ap
-from actstore.patching import attribution as at
 from actstore.errors import ConfigError
-from actstore.selftest import directional_derivative  # the reference: finite differences of the in-place patch
+from actstore.patching import attribution as at
+from actstore.selftest import (
+    directional_derivative,  # the reference: finite differences of the in-place patch
+)
 
 from ..conftest import TL4, needs_tl4
 from ..fidelity_cases import assert_close_rel, boot, demo_case

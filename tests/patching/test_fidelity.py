@@ -24,13 +24,24 @@ import torch
 from transformer_lens import patching as tlp
 
 from actstore import patching as ap
-from actstore.patching import engine as _patch_engine, kv_prefix as _kv_prefix, path as _path_engine
+from actstore.errors import EngineCheckError
+from actstore.patching import engine as _patch_engine
+from actstore.patching import kv_prefix as _kv_prefix
+from actstore.patching import path as _path_engine
 from actstore.patching import self_check as _self_check
 from actstore.patching.table import SWEEPS
-from actstore.errors import EngineCheckError
 
 from ..conftest import TL4
-from ..fidelity_cases import Case, assert_matches, compared, demo_case, hooked_transformer, ours, reference, wide_case
+from ..fidelity_cases import (
+    Case,
+    assert_matches,
+    compared,
+    demo_case,
+    hooked_transformer,
+    ours,
+    reference,
+    wide_case,
+)
 from ..helpers import no_prefix
 
 # every sweep of the table (tests/patching/test_table.py: the table is transformer_lens.patching's list)

@@ -22,8 +22,8 @@ from transformer_lens import patching as tlp
 
 import actstore
 from actstore import patching as ap
-from actstore.patching import engine as _patch_engine
 from actstore.errors import ConfigError, StoreMismatchError
+from actstore.patching import engine as _patch_engine
 
 from ..conftest import TL4, needs_tl4
 from ..fidelity_cases import assert_close_rel, boot

@@ -17,7 +17,9 @@ from transformer_lens import patching as tlp
 import actstore
 from actstore import patching as ap
 from actstore.errors import ConfigError
-from actstore.selftest import edge_by_hooks  # one edge patched by hand: the reference of direct path patching
+from actstore.selftest import (
+    edge_by_hooks,  # one edge patched by hand: the reference of direct path patching
+)
 
 from ..conftest import needs_tl4
 from ..fidelity_cases import assert_close_rel, boot, demo_case, wide_case

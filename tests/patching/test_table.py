@@ -13,8 +13,8 @@ from transformer_lens import patching as tlp
 from transformer_lens.utilities import get_act_name
 
 from actstore import patching as ap
-from actstore.patching import attribution as at
 from actstore.errors import ConfigError
+from actstore.patching import attribution as at
 from actstore.patching import job, table
 from actstore.sites import SHORT_SITES, Site, layer_of
 
@@ -47,7 +47,7 @@ def test_every_transformer_lens_sweep_has_a_row_and_a_drop_in_function():
 
 
 def test_single_rows_are_the_drop_in_partials_and_match_the_reference_defaults():
-    for name, row in table.SWEEPS.items():
+    for row in table.SWEEPS.values():
         if row.kind != "single":
             continue
         kw = getattr(ap, row.function).keywords

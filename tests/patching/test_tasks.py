@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from actstore.errors import ConfigError, CorpusError
 from actstore.patching import tasks
 from actstore.patching.pairs import read_pairs
-from actstore.errors import ConfigError, CorpusError
 
 GENERATED = ["ioi", "ioi-flip", "repeated-name", "greater-than"]
 

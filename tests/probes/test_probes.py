@@ -14,9 +14,9 @@ from sklearn.metrics import r2_score
 import actstore
 from actstore.cli import main
 from actstore.errors import ConfigError, StoreNotFoundError, UnknownSiteError
+from actstore.probes import Probe, fit_probes
 from actstore.probes.labels import parse_target, split_rows
 from actstore.store.loader import resolve_sites
-from actstore.probes import Probe, fit_probes
 
 from ..conftest import DOCS
 

@@ -7,7 +7,15 @@ import pytest
 
 from actstore.capture.engine import CacheConfig
 from actstore.errors import ConfigError
-from actstore.store.codecs import NO_FAST_PATH, Codec, codec_usage, lookup, parse_codec, register, registered
+from actstore.store.codecs import (
+    NO_FAST_PATH,
+    Codec,
+    codec_usage,
+    lookup,
+    parse_codec,
+    register,
+    registered,
+)
 
 
 def _zstd(level):

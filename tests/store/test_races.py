@@ -24,18 +24,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import zarr
 
 import actstore
+from actstore.capture.lock import lock_path
 from actstore.cli import main
 from actstore.errors import RowsNotDoneError
 from actstore.store import verify_store
-from actstore.capture.lock import lock_path
 
 from ..conftest import store_files
 from .conftest import demo_cli

@@ -18,7 +18,6 @@ from actstore.store.epoch import EpochPlan
 from .conftest import DEMO
 
 
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """6 chunks of 2 rows x 15 tokens (BOS skipped): 180 tokens."""

@@ -30,22 +30,46 @@ from .store import ActivationStore
 from .store import open_store as open  # noqa: A004  (actstore.open(path), as zarr.open)
 
 __version__ = "0.1.0"
-__all__ = ["cache", "CacheConfig", "open", "ActivationStore", "load_model", "save_model", "patch_pairs",
-           "PatchJobConfig", "PatchJobResult", "find_circuit", "CircuitJobConfig", "CircuitJobResult", "fit_probes",
-           "ProbeConfig", "ProbeReport", "Probe", "patching", "circuits", "probes", "analysis", "errors",
-           "ActStoreError", "__version__"]
+__all__ = [
+    "cache",
+    "CacheConfig",
+    "open",
+    "ActivationStore",
+    "load_model",
+    "save_model",
+    "patch_pairs",
+    "PatchJobConfig",
+    "PatchJobResult",
+    "find_circuit",
+    "CircuitJobConfig",
+    "CircuitJobResult",
+    "fit_probes",
+    "ProbeConfig",
+    "ProbeReport",
+    "Probe",
+    "patching",
+    "circuits",
+    "probes",
+    "analysis",
+    "errors",
+    "ActStoreError",
+    "__version__",
+]
 
 # names that left the top (docs/changelog.md), each a deprecated alias of its home for one release
-__getattr__ = moved_names(__name__, {
-    "attribution": "actstore.patching.attribution",  # attribution patching (circuits' EAP is actstore.circuits)
-    "tasks": "actstore.patching.tasks",
-    "make_pairs": "actstore.patching.tasks.make_pairs",
-    "PromptPair": "actstore.patching.tasks.PromptPair",
-    "CorpusSpec": "actstore.corpus.CorpusSpec",
-    "Site": "actstore.sites.Site",
-    "parse_sites": "actstore.sites.parse_sites",
-    "ModelInfo": "actstore.models.ModelInfo",
-    "StoreMeta": "actstore.store.StoreMeta",
-    "Moments": "actstore.stats.Moments",
-    **{name: f"actstore.errors.{name}" for name in _errors_all if name != "ActStoreError"},
-})
+__getattr__ = moved_names(
+    __name__,
+    {
+        "attribution": "actstore.patching.attribution",  # attribution patching (circuits' EAP is actstore.circuits)
+        "tasks": "actstore.patching.tasks",
+        "make_pairs": "actstore.patching.tasks.make_pairs",
+        "PromptPair": "actstore.patching.tasks.PromptPair",
+        "CorpusSpec": "actstore.corpus.CorpusSpec",
+        "Site": "actstore.sites.Site",
+        "parse_sites": "actstore.sites.parse_sites",
+        "ModelInfo": "actstore.models.ModelInfo",
+        "StoreMeta": "actstore.store.StoreMeta",
+        "Moments": "actstore.stats.Moments",
+        **{name: f"actstore.errors.{name}" for name in _errors_all if name != "ActStoreError"},
+    },
+)

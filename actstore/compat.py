@@ -16,7 +16,16 @@ __all__ = ["RELIED_ON", "versions", "describe"]
 
 # packages whose internals actstore relies on (bounded in pyproject.toml)
 RELIED_ON = ("transformers", "transformer-lens", "torch", "zarr", "numcodecs")
-_RECORDED = ("actstore", "torch", "transformer-lens", "transformers", "zarr", "numcodecs", "datasets", "numpy")
+_RECORDED = (
+    "actstore",
+    "torch",
+    "transformer-lens",
+    "transformers",
+    "zarr",
+    "numcodecs",
+    "datasets",
+    "numpy",
+)
 
 
 def versions() -> dict[str, str]:

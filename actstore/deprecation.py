@@ -41,8 +41,12 @@ def moved_names(package: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
         # ``from package import name`` asks twice: importlib's hasattr check, then the import itself,
         # which warns, at the user's line
         if not sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
-            warnings.warn(f"{package}.{name} is deprecated and will be removed in the next release; use "
-                          f"{moved[name]} instead.", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{package}.{name} is deprecated and will be removed in the next release; use "
+                f"{moved[name]} instead.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         return resolve(moved[name])
 
     return __getattr__

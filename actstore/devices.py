@@ -10,7 +10,11 @@ from .errors import ConfigError
 
 __all__ = ["DTYPES", "check_device", "resolve_device", "check_dtype", "resolve_dtype"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def check_device(device: str | None) -> None:
@@ -23,14 +27,22 @@ def check_device(device: str | None) -> None:
     except (RuntimeError, TypeError, ValueError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"Unknown device '{device}'; pass auto (a GPU if there is one), cpu, cuda, cuda:N or mps.")
+        raise ConfigError(
+            f"Unknown device '{device}'; pass auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Device '{device}' was asked for, but torch sees no CUDA device; pass --device cpu.")
+        raise ConfigError(
+            f"Device '{device}' was asked for, but torch sees no CUDA device; pass --device cpu."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"Device '{device}' was asked for, but torch sees {torch.cuda.device_count()} CUDA devices "
-                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pass one of those.")
+        raise ConfigError(
+            f"Device '{device}' was asked for, but torch sees {torch.cuda.device_count()} CUDA devices "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pass one of those."
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"Device '{device}' was asked for, but torch sees no Apple GPU here; pass --device cpu.")
+        raise ConfigError(
+            f"Device '{device}' was asked for, but torch sees no Apple GPU here; pass --device cpu."
+        )
 
 
 def resolve_device(device: str | None) -> str:
@@ -50,8 +62,10 @@ def check_dtype(dtype: object) -> None:
         name = str(dtype).removeprefix("torch.")
         fix = f"pass dtype='{name}'" if name in DTYPES else f"pass one of {names}"
         raise ConfigError(f"dtype must be a name ({names}); got the torch dtype {dtype}: {fix}.")
-    raise ConfigError(f"Unknown dtype {dtype!r}; actstore computes in {names}. Pass one of those, or leave dtype unset "
-                      "(float32 on CPU, float16 on GPU; a model passed in memory computes in its own dtype).")
+    raise ConfigError(
+        f"Unknown dtype {dtype!r}; actstore computes in {names}. Pass one of those, or leave dtype unset "
+        "(float32 on CPU, float16 on GPU; a model passed in memory computes in its own dtype)."
+    )
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:

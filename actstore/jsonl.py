@@ -14,8 +14,9 @@ from .errors import CorpusError
 __all__ = ["read_records", "write_records"]
 
 
-def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empty_fix: str,
-                 expected: str) -> list[tuple[str, dict[str, Any]]]:
+def read_records(
+    path: str | os.PathLike[str], what: str, missing_fix: str, empty_fix: str, expected: str
+) -> list[tuple[str, dict[str, Any]]]:
     """(``path:line``, object) for every non-blank line. ``what`` names the file
     ('Pairs', 'Facts'); the other arguments finish the error messages."""
     path = os.fspath(path)
@@ -25,8 +26,9 @@ def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empt
         with open(path, encoding="utf-8") as f:
             lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{what} file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8 "
-                          "JSON lines.") from None
+        raise CorpusError(
+            f"{what} file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines."
+        ) from None
     if not lines:
         raise CorpusError(f"{what} file '{path}' holds no {what.lower()}; {empty_fix}")
     items = []
@@ -35,7 +37,9 @@ def read_records(path: str | os.PathLike[str], what: str, missing_fix: str, empt
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CorpusError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line.") from None
+            raise CorpusError(
+                f"{where} is not valid JSON ({e.msg}); write one JSON object per line."
+            ) from None
         if not isinstance(rec, dict):
             raise CorpusError(f"{where} is not a JSON object; expected {expected}.")
         items.append((where, rec))

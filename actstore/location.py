@@ -21,7 +21,7 @@ def normalize(path: str | os.PathLike[str]) -> str:
     """A local path for local stores (``file://`` stripped), the URL otherwise."""
     path = os.fspath(path)
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     return path
 
 
@@ -39,8 +39,12 @@ def filesystem(path: str) -> tuple[Any, str]:
         from .errors import ConfigError
 
         scheme = path.split("://")[0]
-        hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme, f"the fsspec {scheme} backend")
-        raise ConfigError(f"Cannot open '{path}': {e}. Install {hint} (pip install 'actstore[s3]' for s3://).") from None
+        hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(
+            scheme, f"the fsspec {scheme} backend"
+        )
+        raise ConfigError(
+            f"Cannot open '{path}': {e}. Install {hint} (pip install 'actstore[s3]' for s3://)."
+        ) from None
 
 
 def exists(path: str) -> bool:
@@ -50,13 +54,19 @@ def exists(path: str) -> bool:
     fs, p = filesystem(path)
     try:
         return bool(fs.exists(p))  # on object stores: any object under the prefix
-    except Exception as e:  # no credentials, no endpoint, access denied: the backend's own error types
+    except (
+        Exception
+    ) as e:  # no credentials, no endpoint, access denied: the backend's own error types
         raise _unreachable(path, e) from e
 
 
 _GCS = "GOOGLE_APPLICATION_CREDENTIALS"
-_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a "
-                      "server other than AWS", "gs": _GCS, "gcs": _GCS}  # what the error asks to set, per scheme
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a "
+    "server other than AWS",
+    "gs": _GCS,
+    "gcs": _GCS,
+}  # what the error asks to set, per scheme
 
 
 def _unreachable(path: str, error: BaseException) -> Exception:
@@ -65,8 +75,10 @@ def _unreachable(path: str, error: BaseException) -> Exception:
 
     scheme = path.split("://")[0]
     env = _CREDENTIALS.get(scheme, f"the variables your fsspec {scheme} backend reads")
-    return ConfigError(f"Cannot read '{path}' ({type(error).__name__}: {error}). Object storage takes its credentials "
-                       f"and endpoint from the environment only: set {env}; then check the URL's bucket and path.")
+    return ConfigError(
+        f"Cannot read '{path}' ({type(error).__name__}: {error}). Object storage takes its credentials "
+        f"and endpoint from the environment only: set {env}; then check the URL's bucket and path."
+    )
 
 
 def is_empty(path: str) -> bool:

@@ -20,10 +20,25 @@ from .sites import DERIVED_SITES, Site, stop_layer
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["ModelInfo", "LoadedModel", "ModelLike", "load_model", "as_loaded", "save_model", "check_processes",
-           "resolve_device", "check_device", "check_dtype", "resolve_dtype", "fingerprint", "bridge_dtype", "DTYPES",
-           "Collector", "CaptureDone", "model_source"]
-
+__all__ = [
+    "ModelInfo",
+    "LoadedModel",
+    "ModelLike",
+    "load_model",
+    "as_loaded",
+    "save_model",
+    "check_processes",
+    "resolve_device",
+    "check_device",
+    "check_dtype",
+    "resolve_dtype",
+    "fingerprint",
+    "bridge_dtype",
+    "DTYPES",
+    "Collector",
+    "CaptureDone",
+    "model_source",
+]
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,13 @@ class ModelInfo:
     @property
     def dim_sizes(self) -> dict[str, int]:
         """Dimension name -> size, for naming a site's axes."""
-        sizes = {"head": self.n_heads, "d_head": self.d_head, "d_model": self.d_model,
-                 "d_mlp": self.d_mlp, "d_vocab": self.d_vocab}
+        sizes = {
+            "head": self.n_heads,
+            "d_head": self.d_head,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "d_vocab": self.d_vocab,
+        }
         return sizes if self.n_kv_heads is None else {**sizes, "kv_head": self.n_kv_heads}
 
 
@@ -89,8 +109,13 @@ class LoadedModel:
     def tokenizer(self) -> Any:
         return self.bridge.tokenizer
 
-    def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True,
-                sink: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+    def capture(
+        self,
+        tokens: torch.Tensor,
+        sites: Sequence[Site],
+        keep: bool = True,
+        sink: Callable[[str, torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Run the forward on ``tokens`` (row, pos) and return each site's activation
         (heads narrowed) by hook name. The forward is abandoned as soon as the last
         site's hook has fired: later blocks, ln_final and the unembedding never run
@@ -105,12 +130,15 @@ class LoadedModel:
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
                 collect(site, act)
                 return act
+
             return fn
 
         hooks = [(DERIVED_SITES.get(site.hook, site.hook), hook_for(site)) for site in sites]
         try:
             with torch.inference_mode():
-                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None)
+                self.bridge.run_with_hooks(
+                    tokens, fwd_hooks=hooks, stop_at_layer=stop_layer(sites), return_type=None
+                )
         except CaptureDone:
             pass
         return collect.result()
@@ -122,8 +150,13 @@ class Collector:
     (loss from logits), narrow its heads, hand it to ``sink`` or keep it; after the last
     site, raise :class:`CaptureDone` to abandon the rest of the forward."""
 
-    def __init__(self, sites: Sequence[Site], tokens: torch.Tensor, keep: bool,
-                 sink: Callable[[str, torch.Tensor], None] | None):
+    def __init__(
+        self,
+        sites: Sequence[Site],
+        tokens: torch.Tensor,
+        keep: bool,
+        sink: Callable[[str, torch.Tensor], None] | None,
+    ):
         self.tokens, self.keep, self.sink = tokens, keep, sink
         self.wanted = {site.hook for site in sites}
         self.fired: set[str] = set()
@@ -135,7 +168,9 @@ class Collector:
             derive = _DERIVE.get(site.hook)
             value = act.detach() if derive is None else derive(act, self.tokens)
             if site.heads is not None:
-                value = value.index_select(_head_axis(site.hook), torch.tensor(site.heads, device=value.device))
+                value = value.index_select(
+                    _head_axis(site.hook), torch.tensor(site.heads, device=value.device)
+                )
             if self.sink is not None:
                 self.sink(site.hook, value)
             else:
@@ -146,7 +181,9 @@ class Collector:
     def result(self) -> dict[str, torch.Tensor]:
         missing = self.wanted - self.fired
         if missing:
-            raise UnknownSiteError(f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached.")
+            raise UnknownSiteError(
+                f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached."
+            )
         return self.got
 
 
@@ -211,7 +248,9 @@ def model_source(name: str) -> tuple[str, str]:
     return name, "Hugging Face model"
 
 
-def load_model(name: str, dtype: str | None = None, device: str | None = "auto", revision: str | None = None) -> LoadedModel:
+def load_model(
+    name: str, dtype: str | None = None, device: str | None = "auto", revision: str | None = None
+) -> LoadedModel:
     """Boot ``name`` (hub name, local folder, or 'actstore-demo') with TransformerBridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -248,8 +287,14 @@ def _check_tokenizer(bridge: HookedModel, name: str) -> None:
         )
 
 
-def _describe(bridge: HookedModel, name: str, revision: str | None, dtype: str, label: str,
-              in_memory: bool = False) -> ModelInfo:
+def _describe(
+    bridge: HookedModel,
+    name: str,
+    revision: str | None,
+    dtype: str,
+    label: str,
+    in_memory: bool = False,
+) -> ModelInfo:
     """The ModelInfo of a booted bridge; the fingerprint is computed from its tensors."""
     cfg = bridge.cfg
     return ModelInfo(
@@ -279,7 +324,9 @@ def _kv_heads(cfg: Any) -> int | None:
 
 def _attached_hooks(bridge: HookedModel) -> tuple[str, ...]:
     """Hook points with forward hooks on them (by every alias in hook_dict)."""
-    return tuple(sorted(n for n, h in bridge.hook_dict.items() if h._forward_hooks or h._forward_pre_hooks))
+    return tuple(
+        sorted(n for n, h in bridge.hook_dict.items() if h._forward_hooks or h._forward_pre_hooks)
+    )
 
 
 # A model as every entry point takes it: a name (hub name, local folder, 'actstore-demo'),
@@ -289,8 +336,12 @@ ModelLike = Union[str, "os.PathLike[str]", "TransformerBridge", LoadedModel]
 IN_MEMORY_LABEL = "in-memory TransformerBridge"
 
 
-def as_loaded(model: ModelLike, dtype: str | None = None, device: str | None = "auto",
-              revision: str | None = None) -> LoadedModel:
+def as_loaded(
+    model: ModelLike,
+    dtype: str | None = None,
+    device: str | None = "auto",
+    revision: str | None = None,
+) -> LoadedModel:
     """The model of a cache, patching or analysis run: a name is loaded with
     :func:`load_model`; a TransformerBridge (or a LoadedModel) is used as it is, on its
     own device and dtype. A ``dtype`` or ``device`` that differs from the object's is an
@@ -305,15 +356,23 @@ def as_loaded(model: ModelLike, dtype: str | None = None, device: str | None = "
         _check_matches(model.info, model.device, dtype, device, revision)
         return model
     bridge = _as_bridge(model)
-    active = [n for n, m in bridge.named_modules() if isinstance(m, torch.nn.Dropout) and m.training and m.p > 0]
+    active = [
+        n
+        for n, m in bridge.named_modules()
+        if isinstance(m, torch.nn.Dropout) and m.training and m.p > 0
+    ]
     if active:
-        raise ConfigError(f"The model is in training mode with dropout active ({active[0]} and {len(active) - 1} more), "
-                          "so its activations are random; call model.eval() first (and model.train() after, to go on "
-                          "training).")
+        raise ConfigError(
+            f"The model is in training mode with dropout active ({active[0]} and {len(active) - 1} more), "
+            "so its activations are random; call model.eval() first (and model.train() after, to go on "
+            "training)."
+        )
     dt = {v: k for k, v in DTYPES.items()}.get(bridge_dtype(bridge))
     if dt is None:
-        raise ConfigError(f"The model computes in {bridge_dtype(bridge)}; actstore runs {', '.join(DTYPES)} models. "
-                          "Convert it first, e.g. model.to(torch.float32).")
+        raise ConfigError(
+            f"The model computes in {bridge_dtype(bridge)}; actstore runs {', '.join(DTYPES)} models. "
+            "Convert it first, e.g. model.to(torch.float32)."
+        )
     dev = str(next(bridge.original_model.parameters()).device)
     info = _describe(bridge, _name_of(bridge), None, dt, IN_MEMORY_LABEL, in_memory=True)
     _check_matches(info, dev, dtype, device, revision)
@@ -341,24 +400,35 @@ def _as_bridge(model: Any) -> Any:
             f"model must be a name (hub name such as 'gpt2', a local folder, or 'actstore-demo') or a "
             f"transformer_lens TransformerBridge; got {type(model).__module__}.{type(model).__name__}. Boot one with "
             "TransformerBridge.boot_transformers(name_or_folder) (a Hugging Face model in memory: "
-            "boot_transformers(name, hf_model=your_model)), or pass a folder written by save_pretrained.")
+            "boot_transformers(name, hf_model=your_model)), or pass a folder written by save_pretrained."
+        )
     return model
 
 
-def _check_matches(info: ModelInfo, dev: str, dtype: str | None, device: str | None, revision: str | None) -> None:
+def _check_matches(
+    info: ModelInfo, dev: str, dtype: str | None, device: str | None, revision: str | None
+) -> None:
     """Refuse options that would need the model in memory converted or reloaded."""
     check_dtype(dtype)  # first: the advice below names torch.<dtype>, which must exist
     if dtype is not None and dtype != info.dtype:
-        raise ConfigError(f"The model passed computes in {info.dtype}, but dtype '{dtype}' was asked for; convert it "
-                          f"first (model.to(torch.{dtype})) or leave dtype unset to use the model as it is.")
+        raise ConfigError(
+            f"The model passed computes in {info.dtype}, but dtype '{dtype}' was asked for; convert it "
+            f"first (model.to(torch.{dtype})) or leave dtype unset to use the model as it is."
+        )
     if device not in (None, "auto"):
         want, have = torch.device(device), torch.device(dev)
-        if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
-            raise ConfigError(f"The model passed is on {dev}, but device '{device}' was asked for; move it first "
-                              f"(model.to('{device}')) or leave device unset ('auto') to use it where it is.")
+        if want.type != have.type or (
+            want.index is not None and have.index is not None and want.index != have.index
+        ):
+            raise ConfigError(
+                f"The model passed is on {dev}, but device '{device}' was asked for; move it first "
+                f"(model.to('{device}')) or leave device unset ('auto') to use it where it is."
+            )
     if revision is not None and revision != info.revision:
-        raise ConfigError(f"A model revision ('{revision}') only applies to a model loaded by name; the model passed "
-                          "is already loaded, so leave the revision unset.")
+        raise ConfigError(
+            f"A model revision ('{revision}') only applies to a model loaded by name; the model passed "
+            "is already loaded, so leave the revision unset."
+        )
 
 
 def save_model(model: TransformerBridge | LoadedModel, folder: str | os.PathLike[str]) -> str:
@@ -382,17 +452,28 @@ def check_processes(model: ModelLike) -> None:
     """Refuse an in-memory model when this run is launched as several processes
     (torchrun / accelerate): the other processes cannot receive the object. Call it
     before the process group is set up."""
-    in_memory = model.info.in_memory if isinstance(model, LoadedModel) else not isinstance(model, (str, os.PathLike))
+    in_memory = (
+        model.info.in_memory
+        if isinstance(model, LoadedModel)
+        else not isinstance(model, (str, os.PathLike))
+    )
     if in_memory and launched():
-        raise ConfigError("A model held in memory cannot be shared with the other processes of a multi-process run; "
-                          "save it with actstore.models.save_model(model, FOLDER) (save_pretrained of the weights and "
-                          "tokenizer) and pass the folder, or run a single process.")
+        raise ConfigError(
+            "A model held in memory cannot be shared with the other processes of a multi-process run; "
+            "save it with actstore.models.save_model(model, FOLDER) (save_pretrained of the weights and "
+            "tokenizer) and pass the folder, or run a single process."
+        )
 
 
-def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], also: Sequence[str] = ()) -> list[str]:
+def check_identity(
+    stored: Mapping[str, Any], current: Mapping[str, Any], also: Sequence[str] = ()
+) -> list[str]:
     """Differences between two model descriptions (a store's metadata["model"] and
     ModelInfo.to_dict()) that make them other models; names may differ. ``also``:
     more keys to compare (resume adds "hooks": the hooks a model in memory runs with)."""
     keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx", *also)
-    return [f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
-            for k in keys if stored.get(k) != current.get(k)]
+    return [
+        f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
+        for k in keys
+        if stored.get(k) != current.get(k)
+    ]

@@ -62,7 +62,9 @@ class Group:
         try:
             torch.distributed.all_gather_object(out, obj)
         except RuntimeError as e:
-            raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
+            raise PeerFailedError(
+                f"Another process of this run stopped before {what} ({e})."
+            ) from None
         return out
 
     def each(self, fn: Callable[[], T], what: str) -> list[T]:
@@ -89,7 +91,9 @@ class Group:
             try:
                 torch.distributed.all_reduce(t)
             except RuntimeError as e:
-                raise PeerFailedError(f"Another process of this run stopped before {what} ({e}).") from None
+                raise PeerFailedError(
+                    f"Another process of this run stopped before {what} ({e})."
+                ) from None
         return t
 
     def barrier(self, what: str) -> None:
@@ -100,7 +104,8 @@ class Group:
         except RuntimeError as e:
             raise PeerFailedError(
                 f"Another process of this run stopped before {what} ({e}). The units this process wrote are done; "
-                "rerun the same command with --resume (any number of processes) to finish the rest.") from None
+                "rerun the same command with --resume (any number of processes) to finish the rest."
+            ) from None
 
     def on_main(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or raises
@@ -117,7 +122,9 @@ class Group:
             try:
                 torch.distributed.broadcast_object_list(box, src=0)
             except RuntimeError as e:
-                raise PeerFailedError(f"Process 0 stopped during {what} ({e}); see its error.") from None
+                raise PeerFailedError(
+                    f"Process 0 stopped during {what} ({e}); see its error."
+                ) from None
             error, result = box
         if error is not None:
             raise error

@@ -21,9 +21,18 @@ def pyplot():
     return plt
 
 
-def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabel: str, ylabel: str,
-            xticklabels: Sequence[str] | None = None, yticklabels: Sequence[str] | None = None,
-            diverging: bool = False, colorbar_label: str = "") -> str:
+def heatmap(
+    data: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xticklabels: Sequence[str] | None = None,
+    yticklabels: Sequence[str] | None = None,
+    diverging: bool = False,
+    colorbar_label: str = "",
+) -> str:
     """A (rows, cols) heatmap. ``diverging`` centres a red-blue map on 0 (patching
     results); otherwise a sequential map (scores, accuracies)."""
     plt = pyplot()
@@ -38,9 +47,15 @@ def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabe
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_xticks(range(w), labels=list(xticklabels) if xticklabels is not None else range(w),
-                  rotation=90 if xticklabels is not None else 0, fontsize=8)
-    ax.set_yticks(range(h), labels=list(yticklabels) if yticklabels is not None else range(h), fontsize=8)
+    ax.set_xticks(
+        range(w),
+        labels=list(xticklabels) if xticklabels is not None else range(w),
+        rotation=90 if xticklabels is not None else 0,
+        fontsize=8,
+    )
+    ax.set_yticks(
+        range(h), labels=list(yticklabels) if yticklabels is not None else range(h), fontsize=8
+    )
     fig.colorbar(im, ax=ax, label=colorbar_label)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps colorbar labels in the picture
@@ -48,8 +63,15 @@ def heatmap(data: np.ndarray, path: str | os.PathLike[str], *, title: str, xlabe
     return os.fspath(path)
 
 
-def curves(x: Sequence[float], ys: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *, title: str,
-           xlabel: str, ylabel: str) -> str:
+def curves(
+    x: Sequence[float],
+    ys: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> str:
     """One line per entry of ``ys`` against ``x`` (e.g. accuracy by layer)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -24,26 +24,86 @@ _GPT2_TOKENS = dict(vocab_size=50257, bos_token_id=50256, eos_token_id=50256)
 # family -> (config class, model class, tiny config). GPT-2's tokenizer for all (its
 # vocabulary fixes vocab_size and the bos/eos ids).
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
-             dict(n_layer=2, n_embd=64, n_head=4, n_positions=128)),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",  # Pythia: partial rotary, parallel attention + MLP
-                 dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=256,
-                      max_position_embeddings=128, use_parallel_residual=True, tie_word_embeddings=False,
-                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),
-    "llama": ("LlamaConfig", "LlamaForCausalLM",  # RMSNorm, rotary, grouped-query attention, gated SiLU MLP
-              dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=176, max_position_embeddings=128, tie_word_embeddings=False)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",  # 1+w norms, post-norms, soft-capping, alternating windows
-               dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                    intermediate_size=128, max_position_embeddings=128, sliding_window=8, query_pre_attn_scalar=16,
-                    final_logit_softcapping=30.0, attn_logit_softcapping=50.0)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",  # Llama's block with q/k/v biases
-              dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=176, max_position_embeddings=128, tie_word_embeddings=False)),
-    "mistral": ("MistralConfig", "MistralForCausalLM",  # Llama's block with a sliding window on every layer
-                dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                     intermediate_size=176, max_position_embeddings=128, sliding_window=8,
-                     tie_word_embeddings=False)),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_layer=2, n_embd=64, n_head=4, n_positions=128),
+    ),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",  # Pythia: partial rotary, parallel attention + MLP
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=128,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
+            },
+        ),
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",  # RMSNorm, rotary, grouped-query attention, gated SiLU MLP
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=176,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",  # 1+w norms, post-norms, soft-capping, alternating windows
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            sliding_window=8,
+            query_pre_attn_scalar=16,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",  # Llama's block with q/k/v biases
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=176,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",  # Llama's block with a sliding window on every layer
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=176,
+            max_position_embeddings=128,
+            sliding_window=8,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 
@@ -51,15 +111,22 @@ def family_config(family: str, **overrides: Any) -> Any:
     """The transformers config of a random ``family`` model: the tiny default with
     ``overrides`` (config keyword arguments) applied."""
     if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; the families are {', '.join(FAMILIES)}.")
+        raise ConfigError(
+            f"unknown model family {family!r}; the families are {', '.join(FAMILIES)}."
+        )
     import transformers
 
     config_cls, _, tiny = FAMILIES[family]
     return getattr(transformers, config_cls)(**{**_GPT2_TOKENS, **tiny, **overrides})
 
 
-def build_random_model(family: str, folder: str | os.PathLike[str], seed: int = 0, save_dtype: str = "float32",
-                       **overrides: Any) -> Path:
+def build_random_model(
+    family: str,
+    folder: str | os.PathLike[str],
+    seed: int = 0,
+    save_dtype: str = "float32",
+    **overrides: Any,
+) -> Path:
     """Save a randomly initialised ``family`` model (:data:`FAMILIES`'s tiny config with
     ``overrides``, e.g. ``initializer_range=0.2`` for metrics that move) with the
     bundled GPT-2 tokenizer to ``folder``, loadable by TransformerBridge offline."""

@@ -17,12 +17,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_MODEL", "DEMO_MODEL_LABEL", "demo_model_dir", "demo_tokenizer", "gpt2_tokenizer", "tokenizer_for",
-           "build_random_gpt2"]
+__all__ = [
+    "DEMO_MODEL",
+    "DEMO_MODEL_LABEL",
+    "demo_model_dir",
+    "demo_tokenizer",
+    "gpt2_tokenizer",
+    "tokenizer_for",
+    "build_random_gpt2",
+]
 
 DEMO_MODEL = "actstore-demo"
-DEMO_MODEL_LABEL = ("actstore-demo: a small GPT-2-architecture DEMO model (4 layers, d_model 128) trained on a "
-                    "synthetic corpus, NOT GPT-2")
+DEMO_MODEL_LABEL = (
+    "actstore-demo: a small GPT-2-architecture DEMO model (4 layers, d_model 128) trained on a "
+    "synthetic corpus, NOT GPT-2"
+)
 DEMO_SEED = 0  # of build_random_gpt2
 
 
@@ -32,8 +41,10 @@ def demo_model_dir() -> Path:
 
     folder = Path(str(resources.files("actstore") / "data" / "demo-model"))
     if not (folder / "model.safetensors").is_file():
-        raise ModelNotFoundError(f"The demo model is missing from {folder}; reinstall actstore, or train it again "
-                                 "with: python scripts/train_demo.py")
+        raise ModelNotFoundError(
+            f"The demo model is missing from {folder}; reinstall actstore, or train it again "
+            "with: python scripts/train_demo.py"
+        )
     return folder
 
 
@@ -48,11 +59,18 @@ def gpt2_tokenizer() -> Any:
     """OpenAI's GPT-2 BPE tokenizer, bundled with the package (50257 tokens)."""
     from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # a lazy module
 
-    return GPT2TokenizerFast.from_pretrained(str(resources.files("actstore") / "data" / "gpt2-tokenizer"))
+    return GPT2TokenizerFast.from_pretrained(
+        str(resources.files("actstore") / "data" / "gpt2-tokenizer")
+    )
 
 
-def build_random_gpt2(folder: str | os.PathLike[str], seed: int = DEMO_SEED, tokenizer: Any = None,
-                      save_dtype: str = "float32", **config: Any) -> Path:
+def build_random_gpt2(
+    folder: str | os.PathLike[str],
+    seed: int = DEMO_SEED,
+    tokenizer: Any = None,
+    save_dtype: str = "float32",
+    **config: Any,
+) -> Path:
     """Save a randomly initialised GPT2LMHeadModel (``config`` as GPT2Config keyword
     arguments) with the GPT-2 tokenizer (or ``tokenizer``: one whose vocabulary fits
     ``vocab_size``, e.g. the demo tokenizer) to ``folder``, loadable by boot_transformers.

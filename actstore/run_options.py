@@ -27,8 +27,12 @@ class RunOptions:
     """What every job is told besides its task: where it runs, whether it reports progress,
     and the command that started it."""
 
-    device: str = field(default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."})
-    progress: bool = field(default=True, metadata={"help": "no progress bars or messages", "flag": "--quiet"})
+    device: str = field(
+        default="auto", metadata={"help": "auto (GPU if there is one), cpu, cuda, cuda:N, ..."}
+    )
+    progress: bool = field(
+        default=True, metadata={"help": "no progress bars or messages", "flag": "--quiet"}
+    )
     command_line: str | None = None  # provenance; the CLI fills it in
 
 
@@ -36,9 +40,16 @@ class RunOptions:
 class ModelRunOptions(RunOptions):
     """The run options of a job that loads a model: its compute dtype and hub revision."""
 
-    dtype: str | None = field(default=None, metadata={
-        "help": "compute dtype (default float32 on CPU, float16 on GPU)", "choices": tuple(DTYPES)})
-    model_revision: str | None = field(default=None, metadata={"help": "hub model revision (branch, tag, commit)"})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "compute dtype (default float32 on CPU, float16 on GPU)",
+            "choices": tuple(DTYPES),
+        },
+    )
+    model_revision: str | None = field(
+        default=None, metadata={"help": "hub model revision (branch, tag, commit)"}
+    )
 
 
 def field_of(cls: type, name: str, **changes: Any) -> Any:
@@ -47,16 +58,27 @@ def field_of(cls: type, name: str, **changes: Any) -> Any:
     keys such as ``help``)."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = changes.pop("default", f.default)
-    return field(default=default, default_factory=f.default_factory, metadata={**f.metadata, **changes},
-                 kw_only=f.kw_only)
+    return field(
+        default=default,
+        default_factory=f.default_factory,
+        metadata={**f.metadata, **changes},
+        kw_only=f.kw_only,
+    )
 
 
 def _frozen(cls: type) -> type:
     """``cls``'s fields again, as a frozen keyword-only dataclass of their own."""
     fields = [(f.name, f.type, field_of(cls, f.name)) for f in dataclasses.fields(cls)]
-    return dataclasses.make_dataclass(f"Frozen{cls.__name__}", fields, frozen=True, kw_only=True,
-                                      namespace={"__doc__": f"{cls.__name__}, frozen: the base of the frozen configs.",
-                                                 "__module__": __name__})
+    return dataclasses.make_dataclass(
+        f"Frozen{cls.__name__}",
+        fields,
+        frozen=True,
+        kw_only=True,
+        namespace={
+            "__doc__": f"{cls.__name__}, frozen: the base of the frozen configs.",
+            "__module__": __name__,
+        },
+    )
 
 
 #: ModelRunOptions as a frozen dataclass: the base of PatchJobConfig and CircuitJobConfig

@@ -30,7 +30,9 @@ from .sites import SHORT_SITES, SITE_DIMS, hook_name
 
 __all__ = ["model_checks", "run_model_selftest"]
 
-HF_REL = 1e-5  # --engine hf against run_with_cache, float32: tests/capture/test_hf_engine.py's bound
+HF_REL = (
+    1e-5  # --engine hf against run_with_cache, float32: tests/capture/test_hf_engine.py's bound
+)
 
 
 def _kinds(model: LoadedModel) -> list[str]:
@@ -43,13 +45,27 @@ def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
     from .capture import cache
 
     mapped = adapter_for(model, "actstore selftest --model").hf_sites
-    sites = ",".join(f"{k}:all" for k in _kinds(model)
-                     if engine == "bridge" or SHORT_SITES[k] in mapped)
-    store = cache(out=f"{tmp}/model-{engine}.zarr", model=model.info.name, model_revision=model.info.revision,
-                  dataset="actstore-demo", sites=sites, seq_len=16, n_rows=4, batch_size=4, dtype=model.info.dtype,
-                  device=model.device, engine=engine, progress=False)
+    sites = ",".join(
+        f"{k}:all" for k in _kinds(model) if engine == "bridge" or SHORT_SITES[k] in mapped
+    )
+    store = cache(
+        out=f"{tmp}/model-{engine}.zarr",
+        model=model.info.name,
+        model_revision=model.info.revision,
+        dataset="actstore-demo",
+        sites=sites,
+        seq_len=16,
+        n_rows=4,
+        batch_size=4,
+        dtype=model.info.dtype,
+        device=model.device,
+        engine=engine,
+        progress=False,
+    )
     with torch.no_grad():
-        _, ref = model.bridge.run_with_cache(torch.as_tensor(store.tokens().astype(np.int64), device=model.device))
+        _, ref = model.bridge.run_with_cache(
+            torch.as_tensor(store.tokens().astype(np.int64), device=model.device)
+        )
     exact = engine == "bridge" and model.device == "cpu" and model.info.dtype == "float32"
     dtype = getattr(torch, store.meta.storage_dtype)
     worst, worst_tol = 0.0, 0.0
@@ -60,28 +76,47 @@ def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
             seen = want > -1e30
             ours, want = ours[seen], want[seen]
         if exact and not torch.equal(ours, want):
-            return Check("", False, f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)")
+            return Check(
+                "",
+                False,
+                f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)",
+            )
         ok, err, tol, why = compare_to_reference(ours, want, float(want.abs().max()), dtype, 0.0)
         if engine == "hf" and dtype == torch.float32:
             tol = min(tol, HF_REL * float(want.max() - want.min()))
             ok = err <= tol
         if not ok:
-            return Check("", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol)
+            return Check(
+                "", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol
+            )
         worst, worst_tol = max(worst, err), max(worst_tol, tol)
     what = "bit-exact" if exact else f"max error {worst:.2g}"
-    return Check("", True, f"{len(store.sites)} sites ({sites}): {what}", None if exact else worst,
-                 None if exact else worst_tol)
+    return Check(
+        "",
+        True,
+        f"{len(store.sites)} sites ({sites}): {what}",
+        None if exact else worst,
+        None if exact else worst_tol,
+    )
 
 
 def _check_lens(model: LoadedModel) -> Check:
     adapter = adapter_for(model, "The logit lens")
-    tokens = torch.randint(0, model.info.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(model.device)
+    tokens = torch.randint(
+        0, model.info.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0)
+    ).to(model.device)
     with torch.no_grad():
         logits, cache = model.bridge.run_with_cache(tokens)
         lens = adapter.logits(model.bridge, cache[hook_name("resid_post", model.info.n_layers - 1)])
     dtype = getattr(torch, model.info.dtype)
     ok, err, tol, why = compare_to_reference(lens, logits, float(logits.abs().max()), dtype, 1e-3)
-    return Check("", ok, f"{adapter.name}: the final residual decoded as the forward's logits ({why})", err, tol)
+    return Check(
+        "",
+        ok,
+        f"{adapter.name}: the final residual decoded as the forward's logits ({why})",
+        err,
+        tol,
+    )
 
 
 def _check_patching(model: LoadedModel) -> Check:
@@ -101,27 +136,46 @@ def _check_patching(model: LoadedModel) -> Check:
     with torch.no_grad():
         _, cache = bridge.run_with_cache(clean)
         for sweep in ("resid_pre", "attn_head_out_all_pos"):
-            ours = getattr(ap, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric, progress=False)
+            ours = getattr(ap, f"get_act_patch_{sweep}")(
+                bridge, corrupted, cache, metric, progress=False
+            )
             want = getattr(tlp, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric)
             err = float((ours - want).abs().max())
             tol = tolerance(ours, want, 0.0, getattr(torch, model.info.dtype))
             if err > tol:
-                return Check("", False, f"{sweep}: differs from transformer_lens.patching by {err:.3g} (tolerance "
-                                        f"{tol:.3g})", err, tol)
+                return Check(
+                    "",
+                    False,
+                    f"{sweep}: differs from transformer_lens.patching by {err:.3g} (tolerance "
+                    f"{tol:.3g})",
+                    err,
+                    tol,
+                )
             worst, worst_tol = max(worst, err), max(worst_tol, tol)
-    return Check("", True, f"resid_pre and attn_head_out_all_pos: max error {worst:.2g}", worst, worst_tol)
+    return Check(
+        "", True, f"resid_pre and attn_head_out_all_pos: max error {worst:.2g}", worst, worst_tol
+    )
 
 
 def _refusals(model: LoadedModel) -> Check:
     adapter = adapter_for(model, "actstore selftest --model")
-    refused = [what for what, no in (("direct logit attribution, direct path patching", adapter.sublayer_output_norms),
-                                     ("--engine hf", not adapter.hf_sites)) if no]
+    refused = [
+        what
+        for what, no in (
+            ("direct logit attribution, direct path patching", adapter.sublayer_output_norms),
+            ("--engine hf", not adapter.hf_sites),
+        )
+        if no
+    ]
     why = adapter.edge_graph_problem(model.bridge)
     if why:
         refused.append(f"circuit discovery and path patching ({why})")
     refused += [f"the {site} site ({why})" for site, why in adapter.absent_sites.items()]
-    detail = (f"{adapter.name}: every engine runs" if not refused else
-              f"{adapter.name}: refused by design, before any work: {'; '.join(refused)} (docs/model-families.md)")
+    detail = (
+        f"{adapter.name}: every engine runs"
+        if not refused
+        else f"{adapter.name}: refused by design, before any work: {'; '.join(refused)} (docs/model-families.md)"
+    )
     return Check("", True, detail)
 
 
@@ -131,15 +185,25 @@ def model_checks(name: str, device: str, tmp: str) -> list[tuple[str, Callable[[
     model = load_model(name, "float32", device)
     adapter = adapter_for(model, "actstore selftest --model")
     plan: list[tuple[str, Callable[[], Check]]] = [
-        (f"cache equals run_with_cache, every site kind of {name} (float32)",
-         lambda: _check_cache(model, tmp, "bridge")),
-        ("the logit lens decodes the final residual into the model's logits", lambda: _check_lens(model)),
+        (
+            f"cache equals run_with_cache, every site kind of {name} (float32)",
+            lambda: _check_cache(model, tmp, "bridge"),
+        ),
+        (
+            "the logit lens decodes the final residual into the model's logits",
+            lambda: _check_lens(model),
+        ),
         ("activation patching equals transformer_lens.patching", lambda: _check_patching(model)),
         ("what actstore refuses for this family", lambda: _refusals(model)),
     ]
     if adapter.hf_sites:
-        plan.insert(1, ("--engine hf within float rounding of run_with_cache (float32)",
-                        lambda: _check_cache(model, tmp, "hf")))
+        plan.insert(
+            1,
+            (
+                "--engine hf within float rounding of run_with_cache (float32)",
+                lambda: _check_cache(model, tmp, "hf"),
+            ),
+        )
     return plan
 
 

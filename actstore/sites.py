@@ -17,8 +17,19 @@ import torch
 
 from .errors import UnknownSiteError
 
-__all__ = ["Site", "SiteShape", "SHORT_SITES", "parse_sites", "stop_layer", "probe_shapes", "hook_name", "layer_of",
-           "SITE_DIMS", "KV_SITES", "sizes_of"]
+__all__ = [
+    "Site",
+    "SiteShape",
+    "SHORT_SITES",
+    "parse_sites",
+    "stop_layer",
+    "probe_shapes",
+    "hook_name",
+    "layer_of",
+    "SITE_DIMS",
+    "KV_SITES",
+    "sizes_of",
+]
 
 # short name -> hook name template; {L} is the layer
 SHORT_SITES: dict[str, str] = {
@@ -46,12 +57,29 @@ GLOBAL_SITES: dict[str, str] = {
 # loss: -log p(token[pos+1] | tokens[:pos+1]), as TransformerLens's loss_per_token, (pos = seq_len - 1)
 DERIVED_SITES: dict[str, str] = {"loss": "unembed.hook_out"}
 # short name -> the dimension names of one row of the site (sizes: ModelInfo.dim_sizes, pos: seq_len)
-_RESID, _HEADS, _GRID = ("pos", "d_model"), ("pos", "head", "d_head"), ("head", "query_pos", "key_pos")
+_RESID, _HEADS, _GRID = (
+    ("pos", "d_model"),
+    ("pos", "head", "d_head"),
+    ("head", "query_pos", "key_pos"),
+)
 SITE_DIMS: dict[str, tuple[str, ...]] = {
-    "resid_pre": _RESID, "resid_mid": _RESID, "resid_post": _RESID, "attn_out": _RESID, "mlp_out": _RESID,
-    "z": _HEADS, "q": _HEADS, "k": _HEADS, "v": _HEADS, "pattern": _GRID, "attn_scores": _GRID,
-    "mlp_pre": ("pos", "d_mlp"), "mlp_post": ("pos", "d_mlp"),
-    "embed": _RESID, "pos_embed": _RESID, "logits": ("pos", "d_vocab"), "loss": ("pos",),
+    "resid_pre": _RESID,
+    "resid_mid": _RESID,
+    "resid_post": _RESID,
+    "attn_out": _RESID,
+    "mlp_out": _RESID,
+    "z": _HEADS,
+    "q": _HEADS,
+    "k": _HEADS,
+    "v": _HEADS,
+    "pattern": _GRID,
+    "attn_scores": _GRID,
+    "mlp_pre": ("pos", "d_mlp"),
+    "mlp_post": ("pos", "d_mlp"),
+    "embed": _RESID,
+    "pos_embed": _RESID,
+    "logits": ("pos", "d_vocab"),
+    "loss": ("pos",),
 }
 KV_SITES = frozenset({"k", "v"})  # sites whose heads are key/value heads
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -68,7 +96,11 @@ class Site:
     heads: tuple[int, ...] | None = None  # None = every head
 
     def __str__(self) -> str:
-        return self.hook if self.heads is None else f"{self.hook}[heads={','.join(map(str, self.heads))}]"
+        return (
+            self.hook
+            if self.heads is None
+            else f"{self.hook}[heads={','.join(map(str, self.heads))}]"
+        )
 
     @classmethod
     def of(cls, short: str, layer: int | None = None) -> Site:
@@ -85,7 +117,9 @@ class Site:
     def short(self) -> str | None:
         """The short name (``resid_post``, ``z``, ``embed``, ...), or None for a hook
         outside the short vocabulary. A derived site's short name is its hook (``loss``)."""
-        return _SHORT_OF.get(self.hook if self.layer is None else self.hook.replace(f".{self.layer}.", ".{L}.", 1))
+        return _SHORT_OF.get(
+            self.hook if self.layer is None else self.hook.replace(f".{self.layer}.", ".{L}.", 1)
+        )
 
     @property
     def kind(self) -> str:
@@ -116,8 +150,11 @@ class SiteShape:
         return tuple(s for d, s in zip(self.dims, self.shape) if d != "pos")
 
 
-_SHORT_OF: dict[str, str] = {**{t: n for n, t in SHORT_SITES.items()}, **{h: n for n, h in GLOBAL_SITES.items()},
-                             **{n: n for n in DERIVED_SITES}}
+_SHORT_OF: dict[str, str] = {
+    **{t: n for n, t in SHORT_SITES.items()},
+    **{h: n for n, h in GLOBAL_SITES.items()},
+    **{n: n for n in DERIVED_SITES},
+}
 
 
 def layer_of(hook: str) -> int | None:
@@ -150,7 +187,9 @@ def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, in
     elif "-" in selector:
         lo, hi = (int(x) for x in selector.split("-"))
         if hi < lo:
-            raise UnknownSiteError(f"Site '{spec}': layer range {lo}-{hi} is empty; write it low-high, e.g. {hi}-{lo}.")
+            raise UnknownSiteError(
+                f"Site '{spec}': layer range {lo}-{hi} is empty; write it low-high, e.g. {hi}-{lo}."
+            )
         pairs = [(layer, None) for layer in range(lo, hi + 1)]
     else:
         pairs = [(int(selector), None)]
@@ -164,7 +203,12 @@ def _parse_layers(selector: str, n_layers: int, spec: str) -> list[tuple[int, in
 
 def split_specs(spec: str | Sequence[str]) -> list[str]:
     """'resid_post:all,pattern:5.1,5.5' -> ['resid_post:all', 'pattern:5.1,5.5']"""
-    tokens = [t.strip() for part in ([spec] if isinstance(spec, str) else spec) for t in part.split(",") if t.strip()]
+    tokens = [
+        t.strip()
+        for part in ([spec] if isinstance(spec, str) else spec)
+        for t in part.split(",")
+        if t.strip()
+    ]
     specs: list[str] = []
     for tok in tokens:
         if specs and ":" in specs[-1] and _SELECTOR_RE.match(tok):
@@ -187,7 +231,10 @@ def unknown_site(name: str, hook_names: Iterable[str]) -> UnknownSiteError:
 
 
 def parse_sites(
-    spec: str | Sequence[str | Site], hook_names: Iterable[str], n_layers: int, n_heads: int,
+    spec: str | Sequence[str | Site],
+    hook_names: Iterable[str],
+    n_layers: int,
+    n_heads: int,
     n_kv_heads: int | None = None,
 ) -> list[Site]:
     """Expand site specs (strings or Site values) to a sorted list of Sites, one per
@@ -229,15 +276,26 @@ def parse_sites(
             add(name, None, s)
         elif name in SHORT_SITES:
             if not selectors:
-                raise UnknownSiteError(f"Site '{s}' needs layers, e.g. '{name}:all', '{name}:5' or '{name}:5-7'.")
+                raise UnknownSiteError(
+                    f"Site '{s}' needs layers, e.g. '{name}:all', '{name}:5' or '{name}:5-7'."
+                )
             for sel in selectors.split(","):
                 if not _SELECTOR_RE.match(sel):
                     raise UnknownSiteError(
                         f"Site '{s}': cannot read layers '{sel}'; expected 'all', 'L', 'L1-L2' or 'L.H'."
                     )
                 for layer, head in _parse_layers(sel, n_layers, s):
-                    if head is not None and name not in {"z", "q", "k", "v", "pattern", "attn_scores"}:
-                        raise UnknownSiteError(f"Site '{s}': '{name}' has no head dimension, so 'L.H' does not apply.")
+                    if head is not None and name not in {
+                        "z",
+                        "q",
+                        "k",
+                        "v",
+                        "pattern",
+                        "attn_scores",
+                    }:
+                        raise UnknownSiteError(
+                            f"Site '{s}': '{name}' has no head dimension, so 'L.H' does not apply."
+                        )
                     add(SHORT_SITES[name].format(L=layer), head, s)
         elif not selectors:
             add(name, None, s)
@@ -266,15 +324,19 @@ def stop_layer(sites: Sequence[Site]) -> int | None:
     return needed
 
 
-def _site_dims(site: Site, shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]) -> tuple[str, ...]:
+def _site_dims(
+    site: Site, shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]
+) -> tuple[str, ...]:
     """The site's own dimension names (SITE_DIMS), checked against the measured shape; a
     hook outside the short vocabulary is named from its shape."""
     dims = SITE_DIMS.get(site.short or "")
     if dims is None:
         return _name_dims(shape, pos_axes, sizes)
     sizes = sizes_of(site.short, sizes)
-    if len(dims) != len(shape) or {i for i, d in enumerate(dims) if d.endswith("pos")} != pos_axes or any(
-        d in sizes and sizes[d] != n for d, n in zip(dims, shape)
+    if (
+        len(dims) != len(shape)
+        or {i for i, d in enumerate(dims) if d.endswith("pos")} != pos_axes
+        or any(d in sizes and sizes[d] != n for d, n in zip(dims, shape))
     ):
         raise UnknownSiteError(
             f"Site {site.hook} has shape {tuple(shape)} (positions on axes {sorted(pos_axes)}) at 2 tokens, not the "
@@ -292,7 +354,9 @@ def sizes_of(short: str | None, sizes: Mapping[str, int]) -> Mapping[str, int]:
     return sizes
 
 
-def _name_dims(shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]) -> tuple[str, ...]:
+def _name_dims(
+    shape: Sequence[int], pos_axes: set[int], sizes: Mapping[str, int]
+) -> tuple[str, ...]:
     """Dimension names of a hook outside the vocabulary: positions where the shape moved
     with the sequence length, else the first unused size that matches (dimN if none)."""
     names: list[str] = []
@@ -323,10 +387,14 @@ def probe_shapes(
         sa, sb = tuple(a[site.hook].shape[1:]), tuple(b[site.hook].shape[1:])
         pos_axes = {i for i, (x, y) in enumerate(zip(sa, sb)) if x != y}
         dims = _site_dims(site, sa, pos_axes, sizes)
-        shape = tuple(seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa))  # loss: seq_len - 1
+        shape = tuple(
+            seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa)
+        )  # loss: seq_len - 1
         if site.heads is not None:
             if "head" not in dims:
-                raise UnknownSiteError(f"Site '{site}' selects heads, but {site.hook} has no head dimension.")
+                raise UnknownSiteError(
+                    f"Site '{site}' selects heads, but {site.hook} has no head dimension."
+                )
             axis = dims.index("head")
             shape = shape[:axis] + (len(site.heads),) + shape[axis + 1 :]
         shapes[site.hook] = SiteShape(dims, shape)

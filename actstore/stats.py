@@ -58,4 +58,8 @@ class Moments:
     @classmethod
     def unpack(cls, v: np.ndarray, feature_shape: tuple[int, ...]) -> Moments:
         f = int(np.prod(feature_shape))
-        return cls(int(v[0]), v[1 : 1 + f].reshape(feature_shape), v[1 + f : 1 + 2 * f].reshape(feature_shape))
+        return cls(
+            int(v[0]),
+            v[1 : 1 + f].reshape(feature_shape),
+            v[1 + f : 1 + 2 * f].reshape(feature_shape),
+        )

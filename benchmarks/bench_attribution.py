@@ -63,10 +63,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shapes", default="tiny,small")
     p.add_argument("--sweeps", default=SWEEPS)
     p.add_argument("--pairs", type=int, default=8, help="IOI prompt pairs (the batch)")
-    p.add_argument("--init", type=float, default=0.02, help="initializer_range of the random model (GPT-2: 0.02)")
+    p.add_argument(
+        "--init",
+        type=float,
+        default=0.02,
+        help="initializer_range of the random model (GPT-2: 0.02)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="best of this many runs per timing")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--reference", action="store_true", help="also time transformer_lens.patching (resid_pre)")
+    p.add_argument(
+        "--reference", action="store_true", help="also time transformer_lens.patching (resid_pre)"
+    )
     p.add_argument("--reference-all", action="store_true", help="... on every sweep (slow)")
     p.add_argument("--model-dir", default=None)
     p.add_argument("--out-json", default=None)
@@ -75,8 +82,10 @@ def parse_args() -> argparse.Namespace:
 
 def build(folder: Path, config: dict[str, int], init: float) -> Path:
     if not (folder / "config.json").exists():
-        code = ("import sys; from actstore.demo import build_random_gpt2; "
-                f"build_random_gpt2(sys.argv[1], seed=0, initializer_range={init!r}, **{config!r})")
+        code = (
+            "import sys; from actstore.demo import build_random_gpt2; "
+            f"build_random_gpt2(sys.argv[1], seed=0, initializer_range={init!r}, **{config!r})"
+        )
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     return folder
 
@@ -102,10 +111,15 @@ def loadavg() -> str:
         return "?"
 
 
-def bench(args: argparse.Namespace, shape: str, model_dir: Path, rows: list[dict[str, Any]]) -> None:
+def bench(
+    args: argparse.Namespace, shape: str, model_dir: Path, rows: list[dict[str, Any]]
+) -> None:
     cfg = SHAPES[shape]
-    bridge = TransformerBridge.boot_transformers(str(build(model_dir / f"{shape}-{args.init}", cfg, args.init)),
-                                                 device="cpu", dtype=torch.float32)
+    bridge = TransformerBridge.boot_transformers(
+        str(build(model_dir / f"{shape}-{args.init}", cfg, args.init)),
+        device="cpu",
+        dtype=torch.float32,
+    )
     bridge.eval()
     tok = gpt2_tokenizer()
     pairs = tasks.ioi_pairs(args.pairs, seed=0, tokenizer=tok)
@@ -118,38 +132,77 @@ def bench(args: argparse.Namespace, shape: str, model_dir: Path, rows: list[dict
         clean_logits, cache = bridge.run_with_cache(clean)
         corrupted_logits = bridge(corrupted)
     metric = ap.LogitDiff(answer, wrong).normalised(clean_logits, corrupted_logits)
-    print(f"\n{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads), random init "
-          f"{args.init}, float32, CPU; {args.pairs} IOI pairs (ABC) of {clean.shape[1]} tokens; normalised logit "
-          f"difference; torch threads {torch.get_num_threads()}; load {loadavg()} on {os.cpu_count()} CPUs; best of "
-          f"{args.repeat}")
-    head = (f"{'sweep':<24} {'cells':>6} {'exact':>9} {'attribution':>11} {'ratio':>7} {'r all':>6} "
-            f"{'r changed':>9} {'max|diff|':>9} {'reference':>10}")
+    print(
+        f"\n{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads), random init "
+        f"{args.init}, float32, CPU; {args.pairs} IOI pairs (ABC) of {clean.shape[1]} tokens; normalised logit "
+        f"difference; torch threads {torch.get_num_threads()}; load {loadavg()} on {os.cpu_count()} CPUs; best of "
+        f"{args.repeat}"
+    )
+    head = (
+        f"{'sweep':<24} {'cells':>6} {'exact':>9} {'attribution':>11} {'ratio':>7} {'r all':>6} "
+        f"{'r changed':>9} {'max|diff|':>9} {'reference':>10}"
+    )
     print(head)
     print("-" * len(head))
     sweeps = args.sweeps.split(",")
-    at.attribution_patch(bridge, corrupted, cache, metric, sweeps=sweeps[:1], progress=False)  # warm-up, untimed
+    at.attribution_patch(
+        bridge, corrupted, cache, metric, sweeps=sweeps[:1], progress=False
+    )  # warm-up, untimed
     for sweep in sweeps:
-        exact_fn, attr_fn = getattr(ap, f"get_act_patch_{sweep}"), getattr(at, f"get_act_patch_{sweep}")
-        t_exact, exact = best_of(args.repeat, lambda: exact_fn(bridge, corrupted, cache, metric, progress=False))
-        t_attr, approx = best_of(args.repeat, lambda: attr_fn(bridge, corrupted, cache, metric, progress=False))
-        changed = approx != 0  # the corrupted run scores 0: a cell no patch changes has attribution exactly 0
+        exact_fn, attr_fn = (
+            getattr(ap, f"get_act_patch_{sweep}"),
+            getattr(at, f"get_act_patch_{sweep}"),
+        )
+        t_exact, exact = best_of(
+            args.repeat, lambda: exact_fn(bridge, corrupted, cache, metric, progress=False)
+        )
+        t_attr, approx = best_of(
+            args.repeat, lambda: attr_fn(bridge, corrupted, cache, metric, progress=False)
+        )
+        changed = (
+            approx != 0
+        )  # the corrupted run scores 0: a cell no patch changes has attribution exactly 0
         r_all, r_changed = pearson(exact, approx), pearson(exact[changed], approx[changed])
         t_ref = None
         if args.reference_all or (args.reference and sweep == "resid_pre"):
-            t_ref, ref = best_of(1, lambda: getattr(tlp, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric))
+            t_ref, ref = best_of(
+                1, lambda: getattr(tlp, f"get_act_patch_{sweep}")(bridge, corrupted, cache, metric)
+            )
             assert (ref - exact).abs().max() < 1e-3
-        row = dict(shape=shape, init=args.init, sweep=sweep, cells=int(exact.numel()), exact_s=t_exact,
-                   attribution_s=t_attr, ratio=t_exact / t_attr, pearson=r_all, pearson_changed=r_changed,
-                   n_changed=int(changed.sum()), max_abs_diff=float((exact - approx).abs().max()), reference_s=t_ref,
-                   pairs=args.pairs, threads=torch.get_num_threads())
+        row = dict(
+            shape=shape,
+            init=args.init,
+            sweep=sweep,
+            cells=int(exact.numel()),
+            exact_s=t_exact,
+            attribution_s=t_attr,
+            ratio=t_exact / t_attr,
+            pearson=r_all,
+            pearson_changed=r_changed,
+            n_changed=int(changed.sum()),
+            max_abs_diff=float((exact - approx).abs().max()),
+            reference_s=t_ref,
+            pairs=args.pairs,
+            threads=torch.get_num_threads(),
+        )
         rows.append(row)
         ref_s = "" if t_ref is None else f"{t_ref:9.1f}s"
-        print(f"{sweep:<24} {row['cells']:>6} {t_exact:8.3f}s {t_attr:10.3f}s {row['ratio']:6.1f}x {r_all:6.3f} "
-              f"{r_changed:9.3f} {row['max_abs_diff']:9.3f} {ref_s:>10}")
-    t_all, _ = best_of(args.repeat, lambda: at.attribution_patch(bridge, corrupted, cache, metric, sweeps=sweeps,
-                                                                  progress=False))
-    print(f"all {len(sweeps)} sweeps from one attribution_patch call (one forward + backward): {t_all:.3f}s")
-    rows.append(dict(shape=shape, init=args.init, sweep="all (attribution_patch)", attribution_s=t_all))
+        print(
+            f"{sweep:<24} {row['cells']:>6} {t_exact:8.3f}s {t_attr:10.3f}s {row['ratio']:6.1f}x {r_all:6.3f} "
+            f"{r_changed:9.3f} {row['max_abs_diff']:9.3f} {ref_s:>10}"
+        )
+    t_all, _ = best_of(
+        args.repeat,
+        lambda: at.attribution_patch(
+            bridge, corrupted, cache, metric, sweeps=sweeps, progress=False
+        ),
+    )
+    print(
+        f"all {len(sweeps)} sweeps from one attribution_patch call (one forward + backward): {t_all:.3f}s"
+    )
+    rows.append(
+        dict(shape=shape, init=args.init, sweep="all (attribution_patch)", attribution_s=t_all)
+    )
 
 
 def main() -> None:

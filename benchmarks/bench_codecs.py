@@ -37,31 +37,52 @@ from actstore.store.codecs import registered
 from actstore.store.format import parse_codec, row_array
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-CODECS = tuple(spec for c in registered() for spec in c.samples)  # every registered codec and its sample levels
-ROWS_PER_CHUNK, ROWS_PER_SHARD = 8, 64  # actstore's defaults at batch size 8 (shard capped at 256 MB)
+CODECS = tuple(
+    spec for c in registered() for spec in c.samples
+)  # every registered codec and its sample levels
+ROWS_PER_CHUNK, ROWS_PER_SHARD = (
+    8,
+    64,
+)  # actstore's defaults at batch size 8 (shard capped at 256 MB)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per codec; the best is reported")
-    p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated codec specs (e.g. zstd:3,pcodec:4)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per codec; the best is reported"
+    )
+    p.add_argument(
+        "--codecs",
+        default=",".join(CODECS),
+        help="comma-separated codec specs (e.g. zstd:3,pcodec:4)",
+    )
     p.add_argument("--model", default="actstore-demo", help="actstore-demo or random-gpt2-small")
     return p.parse_args()
 
 
 def capture(name: str, rows: int, seq_len: int, tmp: Path) -> dict[str, np.ndarray]:
     if name == "random-gpt2-small":
-        name = str(build_random_gpt2(tmp / "model", n_layer=12, n_embd=768, n_head=12, n_positions=1024))
+        name = str(
+            build_random_gpt2(tmp / "model", n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+        )
     model = load_model(name, "float32", "cpu")
     layer = model.info.n_layers // 2
-    sites = parse_sites([f"resid_post:{layer}", f"z:{layer}"], model.bridge.hook_dict.keys(),
-                        model.info.n_layers, model.info.n_heads)
-    tokens = RowReader(CorpusSpec.from_dataset("actstore-demo", seq_len=seq_len), model.tokenizer).take(rows).tokens
+    sites = parse_sites(
+        [f"resid_post:{layer}", f"z:{layer}"],
+        model.bridge.hook_dict.keys(),
+        model.info.n_layers,
+        model.info.n_heads,
+    )
+    tokens = (
+        RowReader(CorpusSpec.from_dataset("actstore-demo", seq_len=seq_len), model.tokenizer)
+        .take(rows)
+        .tokens
+    )
     parts: dict[str, list[np.ndarray]] = {s.hook: [] for s in sites}
     for i in range(0, rows, ROWS_PER_CHUNK):
-        got = model.capture(torch.from_numpy(tokens[i:i + ROWS_PER_CHUNK]).long(), sites)
+        got = model.capture(torch.from_numpy(tokens[i : i + ROWS_PER_CHUNK]).long(), sites)
         for hook, t in got.items():
             parts[hook].append(t.to(torch.float16).numpy())
     return {hook: np.concatenate(p) for hook, p in parts.items()}
@@ -88,20 +109,32 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
     for r in range(repeat):
         path = root / f"{codec.replace(':', '_')}-{r}.zarr"
         group = zarr.open_group(path, mode="w")
-        arr = row_array(group, "a", data.shape, chunks[0], (shards or chunks)[0], str(data.dtype),
-                     ["row"] + [f"d{i}" for i in range(1, data.ndim)], parse_codec(codec))
-        enc = encoder_for(arr)  # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
+        arr = row_array(
+            group,
+            "a",
+            data.shape,
+            chunks[0],
+            (shards or chunks)[0],
+            str(data.dtype),
+            ["row"] + [f"d{i}" for i in range(1, data.ndim)],
+            parse_codec(codec),
+        )
+        enc = encoder_for(
+            arr
+        )  # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
         rps = arr.metadata.chunk_grid.chunk_shape[0]
         t0 = time.perf_counter()
         for k in range(-(-len(data) // rps)):
-            write_rows(arr, str(path), k, data[k * rps:(k + 1) * rps], durable=True, enc=enc)
+            write_rows(arr, str(path), k, data[k * rps : (k + 1) * rps], durable=True, enc=enc)
         writes.append(time.perf_counter() - t0)
         stored = disk_bytes(path / "a")
         arr = zarr.open_array(path / "a", mode="r")
         t0 = time.perf_counter()
         back = arr[:]
         reads.append(time.perf_counter() - t0)
-        if back.dtype != data.dtype or not np.array_equal(back.view(np.uint16), data.view(np.uint16)):
+        if back.dtype != data.dtype or not np.array_equal(
+            back.view(np.uint16), data.view(np.uint16)
+        ):
             raise SystemExit(f"round trip of codec {codec} is not exact")
     return data.nbytes / stored, mb / min(writes), mb / min(reads)
 
@@ -109,13 +142,17 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
 def main() -> None:
     a = parse_args()
     hf_logging.disable_progress_bar()
-    print(f"bench_codecs: {a.model}; Zarr v3 float16 activations, actstore layout; MB/s of uncompressed bytes, "
-          f"best of {a.repeat}; zarr {zarr.__version__}, torch threads {torch.get_num_threads()}")
+    print(
+        f"bench_codecs: {a.model}; Zarr v3 float16 activations, actstore layout; MB/s of uncompressed bytes, "
+        f"best of {a.repeat}; zarr {zarr.__version__}, torch threads {torch.get_num_threads()}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_codecs_") as tmp:
         acts = capture(a.model, a.rows, a.seq_len, Path(tmp))
         for hook, data in acts.items():
             chunks, shards = layout(data.shape)
-            print(f"\n  {hook}  shape {data.shape}  {data.nbytes / 1e6:.1f} MB  chunks {chunks} shards {shards}")
+            print(
+                f"\n  {hook}  shape {data.shape}  {data.nbytes / 1e6:.1f} MB  chunks {chunks} shards {shards}"
+            )
             print(f"  {'codec':<26}{'ratio':>7}{'write MB/s':>12}{'read MB/s':>11}  round trip")
             for codec in a.codecs.split(","):
                 root = Path(tmp) / "arrays"

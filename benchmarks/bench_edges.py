@@ -66,18 +66,38 @@ SHAPES = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", help="3 layers, d_model 64, 4 heads instead of GPT-2 small's shape")
-    p.add_argument("--family", default="gpt2", help="model family (actstore.random_models.FAMILIES) of that shape")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="3 layers, d_model 64, 4 heads instead of GPT-2 small's shape",
+    )
+    p.add_argument(
+        "--family",
+        default="gpt2",
+        help="model family (actstore.random_models.FAMILIES) of that shape",
+    )
     p.add_argument("--pairs", type=int, default=4, help="IOI prompt pairs (the batch)")
-    p.add_argument("--corruption", default="abc", choices=["abc", "flip"],
-                   help="abc: three fresh names (pairs differ from position 2 on); flip: the second mention of the "
-                        "subject replaced (they differ late, so each edge runs over fewer positions)")
-    p.add_argument("--sample", type=int, default=60, help="edges the reference runs (a seeded uniform sample)")
-    p.add_argument("--check-cost", action="store_true", help="also time ours with the self-check off")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--corruption",
+        default="abc",
+        choices=["abc", "flip"],
+        help="abc: three fresh names (pairs differ from position 2 on); flip: the second mention of the "
+        "subject replaced (they differ late, so each edge runs over fewer positions)",
+    )
+    p.add_argument(
+        "--sample", type=int, default=60, help="edges the reference runs (a seeded uniform sample)"
+    )
+    p.add_argument(
+        "--check-cost", action="store_true", help="also time ours with the self-check off"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--model-dir", default=None, help="build/reuse the random model here (default: a temp dir)")
+    p.add_argument(
+        "--model-dir", default=None, help="build/reuse the random model here (default: a temp dir)"
+    )
     p.add_argument("--out-json", default=None)
     return p.parse_args()
 
@@ -87,15 +107,26 @@ def boot(model_dir: Path, shape: str, device: str, dtype: torch.dtype, family: s
     folder = model_dir / f"{family}-{shape}-shape"
     if not (folder / "config.json").exists():
         cfg = SHAPES[shape]
-        code = ("import sys; from actstore.demo import build_random_gpt2; "
-                f"build_random_gpt2(sys.argv[1], seed=0, **{cfg!r})")
+        code = (
+            "import sys; from actstore.demo import build_random_gpt2; "
+            f"build_random_gpt2(sys.argv[1], seed=0, **{cfg!r})"
+        )
         if family != "gpt2":
-            heads = dict(num_attention_heads=cfg["n_head"], **({} if family == "gpt_neox" else
-                                                               {"num_key_value_heads": cfg["n_head"]}))
-            kw = dict(num_hidden_layers=cfg["n_layer"], hidden_size=cfg["n_embd"], intermediate_size=4 * cfg["n_embd"],
-                      max_position_embeddings=cfg["n_positions"], **heads)
-            code = ("import sys; from actstore.random_models import build_random_model; "
-                    f"build_random_model({family!r}, sys.argv[1], seed=0, **{kw!r})")
+            heads = dict(
+                num_attention_heads=cfg["n_head"],
+                **({} if family == "gpt_neox" else {"num_key_value_heads": cfg["n_head"]}),
+            )
+            kw = dict(
+                num_hidden_layers=cfg["n_layer"],
+                hidden_size=cfg["n_embd"],
+                intermediate_size=4 * cfg["n_embd"],
+                max_position_embeddings=cfg["n_positions"],
+                **heads,
+            )
+            code = (
+                "import sys; from actstore.random_models import build_random_model; "
+                f"build_random_model({family!r}, sys.argv[1], seed=0, **{kw!r})"
+            )
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
     bridge.eval()
@@ -128,48 +159,98 @@ def bench(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     ids = lambda t: [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     clean = torch.tensor([ids(p.clean) for p in pairs], device=args.device)
     corrupted = torch.tensor([ids(p.corrupted) for p in pairs], device=args.device)
-    metric = ap.LogitDiff([ids(p.answer)[1] for p in pairs], [ids(p.wrong)[1] for p in pairs], per_example=True)
+    metric = ap.LogitDiff(
+        [ids(p.answer)[1] for p in pairs], [ids(p.wrong)[1] for p in pairs], per_example=True
+    )
     graph = Graph.from_model(bridge)
     cfg = SHAPES[shape]
     first = int(torch.nonzero((clean != corrupted).any(0))[0, 0])
-    print(f"\nexact edge patching, {args.family}, GPT-2-{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
-          f"{cfg['n_head']} heads: {graph.n_edges} edges), random init, {args.dtype}, {args.device}; {args.pairs} IOI "
-          f"pairs ({args.corruption}) of {clean.shape[1]} tokens, first differing at position {first}; per-pair "
-          f"LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()} on {os.cpu_count()} CPUs")
+    print(
+        f"\nexact edge patching, {args.family}, GPT-2-{shape} shape ({cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
+        f"{cfg['n_head']} heads: {graph.n_edges} edges), random init, {args.dtype}, {args.device}; {args.pairs} IOI "
+        f"pairs ({args.corruption}) of {clean.shape[1]} tokens, first differing at position {first}; per-pair "
+        f"LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()} on {os.cpu_count()} CPUs"
+    )
 
-    t_ours, ours = clock(args.device, lambda: exact_edge_scores(bridge, clean, corrupted, metric, graph=graph,
-                                                                per_pair=True, progress=False))
+    t_ours, ours = clock(
+        args.device,
+        lambda: exact_edge_scores(
+            bridge, clean, corrupted, metric, graph=graph, per_pair=True, progress=False
+        ),
+    )
     sample = sorted(random.Random(0).sample(range(graph.n_edges), min(args.sample, graph.n_edges)))
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(clean)
         corrupted_logits, corrupted_cache = bridge.run_with_cache(corrupted)
     by_hooks = edge_by_hooks if args.family == "gpt2" else edge_by_input_hooks
-    t_ref, ref = clock(args.device, lambda: torch.stack([
-        by_hooks(bridge, corrupted, clean_cache, corrupted_cache, corrupted_logits, graph, e, metric)
-        for e in sample]))
+    t_ref, ref = clock(
+        args.device,
+        lambda: torch.stack(
+            [
+                by_hooks(
+                    bridge,
+                    corrupted,
+                    clean_cache,
+                    corrupted_cache,
+                    corrupted_logits,
+                    graph,
+                    e,
+                    metric,
+                )
+                for e in sample
+            ]
+        ),
+    )
     per_edge_ref = t_ref / len(sample)
     est_ref = per_edge_ref * graph.n_edges
     diff = float((ours[sample] - ref).abs().max())
     spread = float(ref.max() - ref.min())
-    print(f"  ours:      {graph.n_edges} edges in {t_ours:.1f} s = {graph.n_edges / t_ours:.0f} edges/s")
-    print(f"  reference: {len(sample)} sampled edges in {t_ref:.1f} s = {1 / per_edge_ref:.1f} edges/s; every edge "
-          f"~{est_ref / 60:.1f} min (estimate: time per edge x edges)")
-    print(f"  ratio ~{est_ref / t_ours:.0f}x; max |ours - reference| on the sample {diff:.2g} (reference spread "
-          f"{spread:.3g})")
-    row = dict(family=args.family, shape=shape, edges=graph.n_edges, pairs=args.pairs, corruption=args.corruption, first_change=first,
-               n_pos=int(clean.shape[1]), device=args.device,
-               dtype=args.dtype, threads=torch.get_num_threads(), ours_s=t_ours,
-               ours_edges_per_s=graph.n_edges / t_ours,
-               reference_sample=len(sample), reference_s=t_ref, reference_edges_per_s=1 / per_edge_ref,
-               reference_estimate_s=est_ref, ratio=est_ref / t_ours, max_abs_diff=diff, reference_spread=spread)
+    print(
+        f"  ours:      {graph.n_edges} edges in {t_ours:.1f} s = {graph.n_edges / t_ours:.0f} edges/s"
+    )
+    print(
+        f"  reference: {len(sample)} sampled edges in {t_ref:.1f} s = {1 / per_edge_ref:.1f} edges/s; every edge "
+        f"~{est_ref / 60:.1f} min (estimate: time per edge x edges)"
+    )
+    print(
+        f"  ratio ~{est_ref / t_ours:.0f}x; max |ours - reference| on the sample {diff:.2g} (reference spread "
+        f"{spread:.3g})"
+    )
+    row = dict(
+        family=args.family,
+        shape=shape,
+        edges=graph.n_edges,
+        pairs=args.pairs,
+        corruption=args.corruption,
+        first_change=first,
+        n_pos=int(clean.shape[1]),
+        device=args.device,
+        dtype=args.dtype,
+        threads=torch.get_num_threads(),
+        ours_s=t_ours,
+        ours_edges_per_s=graph.n_edges / t_ours,
+        reference_sample=len(sample),
+        reference_s=t_ref,
+        reference_edges_per_s=1 / per_edge_ref,
+        reference_estimate_s=est_ref,
+        ratio=est_ref / t_ours,
+        max_abs_diff=diff,
+        reference_spread=spread,
+    )
     if args.check_cost:
         _self_check.ENABLED = False
         try:
-            t_unchecked, _ = clock(args.device, lambda: exact_edge_scores(bridge, clean, corrupted, metric, graph=graph,
-                                                                          per_pair=True, progress=False))
+            t_unchecked, _ = clock(
+                args.device,
+                lambda: exact_edge_scores(
+                    bridge, clean, corrupted, metric, graph=graph, per_pair=True, progress=False
+                ),
+            )
         finally:
             _self_check.ENABLED = True
-        print(f"  self-check cost {t_ours / t_unchecked - 1:.1%} (ours {t_unchecked:.1f} s with it off)")
+        print(
+            f"  self-check cost {t_ours / t_unchecked - 1:.1%} (ours {t_unchecked:.1f} s with it off)"
+        )
         row["ours_unchecked_s"] = t_unchecked
     return row
 

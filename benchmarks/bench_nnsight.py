@@ -35,8 +35,11 @@ def timed(cmd: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--peer-python", default=None,
-                   help="the python of a venv with nnsight (see the peer's docstring); without it only actstore runs")
+    p.add_argument(
+        "--peer-python",
+        default=None,
+        help="the python of a venv with nnsight (see the peer's docstring); without it only actstore runs",
+    )
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
@@ -49,25 +52,57 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_nnsight"))
     try:
-        model = build_random_gpt2(tmp / "model", n_layer=a.n_layers, n_embd=a.d_model, n_head=a.n_heads,
-                                  n_positions=1024)
-        base = [sys.executable, "-m", "actstore", "cache", "", "--model", str(model), "--dataset", "actstore-demo",
-                "--sites", "resid_post:all", "--n-rows", str(a.rows), "--seq-len", str(a.seq_len),
-                "--batch-size", str(a.batch), "--rows-per-chunk", str(a.batch), "--quiet", "--overwrite"]
+        model = build_random_gpt2(
+            tmp / "model", n_layer=a.n_layers, n_embd=a.d_model, n_head=a.n_heads, n_positions=1024
+        )
+        base = [
+            sys.executable,
+            "-m",
+            "actstore",
+            "cache",
+            "",
+            "--model",
+            str(model),
+            "--dataset",
+            "actstore-demo",
+            "--sites",
+            "resid_post:all",
+            "--n-rows",
+            str(a.rows),
+            "--seq-len",
+            str(a.seq_len),
+            "--batch-size",
+            str(a.batch),
+            "--rows-per-chunk",
+            str(a.batch),
+            "--quiet",
+            "--overwrite",
+        ]
 
         def ours(engine: str) -> list[str]:
             cmd = list(base)
             cmd[4] = str(tmp / f"{engine}.zarr")
             return cmd + ["--engine", engine]
 
-        subprocess.run(ours("hf"), check=True, stdin=subprocess.DEVNULL)  # warm-up, and the rows for the peer
+        subprocess.run(
+            ours("hf"), check=True, stdin=subprocess.DEVNULL
+        )  # warm-up, and the rows for the peer
         import actstore
 
         np.save(tmp / "tokens.npy", actstore.open(str(tmp / "hf.zarr")).tokens())
-        peer = [a.peer_python, str(HERE / "peers" / "nnsight_loop.py"), str(model), str(tmp / "tokens.npy"),
-                str(tmp / "peer.zarr"), "--batch", str(a.batch)]
+        peer = [
+            a.peer_python,
+            str(HERE / "peers" / "nnsight_loop.py"),
+            str(model),
+            str(tmp / "tokens.npy"),
+            str(tmp / "peer.zarr"),
+            "--batch",
+            str(a.batch),
+        ]
         if a.peer_python:
-            subprocess.run(peer, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # warm-up
+            subprocess.run(
+                peer, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )  # warm-up
         t: dict[str, list[float]] = {"hf": [], "bridge": [], "nnsight": []}
         for _ in range(a.rounds):
             t["hf"].append(timed(ours("hf")))
@@ -75,19 +110,33 @@ def main() -> None:
                 t["nnsight"].append(timed(peer))
             t["bridge"].append(timed(ours("bridge")))
         med = {k: statistics.median(v) for k, v in t.items() if v}
-        print(f"bench_nnsight: {a.rows} rows x {a.seq_len} tokens, batch {a.batch}, {a.n_layers} layers x d_model "
-              f"{a.d_model}, {a.n_layers} resid_post sites, float32, {a.rounds} alternating rounds (whole processes, s)")
+        print(
+            f"bench_nnsight: {a.rows} rows x {a.seq_len} tokens, batch {a.batch}, {a.n_layers} layers x d_model "
+            f"{a.d_model}, {a.n_layers} resid_post sites, float32, {a.rounds} alternating rounds (whole processes, s)"
+        )
         for k, v in t.items():
             if v:
                 print(f"  {k:<8} " + " ".join(f"{x:6.2f}" for x in v) + f"   median {med[k]:.2f}")
-        print(f"  speed of actstore --engine hf over actstore (bridge): {med['bridge'] / med['hf']:.2f}x")
+        print(
+            f"  speed of actstore --engine hf over actstore (bridge): {med['bridge'] / med['hf']:.2f}x"
+        )
         if not a.peer_python:
             print("  nnsight: not measured (pass --peer-python, a venv with nnsight)")
             return
-        store, theirs = actstore.open(str(tmp / "hf.zarr")), zarr.open_group(str(tmp / "peer.zarr"), mode="r")
-        worst = max(float(np.abs(store.acts(h) - theirs[h][...]).max() / np.ptp(store.acts(h))) for h in store.sites)
-        print(f"  speed of actstore --engine hf over nnsight: {med['nnsight'] / med['hf']:.2f}x   (goal >= 1.1)")
-        print(f"  speed of actstore (bridge) over nnsight:    {med['nnsight'] / med['bridge']:.2f}x")
+        store, theirs = (
+            actstore.open(str(tmp / "hf.zarr")),
+            zarr.open_group(str(tmp / "peer.zarr"), mode="r"),
+        )
+        worst = max(
+            float(np.abs(store.acts(h) - theirs[h][...]).max() / np.ptp(store.acts(h)))
+            for h in store.sites
+        )
+        print(
+            f"  speed of actstore --engine hf over nnsight: {med['nnsight'] / med['hf']:.2f}x   (goal >= 1.1)"
+        )
+        print(
+            f"  speed of actstore (bridge) over nnsight:    {med['nnsight'] / med['bridge']:.2f}x"
+        )
         print(f"  nnsight's values vs --engine hf's: largest |difference| / spread {worst:.1e}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

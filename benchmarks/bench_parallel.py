@@ -38,9 +38,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-rows", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--rows-per-shard", type=int, default=16, help="small shards, so every process gets several")
+    p.add_argument(
+        "--rows-per-shard", type=int, default=16, help="small shards, so every process gets several"
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in total per configuration")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="CPU threads in total per configuration",
+    )
     p.add_argument("--repeat", type=int, default=2)
     return p.parse_args()
 
@@ -52,11 +59,39 @@ def _port() -> int:
 
 
 def run(a: argparse.Namespace, model: Path, out: Path, n: int) -> float:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(_port()),
-           "-m", "actstore", "cache", str(out), "--model", str(model), "--dataset", "actstore-demo", "--sites", a.sites,
-           "--n-rows", str(a.n_rows), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
-           "--rows-per-chunk", str(a.batch_size), "--rows-per-shard", str(a.rows_per_shard), "--device", a.device,
-           "--quiet", "--no-disk-check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(n),
+        "--master-port",
+        str(_port()),
+        "-m",
+        "actstore",
+        "cache",
+        str(out),
+        "--model",
+        str(model),
+        "--dataset",
+        "actstore-demo",
+        "--sites",
+        a.sites,
+        "--n-rows",
+        str(a.n_rows),
+        "--seq-len",
+        str(a.seq_len),
+        "--batch-size",
+        str(a.batch_size),
+        "--rows-per-chunk",
+        str(a.batch_size),
+        "--rows-per-shard",
+        str(a.rows_per_shard),
+        "--device",
+        a.device,
+        "--quiet",
+        "--no-disk-check",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(max(1, a.threads // n))}
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -67,8 +102,11 @@ def run(a: argparse.Namespace, model: Path, out: Path, n: int) -> float:
 
 
 def files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and str(p.relative_to(path)) != "zarr.json"}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and str(p.relative_to(path)) != "zarr.json"
+    }
 
 
 def main() -> None:
@@ -76,12 +114,19 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     procs = [int(x) for x in a.procs.split(",")]
     tokens = a.n_rows * a.seq_len
-    print(f"bench_parallel: {a.n_rows} rows x {a.seq_len} tokens, sites {a.sites!r}, {a.n_layers} layers d_model "
-          f"{a.d_model}, {a.device}, {a.threads} threads in total, shards of {a.rows_per_shard} rows, best of {a.repeat}")
+    print(
+        f"bench_parallel: {a.n_rows} rows x {a.seq_len} tokens, sites {a.sites!r}, {a.n_layers} layers d_model "
+        f"{a.d_model}, {a.device}, {a.threads} threads in total, shards of {a.rows_per_shard} rows, best of {a.repeat}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_parallel_") as tmp_s:
         tmp = Path(tmp_s)
-        model = build_random_gpt2(tmp / "model", n_layer=a.n_layers, n_embd=a.d_model, n_head=a.n_heads,
-                                  n_positions=max(1024, a.seq_len))
+        model = build_random_gpt2(
+            tmp / "model",
+            n_layer=a.n_layers,
+            n_embd=a.d_model,
+            n_head=a.n_heads,
+            n_positions=max(1024, a.seq_len),
+        )
         times: dict[int, list[float]] = {n: [] for n in procs}
         first: dict[str, bytes] | None = None
         for r in range(a.repeat):
@@ -99,7 +144,9 @@ def main() -> None:
     for n in procs:
         t = min(times[n])
         print(f"  {n:>10}{t:>10.1f}{tokens / t:>12,.0f}{base / t:>9.2f}x")
-    print("  (every store byte-identical; times include process start, model load and store creation)")
+    print(
+        "  (every store byte-identical; times include process start, model load and store creation)"
+    )
 
 
 if __name__ == "__main__":

@@ -85,21 +85,39 @@ SWEEPS = ("get_act_patch_resid_pre", "get_act_patch_attn_head_out_by_pos")
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=1, help="prompt pairs per sweep (copies of the pair)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--batch", type=int, default=1, help="prompt pairs per sweep (copies of the pair)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     p.add_argument("--sweeps", default=",".join(s.removeprefix("get_act_patch_") for s in SWEEPS))
     p.add_argument("--scenarios", default="s2,early")
-    p.add_argument("--ref-every-scenario", action="store_true", help="time the head sweep's reference on each scenario")
+    p.add_argument(
+        "--ref-every-scenario",
+        action="store_true",
+        help="time the head sweep's reference on each scenario",
+    )
     p.add_argument("--xl", action="store_true", help="also the GPT-2-XL-shaped resid_pre sweep")
     p.add_argument("--xl-only", action="store_true")
     p.add_argument("--xl-scenario", default="s2", choices=list(SCENARIOS))
-    p.add_argument("--model-dir", default=None, help="build/reuse the random models here (default: a temp dir)")
-    p.add_argument("--direct-path", action="store_true", help="also direct path patching (GPT-2-small shape)")
+    p.add_argument(
+        "--model-dir", default=None, help="build/reuse the random models here (default: a temp dir)"
+    )
+    p.add_argument(
+        "--direct-path", action="store_true", help="also direct path patching (GPT-2-small shape)"
+    )
     p.add_argument("--direct-path-only", action="store_true")
-    p.add_argument("--direct-path-source", default="0.1", help="LAYER.HEAD of the single-source comparison")
-    p.add_argument("--family", default="gpt2", help="the model family of the small sweeps (actstore.random_models."
-                   "FAMILIES), at GPT-2-small's size: 12 layers, d_model 768, 12 heads (4 key/value heads where the "
-                   "family has grouped-query attention)")
+    p.add_argument(
+        "--direct-path-source", default="0.1", help="LAYER.HEAD of the single-source comparison"
+    )
+    p.add_argument(
+        "--family",
+        default="gpt2",
+        help="the model family of the small sweeps (actstore.random_models."
+        "FAMILIES), at GPT-2-small's size: 12 layers, d_model 768, 12 heads (4 key/value heads where the "
+        "family has grouped-query attention)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--out-json", default=None)
@@ -109,10 +127,17 @@ def parse_args() -> argparse.Namespace:
 def build(folder: Path, config: dict[str, int], seed: int, family: str = "gpt2") -> Path:
     """Build the random model in a subprocess, so this process's peak memory is the run's own."""
     if not (folder / "config.json").exists():
-        code = ("import sys; from actstore.demo import build_random_gpt2; "
-                f"build_random_gpt2(sys.argv[1], seed={seed}, **{config!r})") if family == "gpt2" else (
+        code = (
+            (
+                "import sys; from actstore.demo import build_random_gpt2; "
+                f"build_random_gpt2(sys.argv[1], seed={seed}, **{config!r})"
+            )
+            if family == "gpt2"
+            else (
                 "import sys; from actstore.random_models import build_random_model; "
-                f"build_random_model({family!r}, sys.argv[1], seed={seed}, **{config!r})")
+                f"build_random_model({family!r}, sys.argv[1], seed={seed}, **{config!r})"
+            )
+        )
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
     return folder
 
@@ -122,8 +147,13 @@ def family_shape(family: str) -> dict[str, Any]:
     Mistral's and Gemma 2's sliding window of 8 positions, so 20-token prompts cross it)."""
     if family == "gpt2":
         return SMALL
-    shape: dict[str, Any] = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=2048,
-                                 max_position_embeddings=1024)
+    shape: dict[str, Any] = dict(
+        num_hidden_layers=12,
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=2048,
+        max_position_embeddings=1024,
+    )
     if family != "gpt_neox":
         shape["num_key_value_heads"] = 4
     if family == "gemma2":
@@ -154,7 +184,9 @@ class BlockWork:
 
     def __init__(self, bridge: Any):
         self.n = 0
-        self.handles = [b.register_forward_pre_hook(self._count, with_kwargs=True) for b in bridge.blocks]
+        self.handles = [
+            b.register_forward_pre_hook(self._count, with_kwargs=True) for b in bridge.blocks
+        ]
 
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs.get("hidden_states")
@@ -190,6 +222,7 @@ def without_self_check(fn: Callable[[], Any]) -> Callable[[], Any]:
             return fn()
         finally:
             _self_check.ENABLED = True
+
     return run
 
 
@@ -201,12 +234,18 @@ def loadavg() -> str:
 
 
 def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
-    bridge = boot(build(model_dir / f"{args.family}-small-shape", family_shape(args.family), 0, args.family))
-    print(f"\n{args.family}, GPT-2-small's size ({bridge.cfg.n_layers} layers, d_model {bridge.cfg.d_model}, "
-          f"{bridge.cfg.n_heads} heads), random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
-          f"{torch.get_num_threads()}; load average at start {loadavg()} on {os.cpu_count()} CPUs")
-    head = (f"{'sweep':<22} {'prompts':<7} {'variants':>8} {'reference':>10} {'ours plain':>10} {'ratio':>7} "
-            f"{'ours LogitDiff':>14} {'ratio':>7} {'check cost':>10} {'max|diff|':>9} {'block work ref / ours':>22}")
+    bridge = boot(
+        build(model_dir / f"{args.family}-small-shape", family_shape(args.family), 0, args.family)
+    )
+    print(
+        f"\n{args.family}, GPT-2-small's size ({bridge.cfg.n_layers} layers, d_model {bridge.cfg.d_model}, "
+        f"{bridge.cfg.n_heads} heads), random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
+        f"{torch.get_num_threads()}; load average at start {loadavg()} on {os.cpu_count()} CPUs"
+    )
+    head = (
+        f"{'sweep':<22} {'prompts':<7} {'variants':>8} {'reference':>10} {'ours plain':>10} {'ratio':>7} "
+        f"{'ours LogitDiff':>14} {'ratio':>7} {'check cost':>10} {'max|diff|':>9} {'block work ref / ours':>22}"
+    )
     print(head)
     print("-" * len(head))
     ref_time: dict[str, float] = {}
@@ -221,30 +260,63 @@ def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, 
             def plain(logits: torch.Tensor) -> torch.Tensor:  # a TransformerLens user's metric
                 return (logits[:, -1, a] - logits[:, -1, w]).mean()
 
-            run_ref = scenario == args.scenarios.split(",")[0] or "resid" in sweep or args.ref_every_scenario
+            run_ref = (
+                scenario == args.scenarios.split(",")[0]
+                or "resid" in sweep
+                or args.ref_every_scenario
+            )
             if run_ref:
-                t_ref, ref, work_ref = timed(bridge, lambda: getattr(tlp, name)(bridge, corrupted, cache, plain))
+                t_ref, ref, work_ref = timed(
+                    bridge, lambda: getattr(tlp, name)(bridge, corrupted, cache, plain)
+                )
                 ref_time[sweep] = t_ref
             t_plain, got_plain, work_plain = timed(
-                bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, plain, progress=False))
-            t_ld, got_ld, work_ld = timed(bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False))
-            t_unchecked, _, _ = timed(bridge, without_self_check(
-                lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False)))
+                bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, plain, progress=False)
+            )
+            t_ld, got_ld, work_ld = timed(
+                bridge, lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False)
+            )
+            t_unchecked, _, _ = timed(
+                bridge,
+                without_self_check(
+                    lambda: getattr(ap, name)(bridge, corrupted, cache, ld, progress=False)
+                ),
+            )
             t_ref = ref_time[sweep]
-            diff = max((got_plain - ref).abs().max().item(), (got_ld - ref).abs().max().item()) if run_ref else None
-            row = dict(sweep=sweep, scenario=scenario, variants=int(got_ld.numel()), reference_s=t_ref,
-                       reference_measured=run_ref, ours_plain_s=t_plain, ours_logitdiff_s=t_ld,
-                       ratio_plain=t_ref / t_plain, ratio_logitdiff=t_ref / t_ld, max_abs_diff=diff,
-                       ours_logitdiff_unchecked_s=t_unchecked, self_check_cost=t_ld / t_unchecked - 1,
-                       work_reference=work_ref if run_ref else None, work_plain=work_plain, work_logitdiff=work_ld)
+            diff = (
+                max((got_plain - ref).abs().max().item(), (got_ld - ref).abs().max().item())
+                if run_ref
+                else None
+            )
+            row = dict(
+                sweep=sweep,
+                scenario=scenario,
+                variants=int(got_ld.numel()),
+                reference_s=t_ref,
+                reference_measured=run_ref,
+                ours_plain_s=t_plain,
+                ours_logitdiff_s=t_ld,
+                ratio_plain=t_ref / t_plain,
+                ratio_logitdiff=t_ref / t_ld,
+                max_abs_diff=diff,
+                ours_logitdiff_unchecked_s=t_unchecked,
+                self_check_cost=t_ld / t_unchecked - 1,
+                work_reference=work_ref if run_ref else None,
+                work_plain=work_plain,
+                work_logitdiff=work_ld,
+            )
             rows.append(row)
             ref_s = f"{t_ref:9.1f}s" + ("" if run_ref else "*")
-            print(f"{sweep:<22} {scenario:<7} {row['variants']:>8} {ref_s:>10} {t_plain:9.2f}s {row['ratio_plain']:6.1f}x "
-                  f"{t_ld:13.2f}s {row['ratio_logitdiff']:6.1f}x {row['self_check_cost']:9.1%} "
-                  f"{'' if diff is None else f'{diff:9.1e}':>9} "
-                  f"{(str(work_ref) if run_ref else '-') + ' / ' + str(work_ld):>22}")
+            print(
+                f"{sweep:<22} {scenario:<7} {row['variants']:>8} {ref_s:>10} {t_plain:9.2f}s {row['ratio_plain']:6.1f}x "
+                f"{t_ld:13.2f}s {row['ratio_logitdiff']:6.1f}x {row['self_check_cost']:9.1%} "
+                f"{'' if diff is None else f'{diff:9.1e}':>9} "
+                f"{(str(work_ref) if run_ref else '-') + ' / ' + str(work_ld):>22}"
+            )
     print("* the reference time measured on the first scenario (it does not depend on the prompts)")
-    print("check cost: ours with LogitDiff, self-check on / off - 1 (one plain forward of the checked variant)")
+    print(
+        "check cost: ours with LogitDiff, self-check on / off - 1 (one plain forward of the checked variant)"
+    )
     print(f"load average at end {loadavg()}")
 
 
@@ -268,16 +340,23 @@ def _peak_rss_gb() -> float:
 
 
 def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
-    print(f"\nGPT-2-XL shape ({XL['n_layer']} layers, d_model {XL['n_embd']}, {XL['n_head']} heads), random init, "
-          f"{args.dtype}, {DEVICE}; resid_pre sweep, {args.batch} pair(s) of 20-token prompts ({args.xl_scenario}); "
-          f"torch threads {torch.get_num_threads()}; load average {loadavg()}")
+    print(
+        f"\nGPT-2-XL shape ({XL['n_layer']} layers, d_model {XL['n_embd']}, {XL['n_head']} heads), random init, "
+        f"{args.dtype}, {DEVICE}; resid_pre sweep, {args.batch} pair(s) of 20-token prompts ({args.xl_scenario}); "
+        f"torch threads {torch.get_num_threads()}; load average {loadavg()}"
+    )
     t = time.perf_counter()
     folder = build(model_dir / "gpt2-xl-shape", XL, seed=0)
-    print(f"  built the random model in {time.perf_counter() - t:.0f} s (subprocess; reused if --model-dir has it)")
+    print(
+        f"  built the random model in {time.perf_counter() - t:.0f} s (subprocess; reused if --model-dir has it)"
+    )
     t = time.perf_counter()
     bridge = boot(folder)
     t_load = time.perf_counter() - t
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in bridge.original_model.parameters()}
+    storages = {
+        p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
+        for p in bridge.original_model.parameters()
+    }
     print(f"  loaded {sum(storages.values()) / 2**30:.2f} GiB of weights in {t_load:.0f} s")
     clean, corrupted, a, w = prompts(args.batch, args.xl_scenario)
     ld = ap.LogitDiff([a] * args.batch, [w] * args.batch)
@@ -288,29 +367,54 @@ def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any
         bridge.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)])
         _sync()
         t_fwd = time.perf_counter() - t
-    print(f"  clean run_with_cache and one reference-style forward ({t_fwd:.2f} s) done; "
-          f"process peak RSS so far {_peak_rss_gb():.2f} GB")
+    print(
+        f"  clean run_with_cache and one reference-style forward ({t_fwd:.2f} s) done; "
+        f"process peak RSS so far {_peak_rss_gb():.2f} GB"
+    )
     reset = _reset_peak_rss()
     rss0 = _peak_rss_gb()
-    t_sweep, got, work = timed(bridge, lambda: ap.get_act_patch_resid_pre(bridge, corrupted, cache, ld))
+    t_sweep, got, work = timed(
+        bridge, lambda: ap.get_act_patch_resid_pre(bridge, corrupted, cache, ld)
+    )
     peak = _peak_rss_gb()
     n_var = got.numel()
     est_ref = t_fwd * n_var
-    print(f"  sweep: {n_var} variants in {t_sweep:.1f} s; block work {work} row x positions "
-          f"(the reference: {n_var * XL['n_layer'] * 20 * args.batch})")
-    print(f"  peak RSS during the sweep {peak:.2f} GB ({'reset before the sweep' if reset else 'whole process'}; "
-          f"{rss0:.2f} GB before it: the model), process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    print(
+        f"  sweep: {n_var} variants in {t_sweep:.1f} s; block work {work} row x positions "
+        f"(the reference: {n_var * XL['n_layer'] * 20 * args.batch})"
+    )
+    print(
+        f"  peak RSS during the sweep {peak:.2f} GB ({'reset before the sweep' if reset else 'whole process'}; "
+        f"{rss0:.2f} GB before it: the model), process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB"
+    )
     if torch.device(DEVICE).type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 2**30:.2f} GiB")
-    print(f"  reference estimated: one full forward {t_fwd:.2f} s x {n_var} variants = {est_ref / 60:.1f} min "
-          f"-> ratio ~{est_ref / t_sweep:.0f}x (estimate, not measured)")
-    print(f"  result range [{got.min().item():.3f}, {got.max().item():.3f}], finite: {bool(torch.isfinite(got).all())}")
-    rows.append(dict(sweep="resid_pre", model="gpt2-xl-shape", scenario=args.xl_scenario, variants=int(n_var),
-                     load_s=t_load, sweep_s=t_sweep, peak_rss_sweep_gb=peak, one_forward_s=t_fwd,
-                     reference_estimate_s=est_ref, work=work))
+    print(
+        f"  reference estimated: one full forward {t_fwd:.2f} s x {n_var} variants = {est_ref / 60:.1f} min "
+        f"-> ratio ~{est_ref / t_sweep:.0f}x (estimate, not measured)"
+    )
+    print(
+        f"  result range [{got.min().item():.3f}, {got.max().item():.3f}], finite: {bool(torch.isfinite(got).all())}"
+    )
+    rows.append(
+        dict(
+            sweep="resid_pre",
+            model="gpt2-xl-shape",
+            scenario=args.xl_scenario,
+            variants=int(n_var),
+            load_s=t_load,
+            sweep_s=t_sweep,
+            peak_rss_sweep_gb=peak,
+            one_forward_s=t_fwd,
+            reference_estimate_s=est_ref,
+            work=work,
+        )
+    )
 
 
-def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
+def bench_direct_path(
+    args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]
+) -> None:
     bridge = boot(build(model_dir / "gpt2-small-shape", SMALL, seed=0))
     clean, corrupted, a, w = prompts(args.batch, "s2")
     ld = ap.LogitDiff([a] * args.batch, [w] * args.batch)
@@ -319,28 +423,66 @@ def bench_direct_path(args: argparse.Namespace, model_dir: Path, rows: list[dict
         _, corrupted_cache = bridge.run_with_cache(corrupted)
     src_layer, src_head = (int(x) for x in args.direct_path_source.split("."))
     n_layers, n_heads = SMALL["n_layer"], SMALL["n_head"]
-    print(f"\ndirect path patching, GPT-2-small shape, random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token "
-          f"prompts (s2); LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()}")
+    print(
+        f"\ndirect path patching, GPT-2-small shape, random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token "
+        f"prompts (s2); LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()}"
+    )
     for component in ("q", "k", "v"):
-        args_ = (bridge, corrupted, clean_cache, corrupted_cache, ld, src_layer, src_head, component)
+        args_ = (
+            bridge,
+            corrupted,
+            clean_cache,
+            corrupted_cache,
+            ld,
+            src_layer,
+            src_head,
+            component,
+        )
         t_ref, ref, _ = timed(bridge, lambda: tlp.get_act_patch_direct_path(*args_, verbose=False))
         t_ours, got, _ = timed(bridge, lambda: ap.get_act_patch_direct_path(*args_, verbose=False))
-        t_unchecked, _, _ = timed(bridge, without_self_check(lambda: ap.get_act_patch_direct_path(*args_, verbose=False)))
+        t_unchecked, _, _ = timed(
+            bridge, without_self_check(lambda: ap.get_act_patch_direct_path(*args_, verbose=False))
+        )
         n_edges = (n_layers - 1 - src_layer) * n_heads
         diff = (got - ref).abs().max().item()
-        print(f"  source {src_layer}.{src_head} -> {component}: {n_edges} edges, reference {t_ref:.1f} s, ours "
-              f"{t_ours:.2f} s ({t_ref / t_ours:.0f}x), max|diff| {diff:.1e}, self-check cost "
-              f"{t_ours / t_unchecked - 1:.1%}")
-        rows.append(dict(kind="direct_path", component=component, source=args.direct_path_source, edges=n_edges,
-                         reference_s=t_ref, ours_s=t_ours, ours_unchecked_s=t_unchecked, max_abs_diff=diff))
+        print(
+            f"  source {src_layer}.{src_head} -> {component}: {n_edges} edges, reference {t_ref:.1f} s, ours "
+            f"{t_ours:.2f} s ({t_ref / t_ours:.0f}x), max|diff| {diff:.1e}, self-check cost "
+            f"{t_ours / t_unchecked - 1:.1%}"
+        )
+        rows.append(
+            dict(
+                kind="direct_path",
+                component=component,
+                source=args.direct_path_source,
+                edges=n_edges,
+                reference_s=t_ref,
+                ours_s=t_ours,
+                ours_unchecked_s=t_unchecked,
+                max_abs_diff=diff,
+            )
+        )
     all_edges = sum((n_layers - 1 - sl) * n_heads for sl in range(n_layers)) * n_heads
     per_edge = rows[-1]["reference_s"] / rows[-1]["edges"]
-    t_all, _, _ = timed(bridge, lambda: ap.get_act_patch_direct_path_all_sources(
-        bridge, corrupted, clean_cache, corrupted_cache, ld, component="v", verbose=False))
-    print(f"  all sources -> v: {all_edges} edges, ours {t_all:.1f} s; reference estimated {per_edge * all_edges / 60:.0f} "
-          f"min (measured per-edge time x edges) -> ~{per_edge * all_edges / t_all:.0f}x")
-    rows.append(dict(kind="direct_path_all_sources", component="v", edges=all_edges, ours_s=t_all,
-                     reference_estimate_s=per_edge * all_edges))
+    t_all, _, _ = timed(
+        bridge,
+        lambda: ap.get_act_patch_direct_path_all_sources(
+            bridge, corrupted, clean_cache, corrupted_cache, ld, component="v", verbose=False
+        ),
+    )
+    print(
+        f"  all sources -> v: {all_edges} edges, ours {t_all:.1f} s; reference estimated {per_edge * all_edges / 60:.0f} "
+        f"min (measured per-edge time x edges) -> ~{per_edge * all_edges / t_all:.0f}x"
+    )
+    rows.append(
+        dict(
+            kind="direct_path_all_sources",
+            component="v",
+            edges=all_edges,
+            ours_s=t_all,
+            reference_estimate_s=per_edge * all_edges,
+        )
+    )
 
 
 def main() -> None:

@@ -60,25 +60,53 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--C", type=float, default=1.0)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--ridge-target", default="position", help="numeric target for the ridge comparison; 'none' skips")
+    p.add_argument(
+        "--ridge-target",
+        default="position",
+        help="numeric target for the ridge comparison; 'none' skips",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--processes", type=int, default=2, help="also time the CLI on 1 vs this many CPU processes; 0 skips")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="also time the CLI on 1 vs this many CPU processes; 0 skips",
+    )
     return p.parse_args()
 
 
 def make_store(a: argparse.Namespace, tmp: str) -> actstore.ActivationStore:
-    folder = build_random_gpt2(Path(tmp) / "model", seed=2, n_layer=a.n_layers, n_embd=a.d_model, n_head=a.n_heads,
-                               n_positions=max(1024, a.seq_len))
+    folder = build_random_gpt2(
+        Path(tmp) / "model",
+        seed=2,
+        n_layer=a.n_layers,
+        n_embd=a.d_model,
+        n_head=a.n_heads,
+        n_positions=max(1024, a.seq_len),
+    )
     t0 = time.perf_counter()
-    store = actstore.cache(out=str(Path(tmp) / "store.zarr"), model=str(folder), dataset="actstore-demo",
-                           sites="resid_post:all", n_rows=a.n_rows, seq_len=a.seq_len, progress=False,
-                           check_disk=False)
+    store = actstore.cache(
+        out=str(Path(tmp) / "store.zarr"),
+        model=str(folder),
+        dataset="actstore-demo",
+        sites="resid_post:all",
+        n_rows=a.n_rows,
+        seq_len=a.seq_len,
+        progress=False,
+        check_disk=False,
+    )
     print(f"  cached {a.n_rows} rows x {a.seq_len} tokens in {time.perf_counter() - t0:.1f}s")
     return store
 
 
-def sklearn_layers(store: actstore.ActivationStore, hooks: list[str], kind: str, target: str,
-                   classes: dict[str, np.ndarray | None], a: argparse.Namespace) -> tuple[float, dict[str, tuple[float, float]]]:
+def sklearn_layers(
+    store: actstore.ActivationStore,
+    hooks: list[str],
+    kind: str,
+    target: str,
+    classes: dict[str, np.ndarray | None],
+    a: argparse.Namespace,
+) -> tuple[float, dict[str, tuple[float, float]]]:
     """scikit-learn per layer, reading each layer from the store: (seconds, {hook: (train, test)})."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import r2_score
@@ -96,22 +124,42 @@ def sklearn_layers(store: actstore.ActivationStore, hooks: list[str], kind: str,
         tr, te = ok & ~test_rows[:, None], ok & test_rows[:, None]
         if kind == "logistic":
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter, as ours reports "not converged"
-                clf = LogisticRegression(C=a.C, tol=a.tol, max_iter=a.max_iter).fit(x[tr], labels[tr])
+                warnings.simplefilter(
+                    "ignore"
+                )  # ConvergenceWarning at max_iter, as ours reports "not converged"
+                clf = LogisticRegression(C=a.C, tol=a.tol, max_iter=a.max_iter).fit(
+                    x[tr], labels[tr]
+                )
             scores[hook] = (clf.score(x[tr], labels[tr]), clf.score(x[te], labels[te]))
         else:
             reg = Ridge(alpha=1.0).fit(x[tr], labels[tr].astype(np.float64))
-            scores[hook] = (r2_score(labels[tr], reg.predict(x[tr])), r2_score(labels[te], reg.predict(x[te])))
+            scores[hook] = (
+                r2_score(labels[tr], reg.predict(x[tr])),
+                r2_score(labels[te], reg.predict(x[te])),
+            )
     return time.perf_counter() - t0, scores
 
 
 def compare(store: actstore.ActivationStore, kind: str, target: str, a: argparse.Namespace) -> None:
     hooks = store.sites
-    opts = dict(max_classes=a.max_classes or None, C=a.C, max_iter=a.max_iter, tol=a.tol) if kind == "logistic" else {}
+    opts = (
+        dict(max_classes=a.max_classes or None, C=a.C, max_iter=a.max_iter, tol=a.tol)
+        if kind == "logistic"
+        else {}
+    )
+
     def ours() -> tuple[float, Any]:
         t0 = time.perf_counter()
-        rep = fit_probes(store, sites="resid_post:all", target=target, kind=kind, device=a.device, progress=False,
-                         name=f"bench-{kind}", **opts)
+        rep = fit_probes(
+            store,
+            sites="resid_post:all",
+            target=target,
+            kind=kind,
+            device=a.device,
+            progress=False,
+            name=f"bench-{kind}",
+            **opts,
+        )
         return time.perf_counter() - t0, rep
 
     # actstore before and after scikit-learn, so that load from elsewhere on the machine hits both alike
@@ -124,17 +172,26 @@ def compare(store: actstore.ActivationStore, kind: str, target: str, a: argparse
     metric = "acc" if kind == "logistic" else "R^2"
     r0 = next(iter(rep.results.values()))
     print()
-    print(f"  {kind} probes of '{target}': {len(hooks)} sites, {r0.n_train:,} train / {r0.n_test:,} test tokens"
-          + (f", {rep.notes['n_classes']} classes, data in {rep.notes['data']} on {rep.notes['device']}"
-             if kind == "logistic" else ""))
-    print(f"  {'site':<28}{'ours test ' + metric:>15}{'sklearn test ' + metric:>18}{'diff':>9}{'ours iters':>12}")
+    print(
+        f"  {kind} probes of '{target}': {len(hooks)} sites, {r0.n_train:,} train / {r0.n_test:,} test tokens"
+        + (
+            f", {rep.notes['n_classes']} classes, data in {rep.notes['data']} on {rep.notes['device']}"
+            if kind == "logistic"
+            else ""
+        )
+    )
+    print(
+        f"  {'site':<28}{'ours test ' + metric:>15}{'sklearn test ' + metric:>18}{'diff':>9}{'ours iters':>12}"
+    )
     diffs = []
     for h, r in rep.results.items():
         diffs.append(abs(r.test - sk[h][1]))
         print(f"  {h:<28}{r.test:>15.4f}{sk[h][1]:>18.4f}{r.test - sk[h][1]:>+9.4f}{r.n_iter:>12}")
     print(f"  max |test {metric} difference|: {max(diffs):.4f}")
-    print(f"  actstore, all sites in one pass: {ours_s:8.2f}s  (best of the runs before and after scikit-learn: "
-          f"{', '.join(f'{t:.2f}s' for t in ours_times)})")
+    print(
+        f"  actstore, all sites in one pass: {ours_s:8.2f}s  (best of the runs before and after scikit-learn: "
+        f"{', '.join(f'{t:.2f}s' for t in ours_times)})"
+    )
     print(f"  scikit-learn, layer by layer:    {sk_s:8.2f}s")
     print(f"  speed-up (scikit-learn / actstore): {sk_s / ours_s:.2f}x")
 
@@ -149,11 +206,27 @@ def _timed(cmd: list[str], threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def processes(store: actstore.ActivationStore, kind: str, target: str, a: argparse.Namespace) -> None:
+def processes(
+    store: actstore.ActivationStore, kind: str, target: str, a: argparse.Namespace
+) -> None:
     """`actstore probe` on the CPU: one process against a.processes under torchrun."""
     n, cores = a.processes, os.cpu_count() or 1
-    args = ["probe", store.path, "--sites", "resid_post:all", "--target", target, "--kind", kind, "--device", "cpu",
-            "--quiet", "--plot", "none", "--json"]
+    args = [
+        "probe",
+        store.path,
+        "--sites",
+        "resid_post:all",
+        "--target",
+        target,
+        "--kind",
+        kind,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--plot",
+        "none",
+        "--json",
+    ]
     if kind == "logistic":
         args += ["--C", str(a.C), "--max-iter", str(a.max_iter), "--tol", str(a.tol)]
         args += ["--max-classes", str(a.max_classes)] if a.max_classes else []
@@ -161,14 +234,34 @@ def processes(store: actstore.ActivationStore, kind: str, target: str, a: argpar
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    many = _timed([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
-                   str(port), "-m", "actstore", *args, "--name", f"bench-{kind}-{n}"], max(1, cores // n))
+    many = _timed(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(n),
+            "--master-port",
+            str(port),
+            "-m",
+            "actstore",
+            *args,
+            "--name",
+            f"bench-{kind}-{n}",
+        ],
+        max(1, cores // n),
+    )
     diff, spread = 0.0, 0.0
     for h in store.sites:
-        w1, wn = Probe.load(store, h, f"bench-{kind}-1").weight, Probe.load(store, h, f"bench-{kind}-{n}").weight
+        w1, wn = (
+            Probe.load(store, h, f"bench-{kind}-1").weight,
+            Probe.load(store, h, f"bench-{kind}-{n}").weight,
+        )
         diff, spread = max(diff, float(np.abs(wn - w1).max())), max(spread, float(np.ptp(w1)))
-    print(f"  {kind}, `actstore probe` on {cores} CPU cores: 1 process {one:.2f}s, {n} processes (torchrun) {many:.2f}s, "
-          f"ratio {one / many:.2f}x; max |weight difference| {diff:.2e} (weights' spread {spread:.2f})")
+    print(
+        f"  {kind}, `actstore probe` on {cores} CPU cores: 1 process {one:.2f}s, {n} processes (torchrun) {many:.2f}s, "
+        f"ratio {one / many:.2f}x; max |weight difference| {diff:.2e} (weights' spread {spread:.2f})"
+    )
 
 
 def main() -> None:
@@ -178,7 +271,9 @@ def main() -> None:
     print(f"  torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.platform()}")
     with tempfile.TemporaryDirectory(prefix="bench_probes_") as tmp:
         store = actstore.ActivationStore.open(a.store) if a.store else make_store(a, tmp)
-        print(f"  store {store.path}: {store.n_rows} rows x {store.layout.seq_len}, sites {len(store.sites)}")
+        print(
+            f"  store {store.path}: {store.n_rows} rows x {store.layout.seq_len}, sites {len(store.sites)}"
+        )
         compare(store, "logistic", a.target, a)
         if a.ridge_target != "none":
             compare(store, "ridge", a.ridge_target, a)

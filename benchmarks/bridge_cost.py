@@ -18,7 +18,10 @@ import torch
 from actstore.models import DTYPES, LoadedModel
 from actstore.sites import stop_layer
 
-ATTN = ("eager", "sdpa")  # the plain model's attention implementations (the bridge computes its own, eager-like)
+ATTN = (
+    "eager",
+    "sdpa",
+)  # the plain model's attention implementations (the bridge computes its own, eager-like)
 
 
 def sync(device: str) -> None:
@@ -34,7 +37,11 @@ def plain_hf(folder: Path, dtype: str, device: str, attn: str) -> torch.nn.Modul
     """The Hugging Face model of the folder, without TransformerLens."""
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation=attn).to(device).eval()
+    return (
+        GPT2LMHeadModel.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation=attn)
+        .to(device)
+        .eval()
+    )
 
 
 def hf_forward(hf: torch.nn.Module, tokens: torch.Tensor, stop: int | None) -> None:
@@ -56,12 +63,16 @@ def _raise_stop(*_: Any) -> None:
 
 
 # the modules of one block, by role: the bridge's (TransformerBridge) and the plain model's names
-PARTS = {"layer norms": (("ln1", "ln2"), ("ln_1", "ln_2")), "attention": (("attn",), ("attn",)),
-           "mlp": (("mlp",), ("mlp",))}
+PARTS = {
+    "layer norms": (("ln1", "ln2"), ("ln_1", "ln_2")),
+    "attention": (("attn",), ("attn",)),
+    "mlp": (("mlp",), ("mlp",)),
+}
 
 
-def component_times(blocks: list[torch.nn.Module], names: int, run: Callable[[], None], device: str,
-                    repeat: int) -> dict[str, float]:
+def component_times(
+    blocks: list[torch.nn.Module], names: int, run: Callable[[], None], device: str, repeat: int
+) -> dict[str, float]:
     """Seconds per forward spent in each role's modules over the blocks that run (forward
     pre/post hooks with a clock; CUDA synchronised at each), and the whole forward
     ("total"); "the rest" is embeddings, block plumbing, hook points outside the parts.
@@ -77,11 +88,19 @@ def component_times(blocks: list[torch.nn.Module], names: int, run: Callable[[],
         def fn(*_: Any) -> None:
             sync(device)
             spent[role] = spent.get(role, 0.0) + time.perf_counter() - started.pop()
+
         return fn
 
-    handles = [h for block in blocks for role, attrs in PARTS.items() for attr in attrs[names]
-               for h in (getattr(block, attr).register_forward_pre_hook(pre),
-                         getattr(block, attr).register_forward_hook(post(role)))]
+    handles = [
+        h
+        for block in blocks
+        for role, attrs in PARTS.items()
+        for attr in attrs[names]
+        for h in (
+            getattr(block, attr).register_forward_pre_hook(pre),
+            getattr(block, attr).register_forward_hook(post(role)),
+        )
+    ]
     rounds: list[dict[str, float]] = []
     try:
         for _ in range(repeat):
@@ -99,19 +118,39 @@ def component_times(blocks: list[torch.nn.Module], names: int, run: Callable[[],
     return med
 
 
-def breakdown(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, sites: list, device: str,
-              repeat: int) -> dict[str, dict[str, float]]:
+def breakdown(
+    model: LoadedModel,
+    hf: torch.nn.Module,
+    tokens: torch.Tensor,
+    sites: list,
+    device: str,
+    repeat: int,
+) -> dict[str, dict[str, float]]:
     """Where the bridge's extra time goes: per role, bridge vs plain model (eager), one batch;
     and the cost of a forward of 1 row x 4 tokens (compute ~nil: Python, hooks, wrappers)."""
     stop = stop_layer(sites)
     n = len(model.bridge.blocks) if stop is None else stop
-    bridge = component_times(list(model.bridge.blocks[:n]), 0, lambda: model.capture(tokens, sites, keep=False),
-                             device, repeat)
-    plain = component_times(list(hf.transformer.h[:n]), 1, lambda: hf_forward(hf, tokens.to(device), stop),
-                            device, repeat)
+    bridge = component_times(
+        list(model.bridge.blocks[:n]),
+        0,
+        lambda: model.capture(tokens, sites, keep=False),
+        device,
+        repeat,
+    )
+    plain = component_times(
+        list(hf.transformer.h[:n]),
+        1,
+        lambda: hf_forward(hf, tokens.to(device), stop),
+        device,
+        repeat,
+    )
     tiny = tokens[:1, :4]
-    bridge[TINY] = _median_time(lambda: model.capture(tiny, sites, keep=False), device, max(20, repeat))
-    plain[TINY] = _median_time(lambda: hf_forward(hf, tiny.to(device), stop), device, max(20, repeat))
+    bridge[TINY] = _median_time(
+        lambda: model.capture(tiny, sites, keep=False), device, max(20, repeat)
+    )
+    plain[TINY] = _median_time(
+        lambda: hf_forward(hf, tiny.to(device), stop), device, max(20, repeat)
+    )
     return {"bridge": bridge, "hf_eager": plain}
 
 
@@ -129,7 +168,9 @@ def _median_time(fn: Callable[[], None], device: str, repeat: int) -> float:
     return float(np.median(times))
 
 
-def same_values(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n_blocks: int) -> list[dict[str, Any]]:
+def same_values(
+    model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n_blocks: int
+) -> list[dict[str, Any]]:
     """Whether hooks on the plain model could replace the bridge's for caching: the block
     outputs (blocks.L.hook_resid_post) of both on one batch, per layer: bit-equal or not,
     and the largest difference relative to the spread (std) of the bridge's values."""
@@ -138,8 +179,14 @@ def same_values(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n
     sites = [Site(f"blocks.{i}.hook_resid_post", i) for i in range(n_blocks)]
     ours = model.capture(tokens, sites)
     theirs: dict[int, torch.Tensor] = {}
-    handles = [block.register_forward_hook(lambda mod, args, out, i=i: theirs.__setitem__(
-        i, (out[0] if isinstance(out, tuple) else out).detach().clone())) for i, block in enumerate(hf.transformer.h)]
+    handles = [
+        block.register_forward_hook(
+            lambda mod, args, out, i=i: theirs.__setitem__(
+                i, (out[0] if isinstance(out, tuple) else out).detach().clone()
+            )
+        )
+        for i, block in enumerate(hf.transformer.h)
+    ]
     try:
         hf_forward(hf, tokens.to(next(hf.parameters()).device), n_blocks)
     finally:
@@ -148,6 +195,12 @@ def same_values(model: LoadedModel, hf: torch.nn.Module, tokens: torch.Tensor, n
     rows = []
     for i, site in enumerate(sites):
         a, b = ours[site.hook].float(), theirs[i].float()
-        rows.append({"hook": site.hook, "bit_equal": bool(torch.equal(ours[site.hook], theirs[i])),
-                     "max_abs_diff": float((a - b).abs().max()), "spread": float(a.std())})
+        rows.append(
+            {
+                "hook": site.hook,
+                "bit_equal": bool(torch.equal(ours[site.hook], theirs[i])),
+                "max_abs_diff": float((a - b).abs().max()),
+                "spread": float(a.std()),
+            }
+        )
     return rows

@@ -21,8 +21,12 @@ from packaging.version import Version
 def newest(name: str) -> Version | None:
     """The newest release of ``name`` on the index pip uses (None if it cannot be asked)."""
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "index", "versions", name, "--disable-pip-version-check"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", name, "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         return None
     m = re.match(r"\S+ \(([^)]+)\)", out.stdout)

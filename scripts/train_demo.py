@@ -42,9 +42,16 @@ from actstore.demo import data as demo_data  # noqa: E402
 SEED = 0
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "actstore" / "data" / "demo-model"
 # nanoGPT-style config: tiny, so that the weights ship with the package (fp32, ~4 MB)
-MODEL = dict(n_layer=4, n_embd=128, n_head=4, n_positions=128,  # d_head 32
-             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # plenty of synthetic data: no dropout
-             tie_word_embeddings=True)
+MODEL = dict(
+    n_layer=4,
+    n_embd=128,
+    n_head=4,
+    n_positions=128,  # d_head 32
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,  # plenty of synthetic data: no dropout
+    tie_word_embeddings=True,
+)
 HALF_LEN = (5, 40)  # repeated-token rows: BOS + x + x, len(x) drawn per batch from this range
 # The one nudge: for the first PREV_TOKEN_STEPS steps an extra cross-entropy pulls head
 # PREV_TOKEN_HEAD's attention, on the repeated-token rows, to the previous token. A
@@ -68,12 +75,25 @@ def build_tokenizer(seed: int, n_ctx: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(demo_data.documents(TOKENIZER_DOCS, seed), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", model_max_length=n_ctx)
-    bad = [w for w in demo_data.single_token_words() if len(fast.encode(w, add_special_tokens=False)) != 1]
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_max_length=n_ctx,
+    )
+    bad = [
+        w
+        for w in demo_data.single_token_words()
+        if len(fast.encode(w, add_special_tokens=False)) != 1
+    ]
     if bad:
         raise SystemExit(f"words that are not one token: {bad}")
     return fast
@@ -97,11 +117,21 @@ def evaluate(model, tokenizer, val_rows: torch.Tensor, pairs: list[dict]) -> dic
         rep = torch.from_numpy(demo.repeated_tokens(tokenizer, 64, half, seed=1)).long()
         res = model(rep, output_attentions=True)
         q = torch.arange(half + 1, 2 * half + 1)
-        ind = torch.stack([a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in res.attentions])  # (layer, head)
-        logp = torch.log_softmax(res.logits[:, :-1].float(), -1).gather(-1, rep[:, 1:, None])[..., 0]  # (row, pos)
+        ind = torch.stack(
+            [a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in res.attentions]
+        )  # (layer, head)
+        logp = torch.log_softmax(res.logits[:, :-1].float(), -1).gather(-1, rep[:, 1:, None])[
+            ..., 0
+        ]  # (row, pos)
         best = int(ind.argmax())
-        out[f"h{half}"] = {"induction_max": round(float(ind.max()), 4), "head": f"{best // ind.shape[1]}.{best % ind.shape[1]}",
-                           "loss_halves": [round(float(-logp[:, :half].mean()), 3), round(float(-logp[:, half:].mean()), 3)]}
+        out[f"h{half}"] = {
+            "induction_max": round(float(ind.max()), 4),
+            "head": f"{best // ind.shape[1]}.{best % ind.shape[1]}",
+            "loss_halves": [
+                round(float(-logp[:, :half].mean()), 3),
+                round(float(-logp[:, half:].mean()), 3),
+            ],
+        }
     ld = demo.ioi_logit_diffs(model, tokenizer, pairs)
     out.update(ioi_logit_diff_mean=float(ld.mean()), ioi_accuracy=float((ld > 0).mean()))
     model.set_attn_implementation("sdpa")
@@ -115,14 +145,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--steps", type=int, default=3500)
     p.add_argument("--text-batch", type=int, default=24, help="rows of 128 tokens of text per step")
-    p.add_argument("--rep-batch", type=int, default=32, help="rows of repeated random tokens per step")
+    p.add_argument(
+        "--rep-batch", type=int, default=32, help="rows of repeated random tokens per step"
+    )
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prev-token-steps", type=int, default=PREV_TOKEN_STEPS,
-                   help="steps of the previous-token warm start (0: none)")
+    p.add_argument(
+        "--prev-token-steps",
+        type=int,
+        default=PREV_TOKEN_STEPS,
+        help="steps of the previous-token warm start (0: none)",
+    )
     a = p.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -131,27 +167,42 @@ def main() -> None:
     torch.manual_seed(a.seed)
     seq_len = MODEL["n_positions"]
     tokenizer = build_tokenizer(a.seed, seq_len)
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, **MODEL)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **MODEL,
+    )
     model = GPT2LMHeadModel(config)
     n_params = sum(t.numel() for t in model.parameters())
     text = torch.from_numpy(demo_data.text_rows(tokenizer, a.steps * a.text_batch, seq_len, a.seed))
     val = torch.from_numpy(demo_data.text_rows(tokenizer, 64, seq_len, a.seed + 1000))
     rng = np.random.default_rng([a.seed, 1])  # the repeated-token rows, drawn as training goes
     pairs = demo_data.ioi_pairs(256)
-    print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params:,} parameters; text: {tuple(text.shape)} "
-          f"({time.time() - t_start:.0f}s)", flush=True)
+    print(
+        f"tokenizer: {len(tokenizer)} tokens; model: {n_params:,} parameters; text: {tuple(text.shape)} "
+        f"({time.time() - t_start:.0f}s)",
+        flush=True,
+    )
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=a.weight_decay)
-    lr_at = lambda s: a.lr * (s + 1) / a.warmup if s < a.warmup else \
-        a.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (s - a.warmup) / max(1, a.steps - a.warmup))))  # noqa: E731
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=a.weight_decay
+    )
+
+    def lr_at(s: int) -> float:  # linear warm-up, then cosine down to a tenth
+        if s < a.warmup:
+            return a.lr * (s + 1) / a.warmup
+        return a.lr * (
+            0.1 + 0.45 * (1 + math.cos(math.pi * (s - a.warmup) / max(1, a.steps - a.warmup)))
+        )
+
     model.train()
     losses, log = [], []
     t_train = time.time()
     for step in range(a.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        tb = text[step * a.text_batch:(step + 1) * a.text_batch]
+        tb = text[step * a.text_batch : (step + 1) * a.text_batch]
         half = int(rng.integers(HALF_LEN[0], HALF_LEN[1] + 1))
         rb = torch.from_numpy(demo_data.repeated_batch(tokenizer, rng, a.rep_batch, half))
         loss_text = model(tb, labels=tb).loss
@@ -170,9 +221,13 @@ def main() -> None:
         losses.append((loss_text.item(), loss_rep.item()))
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
             recent = np.mean(losses[-50:], axis=0)
-            m = {"step": step + 1, "train_text_loss": round(float(recent[0]), 4),
-                 "train_rep_loss": round(float(recent[1]), 4), **evaluate(model, tokenizer, val, pairs),
-                 "seconds": round(time.time() - t_train, 1)}
+            m = {
+                "step": step + 1,
+                "train_text_loss": round(float(recent[0]), 4),
+                "train_rep_loss": round(float(recent[1]), 4),
+                **evaluate(model, tokenizer, val, pairs),
+                "seconds": round(time.time() - t_train, 1),
+            }
             log.append(m)
             print(json.dumps(m), flush=True)
     train_s = time.time() - t_train
@@ -183,7 +238,9 @@ def main() -> None:
     tokenizer.save_pretrained(tmp)
     cfg_path = tmp / "tokenizer_config.json"
     tok_cfg = json.loads(cfg_path.read_text())
-    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # the same class name in transformers 4 and 5
+    tok_cfg["tokenizer_class"] = (
+        "PreTrainedTokenizerFast"  # the same class name in transformers 4 and 5
+    )
     cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
     for junk in ("generation_config.json",):
         (tmp / junk).unlink(missing_ok=True)
@@ -197,35 +254,55 @@ def main() -> None:
         "seed": a.seed,
         "command": "python scripts/train_demo.py " + " ".join(sys.argv[1:]),
         "config": {**MODEL, "vocab_size": len(tokenizer), "n_params": n_params},
-        "tokenizer": {"kind": "byte-level BPE (HF tokenizers)", "vocab_size": len(tokenizer),
-                      "trained_on": f"actstore.demo.data.documents({TOKENIZER_DOCS}, seed={a.seed})",
-                      "special": "<|endoftext|> (BOS, EOS)"},
-        "data": {"text": f"actstore.demo.data.text_rows(tokenizer, {a.steps * a.text_batch}, {seq_len}, seed={a.seed})",
-                 "text_batch": a.text_batch, "sentence_mix": demo_data.RECIPE,
-                 "repeated": f"per step, actstore.demo.data.repeated_batch(tokenizer, rng, {a.rep_batch}, half_len) "
-                             f"with rng = numpy.random.default_rng([{a.seed}, 1]) and half_len = "
-                             f"rng.integers({HALF_LEN[0]}, {HALF_LEN[1] + 1})",
-                 "rep_batch": a.rep_batch,
-                 "loss": "mean text loss + mean repeated-token loss (+ the previous-token warm start early on)"},
+        "tokenizer": {
+            "kind": "byte-level BPE (HF tokenizers)",
+            "vocab_size": len(tokenizer),
+            "trained_on": f"actstore.demo.data.documents({TOKENIZER_DOCS}, seed={a.seed})",
+            "special": "<|endoftext|> (BOS, EOS)",
+        },
+        "data": {
+            "text": f"actstore.demo.data.text_rows(tokenizer, {a.steps * a.text_batch}, {seq_len}, seed={a.seed})",
+            "text_batch": a.text_batch,
+            "sentence_mix": demo_data.RECIPE,
+            "repeated": f"per step, actstore.demo.data.repeated_batch(tokenizer, rng, {a.rep_batch}, half_len) "
+            f"with rng = numpy.random.default_rng([{a.seed}, 1]) and half_len = "
+            f"rng.integers({HALF_LEN[0]}, {HALF_LEN[1] + 1})",
+            "rep_batch": a.rep_batch,
+            "loss": "mean text loss + mean repeated-token loss (+ the previous-token warm start early on)",
+        },
         "previous_token_warm_start": {
-            "head": f"{PREV_TOKEN_HEAD[0]}.{PREV_TOKEN_HEAD[1]}", "weight": 1.0,
+            "head": f"{PREV_TOKEN_HEAD[0]}.{PREV_TOKEN_HEAD[1]}",
+            "weight": 1.0,
             "steps": f"the first {a.prev_token_steps} of {a.steps}",
             "what": "on the repeated-token rows only: -log attention of this one layer-0 head from every query to "
-                    "the previous token; then switched off. No other head, and no induction or IOI target, is "
-                    "ever given: those are learned from the language-modelling loss"},
-        "optimizer": {"kind": "AdamW", "lr": a.lr, "betas": [0.9, 0.95], "weight_decay": a.weight_decay,
-                      "warmup": a.warmup, "schedule": "linear warmup, cosine to 0.1 x lr", "grad_clip": 1.0,
-                      "steps": a.steps},
+            "the previous token; then switched off. No other head, and no induction or IOI target, is "
+            "ever given: those are learned from the language-modelling loss",
+        },
+        "optimizer": {
+            "kind": "AdamW",
+            "lr": a.lr,
+            "betas": [0.9, 0.95],
+            "weight_decay": a.weight_decay,
+            "warmup": a.warmup,
+            "schedule": "linear warmup, cosine to 0.1 x lr",
+            "grad_clip": 1.0,
+            "steps": a.steps,
+        },
         "final": {k: v for k, v in final.items() if k not in ("step", "seconds")},
         "eval_definitions": {
             "text_loss": "mean next-token loss on text_rows(seed=SEED+1000), 64 rows of 128 tokens",
             "hN": "on 64 rows of BOS + N random tokens twice (actstore.demo.repeated_tokens, seed 1): the best head's "
-                  "mean attention from each second-half query q to q - N + 1, and the mean loss on each half",
-            "ioi": "logit(IO) - logit(S) after 256 held-out prompts, actstore.demo.data.ioi_pairs(256)"},
+            "mean attention from each second-half query q to q - N + 1, and the mean loss on each half",
+            "ioi": "logit(IO) - logit(S) after 256 held-out prompts, actstore.demo.data.ioi_pairs(256)",
+        },
         "log": log,
         "wall_time_s": {"total": round(time.time() - t_start, 1), "training": round(train_s, 1)},
-        "machine": {"threads": a.threads, "cpu": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {
+            "threads": a.threads,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "weights_sha256": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest(),
         "fingerprint": loaded.info.fingerprint,
     }

@@ -11,7 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh runs one worker per core: one thread each
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # scripts/test.sh runs one worker per core: one thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -28,8 +30,12 @@ def _tl4() -> bool:
     return getattr(patching, "PatchingResult", None) is not None
 
 
-TL4 = _tl4()  # TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
-needs_tl4 = pytest.mark.skipif(not TL4, reason="needs transformer_lens>=4 (PatchingResult and its references)")
+TL4 = (
+    _tl4()
+)  # TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
+needs_tl4 = pytest.mark.skipif(
+    not TL4, reason="needs transformer_lens>=4 (PatchingResult and its references)"
+)
 
 # Modules of long tests (tens of seconds each, in subprocesses) run first. pytest-xdist hands
 # out the collection in order, keeping two tests queued per worker; with these last (where
@@ -45,6 +51,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def first(item: pytest.Item) -> int:
         path = item.path.relative_to(here).as_posix() if item.path.is_relative_to(here) else ""
         return FIRST.index(path) if path in FIRST else len(FIRST)
+
     items.sort(key=first)  # stable: the order within and among the other modules is kept
 
 
@@ -58,10 +65,12 @@ DOCS = [
     "Numbers: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20.",
     "Unicode survives: naïve café, 東京, emoji 🙂 and tabs\tand\nnewlines.",
     "A short one.",
-    "Interpretability researchers cache activations at scale to find circuits in language models. " * 3,
+    "Interpretability researchers cache activations at scale to find circuits in language models. "
+    * 3,
     "x",
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.",
-    "The end of the corpus is near; the last document is a little longer than the others, on purpose. " * 2,
+    "The end of the corpus is near; the last document is a little longer than the others, on purpose. "
+    * 2,
 ] * 3
 
 
@@ -74,7 +83,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 def sharp_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny shape with weights drawn 10x wider than GPT-2's init (std 0.2): patches
     move metrics by O(0.1-1) (at the default init most move them by < 1e-3)."""
-    return str(build_random_gpt2(tmp_path_factory.mktemp("models") / "sharp", seed=3, initializer_range=0.2, **TINY))
+    return str(
+        build_random_gpt2(
+            tmp_path_factory.mktemp("models") / "sharp", seed=3, initializer_range=0.2, **TINY
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +109,7 @@ def family_model(tmp_path_factory: pytest.TempPathFactory):
             folder = tmp_path_factory.mktemp("families") / family
             built[family] = str(build_random_model(family, folder, seed=1, initializer_range=0.2))
         return built[family]
+
     return get
 
 
@@ -124,13 +138,22 @@ def store_files(path: str | Path) -> dict[str, bytes]:
     """Every file of a store by relative path, except the root zarr.json, whose
     attrs hold the creation time and command line (compared separately)."""
     path = Path(path)
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and str(p.relative_to(path)) != "zarr.json"}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and str(p.relative_to(path)) != "zarr.json"
+    }
 
 
 # the run that the crash, resume and repair tests interrupt, damage and compare
-RESUME_OPTS = dict(sites="resid_post:all,z:1,pattern:2.0", seq_len=16, n_rows=30, batch_size=4,
-                   rows_per_chunk=4, rows_per_shard=8)
+RESUME_OPTS = dict(
+    sites="resid_post:all,z:1,pattern:2.0",
+    seq_len=16,
+    n_rows=30,
+    batch_size=4,
+    rows_per_chunk=4,
+    rows_per_shard=8,
+)
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +171,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, corpus_
     import actstore
 
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
+    actstore.cache(
+        out=str(out), model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS
+    )
     return out
 
 
@@ -157,8 +182,9 @@ def train_sae():
     """scripts/train_sae.py as a module, so its ``main(argv)`` runs in-process (tests of its checks)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_sae_under_test",
-                                                  Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_sae_under_test", Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -55,18 +55,23 @@ class Case:
             self.clean_logits, self.cache = self.bridge.run_with_cache(self.clean)
             self.corrupted_logits, self.corrupted_cache = self.bridge.run_with_cache(self.corrupted)
         self.logit_scale = float(self.corrupted_logits.abs().max())
-        self.ld = ap.LogitDiff(self.answer, self.wrong)  # batched: the engine computes 2 logits a prompt
+        self.ld = ap.LogitDiff(
+            self.answer, self.wrong
+        )  # batched: the engine computes 2 logits a prompt
         b = torch.arange(len(self.answer))
         a, w = torch.tensor(self.answer), torch.tensor(self.wrong)
 
-        def every_position(logits: torch.Tensor) -> torch.Tensor:  # a plain metric reading all logits
+        def every_position(
+            logits: torch.Tensor,
+        ) -> torch.Tensor:  # a plain metric reading all logits
             return (logits[b, :, a] - logits[b, :, w]).mean()
 
         self.plain: Callable[[torch.Tensor], torch.Tensor] = every_position
 
 
-def assert_close_rel(got: torch.Tensor, want: torch.Tensor, *, min_spread: float, scale: float = 0.0,
-                     what: str = "") -> float:
+def assert_close_rel(
+    got: torch.Tensor, want: torch.Tensor, *, min_spread: float, scale: float = 0.0, what: str = ""
+) -> float:
     """|got - want| <= REL x the spread of ``want`` (or 16 float32 ulps of ``scale``, the
     size of the logits both are computed from, where larger); the spread at least
     ``min_spread`` and 100 tolerances. Returns the spread."""
@@ -74,19 +79,32 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, *, min_spread: float
     finite = want[torch.isfinite(want)].double()
     spread = float(finite.max() - finite.min())
     tol = max(REL * spread, 16 * torch.finfo(torch.float32).eps * scale)
-    assert spread >= min_spread and spread >= 100 * tol, \
+    assert spread >= min_spread and spread >= 100 * tol, (
         f"{what}: the reference's values span only {spread:.3g} (want >= {min_spread} and >= 100 x tolerance {tol:.2g})"
+    )
     assert torch.equal(torch.isfinite(got), torch.isfinite(want)), what
     err = float((got.double() - want.double())[torch.isfinite(want)].abs().max())
-    assert err <= tol, f"{what}: max |got - reference| {err:.3g} > tolerance {tol:.2g} (spread {spread:.3g})"
+    assert err <= tol, (
+        f"{what}: max |got - reference| {err:.3g} > tolerance {tol:.2g} (spread {spread:.3g})"
+    )
     return spread
 
 
-def assert_matches(got: torch.Tensor, want: torch.Tensor, case: Case, what: str = "", min_spread: float | None = None
-                   ) -> float:
+def assert_matches(
+    got: torch.Tensor,
+    want: torch.Tensor,
+    case: Case,
+    what: str = "",
+    min_spread: float | None = None,
+) -> float:
     """:func:`assert_close_rel` at the case's logit scale and minimum spread."""
-    return assert_close_rel(got, want, min_spread=case.min_spread if min_spread is None else min_spread,
-                            scale=case.logit_scale, what=what)
+    return assert_close_rel(
+        got,
+        want,
+        min_spread=case.min_spread if min_spread is None else min_spread,
+        scale=case.logit_scale,
+        what=what,
+    )
 
 
 def boot(folder: str | Path, dtype: torch.dtype = torch.float32) -> Any:
@@ -104,9 +122,19 @@ def hooked_transformer(bridge: Any) -> Any:
 
     hf = bridge.original_model
     c = hf.config
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
-                                  normalization_type="LN", eps=c.layer_norm_epsilon, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer,
+        d_model=c.n_embd,
+        n_heads=c.n_head,
+        d_head=c.n_embd // c.n_head,
+        d_mlp=4 * c.n_embd,
+        d_vocab=c.vocab_size,
+        n_ctx=c.n_positions,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        eps=c.layer_norm_epsilon,
+        device="cpu",
+    )
     ht = HookedTransformer(cfg)
     ht.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
     ht.eval()
@@ -129,13 +157,21 @@ def demo_case(kind: str, dtype: torch.dtype = torch.float32) -> Case:
     else:  # another first name at position 2: everything after it differs too
         others = [n for n in demo_data.NAMES if all(n not in p["clean"] for p in pairs)]
         corrupted = clean.clone()
-        corrupted[:, 2] = torch.tensor([_ids(tok, " " + n)[1] for n in others[:len(pairs)]])
+        corrupted[:, 2] = torch.tensor([_ids(tok, " " + n)[1] for n in others[: len(pairs)]])
     answer = [_ids(tok, p["answer"])[1] for p in pairs]
     wrong = [_ids(tok, p["wrong"])[1] for p in pairs]
     first = int(torch.nonzero((clean != corrupted).any(0))[0, 0])
     assert first == (10 if kind == "late" else 2), first
-    return Case(f"demo_{kind}", boot(demo_model_dir(), dtype), clean, corrupted, answer, wrong, min_spread=0.02,
-                first_change=first)
+    return Case(
+        f"demo_{kind}",
+        boot(demo_model_dir(), dtype),
+        clean,
+        corrupted,
+        answer,
+        wrong,
+        min_spread=0.02,
+        first_change=first,
+    )
 
 
 def wide_model(folder: Path) -> Path:
@@ -143,8 +179,17 @@ def wide_model(folder: Path) -> Path:
 
     if not (folder / "config.json").exists():
         tok = demo_tokenizer()
-        build_random_gpt2(folder, seed=7, tokenizer=tok, n_layer=3, n_embd=96, n_head=6, n_positions=64,
-                          vocab_size=len(tok), initializer_range=0.1)
+        build_random_gpt2(
+            folder,
+            seed=7,
+            tokenizer=tok,
+            n_layer=3,
+            n_embd=96,
+            n_head=6,
+            n_positions=64,
+            vocab_size=len(tok),
+            initializer_range=0.1,
+        )
     return folder
 
 
@@ -160,8 +205,16 @@ def wide_case(folder: Path) -> Case:
     for row, first in enumerate((9, 11, 12)):
         corrupted[row, first::2] = torch.tensor(rng.sample(pool, len(range(first, 16, 2))))
     answer, wrong = rng.sample(pool, 3), rng.sample(pool, 3)
-    return Case("wide_late", boot(wide_model(folder)), clean, corrupted, answer, wrong, min_spread=0.02,
-                first_change=9)
+    return Case(
+        "wide_late",
+        boot(wide_model(folder)),
+        clean,
+        corrupted,
+        answer,
+        wrong,
+        min_spread=0.02,
+        first_change=9,
+    )
 
 
 # --- the reference and actstore, side by side -----------------------------------------------
@@ -170,7 +223,9 @@ def wide_case(folder: Path) -> Case:
 _REFS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def reference(case: Case, sweep: str, index_df: pd.DataFrame | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference(
+    case: Case, sweep: str, index_df: pd.DataFrame | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """transformer_lens.patching's values for (LogitDiff, plain metric), under no_grad."""
     key = (case.name, sweep)
     if index_df is None and key in _REFS:
@@ -182,8 +237,11 @@ def reference(case: Case, sweep: str, index_df: pd.DataFrame | None = None) -> t
     else:  # a subset of the cells of a pattern sweep (every cell: one forward each)
         fn = tlp.generic_activation_patch
         args = (case.bridge, case.corrupted, case.cache)
-        kwargs = dict(patch_setter=tlp.layer_head_dest_src_pos_pattern_patch_setter, activation_name="pattern",
-                      index_df=index_df)
+        kwargs = dict(
+            patch_setter=tlp.layer_head_dest_src_pos_pattern_patch_setter,
+            activation_name="pattern",
+            index_df=index_df,
+        )
     with torch.no_grad():
         if TL4:
             res = fn(*args, {"ld": case.ld, "plain": case.plain}, **kwargs)
@@ -197,8 +255,10 @@ def reference(case: Case, sweep: str, index_df: pd.DataFrame | None = None) -> t
 
 def ours(case: Case, sweep: str, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     fn = getattr(ap, f"get_act_patch_{sweep}")
-    return (fn(case.bridge, case.corrupted, case.cache, case.ld, progress=False, **kw),
-            fn(case.bridge, case.corrupted, case.cache, case.plain, progress=False, **kw))
+    return (
+        fn(case.bridge, case.corrupted, case.cache, case.ld, progress=False, **kw),
+        fn(case.bridge, case.corrupted, case.cache, case.plain, progress=False, **kw),
+    )
 
 
 def dest_src_sample(case: Case, ours_ld: torch.Tensor) -> pd.DataFrame:
@@ -208,16 +268,21 @@ def dest_src_sample(case: Case, ours_ld: torch.Tensor) -> pd.DataFrame:
     after the first difference) and 30 of the rest."""
     cfg = case.bridge.cfg
     n_pos = case.corrupted.shape[1]
-    df = tlp.make_df_from_ranges([cfg.n_layers, cfg.n_heads, n_pos, n_pos], ["layer", "head_index", "dest_pos", "src_pos"])
+    df = tlp.make_df_from_ranges(
+        [cfg.n_layers, cfg.n_heads, n_pos, n_pos], ["layer", "head_index", "dest_pos", "src_pos"]
+    )
     effect = (ours_ld - case.ld(case.corrupted_logits)).abs().flatten()
     top = df.iloc[torch.argsort(effect, descending=True)[:50].numpy()]
     rest = df.drop(top.index)
-    live = rest[(rest.src_pos <= rest.dest_pos) & (rest.dest_pos >= case.first_change)].sample(100, random_state=0)
+    live = rest[(rest.src_pos <= rest.dest_pos) & (rest.dest_pos >= case.first_change)].sample(
+        100, random_state=0
+    )
     return pd.concat([top, live, rest.drop(live.index).sample(30, random_state=0)]).sort_index()
 
 
-def compared(case: Case, sweep: str, got_ld: torch.Tensor, got_plain: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def compared(
+    case: Case, sweep: str, got_ld: torch.Tensor, got_plain: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ours LogitDiff, ours plain, reference LogitDiff, reference plain) of ``sweep``,
     compared cell for cell: the dest/src pattern sweep on a sample of cells
     (:func:`dest_src_sample`); the stack of by-position sweeps built from the reference's
@@ -229,9 +294,16 @@ def compared(case: Case, sweep: str, got_ld: torch.Tensor, got_plain: torch.Tens
         cells = tuple(torch.tensor(df[c].to_numpy()) for c in df.columns)
         return got_ld[cells], got_plain[cells], want_ld, want_plain
     if sweep == "attn_head_by_pos_every":
-        parts = [reference(case, f"attn_head_{k}_by_pos") for k in ("out", "q", "k", "v", "pattern")]
-        pad = [torch.nn.functional.pad(p[i], (0, parts[0][i].shape[-1] - p[i].shape[-1])) for p in parts[:4]
-               for i in (0, 1)]
-        want_ld, want_plain = (torch.stack(pad[i::2] + [parts[4][i].permute(0, 2, 1)]) for i in (0, 1))
+        parts = [
+            reference(case, f"attn_head_{k}_by_pos") for k in ("out", "q", "k", "v", "pattern")
+        ]
+        pad = [
+            torch.nn.functional.pad(p[i], (0, parts[0][i].shape[-1] - p[i].shape[-1]))
+            for p in parts[:4]
+            for i in (0, 1)
+        ]
+        want_ld, want_plain = (
+            torch.stack(pad[i::2] + [parts[4][i].permute(0, 2, 1)]) for i in (0, 1)
+        )
         return got_ld, got_plain, want_ld, want_plain
     return (got_ld, got_plain, *reference(case, sweep))

@@ -38,15 +38,23 @@ def layer_norm_unembed(x: np.ndarray, bridge: Any, softmax: bool = False) -> np.
     w, b = bridge.ln_final.w.detach().double().numpy(), bridge.ln_final.b.detach().double().numpy()
     x = x.astype(np.float64)
     xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + bridge.cfg.eps)
-    logits = (xn * w + b) @ bridge.W_U.detach().double().numpy() + bridge.b_U.detach().double().numpy()
+    logits = (
+        xn * w + b
+    ) @ bridge.W_U.detach().double().numpy() + bridge.b_U.detach().double().numpy()
     if not softmax:
         return logits
     p = np.exp(logits - logits.max(-1, keepdims=True))
     return p / p.sum(-1, keepdims=True)
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], match: str | None = None, *,
-                   prefix: bool = True, clear: bool = False) -> str:
+def one_line_error(
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    match: str | None = None,
+    *,
+    prefix: bool = True,
+    clear: bool = False,
+) -> str:
     """Run the CLI on ``argv``: exit status 2 and one line on stderr (starting
     ``actstore: error: `` when ``prefix``; matching the regex ``match`` when given), which is
     returned. ``clear`` drops what was captured before the run."""

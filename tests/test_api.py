@@ -11,11 +11,47 @@ import pytest
 import actstore
 from actstore import errors
 
-TOP = {"cache", "CacheConfig", "open", "ActivationStore", "load_model", "save_model", "patch_pairs", "PatchJobConfig",
-       "PatchJobResult", "find_circuit", "CircuitJobConfig", "CircuitJobResult", "fit_probes", "ProbeConfig",
-       "ProbeReport", "Probe", "patching", "circuits", "probes", "analysis", "errors", "ActStoreError", "__version__"}
-STORE = {"ActivationStore", "open_store", "is_store", "StoreMeta", "CorpusMeta", "SiteMeta", "Layout", "ResultWriter",
-         "write_result", "ActivationLoader", "ActivationDataLoader", "make_dataloader", "verify_store", "Damage"}
+TOP = {
+    "cache",
+    "CacheConfig",
+    "open",
+    "ActivationStore",
+    "load_model",
+    "save_model",
+    "patch_pairs",
+    "PatchJobConfig",
+    "PatchJobResult",
+    "find_circuit",
+    "CircuitJobConfig",
+    "CircuitJobResult",
+    "fit_probes",
+    "ProbeConfig",
+    "ProbeReport",
+    "Probe",
+    "patching",
+    "circuits",
+    "probes",
+    "analysis",
+    "errors",
+    "ActStoreError",
+    "__version__",
+}
+STORE = {
+    "ActivationStore",
+    "open_store",
+    "is_store",
+    "StoreMeta",
+    "CorpusMeta",
+    "SiteMeta",
+    "Layout",
+    "ResultWriter",
+    "write_result",
+    "ActivationLoader",
+    "ActivationDataLoader",
+    "make_dataloader",
+    "verify_store",
+    "Damage",
+}
 # (package, old name, new home): every name that left a package's top
 MOVED = [
     ("actstore", "attribution", "actstore.patching.attribution"),
@@ -28,11 +64,25 @@ MOVED = [
     ("actstore", "ModelInfo", "actstore.models.ModelInfo"),
     ("actstore", "StoreMeta", "actstore.store.StoreMeta"),
     ("actstore", "Moments", "actstore.stats.Moments"),
-    *[("actstore", name, f"actstore.errors.{name}") for name in errors.__all__ if name != "ActStoreError"],
+    *[
+        ("actstore", name, f"actstore.errors.{name}")
+        for name in errors.__all__
+        if name != "ActStoreError"
+    ],
     ("actstore.integrations", "MissingDependencyError", "actstore.errors.MissingDependencyError"),
-    *[("actstore.store", name, f"actstore.store.format.{name}") for name in
-      ("FORMAT_VERSION", "INDEX_ARRAYS", "create_store", "estimate_bytes", "finalize_stats", "parse_codec",
-       "plan_layout", "read_checked")],
+    *[
+        ("actstore.store", name, f"actstore.store.format.{name}")
+        for name in (
+            "FORMAT_VERSION",
+            "INDEX_ARRAYS",
+            "create_store",
+            "estimate_bytes",
+            "finalize_stats",
+            "parse_codec",
+            "plan_layout",
+            "read_checked",
+        )
+    ],
 ]
 
 
@@ -46,14 +96,26 @@ def home(path: str) -> object:
 
 
 def test_open_and_the_jobs_are_there_after_import(tmp_path, tiny_model):
-    made = actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset=["a b c d e f"], seq_len=4,
-                          n_rows=1, sites="resid_post:0", progress=False)
+    made = actstore.cache(
+        out=str(tmp_path / "s.zarr"),
+        model=tiny_model,
+        dataset=["a b c d e f"],
+        seq_len=4,
+        n_rows=1,
+        sites="resid_post:0",
+        progress=False,
+    )
     store = actstore.open(tmp_path / "s.zarr")
     assert isinstance(store, actstore.ActivationStore) and store.sites == made.sites
     assert (store.tokens() == made.tokens()).all()
-    for name, fn in [("patching", "get_act_patch_resid_pre"), ("patching.attribution", "attribution_patch"),
-                     ("patching.tasks", "make_pairs"), ("circuits", "edge_attribution"), ("probes", "fit_probes"),
-                     ("analysis", "induction_scores")]:
+    for name, fn in [
+        ("patching", "get_act_patch_resid_pre"),
+        ("patching.attribution", "attribution_patch"),
+        ("patching.tasks", "make_pairs"),
+        ("circuits", "edge_attribution"),
+        ("probes", "fit_probes"),
+        ("analysis", "induction_scores"),
+    ]:
         module = actstore
         for part in name.split("."):
             module = getattr(module, part)
@@ -67,11 +129,20 @@ def test_the_entry_points_their_configs_and_results_are_at_the_top():
     from actstore.patching.job import PatchJobConfig, PatchJobResult, patch_pairs
     from actstore.probes import Probe, ProbeConfig, ProbeReport, fit_probes
 
-    for name, obj in [("patch_pairs", patch_pairs), ("PatchJobConfig", PatchJobConfig),
-                      ("PatchJobResult", PatchJobResult), ("fit_probes", fit_probes), ("ProbeConfig", ProbeConfig),
-                      ("ProbeReport", ProbeReport), ("Probe", Probe), ("save_model", save_model),
-                      ("find_circuit", find_circuit), ("CircuitJobConfig", CircuitJobConfig),
-                      ("CircuitJobResult", CircuitJobResult), ("ActStoreError", errors.ActStoreError)]:
+    for name, obj in [
+        ("patch_pairs", patch_pairs),
+        ("PatchJobConfig", PatchJobConfig),
+        ("PatchJobResult", PatchJobResult),
+        ("fit_probes", fit_probes),
+        ("ProbeConfig", ProbeConfig),
+        ("ProbeReport", ProbeReport),
+        ("Probe", Probe),
+        ("save_model", save_model),
+        ("find_circuit", find_circuit),
+        ("CircuitJobConfig", CircuitJobConfig),
+        ("CircuitJobResult", CircuitJobResult),
+        ("ActStoreError", errors.ActStoreError),
+    ]:
         assert getattr(actstore, name) is obj and name in actstore.__all__, name
     assert all(hasattr(actstore, name) for name in actstore.__all__)
 
@@ -80,14 +151,18 @@ def test_the_public_surface_is_what_users_call():
     assert set(actstore.__all__) == TOP and len(actstore.__all__) == len(TOP)
     assert set(actstore.store.__all__) == STORE
     assert all(hasattr(actstore.store, name) for name in STORE)
-    assert "MissingDependencyError" in errors.__all__ and issubclass(errors.MissingDependencyError, ImportError)
+    assert "MissingDependencyError" in errors.__all__ and issubclass(
+        errors.MissingDependencyError, ImportError
+    )
 
 
 @pytest.mark.parametrize("package,old,new", MOVED, ids=[f"{p}.{o}" for p, o, _ in MOVED])
 def test_a_moved_name_warns_and_is_the_same_object(package, old, new):
     module = importlib.import_module(package)
     assert old not in getattr(module, "__all__", ())
-    with pytest.warns(DeprecationWarning, match=rf"{package}\.{old} is deprecated .* use {new} instead"):
+    with pytest.warns(
+        DeprecationWarning, match=rf"{package}\.{old} is deprecated .* use {new} instead"
+    ):
         got = getattr(module, old)
     assert got is home(new)
     with warnings.catch_warnings(record=True) as seen:  # the from-import warns once, at this line
@@ -95,7 +170,10 @@ def test_a_moved_name_warns_and_is_the_same_object(package, old, new):
         got = module.__getattr__(old)
         exec(f"from {package} import {old} as again", namespace := {})
     assert namespace["again"] is got
-    assert [(w.category, w.filename) for w in seen] == [(DeprecationWarning, __file__), (DeprecationWarning, "<string>")]
+    assert [(w.category, w.filename) for w in seen] == [
+        (DeprecationWarning, __file__),
+        (DeprecationWarning, "<string>"),
+    ]
 
 
 def test_an_unknown_name_is_still_an_attribute_error():

@@ -57,7 +57,9 @@ def parse(text: str, name: str = "<page>") -> list[Block]:
         if m:
             kind, arg = m.group(1), m.group(2).strip()
             if not arg:
-                raise ValueError(f"{name}:{i + 1}: <!-- {kind}: ... --> needs a {'reason' if kind == 'no-test' else 'file name'}")
+                raise ValueError(
+                    f"{name}:{i + 1}: <!-- {kind}: ... --> needs a {'reason' if kind == 'no-test' else 'file name'}"
+                )
             marker = (kind, arg, i + 1)
             i += 1
             continue
@@ -65,13 +67,17 @@ def parse(text: str, name: str = "<page>") -> list[Block]:
         if f:
             lang = f.group(1)
             if not lang:
-                raise ValueError(f"{name}:{i + 1}: a code block without a language; use ```python, ```bash or ```text")
+                raise ValueError(
+                    f"{name}:{i + 1}: a code block without a language; use ```python, ```bash or ```text"
+                )
             if lang not in RUN | NOT_RUN:
-                raise ValueError(f"{name}:{i + 1}: unknown block language {lang!r}; expected one of {sorted(RUN | NOT_RUN)}")
+                raise ValueError(
+                    f"{name}:{i + 1}: unknown block language {lang!r}; expected one of {sorted(RUN | NOT_RUN)}"
+                )
             end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)
             if end is None:
                 raise ValueError(f"{name}:{i + 1}: unclosed code block")
-            block = Block(lang, "\n".join(lines[i + 1:end]) + "\n", i + 1)
+            block = Block(lang, "\n".join(lines[i + 1 : end]) + "\n", i + 1)
             if marker:
                 setattr(block, "no_test" if marker[0] == "no-test" else "file", marker[1])
                 marker = None
@@ -79,10 +85,14 @@ def parse(text: str, name: str = "<page>") -> list[Block]:
             i = end + 1
             continue
         if marker and line.strip():
-            raise ValueError(f"{name}:{marker[2]}: <!-- {marker[0]}: ... --> must come right before a code block")
+            raise ValueError(
+                f"{name}:{marker[2]}: <!-- {marker[0]}: ... --> must come right before a code block"
+            )
         i += 1
     if marker:
-        raise ValueError(f"{name}:{marker[2]}: <!-- {marker[0]}: ... --> must come right before a code block")
+        raise ValueError(
+            f"{name}:{marker[2]}: <!-- {marker[0]}: ... --> must come right before a code block"
+        )
     return blocks
 
 
@@ -108,7 +118,9 @@ def actstore_commands(code: str) -> list[list[str]] | None:
         tokens = list(lexer)
         if not tokens:
             continue
-        if tokens[0] != "actstore" or any(set(t) <= set("();<>|&") or "$" in t or "`" in t for t in tokens):
+        if tokens[0] != "actstore" or any(
+            set(t) <= set("();<>|&") or "$" in t or "`" in t for t in tokens
+        ):
             return None
         commands.append(tokens[1:])
     return commands
@@ -148,17 +160,29 @@ def run_page(text: str, workdir: Path, name: str = "<page>") -> int:
                 try:
                     exec(compile(block.code, where, "exec"), namespace)
                 except Exception as e:
-                    raise AssertionError(f"{where}: the python block failed: {type(e).__name__}: {e}\n{block.code}") from e
+                    raise AssertionError(
+                        f"{where}: the python block failed: {type(e).__name__}: {e}\n{block.code}"
+                    ) from e
             elif (commands := actstore_commands(block.code)) is not None:
                 rc, output = _run_in_process(commands)
                 if rc:
-                    raise AssertionError(f"{where}: the bash block exited {rc}\n{block.code}\n--- output\n{output}")
+                    raise AssertionError(
+                        f"{where}: the bash block exited {rc}\n{block.code}\n--- output\n{output}"
+                    )
             else:
-                done = subprocess.run(["bash", "-euo", "pipefail", "-c", BASH_PRELUDE + block.code], cwd=workdir,
-                                      env=_env(), capture_output=True, text=True, timeout=300)
+                done = subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", BASH_PRELUDE + block.code],
+                    cwd=workdir,
+                    env=_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 if done.returncode:
-                    raise AssertionError(f"{where}: the bash block exited {done.returncode}\n{block.code}\n"
-                                         f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+                    raise AssertionError(
+                        f"{where}: the bash block exited {done.returncode}\n{block.code}\n"
+                        f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
+                    )
             ran += 1
     finally:
         os.chdir(old)
@@ -189,7 +213,9 @@ def test_every_page_is_in_the_nav():
 def test_readme_links_resolve():
     text = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text)
-    assert links and all((ROOT / link).is_file() for link in links), [link for link in links if not (ROOT / link).is_file()]
+    assert links and all((ROOT / link).is_file() for link in links), [
+        link for link in links if not (ROOT / link).is_file()
+    ]
 
 
 def test_readme_starts_with_the_two_commands():
@@ -199,63 +225,97 @@ def test_readme_starts_with_the_two_commands():
         "bash scripts/demo.sh     # the main job on the embedded default, then a short tour (under a minute once set up)",
         "bash scripts/test.sh     # the test suite (CPU, about 12 minutes on 2 cores with its 2 workers)",
     ]
-    assert len(text.splitlines()) <= 330, "the README is a landing page; the detail belongs in docs/"
+    assert len(text.splitlines()) <= 330, (
+        "the README is a landing page; the detail belongs in docs/"
+    )
 
 
 def test_the_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (tmp_path / "site" / "api" / "index.html").read_text().count('id="actstore.patching.get_act_patch_resid_pre"')
+    assert (
+        (tmp_path / "site" / "api" / "index.html")
+        .read_text()
+        .count('id="actstore.patching.get_act_patch_resid_pre"')
+    )
 
 
 # The runner itself must be able to fail.
 
+
 def test_a_broken_python_block_fails(tmp_path):
     page = "# p\n\n```python\nx = 1\n```\n\n```python\nassert x == 2, 'x is not 2'\n```\n"
-    with pytest.raises(AssertionError, match=r"<page>:7: the python block failed: AssertionError: x is not 2"):
+    with pytest.raises(
+        AssertionError, match=r"<page>:7: the python block failed: AssertionError: x is not 2"
+    ):
         run_page(page, tmp_path)
 
 
 def test_a_broken_bash_block_fails(tmp_path):
     page = "```bash\nactstore info missing.zarr\n```\n"  # in this process
-    with pytest.raises(AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"):
+    with pytest.raises(
+        AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"
+    ):
         run_page(page, tmp_path)
-    with pytest.raises(AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"):
+    with pytest.raises(
+        AssertionError, match=r"<page>:1: the bash block exited 2(.|\n)*No store at 'missing.zarr'"
+    ):
         run_page("```bash\nactstore info missing.zarr | cat\n```\n", tmp_path)  # with bash
     with pytest.raises(AssertionError, match=r"exited 2(.|\n)*invalid choice"):  # argparse's exit
         run_page("```bash\nactstore info --help\nactstore nonexistent-command\n```\n", tmp_path)
-    with pytest.raises(AssertionError, match="exited"):  # -e: a failing line in the middle fails the block
+    with pytest.raises(
+        AssertionError, match="exited"
+    ):  # -e: a failing line in the middle fails the block
         run_page("```bash\nfalse\necho ok\n```\n", tmp_path)
 
 
 def test_marked_and_text_blocks_are_not_run_and_files_are_written(tmp_path):
-    page = ("<!-- no-test: needs the hub -->\n```bash\nexit 3\n```\n\n```text\nnot code\n```\n\n"
-            "<!-- file: pairs.jsonl -->\n```json\n{\"a\": 1}\n```\n\n```bash\ntest -s pairs.jsonl\n```\n"
-            "```python\nassert open('pairs.jsonl').read() == '{\"a\": 1}\\n'\n```\n")
+    page = (
+        "<!-- no-test: needs the hub -->\n```bash\nexit 3\n```\n\n```text\nnot code\n```\n\n"
+        '<!-- file: pairs.jsonl -->\n```json\n{"a": 1}\n```\n\n```bash\ntest -s pairs.jsonl\n```\n'
+        "```python\nassert open('pairs.jsonl').read() == '{\"a\": 1}\\n'\n```\n"
+    )
     assert run_page(page, tmp_path) == 2
 
 
 def test_only_plain_actstore_commands_run_in_process():
-    assert actstore_commands("actstore cache a.zarr \\\n    --sites resid_post:0  # c\n\n# note\nactstore info a.zarr\n") == [
-        ["cache", "a.zarr", "--sites", "resid_post:0"], ["info", "a.zarr"]]
-    assert actstore_commands('actstore analyze dla t.zarr --target " Mary"  # optional: --pos P\n') == [
-        ["analyze", "dla", "t.zarr", "--target", " Mary"]]
-    for code in ["actstore info a.zarr | head\n", "actstore info a.zarr > x\n", "actstore info $X\n",
-                 "python x.py\n", "actstore info a && ls\n", "if actstore info m; then exit 1; fi\n"]:
+    assert actstore_commands(
+        "actstore cache a.zarr \\\n    --sites resid_post:0  # c\n\n# note\nactstore info a.zarr\n"
+    ) == [["cache", "a.zarr", "--sites", "resid_post:0"], ["info", "a.zarr"]]
+    assert actstore_commands(
+        'actstore analyze dla t.zarr --target " Mary"  # optional: --pos P\n'
+    ) == [["analyze", "dla", "t.zarr", "--target", " Mary"]]
+    for code in [
+        "actstore info a.zarr | head\n",
+        "actstore info a.zarr > x\n",
+        "actstore info $X\n",
+        "python x.py\n",
+        "actstore info a && ls\n",
+        "if actstore info m; then exit 1; fi\n",
+    ]:
         assert actstore_commands(code) is None, code
 
 
-@pytest.mark.parametrize("page, error", [
-    ("<!-- no-test: -->\n```bash\nexit 3\n```\n", "needs a reason"),
-    ("<!-- no-test -->\n```bash\nexit 3\n```\n", "needs a reason"),
-    ("<!-- no-test: hub -->\n\ntext\n```bash\nexit 3\n```\n", "right before a code block"),
-    ("```\nls\n```\n", "without a language"),
-    ("```sh\nls\n```\n", "unknown block language"),
-    ("```python\nx = 1\n", "unclosed"),
-])
+@pytest.mark.parametrize(
+    "page, error",
+    [
+        ("<!-- no-test: -->\n```bash\nexit 3\n```\n", "needs a reason"),
+        ("<!-- no-test -->\n```bash\nexit 3\n```\n", "needs a reason"),
+        ("<!-- no-test: hub -->\n\ntext\n```bash\nexit 3\n```\n", "right before a code block"),
+        ("```\nls\n```\n", "without a language"),
+        ("```sh\nls\n```\n", "unknown block language"),
+        ("```python\nx = 1\n", "unclosed"),
+    ],
+)
 def test_bad_markup_is_refused(page, error):
     with pytest.raises(ValueError, match=error):
         parse(page)

@@ -42,20 +42,56 @@ def no_text_file(tmp_path_factory):
 
 
 CASES = {
-    "unknown model path": (dict(model="./no/such/model"), errors.ModelNotFoundError, r"Model folder './no/such/model' not found"),
-    "unknown hub model": (dict(model="no-such-org/no-such-model-xyz"), errors.ModelNotFoundError, r"Could not load model 'no-such-org/no-such-model-xyz'"),
-    "unknown site": (dict(sites="resid_pots:all"), errors.UnknownSiteError, r"Unknown site 'resid_pots'.*Close matches: resid_post"),
-    "layer out of range": (dict(sites="z:7"), errors.UnknownSiteError, r"layer 7 is out of range; this model has layers 0..2"),
+    "unknown model path": (
+        dict(model="./no/such/model"),
+        errors.ModelNotFoundError,
+        r"Model folder './no/such/model' not found",
+    ),
+    "unknown hub model": (
+        dict(model="no-such-org/no-such-model-xyz"),
+        errors.ModelNotFoundError,
+        r"Could not load model 'no-such-org/no-such-model-xyz'",
+    ),
+    "unknown site": (
+        dict(sites="resid_pots:all"),
+        errors.UnknownSiteError,
+        r"Unknown site 'resid_pots'.*Close matches: resid_post",
+    ),
+    "layer out of range": (
+        dict(sites="z:7"),
+        errors.UnknownSiteError,
+        r"layer 7 is out of range; this model has layers 0..2",
+    ),
     "empty corpus": (dict(dataset=["", "   "][:1]), errors.EmptyCorpusError, r"yields no rows"),
-    "seq_len beyond context": (dict(seq_len=65), errors.ConfigError, r"seq_len 65 is beyond the model's context of 64 tokens; pass --seq-len 64"),
-    "missing text field": (dict(dataset="NO_TEXT"), errors.MissingTextFieldError, r"no field 'text' \(fields: body\); pass --text-field"),
-    "corpus too short": (dict(n_rows=10**5), errors.CorpusExhaustedError, r"yields only \d+ rows.*pass --n-rows \d+"),
+    "seq_len beyond context": (
+        dict(seq_len=65),
+        errors.ConfigError,
+        r"seq_len 65 is beyond the model's context of 64 tokens; pass --seq-len 64",
+    ),
+    "missing text field": (
+        dict(dataset="NO_TEXT"),
+        errors.MissingTextFieldError,
+        r"no field 'text' \(fields: body\); pass --text-field",
+    ),
+    "corpus too short": (
+        dict(n_rows=10**5),
+        errors.CorpusExhaustedError,
+        r"yields only \d+ rows.*pass --n-rows \d+",
+    ),
     "rows and tokens": (dict(n_tokens=100), errors.ConfigError, r"n_rows or n_tokens, not both"),
     "seq_len 1": (dict(seq_len=1), errors.ConfigError, r"seq_len must be at least 2"),
-    "batch size 0": (dict(batch_size=0), errors.ConfigError, r"batch_size must be a positive integer"),
+    "batch size 0": (
+        dict(batch_size=0),
+        errors.ConfigError,
+        r"batch_size must be a positive integer",
+    ),
     "bad codec": (dict(codec="lzma"), errors.ConfigError, r"Unknown codec 'lzma'"),
     "bad packing": (dict(packing="sliding"), errors.ConfigError, r"Unknown packing 'sliding'"),
-    "missing file": (dict(dataset="missing/corpus.jsonl"), errors.CorpusError, r"'missing/corpus.jsonl' not found"),
+    "missing file": (
+        dict(dataset="missing/corpus.jsonl"),
+        errors.CorpusError,
+        r"'missing/corpus.jsonl' not found",
+    ),
 }
 
 
@@ -75,7 +111,10 @@ def test_bad_input_leaves_existing_store_untouched(existing, tiny_model, no_text
 
 def test_existing_store_is_refused_without_resume_or_overwrite(existing, tiny_model):
     before = snapshot(existing)
-    with pytest.raises(errors.StoreExistsError, match=r"already exists \(4 of 4 rows done\); pass --resume .* or --overwrite"):
+    with pytest.raises(
+        errors.StoreExistsError,
+        match=r"already exists \(4 of 4 rows done\); pass --resume .* or --overwrite",
+    ):
         actstore.cache(out=str(existing), model=tiny_model, dataset=DOCS, **BASE)
     assert snapshot(existing) == before
 
@@ -83,7 +122,13 @@ def test_existing_store_is_refused_without_resume_or_overwrite(existing, tiny_mo
 def test_store_of_another_config_is_refused(existing, tiny_model):
     before = snapshot(existing)
     with pytest.raises(errors.StoreMismatchError, match=r"sites: store has"):
-        actstore.cache(out=str(existing), model=tiny_model, dataset=DOCS, resume=True, **{**BASE, "sites": "resid_post:2"})
+        actstore.cache(
+            out=str(existing),
+            model=tiny_model,
+            dataset=DOCS,
+            resume=True,
+            **{**BASE, "sites": "resid_post:2"},
+        )
     assert snapshot(existing) == before
 
 
@@ -91,13 +136,21 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(tmp_path, tiny_mod
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
-    with pytest.raises(errors.StoreExistsError, match="is not an actstore store; refusing to touch it"):
+    with pytest.raises(
+        errors.StoreExistsError, match="is not an actstore store; refusing to touch it"
+    ):
         actstore.cache(out=str(folder), model=tiny_model, dataset=DOCS, overwrite=True, **BASE)
     assert (folder / "thesis.tex").read_text() == "years of work"
 
 
 def test_overwrite_replaces_a_store(existing, tiny_model, made):
-    s = actstore.cache(out=str(existing), model=tiny_model, dataset=DOCS, overwrite=True, **{**BASE, "sites": "resid_post:2"})
+    s = actstore.cache(
+        out=str(existing),
+        model=tiny_model,
+        dataset=DOCS,
+        overwrite=True,
+        **{**BASE, "sites": "resid_post:2"},
+    )
     assert s.sites == ["blocks.2.hook_resid_post"] and s.is_complete
 
 
@@ -109,7 +162,9 @@ def test_full_disk_is_refused_before_writing(tmp_path, tiny_model, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     out = tmp_path / "s.zarr"
-    with pytest.raises(errors.InsufficientDiskError, match=r"needs about .* has 1.0 KB free;.*--no-disk-check"):
+    with pytest.raises(
+        errors.InsufficientDiskError, match=r"needs about .* has 1.0 KB free;.*--no-disk-check"
+    ):
         actstore.cache(out=str(out), model=tiny_model, dataset=DOCS, **BASE)
     assert not out.exists()
 
@@ -122,8 +177,12 @@ def test_non_utf8_text_is_refused_before_work(tmp_path, tiny_model):
     assert not (tmp_path / "s.zarr").exists()
 
 
-@pytest.mark.parametrize("errno_, text", [(28, "No space left on device"), (5, "Input/output error")])
-def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_model, monkeypatch, errno_, text):
+@pytest.mark.parametrize(
+    "errno_, text", [(28, "No space left on device"), (5, "Input/output error")]
+)
+def test_writer_failure_stops_the_run_and_leaves_shard_not_done(
+    tmp_path, tiny_model, monkeypatch, errno_, text
+):
     engine = importlib.import_module("actstore.capture.engine")
 
     real = engine._ShardWrite.__call__
@@ -135,8 +194,17 @@ def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_m
 
     monkeypatch.setattr(engine._ShardWrite, "__call__", failing)
     out = tmp_path / "s.zarr"
-    opts = dict(model=tiny_model, dataset=DOCS, sites="resid_post:1", seq_len=16, n_rows=12, batch_size=2,
-                rows_per_chunk=2, rows_per_shard=4, progress=False)
+    opts = dict(
+        model=tiny_model,
+        dataset=DOCS,
+        sites="resid_post:1",
+        seq_len=16,
+        n_rows=12,
+        batch_size=2,
+        rows_per_chunk=2,
+        rows_per_shard=4,
+        progress=False,
+    )
     with pytest.raises(errors.WriterError, match=rf"shard 1 \(rows 4..7\).*{text}.*--resume"):
         actstore.cache(out=str(out), **opts)
     done = actstore.ActivationStore.open(out).done
@@ -146,8 +214,24 @@ def test_writer_failure_stops_the_run_and_leaves_shard_not_done(tmp_path, tiny_m
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, tiny_model, capsys):
-    code = main(["cache", str(tmp_path / "x.zarr"), "--model", tiny_model, "--dataset", "missing.jsonl", "--seq-len", "16", "--quiet"])
+    code = main(
+        [
+            "cache",
+            str(tmp_path / "x.zarr"),
+            "--model",
+            tiny_model,
+            "--dataset",
+            "missing.jsonl",
+            "--seq-len",
+            "16",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("actstore: error: Dataset file 'missing.jsonl' not found") and "Traceback" not in err
+    assert (
+        code == 2
+        and err.startswith("actstore: error: Dataset file 'missing.jsonl' not found")
+        and "Traceback" not in err
+    )
     assert main(["info", str(tmp_path / "nope.zarr")]) == 2
     assert "No store at" in capsys.readouterr().err

@@ -27,16 +27,38 @@ MAX_LINES = 380
 
 # the lowest layer a module may import from is its own; a module imports only its layer or lower ones
 LAYERS = {
-    "actstore.errors": 0, "actstore.compat": 0, "actstore.sites": 0, "actstore.stats": 0, "actstore.models": 0, "actstore.devices": 0,
-    "actstore.parallel": 0, "actstore.location": 0, "actstore.plots": 0, "actstore.jsonl": 0, "actstore._faults": 0,
+    "actstore.errors": 0,
+    "actstore.compat": 0,
+    "actstore.sites": 0,
+    "actstore.stats": 0,
+    "actstore.models": 0,
+    "actstore.devices": 0,
+    "actstore.parallel": 0,
+    "actstore.location": 0,
+    "actstore.plots": 0,
+    "actstore.jsonl": 0,
+    "actstore._faults": 0,
     "actstore.deprecation": 0,
-    "actstore.resources": 0, "actstore.launch": 0, "actstore.run_options": 0, "actstore.model_protocol": 0, "actstore.families": 0, "actstore.random_models": 0,
+    "actstore.resources": 0,
+    "actstore.launch": 0,
+    "actstore.run_options": 0,
+    "actstore.model_protocol": 0,
+    "actstore.families": 0,
+    "actstore.random_models": 0,
     "actstore.corpus": 1,
     "actstore.store": 2,
     "actstore.capture": 3,
-    "actstore.patching": 4, "actstore.probes": 4, "actstore.analysis": 4, "actstore.circuits": 4,
+    "actstore.patching": 4,
+    "actstore.probes": 4,
+    "actstore.analysis": 4,
+    "actstore.circuits": 4,
     "actstore.integrations": 4,
-    "actstore.cli": 5, "actstore.demo": 5, "actstore.app": 5, "actstore.selftest": 5, "actstore.selftest_model": 5, "actstore.__main__": 5,
+    "actstore.cli": 5,
+    "actstore.demo": 5,
+    "actstore.app": 5,
+    "actstore.selftest": 5,
+    "actstore.selftest_model": 5,
+    "actstore.__main__": 5,
     "actstore": 6,  # the package's own __init__: the public API over everything
 }
 # the top floors: each is its own room; what two of them share lives lower (store/info.py,
@@ -44,8 +66,10 @@ LAYERS = {
 SIBLINGS = ("actstore.cli", "actstore.app", "actstore.demo")
 # the only imports between them, each with its reason
 SIBLING_ENTRY_POINTS = {
-    ("actstore.cli.main", "actstore.demo.tour"): "`actstore tour` runs the demo's steps (demo/ knows the steps, "
-                                                 "cli/ runs each as a command)",
+    (
+        "actstore.cli.main",
+        "actstore.demo.tour",
+    ): "`actstore tour` runs the demo's steps (demo/ knows the steps, cli/ runs each as a command)",
 }
 
 
@@ -78,15 +102,19 @@ def _imports(module: str) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES
-                and node.value.startswith("actstore.")):  # importlib.import_module("actstore.x.y")
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value in MODULES
+            and node.value.startswith("actstore.")
+        ):  # importlib.import_module("actstore.x.y")
             out.append((node.lineno, node.value))
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "actstore"]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             elif (node.module or "").split(".")[0] == "actstore":
                 target = node.module
@@ -102,13 +130,19 @@ GRAPH = {m: sorted({t for _, t in _imports(m)} - {m}) for m in MODULES}
 
 
 def test_every_import_resolves():
-    missing = [f"{m}:{line} imports {t}" for m in MODULES for line, t in _imports(m) if t not in MODULES]
+    missing = [
+        f"{m}:{line} imports {t}" for m in MODULES for line, t in _imports(m) if t not in MODULES
+    ]
     assert not missing, missing
 
 
 def test_lower_layers_never_import_higher_ones():
-    upward = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
-              for m, targets in GRAPH.items() for t in targets if t in MODULES and _layer(t) > _layer(m)]
+    upward = [
+        f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+        for m, targets in GRAPH.items()
+        for t in targets
+        if t in MODULES and _layer(t) > _layer(m)
+    ]
     assert not upward, upward
 
 
@@ -117,9 +151,16 @@ def _room(module: str) -> str | None:
 
 
 def test_top_floors_never_import_one_another():
-    across = [f"{m} imports {t}" for m, targets in GRAPH.items() for t in targets
-              if t in MODULES and _room(m) and _room(t) and _room(m) != _room(t)
-              and (m, t) not in SIBLING_ENTRY_POINTS]
+    across = [
+        f"{m} imports {t}"
+        for m, targets in GRAPH.items()
+        for t in targets
+        if t in MODULES
+        and _room(m)
+        and _room(t)
+        and _room(m) != _room(t)
+        and (m, t) not in SIBLING_ENTRY_POINTS
+    ]
     assert not across, across
 
 
@@ -169,7 +210,13 @@ def statement_lines(source: str) -> int:
     earlier line: blank, comment and docstring lines count, continuation lines do not."""
     depth, seen, inside = 0, set(), set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+        if tok.type in (
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.COMMENT,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+        ):
             continue
         if tok.start[0] not in seen:
             seen.add(tok.start[0])
@@ -191,8 +238,10 @@ def test_statement_lines_ignore_wrapping():
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_size(module):
     n = statement_lines(MODULES[module].read_text())
-    assert n <= MAX_LINES, (f"{module} has {n} lines (not counting bracket continuations); split it (about "
-                            f"{MAX_LINES} at most)")
+    assert n <= MAX_LINES, (
+        f"{module} has {n} lines (not counting bracket continuations); split it (about "
+        f"{MAX_LINES} at most)"
+    )
 
 
 def test_every_module_has_a_layer():

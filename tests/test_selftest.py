@@ -42,7 +42,11 @@ def test_fails_loudly_when_the_engine_loses_its_prefix(capsys, monkeypatch, engi
     assert any("prompts differing late" in n for n in failed), failed
     assert not any("cache equals" in n for n in failed)  # caching does not use the engine
     late = next(d for n, d in failed.items() if "late" in n)
-    assert ("EngineCheckError" in late and "kv_prefix=False" in late) if engine_check else "tolerance" in late
+    assert (
+        ("EngineCheckError" in late and "kv_prefix=False" in late)
+        if engine_check
+        else "tolerance" in late
+    )
 
 
 def test_text_report_says_what_failed(capsys, monkeypatch):

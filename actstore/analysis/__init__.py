@@ -9,5 +9,14 @@ from .dla import DirectLogitAttribution, direct_logit_attribution
 from .induction import InductionScores, induction_scores
 from .logit_lens import LogitLens, logit_lens
 
-__all__ = ["InductionScores", "induction_scores", "LogitLens", "logit_lens", "DirectLogitAttribution",
-           "direct_logit_attribution", "model_for", "result_writer", "single_token"]
+__all__ = [
+    "InductionScores",
+    "induction_scores",
+    "LogitLens",
+    "logit_lens",
+    "DirectLogitAttribution",
+    "direct_logit_attribution",
+    "model_for",
+    "result_writer",
+    "single_token",
+]

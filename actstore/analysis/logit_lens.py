@@ -35,38 +35,67 @@ class LogitLens:
     def save(self, store: ActivationStore, out: ResultWriter | None = None) -> list[str]:
         """Write the arrays under results/analysis/logit_lens/ (through ``out``, made beforehand, if given)."""
         d = ("row", "site", "pos")
-        return save_result(store, "logit_lens", {"target": (self.target, ("row", "pos")), "target_prob": (self.target_prob, d),
-                                           "target_rank": (self.target_rank, d), "topk_tokens": (self.topk_tokens, (*d, "k")),
-                                           "topk_probs": (self.topk_probs, (*d, "k"))},
-                     {"rows": self.rows, "sites": self.hooks}, out)
+        return save_result(
+            store,
+            "logit_lens",
+            {
+                "target": (self.target, ("row", "pos")),
+                "target_prob": (self.target_prob, d),
+                "target_rank": (self.target_rank, d),
+                "topk_tokens": (self.topk_tokens, (*d, "k")),
+                "topk_probs": (self.topk_probs, (*d, "k")),
+            },
+            {"rows": self.rows, "sites": self.hooks},
+            out,
+        )
 
 
 def _resid_hooks(store: ActivationStore) -> list[str]:
     order = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
     sites = [site for site in map(Site.from_hook, store.sites) if site.short in order]
     if not sites:
-        raise ConfigError(f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all.")
-    return [site.hook for site in sorted(sites, key=lambda site: (site.layer, order[site.short or ""]))]
+        raise ConfigError(
+            f"Store '{store.path}' holds no residual stream; cache it with --sites resid_post:all."
+        )
+    return [
+        site.hook for site in sorted(sites, key=lambda site: (site.layer, order[site.short or ""]))
+    ]
 
 
-def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k: int = 5,
-               target: int | None = None, progress: bool = True) -> LogitLens:
+def logit_lens(
+    store: ActivationStore,
+    model: ModelLike,
+    rows: Sequence[int],
+    k: int = 5,
+    target: int | None = None,
+    progress: bool = True,
+) -> LogitLens:
     """Decode each stored residual as the model decodes its final residual.
     The tracked token is ``target`` at every position, else the row's next token
     (the last position then has none: probability NaN, rank -1, target -1)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k (--k) is the number of top tokens kept per position: at least 1; got {k!r}.")
+        raise ConfigError(
+            f"k (--k) is the number of top tokens kept per position: at least 1; got {k!r}."
+        )
     rows = list(rows)
     if not rows or not all(0 <= r < store.n_rows for r in rows):
-        raise ConfigError(f"The logit lens needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}.")
+        raise ConfigError(
+            f"The logit lens needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}."
+        )
     hooks = _resid_hooks(store)
-    loaded = model_for(store, model)  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    loaded = model_for(
+        store, model
+    )  # a name, a TransformerBridge or a LoadedModel; checked against the store
     adapter = adapter_for(loaded, "The logit lens")
     vocab = int(loaded.bridge.W_U.shape[-1])
     if k > vocab:
-        raise ConfigError(f"k (--k) {k} is more than the model's vocabulary of {vocab} tokens; pass at most {vocab}.")
+        raise ConfigError(
+            f"k (--k) {k} is more than the model's vocabulary of {vocab} tokens; pass at most {vocab}."
+        )
     if target is not None and not 0 <= target < vocab:
-        raise ConfigError(f"The target token {target} is outside the model's vocabulary of {vocab} tokens.")
+        raise ConfigError(
+            f"The target token {target} is outside the model's vocabulary of {vocab} tokens."
+        )
     L = store.layout.seq_len
     R, S = len(rows), len(hooks)
     out_prob, out_rank = np.zeros((R, S, L)), np.zeros((R, S, L), np.int64)
@@ -77,9 +106,13 @@ def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k:
     for i, r in enumerate(tqdm(rows, unit="row", desc="logit lens", disable=not progress)):
         tokens = store.tokens(r).astype(np.int64)
         for j, hook in enumerate(hooks):
-            x = torch.from_numpy(store.acts(hook, rows=r)).to(loaded.device, dtype)  # (pos, d_model)
+            x = torch.from_numpy(store.acts(hook, rows=r)).to(
+                loaded.device, dtype
+            )  # (pos, d_model)
             with torch.inference_mode():
-                probs = torch.softmax(adapter.logits(bridge, x[None])[0].double(), dim=-1)  # (pos, vocab)
+                probs = torch.softmax(
+                    adapter.logits(bridge, x[None])[0].double(), dim=-1
+                )  # (pos, vocab)
             tp, tt = probs.topk(k, dim=-1)
             top_p[i, j], top_t[i, j] = tp.cpu().numpy(), tt.cpu().numpy()
             tgt = np.full(L, target) if target is not None else np.append(tokens[1:], 0)
@@ -91,5 +124,3 @@ def logit_lens(store: ActivationStore, model: ModelLike, rows: Sequence[int], k:
                 tgt[-1], out_prob[i, j, -1], out_rank[i, j, -1] = -1, np.nan, -1
             targets[i] = tgt
     return LogitLens(hooks, list(rows), targets, out_prob, out_rank, top_t, top_p)
-
-

@@ -8,4 +8,3 @@ from ..launch import APP_MAIN as MAIN  # one definition, which `actstore app` re
 from ..launch import MODEL_ENV, STORES_ENV
 
 __all__ = ["MAIN", "MODEL_ENV", "STORES_ENV"]
-

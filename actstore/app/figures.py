@@ -19,13 +19,19 @@ import streamlit as st
 __all__ = ["long_table", "heatmap", "show_figure", "downloads", "table_json"]
 
 
-def long_table(values: np.ndarray, dims: Sequence[str],
-               coords: Mapping[str, Sequence[Any]] | None = None, name: str = "value") -> pd.DataFrame:
+def long_table(
+    values: np.ndarray,
+    dims: Sequence[str],
+    coords: Mapping[str, Sequence[Any]] | None = None,
+    name: str = "value",
+) -> pd.DataFrame:
     """One line per element of ``values``: a column per dimension (its coordinate:
     ``coords[dim]`` if given, else the index) and ``name`` for the value."""
     values = np.asarray(values)
     if values.ndim != len(dims):
-        raise ValueError(f"values of shape {values.shape} need {values.ndim} dimension names; got {list(dims)}")
+        raise ValueError(
+            f"values of shape {values.shape} need {values.ndim} dimension names; got {list(dims)}"
+        )
     coords = coords or {}
     grids = np.meshgrid(*[np.arange(n) for n in values.shape], indexing="ij")
     cols = {}
@@ -43,19 +49,42 @@ def table_json(table: pd.DataFrame) -> str:
     return json.dumps(json.loads(table.to_json(orient="records")), indent=1)
 
 
-def heatmap(values: np.ndarray, x: Sequence[Any], y: Sequence[Any], x_title: str, y_title: str,
-            title: str, value_name: str = "value", colorscale: str = "RdBu", zmid: float | None = 0.0,
-            text: np.ndarray | None = None) -> go.Figure:
+def heatmap(
+    values: np.ndarray,
+    x: Sequence[Any],
+    y: Sequence[Any],
+    x_title: str,
+    y_title: str,
+    title: str,
+    value_name: str = "value",
+    colorscale: str = "RdBu",
+    zmid: float | None = 0.0,
+    text: np.ndarray | None = None,
+) -> go.Figure:
     """A heatmap of ``values`` (y, x) whose hover names both axes and the value (and
     ``text``, a string per cell, where given)."""
     hover = f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>{value_name} %{{z:.4g}}"
     if text is not None:
         hover += "<br>%{text}"
-    fig = go.Figure(go.Heatmap(z=values, x=[str(v) for v in x], y=[str(v) for v in y], colorscale=colorscale,
-                               zmid=zmid, text=text, hovertemplate=hover + "<extra></extra>",
-                               colorbar={"title": {"text": value_name}}))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed",
-                      margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=[str(v) for v in x],
+            y=[str(v) for v in y],
+            colorscale=colorscale,
+            zmid=zmid,
+            text=text,
+            hovertemplate=hover + "<extra></extra>",
+            colorbar={"title": {"text": value_name}},
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        yaxis_autorange="reversed",
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     return fig
@@ -70,9 +99,14 @@ def show_figure(fig: go.Figure, table: pd.DataFrame, name: str, key: str | None 
     download buttons for ``table``, the figure's numbers."""
     slug = _slug(name)
     key = key or slug
-    st.plotly_chart(fig, key=f"fig-{key}", config={"displaylogo": False,
-                                                   "toImageButtonOptions": {"format": "png", "filename": slug,
-                                                                            "scale": 2}})
+    st.plotly_chart(
+        fig,
+        key=f"fig-{key}",
+        config={
+            "displaylogo": False,
+            "toImageButtonOptions": {"format": "png", "filename": slug, "scale": 2},
+        },
+    )
     downloads(table, name, key)
 
 
@@ -81,7 +115,21 @@ def downloads(table: pd.DataFrame, name: str, key: str | None = None) -> None:
     slug = _slug(name)
     key = key or slug
     left, right, _ = st.columns([1, 1, 4])
-    left.download_button("CSV", table.to_csv(index=False), file_name=f"{slug}.csv", mime="text/csv",
-                         key=f"csv-{key}", on_click="ignore", icon=":material/download:")
-    right.download_button("JSON", table_json(table), file_name=f"{slug}.json", mime="application/json",
-                          key=f"json-{key}", on_click="ignore", icon=":material/download:")
+    left.download_button(
+        "CSV",
+        table.to_csv(index=False),
+        file_name=f"{slug}.csv",
+        mime="text/csv",
+        key=f"csv-{key}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    right.download_button(
+        "JSON",
+        table_json(table),
+        file_name=f"{slug}.json",
+        mime="application/json",
+        key=f"json-{key}",
+        on_click="ignore",
+        icon=":material/download:",
+    )

@@ -15,10 +15,18 @@ __all__ = ["app"]
 
 def app() -> None:
     """One run of the app: page config, navigation over the page registry, sidebar, page."""
-    st.set_page_config(page_title="actstore explorer", layout="wide")  # no page_icon: a material one is fetched online
+    st.set_page_config(
+        page_title="actstore explorer", layout="wide"
+    )  # no page_icon: a material one is fetched online
     pages = discover()
-    nav = {section: [st.Page(guarded(p.render), title=p.title, url_path=p.name) for p in pages if p.section == section]
-           for section in SECTIONS}
+    nav = {
+        section: [
+            st.Page(guarded(p.render), title=p.title, url_path=p.name)
+            for p in pages
+            if p.section == section
+        ]
+        for section in SECTIONS
+    }
     page = st.navigation({s: ps for s, ps in nav.items() if ps})
     sidebar()
     page.run()

@@ -21,7 +21,9 @@ __all__ = ["wait_and_open", "health_ok", "HEALTH"]
 
 HEALTH = "/_stcore/health"  # Streamlit's health endpoint: "ok" once the server serves
 TIMEOUT = 120.0  # seconds to wait for the server (it starts in a few on a quiet machine)
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never through $http_proxy
+_DIRECT = urllib.request.build_opener(
+    urllib.request.ProxyHandler({})
+)  # localhost: never through $http_proxy
 
 
 def health_ok(url: str) -> bool:
@@ -43,7 +45,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def wait_and_open(url: str, server_pid: int | None = None, timeout: float = TIMEOUT, poll: float = 0.2) -> bool:
+def wait_and_open(
+    url: str, server_pid: int | None = None, timeout: float = TIMEOUT, poll: float = 0.2
+) -> bool:
     """Open ``url`` in a browser once the server answers; False (and a line on stderr) if the
     server stopped or did not answer within ``timeout`` seconds, or no browser could be found."""
     deadline = time.monotonic() + timeout
@@ -51,12 +55,18 @@ def wait_and_open(url: str, server_pid: int | None = None, timeout: float = TIME
         if server_pid is not None and not _alive(server_pid):
             return False  # the server stopped: it printed why
         if time.monotonic() > deadline:
-            print(f"actstore app: {url} did not answer within {timeout:.0f} s, so no browser was opened; "
-                  "open it yourself once the server prints its URL.", file=sys.stderr)
+            print(
+                f"actstore app: {url} did not answer within {timeout:.0f} s, so no browser was opened; "
+                "open it yourself once the server prints its URL.",
+                file=sys.stderr,
+            )
             return False
         time.sleep(poll)
     if not webbrowser.open(url):
-        print(f"actstore app: no browser found to open {url}; open it yourself (or set $BROWSER).", file=sys.stderr)
+        print(
+            f"actstore app: no browser found to open {url}; open it yourself (or set $BROWSER).",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -64,7 +74,9 @@ def wait_and_open(url: str, server_pid: int | None = None, timeout: float = TIME
 def main(argv: list[str]) -> int:
     url, pid = argv[0], int(argv[1])
     if hasattr(os, "fork") and os.fork() > 0:
-        os._exit(0)  # the launcher waits for this; the grandchild below is reaped by init, not by the server
+        os._exit(
+            0
+        )  # the launcher waits for this; the grandchild below is reaped by init, not by the server
     return 0 if wait_and_open(url, pid) else 1
 
 

@@ -29,15 +29,35 @@ from ..model_protocol import HookedModel
 from ..patching import LogitDiff, attribution, sweeps, tasks
 from ..patching.pairs import Pairs, tokenize_pairs
 
-__all__ = ["DEMO_IOI", "TASK_CHOICES", "SWEEP_KINDS", "default_task", "task_records", "typed_record", "tokenize",
-           "position_labels", "SweepResults", "run_sweeps", "edge_chunks", "EdgeResults", "edge_metric", "exact_edges",
-           "eap_edges", "run_edges", "edge_results", "edge_matrix", "head_summary", "top_edges", "AUTO_EDGE_LIMIT"]
+__all__ = [
+    "DEMO_IOI",
+    "TASK_CHOICES",
+    "SWEEP_KINDS",
+    "default_task",
+    "task_records",
+    "typed_record",
+    "tokenize",
+    "position_labels",
+    "SweepResults",
+    "run_sweeps",
+    "edge_chunks",
+    "EdgeResults",
+    "edge_metric",
+    "exact_edges",
+    "eap_edges",
+    "run_edges",
+    "edge_results",
+    "edge_matrix",
+    "head_summary",
+    "top_edges",
+    "AUTO_EDGE_LIMIT",
+]
 
 DEMO_IOI = "demo-ioi"
 #: the page's built-in tasks: the demo model's held-out IOI pairs, then actstore.patching.tasks' (factual needs a file)
 TASK_CHOICES: dict[str, str] = {
     DEMO_IOI: "the demo model's held-out IOI pairs (actstore.corpus.demo_text.ioi_pairs, template 0): the corrupted "
-              "prompt names the indirect object where the clean one repeats the subject",
+    "prompt names the indirect object where the clean one repeats the subject",
     **{k: v for k, v in tasks.TASKS.items() if k != "factual"},
 }
 #: the two activation-patching sweeps the page draws (rows of actstore.patching.table.SWEEPS)
@@ -71,12 +91,17 @@ def typed_record(clean: str, corrupted: str, answer: str, wrong: str) -> dict[st
     return {"clean": clean, "corrupted": corrupted, "answer": answer, "wrong": wrong}
 
 
-def tokenize(records: Sequence[dict[str, Any]], tokenizer: Any, source: str = "typed pair") -> Pairs:
+def tokenize(
+    records: Sequence[dict[str, Any]], tokenizer: Any, source: str = "typed pair"
+) -> Pairs:
     """Tokenise and check pairs as `actstore patch` does (BOS + text; ConfigError on
     unequal token lengths, multi-token or equal answers, identical prompts)."""
     if not records:
         raise ConfigError("no prompt pairs to patch; type a pair or choose a task.")
-    items = [(source if len(records) == 1 else f"{source}, pair {i + 1}", dict(r)) for i, r in enumerate(records)]
+    items = [
+        (source if len(records) == 1 else f"{source}, pair {i + 1}", dict(r))
+        for i, r in enumerate(records)
+    ]
     return tokenize_pairs(items, tokenizer, source, "Patch pairs of one token length together.")
 
 
@@ -110,45 +135,67 @@ def _metric(model: HookedModel, pairs: Pairs) -> tuple[LogitDiff, np.ndarray, np
     dev = _device(model)
     n_pos, n_ctx = int(pairs.clean.shape[1]), int(model.cfg.n_ctx)
     if n_pos > n_ctx:
-        raise ConfigError(f"the prompts are {n_pos} tokens (with BOS), beyond the model's context of {n_ctx}; "
-                          "shorten them.")
+        raise ConfigError(
+            f"the prompts are {n_pos} tokens (with BOS), beyond the model's context of {n_ctx}; "
+            "shorten them."
+        )
     raw = LogitDiff(pairs.answer, pairs.wrong, per_example=True)
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(pairs.clean.to(dev))
         corrupted_logits = model(pairs.corrupted.to(dev))
     clean, corr = (raw(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits))
     if not (np.isfinite(clean).all() and np.isfinite(corr).all()):
-        raise ConfigError("the model gave logit differences that are not finite (a float16 overflow?); load it in "
-                          "float32.")
+        raise ConfigError(
+            "the model gave logit differences that are not finite (a float16 overflow?); load it in "
+            "float32."
+        )
     if abs(clean.mean() - corr.mean()) <= 1e-4 * max(np.abs(clean).max(), np.abs(corr).max()):
-        raise ConfigError(f"the clean and corrupted prompts give the same mean logit difference ({clean.mean():.4g} "
-                          f"and {corr.mean():.4g}), so the normalised effect is 0 / 0; use prompts the model tells "
-                          "apart (change the corrupted prompt where it matters for the answer).")
-    return LogitDiff(pairs.answer, pairs.wrong).normalised(clean_logits, corrupted_logits), clean, corr, cache
+        raise ConfigError(
+            f"the clean and corrupted prompts give the same mean logit difference ({clean.mean():.4g} "
+            f"and {corr.mean():.4g}), so the normalised effect is 0 / 0; use prompts the model tells "
+            "apart (change the corrupted prompt where it matters for the answer)."
+        )
+    return (
+        LogitDiff(pairs.answer, pairs.wrong).normalised(clean_logits, corrupted_logits),
+        clean,
+        corr,
+        cache,
+    )
 
 
-def run_sweeps(model: HookedModel, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS) -> SweepResults:
+def run_sweeps(
+    model: HookedModel, pairs: Pairs, names: Sequence[str] = SWEEP_KINDS
+) -> SweepResults:
     """Exact and attribution patching of ``names`` (rows of the sweep table) on ``pairs``
     with the normalised logit difference: ``actstore.patching.get_act_patch_<name>`` and
     ``actstore.patching.attribution.attribution_patch`` (one forward and backward for all)."""
     metric, clean, corr, cache = _metric(model, pairs)
     corrupted = pairs.corrupted.to(_device(model))
     with torch.no_grad():
-        exact = {n: getattr(sweeps, f"get_act_patch_{n}")(model, corrupted, cache, metric, progress=False)
-                 for n in names}
+        exact = {
+            n: getattr(sweeps, f"get_act_patch_{n}")(
+                model, corrupted, cache, metric, progress=False
+            )
+            for n in names
+        }
     approx = attribution.attribution_patch(model, corrupted, cache, metric, sweeps=tuple(names))
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     exact_np = {n: as_np(v) for n, v in exact.items()}
     approx_np = {n: as_np(v) for n, v in approx.items()}
-    return SweepResults(clean, corr, exact_np, approx_np,
-                        {n: attribution.compare(exact_np[n], approx_np[n]) for n in names})
+    return SweepResults(
+        clean,
+        corr,
+        exact_np,
+        approx_np,
+        {n: attribution.compare(exact_np[n], approx_np[n]) for n in names},
+    )
 
 
 def edge_chunks(graph: Graph, size: int = 256) -> list[np.ndarray]:
     """Every edge number, in chunks of about ``size`` along the graph's order (the unit
     of the page's progress bar)."""
     ids = np.arange(graph.n_edges, dtype=np.int64)
-    return [ids[i:i + size] for i in range(0, graph.n_edges, size)]
+    return [ids[i : i + size] for i in range(0, graph.n_edges, size)]
 
 
 @dataclass
@@ -168,16 +215,24 @@ def edge_metric(model: HookedModel, pairs: Pairs) -> Any:
     _metric(model, pairs)
     with torch.no_grad():
         clean_logits, corrupted_logits = model(pairs.clean.to(dev)), model(pairs.corrupted.to(dev))
-    return circuit_metric("norm-logit-diff", answer=pairs.answer, wrong=pairs.wrong, clean_logits=clean_logits,
-                          corrupted_logits=corrupted_logits)
+    return circuit_metric(
+        "norm-logit-diff",
+        answer=pairs.answer,
+        wrong=pairs.wrong,
+        clean_logits=clean_logits,
+        corrupted_logits=corrupted_logits,
+    )
 
 
-def exact_edges(model: HookedModel, pairs: Pairs, edges: np.ndarray, metric: Any = None) -> np.ndarray:
+def exact_edges(
+    model: HookedModel, pairs: Pairs, edges: np.ndarray, metric: Any = None
+) -> np.ndarray:
     """(len(edges),) :func:`exact_edge_scores` of these edges of ``Graph.from_model(model)``."""
     dev = _device(model)
     metric = edge_metric(model, pairs) if metric is None else metric
-    scores = exact_edge_scores(model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, edges=edges,
-                               progress=False)
+    scores = exact_edge_scores(
+        model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, edges=edges, progress=False
+    )
     return scores.float().cpu().numpy()
 
 
@@ -185,13 +240,18 @@ def eap_edges(model: HookedModel, pairs: Pairs, metric: Any = None) -> np.ndarra
     """(edge,) :func:`edge_attribution` (EAP) of every edge of ``Graph.from_model(model)``."""
     dev = _device(model)
     metric = edge_metric(model, pairs) if metric is None else metric
-    scores = edge_attribution(model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, method="eap",
-                              progress=False)
+    scores = edge_attribution(
+        model, pairs.clean.to(dev), pairs.corrupted.to(dev), metric, method="eap", progress=False
+    )
     return scores.detach().float().cpu().numpy()
 
 
-def run_edges(model: HookedModel, pairs: Pairs, chunk: int = 256,
-              on_progress: Callable[[int, int], None] | None = None) -> EdgeResults:
+def run_edges(
+    model: HookedModel,
+    pairs: Pairs,
+    chunk: int = 256,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EdgeResults:
     """Exact edge patching of every edge (:func:`exact_edges`, ``chunk`` edges a call,
     ``on_progress(done, total)`` after each) and EAP (:func:`eap_edges`)."""
     metric = edge_metric(model, pairs)
@@ -228,9 +288,16 @@ def head_summary(graph: Graph, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_edges(graph: Graph, scores: np.ndarray, k: int = 20, other: np.ndarray | None = None
-              ) -> list[dict[str, Any]]:
+def top_edges(
+    graph: Graph, scores: np.ndarray, k: int = 20, other: np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """The ``k`` edges of largest |score|: name, score (and ``other``'s value, e.g. EAP's)."""
     order = np.argsort(-np.abs(scores), kind="stable")[:k]
-    return [{"edge": graph.names[e], "exact": float(scores[e]),
-             **({"eap": float(other[e])} if other is not None else {})} for e in order]
+    return [
+        {
+            "edge": graph.names[e],
+            "exact": float(scores[e]),
+            **({"eap": float(other[e])} if other is not None else {}),
+        }
+        for e in order
+    ]

@@ -22,8 +22,23 @@ from ..store import ActivationStore, open_store
 from . import MODEL_ENV, STORES_ENV
 from .prompt_data import PromptStore, cache_prompt, default_prompt, repeated_store
 
-__all__ = ["MODEL_ENV", "STORES_ENV", "configured_model", "configured_stores", "sidebar", "model", "store_paths",
-           "current_store", "prompt", "prompt_store", "model_and_prompt", "repeated", "guarded", "load", "open_cached"]
+__all__ = [
+    "MODEL_ENV",
+    "STORES_ENV",
+    "configured_model",
+    "configured_stores",
+    "sidebar",
+    "model",
+    "store_paths",
+    "current_store",
+    "prompt",
+    "prompt_store",
+    "model_and_prompt",
+    "repeated",
+    "guarded",
+    "load",
+    "open_cached",
+]
 
 
 def configured_model() -> str:
@@ -41,8 +56,16 @@ def sidebar() -> None:
     ss.setdefault("stores", "\n".join(configured_stores()))
     ss.setdefault("prompt", default_prompt(ss["model"]).text)
     with st.sidebar:
-        st.text_input("Model", key="model", help="actstore-demo (offline), a hub name such as gpt2, or a local folder")
-        st.text_input("Prompt", key="prompt", help="the prompt the Prompt pages analyse (press Enter to apply)")
+        st.text_input(
+            "Model",
+            key="model",
+            help="actstore-demo (offline), a hub name such as gpt2, or a local folder",
+        )
+        st.text_input(
+            "Prompt",
+            key="prompt",
+            help="the prompt the Prompt pages analyse (press Enter to apply)",
+        )
         st.text_area("Stores", key="stores", height=80, help="store paths or URLs, one per line")
         paths = store_paths()
         if paths:
@@ -67,7 +90,9 @@ def model() -> LoadedModel:
     """The sidebar's model (an error names the fix on the page)."""
     name = st.session_state.get("model", configured_model()).strip()
     if not name:
-        raise ConfigError("No model given; type a model in the sidebar (actstore-demo works offline).")
+        raise ConfigError(
+            "No model given; type a model in the sidebar (actstore-demo works offline)."
+        )
     return load(name)
 
 
@@ -79,8 +104,10 @@ def current_store() -> ActivationStore:
     """The store chosen in the sidebar; without one, a note on the page and the page stops."""
     path = st.session_state.get("store")
     if not path or path not in store_paths():
-        st.info("No store given: type a store's path in the sidebar (or start the app with "
-                "`actstore app --store PATH`).")
+        st.info(
+            "No store given: type a store's path in the sidebar (or start the app with "
+            "`actstore app --store PATH`)."
+        )
         st.stop()
     return open_cached(path)
 
@@ -106,7 +133,9 @@ def model_and_prompt() -> tuple[LoadedModel, PromptStore]:
 
 
 @st.cache_resource(show_spinner="Caching repeated random tokens ...", max_entries=8)
-def _repeated(_model: LoadedModel, name: str, fingerprint: str, half_len: int, n_rows: int, seed: int) -> PromptStore:
+def _repeated(
+    _model: LoadedModel, name: str, fingerprint: str, half_len: int, n_rows: int, seed: int
+) -> PromptStore:
     return repeated_store(_model, half_len, n_rows, seed)
 
 
@@ -118,10 +147,12 @@ def repeated(m: LoadedModel, half_len: int, n_rows: int, seed: int) -> PromptSto
 
 def guarded(render: Callable[[], None]) -> Callable[[], None]:
     """``render`` with actstore's errors shown on the page (st.error), not as a traceback."""
+
     @functools.wraps(render)
     def page() -> None:
         try:
             render()
         except ActStoreError as e:
             st.error(str(e), icon=":material/error:")
+
     return page

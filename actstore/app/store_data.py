@@ -29,10 +29,28 @@ from ..store.format import walk_arrays
 from ..store.info import info_text
 from ..store.typed import dimension_names
 
-__all__ = ["info_text", "info_json", "sites_table", "SiteStats", "site_stats", "feature_variance", "token_sites", "RowView",
-           "row_view", "ResultsSource", "ResultArray", "open_results", "axis_labels", "result_slice", "MAX_CELLS"]
+__all__ = [
+    "info_text",
+    "info_json",
+    "sites_table",
+    "SiteStats",
+    "site_stats",
+    "feature_variance",
+    "token_sites",
+    "RowView",
+    "row_view",
+    "ResultsSource",
+    "ResultArray",
+    "open_results",
+    "axis_labels",
+    "result_slice",
+    "MAX_CELLS",
+]
 
-MAX_CELLS = {1: 4096, 2: 256 * 256}  # the most values one figure reads and draws, by its number of axes
+MAX_CELLS = {
+    1: 4096,
+    2: 256 * 256,
+}  # the most values one figure reads and draws, by its number of axes
 
 
 def info_json(store: ActivationStore) -> dict[str, Any]:
@@ -43,9 +61,17 @@ def info_json(store: ActivationStore) -> dict[str, Any]:
 def sites_table(store: ActivationStore) -> list[dict[str, Any]]:
     """One entry per site: its hook, layer, kept heads, dims, shape and uncompressed size."""
     item = np.dtype(store.meta.storage_dtype).itemsize
-    return [{"hook": s.hook, "layer": s.layer, "heads": None if s.heads is None else list(s.heads),
-             "dims": ", ".join(s.dims), "shape": ", ".join(map(str, s.shape)),
-             "MB": round(int(np.prod(s.shape)) * item / 1e6, 3)} for s in store.meta.sites]
+    return [
+        {
+            "hook": s.hook,
+            "layer": s.layer,
+            "heads": None if s.heads is None else list(s.heads),
+            "dims": ", ".join(s.dims),
+            "shape": ", ".join(map(str, s.shape)),
+            "MB": round(int(np.prod(s.shape)) * item / 1e6, 3),
+        }
+        for s in store.meta.sites
+    ]
 
 
 # --- per-site statistics ---------------------------------------------------------------
@@ -72,9 +98,17 @@ def site_stats(store: ActivationStore) -> list[SiteStats]:
             continue  # attention patterns: no single position axis, no stats
         m = store.stats(s.hook)
         var = m.var
-        out.append(SiteStats(s.hook, Site.from_hook(s.hook).kind, s.layer, m.count,
-                             float(np.sqrt((m.mean**2).sum())), float(np.sqrt((var + m.mean**2).sum())),
-                             float(var.sum())))
+        out.append(
+            SiteStats(
+                s.hook,
+                Site.from_hook(s.hook).kind,
+                s.layer,
+                m.count,
+                float(np.sqrt((m.mean**2).sum())),
+                float(np.sqrt((var + m.mean**2).sum())),
+                float(var.sum()),
+            )
+        )
     return out
 
 
@@ -101,35 +135,59 @@ class RowView:
     str_tokens: list[str]
     doc: np.ndarray  # int (pos,): index of each token's source document
     doc_pos: np.ndarray  # int (pos,): the token's position in that document
-    mask: np.ndarray  # bool (pos,): real tokens (padding is False where rows hold one document each)
+    mask: (
+        np.ndarray
+    )  # bool (pos,): real tokens (padding is False where rows hold one document each)
     norms: np.ndarray = field(repr=False)  # float64 (pos,): L2 norm over every feature of the site
 
     def table(self) -> dict[str, list[Any]]:
         """Columns, one entry per position."""
-        return {"pos": list(range(len(self.tokens))), "token": self.str_tokens, "token_id": self.tokens.tolist(),
-                "doc": self.doc.tolist(), "doc_pos": self.doc_pos.tolist(), "mask": self.mask.tolist(),
-                "norm": self.norms.tolist()}
+        return {
+            "pos": list(range(len(self.tokens))),
+            "token": self.str_tokens,
+            "token_id": self.tokens.tolist(),
+            "doc": self.doc.tolist(),
+            "doc_pos": self.doc_pos.tolist(),
+            "mask": self.mask.tolist(),
+            "norm": self.norms.tolist(),
+        }
 
 
 def row_view(store: ActivationStore, row: int, hook: str) -> RowView:
     """Row ``row`` of ``store`` and the norm per token of ``hook``, reading only that row."""
     site = _site(store, hook)
     if "pos" not in site.dims:
-        raise ConfigError(f"Site {hook} has no position axis (dims {', '.join(site.dims)}), so it has no activation "
-                          f"per token; pick one of {', '.join(token_sites(store))}.")
+        raise ConfigError(
+            f"Site {hook} has no position axis (dims {', '.join(site.dims)}), so it has no activation "
+            f"per token; pick one of {', '.join(token_sites(store))}."
+        )
     if not isinstance(row, (int, np.integer)) or not 0 <= int(row) < store.n_rows:
-        raise RowIndexError(f"Row {row} is out of range: store '{store.path}' has rows 0..{store.n_rows - 1}.")
+        raise RowIndexError(
+            f"Row {row} is out of range: store '{store.path}' has rows 0..{store.n_rows - 1}."
+        )
     row = int(row)
-    x = np.moveaxis(store.acts(hook, row), site.dims.index("pos") - 1, 0).astype(np.float64)  # (pos, ...)
+    x = np.moveaxis(store.acts(hook, row), site.dims.index("pos") - 1, 0).astype(
+        np.float64
+    )  # (pos, ...)
     tokens = store.tokens(row)
     tok = store.tokenizer
-    return RowView(row, hook, tokens, [tok.decode([int(t)]) for t in tokens], store.doc(row), store.doc_pos(row),
-                   store.mask(row), np.sqrt((x.reshape(len(x), -1) ** 2).sum(-1)))
+    return RowView(
+        row,
+        hook,
+        tokens,
+        [tok.decode([int(t)]) for t in tokens],
+        store.doc(row),
+        store.doc_pos(row),
+        store.mask(row),
+        np.sqrt((x.reshape(len(x), -1) ** 2).sum(-1)),
+    )
 
 
 def _site(store: ActivationStore, hook: str) -> Any:
     if hook not in store.sites:
-        raise UnknownSiteError(f"Store '{store.path}' holds no site '{hook}'; it holds {', '.join(store.sites)}.")
+        raise UnknownSiteError(
+            f"Store '{store.path}' holds no site '{hook}'; it holds {', '.join(store.sites)}."
+        )
     return store.meta.site(hook)
 
 
@@ -165,14 +223,22 @@ class ResultsSource:
         if self.store is not None:
             return self.store.load_result(name)
         if self.group is None or name not in self.names:
-            raise StoreNotFoundError(f"'{self.path}' has no result '{name}'; it holds {len(self.names)} arrays.")
+            raise StoreNotFoundError(
+                f"'{self.path}' has no result '{name}'; it holds {len(self.names)} arrays."
+            )
         return self.group[name]  # type: ignore[return-value]
 
     def describe(self, name: str) -> ResultArray:
         a = self.array(name)
         dims = dimension_names(a)
-        return ResultArray(name, tuple(a.shape), dims, str(a.dtype), getattr(a.dtype, "kind", "") in "biuf",
-                           dict(a.attrs))
+        return ResultArray(
+            name,
+            tuple(a.shape),
+            dims,
+            str(a.dtype),
+            getattr(a.dtype, "kind", "") in "biuf",
+            dict(a.attrs),
+        )
 
 
 def open_results(path: str | ActivationStore) -> ResultsSource:
@@ -186,8 +252,10 @@ def open_results(path: str | ActivationStore) -> ResultsSource:
         try:
             group = zarr.open_group(path, mode="r")
         except Exception:
-            raise StoreNotFoundError(f"No store or results group at '{path}'; give the path of an actstore store or "
-                                     "of the --out group of `actstore patch` or `actstore circuit`.") from None
+            raise StoreNotFoundError(
+                f"No store or results group at '{path}'; give the path of an actstore store or "
+                "of the --out group of `actstore patch` or `actstore circuit`."
+            ) from None
         return ResultsSource(path, group)
 
 
@@ -203,7 +271,9 @@ def axis_labels(src: ResultsSource, name: str, dim: str) -> list[str] | None:
     if isinstance(listed, list) and len(listed) == n:
         return [str(v) for v in listed]
     parent = name.rsplit("/", 1)[0] if "/" in name else ""
-    if dim == "pos" and f"{parent}/clean_tokens" in src.names:  # a patching sweep's or a circuit's pairs
+    if (
+        dim == "pos" and f"{parent}/clean_tokens" in src.names
+    ):  # a patching sweep's or a circuit's pairs
         return _pair_tokens(src, f"{parent}/clean_tokens", n)
     for sib in (dim, f"{dim}s", f"{dim}es"):
         sib_name = f"{parent}/{sib}" if parent else sib
@@ -230,8 +300,12 @@ def _pair_tokens(src: ResultsSource, name: str, n: int) -> list[str] | None:
     return [tok.decode([int(t)]) for t in np.asarray(src.array(name)[0])]
 
 
-def result_slice(arr: zarr.Array, axes: Sequence[str], at: Mapping[str, int] | None = None,
-                 window: Mapping[str, tuple[int, int]] | None = None) -> np.ndarray:
+def result_slice(
+    arr: zarr.Array,
+    axes: Sequence[str],
+    at: Mapping[str, int] | None = None,
+    window: Mapping[str, tuple[int, int]] | None = None,
+) -> np.ndarray:
     """The values of ``arr`` over ``axes`` (1 or 2 of its dims, in that order), each of
     the other dims fixed at ``at[dim]`` (default 0), each axis over ``window[dim]`` =
     (start, stop) (default: from 0, at most MAX_CELLS values in all). Reads only the
@@ -241,16 +315,20 @@ def result_slice(arr: zarr.Array, axes: Sequence[str], at: Mapping[str, int] | N
     if not 1 <= len(axes) <= 2 or len(set(axes)) != len(axes) or not set(axes) <= set(dims):
         raise ConfigError(f"Axes {list(axes)}: pick one or two different dims of {list(dims)}.")
     if set(at) - set(dims) or set(window) - set(axes):
-        raise ConfigError(f"Dims {sorted(set(at) - set(dims) | set(window) - set(axes))}: fix a dim of {list(dims)} "
-                          f"or window one of the axes {list(axes)}.")
+        raise ConfigError(
+            f"Dims {sorted(set(at) - set(dims) | set(window) - set(axes))}: fix a dim of {list(dims)} "
+            f"or window one of the axes {list(axes)}."
+        )
     side = int(MAX_CELLS[len(axes)] ** (1 / len(axes)))
     index: list[Any] = []
     for d, n in zip(dims, arr.shape):
         if d in axes:
             a, b = window.get(d, (0, min(n, side)))
             if not 0 <= a < b <= n or (b - a) > MAX_CELLS[len(axes)]:
-                raise ConfigError(f"Window {a}..{b} of '{d}': pick 0 <= start < stop <= {n}, at most "
-                                  f"{MAX_CELLS[len(axes)]} values.")
+                raise ConfigError(
+                    f"Window {a}..{b} of '{d}': pick 0 <= start < stop <= {n}, at most "
+                    f"{MAX_CELLS[len(axes)]} values."
+                )
             index.append(slice(a, b))
         else:
             i = at.get(d, 0)
@@ -261,6 +339,8 @@ def result_slice(arr: zarr.Array, axes: Sequence[str], at: Mapping[str, int] | N
     kept = [d for d in dims if d in axes]  # the order of the array; transposed to the order asked
     values = np.transpose(values, [kept.index(d) for d in axes])
     if values.size > MAX_CELLS[len(axes)]:
-        raise ConfigError(f"{values.size} values is more than one figure shows ({MAX_CELLS[len(axes)]}); "
-                          "narrow the windows.")
+        raise ConfigError(
+            f"{values.size} values is more than one figure shows ({MAX_CELLS[len(axes)]}); "
+            "narrow the windows."
+        )
     return values

@@ -34,7 +34,9 @@ def _pow2_floor(n: float) -> int:
     return 1 << max(0, int(np.floor(np.log2(max(n, 1)))))
 
 
-def batch_for_memory(free_bytes: int, bytes_per_row: float, n_rows: int, fraction: float = GPU_FRACTION) -> int:
+def batch_for_memory(
+    free_bytes: int, bytes_per_row: float, n_rows: int, fraction: float = GPU_FRACTION
+) -> int:
     """The largest power of two of rows whose forward fits in ``fraction`` of ``free_bytes``."""
     fit = fraction * free_bytes / max(bytes_per_row, 1.0)
     return max(1, min(_pow2_floor(fit), MAX_BATCH, _pow2_floor(n_rows) if n_rows >= 1 else 1))
@@ -47,8 +49,13 @@ def _available_ram() -> int:
         return 8 * 2**30
 
 
-def auto_batch_size(forward: Callable[[torch.Tensor], object], device: str, seq_len: int, n_rows: int,
-                    row_bytes: int) -> int:
+def auto_batch_size(
+    forward: Callable[[torch.Tensor], object],
+    device: str,
+    seq_len: int,
+    n_rows: int,
+    row_bytes: int,
+) -> int:
     """Rows per forward for ``forward(tokens)`` (the capture forward) on ``device``;
     ``row_bytes`` is one row's captured activations in the storage dtype."""
     if torch.device(device).type == "cuda":

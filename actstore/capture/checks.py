@@ -50,23 +50,31 @@ def check_output(out: str) -> None:
         return
     outer = _enclosing_store(out)
     if outer is not None:
-        raise StoreExistsError(f"'{out}' is inside the store '{outer}'; a store cannot hold another one (its "
-                               "verify, repair and overwrite would treat it as damage). Choose an output path outside it.")
+        raise StoreExistsError(
+            f"'{out}' is inside the store '{outer}'; a store cannot hold another one (its "
+            "verify, repair and overwrite would treat it as damage). Choose an output path outside it."
+        )
     target = os.path.dirname(os.path.abspath(out))  # where the lock file goes, beside the store
     while not os.path.exists(target):
         target = os.path.dirname(target)
     if not os.path.isdir(target):
-        raise ConfigError(f"Cannot write '{out}': '{target}' is a file, not a folder. Choose another output path.")
+        raise ConfigError(
+            f"Cannot write '{out}': '{target}' is a file, not a folder. Choose another output path."
+        )
     try:  # a real write (permissions, read-only mounts), never inside a store
         fd, probe = tempfile.mkstemp(prefix=".actstore-write-check-", dir=target)
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"Cannot write '{out}': the folder '{target}' is not writable ({e.strerror or e}). "
-                          "Fix its permissions, or choose an output path in a folder you can write to.") from None
+        raise ConfigError(
+            f"Cannot write '{out}': the folder '{target}' is not writable ({e.strerror or e}). "
+            "Fix its permissions, or choose an output path in a folder you can write to."
+        ) from None
     if os.path.isdir(out) and not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"Cannot write '{out}': the folder is not writable. Fix its permissions "
-                          f"(chmod -R u+w '{out}'), or choose another output path.")
+        raise ConfigError(
+            f"Cannot write '{out}': the folder is not writable. Fix its permissions "
+            f"(chmod -R u+w '{out}'), or choose another output path."
+        )
 
 
 def existing_store(out: str, resume: bool, overwrite: bool) -> ActivationStore | None:
@@ -88,7 +96,9 @@ def existing_store(out: str, resume: bool, overwrite: bool) -> ActivationStore |
 
 
 def _plain(meta: StoreMeta) -> StoreMeta:
-    return dataclasses.replace(meta, corpus=CorpusMeta.from_dict(without_fingerprints(meta.corpus.to_dict())))
+    return dataclasses.replace(
+        meta, corpus=CorpusMeta.from_dict(without_fingerprints(meta.corpus.to_dict()))
+    )
 
 
 def check_same_run(existing: ActivationStore, meta: StoreMeta, log: Log) -> None:
@@ -99,7 +109,8 @@ def check_same_run(existing: ActivationStore, meta: StoreMeta, log: Log) -> None
     if diffs:
         raise StoreMismatchError(
             f"Store '{existing.path}' was made by another model, corpus or config, so it cannot be resumed:\n  "
-            + "\n  ".join(diffs) + "\nPass the same options as the first run, --overwrite to replace it, or another output path."
+            + "\n  ".join(diffs)
+            + "\nPass the same options as the first run, --overwrite to replace it, or another output path."
             + "".join(f"\nNot checked: {u}." for u in unchecked)
         )
     for u in unchecked:

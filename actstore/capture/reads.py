@@ -55,8 +55,9 @@ def make_plan(spec: CorpusSpec, scanned: CorpusScan | None, layout: Layout) -> n
     return unknown_plan(boundaries) if scanned is None else scanned.plan(boundaries)
 
 
-def plan_reads(group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequence[int],
-               mine: Sequence[int]) -> list[Read]:
+def plan_reads(
+    group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequence[int], mine: Sequence[int]
+) -> list[Read]:
     """The reads that yield the shards ``mine`` (a non-empty part of ``todo``)."""
     owned = sorted(mine)
     runs: list[list[int]] = []
@@ -70,14 +71,22 @@ def plan_reads(group: zarr.Group, spec: CorpusSpec, layout: Layout, todo: Sequen
         starts = [plan_checkpoint(plan, run[0]) for run in runs]
         if all(s is not None for s in starts):
             ends = [plan_checkpoint(plan, run[-1] + 1) for run in runs]
-            return [Read(s, None if e is None else stop_after(e), run)  # type: ignore[arg-type]
-                    for s, e, run in zip(starts, ends, runs)]
+            return [
+                Read(s, None if e is None else stop_after(e), run)  # type: ignore[arg-type]
+                for s, e, run in zip(starts, ends, runs)
+            ]
     first = int(todo[0])
     return [Read(_start(group, spec, layout, first), None, list(range(first, owned[-1] + 1)))]
 
 
-def read_shards(group: zarr.Group, spec: CorpusSpec, tokenizer: Any, layout: Layout, todo: Sequence[int],
-                mine: Collection[int]) -> Iterator[tuple[int, RowBlock]]:
+def read_shards(
+    group: zarr.Group,
+    spec: CorpusSpec,
+    tokenizer: Any,
+    layout: Layout,
+    todo: Sequence[int],
+    mine: Collection[int],
+) -> Iterator[tuple[int, RowBlock]]:
     """(k, rows of shard k) for each shard k in ``mine``, in order."""
     for read in plan_reads(group, spec, layout, todo, sorted(mine)):
         reader = RowReader(spec, tokenizer, read.start, read.stop)

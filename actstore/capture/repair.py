@@ -28,27 +28,51 @@ from .reads import make_plan
 __all__ = ["repair_store", "config_from_metadata"]
 
 
-def config_from_metadata(meta: StoreMeta | Mapping[str, Any], out: str, model: ModelLike | None = None,
-                         device: str = "auto", progress: bool = True) -> CacheConfig:
+def config_from_metadata(
+    meta: StoreMeta | Mapping[str, Any],
+    out: str,
+    model: ModelLike | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> CacheConfig:
     """The config that made a store (its typed metadata, or ``attrs["actstore"]``), to resume or repair it;
     ``model`` replaces the recorded one (a name, or a TransformerBridge in memory: its weights are checked)."""
     m = meta if isinstance(meta, StoreMeta) else StoreMeta.from_dict(meta, out)
     corpus, lay = m.corpus, m.layout
     if model is None and m.model.in_memory:
-        raise ConfigError(f"This store was cached from a model held in memory ('{m.model.name}'), which the "
-                          "store does not keep; pass that model (repair_store(path, damage, model=bridge)), or a folder "
-                          "it was saved to with actstore.models.save_model (--model FOLDER).")
+        raise ConfigError(
+            f"This store was cached from a model held in memory ('{m.model.name}'), which the "
+            "store does not keep; pass that model (repair_store(path, damage, model=bridge)), or a folder "
+            "it was saved to with actstore.models.save_model (--model FOLDER)."
+        )
     if corpus.kind == "python-list":
-        raise ConfigError("This store was made from a Python list, which the store does not keep; call "
-                          "actstore.cache(...) again with the same list and resume=True to recompute unfinished rows.")
+        raise ConfigError(
+            "This store was made from a Python list, which the store does not keep; call "
+            "actstore.cache(...) again with the same list and resume=True to recompute unfinished rows."
+        )
     return CacheConfig(
-        out=out, model=model or m.model.name, dataset=corpus.dataset, split=corpus.split,
-        text_field=corpus.text_field, dataset_config=corpus.config_name, dataset_revision=corpus.revision,
+        out=out,
+        model=model or m.model.name,
+        dataset=corpus.dataset,
+        split=corpus.split,
+        text_field=corpus.text_field,
+        dataset_config=corpus.config_name,
+        dataset_revision=corpus.revision,
         model_revision=m.model.revision if model is None or isinstance(model, str) else None,
-        seq_len=corpus.seq_len, n_rows=lay.n_rows, packing=corpus.packing,
-        sites=[s.site for s in m.sites], dtype=m.model.dtype, storage_dtype=m.storage_dtype, codec=m.codec,
-        rows_per_chunk=lay.rows_per_chunk, rows_per_shard=lay.rows_per_shard, device=device, engine=m.engine,
-        resume=True, progress=progress, command_line=m.command_line,
+        seq_len=corpus.seq_len,
+        n_rows=lay.n_rows,
+        packing=corpus.packing,
+        sites=[s.site for s in m.sites],
+        dtype=m.model.dtype,
+        storage_dtype=m.storage_dtype,
+        codec=m.codec,
+        rows_per_chunk=lay.rows_per_chunk,
+        rows_per_shard=lay.rows_per_shard,
+        device=device,
+        engine=m.engine,
+        resume=True,
+        progress=progress,
+        command_line=m.command_line,
     )
 
 
@@ -62,15 +86,30 @@ def _rebuild_metadata(store: ActivationStore, group: zarr.Group, damage: list[Da
 
 def _remake_plan(store: ActivationStore, cfg: CacheConfig, group: zarr.Group) -> None:
     """The corpus plan again, from the same pass over the corpus that made it."""
-    spec = CorpusSpec.from_dataset(cfg.dataset, split=cfg.split, text_field=cfg.text_field,
-                                   config_name=cfg.dataset_config, revision=cfg.dataset_revision,
-                                   seq_len=store.layout.seq_len, packing=cfg.packing)
-    scanned = None if spec.kind in ("hub", "synthetic") else scan(spec, store.tokenizer, limit=store.n_rows)
+    spec = CorpusSpec.from_dataset(
+        cfg.dataset,
+        split=cfg.split,
+        text_field=cfg.text_field,
+        config_name=cfg.dataset_config,
+        revision=cfg.dataset_revision,
+        seq_len=store.layout.seq_len,
+        packing=cfg.packing,
+    )
+    scanned = (
+        None
+        if spec.kind in ("hub", "synthetic")
+        else scan(spec, store.tokenizer, limit=store.n_rows)
+    )
     array_at(group, "plan")[...] = make_plan(spec, scanned, store.layout)
 
 
-def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None, device: str = "auto",
-                 progress: bool = True) -> ActivationStore:
+def repair_store(
+    path: str,
+    damage: list[Damage],
+    model: ModelLike | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> ActivationStore:
     """Repair ``damage`` (from :func:`verify_store`): rebuild what the store's metadata
     defines, then mark the damaged shards not done and recompute them, and every shard not
     done, with the store's own config (bit-identical on the same kind of device and
@@ -78,13 +117,17 @@ def repair_store(path: str, damage: list[Damage], model: ModelLike | None = None
     again to see it. The store's lock is taken first: while a live run holds it (it is
     writing the store, so ``damage`` may be its work in progress), StoreLockedError, and
     nothing is changed."""
-    ActivationStore.open(path)  # no store, or its root damaged: said before a lock file is made beside it
+    ActivationStore.open(
+        path
+    )  # no store, or its root damaged: said before a lock file is made beside it
     lock = nullcontext() if location.is_url(path) else store_lock(location.normalize(path))
     with lock:
         return _repair(path, damage, model, device, progress)
 
 
-def _repair(path: str, damage: list[Damage], model: ModelLike | None, device: str, progress: bool) -> ActivationStore:
+def _repair(
+    path: str, damage: list[Damage], model: ModelLike | None, device: str, progress: bool
+) -> ActivationStore:
     store = ActivationStore.open(path)
     cfg = config_from_metadata(store.meta, path, model, device, progress)  # before anything changes
     group = zarr.open_group(path, mode="r+")
@@ -92,7 +135,9 @@ def _repair(path: str, damage: list[Damage], model: ModelLike | None, device: st
         damage = verify_store(path, progress=False)
         _rebuild_metadata(store, group, damage)
         group = zarr.open_group(path, mode="r+")
-    recompute = sorted({d.shard for d in damage if d.fix in ("recompute", "finish") and d.shard is not None})
+    recompute = sorted(
+        {d.shard for d in damage if d.fix in ("recompute", "finish") and d.shard is not None}
+    )
     for d in damage:
         if d.fix == "stats":  # merged again below, from the partials
             sync(group.store.delete_dir(d.array))

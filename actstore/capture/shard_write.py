@@ -48,8 +48,8 @@ def shard_moments(buf: np.ndarray, shape: SiteShape, mask: np.ndarray | None) ->
         mask = mask[:, 1:]  # loss at pos predicts token pos + 1: real where that token is
     total = Moments.empty(shape.feature_shape or ())
     for r in range(0, len(x), 8):
-        piece = x[r:r + 8]
-        piece = piece[mask[r:r + 8]] if mask is not None else piece.reshape(-1, *piece.shape[2:])
+        piece = x[r : r + 8]
+        piece = piece[mask[r : r + 8]] if mask is not None else piece.reshape(-1, *piece.shape[2:])
         total = total.merge(Moments.of(piece))
     return total
 
@@ -73,18 +73,47 @@ class ShardWrite:
     """Writes whole shards of a store; ``threads`` workers encode and write arrays at once
     (``background``: at the lowest CPU priority, for runs whose model is on the CPU)."""
 
-    def __init__(self, group: zarr.Group, path: str, layout: Layout, shapes: Mapping[str, SiteShape], durable: bool,
-                 clear_first: bool, threads: int, release: Callable[[ShardBuffers], None], background: bool = False):
-        self.group, self.path, self.layout, self.shapes, self.durable = group, path, layout, shapes, durable
-        self.clear_first = clear_first  # resuming: an unfinished shard may hold damaged or partial objects
+    def __init__(
+        self,
+        group: zarr.Group,
+        path: str,
+        layout: Layout,
+        shapes: Mapping[str, SiteShape],
+        durable: bool,
+        clear_first: bool,
+        threads: int,
+        release: Callable[[ShardBuffers], None],
+        background: bool = False,
+    ):
+        self.group, self.path, self.layout, self.shapes, self.durable = (
+            group,
+            path,
+            layout,
+            shapes,
+            durable,
+        )
+        self.clear_first = (
+            clear_first  # resuming: an unfinished shard may hold damaged or partial objects
+        )
         self.partials = array_at(group, "stats/partials") if "stats/partials" in group else None
-        self.columns: dict[str, Any] = attrs_of(self.partials)["columns"] if self.partials is not None else {}
+        self.columns: dict[str, Any] = (
+            attrs_of(self.partials)["columns"] if self.partials is not None else {}
+        )
         names = [n for n in INDEX_ARRAYS if n in group] + [f"acts/{h}" for h in shapes]
-        self.arrays = {name: array_at(group, name) for name in names}  # the arrays with one shard per write
-        self.small = {name: array_at(group, name) for name in ("stats/partials", "done") if name in group}
-        self.encoders = {name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()}
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-write",
-                                       initializer=yield_cpu if background and _NICE else None)
+        self.arrays = {
+            name: array_at(group, name) for name in names
+        }  # the arrays with one shard per write
+        self.small = {
+            name: array_at(group, name) for name in ("stats/partials", "done") if name in group
+        }
+        self.encoders = {
+            name: encoder_for(arr) for name, arr in {**self.arrays, **self.small}.items()
+        }
+        self.pool = ThreadPoolExecutor(
+            max(1, threads),
+            thread_name_prefix="actstore-write",
+            initializer=yield_cpu if background and _NICE else None,
+        )
         self.release = release
 
     def describe(self, shard: Shard) -> str:
@@ -107,7 +136,13 @@ class ShardWrite:
         if self.clear_first:
             for arr in [*self.arrays.values(), *self.small.values()]:
                 clear_shard(arr, k)
-        self._all([(self._write, (name, k, getattr(rows, name))) for name in INDEX_ARRAYS if name in self.arrays])
+        self._all(
+            [
+                (self._write, (name, k, getattr(rows, name)))
+                for name in INDEX_ARRAYS
+                if name in self.arrays
+            ]
+        )
         _faults.point("mid_write", k)
         # each site's write, then its moments: the threads interleave the disk's waits and the
         # moments' arithmetic instead of doing all of one before the other
@@ -115,14 +150,16 @@ class ShardWrite:
         for hook, buf in acts.items():
             futures["write", hook] = self.pool.submit(self._write, f"acts/{hook}", k, buf)
             if hook in self.columns:
-                futures["moments", hook] = self.pool.submit(shard_moments, buf, self.shapes[hook], rows.mask)
+                futures["moments", hook] = self.pool.submit(
+                    shard_moments, buf, self.shapes[hook], rows.mask
+                )
         results = {key: f.result() for key, f in futures.items()}  # the first failure is raised
         if self.partials is not None:
             vec = np.zeros((1, self.partials.shape[1]))
             for hook, (offset, _) in self.columns.items():
                 m = results["moments", hook]
                 packed = m.pack()
-                vec[0, offset:offset + len(packed)] = packed
+                vec[0, offset : offset + len(packed)] = packed
             self._write("stats/partials", k, vec)
         self.release(shard.bufs)
         _faults.point("before_done", k)

@@ -87,7 +87,7 @@ class ShardEncoder:
         index = np.full((n_chunks, 2), _MAX_U64, "<u8")  # chunks past the array's end are absent
         offset = 0
         for c in range(-(-want // self.chunk_rows)):
-            piece = self._chunk(data[c * self.chunk_rows:(c + 1) * self.chunk_rows])
+            piece = self._chunk(data[c * self.chunk_rows : (c + 1) * self.chunk_rows])
             size = sum(memoryview(p).nbytes for p in piece)
             index[c] = (offset, size)
             offset += size
@@ -100,7 +100,7 @@ class ShardEncoder:
         writes edge chunks whole), then the compressors, then crc32c."""
         if rows.shape[0] < self.chunk_rows:
             full = np.full((self.chunk_rows, *rows.shape[1:]), self.fill, rows.dtype)
-            full[:len(rows)] = rows
+            full[: len(rows)] = rows
             rows = full
         data: Any = rows.reshape(-1).view(np.uint8)
         for fn in self.compressors:
@@ -132,8 +132,15 @@ def encoder_for(arr: zarr.Array) -> ShardEncoder | None:
     compressors = _chain(codecs)
     if compressors is None:
         return None
-    return ShardEncoder(arr.shape[0], chunks[0], chunk_rows, np.dtype(arr.dtype), arr.metadata.fill_value,
-                        tuple(compressors), sharded)
+    return ShardEncoder(
+        arr.shape[0],
+        chunks[0],
+        chunk_rows,
+        np.dtype(arr.dtype),
+        arr.metadata.fill_value,
+        tuple(compressors),
+        sharded,
+    )
 
 
 def object_path(arr: zarr.Array, key: str) -> str | None:
@@ -161,7 +168,9 @@ def write_object(arr: zarr.Array, key: str, pieces: Sequence[Piece], durable: bo
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        buf = default_buffer_prototype().buffer.from_bytes(b"".join(bytes(memoryview(p)) for p in pieces))
+        buf = default_buffer_prototype().buffer.from_bytes(
+            b"".join(bytes(memoryview(p)) for p in pieces)
+        )
         sync(arr.store.set(key, buf))
         return
     folder = os.path.dirname(path)
@@ -172,7 +181,7 @@ def write_object(arr: zarr.Array, key: str, pieces: Sequence[Piece], durable: bo
             for p in pieces:
                 view = memoryview(p).cast("B")
                 while view:  # a raw write may be short
-                    view = view[f.write(view):]
+                    view = view[f.write(view) :]
             _faults.slow_io()
             if durable:
                 os.fsync(f.fileno())
@@ -185,8 +194,14 @@ def write_object(arr: zarr.Array, key: str, pieces: Sequence[Piece], durable: bo
         _fsync(folder)
 
 
-def write_rows(arr: zarr.Array, root_path: str, k: int, data: np.ndarray, durable: bool,
-               enc: ShardEncoder | None) -> None:
+def write_rows(
+    arr: zarr.Array,
+    root_path: str,
+    k: int,
+    data: np.ndarray,
+    durable: bool,
+    enc: ShardEncoder | None,
+) -> None:
     """Write ``data`` as the whole of write unit k of ``arr`` (shard k, or chunk k when
     unsharded), fsynced when ``durable``, with ``enc = encoder_for(arr)``; arrays
     without one are written through zarr."""
@@ -196,6 +211,6 @@ def write_rows(arr: zarr.Array, root_path: str, k: int, data: np.ndarray, durabl
         write_object(arr, shard_key(arr, k), enc.encode(data, k), durable)
         return
     rows = write_unit_shape(arr)[0]
-    arr[k * rows:k * rows + len(data)] = data
+    arr[k * rows : k * rows + len(data)] = data
     if durable and object_path(arr, shard_key(arr, k)) is not None:
         fsync_shard(root_path, arr, k)

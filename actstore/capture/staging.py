@@ -28,17 +28,23 @@ class ShardBuffers:
     def __init__(self, shapes: Mapping[str, SiteShape], storage_dtype: str, rows: int, device: str):
         self.dtype = getattr(torch, storage_dtype)
         self.cuda = torch.device(device).type == "cuda"
-        self.tensors = {h: torch.empty((rows, *s.shape), dtype=self.dtype, pin_memory=self.cuda)
-                        for h, s in shapes.items()}
+        self.tensors = {
+            h: torch.empty((rows, *s.shape), dtype=self.dtype, pin_memory=self.cuda)
+            for h, s in shapes.items()
+        }
         self.stream = torch.cuda.Stream(torch.device(device)) if self.cuda else None
         self.event: torch.cuda.Event | None = None
-        self.overflow: dict[str, torch.Tensor] = {}  # float16 storage: finite values that became inf, on the device
+        self.overflow: dict[
+            str, torch.Tensor
+        ] = {}  # float16 storage: finite values that became inf, on the device
 
     def put(self, hook: str, start: int, value: torch.Tensor) -> None:
         """Stage ``value`` (batch, *site shape), on the model's device, at row ``start``."""
-        dst = self.tensors[hook][start:start + len(value)]
+        dst = self.tensors[hook][start : start + len(value)]
         cast = value.to(self.dtype)
-        if self.dtype == torch.float16 and value.dtype != torch.float16:  # no sync: checked when the shard is written
+        if (
+            self.dtype == torch.float16 and value.dtype != torch.float16
+        ):  # no sync: checked when the shard is written
             lost = (torch.isinf(cast) & torch.isfinite(value)).any()
             self.overflow[hook] = lost if hook not in self.overflow else self.overflow[hook] | lost
         if self.stream is None:
@@ -63,8 +69,10 @@ class ShardBuffers:
             self.event.synchronize()
         bad = sorted(h for h, flag in self.overflow.items() if bool(flag))
         if bad:
-            raise OverflowError(f"{', '.join(bad)} hold values beyond float16's range (|x| > 65504), which would be "
-                                "stored as inf; cache with --storage-dtype float32")
+            raise OverflowError(
+                f"{', '.join(bad)} hold values beyond float16's range (|x| > 65504), which would be "
+                "stored as inf; cache with --storage-dtype float32"
+            )
         return {h: t[:rows].numpy() for h, t in self.tensors.items()}
 
 

@@ -18,7 +18,9 @@ _STOP = object()
 
 
 class BackgroundWriter(Generic[T]):
-    def __init__(self, write: Callable[[T], None], describe: Callable[[T], str], max_pending: int = 2):
+    def __init__(
+        self, write: Callable[[T], None], describe: Callable[[T], str], max_pending: int = 2
+    ):
         self._write = write
         self._describe = describe
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
@@ -36,8 +38,10 @@ class BackgroundWriter(Generic[T]):
                     self._write(item)  # type: ignore[arg-type]  # not _STOP: a T
                 except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                     what = self._describe(item)  # type: ignore[arg-type]  # not _STOP: a T
-                    msg = f"Writing {what} failed ({type(e).__name__}: {e}). " \
-                          "That shard is not marked done; fix the cause (e.g. free disk space) and rerun with --resume."
+                    msg = (
+                        f"Writing {what} failed ({type(e).__name__}: {e}). "
+                        "That shard is not marked done; fix the cause (e.g. free disk space) and rerun with --resume."
+                    )
                     self._error = WriterError(msg)
                     self._error.__cause__ = e
 

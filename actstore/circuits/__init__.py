@@ -16,7 +16,25 @@ from .job import CircuitJobResult, compare_scores, find_circuit
 from .metrics import CircuitMetric, circuit_metric
 from .paths import Paths, path_patch, path_patch_sweep
 
-__all__ = ["Graph", "GraphForward", "exact_edge_scores", "edge_attribution", "circuit_metric", "CircuitMetric",
-           "Circuit", "select_circuit", "select_edges", "prune", "Faithfulness", "faithfulness", "faithfulness_curve",
-           "Paths", "path_patch", "path_patch_sweep", "CircuitJobConfig", "CircuitJobResult", "find_circuit",
-           "compare_scores"]
+__all__ = [
+    "Graph",
+    "GraphForward",
+    "exact_edge_scores",
+    "edge_attribution",
+    "circuit_metric",
+    "CircuitMetric",
+    "Circuit",
+    "select_circuit",
+    "select_edges",
+    "prune",
+    "Faithfulness",
+    "faithfulness",
+    "faithfulness_curve",
+    "Paths",
+    "path_patch",
+    "path_patch_sweep",
+    "CircuitJobConfig",
+    "CircuitJobResult",
+    "find_circuit",
+    "compare_scores",
+]

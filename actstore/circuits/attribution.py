@@ -51,12 +51,21 @@ __all__ = ["edge_attribution", "METHODS"]
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 
 
-def edge_attribution(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch pos"] | None,
-                     corrupted_tokens: Int[torch.Tensor, "batch pos"],
-                     metric: Callable[[torch.Tensor], torch.Tensor], *, method: str = "eap", steps: int = 5,
-                     graph: Graph | None = None, clean_cache: Any = None, clean_rows: Sequence[int] | None = None,
-                     per_pair: bool = False, memory_budget: int | None = None, progress: bool = True
-                     ) -> Float[torch.Tensor, "edge *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
+def edge_attribution(
+    model: HookedModel,
+    clean_tokens: Int[torch.Tensor, "batch pos"] | None,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    method: str = "eap",
+    steps: int = 5,
+    graph: Graph | None = None,
+    clean_cache: Any = None,
+    clean_rows: Sequence[int] | None = None,
+    per_pair: bool = False,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> Float[torch.Tensor, "edge *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
     """Every edge's attribution score (module docstring): (n_edges,), mean over pairs, or
     (n_edges, batch) with ``per_pair``; in the graph's edge order, float32 (float64 for a
     float64 model).
@@ -84,16 +93,27 @@ def edge_attribution(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch 
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer (EAP-IG's number of points), got {steps!r}.")
+        raise ConfigError(
+            f"steps must be a positive integer (EAP-IG's number of points), got {steps!r}."
+        )
     corrupted = _tokens(corrupted_tokens, "corrupted_tokens")
-    if clean_tokens is not None and tuple(_tokens(clean_tokens, "clean_tokens").shape) != tuple(corrupted.shape):
-        raise ConfigError(f"clean_tokens {tuple(clean_tokens.shape)} and corrupted_tokens {tuple(corrupted.shape)} "
-                          "must have the same shape: pairs of prompts of the same token length.")
+    if clean_tokens is not None and tuple(_tokens(clean_tokens, "clean_tokens").shape) != tuple(
+        corrupted.shape
+    ):
+        raise ConfigError(
+            f"clean_tokens {tuple(clean_tokens.shape)} and corrupted_tokens {tuple(corrupted.shape)} "
+            "must have the same shape: pairs of prompts of the same token length."
+        )
     if clean_tokens is None and clean_cache is None:
         raise ConfigError("pass clean_tokens, or the clean run's activations as clean_cache.")
-    if graph is not None and (graph.n_layers, graph.n_heads) != (int(model.cfg.n_layers), int(model.cfg.n_heads)):
-        raise ConfigError(f"the graph has {graph.n_layers} layers x {graph.n_heads} heads but the model "
-                          f"{model.cfg.n_layers} x {model.cfg.n_heads}; pass Graph.from_model(model).")
+    if graph is not None and (graph.n_layers, graph.n_heads) != (
+        int(model.cfg.n_layers),
+        int(model.cfg.n_heads),
+    ):
+        raise ConfigError(
+            f"the graph has {graph.n_layers} layers x {graph.n_heads} heads but the model "
+            f"{model.cfg.n_layers} x {model.cfg.n_heads}; pass Graph.from_model(model)."
+        )
     fwd = GraphForward(model, graph)
     metric = circuit_metric(metric)
     batch, n_pos = corrupted.shape
@@ -101,17 +121,35 @@ def edge_attribution(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch 
     pairs = _plan(fwd, n_pos, batch, memory_budget)
     if pairs < batch:
         metric.for_pairs(0, pairs)  # a metric that must see every pair fails here, before any work
-    clean = CleanNodes(model, clean_cache if clean_cache is not None else clean_tokens, fwd.graph, n_pos, batch,
-                       clean_rows)
+    clean = CleanNodes(
+        model,
+        clean_cache if clean_cache is not None else clean_tokens,
+        fwd.graph,
+        n_pos,
+        batch,
+        clean_rows,
+    )
     out_dtype = torch.promote_types(fwd.dtype, torch.float32)
-    total = torch.zeros((fwd.graph.n_edges,) + ((batch,) if per_pair else ()), dtype=torch.float64,
-                        device=fwd.device)
-    uniform = _Uniform(fwd) if type(fwd) is GraphForward else fwd  # (HookedGraphForward has its own grads)
-    bar = tqdm(total=batch * n_steps, desc=f"edge attribution ({method})", unit="pair-step", disable=not progress)
+    total = torch.zeros(
+        (fwd.graph.n_edges,) + ((batch,) if per_pair else ()),
+        dtype=torch.float64,
+        device=fwd.device,
+    )
+    uniform = (
+        _Uniform(fwd) if type(fwd) is GraphForward else fwd
+    )  # (HookedGraphForward has its own grads)
+    bar = tqdm(
+        total=batch * n_steps,
+        desc=f"edge attribution ({method})",
+        unit="pair-step",
+        disable=not progress,
+    )
     for a in range(0, batch, pairs):
         b = min(batch, a + pairs)
         m = metric if (a, b) == (0, batch) else metric.for_pairs(a, b)
-        scores = _chunk(fwd, uniform, corrupted[a:b].to(fwd.device), clean(a, b), m, method, n_steps, bar)
+        scores = _chunk(
+            fwd, uniform, corrupted[a:b].to(fwd.device), clean(a, b), m, method, n_steps, bar
+        )
         if per_pair:
             total[:, a:b] = scores
         else:
@@ -120,10 +158,20 @@ def edge_attribution(model: HookedModel, clean_tokens: Int[torch.Tensor, "batch 
     return (total / (n_steps * (1 if per_pair else batch))).to(out_dtype)
 
 
-def _chunk(fwd: GraphForward, uniform: Any, tokens: torch.Tensor, clean: torch.Tensor,
-           metric: CircuitMetric, method: str, n_steps: int, bar: Any) -> torch.Tensor:
+def _chunk(
+    fwd: GraphForward,
+    uniform: Any,
+    tokens: torch.Tensor,
+    clean: torch.Tensor,
+    metric: CircuitMetric,
+    method: str,
+    n_steps: int,
+    bar: Any,
+) -> torch.Tensor:
     """(n_edges, pair) float64: the chunk's scores per pair, summed over the steps."""
-    total = torch.zeros((fwd.graph.n_edges, tokens.shape[0]), dtype=torch.float64, device=fwd.device)
+    total = torch.zeros(
+        (fwd.graph.n_edges, tokens.shape[0]), dtype=torch.float64, device=fwd.device
+    )
     corr = None
     for k in range(n_steps):
         t = k / n_steps
@@ -131,7 +179,9 @@ def _chunk(fwd: GraphForward, uniform: Any, tokens: torch.Tensor, clean: torch.T
         if method == "eap-ig-inputs" and k > 0:
             assert corr is not None
             embed = corr[0] + t * (clean[0] - corr[0])
-        grads, live = uniform.grads(tokens, metric, clean, t if method == "eap-ig-activations" else 0.0, embed)
+        grads, live = uniform.grads(
+            tokens, metric, clean, t if method == "eap-ig-activations" else 0.0, embed
+        )
         if k == 0:
             corr = live
         # eap-ig-inputs: the fixed difference clean - corrupted; else clean - live, i.e. -d metric / d mask
@@ -165,71 +215,109 @@ class _Uniform:
         self.fwd = fwd
         self.checked = not self_check.ENABLED
 
-    def grads(self, tokens: torch.Tensor, metric: CircuitMetric, patch: torch.Tensor, t: float,
-              embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grads(
+        self,
+        tokens: torch.Tensor,
+        metric: CircuitMetric,
+        patch: torch.Tensor,
+        t: float,
+        embed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(d metric / d input: (n_downstream, pair, pos, d_model), live node outputs: (n_upstream, ...))."""
         fwd = self.fwd
         if not self.checked:
             self._check(tokens[:1])
         with torch.enable_grad():
             n_pos = tokens.shape[1]
-            pos = None if metric.positions is None else torch.tensor(sorted({p % n_pos for p in metric.positions}),
-                                                                      device=fwd.device)
+            pos = (
+                None
+                if metric.positions is None
+                else torch.tensor(sorted({p % n_pos for p in metric.positions}), device=fwd.device)
+            )
             logits, live, probes = self._forward(tokens, patch, t, embed, probe=True, positions=pos)
             value = metric(logits).sum()
             grads = torch.autograd.grad(value, probes, allow_unused=True)
         out = []
-        for layer in range(fwd.graph.n_layers):  # a layer's heads' q, k, v (head by head), then its MLP
+        for layer in range(
+            fwd.graph.n_layers
+        ):  # a layer's heads' q, k, v (head by head), then its MLP
             qkv, mlp = grads[2 * layer], grads[2 * layer + 1]
             out += [qkv.permute(2, 3, 0, 1, 4).flatten(0, 1), mlp[None]]
         out.append(grads[-1][None])
         return torch.cat(out), live
 
-    def _forward(self, tokens: torch.Tensor, patch: torch.Tensor, t: float, embed: torch.Tensor | None,
-                 probe: bool, positions: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        patch: torch.Tensor,
+        t: float,
+        embed: torch.Tensor | None,
+        probe: bool,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         fwd, model = self.fwd, self.fwd.model
         n_heads = fwd.n_heads
         x0 = (embed if embed is not None else fwd.input_output(tokens)).to(fwd.dtype)
         live, probes = [x0], []
-        resid, patched, bias = x0, patch[0], torch.zeros(fwd.d_model, device=fwd.device, dtype=fwd.dtype)
+        resid, patched, bias = (
+            x0,
+            patch[0],
+            torch.zeros(fwd.d_model, device=fwd.device, dtype=fwd.dtype),
+        )
 
         def read(shape: tuple[int, ...]) -> torch.Tensor:
             x = resid + bias if t == 0 else (1 - t) * resid + t * patched + bias
             p = torch.zeros(shape, device=fwd.device, dtype=fwd.dtype, requires_grad=probe)
             probes.append(p)
-            return x.view(x.shape[:2] + (1,) * (len(shape) - 3) + x.shape[2:]) + p  # (b, pos[, 1, 1], d)
+            return (
+                x.view(x.shape[:2] + (1,) * (len(shape) - 3) + x.shape[2:]) + p
+            )  # (b, pos[, 1, 1], d)
 
         for layer in range(fwd.graph.n_layers):
             block, first = model.blocks[layer], 1 + layer * (n_heads + 1)
             b, n_pos = tokens.shape
-            heads = fwd.attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[0]  # (head, b, pos, d)
+            heads = fwd.attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[
+                0
+            ]  # (head, b, pos, d)
             live += list(heads)
-            resid, patched = resid + heads.sum(0), patched + patch[first:first + n_heads].sum(0)
+            resid, patched = resid + heads.sum(0), patched + patch[first : first + n_heads].sum(0)
             bias = bias + block.attn.b_O.to(fwd.dtype)
             mlp = block.mlp(block.ln2(read((b, n_pos, fwd.d_model))))
             live.append(mlp)
             resid, patched = resid + mlp, patched + patch[first + n_heads]
         final = read(tuple(tokens.shape) + (fwd.d_model,))
-        if positions is not None:  # only the positions the metric reads are unembedded; the rest stay 0
+        if (
+            positions is not None
+        ):  # only the positions the metric reads are unembedded; the rest stay 0
             final = final[:, positions]
         logits = model.ln_final(final) @ model.W_U.to(fwd.dtype) + model.b_U.to(fwd.dtype)
         if positions is not None:
-            full = torch.zeros(tokens.shape + (logits.shape[-1],), device=fwd.device, dtype=logits.dtype)
+            full = torch.zeros(
+                tokens.shape + (logits.shape[-1],), device=fwd.device, dtype=logits.dtype
+            )
             logits = full.index_copy(1, positions, logits)
         return logits, torch.stack(live).detach(), probes
 
     def _check(self, row: torch.Tensor) -> None:
         with torch.no_grad():
             want = self.fwd.model(row).detach()
-            zero = torch.zeros(len(self.fwd.graph.upstream), 1, 1, self.fwd.d_model, device=self.fwd.device,
-                               dtype=self.fwd.dtype)
+            zero = torch.zeros(
+                len(self.fwd.graph.upstream),
+                1,
+                1,
+                self.fwd.d_model,
+                device=self.fwd.device,
+                dtype=self.fwd.dtype,
+            )
             got = self._forward(row, zero, 0.0, None, probe=False)[0]
         tol = self_check.tolerance(got, want, float(want.abs().max()), self.fwd.dtype)
         err = float((got.double() - want.double()).abs().max())
         if not err <= tol:
-            raise self_check.engine_error(f"computed the model's logits through its edge graph's residual form as "
-                                          f"differing by {err:.3g} (tolerance {tol:.2g}) from its own forward", False)
+            raise self_check.engine_error(
+                f"computed the model's logits through its edge graph's residual form as "
+                f"differing by {err:.3g} (tolerance {tol:.2g}) from its own forward",
+                False,
+            )
         self.checked = True
 
 
@@ -241,12 +329,16 @@ def _plan(fwd: GraphForward, n_pos: int, batch: int, budget: int | None) -> int:
     budget = int(budget) if budget is not None else default_memory_budget(fwd.device)
     item = torch.finfo(fwd.dtype).bits // 8
     g = fwd.graph
-    nodes = (4 * len(g.upstream) + len(g.downstream)) * n_pos * fwd.d_model * item + len(g.upstream) * len(g.downstream) * 8
+    nodes = (4 * len(g.upstream) + len(g.downstream)) * n_pos * fwd.d_model * item + len(
+        g.upstream
+    ) * len(g.downstream) * 8
     return max(1, min(batch, budget // max(1, fwd.row_bytes(n_pos, grad=True) + nodes)))
 
 
 def _tokens(tokens: Any, name: str) -> torch.Tensor:
     t = torch.as_tensor(tokens)
     if t.ndim != 2 or t.dtype not in (torch.int64, torch.int32):
-        raise ConfigError(f"{name} must be integer token ids of shape (batch, pos), got {tuple(t.shape)} {t.dtype}.")
+        raise ConfigError(
+            f"{name} must be integer token ids of shape (batch, pos), got {tuple(t.shape)} {t.dtype}."
+        )
     return t

@@ -38,7 +38,9 @@ class Circuit:
 
     graph: Graph
     edges: np.ndarray  # (edge,) int64, sorted: the circuit after pruning
-    nodes: tuple[str, ...]  # upstream nodes on a kept edge, in forward order, then 'logits' if any edge is kept
+    nodes: tuple[
+        str, ...
+    ]  # upstream nodes on a kept edge, in forward order, then 'logits' if any edge is kept
     n_selected: int  # edges chosen before pruning
     how: str = "top-n"
 
@@ -62,24 +64,32 @@ class Circuit:
 def _as_scores(graph: Graph, scores: Any) -> np.ndarray:
     s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
     if s.shape != (graph.n_edges,):
-        raise ConfigError(f"scores have shape {s.shape}; the graph has {graph.n_edges} edges: pass one score per edge "
-                          "(edge_attribution's or exact_edge_scores' result, not per_pair).")
+        raise ConfigError(
+            f"scores have shape {s.shape}; the graph has {graph.n_edges} edges: pass one score per edge "
+            "(edge_attribution's or exact_edge_scores' result, not per_pair)."
+        )
     if not np.isfinite(s).all():
         bad = int(np.flatnonzero(~np.isfinite(s))[0])
-        raise ConfigError(f"score of edge {graph.names[bad]!r} is {s[bad]}; every score must be finite (recompute "
-                          "the scores, e.g. in float32 rather than float16).")
+        raise ConfigError(
+            f"score of edge {graph.names[bad]!r} is {s[bad]}; every score must be finite (recompute "
+            "the scores, e.g. in float32 rather than float16)."
+        )
     return s
 
 
 def _check_n(graph: Graph, n: int) -> None:
     if not 0 <= n <= graph.n_edges:
-        raise ConfigError(f"a circuit of {n} edges: the graph has {graph.n_edges}; pick n from 0 to {graph.n_edges}.")
+        raise ConfigError(
+            f"a circuit of {n} edges: the graph has {graph.n_edges}; pick n from 0 to {graph.n_edges}."
+        )
 
 
 def _reader_nodes(graph: Graph) -> np.ndarray:
     """(downstream,) the upstream index of the node that reads each input; len(upstream) for logits."""
     index = {u.name: i for i, u in enumerate(graph.upstream)}
-    return np.asarray([index.get(d.node, len(graph.upstream)) for d in graph.downstream], dtype=np.int64)
+    return np.asarray(
+        [index.get(d.node, len(graph.upstream)) for d in graph.downstream], dtype=np.int64
+    )
 
 
 def _ranked(scores: np.ndarray, absolute: bool) -> np.ndarray:
@@ -87,7 +97,9 @@ def _ranked(scores: np.ndarray, absolute: bool) -> np.ndarray:
     return np.abs(scores) if absolute else scores
 
 
-def select_edges(graph: Graph, scores: Any, n: int, *, how: Selection = "top-n", absolute: bool = True) -> np.ndarray:
+def select_edges(
+    graph: Graph, scores: Any, n: int, *, how: Selection = "top-n", absolute: bool = True
+) -> np.ndarray:
     """The ``n`` edges chosen before pruning (sorted edge numbers).
 
     ``top-n``: the n best-scoring edges. ``greedy`` (EAP-IG's ``apply_greedy``): start
@@ -106,7 +118,9 @@ def select_edges(graph: Graph, scores: Any, n: int, *, how: Selection = "top-n",
     into_node: dict[int, list[int]] = {}  # reader node -> the downstream inputs it reads
     for j, r in enumerate(reader):
         into_node.setdefault(int(r), []).append(j)
-    starts = np.searchsorted(graph.dst, np.arange(len(graph.downstream) + 1))  # edges are destination-major
+    starts = np.searchsorted(
+        graph.dst, np.arange(len(graph.downstream) + 1)
+    )  # edges are destination-major
     heap: list[tuple[float, int]] = []
     joined: set[int] = set()
 
@@ -153,8 +167,15 @@ def prune(graph: Graph, edges: Sequence[int] | np.ndarray) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def select_circuit(graph: Graph, scores: Any, n: int, *, how: Selection = "top-n", absolute: bool = True,
-                   pruned: bool = True) -> Circuit:
+def select_circuit(
+    graph: Graph,
+    scores: Any,
+    n: int,
+    *,
+    how: Selection = "top-n",
+    absolute: bool = True,
+    pruned: bool = True,
+) -> Circuit:
     """The circuit of the ``n`` best edges by ``scores`` (``how``: "top-n" or "greedy",
     see :func:`select_edges`), pruned to paths from input to logits unless ``pruned=False``."""
     chosen = select_edges(graph, scores, n, how=how, absolute=absolute)
@@ -167,4 +188,6 @@ def _nodes(graph: Graph, edges: np.ndarray) -> tuple[str, ...]:
         return ()
     reader = _reader_nodes(graph)
     ids = set(graph.src[edges].tolist()) | set(reader[graph.dst[edges]].tolist())
-    return tuple(graph.upstream[i].name if i < len(graph.upstream) else "logits" for i in sorted(ids))
+    return tuple(
+        graph.upstream[i].name if i < len(graph.upstream) else "logits" for i in sorted(ids)
+    )

@@ -21,10 +21,14 @@ __all__ = ["edge_sum"]
 
 class _EdgeSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, cols: Sequence[torch.Tensor], mask: torch.Tensor, *diffs: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, cols: Sequence[torch.Tensor], mask: torch.Tensor, *diffs: torch.Tensor
+    ) -> torch.Tensor:
         n_var, n_in = mask.shape[0], cols[0].shape[1]
         rest = diffs[0].shape[2:]
-        x = torch.zeros(n_var, n_in, diffs[0][0, 0].numel(), dtype=diffs[0].dtype, device=diffs[0].device)
+        x = torch.zeros(
+            n_var, n_in, diffs[0][0, 0].numel(), dtype=diffs[0].dtype, device=diffs[0].device
+        )
         for c, d in zip(cols, diffs):
             x.baddbmm_(mask[:, c].transpose(1, 2), d.reshape(n_var, d.shape[1], -1))
         ctx.cols = cols
@@ -42,11 +46,15 @@ class _EdgeSum(torch.autograd.Function):
             flat = d.reshape(n_var, d.shape[1], -1)  # (V, u, rest)
             if grad_mask is not None:
                 grad_mask[:, c] += torch.bmm(flat, g.transpose(1, 2))  # (V, u, n)
-            grad_diffs.append(torch.bmm(mask[:, c], g).view_as(d) if ctx.needs_input_grad[2 + i] else None)
+            grad_diffs.append(
+                torch.bmm(mask[:, c], g).view_as(d) if ctx.needs_input_grad[2 + i] else None
+            )
         return (None, grad_mask, *grad_diffs)
 
 
-def edge_sum(mask: torch.Tensor, groups: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def edge_sum(
+    mask: torch.Tensor, groups: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """``sum over groups of einsum("vun,vu...->vn...", mask[:, cols], diff)``: groups are
     (cols (u, n) edge numbers of each source u into each input n, diff (variant, u, ...))."""
     cols = [c for c, _ in groups]

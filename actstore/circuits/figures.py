@@ -35,27 +35,46 @@ def out_stem(out: str) -> str:
 
 def _edges(circuit: Circuit, scores: np.ndarray) -> list[dict[str, Any]]:
     g = circuit.graph
-    return [{"edge": g.names[e], "src": g.upstream[g.src[e]].name, "dst": g.downstream[g.dst[e]].node,
-             "input": g.downstream[g.dst[e]].kind, "score": float(scores[e])} for e in circuit.edges]
+    return [
+        {
+            "edge": g.names[e],
+            "src": g.upstream[g.src[e]].name,
+            "dst": g.downstream[g.dst[e]].node,
+            "input": g.downstream[g.dst[e]].kind,
+            "score": float(scores[e]),
+        }
+        for e in circuit.edges
+    ]
 
 
 def circuit_json(circuit: Circuit, scores: np.ndarray, **meta: Any) -> dict[str, Any]:
     """The circuit as a JSON-able dict: meta, nodes, and edges (name, src, dst node, input kind, score)."""
-    return {**meta, "selection": circuit.how, "n_selected": circuit.n_selected, "n_edges": circuit.n_edges,
-            "nodes": list(circuit.nodes), "edges": _edges(circuit, scores)}
+    return {
+        **meta,
+        "selection": circuit.how,
+        "n_selected": circuit.n_selected,
+        "n_edges": circuit.n_edges,
+        "nodes": list(circuit.nodes),
+        "edges": _edges(circuit, scores),
+    }
 
 
 def circuit_dot(circuit: Circuit, scores: np.ndarray, title: str = "circuit") -> str:
     """The circuit in graphviz's DOT language (bottom to top, edges labelled by input and score)."""
     edges = _edges(circuit, scores)
     top = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
-    lines = ["digraph circuit {", f'  label="{title}"; rankdir=BT; node [shape=box, style=rounded];']
+    lines = [
+        "digraph circuit {",
+        f'  label="{title}"; rankdir=BT; node [shape=box, style=rounded];',
+    ]
     lines += [f'  "{n}";' for n in circuit.nodes]
     for e in edges:
         colour = "#2166ac" if e["score"] >= 0 else "#b2182b"
-        label = f'{e["input"]} {e["score"]:.3g}' if e["input"] in "qkv" else f'{e["score"]:.3g}'
-        lines.append(f'  "{e["src"]}" -> "{e["dst"]}" [label="{label}", color="{colour}", '
-                     f'penwidth={0.5 + 3 * abs(e["score"]) / top:.2f}];')
+        label = f"{e['input']} {e['score']:.3g}" if e["input"] in "qkv" else f"{e['score']:.3g}"
+        lines.append(
+            f'  "{e["src"]}" -> "{e["dst"]}" [label="{label}", color="{colour}", '
+            f"penwidth={0.5 + 3 * abs(e['score']) / top:.2f}];"
+        )
     return "\n".join(lines + ["}"]) + "\n"
 
 
@@ -71,17 +90,24 @@ def _position(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
     return float(head), 2.0 * int(layer)
 
 
-def draw_circuit(out: str, method: str, circuit: Circuit, scores: np.ndarray, model_name: str, n_pairs: int
-                 ) -> list[str]:
+def draw_circuit(
+    out: str, method: str, circuit: Circuit, scores: np.ndarray, model_name: str, n_pairs: int
+) -> list[str]:
     """The PNG, DOT and JSON of ``circuit``; their paths."""
     from matplotlib.lines import Line2D
 
     root = f"{out_stem(out)}.{method}.circuit"
     g = circuit.graph
-    title = (f"{method} circuit: {os.path.basename(model_name)}, {n_pairs} pairs, {circuit.n_edges} edges "
-             f"({circuit.n_selected} selected, {circuit.how})")
+    title = (
+        f"{method} circuit: {os.path.basename(model_name)}, {n_pairs} pairs, {circuit.n_edges} edges "
+        f"({circuit.n_selected} selected, {circuit.how})"
+    )
     with open(f"{root}.json", "w") as f:
-        json.dump(circuit_json(circuit, scores, model=model_name, method=method, n_pairs=n_pairs), f, indent=1)
+        json.dump(
+            circuit_json(circuit, scores, model=model_name, method=method, n_pairs=n_pairs),
+            f,
+            indent=1,
+        )
     with open(f"{root}.dot", "w") as f:
         f.write(circuit_dot(circuit, scores, title))
     plt = pyplot()
@@ -91,29 +117,58 @@ def draw_circuit(out: str, method: str, circuit: Circuit, scores: np.ndarray, mo
     top = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
     for e in sorted(edges, key=lambda e: abs(e["score"])):  # the strongest on top
         (x0, y0), (x1, y1) = pos[e["src"]], pos[e["dst"]]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
-            arrowstyle="-|>", lw=0.4 + 3 * abs(e["score"]) / top, ls=_STYLE[e["input"]], shrinkA=9, shrinkB=9,
-            color="#2166ac" if e["score"] >= 0 else "#b2182b", alpha=0.35 + 0.65 * abs(e["score"]) / top,
-            connectionstyle="arc3,rad=0.12"))
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops=dict(
+                arrowstyle="-|>",
+                lw=0.4 + 3 * abs(e["score"]) / top,
+                ls=_STYLE[e["input"]],
+                shrinkA=9,
+                shrinkB=9,
+                color="#2166ac" if e["score"] >= 0 else "#b2182b",
+                alpha=0.35 + 0.65 * abs(e["score"]) / top,
+                connectionstyle="arc3,rad=0.12",
+            ),
+        )
     for n, (x, y) in pos.items():
-        ax.text(x, y, n, ha="center", va="center", fontsize=7, zorder=3,
-                bbox=dict(boxstyle="round", fc="#fdf6e3" if n.startswith("m") else "white", ec="grey"))
+        ax.text(
+            x,
+            y,
+            n,
+            ha="center",
+            va="center",
+            fontsize=7,
+            zorder=3,
+            bbox=dict(boxstyle="round", fc="#fdf6e3" if n.startswith("m") else "white", ec="grey"),
+        )
     ax.set_xlim(-1, g.n_heads + 1.5)
     ax.set_ylim(-1.8, 2 * g.n_layers + 0.8)
-    ax.set_yticks([2 * i for i in range(g.n_layers)], [f"layer {i}" for i in range(g.n_layers)], fontsize=7)
+    ax.set_yticks(
+        [2 * i for i in range(g.n_layers)], [f"layer {i}" for i in range(g.n_layers)], fontsize=7
+    )
     ax.set_xticks([])
     ax.set_title(title, fontsize=9)
-    ax.legend(handles=[Line2D([], [], color="#2166ac", label="score > 0"), Line2D([], [], color="#b2182b",
-                                                                                  label="score < 0"),
-                       Line2D([], [], color="grey", ls="--", label="into a query"),
-                       Line2D([], [], color="grey", ls=":", label="into a key")], fontsize=7, loc="upper right")
+    ax.legend(
+        handles=[
+            Line2D([], [], color="#2166ac", label="score > 0"),
+            Line2D([], [], color="#b2182b", label="score < 0"),
+            Line2D([], [], color="grey", ls="--", label="into a query"),
+            Line2D([], [], color="grey", ls=":", label="into a key"),
+        ],
+        fontsize=7,
+        loc="upper right",
+    )
     fig.tight_layout()
     fig.savefig(f"{root}.png", dpi=120)
     plt.close(fig)
     return [f"{root}.png", f"{root}.dot", f"{root}.json"]
 
 
-def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n_pairs: int, selection: str) -> str:
+def draw_curves(
+    out: str, curves: Mapping[str, Faithfulness], model_name: str, n_pairs: int, selection: str
+) -> str:
     """Faithfulness against circuit size (edges after pruning), per method: the mean over
     pairs and the per-pair quartiles."""
     plt = pyplot()
@@ -121,7 +176,7 @@ def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n
     for method, c in curves.items():
         x = np.asarray(c.n_edges, float)
         lo, hi = np.nanpercentile(c.per_pair, [25, 75], axis=1)
-        line, = ax.plot(x, c.mean, marker="o", ms=3, label=f"{method} (mean)")
+        (line,) = ax.plot(x, c.mean, marker="o", ms=3, label=f"{method} (mean)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
     ax.axhline(0, color="grey", lw=0.8)
@@ -129,8 +184,10 @@ def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n
     ax.set_xlim(left=0)
     ax.set_xlabel("edges in the circuit (after pruning)")
     ax.set_ylabel("faithfulness (0 corrupted, 1 clean)")
-    ax.set_title(f"{os.path.basename(model_name)}: {selection} circuits, {n_pairs} pairs (band: per-pair quartiles)",
-                 fontsize=9)
+    ax.set_title(
+        f"{os.path.basename(model_name)}: {selection} circuits, {n_pairs} pairs (band: per-pair quartiles)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -140,14 +197,28 @@ def draw_curves(out: str, curves: Mapping[str, Faithfulness], model_name: str, n
     return path
 
 
-def draw_comparison(out: str, method: str, exact: np.ndarray, approx: np.ndarray, corr: Mapping[str, Any],
-                    model_name: str) -> str:
+def draw_comparison(
+    out: str,
+    method: str,
+    exact: np.ndarray,
+    approx: np.ndarray,
+    corr: Mapping[str, Any],
+    model_name: str,
+) -> str:
     """``method``'s edge scores against exact's, one point per edge, with y = x."""
     from ..patching.attribution import plot_comparison
 
     fmt = lambda r: "n/a" if r is None else f"{r:.3f}"  # noqa: E731
-    title = (f"{method} vs exact: {os.path.basename(model_name)}, {corr['n_edges']} edges\nPearson r "
-             f"{fmt(corr['pearson'])}, Spearman {fmt(corr['spearman'])}, top-{corr['top']} overlap "
-             f"{fmt(corr['top_overlap'])}")
-    return plot_comparison(exact, approx, f"{out_stem(out)}.{method}-vs-exact.png", title=title,
-                           xlabel="exact edge score", ylabel=f"{method} edge score")
+    title = (
+        f"{method} vs exact: {os.path.basename(model_name)}, {corr['n_edges']} edges\nPearson r "
+        f"{fmt(corr['pearson'])}, Spearman {fmt(corr['spearman'])}, top-{corr['top']} overlap "
+        f"{fmt(corr['top_overlap'])}"
+    )
+    return plot_comparison(
+        exact,
+        approx,
+        f"{out_stem(out)}.{method}-vs-exact.png",
+        title=title,
+        xlabel="exact edge score",
+        ylabel=f"{method} edge score",
+    )

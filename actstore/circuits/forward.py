@@ -58,7 +58,9 @@ class GraphForward:
             # the subclass for the other families (actstore.circuits imports its module)
             other = [sub for sub in GraphForward.__subclasses__() if not sub.hand_run]
             if not other:
-                raise RuntimeError("actstore.circuits.forward_hooked is not imported; import actstore.circuits.")
+                raise RuntimeError(
+                    "actstore.circuits.forward_hooked is not imported; import actstore.circuits."
+                )
             return super().__new__(other[0])
         return super().__new__(cls)
 
@@ -70,11 +72,17 @@ class GraphForward:
         cfg = model.cfg
         g = self.graph
         if (g.n_layers, g.n_heads, g.parallel) != (own.n_layers, own.n_heads, own.parallel):
-            raise ConfigError(f"the graph is {g.n_layers} layers x {g.n_heads} heads"
-                              f"{' (parallel blocks)' if g.parallel else ''} but the model is {cfg.n_layers} x "
-                              f"{cfg.n_heads}{' (parallel blocks)' if own.parallel else ''}; build it with "
-                              "Graph.from_model(model).")
-        self.d_model, self.d_head, self.n_heads = int(cfg.d_model), int(cfg.d_head), int(cfg.n_heads)
+            raise ConfigError(
+                f"the graph is {g.n_layers} layers x {g.n_heads} heads"
+                f"{' (parallel blocks)' if g.parallel else ''} but the model is {cfg.n_layers} x "
+                f"{cfg.n_heads}{' (parallel blocks)' if own.parallel else ''}; build it with "
+                "Graph.from_model(model)."
+            )
+        self.d_model, self.d_head, self.n_heads = (
+            int(cfg.d_model),
+            int(cfg.d_head),
+            int(cfg.n_heads),
+        )
         self.device = torch.device(cfg.device)
         self.dtype = model.W_E.dtype  # the weights' (a bridge or a HookedTransformer)
         self._node = {u.name: i for i, u in enumerate(g.upstream)}
@@ -111,9 +119,16 @@ class GraphForward:
 
     # --- the masked forward -------------------------------------------------------------
 
-    def run(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor | None = None, *,
-            outputs: Mapping[str, torch.Tensor] | None = None, embed: torch.Tensor | None = None,
-            positions: Sequence[int] | None = None) -> torch.Tensor:
+    def run(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        patch: torch.Tensor | None = None,
+        *,
+        outputs: Mapping[str, torch.Tensor] | None = None,
+        embed: torch.Tensor | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Logits (variant, batch, pos, d_vocab) of the masked forward (module docstring).
 
         ``mask`` (variant, n_edges) bool or float; ``patch`` (n_upstream, batch, pos, d_model),
@@ -128,12 +143,18 @@ class GraphForward:
         batch, n_pos = tokens.shape
         if patch is None:
             if not bool((mask == 1).all()):
-                raise ConfigError("mask cuts edges but no patch was given: pass patch=fwd.node_outputs(other_tokens), "
-                                  "the values cut edges read instead.")
-            patch = torch.zeros(len(self.graph.upstream), 1, 1, self.d_model, device=self.device, dtype=self.dtype)
+                raise ConfigError(
+                    "mask cuts edges but no patch was given: pass patch=fwd.node_outputs(other_tokens), "
+                    "the values cut edges read instead."
+                )
+            patch = torch.zeros(
+                len(self.graph.upstream), 1, 1, self.d_model, device=self.device, dtype=self.dtype
+            )
         elif tuple(patch.shape) != (len(self.graph.upstream), batch, n_pos, self.d_model):
-            raise ConfigError(f"patch has shape {tuple(patch.shape)}; expected (n_upstream, batch, pos, d_model) = "
-                              f"{(len(self.graph.upstream), batch, n_pos, self.d_model)}, e.g. fwd.node_outputs(other_tokens).")
+            raise ConfigError(
+                f"patch has shape {tuple(patch.shape)}; expected (n_upstream, batch, pos, d_model) = "
+                f"{(len(self.graph.upstream), batch, n_pos, self.d_model)}, e.g. fwd.node_outputs(other_tokens)."
+            )
         over = self._overrides(outputs, embed, batch, n_pos)
         if not self._checked and self_check.ENABLED:
             self._check(tokens)
@@ -141,12 +162,20 @@ class GraphForward:
         if positions is not None:
             pos = torch.as_tensor(list(positions), dtype=torch.long)
             if pos.ndim != 1 or len(pos) == 0 or bool(((pos < -n_pos) | (pos >= n_pos)).any()):
-                raise ConfigError(f"positions {list(positions)} are not positions of {n_pos}-token prompts "
-                                  f"(0..{n_pos - 1}, or -1 for the last).")
+                raise ConfigError(
+                    f"positions {list(positions)} are not positions of {n_pos}-token prompts "
+                    f"(0..{n_pos - 1}, or -1 for the last)."
+                )
         return self._forward(tokens, mask, patch.to(self.dtype), over, pos)
 
-    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor,
-                 over: dict[int, torch.Tensor], positions: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        patch: torch.Tensor,
+        over: dict[int, torch.Tensor],
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         model, g = self.model, self.graph
         n_var = mask.shape[0]
         batch, n_pos = tokens.shape
@@ -162,9 +191,13 @@ class GraphForward:
             first = groups[-1][0] + groups[-1][1].shape[1] if groups else 0
             nodes = range(first, first + live.shape[1])
             if any(i in over for i in nodes):
-                live = torch.stack([over.get(i, live[:, k]).expand(shape) for k, i in enumerate(nodes)], 1)
-            groups.append((first, live.expand(n_var, *live.shape[1:]) - patch[first:first + live.shape[1]]))
-            psum = psum + patch[first:first + live.shape[1]].sum(0)
+                live = torch.stack(
+                    [over.get(i, live[:, k]).expand(shape) for k, i in enumerate(nodes)], 1
+                )
+            groups.append(
+                (first, live.expand(n_var, *live.shape[1:]) - patch[first : first + live.shape[1]])
+            )
+            psum = psum + patch[first : first + live.shape[1]].sum(0)
 
         add(self.input_output(tokens)[None, None])
         bias = torch.zeros(self.d_model, device=self.device, dtype=self.dtype)
@@ -172,28 +205,46 @@ class GraphForward:
         for layer in range(g.n_layers):
             block = model.blocks[layer]
             first = layer * per_layer
-            qkv = self._inputs(first, first + 3 * self.n_heads, mask, groups, psum + bias)  # (V, B, P, 3H, D)
+            qkv = self._inputs(
+                first, first + 3 * self.n_heads, mask, groups, psum + bias
+            )  # (V, B, P, 3H, D)
             add(self.attention(block, qkv.unflatten(-2, (self.n_heads, 3))))
             bias = bias + block.attn.b_O.to(self.dtype)
-            mlp_in = self._inputs(first + 3 * self.n_heads, first + per_layer, mask, groups, psum + bias)[..., 0, :]
+            mlp_in = self._inputs(
+                first + 3 * self.n_heads, first + per_layer, mask, groups, psum + bias
+            )[..., 0, :]
             add(block.mlp(block.ln2(mlp_in.flatten(0, 1))).unflatten(0, (n_var, batch))[:, None])
-        final = self._inputs(len(g.downstream) - 1, len(g.downstream), mask, groups, psum + bias)[..., 0, :]
+        final = self._inputs(len(g.downstream) - 1, len(g.downstream), mask, groups, psum + bias)[
+            ..., 0, :
+        ]
         if positions is not None:
             final = final[:, :, positions.to(final.device)]
         resid = model.ln_final(final.flatten(0, 1))
         logits = resid @ model.W_U.to(self.dtype) + model.b_U.to(self.dtype)
         return logits.unflatten(0, (n_var, batch))
 
-    def _inputs(self, lo: int, hi: int, mask: torch.Tensor, groups: list[tuple[int, torch.Tensor]],
-                base: torch.Tensor) -> torch.Tensor:
+    def _inputs(
+        self,
+        lo: int,
+        hi: int,
+        mask: torch.Tensor,
+        groups: list[tuple[int, torch.Tensor]],
+        base: torch.Tensor,
+    ) -> torch.Tensor:
         """Downstream inputs lo..hi-1, which read the same upstream nodes (every node so far):
         (variant, batch, pos, hi - lo, d_model). Edge (node u -> input j) is number
         ``start_j + u`` (edges are destination-major, sources in forward order); ``base`` is
         what every input reads besides its edges' masked differences: the patch values of all
         its sources and the biases."""
         starts = torch.tensor([self._range[j][0] for j in range(lo, hi)], device=self.device)
-        cols = [(starts[None, :] + torch.arange(first, first + diff.shape[1], device=self.device)[:, None], diff)
-                for first, diff in groups]
+        cols = [
+            (
+                starts[None, :]
+                + torch.arange(first, first + diff.shape[1], device=self.device)[:, None],
+                diff,
+            )
+            for first, diff in groups
+        ]
         return edge_sum(mask, cols).movedim(1, -2) + base[..., None, :]
 
     def attention(self, block: Any, x: torch.Tensor) -> torch.Tensor:
@@ -201,9 +252,18 @@ class GraphForward:
         (V, H, B, P, D)."""
         attn, dt = block.attn, self.dtype
         h = block.ln1(x)
-        q = torch.einsum("vbphd,hde->vbhpe", h[..., 0, :], attn.W_Q.to(dt)) + attn.b_Q.to(dt)[:, None]
-        k = torch.einsum("vbphd,hde->vbhpe", h[..., 1, :], attn.W_K.to(dt)) + attn.b_K.to(dt)[:, None]
-        v = torch.einsum("vbphd,hde->vbhpe", h[..., 2, :], attn.W_V.to(dt)) + attn.b_V.to(dt)[:, None]
+        q = (
+            torch.einsum("vbphd,hde->vbhpe", h[..., 0, :], attn.W_Q.to(dt))
+            + attn.b_Q.to(dt)[:, None]
+        )
+        k = (
+            torch.einsum("vbphd,hde->vbhpe", h[..., 1, :], attn.W_K.to(dt))
+            + attn.b_K.to(dt)[:, None]
+        )
+        v = (
+            torch.einsum("vbphd,hde->vbhpe", h[..., 2, :], attn.W_V.to(dt))
+            + attn.b_V.to(dt)[:, None]
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         n_pos = scores.shape[-1]
         causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
@@ -237,14 +297,27 @@ class GraphForward:
         with torch.no_grad():
             row = tokens[:1]
             want = self.model(row).detach()
-            got = self._forward(row, torch.ones(1, self.graph.n_edges, device=self.device, dtype=self.dtype),
-                                torch.zeros(len(self.graph.upstream), 1, 1, self.d_model, device=self.device,
-                                            dtype=self.dtype), {})[0]
+            got = self._forward(
+                row,
+                torch.ones(1, self.graph.n_edges, device=self.device, dtype=self.dtype),
+                torch.zeros(
+                    len(self.graph.upstream),
+                    1,
+                    1,
+                    self.d_model,
+                    device=self.device,
+                    dtype=self.dtype,
+                ),
+                {},
+            )[0]
         tol = self_check.tolerance(got, want, float(want.abs().max()), self.dtype)
         err = float((got.double() - want.double()).abs().max())
         if not err <= tol:
-            raise self_check.engine_error(f"computed the model's logits through its edge graph as differing by {err:.3g} "
-                                          f"(tolerance {tol:.2g}) from its own forward", False)
+            raise self_check.engine_error(
+                f"computed the model's logits through its edge graph as differing by {err:.3g} "
+                f"(tolerance {tol:.2g}) from its own forward",
+                False,
+            )
         self._checked = True
 
     def _tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -255,25 +328,38 @@ class GraphForward:
         if mask.ndim == 1:
             mask = mask[None]
         if mask.ndim != 2 or mask.shape[1] != self.graph.n_edges:
-            raise ConfigError(f"mask has shape {tuple(mask.shape)}; expected (variant, n_edges) with n_edges = "
-                              f"{self.graph.n_edges}.")
+            raise ConfigError(
+                f"mask has shape {tuple(mask.shape)}; expected (variant, n_edges) with n_edges = "
+                f"{self.graph.n_edges}."
+            )
         return mask.to(self.dtype)
 
-    def _overrides(self, outputs: Mapping[str, torch.Tensor] | None, embed: torch.Tensor | None, batch: int,
-                   n_pos: int) -> dict[int, torch.Tensor]:
+    def _overrides(
+        self,
+        outputs: Mapping[str, torch.Tensor] | None,
+        embed: torch.Tensor | None,
+        batch: int,
+        n_pos: int,
+    ) -> dict[int, torch.Tensor]:
         over: dict[int, torch.Tensor] = {}
         items = dict(outputs or {})
         if embed is not None:
             if "input" in items:
-                raise ConfigError("pass the input node's output as embed= or as outputs['input'], not both.")
+                raise ConfigError(
+                    "pass the input node's output as embed= or as outputs['input'], not both."
+                )
             items["input"] = embed
         for name, value in items.items():
             if name not in self._node:
-                raise ConfigError(f"no upstream node {name!r}; nodes are 'input', 'a{{L}}.h{{H}}', 'm{{L}}'.")
+                raise ConfigError(
+                    f"no upstream node {name!r}; nodes are 'input', 'a{{L}}.h{{H}}', 'm{{L}}'."
+                )
             value = torch.as_tensor(value).to(device=self.device, dtype=self.dtype)
             if tuple(value.shape[-3:]) != (batch, n_pos, self.d_model) or value.ndim not in (3, 4):
-                raise ConfigError(f"the output given for {name!r} has shape {tuple(value.shape)}; expected "
-                                  f"(batch, pos, d_model) = {(batch, n_pos, self.d_model)}, or with a variant axis first.")
+                raise ConfigError(
+                    f"the output given for {name!r} has shape {tuple(value.shape)}; expected "
+                    f"(batch, pos, d_model) = {(batch, n_pos, self.d_model)}, or with a variant axis first."
+                )
             over[self._node[name]] = value
         return over
 
@@ -282,25 +368,34 @@ def token_ids(model: HookedModel, tokens: Any, name: str = "tokens") -> torch.Te
     """``tokens`` as (batch, pos) int64 token ids the model can run (a 1-D prompt gets a
     batch axis); ConfigError naming the problem otherwise: not integers, another shape, an
     empty batch or prompt, ids outside the vocabulary, prompts beyond the context."""
-    what = f"{name} must be integer token ids of shape (batch, pos) (a tensor, array or nested list)"
+    what = (
+        f"{name} must be integer token ids of shape (batch, pos) (a tensor, array or nested list)"
+    )
     try:
         t = torch.as_tensor(tokens)
     except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"{what}, got {type(tokens).__name__}; tokenise the prompts first, e.g. "
-                          "model.to_tokens(prompts).") from None
+        raise ConfigError(
+            f"{what}, got {type(tokens).__name__}; tokenise the prompts first, e.g. "
+            "model.to_tokens(prompts)."
+        ) from None
     if t.ndim == 1:
         t = t[None]
     if t.ndim != 2 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ConfigError(f"{what}, got {tuple(t.shape)} {t.dtype}.")
     if t.numel() == 0:
-        raise ConfigError(f"{name} has shape {tuple(t.shape)}: pass at least one prompt of at least one token.")
+        raise ConfigError(
+            f"{name} has shape {tuple(t.shape)}: pass at least one prompt of at least one token."
+        )
     cfg = model.cfg
     lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= int(cfg.d_vocab):
-        raise ConfigError(f"{name} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary (0 to "
-                          f"{int(cfg.d_vocab) - 1}); tokenise the prompts with this model's tokenizer.")
+        raise ConfigError(
+            f"{name} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary (0 to "
+            f"{int(cfg.d_vocab) - 1}); tokenise the prompts with this model's tokenizer."
+        )
     if t.shape[1] > int(cfg.n_ctx):
-        raise ConfigError(f"{name} has prompts of {t.shape[1]} tokens, beyond the model's context of {int(cfg.n_ctx)}; "
-                          "shorten them.")
+        raise ConfigError(
+            f"{name} has prompts of {t.shape[1]} tokens, beyond the model's context of {int(cfg.n_ctx)}; "
+            "shorten them."
+        )
     return t.long()
-

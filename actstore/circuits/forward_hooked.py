@@ -56,9 +56,11 @@ class HookedGraphForward(GraphForward):
         adapter = check_model(model, "Circuit discovery")
         adapter.check_edge_graph(model)
         if not hasattr(model, "set_use_split_qkv_input"):
-            raise ConfigError(f"circuit discovery on a {adapter.name} model reads each head's own q, k and v input, "
-                              "which this model cannot hook (no set_use_split_qkv_input); load it with "
-                              "TransformerBridge.")
+            raise ConfigError(
+                f"circuit discovery on a {adapter.name} model reads each head's own q, k and v input, "
+                "which this model cannot hook (no set_use_split_qkv_input); load it with "
+                "TransformerBridge."
+            )
 
     def row_bytes(self, n_pos: int, grad: bool = False, read: int | None = None) -> int:
         """:meth:`GraphForward.row_bytes`, and the logits of the ``read`` positions (default:
@@ -69,12 +71,24 @@ class HookedGraphForward(GraphForward):
 
     # --- the masked forward -------------------------------------------------------------
 
-    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor,
-                 over: dict[int, torch.Tensor], positions: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        patch: torch.Tensor,
+        over: dict[int, torch.Tensor],
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self._hooked(tokens, mask, patch, over, probes=False, positions=positions)[0]
 
-    def grads(self, tokens: torch.Tensor, metric: CircuitMetric, patch: torch.Tensor, t: float,
-              embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grads(
+        self,
+        tokens: torch.Tensor,
+        metric: CircuitMetric,
+        patch: torch.Tensor,
+        t: float,
+        embed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """At the uniform mask ``1 - t``: (d metric / d input (n_downstream, pair, pos,
         d_model), the live node outputs (n_upstream, pair, pos, d_model)), as
         ``actstore.circuits.attribution``'s residual form gives them for GPT-2."""
@@ -83,7 +97,9 @@ class HookedGraphForward(GraphForward):
         mask = torch.full((1, self.graph.n_edges), 1.0 - t, device=self.device, dtype=self.dtype)
         over = {} if embed is None else {0: embed.to(device=self.device, dtype=self.dtype)}
         with torch.enable_grad():
-            logits, live, probes = self._hooked(tokens, mask, patch.to(self.dtype), over, probes=True)
+            logits, live, probes = self._hooked(
+                tokens, mask, patch.to(self.dtype), over, probes=True
+            )
             value = metric(logits[0]).sum()
             grads = torch.autograd.grad(value, probes, allow_unused=True)
         out = []
@@ -93,8 +109,13 @@ class HookedGraphForward(GraphForward):
             out.append(g.permute(2, 3, 0, 1, 4).flatten(0, 1) if g.ndim == 5 else g[None])
         return torch.cat(out), live.detach()
 
-    def edge_patches(self, tokens: torch.Tensor, edges: Sequence[int], deltas: torch.Tensor,
-                     positions: Sequence[int] | None = None) -> torch.Tensor:
+    def edge_patches(
+        self,
+        tokens: torch.Tensor,
+        edges: Sequence[int],
+        deltas: torch.Tensor,
+        positions: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Logits (edge, batch, pos, vocab) (at ``positions`` only where given) of the run on
         ``tokens`` with, for each edge u -> d, ``deltas[u]`` (upstream, batch, pos, d_model)
         added to the one input d alone: the masked forward with that single edge cut to
@@ -104,8 +125,13 @@ class HookedGraphForward(GraphForward):
         at: dict[str, list[tuple[int, int | None, int]]] = {}  # hook -> (variant, head, source)
         for v, e in enumerate(edges):
             d = g.downstream[int(g.dst[e])]
-            name = (f"blocks.{d.layer}.attn.hook_{d.kind}_input" if d.kind in ("q", "k", "v") else
-                    f"blocks.{d.layer}.ln2.hook_in" if d.kind == "mlp" else "ln_final.hook_in")
+            name = (
+                f"blocks.{d.layer}.attn.hook_{d.kind}_input"
+                if d.kind in ("q", "k", "v")
+                else f"blocks.{d.layer}.ln2.hook_in"
+                if d.kind == "mlp"
+                else "ln_final.hook_in"
+            )
             at.setdefault(name, []).append((v, d.head, int(g.src[e])))
         resid: list[torch.Tensor] = []
 
@@ -122,6 +148,7 @@ class HookedGraphForward(GraphForward):
                     resid.append(act)
                     raise CaptureDone
                 return act
+
             return fn
 
         def stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -139,9 +166,15 @@ class HookedGraphForward(GraphForward):
         x = resid[0] if positions is None else resid[0][:, list(positions)]
         return adapter_for(self.model).logits(self.model, x).unflatten(0, (len(edges), batch))
 
-    def _hooked(self, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor, over: dict[int, torch.Tensor],
-                probes: bool, positions: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _hooked(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        patch: torch.Tensor,
+        over: dict[int, torch.Tensor],
+        probes: bool,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(logits (variant, batch, pos, vocab), at ``positions`` only where given; live node
         outputs of variant 0 (upstream, batch, pos, d_model); the zero probes added to every
         downstream input, in graph order). The forward stops at the final norm's input: the
@@ -154,8 +187,14 @@ class HookedGraphForward(GraphForward):
             except CaptureDone:
                 pass
         if not run.resid:
-            raise RuntimeError("the model's forward never reached ln_final.hook_in; its bridge runs another way.")
-        x = run.resid[0] if positions is None else run.resid[0][:, positions.to(run.resid[0].device)]
+            raise RuntimeError(
+                "the model's forward never reached ln_final.hook_in; its bridge runs another way."
+            )
+        x = (
+            run.resid[0]
+            if positions is None
+            else run.resid[0][:, positions.to(run.resid[0].device)]
+        )
         logits = adapter_for(self.model).logits(self.model, x)
         return run.rows(logits), torch.stack(run.live0), run.probe_list
 
@@ -165,18 +204,38 @@ class _MaskedRun:
     share: the node outputs read so far, in groups as the forward reaches them (live -
     patch, with running sums), from which each downstream input's adjustment is made."""
 
-    def __init__(self, fwd: HookedGraphForward, tokens: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor,
-                 over: dict[int, torch.Tensor], probes: bool):
-        self.fwd, self.g, self.mask, self.patch, self.over, self.with_probes = fwd, fwd.graph, mask, patch, over, probes
+    def __init__(
+        self,
+        fwd: HookedGraphForward,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        patch: torch.Tensor,
+        over: dict[int, torch.Tensor],
+        probes: bool,
+    ):
+        self.fwd, self.g, self.mask, self.patch, self.over, self.with_probes = (
+            fwd,
+            fwd.graph,
+            mask,
+            patch,
+            over,
+            probes,
+        )
         self.H, self.D, self.dtype = fwd.n_heads, fwd.d_model, fwd.dtype
         self.n_var, (self.batch, self.n_pos) = mask.shape[0], tokens.shape
         self.per_layer = 3 * self.H + 1
-        self.groups: list[tuple[int, torch.Tensor]] = []  # (first node, live - patch (variant, nodes, batch, pos, d))
-        self.totals: list[torch.Tensor] = [torch.zeros((), device=fwd.device, dtype=fwd.dtype)]  # running sums
+        self.groups: list[
+            tuple[int, torch.Tensor]
+        ] = []  # (first node, live - patch (variant, nodes, batch, pos, d))
+        self.totals: list[torch.Tensor] = [
+            torch.zeros((), device=fwd.device, dtype=fwd.dtype)
+        ]  # running sums
         self.live0: list[torch.Tensor] = []
         self.probe_list: list[torch.Tensor] = []
         self.qkv_adjust: dict[int, torch.Tensor] = {}
-        self.replaced: dict[int, torch.Tensor] = {}  # layer -> replaced minus own head outputs, summed over heads
+        self.replaced: dict[
+            int, torch.Tensor
+        ] = {}  # layer -> replaced minus own head outputs, summed over heads
         self.resid: list[torch.Tensor] = []  # the final residual, adjusted
 
     def hooks(self) -> list[Hook]:
@@ -184,12 +243,17 @@ class _MaskedRun:
         g, H = self.g, self.H
         hooks: list[Hook] = [(hook_name("resid_pre", 0), self.input_node)]
         for layer in range(g.n_layers):
-            hooks += [(f"blocks.{layer}.attn.hook_{c}_input", self.qkv_input(layer, i)) for i, c in enumerate("qkv")]
+            hooks += [
+                (f"blocks.{layer}.attn.hook_{c}_input", self.qkv_input(layer, i))
+                for i, c in enumerate("qkv")
+            ]
             hooks.append((hook_name("z", layer), self.heads(layer)))
             if any(1 + layer * (H + 1) + h in self.over for h in range(H)):
                 hooks.append((hook_name("attn_out", layer), self.attn_out(layer)))
-            hooks += [(f"blocks.{layer}.ln2.hook_in", self.mlp_input(layer)), (hook_name("mlp_out", layer),
-                                                                               self.mlp_output(layer))]
+            hooks += [
+                (f"blocks.{layer}.ln2.hook_in", self.mlp_input(layer)),
+                (hook_name("mlp_out", layer), self.mlp_output(layer)),
+            ]
         hooks.append(("ln_final.hook_in", self.final))
         return hooks
 
@@ -210,10 +274,17 @@ class _MaskedRun:
         first = groups[-1][0] + groups[-1][1].shape[1] if groups else 0
         nodes = range(first, first + live.shape[1])
         if any(i in over for i in nodes):
-            live = torch.stack([over[i].expand(self.n_var, self.batch, self.n_pos, self.D) if i in over else live[:, k]
-                                for k, i in enumerate(nodes)], 1)
+            live = torch.stack(
+                [
+                    over[i].expand(self.n_var, self.batch, self.n_pos, self.D)
+                    if i in over
+                    else live[:, k]
+                    for k, i in enumerate(nodes)
+                ],
+                1,
+            )
         self.live0.extend(live[0].unbind(0))
-        diff = live - self.patch[first:first + live.shape[1]]
+        diff = live - self.patch[first : first + live.shape[1]]
         groups.append((first, diff))
         self.totals.append(self.totals[-1] + diff.sum(1))
         return live
@@ -253,10 +324,13 @@ class _MaskedRun:
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d)
             if layer not in self.qkv_adjust:
-                a = self.adjust(first, first + 3 * H, len(self.groups)).unflatten(-2, (H, 3))  # (v, b, pos, head, 3, d)
+                a = self.adjust(first, first + 3 * H, len(self.groups)).unflatten(
+                    -2, (H, 3)
+                )  # (v, b, pos, head, 3, d)
                 p = self.probe((self.batch, self.n_pos, H, 3, D))
                 self.qkv_adjust[layer] = a if p is None else a + p
             return act + self.qkv_adjust[layer][..., c, :].flatten(0, 1).to(act.dtype)
+
         return fn
 
     def heads(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -269,12 +343,15 @@ class _MaskedRun:
             if used is not own:  # replaced outputs join the residual in place of the own ones
                 self.replaced[layer] = (used - own).sum(1).flatten(0, 1)
             return z
+
         return fn
 
     def attn_out(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """hook_attn_out: plus the replaced heads' difference."""
+
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return act + self.replaced[layer].to(act.dtype) if layer in self.replaced else act
+
         return fn
 
     def mlp_input(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -282,8 +359,11 @@ class _MaskedRun:
         j = layer * self.per_layer + 3 * self.H
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            n_groups = len(self.groups) - 1 if self.g.parallel else len(self.groups)  # (parallel: not its own heads)
+            n_groups = (
+                len(self.groups) - 1 if self.g.parallel else len(self.groups)
+            )  # (parallel: not its own heads)
             return self._adjusted(act, j, n_groups)
+
         return fn
 
     def mlp_output(self, layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -295,6 +375,7 @@ class _MaskedRun:
             if node in self.over:
                 return self._over(node, act.shape).to(act.dtype)
             return act
+
         return fn
 
     def final(self, act: torch.Tensor, hook: Any) -> torch.Tensor:

@@ -89,12 +89,16 @@ class Graph:
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
-            raise ConfigError(f"a graph needs at least one layer and one head, got {self.n_layers} x {self.n_heads}.")
+            raise ConfigError(
+                f"a graph needs at least one layer and one head, got {self.n_layers} x {self.n_heads}."
+            )
         L, H = self.n_layers, self.n_heads
         up = [Node("input", "input", -1)]
         down: list[Input] = []
         for layer in range(L):
-            up += [Node(f"a{layer}.h{h}", "head", layer, h) for h in range(H)] + [Node(f"m{layer}", "mlp", layer)]
+            up += [Node(f"a{layer}.h{h}", "head", layer, h) for h in range(H)] + [
+                Node(f"m{layer}", "mlp", layer)
+            ]
             down += [Input(f"a{layer}.h{h}<{c}>", c, layer, h) for h in range(H) for c in QKV]  # type: ignore[arg-type]
             down.append(Input(f"m{layer}", "mlp", layer))
         down.append(Input("logits", "logits", L))
@@ -108,7 +112,9 @@ class Graph:
         object.__setattr__(self, "downstream", tuple(down))
         object.__setattr__(self, "src", np.asarray(src, dtype=np.int64))
         object.__setattr__(self, "dst", np.asarray(dst, dtype=np.int64))
-        object.__setattr__(self, "names", tuple(f"{up[s].name}->{down[d].name}" for s, d in zip(src, dst)))
+        object.__setattr__(
+            self, "names", tuple(f"{up[s].name}->{down[d].name}" for s, d in zip(src, dst))
+        )
 
     @classmethod
     def from_model(cls, model: HookedModel) -> Graph:
@@ -133,10 +139,12 @@ class Graph:
         lookup = self._lookup()
         single = isinstance(names, str)
         out = []
-        for n in ([names] if single else names):
+        for n in [names] if single else names:
             if n not in lookup:
-                raise ConfigError(f"no edge {n!r} in a {self.n_layers}-layer, {self.n_heads}-head graph; edges are "
-                                  "named like 'input->a0.h0<q>', 'a0.h1->a2.h3<k>', 'a1.h0->m1', 'm3->logits'.")
+                raise ConfigError(
+                    f"no edge {n!r} in a {self.n_layers}-layer, {self.n_heads}-head graph; edges are "
+                    "named like 'input->a0.h0<q>', 'a0.h1->a2.h3<k>', 'a1.h0->m1', 'm3->logits'."
+                )
             out.append(lookup[n])
         return np.asarray(out, dtype=np.int64)
 
@@ -161,4 +169,6 @@ class Graph:
         for j, d in enumerate(self.downstream):
             if d.name == name:
                 return j
-        raise ConfigError(f"no input {name!r}; inputs are 'a{{L}}.h{{H}}<q|k|v>', 'm{{L}}', 'logits'.")
+        raise ConfigError(
+            f"no input {name!r}; inputs are 'a{{L}}.h{{H}}<q|k|v>', 'm{{L}}', 'logits'."
+        )

@@ -28,11 +28,26 @@ from ..store.typed import group_at
 from .config import METHODS
 from .faithfulness import Faithfulness
 
-__all__ = ["compare_scores", "identity", "check_output", "reset_output", "record_identity", "stored_methods", "refresh_figures",
-           "figure_paths"]
+__all__ = [
+    "compare_scores",
+    "identity",
+    "check_output",
+    "reset_output",
+    "record_identity",
+    "stored_methods",
+    "refresh_figures",
+    "figure_paths",
+]
 
 _KEY = "identity"
-_NEEDED = ("scores", "sizes", "n_edges", "circuit_metric", "clean_metric", "corrupted_metric")  # what figures read
+_NEEDED = (
+    "scores",
+    "sizes",
+    "n_edges",
+    "circuit_metric",
+    "clean_metric",
+    "corrupted_metric",
+)  # what figures read
 
 
 def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
@@ -42,8 +57,12 @@ def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str,
     from ..patching.attribution import compare
 
     e, a = np.asarray(exact, np.float64), np.asarray(approx, np.float64)
-    out = {"pearson": compare(e, a)["pearson"], "spearman": compare(_ranks(e), _ranks(a))["pearson"],
-           "n_edges": int(e.size), "top": int(top)}
+    out = {
+        "pearson": compare(e, a)["pearson"],
+        "spearman": compare(_ranks(e), _ranks(a))["pearson"],
+        "n_edges": int(e.size),
+        "top": int(top),
+    }
     if top > 0:
         best = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:top].tolist())  # noqa: E731
         out["top_overlap"] = len(best(e) & best(a)) / top
@@ -70,17 +89,31 @@ def _digest(*arrays: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def identity(model: Mapping[str, Any], pairs: Any, source: Mapping[str, Any], cfg: Any, graph: Any) -> dict[str, Any]:
+def identity(
+    model: Mapping[str, Any], pairs: Any, source: Mapping[str, Any], cfg: Any, graph: Any
+) -> dict[str, Any]:
     """The identity of a run's results (JSON): what must agree for two runs' methods to share a group."""
-    return {"model": dict(model),
-            "pairs": {"tokens": _digest(pairs.clean, pairs.corrupted, pairs.answer, pairs.wrong),
-                      "n_pairs": int(pairs.clean.shape[0]), **dict(source)},
-            "metric": cfg.metric, "selection": cfg.selection, "signed": bool(cfg.signed), "top": int(cfg.top),
-            "graph": {"n_edges": int(graph.n_edges), "edges": _digest(graph.src, graph.dst)}}
+    return {
+        "model": dict(model),
+        "pairs": {
+            "tokens": _digest(pairs.clean, pairs.corrupted, pairs.answer, pairs.wrong),
+            "n_pairs": int(pairs.clean.shape[0]),
+            **dict(source),
+        },
+        "metric": cfg.metric,
+        "selection": cfg.selection,
+        "signed": bool(cfg.signed),
+        "top": int(cfg.top),
+        "graph": {"n_edges": int(graph.n_edges), "edges": _digest(graph.src, graph.dst)},
+    }
 
 
 def _pairs_name(p: Mapping[str, Any]) -> str:
-    what = f"pairs file {p['pairs']}" if p.get("pairs") else f"task {p.get('task')} seed {p.get('seed')}"
+    what = (
+        f"pairs file {p['pairs']}"
+        if p.get("pairs")
+        else f"task {p.get('task')} seed {p.get('seed')}"
+    )
     return f"{p.get('n_pairs')} pairs ({what})"
 
 
@@ -88,14 +121,18 @@ def _differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     out = []
     sm, cm = stored.get("model") or {}, current["model"]
     if check_identity(sm, cm):
-        out.append(f"model: the group has {sm.get('name')!r} (fingerprint {str(sm.get('fingerprint'))[:19]}, "
-                   f"{sm.get('dtype')}), this run {cm.get('name')!r} (fingerprint {str(cm.get('fingerprint'))[:19]}, "
-                   f"{cm.get('dtype')})")
+        out.append(
+            f"model: the group has {sm.get('name')!r} (fingerprint {str(sm.get('fingerprint'))[:19]}, "
+            f"{sm.get('dtype')}), this run {cm.get('name')!r} (fingerprint {str(cm.get('fingerprint'))[:19]}, "
+            f"{cm.get('dtype')})"
+        )
     sp, cp = stored.get("pairs") or {}, current["pairs"]
     if sp.get("tokens") != cp["tokens"]:
         same = _pairs_name(sp) == _pairs_name(cp)
-        out.append(f"pairs: the group has {_pairs_name(sp)}, this run {_pairs_name(cp)}"
-                   + (" tokenised otherwise" if same else ""))
+        out.append(
+            f"pairs: the group has {_pairs_name(sp)}, this run {_pairs_name(cp)}"
+            + (" tokenised otherwise" if same else "")
+        )
     for key in ("metric", "selection", "signed", "top"):
         if stored.get(key) != current[key]:
             out.append(f"--{key}: the group has {stored.get(key)!r}, this run {current[key]!r}")
@@ -121,7 +158,9 @@ def stored_methods(out: str) -> list[str]:
     node = _circuit_node(out)
     if node is None:
         return []
-    have = [k for k in node.group_keys() if all(a in node[k] for a in _NEEDED)]  # complete: a crashed write is not
+    have = [
+        k for k in node.group_keys() if all(a in node[k] for a in _NEEDED)
+    ]  # complete: a crashed write is not
     return sorted(have, key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
 
 
@@ -136,17 +175,21 @@ def check_output(out: str, current: Mapping[str, Any], overwrite: bool) -> bool:
     if stored is None:
         if overwrite:
             return True
-        raise ResultExistsError(f"'{out}' holds circuit results ({', '.join(node.group_keys())}) that record no "
-                                "identity (model, pairs, metric), so this run cannot be added to them; pass "
-                                "--overwrite to replace the whole group and its figures, or --out another path.")
+        raise ResultExistsError(
+            f"'{out}' holds circuit results ({', '.join(node.group_keys())}) that record no "
+            "identity (model, pairs, metric), so this run cannot be added to them; pass "
+            "--overwrite to replace the whole group and its figures, or --out another path."
+        )
     diffs = _differences(stored, current)
     if not diffs:
         return False
     if overwrite:
         return True
-    raise ResultExistsError(f"'{out}' holds circuit results ({', '.join(stored_methods(out))}) of another run: "
-                            f"{'; '.join(diffs)}. One group holds one model, pair set, metric and circuit setting; "
-                            "pass --overwrite to replace the whole group and its figures, or --out another path.")
+    raise ResultExistsError(
+        f"'{out}' holds circuit results ({', '.join(stored_methods(out))}) of another run: "
+        f"{'; '.join(diffs)}. One group holds one model, pair set, metric and circuit setting; "
+        "pass --overwrite to replace the whole group and its figures, or --out another path."
+    )
 
 
 def figure_paths(out: str, methods: Any = METHODS) -> list[str]:
@@ -175,12 +218,18 @@ def record_identity(out: str, current: Mapping[str, Any]) -> None:
 
 
 def _curve(grp: Any) -> Faithfulness:
-    return Faithfulness(grp["sizes"][:], grp["n_edges"][:], grp["circuit_metric"][:].astype(np.float64),
-                        grp["clean_metric"][:].astype(np.float64), grp["corrupted_metric"][:].astype(np.float64))
+    return Faithfulness(
+        grp["sizes"][:],
+        grp["n_edges"][:],
+        grp["circuit_metric"][:].astype(np.float64),
+        grp["clean_metric"][:].astype(np.float64),
+        grp["corrupted_metric"][:].astype(np.float64),
+    )
 
 
-def refresh_figures(out: str, model_name: str, n_pairs: int, selection: str, top: int
-                    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def refresh_figures(
+    out: str, model_name: str, n_pairs: int, selection: str, top: int
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Draw the figures that join methods from every method the group holds: the
     faithfulness curves, and each method against exact (its correlation stored in its
     arrays' attributes); remove those of methods it does not hold. Returns the
@@ -189,7 +238,9 @@ def refresh_figures(out: str, model_name: str, n_pairs: int, selection: str, top
 
     methods = stored_methods(out)
     node = _circuit_node(out)
-    figures = [draw_curves(out, {m: _curve(node[m]) for m in methods}, model_name, n_pairs, selection)]
+    figures = [
+        draw_curves(out, {m: _curve(node[m]) for m in methods}, model_name, n_pairs, selection)
+    ]
     correlation: dict[str, dict[str, Any]] = {}
     if "exact" in methods:
         exact = node["exact/scores"][:].astype(np.float64)
@@ -200,7 +251,9 @@ def refresh_figures(out: str, model_name: str, n_pairs: int, selection: str, top
             correlation[m] = compare_scores(exact, scores, top)
             _set_attr(out, m, "correlation_with_exact", correlation[m])
             figures.append(draw_comparison(out, m, exact, scores, correlation[m], model_name))
-    circuits = [p for p in figure_paths(out, methods) if ".circuit." in p]  # each method's own, drawn by its run
+    circuits = [
+        p for p in figure_paths(out, methods) if ".circuit." in p
+    ]  # each method's own, drawn by its run
     keep = set(figures) | set(circuits)
     for path in figure_paths(out):
         if path not in keep and os.path.isfile(path):

@@ -44,9 +44,11 @@ __all__ = ["Paths", "path_mask", "path_patch", "path_patch_sweep"]
 Names = str | Sequence[str]
 
 
-_FORMS = {"senders": "'input', 'a{L}.h{H}' (a head's output) or 'm{L}' (an MLP's output)",
-          "receivers": "'a{L}.h{H}' (its q, k and v inputs), 'a{L}.h{H}<q|k|v>', 'm{L}' or 'logits'",
-          "through": "'a{L}.h{H}', 'a{L}.h{H}<q|k|v>' or 'm{L}', or () for none"}
+_FORMS = {
+    "senders": "'input', 'a{L}.h{H}' (a head's output) or 'm{L}' (an MLP's output)",
+    "receivers": "'a{L}.h{H}' (its q, k and v inputs), 'a{L}.h{H}<q|k|v>', 'm{L}' or 'logits'",
+    "through": "'a{L}.h{H}', 'a{L}.h{H}<q|k|v>' or 'm{L}', or () for none",
+}
 
 
 def _names(value: Names | None, role: str) -> tuple[str, ...]:
@@ -57,7 +59,9 @@ def _names(value: Names | None, role: str) -> tuple[str, ...]:
     ok = isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping))
     out = tuple(value) if ok else ()  # type: ignore[arg-type]
     if not ok or not all(isinstance(n, str) for n in out):
-        raise ConfigError(f"{role} must be a name or a list of names, each {_FORMS[role]}; got {value!r}.")
+        raise ConfigError(
+            f"{role} must be a name or a list of names, each {_FORMS[role]}; got {value!r}."
+        )
     return out
 
 
@@ -81,13 +85,17 @@ class Paths:
     through: tuple[str, ...] = ()
     direct: bool | None = None
 
-    def __init__(self, senders: Names, receivers: Names, through: Names = (), direct: bool | None = None):
+    def __init__(
+        self, senders: Names, receivers: Names, through: Names = (), direct: bool | None = None
+    ):
         object.__setattr__(self, "senders", _names(senders, "senders"))
         object.__setattr__(self, "receivers", _names(receivers, "receivers"))
         object.__setattr__(self, "through", _names(through, "through"))
         if direct is not None and not isinstance(direct, (bool, np.bool_)):
-            raise ConfigError(f"direct must be True, False or None (the default: direct paths only without "
-                              f"through=), got {direct!r}.")
+            raise ConfigError(
+                f"direct must be True, False or None (the default: direct paths only without "
+                f"through=), got {direct!r}."
+            )
         object.__setattr__(self, "direct", None if direct is None else bool(direct))
 
     @property
@@ -149,7 +157,9 @@ def _make_tables(graph: Graph) -> _Tables:
     into_node = node_of[graph.dst] >= 0
     reads[graph.src[into_node], node_of[graph.dst[into_node]]] = True
     below = reads | np.eye(len(up), dtype=bool)
-    while True:  # transitive closure (one step for GPT-2's graph, where reading is transitive already)
+    while (
+        True
+    ):  # transitive closure (one step for GPT-2's graph, where reading is transitive already)
         step = (below.astype(np.float32) @ below.astype(np.float32)) > 0
         if (step == below).all():
             break
@@ -157,56 +167,92 @@ def _make_tables(graph: Graph) -> _Tables:
     return _Tables(up, {k: tuple(v) for k, v in inputs.items()}, node_of, below)
 
 
-def _parse_inputs(t: _Tables, names: Sequence[str], role: str, where: str) -> tuple[list[int], list[int]]:
+def _parse_inputs(
+    t: _Tables, names: Sequence[str], role: str, where: str
+) -> tuple[list[int], list[int]]:
     """(downstream indices, upstream indices of their nodes) of receiver or intermediate names."""
     ins: list[int] = []
     for n in names:
         if n not in t.inputs or (role == "intermediate" and n == "logits"):
-            kinds = "'a{L}.h{H}', 'a{L}.h{H}<q|k|v>', 'm{L}'" + (", 'logits'" if role == "receiver" else "")
-            raise ConfigError(f"{where}{role} {n!r} is not an input of the graph; {role}s are {kinds}.")
+            kinds = "'a{L}.h{H}', 'a{L}.h{H}<q|k|v>', 'm{L}'" + (
+                ", 'logits'" if role == "receiver" else ""
+            )
+            raise ConfigError(
+                f"{where}{role} {n!r} is not an input of the graph; {role}s are {kinds}."
+            )
         ins += [j for j in t.inputs[n] if j not in ins]
     return ins, sorted({int(t.node_of[j]) for j in ins if t.node_of[j] >= 0})
 
 
 def _compile(graph: Graph, t: _Tables, p: Paths, where: str) -> _Variant:
     if not p.senders or not p.receivers:
-        raise ConfigError(f"{where}path patching needs at least one sender and one receiver, got senders="
-                          f"{list(p.senders)} and receivers={list(p.receivers)}.")
+        raise ConfigError(
+            f"{where}path patching needs at least one sender and one receiver, got senders="
+            f"{list(p.senders)} and receivers={list(p.receivers)}."
+        )
     for n in p.senders:
         if n not in t.up:
-            raise ConfigError(f"{where}sender {n!r} is not a node of the graph; senders are 'input', "
-                              "'a{L}.h{H}' (a head's output) and 'm{L}' (an MLP's output).")
+            raise ConfigError(
+                f"{where}sender {n!r} is not a node of the graph; senders are 'input', "
+                "'a{L}.h{H}' (a head's output) and 'm{L}' (an MLP's output)."
+            )
     if p.direct is False and not p.through:
-        raise ConfigError(f"{where}direct=False leaves no path without intermediates; name them in through=, or "
-                          "drop direct=False.")
+        raise ConfigError(
+            f"{where}direct=False leaves no path without intermediates; name them in through=, or "
+            "drop direct=False."
+        )
     s = sorted({t.up[n] for n in p.senders})
     r_in, r_nodes = _parse_inputs(t, p.receivers, "receiver", where)
     i_in, i_nodes = _parse_inputs(t, p.through, "intermediate", where)
-    changed: np.ndarray = np.asarray(t.below[r_nodes].any(0)) if r_nodes else np.zeros(len(t.up), dtype=bool)
+    changed: np.ndarray = (
+        np.asarray(t.below[r_nodes].any(0)) if r_nodes else np.zeros(len(t.up), dtype=bool)
+    )
     name = [u.name for u in graph.upstream]
     for role, nodes in (("sender", s), ("intermediate", i_nodes)):
         bad = [name[u] for u in nodes if changed[u]]
         if bad:
-            raise ConfigError(f"{where}{role} {bad[0]!r} is a receiver or computed from one; a {role} must come "
-                              "before every receiver (receivers' effects are not path-patched).")
+            raise ConfigError(
+                f"{where}{role} {bad[0]!r} is a receiver or computed from one; a {role} must come "
+                "before every receiver (receivers' effects are not path-patched)."
+            )
     both = set(s) & set(i_nodes)
     if both:
-        raise ConfigError(f"{where}{name[min(both)]!r} is both a sender and an intermediate; name it once.")
-    on_path, into_path = np.zeros(len(t.up), dtype=bool), np.zeros(len(graph.downstream), dtype=bool)
+        raise ConfigError(
+            f"{where}{name[min(both)]!r} is both a sender and an intermediate; name it once."
+        )
+    on_path, into_path = (
+        np.zeros(len(t.up), dtype=bool),
+        np.zeros(len(graph.downstream), dtype=bool),
+    )
     on_path[s + i_nodes] = True
     into_path[r_in + i_in] = True
     receiving = np.zeros_like(into_path)
     receiving[r_in] = True
     moved = changed.copy()
     moved[i_nodes] = True
-    v = _Variant(np.asarray(s, dtype=np.int64), np.flatnonzero(moved), on_path, into_path, changed, receiving,
-                 not p.uses_direct)
+    v = _Variant(
+        np.asarray(s, dtype=np.int64),
+        np.flatnonzero(moved),
+        on_path,
+        into_path,
+        changed,
+        receiving,
+        not p.uses_direct,
+    )
     _check_paths(t, v, graph, s, i_nodes, i_in, r_in, where)
     return v
 
 
-def _check_paths(t: _Tables, v: _Variant, graph: Graph, s: list[int], i_nodes: list[int], i_in: list[int],
-                 r_in: list[int], where: str) -> None:
+def _check_paths(
+    t: _Tables,
+    v: _Variant,
+    graph: Graph,
+    s: list[int],
+    i_nodes: list[int],
+    i_in: list[int],
+    r_in: list[int],
+    where: str,
+) -> None:
     """Every intermediate lies on a path from a sender to a receiver along live edges, every
     sender starts one and every receiver ends one."""
     name = [u.name for u in graph.upstream]
@@ -221,21 +267,27 @@ def _check_paths(t: _Tables, v: _Variant, graph: Graph, s: list[int], i_nodes: l
     reached = set(s)
     for u in i_nodes:  # forward order
         if not hears(node_in == u, reached):
-            raise ConfigError(f"{where}intermediate {name[u]!r} is not after any sender (through the inputs named); "
-                              "drop it from through=, or add a sender before it.")
+            raise ConfigError(
+                f"{where}intermediate {name[u]!r} is not after any sender (through the inputs named); "
+                "drop it from through=, or add a sender before it."
+            )
         reached.add(u)
     for j in r_in:
         if not hears(e_dst == j, reached):
-            raise ConfigError(f"{where}receiver {graph.downstream[j].name!r} reads no sender"
-                              f"{' or intermediate' if i_nodes else ''}: it is not after them; drop it, or choose "
-                              "senders before it.")
+            raise ConfigError(
+                f"{where}receiver {graph.downstream[j].name!r} reads no sender"
+                f"{' or intermediate' if i_nodes else ''}: it is not after them; drop it, or choose "
+                "senders before it."
+            )
     useful: set[int] = set()
     for u in list(reversed(i_nodes)) + s:
         into_useful = np.isin(e_dst, r_in) | np.isin(node_in, sorted(useful))
         if not (into_useful & (e_src == u)).any():
             role = "sender" if u in s else "intermediate"
-            raise ConfigError(f"{where}{role} {name[u]!r} is not before any receiver"
-                              f"{' along through=' if i_nodes else ''}; drop it, or choose receivers after it.")
+            raise ConfigError(
+                f"{where}{role} {name[u]!r} is not before any receiver"
+                f"{' along through=' if i_nodes else ''}; drop it, or choose receivers after it."
+            )
         useful.add(u)
 
 
@@ -247,12 +299,16 @@ def _plan(graph: Graph, variants: Paths | Sequence[Paths]) -> list[_Variant]:
     elif isinstance(variants, Iterable) and not isinstance(variants, (str, bytes, Mapping)):
         variants = list(variants)
     if not variants:
-        raise ConfigError("path patching needs at least one variant (a Paths of senders and receivers).")
+        raise ConfigError(
+            "path patching needs at least one variant (a Paths of senders and receivers)."
+        )
     t = _tables(graph)
     out = []
     for v, p in enumerate(variants):
         if not isinstance(p, Paths):
-            raise ConfigError(f"variant {v} is a {type(p).__name__}; pass Paths(senders, receivers, through=...).")
+            raise ConfigError(
+                f"variant {v} is a {type(p).__name__}; pass Paths(senders, receivers, through=...)."
+            )
         out.append(_compile(graph, t, p, f"variant {v}: " if len(variants) > 1 else ""))
     return out
 
@@ -281,11 +337,17 @@ def _groups(plan: Sequence[_Variant]) -> list[list[int]]:
     return [rows for rows, _, _ in groups]
 
 
-def path_patch_sweep(model: HookedModel, base_tokens: Int[torch.Tensor, "batch pos"],
-                     other_tokens: Int[torch.Tensor, "batch pos"], metric: Callable[[torch.Tensor], torch.Tensor],
-                     variants: Sequence[Paths], *,
-                     per_example: bool = False, memory_budget: int | None = None, forward: Any = None
-                     ) -> Float[torch.Tensor, "variant *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
+def path_patch_sweep(
+    model: HookedModel,
+    base_tokens: Int[torch.Tensor, "batch pos"],
+    other_tokens: Int[torch.Tensor, "batch pos"],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    variants: Sequence[Paths],
+    *,
+    per_example: bool = False,
+    memory_budget: int | None = None,
+    forward: Any = None,
+) -> Float[torch.Tensor, "variant *batch"]:  # noqa: F821, UP037  (a jaxtyping shape)
     """The metric of each path-patching variant: (variant,), or (variant, batch) with
     ``per_example`` (the metric then returns one value per prompt).
 
@@ -300,72 +362,120 @@ def path_patch_sweep(model: HookedModel, base_tokens: Int[torch.Tensor, "batch p
 
     _check_call(model, metric, per_example, memory_budget, forward)
     if forward is not None and forward.model is not model:
-        raise ConfigError("forward= is a GraphForward of another model; pass GraphForward(model) of this one, or "
-                          "leave forward= out.")
+        raise ConfigError(
+            "forward= is a GraphForward of another model; pass GraphForward(model) of this one, or "
+            "leave forward= out."
+        )
     graph = forward.graph if forward is not None else Graph.from_model(model)
     plan = _plan(graph, variants)
     base, other = _pair(base_tokens, other_tokens, model)
     fwd = forward if forward is not None else GraphForward(model, graph)
     batch, n_pos = (int(n) for n in base.shape)
-    metrics = Metrics({"metric": metric}, bool(per_example), batch, n_pos,
-                      modes=("per_example=False (the default)", "per_example=True"))
-    positions = metrics.positions if metrics.restricted else None  # only the logits the metric reads
+    metrics = Metrics(
+        {"metric": metric},
+        bool(per_example),
+        batch,
+        n_pos,
+        modes=("per_example=False (the default)", "per_example=True"),
+    )
+    positions = (
+        metrics.positions if metrics.restricted else None
+    )  # only the logits the metric reads
     names = [u.name for u in graph.upstream]
     out = torch.empty(len(plan), *((batch,) if per_example else ()))
     budget = memory_budget or default_memory_budget(base.device)
     with torch.no_grad():
-        base_out, other_out = fwd.node_outputs(base), fwd.node_outputs(other)  # (n_upstream, batch, pos, d_model)
+        base_out, other_out = (
+            fwd.node_outputs(base),
+            fwd.node_outputs(other),
+        )  # (n_upstream, batch, pos, d_model)
         for group in _groups(plan):
             n_send = len(set().union(*(plan[v].senders.tolist() for v in group)))
             # bytes per (variant x prompt) row: the forward's, and the senders' outputs given per variant
             row = fwd.row_bytes(n_pos) + n_send * n_pos * int(fwd.d_model) * base_out.element_size()
             per_call = max(1, budget // (batch * row))
             for start in range(0, len(group), per_call):
-                rows = group[start:start + per_call]
+                rows = group[start : start + per_call]
                 outputs = {}
                 for u in sorted(set().union(*(plan[v].senders.tolist() for v in rows))):
                     # the other run's output where u sends, its base output (unchanged there) elsewhere
-                    sends = torch.tensor([u in plan[v].senders for v in rows], device=base.device)[:, None, None, None]
+                    sends = torch.tensor([u in plan[v].senders for v in rows], device=base.device)[
+                        :, None, None, None
+                    ]
                     outputs[names[u]] = torch.where(sends, other_out[u], base_out[u])
-                mask = torch.as_tensor(np.stack([plan[v].row(graph) for v in rows]), device=base.device)
-                logits = fwd.run(base, mask, base_out, outputs=outputs, positions=positions).flatten(0, 1)
+                mask = torch.as_tensor(
+                    np.stack([plan[v].row(graph) for v in rows]), device=base.device
+                )
+                logits = fwd.run(
+                    base, mask, base_out, outputs=outputs, positions=positions
+                ).flatten(0, 1)
                 if positions is not None:
                     logits = logits[..., metrics.token_ids]
                 out[rows] = metrics.evaluate(logits)[:, 0].cpu()
     return out
 
 
-def path_patch(model: HookedModel, base_tokens: Int[torch.Tensor, "batch pos"], other_tokens: Int[torch.Tensor, "batch pos"],
-               metric: Callable[[torch.Tensor], torch.Tensor], senders: Names, receivers: Names, *,
-               through: Names = (), direct: bool | None = None, per_example: bool = False,
-               memory_budget: int | None = None, forward: Any = None) -> torch.Tensor:
+def path_patch(
+    model: HookedModel,
+    base_tokens: Int[torch.Tensor, "batch pos"],
+    other_tokens: Int[torch.Tensor, "batch pos"],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    senders: Names,
+    receivers: Names,
+    *,
+    through: Names = (),
+    direct: bool | None = None,
+    per_example: bool = False,
+    memory_budget: int | None = None,
+    forward: Any = None,
+) -> torch.Tensor:
     """The metric with the paths from ``senders`` to ``receivers`` (optionally through
     intermediates) patched: the base run, with only the senders' effect along those paths
     taken from the other run (see :class:`Paths` and the module docstring). A scalar, or
     (batch,) with ``per_example``. For many variants at once: :func:`path_patch_sweep`."""
-    return path_patch_sweep(model, base_tokens, other_tokens, metric, [Paths(senders, receivers, through, direct)],
-                            per_example=per_example, memory_budget=memory_budget, forward=forward)[0]
+    return path_patch_sweep(
+        model,
+        base_tokens,
+        other_tokens,
+        metric,
+        [Paths(senders, receivers, through, direct)],
+        per_example=per_example,
+        memory_budget=memory_budget,
+        forward=forward,
+    )[0]
 
 
-def _check_call(model: HookedModel, metric: Any, per_example: Any, memory_budget: Any, forward: Any) -> None:
+def _check_call(
+    model: HookedModel, metric: Any, per_example: Any, memory_budget: Any, forward: Any
+) -> None:
     """The arguments of a path-patching call other than the tokens and the variants."""
     from .forward import GraphForward
 
     if not hasattr(model, "cfg") or not callable(model):
-        raise ConfigError(f"model must be a TransformerBridge of a GPT-2-family model (e.g. "
-                          f"TransformerBridge.boot_transformers('gpt2')), got {type(model).__name__}.")
+        raise ConfigError(
+            f"model must be a TransformerBridge of a GPT-2-family model (e.g. "
+            f"TransformerBridge.boot_transformers('gpt2')), got {type(model).__name__}."
+        )
     if not callable(metric):
-        raise ConfigError(f"metric must be a function of the logits (batch, pos, d_vocab), e.g. "
-                          f"actstore.patching.LogitDiff(answer, wrong), got {type(metric).__name__}.")
+        raise ConfigError(
+            f"metric must be a function of the logits (batch, pos, d_vocab), e.g. "
+            f"actstore.patching.LogitDiff(answer, wrong), got {type(metric).__name__}."
+        )
     if not isinstance(per_example, (bool, np.bool_)):
-        raise ConfigError(f"per_example must be True (one value per prompt) or False (one value), got {per_example!r}.")
+        raise ConfigError(
+            f"per_example must be True (one value per prompt) or False (one value), got {per_example!r}."
+        )
     whole = isinstance(memory_budget, (int, np.integer)) and not isinstance(memory_budget, bool)
     if memory_budget is not None and (not whole or memory_budget < 1):
-        raise ConfigError(f"memory_budget must be a positive number of bytes (e.g. 2**30), or None for the default; "
-                          f"got {memory_budget!r}.")
+        raise ConfigError(
+            f"memory_budget must be a positive number of bytes (e.g. 2**30), or None for the default; "
+            f"got {memory_budget!r}."
+        )
     if forward is not None and not isinstance(forward, GraphForward):
-        raise ConfigError(f"forward must be a GraphForward of the model (GraphForward(model)), or None; got "
-                          f"{type(forward).__name__}.")
+        raise ConfigError(
+            f"forward must be a GraphForward of the model (GraphForward(model)), or None; got "
+            f"{type(forward).__name__}."
+        )
 
 
 def _pair(base: Any, other: Any, model: HookedModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,8 +483,10 @@ def _pair(base: Any, other: Any, model: HookedModel) -> tuple[torch.Tensor, torc
 
     base, other = token_ids(model, base, "base_tokens"), token_ids(model, other, "other_tokens")
     if base.shape != other.shape:
-        raise ConfigError(f"base_tokens {tuple(base.shape)} and other_tokens {tuple(other.shape)} must be token ids of "
-                          "the same shape (batch, pos): prompt i of one is paired with prompt i of the other; choose "
-                          "prompts of equal token length.")
+        raise ConfigError(
+            f"base_tokens {tuple(base.shape)} and other_tokens {tuple(other.shape)} must be token ids of "
+            "the same shape (batch, pos): prompt i of one is paired with prompt i of the other; choose "
+            "prompts of equal token length."
+        )
     device = torch.device(model.cfg.device)
     return base.to(device), other.to(device)

@@ -22,8 +22,12 @@ EXAMPLE = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("cache", help="stream a corpus through a model and store activations",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser(
+        "cache",
+        help="stream a corpus through a model and store activations",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_flags(c, CacheConfig)
     c.set_defaults(run=_run, on_interrupt=_stopped)
 
@@ -32,7 +36,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(CacheConfig, args, command_line=command_line(args))
     store = cache(cfg)
     if cfg.progress and is_main_process():
-        print(f"wrote {store.path}: {store.rows_done}/{store.n_rows} rows, sites: {', '.join(store.sites)}")
+        print(
+            f"wrote {store.path}: {store.rows_done}/{store.n_rows} rows, sites: {', '.join(store.sites)}"
+        )
     return 0
 
 
@@ -42,5 +48,7 @@ def _stopped(args: argparse.Namespace) -> str:
         store = ActivationStore.open(args.out)
     except ActStoreError:
         return f"nothing was written to '{args.out}'"
-    return (f"'{args.out}' holds {store.rows_done} of {store.n_rows} rows, safely; rerun the same command with "
-            "--resume to continue")
+    return (
+        f"'{args.out}' holds {store.rows_done} of {store.n_rows} rows, safely; rerun the same command with "
+        "--resume to continue"
+    )

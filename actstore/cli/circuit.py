@@ -31,9 +31,13 @@ An edge's score is metric(edge patched) - metric(corrupted), the mean over pairs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("circuit", help="circuit discovery: edge scores (exact, EAP, EAP-IG), circuits, faithfulness",
-                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "circuit",
+        help="circuit discovery: edge scores (exact, EAP, EAP-IG), circuits, faithfulness",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_flags(p, CircuitJobConfig)
     p.set_defaults(run=_run)
 
@@ -47,16 +51,25 @@ def _run(args: argparse.Namespace) -> int:
     res = find_circuit(cfg)
     if not is_main_process():  # under torchrun: process 0 reports
         return 0
-    for method, c in res.correlation.items():  # printed even with --quiet: the answer to several methods
-        print(f"{method} vs exact over {c['n_edges']} edges: Pearson r = {_fmt(c['pearson'])}, Spearman = "
-              f"{_fmt(c['spearman'])}, top-{c['top']} overlap = {_fmt(c['top_overlap'])}")
+    for (
+        method,
+        c,
+    ) in res.correlation.items():  # printed even with --quiet: the answer to several methods
+        print(
+            f"{method} vs exact over {c['n_edges']} edges: Pearson r = {_fmt(c['pearson'])}, Spearman = "
+            f"{_fmt(c['spearman'])}, top-{c['top']} overlap = {_fmt(c['top_overlap'])}"
+        )
     for method, circuit in res.circuits.items():
         curve = res.faithfulness[method]
         at = list(curve.sizes).index(cfg.top)
-        print(f"{method}: {circuit.n_selected} edges selected, {circuit.n_edges} after pruning, faithfulness "
-              f"{curve.mean[at]:.3f}; top edges: "
-              + ", ".join(f"{circuit.graph.names[e]} ({res.scores[method][e]:+.3g})" for e in
-                          sorted(circuit.edges, key=lambda e: -abs(res.scores[method][e]))[:5]))
+        print(
+            f"{method}: {circuit.n_selected} edges selected, {circuit.n_edges} after pruning, faithfulness "
+            f"{curve.mean[at]:.3f}; top edges: "
+            + ", ".join(
+                f"{circuit.graph.names[e]} ({res.scores[method][e]:+.3g})"
+                for e in sorted(circuit.edges, key=lambda e: -abs(res.scores[method][e]))[:5]
+            )
+        )
     if cfg.progress:
         print(f"wrote {res.out} (circuit/{{{','.join(res.scores)}}}/)")
         for f in res.figures:

@@ -34,7 +34,9 @@ from ..run_options import init_fields
 __all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of", "command_line"]
 
 T = TypeVar("T")
-_KEYS = frozenset({"help", "flag", "positional", "choices", "metavar", "nargs", "required", "group", "from_cli"})
+_KEYS = frozenset(
+    {"help", "flag", "positional", "choices", "metavar", "nargs", "required", "group", "from_cli"}
+)
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
@@ -44,8 +46,10 @@ def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
     for f in init_fields(cls):
         unknown = set(f.metadata) - _KEYS
         if unknown:
-            raise TypeError(f"{cls.__name__}.{f.name}: unknown CLI metadata {sorted(unknown)}; "
-                            f"use {', '.join(sorted(_KEYS))}.")
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: unknown CLI metadata {sorted(unknown)}; "
+                f"use {', '.join(sorted(_KEYS))}."
+            )
         if "help" in f.metadata:
             out.append(f)
     return out
@@ -85,7 +89,9 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = ()
+) -> None:
     """Add one argparse option per CLI field of ``cls`` (see the module docstring), but
     those in ``skip`` (which the command then fills in itself)."""
     groups: dict[str, Any] = {}
@@ -103,9 +109,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collec
             for key in ("choices", "nargs"):
                 if key in meta:
                     kw[key] = meta[key]
-            if "metavar" in meta or not ("choices" in meta or meta.get("positional")):  # choices show as {a,b}
-                kw["metavar"] = meta.get("metavar", flag_of(f).lstrip("-").replace("-", "_").upper())
-        required = meta.get("required", f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            if "metavar" in meta or not (
+                "choices" in meta or meta.get("positional")
+            ):  # choices show as {a,b}
+                kw["metavar"] = meta.get(
+                    "metavar", flag_of(f).lstrip("-").replace("-", "_").upper()
+                )
+        required = meta.get(
+            "required",
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
         if meta.get("positional"):
             if not required:
                 kw["nargs"] = "?"
@@ -121,7 +134,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collec
         target.add_argument(flag_of(f), **kw)
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, *, skip: Collection[str] = (), **given: Any) -> T:
+def config_from_args(
+    cls: type[T], args: argparse.Namespace, *, skip: Collection[str] = (), **given: Any
+) -> T:
     """The config ``cls`` of parsed ``args``: every CLI field (but ``skip``) from its option,
     through its ``from_cli`` where the value is given; ``given`` fills the rest."""
     values: dict[str, Any] = {}

@@ -35,14 +35,18 @@ facts.jsonl (--task factual --facts facts.jsonl), one JSON object per line:
 """
 # --sweep's choices, one line each, from the sweep table: name, what it patches, result axes
 SWEEP_LINES = "sweeps (--sweep):\n" + "\n".join(
-    f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]"
-    for name, row in SWEEPS.items())
+    f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]" for name, row in SWEEPS.items()
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("patch", help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
-                       description=__doc__.split("\n\n")[0], epilog=f"{EXAMPLE}\n{SWEEP_LINES}",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "patch",
+        help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"{EXAMPLE}\n{SWEEP_LINES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_flags(p, PatchJobConfig)
     p.set_defaults(run=_run)
 
@@ -55,14 +59,24 @@ def _run(args: argparse.Namespace) -> int:
     if res.correlation is not None:  # printed even with --quiet: it is the answer to --method both
         c = res.correlation
         fmt = lambda r: "n/a" if r is None else f"{r:.3f}"  # noqa: E731
-        print(f"attribution vs exact ({cfg.sweep}): Pearson r = {fmt(c['pearson'])} over {c['n_cells']} cells "
-              f"(mean over pairs); {fmt(c['pearson_changed'])} over the {c['n_changed']} cells a patch changes; "
-              f"{fmt(c['pearson_pair_effects'])} over every pair's effects")
+        print(
+            f"attribution vs exact ({cfg.sweep}): Pearson r = {fmt(c['pearson'])} over {c['n_cells']} cells "
+            f"(mean over pairs); {fmt(c['pearson_changed'])} over the {c['n_changed']} cells a patch changes; "
+            f"{fmt(c['pearson_pair_effects'])} over every pair's effects"
+        )
     if cfg.progress:
-        arrays = "logit_diff, normalised" if res.method == "exact" else (
-            "attribution_logit_diff, attribution_normalised" if res.method == "attribution" else
-            "logit_diff, normalised, attribution_logit_diff, attribution_normalised")
-        print(f"wrote {res.out} ({res.prefix}/: {arrays}, shape {res.logit_diff.shape} dims {res.dims})")
+        arrays = (
+            "logit_diff, normalised"
+            if res.method == "exact"
+            else (
+                "attribution_logit_diff, attribution_normalised"
+                if res.method == "attribution"
+                else "logit_diff, normalised, attribution_logit_diff, attribution_normalised"
+            )
+        )
+        print(
+            f"wrote {res.out} ({res.prefix}/: {arrays}, shape {res.logit_diff.shape} dims {res.dims})"
+        )
         if cfg.write_pairs:
             print(f"pairs {cfg.write_pairs}")
         for f in res.figures:

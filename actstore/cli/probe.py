@@ -32,11 +32,17 @@ many processes: torchrun --nproc-per-node 4 -m actstore probe acts.zarr --target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="fit a linear probe per site (logistic or ridge) and report train/test scores",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "probe",
+        help="fit a linear probe per site (logistic or ridge) and report train/test scores",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("store", help="the store whose activations are probed (a folder or URL)")
     add_config_flags(p, ProbeConfig)
-    p.add_argument("--plot", help="PNG of score by layer (default: next to the store; 'none' to skip)")
+    p.add_argument(
+        "--plot", help="PNG of score by layer (default: next to the store; 'none' to skip)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by hook name")
     p.set_defaults(run=run)
 
@@ -60,17 +66,29 @@ def plot(report: ProbeReport, path: str) -> str:
         ys[f"{label}train"] = [by_layer.get(L, (float("nan"),) * 2)[0] for L in layers]
         ys[f"{label}test"] = [by_layer.get(L, (float("nan"),) * 2)[1] for L in layers]
     metric = "accuracy" if report.metric == "accuracy" else "R^2"
-    return curves(layers, ys, path, title=f"{report.kind} probe of '{report.target}'", xlabel="layer", ylabel=metric)
+    return curves(
+        layers,
+        ys,
+        path,
+        title=f"{report.kind} probe of '{report.target}'",
+        xlabel="layer",
+        ylabel=metric,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
     cfg = config_from_args(ProbeConfig, args, command_line=command_line(args))
     if args.plot != "none":  # checked before the fit, as the store is (unless --no-save)
-        check_writable(os.path.dirname(args.plot or default_plot_path(store.path, "x")) or ".", "the plot",
-                       "pass --plot PATH in a folder you can write, or --plot none")
+        check_writable(
+            os.path.dirname(args.plot or default_plot_path(store.path, "x")) or ".",
+            "the plot",
+            "pass --plot PATH in a folder you can write, or --plot none",
+        )
     report = fit_probes(store, cfg)
-    if not is_main_process():  # under torchrun every process has the same report; process 0 shows it
+    if (
+        not is_main_process()
+    ):  # under torchrun every process has the same report; process 0 shows it
         return 0
     png = None
     if args.plot != "none":
@@ -81,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
     print(report.table())
     notes = report.notes
     if notes.get("n_test_unseen") or notes.get("n_train_dropped"):
-        print(f"not scored: {notes['n_test_unseen']} test positions whose class never occurs in training, "
-              f"{notes['n_train_dropped']} training positions outside the {notes['n_classes']} kept classes")
+        print(
+            f"not scored: {notes['n_test_unseen']} test positions whose class never occurs in training, "
+            f"{notes['n_train_dropped']} training positions outside the {notes['n_classes']} kept classes"
+        )
     if png:
         print(f"plot: {png}")
     return 0

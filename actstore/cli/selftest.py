@@ -17,12 +17,24 @@ run it after installing or upgrading anything, on each new machine, and before a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selftest", help="check caching, patching, attribution and direct path against their references",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ..., mps, or auto (a GPU if there is one); on a GPU float16 is "
-                        "checked too. A device this machine lacks is refused before any check")
-    p.add_argument("--model", default=None, help="check a model of your own (hub name or folder) instead of the demo "
-                   "model: caching every site kind, the logit lens, --engine hf where the family has it")
+    p = sub.add_parser(
+        "selftest",
+        help="check caching, patching, attribution and direct path against their references",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:1, ..., mps, or auto (a GPU if there is one); on a GPU float16 is "
+        "checked too. A device this machine lacks is refused before any check",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="check a model of your own (hub name or folder) instead of the demo "
+        "model: caching every site kind, the logit lens, --engine hf where the family has it",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_selftest)
 
@@ -32,7 +44,9 @@ def _selftest(args: argparse.Namespace) -> int:
 
     from ..selftest import check_selftest_device, run_selftest
 
-    check_selftest_device(args.device)  # before anything is loaded: an unknown or absent device is no failed check
+    check_selftest_device(
+        args.device
+    )  # before anything is loaded: an unknown or absent device is no failed check
     hf_logging.disable_progress_bar()  # the report is the output: no weight-loading bars between its lines
     if args.model is None:
         report = run_selftest(args.device, progress=not args.json)

@@ -22,36 +22,60 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a store's metadata, checksums and manifest; --repair fixes what it finds",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "verify",
+        help="check a store's metadata, checksums and manifest; --repair fixes what it finds",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("store", help="the store to check (a folder or URL)")
-    p.add_argument("--repair", action="store_true",
-                   help="rebuild damaged metadata and statistics, recompute damaged rows and finish rows not done, "
-                        "with the store's own config")
-    p.add_argument("--model", help="the store's model, if its recorded name no longer loads (weights are checked)")
-    p.add_argument("--device", default="auto", help="where --repair recomputes: auto (GPU if there is one), cpu, cuda")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild damaged metadata and statistics, recompute damaged rows and finish rows not done, "
+        "with the store's own config",
+    )
+    p.add_argument(
+        "--model",
+        help="the store's model, if its recorded name no longer loads (weights are checked)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where --repair recomputes: auto (GPU if there is one), cpu, cuda",
+    )
     p.add_argument("--json", action="store_true", help="print the damage report as JSON")
     p.set_defaults(run=_verify)
 
 
-def _report(path: str, damage: Sequence[Damage], repairing: bool, writing: LockHolder | None = None) -> list[str]:
+def _report(
+    path: str, damage: Sequence[Damage], repairing: bool, writing: LockHolder | None = None
+) -> list[str]:
     """What is wrong, then what to do about each kind of it; while a live run holds the
     lock (``writing``), what is found may be its work in progress: wait for it."""
     if not damage:
-        return [f"{path}: complete; every object is present, passes its checksum and matches the store's metadata"]
-    lines = [f"{path}: {len(damage)} problem{'s' if len(damage) != 1 else ''}"] + [f"  {d}" for d in damage]
+        return [
+            f"{path}: complete; every object is present, passes its checksum and matches the store's metadata"
+        ]
+    lines = [f"{path}: {len(damage)} problem{'s' if len(damage) != 1 else ''}"] + [
+        f"  {d}" for d in damage
+    ]
     fixes = sorted({d.fix for d in damage}, key=list(FIXES).index)
     if writing is not None:
-        return lines + [f"a run is writing the store ({writing.who}, lock {writing.path}), so these may be its work in "
-                        "progress: wait for that run to finish, then verify again (--repair is refused while it "
-                        f"runs); {writing.if_gone('verify again')}"]
+        return lines + [
+            f"a run is writing the store ({writing.who}, lock {writing.path}), so these may be its work in "
+            "progress: wait for that run to finish, then verify again (--repair is refused while it "
+            f"runs); {writing.if_gone('verify again')}"
+        ]
     if set(fixes) == {"finish"}:
         meta = ActivationStore.open(path).meta
         return lines + [f"the store is incomplete; {meta.finish_hint(path)}"]
     if fixes == ["manual"]:
         return lines + [f"left to do: {FIXES['manual']}"]
     if repairing:
-        return lines + ["repair did not fix everything; left: " + "; ".join(FIXES[f] for f in fixes)]
+        return lines + [
+            "repair did not fix everything; left: " + "; ".join(FIXES[f] for f in fixes)
+        ]
     return lines + ["run again with --repair: " + "; ".join(FIXES[f] for f in fixes)]
 
 
@@ -61,7 +85,9 @@ def _verify(args: argparse.Namespace) -> int:
     local = not is_url(args.store)  # (object stores have no lock file)
     before = lock_holder(args.store) if local and not args.repair else None
     if args.repair:
-        ActivationStore.open(args.store)  # no store, or its root damaged: said before a lock file is made beside it
+        ActivationStore.open(
+            args.store
+        )  # no store, or its root damaged: said before a lock file is made beside it
     with store_lock(args.store) if args.repair and local else nullcontext():
         damage = verify_store(args.store, progress=not args.json)
         remaining = damage
@@ -69,20 +95,31 @@ def _verify(args: argparse.Namespace) -> int:
             repair_store(args.store, damage, args.model, args.device, progress=not args.json)
             remaining = verify_store(args.store, progress=False)
     holder = lock_holder(args.store) if local else None
-    writing = next((h for h in (holder, before) if h is not None and h.writing), None)  # live during the check
+    writing = next(
+        (h for h in (holder, before) if h is not None and h.writing), None
+    )  # live during the check
     lock = None if holder is None else lock_note(args.store)
     if args.json:
-        report = {"damaged": [vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage],
-                  "repaired": bool(damage) and not remaining, "remaining": [str(d) for d in remaining], "lock": lock,
-                  "writing": writing is not None}
+        report = {
+            "damaged": [
+                vars(d) | {"rows": None if d.rows is None else list(d.rows)} for d in damage
+            ],
+            "repaired": bool(damage) and not remaining,
+            "remaining": [str(d) for d in remaining],
+            "lock": lock,
+            "writing": writing is not None,
+        }
         print(json.dumps(report, indent=2))
         return 0 if not remaining else 1
     if lock:
         print(f"note: {lock}")
     if args.repair and damage:
         print("\n".join(_report(args.store, damage, False)[:-1]))
-        print("repaired: every problem fixed and verified" if not remaining else
-              "\n".join(["after repair:"] + _report(args.store, remaining, True)))
+        print(
+            "repaired: every problem fixed and verified"
+            if not remaining
+            else "\n".join(["after repair:"] + _report(args.store, remaining, True))
+        )
     else:
         print("\n".join(_report(args.store, damage, False, writing)))
     return 0 if not remaining else 1

@@ -6,18 +6,35 @@ the corpus plan, each shard's start in the source, so any process seeks straight
 its shards (plan.py)."""
 
 from .plan import (
-                   PLAN_FIELDS,
-                   CorpusScan,
-                   count_rows,
-                   plan_checkpoint,
-                   scan,
-                   stop_after,
-                   synthetic_plan,
-                   unknown_plan,
+    PLAN_FIELDS,
+    CorpusScan,
+    count_rows,
+    plan_checkpoint,
+    scan,
+    stop_after,
+    synthetic_plan,
+    unknown_plan,
 )
 from .rows import DEMO_CORPUS, Checkpoint, CorpusSpec, RowBlock, RowReader, iter_rows
 from .synthetic import RepeatedRandom, is_synthetic, ordinary_tokens, parse_synthetic
 
-__all__ = ["CorpusSpec", "RowBlock", "RowReader", "Checkpoint", "iter_rows", "count_rows", "DEMO_CORPUS",
-           "RepeatedRandom", "parse_synthetic", "is_synthetic", "ordinary_tokens",
-           "PLAN_FIELDS", "CorpusScan", "scan", "synthetic_plan", "unknown_plan", "plan_checkpoint", "stop_after"]
+__all__ = [
+    "CorpusSpec",
+    "RowBlock",
+    "RowReader",
+    "Checkpoint",
+    "iter_rows",
+    "count_rows",
+    "DEMO_CORPUS",
+    "RepeatedRandom",
+    "parse_synthetic",
+    "is_synthetic",
+    "ordinary_tokens",
+    "PLAN_FIELDS",
+    "CorpusScan",
+    "scan",
+    "synthetic_plan",
+    "unknown_plan",
+    "plan_checkpoint",
+    "stop_after",
+]

@@ -40,10 +40,28 @@ from .vocab import DEMO_PLACES as PLACES
 from .vocab import DEMO_ROLES as ROLES
 from .vocab import DEMO_SURNAMES as SURNAMES
 
-__all__ = ["NAMES", "SURNAMES", "OBJECTS", "PLACES", "ROLES", "IOI_OPENERS", "IOI_LINKS", "IOI_ACTIONS", "IOI_TRAIN",
-           "IOI_HELDOUT", "IOI_TEMPLATES_HELDOUT", "RECIPE",
-           "HELDOUT_SEED", "documents", "document", "ioi_pairs", "text_rows", "repeated_batch", "single_token_words",
-           "write_documents"]
+__all__ = [
+    "NAMES",
+    "SURNAMES",
+    "OBJECTS",
+    "PLACES",
+    "ROLES",
+    "IOI_OPENERS",
+    "IOI_LINKS",
+    "IOI_ACTIONS",
+    "IOI_TRAIN",
+    "IOI_HELDOUT",
+    "IOI_TEMPLATES_HELDOUT",
+    "RECIPE",
+    "HELDOUT_SEED",
+    "documents",
+    "document",
+    "ioi_pairs",
+    "text_rows",
+    "repeated_batch",
+    "single_token_words",
+    "write_documents",
+]
 
 
 # IOI-style sentences are an opener (both names), a link and an action (the subject again,
@@ -80,8 +98,12 @@ IOI_ACTIONS = (
     "{b} gave it to",
     "{b} lent the {obj} to",
 )
-IOI_HELDOUT = tuple((i, j) for i in range(len(IOI_OPENERS)) for j in range(len(IOI_ACTIONS)) if (i + 2 * j) % 5 == 0)
-IOI_TRAIN = tuple((i, j) for i in range(len(IOI_OPENERS)) for j in range(len(IOI_ACTIONS)) if (i + 2 * j) % 5 != 0)
+IOI_HELDOUT = tuple(
+    (i, j) for i in range(len(IOI_OPENERS)) for j in range(len(IOI_ACTIONS)) if (i + 2 * j) % 5 == 0
+)
+IOI_TRAIN = tuple(
+    (i, j) for i in range(len(IOI_OPENERS)) for j in range(len(IOI_ACTIONS)) if (i + 2 * j) % 5 != 0
+)
 # one template per held-out combination, with the link ", ": all prompts of one template have one length
 IOI_TEMPLATES_HELDOUT = tuple(f"{IOI_OPENERS[i]}, {IOI_ACTIONS[j]}" for i, j in IOI_HELDOUT)
 PLAIN_TEMPLATES = (
@@ -104,11 +126,18 @@ REPEATED_NAME_TEMPLATES = (
 )
 
 HELDOUT_SEED = 10_000_019  # the evaluation stream; training uses small seeds
-RECIPE = {"ioi": 0.45, "repeated_name": 0.15, "plain": 0.1, "counting": 0.15, "words": 0.15}  # sentence kind -> weight
+RECIPE = {
+    "ioi": 0.45,
+    "repeated_name": 0.15,
+    "plain": 0.1,
+    "counting": 0.15,
+    "words": 0.15,
+}  # sentence kind -> weight
 
 
-def _ioi(rng: random.Random, combos: Sequence[tuple[int, int]] | None, template: str | None = None
-         ) -> tuple[str, str, str]:
+def _ioi(
+    rng: random.Random, combos: Sequence[tuple[int, int]] | None, template: str | None = None
+) -> tuple[str, str, str]:
     """(prompt, IO, S), ABBA or BABA with equal probability: from ``template`` when
     given, else from an opener x action combination of ``combos`` and a random link."""
     io, s = rng.sample(NAMES, 2)
@@ -129,11 +158,19 @@ def _sentence(rng: random.Random, kind: str) -> str:
         return f"{text} {io}."
     if kind == "repeated_name":
         n, m = rng.sample(NAMES, 2)
-        return rng.choice(REPEATED_NAME_TEMPLATES).format(n=n, s=rng.choice(SURNAMES), m=m, role=rng.choice(ROLES),
-                                                          place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
+        return rng.choice(REPEATED_NAME_TEMPLATES).format(
+            n=n,
+            s=rng.choice(SURNAMES),
+            m=m,
+            role=rng.choice(ROLES),
+            place=rng.choice(PLACES),
+            obj=rng.choice(OBJECTS),
+        )
     if kind == "plain":
         a, b = rng.sample(NAMES, 2)
-        return rng.choice(PLAIN_TEMPLATES).format(a=a, b=b, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
+        return rng.choice(PLAIN_TEMPLATES).format(
+            a=a, b=b, place=rng.choice(PLACES), obj=rng.choice(OBJECTS)
+        )
     if kind == "counting":
         step = rng.choice((1, 1, 1, 2))
         start = rng.randint(0, 150)
@@ -158,7 +195,9 @@ def documents(n: int, seed: int = 0) -> list[str]:
     return [document(rng) for _ in range(n)]
 
 
-def ioi_pairs(n: int, seed: int = HELDOUT_SEED, template: int | None = None) -> list[dict[str, str]]:
+def ioi_pairs(
+    n: int, seed: int = HELDOUT_SEED, template: int | None = None
+) -> list[dict[str, str]]:
     """``n`` IOI prompt pairs in `actstore patch`'s format, from the held-out opener x
     action combinations. The clean prompt stops before the indirect object (answer
     ' IO', wrong ' S'); the corrupted one names IO where the clean one repeats S, so
@@ -168,9 +207,11 @@ def ioi_pairs(n: int, seed: int = HELDOUT_SEED, template: int | None = None) -> 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        clean, io, s = _ioi(rng, IOI_HELDOUT, None if template is None else IOI_TEMPLATES_HELDOUT[template])
+        clean, io, s = _ioi(
+            rng, IOI_HELDOUT, None if template is None else IOI_TEMPLATES_HELDOUT[template]
+        )
         last = list(re.finditer(rf"\b{s}\b", clean))[-1]  # the second mention of S
-        corrupted = clean[:last.start()] + io + clean[last.end():]
+        corrupted = clean[: last.start()] + io + clean[last.end() :]
         out.append({"clean": clean, "corrupted": corrupted, "answer": " " + io, "wrong": " " + s})
     return out
 
@@ -185,7 +226,9 @@ def _text_stream(tokenizer: Any, seed: int) -> Iterator[int]:
     rng = random.Random(seed)
     eot = tokenizer.eos_token_id
     while True:
-        for ids in tokenizer([document(rng) for _ in range(256)], add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer([document(rng) for _ in range(256)], add_special_tokens=False)[
+            "input_ids"
+        ]:
             yield from ids
             yield eot
 
@@ -201,10 +244,14 @@ def text_rows(tokenizer: Any, n_rows: int, seq_len: int = 128, seed: int = 0) ->
     return out
 
 
-def repeated_batch(tokenizer: Any, rng: np.random.Generator, n_rows: int, half_len: int) -> np.ndarray:
+def repeated_batch(
+    tokenizer: Any, rng: np.random.Generator, n_rows: int, half_len: int
+) -> np.ndarray:
     """int64 (row, 2 * half_len + 1): BOS, half_len uniformly random non-special tokens,
     the same again; the rows of ``--dataset repeated-random``, drawn from ``rng``."""
-    return repeated_random_rows(rng, ordinary_tokens(tokenizer).astype(np.int64), bos_id(tokenizer), n_rows, half_len)
+    return repeated_random_rows(
+        rng, ordinary_tokens(tokenizer).astype(np.int64), bos_id(tokenizer), n_rows, half_len
+    )
 
 
 def write_documents(path: str, n: int, seed: int) -> None:

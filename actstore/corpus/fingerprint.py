@@ -47,7 +47,9 @@ def without_fingerprints(corpus: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def content_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def content_changes(
+    stored: Mapping[str, Any], current: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
     """(how the corpus content differs from the store's, what could not be checked),
     each a list of sentences. Paths, sizes and options are compared elsewhere."""
     changed: list[str] = []
@@ -56,18 +58,28 @@ def content_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tu
     for f in stored.get("files") or ():
         then = f.get("sha256")
         if then is None:
-            unchecked.append(f"the content of corpus file '{f['path']}' (the store was made before actstore "
-                             "recorded corpus fingerprints; only its path and size were compared)")
+            unchecked.append(
+                f"the content of corpus file '{f['path']}' (the store was made before actstore "
+                "recorded corpus fingerprints; only its path and size were compared)"
+            )
         elif f["path"] in now and now[f["path"]] != then:
-            changed.append(f"corpus file '{f['path']}' changed since the store was made, at the same size "
-                           f"(content {then[:19]}... then, {str(now[f['path']])[:19]}... now)")
+            changed.append(
+                f"corpus file '{f['path']}' changed since the store was made, at the same size "
+                f"(content {then[:19]}... then, {str(now[f['path']])[:19]}... now)"
+            )
     if stored.get("kind") == "hub":
         then, now_rev = stored.get("resolved_revision"), current.get("resolved_revision")
         name = stored.get("source")
         if then is None:
-            unchecked.append(f"which commit of hub dataset '{name}' the store was made from (not recorded)")
+            unchecked.append(
+                f"which commit of hub dataset '{name}' the store was made from (not recorded)"
+            )
         elif now_rev is None:
-            unchecked.append(f"that hub dataset '{name}' is still at commit {then} (the hub could not be asked)")
+            unchecked.append(
+                f"that hub dataset '{name}' is still at commit {then} (the hub could not be asked)"
+            )
         elif now_rev != then:
-            changed.append(f"hub dataset '{name}' is now at commit {now_rev}; the store was made from commit {then}")
+            changed.append(
+                f"hub dataset '{name}' is now at commit {now_rev}; the store was made from commit {then}"
+            )
     return changed, unchecked

@@ -26,8 +26,16 @@ import numpy as np
 from ..errors import EmptyCorpusError
 from .rows import Checkpoint, CorpusSpec, tokenized_documents
 
-__all__ = ["PLAN_FIELDS", "CorpusScan", "scan", "count_rows", "synthetic_plan", "unknown_plan", "plan_checkpoint",
-           "stop_after"]
+__all__ = [
+    "PLAN_FIELDS",
+    "CorpusScan",
+    "scan",
+    "count_rows",
+    "synthetic_plan",
+    "unknown_plan",
+    "plan_checkpoint",
+    "stop_after",
+]
 
 PLAN_FIELDS = ("row", "doc", "item", "part", "record")
 
@@ -40,7 +48,9 @@ class CorpusScan:
 
     spec: CorpusSpec
     n_rows: int
-    starts: np.ndarray  # int64 (document + 1,): stream item where each document starts; then the end
+    starts: (
+        np.ndarray
+    )  # int64 (document + 1,): stream item where each document starts; then the end
     part_starts: np.ndarray  # int64 (part,)
 
     @property
@@ -56,7 +66,9 @@ class CorpusScan:
             doc, item = row, 0
         else:
             p = row * (self.spec.seq_len - 1)
-            doc = int(np.searchsorted(self.starts, p, side="right")) - 1  # the last document starting at or before p
+            doc = (
+                int(np.searchsorted(self.starts, p, side="right")) - 1
+            )  # the last document starting at or before p
             item = p - int(self.starts[doc])
         part, record = -1, -1
         if doc < self.n_docs:  # a document the pass read: its part is known
@@ -95,7 +107,12 @@ def scan(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> CorpusSc
             "(no documents, only empty ones, or fewer tokens than one row); pass a corpus with text or a smaller --seq-len."
         )
     n_rows = n_rows if limit is None else min(n_rows, limit)
-    return CorpusScan(spec, n_rows, np.frombuffer(starts, np.int64).copy(), np.frombuffer(part_starts, np.int64).copy())
+    return CorpusScan(
+        spec,
+        n_rows,
+        np.frombuffer(starts, np.int64).copy(),
+        np.frombuffer(part_starts, np.int64).copy(),
+    )
 
 
 def count_rows(spec: CorpusSpec, tokenizer: Any, limit: int | None = None) -> int:
@@ -111,7 +128,9 @@ def synthetic_plan(boundaries: Sequence[int]) -> np.ndarray:
 
 def unknown_plan(boundaries: Sequence[int]) -> np.ndarray:
     """A streamed source not scanned: only row 0's start is known."""
-    return _array([Checkpoint() if r == 0 else Checkpoint(row=r, doc=-1, item=-1) for r in boundaries])
+    return _array(
+        [Checkpoint() if r == 0 else Checkpoint(row=r, doc=-1, item=-1) for r in boundaries]
+    )
 
 
 def plan_checkpoint(plan: np.ndarray, k: int) -> Checkpoint | None:
@@ -126,4 +145,6 @@ def stop_after(end: Checkpoint) -> int:
 
 
 def _array(points: Sequence[Checkpoint]) -> np.ndarray:
-    return np.array([[getattr(c, f) for f in PLAN_FIELDS] for c in points], dtype=np.int64).reshape(-1, len(PLAN_FIELDS))
+    return np.array([[getattr(c, f) for f in PLAN_FIELDS] for c in points], dtype=np.int64).reshape(
+        -1, len(PLAN_FIELDS)
+    )

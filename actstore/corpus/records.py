@@ -72,13 +72,20 @@ def open_dataset(spec: CorpusSpec) -> Any:
         if files:
             builders = {BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
             if None in builders or len(builders) != 1:
-                raise CorpusError(f"Cannot read {files}: files must all be one of {', '.join(BUILDERS)}.")
+                raise CorpusError(
+                    f"Cannot read {files}: files must all be one of {', '.join(BUILDERS)}."
+                )
             builder = builders.pop()
             # its error log would repeat the CorpusError that _decoded raises, naming the line
-            logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}").setLevel(logging.CRITICAL)
-            return datasets.load_dataset(builder, data_files=files, split=DEFAULT_SPLIT, streaming=True)
-        return datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
-                                     revision=spec.revision, streaming=True)
+            logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}").setLevel(
+                logging.CRITICAL
+            )
+            return datasets.load_dataset(
+                builder, data_files=files, split=DEFAULT_SPLIT, streaming=True
+            )
+        return datasets.load_dataset(
+            spec.source, spec.config_name, split=spec.split, revision=spec.revision, streaming=True
+        )
     except CorpusError:
         raise
     except Exception as e:
@@ -94,15 +101,19 @@ def _records(spec: CorpusSpec, start: Checkpoint) -> Iterator[tuple[int, int, An
     then the record index is the document index."""
     if spec.kind != "hub" and spec.split != DEFAULT_SPLIT:
         what = "A Python list" if spec.documents is not None else f"Local dataset '{spec.source}'"
-        raise CorpusError(f"{what} has one split, so --split {spec.split} cannot be honoured (splits are for hub "
-                          f"datasets). Pass the {spec.split} documents themselves as --dataset, without --split.")
+        raise CorpusError(
+            f"{what} has one split, so --split {spec.split} cannot be honoured (splits are for hub "
+            f"datasets). Pass the {spec.split} documents themselves as --dataset, without --split."
+        )
     if spec.documents is not None:
-        for i, text in enumerate(spec.documents[start.doc:], start=start.doc):
+        for i, text in enumerate(spec.documents[start.doc :], start=start.doc):
             yield 0, i, {spec.text_field: text}
         return
     ds = open_dataset(spec)
     if spec.kind in ("files", "demo") and (start.part >= 0 or start.doc == 0):
-        n = ds.num_shards  # the parts, in stream order (datasets: concatenated back, they are the stream)
+        n = (
+            ds.num_shards
+        )  # the parts, in stream order (datasets: concatenated back, they are the stream)
         for p in range(max(start.part, 0), n):
             part = ds.shard(n, p) if n > 1 else ds
             first = start.record if p == start.part and start.record > 0 else 0
@@ -156,7 +167,9 @@ def _first_bad_json_line(files: list[str]) -> str:
     return ""
 
 
-def _decoded(records: Iterator[tuple[int, int, Any]], spec: CorpusSpec) -> Iterator[tuple[int, int, Any]]:
+def _decoded(
+    records: Iterator[tuple[int, int, Any]], spec: CorpusSpec
+) -> Iterator[tuple[int, int, Any]]:
     try:
         yield from records
     except UnicodeDecodeError as e:
@@ -169,14 +182,18 @@ def _decoded(records: Iterator[tuple[int, int, Any]], spec: CorpusSpec) -> Itera
     except Exception as e:  # pyarrow's ArrowInvalid (a malformed JSON line, CSV row or parquet file), datasets' errors
         files = spec.files() if spec.kind in ("files", "demo") else []
         bad = _first_bad_json_line(files)
-        what = f"{bad}" if bad else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        what = (
+            f"{bad}" if bad else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
         raise CorpusError(
             f"Dataset '{spec.source}' cannot be read ({what}). Fix or remove that record "
             "(a .jsonl file holds one JSON object per line), or pass other files."
         ) from e
 
 
-def documents(spec: CorpusSpec, start: Checkpoint, stop: int | None) -> Iterator[tuple[int, int, str]]:
+def documents(
+    spec: CorpusSpec, start: Checkpoint, stop: int | None
+) -> Iterator[tuple[int, int, str]]:
     """(document index, part, text) from ``start.doc`` to ``stop`` (exclusive; None: the end)."""
     for i, (part, record, rec) in enumerate(_decoded(_records(spec, start), spec), start=start.doc):
         if stop is not None and i >= stop:
@@ -188,9 +205,13 @@ def documents(spec: CorpusSpec, start: Checkpoint, stop: int | None) -> Iterator
             )
         text = rec[spec.text_field]
         if not isinstance(text, str):
-            found = "no value (missing or null)" if text is None else f"a {type(text).__name__}, not text"
+            found = (
+                "no value (missing or null)"
+                if text is None
+                else f"a {type(text).__name__}, not text"
+            )
             raise CorpusError(
                 f"{_where(spec, part, record)}: field '{spec.text_field}' holds {found}. Every record needs text "
-                f"there (\"\" for an empty document); fix that record, or pass --text-field naming a text field."
+                f'there ("" for an empty document); fix that record, or pass --text-field naming a text field.'
             )
         yield i, part, text

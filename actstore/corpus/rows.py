@@ -53,8 +53,12 @@ _COUNT_DOCS = os.environ.get("ACTSTORE_COUNT_DOCS", "")
 def _looks_like_file(name: str) -> bool:
     """Hub names look like 'org/name'; files have an extension we read, a glob, or
     start like a path."""
-    return (os.path.splitext(name)[1].lower() in BUILDERS or glob.has_magic(name)
-            or name.startswith((".", os.sep, "~")) or os.path.isfile(name))
+    return (
+        os.path.splitext(name)[1].lower() in BUILDERS
+        or glob.has_magic(name)
+        or name.startswith((".", os.sep, "~"))
+        or os.path.isfile(name)
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ class CorpusSpec:
         for name in names:
             hits = sorted(glob.glob(os.path.expanduser(name)))
             if not hits and (isinstance(self.source, tuple) or _looks_like_file(name)):
-                raise CorpusError(f"Dataset file '{name}' not found. Pass existing .txt/.jsonl/.parquet/.csv files or a hub dataset name.")
+                raise CorpusError(
+                    f"Dataset file '{name}' not found. Pass existing .txt/.jsonl/.parquet/.csv files or a hub dataset name."
+                )
             found += hits
         return found
 
@@ -113,9 +119,15 @@ class CorpusSpec:
         """What the metadata records; equal descriptions give equal rows. Reads every
         local file once (its sha256) and asks the hub which commit a hub dataset is at
         (see fingerprint.py)."""
-        d: dict[str, Any] = {"kind": self.kind, "split": self.split, "text_field": self.text_field,
-                             "config_name": self.config_name, "revision": self.revision,
-                             "seq_len": self.seq_len, "packing": self.packing}
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "split": self.split,
+            "text_field": self.text_field,
+            "config_name": self.config_name,
+            "revision": self.revision,
+            "seq_len": self.seq_len,
+            "packing": self.packing,
+        }
         if self.documents is not None:
             h = hashlib.sha256()
             for doc in self.documents:
@@ -124,9 +136,15 @@ class CorpusSpec:
             d["sha256"] = h.hexdigest()
         elif self.kind in ("files", "demo"):
             names = [self.source] if isinstance(self.source, str) else list(self.source)
-            d["source"] = self.source if self.kind == "demo" else [os.path.abspath(os.path.expanduser(n)) for n in names]
-            d["files"] = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f), "sha256": file_sha256(f)}
-                          for f in self.files()]
+            d["source"] = (
+                self.source
+                if self.kind == "demo"
+                else [os.path.abspath(os.path.expanduser(n)) for n in names]
+            )
+            d["files"] = [
+                {"path": os.path.abspath(f), "bytes": os.path.getsize(f), "sha256": file_sha256(f)}
+                for f in self.files()
+            ]
             if self.kind == "demo":
                 d["files"] = [{**d["files"][0], "path": "actstore/data/demo_corpus.jsonl"}]
         else:
@@ -150,20 +168,30 @@ class RowBlock:
         return len(self.tokens)
 
     def slice(self, a: int, b: int) -> RowBlock:
-        return RowBlock(self.start + a, self.tokens[a:b], self.doc[a:b], self.doc_pos[a:b],
-                        None if self.mask is None else self.mask[a:b])
+        return RowBlock(
+            self.start + a,
+            self.tokens[a:b],
+            self.doc[a:b],
+            self.doc_pos[a:b],
+            None if self.mask is None else self.mask[a:b],
+        )
 
     @staticmethod
     def concat(blocks: Sequence[RowBlock]) -> RowBlock:
         cat = np.concatenate
         masks = [b.mask for b in blocks]
-        return RowBlock(blocks[0].start, cat([b.tokens for b in blocks]), cat([b.doc for b in blocks]),
-                        cat([b.doc_pos for b in blocks]),
-                        None if masks[0] is None else cat(masks))  # type: ignore[arg-type]  # all or none
+        return RowBlock(
+            blocks[0].start,
+            cat([b.tokens for b in blocks]),
+            cat([b.doc for b in blocks]),
+            cat([b.doc_pos for b in blocks]),
+            None if masks[0] is None else cat(masks),  # type: ignore[arg-type]  # all or none
+        )
 
 
-def tokenized_documents(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None,
-                        what: str = "rows") -> Iterator[tuple[int, int, list[int]]]:
+def tokenized_documents(
+    spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None = None, what: str = "rows"
+) -> Iterator[tuple[int, int, list[int]]]:
     """(document index, part, token ids), tokenised ``_DOC_BATCH`` documents at a time."""
     batch: list[tuple[int, int, str]] = []
     for item in documents(spec, start, stop):
@@ -175,7 +203,9 @@ def tokenized_documents(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, sto
         yield from _tokenize_batch(tokenizer, batch, what)
 
 
-def _tokenize_batch(tokenizer: Any, batch: list[tuple[int, int, str]], what: str) -> Iterator[tuple[int, int, list[int]]]:
+def _tokenize_batch(
+    tokenizer: Any, batch: list[tuple[int, int, str]], what: str
+) -> Iterator[tuple[int, int, list[int]]]:
     if _COUNT_DOCS:
         with open(os.path.join(_COUNT_DOCS, f"{what}.{os.getpid()}"), "a") as f:
             f.write(f"{len(batch)}\n")
@@ -187,11 +217,15 @@ def _special(tokenizer: Any) -> tuple[int, int]:
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     if bos is None:
-        raise CorpusError("The tokenizer has neither a BOS nor an end-of-text token; rows cannot start with BOS.")
+        raise CorpusError(
+            "The tokenizer has neither a BOS nor an end-of-text token; rows cannot start with BOS."
+        )
     return int(bos), int(eos)
 
 
-def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None) -> Iterator[RowBlock]:
+def _packed(
+    spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None
+) -> Iterator[RowBlock]:
     bos, eos = _special(tokenizer)
     width = spec.seq_len - 1  # stream items per row after the BOS
     carry: list[np.ndarray] = [np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)]
@@ -203,13 +237,18 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
         nonlocal carry, row, pending, n_pending
         if not pending:
             return
-        parts: list[np.ndarray] = [np.concatenate([c] + [p[j] for p in pending]) for j, c in enumerate(carry)]
+        parts: list[np.ndarray] = [
+            np.concatenate([c] + [p[j] for p in pending]) for j, c in enumerate(carry)
+        ]
         pending, n_pending = [], 0
         k = len(parts[0]) // width
-        carry = [p[k * width:] for p in parts]
+        carry = [p[k * width :] for p in parts]
         if k:
             rows = [p[: k * width].reshape(k, width) for p in parts]
-            head = [np.full((k, 1), v, dt) for v, dt in ((bos, np.int32), (-1, np.int64), (-1, np.int32))]
+            head = [
+                np.full((k, 1), v, dt)
+                for v, dt in ((bos, np.int32), (-1, np.int64), (-1, np.int32))
+            ]
             yield RowBlock(row, *(np.concatenate([h, r], axis=1) for h, r in zip(head, rows)))
             row += k
 
@@ -219,10 +258,13 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
         if n == 0:
             first = False
             continue
-        items: tuple[np.ndarray, ...] = (np.append(np.asarray(ids, np.int32), np.int32(eos)),
-                 np.full(n + 1, d, np.int64), np.arange(n + 1, dtype=np.int32))
+        items: tuple[np.ndarray, ...] = (
+            np.append(np.asarray(ids, np.int32), np.int32(eos)),
+            np.full(n + 1, d, np.int64),
+            np.arange(n + 1, dtype=np.int32),
+        )
         if first and d == start.doc and start.item:
-            items = tuple(a[start.item:] for a in items)
+            items = tuple(a[start.item :] for a in items)
         first = False
         pending.append(list(items))
         n_pending += len(items[0])
@@ -231,11 +273,15 @@ def _packed(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | Non
     yield from flush(True)
 
 
-def _per_document(spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None) -> Iterator[RowBlock]:
+def _per_document(
+    spec: CorpusSpec, tokenizer: Any, start: Checkpoint, stop: int | None
+) -> Iterator[RowBlock]:
     bos, eos = _special(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     L = spec.seq_len
-    for d, _, ids in tokenized_documents(spec, tokenizer, dataclasses.replace(start, doc=start.row), stop):
+    for d, _, ids in tokenized_documents(
+        spec, tokenizer, dataclasses.replace(start, doc=start.row), stop
+    ):
         ids = ids[: L - 1]
         n = len(ids) + 1
         tokens = np.full((1, L), pad, np.int32)
@@ -258,8 +304,9 @@ def _synthetic(spec: CorpusSpec, tokenizer: Any, start: Checkpoint) -> Iterator[
         yield RowBlock(r, tokens, doc, np.broadcast_to(pos, tokens.shape).copy())
 
 
-def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START,
-              stop: int | None = None) -> Iterator[RowBlock]:
+def iter_rows(
+    spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START, stop: int | None = None
+) -> Iterator[RowBlock]:
     """Blocks of consecutive rows from ``start.row`` on, until the corpus ends or
     (``stop``) before document ``stop``: only rows whose tokens all come before it."""
     if spec.kind == "synthetic":
@@ -274,7 +321,9 @@ def iter_rows(spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START,
 class RowReader:
     """Hands out exact numbers of rows from :func:`iter_rows`."""
 
-    def __init__(self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START, stop: int | None = None):
+    def __init__(
+        self, spec: CorpusSpec, tokenizer: Any, start: Checkpoint = _START, stop: int | None = None
+    ):
         self._blocks = iter_rows(spec, tokenizer, start, stop)
         self._buf: list[RowBlock] = []
         self._n = 0

@@ -18,14 +18,24 @@ from ..jsonl import write_records
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m actstore.demo.data", description="Write demo data files.")
+    p = argparse.ArgumentParser(
+        prog="python -m actstore.demo.data", description="Write demo data files."
+    )
     sub = p.add_subparsers(dest="what", required=True)
-    q = sub.add_parser("ioi-pairs", help="held-out IOI pairs for `actstore patch --pairs` (one template: one length)")
+    q = sub.add_parser(
+        "ioi-pairs",
+        help="held-out IOI pairs for `actstore patch --pairs` (one template: one length)",
+    )
     q.add_argument("out")
     q.add_argument("--n", type=int, default=32)
     q.add_argument("--seed", type=int, default=HELDOUT_SEED)
-    q.add_argument("--template", type=int, default=0, choices=range(len(IOI_TEMPLATES_HELDOUT)),
-                   help="which of IOI_TEMPLATES_HELDOUT (default 0)")
+    q.add_argument(
+        "--template",
+        type=int,
+        default=0,
+        choices=range(len(IOI_TEMPLATES_HELDOUT)),
+        help="which of IOI_TEMPLATES_HELDOUT (default 0)",
+    )
     d = sub.add_parser("documents", help="documents as JSON lines {id, text}")
     d.add_argument("out")
     d.add_argument("--n", type=int, default=600)

@@ -32,8 +32,13 @@ def ioi_logit_diffs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]])
 
     bos = tokenizer.bos_token_id
     enc = [[bos] + tokenizer.encode(p["clean"], add_special_tokens=False) for p in pairs]
-    ans = [(tokenizer.encode(p["answer"], add_special_tokens=False)[0],
-            tokenizer.encode(p["wrong"], add_special_tokens=False)[0]) for p in pairs]
+    ans = [
+        (
+            tokenizer.encode(p["answer"], add_special_tokens=False)[0],
+            tokenizer.encode(p["wrong"], add_special_tokens=False)[0],
+        )
+        for p in pairs
+    ]
     out = np.empty(len(pairs))
     by_len: dict[int, list[int]] = {}
     for i, ids in enumerate(enc):

@@ -43,11 +43,20 @@ Runner = Callable[[Sequence[str], bool], None]
 HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
 MARKER = ".actstore-tour"  # written first into the tour's folder: what is there was made by a tour
 STORES = ("demo.zarr", "induction.zarr")  # actstore stores (`actstore cache`)
-GROUPS = ("ioi.zarr", "ioi_circuit.zarr")  # Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
+GROUPS = (
+    "ioi.zarr",
+    "ioi_circuit.zarr",
+)  # Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
 CIRCUIT_METHOD, CIRCUIT_TOP = "eap", 20  # one backward per pair: a second or two on a CPU
-FILES = ("probe_position.png", "induction_heads.png", "ioi_pairs.jsonl", "ioi_patch_resid_pre.png",
-         "ioi_patch_attn_head_out_all_pos.png", *(f"ioi_circuit.{CIRCUIT_METHOD}.circuit.{x}" for x in ("png", "dot", "json")),
-         "ioi_circuit.faithfulness.png")
+FILES = (
+    "probe_position.png",
+    "induction_heads.png",
+    "ioi_pairs.jsonl",
+    "ioi_patch_resid_pre.png",
+    "ioi_patch_attn_head_out_all_pos.png",
+    *(f"ioi_circuit.{CIRCUIT_METHOD}.circuit.{x}" for x in ("png", "dot", "json")),
+    "ioi_circuit.faithfulness.png",
+)
 OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (besides MARKER)
 
 
@@ -55,13 +64,23 @@ OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (b
 class TourResult:
     out: str
     figures: list[str] = field(default_factory=list)
-    probe_accuracy: dict[int, float] = field(default_factory=dict)  # layer -> test accuracy of the position probe
-    induction_heads: list[tuple[str, float]] = field(default_factory=list)  # ('layer.head', score), best first
+    probe_accuracy: dict[int, float] = field(
+        default_factory=dict
+    )  # layer -> test accuracy of the position probe
+    induction_heads: list[tuple[str, float]] = field(
+        default_factory=list
+    )  # ('layer.head', score), best first
     loss_halves: tuple[float, float] | None = None  # mean loss on the first, the repeated half
-    ioi_logit_diff: float = float("nan")  # mean clean logit difference (answer - wrong) over the pairs
+    ioi_logit_diff: float = float(
+        "nan"
+    )  # mean clean logit difference (answer - wrong) over the pairs
     ioi_accuracy: float = float("nan")  # share of pairs with a positive clean logit difference
-    circuit_heads: list[str] = field(default_factory=list)  # 'layer.head' of the attention heads in the IOI circuit
-    circuit_edges: int = 0  # edges of the IOI circuit drawn (after pruning to paths from the input to the logits)
+    circuit_heads: list[str] = field(
+        default_factory=list
+    )  # 'layer.head' of the attention heads in the IOI circuit
+    circuit_edges: int = (
+        0  # edges of the IOI circuit drawn (after pruning to paths from the input to the logits)
+    )
     seconds: float = 0.0
 
 
@@ -105,25 +124,38 @@ def check_tour_folder(out: str, overwrite: bool = False) -> None:
     tour's step cannot replace (a folder where it writes a file, a folder that is not a
     store where it writes a store)."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"Tour folder '{out}' is a file; pass a folder (new or from an earlier tour), e.g. "
-                          "`actstore tour demo_out`.")
+        raise ConfigError(
+            f"Tour folder '{out}' is a file; pass a folder (new or from an earlier tour), e.g. "
+            "`actstore tour demo_out`."
+        )
     if not os.path.isdir(out):
         return
     taken = [n for n in OUTPUTS if os.path.lexists(os.path.join(out, n))]
     blocked = [why for n in taken if (why := _unreplaceable(os.path.join(out, n), n)) is not None]
     if blocked:
-        raise ConfigError(f"Tour folder '{out}' holds what the tour cannot replace ({'; '.join(blocked)}); remove "
-                          f"{'them' if len(blocked) > 1 else 'it'}, or pass a new folder, e.g. "
-                          f"`actstore tour {_fresh_name(out)}`.")
+        raise ConfigError(
+            f"Tour folder '{out}' holds what the tour cannot replace ({'; '.join(blocked)}); remove "
+            f"{'them' if len(blocked) > 1 else 'it'}, or pass a new folder, e.g. "
+            f"`actstore tour {_fresh_name(out)}`."
+        )
     if taken and not overwrite and not os.path.isfile(os.path.join(out, MARKER)):
-        raise ConfigError(f"Tour folder '{out}' already holds {', '.join(taken)}, which no earlier tour made there (it "
-                          f"has no {MARKER} file), and the tour would replace {'them' if len(taken) > 1 else 'it'}. "
-                          f"Pass a new folder, e.g. `actstore tour {_fresh_name(out)}`, or --overwrite (overwrite=True) "
-                          f"to let the tour replace {'them' if len(taken) > 1 else 'it'}.")
+        raise ConfigError(
+            f"Tour folder '{out}' already holds {', '.join(taken)}, which no earlier tour made there (it "
+            f"has no {MARKER} file), and the tour would replace {'them' if len(taken) > 1 else 'it'}. "
+            f"Pass a new folder, e.g. `actstore tour {_fresh_name(out)}`, or --overwrite (overwrite=True) "
+            f"to let the tour replace {'them' if len(taken) > 1 else 'it'}."
+        )
 
 
-def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: int = 64, n_pairs: int = 32,
-             quiet: bool = False, overwrite: bool = False) -> TourResult:
+def run_tour(
+    run: Runner,
+    out: str = "demo_out",
+    n_rows: int = 200,
+    n_rep_rows: int = 64,
+    n_pairs: int = 32,
+    quiet: bool = False,
+    overwrite: bool = False,
+) -> TourResult:
     """Run the tour's steps into ``out``, each an `actstore` command run by ``run`` (from Python:
     :func:`actstore.cli.tour.run_tour`, which runs them as `actstore tour` does), replacing what an earlier tour wrote there; files of the
     tour's names (OUTPUTS) that no tour made are replaced only with ``overwrite``, see
@@ -132,13 +164,21 @@ def run_tour(run: Runner, out: str = "demo_out", n_rows: int = 200, n_rep_rows: 
 
     check_tour_folder(out, overwrite)
     if n_rows < 2 or n_rep_rows < 1 or n_pairs < 1:
-        raise ConfigError(f"The tour needs at least 2 rows (a training and a test row for the probe), 1 repeated row "
-                          f"and 1 pair; got n_rows={n_rows}, n_rep_rows={n_rep_rows}, n_pairs={n_pairs}.")
+        raise ConfigError(
+            f"The tour needs at least 2 rows (a training and a test row for the probe), 1 repeated row "
+            f"and 1 pair; got n_rows={n_rows}, n_rep_rows={n_rep_rows}, n_pairs={n_pairs}."
+        )
     check_writable(out, "the tour's stores and figures", "pass a folder you can write")
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, MARKER), "w") as f:  # first: an interrupted tour's folder is still the tour's
-        f.write("Made by `actstore tour`; a later tour into this folder replaces: " + ", ".join(OUTPUTS) + "\n")
+    with open(
+        os.path.join(out, MARKER), "w"
+    ) as f:  # first: an interrupted tour's folder is still the tour's
+        f.write(
+            "Made by `actstore tour`; a later tour into this folder replaces: "
+            + ", ".join(OUTPUTS)
+            + "\n"
+        )
     tour = _Steps(run, out, quiet)
     if tour.say:
         print(f"actstore tour -> {out}/\nmodel: {resources.DEMO_MODEL_LABEL}")
@@ -160,8 +200,9 @@ class _Steps:
         self.run, self.out, self.quiet, self.say = run, out, quiet, not quiet
         self.q = ["--quiet"] if quiet else []
         self.res = TourResult(out=out)
-        self.main_store, self.rep_store, self.patch_out, self.circuit_out = (os.path.join(out, n)
-                                                                             for n in (*STORES, *GROUPS))
+        self.main_store, self.rep_store, self.patch_out, self.circuit_out = (
+            os.path.join(out, n) for n in (*STORES, *GROUPS)
+        )
         self.pairs = os.path.join(out, "ioi_pairs.jsonl")
 
     def cache_and_probe(self, n_rows: int) -> None:
@@ -169,18 +210,52 @@ class _Steps:
         from ..store import ActivationStore
 
         run, say, q, res = self.run, self.say, self.q, self.res
-        run(["cache", self.main_store, "--model", resources.DEMO_MODEL, "--dataset", "actstore-demo", "--sites",
-             "resid_post:all", "--seq-len", "128", "--n-rows", str(n_rows), "--batch-size", "16", "--overwrite", *q],
-            say)
+        run(
+            [
+                "cache",
+                self.main_store,
+                "--model",
+                resources.DEMO_MODEL,
+                "--dataset",
+                "actstore-demo",
+                "--sites",
+                "resid_post:all",
+                "--seq-len",
+                "128",
+                "--n-rows",
+                str(n_rows),
+                "--batch-size",
+                "16",
+                "--overwrite",
+                *q,
+            ],
+            say,
+        )
         if say:
             run(["info", self.main_store], say)
         probe_png = os.path.join(self.out, "probe_position.png")
-        run(["probe", self.main_store, "--sites", "resid_post:all", "--target", "position", "--plot", probe_png, *q],
-            say)
+        run(
+            [
+                "probe",
+                self.main_store,
+                "--sites",
+                "resid_post:all",
+                "--target",
+                "position",
+                "--plot",
+                probe_png,
+                *q,
+            ],
+            say,
+        )
         store = ActivationStore.open(self.main_store)
         for hook in store.sites:
-            scores = attrs_of(array_at(store.group, f"results/probes/position-logistic/{hook}/weight"))["scores"]
-            res.probe_accuracy[layer_of(hook) or 0] = float(scores["test"])  # resid_post: every hook has a layer
+            scores = attrs_of(
+                array_at(store.group, f"results/probes/position-logistic/{hook}/weight")
+            )["scores"]
+            res.probe_accuracy[layer_of(hook) or 0] = float(
+                scores["test"]
+            )  # resid_post: every hook has a layer
         res.figures.append(probe_png)
 
     def induction(self, n_rep_rows: int) -> None:
@@ -189,14 +264,42 @@ class _Steps:
 
         run, say, res = self.run, self.say, self.res
         ind_png = os.path.join(self.out, "induction_heads.png")
-        run(["cache", self.rep_store, "--model", resources.DEMO_MODEL, "--dataset", f"repeated-random:{HALF_LEN}",
-             "--seq-len", str(2 * HALF_LEN + 1), "--n-rows", str(n_rep_rows), "--sites", "pattern:all,loss",
-             "--overwrite", *self.q], say)
-        run(["analyze", "induction", self.rep_store, "--figure", ind_png, *(["--json"] if self.quiet else [])], say)
+        run(
+            [
+                "cache",
+                self.rep_store,
+                "--model",
+                resources.DEMO_MODEL,
+                "--dataset",
+                f"repeated-random:{HALF_LEN}",
+                "--seq-len",
+                str(2 * HALF_LEN + 1),
+                "--n-rows",
+                str(n_rep_rows),
+                "--sites",
+                "pattern:all,loss",
+                "--overwrite",
+                *self.q,
+            ],
+            say,
+        )
+        run(
+            [
+                "analyze",
+                "induction",
+                self.rep_store,
+                "--figure",
+                ind_png,
+                *(["--json"] if self.quiet else []),
+            ],
+            say,
+        )
         g = group_at(zarr.open_group(self.rep_store, mode="r"), "results/analysis/induction")
         ind = np.asarray(array_at(g, "induction")[...])
         order = np.argsort(ind.ravel())[::-1][:3]
-        res.induction_heads = [(f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order]
+        res.induction_heads = [
+            (f"{i // ind.shape[1]}.{i % ind.shape[1]}", float(ind.ravel()[i])) for i in order
+        ]
         loss = np.asarray(array_at(g, "loss_by_pos")[...])
         res.loss_halves = (float(loss[:HALF_LEN].mean()), float(loss[HALF_LEN:].mean()))
         res.figures.append(ind_png)
@@ -211,17 +314,53 @@ class _Steps:
         write_records(self.pairs, demo_data.ioi_pairs(n_pairs, template=0))
         for sweep in ("resid_pre", "attn_head_out_all_pos"):
             png = os.path.join(self.out, f"ioi_patch_{sweep}.png")
-            run(["patch", "--model", resources.DEMO_MODEL, "--pairs", self.pairs, "--sweep", sweep, "--out",
-                 self.patch_out, "--figure", png, "--overwrite", *self.q], say)
+            run(
+                [
+                    "patch",
+                    "--model",
+                    resources.DEMO_MODEL,
+                    "--pairs",
+                    self.pairs,
+                    "--sweep",
+                    sweep,
+                    "--out",
+                    self.patch_out,
+                    "--figure",
+                    png,
+                    "--overwrite",
+                    *self.q,
+                ],
+                say,
+            )
             res.figures.append(png)
-        ld = np.asarray(array_at(zarr.open_group(self.patch_out, mode="r"), "patching/resid_pre/clean_logit_diff")[...])
+        ld = np.asarray(
+            array_at(
+                zarr.open_group(self.patch_out, mode="r"), "patching/resid_pre/clean_logit_diff"
+            )[...]
+        )
         res.ioi_logit_diff, res.ioi_accuracy = float(ld.mean()), float((ld > 0).mean())
 
     def circuit(self) -> None:
         """5. the circuit behind it: edge attribution patching on the same pairs, the best edges drawn."""
         res = self.res
-        self.run(["circuit", "--model", resources.DEMO_MODEL, "--pairs", self.pairs, "--method", CIRCUIT_METHOD,
-                  "--top", str(CIRCUIT_TOP), "--out", self.circuit_out, "--overwrite", *self.q], self.say)
+        self.run(
+            [
+                "circuit",
+                "--model",
+                resources.DEMO_MODEL,
+                "--pairs",
+                self.pairs,
+                "--method",
+                CIRCUIT_METHOD,
+                "--top",
+                str(CIRCUIT_TOP),
+                "--out",
+                self.circuit_out,
+                "--overwrite",
+                *self.q,
+            ],
+            self.say,
+        )
         stem = os.path.join(self.out, f"ioi_circuit.{CIRCUIT_METHOD}.circuit")
         with open(stem + ".json") as f:
             drawn = json.load(f)
@@ -254,8 +393,10 @@ def summary(res: TourResult) -> str:
         f"  induction heads (layer.head, score): {best}",
     ]
     if res.loss_halves:
-        lines.append(f"  loss on repeated random tokens: first half {res.loss_halves[0]:.2f}, "
-                     f"repeated half {res.loss_halves[1]:.2f} nats")
+        lines.append(
+            f"  loss on repeated random tokens: first half {res.loss_halves[0]:.2f}, "
+            f"repeated half {res.loss_halves[1]:.2f} nats"
+        )
     lines += [
         f"  position probe, test accuracy by layer (resid_post): {acc}",
         f"  held-out IOI prompts: mean logit diff (answer - wrong) {res.ioi_logit_diff:.2f}, "
@@ -267,7 +408,12 @@ def summary(res: TourResult) -> str:
         f"Stores: {res.out}/demo.zarr (the cached corpus), {res.out}/induction.zarr, {res.out}/ioi.zarr, "
         f"{res.out}/ioi_circuit.zarr",
         "To explore them (and your own prompts) in the browser, open the explorer"
-        + ("" if _app_installed() else ", after pip install 'actstore[app]' (its extra is missing here)") + ":",
+        + (
+            ""
+            if _app_installed()
+            else ", after pip install 'actstore[app]' (its extra is missing here)"
+        )
+        + ":",
         f"  actstore app --model {resources.DEMO_MODEL} --store {res.out}/demo.zarr --store {res.out}/induction.zarr",
         "=" * 78,
     ]

@@ -25,7 +25,9 @@ class Adapter:
     """A model family. Subclasses set the class attributes below."""
 
     name: ClassVar[str]  # e.g. "gpt2"
-    architectures: ClassVar[tuple[str, ...]]  # Hugging Face model classes, e.g. ("GPT2LMHeadModel",)
+    architectures: ClassVar[
+        tuple[str, ...]
+    ]  # Hugging Face model classes, e.g. ("GPT2LMHeadModel",)
     # `actstore cache --engine hf`: hook name ({L}: the layer) -> where the plain model
     # computes it (a families.hf.HFSite); a family without the map cannot use that engine
     hf_sites: ClassVar[Mapping[str, Any]] = {}
@@ -59,7 +61,9 @@ class Adapter:
         return out
 
     @classmethod
-    def logit_columns(cls, bridge: HookedModel, resid: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    def logit_columns(
+        cls, bridge: HookedModel, resid: torch.Tensor, token_ids: Sequence[int]
+    ) -> torch.Tensor:
         """:meth:`logits` for the vocabulary columns ``token_ids`` only (..., len(token_ids)):
         only those rows of the unembedding are multiplied."""
         import torch
@@ -94,8 +98,13 @@ class Adapter:
         if missing:
             from ..sites import Site
 
-            why = cls.absent_sites.get(Site.from_hook(missing[0]).kind) or "TransformerLens defines no such hook for it"
-            raise ConfigError(f"{what} reads {missing[0]}, and this {cls.name} model has no such hook: {why}.")
+            why = (
+                cls.absent_sites.get(Site.from_hook(missing[0]).kind)
+                or "TransformerLens defines no such hook for it"
+            )
+            raise ConfigError(
+                f"{what} reads {missing[0]}, and this {cls.name} model has no such hook: {why}."
+            )
 
     @classmethod
     def parallel_blocks(cls, bridge: HookedModel) -> bool:
@@ -109,13 +118,17 @@ class Adapter:
         the nodes' outputs, read by one q, k and v input per head) does not describe this
         model exactly; None where it does."""
         if cls.sublayer_output_norms:
-            return ("each attention and MLP output is normalised before it joins the residual, so a head's write is "
-                    "not z @ W_O")
+            return (
+                "each attention and MLP output is normalised before it joins the residual, so a head's write is "
+                "not z @ W_O"
+            )
         cfg = getattr(bridge, "cfg", None)
         n_kv, n_heads = getattr(cfg, "n_key_value_heads", None), getattr(cfg, "n_heads", None)
         if n_kv is not None and n_heads is not None and int(n_kv) != int(n_heads):
-            return (f"each key/value head is shared by {int(n_heads) // int(n_kv)} query heads (n_key_value_heads="
-                    f"{n_kv}, n_heads={n_heads}), a graph actstore does not have yet")
+            return (
+                f"each key/value head is shared by {int(n_heads) // int(n_kv)} query heads (n_key_value_heads="
+                f"{n_kv}, n_heads={n_heads}), a graph actstore does not have yet"
+            )
         return None
 
     @classmethod
@@ -123,10 +136,12 @@ class Adapter:
         """Refuse a model :meth:`edge_graph_problem` names a problem with."""
         why = cls.edge_graph_problem(bridge)
         if why:
-            raise ConfigError(f"Circuit discovery scores the edges of a graph whose residual stream is the sum of its "
-                              f"nodes' outputs, each head with its own query, key and value input; in this {cls.name} "
-                              f"model {why}. actstore refuses rather than approximate: use activation patching "
-                              "(actstore patch, every sweep) for this model.")
+            raise ConfigError(
+                f"Circuit discovery scores the edges of a graph whose residual stream is the sum of its "
+                f"nodes' outputs, each head with its own query, key and value input; in this {cls.name} "
+                f"model {why}. actstore refuses rather than approximate: use activation patching "
+                "(actstore patch, every sweep) for this model."
+            )
 
     @classmethod
     def check_direct_paths(cls, what: str) -> None:
@@ -137,7 +152,8 @@ class Adapter:
                 f"{what} attributes a logit to each head and MLP as a sum of parts, and {cls.name} models are not "
                 "such a sum: they normalise each attention and MLP output before it joins the residual (and soft-cap "
                 "the logits), so a per-head share is not defined exactly. actstore refuses rather than approximate; "
-                "use the logit lens, or patch the model with TransformerLens.")
+                "use the logit lens, or patch the model with TransformerLens."
+            )
 
 
 ADAPTERS: dict[str, type[Adapter]] = {}  # architecture -> adapter
@@ -147,7 +163,9 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
     """Class decorator: serve ``adapter.architectures`` with ``adapter``."""
     for arch in adapter.architectures:
         if arch in ADAPTERS and ADAPTERS[arch] is not adapter:
-            raise RuntimeError(f"architecture {arch} has two adapters: {ADAPTERS[arch].__name__}, {adapter.__name__}")
+            raise RuntimeError(
+                f"architecture {arch} has two adapters: {ADAPTERS[arch].__name__}, {adapter.__name__}"
+            )
         ADAPTERS[arch] = adapter
     return adapter
 
@@ -172,11 +190,13 @@ def architecture_of(model: Any) -> str:
 
 
 def _gpt2_block(cfg: Any) -> bool:
-    return (getattr(cfg, "positional_embedding_type", None) == "standard"
-            and getattr(cfg, "normalization_type", None) in ("LN", "LNPre")
-            and getattr(cfg, "n_key_value_heads", None) in (None, getattr(cfg, "n_heads", None))
-            and not getattr(cfg, "parallel_attn_mlp", False)
-            and not getattr(cfg, "gated_mlp", False))
+    return (
+        getattr(cfg, "positional_embedding_type", None) == "standard"
+        and getattr(cfg, "normalization_type", None) in ("LN", "LNPre")
+        and getattr(cfg, "n_key_value_heads", None) in (None, getattr(cfg, "n_heads", None))
+        and not getattr(cfg, "parallel_attn_mlp", False)
+        and not getattr(cfg, "gated_mlp", False)
+    )
 
 
 def adapter_for(model: Any, what: str = "this") -> type[Adapter]:
@@ -184,8 +204,12 @@ def adapter_for(model: Any, what: str = "this") -> type[Adapter]:
     with a clear error naming the families served (``what`` names the engine asking)."""
     arch = architecture_of(model)
     if arch not in ADAPTERS:
-        served = ", ".join(f"{a.name} ({', '.join(a.architectures)})"
-                           for a in sorted(set(ADAPTERS.values()), key=lambda a: a.name))
-        raise ConfigError(f"{what} needs a model-family adapter, and actstore has none for {arch}; it serves "
-                          f"{served}. Use TransformerLens directly for this model.")
+        served = ", ".join(
+            f"{a.name} ({', '.join(a.architectures)})"
+            for a in sorted(set(ADAPTERS.values()), key=lambda a: a.name)
+        )
+        raise ConfigError(
+            f"{what} needs a model-family adapter, and actstore has none for {arch}; it serves "
+            f"{served}. Use TransformerLens directly for this model."
+        )
     return ADAPTERS[arch]

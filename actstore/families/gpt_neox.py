@@ -16,8 +16,11 @@ _L = "gpt_neox.layers.{L}"
 class GPTNeoX(Adapter):
     name = "gpt_neox"
     architectures = ("GPTNeoXForCausalLM",)
-    absent_sites = {"resid_mid": "its blocks run attention and the MLP in parallel, both from the block's input, so "
-                                 "no residual lies between them; patch resid_pre, attn_out or mlp_out instead"}
+    absent_sites = {
+        "resid_mid": "its blocks run attention and the MLP in parallel, both from the block's input, so "
+        "no residual lies between them; patch resid_pre, attn_out or mlp_out instead"
+    }
+
     # no q, k, v: the fused query_key_value interleaves them head by head (refused, naming the bridge);
     # no resid_mid: attention and MLP both read the block's input
     @classmethod

@@ -63,14 +63,18 @@ class HFCapture:
         self.model = model
         self.d_head = model.info.d_head
         if model.info.in_memory:
-            raise ConfigError("--engine hf loads the plain transformers model by name, and this model was passed in "
-                              "memory as a TransformerBridge (whose modules the bridge has replaced). Pass its hub name "
-                              "or a folder (actstore.models.save_model writes one), or cache with --engine bridge "
-                              "(the default).")
+            raise ConfigError(
+                "--engine hf loads the plain transformers model by name, and this model was passed in "
+                "memory as a TransformerBridge (whose modules the bridge has replaced). Pass its hub name "
+                "or a folder (actstore.models.save_model writes one), or cache with --engine bridge "
+                "(the default)."
+            )
         if not adapter.hf_sites:
             served = sorted({a.name for a in ADAPTERS.values() if a.hf_sites})
-            raise ConfigError(f"--engine hf maps hook names to the plain model's modules for {', '.join(served)} so "
-                              f"far; this is a {adapter.name} model. Cache it with --engine bridge (the default).")
+            raise ConfigError(
+                f"--engine hf maps hook names to the plain model's modules for {', '.join(served)} so "
+                f"far; this is a {adapter.name} model. Cache it with --engine bridge (the default)."
+            )
         where: dict[str, HFSite] = {}  # hook -> where the plain model computes it
         refused = []
         for site in sites:
@@ -88,7 +92,8 @@ class HFCapture:
                 f"--engine hf records the outputs of the plain {adapter.name} model's own modules, and none of them "
                 f"computes {', '.join(refused[:4])}{' ...' if len(refused) > 4 else ''} ({', '.join(kinds)}): an "
                 "attention pattern or score needs eager attention, other hooks the bridge computes itself. "
-                "Cache these sites with --engine bridge (the default), or leave them out.")
+                "Cache these sites with --engine bridge (the default), or leave them out."
+            )
         self.where = where
         self.plain = _load_plain(model)
 
@@ -104,15 +109,22 @@ class HFCapture:
             x = x.unflatten(-1, (-1, self.d_head))  # query heads, or key/value heads (GQA)
         return x
 
-    def capture(self, tokens: torch.Tensor, sites: Sequence[Site], keep: bool = True,
-                sink: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+    def capture(
+        self,
+        tokens: torch.Tensor,
+        sites: Sequence[Site],
+        keep: bool = True,
+        sink: Callable[[str, torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         tokens = tokens.to(self.model.device)
         collect = Collector(sites, tokens, keep, sink)
         handles = []
         for site in sites:
             spec = self.where[site.hook]
 
-            def fn(module: Any, args: tuple[Any, ...], out: Any, site: Site = site, spec: HFSite = spec) -> None:
+            def fn(
+                module: Any, args: tuple[Any, ...], out: Any, site: Site = site, spec: HFSite = spec
+            ) -> None:
                 collect(site, self._value(spec, args, out))
 
             layer = layer_of(DERIVED_SITES.get(site.hook, site.hook))

@@ -12,4 +12,6 @@ from ..deprecation import moved_names
 __all__: list[str] = []
 
 # moved to actstore.errors (docs/changelog.md)
-__getattr__ = moved_names(__name__, {"MissingDependencyError": "actstore.errors.MissingDependencyError"})
+__getattr__ = moved_names(
+    __name__, {"MissingDependencyError": "actstore.errors.MissingDependencyError"}
+)

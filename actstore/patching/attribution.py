@@ -57,9 +57,14 @@ from .engine import Sweep, check_model
 from .metrics import BatchedMetric, Metrics, select_declared
 
 __all__ = [
-    "attribution_patch", "generic_attribution_patch", "SWEEPS",
-    *(row.function for row in _table.SWEEPS.values()),  # get_act_patch_resid_pre, ...: one per sweep of the table
-    "compare", "plot_comparison",
+    "attribution_patch",
+    "generic_attribution_patch",
+    "SWEEPS",
+    *(
+        row.function for row in _table.SWEEPS.values()
+    ),  # get_act_patch_resid_pre, ...: one per sweep of the table
+    "compare",
+    "plot_comparison",
 ]
 
 
@@ -79,24 +84,32 @@ def _stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
     raise StopAtLayerException(act)  # run_with_hooks returns act: the residual entering ln_final
 
 
-def _metric_values(model: HookedModel, metrics: Metrics, out: torch.Tensor, n_pos: int) -> list[torch.Tensor]:
+def _metric_values(
+    model: HookedModel, metrics: Metrics, out: torch.Tensor, n_pos: int
+) -> list[torch.Tensor]:
     """Every metric's value from the run's output: the full logits, or (restricted
     metrics) the final residual, of which only the positions and vocabulary columns the
     metrics read are decoded."""
     d_model = int(model.cfg.d_model)
     if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
         return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
-    sel = adapter_for(model).logit_columns(model, out[:, metrics.positions], metrics.token_ids)[None]
+    sel = adapter_for(model).logit_columns(model, out[:, metrics.positions], metrics.token_ids)[
+        None
+    ]
     # restricted: every metric is a BatchedMetric (Metrics checks it)
-    return [cast(BatchedMetric, fn).batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
-            for i, fn in enumerate(metrics.fns.values())]
+    return [
+        cast(BatchedMetric, fn).batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
+        for i, fn in enumerate(metrics.fns.values())
+    ]
 
 
 class _GradPass:
     """The corrupted run once with a zero leaf added at each hook: the activations,
     d metric / d activation for every metric, and the metric values (the baseline)."""
 
-    def __init__(self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics):
+    def __init__(
+        self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics
+    ):
         self.hooks = sorted(set(hooks))
         self.metric_names = tuple(metrics.fns)
         self.per_example = metrics.per_example
@@ -107,44 +120,60 @@ class _GradPass:
         def attach(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
                 if name in leaves:
-                    raise RuntimeError(f"{name} fired twice in one forward; attribution needs it once.")
+                    raise RuntimeError(
+                        f"{name} fired twice in one forward; attribution needs it once."
+                    )
                 self.acts[name] = act.detach().clone()
                 leaves[name] = torch.zeros_like(act, requires_grad=True)
                 # added in place, as transformer_lens.patching's setters write their patch: a tensor
                 # the model aliases to this one sees it too (the bridge's hook_resid_mid is ln2's input,
                 # which the block also adds the MLP's output to), so the gradient is the patch's
                 return act.add_(leaves[name])
+
             return fn
 
         n_pos = int(tokens.shape[1])
         hooks_ = [(h, attach(h)) for h in self.hooks]
-        if metrics.restricted:  # stop before the final LayerNorm: only the logits the metrics read are computed
+        if (
+            metrics.restricted
+        ):  # stop before the final LayerNorm: only the logits the metrics read are computed
             hooks_.append(("ln_final.hook_in", _stop))
         # a tensor autograd saved (a softmax's output: hook_pattern) may take the in-place add
         with torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
             out = model.run_with_hooks(tokens, fwd_hooks=hooks_)
             missing = [h for h in self.hooks if h not in leaves]
             if missing:
-                raise ConfigError(f"Hook {missing[0]} did not fire in the corrupted run; attribution patching reads "
-                                  "hooks of blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...).")
+                raise ConfigError(
+                    f"Hook {missing[0]} did not fire in the corrupted run; attribution patching reads "
+                    "hooks of blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...)."
+                )
             values = _metric_values(model, metrics, out, n_pos)
             base = []
             order = [leaves[h] for h in self.hooks]
             for i, (name, value) in enumerate(zip(metrics.fns, values)):
                 metrics.check_shape(name, value, lead=())
                 if not value.requires_grad:
-                    raise ConfigError(f"patching_metric {name!r} is not differentiable in the logits (it returned a "
-                                      "tensor without a gradient); compute it with torch operations on the logits.")
-                grads = torch.autograd.grad(value.sum(), order, retain_graph=i < len(values) - 1, allow_unused=True)
-                self.grads[name] = {h: torch.zeros_like(leaves[h]) if g is None else g
-                                    for h, g in zip(self.hooks, grads)}
+                    raise ConfigError(
+                        f"patching_metric {name!r} is not differentiable in the logits (it returned a "
+                        "tensor without a gradient); compute it with torch operations on the logits."
+                    )
+                grads = torch.autograd.grad(
+                    value.sum(), order, retain_graph=i < len(values) - 1, allow_unused=True
+                )
+                self.grads[name] = {
+                    h: torch.zeros_like(leaves[h]) if g is None else g
+                    for h, g in zip(self.hooks, grads)
+                }
                 base.append(value.detach())
         dtype = torch.promote_types(bridge_dtype(model), torch.float32)
         self.baseline = torch.stack(base).to(dtype)  # (metric[, batch])
 
     def matches(self, metrics: Metrics, hooks: Sequence[str]) -> bool:
-        return (tuple(metrics.fns) == self.metric_names and metrics.per_example == self.per_example
-                and set(hooks) <= set(self.hooks))
+        return (
+            tuple(metrics.fns) == self.metric_names
+            and metrics.per_example == self.per_example
+            and set(hooks) <= set(self.hooks)
+        )
 
 
 class _Shared:
@@ -155,7 +184,9 @@ class _Shared:
         self.hooks = list(hooks)
         self.grad_pass: _GradPass | None = None
 
-    def get(self, model: HookedModel, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]) -> _GradPass:
+    def get(
+        self, model: HookedModel, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]
+    ) -> _GradPass:
         if self.grad_pass is None or not self.grad_pass.matches(metrics, hooks):
             self.grad_pass = _GradPass(model, tokens, sorted(set(self.hooks) | set(hooks)), metrics)
         return self.grad_pass
@@ -171,17 +202,22 @@ _KNOWN_SETTERS: dict[Any, Callable[[torch.Tensor], torch.Tensor]] = {
     _p.layer_head_vector_patch_setter: lambda t: t.sum((1, 3)),  # (batch, head)
     _p.layer_head_pattern_patch_setter: lambda t: t.sum((2, 3)),  # (batch, head)
     _p.layer_head_pos_pattern_patch_setter: lambda t: t.sum(-1),  # (batch, head, dest_pos)
-    _p.layer_head_dest_src_pos_pattern_patch_setter: lambda t: t,  # (batch, head, dest_pos, src_pos)
+    _p.layer_head_dest_src_pos_pattern_patch_setter: lambda t: (
+        t
+    ),  # (batch, head, dest_pos, src_pos)
 }
 
 
-def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, clean: torch.Tensor,
-                       grad: torch.Tensor) -> torch.Tensor:
+def _cell_attributions(
+    sweep: Sweep, cells: list[int], corrupted: torch.Tensor, clean: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """(cell, batch): the sum over each cell's patched slice of (clean - corrupted) * grad."""
     reduce = _KNOWN_SETTERS.get(sweep.patch_setter)
     if reduce is not None:
         table = reduce((clean - corrupted) * grad)  # (batch, *index axes after the layer)
-        idx = torch.tensor([sweep.indices[c][1:] for c in cells], dtype=torch.long, device=table.device)
+        idx = torch.tensor(
+            [sweep.indices[c][1:] for c in cells], dtype=torch.long, device=table.device
+        )
         return table.movedim(0, -1)[tuple(idx.T)]  # (cell, batch)
     out = []  # any other setter: what it changes, times the gradient
     for c in cells:
@@ -191,23 +227,38 @@ def _cell_attributions(sweep: Sweep, cells: list[int], corrupted: torch.Tensor, 
 
 
 def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
-    def run(model: HookedModel, tokens: torch.Tensor, clean: CleanSource, metrics: Metrics, sweep: Sweep,
-            memory_budget: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        model: HookedModel,
+        tokens: torch.Tensor,
+        clean: CleanSource,
+        metrics: Metrics,
+        sweep: Sweep,
+        memory_budget: int | None,
+        progress: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         check_model(model, "Attribution patching")
         by_hook: dict[str, list[int]] = {}
         for c, index in enumerate(sweep.indices):
             by_hook.setdefault(sweep.act_name(int(index[0])), []).append(c)
-        grad_pass = (shared.get(model, tokens, metrics, list(by_hook)) if shared is not None
-                     else _GradPass(model, tokens, list(by_hook), metrics))
+        grad_pass = (
+            shared.get(model, tokens, metrics, list(by_hook))
+            if shared is not None
+            else _GradPass(model, tokens, list(by_hook), metrics)
+        )
         base = grad_pass.baseline
-        out = torch.zeros((len(sweep.indices),) + tuple(base.shape), dtype=base.dtype, device=base.device)
+        out = torch.zeros(
+            (len(sweep.indices),) + tuple(base.shape), dtype=base.dtype, device=base.device
+        )
         for hook, cells in by_hook.items():
             corr = grad_pass.acts[hook].to(base.dtype)
             clean_act = clean[hook].to(base.dtype)
             for m, name in enumerate(metrics.fns):
-                attr = _cell_attributions(sweep, cells, corr, clean_act, grad_pass.grads[name][hook].to(base.dtype))
+                attr = _cell_attributions(
+                    sweep, cells, corr, clean_act, grad_pass.grads[name][hook].to(base.dtype)
+                )
                 out[cells, m] = attr if metrics.per_example else attr.sum(-1)
         return (out if as_effect else out + base), base
+
     return run
 
 
@@ -215,8 +266,9 @@ def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
 
 
 @_p.generic_signature
-def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: _Shared | None = None,
-                              **kwargs: Any) -> Any:
+def generic_attribution_patch(
+    *args: Any, as_effect: bool = False, _shared: _Shared | None = None, **kwargs: Any
+) -> Any:
     """The attribution estimate of :func:`actstore.patching.generic_activation_patch`:
     the same arguments and return shapes (tensor, ``(tensor, index_df)`` or
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
@@ -227,25 +279,37 @@ def generic_attribution_patch(*args: Any, as_effect: bool = False, _shared: _Sha
 
 def _single(row: _table.SweepRow) -> Any:
     fn = _p.single_sweep(generic_attribution_patch, row)
-    fn.__doc__ = ("Attribution estimate of actstore.patching's (= transformer_lens.patching's) sweep of this name: "
-                  f"a tensor of shape [{', '.join(row.axes)}] (see generic_attribution_patch).")
+    fn.__doc__ = (
+        "Attribution estimate of actstore.patching's (= transformer_lens.patching's) sweep of this name: "
+        f"a tensor of shape [{', '.join(row.axes)}] (see generic_attribution_patch)."
+    )
     return fn
 
 
 def _stack(row: _table.SweepRow) -> Callable[..., Any]:
-    def sweep(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
-              **kwargs: Any) -> Any:
+    def sweep(
+        model: HookedModel,
+        corrupted_tokens: Int[torch.Tensor, "batch pos"],
+        clean_cache: Any,
+        metric: Any,
+        **kwargs: Any,
+    ) -> Any:
         shared = _Shared(_hooks_of(model, row.name))
         return _run_named(row.name, model, corrupted_tokens, clean_cache, metric, shared, kwargs)
+
     sweep.__name__ = sweep.__qualname__ = row.function
-    sweep.__doc__ = (f"Attribution estimate of actstore.patching.{row.function} (the same stacked shape), "
-                     "every patch type from one forward and backward.")
+    sweep.__doc__ = (
+        f"Attribution estimate of actstore.patching.{row.function} (the same stacked shape), "
+        "every patch type from one forward and backward."
+    )
     return sweep
 
 
 #: every sweep's function by name (also bound in the module as get_act_patch_<name>): one per row of the table
-_FUNCTIONS: dict[str, Callable[..., Any]] = {name: _stack(row) if row.kind == "stack" else _single(row)
-                                             for name, row in _table.SWEEPS.items()}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    name: _stack(row) if row.kind == "stack" else _single(row)
+    for name, row in _table.SWEEPS.items()
+}
 globals().update({row.function: _FUNCTIONS[name] for name, row in _table.SWEEPS.items()})
 #: every sweep name attribution_patch accepts: the table's (actstore.patching.table.SWEEPS)
 SWEEPS: tuple[str, ...] = tuple(_table.SWEEPS)
@@ -255,17 +319,32 @@ def _hooks_of(model: HookedModel, name: str) -> list[str]:
     return _table.SWEEPS[name].hooks(int(model.cfg.n_layers))
 
 
-def _run_named(name: str, model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: Any,
-               shared: _Shared, kwargs: dict[str, Any]) -> Any:
+def _run_named(
+    name: str,
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    metric: Any,
+    shared: _Shared,
+    kwargs: dict[str, Any],
+) -> Any:
     row = _table.SWEEPS[name]
     if row.kind == "single":
-        return _FUNCTIONS[name](model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs)
+        return _FUNCTIONS[name](
+            model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs
+        )
     parts = [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
     return _p.stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
 
 
-def attribution_patch(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean: Any, metric: Any,
-                      sweeps: Sequence[str] = ("resid_pre",), **kwargs: Any) -> dict[str, Any]:
+def attribution_patch(
+    model: HookedModel,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean: Any,
+    metric: Any,
+    sweeps: Sequence[str] = ("resid_pre",),
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Several attribution sweeps from one forward and one backward of the corrupted run
     (per metric): ``{sweep name: result}``, each as the sweep's function returns it.
 
@@ -287,9 +366,14 @@ def attribution_patch(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "b
     hooks = sorted({h for s in sweeps for h in _hooks_of(model, s)})
     if isinstance(clean, torch.Tensor) and not torch.is_floating_point(clean):
         with torch.no_grad():
-            _, clean = model.run_with_cache(clean.to(model.cfg.device), names_filter=lambda n: n in set(hooks))
+            _, clean = model.run_with_cache(
+                clean.to(model.cfg.device), names_filter=lambda n: n in set(hooks)
+            )
     shared = _Shared(hooks)
-    return {s: _run_named(s, model, corrupted_tokens, clean, metric, shared, dict(kwargs)) for s in sweeps}
+    return {
+        s: _run_named(s, model, corrupted_tokens, clean, metric, shared, dict(kwargs))
+        for s in sweeps
+    }
 
 
 # --- attribution against exact -----------------------------------------------------------------
@@ -309,7 +393,9 @@ def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
     in both by construction and inflate r) ``pearson_changed`` and ``n_changed``."""
     e, a = (np.asarray(torch.as_tensor(v).detach().cpu().double()) for v in (exact, approx))
     if e.shape != a.shape:
-        raise ConfigError(f"compare: exact {e.shape} and attribution {a.shape} results differ in shape.")
+        raise ConfigError(
+            f"compare: exact {e.shape} and attribution {a.shape} results differ in shape."
+        )
     out: dict[str, Any] = {"pearson": _pearson(e, a), "n_cells": int(e.size)}
     if changed is not None:
         m = np.broadcast_to(np.asarray(changed, dtype=bool), e.shape)
@@ -317,8 +403,15 @@ def compare(exact: Any, approx: Any, changed: Any = None) -> dict[str, Any]:
     return out
 
 
-def plot_comparison(exact: Any, approx: Any, path: str, *, title: str, xlabel: str = "exact patching",
-                    ylabel: str = "attribution patching") -> str:
+def plot_comparison(
+    exact: Any,
+    approx: Any,
+    path: str,
+    *,
+    title: str,
+    xlabel: str = "exact patching",
+    ylabel: str = "attribution patching",
+) -> str:
     """Scatter of attribution against exact values, one point per cell, with y = x."""
     from ..plots import pyplot
 

@@ -18,8 +18,10 @@ def check_model(model: HookedModel, what: str = "Activation patching") -> type[A
     adapter = adapter_for(model, what)
     training = [n for n, m in model.named_modules() if m.training]
     if training:
-        raise ConfigError(f"{what.lower()} requires the model in evaluation mode; found training mode at "
-                          f"{', '.join(training[:3])}. Call model.eval() first.")
+        raise ConfigError(
+            f"{what.lower()} requires the model in evaluation mode; found training mode at "
+            f"{', '.join(training[:3])}. Call model.eval() first."
+        )
     return adapter
 
 
@@ -33,5 +35,6 @@ def check_hand_run(model: HookedModel, what: str) -> type[Adapter]:
         raise ConfigError(
             f"{what} runs the blocks itself, and does so exactly for the {hand} family only (absolute position "
             f"embeddings, one key/value per head); this is a {adapter.name} model ({architecture_of(model)}). "
-            "Use transformer_lens.patching for it.")
+            "Use transformer_lens.patching for it."
+        )
     return adapter

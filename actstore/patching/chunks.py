@@ -48,8 +48,9 @@ def variant_row_bytes(model: HookedModel, n_pos: int, act_numel: int, full_logit
     return item * (n_pos * per_pos + logits + 2 * act_numel)
 
 
-def plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int, end: int, call_cost: int
-                 ) -> list[tuple[int, int]]:
+def plan_chunks(
+    starts: Sequence[int], rows_per_variant: int, max_variants: int, end: int, call_cost: int
+) -> list[tuple[int, int]]:
     """Split variants sorted by start into consecutive chunks [i, j), minimising
     sum(rows * (end - start of the chunk's first variant)) + call_cost per forward call
     (a chunk larger than max_variants takes several calls). Groups of equal start stay
@@ -65,7 +66,10 @@ def plan_chunks(starts: Sequence[int], rows_per_variant: int, max_variants: int,
     for j in range(1, g + 1):
         for i in range(j):
             n_var = bounds[j] - bounds[i]
-            cost = n_var * rows_per_variant * (end - groups[i][1]) + math.ceil(n_var / max_variants) * call_cost
+            cost = (
+                n_var * rows_per_variant * (end - groups[i][1])
+                + math.ceil(n_var / max_variants) * call_cost
+            )
             if best[i] + cost < best[j]:
                 best[j], cut[j] = best[i] + cost, i
     chunks: list[tuple[int, int]] = []

@@ -45,8 +45,10 @@ class CleanSource:
             self.rows = _parse_rows(rows, self.store, batch)
             check_store_model(self.store, model)
         elif rows is not None:
-            raise ConfigError("clean_rows applies only when the clean cache is an ActivationStore; "
-                              "drop clean_rows, or pass the store as clean_cache.")
+            raise ConfigError(
+                "clean_rows applies only when the clean cache is an ActivationStore; "
+                "drop clean_rows, or pass the store as clean_cache."
+            )
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         dtype = bridge_dtype(self.model)
@@ -57,8 +59,10 @@ class CleanSource:
         act = torch.as_tensor(self.cache[hook]).to(device=device, dtype=dtype)
         n = act.shape[2] if hook.endswith(_PATTERN_HOOKS) else act.shape[1]
         if n != self.n_pos:
-            raise ConfigError(f"The clean activations of {hook} cover {n} positions but the corrupted prompts have "
-                              f"{self.n_pos} tokens; clean and corrupted prompts must have the same number of tokens.")
+            raise ConfigError(
+                f"The clean activations of {hook} cover {n} positions but the corrupted prompts have "
+                f"{self.n_pos} tokens; clean and corrupted prompts must have the same number of tokens."
+            )
         return act
 
     def _from_store(self, hook: str) -> torch.Tensor:
@@ -69,15 +73,19 @@ class CleanSource:
             raise StoreMismatchError(
                 f"Store '{store.path}' has no activations for {hook}; this sweep reads that hook at every "
                 f"swept layer. Cache the clean prompts with e.g. --sites {_all_layers_spec(hook)}, or pass an "
-                "ActivationCache from run_with_cache instead.")
+                "ActivationCache from run_with_cache instead."
+            )
         if site.heads is not None:
             raise StoreMismatchError(
                 f"Store '{store.path}' holds only heads {list(site.heads)} of {hook}; patching needs every head. "
-                f"Cache it with --sites {_all_layers_spec(hook)}.")
+                f"Cache it with --sites {_all_layers_spec(hook)}."
+            )
         seq_len = store.layout.seq_len
         if seq_len < self.n_pos:
-            raise ConfigError(f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
-                              f"{self.n_pos}; clean and corrupted prompts must have the same number of tokens.")
+            raise ConfigError(
+                f"Store '{store.path}' has rows of {seq_len} tokens, but the corrupted prompts have "
+                f"{self.n_pos}; clean and corrupted prompts must have the same number of tokens."
+            )
         parts = []
         for a, b in _runs(rows):  # contiguous runs: store.acts checks the done manifest
             parts.append(store.acts(hook, rows=slice(a, b)))
@@ -105,18 +113,24 @@ def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
 def _parse_rows(rows: Any, store: Any, batch: int) -> list[int]:
     if rows is None:
         if store.n_rows != batch:
-            raise ConfigError(f"Store '{store.path}' has {store.n_rows} rows but the corrupted batch has {batch} "
-                              "prompts; pass clean_rows=[...] naming the row of each clean prompt.")
+            raise ConfigError(
+                f"Store '{store.path}' has {store.n_rows} rows but the corrupted batch has {batch} "
+                "prompts; pass clean_rows=[...] naming the row of each clean prompt."
+            )
         rows = range(batch)
     elif isinstance(rows, slice):
         rows = range(*rows.indices(store.n_rows))
     out = [int(r) for r in rows]
     if len(out) != batch:
-        raise ConfigError(f"clean_rows names {len(out)} rows but the corrupted batch has {batch} prompts; "
-                          "give one store row per corrupted prompt, in the same order.")
+        raise ConfigError(
+            f"clean_rows names {len(out)} rows but the corrupted batch has {batch} prompts; "
+            "give one store row per corrupted prompt, in the same order."
+        )
     bad = [r for r in out if not 0 <= r < store.n_rows]
     if bad:
-        raise ConfigError(f"clean_rows {bad[:5]} are outside store '{store.path}' (rows 0..{store.n_rows - 1}).")
+        raise ConfigError(
+            f"clean_rows {bad[:5]} are outside store '{store.path}' (rows 0..{store.n_rows - 1})."
+        )
     return out
 
 
@@ -136,15 +150,22 @@ def check_store_model(store: Any, model: HookedModel) -> None:
     if model not in _FINGERPRINTS:
         _FINGERPRINTS[model] = fingerprint(model.original_model)
     cfg = model.cfg
-    info = dict(fingerprint=_FINGERPRINTS[model], dtype=str(bridge_dtype(model)).removeprefix("torch."),
-                n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
-                d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx))
+    info = dict(
+        fingerprint=_FINGERPRINTS[model],
+        dtype=str(bridge_dtype(model)).removeprefix("torch."),
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        d_head=int(cfg.d_head),
+        n_ctx=int(cfg.n_ctx),
+    )
     diffs = check_identity(store.meta.model.to_dict(), info)
     if diffs:
         raise StoreMismatchError(
             f"Store '{store.path}' was cached with another model ('{store.meta.model.name}'): "
             f"{'; '.join(diffs)}. Pass a store cached with this model (same weights and dtype), "
-            "or run the clean prompts through this model instead (run_with_cache, or omit --store).")
+            "or run the clean prompts through this model instead (run_with_cache, or omit --store)."
+        )
 
 
 def store_rows(store: Any, clean: torch.Tensor, fix: str | None = None) -> list[int]:
@@ -153,9 +174,11 @@ def store_rows(store: Any, clean: torch.Tensor, fix: str | None = None) -> list[
     (``fix``: the caller's, e.g. a complete cache command)."""
     n_pos = clean.shape[1]
     if store.layout.seq_len < n_pos:
-        raise StoreMismatchError(f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
-                                 f"{n_pos}. " + (fix or f"Cache the clean prompts with --packing document --seq-len "
-                                                        f"{n_pos}."))
+        raise StoreMismatchError(
+            f"Store '{store.path}' has rows of {store.layout.seq_len} tokens; the prompts have "
+            f"{n_pos}. "
+            + (fix or f"Cache the clean prompts with --packing document --seq-len {n_pos}.")
+        )
     tokens, mask = store.tokens(), store.mask()
     real = mask[:, :n_pos].all(1) & (~mask[:, n_pos] if mask.shape[1] > n_pos else True)
     where = {tuple(t[:n_pos].tolist()): r for r, t in enumerate(tokens) if real[r]}
@@ -164,7 +187,12 @@ def store_rows(store: Any, clean: torch.Tensor, fix: str | None = None) -> list[
     if missing:
         raise StoreMismatchError(
             f"Store '{store.path}' does not hold the clean prompt of pair {missing[0] + 1} ({len(missing)} of "
-            f"{len(rows)} missing). " + (fix or "Give a new --store path (it is then cached from the clean prompts), "
-                                         f"or cache them yourself: actstore cache STORE --model M --dataset clean.txt "
-                                         f"--packing document --seq-len {n_pos}."))
+            f"{len(rows)} missing). "
+            + (
+                fix
+                or "Give a new --store path (it is then cached from the clean prompts), "
+                f"or cache them yourself: actstore cache STORE --model M --dataset clean.txt "
+                f"--packing document --seq-len {n_pos}."
+            )
+        )
     return [int(r) for r in rows if r is not None]  # none is missing

@@ -55,8 +55,15 @@ from .hooked import run_cells
 from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
 
-__all__ = ["Sweep", "run_sweep", "default_memory_budget", "block_projections", "check_model", "check_hand_run",
-           "variant_row_bytes"]
+__all__ = [
+    "Sweep",
+    "run_sweep",
+    "default_memory_budget",
+    "block_projections",
+    "check_model",
+    "check_hand_run",
+    "variant_row_bytes",
+]
 
 _PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")  # (batch, head, query_pos, key_pos)
 # --- the sweep -------------------------------------------------------------------------
@@ -72,8 +79,9 @@ class Sweep:
     patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
 
 
-def block_projections(model: HookedModel, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
-                      ) -> tuple[torch.Tensor, ...] | None:
+def block_projections(
+    model: HookedModel, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
+) -> tuple[torch.Tensor, ...] | None:
     """The queries/keys/values (``names`` of "q", "k", "v") block ``layer`` computes
     from its input ``x`` (row, pos, d_model), each as (row, head, pos, d_head), without
     the rest of the block; None where the bridge's attention does not expose them this way."""
@@ -91,7 +99,9 @@ def block_projections(model: HookedModel, layer: int, x: torch.Tensor, names: Se
     return tuple(o.transpose(1, 2) for o in outs)
 
 
-def _block_kv(model: HookedModel, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _block_kv(
+    model: HookedModel, layer: int, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Keys and values block ``layer`` computes from its input (see block_projections)."""
     return block_projections(model, layer, x, ("k", "v"))  # type: ignore[return-value]
 
@@ -99,11 +109,22 @@ def _block_kv(model: HookedModel, layer: int, x: torch.Tensor) -> tuple[torch.Te
 class _Corrupted:
     """The corrupted run, once: logits and what the patched runs start from."""
 
-    def __init__(self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], first_layer: int, windowed: bool):
+    def __init__(
+        self,
+        model: HookedModel,
+        tokens: torch.Tensor,
+        hooks: Sequence[str],
+        first_layer: int,
+        windowed: bool,
+    ):
         n_layers = int(model.cfg.n_layers)
         self.acts: dict[str, torch.Tensor] = {}
-        layers = range(first_layer, n_layers) if windowed else range(0)  # (whole forwards need only the hooks)
-        names = set(hooks) | {hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")}
+        layers = (
+            range(first_layer, n_layers) if windowed else range(0)
+        )  # (whole forwards need only the hooks)
+        names = set(hooks) | {
+            hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")
+        }
 
         def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             # stored under the name asked for (the bridge's hook point may carry its
@@ -111,10 +132,13 @@ class _Corrupted:
             def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
                 self.acts[name] = act.detach().clone()
                 return act
+
             return fn
 
         # a plain run_with_hooks, as the reference's baseline: the same logits, bit for bit
-        self.logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]).detach()
+        self.logits = model.run_with_hooks(
+            tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]
+        ).detach()
         self.keys = {layer: self.acts[hook_name("k", layer)].transpose(1, 2) for layer in layers}
         self.values = {layer: self.acts[hook_name("v", layer)].transpose(1, 2) for layer in layers}
         # may the last block run for the final position only? (its keys/values computed
@@ -123,15 +147,18 @@ class _Corrupted:
         kv = _block_kv(model, last, self.acts[hook_name("resid_pre", last)]) if windowed else None
         self.last_kv_apart = kv is not None and all(
             a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-            for a, b in zip(kv, (self.keys[last], self.values[last])))
+            for a, b in zip(kv, (self.keys[last], self.values[last]))
+        )
 
 
 def _layer(hook: str) -> int:
     layer = layer_of(hook)
     if layer is None:
-        raise ConfigError(f"Hook {hook} is outside the transformer blocks; actstore.patching patches hooks of "
-                          "blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...). Use "
-                          "transformer_lens.patching for this one.")
+        raise ConfigError(
+            f"Hook {hook} is outside the transformer blocks; actstore.patching patches hooks of "
+            "blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...). Use "
+            "transformer_lens.patching for this one."
+        )
     return layer
 
 
@@ -144,7 +171,9 @@ def _pos_axes(hook: str, act: torch.Tensor, n_pos: int) -> tuple[int | None, int
     return None, None  # no position axis we know of: never narrowed
 
 
-def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int | None) -> int | None:
+def _first_change(
+    patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int | None
+) -> int | None:
     """First position where the patch changes anything; None for a no-op patch."""
     diff = patched != corrupted
     if not bool(diff.any()):
@@ -155,9 +184,17 @@ def _first_change(patched: torch.Tensor, corrupted: torch.Tensor, pos_axis: int 
     return int(torch.nonzero(per_pos)[0, 0])
 
 
-def run_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics, sweep: Sweep,
-              memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True, bar: Any = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def run_sweep(
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    clean: CleanValues,
+    metrics: Metrics,
+    sweep: Sweep,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    kv_prefix: bool = True,
+    bar: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's metric values, (index, metric[, batch]), and the unpatched
     corrupted run's, (metric[, batch]); float32 on the model's device.
 
@@ -172,8 +209,12 @@ def run_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean: CleanVa
         run = _SweepRun(model, corrupted_tokens, clean, metrics, sweep, memory_budget, kv_prefix)
         own_bar = bar is None
         if own_bar:
-            bar = tqdm(total=len(sweep.indices), desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                total=len(sweep.indices),
+                desc=f"patching {sweep.act_name(0).split('.', 2)[-1]}",
+                disable=not progress,
+                leave=False,
+            )
         for layer in sorted(run.by_layer):
             run.patch_layer(layer, bar)
         if own_bar:
@@ -186,31 +227,64 @@ class _SweepRun:
     """One sweep of :func:`run_sweep`: the corrupted run, done once, the sweep's cells by
     layer, and the results filled in layer by layer (``out``, (index, metric[, batch]))."""
 
-    def __init__(self, model: HookedModel, corrupted_tokens: torch.Tensor, clean: CleanValues, metrics: Metrics,
-                 sweep: Sweep, memory_budget: int | None, kv_prefix: bool):
+    def __init__(
+        self,
+        model: HookedModel,
+        corrupted_tokens: torch.Tensor,
+        clean: CleanValues,
+        metrics: Metrics,
+        sweep: Sweep,
+        memory_budget: int | None,
+        kv_prefix: bool,
+    ):
         adapter = check_model(model)
-        self.model, self.corrupted_tokens, self.clean, self.metrics, self.sweep = (model, corrupted_tokens, clean,
-                                                                                    metrics, sweep)
+        self.model, self.corrupted_tokens, self.clean, self.metrics, self.sweep = (
+            model,
+            corrupted_tokens,
+            clean,
+            metrics,
+            sweep,
+        )
         self.kv_prefix = kv_prefix
-        self.windowed_model = adapter.hand_run_blocks and hasattr(model, "blocks")  # else: whole plain forwards
+        self.windowed_model = adapter.hand_run_blocks and hasattr(
+            model, "blocks"
+        )  # else: whole plain forwards
         self.device = torch.device(model.cfg.device)
         self.batch, self.n_pos = corrupted_tokens.shape
-        self.by_layer: dict[int, list[int]] = {}  # layer -> the cells (rows of sweep.indices) patching it
+        self.by_layer: dict[
+            int, list[int]
+        ] = {}  # layer -> the cells (rows of sweep.indices) patching it
         for c, index in enumerate(sweep.indices):
             self.by_layer.setdefault(_layer(sweep.act_name(int(index[0]))), []).append(c)
-        self.hooks = {layer: sweep.act_name(int(sweep.indices[cells[0]][0])) for layer, cells in self.by_layer.items()}
-        self.out = torch.zeros((len(sweep.indices), len(metrics.fns)) + ((self.batch,) if metrics.per_example else ()),
-                               device=self.device)
-        self.corrupted = _Corrupted(model, corrupted_tokens, list(self.hooks.values()), min(self.by_layer, default=0),
-                                    self.windowed_model)
+        self.hooks = {
+            layer: sweep.act_name(int(sweep.indices[cells[0]][0]))
+            for layer, cells in self.by_layer.items()
+        }
+        self.out = torch.zeros(
+            (len(sweep.indices), len(metrics.fns)) + ((self.batch,) if metrics.per_example else ()),
+            device=self.device,
+        )
+        self.corrupted = _Corrupted(
+            model,
+            corrupted_tokens,
+            list(self.hooks.values()),
+            min(self.by_layer, default=0),
+            self.windowed_model,
+        )
         self.corrupted_sel = metrics.select(self.corrupted.logits)  # (batch, pos', vocab')
         self.baseline = metrics.evaluate(self.corrupted_sel)[0]
         self.budget = memory_budget or default_memory_budget(self.device)
         self.end = metrics.end
-        self.in_place: dict[int, bool] = {}  # per layer: does the setter write into the activation it is given?
-        self.all_live: list[tuple[int, int]] = []  # (start, cell) of every cell that needed a forward
+        self.in_place: dict[
+            int, bool
+        ] = {}  # per layer: does the setter write into the activation it is given?
+        self.all_live: list[
+            tuple[int, int]
+        ] = []  # (start, cell) of every cell that needed a forward
 
-    def _patched(self, layer: int, c: int, corr_act: torch.Tensor, clean_act: torch.Tensor) -> torch.Tensor:
+    def _patched(
+        self, layer: int, c: int, corr_act: torch.Tensor, clean_act: torch.Tensor
+    ) -> torch.Tensor:
         """Cell ``c``'s patched activation: the sweep's setter on a copy of the corrupted one."""
         given = corr_act.clone()
         new = self.sweep.patch_setter(given, self.sweep.indices[c], clean_act)
@@ -231,27 +305,50 @@ class _SweepRun:
         live: list[tuple[int, int]] = []  # (start, cell)
         for c in cells:
             s = _first_change(self._patched(layer, c, corr_act, clean_act), corr_act, q_axis)
-            if s is None or (s >= self.end and q_axis is not None):  # no-op, or after every position read
+            if s is None or (
+                s >= self.end and q_axis is not None
+            ):  # no-op, or after every position read
                 self.out[c] = self.baseline
             else:
                 live.append((s, c))
         bar.update(len(cells) - len(live))
         live.sort()
         self.all_live += live
-        row_bytes = variant_row_bytes(self.model, self.n_pos, corr_act[0].numel(),
-                                      full_logits=not (self.metrics.restricted and self.windowed_model))
+        row_bytes = variant_row_bytes(
+            self.model,
+            self.n_pos,
+            corr_act[0].numel(),
+            full_logits=not (self.metrics.restricted and self.windowed_model),
+        )
         max_var = max(1, self.budget // (self.batch * row_bytes))
         windowed = q_axis is not None and self.kv_prefix and self.windowed_model
-        chunks = _plan_chunks([s if windowed else 0 for s, _ in live], self.batch, max_var, self.end,
-                              CALL_COST_ROWPOS.get(self.device.type, 24))
+        chunks = _plan_chunks(
+            [s if windowed else 0 for s, _ in live],
+            self.batch,
+            max_var,
+            self.end,
+            CALL_COST_ROWPOS.get(self.device.type, 24),
+        )
         for a, b in chunks:
             if not self.windowed_model:
                 vals = self._whole_forwards(layer, hook, [c for _, c in live[a:b]])
             else:
-                vals = _run_chunk(self.model, self.corrupted, self.metrics, self.corrupted_sel, layer, hook,
-                                  [self._patched(layer, c, corr_act, clean_act) for _, c in live[a:b]],
-                                  live[a][0] if windowed else 0, self.end if q_axis is not None else self.n_pos,
-                                  q_axis, k_axis, int(self.model.cfg.n_layers), self.in_place[layer], self.kv_prefix)
+                vals = _run_chunk(
+                    self.model,
+                    self.corrupted,
+                    self.metrics,
+                    self.corrupted_sel,
+                    layer,
+                    hook,
+                    [self._patched(layer, c, corr_act, clean_act) for _, c in live[a:b]],
+                    live[a][0] if windowed else 0,
+                    self.end if q_axis is not None else self.n_pos,
+                    q_axis,
+                    k_axis,
+                    int(self.model.cfg.n_layers),
+                    self.in_place[layer],
+                    self.kv_prefix,
+                )
             for (_, c), v in zip(live[a:b], vals):
                 self.out[c] = v
             bar.update(b - a)
@@ -259,8 +356,16 @@ class _SweepRun:
     def _whole_forwards(self, layer: int, hook: str, cells: list[int]) -> torch.Tensor:
         """The metrics of ``cells`` run as whole plain forwards (the families not run by hand)."""
         sweep = self.sweep
-        logits, fired = run_cells(self.model, self.corrupted_tokens, cells, lambda c: sweep.indices[c],
-                                  lambda c: hook, sweep.patch_setter, self.clean, self.in_place[layer])
+        logits, fired = run_cells(
+            self.model,
+            self.corrupted_tokens,
+            cells,
+            lambda c: sweep.indices[c],
+            lambda c: hook,
+            sweep.patch_setter,
+            self.clean,
+            self.in_place[layer],
+        )
         if fired != [hook]:
             raise RuntimeError(f"{hook} fired {len(fired)} times in a patched run (expected once).")
         return self.metrics.evaluate(self.metrics.select(logits))
@@ -273,18 +378,42 @@ class _SweepRun:
             return
         sweep, metrics, out, baseline = self.sweep, self.metrics, self.out, self.baseline
         cells = [c for _, c in self.all_live]
-        moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()  # how much each moves the metrics
+        moved = (
+            (out[cells] - baseline).abs().flatten(1).sum(1).tolist()
+        )  # how much each moves the metrics
         self_check.check_variants(
-            self.model, self.corrupted_tokens, self_check.pick(self.all_live, dict(zip(cells, moved)), self.end),
+            self.model,
+            self.corrupted_tokens,
+            self_check.pick(self.all_live, dict(zip(cells, moved)), self.end),
             lambda c: sweep.indices[c],
-            lambda c: sweep.act_name(int(sweep.indices[c][0])), sweep.patch_setter, self.clean,
-            next(iter(self.in_place.values())), lambda logits: metrics.evaluate(metrics.select(logits)), out,
-            torch.cat([out.flatten(), baseline.flatten()]), float(self.corrupted_sel.abs().max()), self.kv_prefix)
+            lambda c: sweep.act_name(int(sweep.indices[c][0])),
+            sweep.patch_setter,
+            self.clean,
+            next(iter(self.in_place.values())),
+            lambda logits: metrics.evaluate(metrics.select(logits)),
+            out,
+            torch.cat([out.flatten(), baseline.flatten()]),
+            float(self.corrupted_sel.abs().max()),
+            self.kv_prefix,
+        )
 
 
-def _run_chunk(model: HookedModel, corrupted: _Corrupted, metrics: Metrics, corrupted_sel: torch.Tensor, layer: int,
-               hook: str, patched: list[torch.Tensor], start: int, end: int, q_axis: int | None,
-               k_axis: int | None, n_layers: int, in_place: bool, kv_prefix: bool) -> torch.Tensor:
+def _run_chunk(
+    model: HookedModel,
+    corrupted: _Corrupted,
+    metrics: Metrics,
+    corrupted_sel: torch.Tensor,
+    layer: int,
+    hook: str,
+    patched: list[torch.Tensor],
+    start: int,
+    end: int,
+    q_axis: int | None,
+    k_axis: int | None,
+    n_layers: int,
+    in_place: bool,
+    kv_prefix: bool,
+) -> torch.Tensor:
     """Run the variants of one chunk from block ``layer`` on, over positions
     [start, end); return their metric values (variant, metric[, batch]).
     ``in_place``: write the patched window into the hooked activation, as the
@@ -300,8 +429,10 @@ def _run_chunk(model: HookedModel, corrupted: _Corrupted, metrics: Metrics, corr
 
     def substitute(act: torch.Tensor, hook: Any) -> torch.Tensor:
         if act.shape != window.shape:
-            raise RuntimeError(f"{hook}: activation of shape {tuple(act.shape)} where the engine expected "
-                               f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes.")
+            raise RuntimeError(
+                f"{hook}: activation of shape {tuple(act.shape)} where the engine expected "
+                f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes."
+            )
         fired.append(True)
         if in_place:
             return act.copy_(window)
@@ -312,15 +443,23 @@ def _run_chunk(model: HookedModel, corrupted: _Corrupted, metrics: Metrics, corr
     # the last block for the final position only, when that is all the metrics read:
     # the other window positions there only give keys and values
     last = n_layers - 1
-    trim = (kv_prefix and corrupted.last_kv_apart and layer < last and metrics.restricted and end - start > 1
-            and [p for p in metrics.positions if p >= start] == [end - 1])
+    trim = (
+        kv_prefix
+        and corrupted.last_kv_apart
+        and layer < last
+        and metrics.restricted
+        and end - start > 1
+        and [p for p in metrics.positions if p >= start] == [end - 1]
+    )
     blocks = range(layer, last if trim else n_layers)
     with model.hooks(fwd_hooks=[(hook, substitute)]), attention_prefix(model, blocks, prefix):
         for i in blocks:
             y = model.blocks[i](x)
             x = y[0] if isinstance(y, tuple) else y
     if len(fired) != 1:
-        raise RuntimeError(f"{hook} fired {len(fired)} times in the patched blocks (expected once).")
+        raise RuntimeError(
+            f"{hook} fired {len(fired)} times in the patched blocks (expected once)."
+        )
     if trim:
         k, v = _block_kv(model, last, x[:, :-1])  # type: ignore[misc]
         prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var)
@@ -331,8 +470,16 @@ def _run_chunk(model: HookedModel, corrupted: _Corrupted, metrics: Metrics, corr
     return metrics.evaluate(_logits(model, metrics, corrupted, corrupted_sel, x, start, end, n_var))
 
 
-def _logits(model: HookedModel, metrics: Metrics, corrupted: _Corrupted, corrupted_sel: torch.Tensor, x: torch.Tensor,
-            start: int, end: int, n_var: int) -> torch.Tensor:
+def _logits(
+    model: HookedModel,
+    metrics: Metrics,
+    corrupted: _Corrupted,
+    corrupted_sel: torch.Tensor,
+    x: torch.Tensor,
+    start: int,
+    end: int,
+    n_var: int,
+) -> torch.Tensor:
     """Logits of every variant row where the metrics read them; positions before
     ``start`` are the corrupted run's."""
     if not metrics.restricted:
@@ -346,4 +493,3 @@ def _logits(model: HookedModel, metrics: Metrics, corrupted: _Corrupted, corrupt
         resid = x[:, [metrics.positions[i] - start for i in cols]]
         out[:, cols] = adapter_for(model).logit_columns(model, resid, metrics.token_ids)
     return out
-

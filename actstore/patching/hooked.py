@@ -23,9 +23,16 @@ from .clean import CleanValues
 __all__ = ["run_cells"]
 
 
-def run_cells(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
-              hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool
-              ) -> tuple[torch.Tensor, list[str]]:
+def run_cells(
+    model: HookedModel,
+    tokens: torch.Tensor,
+    cells: Sequence[int],
+    index_of: Callable[[int], Sequence[int]],
+    hook_of: Callable[[int], str],
+    setter: Callable[..., torch.Tensor],
+    clean: CleanValues,
+    in_place: bool,
+) -> tuple[torch.Tensor, list[str]]:
     """The logits (variant * batch, pos, vocab) of ``cells`` patched, one variant each,
     and the hooks that fired.
 
@@ -39,21 +46,26 @@ def run_cells(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int], in
         by_hook.setdefault(hook_of(c), []).append((i, index_of(c)))
     fired: list[str] = []
 
-    def patch(name: str, entries: list[tuple[int, Sequence[int]]]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def patch(
+        name: str, entries: list[tuple[int, Sequence[int]]]
+    ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         clean_act = clean[name]
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             fired.append(name)
             out = act if in_place else act.clone()
             for i, index in entries:
-                rows = out[i * batch:(i + 1) * batch]
+                rows = out[i * batch : (i + 1) * batch]
                 new = setter(rows if in_place else rows.clone(), index, clean_act)
                 if new is not rows:
                     rows.copy_(new)
             return out
+
         return fn
 
     with torch.no_grad():
-        logits = model.run_with_hooks(tokens.repeat(len(cells), 1),
-                                      fwd_hooks=[(name, patch(name, entries)) for name, entries in by_hook.items()])
+        logits = model.run_with_hooks(
+            tokens.repeat(len(cells), 1),
+            fwd_hooks=[(name, patch(name, entries)) for name, entries in by_hook.items()],
+        )
     return logits, fired

@@ -38,15 +38,24 @@ class PrefixKV:
     in ``extra``, given ones after them) in front of its own, for every variant row.
     Nothing is stored between calls; ``calls`` counts the layers served."""
 
-    def __init__(self, keys: Mapping[int, torch.Tensor], values: Mapping[int, torch.Tensor], start: int, n_var: int):
+    def __init__(
+        self,
+        keys: Mapping[int, torch.Tensor],
+        values: Mapping[int, torch.Tensor],
+        start: int,
+        n_var: int,
+    ):
         self.keys, self.values, self.start, self.n_var = keys, values, start, n_var
         self.extra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.calls: list[int] = []
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls.append(int(layer_idx))
-        pk = self.keys[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)  # (row, head, start, d_head)
+        pk = self.keys[layer_idx][:, :, : self.start].repeat(
+            self.n_var, 1, 1, 1
+        )  # (row, head, start, d_head)
         pv = self.values[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)
         ek, ev = self.extra.get(layer_idx, (k[:, :, :0], v[:, :, :0]))
         return torch.cat([pk, ek, k], dim=2), torch.cat([pv, ev, v], dim=2)
@@ -57,7 +66,9 @@ class PrefixKV:
 
 
 @contextmanager
-def attention_prefix(model: HookedModel, layers: Sequence[int], prefix: PrefixKV | None) -> Iterator[None]:
+def attention_prefix(
+    model: HookedModel, layers: Sequence[int], prefix: PrefixKV | None
+) -> Iterator[None]:
     """Within the block, hand ``prefix`` to the attention of each of ``layers`` as its
     KV cache; a no-op when ``prefix`` is None. On exit, raise if an attention that ran
     did not use it (the keys and values of the earlier positions would be missing)."""
@@ -74,9 +85,13 @@ def attention_prefix(model: HookedModel, layers: Sequence[int], prefix: PrefixKV
                 if name == _CACHE_KWARGS[0] or name in kwargs:
                     kwargs[name] = prefix
             return args, kwargs
+
         return hook
 
-    handles = [model.blocks[layer].attn.register_forward_pre_hook(give(layer), with_kwargs=True) for layer in layers]
+    handles = [
+        model.blocks[layer].attn.register_forward_pre_hook(give(layer), with_kwargs=True)
+        for layer in layers
+    ]
     try:
         yield
     finally:
@@ -86,5 +101,8 @@ def attention_prefix(model: HookedModel, layers: Sequence[int], prefix: PrefixKV
     if unused:
         from .self_check import engine_error
 
-        raise engine_error(f"found that the attention of layers {unused} ignored the earlier positions' keys and "
-                           "values handed to it", kv_prefix=True)
+        raise engine_error(
+            f"found that the attention of layers {unused} ignored the earlier positions' keys and "
+            "values handed to it",
+            kv_prefix=True,
+        )

@@ -35,11 +35,19 @@ class BatchedMetric(Protocol):
 
 
 class _BatchedFn:
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Sequence[int] | None,
-                 token_ids: Sequence[int] | None):
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        positions: Sequence[int] | None,
+        token_ids: Sequence[int] | None,
+    ):
         self.batched = fn
-        self.positions: Sequence[int] | None = None if positions is None else tuple(int(p) for p in positions)
-        self.token_ids: Sequence[int] | None = None if token_ids is None else tuple(int(t) for t in token_ids)
+        self.positions: Sequence[int] | None = (
+            None if positions is None else tuple(int(p) for p in positions)
+        )
+        self.token_ids: Sequence[int] | None = (
+            None if token_ids is None else tuple(int(t) for t in token_ids)
+        )
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
         if self.positions is not None:
@@ -49,8 +57,11 @@ class _BatchedFn:
         return self.batched(logits[None])[0]
 
 
-def batched_metric(fn: Callable[[torch.Tensor], torch.Tensor], positions: Sequence[int] | None = None,
-                   token_ids: Sequence[int] | None = None) -> BatchedMetric:
+def batched_metric(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    positions: Sequence[int] | None = None,
+    token_ids: Sequence[int] | None = None,
+) -> BatchedMetric:
     """Make ``fn`` ((variant, batch, pos, vocab) logits -> (variant,) or (variant, batch))
     a batched metric. With ``positions`` and ``token_ids``, ``fn`` sees only those
     logits. The result also works as a plain TransformerLens metric on one run's logits."""
@@ -70,40 +81,67 @@ class LogitDiff:
     A batched metric that reads only ``pos`` and the answer tokens; also a plain metric
     (``metric(logits)``) for ``transformer_lens.patching``."""
 
-    def __init__(self, answer: int | Sequence[int] | torch.Tensor, wrong: int | Sequence[int] | torch.Tensor,
-                 pos: int | Sequence[int] | torch.Tensor = -1, *, per_example: bool = False,
-                 clean: float | Sequence[float] | torch.Tensor | None = None,
-                 corrupted: float | Sequence[float] | torch.Tensor | None = None):
+    def __init__(
+        self,
+        answer: int | Sequence[int] | torch.Tensor,
+        wrong: int | Sequence[int] | torch.Tensor,
+        pos: int | Sequence[int] | torch.Tensor = -1,
+        *,
+        per_example: bool = False,
+        clean: float | Sequence[float] | torch.Tensor | None = None,
+        corrupted: float | Sequence[float] | torch.Tensor | None = None,
+    ):
         self.answer = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
         self.wrong = torch.as_tensor(wrong, dtype=torch.long).reshape(-1)
         self.pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1)
         n = max(len(self.answer), len(self.wrong), len(self.pos))
         if any(len(t) not in (1, n) for t in (self.answer, self.wrong, self.pos)):
-            raise ConfigError(f"LogitDiff: answer ({len(self.answer)}), wrong ({len(self.wrong)}) and pos "
-                              f"({len(self.pos)}) must each hold one value, or one per prompt.")
+            raise ConfigError(
+                f"LogitDiff: answer ({len(self.answer)}), wrong ({len(self.wrong)}) and pos "
+                f"({len(self.pos)}) must each hold one value, or one per prompt."
+            )
         if (clean is None) != (corrupted is None):
-            raise ConfigError("LogitDiff: pass both clean and corrupted baselines to normalise, or neither.")
+            raise ConfigError(
+                "LogitDiff: pass both clean and corrupted baselines to normalise, or neither."
+            )
         self.per_example = per_example
-        self.clean = None if clean is None else torch.as_tensor(clean, dtype=torch.float32).reshape(-1)
-        self.corrupted = None if corrupted is None else torch.as_tensor(corrupted, dtype=torch.float32).reshape(-1)
+        self.clean = (
+            None if clean is None else torch.as_tensor(clean, dtype=torch.float32).reshape(-1)
+        )
+        self.corrupted = (
+            None
+            if corrupted is None
+            else torch.as_tensor(corrupted, dtype=torch.float32).reshape(-1)
+        )
         self.positions = tuple(sorted(set(self.pos.tolist())))
         self.token_ids = tuple(sorted(set(self.answer.tolist()) | set(self.wrong.tolist())))
         self._pidx = torch.tensor([self.positions.index(p) for p in self.pos.tolist()])
         self._aidx = torch.tensor([self.token_ids.index(t) for t in self.answer.tolist()])
         self._widx = torch.tensor([self.token_ids.index(t) for t in self.wrong.tolist()])
 
-    def normalised(self, clean_logits: Float[torch.Tensor, "batch pos d_vocab"],
-                   corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"]) -> LogitDiff:
+    def normalised(
+        self,
+        clean_logits: Float[torch.Tensor, "batch pos d_vocab"],
+        corrupted_logits: Float[torch.Tensor, "batch pos d_vocab"],
+    ) -> LogitDiff:
         """The same metric, normalised by the logit differences of these two runs."""
         raw = LogitDiff(self.answer, self.wrong, self.pos, per_example=True)
-        return LogitDiff(self.answer, self.wrong, self.pos, per_example=self.per_example,
-                         clean=raw(clean_logits).detach().cpu(), corrupted=raw(corrupted_logits).detach().cpu())
+        return LogitDiff(
+            self.answer,
+            self.wrong,
+            self.pos,
+            per_example=self.per_example,
+            clean=raw(clean_logits).detach().cpu(),
+            corrupted=raw(corrupted_logits).detach().cpu(),
+        )
 
     @property
     def is_normalised(self) -> bool:
         return self.clean is not None
 
-    def raw(self, logits: Float[torch.Tensor, "... batch pos vocab"]) -> Float[torch.Tensor, "... batch"]:
+    def raw(
+        self, logits: Float[torch.Tensor, "... batch pos vocab"]
+    ) -> Float[torch.Tensor, "... batch"]:
         """Per-prompt logit differences from logits restricted to ``positions`` x ``token_ids``."""
         batch = logits.shape[-3]
         b = torch.arange(batch, device=logits.device)
@@ -141,20 +179,32 @@ class Metrics:
     #: how the caller asks for one scalar, or for per-example values (named in errors)
     MODES = ("reduce='scalar'", "reduce='mean' or reduce='none'")
 
-    def __init__(self, metrics: Mapping[str, MetricFn], per_example: bool, batch: int, n_pos: int,
-                 modes: tuple[str, str] = MODES):
+    def __init__(
+        self,
+        metrics: Mapping[str, MetricFn],
+        per_example: bool,
+        batch: int,
+        n_pos: int,
+        modes: tuple[str, str] = MODES,
+    ):
         self.fns = dict(metrics)
         self.modes = modes
         self.per_example = per_example
         self.batch = batch
         self.n_pos = n_pos
-        sparse = [getattr(m, "positions", None) is not None and getattr(m, "token_ids", None) is not None
-                  and callable(getattr(m, "batched", None)) for m in self.fns.values()]
+        sparse = [
+            getattr(m, "positions", None) is not None
+            and getattr(m, "token_ids", None) is not None
+            and callable(getattr(m, "batched", None))
+            for m in self.fns.values()
+        ]
         self.restricted = all(sparse)
         for name, m in self.fns.items():
             bad = [p for p in (getattr(m, "positions", None) or ()) if not -n_pos <= p < n_pos]
             if bad:
-                raise ConfigError(f"Metric {name!r} reads positions {bad}, outside prompts of {n_pos} tokens.")
+                raise ConfigError(
+                    f"Metric {name!r} reads positions {bad}, outside prompts of {n_pos} tokens."
+                )
         if self.restricted:
             pos = [tuple(p % n_pos for p in m.positions) for m in self.fns.values()]  # type: ignore[attr-defined]
             tok = [tuple(int(t) for t in m.token_ids) for m in self.fns.values()]  # type: ignore[attr-defined]
@@ -187,7 +237,10 @@ class Metrics:
                 sel = per_var
                 if self.restricted:
                     sel = per_var[:, :, self._pidx[i]][..., self._tidx[i]]
-                elif getattr(fn, "positions", None) is not None or getattr(fn, "token_ids", None) is not None:
+                elif (
+                    getattr(fn, "positions", None) is not None
+                    or getattr(fn, "token_ids", None) is not None
+                ):
                     sel = select_declared(per_var, fn, self.n_pos)
                 out = torch.as_tensor(fn.batched(sel))  # type: ignore[attr-defined]
                 self.check_shape(name, out, lead=(n_var,))
@@ -204,12 +257,16 @@ class Metrics:
         if tuple(out.shape) == want:
             return
         if self.per_example:
-            raise ConfigError(f"patching_metric {name!r} must return a [batch] tensor of length {self.batch} "
-                              f"under {self.modes[1]} (one value per variant for a batched metric: "
-                              f"shape {want}), got shape {tuple(out.shape)}.")
-        raise ConfigError(f"patching_metric {name!r} must return a scalar under {self.modes[0]} (shape {want} "
-                          f"for a batched metric), got shape {tuple(out.shape)}; return a [batch] tensor and "
-                          f"pass {self.modes[1]} to keep per-example values.")
+            raise ConfigError(
+                f"patching_metric {name!r} must return a [batch] tensor of length {self.batch} "
+                f"under {self.modes[1]} (one value per variant for a batched metric: "
+                f"shape {want}), got shape {tuple(out.shape)}."
+            )
+        raise ConfigError(
+            f"patching_metric {name!r} must return a scalar under {self.modes[0]} (shape {want} "
+            f"for a batched metric), got shape {tuple(out.shape)}; return a [batch] tensor and "
+            f"pass {self.modes[1]} to keep per-example values."
+        )
 
 
 def select_declared(per_var: torch.Tensor, fn: Any, n_pos: int) -> torch.Tensor:

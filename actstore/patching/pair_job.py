@@ -43,7 +43,9 @@ class PairJob:
         """Share out the processes (under torchrun / accelerate), load the model, read or
         generate the pairs; refuse prompts longer than the model's context."""
         check_processes(cfg.model)
-        procs = group_for(cfg.device)  # under torchrun / accelerate: the batches of pairs are shared out
+        procs = group_for(
+            cfg.device
+        )  # under torchrun / accelerate: the batches of pairs are shared out
         model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
         generated: list[tasks.PromptPair] = []
         if cfg.pairs is not None:
@@ -52,11 +54,14 @@ class PairJob:
             pairs, generated = task_pairs(cfg, model.tokenizer)
         n_pos, n_ctx = pairs.clean.shape[1], model.info.n_ctx
         if n_pos > n_ctx:
-            raise ConfigError(f"The prompts are {n_pos} tokens, beyond the model's context of {n_ctx}.")
+            raise ConfigError(
+                f"The prompts are {n_pos} tokens, beyond the model's context of {n_ctx}."
+            )
         return cls(procs, model, pairs, generated)
 
-    def clean_store(self, cfg: PatchJobConfig, sites: str, hooks: Sequence[str], reader: str
-                    ) -> tuple[ActivationStore, str]:
+    def clean_store(
+        self, cfg: PatchJobConfig, sites: str, hooks: Sequence[str], reader: str
+    ) -> tuple[ActivationStore, str]:
         """The store ``cfg.store`` of the clean activations, cached with ``sites`` from the
         clean prompts if it does not exist yet, its model checked and refused without one of
         ``hooks`` (the sites ``reader`` reads); with the fix for a store the run refuses."""
@@ -66,21 +71,34 @@ class PairJob:
         assert path is not None  # a run with --store
         procs, model, pairs = self.procs, self.model, self.pairs
         n_pairs, n_pos = pairs.clean.shape
-        if procs.on_main(lambda: not os.path.exists(path), "checking the store"):  # one answer for every rank
+        if procs.on_main(
+            lambda: not os.path.exists(path), "checking the store"
+        ):  # one answer for every rank
             if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {path}")
-            cache(out=path, model=model, dataset=pairs.clean_text, packing="document", seq_len=n_pos,
-                  sites=sites, dtype=model.info.dtype, device=model.device, model_revision=cfg.model_revision,
-                  progress=cfg.progress,
-                  command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None)
+            cache(
+                out=path,
+                model=model,
+                dataset=pairs.clean_text,
+                packing="document",
+                seq_len=n_pos,
+                sites=sites,
+                dtype=model.info.dtype,
+                device=model.device,
+                model_revision=cfg.model_revision,
+                progress=cfg.progress,
+                command_line=f"{cfg.command_line} (clean prompts)" if cfg.command_line else None,
+            )
         store = ActivationStore.open(path)
         check_store_model(store, model.bridge)
         fix = clean_store_fix(cfg, path, sites, n_pos, model.info.dtype)
         have = set(store.sites)
         missing = [h for h in hooks if h not in have]
         if missing:
-            raise StoreMismatchError(f"Store '{store.path}' lacks {len(missing)} of the sites {reader} (first: "
-                                     f"{missing[0]}). {fix}")
+            raise StoreMismatchError(
+                f"Store '{store.path}' lacks {len(missing)} of the sites {reader} (first: "
+                f"{missing[0]}). {fix}"
+            )
         return store, fix
 
     def write_pairs(self, cfg: PatchJobConfig) -> None:

@@ -17,8 +17,15 @@ from . import tasks
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["Pairs", "read_pairs", "tokenize_pairs", "task_pairs", "check_source", "check_write_pairs",
-           "clean_store_fix"]
+__all__ = [
+    "Pairs",
+    "read_pairs",
+    "tokenize_pairs",
+    "task_pairs",
+    "check_source",
+    "check_write_pairs",
+    "clean_store_fix",
+]
 
 
 @dataclass
@@ -32,14 +39,20 @@ class Pairs:
 
 def read_pairs(path: str, tokenizer: Any) -> Pairs:
     """Read and check the pairs file: every problem is reported before any work."""
-    items = read_records(path, "Pairs", "Pass a JSON-lines file with clean, corrupted, answer and wrong fields "
-                         "(see `actstore patch --help`).", "write one JSON object per line.",
-                         '{"clean": ..., "corrupted": ..., ...}')
+    items = read_records(
+        path,
+        "Pairs",
+        "Pass a JSON-lines file with clean, corrupted, answer and wrong fields "
+        "(see `actstore patch --help`).",
+        "write one JSON object per line.",
+        '{"clean": ..., "corrupted": ..., ...}',
+    )
     return tokenize_pairs(items, tokenizer, path, "Split the file by length, one run each.")
 
 
-def tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, source: str,
-                   length_fix: str) -> Pairs:
+def tokenize_pairs(
+    items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, source: str, length_fix: str
+) -> Pairs:
     """Check pairs (each named by ``where``) and tokenise them as BOS + text."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
@@ -54,14 +67,20 @@ def tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, 
             rec = dict(rec, wrong=rec["wrong_answer"])
         missing = [k for k in ("clean", "corrupted", "answer", "wrong") if k not in rec]
         if missing:
-            raise MissingTextFieldError(f"{where} has no field {', '.join(repr(k) for k in missing)}; each pair "
-                                        "needs clean, corrupted, answer and wrong (or wrong_answer).")
-        clean, corrupted = [bos] + ids(rec["clean"], f"{where} clean"), [bos] + ids(rec["corrupted"], f"{where} corrupted")
+            raise MissingTextFieldError(
+                f"{where} has no field {', '.join(repr(k) for k in missing)}; each pair "
+                "needs clean, corrupted, answer and wrong (or wrong_answer)."
+            )
+        clean, corrupted = (
+            [bos] + ids(rec["clean"], f"{where} clean"),
+            [bos] + ids(rec["corrupted"], f"{where} corrupted"),
+        )
         if len(clean) != len(corrupted):
             raise ConfigError(
                 f"{where}: the clean prompt is {len(clean)} tokens and the corrupted one {len(corrupted)} (with BOS); "
                 "patching compares them position by position. Reword the corrupted prompt to the same token length "
-                "(e.g. swap in a name that is also one token).")
+                "(e.g. swap in a name that is also one token)."
+            )
         answers = []
         for key in ("answer", "wrong"):
             tok = ids(rec[key], f"{where} {key}")
@@ -69,7 +88,8 @@ def tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, 
                 pieces = [tokenizer.decode([t]) for t in tok]
                 raise ConfigError(
                     f"{where}: {key} {rec[key]!r} is {len(tok)} tokens {pieces}; the logit difference needs one-token "
-                    "answers. Pick a one-token word (mind the leading space: ' Mary' is one token).")
+                    "answers. Pick a one-token word (mind the leading space: ' Mary' is one token)."
+                )
             answers.append(tok[0])
         _check_pair(where, rec, clean, corrupted, answers)
         rows.append((clean, corrupted, answers[0], answers[1], rec["clean"]))
@@ -78,52 +98,81 @@ def tokenize_pairs(items: Sequence[tuple[str, dict[str, Any]]], tokenizer: Any, 
         first, other = rows[0], next(r for r in rows if len(r[0]) != len(rows[0][0]))
         raise ConfigError(
             f"{source}: pairs have different token lengths ({len(first[0])} for the first, {len(other[0])} for "
-            f"{other[4]!r}); one sweep lines up positions across pairs. {length_fix}")
+            f"{other[4]!r}); one sweep lines up positions across pairs. {length_fix}"
+        )
     as_t = lambda i: torch.tensor([r[i] for r in rows], dtype=torch.long)  # noqa: E731
     return Pairs(as_t(0), as_t(1), as_t(2), as_t(3), [r[4] for r in rows])
 
 
-def _check_pair(where: str, rec: dict[str, Any], clean: list[int], corrupted: list[int], answers: list[int]) -> None:
+def _check_pair(
+    where: str, rec: dict[str, Any], clean: list[int], corrupted: list[int], answers: list[int]
+) -> None:
     """Refuse a pair whose patching result would be meaningless: every logit difference 0
     (answer = wrong), or nothing to patch (clean = corrupted: the normalised effect is 0 / 0)."""
     if answers[0] == answers[1]:
-        raise ConfigError(f"{where}: answer {rec['answer']!r} and wrong {rec['wrong']!r} are the same token "
-                          f"({answers[0]}), so the logit difference answer - wrong is 0 whatever is patched. "
-                          "Give the pair a wrong answer that differs from its answer.")
+        raise ConfigError(
+            f"{where}: answer {rec['answer']!r} and wrong {rec['wrong']!r} are the same token "
+            f"({answers[0]}), so the logit difference answer - wrong is 0 whatever is patched. "
+            "Give the pair a wrong answer that differs from its answer."
+        )
     if clean == corrupted:
-        raise ConfigError(f"{where}: the clean and corrupted prompts are the same tokens, so patching changes nothing "
-                          "and the normalised effect is 0 / 0. Make the corrupted prompt differ (e.g. swap a name).")
+        raise ConfigError(
+            f"{where}: the clean and corrupted prompts are the same tokens, so patching changes nothing "
+            "and the normalised effect is 0 / 0. Make the corrupted prompt differ (e.g. swap a name)."
+        )
 
 
 def task_pairs(cfg: PatchJobConfig, tokenizer: Any) -> tuple[Pairs, list[tasks.PromptPair]]:
     """Generate the task's pairs and check them."""
     generated = tasks.make_pairs(cfg.task or "", cfg.n_pairs, cfg.seed, tokenizer, cfg.facts)
-    fix = ("Keep facts of one token length in the facts file (or one length per run)." if cfg.task == "factual"
-           else "Generate them with one template.")
+    fix = (
+        "Keep facts of one token length in the facts file (or one length per run)."
+        if cfg.task == "factual"
+        else "Generate them with one template."
+    )
     where = cfg.facts if cfg.task == "factual" else f"task {cfg.task}"
-    return tokenize_pairs([(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)], tokenizer,
-                           str(where), fix), generated
+    return tokenize_pairs(
+        [(f"{where}, pair {i + 1}", p.to_json()) for i, p in enumerate(generated)],
+        tokenizer,
+        str(where),
+        fix,
+    ), generated
 
 
 def check_source(cfg: PatchJobConfig) -> None:
     """The pairs' source options (--pairs or --task, --n-pairs, --facts, --write-pairs) of
     `actstore patch` or `actstore circuit`, checked before the model loads."""
     if (cfg.pairs is None) == (cfg.task is None):
-        raise ConfigError("Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
-                          f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}.")
+        raise ConfigError(
+            "Pass either --pairs FILE (prompt pairs) or --task NAME (generated pairs: "
+            f"{', '.join(tasks.TASKS)}), not {'both' if cfg.pairs else 'neither'}."
+        )
     if cfg.task is None:
-        extra = [flag for flag, v in (("--n-pairs", cfg.n_pairs), ("--facts", cfg.facts),
-                                      ("--write-pairs", cfg.write_pairs)) if v is not None]
+        extra = [
+            flag
+            for flag, v in (
+                ("--n-pairs", cfg.n_pairs),
+                ("--facts", cfg.facts),
+                ("--write-pairs", cfg.write_pairs),
+            )
+            if v is not None
+        ]
         if extra:
-            raise ConfigError(f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is.")
+            raise ConfigError(
+                f"{extra[0]} applies to generated pairs (--task); with --pairs the file is used as is."
+            )
         return
     if cfg.task not in tasks.TASKS:
         tasks.make_pairs(cfg.task)  # raises: unknown task, with the list and a close match
     if cfg.task == "factual" and cfg.facts is None:
-        raise ConfigError("--task factual reads facts from a file: pass --facts FILE (JSON lines of "
-                          '{"prompt": ..., "answer": ...}; see `actstore patch --help`).')
+        raise ConfigError(
+            "--task factual reads facts from a file: pass --facts FILE (JSON lines of "
+            '{"prompt": ..., "answer": ...}; see `actstore patch --help`).'
+        )
     if cfg.task == "factual" and not os.path.isfile(cfg.facts or ""):
-        raise CorpusError(f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts.")
+        raise CorpusError(
+            f"Facts file '{cfg.facts}' not found; pass a JSON-lines file of facts to --facts."
+        )
     if cfg.task != "factual" and cfg.facts is not None:
         raise ConfigError(f"--facts applies to --task factual only, not {cfg.task}; drop it.")
     if cfg.n_pairs is not None and cfg.n_pairs < 1:
@@ -137,18 +186,26 @@ def check_write_pairs(cfg: PatchJobConfig) -> None:
     the store, in a folder that exists, and replaced only with --overwrite."""
     path = os.path.abspath(cfg.write_pairs or "")
     if os.path.isdir(path) or (cfg.write_pairs or "").endswith(("/", os.sep)):
-        raise ConfigError(f"--write-pairs {cfg.write_pairs} is a folder; --write-pairs needs a file path, e.g. "
-                          f"{os.path.join(cfg.write_pairs or '', 'pairs.jsonl')}.")
+        raise ConfigError(
+            f"--write-pairs {cfg.write_pairs} is a folder; --write-pairs needs a file path, e.g. "
+            f"{os.path.join(cfg.write_pairs or '', 'pairs.jsonl')}."
+        )
     for flag, other in (("--out", cfg.out), ("--store", cfg.store), ("--facts", cfg.facts)):
         if other is not None and os.path.abspath(other) == path:
-            raise ConfigError(f"--write-pairs {cfg.write_pairs} is also the {flag} path; give the pairs file a path "
-                              "of its own, e.g. pairs.jsonl.")
+            raise ConfigError(
+                f"--write-pairs {cfg.write_pairs} is also the {flag} path; give the pairs file a path "
+                "of its own, e.g. pairs.jsonl."
+            )
     if not os.path.isdir(os.path.dirname(path)):
-        raise ConfigError(f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another "
-                          "path.")
+        raise ConfigError(
+            f"--write-pairs {cfg.write_pairs}: its folder does not exist; create it or pick another "
+            "path."
+        )
     if os.path.exists(path) and not cfg.overwrite:
-        raise StoreExistsError(f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
-                               "another path.")
+        raise StoreExistsError(
+            f"--write-pairs {cfg.write_pairs} already exists; pass --overwrite to replace it, or "
+            "another path."
+        )
 
 
 def _new_store_path(store: str) -> str:
@@ -166,13 +223,32 @@ def clean_store_fix(cfg: PatchJobConfig, store: str, sites: str, n_pos: int, dty
     import shlex
 
     new = _new_store_path(store)
-    fix = (f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites "
-           f"{sites})")
+    fix = (
+        f"Pass a new --store path, e.g. --store {new} (the clean prompts are then cached into it with --sites "
+        f"{sites})"
+    )
     if cfg.pairs is None:
         return fix + "."
     model = cfg.model if isinstance(cfg.model, (str, os.PathLike)) else "MODEL_FOLDER"
-    argv = ["actstore", "cache", new, "--model", str(model), "--dataset", cfg.pairs, "--text-field", "clean",
-            "--packing", "document", "--seq-len", str(n_pos), "--sites", sites, "--dtype", dtype]
+    argv = [
+        "actstore",
+        "cache",
+        new,
+        "--model",
+        str(model),
+        "--dataset",
+        cfg.pairs,
+        "--text-field",
+        "clean",
+        "--packing",
+        "document",
+        "--seq-len",
+        str(n_pos),
+        "--sites",
+        sites,
+        "--dtype",
+        dtype,
+    ]
     if cfg.model_revision:
         argv += ["--model-revision", cfg.model_revision]
     return f"{fix}, or cache them yourself: {shlex.join(argv)}, then pass --store {new}."

@@ -39,8 +39,17 @@ from .clean import CleanSource
 from .engine import Sweep, block_projections, check_model, run_sweep
 from .metrics import Metrics
 
-__all__ = ["Reader", "READERS", "EdgeValues", "edge_setter", "edge_sweep", "check_edge_values", "capture",
-           "direct_path_sweep", "split_qkv_input"]
+__all__ = [
+    "Reader",
+    "READERS",
+    "EdgeValues",
+    "edge_setter",
+    "edge_sweep",
+    "check_edge_values",
+    "capture",
+    "direct_path_sweep",
+    "split_qkv_input",
+]
 
 _COMPONENTS = ("q", "k", "v")
 
@@ -67,9 +76,11 @@ class Reader:
         if self.name in _COMPONENTS:
             proj = block_projections(model, layer, x, (self.name,))
             if proj is None:
-                raise ConfigError(f"blocks.{layer}.attn does not expose its {self.name} projection as a GPT-2 bridge "
-                                  "does; edge patching needs a TransformerBridge of a GPT-2-family model (use "
-                                  "transformer_lens.patching.get_act_patch_direct_path for this one).")
+                raise ConfigError(
+                    f"blocks.{layer}.attn does not expose its {self.name} projection as a GPT-2 bridge "
+                    "does; edge patching needs a TransformerBridge of a GPT-2-family model (use "
+                    "transformer_lens.patching.get_act_patch_direct_path for this one)."
+                )
             return proj[0].transpose(1, 2)  # (row, pos, head, d_head)
         if self.name == "mlp":
             block = model.blocks[layer]
@@ -91,13 +102,25 @@ class EdgeValues(Mapping[str, torch.Tensor]):
     value (never used). Computed on demand, one layer at a time (the last one kept).
     ``labels`` name the sources in error messages."""
 
-    def __init__(self, model: HookedModel, reader: Reader, deltas: torch.Tensor, live: Mapping[int, Sequence[int]],
-                 base: Mapping[int, torch.Tensor], corrupted: Mapping[int, torch.Tensor],
-                 labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        model: HookedModel,
+        reader: Reader,
+        deltas: torch.Tensor,
+        live: Mapping[int, Sequence[int]],
+        base: Mapping[int, torch.Tensor],
+        corrupted: Mapping[int, torch.Tensor],
+        labels: Sequence[str] | None = None,
+    ):
         self.model, self.reader, self.live = model, reader, live
-        self.labels = list(labels) if labels is not None else [f"source {i}" for i in range(len(deltas))]
+        self.labels = (
+            list(labels) if labels is not None else [f"source {i}" for i in range(len(deltas))]
+        )
         self.deltas = deltas  # (source, batch, pos, d_model)
-        self.base, self.corrupted = base, corrupted  # per layer: the residual read, the hook's value (batch, pos, ...)
+        self.base, self.corrupted = (
+            base,
+            corrupted,
+        )  # per layer: the residual read, the hook's value (batch, pos, ...)
         self._names = {reader.hook(layer): layer for layer in corrupted}
         self._last: tuple[str, torch.Tensor] | None = None
 
@@ -113,7 +136,11 @@ class EdgeValues(Mapping[str, torch.Tensor]):
             delta = self.deltas[live]  # (live, batch, pos, d_model)
             n_live, batch, n_pos, d_model = delta.shape
             x = (self.base[layer][None] + delta).reshape(n_live * batch, n_pos, d_model)
-            new = self.reader(self.model, layer, x).reshape(n_live, batch, n_pos, *corr.shape[2:]).movedim(0, 2)
+            new = (
+                self.reader(self.model, layer, x)
+                .reshape(n_live, batch, n_pos, *corr.shape[2:])
+                .movedim(0, 2)
+            )
             # where a source's write does not change, the reader reads the corrupted residual: its own value exactly
             changed = (delta != 0).any(-1).movedim(0, 2).reshape(batch, n_pos, n_live, *ones)
             out[:, :, live] = torch.where(changed, new.to(corr.dtype), corr[:, :, None])
@@ -127,7 +154,9 @@ class EdgeValues(Mapping[str, torch.Tensor]):
         return len(self._names)
 
 
-def edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Tensor) -> torch.Tensor:
+def edge_setter(
+    corrupted: torch.Tensor, index: Sequence[int], values: torch.Tensor
+) -> torch.Tensor:
     """index = (reader layer, source number, *reader index: the head for q/k/v): the
     reader's patched value at every position."""
     _, src, *rest = index
@@ -137,22 +166,41 @@ def edge_setter(corrupted: torch.Tensor, index: Sequence[int], values: torch.Ten
     return corrupted
 
 
-def edge_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, values: EdgeValues, indices: list[list[int]],
-               metrics: Metrics, memory_budget: int | None = None, progress: bool = True, kv_prefix: bool = True,
-               bar: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def edge_sweep(
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    values: EdgeValues,
+    indices: list[list[int]],
+    metrics: Metrics,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    kv_prefix: bool = True,
+    bar: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every edge's metric values, (index, metric[, batch]), and the corrupted run's: the
     edges (indices of :func:`edge_setter`) run as one engine sweep of ``values``'s hook,
     and the values themselves checked against a plain run_with_hooks (:func:`check_edge_values`)."""
     batch, n_pos = (int(n) for n in corrupted_tokens.shape)
     sweep = Sweep(indices=indices, act_name=values.reader.hook, patch_setter=edge_setter)
-    out, baseline = run_sweep(model, corrupted_tokens, CleanSource(values, model, n_pos, batch), metrics, sweep,
-                              memory_budget, progress, kv_prefix, bar=bar)
+    out, baseline = run_sweep(
+        model,
+        corrupted_tokens,
+        CleanSource(values, model, n_pos, batch),
+        metrics,
+        sweep,
+        memory_budget,
+        progress,
+        kv_prefix,
+        bar=bar,
+    )
     if _self_check.ENABLED and indices:
         check_edge_values(model, corrupted_tokens, values, kv_prefix)
     return out, baseline
 
 
-def check_edge_values(model: HookedModel, tokens: torch.Tensor, values: EdgeValues, kv_prefix: bool) -> None:
+def check_edge_values(
+    model: HookedModel, tokens: torch.Tensor, values: EdgeValues, kv_prefix: bool
+) -> None:
     """Recompute the edge values of one source (the largest write) into the first layer
     that reads it with a plain run_with_hooks: the source's write added to the residual
     the reader reads there, the reader's hook read off (the forward abandoned there); the
@@ -184,17 +232,23 @@ def check_edge_values(model: HookedModel, tokens: torch.Tensor, values: EdgeValu
         except CaptureDone:
             pass
         if "act" not in seen:
-            raise _self_check.engine_error(f"self-check: {hook} did not fire in a plain run_with_hooks", kv_prefix)
+            raise _self_check.engine_error(
+                f"self-check: {hook} did not fire in a plain run_with_hooks", kv_prefix
+            )
         got, want = values[hook][:, :, s], seen["act"]
     tol = _self_check.tolerance(want, got, float(want.abs().max()), want.dtype)
     if not torch.allclose(got.double(), want.double(), rtol=0, atol=tol):
         raise _self_check.engine_error(
             f"computed the {reader.name} input of layer {layer} with {values.labels[s]}'s write added (to "
             f"{reader.read_hook(layer)}, read at {hook}) as differing by {float((got - want).abs().max()):.3g} "
-            f"(tolerance {tol:.2g}) from a plain run_with_hooks", kv_prefix)
+            f"(tolerance {tol:.2g}) from a plain run_with_hooks",
+            kv_prefix,
+        )
 
 
-def capture(model: HookedModel, tokens: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def capture(
+    model: HookedModel, tokens: torch.Tensor, names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One plain run_with_hooks of ``tokens``: its logits and a copy of each named hook's
     activation, under the name asked for (a bridge's hook point may carry its canonical
     name, e.g. blocks.0.hook_in for blocks.0.hook_resid_pre)."""
@@ -204,6 +258,7 @@ def capture(model: HookedModel, tokens: torch.Tensor, names: Sequence[str]) -> t
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             acts[name] = act.detach().clone()
             return act
+
         return fn
 
     with torch.no_grad():
@@ -211,23 +266,37 @@ def capture(model: HookedModel, tokens: torch.Tensor, names: Sequence[str]) -> t
     return logits.detach(), acts
 
 
-def direct_path_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
-                      metric: Callable[[torch.Tensor], torch.Tensor], sources: Sequence[tuple[int, int]],
-                      component: str, *, clean_rows: Any = None, memory_budget: int | None = None,
-                      progress: bool = True, kv_prefix: bool = True) -> torch.Tensor:
+def direct_path_sweep(
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    corrupted_cache: Any,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    sources: Sequence[tuple[int, int]],
+    component: str,
+    *,
+    clean_rows: Any = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    kv_prefix: bool = True,
+) -> torch.Tensor:
     """The metric with each edge (source head -> later head's ``component`` input)
     patched: (source, n_layers, n_heads), 0.0 where the destination layer is not after
     the source's (as the reference). ``corrupted_cache`` may be None (z of the
     corrupted run computed here)."""
     if component not in _COMPONENTS:
-        raise ConfigError(f"component must be one of {_COMPONENTS} (the destination head's query, key or value "
-                          f"input), got {component!r}.")
+        raise ConfigError(
+            f"component must be one of {_COMPONENTS} (the destination head's query, key or value "
+            f"input), got {component!r}."
+        )
     adapter = check_model(model, "Direct path patching")
     cfg = model.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
     bad = [s for s in sources if not (0 <= s[0] < n_layers and 0 <= s[1] < n_heads)]
     if bad:
-        raise ConfigError(f"source head {bad[0]} is outside the model ({n_layers} layers of {n_heads} heads).")
+        raise ConfigError(
+            f"source head {bad[0]} is outside the model ({n_layers} layers of {n_heads} heads)."
+        )
     hand_run = adapter.hand_run_blocks and hasattr(model, "blocks")
     if not hand_run:
         _check_forked_direct_path(model, adapter, component)
@@ -244,8 +313,11 @@ def direct_path_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean_
     reader = READERS[component]
 
     # the corrupted run once: z of the source layers, resid_pre and the patched hook of the destinations
-    names = {name for layer in dst_layers for name in (reader.read_hook(layer), reader.hook(layer))} if hand_run \
+    names = (
+        {name for layer in dst_layers for name in (reader.read_hook(layer), reader.hook(layer))}
+        if hand_run
         else set()
+    )
     if corrupted_cache is None:
         names |= {hook_name("z", s[0]) for s in sources}
     _, acts = capture(model, corrupted_tokens, sorted(names))
@@ -259,23 +331,48 @@ def direct_path_sweep(model: HookedModel, corrupted_tokens: torch.Tensor, clean_
             w_o = model.blocks[src_layer].attn.W_O[src_head]  # (d_head, d_model)
             zc = clean[z_name][:, :, src_head]
             zk = torch.as_tensor(corr_z[z_name]).to(device=device, dtype=dtype)[:, :, src_head]
-            deltas.append(zc @ w_o - zk @ w_o)  # as the reference: clean write minus corrupted write
-    live = {layer: [s for s, (src_layer, _) in enumerate(sources) if src_layer < layer] for layer in dst_layers}
-    indices = [[layer, s, head] for layer in dst_layers for s in live[layer] for head in range(n_heads)]
+            deltas.append(
+                zc @ w_o - zk @ w_o
+            )  # as the reference: clean write minus corrupted write
+    live = {
+        layer: [s for s, (src_layer, _) in enumerate(sources) if src_layer < layer]
+        for layer in dst_layers
+    }
+    indices = [
+        [layer, s, head] for layer in dst_layers for s in live[layer] for head in range(n_heads)
+    ]
     metrics = Metrics({"metric": metric}, False, batch, n_pos)
     if not hand_run:  # the reference's own fork, many edges at a time
         with split_qkv_input(model):
-            sweep = Sweep(indices=indices, act_name=lambda layer: f"blocks.{layer}.attn.hook_{component}_input",
-                          patch_setter=_add_write)
-            out, _ = run_sweep(model, corrupted_tokens, _Writes(torch.stack(deltas)), metrics, sweep, memory_budget,
-                               progress)
+            sweep = Sweep(
+                indices=indices,
+                act_name=lambda layer: f"blocks.{layer}.attn.hook_{component}_input",
+                patch_setter=_add_write,
+            )
+            out, _ = run_sweep(
+                model,
+                corrupted_tokens,
+                _Writes(torch.stack(deltas)),
+                metrics,
+                sweep,
+                memory_budget,
+                progress,
+            )
         for (layer, s, head), value in zip(indices, out[:, 0]):
             results[s, layer, head] = value
         return results
-    values = EdgeValues(model, reader, torch.stack(deltas), live,
-                        {layer: acts[reader.read_hook(layer)] for layer in dst_layers},
-                        {layer: acts[reader.hook(layer)] for layer in dst_layers}, [f"head {s}" for s in sources])
-    out, _ = edge_sweep(model, corrupted_tokens, values, indices, metrics, memory_budget, progress, kv_prefix)
+    values = EdgeValues(
+        model,
+        reader,
+        torch.stack(deltas),
+        live,
+        {layer: acts[reader.read_hook(layer)] for layer in dst_layers},
+        {layer: acts[reader.hook(layer)] for layer in dst_layers},
+        [f"head {s}" for s in sources],
+    )
+    out, _ = edge_sweep(
+        model, corrupted_tokens, values, indices, metrics, memory_budget, progress, kv_prefix
+    )
     for (layer, s, head), value in zip(indices, out[:, 0]):
         results[s, layer, head] = value
     return results
@@ -324,16 +421,22 @@ def split_qkv_input(model: HookedModel) -> Iterator[None]:
 def _check_forked_direct_path(model: HookedModel, adapter: Any, component: str) -> None:
     """Refuse what the edge does not define on this family, up front."""
     if not hasattr(model, "set_use_split_qkv_input"):
-        raise ConfigError(f"direct path patching on a {adapter.name} model patches each head's own q/k/v input, "
-                          "which this model cannot hook (no set_use_split_qkv_input); load it with TransformerBridge.")
+        raise ConfigError(
+            f"direct path patching on a {adapter.name} model patches each head's own q/k/v input, "
+            "which this model cannot hook (no set_use_split_qkv_input); load it with TransformerBridge."
+        )
     if adapter.sublayer_output_norms:
-        raise ConfigError(f"direct path patching adds a source head's write z @ W_O to a later head's input, and a "
-                          f"{adapter.name} model normalises each attention output before it joins the residual, so "
-                          "a head's write is not z @ W_O; actstore refuses rather than approximate (as "
-                          "transformer_lens.patching does).")
+        raise ConfigError(
+            f"direct path patching adds a source head's write z @ W_O to a later head's input, and a "
+            f"{adapter.name} model normalises each attention output before it joins the residual, so "
+            "a head's write is not z @ W_O; actstore refuses rather than approximate (as "
+            "transformer_lens.patching does)."
+        )
     n_kv = getattr(model.cfg, "n_key_value_heads", None)
     if component != "q" and n_kv not in (None, int(model.cfg.n_heads)):
-        raise ConfigError(f"direct path patching into component={component!r}: this {adapter.name} model shares each "
-                          f"key/value head among {int(model.cfg.n_heads) // int(n_kv)} query heads (n_key_value_heads="
-                          f"{n_kv}, n_heads={model.cfg.n_heads}), so one head's own {component} input is not defined. "
-                          "component='q' works.")
+        raise ConfigError(
+            f"direct path patching into component={component!r}: this {adapter.name} model shares each "
+            f"key/value head among {int(model.cfg.n_heads) // int(n_kv)} query heads (n_key_value_heads="
+            f"{n_kv}, n_heads={model.cfg.n_heads}), so one head's own {component} input is not defined. "
+            "component='q' works."
+        )

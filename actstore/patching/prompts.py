@@ -24,8 +24,13 @@ class PromptPair:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"clean": self.clean, "corrupted": self.corrupted, "answer": self.answer, "wrong": self.wrong,
-                **({"meta": self.meta} if self.meta else {})}
+        return {
+            "clean": self.clean,
+            "corrupted": self.corrupted,
+            "answer": self.answer,
+            "wrong": self.wrong,
+            **({"meta": self.meta} if self.meta else {}),
+        }
 
 
 def tokenizer_or_gpt2(tokenizer: Any) -> Any:
@@ -47,12 +52,15 @@ def single_token_words(words: Sequence[str], tokenizer: Any, prefix: str = " ") 
 
 def need(words: Sequence[str], k: int, what: str) -> None:
     if len(words) < k:
-        raise ConfigError(f"Only {len(words)} {what} are single tokens for this tokenizer; the task needs {k}. "
-                          "Use a GPT-2-family tokenizer.")
+        raise ConfigError(
+            f"Only {len(words)} {what} are single tokens for this tokenizer; the task needs {k}. "
+            "Use a GPT-2-family tokenizer."
+        )
 
 
-def generate(n: int, seed: int, tokenizer: Any, make: Callable[[random.Random, int], PromptPair],
-              task: str) -> list[PromptPair]:
+def generate(
+    n: int, seed: int, tokenizer: Any, make: Callable[[random.Random, int], PromptPair], task: str
+) -> list[PromptPair]:
     """n pairs from ``make(rng, i)``, each checked (equal token lengths, one-token answers)."""
     if n < 1:
         raise ConfigError(f"n (the number of pairs) must be at least 1, got {n}.")
@@ -61,10 +69,14 @@ def generate(n: int, seed: int, tokenizer: Any, make: Callable[[random.Random, i
     for i in range(n):
         pair = make(rng, i)
         a, b = token_ids(tokenizer, pair.clean), token_ids(tokenizer, pair.corrupted)
-        if len(a) != len(b) or any(len(token_ids(tokenizer, w)) != 1 for w in (pair.answer, pair.wrong)):
-            raise ConfigError(f"{task}: pair {i} does not tokenise as the task assumes ({pair.clean!r} / "
-                              f"{pair.corrupted!r}, answers {pair.answer!r}, {pair.wrong!r}); use a GPT-2-family "
-                              "tokenizer.")
+        if len(a) != len(b) or any(
+            len(token_ids(tokenizer, w)) != 1 for w in (pair.answer, pair.wrong)
+        ):
+            raise ConfigError(
+                f"{task}: pair {i} does not tokenise as the task assumes ({pair.clean!r} / "
+                f"{pair.corrupted!r}, answers {pair.answer!r}, {pair.wrong!r}); use a GPT-2-family "
+                "tokenizer."
+            )
         pairs.append(pair)
     return pairs
 

@@ -38,21 +38,30 @@ _FLOOR_ULPS = 8
 
 
 def engine_error(detail: str, kv_prefix: bool) -> EngineCheckError:
-    way = ("pass kv_prefix=False (every patched variant then runs from position 0, reusing no keys or values; "
-           "slower), or " if kv_prefix else "")
+    way = (
+        "pass kv_prefix=False (every patched variant then runs from position 0, reusing no keys or values; "
+        "slower), or "
+        if kv_prefix
+        else ""
+    )
     return EngineCheckError(
         f"actstore's patching engine {detail}, with {compat.describe()}. No result was returned: this "
         "combination of releases changed an internal the engine relies on. Fix: install the tested releases "
         "(pip install -c constraints.txt -e . in actstore's source, or the versions listed in its README), "
-        f"or {way}use transformer_lens.patching for this sweep; `actstore selftest` checks a setup.")
+        f"or {way}use transformer_lens.patching for this sweep; `actstore selftest` checks a setup."
+    )
 
 
-def tolerance(values: torch.Tensor, reference: torch.Tensor, scale: float, dtype: torch.dtype) -> float:
+def tolerance(
+    values: torch.Tensor, reference: torch.Tensor, scale: float, dtype: torch.dtype
+) -> float:
     """Largest difference from ``reference`` that float rounding explains: a fraction of
     the spread of every value seen (the sweep's, its baseline's, the reference's),
     and at least a few ulps of ``scale``, the size of what they are computed from (the
     logits a metric reads)."""
-    pool = torch.cat([values.detach().flatten().double().cpu(), reference.detach().flatten().double().cpu()])
+    pool = torch.cat(
+        [values.detach().flatten().double().cpu(), reference.detach().flatten().double().cpu()]
+    )
     pool = pool[torch.isfinite(pool)]
     spread = float(pool.max() - pool.min()) if len(pool) else 0.0
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
@@ -72,10 +81,21 @@ def pick(live: Sequence[tuple[int, int]], effect: dict[int, float], end: int) ->
     return [max(both or wide or [c for _, c in live], key=lambda c: effect.get(c, 0.0))]
 
 
-def check_variants(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int], index_of: Callable[[int], Sequence[int]],
-                   hook_of: Callable[[int], str], setter: Callable[..., torch.Tensor], clean: CleanValues, in_place: bool,
-                   evaluate: Callable[[torch.Tensor], torch.Tensor], got: torch.Tensor, seen: torch.Tensor,
-                   logit_scale: float, kv_prefix: bool) -> None:
+def check_variants(
+    model: HookedModel,
+    tokens: torch.Tensor,
+    cells: Sequence[int],
+    index_of: Callable[[int], Sequence[int]],
+    hook_of: Callable[[int], str],
+    setter: Callable[..., torch.Tensor],
+    clean: CleanValues,
+    in_place: bool,
+    evaluate: Callable[[torch.Tensor], torch.Tensor],
+    got: torch.Tensor,
+    seen: torch.Tensor,
+    logit_scale: float,
+    kv_prefix: bool,
+) -> None:
     """Recompute ``cells`` with one plain ``run_with_hooks`` (rows variant-major) and
     raise EngineCheckError unless each equals ``got`` (cell, metric[, batch]) within
     :func:`tolerance` of ``seen`` (every value of the sweep).
@@ -86,8 +106,11 @@ def check_variants(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int
     want = evaluate(logits)
     by_hook = {hook_of(c) for c in cells}
     if sorted(fired) != sorted(by_hook):
-        raise engine_error(f"self-check: hooks {sorted(set(by_hook) - set(fired))} did not fire in a plain "
-                           "run_with_hooks", kv_prefix)
+        raise engine_error(
+            f"self-check: hooks {sorted(set(by_hook) - set(fired))} did not fire in a plain "
+            "run_with_hooks",
+            kv_prefix,
+        )
     got = got[list(cells)].to(want.device)
     tol = tolerance(seen, want, logit_scale, logits.dtype)
     bad = ~torch.isclose(got.double(), want.double(), rtol=0, atol=tol, equal_nan=True)
@@ -96,7 +119,9 @@ def check_variants(model: HookedModel, tokens: torch.Tensor, cells: Sequence[int
         c = cells[i]
         raise engine_error(
             f"gave {_fmt(got[i])} where a plain run_with_hooks of the same patch gives {_fmt(want[i])} "
-            f"(tolerance {tol:.2g}; {hook_of(c)}, index {list(index_of(c))})", kv_prefix)
+            f"(tolerance {tol:.2g}; {hook_of(c)}, index {list(index_of(c))})",
+            kv_prefix,
+        )
 
 
 def _fmt(t: torch.Tensor) -> str:

@@ -76,17 +76,38 @@ from .path import direct_path_sweep
 from .table import AXIS_RENAMES, SWEEPS, SweepRow, act_hook
 
 __all__ = [
-    "generic_activation_patch", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
-    "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_by_pos",
-    "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos", "get_act_patch_attn_head_pattern_by_pos",
-    "get_act_patch_attn_head_pattern_dest_src_pos", "get_act_patch_attn_head_out_all_pos",
-    "get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
-    "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_all_pos_every",
-    "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every", "get_act_patch_direct_path",
-    "get_act_patch_direct_path_all_sources", "PatchingResult", "make_df_from_ranges", "layer_pos_patch_setter",
-    "layer_pos_head_vector_patch_setter", "layer_head_vector_patch_setter", "layer_head_pattern_patch_setter",
-    "layer_head_pos_pattern_patch_setter", "layer_head_dest_src_pos_pattern_patch_setter", "BatchedMetric",
-    "batched_metric", "LogitDiff",
+    "generic_activation_patch",
+    "get_act_patch_resid_pre",
+    "get_act_patch_resid_mid",
+    "get_act_patch_attn_out",
+    "get_act_patch_mlp_out",
+    "get_act_patch_attn_head_out_by_pos",
+    "get_act_patch_attn_head_q_by_pos",
+    "get_act_patch_attn_head_k_by_pos",
+    "get_act_patch_attn_head_v_by_pos",
+    "get_act_patch_attn_head_pattern_by_pos",
+    "get_act_patch_attn_head_pattern_dest_src_pos",
+    "get_act_patch_attn_head_out_all_pos",
+    "get_act_patch_attn_head_q_all_pos",
+    "get_act_patch_attn_head_k_all_pos",
+    "get_act_patch_attn_head_v_all_pos",
+    "get_act_patch_attn_head_pattern_all_pos",
+    "get_act_patch_attn_head_all_pos_every",
+    "get_act_patch_attn_head_by_pos_every",
+    "get_act_patch_block_every",
+    "get_act_patch_direct_path",
+    "get_act_patch_direct_path_all_sources",
+    "PatchingResult",
+    "make_df_from_ranges",
+    "layer_pos_patch_setter",
+    "layer_pos_head_vector_patch_setter",
+    "layer_head_vector_patch_setter",
+    "layer_head_pattern_patch_setter",
+    "layer_head_pos_pattern_patch_setter",
+    "layer_head_dest_src_pos_pattern_patch_setter",
+    "BatchedMetric",
+    "batched_metric",
+    "LogitDiff",
 ]
 
 # TransformerLens 4 types the rich return; 3.x has none (its sweeps return tensors only)
@@ -100,15 +121,30 @@ _REDUCE_MODES = ("scalar", "mean", "none")
 
 # (model, corrupted tokens, clean source, metrics, sweep, memory budget, progress) ->
 # (values (index, metric[, batch]), baseline (metric[, batch])): run_sweep, or attribution's
-SweepRunner = Callable[[Any, torch.Tensor, CleanSource, Metrics, Sweep, int | None, bool],
-                       "tuple[torch.Tensor, torch.Tensor]"]
+SweepRunner = Callable[
+    [Any, torch.Tensor, CleanSource, Metrics, Sweep, int | None, bool],
+    "tuple[torch.Tensor, torch.Tensor]",
+]
 
 
-def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: torch.Tensor, clean_cache: Any,
-                  patching_metric: Any, patch_setter: Callable[..., torch.Tensor], activation_name: str,
-                  index_axis_names: Sequence[str] | None = None, index_df: pd.DataFrame | None = None,
-                  return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
-                  clean_rows: Any = None, memory_budget: int | None = None, progress: bool = True) -> Any:
+def generic_patch(
+    runner: SweepRunner,
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    patching_metric: Any,
+    patch_setter: Callable[..., torch.Tensor],
+    activation_name: str,
+    index_axis_names: Sequence[str] | None = None,
+    index_df: pd.DataFrame | None = None,
+    return_index_df: bool = False,
+    *,
+    reduce: str = "scalar",
+    baseline: bool = False,
+    clean_rows: Any = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> Any:
     """generic_activation_patch's checks, patch indices and result shaping around
     ``runner``, which computes the values of every index; the one body behind
     generic_activation_patch and generic_attribution_patch."""
@@ -122,10 +158,14 @@ def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: tor
         has_metric_axis, metrics = False, {"metric": patching_metric}
     want_result = has_metric_axis or reduce == "none" or baseline
     if want_result and return_index_df:
-        raise ConfigError("return_index_df only applies to the tensor return; a PatchingResult carries index_df")
+        raise ConfigError(
+            "return_index_df only applies to the tensor return; a PatchingResult carries index_df"
+        )
     if want_result and PatchingResult is None:
-        raise ConfigError("reduce='none', baseline=True and metric mappings return a PatchingResult, which needs "
-                          "transformer_lens>=4; upgrade it or use the default tensor return.")
+        raise ConfigError(
+            "reduce='none', baseline=True and metric mappings return a PatchingResult, which needs "
+            "transformer_lens>=4; upgrade it or use the default tensor return."
+        )
     if corrupted_tokens.ndim == 1:
         corrupted_tokens = corrupted_tokens[None]
     corrupted_tokens = corrupted_tokens.to(model.cfg.device)
@@ -133,12 +173,23 @@ def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: tor
 
     if index_df is None:
         if index_axis_names is None:
-            raise ConfigError("pass index_axis_names (e.g. ('layer', 'pos')) or an index_df of patch indices.")
+            raise ConfigError(
+                "pass index_axis_names (e.g. ('layer', 'pos')) or an index_df of patch indices."
+            )
         n_heads = model.cfg.n_heads
-        if activation_name in ("k", "v") and getattr(model.cfg, "n_key_value_heads", None) is not None:
+        if (
+            activation_name in ("k", "v")
+            and getattr(model.cfg, "n_key_value_heads", None) is not None
+        ):
             n_heads = model.cfg.n_key_value_heads
-        sizes = {"layer": model.cfg.n_layers, "pos": n_pos, "head_index": n_heads, "head": n_heads,
-                 "src_pos": n_pos, "dest_pos": n_pos}
+        sizes = {
+            "layer": model.cfg.n_layers,
+            "pos": n_pos,
+            "head_index": n_heads,
+            "head": n_heads,
+            "src_pos": n_pos,
+            "dest_pos": n_pos,
+        }
         axis_sizes = [sizes[name] for name in index_axis_names]
         index_df = make_df_from_ranges(axis_sizes, index_axis_names)
         flattened = False
@@ -152,9 +203,17 @@ def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: tor
     indices = [row.to_list() for _, row in index_df.iterrows()]
     sweep = Sweep(indices=indices, act_name=act_hook(activation_name), patch_setter=patch_setter)
     adapter_for(model, "Activation patching").check_hooks(
-        model, sorted({sweep.act_name(int(i[0])) for i in indices}), f"Patching {activation_name!r}")
-    values, base = runner(model, corrupted_tokens, CleanSource(clean_cache, model, n_pos, batch, clean_rows),
-                          Metrics(metrics, per_example, batch, n_pos), sweep, memory_budget, progress)
+        model, sorted({sweep.act_name(int(i[0])) for i in indices}), f"Patching {activation_name!r}"
+    )
+    values, base = runner(
+        model,
+        corrupted_tokens,
+        CleanSource(clean_cache, model, n_pos, batch, clean_rows),
+        Metrics(metrics, per_example, batch, n_pos),
+        sweep,
+        memory_budget,
+        progress,
+    )
     # (index, metric[, batch]) -> (metric, *cells[, batch])
     values = values.movedim(1, 0)
     cells = (len(index_df),) if flattened else tuple(int(n) for n in axis_sizes)
@@ -173,7 +232,9 @@ def generic_patch(runner: SweepRunner, model: HookedModel, corrupted_tokens: tor
         index_df=index_df,
         metric_names=list(metrics),
         reduced=reduce != "none",
-        baseline=None if baseline_values is None else (baseline_values if has_metric_axis else baseline_values[0]),
+        baseline=None
+        if baseline_values is None
+        else (baseline_values if has_metric_axis else baseline_values[0]),
         has_metric_axis=has_metric_axis,
     )
 
@@ -183,7 +244,11 @@ def generic_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
     and ``kwargs`` on to :func:`generic_patch`, present generic_activation_patch's
     signature (less kv_prefix) plus its own options, and check every call against it (a TypeError naming
     ``fn`` and the argument, as a plain def gives)."""
-    common = [p for p in inspect.signature(generic_activation_patch).parameters.values() if p.name != "kv_prefix"]
+    common = [
+        p
+        for p in inspect.signature(generic_activation_patch).parameters.values()
+        if p.name != "kv_prefix"
+    ]
     own = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
     sig = inspect.Signature(common + own, return_annotation="Any")
 
@@ -236,10 +301,23 @@ def generic_activation_patch(
         ``index_df`` is given), optionally with the ``index_df``; a PatchingResult under
         ``reduce='none'``, ``baseline=True`` or a mapping of metrics.
     """
-    return generic_patch(partial(run_sweep, kv_prefix=kv_prefix), model, corrupted_tokens, clean_cache,
-                          patching_metric, patch_setter, activation_name, index_axis_names, index_df,
-                          return_index_df, reduce=reduce, baseline=baseline, clean_rows=clean_rows,
-                          memory_budget=memory_budget, progress=progress)
+    return generic_patch(
+        partial(run_sweep, kv_prefix=kv_prefix),
+        model,
+        corrupted_tokens,
+        clean_cache,
+        patching_metric,
+        patch_setter,
+        activation_name,
+        index_axis_names,
+        index_df,
+        return_index_df,
+        reduce=reduce,
+        baseline=baseline,
+        clean_rows=clean_rows,
+        memory_budget=memory_budget,
+        progress=progress,
+    )
 
 
 # --- the named sweeps: rows of actstore.patching.table -------------------------------------
@@ -248,7 +326,9 @@ def generic_activation_patch(
 def single_sweep(generic: Callable[..., Any], row: SweepRow) -> Any:
     """A single sweep of the table as a partial of ``generic`` (generic_activation_patch or
     generic_attribution_patch), as transformer_lens.patching defines them."""
-    return partial(generic, patch_setter=row.setter, activation_name=row.activation, index_axis_names=row.axes)
+    return partial(
+        generic, patch_setter=row.setter, activation_name=row.activation, index_axis_names=row.axes
+    )
 
 
 def _named(name: str) -> Any:
@@ -277,7 +357,9 @@ get_act_patch_attn_head_pattern_all_pos = _named("attn_head_pattern_all_pos")
 # --- several sweeps stacked ---------------------------------------------------------------
 
 
-def _to_stack_order(t: torch.Tensor, part: SweepRow, order: Sequence[str], n_heads: int) -> torch.Tensor:
+def _to_stack_order(
+    t: torch.Tensor, part: SweepRow, order: Sequence[str], n_heads: int
+) -> torch.Tensor:
     """A part's tensor result with its axes in the stack's order, the head axis
     zero-padded to n_heads (k/v of grouped-query attention)."""
     names = [AXIS_RENAMES.get(a, a) for a in part.axes]
@@ -290,8 +372,15 @@ def _to_stack_order(t: torch.Tensor, part: SweepRow, order: Sequence[str], n_hea
     return t
 
 
-def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: HookedModel, corrupted_tokens: torch.Tensor,
-                 clean_cache: Any, metric: Any, kwargs: dict[str, Any]) -> Any:
+def stack_sweeps(
+    row: SweepRow,
+    parts: Sequence[Callable[..., Any]],
+    model: HookedModel,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    metric: Any,
+    kwargs: dict[str, Any],
+) -> Any:
     """Run a stack row's parts (``parts``: their functions) and stack them on a leading
     patch_type axis, exactly as transformer_lens.patching's *_every helpers do (baseline
     computed once; k/v zero-padded to n_heads; pattern by position moved to (layer, pos, head))."""
@@ -299,23 +388,35 @@ def stack_sweeps(row: SweepRow, parts: Sequence[Callable[..., Any]], model: Hook
     baseline = bool(kwargs.pop("baseline", False))
     results = []
     for i, (sweep, part) in enumerate(zip(parts, row.parts)):
-        out = sweep(model, corrupted_tokens, clean_cache, metric, baseline=baseline and i == 0, **kwargs)
+        out = sweep(
+            model, corrupted_tokens, clean_cache, metric, baseline=baseline and i == 0, **kwargs
+        )
         if baseline and isinstance(out, torch.Tensor):
             out = _tl._wrap_tensor_result(out, part.axes)
         results.append(out)
     n_heads = int(model.cfg.n_heads) if "head" in row.axes else 0
     if all(isinstance(r, torch.Tensor) for r in results):
-        return torch.stack([_to_stack_order(r, p, row.axes, n_heads) for r, p in zip(results, row.parts)], dim=0)
-    return _tl._stack_patch_types(results, axis_order=row.axes, n_heads=n_heads, type_names=row.patch_types)
+        return torch.stack(
+            [_to_stack_order(r, p, row.axes, n_heads) for r, p in zip(results, row.parts)], dim=0
+        )
+    return _tl._stack_patch_types(
+        results, axis_order=row.axes, n_heads=n_heads, type_names=row.patch_types
+    )
 
 
 def _stacked(name: str) -> Callable[..., Any]:
     row = SWEEPS[name]
 
-    def sweep(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any, metric: Any,
-              **kwargs: Any) -> Any:
+    def sweep(
+        model: HookedModel,
+        corrupted_tokens: Int[torch.Tensor, "batch pos"],
+        clean_cache: Any,
+        metric: Any,
+        **kwargs: Any,
+    ) -> Any:
         parts = [globals()[part.function] for part in row.parts]
         return stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
+
     sweep.__name__ = sweep.__qualname__ = row.function
     sweep.__doc__ = row.doc
     return sweep
@@ -329,12 +430,21 @@ get_act_patch_block_every = _stacked("block_every")
 # --- direct path patching ------------------------------------------------------------------
 
 
-def get_act_patch_direct_path(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
-                              corrupted_cache: Any, patching_metric: MetricFn, src_layer: int, src_head: int,
-                              component: str = "q", verbose: bool = True, *,
-                              clean_rows: Sequence[int] | slice | None = None,
-                              memory_budget: int | None = None, kv_prefix: bool = True
-                              ) -> Float[torch.Tensor, "n_layers n_heads"]:
+def get_act_patch_direct_path(
+    model: HookedModel,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean_cache: Any,
+    corrupted_cache: Any,
+    patching_metric: MetricFn,
+    src_layer: int,
+    src_head: int,
+    component: str = "q",
+    verbose: bool = True,
+    *,
+    clean_rows: Sequence[int] | slice | None = None,
+    memory_budget: int | None = None,
+    kv_prefix: bool = True,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path``, vectorised: the edge from
     head (src_layer, src_head) into each later head's ``component`` ('q', 'k' or 'v')
     input patched alone (the source's clean-minus-corrupted write ``z @ W_O`` added to
@@ -345,25 +455,52 @@ def get_act_patch_direct_path(model: HookedModel, corrupted_tokens: Int[torch.Te
     may be an ActivationStore (with ``clean_rows``) holding ``attn.hook_z``;
     ``corrupted_cache`` may be None (the corrupted z is computed here). ``verbose``
     shows a progress bar."""
-    out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric,
-                            [(int(src_layer), int(src_head))], component, clean_rows=clean_rows,
-                            memory_budget=memory_budget, progress=verbose, kv_prefix=kv_prefix)
+    out = direct_path_sweep(
+        model,
+        corrupted_tokens,
+        clean_cache,
+        corrupted_cache,
+        patching_metric,
+        [(int(src_layer), int(src_head))],
+        component,
+        clean_rows=clean_rows,
+        memory_budget=memory_budget,
+        progress=verbose,
+        kv_prefix=kv_prefix,
+    )
     return out[0]
 
 
-def get_act_patch_direct_path_all_sources(model: HookedModel, corrupted_tokens: Int[torch.Tensor, "batch pos"],
-                                          clean_cache: Any, corrupted_cache: Any, patching_metric: MetricFn,
-                                          component: str = "q", verbose: bool = True, *,
-                                          clean_rows: Sequence[int] | slice | None = None,
-                                          memory_budget: int | None = None, kv_prefix: bool = True
-                                          ) -> Float[torch.Tensor, "n_layers n_heads n_layers n_heads"]:
+def get_act_patch_direct_path_all_sources(
+    model: HookedModel,
+    corrupted_tokens: Int[torch.Tensor, "batch pos"],
+    clean_cache: Any,
+    corrupted_cache: Any,
+    patching_metric: MetricFn,
+    component: str = "q",
+    verbose: bool = True,
+    *,
+    clean_rows: Sequence[int] | slice | None = None,
+    memory_budget: int | None = None,
+    kv_prefix: bool = True,
+) -> Float[torch.Tensor, "n_layers n_heads n_layers n_heads"]:
     """``transformer_lens.patching.get_act_patch_direct_path_all_sources``, vectorised:
     ``results[sl, sh, dl, dh]`` is the metric with the edge (sl, sh) -> (dl, dh)'s
     ``component`` input patched, 0.0 where ``dl <= sl``. Every edge into one layer runs
     in the same batched forwards. Options as :func:`get_act_patch_direct_path`."""
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     sources = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    out = direct_path_sweep(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric, sources,
-                            component, clean_rows=clean_rows, memory_budget=memory_budget, progress=verbose,
-                            kv_prefix=kv_prefix)
+    out = direct_path_sweep(
+        model,
+        corrupted_tokens,
+        clean_cache,
+        corrupted_cache,
+        patching_metric,
+        sources,
+        component,
+        clean_rows=clean_rows,
+        memory_budget=memory_budget,
+        progress=verbose,
+        kv_prefix=kv_prefix,
+    )
     return out.reshape(n_layers, n_heads, n_layers, n_heads)

@@ -52,8 +52,20 @@ from .prompts import (
     tokenizer_or_gpt2,
 )
 
-__all__ = ["PromptPair", "TASKS", "make_pairs", "ioi_pairs", "repeated_name_pairs", "greater_than_pairs",
-           "factual_pairs", "write_pairs", "single_token_words", "IOI_TEMPLATES", "NAMES", "FACTS_FORMAT"]
+__all__ = [
+    "PromptPair",
+    "TASKS",
+    "make_pairs",
+    "ioi_pairs",
+    "repeated_name_pairs",
+    "greater_than_pairs",
+    "factual_pairs",
+    "write_pairs",
+    "single_token_words",
+    "IOI_TEMPLATES",
+    "NAMES",
+    "FACTS_FORMAT",
+]
 
 
 # --- templates (the word lists are in actstore.corpus.vocab) --------------------------------------
@@ -89,8 +101,15 @@ GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to th
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | None = 0, order: str = "mixed",
-              corruption: str = "abc") -> list[PromptPair]:
+def ioi_pairs(
+    n: int,
+    seed: int = 0,
+    tokenizer: Any = None,
+    *,
+    template: int | None = 0,
+    order: str = "mixed",
+    corruption: str = "abc",
+) -> list[PromptPair]:
     """Indirect object identification pairs (see the module docstring).
 
     Args:
@@ -106,10 +125,14 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | N
     if order not in ("ABBA", "BABA", "mixed"):
         raise ConfigError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}.")
     if corruption not in ("abc", "flip"):
-        raise ConfigError(f"corruption must be 'abc' (fresh names) or 'flip' (subject -> indirect object), "
-                          f"got {corruption!r}.")
+        raise ConfigError(
+            f"corruption must be 'abc' (fresh names) or 'flip' (subject -> indirect object), "
+            f"got {corruption!r}."
+        )
     if template is not None and not 0 <= template < len(IOI_TEMPLATES):
-        raise ConfigError(f"template must be in 0..{len(IOI_TEMPLATES) - 1} (IOI_TEMPLATES) or None, got {template}.")
+        raise ConfigError(
+            f"template must be in 0..{len(IOI_TEMPLATES) - 1} (IOI_TEMPLATES) or None, got {template}."
+        )
     names = single_token_words(NAMES, tokenizer)
     places, objects = single_token_words(PLACES, tokenizer), single_token_words(OBJECTS, tokenizer)
     need(names, 5, "IOI names")
@@ -117,13 +140,20 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | N
     need(objects, 1, "objects")
     orders: list[str] = [order] * n if order != "mixed" else []
     order_rng = random.Random(f"ioi-order:{seed}")
-    while len(orders) < n:  # each two pairs: one ABBA, one BABA, in a seeded order (so the first k pairs
+    while (
+        len(orders) < n
+    ):  # each two pairs: one ABBA, one BABA, in a seeded order (so the first k pairs
         two = ["ABBA", "BABA"]  # are the same whatever n is)
         order_rng.shuffle(two)
         orders += two
 
     def fill(t: str, first: str, second: str, third: str, place: str, obj: str) -> str:
-        body = t[: -len(" [A]")].replace("[B]", first, 1).replace("[A]", second, 1).replace("[B]", third)
+        body = (
+            t[: -len(" [A]")]
+            .replace("[B]", first, 1)
+            .replace("[A]", second, 1)
+            .replace("[B]", third)
+        )
         return body.replace("[PLACE]", place).replace("[OBJECT]", obj)
 
     def make(rng: random.Random, i: int) -> PromptPair:
@@ -136,22 +166,36 @@ def ioi_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | N
             corrupted = fill(IOI_TEMPLATES[t], c1, c2, c3, place, obj)
         else:
             corrupted = fill(IOI_TEMPLATES[t], first, second, io, place, obj)
-        meta = {"task": "ioi", "template": t, "order": orders[i], "corruption": corruption, "io": io, "s": s}
+        meta = {
+            "task": "ioi",
+            "template": t,
+            "order": orders[i],
+            "corruption": corruption,
+            "io": io,
+            "s": s,
+        }
         return PromptPair(clean, corrupted, " " + io, " " + s, meta)
 
     return generate(n, seed, tokenizer, make, "ioi")
 
 
-def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, template: int | None = 0
-                        ) -> list[PromptPair]:
-    """"Michelle Jones was a top-notch student. Michelle" (answer " Jones") against the
+def repeated_name_pairs(
+    n: int, seed: int = 0, tokenizer: Any = None, *, template: int | None = 0
+) -> list[PromptPair]:
+    """ "Michelle Jones was a top-notch student. Michelle" (answer " Jones") against the
     same with another surname (wrong: that surname). ``template`` indexes
     :data:`REPEATED_NAME_TEMPLATES` (None: random per pair)."""
     tokenizer = tokenizer_or_gpt2(tokenizer)
     if template is not None and not 0 <= template < len(REPEATED_NAME_TEMPLATES):
-        raise ConfigError(f"template must be in 0..{len(REPEATED_NAME_TEMPLATES) - 1} or None, got {template}.")
+        raise ConfigError(
+            f"template must be in 0..{len(REPEATED_NAME_TEMPLATES) - 1} or None, got {template}."
+        )
     # the first name also starts the prompt (no leading space there): one token both ways
-    firsts = [w for w in single_token_words(NAMES, tokenizer) if w in single_token_words([w], tokenizer, prefix="")]
+    firsts = [
+        w
+        for w in single_token_words(NAMES, tokenizer)
+        if w in single_token_words([w], tokenizer, prefix="")
+    ]
     lasts = single_token_words(SURNAMES, tokenizer)
     need(firsts, 1, "first names")
     need(lasts, 2, "surnames")
@@ -161,8 +205,13 @@ def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, templat
         first = rng.choice(firsts)
         last, other = rng.sample(lasts, 2)
         fmt = REPEATED_NAME_TEMPLATES[t].format
-        return PromptPair(fmt(first=first, last=last), fmt(first=first, last=other), " " + last, " " + other,
-                          {"task": "repeated-name", "template": t, "first": first})
+        return PromptPair(
+            fmt(first=first, last=last),
+            fmt(first=first, last=other),
+            " " + last,
+            " " + other,
+            {"task": "repeated-name", "template": t, "first": first},
+        )
 
     return generate(n, seed, tokenizer, make, "repeated-name")
 
@@ -170,31 +219,50 @@ def repeated_name_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, templat
 def _year_ok(tokenizer: Any, century: int, yy: int) -> bool:
     """' CCYY' is the two tokens ' CC' + 'YY', the latter also the token of 'YY' alone."""
     ids = token_ids(tokenizer, f" {century}{yy:02d}")
-    return len(ids) == 2 and ids[1:] == token_ids(tokenizer, f"{yy:02d}") and ids[:1] == token_ids(tokenizer, f" {century}")
+    return (
+        len(ids) == 2
+        and ids[1:] == token_ids(tokenizer, f"{yy:02d}")
+        and ids[:1] == token_ids(tokenizer, f" {century}")
+    )
 
 
-def greater_than_pairs(n: int, seed: int = 0, tokenizer: Any = None, *, centuries: Sequence[int] = range(11, 18)
-                       ) -> list[PromptPair]:
-    """"The war lasted from the year 1732 to the year 17" against "... 1701 ...": answer
+def greater_than_pairs(
+    n: int, seed: int = 0, tokenizer: Any = None, *, centuries: Sequence[int] = range(11, 18)
+) -> list[PromptPair]:
+    """ "The war lasted from the year 1732 to the year 17" against "... 1701 ...": answer
     "33" (YY+1), wrong "31" (YY-1). YY is drawn from 03..97, the noun from the nouns of
     Hanna et al. that are one token, the century from ``centuries`` (those whose years
     tokenise as ' CC' + 'YY')."""
     tokenizer = tokenizer_or_gpt2(tokenizer)
     nouns = single_token_words(GREATER_THAN_NOUNS, tokenizer)
     need(nouns, 1, "nouns")
-    years = {c: [yy for yy in range(3, 98) if all(_year_ok(tokenizer, c, y) for y in (yy - 1, yy, yy + 1))]
-             for c in centuries if _year_ok(tokenizer, c, 1)}
+    years = {
+        c: [
+            yy
+            for yy in range(3, 98)
+            if all(_year_ok(tokenizer, c, y) for y in (yy - 1, yy, yy + 1))
+        ]
+        for c in centuries
+        if _year_ok(tokenizer, c, 1)
+    }
     years = {c: ys for c, ys in years.items() if ys}
     if not years:
-        raise ConfigError(f"No century of {list(centuries)} has years that tokenise as ' CC' + 'YY'; use a "
-                          "GPT-2-family tokenizer or other centuries.")
+        raise ConfigError(
+            f"No century of {list(centuries)} has years that tokenise as ' CC' + 'YY'; use a "
+            "GPT-2-family tokenizer or other centuries."
+        )
 
     def make(rng: random.Random, i: int) -> PromptPair:
         noun, century = rng.choice(nouns), rng.choice(sorted(years))
         yy = rng.choice(years[century])
         fmt = GREATER_THAN_TEMPLATE.format
-        return PromptPair(fmt(noun=noun, century=century, yy=yy), fmt(noun=noun, century=century, yy=1),
-                          f"{yy + 1:02d}", f"{yy - 1:02d}", {"task": "greater-than", "century": century, "yy": yy})
+        return PromptPair(
+            fmt(noun=noun, century=century, yy=yy),
+            fmt(noun=noun, century=century, yy=1),
+            f"{yy + 1:02d}",
+            f"{yy - 1:02d}",
+            {"task": "greater-than", "century": century, "yy": yy},
+        )
 
     return generate(n, seed, tokenizer, make, "greater-than")
 
@@ -213,8 +281,13 @@ TASKS = {
 }
 
 
-def make_pairs(task: str, n: int | None = None, seed: int = 0, tokenizer: Any = None,
-               facts: str | os.PathLike[str] | None = None) -> list[PromptPair]:
+def make_pairs(
+    task: str,
+    n: int | None = None,
+    seed: int = 0,
+    tokenizer: Any = None,
+    facts: str | os.PathLike[str] | None = None,
+) -> list[PromptPair]:
     """Pairs of a task by name (:data:`TASKS`); ``n`` defaults to 16 (factual: every fact)."""
     if task not in TASKS:
         close = difflib.get_close_matches(task, list(TASKS), n=1)
@@ -222,8 +295,10 @@ def make_pairs(task: str, n: int | None = None, seed: int = 0, tokenizer: Any = 
         raise ConfigError(f"Unknown task {task!r}{hint}; expected one of {', '.join(TASKS)}.")
     if task == "factual":
         if facts is None:
-            raise ConfigError("The factual task reads facts from a file: pass --facts FILE (facts=...), "
-                              f"{FACTS_FORMAT}")
+            raise ConfigError(
+                "The factual task reads facts from a file: pass --facts FILE (facts=...), "
+                f"{FACTS_FORMAT}"
+            )
         return factual_pairs(facts, n, seed, tokenizer)
     if facts is not None:
         raise ConfigError(f"--facts applies to the factual task only, not {task!r}; drop it.")

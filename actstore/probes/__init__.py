@@ -7,4 +7,13 @@ from .config import KINDS, ProbeConfig, ProbeReport, ProbeResult
 from .fit import fit_probes
 from .probe import Probe, load_probe, probe_names
 
-__all__ = ["ProbeConfig", "ProbeResult", "ProbeReport", "Probe", "fit_probes", "load_probe", "probe_names", "KINDS"]
+__all__ = [
+    "ProbeConfig",
+    "ProbeResult",
+    "ProbeReport",
+    "Probe",
+    "fit_probes",
+    "load_probe",
+    "probe_names",
+    "KINDS",
+]

@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["fit_probes"]
 
 
-def fit_probes(store: ActivationStore, config: ProbeConfig | None = None, /, **options: Any) -> ProbeReport:
+def fit_probes(
+    store: ActivationStore, config: ProbeConfig | None = None, /, **options: Any
+) -> ProbeReport:
     """Fit one linear probe per site of ``store``; save them under results/probes/<name>/
     and return their train and test scores. Takes a ProbeConfig or its fields."""
     cfg = config if config is not None else ProbeConfig(**options)
@@ -60,15 +62,21 @@ def fit_probes(store: ActivationStore, config: ProbeConfig | None = None, /, **o
     if kind == "logistic" and not target.categorical:
         raise ConfigError(f"Target '{target.name}' holds real values; fit it with kind 'ridge'.")
     if kind == "ridge" and not target.numeric:
-        raise ConfigError(f"Target '{target.name}' holds category ids, not quantities; fit it with kind 'logistic'.")
+        raise ConfigError(
+            f"Target '{target.name}' holds category ids, not quantities; fit it with kind 'logistic'."
+        )
     store.check_done(slice(None))
     test_rows = split_rows(store.n_rows, cfg.test_frac, cfg.seed)
     name = cfg.name or f"{target.name}-{kind}"
-    procs = group_for(cfg.device)  # under torchrun / accelerate: each process reads its share of the store
+    procs = group_for(
+        cfg.device
+    )  # under torchrun / accelerate: each process reads its share of the store
     writers: dict = {}  # process 0 writes; a read-only store is refused now, on every process
     if cfg.save:
-        procs.on_main(lambda: writers.update(probe_writers(store, name, [s.hook for s in sites])),
-                      "checking the store can be written")
+        procs.on_main(
+            lambda: writers.update(probe_writers(store, name, [s.hook for s in sites])),
+            "checking the store can be written",
+        )
     if kind == "ridge":
         check_regression(store, target, test_rows, cfg.skip_bos)
     mean, scale = {}, {}
@@ -86,14 +94,17 @@ def fit_probes(store: ActivationStore, config: ProbeConfig | None = None, /, **o
         fitted, results, notes = fit_ridge(plan, cfg)
     else:
         fitted, results, notes = fit_logistic(plan, cfg, device)
-    report = ProbeReport(kind, target.name, name, "accuracy" if kind == "logistic" else "r2", results, notes)
+    report = ProbeReport(
+        kind, target.name, name, "accuracy" if kind == "logistic" else "r2", results, notes
+    )
     if cfg.save:  # the others wait, and see its error if it fails
-        procs.on_main(lambda: save_probes(store, plan, cfg, report, fitted, writers), "saving the probes")
+        procs.on_main(
+            lambda: save_probes(store, plan, cfg, report, fitted, writers), "saving the probes"
+        )
     return report
 
 
 def _device(device: str) -> str:
     from ..models import resolve_device
+
     return resolve_device(device)
-
-

@@ -25,8 +25,16 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..store import ActivationStore
 
-__all__ = ["BUILTIN_TARGETS", "Target", "parse_target", "split_rows", "ClassPlan", "class_plan", "check_values",
-           "check_regression"]
+__all__ = [
+    "BUILTIN_TARGETS",
+    "Target",
+    "parse_target",
+    "split_rows",
+    "ClassPlan",
+    "class_plan",
+    "check_values",
+    "check_regression",
+]
 
 BUILTIN_TARGETS = ("position", "doc_pos", "token", "next_token", "doc")
 _NUMERIC = ("position", "doc_pos")  # built-ins that are also meaningful as numbers (ridge)
@@ -74,10 +82,14 @@ def parse_target(target: str | os.PathLike[str] | np.ndarray, store: ActivationS
     if isinstance(target, (str, os.PathLike)):
         path = Path(target)
         if path.suffix != ".npy":
-            raise ConfigError(f"Unknown target '{target}'; expected one of {', '.join(BUILTIN_TARGETS)}, "
-                              "or a .npy file of labels (row, pos).")
+            raise ConfigError(
+                f"Unknown target '{target}'; expected one of {', '.join(BUILTIN_TARGETS)}, "
+                "or a .npy file of labels (row, pos)."
+            )
         if not path.is_file():
-            raise ConfigError(f"Target file '{target}' not found; pass a .npy array of labels (row, pos).")
+            raise ConfigError(
+                f"Target file '{target}' not found; pass a .npy array of labels (row, pos)."
+            )
         try:
             with open(path, "rb") as f:
                 if f.read(6) != b"\x93NUMPY":
@@ -85,16 +97,22 @@ def parse_target(target: str | os.PathLike[str] | np.ndarray, store: ActivationS
             target, name = np.load(path, mmap_mode="r", allow_pickle=False), path.stem
         except (ValueError, OSError, EOFError) as e:
             reason = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
-            raise ConfigError(f"Target file '{path}' is not a NumPy .npy array ({reason}); save the labels "
-                              "with numpy.save(path, labels), labels an int or float array (row, pos).") from None
+            raise ConfigError(
+                f"Target file '{path}' is not a NumPy .npy array ({reason}); save the labels "
+                "with numpy.save(path, labels), labels an int or float array (row, pos)."
+            ) from None
     array = target
     want = (store.n_rows, store.layout.seq_len)
     if not isinstance(array, np.ndarray) or array.shape != want:
         shape = getattr(array, "shape", type(array).__name__)
-        raise ConfigError(f"Target labels must be an array of shape (row, pos) = {want} aligned with the store; "
-                          f"got {shape}.")
+        raise ConfigError(
+            f"Target labels must be an array of shape (row, pos) = {want} aligned with the store; "
+            f"got {shape}."
+        )
     if array.dtype.kind not in "iubf":
-        raise ConfigError(f"Target labels must be integers (classes) or floats (regression); got dtype {array.dtype}.")
+        raise ConfigError(
+            f"Target labels must be integers (classes) or floats (regression); got dtype {array.dtype}."
+        )
     check_values(array, name)
     return Target(name, categorical=array.dtype.kind != "f", array=array)
 
@@ -105,7 +123,7 @@ def check_values(array: np.ndarray, name: str, rows_per_block: int = 65536) -> N
     n_bad, first, n_labelled = 0, (0, 0), 0
     floats = array.dtype.kind == "f"
     for a in range(0, len(array), rows_per_block):
-        block = np.asarray(array[a:a + rows_per_block])
+        block = np.asarray(array[a : a + rows_per_block])
         if floats:
             bad, labelled = np.isinf(block), ~np.isnan(block)
         elif array.dtype.kind == "u" and array.dtype.itemsize == 8:
@@ -118,15 +136,23 @@ def check_values(array: np.ndarray, name: str, rows_per_block: int = 65536) -> N
         n_bad += int(bad.sum())
         n_labelled += int((labelled & ~bad).sum())
     if n_bad:
-        what = f"infinite value{'s' * (n_bad != 1)}" if floats else f"value{'s' * (n_bad != 1)} beyond int64"
-        raise ConfigError(f"Target '{name}' holds {n_bad} {what} (first at row {first[0]}, "
-                          f"pos {first[1]}); mark positions without a label with "
-                          f"{'NaN' if floats else 'a negative value'} and make every label "
-                          f"{'finite' if floats else 'fit in int64'}.")
+        what = (
+            f"infinite value{'s' * (n_bad != 1)}"
+            if floats
+            else f"value{'s' * (n_bad != 1)} beyond int64"
+        )
+        raise ConfigError(
+            f"Target '{name}' holds {n_bad} {what} (first at row {first[0]}, "
+            f"pos {first[1]}); mark positions without a label with "
+            f"{'NaN' if floats else 'a negative value'} and make every label "
+            f"{'finite' if floats else 'fit in int64'}."
+        )
     if not n_labelled:
         none = "NaN" if floats else "negative"
-        raise ConfigError(f"Target '{name}' labels no position (every value is {none}, which means 'no label'); "
-                          "pass labels for at least the training rows.")
+        raise ConfigError(
+            f"Target '{name}' labels no position (every value is {none}, which means 'no label'); "
+            "pass labels for at least the training rows."
+        )
 
 
 def split_rows(n_rows: int, test_frac: float, seed: int) -> np.ndarray:
@@ -137,7 +163,9 @@ def split_rows(n_rows: int, test_frac: float, seed: int) -> np.ndarray:
         raise ConfigError(f"test_frac must be in [0, 1); got {test_frac}.")
     n_test = max(1, round(test_frac * n_rows)) if test_frac > 0 else 0
     if n_test >= n_rows:
-        raise ConfigError(f"test_frac {test_frac} leaves no training rows out of {n_rows}; pass a smaller one.")
+        raise ConfigError(
+            f"test_frac {test_frac} leaves no training rows out of {n_rows}; pass a smaller one."
+        )
     test = np.zeros(n_rows, bool)
     test[np.random.default_rng(seed).permutation(n_rows)[:n_test]] = True
     return test
@@ -147,7 +175,9 @@ def split_rows(n_rows: int, test_frac: float, seed: int) -> np.ndarray:
 class ClassPlan:
     """The classes a classifier is trained on, and how many positions each split uses."""
 
-    classes: np.ndarray  # int64 (class,) sorted: labels seen in the training rows (the K most frequent)
+    classes: (
+        np.ndarray
+    )  # int64 (class,) sorted: labels seen in the training rows (the K most frequent)
     class_w: np.ndarray  # float64 (class,) sample weight of each class
     n_train: int  # training positions whose label is a kept class
     n_test: int  # test positions whose label is a kept class
@@ -157,8 +187,14 @@ class ClassPlan:
     sw_sum: float  # sum of the training sample weights
 
 
-def class_plan(store: ActivationStore, target: Target, test_rows: np.ndarray, skip_bos: bool,
-               max_classes: int | None = None, class_weight: str | None = None) -> ClassPlan:
+def class_plan(
+    store: ActivationStore,
+    target: Target,
+    test_rows: np.ndarray,
+    skip_bos: bool,
+    max_classes: int | None = None,
+    class_weight: str | None = None,
+) -> ClassPlan:
     """One cheap pass over the labels (no activations). Classes are those seen in the
     training rows, so a 50k-token vocabulary costs only the tokens that occur; a test
     label never seen in training cannot be predicted and is left out of the score
@@ -179,18 +215,39 @@ def class_plan(store: ActivationStore, target: Target, test_rows: np.ndarray, sk
         top = np.sort(np.lexsort((classes, -counts))[:max_classes])
         classes, counts = classes[top], counts[top]
     if len(classes) < 2:
-        raise ConfigError(f"Target '{target.name}' has {len(classes)} class(es) in the training rows; "
-                          "a classifier needs at least 2. Check the target, or pass more rows or a different split.")
+        raise ConfigError(
+            f"Target '{target.name}' has {len(classes)} class(es) in the training rows; "
+            "a classifier needs at least 2. Check the target, or pass more rows or a different split."
+        )
     tv, tc = _total(seen[True])
     in_train = np.isin(tv, classes)
-    _check_test(target, int(tc[in_train].sum()), bool(test_rows.any()), "whose class occurs in the training rows")
-    class_w = counts.sum() / (len(classes) * counts) if class_weight == "balanced" else np.ones(len(classes))
+    _check_test(
+        target,
+        int(tc[in_train].sum()),
+        bool(test_rows.any()),
+        "whose class occurs in the training rows",
+    )
+    class_w = (
+        counts.sum() / (len(classes) * counts)
+        if class_weight == "balanced"
+        else np.ones(len(classes))
+    )
     majority = classes[np.argmax(counts)]
-    return ClassPlan(classes, class_w, int(counts.sum()), int(tc[in_train].sum()), n_labelled - int(counts.sum()),
-                     int(tc[~in_train].sum()), int(tc[tv == majority].sum()), float((counts * class_w).sum()))
+    return ClassPlan(
+        classes,
+        class_w,
+        int(counts.sum()),
+        int(tc[in_train].sum()),
+        n_labelled - int(counts.sum()),
+        int(tc[~in_train].sum()),
+        int(tc[tv == majority].sum()),
+        float((counts * class_w).sum()),
+    )
 
 
-def check_regression(store: ActivationStore, target: Target, test_rows: np.ndarray, skip_bos: bool) -> None:
+def check_regression(
+    store: ActivationStore, target: Target, test_rows: np.ndarray, skip_bos: bool
+) -> None:
     """One cheap pass over real-valued labels (no activations): refuse, before any work, a
     split whose R^2 is undefined (fewer than 2 labelled training positions, a constant
     training target, no labelled test position although there are test rows)."""
@@ -199,7 +256,9 @@ def check_regression(store: ActivationStore, target: Target, test_rows: np.ndarr
     lo, hi, n = {False: np.inf, True: np.inf}, {False: -np.inf, True: -np.inf}, {False: 0, True: 0}
     for unit in row_units(store, rows_per_unit=4096):
         y = target.labels(store, unit)
-        y = np.where(y >= 0, y, np.nan) if y.dtype.kind != "f" else y  # integer labels: negative = none
+        y = (
+            np.where(y >= 0, y, np.nan) if y.dtype.kind != "f" else y
+        )  # integer labels: negative = none
         ok = keep_positions(store, unit, skip_bos, skip_padding=True) & ~np.isnan(y)
         test = np.broadcast_to(test_rows[unit][:, None], y.shape)
         for split in (False, True):
@@ -208,23 +267,31 @@ def check_regression(store: ActivationStore, target: Target, test_rows: np.ndarr
                 n[split] += len(v)
                 lo[split], hi[split] = min(lo[split], v.min()), max(hi[split], v.max())
     if n[False] < 2:
-        raise ConfigError(f"Target '{target.name}' labels {n[False]} training position(s) (BOS and padding excluded); "
-                          "a probe needs at least 2. Label more positions, or pass more rows or a different split.")
+        raise ConfigError(
+            f"Target '{target.name}' labels {n[False]} training position(s) (BOS and padding excluded); "
+            "a probe needs at least 2. Label more positions, or pass more rows or a different split."
+        )
     for split, rows in ((False, "training"), (True, "test")):
         if n[split] and lo[split] == hi[split]:
-            raise ConfigError(f"Target '{target.name}' is {lo[split]:g} at every {rows} position, so R^2 is undefined "
-                              "there; pass a target that varies" + (", or another --seed." if split else "."))
+            raise ConfigError(
+                f"Target '{target.name}' is {lo[split]:g} at every {rows} position, so R^2 is undefined "
+                "there; pass a target that varies" + (", or another --seed." if split else ".")
+            )
     _check_test(target, n[True], bool(test_rows.any()), "")
 
 
 def _check_test(target: Target, n_test: int, has_test_rows: bool, which: str) -> None:
     if has_test_rows and not n_test:
-        raise ConfigError(f"Target '{target.name}' labels no position of the test rows{' ' + which if which else ''}, "
-                          "so there is no test score; pass --test-frac 0 to fit on every row, or another --seed.")
+        raise ConfigError(
+            f"Target '{target.name}' labels no position of the test rows{' ' + which if which else ''}, "
+            "so there is no test score; pass --test-frac 0 to fit on every row, or another --seed."
+        )
 
 
 def _total(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-block (values, counts) into sorted values and total counts."""
     values = np.concatenate([p[0] for p in parts]).astype(np.int64)
     u, inv = np.unique(values, return_inverse=True)
-    return u, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(u)).astype(np.int64)
+    return u, np.bincount(
+        inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(u)
+    ).astype(np.int64)

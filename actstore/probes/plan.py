@@ -60,15 +60,21 @@ class Plan:
         r, p = np.nonzero(keep)
         return np.stack([r, p]), y[r, p], self.test_rows[unit][r]
 
-    def reader(self, sites: Sequence[TokenSite], dtype: type, num_workers: int) -> Callable[[], Iterator[Any]]:
+    def reader(
+        self, sites: Sequence[TokenSite], dtype: type, num_workers: int
+    ) -> Callable[[], Iterator[Any]]:
         """A function that streams the store once: yields (X {hook: (n, F) standardised}, y (n,), is_test (n,))."""
-        def transform(unit: slice, acts: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+
+        def transform(
+            unit: slice, acts: dict[str, np.ndarray]
+        ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
             (r, p), y, test = self.select(unit)
             xs = []
             for s in sites:
                 x = acts[s.hook][r, p].reshape(len(r), s.n_features).astype(dtype)
                 xs.append((x - self.mean[s.hook].astype(dtype)) / self.scale[s.hook].astype(dtype))
             return xs, y, test
+
         reader = ChunkReader(self.store, [s.hook for s in sites], num_workers, transform=transform)
         units = self.units(sites)
         return lambda: (got for _, got in reader(units))
@@ -80,5 +86,3 @@ def groups(sites: Sequence[TokenSite]) -> list[list[TokenSite]]:
     for s in sites:
         by.setdefault(s.n_features, []).append(s)
     return list(by.values())
-
-

@@ -33,15 +33,23 @@ class _Comoments:
     def of(cls, x: np.ndarray, y: np.ndarray) -> _Comoments:  # x (n, F), y (n,)
         mx, my = x.mean(0), float(y.mean())
         xc, yc = x - mx, y - my
-        return cls(len(y), mx, my, xc.T @ xc, xc.T @ yc, float(yc @ yc))  # xc.T @ xc: BLAS syrk, half a matmul
+        return cls(
+            len(y), mx, my, xc.T @ xc, xc.T @ yc, float(yc @ yc)
+        )  # xc.T @ xc: BLAS syrk, half a matmul
 
     def merge(self, o: _Comoments | None) -> _Comoments:
         if o is None or o.n == 0:
             return self
         n = self.n + o.n
         dx, dy, f = o.mx - self.mx, o.my - self.my, self.n * o.n / n
-        return _Comoments(n, self.mx + dx * (o.n / n), self.my + dy * (o.n / n), self.cxx + o.cxx + f * np.outer(dx, dx),
-                          self.cxy + o.cxy + f * dx * dy, self.syy + o.syy + f * dy * dy)
+        return _Comoments(
+            n,
+            self.mx + dx * (o.n / n),
+            self.my + dy * (o.n / n),
+            self.cxx + o.cxx + f * np.outer(dx, dx),
+            self.cxy + o.cxy + f * dx * dy,
+            self.syy + o.syy + f * dy * dy,
+        )
 
     def r2(self, w: np.ndarray, b: float | np.ndarray) -> float:
         """R^2 of x @ w + b on the data summarised here (scikit-learn's r2_score)."""
@@ -56,14 +64,21 @@ def _accumulate(plan: Plan, cfg: ProbeConfig) -> dict[tuple[str, bool], _Comomen
     """This process's share of the store, summarised per (site, split)."""
     acc: dict[tuple[str, bool], _Comoments] = {}
     stream = plan.reader(plan.sites, np.float64, cfg.num_workers)
-    for xs, y, test in tqdm(stream(), total=len(plan.units(plan.sites)), desc=f"ridge ({len(plan.sites)} sites)",
-                            unit="block", disable=not (cfg.progress and plan.procs.main)):
+    for xs, y, test in tqdm(
+        stream(),
+        total=len(plan.units(plan.sites)),
+        desc=f"ridge ({len(plan.sites)} sites)",
+        unit="block",
+        disable=not (cfg.progress and plan.procs.main),
+    ):
         for split in (False, True):
             sel = test == split
             if sel.any():
                 for s, x in zip(plan.sites, xs):
                     c = _Comoments.of(x[sel], y[sel])
-                    acc[s.hook, split] = acc[s.hook, split].merge(c) if (s.hook, split) in acc else c
+                    acc[s.hook, split] = (
+                        acc[s.hook, split].merge(c) if (s.hook, split) in acc else c
+                    )
     return acc
 
 
@@ -77,7 +92,9 @@ def fit_ridge(plan: Plan, cfg: ProbeConfig) -> tuple[dict, dict[str, ProbeResult
     for s in plan.sites:
         train, test = acc.get((s.hook, False)), acc.get((s.hook, True))
         if train is None or train.n < 2:
-            raise ConfigError(f"Target '{plan.target.name}' labels fewer than 2 training positions; nothing to fit.")
+            raise ConfigError(
+                f"Target '{plan.target.name}' labels fewer than 2 training positions; nothing to fit."
+            )
         A = train.cxx + cfg.alpha * np.eye(s.n_features)
         if cfg.alpha > 0:
             w = np.linalg.solve(A, train.cxy)
@@ -85,8 +102,16 @@ def fit_ridge(plan: Plan, cfg: ProbeConfig) -> tuple[dict, dict[str, ProbeResult
             w = np.linalg.lstsq(A, train.cxy, rcond=None)[0]
         b = train.my - train.mx @ w
         fitted[s.hook] = (w[:, None], np.array([b]))
-        results[s.hook] = ProbeResult(s.hook, s.layer, train.r2(w, b), test.r2(w, b) if test else float("nan"),
-                                      train.n, test.n if test else 0, 0.0, 0, 0, True)
+        results[s.hook] = ProbeResult(
+            s.hook,
+            s.layer,
+            train.r2(w, b),
+            test.r2(w, b) if test else float("nan"),
+            train.n,
+            test.n if test else 0,
+            0.0,
+            0,
+            0,
+            True,
+        )
     return fitted, results, {}
-
-

@@ -38,14 +38,28 @@ class StoreLike(Protocol):
 
     def check_shards(self, shards: np.ndarray, what: str) -> None: ...
 
-    def acts(self, hook: str, rows: slice | int = ..., as_: str = ..., check_done: bool = ...) -> Any: ...
+    def acts(
+        self, hook: str, rows: slice | int = ..., as_: str = ..., check_done: bool = ...
+    ) -> Any: ...
 
     def mask(self, rows: slice | int = ..., check_done: bool = ...) -> np.ndarray: ...
 
-    def loader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = ..., seed: int = ...,
-               **kw: Any) -> Any: ...
+    def loader(
+        self,
+        sites: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = ...,
+        seed: int = ...,
+        **kw: Any,
+    ) -> Any: ...
 
-    def dataloader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = ..., seed: int = ...,
-                   **kw: Any) -> Any: ...
+    def dataloader(
+        self,
+        sites: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = ...,
+        seed: int = ...,
+        **kw: Any,
+    ) -> Any: ...
 
     def stats(self, hook: str) -> Any: ...

@@ -21,11 +21,22 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import ConfigError
 
-__all__ = ["Codec", "FastEncoder", "NO_FAST_PATH", "register", "registered", "lookup", "parse_codec",
-           "fast_encoder", "codec_usage"]
+__all__ = [
+    "Codec",
+    "FastEncoder",
+    "NO_FAST_PATH",
+    "register",
+    "registered",
+    "lookup",
+    "parse_codec",
+    "fast_encoder",
+    "codec_usage",
+]
 
 Encode = Callable[[Any], Any]  # bytes-like in, bytes-like out, as zarr calls numcodecs
-FastEncoder = Callable[[Mapping[str, Any]], Encode]  # a compressor's zarr.json configuration -> its encoder
+FastEncoder = Callable[
+    [Mapping[str, Any]], Encode
+]  # a compressor's zarr.json configuration -> its encoder
 
 
 class _NoFastPath:
@@ -59,12 +70,18 @@ class Codec:
 
     def __post_init__(self) -> None:
         if not (self.fast is NO_FAST_PATH or callable(self.fast)):
-            raise TypeError(f"codec {self.name!r}: fast must be an encoder factory or NO_FAST_PATH, not {self.fast!r}")
+            raise TypeError(
+                f"codec {self.name!r}: fast must be an encoder factory or NO_FAST_PATH, not {self.fast!r}"
+            )
         if (self.fast is NO_FAST_PATH) != bool(self.why_slow):
             raise TypeError(f"codec {self.name!r}: give why_slow exactly when fast is NO_FAST_PATH")
-        for level in (self.default_level, *self.sample_levels) if self.levels else self.sample_levels:
+        for level in (
+            (self.default_level, *self.sample_levels) if self.levels else self.sample_levels
+        ):
             if self.levels is None or not self.levels[0] <= level <= self.levels[1]:
-                raise TypeError(f"codec {self.name!r}: level {level} is outside its levels {self.levels}")
+                raise TypeError(
+                    f"codec {self.name!r}: level {level} is outside its levels {self.levels}"
+                )
 
     @property
     def usage(self) -> str:
@@ -86,9 +103,15 @@ def register(codec: Codec) -> Codec:
     if codec.name in _REGISTRY:
         raise ValueError(f"codec {codec.name!r} is already registered")
     for other in _REGISTRY.values():
-        if codec.zarr_name is not None and other.zarr_name == codec.zarr_name and other.fast is not codec.fast:
-            raise ValueError(f"codec {codec.name!r}: compressor {codec.zarr_name!r} already has the fast path of "
-                             f"{other.name!r}; give it the same one")
+        if (
+            codec.zarr_name is not None
+            and other.zarr_name == codec.zarr_name
+            and other.fast is not codec.fast
+        ):
+            raise ValueError(
+                f"codec {codec.name!r}: compressor {codec.zarr_name!r} already has the fast path of "
+                f"{other.name!r}; give it the same one"
+            )
     _REGISTRY[codec.name] = codec
     return codec
 
@@ -116,11 +139,15 @@ def lookup(spec: str) -> tuple[Codec, int, bool]:
         raise ConfigError(f"Codec '{spec}': level '{level_s}' is not an integer.") from None
     if level_s and codec.levels is not None and not codec.levels[0] <= level <= codec.levels[1]:
         lo, hi = codec.levels
-        raise ConfigError(f"Codec '{spec}': level {level} is outside {name}'s levels {lo}..{hi}; "
-                          "pass a level in that range.")
+        raise ConfigError(
+            f"Codec '{spec}': level {level} is outside {name}'s levels {lo}..{hi}; "
+            "pass a level in that range."
+        )
     if codec.requires and not _importable(codec.requires):
-        raise ConfigError(f"Codec '{spec}' needs the {codec.requires} package; {codec.install}, "
-                          "or choose another --codec.")
+        raise ConfigError(
+            f"Codec '{spec}' needs the {codec.requires} package; {codec.install}, "
+            "or choose another --codec."
+        )
     return codec, level, bool(level_s)
 
 
@@ -145,7 +172,11 @@ def fast_encoder(compressor: Mapping[str, Any]) -> Encode | None:
     None when no registered codec writes it fast (zarr then writes the array)."""
     for codec in _REGISTRY.values():
         if codec.zarr_name == compressor["name"]:
-            return None if isinstance(codec.fast, _NoFastPath) else codec.fast(compressor.get("configuration", {}))
+            return (
+                None
+                if isinstance(codec.fast, _NoFastPath)
+                else codec.fast(compressor.get("configuration", {}))
+            )
     return None
 
 
@@ -155,11 +186,18 @@ def _zstd_fast(cfg: Mapping[str, Any]) -> Encode:
 
 def _blosc_fast(cfg: Mapping[str, Any]) -> Encode:
     shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg["shuffle"]]
-    return numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle, blocksize=cfg["blocksize"],
-                           typesize=cfg["typesize"]).encode
+    return numcodecs.Blosc(
+        cname=cfg["cname"],
+        clevel=cfg["clevel"],
+        shuffle=shuffle,
+        blocksize=cfg["blocksize"],
+        typesize=cfg["typesize"],
+    ).encode
 
 
-def _raw(cfg: Mapping[str, Any]) -> Encode:  # no compressor: the writer writes the array's own bytes
+def _raw(
+    cfg: Mapping[str, Any],
+) -> Encode:  # no compressor: the writer writes the array's own bytes
     return lambda data: data
 
 
@@ -177,11 +215,40 @@ def _pcodec(level: int) -> list[Any]:
 
 _BLOSC_LEVELS = (0, 9)
 register(Codec("none", lambda level: None, None, 1, None, _raw))
-register(Codec("zstd", lambda level: [ZstdCodec(level=level)], (-131072, 22), 1, "zstd", _zstd_fast,
-               sample_levels=(3,)))
+register(
+    Codec(
+        "zstd",
+        lambda level: [ZstdCodec(level=level)],
+        (-131072, 22),
+        1,
+        "zstd",
+        _zstd_fast,
+        sample_levels=(3,),
+    )
+)
 register(Codec("blosc-lz4", _blosc("lz4", "shuffle"), _BLOSC_LEVELS, 5, "blosc", _blosc_fast))
 register(Codec("blosc-zstd", _blosc("zstd", "shuffle"), _BLOSC_LEVELS, 1, "blosc", _blosc_fast))
-register(Codec("blosc-zstd-bitshuffle", _blosc("zstd", "bitshuffle"), _BLOSC_LEVELS, 1, "blosc", _blosc_fast))
-register(Codec("pcodec", _pcodec, (0, 12), 8, "numcodecs.pcodec", NO_FAST_PATH,
-               why_slow="a typed serializer, not a bytes compressor: zarr encodes it",
-               requires="pcodec", install="pip install 'actstore[pcodec]' (or pcodec)", sample_levels=(4,)))
+register(
+    Codec(
+        "blosc-zstd-bitshuffle",
+        _blosc("zstd", "bitshuffle"),
+        _BLOSC_LEVELS,
+        1,
+        "blosc",
+        _blosc_fast,
+    )
+)
+register(
+    Codec(
+        "pcodec",
+        _pcodec,
+        (0, 12),
+        8,
+        "numcodecs.pcodec",
+        NO_FAST_PATH,
+        why_slow="a typed serializer, not a bytes compressor: zarr encodes it",
+        requires="pcodec",
+        install="pip install 'actstore[pcodec]' (or pcodec)",
+        sample_levels=(4,),
+    )
+)

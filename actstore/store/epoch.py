@@ -27,24 +27,37 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
     when initialised, else the RANK / WORLD_SIZE environment torchrun and accelerate set,
     else (0, 1)."""
     if (rank is None) != (world_size is None):
-        raise ConfigError(f"Pass rank= and world_size= together (got rank={rank!r}, world_size={world_size!r}).")
+        raise ConfigError(
+            f"Pass rank= and world_size= together (got rank={rank!r}, world_size={world_size!r})."
+        )
     if rank is None:
         import torch.distributed as dist
+
         if dist.is_available() and dist.is_initialized():
             rank, world_size = dist.get_rank(), dist.get_world_size()
         elif launched():
             env = os.environ.get("RANK", "0"), os.environ["WORLD_SIZE"]
             if not all(v.strip().isdigit() for v in env):
-                raise ConfigError(f"The environment has RANK={env[0]!r} and WORLD_SIZE={env[1]!r}, not integers; launch "
-                                  "with torchrun or accelerate (which set them), or pass rank= and world_size=.")
+                raise ConfigError(
+                    f"The environment has RANK={env[0]!r} and WORLD_SIZE={env[1]!r}, not integers; launch "
+                    "with torchrun or accelerate (which set them), or pass rank= and world_size=."
+                )
             rank, world_size = int(env[0]), int(env[1])
         else:
             rank, world_size = 0, 1
-    if not (isinstance(world_size, int) and not isinstance(world_size, bool) and world_size >= 1
-            and isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < world_size):
-        raise ConfigError(f"rank must be in 0..world_size-1 with world_size >= 1; got rank={rank!r}, "
-                          f"world_size={world_size!r}. Pass integers: world_size, the number of processes, and rank, "
-                          "this process's place among them.")
+    if not (
+        isinstance(world_size, int)
+        and not isinstance(world_size, bool)
+        and world_size >= 1
+        and isinstance(rank, int)
+        and not isinstance(rank, bool)
+        and 0 <= rank < world_size
+    ):
+        raise ConfigError(
+            f"rank must be in 0..world_size-1 with world_size >= 1; got rank={rank!r}, "
+            f"world_size={world_size!r}. Pass integers: world_size, the number of processes, and rank, "
+            "this process's place among them."
+        )
     return rank, world_size
 
 
@@ -81,7 +94,7 @@ class EpochPlan:
     def rank_units(self, rank: int | None = None) -> np.ndarray:
         """The units ``rank`` (default: this one) reads, in order: every world-th unit of
         :meth:`order`, so the ranks' shares are disjoint and cover the store."""
-        return self.order()[self.rank if rank is None else rank::self.world]
+        return self.order()[self.rank if rank is None else rank :: self.world]
 
     def rank_tokens(self, rank: int | None = None) -> int:
         return int(self.unit_tokens[self.rank_units(rank)].sum())
@@ -91,7 +104,7 @@ class EpochPlan:
         mine = self.rank_units()
         out, start = [], 0
         for w, i in enumerate(range(0, len(mine), self.window_units)):
-            units = tuple(int(u) for u in mine[i:i + self.window_units])
+            units = tuple(int(u) for u in mine[i : i + self.window_units])
             n = int(self.unit_tokens[list(units)].sum())
             if start + n > skip_tokens:
                 key = (self.seed, self.epoch, self.world, self.rank, w)

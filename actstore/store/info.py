@@ -31,7 +31,11 @@ def info_text(store: ActivationStore) -> str:
         f" chunks of {lay.rows_per_chunk})",
         *([] if store.is_complete else [f"           incomplete: {m.finish_hint(store.path)}"]),
         f"storage    {m.storage_dtype}, codec {m.codec}"
-        + ("" if m.engine == "bridge" else f"; engine {m.engine} (the plain model's modules, not the bridge's)"),
+        + (
+            ""
+            if m.engine == "bridge"
+            else f"; engine {m.engine} (the plain model's modules, not the bridge's)"
+        ),
         "sites",
     ]
     total = 0

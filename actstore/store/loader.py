@@ -46,8 +46,17 @@ from .tokens import (
 )
 from .view import resolve_sites
 
-__all__ = ["resolve_sites", "TokenSite", "token_sites", "keep_positions", "row_units", "ChunkReader",
-           "ActivationLoader", "ActivationDataLoader", "make_dataloader"]
+__all__ = [
+    "resolve_sites",
+    "TokenSite",
+    "token_sites",
+    "keep_positions",
+    "row_units",
+    "ChunkReader",
+    "ActivationLoader",
+    "ActivationDataLoader",
+    "make_dataloader",
+]
 
 _INDEX = ("row", "pos")
 
@@ -74,20 +83,54 @@ class ActivationLoader(IterableDataset):
     chunks read ahead. Every argument is checked before anything is read.
     """
 
-    def __init__(self, store: StoreLike, sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
-                 seed: int = 0, *, epoch: int = 0, skip_bos: bool = True, skip_padding: bool = True,
-                 rows: RowsArg = slice(None), buffer_tokens: int | None = None, num_workers: int = 4,
-                 prefetch: int | None = None, drop_last: bool = False, dtype: torch.dtype | str | None = None,
-                 device: str | torch.device | None = None, rank: int | None = None, world_size: int | None = None,
-                 even_batches: bool = False, center: bool = False, scale: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        store: StoreLike,
+        sites: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        *,
+        epoch: int = 0,
+        skip_bos: bool = True,
+        skip_padding: bool = True,
+        rows: RowsArg = slice(None),
+        buffer_tokens: int | None = None,
+        num_workers: int = 4,
+        prefetch: int | None = None,
+        drop_last: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        even_batches: bool = False,
+        center: bool = False,
+        scale: bool = False,
+        progress: bool = True,
+    ):
         self.batch_size = whole("batch_size", batch_size, 1)
-        self.seed = whole("seed", seed, 0, "The order of every epoch is a pure function of the seed: pass an integer, "
-                          "e.g. seed=0")
+        self.seed = whole(
+            "seed",
+            seed,
+            0,
+            "The order of every epoch is a pure function of the seed: pass an integer, e.g. seed=0",
+        )
         self.epoch = whole("epoch", epoch, 0)
         self.shuffle, self.skip_bos, self.skip_padding, self.drop_last, self.even_batches = (
-            flag(n, v) for n, v in (("shuffle", shuffle), ("skip_bos", skip_bos), ("skip_padding", skip_padding),
-                                    ("drop_last", drop_last), ("even_batches", even_batches)))
-        center, scale, progress = flag("center", center), flag("scale", scale), flag("progress", progress)
+            flag(n, v)
+            for n, v in (
+                ("shuffle", shuffle),
+                ("skip_bos", skip_bos),
+                ("skip_padding", skip_padding),
+                ("drop_last", drop_last),
+                ("even_batches", even_batches),
+            )
+        )
+        center, scale, progress = (
+            flag("center", center),
+            flag("scale", scale),
+            flag("progress", progress),
+        )
         self.num_workers = whole("num_workers (read threads)", num_workers, 1)
         self.prefetch = None if prefetch is None else whole("prefetch", prefetch, 1)
         buffer = None if buffer_tokens is None else whole("buffer_tokens", buffer_tokens, 1)
@@ -98,13 +141,17 @@ class ActivationLoader(IterableDataset):
         self.hooks = _hooks(store, sites)
         self.sites = token_sites(store, self.hooks)
         self.rows: RowSelection = select_rows(store, rows)
-        store.check_shards(np.unique(self.rows.index() // store.layout.rows_per_shard), f"The loader's {self.rows}")
+        store.check_shards(
+            np.unique(self.rows.index() // store.layout.rows_per_shard), f"The loader's {self.rows}"
+        )
         self.units = read_units(store, self.rows, self.world_size)
         self.unit_tokens = self._count_tokens()
         if not self.unit_tokens.any():
-            raise ConfigError(f"The loader's {self.rows} of '{store.path}' hold no token to train on (skip_bos="
-                              f"{self.skip_bos}, skip_padding={self.skip_padding}: every position is BOS or "
-                              "padding); select other rows, or pass skip_bos=False.")
+            raise ConfigError(
+                f"The loader's {self.rows} of '{store.path}' hold no token to train on (skip_bos="
+                f"{self.skip_bos}, skip_padding={self.skip_padding}: every position is BOS or "
+                "padding); select other rows, or pass skip_bos=False."
+            )
         tokens_per_unit = max(u.stop - u.start for u in self.units) * store.layout.seq_len
         # default: 8 units' tokens and at least 4 batches, so that each batch mixes several chunks
         self._buffer_default = buffer is None
@@ -113,24 +160,45 @@ class ActivationLoader(IterableDataset):
         self._identity = store_identity(store)
         self._open: weakref.ref | None = None  # the open iterator, if any
         self._done = 0  # batches of self.epoch already yielded
-        self.norm: dict[str, Normalizer] = (normalizers(store, self.hooks, self.rows, self.skip_bos, self.skip_padding,
-                                                        center, scale, self.num_workers, progress)
-                                            if center or scale else {})
+        self.norm: dict[str, Normalizer] = (
+            normalizers(
+                store,
+                self.hooks,
+                self.rows,
+                self.skip_bos,
+                self.skip_padding,
+                center,
+                scale,
+                self.num_workers,
+                progress,
+            )
+            if center or scale
+            else {}
+        )
         self._norm_t: dict[str, tuple[torch.Tensor, float]] = {}
 
     # --- size and state ------------------------------------------------------------------
     def _count_tokens(self) -> np.ndarray:
         """int64 (unit,): kept tokens of each read unit (reads the mask of per-document stores)."""
         a = self.rows.start
-        per_row = [self.rows.keep(self.store, u, self.skip_bos, self.skip_padding).sum(1)
-                   for u in row_units(self.store, self.rows.span, rows_per_unit=4096)]
+        per_row = [
+            self.rows.keep(self.store, u, self.skip_bos, self.skip_padding).sum(1)
+            for u in row_units(self.store, self.rows.span, rows_per_unit=4096)
+        ]
         counts = np.concatenate(per_row)
-        return np.array([counts[u.start - a:u.stop - a].sum() for u in self.units], np.int64)
+        return np.array([counts[u.start - a : u.stop - a].sum() for u in self.units], np.int64)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's order of ``epoch`` (default: the current one)."""
-        return EpochPlan(self.unit_tokens, self.seed, self.epoch if epoch is None else epoch, self.rank,
-                         self.world_size, self.window_units, self.shuffle)
+        return EpochPlan(
+            self.unit_tokens,
+            self.seed,
+            self.epoch if epoch is None else epoch,
+            self.rank,
+            self.world_size,
+            self.window_units,
+            self.shuffle,
+        )
 
     def _n_batches(self, plan: EpochPlan) -> int:
         return plan.n_batches(self.batch_size, self.drop_last, self.even_batches)
@@ -141,20 +209,28 @@ class ActivationLoader(IterableDataset):
         n = self._n_batches(plan)
         if n:
             return n
-        where = f"rank {self.rank} of world_size={self.world_size}" if self.world_size > 1 else "this loader"
+        where = (
+            f"rank {self.rank} of world_size={self.world_size}"
+            if self.world_size > 1
+            else "this loader"
+        )
         if self.even_batches and self.world_size > 1:
             fewest = min(plan.rank_tokens(r) for r in range(self.world_size))
-            raise ConfigError(f"Epoch {plan.epoch} of the loader has no batch: with even_batches=True every rank yields "
-                              f"as many whole batches as the rank with the fewest tokens, and that rank gets {fewest} "
-                              f"tokens of {self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
-                              f"{self.batch_size}. Pass batch_size={max(fewest, 1)} or less, run fewer processes, or "
-                              "select more rows.")
+            raise ConfigError(
+                f"Epoch {plan.epoch} of the loader has no batch: with even_batches=True every rank yields "
+                f"as many whole batches as the rank with the fewest tokens, and that rank gets {fewest} "
+                f"tokens of {self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+                f"{self.batch_size}. Pass batch_size={max(fewest, 1)} or less, run fewer processes, or "
+                "select more rows."
+            )
         tokens = plan.rank_tokens()
         why = "drop_last=True drops them" if tokens else "it has no token"
-        raise ConfigError(f"Epoch {plan.epoch} of the loader has no batch on {where}: it gets {tokens} tokens of "
-                          f"{self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
-                          f"{self.batch_size}, and {why}. Pass batch_size={max(tokens, 1)} or less, drop_last=False, "
-                          "run fewer processes, or select more rows.")
+        raise ConfigError(
+            f"Epoch {plan.epoch} of the loader has no batch on {where}: it gets {tokens} tokens of "
+            f"{self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+            f"{self.batch_size}, and {why}. Pass batch_size={max(tokens, 1)} or less, drop_last=False, "
+            "run fewer processes, or select more rows."
+        )
 
     @property
     def n_tokens(self) -> int:
@@ -179,12 +255,19 @@ class ActivationLoader(IterableDataset):
 
     def _refuse_while_open(self, what: str) -> None:
         if self._is_open():
-            raise ConfigError(f"{what} while an iterator of this loader is open: the loader is one stream with one "
-                              f"position (epoch {self.epoch}, batch {self._done}), which that iterator holds. Finish "
-                              "or close it first (it.close(), or del it), or make a second loader for a second stream.")
+            raise ConfigError(
+                f"{what} while an iterator of this loader is open: the loader is one stream with one "
+                f"position (epoch {self.epoch}, batch {self._done}), which that iterator holds. Finish "
+                "or close it first (it.close(), or del it), or make a second loader for a second stream."
+            )
 
     def set_epoch(self, epoch: int) -> None:
-        epoch = whole("epoch", epoch, 0, "loader.set_epoch(e) starts epoch e (0, 1, 2, ...) from its first batch")
+        epoch = whole(
+            "epoch",
+            epoch,
+            0,
+            "loader.set_epoch(e) starts epoch e (0, 1, 2, ...) from its first batch",
+        )
         if epoch != self.epoch:
             self._refuse_while_open(f"set_epoch({epoch}) was called")
             self.epoch, self._done = epoch, 0
@@ -192,27 +275,46 @@ class ActivationLoader(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands (the next batch is batch ``batches`` of ``epoch``) and what
         fixes its order: the store's identity and the settings (see loader_state.py)."""
-        return {"version": STATE_VERSION, "epoch": self.epoch, "batches": self._done, "store": self._identity,
-                "sites": list(self.hooks), "rows": self.rows.key(), "skip_bos": self.skip_bos,
-                "skip_padding": self.skip_padding, "world_size": self.world_size, "seed": self.seed,
-                "shuffle": self.shuffle, "batch_size": self.batch_size, "drop_last": self.drop_last,
-                "even_batches": self.even_batches, "buffer_tokens": self.buffer_tokens}
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches": self._done,
+            "store": self._identity,
+            "sites": list(self.hooks),
+            "rows": self.rows.key(),
+            "skip_bos": self.skip_bos,
+            "skip_padding": self.skip_padding,
+            "world_size": self.world_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "even_batches": self.even_batches,
+            "buffer_tokens": self.buffer_tokens,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (from any rank of a run of the same store with the same
         settings and world size): the next batch is the one the saved run would have yielded.
         A state of another store or other settings, or out of range, is refused, naming both sides."""
         self._refuse_while_open("load_state_dict was called")
-        epoch, batches = check_state(state, self.state_dict(), self.store.path,
-                                     lambda e: self._n_batches(self.plan(e)), self._buffer_default)
+        epoch, batches = check_state(
+            state,
+            self.state_dict(),
+            self.store.path,
+            lambda e: self._n_batches(self.plan(e)),
+            self._buffer_default,
+        )
         self.epoch, self._done = epoch, batches
 
     # --- batches -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if get_worker_info() is not None:
-            raise ConfigError("ActivationLoader reads with its own threads (num_workers=...) and splits the store "
-                              "across ranks itself; use it in a DataLoader with num_workers=0, e.g. "
-                              "actstore.store.loader.make_dataloader(store, ...) or store.dataloader(...).")
+            raise ConfigError(
+                "ActivationLoader reads with its own threads (num_workers=...) and splits the store "
+                "across ranks itself; use it in a DataLoader with num_workers=0, e.g. "
+                "actstore.store.loader.make_dataloader(store, ...) or store.dataloader(...)."
+            )
         self._refuse_while_open("A second iterator was asked for")
         batches = self._batches()
         self._open = weakref.ref(batches)
@@ -235,11 +337,15 @@ class ActivationLoader(IterableDataset):
         if self._done >= limit:
             self.epoch, self._done = self.epoch + 1, 0
 
-    def _host_batches(self, plan: EpochPlan, skip_tokens: int) -> Generator[dict[str, torch.Tensor], None, None]:
+    def _host_batches(
+        self, plan: EpochPlan, skip_tokens: int
+    ) -> Generator[dict[str, torch.Tensor], None, None]:
         """Batches on the host (pinned when the device is a GPU): the windows' shuffled
         tokens back to back, after the first ``skip_tokens``; the last one may be short."""
         windows = plan.windows(skip_tokens)
-        reader = ChunkReader(self.store, self.hooks, self.num_workers, self.prefetch, transform=self._tokens_of)
+        reader = ChunkReader(
+            self.store, self.hooks, self.num_workers, self.prefetch, transform=self._tokens_of
+        )
         parts = reader([self.units[u] for w in windows for u in w.units])
         bs, rest = self.batch_size, None
         try:
@@ -255,9 +361,9 @@ class ActivationLoader(IterableDataset):
                     rest = None
                 n = len(got["row"])
                 for i in range(0, n - bs + 1, bs):
-                    yield {k: v[i:i + bs] for k, v in got.items()}
+                    yield {k: v[i : i + bs] for k, v in got.items()}
                 if n % bs:
-                    rest = {k: v[n - n % bs:] for k, v in got.items()}
+                    rest = {k: v[n - n % bs :] for k, v in got.items()}
             if rest is not None:
                 yield {k: v.pin_memory() for k, v in rest.items()} if self.pin else rest
         finally:
@@ -276,13 +382,21 @@ class ActivationLoader(IterableDataset):
     def _window(self, parts: list[dict[str, np.ndarray]], w: Window) -> dict[str, torch.Tensor]:
         """The window's kept tokens in its shuffled order, without the first ``w.skip``:
         one gather per array, into pinned memory when the device is a GPU."""
-        order = np.random.default_rng(list(w.key)).permutation(w.n_tokens) if self.shuffle else np.arange(w.n_tokens)
-        picked = torch.from_numpy(order[w.skip:])
+        order = (
+            np.random.default_rng(list(w.key)).permutation(w.n_tokens)
+            if self.shuffle
+            else np.arange(w.n_tokens)
+        )
+        picked = torch.from_numpy(order[w.skip :])
         offsets = np.cumsum([0] + [len(p[self.hooks[0]]) for p in parts[:-1]])
-        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[picked]
+        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[
+            picked
+        ]
         out = {}
         for k in [*self.hooks, *_INDEX]:
-            src = torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
+            src = torch.from_numpy(
+                np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
+            )
             idx = picked if k in _INDEX else keep
             dst = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
             out[k] = torch.index_select(src, 0, idx, out=dst)
@@ -307,18 +421,25 @@ class ActivationLoader(IterableDataset):
     def _norm_on(self, hook: str, device: torch.device) -> tuple[torch.Tensor, float]:
         if hook not in self._norm_t or self._norm_t[hook][0].device != device:
             n = self.norm[hook]
-            self._norm_t[hook] = (torch.from_numpy(n.mean).float().to(device), n.scale)  # (*feature)
+            self._norm_t[hook] = (
+                torch.from_numpy(n.mean).float().to(device),
+                n.scale,
+            )  # (*feature)
         return self._norm_t[hook]
 
 
 def _hooks(store: StoreLike, sites: Any) -> list[str]:
     """The store's hooks that ``sites`` names (site specs or hook names); none is an error."""
-    ok = isinstance(sites, str) or (isinstance(sites, (list, tuple)) and all(isinstance(x, str) for x in sites))
+    ok = isinstance(sites, str) or (
+        isinstance(sites, (list, tuple)) and all(isinstance(x, str) for x in sites)
+    )
     hooks = resolve_sites(store, sites) if ok else []
     if not hooks:
-        raise ConfigError(f"sites={sites!r} names no site; pass one or more of the store's sites as a spec or a list "
-                          f"(e.g. 'resid_post:1' or ['{store.sites[0]}']). Store '{store.path}' holds: "
-                          f"{', '.join(store.sites)}.")
+        raise ConfigError(
+            f"sites={sites!r} names no site; pass one or more of the store's sites as a spec or a list "
+            f"(e.g. 'resid_post:1' or ['{store.sites[0]}']). Store '{store.path}' holds: "
+            f"{', '.join(store.sites)}."
+        )
     return hooks
 
 
@@ -344,8 +465,14 @@ class ActivationDataLoader(DataLoader):
         self.loader.load_state_dict(state)
 
 
-def make_dataloader(store: StoreLike, sites: str | Sequence[str], batch_size: int, shuffle: bool = True,
-                    seed: int = 0, **kw: Any) -> ActivationDataLoader:
+def make_dataloader(
+    store: StoreLike,
+    sites: str | Sequence[str],
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    **kw: Any,
+) -> ActivationDataLoader:
     """A ready ``DataLoader`` of the store's tokens (``store.dataloader(...)``); the options
     are :class:`ActivationLoader`'s (``num_workers`` is its read threads: the DataLoader
     itself runs in the main process)."""

@@ -23,7 +23,9 @@ from ..location import is_url, normalize
 
 __all__ = ["store_lock", "lock_path", "lock_holder", "lock_note", "LockHolder", "check_unlocked"]
 
-_held: dict[str, tuple[int, int]] = {}  # lock path -> (thread holding it, depth): the locks this process holds
+_held: dict[
+    str, tuple[int, int]
+] = {}  # lock path -> (thread holding it, depth): the locks this process holds
 
 
 def lock_path(store: str) -> str:
@@ -48,7 +50,11 @@ def _owner(path: str) -> dict[str, Any] | None:
             owner = json.load(f)
     except (OSError, ValueError):
         return None  # vanished, or killed while writing it
-    ok = isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("host"), str)
+    ok = (
+        isinstance(owner, dict)
+        and isinstance(owner.get("pid"), int)
+        and isinstance(owner.get("host"), str)
+    )
     return owner if ok else None  # else damaged: treated as one being written
 
 
@@ -78,7 +84,11 @@ class LockHolder:
     @property
     def who(self) -> str:
         o = self.owner
-        return f"process {o['pid']} on {o['host']} since {o.get('started', '?')}" if o else "another run"
+        return (
+            f"process {o['pid']} on {o['host']} since {o.get('started', '?')}"
+            if o
+            else "another run"
+        )
 
     def if_gone(self, then: str) -> str:
         """The fallback, should the holder not be the run it seems: the lock file to delete, then ``then``."""
@@ -91,8 +101,10 @@ class LockHolder:
         return f"{why}, delete the lock file {self.path}, then {then}"
 
     def refusal(self, store: str, then: str = "run this command again") -> StoreLockedError:
-        return StoreLockedError(f"Store '{store}' is being written by {self.who} (lock {self.path}); nothing was "
-                                f"changed. Wait for that run to finish, then {then}; {self.if_gone(then)}.")
+        return StoreLockedError(
+            f"Store '{store}' is being written by {self.who} (lock {self.path}); nothing was "
+            f"changed. Wait for that run to finish, then {then}; {self.if_gone(then)}."
+        )
 
 
 def lock_holder(store: str) -> LockHolder | None:
@@ -126,20 +138,30 @@ def lock_note(store: str) -> str | None:
     if h is None:
         return None
     if h.stale:
-        return (f"a stale lock {h.path}: {h.who} is gone; the next `actstore cache --resume` or `actstore verify "
-                "--repair` takes it over")
-    return (f"a run holds the lock {h.path} ({h.who}): it is writing the store, so rows not done may be in "
-            "progress; --repair is refused until it finishes")
+        return (
+            f"a stale lock {h.path}: {h.who} is gone; the next `actstore cache --resume` or `actstore verify "
+            "--repair` takes it over"
+        )
+    return (
+        f"a run holds the lock {h.path} ({h.who}): it is writing the store, so rows not done may be in "
+        "progress; --repair is refused until it finishes"
+    )
 
 
 def _unwritable(store: str, path: str, e: OSError) -> ConfigError:
-    return ConfigError(f"Cannot write '{store}': the lock file {path} cannot be created ({e.strerror or e}); the folder "
-                       "is not writable. Fix its permissions, or choose an output path in a folder you can write to.")
+    return ConfigError(
+        f"Cannot write '{store}': the lock file {path} cannot be created ({e.strerror or e}); the folder "
+        "is not writable. Fix its permissions, or choose an output path in a folder you can write to."
+    )
 
 
 def _create(store: str, path: str, wait: float) -> None:
     """Create the lock file, taking over a stale one; wait up to ``wait`` seconds for a live holder."""
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     deadline, takeovers = time.monotonic() + wait, 0
     while True:
         try:
@@ -156,7 +178,8 @@ def _create(store: str, path: str, wait: float) -> None:
             if holder is not None and time.monotonic() >= deadline:
                 if holder.stale:
                     raise StoreLockedError(
-                        f"Could not take the lock {path}; delete it if no run is writing '{store}'.") from None
+                        f"Could not take the lock {path}; delete it if no run is writing '{store}'."
+                    ) from None
                 raise holder.refusal(store) from None
             time.sleep(0.05)
             continue
@@ -174,7 +197,9 @@ def store_lock(store: str, wait: float = 0.0) -> Iterator[None]:
     holds it while it resumes the store)."""
     path = lock_path(store)
     me = threading.get_ident()
-    if path in _held and _held[path][0] == me:  # (another thread waits for the file, as another process does)
+    if (
+        path in _held and _held[path][0] == me
+    ):  # (another thread waits for the file, as another process does)
         _held[path] = (me, _held[path][1] + 1)
         try:
             yield

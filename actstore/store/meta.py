@@ -22,7 +22,15 @@ from ..errors import StoreFormatError
 from ..models import ModelInfo, check_identity
 from ..sites import Site
 
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Layout", "StoreMeta", "CorpusMeta", "SiteMeta", "check_version"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "Layout",
+    "StoreMeta",
+    "CorpusMeta",
+    "SiteMeta",
+    "check_version",
+]
 
 # Version 2: activation arrays have fill value NaN (version 1: 0), so that rows not yet
 # written read as NaN outside actstore too (plain zarr, xarray.open_zarr).
@@ -46,8 +54,13 @@ class Layout:
         return a, min(a + self.rows_per_shard, self.n_rows)
 
     def to_dict(self) -> dict[str, int]:
-        return {"n_rows": self.n_rows, "seq_len": self.seq_len, "rows_per_chunk": self.rows_per_chunk,
-                "rows_per_shard": self.rows_per_shard, "n_shards": self.n_shards}
+        return {
+            "n_rows": self.n_rows,
+            "seq_len": self.seq_len,
+            "rows_per_chunk": self.rows_per_chunk,
+            "rows_per_shard": self.rows_per_shard,
+            "n_shards": self.n_shards,
+        }
 
 
 P = TypeVar("P")
@@ -77,13 +90,23 @@ def _known(cls: type, d: Mapping[str, Any], where: str) -> tuple[dict[str, Any],
     """(the fields of dataclass ``cls`` found in ``d``, the other keys); a required field
     that ``d`` lacks is a StoreFormatError naming it."""
     if not isinstance(d, Mapping):
-        raise StoreFormatError(f"Store metadata '{where}' is {type(d).__name__}, not a mapping; the store is damaged.")
+        raise StoreFormatError(
+            f"Store metadata '{where}' is {type(d).__name__}, not a mapping; the store is damaged."
+        )
     names = [f.name for f in fields(cls) if f.name != "extra"]
-    missing = [f.name for f in fields(cls) if f.name != "extra" and f.name not in d
-               and f.default is MISSING and f.default_factory is MISSING]
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name != "extra"
+        and f.name not in d
+        and f.default is MISSING
+        and f.default_factory is MISSING
+    ]
     if missing:
-        raise StoreFormatError(f"Store metadata '{where}' lacks {', '.join(missing)}; the store is damaged or was "
-                               "not written by actstore. Recreate it with `actstore cache ... --overwrite`.")
+        raise StoreFormatError(
+            f"Store metadata '{where}' lacks {', '.join(missing)}; the store is damaged or was "
+            "not written by actstore. Recreate it with `actstore cache ... --overwrite`."
+        )
     return {n: d[n] for n in names if n in d}, {k: v for k, v in d.items() if k not in names}
 
 
@@ -99,8 +122,12 @@ class _Part:
         return cls(**{k: _frozen(v) for k, v in known.items()}, extra=dict(extra))  # type: ignore[call-arg]
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: _json(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
-               if f.name != "extra" and not (f.name in self._optional and getattr(self, f.name) is None)}
+        out = {
+            f.name: _json(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.name != "extra"
+            and not (f.name in self._optional and getattr(self, f.name) is None)
+        }
         return {**out, **_json(self.extra)}  # type: ignore[attr-defined]
 
 
@@ -159,9 +186,12 @@ def check_version(version: Any, where: str) -> int:
         raise StoreFormatError(
             f"Store '{where}' is format version {version}, written by a later actstore; this actstore "
             f"({versions().get('actstore', '?')}) reads format versions {reads}. "
-            "Upgrade actstore (pip install -U actstore) to read it.")
-    raise StoreFormatError(f"Store '{where}' has format version {version!r}; this actstore reads format versions "
-                           f"{reads}. The store is damaged or was not written by actstore.")
+            "Upgrade actstore (pip install -U actstore) to read it."
+        )
+    raise StoreFormatError(
+        f"Store '{where}' has format version {version!r}; this actstore reads format versions "
+        f"{reads}. The store is damaged or was not written by actstore."
+    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +209,9 @@ class StoreMeta:
     command_line: str | None
     created: str
     engine: str = "bridge"  # what ran the hooks: the bridge, or the plain transformers model ("hf")
-    model_extra: Mapping[str, Any] = field(default_factory=dict)  # model keys ModelInfo does not know
+    model_extra: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # model keys ModelInfo does not know
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -187,18 +219,30 @@ class StoreMeta:
         """Typed metadata from ``attrs["actstore"]``; ``where`` (the store's path) names it
         in errors. A format version this actstore cannot read is a StoreFormatError."""
         if not isinstance(d, Mapping) or "format_version" not in d:
-            raise StoreFormatError(f"Store '{where}' has no format_version in its metadata; it is damaged or was "
-                                   "not written by actstore.")
+            raise StoreFormatError(
+                f"Store '{where}' has no format_version in its metadata; it is damaged or was "
+                "not written by actstore."
+            )
         check_version(d["format_version"], where)
         known, extra = _known(cls, d, "actstore")
         model, model_extra = _known(ModelInfo, known["model"], "model")
         if "source" in model_extra:  # ModelInfo.to_dict writes in_memory as "source"
             model["source"] = model_extra.pop("source")
         layout, _ = _known(Layout, known["layout"], "layout")  # n_shards follows from the rest
-        return cls(**{**known, "model": ModelInfo.from_dict(model), "corpus": CorpusMeta.from_dict(known["corpus"], "corpus"),
-                      "layout": Layout(**layout),
-                      "sites": tuple(SiteMeta.from_dict(s, f"sites[{i}]") for i, s in enumerate(known["sites"])),
-                      "software": dict(known["software"]), "model_extra": model_extra, "extra": extra})
+        return cls(
+            **{
+                **known,
+                "model": ModelInfo.from_dict(model),
+                "corpus": CorpusMeta.from_dict(known["corpus"], "corpus"),
+                "layout": Layout(**layout),
+                "sites": tuple(
+                    SiteMeta.from_dict(s, f"sites[{i}]") for i, s in enumerate(known["sites"])
+                ),
+                "software": dict(known["software"]),
+                "model_extra": model_extra,
+                "extra": extra,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """``attrs["actstore"]``: the inverse of :meth:`from_dict`."""
@@ -213,7 +257,9 @@ class StoreMeta:
             "software": dict(self.software),
             "command_line": self.command_line,
             "created": self.created,
-            **({} if self.engine == "bridge" else {"engine": self.engine}),  # absent: the bridge, as before it existed
+            **(
+                {} if self.engine == "bridge" else {"engine": self.engine}
+            ),  # absent: the bridge, as before it existed
         }
         return {**out, **_json(self.extra)}
 
@@ -234,8 +280,11 @@ class StoreMeta:
                 words[2] = path  # the store where it is now (it may have been moved or copied)
             again = f"`{shlex.join([w for w in words if w not in ('--overwrite', '--resume')] + ['--resume'])}`"
         elif cmd.startswith("actstore.cache("):
-            cmd = re.sub(r"^actstore\.cache\(out=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")",
-                         lambda _: f"actstore.cache(out={path!r}", cmd)
+            cmd = re.sub(
+                r"^actstore\.cache\(out=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")",
+                lambda _: f"actstore.cache(out={path!r}",
+                cmd,
+            )
             again = f"`{cmd}` again with resume=True"
         else:
             again = "the same actstore.cache(...) call with resume=True"
@@ -244,12 +293,18 @@ class StoreMeta:
         if holder is None:
             return finish
         if holder.stale:
-            return f"{finish} (either takes over the stale lock {holder.path}: {holder.who} is gone)"
+            return (
+                f"{finish} (either takes over the stale lock {holder.path}: {holder.who} is gone)"
+            )
         if not holder.writing:
-            return (f"{finish} (its lock file {holder.path} cannot be read: damaged, unless a run is taking it this "
-                    "instant; it is taken over 10 s after it was written)")
-        return (f"a run is writing it ({holder.who}, lock {holder.path}): wait for that run to finish, then try "
-                f"again (repairing or resuming now would be refused); {holder.if_gone(finish)}")
+            return (
+                f"{finish} (its lock file {holder.path} cannot be read: damaged, unless a run is taking it this "
+                "instant; it is taken over 10 s after it was written)"
+            )
+        return (
+            f"a run is writing it ({holder.who}, lock {holder.path}): wait for that run to finish, then try "
+            f"again (repairing or resuming now would be refused); {holder.if_gone(finish)}"
+        )
 
     @property
     def hooks(self) -> list[str]:
@@ -261,9 +316,17 @@ class StoreMeta:
             if s.hook == hook:
                 return s
         from ..sites import unknown_site
+
         raise unknown_site(hook, self.hooks)
 
-    _SAME_RUN: ClassVar[tuple[str, ...]] = ("corpus", "layout", "sites", "storage_dtype", "codec", "engine")
+    _SAME_RUN: ClassVar[tuple[str, ...]] = (
+        "corpus",
+        "layout",
+        "sites",
+        "storage_dtype",
+        "codec",
+        "engine",
+    )
 
     def run_diffs(self, other: StoreMeta) -> list[str]:
         """What makes ``other`` (this run's plan) another run than this store's: model
@@ -274,5 +337,7 @@ class StoreMeta:
         mine, theirs = self.to_dict(), other.to_dict()
         for key in self._SAME_RUN:
             if mine.get(key, "bridge") != theirs.get(key, "bridge"):  # only engine may be absent
-                diffs.append(f"{key}: store has {mine.get(key, 'bridge')!r}, this run has {theirs.get(key, 'bridge')!r}")
+                diffs.append(
+                    f"{key}: store has {mine.get(key, 'bridge')!r}, this run has {theirs.get(key, 'bridge')!r}"
+                )
         return diffs

@@ -26,10 +26,29 @@ from ..sites import SiteShape
 from .format import create_store, stats_arrays
 from .meta import StoreMeta
 
-__all__ = ["expected_nodes", "node_problem", "read_key", "write_key", "list_keys", "damaged", "root_damaged",
-           "looks_like_store", "site_shapes", "group_doc", "parents", "as_defined", "chunk_present", "check_groups"]
+__all__ = [
+    "expected_nodes",
+    "node_problem",
+    "read_key",
+    "write_key",
+    "list_keys",
+    "damaged",
+    "root_damaged",
+    "looks_like_store",
+    "site_shapes",
+    "group_doc",
+    "parents",
+    "as_defined",
+    "chunk_present",
+    "check_groups",
+]
 
-_MARKERS = ("zarr.json", "done", "tokens", "acts")  # what a store's folder holds, even with its root zarr.json gone
+_MARKERS = (
+    "zarr.json",
+    "done",
+    "tokens",
+    "acts",
+)  # what a store's folder holds, even with its root zarr.json gone
 
 
 def site_shapes(meta: StoreMeta) -> dict[str, SiteShape]:
@@ -44,12 +63,25 @@ def expected_nodes(meta: StoreMeta, plan: bool = True) -> dict[str, bytes]:
     mem = MemoryStore()
     lay, shapes = meta.layout, site_shapes(meta)
     plan_arr = np.full((lay.n_shards + 1, len(PLAN_FIELDS)), -1, np.int64) if plan else None
-    root = create_store(mem, meta, lay, shapes, meta.storage_dtype, meta.codec,  # type: ignore[arg-type]
-                        meta.corpus.packing == "document", plan_arr, PLAN_FIELDS)
+    root = create_store(
+        mem,  # type: ignore[arg-type]
+        meta,
+        lay,
+        shapes,
+        meta.storage_dtype,
+        meta.codec,
+        meta.corpus.packing == "document",
+        plan_arr,
+        PLAN_FIELDS,
+    )
     for hook, s in shapes.items():
         if s.feature_shape is not None:
             stats_arrays(root, hook, s.feature_shape, tuple(d for d in s.dims if d != "pos"))
-    return {k[:-len("/zarr.json")]: read_key(mem, k) for k in list_keys(mem) if k.endswith("/zarr.json")}  # type: ignore[misc]
+    return {
+        k[: -len("/zarr.json")]: read_key(mem, k)  # type: ignore[misc]
+        for k in list_keys(mem)
+        if k.endswith("/zarr.json")
+    }
 
 
 def as_defined(group: zarr.Group, name: str, doc: bytes) -> zarr.Array:
@@ -71,8 +103,10 @@ def group_doc() -> bytes:
 
 def list_keys(store: Any, prefix: str = "") -> list[str]:
     """Every key of a zarr store under ``prefix``."""
+
     async def keys() -> list[str]:
         return [k async for k in store.list_prefix(prefix)]
+
     return sorted(sync(keys()))
 
 
@@ -100,11 +134,24 @@ def _essential(doc: Any, codecs: bool) -> Any:
     def names(codecs: Any) -> Any:
         if not isinstance(codecs, list):
             return codecs
-        return [(c.get("name"), names((c.get("configuration") or {}).get("codecs"))) if isinstance(c, dict) else c
-                for c in codecs]
+        return [
+            (c.get("name"), names((c.get("configuration") or {}).get("codecs")))
+            if isinstance(c, dict)
+            else c
+            for c in codecs
+        ]
 
-    keys = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
-            "dimension_names", "attributes")
+    keys = (
+        "zarr_format",
+        "node_type",
+        "shape",
+        "data_type",
+        "chunk_grid",
+        "chunk_key_encoding",
+        "fill_value",
+        "dimension_names",
+        "attributes",
+    )
     return {**{k: doc.get(k) for k in keys}, "codecs": names(doc.get("codecs")) if codecs else None}
 
 
@@ -127,15 +174,21 @@ def node_problem(store: Any, name: str, expected: bytes | None) -> str | None:
         return why
     if not isinstance(doc, dict) or doc.get("node_type") not in ("array", "group"):
         return "its metadata (zarr.json) is not a Zarr node's"
-    merged_stats = name.startswith("stats/") and name != "stats/partials"  # their codecs changed in format 2
-    if expected is not None and _essential(doc, not merged_stats) != _essential(json.loads(expected), not merged_stats):
+    merged_stats = (
+        name.startswith("stats/") and name != "stats/partials"
+    )  # their codecs changed in format 2
+    if expected is not None and _essential(doc, not merged_stats) != _essential(
+        json.loads(expected), not merged_stats
+    ):
         return "its metadata (zarr.json) differs from what the store's own metadata defines"
     return None
 
 
 def damaged(path: str, name: str, problem: str) -> StoreDamagedError:
-    return StoreDamagedError(f"Store '{path}' is damaged: '{name}': {problem}. Run `actstore verify {path} --repair`, "
-                             "which rebuilds it from the store's own metadata and recomputes the rows it cannot rebuild.")
+    return StoreDamagedError(
+        f"Store '{path}' is damaged: '{name}': {problem}. Run `actstore verify {path} --repair`, "
+        "which rebuilds it from the store's own metadata and recomputes the rows it cannot rebuild."
+    )
 
 
 def check_groups(store: Any, path: str, name: str) -> None:
@@ -164,7 +217,11 @@ def looks_like_store(path: str, children: bool = False) -> bool:
 def _root_problem(path: str) -> str:
     from zarr.storage import FsspecStore, LocalStore
 
-    store = FsspecStore.from_url(path, read_only=True) if location.is_url(path) else LocalStore(path, read_only=True)
+    store = (
+        FsspecStore.from_url(path, read_only=True)
+        if location.is_url(path)
+        else LocalStore(path, read_only=True)
+    )
     raw = read_key(store, "zarr.json")
     if raw is None:
         return "is missing"
@@ -178,7 +235,8 @@ def root_damaged(path: str, why: str | None = None) -> StoreDamagedError:
     return StoreDamagedError(
         f"Store '{path}' is damaged: its root metadata (zarr.json) {why}. That file records the model, corpus and "
         "layout the store was made with, so actstore cannot rebuild it from the store: restore it from a backup or "
-        f"another copy of the store, or delete '{path}' and rerun the `actstore cache` command that made it.")
+        f"another copy of the store, or delete '{path}' and rerun the `actstore cache` command that made it."
+    )
 
 
 def parents(names: Iterable[str]) -> list[str]:

@@ -42,8 +42,17 @@ class Normalizer:
         return y / self.scale + self.mean
 
 
-def normalizers(store: StoreLike, hooks: Sequence[str], rows: RowSelection, skip_bos: bool, skip_padding: bool,
-                center: bool, scale: bool, num_workers: int = 4, progress: bool = True) -> dict[str, Normalizer]:
+def normalizers(
+    store: StoreLike,
+    hooks: Sequence[str],
+    rows: RowSelection,
+    skip_bos: bool,
+    skip_padding: bool,
+    center: bool,
+    scale: bool,
+    num_workers: int = 4,
+    progress: bool = True,
+) -> dict[str, Normalizer]:
     """The :class:`Normalizer` of each hook over the kept tokens of ``rows``."""
     key = (store.path, *rows.key(), skip_bos, skip_padding, center, scale)
     todo = [h for h in hooks if (key, h) not in _CACHE]
@@ -56,12 +65,16 @@ def normalizers(store: StoreLike, hooks: Sequence[str], rows: RowSelection, skip
                 m = store.stats(h)
                 means[h], counts[h] = m.mean, m.count
         elif center:
-            moments = _pass(store, todo, rows, skip_bos, skip_padding, num_workers, progress, "mean", None)
+            moments = _pass(
+                store, todo, rows, skip_bos, skip_padding, num_workers, progress, "mean", None
+            )
             means = {h: m.mean for h, m in moments.items()}
             counts = {h: m.count for h, m in moments.items()}
         factors = dict.fromkeys(todo, 1.0)
         if scale:
-            sums = _pass(store, todo, rows, skip_bos, skip_padding, num_workers, progress, "norm", means)
+            sums = _pass(
+                store, todo, rows, skip_bos, skip_padding, num_workers, progress, "norm", means
+            )
             for h, (total, n) in sums.items():
                 d = int(np.prod(store.meta.site(h).shape[2:]))
                 factors[h], counts[h] = float(np.sqrt(d) / (total / n)), n
@@ -70,10 +83,20 @@ def normalizers(store: StoreLike, hooks: Sequence[str], rows: RowSelection, skip
     return {h: _CACHE[key, h] for h in hooks}
 
 
-def _pass(store: StoreLike, hooks: list[str], rows: RowSelection, skip_bos: bool, skip_padding: bool, num_workers: int,
-          progress: bool, what: str, means: dict[str, np.ndarray] | None) -> dict:
+def _pass(
+    store: StoreLike,
+    hooks: list[str],
+    rows: RowSelection,
+    skip_bos: bool,
+    skip_padding: bool,
+    num_workers: int,
+    progress: bool,
+    what: str,
+    means: dict[str, np.ndarray] | None,
+) -> dict:
     """One streaming read of ``hooks`` over ``rows``, in store order: the float64 Moments
     (what="mean") or the (sum of ||x - mean||, count) (what="norm") of the kept tokens."""
+
     def per_unit(unit: slice, acts: dict[str, np.ndarray]) -> dict:
         keep = rows.keep(store, unit, skip_bos, skip_padding)
         out: dict[str, Any] = {}
@@ -88,12 +111,22 @@ def _pass(store: StoreLike, hooks: list[str], rows: RowSelection, skip_bos: bool
 
     units = row_units(store, rows.span)
     reader = ChunkReader(store, hooks, num_workers, transform=per_unit)
-    total: dict = {h: Moments.empty(store.meta.site(h).shape[2:]) if what == "mean" else (0.0, 0) for h in hooks}
-    bar = tqdm(total=len(units), desc=f"normalisation: {'mean' if what == 'mean' else 'mean norm'}", unit="chunk",
-               disable=not progress, leave=False)
+    total: dict = {
+        h: Moments.empty(store.meta.site(h).shape[2:]) if what == "mean" else (0.0, 0)
+        for h in hooks
+    }
+    bar = tqdm(
+        total=len(units),
+        desc=f"normalisation: {'mean' if what == 'mean' else 'mean norm'}",
+        unit="chunk",
+        disable=not progress,
+        leave=False,
+    )
     for _, got in reader(units):
         for h, v in got.items():
-            total[h] = total[h].merge(v) if what == "mean" else (total[h][0] + v[0], total[h][1] + v[1])
+            total[h] = (
+                total[h].merge(v) if what == "mean" else (total[h][0] + v[0], total[h][1] + v[1])
+            )
         bar.update()
     bar.close()
     return total

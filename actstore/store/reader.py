@@ -57,12 +57,18 @@ def not_a_store(path: str, what: str | None = None) -> StoreNotFoundError:
     another path)."""
     what = what if what is not None else _what_is_there(path)
     if what is None:
-        return StoreNotFoundError(f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`.")
+        return StoreNotFoundError(
+            f"No store at '{path}'. Create one with `actstore cache {path} --model ... --dataset ...`."
+        )
     if what == "":
-        return StoreNotFoundError(f"'{path}' is an empty folder, not a store yet. Pass the path of a store, or create "
-                                  f"one there with `actstore cache {path} --model ... --dataset ...`.")
-    return StoreNotFoundError(f"'{path}' {what}. Pass the path of a store, or create one at a new path with "
-                              f"{_NEW_STORE} (it will not write into '{path}', even with --overwrite).")
+        return StoreNotFoundError(
+            f"'{path}' is an empty folder, not a store yet. Pass the path of a store, or create "
+            f"one there with `actstore cache {path} --model ... --dataset ...`."
+        )
+    return StoreNotFoundError(
+        f"'{path}' {what}. Pass the path of a store, or create one at a new path with "
+        f"{_NEW_STORE} (it will not write into '{path}', even with --overwrite)."
+    )
 
 
 class ActivationStore:
@@ -73,8 +79,12 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
-        self.meta: StoreMeta = StoreMeta.from_dict(attrs_of(group)["actstore"], path)  # refuses metadata it cannot read
-        self.metadata: dict[str, Any] = dict(attrs_of(group)["actstore"])  # as stored; ``meta`` is the typed view
+        self.meta: StoreMeta = StoreMeta.from_dict(
+            attrs_of(group)["actstore"], path
+        )  # refuses metadata it cannot read
+        self.metadata: dict[str, Any] = dict(
+            attrs_of(group)["actstore"]
+        )  # as stored; ``meta`` is the typed view
         self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
         self._arrays: dict[str, zarr.Array] = {}
@@ -91,20 +101,26 @@ class ActivationStore:
         if "actstore" not in group.attrs:
             if looks_like_store(path, children=True):
                 raise root_damaged(path, "has no 'actstore' metadata")
-            raise not_a_store(path, "is a Zarr group but not an actstore store (it has no 'actstore' metadata)")
+            raise not_a_store(
+                path, "is a Zarr group but not an actstore store (it has no 'actstore' metadata)"
+            )
         return cls(group, path)
 
     # --- checked arrays ----------------------------------------------------------
     @cached_property
     def expected(self) -> dict[str, bytes]:
         """zarr.json of every node the store's metadata defines (see nodes.py)."""
-        return expected_nodes(self.meta, plan=bool(list_keys(self.group.store, "plan/")))  # older stores have none
+        return expected_nodes(
+            self.meta, plan=bool(list_keys(self.group.store, "plan/"))
+        )  # older stores have none
 
     def check_metadata(self) -> None:
         """Raise StoreDamagedError unless the zarr.json of every group and array the store's
         metadata defines is there and as defined (reads no chunk; ``actstore verify`` reads all)."""
         for node, doc in self.expected.items():
-            if not node.startswith("stats/") or node == "stats/partials":  # merged stats: once complete
+            if (
+                not node.startswith("stats/") or node == "stats/partials"
+            ):  # merged stats: once complete
                 problem = node_problem(self.group.store, node, doc)
                 if problem is not None:
                     raise damaged(self.path, node, problem)
@@ -143,14 +159,19 @@ class ActivationStore:
                     arr[k]
                 except ValueError:
                     lo, hi = self.layout.shard_rows(k)
-                    raise damaged(self.path, "done", f"the manifest entry of shard {k} (rows {lo}..{hi - 1}) fails its "
-                                  "checksum") from e
+                    raise damaged(
+                        self.path,
+                        "done",
+                        f"the manifest entry of shard {k} (rows {lo}..{hi - 1}) fails its checksum",
+                    ) from e
             raise
 
     @property
     def rows_done(self) -> int:
         d = self.done
-        return sum(b - a for k, (a, b) in enumerate(map(self.layout.shard_rows, range(len(d)))) if d[k])
+        return sum(
+            b - a for k, (a, b) in enumerate(map(self.layout.shard_rows, range(len(d)))) if d[k]
+        )
 
     @property
     def is_complete(self) -> bool:
@@ -160,6 +181,7 @@ class ActivationStore:
         """The site's Zarr array, lazily (no done check; ``store[hook]`` checks)."""
         if hook not in self.sites:
             from ..sites import unknown_site
+
             raise unknown_site(hook, self.sites)
         return self.array(f"acts/{hook}")
 
@@ -194,8 +216,10 @@ class ActivationStore:
         if isinstance(rows, (int, np.integer)):
             r, n = int(rows), self.n_rows
             if not -n <= r < n:
-                raise RowIndexError(f"Row {r} is out of range: store '{self.path}' has rows 0..{n - 1} "
-                                    f"(or -{n}..-1, counted from the end).")
+                raise RowIndexError(
+                    f"Row {r} is out of range: store '{self.path}' has rows 0..{n - 1} "
+                    f"(or -{n}..-1, counted from the end)."
+                )
             return slice(r % n, r % n + 1)
         return rows
 
@@ -206,12 +230,19 @@ class ActivationStore:
         out = read_checked(self.array(name), sl, self.layout, self.path)
         return out[0] if not isinstance(rows, slice) else out
 
-    def acts(self, hook: str, rows: slice | int = slice(None), as_: str = "numpy", check_done: bool = True) -> Any:
+    def acts(
+        self,
+        hook: str,
+        rows: slice | int = slice(None),
+        as_: str = "numpy",
+        check_done: bool = True,
+    ) -> Any:
         """Activations of ``hook`` for ``rows``: numpy array or torch tensor (row, ...)."""
         self.site(hook)
         out = self._read(f"acts/{hook}", rows, check_done)
         if as_ == "torch":
             import torch
+
             return torch.from_numpy(np.ascontiguousarray(out))
         return out
 
@@ -236,6 +267,7 @@ class ActivationStore:
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from ..resources import tokenizer_for
+
             self._tokenizer = tokenizer_for(self.meta.model.name)
         return self._tokenizer
 
@@ -243,8 +275,9 @@ class ActivationStore:
         tok = self.tokenizer
         return [tok.decode([int(t)]) for t in self.tokens(row)]
 
-    def iter_blocks(self, hooks: Sequence[str], rows: slice = slice(None), block_rows: int | None = None
-                    ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    def iter_blocks(
+        self, hooks: Sequence[str], rows: slice = slice(None), block_rows: int | None = None
+    ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
         """Stream ``hooks`` over ``rows`` in blocks of whole inner chunks (default:
         one shard), so a store larger than memory is read once, in order. Yields
         (row slice, {hook: array (row, ...)}); the slice is absolute."""
@@ -257,12 +290,24 @@ class ActivationStore:
         while start < b:
             stop = min((start // step + 1) * step, b)  # block edges on multiples of step
             sl = slice(start, stop)
-            yield sl, {hook: read_checked(self.array(f"acts/{hook}"), sl, self.layout, self.path) for hook in hooks}
+            yield (
+                sl,
+                {
+                    hook: read_checked(self.array(f"acts/{hook}"), sl, self.layout, self.path)
+                    for hook in hooks
+                },
+            )
             start = stop
 
     # --- results -----------------------------------------------------------------
-    def save_result(self, name: str, data: np.ndarray, dims: Sequence[str], attrs: Mapping[str, Any] | None = None,
-                    overwrite: bool = False) -> zarr.Array:
+    def save_result(
+        self,
+        name: str,
+        data: np.ndarray,
+        dims: Sequence[str],
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> zarr.Array:
         """Write a job's output to results/<name> (e.g. 'analysis/mine/scores') with
         dimension names; attrs are JSON-serialisable provenance. An existing result is
         replaced only with overwrite=True. Several arrays as one result: ResultWriter."""
@@ -272,14 +317,18 @@ class ActivationStore:
         key = f"results/{name}"
         problem = node_problem(self.group.store, key, None)
         if problem is not None and "missing" in problem:
-            raise StoreNotFoundError(f"Store '{self.path}' has no result '{name}'; run the job that writes it first.")
+            raise StoreNotFoundError(
+                f"Store '{self.path}' has no result '{name}'; run the job that writes it first."
+            )
         if problem is not None:
             raise damaged(self.path, key, problem)
         return self.group[key]  # type: ignore[return-value]
 
     def results(self) -> list[str]:
         """Names of every array under results/."""
-        return sorted(walk_arrays(group_at(self.group, "results"))) if "results" in self.group else []  # checked by verify
+        return (
+            sorted(walk_arrays(group_at(self.group, "results"))) if "results" in self.group else []
+        )  # checked by verify
 
     # --- stats -----------------------------------------------------------------
     def stats(self, hook: str) -> Moments:
@@ -287,7 +336,9 @@ class ActivationStore:
         (positions outside ``mask`` excluded), merged in shard order."""
         self.site(hook)
         if self.meta.site(hook).dims.count("pos") != 1:
-            raise ConfigError(f"Site {hook} has no stats (attention patterns have no single position axis).")
+            raise ConfigError(
+                f"Site {hook} has no stats (attention patterns have no single position axis)."
+            )
         done = self.done
         final = f"stats/{hook}"
         try:
@@ -301,9 +352,14 @@ class ActivationStore:
             partials = self.array("stats/partials")
             lost = [int(k) for k in np.flatnonzero(done) if not shard_exists(partials, int(k))]
             if lost:
-                raise damaged(self.path, "stats/partials", f"the statistics of shards {lost[:8]} are missing")
+                raise damaged(
+                    self.path, "stats/partials", f"the statistics of shards {lost[:8]} are missing"
+                )
             return merge_partials(partials, hook, done)
-        except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
+        except (
+            ValueError,
+            RuntimeError,
+        ) as e:  # a checksum, or a codec of a store written before them
             if isinstance(e, ValueError) and "checksum" not in str(e):
                 raise
             raise damaged(self.path, "stats", stats_unreadable(hook, e)) from e
@@ -312,18 +368,32 @@ class ActivationStore:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
 
     # --- training batches (the loader is in this package; probes are loaded with Probe.load) ---
-    def loader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
-               **kw: Any) -> Any:
+    def loader(
+        self,
+        sites: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        **kw: Any,
+    ) -> Any:
         """Token-level torch batches {hook: (batch, *feature), "row", "pos"} for training;
         see :class:`actstore.store.loader.ActivationLoader` for the options."""
         from .loader import ActivationLoader
+
         return ActivationLoader(self, sites, batch_size, shuffle, seed, **kw)
 
-    def dataloader(self, sites: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
-                   **kw: Any) -> Any:
+    def dataloader(
+        self,
+        sites: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        **kw: Any,
+    ) -> Any:
         """:meth:`loader` in a ready ``torch.utils.data.DataLoader`` (with ``state_dict``);
         see :func:`actstore.store.loader.make_dataloader`."""
         from .loader import make_dataloader
+
         return make_dataloader(self, sites, batch_size, shuffle, seed, **kw)
 
 

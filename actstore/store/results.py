@@ -53,27 +53,36 @@ def check_writable(path: str, what: str, fix: str = _UNWRITABLE_FIX) -> None:
         folder = os.path.abspath(path)
         while not os.path.isdir(folder):
             if os.path.exists(folder):
-                raise NotWritableError(f"Cannot write {what} to '{path}': '{folder}' is a file, not a folder; "
-                                       "pass another path.")
+                raise NotWritableError(
+                    f"Cannot write {what} to '{path}': '{folder}' is a file, not a folder; "
+                    "pass another path."
+                )
             folder = os.path.dirname(folder)
         fd, name = tempfile.mkstemp(prefix=".actstore-write-check-", dir=folder)
         os.close(fd)
         os.remove(name)
     except OSError as e:
-        raise NotWritableError(f"Cannot write {what} to '{path}' ({e.strerror or e}); {fix}.") from None
+        raise NotWritableError(
+            f"Cannot write {what} to '{path}' ({e.strerror or e}); {fix}."
+        ) from None
 
 
-
-def _checked(name: str, data: Any, dims: Sequence[str], attrs: Mapping[str, Any] | None) -> np.ndarray:
+def _checked(
+    name: str, data: Any, dims: Sequence[str], attrs: Mapping[str, Any] | None
+) -> np.ndarray:
     """``data`` as an array, once its dims and attrs are known to fit (before anything is written)."""
     data = np.asarray(data)
     if len(dims) != data.ndim:
-        raise ConfigError(f"Result '{name}': {len(dims)} dimension names for an array of {data.ndim} dimensions.")
+        raise ConfigError(
+            f"Result '{name}': {len(dims)} dimension names for an array of {data.ndim} dimensions."
+        )
     try:
         json.dumps(dict(attrs or {}), allow_nan=True)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"Result '{name}': its attributes are not JSON ({e}); pass numbers, strings, "
-                          "lists and dicts.") from None
+        raise ConfigError(
+            f"Result '{name}': its attributes are not JSON ({e}); pass numbers, strings, "
+            "lists and dicts."
+        ) from None
     return data
 
 
@@ -82,23 +91,36 @@ def _arrays_under(group: zarr.Group, prefix: str) -> list[str]:
     if prefix not in group:
         return []
     node = group[prefix]
-    return [prefix] if isinstance(node, zarr.Array) else [f"{prefix}/{p}" for p in walk_arrays(node)]
+    return (
+        [prefix] if isinstance(node, zarr.Array) else [f"{prefix}/{p}" for p in walk_arrays(node)]
+    )
 
 
 class ResultWriter:
     """Writes one result: the arrays under ``prefix`` of the Zarr group at ``path``."""
 
-    def __init__(self, path: str, prefix: str, replace: bool = False, what: str | None = None,
-                 fix: str = "pass overwrite=True (--overwrite) to replace it, or write it elsewhere",
-                 store: StoreLike | None = None, unwritable_fix: str = _UNWRITABLE_FIX):
+    def __init__(
+        self,
+        path: str,
+        prefix: str,
+        replace: bool = False,
+        what: str | None = None,
+        fix: str = "pass overwrite=True (--overwrite) to replace it, or write it elsewhere",
+        store: StoreLike | None = None,
+        unwritable_fix: str = _UNWRITABLE_FIX,
+    ):
         self.path, self.prefix, self.replace, self.store = path, prefix.strip("/"), replace, store
         self.written: list[str] = []
         existing = self.existing()
         what = what or f"the result {self.prefix!r}"
         if existing and not replace:
-            raise ResultExistsError(f"'{path}' already holds {what} "
-                                    f"({self.prefix}: {len(existing)} array{'s' * (len(existing) != 1)}); {fix}.")
-        if self._locks:  # a run writing the store (cache, resume, repair): refused before the job's work
+            raise ResultExistsError(
+                f"'{path}' already holds {what} "
+                f"({self.prefix}: {len(existing)} array{'s' * (len(existing) != 1)}); {fix}."
+            )
+        if (
+            self._locks
+        ):  # a run writing the store (cache, resume, repair): refused before the job's work
             check_unlocked(path, "run this job again")
         check_writable(f"{path.rstrip('/')}/{self.prefix}", what, unwritable_fix)
 
@@ -115,7 +137,9 @@ class ResultWriter:
         return store_lock(self.path, wait=30) if self._locks else nullcontext()
 
     @classmethod
-    def for_store(cls, store: StoreLike, name: str, replace: bool = False, **kw: Any) -> ResultWriter:
+    def for_store(
+        cls, store: StoreLike, name: str, replace: bool = False, **kw: Any
+    ) -> ResultWriter:
         """A writer of results/<name> of ``store`` (which sees each array as it is written)."""
         return cls(store.path, f"results/{name}", replace, store=store, **kw)
 
@@ -128,25 +152,39 @@ class ResultWriter:
         try:
             group = zarr.open_group(self.path, mode="r")
         except Exception:
-            raise StoreExistsError(f"'{self.path}' exists and is not a Zarr group; write the results to another "
-                                   "path (--out).") from None
+            raise StoreExistsError(
+                f"'{self.path}' exists and is not a Zarr group; write the results to another "
+                "path (--out)."
+            ) from None
         return _arrays_under(group, self.prefix)
 
-    def write(self, name: str, data: Any, dims: Sequence[str], attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+    def write(
+        self, name: str, data: Any, dims: Sequence[str], attrs: Mapping[str, Any] | None = None
+    ) -> zarr.Array:
         """Write ``prefix/name``. Refused if it exists (from an earlier result) and this
         writer may not replace, or if this writer already wrote it."""
         key = f"{self.prefix}/{name}" if name else self.prefix
         data = _checked(key, data, dims, attrs)
         if key in self.written:
-            raise ResultExistsError(f"Result array '{key}' was already written by this run; give each array its own name.")
+            raise ResultExistsError(
+                f"Result array '{key}' was already written by this run; give each array its own name."
+            )
         with self._lock():
             root = zarr.open_group(self.path, mode="a")
             check_groups(root.store, self.path, key)
             if key in root and not self.replace:
-                raise ResultExistsError(f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it.")
-            arr = root.create_array(key, shape=data.shape, dtype=data.dtype, dimension_names=tuple(dims),
-                                    overwrite=True, compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read
-                                    config={"write_empty_chunks": True})  # a lost chunk is missing, never the fill value
+                raise ResultExistsError(
+                    f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it."
+                )
+            arr = root.create_array(
+                key,
+                shape=data.shape,
+                dtype=data.dtype,
+                dimension_names=tuple(dims),
+                overwrite=True,
+                compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read
+                config={"write_empty_chunks": True},
+            )  # a lost chunk is missing, never the fill value
             arr[...] = data
             if attrs:
                 arr.attrs.update(dict(attrs))
@@ -178,7 +216,15 @@ class ResultWriter:
             self.store.group = zarr.open_group(self.path, mode="r")
 
 
-def write_result(store: StoreLike, name: str, data: Any, dims: Sequence[str],
-                 attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> zarr.Array:
+def write_result(
+    store: StoreLike,
+    name: str,
+    data: Any,
+    dims: Sequence[str],
+    attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> zarr.Array:
     """One array at results/<name> of ``store``; an existing one is replaced only with overwrite=True."""
-    return ResultWriter.for_store(store, name, overwrite, fix="pass overwrite=True to replace it").write("", data, dims, attrs)
+    return ResultWriter.for_store(
+        store, name, overwrite, fix="pass overwrite=True to replace it"
+    ).write("", data, dims, attrs)

@@ -18,8 +18,16 @@ from ..errors import ConfigError, RowIndexError
 from .base import StoreLike
 from .format import read_checked
 
-__all__ = ["TokenSite", "token_sites", "keep_positions", "RowSelection", "select_rows", "row_units", "read_units",
-           "ChunkReader"]
+__all__ = [
+    "TokenSite",
+    "token_sites",
+    "keep_positions",
+    "RowSelection",
+    "select_rows",
+    "row_units",
+    "read_units",
+    "ChunkReader",
+]
 
 
 @dataclass(frozen=True)
@@ -43,15 +51,23 @@ def token_sites(store: StoreLike, hooks: Sequence[str]) -> list[TokenSite]:
     for hook in hooks:
         s = store.meta.site(hook)
         dims, shape = list(s.dims), list(s.shape)
-        if len(dims) < 3 or dims[1] != "pos" or "pos" in dims[2:] or any(d.endswith("_pos") for d in dims):
-            raise ConfigError(f"Site {hook} is stored as ({', '.join(dims)}), not one vector per token; "
-                              "probes and loaders read (row, pos, ...) sites: pass one such as resid_post or z.")
+        if (
+            len(dims) < 3
+            or dims[1] != "pos"
+            or "pos" in dims[2:]
+            or any(d.endswith("_pos") for d in dims)
+        ):
+            raise ConfigError(
+                f"Site {hook} is stored as ({', '.join(dims)}), not one vector per token; "
+                "probes and loaders read (row, pos, ...) sites: pass one such as resid_post or z."
+            )
         out.append(TokenSite(hook, s.layer, tuple(dims[2:]), tuple(shape[2:])))
     return out
 
 
-def keep_positions(store: StoreLike, rows: slice, skip_bos: bool = True, skip_padding: bool = True
-                   ) -> np.ndarray:
+def keep_positions(
+    store: StoreLike, rows: slice, skip_bos: bool = True, skip_padding: bool = True
+) -> np.ndarray:
     """bool (row, pos): positions to use. Every row starts with BOS at pos 0; padding
     is where ``store.mask()`` is False (per-document stores)."""
     keep = store.mask(rows, check_done=False) if skip_padding else None
@@ -91,7 +107,11 @@ class RowSelection:
 
     def of(self, unit: slice) -> np.ndarray | None:
         """bool (unit rows,): which rows of ``unit`` (inside the span) are selected; None: all."""
-        return None if self.mask is None else self.mask[unit.start - self.start:unit.stop - self.start]
+        return (
+            None
+            if self.mask is None
+            else self.mask[unit.start - self.start : unit.stop - self.start]
+        )
 
     def keep(self, store: StoreLike, unit: slice, skip_bos: bool, skip_padding: bool) -> np.ndarray:
         """bool (row, pos) of ``unit``: the kept positions of the selected rows."""
@@ -105,7 +125,12 @@ class RowSelection:
         """JSON-able identity: [start, stop], or [start, stop, n, digest of the mask]."""
         if self.mask is None:
             return [self.start, self.stop]
-        return [self.start, self.stop, self.n, hashlib.sha256(np.packbits(self.mask).tobytes()).hexdigest()[:16]]
+        return [
+            self.start,
+            self.stop,
+            self.n,
+            hashlib.sha256(np.packbits(self.mask).tobytes()).hexdigest()[:16],
+        ]
 
     def __str__(self) -> str:
         if self.mask is None:
@@ -114,8 +139,10 @@ class RowSelection:
 
 
 def _rows_hint(n: int) -> str:
-    return (f"pass rows= as a slice (e.g. slice(0, {n}) or slice(0, {n}, 2)), a range, a row index, a list of "
-            f"row indices in 0..{n - 1}, or a bool mask of {n} rows")
+    return (
+        f"pass rows= as a slice (e.g. slice(0, {n}) or slice(0, {n}, 2)), a range, a row index, a list of "
+        f"row indices in 0..{n - 1}, or a bool mask of {n} rows"
+    )
 
 
 def select_rows(store: StoreLike, rows: RowsArg) -> RowSelection:
@@ -130,16 +157,22 @@ def select_rows(store: StoreLike, rows: RowsArg) -> RowSelection:
             raise ConfigError(f"rows={rows!r} selects no row; {_rows_hint(n)}.")
         rows = list(rows)
     if isinstance(rows, slice):
-        if not all(v is None or (isinstance(v, Integral) and not isinstance(v, bool))
-                   for v in (rows.start, rows.stop, rows.step)):
-            raise ConfigError(f"rows={rows!r}: a slice's start, stop and step must be integers or None; "
-                              f"{_rows_hint(n)}.")
+        if not all(
+            v is None or (isinstance(v, Integral) and not isinstance(v, bool))
+            for v in (rows.start, rows.stop, rows.step)
+        ):
+            raise ConfigError(
+                f"rows={rows!r}: a slice's start, stop and step must be integers or None; "
+                f"{_rows_hint(n)}."
+            )
         if rows.step == 0:
             raise ConfigError(f"rows={rows!r}: a slice step cannot be zero; {_rows_hint(n)}.")
         idx = np.arange(n, dtype=np.int64)[rows]
         if len(idx) == 0:
-            raise ConfigError(f"rows={rows!r} selects no row of store '{store.path}' (rows 0..{n - 1}); "
-                              f"{_rows_hint(n)}.")
+            raise ConfigError(
+                f"rows={rows!r} selects no row of store '{store.path}' (rows 0..{n - 1}); "
+                f"{_rows_hint(n)}."
+            )
         return _from_index(np.sort(idx))
     if isinstance(rows, bool) or isinstance(rows, (str, bytes, float)):
         raise ConfigError(f"rows={rows!r} is not a row selection; {_rows_hint(n)}.")
@@ -155,16 +188,22 @@ def select_rows(store: StoreLike, rows: RowsArg) -> RowSelection:
         return _from_index(np.flatnonzero(arr))
     if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) == 0:
         what = "with no row" if arr.size == 0 else f"of shape {arr.shape} and dtype {arr.dtype}"
-        raise ConfigError(f"rows= ({type(rows).__name__} {what}) is not a row selection; {_rows_hint(n)}.")
+        raise ConfigError(
+            f"rows= ({type(rows).__name__} {what}) is not a row selection; {_rows_hint(n)}."
+        )
     bad = arr[(arr < -n) | (arr >= n)]
     if len(bad):
-        raise RowIndexError(f"rows= names row {int(bad[0])}, out of range: store '{store.path}' has rows 0..{n - 1} "
-                            f"(or -{n}..-1, counted from the end); {_rows_hint(n)}.")
+        raise RowIndexError(
+            f"rows= names row {int(bad[0])}, out of range: store '{store.path}' has rows 0..{n - 1} "
+            f"(or -{n}..-1, counted from the end); {_rows_hint(n)}."
+        )
     idx = np.sort(arr.astype(np.int64) % n)
     twice = idx[1:][idx[1:] == idx[:-1]]
     if len(twice):
-        raise ConfigError(f"rows= names row {int(twice[0])} more than once; an epoch reads each row once: "
-                          "pass each row once.")
+        raise ConfigError(
+            f"rows= names row {int(twice[0])} more than once; an epoch reads each row once: "
+            "pass each row once."
+        )
     return _from_index(idx)
 
 
@@ -178,7 +217,9 @@ def _from_index(idx: np.ndarray) -> RowSelection:
     return RowSelection(a, b, mask)
 
 
-def row_units(store: StoreLike, rows: slice = slice(None), rows_per_unit: int | None = None) -> list[slice]:
+def row_units(
+    store: StoreLike, rows: slice = slice(None), rows_per_unit: int | None = None
+) -> list[slice]:
     """``rows`` cut into read units on inner-chunk boundaries (default: one inner chunk)."""
     a, b, _ = rows.indices(store.n_rows)
     rpc = store.layout.rows_per_chunk
@@ -199,8 +240,10 @@ def read_units(store: StoreLike, sel: RowSelection, world: int = 1) -> list[slic
     if len(units) >= world:
         return units
     if sel.n < world:
-        raise ConfigError(f"The loader's {sel} ({sel.n} rows) cannot be shared by world_size={world} ranks: each "
-                          f"rank reads whole rows and needs one; run at most {sel.n} processes, or select more rows.")
+        raise ConfigError(
+            f"The loader's {sel} ({sel.n} rows) cannot be shared by world_size={world} ranks: each "
+            f"rank reads whole rows and needs one; run at most {sel.n} processes, or select more rows."
+        )
     return [slice(int(r), int(r) + 1) for r in sel.index()]
 
 
@@ -208,8 +251,14 @@ class ChunkReader:
     """Reads row units in a given order with a pool of threads, ``prefetch`` units
     ahead, and hands them back in that order: (unit, {hook: array (row, pos, ...)})."""
 
-    def __init__(self, store: StoreLike, hooks: Sequence[str], num_workers: int = 4, prefetch: int | None = None,
-                 transform: Callable[[slice, dict[str, np.ndarray]], Any] | None = None):
+    def __init__(
+        self,
+        store: StoreLike,
+        hooks: Sequence[str],
+        num_workers: int = 4,
+        prefetch: int | None = None,
+        transform: Callable[[slice, dict[str, np.ndarray]], Any] | None = None,
+    ):
         if num_workers < 1:
             raise ConfigError(f"num_workers must be at least 1; got {num_workers}.")
         self.store, self.hooks = store, list(hooks)
@@ -219,7 +268,10 @@ class ChunkReader:
         self.transform = transform
 
     def _read(self, unit: slice) -> Any:
-        got = {h: read_checked(arr, unit, self.store.layout, self.store.path) for h, arr in zip(self.hooks, self.arrays)}
+        got = {
+            h: read_checked(arr, unit, self.store.layout, self.store.path)
+            for h, arr in zip(self.hooks, self.arrays)
+        }
         return got if self.transform is None else self.transform(unit, got)
 
     def __call__(self, units: Sequence[slice]) -> Generator[tuple[slice, Any], None, None]:

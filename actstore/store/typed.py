@@ -18,8 +18,10 @@ def _node(group: zarr.Group, name: str, kind: type[Any]) -> Any:
     node = group[name]  # KeyError, as zarr, when there is none
     if not isinstance(node, kind):
         where = getattr(group.store, "root", group.store)
-        raise StoreDamagedError(f"'{name}' of the store at '{where}' is not the {kind.__name__.lower()} its layout "
-                                "says it is; `actstore verify STORE` names what is wrong.")
+        raise StoreDamagedError(
+            f"'{name}' of the store at '{where}' is not the {kind.__name__.lower()} its layout "
+            "says it is; `actstore verify STORE` names what is wrong."
+        )
     return node
 
 
@@ -47,4 +49,5 @@ def dimension_names(arr: zarr.Array) -> tuple[str, ...]:
     """The names of ``arr``'s dimensions, ``dim_0``, ``dim_1``, ... where it has none."""
     names = getattr(arr.metadata, "dimension_names", None) or ()  # zarr v2 metadata has none
     return tuple(n if n is not None else f"dim_{i}" for i, n in enumerate(names)) or tuple(
-        f"dim_{i}" for i in range(arr.ndim))
+        f"dim_{i}" for i in range(arr.ndim)
+    )

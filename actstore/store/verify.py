@@ -43,7 +43,11 @@ class Damage:
     fix: str = "recompute"  # a key of FIXES
 
     def __str__(self) -> str:
-        where = f": rows {self.rows[0]}..{self.rows[1] - 1} (shard {self.shard})" if self.rows is not None else ""
+        where = (
+            f": rows {self.rows[0]}..{self.rows[1] - 1} (shard {self.shard})"
+            if self.rows is not None
+            else ""
+        )
         return f"{self.array}{where}: {self.problem}"
 
 
@@ -68,7 +72,9 @@ def _read_done(store: ActivationStore, arr: zarr.Array) -> tuple[np.ndarray, lis
             if not done[k] and shard_exists(arr, k, empty=True):
                 damage.append(Damage("done", k, lay.shard_rows(k), "manifest entry is empty"))
         except ValueError as e:
-            damage.append(Damage("done", k, lay.shard_rows(k), f"manifest entry fails its checksum ({e})"))
+            damage.append(
+                Damage("done", k, lay.shard_rows(k), f"manifest entry fails its checksum ({e})")
+            )
     return done, damage
 
 
@@ -80,8 +86,15 @@ def _not_done(store: ActivationStore, done: np.ndarray, damaged: set[int]) -> li
     for run in np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if len(todo) else []:
         first, last = int(run[0]), int(run[-1])
         what = f"shard {first} is" if first == last else f"shards {first}..{last} are"
-        out.append(Damage("done", first, (lay.shard_rows(first)[0], lay.shard_rows(last)[1]),
-                          f"not done: {what} not finished", "finish"))
+        out.append(
+            Damage(
+                "done",
+                first,
+                (lay.shard_rows(first)[0], lay.shard_rows(last)[1]),
+                f"not done: {what} not finished",
+                "finish",
+            )
+        )
     return out
 
 
@@ -93,17 +106,27 @@ def _stats(store: ActivationStore, done: np.ndarray) -> list[Damage]:
             continue
         name = f"stats/{hook}"
         nodes = [name] + [f"{name}/{n}" for n in ("count", "mean", "M2")]
-        problems = [f"'{n}': {p}" for n in nodes if (p := node_problem(store.group.store, n, store.expected[n]))]
+        problems = [
+            f"'{n}': {p}"
+            for n in nodes
+            if (p := node_problem(store.group.store, n, store.expected[n]))
+        ]
         if not problems:
             try:
                 have = merged_stats(store, hook)
                 m = merge_partials(array_at(store.group, "stats/partials"), hook, done)
                 if isinstance(have, str):
                     problems.append(have)
-                elif not (have.count == m.count and np.array_equal(have.mean, m.mean)
-                          and np.array_equal(have.m2, m.m2)):
+                elif not (
+                    have.count == m.count
+                    and np.array_equal(have.mean, m.mean)
+                    and np.array_equal(have.m2, m.m2)
+                ):
                     problems.append("differs from the merge of the per-shard statistics")
-            except (ValueError, RuntimeError) as e:  # a checksum, or a codec of a store written before them
+            except (
+                ValueError,
+                RuntimeError,
+            ) as e:  # a checksum, or a codec of a store written before them
                 problems.append(stats_unreadable(hook, e))
         if problems:
             out.append(Damage(name, None, None, "; ".join(problems), "stats"))
@@ -128,7 +151,9 @@ def _lost_chunks(arr: zarr.Array) -> str | None:
     """Read ``arr`` whole; where it was written with checksums and every chunk (results since
     format 2's checksums), also say which chunk objects are missing or empty."""
     arr[...]
-    if not any(isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ())):  # v2 metadata has none
+    if not any(
+        isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ())
+    ):  # v2 metadata has none
         return None
     grid = itertools.product(*(range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)))
     keys = [f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}" for coords in grid]
@@ -143,9 +168,17 @@ def _results(store: ActivationStore) -> list[Damage]:
     attributes); a damaged array cannot."""
     st = store.group.store
     keys = list_keys(st, "results/")
-    docs = {k[:-len("/zarr.json")]: parse_doc(read_key(st, k) or b"")[0] for k in keys if k.endswith("/zarr.json")}
-    chunked = {k.split("/c/")[0] if "/c/" in k else k[:-2] for k in keys if not k.endswith("zarr.json")}
-    arrays = chunked | {n for n, d in docs.items() if isinstance(d, dict) and d.get("node_type") == "array"}
+    docs = {
+        k[: -len("/zarr.json")]: parse_doc(read_key(st, k) or b"")[0]
+        for k in keys
+        if k.endswith("/zarr.json")
+    }
+    chunked = {
+        k.split("/c/")[0] if "/c/" in k else k[:-2] for k in keys if not k.endswith("zarr.json")
+    }
+    arrays = chunked | {
+        n for n, d in docs.items() if isinstance(d, dict) and d.get("node_type") == "array"
+    }
     groups = set(parents(docs.keys() | chunked))
     out = []
     for node in sorted(groups | arrays | docs.keys()):
@@ -170,13 +203,27 @@ def verify_store(path: str, progress: bool = True) -> list[Damage]:
     lay = store.layout
     damage = _metadata(store)
     bad = {d.array for d in damage}
-    done, damage_done = _read_done(store, as_defined(store.group, "done", store.expected["done"]) if "done" in bad
-                                   else array_at(store.group, "done"))
+    done, damage_done = _read_done(
+        store,
+        as_defined(store.group, "done", store.expected["done"])
+        if "done" in bad
+        else array_at(store.group, "done"),
+    )
     damage += damage_done
-    names = [n for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"] if n in store.expected]
-    bar = tqdm(total=int(done.sum()) * len(names), unit="shard", desc="verify", disable=not progress)
+    names = [
+        n
+        for n in [*INDEX_ARRAYS, *(f"acts/{h}" for h in store.sites), "stats/partials"]
+        if n in store.expected
+    ]
+    bar = tqdm(
+        total=int(done.sum()) * len(names), unit="shard", desc="verify", disable=not progress
+    )
     for name in names:  # an array whose zarr.json is damaged is read as its metadata defines it
-        arr = as_defined(store.group, name, store.expected[name]) if name in bad else array_at(store.group, name)
+        arr = (
+            as_defined(store.group, name, store.expected[name])
+            if name in bad
+            else array_at(store.group, name)
+        )
         for k in np.flatnonzero(done):
             a, b = lay.shard_rows(int(k))
             if not shard_exists(arr, int(k)):
@@ -190,7 +237,12 @@ def verify_store(path: str, progress: bool = True) -> list[Damage]:
     bar.close()
     recompute = {d.shard for d in damage if d.shard is not None}
     damage += _not_done(store, done, recompute)
-    if done.all() and not recompute and "stats/partials" in store.expected and not bad & {"stats", "stats/partials"}:
+    if (
+        done.all()
+        and not recompute
+        and "stats/partials" in store.expected
+        and not bad & {"stats", "stats/partials"}
+    ):
         damage += _stats(store, done)
     damage += _plan(store) if "plan" not in bad else []
     damage += _results(store)

@@ -39,9 +39,15 @@ def resolve_sites(store: StoreLike, spec: str | Sequence[str]) -> list[str]:
         name, _, selectors = s.partition(":")
         if name in SHORT_SITES and selectors == "all":
             template = SHORT_SITES[name]
-            got = [h for h in present if layer_of(h) is not None and h == template.format(L=layer_of(h))]
+            got = [
+                h
+                for h in present
+                if layer_of(h) is not None and h == template.format(L=layer_of(h))
+            ]
             if not got:
-                raise UnknownSiteError(f"Site '{s}': the store holds no {name} hooks. It holds: {', '.join(present)}.")
+                raise UnknownSiteError(
+                    f"Site '{s}': the store holds no {name} hooks. It holds: {', '.join(present)}."
+                )
             wanted.update(got)
             continue
         try:
@@ -50,8 +56,10 @@ def resolve_sites(store: StoreLike, spec: str | Sequence[str]) -> list[str]:
             raise UnknownSiteError(f"{e} This store holds: {', '.join(present)}.") from None
         for site in parsed:
             if site.heads is not None:
-                raise ConfigError(f"Site '{s}' selects heads; token-level readers use every stored head of "
-                                  f"{site.hook}. Pass the hook without '.H'.")
+                raise ConfigError(
+                    f"Site '{s}' selects heads; token-level readers use every stored head of "
+                    f"{site.hook}. Pass the hook without '.H'."
+                )
             wanted.add(site.hook)
     return [h for h in present if h in wanted]
 
@@ -61,7 +69,8 @@ def _no_such(store: StoreLike, key: Any, why: str = "") -> UnknownSiteError:
     return UnknownSiteError(
         f"Store '{store.path}' holds no array {key!r}{why}. It holds the sites {', '.join(store.sites)} and the "
         f"index arrays {', '.join(index)}. Index it with a hook name, a site spec such as 'resid_post:5', a "
-        "TransformerLens-style key such as store['resid_post', 5], or an index array name.")
+        "TransformerLens-style key such as store['resid_post', 5], or an index array name."
+    )
 
 
 def array_name(store: StoreLike, key: Any) -> str:
@@ -78,7 +87,6 @@ def array_name(store: StoreLike, key: Any) -> str:
     elif isinstance(key, str) and key in store.sites:
         hook = key
     elif isinstance(key, str):
-
         try:
             hooks = resolve_sites(store, key)
         except UnknownSiteError:
@@ -86,7 +94,11 @@ def array_name(store: StoreLike, key: Any) -> str:
         except ActStoreError as e:  # e.g. a spec that selects heads
             raise _no_such(store, key, f" ({e})") from None
         if len(hooks) != 1:
-            raise _no_such(store, key, f": it names {len(hooks)} sites ({', '.join(hooks)}) and store[...] takes one")
+            raise _no_such(
+                store,
+                key,
+                f": it names {len(hooks)} sites ({', '.join(hooks)}) and store[...] takes one",
+            )
         hook = hooks[0]
     else:
         raise _no_such(store, key)
@@ -169,20 +181,28 @@ class ArrayView:
         rows, rest = key[0], key[1:]
         if isinstance(rows, slice):
             a, b, step = rows.indices(len(self))
-            block = self._rows(slice(a, max(a, b))) if step == 1 else self._take(np.arange(a, b, step))
+            block = (
+                self._rows(slice(a, max(a, b))) if step == 1 else self._take(np.arange(a, b, step))
+            )
             return block[(slice(None), *rest)]
         if isinstance(rows, (int, np.integer)):
             r = int(rows) + (len(self) if int(rows) < 0 else 0)
             if not 0 <= r < len(self):
-                raise IndexError(f"Row {int(rows)} is out of range for the {len(self)} rows of '{self.name}'.")
+                raise IndexError(
+                    f"Row {int(rows)} is out of range for the {len(self)} rows of '{self.name}'."
+                )
             return self._rows(slice(r, r + 1))[(0, *rest)]
         idx = np.asarray(rows)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
-                raise IndexError(f"A boolean row index must have {len(self)} entries; got shape {idx.shape}.")
+                raise IndexError(
+                    f"A boolean row index must have {len(self)} entries; got shape {idx.shape}."
+                )
             idx = np.flatnonzero(idx)
         if idx.dtype.kind not in "iu":
-            raise IndexError(f"Rows must be an int, a slice, an array of row numbers or a boolean mask; got {rows!r}.")
+            raise IndexError(
+                f"Rows must be an int, a slice, an array of row numbers or a boolean mask; got {rows!r}."
+            )
         idx = np.where(idx < 0, idx + len(self), idx)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"Rows {rows!r} fall outside the {len(self)} rows of '{self.name}'.")
@@ -199,7 +219,9 @@ class ArrayView:
         lay = self.store.layout
         shards = idx // lay.rows_per_shard
         touched = np.unique(shards)
-        self.store.check_shards(touched, f"{len(idx)} rows ({idx.min()}..{idx.max()})" if len(idx) else "No rows")
+        self.store.check_shards(
+            touched, f"{len(idx)} rows ({idx.min()}..{idx.max()})" if len(idx) else "No rows"
+        )
         out = np.empty((len(idx), *self.shape[1:]), self.dtype)
         for k in touched:
             at = np.flatnonzero(shards == k)

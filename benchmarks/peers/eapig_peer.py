@@ -44,6 +44,7 @@ def main() -> None:
 
     torch.set_num_threads(int(job.get("threads", torch.get_num_threads())))
     if not torch.cuda.is_available():
+
         class _CpuZeros:  # the score matrices EAP-IG makes with device='cuda'
             def __getattr__(self, name: str):
                 return getattr(torch, name)
@@ -51,13 +52,22 @@ def main() -> None:
             @staticmethod
             def zeros(*a, device=None, **k):
                 return torch.zeros(*a, **k)
+
         eap_attribute.torch = _CpuZeros()
 
     hf = GPT2LMHeadModel.from_pretrained(job["model_dir"]).eval()
     c = hf.config  # GPT-2: d_mlp = 4 d_model and LayerNorm eps 1e-5 are the config's defaults
-    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, n_heads=c.n_head,
-                                  d_head=c.n_embd // c.n_head, d_vocab=c.vocab_size, act_fn="gelu_new",
-                                  normalization_type="LN", device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer,
+        d_model=c.n_embd,
+        n_ctx=c.n_positions,
+        n_heads=c.n_head,
+        d_head=c.n_embd // c.n_head,
+        d_vocab=c.vocab_size,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device="cpu",
+    )
     model = HookedTransformer(cfg)
     model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
     model.set_tokenizer(AutoTokenizer.from_pretrained(job["model_dir"]))
@@ -66,23 +76,39 @@ def main() -> None:
     model.setup()  # the hooks those flags add
 
     pairs, batch = job["pairs"], int(job["batch"])
-    loader = [([q[0] for q in pairs[i:i + batch]], [q[1] for q in pairs[i:i + batch]],
-               torch.tensor([[q[2], q[3]] for q in pairs[i:i + batch]])) for i in range(0, len(pairs), batch)]
+    loader = [
+        (
+            [q[0] for q in pairs[i : i + batch]],
+            [q[1] for q in pairs[i : i + batch]],
+            torch.tensor([[q[2], q[3]] for q in pairs[i : i + batch]]),
+        )
+        for i in range(0, len(pairs), batch)
+    ]
 
     def metric(logits, clean_logits, input_lengths, labels):
         b = torch.arange(len(labels))
         last = logits[b, input_lengths - 1]
         return (last[b, labels[:, 0]] - last[b, labels[:, 1]]).sum()
 
-    out = {"versions": {"torch": torch.__version__, "transformer_lens": version("transformer-lens")},
-           "runs": []}
+    out = {
+        "versions": {"torch": torch.__version__, "transformer_lens": version("transformer-lens")},
+        "runs": [],
+    }
     for method, steps in job["runs"]:
         graph = Graph.from_model(model)
         t = time.perf_counter()
-        eap_attribute.attribute(model, graph, loader, metric, method=method, ig_steps=steps, quiet=True)
+        eap_attribute.attribute(
+            model, graph, loader, metric, method=method, ig_steps=steps, quiet=True
+        )
         seconds = time.perf_counter() - t
-        out["runs"].append({"method": method, "steps": steps, "seconds": seconds,
-                            "scores": [float(graph.edges[n].score) for n in job["names"]]})
+        out["runs"].append(
+            {
+                "method": method,
+                "steps": steps,
+                "seconds": seconds,
+                "scores": [float(graph.edges[n].score) for n in job["names"]],
+            }
+        )
     json.dump(out, open(args.out, "w"))
 
 

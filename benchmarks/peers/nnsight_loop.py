@@ -38,16 +38,23 @@ def main() -> None:
     blocks = model.transformer.h
     n_layers, (n, seq) = len(blocks), tokens.shape
     root = zarr.open_group(a.out, mode="w")
-    arrays = [root.create_array(f"blocks.{layer}.hook_resid_post", shape=(n, seq, model.config.n_embd),
-                                chunks=(a.batch, seq, model.config.n_embd), dtype="float32", compressors=None)
-              for layer in range(n_layers)]
+    arrays = [
+        root.create_array(
+            f"blocks.{layer}.hook_resid_post",
+            shape=(n, seq, model.config.n_embd),
+            chunks=(a.batch, seq, model.config.n_embd),
+            dtype="float32",
+            compressors=None,
+        )
+        for layer in range(n_layers)
+    ]
     for i in range(0, n, a.batch):
         saved: list = []  # made outside the trace: nnsight runs its body apart and fills what it saves
-        with torch.no_grad(), model.trace(tokens[i:i + a.batch]):
+        with torch.no_grad(), model.trace(tokens[i : i + a.batch]):
             for layer in range(n_layers):
                 saved.append(blocks[layer].output.save())  # a block returns its hidden states
         for arr, x in zip(arrays, saved):
-            arr[i:i + a.batch] = x.float().numpy()
+            arr[i : i + a.batch] = x.float().numpy()
     for folder, _, files in os.walk(a.out):
         for f in files:
             fd = os.open(os.path.join(folder, f), os.O_RDONLY)

@@ -42,8 +42,14 @@ def test_another_bridge_is_refused(text_store, tiny_model):  # noqa: F811
 
 
 def test_a_store_from_a_model_in_memory_names_the_fix(tmp_path, bridge):
-    store = actstore.cache(out=str(tmp_path / "s.zarr"), model=bridge, dataset=["a b c d e f"] * 4, seq_len=4,
-                           sites="resid_post:2", progress=False)
+    store = actstore.cache(
+        out=str(tmp_path / "s.zarr"),
+        model=bridge,
+        dataset=["a b c d e f"] * 4,
+        seq_len=4,
+        sites="resid_post:2",
+        progress=False,
+    )
     assert model_for(store, bridge).info.fingerprint == store.metadata["model"]["fingerprint"]
     with pytest.raises(StoreMismatchError, match="cached from a model in memory: pass that object"):
         model_for(store, "actstore-demo", device="cpu")

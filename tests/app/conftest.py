@@ -7,11 +7,15 @@ from collections.abc import Callable
 
 import pytest
 
-pytest.importorskip("streamlit", reason="the app tests need the [app] extra: pip install 'actstore[app]'")
+pytest.importorskip(
+    "streamlit", reason="the app tests need the [app] extra: pip install 'actstore[app]'"
+)
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-TIMEOUT = 180  # seconds per AppTest run: the first run of a session loads the model and caches the prompt
+TIMEOUT = (
+    180  # seconds per AppTest run: the first run of a session loads the model and caches the prompt
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +32,9 @@ def goto(at: AppTest, page: str) -> AppTest:
     page's title among those st.navigation registered."""
     import importlib
 
-    title = importlib.import_module(f"actstore.app.views.{page}").TITLE  # the default page's URL path is ''
+    title = importlib.import_module(
+        f"actstore.app.views.{page}"
+    ).TITLE  # the default page's URL path is ''
     hashes = [h for h, info in at._registered_pages.items() if info.get("page_name") == title]
     if not hashes:
         known = sorted(str(i.get("page_name")) for i in at._registered_pages.values())
@@ -43,10 +49,14 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
     app on ``page``, with the sidebar's defaults set as `actstore app` sets them."""
     from actstore.app.state import MODEL_ENV, STORES_ENV
 
-    def make(page: str, model: str = "actstore-demo", stores: tuple[str, ...] = (), **state: object) -> AppTest:
+    def make(
+        page: str, model: str = "actstore-demo", stores: tuple[str, ...] = (), **state: object
+    ) -> AppTest:
         monkeypatch.setenv(MODEL_ENV, model)
         monkeypatch.setenv(STORES_ENV, "\n".join(stores))
-        at = AppTest.from_string("from actstore.app.main import app\napp()\n", default_timeout=TIMEOUT)
+        at = AppTest.from_string(
+            "from actstore.app.main import app\napp()\n", default_timeout=TIMEOUT
+        )
         for key, value in state.items():
             at.session_state[key] = value
         at.run()

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 if not hasattr(os, "killpg"):
-    pytest.skip("serves in its own process group and records the browser with a shell script (POSIX)",
-                allow_module_level=True)
+    pytest.skip(
+        "serves in its own process group and records the browser with a shell script (POSIX)",
+        allow_module_level=True,
+    )
 import pty  # noqa: E402  (POSIX only)
 
 from ..helpers import free_port
@@ -31,9 +33,17 @@ from ..helpers import free_port
 HEALTH = "/_stcore/health"  # Streamlit's health endpoint: "ok" once it serves
 SERVE_WITHIN = 60.0  # seconds: the bound for a page served
 BROWSER_GRACE = 2.0  # seconds after the first page: --open's browser call comes well within this
-PROMPT_TEXT = ("Email:", "Welcome to Streamlit", "onboarding emails")  # Streamlit's first-run prompt
-STATS_TEXT = "Collecting usage statistics"  # what Streamlit prints when usage stats are on by default
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never through a proxy
+PROMPT_TEXT = (
+    "Email:",
+    "Welcome to Streamlit",
+    "onboarding emails",
+)  # Streamlit's first-run prompt
+STATS_TEXT = (
+    "Collecting usage statistics"  # what Streamlit prints when usage stats are on by default
+)
+_DIRECT = urllib.request.build_opener(
+    urllib.request.ProxyHandler({})
+)  # loopback, never through a proxy
 
 
 def _actstore() -> list[str]:
@@ -69,9 +79,13 @@ class Served:
             if page[0] == 200 and health == (200, b"ok") and self.url in self.output():
                 return time.monotonic() - start
             if self.proc.poll() is not None:
-                pytest.fail(f"`actstore app` exited ({self.proc.returncode}) before serving:\n{self.output()[-3000:]}")
+                pytest.fail(
+                    f"`actstore app` exited ({self.proc.returncode}) before serving:\n{self.output()[-3000:]}"
+                )
             if time.monotonic() - start > SERVE_WITHIN:
-                pytest.fail(f"`actstore app` served nothing within {SERVE_WITHIN:.0f} s:\n{self.output()[-3000:]}")
+                pytest.fail(
+                    f"`actstore app` served nothing within {SERVE_WITHIN:.0f} s:\n{self.output()[-3000:]}"
+                )
             time.sleep(0.25)
 
 
@@ -85,16 +99,23 @@ def serve(tmp_path: Path, *flags: str, stdin: str = "closed") -> Iterator[Served
     browser = tmp_path / "browser"
     browser.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
     browser.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_") and "DISPLAY" not in k}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_") and "DISPLAY" not in k
+    }
     env.update(HOME=str(home), BROWSER=str(browser), HF_HUB_OFFLINE="1")
     log = tmp_path / "server.log"
     master = slave = None
     if stdin == "terminal":
         master, slave = pty.openpty()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*_actstore(), "app", "--port", str(port), *flags],
-                                stdin=subprocess.DEVNULL if slave is None else slave, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [*_actstore(), "app", "--port", str(port), *flags],
+            stdin=subprocess.DEVNULL if slave is None else slave,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         yield Served(proc, f"http://localhost:{port}", log, calls, home)
     finally:
@@ -116,7 +137,9 @@ def _check_quiet(s: Served) -> None:
     out = s.output()
     assert not [t for t in PROMPT_TEXT if t in out], f"it prompted:\n{out}"
     assert STATS_TEXT not in out, out
-    assert not (s.home / ".streamlit").exists(), sorted(map(str, (s.home / ".streamlit").rglob("*")))
+    assert not (s.home / ".streamlit").exists(), sorted(
+        map(str, (s.home / ".streamlit").rglob("*"))
+    )
 
 
 def test_serves_at_once_without_a_prompt_or_a_browser(tmp_path):

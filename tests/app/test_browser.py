@@ -23,9 +23,19 @@ import pytest
 from ..helpers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PROMPT = "When Nina and Eric went to the farm. Then Eric gave the hat to"  # words of the demo vocabulary
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROMPT = (
+    "When Nina and Eric went to the farm. Then Eric gave the hat to"  # words of the demo vocabulary
+)
 WAIT_MS = 240_000  # the first figure waits for the model to load and the prompt to be cached (CPU, shared)
 
 
@@ -42,8 +52,13 @@ def served(tmp_path: Path):
     """`python -m actstore app --port P` as a subprocess (no browser of its own: the default); yields its URL."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "actstore", "app", "--port", str(port)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actstore", "app", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://localhost:{port}"
     try:
         deadline = time.time() + 120
@@ -54,7 +69,9 @@ def served(tmp_path: Path):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"`actstore app` did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"`actstore app` did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -68,7 +85,9 @@ def served(tmp_path: Path):
 
 def _wait_for_figure(page, title: str) -> None:
     """Wait until a plotly figure whose title contains ``title`` is drawn."""
-    page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(state="visible", timeout=WAIT_MS)
+    page.locator(".js-plotly-plot .gtitle", has_text=title).first.wait_for(
+        state="visible", timeout=WAIT_MS
+    )
 
 
 def _wait_until_done(page) -> None:
@@ -85,12 +104,22 @@ def test_app_in_chromium(served: str, tmp_path: Path) -> None:
     print(f"\nscreenshots: {shots}")
     problems: list[str] = []
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                                                    args=FLAGS, viewport={"width": 1400, "height": 1000})
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         page = ctx.new_page()
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console",
+            lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+        )
         page.on("pageerror", lambda e: problems.append(f"page exception: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
+        page.on(
+            "requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})")
+        )
         page.goto(served, wait_until="domcontentloaded")
 
         box = page.get_by_role("textbox", name="Prompt")
@@ -99,13 +128,17 @@ def test_app_in_chromium(served: str, tmp_path: Path) -> None:
         box.press("Enter")
         page.get_by_role("link", name="Logit lens").click()
         _wait_for_figure(page, "Logit lens")
-        page.locator(".js-plotly-plot", has_text="farm").first.wait_for(timeout=WAIT_MS)  # the typed prompt's tokens
+        page.locator(".js-plotly-plot", has_text="farm").first.wait_for(
+            timeout=WAIT_MS
+        )  # the typed prompt's tokens
         _wait_until_done(page)
         page.screenshot(path=str(shots / "app-logit-lens.png"), full_page=True)
 
         if importlib.util.find_spec("actstore.app.views.patching") is not None:
             page.get_by_role("link", name="Patching").click()
-            page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(state="visible", timeout=WAIT_MS)
+            page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(
+                state="visible", timeout=WAIT_MS
+            )
             _wait_until_done(page)
             page.screenshot(path=str(shots / "app-patching.png"), full_page=True)
         else:

@@ -76,14 +76,32 @@ def launched(monkeypatch):
 def test_serves_headless_without_prompt_stats_or_browser(launched, args):
     """--headless (the default now) is still accepted and changes nothing."""
     flags, openers = launched("--port", "8600", *args)
-    assert {k: flags[k] for k in ("server.headless", "server.showEmailPrompt", "browser.gatherUsageStats",
-                                  "server.port")} == {"server.headless": "true", "server.showEmailPrompt": "false",
-                                                      "browser.gatherUsageStats": "false", "server.port": "8600"}
+    assert {
+        k: flags[k]
+        for k in (
+            "server.headless",
+            "server.showEmailPrompt",
+            "browser.gatherUsageStats",
+            "server.port",
+        )
+    } == {
+        "server.headless": "true",
+        "server.showEmailPrompt": "false",
+        "browser.gatherUsageStats": "false",
+        "server.port": "8600",
+    }
     assert openers == []
 
 
-@pytest.mark.parametrize("address, url", [("localhost", "http://localhost:8600"), ("0.0.0.0", "http://localhost:8600"),
-                                          ("10.1.2.3", "http://10.1.2.3:8600"), ("::1", "http://[::1]:8600")])
+@pytest.mark.parametrize(
+    "address, url",
+    [
+        ("localhost", "http://localhost:8600"),
+        ("0.0.0.0", "http://localhost:8600"),
+        ("10.1.2.3", "http://10.1.2.3:8600"),
+        ("::1", "http://[::1]:8600"),
+    ],
+)
 def test_open_starts_the_opener_on_the_served_url(launched, address, url):
     from actstore.app import opener
 

@@ -31,14 +31,22 @@ def array(v) -> np.ndarray:
         a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
         shape = v.get("shape")
         return a.reshape([int(s) for s in str(shape).split(",")]) if shape else a
-    return np.array([[np.nan if x is None else x for x in row] for row in v] if v and isinstance(v[0], list)
-                    else [np.nan if x is None else x for x in v], dtype=float)
+    return np.array(
+        [[np.nan if x is None else x for x in row] for row in v]
+        if v and isinstance(v[0], list)
+        else [np.nan if x is None else x for x in v],
+        dtype=float,
+    )
 
 
-def assert_close_to_spread(got: np.ndarray, want: np.ndarray, rel: float, min_spread: float) -> None:
+def assert_close_to_spread(
+    got: np.ndarray, want: np.ndarray, rel: float, min_spread: float
+) -> None:
     ok = ~np.isnan(want)
     spread = float(np.std(want[ok]))
-    assert spread > min_spread, f"the reference barely varies (std {spread}); the comparison would prove little"
+    assert spread > min_spread, (
+        f"the reference barely varies (std {spread}); the comparison would prove little"
+    )
     assert np.array_equal(np.isnan(got), ~ok)
     np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=rel * spread)
 
@@ -57,7 +65,9 @@ def test_prompt_store_holds_run_with_cache(demo_model, ref):
     p = cache_prompt(demo_model, PROMPT.text)
     assert p.tokens.tolist() == ids
     for hook in ("blocks.0.hook_resid_pre", "blocks.3.hook_resid_post", "blocks.2.attn.hook_z"):
-        assert np.array_equal(p.store.acts(hook, rows=0), cache[hook][0].detach().numpy())  # bit-exact, float32
+        assert np.array_equal(
+            p.store.acts(hook, rows=0), cache[hook][0].detach().numpy()
+        )  # bit-exact, float32
     table = token_table(demo_model.tokenizer, p)
     assert table["id"].tolist() == ids and table["doc_pos"].tolist() == [-1, *range(len(ids) - 1)]
 
@@ -76,10 +86,11 @@ def test_logit_lens_page_equals_direct_decoding(open_app, demo_model, ref):
     lens_fig, rank_fig = charts(at)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
     target = tok.encode(PROMPT.answer, add_special_tokens=False)[0]
-    probs = np.stack([layer_norm_unembed(cache[h][0].detach().numpy(), bridge, softmax=True)
-                      for h in hooks])  # (site, pos, vocab)
+    probs = np.stack(
+        [layer_norm_unembed(cache[h][0].detach().numpy(), bridge, softmax=True) for h in hooks]
+    )  # (site, pos, vocab)
     assert_close_to_spread(array(lens_fig["data"][0]["z"]), probs[..., target], 1e-4, 0.01)
-    want_rank = (probs > probs[..., target:target + 1]).sum(-1)
+    want_rank = (probs > probs[..., target : target + 1]).sum(-1)
     assert np.array_equal(array(rank_fig["data"][0]["z"]), want_rank)
     top = repr(tok.decode([int(probs[-1, -1].argmax())]))
     assert f"top 5: {top}" in lens_fig["data"][0]["text"][-1][-1]  # the hover names the top tokens
@@ -112,16 +123,23 @@ def test_dla_page_equals_transformer_lens_apply_ln(open_app, demo_model, ref):
     bridge, tok = demo_model.bridge, demo_model.tokenizer
     at = open_app("dla")
     assert not at.exception and not at.error
-    t, w = tok.encode(PROMPT.answer, add_special_tokens=False)[0], tok.encode(PROMPT.wrong, add_special_tokens=False)[0]
+    t, w = (
+        tok.encode(PROMPT.answer, add_special_tokens=False)[0],
+        tok.encode(PROMPT.wrong, add_special_tokens=False)[0],
+    )
     direction = (bridge.W_U[:, t] - bridge.W_U[:, w]) * bridge.ln_final.w
-    heads = (cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction).reshape(4, 4)
+    heads = (cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction).reshape(
+        4, 4
+    )
     mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(4)])
     mlp = (cache.apply_ln_to_stack(mlp, layer=-1, pos_slice=-1) @ direction)[:, 0]
     want = torch.cat([heads, mlp[:, None]], 1).detach().double().numpy()  # (layer, head + MLP)
     assert_close_to_spread(array(charts(at)[0]["data"][0]["z"]), want, 1e-4, 0.1)
     at.text_input(key="dla-wrong").set_value("").run()  # the answer's logit alone
     direction = bridge.W_U[:, t] * bridge.ln_final.w
-    heads = (cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction).reshape(4, 4)
+    heads = (cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction).reshape(
+        4, 4
+    )
     got = array(charts(at)[0]["data"][0]["z"])[:, :4]
     assert_close_to_spread(got, heads.detach().double().numpy(), 1e-4, 0.1)
 
@@ -135,15 +153,31 @@ def test_induction_page_equals_direct_computation(open_app, demo_model):
     tokens = torch.from_numpy(repeated_tokens(demo_model.tokenizer, R, H, 0)).long()
     bridge = demo_model.bridge
     _, cache = bridge.run_with_cache(tokens)
-    ind = np.stack([cache[f"blocks.{layer}.attn.hook_pattern"].double().diagonal(offset=1 - H, dim1=-2, dim2=-1)
-                    [..., 2:].mean(dim=(0, 2)).numpy() for layer in range(4)])  # queries H+1 .. 2H
+    ind = np.stack(
+        [
+            cache[f"blocks.{layer}.attn.hook_pattern"]
+            .double()
+            .diagonal(offset=1 - H, dim1=-2, dim2=-1)[..., 2:]
+            .mean(dim=(0, 2))
+            .numpy()
+            for layer in range(4)
+        ]
+    )  # queries H+1 .. 2H
     scores_fig, loss_fig = charts(at)
     assert_close_to_spread(array(scores_fig["data"][0]["z"]), ind, 1e-6, 0.05)
     loss = bridge(tokens, return_type="loss", loss_per_token=True).detach().double().mean(0).numpy()
     assert_close_to_spread(array(loss_fig["data"][0]["y"]), loss, 1e-5, 0.3)
     at.radio(key="ind-kind").set_value("prev_token").run()
-    prev = np.stack([cache[f"blocks.{layer}.attn.hook_pattern"].double().diagonal(offset=-1, dim1=-2, dim2=-1)
-                     .mean(dim=(0, 2)).numpy() for layer in range(4)])
+    prev = np.stack(
+        [
+            cache[f"blocks.{layer}.attn.hook_pattern"]
+            .double()
+            .diagonal(offset=-1, dim1=-2, dim2=-1)
+            .mean(dim=(0, 2))
+            .numpy()
+            for layer in range(4)
+        ]
+    )
     assert_close_to_spread(array(charts(at)[0]["data"][0]["z"]), prev, 1e-6, 0.05)
 
 
@@ -155,7 +189,6 @@ def test_bad_input_is_shown_on_the_page(open_app):
     assert not at.exception and "The prompt is empty" in at.error[0].value
     at = open_app("dla", model="no-such-model-folder")
     assert not at.exception and at.error and "no-such-model-folder" in at.error[0].value
-
 
 
 def test_prompt_pages_run_on_another_gpt2_model(open_app, tiny_model):

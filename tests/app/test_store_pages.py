@@ -38,12 +38,31 @@ def demo_store(tmp_path_factory, demo):
     from actstore.patching.job import PatchJobConfig, patch_pairs
 
     path = str(tmp_path_factory.mktemp("app") / "demo.zarr")
-    store = actstore.cache(out=path, model=demo.bridge, dataset="actstore-demo", seq_len=24, n_rows=16, batch_size=8,
-                           rows_per_chunk=4, rows_per_shard=8, sites="resid_pre:0,resid_post:all,z:1,pattern:1",
-                           progress=False)
-    patch_pairs(PatchJobConfig(model=demo.bridge, task="ioi", n_pairs=N_PAIRS, sweep="resid_pre", out=path,
-                               progress=False))
-    actstore.probes.fit_probes(store, sites="resid_post:all", target=store.doc_pos().astype(np.float32), name="dp")
+    store = actstore.cache(
+        out=path,
+        model=demo.bridge,
+        dataset="actstore-demo",
+        seq_len=24,
+        n_rows=16,
+        batch_size=8,
+        rows_per_chunk=4,
+        rows_per_shard=8,
+        sites="resid_pre:0,resid_post:all,z:1,pattern:1",
+        progress=False,
+    )
+    patch_pairs(
+        PatchJobConfig(
+            model=demo.bridge,
+            task="ioi",
+            n_pairs=N_PAIRS,
+            sweep="resid_pre",
+            out=path,
+            progress=False,
+        )
+    )
+    actstore.probes.fit_probes(
+        store, sites="resid_post:all", target=store.doc_pos().astype(np.float32), name="dp"
+    )
     logit_lens(store, demo, [0, 1], k=3, progress=False).save(store)
     return actstore.open(path)
 
@@ -54,8 +73,11 @@ def circuit_group(tmp_path_factory, demo):
     from actstore.circuits.job import find_circuit
 
     out = str(tmp_path_factory.mktemp("app") / "ioi.circuit.zarr")
-    find_circuit(CircuitJobConfig(model=demo.bridge, task="ioi", n_pairs=2, method="eap", out=out, top=10,
-                                  progress=False))
+    find_circuit(
+        CircuitJobConfig(
+            model=demo.bridge, task="ioi", n_pairs=2, method="eap", out=out, top=10, progress=False
+        )
+    )
     return out
 
 
@@ -63,9 +85,21 @@ def circuit_group(tmp_path_factory, demo):
 def many_rows(tmp_path_factory, tiny_model):
     """64 rows in 32 chunks of 2 rows (16 shards): a page that read whole arrays would read them all."""
     path = str(tmp_path_factory.mktemp("app") / "many.zarr")
-    store = actstore.cache(out=path, model=tiny_model, dataset=DOCS, seq_len=8, n_rows=64, batch_size=8,
-                           rows_per_chunk=2, rows_per_shard=4, sites="resid_post:all,z:1,pattern:1,loss", progress=False)
-    store.save_result("mine/big", np.arange(4000 * 300, dtype=np.float32).reshape(4000, 300), ("a", "b"))
+    store = actstore.cache(
+        out=path,
+        model=tiny_model,
+        dataset=DOCS,
+        seq_len=8,
+        n_rows=64,
+        batch_size=8,
+        rows_per_chunk=2,
+        rows_per_shard=4,
+        sites="resid_post:all,z:1,pattern:1,loss",
+        progress=False,
+    )
+    store.save_result(
+        "mine/big", np.arange(4000 * 300, dtype=np.float32).reshape(4000, 300), ("a", "b")
+    )
     return path
 
 
@@ -94,7 +128,10 @@ def data_keys(reads: Counter, prefix: str) -> set[str]:
 # --- the plain functions equal direct reads ----------------------------------------------------
 def test_info_is_actstore_info(demo_store):
     assert sd.info_text is info_text  # the CLI's own function, not a copy
-    assert sd.info_json(demo_store)["rows_done"] == 16 and sd.info_json(demo_store)["model"] == demo_store.metadata["model"]
+    assert (
+        sd.info_json(demo_store)["rows_done"] == 16
+        and sd.info_json(demo_store)["model"] == demo_store.metadata["model"]
+    )
 
 
 def test_site_stats_equal_direct_reads(demo_store):
@@ -108,11 +145,15 @@ def test_site_stats_equal_direct_reads(demo_store):
         ref_var = x.var(axis=0).sum()
         ref_mean = np.linalg.norm(x.mean(0))
         assert s.count == len(x)
-        np.testing.assert_allclose([s.rms_norm, s.total_var, s.mean_norm], [ref_rms, ref_var, ref_mean], rtol=1e-9)
+        np.testing.assert_allclose(
+            [s.rms_norm, s.total_var, s.mean_norm], [ref_rms, ref_var, ref_mean], rtol=1e-9
+        )
         rms.append(ref_rms)
         var, dims = sd.feature_variance(demo_store, hook)
         assert dims == tuple(d for d in demo_store.meta.site(hook).dims[1:] if d != "pos")
-        np.testing.assert_allclose(var.ravel(), x.var(axis=0), rtol=1e-9, atol=1e-12 * x.var(axis=0).max())
+        np.testing.assert_allclose(
+            var.ravel(), x.var(axis=0), rtol=1e-9, atol=1e-12 * x.var(axis=0).max()
+        )
     assert max(rms) > 2 * min(rms)  # the references spread: norms grow through the layers
     layers = [s.layer for s in got.values() if s.kind == "resid_post"]
     assert layers == [0, 1, 2, 3]
@@ -125,8 +166,12 @@ def test_row_view_equals_direct_reads(demo_store):
     ref = np.sqrt((x**2).sum(axis=(1, 2)))
     np.testing.assert_allclose(v.norms, ref, rtol=1e-12)
     assert ref.std() > 0.1 * ref.mean()
-    assert np.array_equal(v.tokens, demo_store.tokens()[11]) and v.str_tokens == demo_store.str_tokens(11)
-    assert np.array_equal(v.doc, demo_store.doc()[11]) and np.array_equal(v.doc_pos, demo_store.doc_pos()[11])
+    assert np.array_equal(
+        v.tokens, demo_store.tokens()[11]
+    ) and v.str_tokens == demo_store.str_tokens(11)
+    assert np.array_equal(v.doc, demo_store.doc()[11]) and np.array_equal(
+        v.doc_pos, demo_store.doc_pos()[11]
+    )
     assert v.table()["norm"] == ref.tolist() and len(v.table()["token"]) == 24
     assert sd.token_sites(demo_store) == [h for h in demo_store.sites if "pattern" not in h]
     with pytest.raises(ConfigError, match="no position axis"):
@@ -144,12 +189,16 @@ def test_results_of_a_store_with_their_dims_and_labels(demo_store, demo):
     full = np.asarray(demo_store.load_result("patching/resid_pre/logit_diff")[...])
     got = sd.result_slice(src.array(info.name), ("pos", "layer"), at={"pair": 2})
     np.testing.assert_array_equal(got, full[2].T)
-    got = sd.result_slice(src.array(info.name), ("pair",), at={"layer": 1, "pos": 5}, window={"pair": (1, 3)})
+    got = sd.result_slice(
+        src.array(info.name), ("pair",), at={"layer": 1, "pos": 5}, window={"pair": (1, 3)}
+    )
     np.testing.assert_array_equal(got, full[1:3, 1, 5])
     lens = "analysis/logit_lens/target_prob"
     assert sd.axis_labels(src, lens, "site") == demo_store.load_result(lens).attrs["sites"]
     assert sd.axis_labels(src, lens, "pos") is None
-    clean = np.asarray(demo_store.load_result("patching/resid_pre/clean_tokens")[0])  # the first pair labels positions
+    clean = np.asarray(
+        demo_store.load_result("patching/resid_pre/clean_tokens")[0]
+    )  # the first pair labels positions
     assert sd.axis_labels(src, info.name, "pos") == [demo.tokenizer.decode([int(t)]) for t in clean]
     with pytest.raises(ConfigError, match="one or two different dims"):
         sd.result_slice(src.array(info.name), ("pair", "pair"))
@@ -163,7 +212,9 @@ def test_results_of_a_circuit_group(circuit_group):
     g = zarr.open_group(circuit_group, mode="r")
     labels = sd.axis_labels(src, "circuit/eap/scores", "edge")
     assert labels == list(np.asarray(g["circuit/eap/edge"][...])) and len(labels) > 100
-    np.testing.assert_array_equal(sd.result_slice(src.array("circuit/eap/scores"), ("edge",)), g["circuit/eap/scores"][...])
+    np.testing.assert_array_equal(
+        sd.result_slice(src.array("circuit/eap/scores"), ("edge",)), g["circuit/eap/scores"][...]
+    )
     assert not src.describe("circuit/eap/edge").numeric
     with pytest.raises(StoreNotFoundError, match="No store or results group"):
         sd.open_results(circuit_group + "-missing")
@@ -174,11 +225,15 @@ def test_each_function_reads_a_bounded_number_of_chunks(many_rows):
     with counted_reads() as reads:
         store = actstore.open(many_rows)
         info_text(store)
-    assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")  # metadata and the manifest only
+    assert not data_keys(reads, "acts/") and not data_keys(
+        reads, "tokens/"
+    )  # metadata and the manifest only
     assert len(data_keys(reads, "done/")) <= 16
     with counted_reads() as reads:
         sd.site_stats(store)
-    assert not data_keys(reads, "acts/") and data_keys(reads, "stats/")  # the merged stats, not the activations
+    assert not data_keys(reads, "acts/") and data_keys(
+        reads, "stats/"
+    )  # the merged stats, not the activations
     with counted_reads() as reads:
         v = sd.row_view(store, 37, "blocks.1.attn.hook_z")
     acts = data_keys(reads, "acts/")
@@ -230,13 +285,19 @@ def test_store_stats_page(open_app, demo_store):
     stats = sd.site_stats(demo_store)
     by_kind = {t["name"]: t for t in figures(at)[0]["data"]}
     assert set(by_kind) == {"resid_pre", "resid_post", "z"}
-    np.testing.assert_allclose(by_kind["resid_post"]["y"], [s.rms_norm for s in stats if s.kind == "resid_post"])
+    np.testing.assert_allclose(
+        by_kind["resid_post"]["y"], [s.rms_norm for s in stats if s.kind == "resid_post"]
+    )
     ok(at.selectbox(key="stats-measure").set_value("total_var").run())
     by_kind = {t["name"]: t for t in figures(at)[0]["data"]}
-    np.testing.assert_allclose(by_kind["resid_post"]["y"], [s.total_var for s in stats if s.kind == "resid_post"])
+    np.testing.assert_allclose(
+        by_kind["resid_post"]["y"], [s.total_var for s in stats if s.kind == "resid_post"]
+    )
     ok(at.selectbox(key="stats-site").set_value("blocks.1.attn.hook_z").run())
     z = np.asarray(figures(at)[1]["data"][0]["z"], dtype=np.float64)  # (head, d_head)
-    np.testing.assert_allclose(z, sd.feature_variance(demo_store, "blocks.1.attn.hook_z")[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        z, sd.feature_variance(demo_store, "blocks.1.attn.hook_z")[0], rtol=1e-12
+    )
 
 
 def test_store_rows_page(open_app, demo_store):
@@ -252,7 +313,9 @@ def test_store_rows_page(open_app, demo_store):
 
 def test_switching_stores_keeps_each_ones_row(open_app, demo_store, many_rows):
     at = ok(open_app("store_rows", stores=(many_rows, demo_store.path)))
-    ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())  # past the demo store's 16 rows
+    ok(
+        at.number_input(key=f"rows-row-{many_rows}").set_value(37).run()
+    )  # past the demo store's 16 rows
     ok(at.selectbox(key="store").set_value(demo_store.path).run())
     assert at.number_input(key=f"rows-row-{demo_store.path}").value == 0
     ok(goto_page(at, "store_results"))
@@ -269,20 +332,34 @@ def test_store_results_page(open_app, demo_store, circuit_group):
     heat = figures(at)[0]["data"][0]
     full = np.asarray(demo_store.load_result(name)[...])
     np.testing.assert_array_equal(np.asarray(heat["z"], dtype=np.float32), full[2])
-    assert heat["x"] == [f"{i}: {t}" for i, t in enumerate(sd.axis_labels(sd.open_results(demo_store), name, "pos"))]
+    assert heat["x"] == [
+        f"{i}: {t}" for i, t in enumerate(sd.axis_labels(sd.open_results(demo_store), name, "pos"))
+    ]
     assert np.ptp(full[2]) > 0.1 * np.abs(full[2]).max()
     ok(at.selectbox(key="results-result").set_value("analysis/logit_lens").run())
     heat = figures(at)[0]["data"][0]  # target_prob (row, site, pos): site by pos, the sites named
-    assert heat["y"] == [f"{i}: {h}" for i, h in enumerate(demo_store.load_result(name.replace(
-        "patching/resid_pre/logit_diff", "analysis/logit_lens/target_prob")).attrs["sites"])]
+    assert heat["y"] == [
+        f"{i}: {h}"
+        for i, h in enumerate(
+            demo_store.load_result(
+                name.replace("patching/resid_pre/logit_diff", "analysis/logit_lens/target_prob")
+            ).attrs["sites"]
+        )
+    ]
 
     ok(at.text_input(key="results-group").set_value(circuit_group).run())
     ok(at.selectbox(key="results-result").set_value("circuit/eap").run())
     arrays = at.selectbox(key=f"results-array-{circuit_group}-circuit/eap")
-    ok(arrays.set_value(arrays.options.index(next(o for o in arrays.options if o.startswith("scores")))).run())
+    ok(
+        arrays.set_value(
+            arrays.options.index(next(o for o in arrays.options if o.startswith("scores")))
+        ).run()
+    )
     line = figures(at)[0]["data"][0]
     g = zarr.open_group(circuit_group, mode="r")
-    np.testing.assert_array_equal(np.asarray(line["y"], dtype=np.float32), g["circuit/eap/scores"][...])
+    np.testing.assert_array_equal(
+        np.asarray(line["y"], dtype=np.float32), g["circuit/eap/scores"][...]
+    )
     assert line["x"] == [f"{i}: {e}" for i, e in enumerate(np.asarray(g["circuit/eap/edge"][...]))]
 
     at.text_input(key="results-group").set_value(circuit_group + "-missing").run()
@@ -314,15 +391,31 @@ def _not_a_store(tmp_path, many_rows, case: str) -> str:
             root.write_text("{not json")
         else:
             doc = json.loads(root.read_text())
-            doc["attributes"]["actstore"] = {"format_version": 999} if case == "a later format" else "garbage"
+            doc["attributes"]["actstore"] = (
+                {"format_version": 999} if case == "a later format" else "garbage"
+            )
             root.write_text(json.dumps(doc))
     return str(path)
 
 
-@pytest.mark.parametrize("case, page", [(c, "store_info") for c in (
-    "a file", "a folder of other files", "a zarr group, not a store", "root metadata not JSON", "a later format",
-    "actstore metadata not a mapping")] + [("root metadata not JSON", "store_results")])  # results: its own opening
-def test_a_path_that_is_not_a_store_is_an_error_on_the_page(open_app, tmp_path, many_rows, case, page):
+@pytest.mark.parametrize(
+    "case, page",
+    [
+        (c, "store_info")
+        for c in (
+            "a file",
+            "a folder of other files",
+            "a zarr group, not a store",
+            "root metadata not JSON",
+            "a later format",
+            "actstore metadata not a mapping",
+        )
+    ]
+    + [("root metadata not JSON", "store_results")],
+)  # results: its own opening
+def test_a_path_that_is_not_a_store_is_an_error_on_the_page(
+    open_app, tmp_path, many_rows, case, page
+):
     """Every refusal of actstore.open shows on every store page as the error naming the path, not as a traceback."""
     path = _not_a_store(tmp_path, many_rows, case)
     with pytest.raises(ActStoreError) as refused:
@@ -338,13 +431,21 @@ def no_credentials(monkeypatch, tmp_path):
     nothing serves, so nothing leaves this machine."""
     import s3fs
 
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+    for k in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
+    monkeypatch.setenv(
+        "AWS_ENDPOINT_URL", "http://127.0.0.1:9"
+    )  # the discard port: nothing answers
     s3fs.S3FileSystem.clear_instance_cache()
     yield
     s3fs.S3FileSystem.clear_instance_cache()
@@ -357,17 +458,23 @@ def test_a_store_url_without_credentials_is_an_error_on_the_page(open_app, no_cr
     assert not at.exception, [e.value for e in at.exception]
     (error,) = [e.value for e in at.error]
     assert "Cannot read 's3://nope/x.zarr" in error and "NoCredentialsError" in error
-    assert "AWS_ACCESS_KEY_ID" in error and "AWS_ENDPOINT_URL" in error and "bucket and path" in error
+    assert (
+        "AWS_ACCESS_KEY_ID" in error and "AWS_ENDPOINT_URL" in error and "bucket and path" in error
+    )
 
 
 def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
     at = ok(open_app("store_rows", stores=(many_rows,)))
     with counted_reads() as reads:
         ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())
-    assert data_keys(reads, "acts/") == {"acts/blocks.0.hook_resid_post/c/9/0/0"}  # the row's shard, one chunk of it
+    assert data_keys(reads, "acts/") == {
+        "acts/blocks.0.hook_resid_post/c/9/0/0"
+    }  # the row's shard, one chunk of it
     with counted_reads() as reads:
         ok(goto_page(at, "store_stats"))
-        assert list(at.dataframe[0].value["hook"])[-1] == "loss"  # a site outside the layers, in the table
+        assert (
+            list(at.dataframe[0].value["hook"])[-1] == "loss"
+        )  # a site outside the layers, in the table
         ok(at.selectbox(key="stats-site").set_value("loss").run())
         ok(goto_page(at, "store_info"))
     assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")
@@ -376,7 +483,9 @@ def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
         heat = figures(at)[0]["data"][0]
     assert np.asarray(heat["z"]).shape == (256, 256)
     big = zarr.open_group(many_rows, mode="r")["results/mine/big"]
-    touched = int(np.prod([-(-256 // c) for c in big.chunks]))  # the chunks holding the 256 x 256 drawn
+    touched = int(
+        np.prod([-(-256 // c) for c in big.chunks])
+    )  # the chunks holding the 256 x 256 drawn
     assert len(data_keys(reads, "results/mine/big")) == touched < np.prod(big.cdata_shape)
 
 
@@ -384,7 +493,6 @@ def goto_page(at, page):
     from .conftest import goto
 
     return goto(at, page)
-
 
 
 @pytest.fixture
@@ -395,8 +503,12 @@ def s3_store(monkeypatch, many_rows):
     srv = server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
-    env = dict(AWS_ACCESS_KEY_ID="app-test-key", AWS_SECRET_ACCESS_KEY="app-test-secret", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    env = dict(
+        AWS_ACCESS_KEY_ID="app-test-key",
+        AWS_SECRET_ACCESS_KEY="app-test-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+    )
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=env["AWS_ENDPOINT_URL"])
@@ -413,7 +525,9 @@ def test_a_store_on_object_storage_reads_the_same(open_app, s3_store, many_rows)
     at.session_state["stores"] = s3_store  # typed in the sidebar
     ok(at.run())
     ok(at.number_input(key=f"rows-row-{s3_store}").set_value(37).run())
-    np.testing.assert_array_equal(figures(at)[0]["data"][0]["y"], sd.row_view(local, 37, local.sites[0]).norms)
+    np.testing.assert_array_equal(
+        figures(at)[0]["data"][0]["y"], sd.row_view(local, 37, local.sites[0]).norms
+    )
     assert at.dataframe[0].value["token_id"].tolist() == local.tokens(37).tolist()
     ok(goto_page(at, "store_info"))
     assert at.code[0].value == info_text(actstore.open(s3_store)) and s3_store in at.code[0].value
@@ -430,7 +544,9 @@ def test_an_unfinished_store(open_app, many_rows, tmp_path):
     x = store.acts("blocks.2.hook_resid_post", slice(0, 32)).astype(np.float64).reshape(-1, 64)
     s = {s.hook: s for s in sd.site_stats(store)}["blocks.2.hook_resid_post"]
     assert s.count == len(x) == 32 * 8
-    np.testing.assert_allclose([s.rms_norm, s.total_var], [np.sqrt((x**2).sum(-1).mean()), x.var(0).sum()], rtol=1e-9)
+    np.testing.assert_allclose(
+        [s.rms_norm, s.total_var], [np.sqrt((x**2).sum(-1).mean()), x.var(0).sum()], rtol=1e-9
+    )
     at = ok(open_app("store_info", stores=(path,)))
     assert "32 of 64 rows done (incomplete)" in at.get("progress")[0].proto.text
     ok(goto_page(at, "store_rows"))

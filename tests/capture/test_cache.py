@@ -27,8 +27,18 @@ def reference(bridge, tokens, store):
 @pytest.fixture(scope="module")
 def f32_store(tmp_path_factory, tiny_model):
     out = tmp_path_factory.mktemp("s") / "f32.zarr"
-    return actstore.cache(out=str(out), model=tiny_model, dataset=DOCS, sites=SITES, seq_len=24,
-                          n_rows=22, batch_size=4, rows_per_chunk=4, rows_per_shard=8, progress=False)
+    return actstore.cache(
+        out=str(out),
+        model=tiny_model,
+        dataset=DOCS,
+        sites=SITES,
+        seq_len=24,
+        n_rows=22,
+        batch_size=4,
+        rows_per_chunk=4,
+        rows_per_shard=8,
+        progress=False,
+    )
 
 
 def test_float32_is_bit_exact(f32_store, bridge):
@@ -46,7 +56,9 @@ def test_tokens_are_the_packed_corpus(f32_store, tokenizer):
 
     rows = RowReader(CorpusSpec.from_dataset(DOCS, seq_len=24), tokenizer).take(22)
     assert np.array_equal(f32_store.tokens(), rows.tokens)
-    assert np.array_equal(f32_store.doc(), rows.doc) and np.array_equal(f32_store.doc_pos(), rows.doc_pos)
+    assert np.array_equal(f32_store.doc(), rows.doc) and np.array_equal(
+        f32_store.doc_pos(), rows.doc_pos
+    )
     assert f32_store.mask().all()
     assert f32_store.str_tokens(0)[:4] == ["<|endoftext|>", "The", " quick", " brown"]
 
@@ -66,12 +78,29 @@ def test_stats_equal_numpy_over_the_store(f32_store):
 def test_store_layout_and_dimension_names(f32_store):
     arr = f32_store["blocks.1.attn.hook_pattern"]
     assert arr.metadata.dimension_names == ("row", "head", "query_pos", "key_pos")
-    assert arr.shape == (22, 2, 24, 24) and arr.chunks == (4, 2, 24, 24) and arr.shards == (8, 2, 24, 24)
-    assert f32_store["blocks.0.attn.hook_z"].metadata.dimension_names == ("row", "pos", "head", "d_head")
+    assert (
+        arr.shape == (22, 2, 24, 24)
+        and arr.chunks == (4, 2, 24, 24)
+        and arr.shards == (8, 2, 24, 24)
+    )
+    assert f32_store["blocks.0.attn.hook_z"].metadata.dimension_names == (
+        "row",
+        "pos",
+        "head",
+        "d_head",
+    )
     assert f32_store.group["done"].shape == (3,)
     meta = f32_store.metadata
-    assert meta["layout"] == {"n_rows": 22, "seq_len": 24, "rows_per_chunk": 4, "rows_per_shard": 8, "n_shards": 3}
-    assert meta["model"]["fingerprint"].startswith("sha256:") and meta["model"]["dtype"] == "float32"
+    assert meta["layout"] == {
+        "n_rows": 22,
+        "seq_len": 24,
+        "rows_per_chunk": 4,
+        "rows_per_shard": 8,
+        "n_shards": 3,
+    }
+    assert (
+        meta["model"]["fingerprint"].startswith("sha256:") and meta["model"]["dtype"] == "float32"
+    )
     assert meta["software"]["zarr"].startswith("3.")
 
 
@@ -93,16 +122,27 @@ def test_rows_not_done_are_refused(f32_store, tmp_path):
     store = actstore.ActivationStore.open(copy)
     store.group.store  # noqa: B018
     import zarr
+
     zarr.open_group(str(copy), mode="r+")["done"][1] = False
     assert store.rows_done == 14 and not store.is_complete
     assert store.acts("blocks.0.hook_resid_post", rows=slice(0, 8)).shape[0] == 8
-    with pytest.raises(RowsNotDoneError, match=r"first: 8..15.*verify .* --repair.*resume=True"):  # made from Python
+    with pytest.raises(
+        RowsNotDoneError, match=r"first: 8..15.*verify .* --repair.*resume=True"
+    ):  # made from Python
         store.acts("blocks.0.hook_resid_post", rows=slice(6, 10))
 
 
 def test_float16_storage_is_the_exact_cast(tmp_path, tiny_model, bridge):
-    s = actstore.cache(out=str(tmp_path / "h.zarr"), model=tiny_model, dataset=DOCS, sites="resid_post:2,z:1",
-                       seq_len=16, n_rows=6, storage_dtype="float16", progress=False)
+    s = actstore.cache(
+        out=str(tmp_path / "h.zarr"),
+        model=tiny_model,
+        dataset=DOCS,
+        sites="resid_post:2,z:1",
+        seq_len=16,
+        n_rows=6,
+        storage_dtype="float16",
+        progress=False,
+    )
     ref = reference(bridge, s.tokens(), s)
     for hook, want in ref.items():
         assert s.acts(hook).dtype == np.float16
@@ -112,18 +152,36 @@ def test_float16_storage_is_the_exact_cast(tmp_path, tiny_model, bridge):
 def test_float16_compute_within_tolerance(tmp_path, tiny_model, bridge):
     """fp16 compute against the float32 reference: fp16 rounding through 3 layers.
     Tolerance: atol 2e-2 + rtol 2e-2 (fp16 has an 11-bit mantissa, ~5e-4 relative per op)."""
-    s = actstore.cache(out=str(tmp_path / "h16.zarr"), model=tiny_model, dataset=DOCS, sites="resid_post:all,pattern:2",
-                       seq_len=16, n_rows=6, dtype="float16", device="cpu", progress=False)
+    s = actstore.cache(
+        out=str(tmp_path / "h16.zarr"),
+        model=tiny_model,
+        dataset=DOCS,
+        sites="resid_post:all,pattern:2",
+        seq_len=16,
+        n_rows=6,
+        dtype="float16",
+        device="cpu",
+        progress=False,
+    )
     assert s.metadata["storage_dtype"] == "float16" and s.metadata["model"]["dtype"] == "float16"
     ref = reference(bridge, s.tokens(), s)
     for hook, want in ref.items():
-        torch.testing.assert_close(torch.from_numpy(s.acts(hook)).float(), torch.from_numpy(want), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(
+            torch.from_numpy(s.acts(hook)).float(), torch.from_numpy(want), atol=2e-2, rtol=2e-2
+        )
 
 
 def test_document_mode_store(tmp_path, tiny_model, bridge):
     docs = [d for d in DOCS[:10]]
-    s = actstore.cache(out=str(tmp_path / "d.zarr"), model=tiny_model, dataset=docs, sites="resid_post:1",
-                       seq_len=20, packing="document", progress=False)
+    s = actstore.cache(
+        out=str(tmp_path / "d.zarr"),
+        model=tiny_model,
+        dataset=docs,
+        sites="resid_post:1",
+        seq_len=20,
+        packing="document",
+        progress=False,
+    )
     assert s.n_rows == len(docs)
     mask = s.mask()
     assert mask[:, 0].all() and (~mask[1, 1:]).all()  # document 1 is empty: BOS only
@@ -141,7 +199,9 @@ def test_forward_stops_after_last_needed_hook(tiny_model):
     m = load_model(tiny_model, "float32", "cpu")
     started = []
     for layer in range(3):
-        m.bridge.blocks[layer].register_forward_pre_hook(lambda mod, a, layer=layer: started.append(layer))
+        m.bridge.blocks[layer].register_forward_pre_hook(
+            lambda mod, a, layer=layer: started.append(layer)
+        )
     m.bridge.ln_final.register_forward_pre_hook(lambda *a: started.append("ln_final"))
     m.bridge.unembed.register_forward_pre_hook(lambda *a: started.append("unembed"))
     tokens = torch.zeros(1, 4, dtype=torch.long)
@@ -149,18 +209,31 @@ def test_forward_stops_after_last_needed_hook(tiny_model):
     m.capture(tokens, [Site("blocks.0.hook_resid_post", 0), Site("blocks.1.attn.hook_z", 1)])
     assert started == [0, 1]
     started.clear()
-    m.capture(tokens, [Site("blocks.2.hook_resid_post", 2)])  # the last block: still no ln_final/unembed
+    m.capture(
+        tokens, [Site("blocks.2.hook_resid_post", 2)]
+    )  # the last block: still no ln_final/unembed
     assert started == [0, 1, 2]
     started.clear()
     got = m.capture(tokens, [Site("unembed.hook_out", None)])
-    assert started == [0, 1, 2, "ln_final", "unembed"] and got["unembed.hook_out"].shape == (1, 4, 50257)
+    assert started == [0, 1, 2, "ln_final", "unembed"] and got["unembed.hook_out"].shape == (
+        1,
+        4,
+        50257,
+    )
 
 
 @pytest.mark.slow
 def test_real_gpt2_shape_is_bit_exact(tmp_path, gpt2_small_model):
-    s = actstore.cache(out=str(tmp_path / "g.zarr"), model=gpt2_small_model, dataset=DOCS,
-                       sites="resid_post:0,resid_post:11,z:5,pattern:5.0,5.7,mlp_post:3", seq_len=32, n_rows=3,
-                       batch_size=2, progress=False)
+    s = actstore.cache(
+        out=str(tmp_path / "g.zarr"),
+        model=gpt2_small_model,
+        dataset=DOCS,
+        sites="resid_post:0,resid_post:11,z:5,pattern:5.0,5.7,mlp_post:3",
+        seq_len=32,
+        n_rows=3,
+        batch_size=2,
+        progress=False,
+    )
     assert s.metadata["model"]["n_layers"] == 12 and s.metadata["model"]["d_model"] == 768
     b = TransformerBridge.boot_transformers(gpt2_small_model, device="cpu", dtype=torch.float32)
     ref = reference(b, s.tokens(), s)

@@ -30,8 +30,12 @@ def s3():
     srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
-    env = dict(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    env = dict(
+        AWS_ACCESS_KEY_ID=KEY_ID,
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+    )
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
@@ -49,14 +53,21 @@ def s3():
 
 
 def _objects(client, prefix: str) -> dict[str, bytes]:
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="acts", Prefix=prefix)
-            for o in page.get("Contents", [])]
-    return {k[len(prefix):]: client.get_object(Bucket="acts", Key=k)["Body"].read() for k in keys}
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="acts", Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return {k[len(prefix) :]: client.get_object(Bucket="acts", Key=k)["Body"].read() for k in keys}
 
 
-def test_a_store_on_s3_holds_the_local_stores_bytes_and_no_credentials(s3, tiny_model, corpus_file, reference):
+def test_a_store_on_s3_holds_the_local_stores_bytes_and_no_credentials(
+    s3, tiny_model, corpus_file, reference
+):
     url = "s3://acts/runs/a.zarr"
-    store = actstore.cache(out=url, model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
+    store = actstore.cache(
+        out=url, model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS
+    )
     assert store.is_complete and store.path == url
     objects = _objects(s3, "runs/a.zarr/")
     assert {k: v for k, v in objects.items() if k != "zarr.json"} == store_files(reference)
@@ -64,34 +75,74 @@ def test_a_store_on_s3_holds_the_local_stores_bytes_and_no_credentials(s3, tiny_
         assert SECRET.encode() not in blob and KEY_ID.encode() not in blob
     local = actstore.ActivationStore.open(reference)
     for hook in local.sites:
-        assert np.array_equal(store.acts(hook, rows=slice(3, 11)), local.acts(hook, rows=slice(3, 11)))
+        assert np.array_equal(
+            store.acts(hook, rows=slice(3, 11)), local.acts(hook, rows=slice(3, 11))
+        )
     with pytest.raises(errors.StoreExistsError, match="already exists .*--resume"):
-        actstore.cache(out=url, model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS)
+        actstore.cache(
+            out=url, model=tiny_model, dataset=corpus_file, progress=False, **RESUME_OPTS
+        )
     from actstore.store import verify_store
 
     assert verify_store(url, progress=False) == []
 
 
-def test_a_run_killed_mid_shard_on_s3_resumes_to_the_same_bytes(s3, tiny_model, corpus_file, reference):
+def test_a_run_killed_mid_shard_on_s3_resumes_to_the_same_bytes(
+    s3, tiny_model, corpus_file, reference
+):
     url = "s3://acts/runs/killed.zarr"
     o = RESUME_OPTS
-    cmd = [sys.executable, "-m", "actstore", "cache", url, "--model", tiny_model, "--dataset", corpus_file,
-           "--sites", o["sites"], "--seq-len", str(o["seq_len"]), "--n-rows", str(o["n_rows"]),
-           "--batch-size", str(o["batch_size"]), "--rows-per-chunk", str(o["rows_per_chunk"]),
-           "--rows-per-shard", str(o["rows_per_shard"]), "--quiet"]
-    r = subprocess.run(cmd, env={**os.environ, "ACTSTORE_FAULT": "mid_write:2", "HF_HUB_OFFLINE": "1"},
-                       capture_output=True, text=True, timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "actstore",
+        "cache",
+        url,
+        "--model",
+        tiny_model,
+        "--dataset",
+        corpus_file,
+        "--sites",
+        o["sites"],
+        "--seq-len",
+        str(o["seq_len"]),
+        "--n-rows",
+        str(o["n_rows"]),
+        "--batch-size",
+        str(o["batch_size"]),
+        "--rows-per-chunk",
+        str(o["rows_per_chunk"]),
+        "--rows-per-shard",
+        str(o["rows_per_shard"]),
+        "--quiet",
+    ]
+    r = subprocess.run(
+        cmd,
+        env={**os.environ, "ACTSTORE_FAULT": "mid_write:2", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == -9, r.stderr[-2000:]
     assert list(actstore.ActivationStore.open(url).done) == [True, True, False, False]
-    actstore.cache(out=url, model=tiny_model, dataset=corpus_file, progress=False, resume=True, **RESUME_OPTS)
+    actstore.cache(
+        out=url, model=tiny_model, dataset=corpus_file, progress=False, resume=True, **RESUME_OPTS
+    )
     objects = _objects(s3, "runs/killed.zarr/")
     assert {k: v for k, v in objects.items() if k != "zarr.json"} == store_files(reference)
 
 
 def test_overwrite_on_s3_replaces_the_store(s3, tiny_model):
     url = "s3://acts/runs/over.zarr"
-    opts = dict(model=tiny_model, dataset=["one two three four five six seven eight nine ten"] * 8, seq_len=8,
-                n_rows=4, batch_size=2, sites="resid_post:0", progress=False)
+    opts = dict(
+        model=tiny_model,
+        dataset=["one two three four five six seven eight nine ten"] * 8,
+        seq_len=8,
+        n_rows=4,
+        batch_size=2,
+        sites="resid_post:0",
+        progress=False,
+    )
     actstore.cache(out=url, **opts)
     again = actstore.cache(out=url, overwrite=True, **{**opts, "sites": "resid_post:1"})
     assert again.sites == ["blocks.1.hook_resid_post"]

@@ -70,25 +70,50 @@ def test_pool_makes_at_most_n_sets_and_surfaces_writer_errors_while_waiting():
 
 
 def test_batch_for_memory():
-    assert batch_for_memory(free_bytes=10 * 2**30, bytes_per_row=100 * 2**20, n_rows=10**6) == 32  # 61.4 rows fit
+    assert (
+        batch_for_memory(free_bytes=10 * 2**30, bytes_per_row=100 * 2**20, n_rows=10**6) == 32
+    )  # 61.4 rows fit
     assert batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=10**6) == 1024  # capped
-    assert batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=100) == 64  # no more than the run
-    assert batch_for_memory(free_bytes=1, bytes_per_row=10**9, n_rows=100) == 1  # always at least one row
+    assert (
+        batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=100) == 64
+    )  # no more than the run
+    assert (
+        batch_for_memory(free_bytes=1, bytes_per_row=10**9, n_rows=100) == 1
+    )  # always at least one row
 
 
 def test_chunk_rows_follow_the_largest_site_not_the_machine():
-    big = {"a": SiteShape(("pos", "d_model"), (128, 768)), "b": SiteShape(("pos", "d_model"), (128, 64))}
-    assert default_chunk_rows(big, "float32", 10**6) == 16  # 16 x 393 KB = 6.3 MB <= 8 MiB < 32 rows
+    big = {
+        "a": SiteShape(("pos", "d_model"), (128, 768)),
+        "b": SiteShape(("pos", "d_model"), (128, 64)),
+    }
+    assert (
+        default_chunk_rows(big, "float32", 10**6) == 16
+    )  # 16 x 393 KB = 6.3 MB <= 8 MiB < 32 rows
     assert default_chunk_rows(big, "float16", 10**6) == 32
     assert default_chunk_rows(big, "float16", 5) == 5
 
 
 def test_auto_batch_size_gives_the_same_store_as_any_batch(tmp_path, tiny_model):
-    opts = dict(model=tiny_model, dataset=DOCS, sites="resid_post:all,z:1", seq_len=16, n_rows=40, progress=False)
+    opts = dict(
+        model=tiny_model,
+        dataset=DOCS,
+        sites="resid_post:all,z:1",
+        seq_len=16,
+        n_rows=40,
+        progress=False,
+    )
     auto = actstore.cache(out=str(tmp_path / "auto.zarr"), **opts)
-    assert auto.layout.rows_per_chunk == 40  # 4 KB rows: 64 rows would fit in 8 MiB, but the run has 40
-    fixed = actstore.cache(out=str(tmp_path / "b3.zarr"), batch_size=3, rows_per_chunk=auto.layout.rows_per_chunk,
-                           rows_per_shard=auto.layout.rows_per_shard, **opts)
+    assert (
+        auto.layout.rows_per_chunk == 40
+    )  # 4 KB rows: 64 rows would fit in 8 MiB, but the run has 40
+    fixed = actstore.cache(
+        out=str(tmp_path / "b3.zarr"),
+        batch_size=3,
+        rows_per_chunk=auto.layout.rows_per_chunk,
+        rows_per_shard=auto.layout.rows_per_shard,
+        **opts,
+    )
     assert store_files(auto.path) == store_files(fixed.path)
 
 
@@ -107,8 +132,18 @@ def test_writer_failure_stops_the_forward_at_once(tmp_path, tiny_model, monkeypa
     monkeypatch.setattr(engine.LoadedModel, "capture", counting)
     monkeypatch.setattr(engine._ShardWrite, "__call__", failing)
     with pytest.raises(errors.WriterError, match=r"shard 0 .*No space left"):
-        actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset=DOCS * 4, sites="resid_post:1",
-                       seq_len=16, n_rows=64, batch_size=2, rows_per_chunk=2, rows_per_shard=2, progress=False)
+        actstore.cache(
+            out=str(tmp_path / "s.zarr"),
+            model=tiny_model,
+            dataset=DOCS * 4,
+            sites="resid_post:1",
+            seq_len=16,
+            n_rows=64,
+            batch_size=2,
+            rows_per_chunk=2,
+            rows_per_shard=2,
+            progress=False,
+        )
     # 32 shards of one batch each: the run stops within the buffer sets in flight, not at the end
     assert len(calls) < 10
     assert not actstore.ActivationStore.open(tmp_path / "s.zarr").done.any()
@@ -117,10 +152,14 @@ def test_writer_failure_stops_the_forward_at_once(tmp_path, tiny_model, monkeypa
 def test_float16_storage_refuses_values_it_cannot_hold(tmp_path, tiny_model):
     shapes = {"h": SiteShape(("pos", "d_model"), (2, 2))}
     bufs = ShardBuffers(shapes, "float16", rows=2, device="cpu")
-    bufs.put("h", 0, torch.tensor([[[1.0, 2.0], [3.0, float("inf")]]]))  # inf already: stored as it is
+    bufs.put(
+        "h", 0, torch.tensor([[[1.0, 2.0], [3.0, float("inf")]]])
+    )  # inf already: stored as it is
     bufs.arrays(1)
     bufs.put("h", 1, torch.tensor([[[1.0, 7e4], [3.0, 4.0]]]))
-    with pytest.raises(OverflowError, match=r"h hold values beyond float16's range .*--storage-dtype float32"):
+    with pytest.raises(
+        OverflowError, match=r"h hold values beyond float16's range .*--storage-dtype float32"
+    ):
         bufs.arrays(2)
 
 
@@ -131,7 +170,9 @@ def test_rank0_progress_counts_every_process_shards(monkeypatch):
     from actstore.store import Layout
 
     layout = Layout(n_rows=40, seq_len=16, rows_per_chunk=4, rows_per_shard=8)
-    done = zarr.create_array(zarr.storage.MemoryStore(), shape=(5,), chunks=(1,), dtype="bool", fill_value=False)
+    done = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=(5,), chunks=(1,), dtype="bool", fill_value=False
+    )
     monkeypatch.setattr(progress, "POLL_S", 0.0)
     bar = progress.Progress(layout, rows_before=0, row_mb=1.0, seq_len=16, done=done, on=False)
     bar.update(4)  # this process: 4 rows, nothing done anywhere yet

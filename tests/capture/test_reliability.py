@@ -39,7 +39,11 @@ HOOK = "blocks.1.hook_resid_post"
 DAMAGE = {  # what is done to which object -> (array, shard) reported
     "bit flip in activations": (lambda s: flip_byte(s / f"acts/{HOOK}/c/1/0/0"), f"acts/{HOOK}", 1),
     "truncated tokens": (lambda s: truncate(s / "tokens/c/2/0"), "tokens", 2),
-    "missing activation shard": (lambda s: (s / f"acts/{HOOK}/c/3/0/0").unlink(), f"acts/{HOOK}", 3),
+    "missing activation shard": (
+        lambda s: (s / f"acts/{HOOK}/c/3/0/0").unlink(),
+        f"acts/{HOOK}",
+        3,
+    ),
     "bit flip in stats": (lambda s: flip_byte(s / "stats/partials/c/0/0", 20), "stats/partials", 0),
     "corrupt manifest entry": (lambda s: flip_byte(s / "done/c/2", 0), "done", 2),
 }
@@ -62,7 +66,10 @@ def test_readers_raise_rather_than_return_garbage(copy):
     (copy / "acts/blocks.2.hook_resid_post/c/3/0/0").unlink()
     store = actstore.ActivationStore.open(copy)
     assert store.acts(HOOK, rows=slice(0, 8)).shape == (8, 16, 64)  # undamaged shard still reads
-    with pytest.raises(CorruptChunkError, match=rf"acts/{HOOK}' rows 8..15 \(shard 1\).*checksum.*verify .* --repair"):
+    with pytest.raises(
+        CorruptChunkError,
+        match=rf"acts/{HOOK}' rows 8..15 \(shard 1\).*checksum.*verify .* --repair",
+    ):
         store.acts(HOOK, rows=slice(6, 10))
     with pytest.raises(CorruptChunkError, match=r"rows 24..29 \(shard 3\).*object is missing"):
         store.acts("blocks.2.hook_resid_post", rows=29)
@@ -84,14 +91,18 @@ def test_verify_cli_reports_and_repairs(copy, reference, capsys):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_seeded_random_times_always_resumes_identically(tmp_path, tiny_model, corpus_file, reference, seed):
+def test_sigkill_at_seeded_random_times_always_resumes_identically(
+    tmp_path, tiny_model, corpus_file, reference, seed
+):
     """Wait for a random shard to be done, then kill after a random delay shorter
     than the rest of the run on a slow disk: the kill lands in a forward, a write,
     an fsync or the manifest update of the next shards."""
     rng = random.Random(seed)
     after, delay = rng.choice([0, 1]), rng.uniform(0, 0.15)
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(cli_args(out, tiny_model, corpus_file), env=SLOW_DISK, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_args(out, tiny_model, corpus_file), env=SLOW_DISK, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (out / "done" / "c" / str(after)).exists() and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -100,14 +111,21 @@ def test_sigkill_at_seeded_random_times_always_resumes_identically(tmp_path, tin
     proc.wait(timeout=60)
     killed = actstore.ActivationStore.open(out)
     assert proc.returncode == -signal.SIGKILL and (after + 1) * 8 <= killed.rows_done < 30
-    actstore.cache(out=str(out), model=tiny_model, dataset=corpus_file, resume=True, progress=False, **OPTS)
+    actstore.cache(
+        out=str(out), model=tiny_model, dataset=corpus_file, resume=True, progress=False, **OPTS
+    )
     assert_same_store(out, reference)
 
 
 def test_reader_during_a_run_sees_only_done_rows(tmp_path, tiny_model, corpus_file, reference):
     out = tmp_path / "live.zarr"
-    env = {**os.environ, "ACTSTORE_FAULT": "before_done:2"}  # the run dies with shards 0 and 1 done, 2 written
-    proc = subprocess.Popen(cli_args(out, tiny_model, corpus_file), env=env, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ACTSTORE_FAULT": "before_done:2",
+    }  # the run dies with shards 0 and 1 done, 2 written
+    proc = subprocess.Popen(
+        cli_args(out, tiny_model, corpus_file), env=env, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (out / "done" / "c" / "0").exists() and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -117,7 +135,9 @@ def test_reader_during_a_run_sees_only_done_rows(tmp_path, tiny_model, corpus_fi
     while proc.poll() is None or not seen:
         done_rows = store.rows_done
         if done_rows:
-            assert np.array_equal(store.acts(HOOK, rows=slice(0, done_rows)), ref.acts(HOOK, rows=slice(0, done_rows)))
+            assert np.array_equal(
+                store.acts(HOOK, rows=slice(0, done_rows)), ref.acts(HOOK, rows=slice(0, done_rows))
+            )
             seen.add(done_rows)
         time.sleep(0.01)
     assert proc.returncode == -signal.SIGKILL and store.rows_done == 16
@@ -130,8 +150,12 @@ def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path, tiny_model
     lock = lock_path(str(out))
     with open(lock, "w") as f:
         json.dump({"pid": os.getpid(), "host": os.uname().nodename, "started": "now"}, f)
-    opts = dict(model=tiny_model, dataset=DOCS, sites="resid_post:0", seq_len=16, n_rows=4, progress=False)
-    with pytest.raises(StoreLockedError, match=rf"being written by process {os.getpid()}.*delete the lock file"):
+    opts = dict(
+        model=tiny_model, dataset=DOCS, sites="resid_post:0", seq_len=16, n_rows=4, progress=False
+    )
+    with pytest.raises(
+        StoreLockedError, match=rf"being written by process {os.getpid()}.*delete the lock file"
+    ):
         actstore.cache(out=str(out), **opts)
     assert not out.exists()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

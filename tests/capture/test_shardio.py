@@ -15,7 +15,9 @@ from actstore.store.format import parse_codec, plan_layout, row_array, shard_key
 
 # every registered codec with a fast path: at its default and sample levels, and at its highest
 FAST = [c for c in registered() if c.fast is not NO_FAST_PATH]
-CODECS = [s for c in FAST for s in c.samples] + [f"{c.name}:{c.levels[1]}" for c in FAST if c.levels]
+CODECS = [s for c in FAST for s in c.samples] + [
+    f"{c.name}:{c.levels[1]}" for c in FAST if c.levels
+]
 SLOW = [c for c in registered() if c.fast is NO_FAST_PATH]
 DTYPES = ["float16", "float32", "int32", "int64", "bool"]
 # (rows, rows per chunk, rows per shard): whole shards, an edge shard with a missing
@@ -28,7 +30,11 @@ def _pair(tmp_path, name, n, rpc, rps, dtype, codec):
     for side in ("zarr", "ours"):
         g = zarr.open_group(str(tmp_path / side), mode="a")
         fill = False if dtype == "bool" else 0
-        made.append(row_array(g, name, (n, 6, 3), rpc, rps, dtype, ("row", "pos", "d"), parse_codec(codec), fill))
+        made.append(
+            row_array(
+                g, name, (n, 6, 3), rpc, rps, dtype, ("row", "pos", "d"), parse_codec(codec), fill
+            )
+        )
     return made
 
 
@@ -40,7 +46,9 @@ def test_encoded_shards_equal_zarr_objects_byte_for_byte(tmp_path, codec):
         for n, rpc, rps in LAYOUTS:
             layout = plan_layout(n, 6, rpc, 1, rpc, rps)
             name = f"{dtype}_{n}_{rpc}_{rps}"
-            ref, ours = _pair(tmp_path, name, n, layout.rows_per_chunk, layout.rows_per_shard, dtype, codec)
+            ref, ours = _pair(
+                tmp_path, name, n, layout.rows_per_chunk, layout.rows_per_shard, dtype, codec
+            )
             enc = encoder_for(ours)
             assert enc is not None
             x = (rng.standard_normal((n, 6, 3)) * 3).astype(dtype)
@@ -64,7 +72,7 @@ def test_codecs_without_a_fast_path_are_written_by_zarr(tmp_path, codec):
     assert encoder_for(ours) is None
     x = np.arange(8 * 18, dtype=np.float32).reshape(8, 6, 3)
     for k in range(2):
-        write_rows(ours, str(tmp_path / "ours"), k, x[4 * k:4 * k + 4], durable=True, enc=None)
+        write_rows(ours, str(tmp_path / "ours"), k, x[4 * k : 4 * k + 4], durable=True, enc=None)
     assert np.array_equal(ours[:], x)
 
 
@@ -76,12 +84,19 @@ def test_wrong_row_count_is_refused(tmp_path):
 
 def test_other_codec_chains_go_through_zarr(tmp_path):
     g = zarr.open_group(str(tmp_path / "g"), mode="w")
-    arr = g.create_array("gz", shape=(8, 5), chunks=(2, 5), shards=(4, 5), dtype="float32",
-                         serializer=BytesCodec(), compressors=[GzipCodec(), Crc32cCodec()])
+    arr = g.create_array(
+        "gz",
+        shape=(8, 5),
+        chunks=(2, 5),
+        shards=(4, 5),
+        dtype="float32",
+        serializer=BytesCodec(),
+        compressors=[GzipCodec(), Crc32cCodec()],
+    )
     assert encoder_for(arr) is None
     x = np.arange(40, dtype=np.float32).reshape(8, 5)
     for k in range(2):
-        write_rows(arr, str(tmp_path / "g"), k, x[4 * k:4 * k + 4], durable=True, enc=None)
+        write_rows(arr, str(tmp_path / "g"), k, x[4 * k : 4 * k + 4], durable=True, enc=None)
     assert np.array_equal(arr[:], x)
 
 
@@ -92,7 +107,7 @@ def test_object_stores_get_whole_objects_through_the_store_api():
     x = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
     enc = encoder_for(arr)
     for k in range(2):
-        write_rows(arr, "", k, x[4 * k:4 * k + 4], durable=True, enc=enc)
+        write_rows(arr, "", k, x[4 * k : 4 * k + 4], durable=True, enc=enc)
     assert np.array_equal(arr[:], x)
 
 
@@ -107,7 +122,14 @@ def test_a_failed_write_leaves_no_object_and_no_temporary(tmp_path, monkeypatch)
 
     monkeypatch.setattr(shardio.os, "fsync", eio)
     with pytest.raises(OSError, match="Input/output error"):
-        write_rows(arr, str(tmp_path / "g"), 0, np.ones((4, 3), np.float32), durable=True, enc=encoder_for(arr))
+        write_rows(
+            arr,
+            str(tmp_path / "g"),
+            0,
+            np.ones((4, 3), np.float32),
+            durable=True,
+            enc=encoder_for(arr),
+        )
     left = [f for _, _, fs in os.walk(tmp_path / "g" / "x") for f in fs if f != "zarr.json"]
     assert left == []
 
@@ -116,9 +138,18 @@ def test_pcodec_stores_round_trip_exactly_through_zarr(tmp_path, tiny_model):
     pytest.importorskip("pcodec")
     import actstore
 
-    opts = dict(model=tiny_model, dataset=["The quick brown fox jumps over the lazy dog. " * 20] * 4,
-                sites="resid_post:1,z:2", seq_len=16, n_rows=12, batch_size=4, rows_per_chunk=2, rows_per_shard=4,
-                progress=False, storage_dtype="float16")
+    opts = dict(
+        model=tiny_model,
+        dataset=["The quick brown fox jumps over the lazy dog. " * 20] * 4,
+        sites="resid_post:1,z:2",
+        seq_len=16,
+        n_rows=12,
+        batch_size=4,
+        rows_per_chunk=2,
+        rows_per_shard=4,
+        progress=False,
+        storage_dtype="float16",
+    )
     plain = actstore.cache(out=str(tmp_path / "plain.zarr"), **opts)
     packed = actstore.cache(out=str(tmp_path / "pcodec.zarr"), codec="pcodec", **opts)
     assert encoder_for(packed["blocks.1.hook_resid_post"]) is None  # written by zarr

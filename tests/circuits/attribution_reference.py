@@ -21,7 +21,9 @@ import torch
 from actstore.circuits.graph import Graph, Input
 
 
-def node_outputs(model: Any, tokens: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
+def node_outputs(
+    model: Any, tokens: torch.Tensor, embed: torch.Tensor | None = None
+) -> torch.Tensor:
     """(upstream, batch, pos, d_model) in graph order, from one run (``embed``: the input node's output)."""
     L = int(model.cfg.n_layers)
     acts: dict[str, torch.Tensor] = {}
@@ -32,19 +34,31 @@ def node_outputs(model: Any, tokens: torch.Tensor, embed: torch.Tensor | None = 
                 act = embed.clone()
             acts[name] = act.detach().clone()
             return act
+
         return fn
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
+
+    names = ["blocks.0.hook_resid_pre"] + [
+        f"blocks.{i}.{h}" for i in range(L) for h in ("attn.hook_z", "hook_mlp_out")
+    ]
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names])
         out = [acts["blocks.0.hook_resid_pre"]]
         for i in range(L):
             z, w_o = acts[f"blocks.{i}.attn.hook_z"], model.W_O[i]
-            out += [z[:, :, h] @ w_o[h] for h in range(int(model.cfg.n_heads))] + [acts[f"blocks.{i}.hook_mlp_out"]]
+            out += [z[:, :, h] @ w_o[h] for h in range(int(model.cfg.n_heads))] + [
+                acts[f"blocks.{i}.hook_mlp_out"]
+            ]
         return torch.stack(out)
 
 
-def shifted_metric(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], d: Input,
-                   shift: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
+def shifted_metric(
+    model: Any,
+    tokens: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    d: Input,
+    shift: torch.Tensor,
+    embed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(batch,) metric with downstream input ``d`` reading ``shift`` (batch, pos, d_model) more."""
     seen: dict[str, torch.Tensor] = {}
     hooks: list[tuple[str, Callable[..., Any]]] = []
@@ -54,29 +68,47 @@ def shifted_metric(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Ten
     def keep(name: str) -> Callable[..., Any]:
         def fn(act: torch.Tensor, hook: Any) -> None:
             seen[name] = act.detach().clone()
+
         return fn
+
     if d.kind in ("q", "k", "v"):
         blk, h = model.blocks[d.layer], d.head
-        w, b = getattr(blk.attn, f"W_{d.kind.upper()}")[h], getattr(blk.attn, f"b_{d.kind.upper()}")[h]
+        w, b = (
+            getattr(blk.attn, f"W_{d.kind.upper()}")[h],
+            getattr(blk.attn, f"b_{d.kind.upper()}")[h],
+        )
 
         def head_input(act: torch.Tensor, hook: Any) -> torch.Tensor:
             act = act.clone()
             act[:, :, h] = blk.ln1(seen["resid"] + shift) @ w + b
             return act
-        hooks += [(f"blocks.{d.layer}.hook_resid_pre", keep("resid")), (f"blocks.{d.layer}.attn.hook_{d.kind}", head_input)]
+
+        hooks += [
+            (f"blocks.{d.layer}.hook_resid_pre", keep("resid")),
+            (f"blocks.{d.layer}.attn.hook_{d.kind}", head_input),
+        ]
     elif d.kind == "mlp":
         blk = model.blocks[d.layer]
-        hooks += [(f"blocks.{d.layer}.hook_resid_mid", keep("resid")),
-                  (f"blocks.{d.layer}.mlp.hook_in", lambda act, hook: blk.ln2(seen["resid"] + shift))]
+        hooks += [
+            (f"blocks.{d.layer}.hook_resid_mid", keep("resid")),
+            (f"blocks.{d.layer}.mlp.hook_in", lambda act, hook: blk.ln2(seen["resid"] + shift)),
+        ]
     else:
         hooks.append(("ln_final.hook_in", lambda act, hook: act + shift))
     with torch.no_grad():
         return metric(model.run_with_hooks(tokens, fwd_hooks=hooks))
 
 
-def edge_derivative(model: Any, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], graph: Graph,
-                    edge: int, delta: torch.Tensor, eps: float = 1e-4,
-                    embed: torch.Tensor | None = None) -> torch.Tensor:
+def edge_derivative(
+    model: Any,
+    tokens: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    graph: Graph,
+    edge: int,
+    delta: torch.Tensor,
+    eps: float = 1e-4,
+    embed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(batch,) central difference of the metric in ``eps``, edge ``edge``'s input moved
     by ``eps * delta[src]`` (delta: (upstream, batch, pos, d_model))."""
     d = graph.downstream[int(graph.dst[edge])]

@@ -25,29 +25,43 @@ import torch
 from actstore.circuits.graph import Graph
 
 
-def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
-                  corrupted_logits: torch.Tensor, graph: Graph, edge: int,
-                  metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def edge_by_hooks(
+    bridge: Any,
+    corrupted: torch.Tensor,
+    clean_cache: Any,
+    corrupted_cache: Any,
+    corrupted_logits: torch.Tensor,
+    graph: Graph,
+    edge: int,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """(batch,) metric differences of patching ``edge`` alone."""
     clean, corr = clean_cache, corrupted_cache
     u, d = graph.upstream[graph.src[edge]], graph.downstream[graph.dst[edge]]
     if u.kind == "input":
-        delta = (clean["hook_embed"] + clean["hook_pos_embed"]) - (corr["hook_embed"] + corr["hook_pos_embed"])
+        delta = (clean["hook_embed"] + clean["hook_pos_embed"]) - (
+            corr["hook_embed"] + corr["hook_pos_embed"]
+        )
     elif u.kind == "head":
         w_o = bridge.blocks[u.layer].attn.W_O[u.head]
         z = f"blocks.{u.layer}.attn.hook_z"
         delta = torch.einsum("bpe,ed->bpd", clean[z][:, :, u.head], w_o) - torch.einsum(
-            "bpe,ed->bpd", corr[z][:, :, u.head], w_o)
+            "bpe,ed->bpd", corr[z][:, :, u.head], w_o
+        )
     else:
         delta = clean[f"blocks.{u.layer}.hook_mlp_out"] - corr[f"blocks.{u.layer}.hook_mlp_out"]
     last = bridge.cfg.n_layers - 1
     with torch.no_grad():
         if d.kind == "logits":
-            logits = bridge.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{last}.hook_resid_post",
-                                                                  lambda a, hook: a + delta)])
+            logits = bridge.run_with_hooks(
+                corrupted, fwd_hooks=[(f"blocks.{last}.hook_resid_post", lambda a, hook: a + delta)]
+            )
         else:
-            read, out = ((f"blocks.{d.layer}.hook_resid_mid", f"blocks.{d.layer}.hook_mlp_out") if d.kind == "mlp"
-                         else (f"blocks.{d.layer}.hook_resid_pre", f"blocks.{d.layer}.attn.hook_{d.kind}"))
+            read, out = (
+                (f"blocks.{d.layer}.hook_resid_mid", f"blocks.{d.layer}.hook_mlp_out")
+                if d.kind == "mlp"
+                else (f"blocks.{d.layer}.hook_resid_pre", f"blocks.{d.layer}.attn.hook_{d.kind}")
+            )
             seen = {}
 
             def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -60,7 +74,9 @@ def edge_by_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrup
                 act[:, :, d.head] = seen["act"][:, :, d.head]
                 return act
 
-            bridge.run_with_hooks(corrupted, fwd_hooks=[(read, lambda a, hook: a + delta), (out, keep)])
+            bridge.run_with_hooks(
+                corrupted, fwd_hooks=[(read, lambda a, hook: a + delta), (out, keep)]
+            )
             logits = bridge.run_with_hooks(corrupted, fwd_hooks=[(out, write)])
         return metric(logits) - metric(corrupted_logits)
 
@@ -73,10 +89,15 @@ def node_output(bridge: Any, graph: Graph, u: int, cache: Any) -> torch.Tensor:
         return cache["blocks.0.hook_resid_pre"]
     if node.kind == "mlp":
         return cache[f"blocks.{node.layer}.hook_mlp_out"]
-    return cache[f"blocks.{node.layer}.attn.hook_z"][:, :, node.head] @ bridge.blocks[node.layer].attn.W_O[node.head]
+    return (
+        cache[f"blocks.{node.layer}.attn.hook_z"][:, :, node.head]
+        @ bridge.blocks[node.layer].attn.W_O[node.head]
+    )
 
 
-def add_to_input(bridge: Any, graph: Graph, edge: int, corrupted: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def add_to_input(
+    bridge: Any, graph: Graph, edge: int, corrupted: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
     """The corrupted run's logits with ``delta`` added to the one input ``edge`` feeds."""
     from actstore.patching.path import split_qkv_input
 
@@ -93,15 +114,27 @@ def add_to_input(bridge: Any, graph: Graph, edge: int, corrupted: torch.Tensor, 
 
         def add(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return act + delta
+
     with split_qkv_input(bridge):
         return bridge.run_with_hooks(corrupted, fwd_hooks=[(name, add)])
 
 
-def edge_by_input_hooks(bridge: Any, corrupted: torch.Tensor, clean_cache: Any, corrupted_cache: Any,
-                        corrupted_logits: torch.Tensor, graph: Graph, edge: int,
-                        metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def edge_by_input_hooks(
+    bridge: Any,
+    corrupted: torch.Tensor,
+    clean_cache: Any,
+    corrupted_cache: Any,
+    corrupted_logits: torch.Tensor,
+    graph: Graph,
+    edge: int,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """(batch,) metric differences of patching ``edge`` alone, through the input hooks."""
     u = int(graph.src[edge])
-    delta = node_output(bridge, graph, u, clean_cache) - node_output(bridge, graph, u, corrupted_cache)
+    delta = node_output(bridge, graph, u, clean_cache) - node_output(
+        bridge, graph, u, corrupted_cache
+    )
     with torch.no_grad():
-        return metric(add_to_input(bridge, graph, edge, corrupted, delta)) - metric(corrupted_logits)
+        return metric(add_to_input(bridge, graph, edge, corrupted, delta)) - metric(
+            corrupted_logits
+        )

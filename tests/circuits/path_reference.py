@@ -46,12 +46,15 @@ def inputs(name: str) -> list[tuple]:
     return [n + (c,) for c in "qkv"] if n[0] == "head" else [n]
 
 
-def _set(value: torch.Tensor, head: int | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+def _set(
+    value: torch.Tensor, head: int | None = None
+) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
         if head is None:
             return value.clone()
         act[:, :, head] = value[:, :, head]
         return act
+
     return fn
 
 
@@ -59,6 +62,7 @@ def _keep(store: dict, key: Any) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
         store[key] = act.detach().clone()
         return act
+
     return fn
 
 
@@ -87,9 +91,17 @@ def _resid(r: tuple, n_layers: int) -> str:
     return f"blocks.{r[1]}.hook_resid_pre" if r[0] == "head" else f"blocks.{r[1]}.hook_resid_mid"
 
 
-def path_patch_by_hooks(bridge: Any, base: torch.Tensor, other: torch.Tensor, metric: Callable, senders: Sequence[str],
-                        receivers: Sequence[str], through: Sequence[str] = (), direct: bool | None = None,
-                        caches: tuple[Any, Any] | None = None) -> torch.Tensor:
+def path_patch_by_hooks(
+    bridge: Any,
+    base: torch.Tensor,
+    other: torch.Tensor,
+    metric: Callable,
+    senders: Sequence[str],
+    receivers: Sequence[str],
+    through: Sequence[str] = (),
+    direct: bool | None = None,
+    caches: tuple[Any, Any] | None = None,
+) -> torch.Tensor:
     """The metric with the paths patched; ``caches``: the base and other runs' caches, if at hand."""
     direct = not through if direct is None else direct
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
@@ -103,7 +115,10 @@ def path_patch_by_hooks(bridge: Any, base: torch.Tensor, other: torch.Tensor, me
         # step 2: senders from the other run, everything else frozen at base but the intermediates
         hooks: Hooks = []
         if ("input",) in S:
-            hooks += [("hook_embed", _set(oc["hook_embed"])), ("hook_pos_embed", _set(oc["hook_pos_embed"]))]
+            hooks += [
+                ("hook_embed", _set(oc["hook_embed"])),
+                ("hook_pos_embed", _set(oc["hook_pos_embed"])),
+            ]
         for layer in range(n_layers):
             z = f"blocks.{layer}.attn.hook_z"
             for h in range(n_heads):
@@ -112,8 +127,14 @@ def path_patch_by_hooks(bridge: Any, base: torch.Tensor, other: torch.Tensor, me
                 elif ("head", layer, h) not in T:
                     hooks.append((z, _set(bc[z], h)))
                 else:  # an intermediate named by some inputs only: the others read the base residual
-                    hooks += [(f"blocks.{layer}.attn.hook_{c}", _set(bc[f"blocks.{layer}.attn.hook_{c}"], h))
-                              for c in "qkv" if ("head", layer, h, c) not in T_in]
+                    hooks += [
+                        (
+                            f"blocks.{layer}.attn.hook_{c}",
+                            _set(bc[f"blocks.{layer}.attn.hook_{c}"], h),
+                        )
+                        for c in "qkv"
+                        if ("head", layer, h, c) not in T_in
+                    ]
             mlp = f"blocks.{layer}.hook_mlp_out"
             if ("mlp", layer) in S:
                 hooks.append((mlp, _set(oc[mlp])))
@@ -121,21 +142,37 @@ def path_patch_by_hooks(bridge: Any, base: torch.Tensor, other: torch.Tensor, me
                 hooks.append((mlp, _set(bc[mlp])))
         resid = {r: _resid(r, n_layers) for r in R}
         seen: dict[str, torch.Tensor] = {}
-        bridge.run_with_hooks(base, fwd_hooks=hooks + [(name, _keep(seen, name)) for name in set(resid.values())])
-        if not direct:  # only the paths through intermediates: take the senders' own change back out
-            for r in {name: r for r, name in resid.items()}.values():  # one input per recorded residual
+        bridge.run_with_hooks(
+            base, fwd_hooks=hooks + [(name, _keep(seen, name)) for name in set(resid.values())]
+        )
+        if (
+            not direct
+        ):  # only the paths through intermediates: take the senders' own change back out
+            for r in {
+                name: r for r, name in resid.items()
+            }.values():  # one input per recorded residual
                 for s in S:
                     if _before(s, r):
-                        seen[resid[r]] = seen[resid[r]] - (_write(s, bridge, oc) - _write(s, bridge, bc))
+                        seen[resid[r]] = seen[resid[r]] - (
+                            _write(s, bridge, oc) - _write(s, bridge, bc)
+                        )
 
         # step 3: receivers' values from the recorded residuals, patched into the base run
         if ("logits",) in R:  # the logits of the recorded final residual, whatever else is patched
             name = resid[("logits",)]
-            return metric(bridge.run_with_hooks(base, fwd_hooks=[(name, _set(seen[name]))])).detach()
+            return metric(
+                bridge.run_with_hooks(base, fwd_hooks=[(name, _set(seen[name]))])
+            ).detach()
         patch: Hooks = []
         for r in R:
             got: dict[str, torch.Tensor] = {}
-            out = f"blocks.{r[1]}.attn.hook_{r[3]}" if r[0] == "head" else f"blocks.{r[1]}.hook_mlp_out"
-            bridge.run_with_hooks(base, fwd_hooks=[(resid[r], _set(seen[resid[r]])), (out, _keep(got, out))])
+            out = (
+                f"blocks.{r[1]}.attn.hook_{r[3]}"
+                if r[0] == "head"
+                else f"blocks.{r[1]}.hook_mlp_out"
+            )
+            bridge.run_with_hooks(
+                base, fwd_hooks=[(resid[r], _set(seen[resid[r]])), (out, _keep(got, out))]
+            )
             patch.append((out, _set(got[out], r[2] if r[0] == "head" else None)))
         return metric(bridge.run_with_hooks(base, fwd_hooks=patch)).detach()

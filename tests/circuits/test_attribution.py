@@ -50,8 +50,12 @@ def _metric(case):
 
 def _sample(graph: Graph, n: int = 48) -> np.ndarray:
     """Every edge into the logits and the last layer's MLP, and an even spread of the rest."""
-    last = np.concatenate([graph.edges_into(graph.downstream_index("logits")),
-                           graph.edges_into(graph.downstream_index(f"m{graph.n_layers - 1}"))])
+    last = np.concatenate(
+        [
+            graph.edges_into(graph.downstream_index("logits")),
+            graph.edges_into(graph.downstream_index(f"m{graph.n_layers - 1}")),
+        ]
+    )
     rest = np.setdiff1d(np.arange(graph.n_edges), last)
     return np.concatenate([last, rest[np.linspace(0, len(rest) - 1, n).astype(int)]])
 
@@ -74,14 +78,19 @@ def test_eap_matches_finite_differences(kind):
     assert got.shape == (g.n_edges, len(c.clean)) and got.dtype == torch.float64
     delta = node_outputs(c.bridge, c.clean) - node_outputs(c.bridge, c.corrupted)
     edges = _sample(g)
-    want = torch.stack([edge_derivative(c.bridge, c.corrupted, metric, g, int(e), delta) for e in edges])
+    want = torch.stack(
+        [edge_derivative(c.bridge, c.corrupted, metric, g, int(e), delta) for e in edges]
+    )
     assert_close_rel(got[edges], want, min_spread=0.5, what=f"EAP vs finite differences ({kind})")
     mean = edge_attribution(c.bridge, c.clean, c.corrupted, metric, progress=False)
     torch.testing.assert_close(mean, got.mean(1), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(not TL4, reason="TransformerLens 3.x's tools.analysis scores nodes only (granularity='edge' "
-                    "raises NotImplementedError there)")
+@pytest.mark.skipif(
+    not TL4,
+    reason="TransformerLens 3.x's tools.analysis scores nodes only (granularity='edge' "
+    "raises NotImplementedError there)",
+)
 def test_eap_matches_transformer_lens_edge_attribution():
     tl = pytest.importorskip("transformer_lens.tools.analysis.attribution_patching")
     c = _case("late", torch.float32)
@@ -91,19 +100,30 @@ def test_eap_matches_transformer_lens_edge_attribution():
 
     def one_pair(logits: torch.Tensor) -> torch.Tensor:  # its metric sees one pair's logits
         return logits[0, -1, a[pair["i"]]] - logits[0, -1, w[pair["i"]]]
+
     totals: dict[str, float] = {}
     for i in range(n):
         pair["i"] = i
-        res = tl.attribution_patch(c.bridge, c.clean[i:i + 1], c.corrupted[i:i + 1], one_pair,
-                                   tl.EdgeAttributionConfig(granularity="edge"))
+        res = tl.attribution_patch(
+            c.bridge,
+            c.clean[i : i + 1],
+            c.corrupted[i : i + 1],
+            one_pair,
+            tl.EdgeAttributionConfig(granularity="edge"),
+        )
         for (u, d), score in res.edge_scores.items():
             name = f"{_tl_name(u)}->{_tl_name(d)}"
             totals[name] = totals.get(name, 0.0) + score / n
     g = Graph.from_model(c.bridge)
     assert set(totals) == set(g.names)
     want = torch.tensor([totals[name] for name in g.names], dtype=torch.float64)
-    got = edge_attribution(c.bridge, c.clean[:n], c.corrupted[:n], circuit_metric("logit-diff", answer=a, wrong=w),
-                           progress=False)
+    got = edge_attribution(
+        c.bridge,
+        c.clean[:n],
+        c.corrupted[:n],
+        circuit_metric("logit-diff", answer=a, wrong=w),
+        progress=False,
+    )
     assert_close_rel(got, want, min_spread=0.5, scale=c.logit_scale, what="EAP vs TransformerLens")
 
 
@@ -124,7 +144,9 @@ def _tl_name(node) -> str:
 def test_ig_with_one_step_is_eap(method):
     c = _case("late")
     eap = edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False)
-    ig = edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), method=method, steps=1, progress=False)
+    ig = edge_attribution(
+        c.bridge, c.clean, c.corrupted, _metric(c), method=method, steps=1, progress=False
+    )
     assert torch.equal(ig, eap)
 
 
@@ -134,15 +156,25 @@ def test_ig_inputs_matches_finite_differences_at_its_points():
     - corrupted)."""
     c, steps = _case("early"), 3
     g, metric = Graph.from_model(c.bridge), _metric(c)
-    got = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-inputs", steps=steps,
-                           progress=False)
+    got = edge_attribution(
+        c.bridge, c.clean, c.corrupted, metric, method="eap-ig-inputs", steps=steps, progress=False
+    )
     clean_nodes, corr_nodes = node_outputs(c.bridge, c.clean), node_outputs(c.bridge, c.corrupted)
     delta, edges = clean_nodes - corr_nodes, _sample(g, 24)
     want = torch.zeros(len(edges), dtype=torch.float64)
     for k in range(steps):
         embed = corr_nodes[0] + k / steps * delta[0]
-        want += torch.stack([edge_derivative(c.bridge, c.corrupted, metric, g, int(e), delta, embed=embed).mean()
-                             for e in edges]) / steps
+        want += (
+            torch.stack(
+                [
+                    edge_derivative(
+                        c.bridge, c.corrupted, metric, g, int(e), delta, embed=embed
+                    ).mean()
+                    for e in edges
+                ]
+            )
+            / steps
+        )
     assert_close_rel(got[edges], want, min_spread=0.5, what="EAP-IG-inputs vs finite differences")
 
 
@@ -155,8 +187,15 @@ def test_ig_activations_scores_sum_to_the_metric_change():
     gap = float((metric(c.clean_logits) - metric(c.corrupted_logits)).mean())
     errors = []
     for steps in (1, 4, 16, 64):
-        s = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-activations", steps=steps,
-                             progress=False)
+        s = edge_attribution(
+            c.bridge,
+            c.clean,
+            c.corrupted,
+            metric,
+            method="eap-ig-activations",
+            steps=steps,
+            progress=False,
+        )
         errors.append(abs(float(s.sum()) - gap))
     assert abs(gap) > 5
     assert all(e1 > 3 * e2 for e1, e2 in zip(errors[1:], errors[2:])), (gap, errors)  # ~1/steps
@@ -170,8 +209,15 @@ def test_clean_outputs_from_a_run_a_cache_and_a_store_agree(tmp_path):
 
     texts = [p["clean"] for p in demo_data.ioi_pairs(4, template=0)]
     n_pos = c.clean.shape[1]
-    store = actstore.cache(out=str(tmp_path / "clean.zarr"), model=str(demo_model_dir()), dataset=texts[::-1],
-                           packing="document", seq_len=n_pos, sites=STORE_SITES, progress=False)
+    store = actstore.cache(
+        out=str(tmp_path / "clean.zarr"),
+        model=str(demo_model_dir()),
+        dataset=texts[::-1],
+        packing="document",
+        seq_len=n_pos,
+        sites=STORE_SITES,
+        progress=False,
+    )
     rows = [3, 2, 1, 0]
     assert np.array_equal(store.tokens()[rows], c.clean.numpy())
     g = Graph.from_model(c.bridge)
@@ -181,41 +227,84 @@ def test_clean_outputs_from_a_run_a_cache_and_a_store_agree(tmp_path):
         torch.testing.assert_close(got, want[:, 1:3], rtol=1e-5, atol=1e-5)
     metric = _metric(c)
     run = edge_attribution(c.bridge, c.clean, c.corrupted, metric, progress=False)
-    stored = edge_attribution(c.bridge, c.clean, c.corrupted, metric, clean_cache=store, clean_rows=rows,
-                              progress=False)
+    stored = edge_attribution(
+        c.bridge, c.clean, c.corrupted, metric, clean_cache=store, clean_rows=rows, progress=False
+    )
     assert_close_rel(stored, run, min_spread=0.5, scale=c.logit_scale, what="store vs run")
-    partial = actstore.cache(out=str(tmp_path / "z.zarr"), model=str(demo_model_dir()), dataset=texts,
-                             packing="document", seq_len=n_pos, sites="z:all", progress=False)
+    partial = actstore.cache(
+        out=str(tmp_path / "z.zarr"),
+        model=str(demo_model_dir()),
+        dataset=texts,
+        packing="document",
+        seq_len=n_pos,
+        sites="z:all",
+        progress=False,
+    )
     with pytest.raises(StoreMismatchError, match="--sites z:all,mlp_out:all,resid_pre:0"):
-        edge_attribution(c.bridge, c.clean, c.corrupted, metric, clean_cache=partial, progress=False)
+        edge_attribution(
+            c.bridge, c.clean, c.corrupted, metric, clean_cache=partial, progress=False
+        )
 
 
 def test_chunked_pairs_agree():
     c = _case("late")
     metric = _metric(c)
-    whole = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-inputs", steps=2,
-                             per_pair=True, progress=False)
-    one = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-inputs", steps=2, per_pair=True,
-                           memory_budget=1, progress=False)
+    whole = edge_attribution(
+        c.bridge,
+        c.clean,
+        c.corrupted,
+        metric,
+        method="eap-ig-inputs",
+        steps=2,
+        per_pair=True,
+        progress=False,
+    )
+    one = edge_attribution(
+        c.bridge,
+        c.clean,
+        c.corrupted,
+        metric,
+        method="eap-ig-inputs",
+        steps=2,
+        per_pair=True,
+        memory_budget=1,
+        progress=False,
+    )
     torch.testing.assert_close(one, whole, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(method="eap-ig"), "unknown method 'eap-ig'"),
-    (dict(method="eap-ig-inputs", steps=0), "steps must be a positive"),
-    (dict(graph=Graph(2, 2)), "the graph has 2 layers x 2 heads"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="eap-ig"), "unknown method 'eap-ig'"),
+        (dict(method="eap-ig-inputs", steps=0), "steps must be a positive"),
+        (dict(graph=Graph(2, 2)), "the graph has 2 layers x 2 heads"),
+    ],
+)
 def test_refusals(kwargs, match):
     c = _case("late", torch.float32)
     with pytest.raises(ConfigError, match=match):
         edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False, **kwargs)
     with pytest.raises(ConfigError, match="same shape"):
         edge_attribution(c.bridge, c.clean, c.corrupted[:, :-1], _metric(c), progress=False)
-    with pytest.raises(ConfigError, match="clean_rows applies only when the clean activations are an ActivationStore"):
-        edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), clean_rows=[0, 1, 2, 3], progress=False)
-    with pytest.raises(ConfigError, match="give the function a `pairs` keyword"):  # chunks of one pair: refused up front
-        edge_attribution(c.bridge, c.clean, c.corrupted, lambda logits: logits[:, -1, 0], memory_budget=1,
-                         progress=False)
+    with pytest.raises(
+        ConfigError,
+        match="clean_rows applies only when the clean activations are an ActivationStore",
+    ):
+        edge_attribution(
+            c.bridge, c.clean, c.corrupted, _metric(c), clean_rows=[0, 1, 2, 3], progress=False
+        )
+    with pytest.raises(
+        ConfigError, match="give the function a `pairs` keyword"
+    ):  # chunks of one pair: refused up front
+        edge_attribution(
+            c.bridge,
+            c.clean,
+            c.corrupted,
+            lambda logits: logits[:, -1, 0],
+            memory_budget=1,
+            progress=False,
+        )
 
 
 def test_equals_graph_forward_mask_gradients():
@@ -229,12 +318,19 @@ def test_equals_graph_forward_mask_gradients():
 
     def mask_grad(t: float) -> torch.Tensor:
         mask = torch.full((1, fwd.graph.n_edges), 1 - t, dtype=torch.float64, requires_grad=True)
-        return -torch.autograd.grad(metric(fwd.run(c.corrupted, mask, patch)[0]).sum(), mask)[0][0] / len(c.clean)
+        return -torch.autograd.grad(metric(fwd.run(c.corrupted, mask, patch)[0]).sum(), mask)[0][
+            0
+        ] / len(c.clean)
+
     eap = edge_attribution(c.bridge, c.clean, c.corrupted, metric, progress=False)
     want = mask_grad(0.0)
     assert_close_rel(eap, want, min_spread=0.5, what="EAP vs GraphForward")
-    ig = edge_attribution(c.bridge, c.clean, c.corrupted, metric, method="eap-ig-activations", steps=2, progress=False)
-    assert_close_rel(ig, (want + mask_grad(0.5)) / 2, min_spread=0.5, what="EAP-IG-activations vs GraphForward")
+    ig = edge_attribution(
+        c.bridge, c.clean, c.corrupted, metric, method="eap-ig-activations", steps=2, progress=False
+    )
+    assert_close_rel(
+        ig, (want + mask_grad(0.5)) / 2, min_spread=0.5, what="EAP-IG-activations vs GraphForward"
+    )
 
 
 def test_a_user_metric_reading_every_logit_agrees():
@@ -246,6 +342,7 @@ def test_a_user_metric_reading_every_logit_agrees():
     def ld(logits: torch.Tensor, pairs: slice = slice(None)) -> torch.Tensor:
         b = torch.arange(len(logits))
         return logits[b, -1, a[pairs]] - logits[b, -1, w[pairs]]
+
     want = edge_attribution(c.bridge, c.clean, c.corrupted, _metric(c), progress=False)
     got = edge_attribution(c.bridge, c.clean, c.corrupted, ld, memory_budget=1, progress=False)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -24,7 +24,10 @@ def _naive_prune(graph: Graph, edges) -> set[int]:
         while changed:
             changed = False
             for e in edges:
-                if graph.upstream[graph.src[e]].name in reached and _reader(graph, e) not in reached:
+                if (
+                    graph.upstream[graph.src[e]].name in reached
+                    and _reader(graph, e) not in reached
+                ):
                     reached.add(_reader(graph, e))
                     changed = True
         reaches = {"logits"}
@@ -32,11 +35,20 @@ def _naive_prune(graph: Graph, edges) -> set[int]:
         while changed:
             changed = False
             for e in edges:
-                if _reader(graph, e) in reaches and graph.upstream[graph.src[e]].name not in reaches:
+                if (
+                    _reader(graph, e) in reaches
+                    and graph.upstream[graph.src[e]].name not in reaches
+                ):
                     reaches.add(graph.upstream[graph.src[e]].name)
                     changed = True
-        keep = {e for e in edges if graph.upstream[graph.src[e]].name in reached and _reader(graph, e) in reaches}
-        assert all(graph.upstream[graph.src[e]].name in fed and _reader(graph, e) in feeding for e in keep)
+        keep = {
+            e
+            for e in edges
+            if graph.upstream[graph.src[e]].name in reached and _reader(graph, e) in reaches
+        }
+        assert all(
+            graph.upstream[graph.src[e]].name in fed and _reader(graph, e) in feeding for e in keep
+        )
         if keep == edges:
             return keep
         edges = keep
@@ -66,7 +78,9 @@ def test_greedy_and_prune_equal_naive_references(seed):
             order = sorted(range(g.n_edges), key=lambda e: (-key[e], e))[:n]
             assert top.tolist() == sorted(order)
             for chosen in (got, top):
-                c = select_circuit(g, scores, n, how="greedy" if chosen is got else "top-n", absolute=absolute)
+                c = select_circuit(
+                    g, scores, n, how="greedy" if chosen is got else "top-n", absolute=absolute
+                )
                 assert set(c.edges.tolist()) == _naive_prune(g, chosen)
                 assert c.n_selected == n and c.n_edges == len(c.edges) <= n
                 assert c.mask.sum() == c.n_edges
@@ -80,10 +94,14 @@ def test_pruning_examples():
     # a head's q, k and v inputs belong to one node: feeding k and reading its output joins them
     via_k = ix(["input->a0.h1<k>", "a0.h1->logits"])
     assert prune(g, via_k).tolist() == sorted(via_k.tolist())
-    dangling = ix(["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"])  # no input-to-logits path
+    dangling = ix(
+        ["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"]
+    )  # no input-to-logits path
     assert prune(g, dangling).tolist() == []
     c = select_circuit(g, np.isin(np.arange(g.n_edges), chain).astype(float), 3)
-    assert c.nodes == ("input", "a0.h0", "a1.h1", "logits") and c.names == [g.names[i] for i in sorted(chain)]
+    assert c.nodes == ("input", "a0.h0", "a1.h1", "logits") and c.names == [
+        g.names[i] for i in sorted(chain)
+    ]
 
 
 def test_full_graph_is_its_own_circuit_and_signed_picks_positive():
@@ -91,8 +109,13 @@ def test_full_graph_is_its_own_circuit_and_signed_picks_positive():
     scores = np.linspace(-1, 1, g.n_edges)
     assert select_circuit(g, scores, g.n_edges).n_edges == g.n_edges
     n = g.n_edges
-    assert select_edges(g, scores, 10, absolute=False).tolist() == list(range(n - 10, n))  # the most positive
-    assert select_edges(g, scores, 10).tolist() == [*range(5), *range(n - 5, n)]  # the largest |score|, both ends
+    assert select_edges(g, scores, 10, absolute=False).tolist() == list(
+        range(n - 10, n)
+    )  # the most positive
+    assert select_edges(g, scores, 10).tolist() == [
+        *range(5),
+        *range(n - 5, n),
+    ]  # the largest |score|, both ends
 
 
 def test_bad_input():

@@ -19,8 +19,28 @@ METHODS = "eap,exact,eap-ig-inputs"
 
 
 def _args(model: str, out: str) -> list[str]:
-    return ["circuit", "--model", model, "--task", "ioi", "--n-pairs", "5", "--batch-pairs", "2", "--method", METHODS,
-            "--steps", "2", "--top", "12", "--out", out, "--device", "cpu", "--quiet"]
+    return [
+        "circuit",
+        "--model",
+        model,
+        "--task",
+        "ioi",
+        "--n-pairs",
+        "5",
+        "--batch-pairs",
+        "2",
+        "--method",
+        METHODS,
+        "--steps",
+        "2",
+        "--top",
+        "12",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
 
 def _arrays(path: str) -> dict[str, tuple[np.ndarray, dict]]:
@@ -28,7 +48,9 @@ def _arrays(path: str) -> dict[str, tuple[np.ndarray, dict]]:
     out = {}
     for method in METHODS.split(","):
         for name, arr in group[f"circuit/{method}"].arrays():
-            attrs = {k: v for k, v in arr.attrs.asdict().items() if k not in ("created", "command_line")}
+            attrs = {
+                k: v for k, v in arr.attrs.asdict().items() if k not in ("created", "command_line")
+            }
             out[f"{method}/{name}"] = (np.asarray(arr[...]), attrs)
     return out
 
@@ -37,8 +59,13 @@ def _arrays(path: str) -> dict[str, tuple[np.ndarray, dict]]:
 def test_two_processes_write_what_one_writes(which, family_model, tmp_path):
     model = "actstore-demo" if which == "demo" else family_model("gpt_neox")
     one, two = str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr")
-    for got in (_run([sys.executable, "-m", "actstore", *_args(model, one)]), _torchrun(_args(model, two))):
-        assert got.returncode == 0, got.stderr[-3000:]  # (both with the same environment: one thread each)
+    for got in (
+        _run([sys.executable, "-m", "actstore", *_args(model, one)]),
+        _torchrun(_args(model, two)),
+    ):
+        assert got.returncode == 0, got.stderr[
+            -3000:
+        ]  # (both with the same environment: one thread each)
     want, have = _arrays(one), _arrays(two)
     assert sorted(have) == sorted(want) and len(want) >= 3 * 14
     for key, (a, attrs) in want.items():

@@ -38,8 +38,16 @@ STRONG = ("m0->a2.h3<v>", "input->m0", "m3->logits", "a2.h3->m3", "a2.h3->logits
 
 
 def reference(case: Case, graph: Graph, edge: int, metric) -> torch.Tensor:
-    return edge_by_hooks(case.bridge, case.corrupted, case.cache, case.corrupted_cache, case.corrupted_logits, graph,
-                         edge, metric)
+    return edge_by_hooks(
+        case.bridge,
+        case.corrupted,
+        case.cache,
+        case.corrupted_cache,
+        case.corrupted_logits,
+        graph,
+        edge,
+        metric,
+    )
 
 
 def sample_edges(graph: Graph, per_kind: int = 3, seed: int = 0) -> np.ndarray:
@@ -70,23 +78,38 @@ def cases():
     return out
 
 
-def compare(got: torch.Tensor, want: torch.Tensor, case: Case, graph: Graph, edges: np.ndarray, what: str) -> None:
+def compare(
+    got: torch.Tensor, want: torch.Tensor, case: Case, graph: Graph, edges: np.ndarray, what: str
+) -> None:
     """Per destination kind, each spread asserted large."""
     kinds = np.array([graph.downstream[graph.dst[e]].kind for e in edges])
     for kind in KINDS:
         sel = torch.as_tensor(kinds == kind)
-        assert_close_rel(got[sel], want[sel], min_spread=0.01, scale=case.logit_scale, what=f"{what} -> {kind}")
+        assert_close_rel(
+            got[sel], want[sel], min_spread=0.01, scale=case.logit_scale, what=f"{what} -> {kind}"
+        )
 
 
 @pytest.mark.parametrize("kind", ["late", "early"])
 def test_edges_equal_single_edge_patches_with_hooks(cases, kind):
     case, graph, edges, ref, metric = cases[kind]
-    got = exact_edge_scores(case.bridge, case.clean, case.corrupted, metric, graph=graph, edges=edges,
-                            per_pair=True, progress=False)
-    assert got.shape == ref.shape == (len(edges), case.clean.shape[0]) and got.dtype == torch.float32
+    got = exact_edge_scores(
+        case.bridge,
+        case.clean,
+        case.corrupted,
+        metric,
+        graph=graph,
+        edges=edges,
+        per_pair=True,
+        progress=False,
+    )
+    assert (
+        got.shape == ref.shape == (len(edges), case.clean.shape[0]) and got.dtype == torch.float32
+    )
     compare(got, ref, case, graph, edges, f"demo_{kind}")
-    means = exact_edge_scores(case.bridge, case.clean, case.corrupted, metric, graph=graph, edges=edges,
-                              progress=False)
+    means = exact_edge_scores(
+        case.bridge, case.clean, case.corrupted, metric, graph=graph, edges=edges, progress=False
+    )
     assert means.shape == (len(edges),)
     torch.testing.assert_close(means, got.mean(-1), rtol=0, atol=1e-6)  # the mean over pairs
 
@@ -100,12 +123,24 @@ def test_a_plain_metric_and_a_small_memory_budget(cases, monkeypatch):
     case, graph, edges, ref, _ = cases["late"]
     sweeps = []
     sweep = exact.edge_sweep
-    monkeypatch.setattr(exact, "edge_sweep", lambda *a, **kw: sweeps.append(len(a[3])) or sweep(*a, **kw))
+    monkeypatch.setattr(
+        exact, "edge_sweep", lambda *a, **kw: sweeps.append(len(a[3])) or sweep(*a, **kw)
+    )
     b, a, w = torch.arange(len(case.answer)), torch.tensor(case.answer), torch.tensor(case.wrong)
-    got = exact_edge_scores(case.bridge, case.clean, case.corrupted, lambda logits: logits[b, -1, a] - logits[b, -1, w],
-                            edges=edges, per_pair=True, memory_budget=2**21, progress=False)
+    got = exact_edge_scores(
+        case.bridge,
+        case.clean,
+        case.corrupted,
+        lambda logits: logits[b, -1, a] - logits[b, -1, w],
+        edges=edges,
+        per_pair=True,
+        memory_budget=2**21,
+        progress=False,
+    )
     compare(got, ref, case, graph, edges, "plain metric, 2 MiB budget")
-    assert sum(sweeps) == len(edges) and len(sweeps) >= 2 * len(KINDS), sweeps  # several groups per reader
+    assert sum(sweeps) == len(edges) and len(sweeps) >= 2 * len(KINDS), (
+        sweeps
+    )  # several groups per reader
 
 
 def test_every_edge_and_a_subset(cases):
@@ -115,11 +150,15 @@ def test_every_edge_and_a_subset(cases):
     assert every.shape == (graph.n_edges,) == (479,)
     compare(every[edges][:, None], ref.mean(-1, keepdim=True), case, graph, edges, "every edge")
     subset = np.array([edges[5], edges[0], edges[-1], edges[5]])
-    got = exact_edge_scores(case.bridge, case.clean, case.corrupted, metric, edges=subset.tolist(), progress=False)
+    got = exact_edge_scores(
+        case.bridge, case.clean, case.corrupted, metric, edges=subset.tolist(), progress=False
+    )
     torch.testing.assert_close(got, every[subset], rtol=0, atol=1e-5)
     top = graph.names[int(every.abs().argmax())]
     assert top in STRONG, top  # the demo's circuit
-    empty = exact_edge_scores(case.bridge, case.clean, case.corrupted, metric, edges=[], progress=False)
+    empty = exact_edge_scores(
+        case.bridge, case.clean, case.corrupted, metric, edges=[], progress=False
+    )
     assert empty.shape == (0,)
 
 
@@ -129,22 +168,57 @@ def test_clean_from_a_store_or_a_cache(cases, tmp_path):
     case, graph, edges, ref, metric = cases["late"]
     texts = [p["clean"] for p in demo_data.ioi_pairs(4, template=0)]
     order = [2, 0, 3, 1]  # the store holds the prompts in another order
-    store = actstore.cache(out=str(tmp_path / "clean.zarr"), model="actstore-demo", dataset=[texts[i] for i in order],
-                           packing="document", seq_len=case.clean.shape[1], sites="resid_pre:0,z:all,mlp_out:all",
-                           progress=False)
+    store = actstore.cache(
+        out=str(tmp_path / "clean.zarr"),
+        model="actstore-demo",
+        dataset=[texts[i] for i in order],
+        packing="document",
+        seq_len=case.clean.shape[1],
+        sites="resid_pre:0,z:all,mlp_out:all",
+        progress=False,
+    )
     rows = [order.index(i) for i in range(4)]
     assert torch.equal(torch.as_tensor(store.tokens()[rows]).long(), case.clean)
-    from_store = exact_edge_scores(case.bridge, None, case.corrupted, metric, edges=edges, clean_cache=store,
-                                   clean_rows=rows, per_pair=True, progress=False)
+    from_store = exact_edge_scores(
+        case.bridge,
+        None,
+        case.corrupted,
+        metric,
+        edges=edges,
+        clean_cache=store,
+        clean_rows=rows,
+        per_pair=True,
+        progress=False,
+    )
     compare(from_store, ref, case, graph, edges, "clean from a store")
-    from_cache = exact_edge_scores(case.bridge, None, case.corrupted, metric, edges=edges, clean_cache=case.cache,
-                                   per_pair=True, progress=False)
+    from_cache = exact_edge_scores(
+        case.bridge,
+        None,
+        case.corrupted,
+        metric,
+        edges=edges,
+        clean_cache=case.cache,
+        per_pair=True,
+        progress=False,
+    )
     compare(from_cache, ref, case, graph, edges, "clean from an ActivationCache")
-    partial = actstore.cache(out=str(tmp_path / "z.zarr"), model="actstore-demo", dataset=texts, packing="document",
-                             seq_len=case.clean.shape[1], sites="z:all", progress=False)
-    with pytest.raises(StoreMismatchError, match=r"no activations for blocks.0.hook_mlp_out, blocks.0.hook_resid_pre"
-                                                 r".*--sites z:all,mlp_out:all,resid_pre:0"):
-        exact_edge_scores(case.bridge, None, case.corrupted, metric, clean_cache=partial, progress=False)
+    partial = actstore.cache(
+        out=str(tmp_path / "z.zarr"),
+        model="actstore-demo",
+        dataset=texts,
+        packing="document",
+        seq_len=case.clean.shape[1],
+        sites="z:all",
+        progress=False,
+    )
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"no activations for blocks.0.hook_mlp_out, blocks.0.hook_resid_pre"
+        r".*--sites z:all,mlp_out:all,resid_pre:0",
+    ):
+        exact_edge_scores(
+            case.bridge, None, case.corrupted, metric, clean_cache=partial, progress=False
+        )
 
 
 def test_the_self_check_catches_wrong_mlp_values(cases, monkeypatch):
@@ -157,22 +231,45 @@ def test_the_self_check_catches_wrong_mlp_values(cases, monkeypatch):
         return 1.01 * y if self.name == "mlp" else y
 
     monkeypatch.setattr(Reader, "__call__", off)
-    with pytest.raises(EngineCheckError, match=r"the mlp input of layer \d with (input|a\d\.h\d|m\d)'s write added"):
-        exact_edge_scores(case.bridge, case.clean, case.corrupted, metric, edges=graph.edges_into(
-            graph.downstream_index("m2")), progress=False)
+    with pytest.raises(
+        EngineCheckError, match=r"the mlp input of layer \d with (input|a\d\.h\d|m\d)'s write added"
+    ):
+        exact_edge_scores(
+            case.bridge,
+            case.clean,
+            case.corrupted,
+            metric,
+            edges=graph.edges_into(graph.downstream_index("m2")),
+            progress=False,
+        )
 
 
 def test_bad_input_is_a_clear_error(cases):
     case, graph, _, _, metric = cases["late"]
-    run = lambda **kw: exact_edge_scores(case.bridge, kw.pop("clean", case.clean), case.corrupted,  # noqa: E731
-                                         kw.pop("metric", metric), progress=False, **kw)
-    with pytest.raises(ConfigError, match=r"edge numbers \[479, -1\] are outside the graph \(edges 0..478"):
+
+    def run(**kw):
+        return exact_edge_scores(
+            case.bridge,
+            kw.pop("clean", case.clean),
+            case.corrupted,
+            kw.pop("metric", metric),
+            progress=False,
+            **kw,
+        )
+
+    with pytest.raises(
+        ConfigError, match=r"edge numbers \[479, -1\] are outside the graph \(edges 0..478"
+    ):
         run(edges=[0, 479, -1])
     with pytest.raises(ConfigError, match="1-D sequence of integer edge numbers"):
         run(edges=[0.5, 1.0])
-    with pytest.raises(ConfigError, match=r"the graph has 3 layers of 4 heads but the model 4 of 4"):
+    with pytest.raises(
+        ConfigError, match=r"the graph has 3 layers of 4 heads but the model 4 of 4"
+    ):
         run(graph=Graph(3, 4))
-    with pytest.raises(ConfigError, match=r"one value per prompt pair, shape \(4,\).*returned shape \(\)"):
+    with pytest.raises(
+        ConfigError, match=r"one value per prompt pair, shape \(4,\).*returned shape \(\)"
+    ):
         run(metric=ap.LogitDiff(case.answer, case.wrong), edges=[0])
     with pytest.raises(ConfigError, match="differ in shape"):
         run(clean=case.clean[:, :-1])

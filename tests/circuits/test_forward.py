@@ -37,16 +37,32 @@ def _ones(fwd, n=1):
 def test_all_edges_kept_is_the_models_forward(case, fwd):
     with torch.no_grad():
         got = fwd.run(case.corrupted, _ones(fwd))[0]
-    assert_close_rel(got, case.corrupted_logits, min_spread=5.0, scale=case.logit_scale, what="all ones")
+    assert_close_rel(
+        got, case.corrupted_logits, min_spread=5.0, scale=case.logit_scale, what="all ones"
+    )
 
 
 def test_every_edge_cut_to_the_other_run_is_the_other_forward(case, fwd):
     with torch.no_grad():
-        got = fwd.run(case.corrupted, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(case.clean))[0]
-        last = fwd.run(case.corrupted, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(case.clean),
-                       positions=[-1, 3])[0]
-    assert_close_rel(got, case.clean_logits, min_spread=5.0, scale=case.logit_scale, what="all zeros")
-    assert_close_rel(last, case.clean_logits[:, [-1, 3]], min_spread=5.0, scale=case.logit_scale, what="positions")
+        got = fwd.run(
+            case.corrupted, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(case.clean)
+        )[0]
+        last = fwd.run(
+            case.corrupted,
+            torch.zeros(1, fwd.graph.n_edges),
+            fwd.node_outputs(case.clean),
+            positions=[-1, 3],
+        )[0]
+    assert_close_rel(
+        got, case.clean_logits, min_spread=5.0, scale=case.logit_scale, what="all zeros"
+    )
+    assert_close_rel(
+        last,
+        case.clean_logits[:, [-1, 3]],
+        min_spread=5.0,
+        scale=case.logit_scale,
+        what="positions",
+    )
 
 
 def test_node_outputs_sum_to_the_final_residual(case, fwd):
@@ -57,7 +73,9 @@ def test_node_outputs_sum_to_the_final_residual(case, fwd):
         bias = sum(block.attn.b_O for block in case.bridge.blocks)
     last = case.bridge.cfg.n_layers - 1
     want = case.cache[f"blocks.{last}.hook_resid_post"]
-    assert_close_rel(outs.sum(0) + bias, want, min_spread=1.0, scale=float(want.abs().max()), what="resid")
+    assert_close_rel(
+        outs.sum(0) + bias, want, min_spread=1.0, scale=float(want.abs().max()), what="resid"
+    )
 
 
 def _cut_reference(model, tokens, patch_outputs, live_outputs, graph, edge):
@@ -71,6 +89,7 @@ def _cut_reference(model, tokens, patch_outputs, live_outputs, graph, edge):
         def fn(act, hook):
             seen[name] = act
             return act
+
         return fn
 
     if d.kind == "logits":
@@ -80,14 +99,20 @@ def _cut_reference(model, tokens, patch_outputs, live_outputs, graph, edge):
         hooks = [(f"blocks.{d.layer}.ln2.hook_in", lambda act, hook: act + delta)]
     else:
         attn = model.blocks[d.layer].attn
-        w, b = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[d.kind]
+        w, b = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[
+            d.kind
+        ]
 
         def shifted(act, hook):
             x = model.blocks[d.layer].ln1(seen["pre"] + delta)
             act = act.clone()
             act[:, :, d.head] = x @ w[d.head] + b[d.head]
             return act
-        hooks = [(f"blocks.{d.layer}.hook_resid_pre", keep("pre")), (f"blocks.{d.layer}.attn.hook_{d.kind}", shifted)]
+
+        hooks = [
+            (f"blocks.{d.layer}.hook_resid_pre", keep("pre")),
+            (f"blocks.{d.layer}.attn.hook_{d.kind}", shifted),
+        ]
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
@@ -97,24 +122,44 @@ def test_single_edge_cuts_equal_hook_references(case, fwd):
     reader shifted by the patch, everything downstream recomputed."""
     g = fwd.graph
     L = g.n_layers - 1
-    names = ["input->a0.h1<q>", "input->m0", f"a0.h2->a{L}.h0<k>", f"m0->a{L}.h3<v>", "a1.h1->m1", f"a{L}.h0->m{L}",
-             f"m{L - 1}->logits", "input->logits", f"a{L}.h2->logits", "a0.h0->a1.h2<q>"]
+    names = [
+        "input->a0.h1<q>",
+        "input->m0",
+        f"a0.h2->a{L}.h0<k>",
+        f"m0->a{L}.h3<v>",
+        "a1.h1->m1",
+        f"a{L}.h0->m{L}",
+        f"m{L - 1}->logits",
+        "input->logits",
+        f"a{L}.h2->logits",
+        "a0.h0->a1.h2<q>",
+    ]
     edges = g.edge_index(names)
     mask = _ones(fwd, len(edges))
     mask[torch.arange(len(edges)), torch.as_tensor(edges)] = 0
     live, patch = fwd.node_outputs(case.corrupted), fwd.node_outputs(case.clean)
     with torch.no_grad():
         got = fwd.run(case.corrupted, mask, patch)
-    want = torch.stack([_cut_reference(case.bridge, case.corrupted, patch, live, g, e) for e in edges])
+    want = torch.stack(
+        [_cut_reference(case.bridge, case.corrupted, patch, live, g, e) for e in edges]
+    )
     # what each cut changes: compare the changes (the shared corrupted logits would make any error look small)
     base = case.corrupted_logits[None]
-    assert_close_rel(got - base, want - base, min_spread=0.5, scale=case.logit_scale, what="single edges")
+    assert_close_rel(
+        got - base, want - base, min_spread=0.5, scale=case.logit_scale, what="single edges"
+    )
 
 
 def test_gradient_in_the_mask_flows(case, fwd):
     mask = _ones(fwd).requires_grad_(True)
-    fwd.run(case.corrupted, mask, fwd.node_outputs(case.clean))[0, :, -1].logsumexp(-1).sum().backward()
-    assert mask.grad is not None and bool(mask.grad.abs().gt(0).any()) and bool(torch.isfinite(mask.grad).all())
+    fwd.run(case.corrupted, mask, fwd.node_outputs(case.clean))[0, :, -1].logsumexp(
+        -1
+    ).sum().backward()
+    assert (
+        mask.grad is not None
+        and bool(mask.grad.abs().gt(0).any())
+        and bool(torch.isfinite(mask.grad).all())
+    )
 
 
 def test_bad_inputs_are_refused(case, fwd):
@@ -140,11 +185,15 @@ def test_the_self_check_catches_a_changed_block(case, monkeypatch):
         f.run(case.clean, _ones(f))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformer_lens.HookedTransformer") is None or TL4,
-                    reason="HookedTransformer: TransformerLens 3.x")
+@pytest.mark.skipif(
+    importlib.util.find_spec("transformer_lens.HookedTransformer") is None or TL4,
+    reason="HookedTransformer: TransformerLens 3.x",
+)
 def test_hooked_transformer(case):
     ht = hooked_transformer(case.bridge)
     f = GraphForward(ht)
     with torch.no_grad():
         got = f.run(case.corrupted, torch.zeros(1, f.graph.n_edges), f.node_outputs(case.clean))[0]
-    assert_close_rel(got, case.clean_logits, min_spread=5.0, scale=case.logit_scale, what="HookedTransformer")
+    assert_close_rel(
+        got, case.clean_logits, min_spread=5.0, scale=case.logit_scale, what="HookedTransformer"
+    )

@@ -31,7 +31,14 @@ def test_counts_and_order(shape):
 def test_names_and_rules():
     g = Graph(3, 2)
     names = set(g.names)
-    assert {"input->a0.h0<q>", "a0.h1->a2.h0<k>", "m0->a1.h1<v>", "a1.h0->m1", "m2->logits", "input->logits"} <= names
+    assert {
+        "input->a0.h0<q>",
+        "a0.h1->a2.h0<k>",
+        "m0->a1.h1<v>",
+        "a1.h0->m1",
+        "m2->logits",
+        "input->logits",
+    } <= names
     assert not {"a1.h0->a1.h1<q>", "m1->m1", "m1->a1.h0<q>", "a2.h0->m1"} & names
     i = g.edge_index(["a0.h1->a2.h0<k>", "input->logits"])
     assert [g.names[k] for k in i] == ["a0.h1->a2.h0<k>", "input->logits"]

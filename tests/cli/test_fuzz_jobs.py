@@ -43,28 +43,51 @@ N_ROWS, SEQ, HALF = 6, 16, 4
 RUNS = itertools.count()
 OUTCOMES: dict[str, Counter] = {}
 MESSAGES: dict[str, Counter] = defaultdict(Counter)  # the errors met, by the start of their message
-SETTINGS = dict(deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),  # no shrinking: slow here
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
-_NAN_WARNING = re.compile(r"invalid value|divide by zero|Mean of empty slice|All-NaN|Degrees of freedom")
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),  # no shrinking: slow here
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+_NAN_WARNING = re.compile(
+    r"invalid value|divide by zero|Mean of empty slice|All-NaN|Degrees of freedom"
+)
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny_model):
     """text: padded rows (document packing), z of layer 1 only; rep: repeated random tokens."""
     d = tmp_path_factory.mktemp("fuzz")
-    text = actstore.cache(out=str(d / "text.zarr"), model=tiny_model, dataset=DOCS[:10], packing="document",
-                          seq_len=SEQ, n_rows=N_ROWS, sites="resid_pre:0,resid_post:all,z:1,mlp_out:all", progress=False)
-    rep = actstore.cache(out=str(d / "rep.zarr"), model=tiny_model, dataset=f"repeated-random:{HALF}",
-                         seq_len=2 * HALF + 1, n_rows=4, sites="pattern:all", progress=False)
+    text = actstore.cache(
+        out=str(d / "text.zarr"),
+        model=tiny_model,
+        dataset=DOCS[:10],
+        packing="document",
+        seq_len=SEQ,
+        n_rows=N_ROWS,
+        sites="resid_pre:0,resid_post:all,z:1,mlp_out:all",
+        progress=False,
+    )
+    rep = actstore.cache(
+        out=str(d / "rep.zarr"),
+        model=tiny_model,
+        dataset=f"repeated-random:{HALF}",
+        seq_len=2 * HALF + 1,
+        n_rows=4,
+        sites="pattern:all",
+        progress=False,
+    )
     return {"text": text, "rep": rep, "dir": d}
 
 
 def digest(path: str) -> dict[str, str]:
     """sha256 of every file of a store, by relative path."""
     root = Path(path)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run(command: str, argv: list[str], capsys, stores_touched: list[str]) -> tuple[str, str]:
@@ -92,7 +115,11 @@ def run(command: str, argv: list[str], capsys, stores_touched: list[str]) -> tup
             else:
                 assert code == 0, (argv, code, err)
                 outcome = "ok"
-    bad = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and _NAN_WARNING.search(str(w.message))]
+    bad = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, RuntimeWarning) and _NAN_WARNING.search(str(w.message))
+    ]
     assert not bad, (shlex.join(argv), bad)
     for s in stores_touched:
         after = digest(s)
@@ -100,7 +127,10 @@ def run(command: str, argv: list[str], capsys, stores_touched: list[str]) -> tup
             assert after == before[s], f"{shlex.join(argv)} failed but changed {s}"
         else:
             changed = {k for k in set(after) | set(before[s]) if after.get(k) != before[s].get(k)}
-            assert all(k.startswith("results/") for k in changed), (shlex.join(argv), sorted(changed)[:5])
+            assert all(k.startswith("results/") for k in changed), (
+                shlex.join(argv),
+                sorted(changed)[:5],
+            )
     OUTCOMES.setdefault(command, Counter())[outcome] += 1
     return outcome, out
 
@@ -110,6 +140,7 @@ def strict_json(text: str) -> dict:
 
 
 # --- probe -------------------------------------------------------------------------------
+
 
 def flags(draw, table: dict[str, tuple[list[str], list[str]]], bad: set[str]) -> list[str]:
     """Options of ``table`` ({flag: (good values, bad values)}): a bad value for the flags
@@ -131,10 +162,19 @@ def faults(draw, names: list[str]) -> set[str]:
 
 def label_file(draw, folder: Path, i: int, bad: bool) -> str:
     """A target: a built-in name, or a file of labels; one of the wrong kinds if ``bad``."""
-    kind = draw(st.sampled_from(["text", "pickle", "missing", "suffix", "npy", "npy", "bogus"] if bad else
-                                ["builtin", "npy"]))
+    kind = draw(
+        st.sampled_from(
+            ["text", "pickle", "missing", "suffix", "npy", "npy", "bogus"]
+            if bad
+            else ["builtin", "npy"]
+        )
+    )
     if kind in ("builtin", "bogus"):
-        return "bogus" if bad else draw(st.sampled_from(["position", "doc_pos", "token", "next_token", "doc"]))
+        return (
+            "bogus"
+            if bad
+            else draw(st.sampled_from(["position", "doc_pos", "token", "next_token", "doc"]))
+        )
     path = folder / f"t{i}.npy"
     if kind == "text":
         path.write_bytes(draw(st.binary(max_size=40)))
@@ -147,30 +187,56 @@ def label_file(draw, folder: Path, i: int, bad: bool) -> str:
         path.write_text("1,2,3")
     else:
         good_dtypes = ["float64", "float32", "float16", "int64", "int32", "uint8"]
-        dtype = draw(st.sampled_from(good_dtypes + (["bool", "uint64", "complex64", "<U2"] if bad else [])))
-        shape = (N_ROWS, SEQ) if not bad or draw(st.booleans()) else draw(
-            st.sampled_from([(N_ROWS, SEQ - 1), (SEQ,), (N_ROWS, SEQ, 1), ()]))
+        dtype = draw(
+            st.sampled_from(good_dtypes + (["bool", "uint64", "complex64", "<U2"] if bad else []))
+        )
+        shape = (
+            (N_ROWS, SEQ)
+            if not bad or draw(st.booleans())
+            else draw(st.sampled_from([(N_ROWS, SEQ - 1), (SEQ,), (N_ROWS, SEQ, 1), ()]))
+        )
         rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-        values = np.round(rng.normal(size=shape) * 3) if dtype != "float64" or draw(st.booleans()) else \
-            rng.normal(size=shape)
+        values = (
+            np.round(rng.normal(size=shape) * 3)
+            if dtype != "float64" or draw(st.booleans())
+            else rng.normal(size=shape)
+        )
         flat = values.reshape(-1)
-        special = draw(st.sampled_from(["nan", "inf", "-inf", "all-nan", "constant", "negative"] if bad else
-                                       [None, None, "some-nan"]))
+        special = draw(
+            st.sampled_from(
+                ["nan", "inf", "-inf", "all-nan", "constant", "negative"]
+                if bad
+                else [None, None, "some-nan"]
+            )
+        )
         k = draw(st.integers(1, max(1, flat.size // (1 if bad else 4))))
         if special in ("nan", "inf", "-inf", "some-nan") and flat.size:
-            flat[rng.choice(flat.size, min(k, flat.size), replace=False)] = float(special.replace("some-", ""))
+            flat[rng.choice(flat.size, min(k, flat.size), replace=False)] = float(
+                special.replace("some-", "")
+            )
         elif special in ("all-nan", "constant", "negative"):
             flat[:] = {"all-nan": np.nan, "constant": 3, "negative": -1}[special]
         if dtype[0] in "iu" or dtype == "bool":
             values = np.where(np.isfinite(values), values, -1 if dtype[0] == "i" else 0)
         with np.errstate(invalid="ignore", over="ignore"):
-            np.save(path, values.astype(dtype) if dtype != "<U2" else values.astype(str).astype(dtype))
+            np.save(
+                path, values.astype(dtype) if dtype != "<U2" else values.astype(str).astype(dtype)
+            )
     return str(path)
 
 
 PROBE_FLAGS = {
-    "--sites": (["resid_post:all", "resid_post:0", "resid_pre:0,resid_post:2", "blocks.2.hook_resid_post", "z:1",
-                 "mlp_out:all"], ["resid_post:9", "resid_pots:all", "pattern:1", "z:1.2", ""]),
+    "--sites": (
+        [
+            "resid_post:all",
+            "resid_post:0",
+            "resid_pre:0,resid_post:2",
+            "blocks.2.hook_resid_post",
+            "z:1",
+            "mlp_out:all",
+        ],
+        ["resid_post:9", "resid_pots:all", "pattern:1", "z:1.2", ""],
+    ),
     "--kind": ([], ["svm", "logistic", "ridge"]),  # either kind may contradict the target
     "--test-frac": (["0", "0.2", "0.5"], ["1", "-0.1", "nan", "x"]),
     "--seed": (["0", "3"], ["-1", "1.5"]),
@@ -200,25 +266,49 @@ def probe_argv(draw, folder: Path):
 @settings(max_examples=30, **SETTINGS)
 @given(data=st.data())
 def test_probe(stores, capsys, data):
-    argv = ["probe", stores["text"].path, *data.draw(probe_argv(stores["dir"])), "--quiet", "--json", "--plot", "none",
-            "--device", "cpu"]
+    argv = [
+        "probe",
+        stores["text"].path,
+        *data.draw(probe_argv(stores["dir"])),
+        "--quiet",
+        "--json",
+        "--plot",
+        "none",
+        "--device",
+        "cpu",
+    ]
     outcome, out = run("probe", argv, capsys, [stores["text"].path])
     if outcome == "ok":
         for hook, r in strict_json(out).items():
             metric_ok = (lambda v: 0 <= v <= 1) if r["n_classes"] else (lambda v: v <= 1 + 1e-9)
-            assert r["n_train"] >= 2 and math.isfinite(r["train"]) and metric_ok(r["train"]), (argv, hook, r)
+            assert r["n_train"] >= 2 and math.isfinite(r["train"]) and metric_ok(r["train"]), (
+                argv,
+                hook,
+                r,
+            )
             test_frac = float(argv[argv.index("--test-frac") + 1]) if "--test-frac" in argv else 0.2
             if test_frac > 0:
-                assert r["n_test"] > 0 and math.isfinite(r["test"]) and metric_ok(r["test"]), (argv, hook, r)
+                assert r["n_test"] > 0 and math.isfinite(r["test"]) and metric_ok(r["test"]), (
+                    argv,
+                    hook,
+                    r,
+                )
 
 
 # --- analyze -----------------------------------------------------------------------------
 
-ROWS = st.one_of(st.none(), st.builds(lambda a, b, colon: f"{'' if a is None else a}{':' if colon else ''}"
-                                      f"{'' if b is None or not colon else b}",
-                                      st.one_of(st.none(), st.integers(-8, 8)), st.one_of(st.none(), st.integers(-8, 8)),
-                                      st.booleans()),
-                 st.sampled_from(["x", "1:2:3", " 1", "--json", "1.5", "-", "0:99"]))
+ROWS = st.one_of(
+    st.none(),
+    st.builds(
+        lambda a, b, colon: (
+            f"{'' if a is None else a}{':' if colon else ''}{'' if b is None or not colon else b}"
+        ),
+        st.one_of(st.none(), st.integers(-8, 8)),
+        st.one_of(st.none(), st.integers(-8, 8)),
+        st.booleans(),
+    ),
+    st.sampled_from(["x", "1:2:3", " 1", "--json", "1.5", "-", "0:99"]),
+)
 
 
 def python_rows(spec: str | None, n: int, default: str | None) -> list[int] | None:
@@ -232,23 +322,54 @@ def python_rows(spec: str | None, n: int, default: str | None) -> list[int] | No
     return list(range(n))[slice(*(int(g) if g else None for g in m.groups()))] if m else None
 
 
-GOOD_TOKENS, BAD_TOKENS = [" Mary", " John", "Mary", " the"], [" Mary Smith", "", "\u00e9t\u00e9\u00e9t\u00e9"]
+GOOD_TOKENS, BAD_TOKENS = (
+    [" Mary", " John", "Mary", " the"],
+    [" Mary Smith", "", "\u00e9t\u00e9\u00e9t\u00e9"],
+)
 
 
 @st.composite
 def analyze_argv(draw, which: str):
-    bad = faults(draw, ["store", "rows", *{"induction": ["--half-len"], "logit-lens": ["--k", "--target"],
-                                           "dla": ["--target", "--wrong", "--pos"]}[which]])
-    store = ("text" if which == "induction" else "rep") if "store" in bad else ("rep" if which == "induction" else "text")
-    rows = draw(ROWS if "rows" in bad else st.sampled_from([None, "0:2", "1", "-2:", "-1", ":", "2:4", ":-1"]))
+    bad = faults(
+        draw,
+        [
+            "store",
+            "rows",
+            *{
+                "induction": ["--half-len"],
+                "logit-lens": ["--k", "--target"],
+                "dla": ["--target", "--wrong", "--pos"],
+            }[which],
+        ],
+    )
+    store = (
+        ("text" if which == "induction" else "rep")
+        if "store" in bad
+        else ("rep" if which == "induction" else "text")
+    )
+    rows = draw(
+        ROWS
+        if "rows" in bad
+        else st.sampled_from([None, "0:2", "1", "-2:", "-1", ":", "2:4", ":-1"])
+    )
     argv = draw(st.sampled_from([["--rows", rows], [f"--rows={rows}"]])) if rows is not None else []
-    table = {"induction": {"--half-len": (["4"], ["3", "0", "-1", "7", "2"])},
-             "logit-lens": {"--k": (["1", "5"], ["0", "-1", "50258"]), "--target": (GOOD_TOKENS, BAD_TOKENS)},
-             "dla": {"--wrong": (GOOD_TOKENS, BAD_TOKENS + [" Mary"]), "--pos": (["0", f"-{SEQ}"],
-                                                                                [str(p) for p in range(-SEQ - 2, SEQ + 3)])}}
+    table = {
+        "induction": {"--half-len": (["4"], ["3", "0", "-1", "7", "2"])},
+        "logit-lens": {
+            "--k": (["1", "5"], ["0", "-1", "50258"]),
+            "--target": (GOOD_TOKENS, BAD_TOKENS),
+        },
+        "dla": {
+            "--wrong": (GOOD_TOKENS, BAD_TOKENS + [" Mary"]),
+            "--pos": (["0", f"-{SEQ}"], [str(p) for p in range(-SEQ - 2, SEQ + 3)]),
+        },
+    }
     argv += flags(draw, table[which], bad)
     if which == "dla":
-        argv += ["--target", draw(st.sampled_from(BAD_TOKENS if "--target" in bad else GOOD_TOKENS))]
+        argv += [
+            "--target",
+            draw(st.sampled_from(BAD_TOKENS if "--target" in bad else GOOD_TOKENS)),
+        ]
     if draw(st.booleans()):
         argv.append("--no-save")
     return store, rows, argv
@@ -274,11 +395,21 @@ def test_analyze(stores, capsys, which, data, tmp_path):
         assert got["half_len"] == HALF and name == "rep"
         assert all(0 <= v <= 1 for row in got["induction"] for v in row)
     elif which == "logit-lens":
-        probs = got["target_prob_row0"]  # (site, pos): null only where the tracked next token does not exist
-        assert all(v is not None and 0 <= v <= 1 for row in probs for v in (row if "--target" in extra else row[:-1]))
+        probs = got[
+            "target_prob_row0"
+        ]  # (site, pos): null only where the tracked next token does not exist
+        assert all(
+            v is not None and 0 <= v <= 1
+            for row in probs
+            for v in (row if "--target" in extra else row[:-1])
+        )
     else:
         heads = np.array(got["heads"], dtype=float)  # null -> nan: layers 0 and 2 have no z
-        assert np.isnan(heads[[0, 2]]).all() and np.isfinite(heads[1]).all() and np.isfinite(got["mlp"]).all()
+        assert (
+            np.isnan(heads[[0, 2]]).all()
+            and np.isfinite(heads[1]).all()
+            and np.isfinite(got["mlp"]).all()
+        )
         mask = store.mask(slice(None))
         assert all(mask[r, p] for r, p in zip(got["rows"], got["positions"]))
         target = extra[extra.index("--target") + 1]
@@ -287,7 +418,20 @@ def test_analyze(stores, capsys, which, data, tmp_path):
 
 # --- patch -------------------------------------------------------------------------------
 
-WORDS = [" Mary", " John", " went", " to", " the", " store", " gave", " a", " drink", "When", " and", ","]
+WORDS = [
+    " Mary",
+    " John",
+    " went",
+    " to",
+    " the",
+    " store",
+    " gave",
+    " a",
+    " drink",
+    "When",
+    " and",
+    ",",
+]
 
 
 @st.composite
@@ -301,11 +445,34 @@ def pairs_file(draw, folder: Path, i: int, bad: bool) -> tuple[str, list[dict]]:
         j = draw(st.integers(0, n - 1))
         corrupted[j] = draw(st.sampled_from([w for w in WORDS if w != clean[j]]))
         answer = draw(st.sampled_from([" Mary", " John", " store"]))
-        rec = {"clean": "".join(clean), "corrupted": "".join(corrupted), "answer": answer,
-               "wrong": draw(st.sampled_from([w for w in (" John", " Mary", " drink") if w != answer]))}
-        fault = draw(st.sampled_from([None, "missing", "long answer", "number", "shorter", "not object", "bad json",
-                                      "blank", "empty clean", "same answer", "same prompts", "not utf-8"]
-                                     if bad else [None]))
+        rec = {
+            "clean": "".join(clean),
+            "corrupted": "".join(corrupted),
+            "answer": answer,
+            "wrong": draw(
+                st.sampled_from([w for w in (" John", " Mary", " drink") if w != answer])
+            ),
+        }
+        fault = draw(
+            st.sampled_from(
+                [
+                    None,
+                    "missing",
+                    "long answer",
+                    "number",
+                    "shorter",
+                    "not object",
+                    "bad json",
+                    "blank",
+                    "empty clean",
+                    "same answer",
+                    "same prompts",
+                    "not utf-8",
+                ]
+                if bad
+                else [None]
+            )
+        )
         if fault == "missing":
             del rec[draw(st.sampled_from(sorted(rec)))]
         elif fault in ("long answer", "same answer"):
@@ -317,18 +484,29 @@ def pairs_file(draw, folder: Path, i: int, bad: bool) -> tuple[str, list[dict]]:
         elif fault in ("empty clean", "same prompts"):
             rec["corrupted"] = rec["clean"] = "" if fault == "empty clean" else rec["clean"]
         line = json.dumps(rec)
-        lines.append({"not object": json.dumps([rec]), "bad json": line[:-1], "blank": "   ",
-                      "not utf-8": line.replace("}", ', "x": "\xff"}')}.get(fault, line))
+        lines.append(
+            {
+                "not object": json.dumps([rec]),
+                "bad json": line[:-1],
+                "blank": "   ",
+                "not utf-8": line.replace("}", ', "x": "\xff"}'),
+            }.get(fault, line)
+        )
         if fault not in ("not object", "bad json", "blank", "not utf-8"):
             records.append(rec)
     path = folder / f"pairs{i}.jsonl"
-    path.write_bytes(("\n".join(lines) + "\n").encode().replace("\u00ff".encode(), b"\xff"))  # a lone 0xff byte
+    path.write_bytes(
+        ("\n".join(lines) + "\n").encode().replace("\u00ff".encode(), b"\xff")
+    )  # a lone 0xff byte
     return str(path), records
 
 
-PATCH_FLAGS = {"--batch-pairs": (["1", "2"], ["0", "-1", "x"]), "--method": (["exact", "attribution", "both"], ["x"]),
-               "--metric": (["normalised", "logit_diff"], ["acc"]),
-               "--sweep": (["resid_pre", "attn_head_out_all_pos", "mlp_out"], ["nonsense", ""])}
+PATCH_FLAGS = {
+    "--batch-pairs": (["1", "2"], ["0", "-1", "x"]),
+    "--method": (["exact", "attribution", "both"], ["x"]),
+    "--metric": (["normalised", "logit_diff"], ["acc"]),
+    "--sweep": (["resid_pre", "attn_head_out_all_pos", "mlp_out"], ["nonsense", ""]),
+}
 
 
 @needs_tl4
@@ -339,14 +517,29 @@ def test_patch(stores, tiny_model, bridge, tokenizer, capsys, data, tmp_path):
     bad = faults(data.draw, [*PATCH_FLAGS, "pairs", "store"])
     pairs, records = data.draw(pairs_file(tmp_path, i, "pairs" in bad))
     out = tmp_path / f"out{i}.zarr"
-    argv = ["patch", "--model", tiny_model, "--pairs", pairs, "--out", str(out), "--quiet", "--device", "cpu"]
+    argv = [
+        "patch",
+        "--model",
+        tiny_model,
+        "--pairs",
+        pairs,
+        "--out",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     argv += flags(data.draw, PATCH_FLAGS, bad)
     if "store" in bad:  # a store that does not hold the clean prompts
         argv += ["--store", stores["text"].path]
     outcome, _ = run("patch", argv, capsys, [stores["text"].path])
     if outcome != "ok":
         return
-    g = actstore.ActivationStore.open(stores["text"].path).group["results"] if "--store" in argv else None
+    g = (
+        actstore.ActivationStore.open(stores["text"].path).group["results"]
+        if "--store" in argv
+        else None
+    )
     import zarr
 
     g = g if g is not None else zarr.open_group(str(out), mode="r")
@@ -359,8 +552,15 @@ def test_patch(stores, tiny_model, bridge, tokenizer, capsys, data, tmp_path):
     tok = lambda t: [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     with torch.no_grad():
         logits = bridge(torch.tensor([tok(r["clean"]) for r in records]))[:, -1]
-    want = np.array([float(logits[j, tok(r["answer"])[1]] - logits[j, tok(r["wrong"])[1]]) for j, r in enumerate(records)])
-    np.testing.assert_allclose(res["clean_logit_diff"][...], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    want = np.array(
+        [
+            float(logits[j, tok(r["answer"])[1]] - logits[j, tok(r["wrong"])[1]])
+            for j, r in enumerate(records)
+        ]
+    )
+    np.testing.assert_allclose(
+        res["clean_logit_diff"][...], want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+    )
 
 
 def test_outcome_counts():

@@ -41,12 +41,28 @@ MPS = torch.backends.mps.is_available()
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny_model, sharp_model):
     d = tmp_path_factory.mktemp("fuzz-loader")
-    opts = dict(dataset=DOCS, seq_len=SEQ, n_rows=N, rows_per_chunk=RPC, rows_per_shard=RPC, progress=False)
+    opts = dict(
+        dataset=DOCS, seq_len=SEQ, n_rows=N, rows_per_chunk=RPC, rows_per_shard=RPC, progress=False
+    )
     packed = actstore.cache(out=str(d / "packed.zarr"), model=tiny_model, sites=SITES, **opts)
-    other = actstore.cache(out=str(d / "other.zarr"), model=sharp_model, sites=SITES, **opts)  # same layout
-    doc = actstore.cache(out=str(d / "doc.zarr"), model=tiny_model, dataset=DOCS, sites="resid_post:1", seq_len=16,
-                         n_rows=10, rows_per_chunk=2, rows_per_shard=2, packing="document", progress=False)
-    full = {s.path: {h: np.asarray(s[h]) for h in s.sites if "pattern" not in h} for s in (packed, doc)}
+    other = actstore.cache(
+        out=str(d / "other.zarr"), model=sharp_model, sites=SITES, **opts
+    )  # same layout
+    doc = actstore.cache(
+        out=str(d / "doc.zarr"),
+        model=tiny_model,
+        dataset=DOCS,
+        sites="resid_post:1",
+        seq_len=16,
+        n_rows=10,
+        rows_per_chunk=2,
+        rows_per_shard=2,
+        packing="document",
+        progress=False,
+    )
+    full = {
+        s.path: {h: np.asarray(s[h]) for h in s.sites if "pattern" not in h} for s in (packed, doc)
+    }
     return Stores(packed=packed, other=other, doc=doc, full=full)
 
 
@@ -57,6 +73,7 @@ class Stores(dict):
 
 # --- the oracle -------------------------------------------------------------------------
 
+
 def expected_rows(rows: Any, n: int = N) -> np.ndarray:
     """The rows a selection names, by Python's and numpy's own indexing of range(n)."""
     if rows is None:
@@ -66,13 +83,19 @@ def expected_rows(rows: Any, n: int = N) -> np.ndarray:
     if isinstance(rows, (int, np.integer)):
         return np.array([range(n)[rows]])
     a = np.asarray(list(rows) if isinstance(rows, range) else rows)
-    return np.flatnonzero(a) if a.dtype == bool else np.array([range(n)[int(r)] for r in a], dtype=int)
+    return (
+        np.flatnonzero(a) if a.dtype == bool else np.array([range(n)[int(r)] for r in a], dtype=int)
+    )
 
 
 def expected_keep(store, kw: dict) -> np.ndarray:
     """bool (row, pos): the tokens one epoch must yield across the ranks."""
     n = store.n_rows
-    keep = store.mask().copy() if kw.get("skip_padding", True) else np.ones((n, store.layout.seq_len), bool)
+    keep = (
+        store.mask().copy()
+        if kw.get("skip_padding", True)
+        else np.ones((n, store.layout.seq_len), bool)
+    )
     if kw.get("skip_bos", True):
         keep[:, 0] = False
     sel = np.zeros(n, bool)
@@ -86,7 +109,9 @@ def epoch_of(loader, epoch: int | None) -> list[dict[str, torch.Tensor]]:
         loader.set_epoch(epoch)
     start, n = loader.epoch, len(loader)
     batches = list(loader)
-    assert len(batches) == n and loader.epoch == start + 1  # len() is what it yields; a finished epoch moves on
+    assert (
+        len(batches) == n and loader.epoch == start + 1
+    )  # len() is what it yields; a finished epoch moves on
     return batches
 
 
@@ -103,7 +128,12 @@ def check_values(stores, store, batches: list[dict], kw: dict) -> np.ndarray:
             assert b[hook].dtype == want.dtype and torch.equal(b[hook].cpu(), want), hook
     if not batches:
         return np.zeros((2, 0), int)
-    return np.stack([torch.cat([b["row"] for b in batches]).numpy(), torch.cat([b["pos"] for b in batches]).numpy()])
+    return np.stack(
+        [
+            torch.cat([b["row"] for b in batches]).numpy(),
+            torch.cat([b["pos"] for b in batches]).numpy(),
+        ]
+    )
 
 
 def check_ok(stores, store, kw: dict, epoch: int | None = None) -> None:
@@ -123,21 +153,34 @@ def check_ok(stores, store, kw: dict, epoch: int | None = None) -> None:
         got = check_values(stores, store, batches, kw)
         share = got
         if kw.get("drop_last") or kw.get("even_batches"):
-            share = check_values(stores, store, epoch_of(store.loader(**plain_kw, rank=r, world_size=world), epoch), kw)
-            assert np.array_equal(got, share[:, :got.shape[1]]), "not a prefix of the rank's share"
+            share = check_values(
+                stores,
+                store,
+                epoch_of(store.loader(**plain_kw, rank=r, world_size=world), epoch),
+                kw,
+            )
+            assert np.array_equal(got, share[:, : got.shape[1]]), "not a prefix of the rank's share"
             assert all(len(b["row"]) == bs for b in batches), "a short batch"
         else:
-            assert all(0 < len(b["row"]) <= bs for b in batches) and all(len(b["row"]) == bs for b in batches[:-1])
+            assert all(0 < len(b["row"]) <= bs for b in batches) and all(
+                len(b["row"]) == bs for b in batches[:-1]
+            )
             assert len(batches) == -(-share.shape[1] // bs)
         np.add.at(seen, tuple(share), 1)
         shares.append(share.shape[1])
         lens.append(len(batches))
-    assert np.array_equal(seen, keep.astype(int)), "the ranks' shares are not the selection's tokens, each once"
-    if world > 1 and keep.sum() >= world * SEQ:  # enough tokens for every rank: every rank gets work
+    assert np.array_equal(seen, keep.astype(int)), (
+        "the ranks' shares are not the selection's tokens, each once"
+    )
+    if (
+        world > 1 and keep.sum() >= world * SEQ
+    ):  # enough tokens for every rank: every rank gets work
         assert min(shares) > 0, f"a rank gets no tokens: {shares}"
     if kw.get("even_batches"):
         assert set(lens) == {min(s // bs for s in shares)} and lens[0] > 0, (lens, shares)
-        assert max(shares) - min(shares) <= 3 * RPC * store.layout.seq_len, shares  # about one chunk (the docs)
+        assert max(shares) - min(shares) <= 3 * RPC * store.layout.seq_len, (
+            shares
+        )  # about one chunk (the docs)
     elif kw.get("drop_last"):
         assert lens == [s // bs for s in shares], (lens, shares)
 
@@ -217,13 +260,21 @@ ARGS = [  # (id, loader arguments, expect: None = a correct result, else the ref
     ("batch-float", {"batch_size": 2.5}, r"batch_size must be"),
     ("batch-bool", {"batch_size": True}, r"batch_size must be"),
     ("batch-none", {"batch_size": None}, r"batch_size must be"),
-    ("no-batch-drop-last", {"batch_size": 1000, "drop_last": True}, r"no batch.*84 tokens.*batch_size=84 or less"),
+    (
+        "no-batch-drop-last",
+        {"batch_size": 1000, "drop_last": True},
+        r"no batch.*84 tokens.*batch_size=84 or less",
+    ),
     ("drop-last", {"batch_size": 10, "drop_last": True}, None),
     ("dtype-float16", {"dtype": torch.float16}, None),
     ("dtype-str-float16", {"dtype": "float16"}, None),
     ("dtype-str-bfloat16", {"dtype": "bfloat16"}, None),
     ("dtype-str-torch", {"dtype": "torch.float64"}, None),
-    ("dtype-bad-str", {"dtype": "float17"}, r"dtype='float17' is not a floating-point dtype.*'float16'"),
+    (
+        "dtype-bad-str",
+        {"dtype": "float17"},
+        r"dtype='float17' is not a floating-point dtype.*'float16'",
+    ),
     ("dtype-int", {"dtype": torch.int32}, r"not a floating-point dtype"),
     ("dtype-int-str", {"dtype": "int8"}, r"not a floating-point dtype"),
     ("dtype-number", {"dtype": 5}, r"not a floating-point dtype"),
@@ -241,10 +292,17 @@ ARGS = [  # (id, loader arguments, expect: None = a correct result, else the ref
     ("world-4-even", {"world_size": 4, "even_batches": True}, None),
     ("world-5-even", {"world_size": 5, "even_batches": True, "batch_size": 4}, None),
     ("world-12-even", {"world_size": 12, "even_batches": True, "batch_size": 7}, None),
-    ("world-4-even-rows", {"world_size": 4, "even_batches": True, "rows": slice(0, 8), "batch_size": 4}, None),
+    (
+        "world-4-even-rows",
+        {"world_size": 4, "even_batches": True, "rows": slice(0, 8), "batch_size": 4},
+        None,
+    ),
     ("world-13", {"world_size": 13, "rank": 0}, r"world_size=13 ranks.*at most 12 processes"),
-    ("world-even-no-batch", {"world_size": 2, "rank": 0, "even_batches": True, "batch_size": 50},
-     r"no batch.*fewest tokens, and that rank gets 28 tokens.*batch_size=28 or less"),
+    (
+        "world-even-no-batch",
+        {"world_size": 2, "rank": 0, "even_batches": True, "batch_size": 50},
+        r"no batch.*fewest tokens, and that rank gets 28 tokens.*batch_size=28 or less",
+    ),
     ("rank-out", {"world_size": 2, "rank": 2}, r"rank must be in 0..world_size-1"),
     ("rank-alone", {"rank": 1}, r"Pass rank= and world_size= together"),
     ("world-0", {"world_size": 0, "rank": 0}, r"world_size >= 1"),
@@ -262,8 +320,11 @@ ARGS = [  # (id, loader arguments, expect: None = a correct result, else the ref
     ("doc-default", {"store": "doc"}, None),
     ("doc-even-3", {"store": "doc", "world_size": 3, "even_batches": True, "batch_size": 5}, None),
     ("doc-even-8", {"store": "doc", "world_size": 8, "even_batches": True, "batch_size": 1}, None),
-    ("doc-even-8-no-batch", {"store": "doc", "world_size": 8, "rank": 3, "even_batches": True, "batch_size": 3},
-     r"no batch.*that rank gets 1 tokens of rows 0..9 \(105 in all\).*batch_size=1 or less"),
+    (
+        "doc-even-8-no-batch",
+        {"store": "doc", "world_size": 8, "rank": 3, "even_batches": True, "batch_size": 3},
+        r"no batch.*that rank gets 1 tokens of rows 0..9 \(105 in all\).*batch_size=1 or less",
+    ),
     ("doc-rows-step", {"store": "doc", "rows": slice(1, None, 2), "world_size": 2}, None),
     ("doc-no-padding-skip", {"store": "doc", "skip_padding": False, "skip_bos": False}, None),
 ]
@@ -287,7 +348,9 @@ def test_normalisation_over_a_selection(stores):
     """center/scale over rows with a step equal numpy over exactly those tokens."""
     store = stores["packed"]
     hook = "blocks.1.hook_resid_post"
-    lo = store.loader(hook, batch_size=16, rows=slice(1, 12, 2), center=True, scale=True, progress=False)
+    lo = store.loader(
+        hook, batch_size=16, rows=slice(1, 12, 2), center=True, scale=True, progress=False
+    )
     x = stores["full"][store.path][hook][1::2, 1:].reshape(-1, 64).astype(np.float64)
     mean = x.mean(0)
     factor = np.sqrt(64) / np.linalg.norm(x - mean, axis=1).mean()
@@ -298,6 +361,7 @@ def test_normalisation_over_a_selection(stores):
 
 
 # --- iterators ------------------------------------------------------------------------------
+
 
 def test_two_iterators(stores):
     """Either refused, or independent and correct: the batches taken are the epoch's, in
@@ -324,8 +388,11 @@ def test_changing_the_position_while_an_iterator_is_open(stores, call):
     state = lo.state_dict()
     it = iter(lo)
     next(it)
-    do = {"set_epoch": lambda: lo.set_epoch(2), "load_state_dict": lambda: lo.load_state_dict(state),
-          "iter": lambda: next(iter(lo))}[call]
+    do = {
+        "set_epoch": lambda: lo.set_epoch(2),
+        "load_state_dict": lambda: lo.load_state_dict(state),
+        "iter": lambda: next(iter(lo)),
+    }[call]
     with pytest.raises(ActStoreError, match=r"iterator of this loader is open.*close it"):
         do()
     it.close()
@@ -338,25 +405,66 @@ STATES = [  # (id, a function (stores, this loader's own state) -> the state to 
     ("none", lambda s, m: None, r"is a NoneType"),
     ("list", lambda s, m: [1, 2], r"is a list"),
     ("empty", lambda s, m: {}, r"lacks 'version'"),
-    ("garbage", lambda s, m: {"x": 1}, r"lacks .*not a dict that ActivationLoader.state_dict\(\) returned"),
-    ("old-format", lambda s, m: {k: m[k] for k in ("epoch", "seed", "world_size", "batch_size", "shuffle")}
-     | {"batches": 2, "n_tokens": 84, "buffer_tokens": 256}, r"without the store's identity"),
+    (
+        "garbage",
+        lambda s, m: {"x": 1},
+        r"lacks .*not a dict that ActivationLoader.state_dict\(\) returned",
+    ),
+    (
+        "old-format",
+        lambda s, m: (
+            {k: m[k] for k in ("epoch", "seed", "world_size", "batch_size", "shuffle")}
+            | {"batches": 2, "n_tokens": 84, "buffer_tokens": 256}
+        ),
+        r"without the store's identity",
+    ),
     ("seed-str", lambda s, m: {**m, "seed": "x"}, r"seed='x' \(a loader saves an integer\)"),
     ("version", lambda s, m: {**m, "version": 99}, r"version 99"),
-    ("other-model", lambda s, m: s["other"].loader("resid_post:1", 8).state_dict(),
-     r"another store.*model's weights.*Load it into a loader of the store it was saved from"),
-    ("other-layout", lambda s, m: s["doc"].loader("resid_post:1", 8).state_dict(), r"another store.*layout"),
-    ("other-seed", lambda s, m: s["packed"].loader("resid_post:1", 8, seed=4).state_dict(),
-     r"saved with seed=4, this loader has seed=0; make the loader with seed=4"),
-    ("other-rows", lambda s, m: s["packed"].loader("resid_post:1", 8, rows=slice(0, 12, 2)).state_dict(),
-     r"saved with rows=<6 rows of 0..10"),
-    ("other-world", lambda s, m: s["packed"].loader("resid_post:1", 8, rank=1, world_size=2).state_dict(),
-     r"world_size=2 and as many processes"),
-    ("other-batch", lambda s, m: s["packed"].loader("resid_post:1", 9).state_dict(), r"saved with batch_size=9"),
-    ("other-sites", lambda s, m: s["packed"].loader("resid_post:0", 8).state_dict(), r"saved with sites="),
-    ("other-buffer", lambda s, m: s["packed"].loader("resid_post:1", 8, buffer_tokens=64).state_dict(),
-     r"saved with buffer_tokens=64, this loader has buffer_tokens=256 \(its default"),
-    ("batches-huge", lambda s, m: {**m, "batches": 10**6}, r"batches=1000000\) is out of range.*has 11 batches"),
+    (
+        "other-model",
+        lambda s, m: s["other"].loader("resid_post:1", 8).state_dict(),
+        r"another store.*model's weights.*Load it into a loader of the store it was saved from",
+    ),
+    (
+        "other-layout",
+        lambda s, m: s["doc"].loader("resid_post:1", 8).state_dict(),
+        r"another store.*layout",
+    ),
+    (
+        "other-seed",
+        lambda s, m: s["packed"].loader("resid_post:1", 8, seed=4).state_dict(),
+        r"saved with seed=4, this loader has seed=0; make the loader with seed=4",
+    ),
+    (
+        "other-rows",
+        lambda s, m: s["packed"].loader("resid_post:1", 8, rows=slice(0, 12, 2)).state_dict(),
+        r"saved with rows=<6 rows of 0..10",
+    ),
+    (
+        "other-world",
+        lambda s, m: s["packed"].loader("resid_post:1", 8, rank=1, world_size=2).state_dict(),
+        r"world_size=2 and as many processes",
+    ),
+    (
+        "other-batch",
+        lambda s, m: s["packed"].loader("resid_post:1", 9).state_dict(),
+        r"saved with batch_size=9",
+    ),
+    (
+        "other-sites",
+        lambda s, m: s["packed"].loader("resid_post:0", 8).state_dict(),
+        r"saved with sites=",
+    ),
+    (
+        "other-buffer",
+        lambda s, m: s["packed"].loader("resid_post:1", 8, buffer_tokens=64).state_dict(),
+        r"saved with buffer_tokens=64, this loader has buffer_tokens=256 \(its default",
+    ),
+    (
+        "batches-huge",
+        lambda s, m: {**m, "batches": 10**6},
+        r"batches=1000000\) is out of range.*has 11 batches",
+    ),
     ("batches-negative", lambda s, m: {**m, "batches": -5}, r"batches=-5"),
     ("batches-float", lambda s, m: {**m, "batches": 2.0}, r"batches=2.0"),
     ("epoch-negative", lambda s, m: {**m, "epoch": -1}, r"epoch=-1"),
@@ -394,8 +502,12 @@ def test_states(stores, row):
 # --- generated -------------------------------------------------------------------------------
 
 # slices (any start, stop and step, some empty or out of range); the table has the other kinds
-ROWS = st.builds(slice, st.one_of(st.none(), st.integers(-14, 14)), st.one_of(st.none(), st.integers(-14, 14)),
-                 st.one_of(st.none(), st.integers(-4, 4)))
+ROWS = st.builds(
+    slice,
+    st.one_of(st.none(), st.integers(-14, 14)),
+    st.one_of(st.none(), st.integers(-14, 14)),
+    st.one_of(st.none(), st.integers(-4, 4)),
+)
 
 
 def valid_rows(rows: Any) -> bool:
@@ -406,16 +518,35 @@ def valid_rows(rows: Any) -> bool:
     return len(idx) > 0 and len(set(idx.tolist())) == len(idx)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(rows=ROWS, batch_size=st.sampled_from([1, 3, 8, 20, 50, 100]), world=st.integers(1, 6),
-       even=st.booleans(), drop_last=st.booleans(), seed=st.integers(0, 3), epoch=st.sampled_from([None, 0, 2]))
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=ROWS,
+    batch_size=st.sampled_from([1, 3, 8, 20, 50, 100]),
+    world=st.integers(1, 6),
+    even=st.booleans(),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 3),
+    epoch=st.sampled_from([None, 0, 2]),
+)
 def test_generated(stores, rows, batch_size, world, even, drop_last, seed, epoch):
     """Every combination: a correct epoch on every rank, or a refusal of ours that the
     numbers justify (no rows; fewer rows than ranks; a rank with fewer tokens than a batch)."""
     store = stores["packed"]
-    kw = {"sites": "resid_post:1,z:1", "batch_size": batch_size, "rows": rows, "seed": seed, "even_batches": even,
-          "drop_last": drop_last, "num_workers": 1}
+    kw = {
+        "sites": "resid_post:1,z:1",
+        "batch_size": batch_size,
+        "rows": rows,
+        "seed": seed,
+        "even_batches": even,
+        "drop_last": drop_last,
+        "num_workers": 1,
+    }
     try:
         check_ok(stores, store, {**kw, "world_size": world}, epoch)
     except ActStoreError as e:
@@ -429,6 +560,14 @@ def test_generated(stores, rows, batch_size, world, even, drop_last, seed, epoch
             return
         # the refusal must be that a rank has fewer tokens than a batch and drops them
         assert re.search(r"has no batch", msg) and (even or drop_last), msg
-        plain = [store.loader(**{**kw, "even_batches": False, "drop_last": False, "batch_size": 1}, rank=r,
-                              world_size=world) for r in range(world)]
-        assert any(min(lo.plan(e).rank_tokens() for lo in plain) < batch_size for e in {0, epoch or 0}), msg
+        plain = [
+            store.loader(
+                **{**kw, "even_batches": False, "drop_last": False, "batch_size": 1},
+                rank=r,
+                world_size=world,
+            )
+            for r in range(world)
+        ]
+        assert any(
+            min(lo.plan(e).rank_tokens() for lo in plain) < batch_size for e in {0, epoch or 0}
+        ), msg

@@ -24,7 +24,9 @@ from actstore.corpus import (
 
 from ..conftest import DOCS
 
-DOCS_BIG = [f"Document {i}: " + " ".join(DOCS[i % len(DOCS)].split()[: 3 + i % 17]) for i in range(300)]
+DOCS_BIG = [
+    f"Document {i}: " + " ".join(DOCS[i % len(DOCS)].split()[: 3 + i % 17]) for i in range(300)
+]
 DOCS_BIG[7] = DOCS_BIG[40] = ""  # empty documents contribute nothing
 
 
@@ -63,23 +65,39 @@ def sources(tmp_path):
     (tmp_path / "parts").mkdir()
     text = tmp_path / "docs.txt"
     text.write_text("".join(d.replace("\n", " ") + "\n" for d in DOCS_BIG))
-    parts = [write_jsonl(tmp_path / "parts" / f"p{i}.jsonl", DOCS_BIG[i * 100:(i + 1) * 100]) for i in range(3)]
-    return {"list": DOCS_BIG, "jsonl": write_jsonl(tmp_path / "docs.jsonl", DOCS_BIG), "text": str(text),
-            "three files": parts}
+    parts = [
+        write_jsonl(tmp_path / "parts" / f"p{i}.jsonl", DOCS_BIG[i * 100 : (i + 1) * 100])
+        for i in range(3)
+    ]
+    return {
+        "list": DOCS_BIG,
+        "jsonl": write_jsonl(tmp_path / "docs.jsonl", DOCS_BIG),
+        "text": str(text),
+        "three files": parts,
+    }
 
 
 @pytest.mark.parametrize("kind", ["list", "jsonl", "text", "three files"])
-@pytest.mark.parametrize("packing,seq_len,per_shard", [("pack", 16, 23), ("pack", 7, 64), ("document", 12, 70)])
-def test_seeking_to_shard_k_yields_the_rows_of_a_sequential_read(tmp_path, tokenizer, counted, kind, packing,
-                                                                  seq_len, per_shard):
+@pytest.mark.parametrize(
+    "packing,seq_len,per_shard", [("pack", 16, 23), ("pack", 7, 64), ("document", 12, 70)]
+)
+def test_seeking_to_shard_k_yields_the_rows_of_a_sequential_read(
+    tmp_path, tokenizer, counted, kind, packing, seq_len, per_shard
+):
     spec = CorpusSpec.from_dataset(sources(tmp_path)[kind], seq_len=seq_len, packing=packing)
     scanned = scan(spec, tokenizer)
     n = scanned.n_rows
-    assert n == sum(len(b) for b in iter_rows(spec, tokenizer))  # the scan counts what a reader yields
-    assert counted("plan") == len(DOCS_BIG) and counted("rows") > 0  # the scan tokenised the corpus once
+    assert n == sum(
+        len(b) for b in iter_rows(spec, tokenizer)
+    )  # the scan counts what a reader yields
+    assert (
+        counted("plan") == len(DOCS_BIG) and counted("rows") > 0
+    )  # the scan tokenised the corpus once
     ref = sequential(spec, tokenizer, n)
     plan = scanned.plan(boundaries(n, per_shard))
-    assert plan.shape == (len(boundaries(n, per_shard)), len(PLAN_FIELDS)) and plan.dtype == np.int64
+    assert (
+        plan.shape == (len(boundaries(n, per_shard)), len(PLAN_FIELDS)) and plan.dtype == np.int64
+    )
     for k, (a, b) in enumerate(zip(boundaries(n, per_shard), boundaries(n, per_shard)[1:])):
         start, end = plan_checkpoint(plan, k), plan_checkpoint(plan, k + 1)
         counted.reset()
@@ -89,7 +107,11 @@ def test_seeking_to_shard_k_yields_the_rows_of_a_sequential_read(tmp_path, token
             assert (x is None and y is None) or np.array_equal(x, y[a:b]), (k, name)
         # only the shard's own documents are tokenised: the first to the last one it holds
         docs = ref.doc[a:b][ref.doc[a:b] >= 0]
-        assert counted("rows") == stop_after(end) - start.doc <= int(docs.max()) - int(docs.min()) + 1 + 2
+        assert (
+            counted("rows")
+            == stop_after(end) - start.doc
+            <= int(docs.max()) - int(docs.min()) + 1 + 2
+        )
 
 
 def test_the_plan_names_each_file_and_record(tmp_path, tokenizer):
@@ -131,4 +153,3 @@ def test_an_unknown_plan_knows_only_row_0():
 
 def test_counting_is_off_unless_asked():
     assert "ACTSTORE_COUNT_DOCS" not in os.environ and rows._COUNT_DOCS == ""
-

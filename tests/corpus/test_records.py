@@ -19,16 +19,27 @@ def _jsonl(path, lines):
 GOOD = json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 3})
 
 
-@pytest.mark.parametrize("lines,found", [
-    ([GOOD, "", '{"text": null}', GOOD], "no value"),  # the blank line holds no record
-    ([GOOD, "", '{"other": "x"}', GOOD], "no value"),  # datasets gives the missing key None: not an empty document
-    (['{"text": 5}', '{"text": 6}', '{"text": 7}'], "a int, not text"),  # (a file mixing str and int fails to open)
-])
+@pytest.mark.parametrize(
+    "lines,found",
+    [
+        ([GOOD, "", '{"text": null}', GOOD], "no value"),  # the blank line holds no record
+        (
+            [GOOD, "", '{"other": "x"}', GOOD],
+            "no value",
+        ),  # datasets gives the missing key None: not an empty document
+        (
+            ['{"text": 5}', '{"text": 6}', '{"text": 7}'],
+            "a int, not text",
+        ),  # (a file mixing str and int fails to open)
+    ],
+)
 def test_a_record_without_text_names_file_and_line(tmp_path, tokenizer, lines, found):
     path = _jsonl(tmp_path / "docs.jsonl", lines)
     spec = CorpusSpec.from_dataset(path, seq_len=8)
     line = 3 if found == "no value" else 1
-    with pytest.raises(CorpusError, match=rf"file '.*docs.jsonl', line {line}: field 'text' holds {found}"):
+    with pytest.raises(
+        CorpusError, match=rf"file '.*docs.jsonl', line {line}: field 'text' holds {found}"
+    ):
         count_rows(spec, tokenizer)
 
 
@@ -39,7 +50,10 @@ def test_a_null_text_in_a_python_list_is_refused_too(tokenizer):
 
 def test_a_malformed_json_line_names_file_and_line(tmp_path, tokenizer):
     path = _jsonl(tmp_path / "docs.jsonl", [GOOD, GOOD, '{"text": "abc"', GOOD])
-    with pytest.raises(CorpusError, match=r"file '.*docs.jsonl', line 3: Expecting ',' delimiter.*one JSON object per line"):
+    with pytest.raises(
+        CorpusError,
+        match=r"file '.*docs.jsonl', line 3: Expecting ',' delimiter.*one JSON object per line",
+    ):
         count_rows(CorpusSpec.from_dataset(path, seq_len=8), tokenizer)
 
 
@@ -47,7 +61,9 @@ def test_a_malformed_json_line_names_file_and_line(tmp_path, tokenizer):
 def test_a_split_is_refused_for_local_sources(tmp_path, tokenizer, source):
     dataset = _jsonl(tmp_path / "docs.jsonl", [GOOD]) if source == "file" else ["a text", "another"]
     spec = CorpusSpec.from_dataset(dataset, split="validation", seq_len=8)
-    with pytest.raises(CorpusError, match=r"one split, so --split validation cannot be honoured.*without --split"):
+    with pytest.raises(
+        CorpusError, match=r"one split, so --split validation cannot be honoured.*without --split"
+    ):
         count_rows(spec, tokenizer)
     assert count_rows(CorpusSpec.from_dataset(dataset, split="train", seq_len=4), tokenizer) > 0
 
@@ -61,7 +77,11 @@ def test_the_description_fingerprints_file_content(tmp_path):
     assert before["files"][0]["bytes"] == after["files"][0]["bytes"]
     assert without_fingerprints(before) == without_fingerprints(after)
     changed, unchecked = content_changes(before, after)
-    assert unchecked == [] and len(changed) == 1 and "c.txt' changed since the store was made" in changed[0]
+    assert (
+        unchecked == []
+        and len(changed) == 1
+        and "c.txt' changed since the store was made" in changed[0]
+    )
     assert content_changes(before, before) == ([], [])
     # a store made before fingerprints: nothing to compare, and it says so
     changed, unchecked = content_changes(without_fingerprints(before), after)
@@ -70,6 +90,10 @@ def test_the_description_fingerprints_file_content(tmp_path):
 
 def test_hub_revisions_are_compared_when_known():
     stored = {"kind": "hub", "source": "org/data", "resolved_revision": "abc"}
-    assert "now at commit def" in content_changes(stored, {**stored, "resolved_revision": "def"})[0][0]
-    assert "could not be asked" in content_changes(stored, {**stored, "resolved_revision": None})[1][0]
+    assert (
+        "now at commit def" in content_changes(stored, {**stored, "resolved_revision": "def"})[0][0]
+    )
+    assert (
+        "could not be asked" in content_changes(stored, {**stored, "resolved_revision": None})[1][0]
+    )
     assert "not recorded" in content_changes({**stored, "resolved_revision": None}, stored)[1][0]

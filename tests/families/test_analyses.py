@@ -30,18 +30,28 @@ def family_store(family_model, tmp_path_factory):
     def get(family: str) -> actstore.ActivationStore:
         if family not in made:
             out = tmp_path_factory.mktemp("fam") / f"{family}.zarr"
-            made[family] = actstore.cache(out=str(out), model=family_model(family), dataset=DOCS, seq_len=16,
-                                          n_rows=ROWS, sites="resid_post:all,z:all,mlp_out:all", device="cpu",
-                                          dtype="float32", progress=False)
+            made[family] = actstore.cache(
+                out=str(out),
+                model=family_model(family),
+                dataset=DOCS,
+                seq_len=16,
+                n_rows=ROWS,
+                sites="resid_post:all,z:all,mlp_out:all",
+                device="cpu",
+                dtype="float32",
+                progress=False,
+            )
         return made[family]
+
     return get
 
 
 def _plain(store: actstore.ActivationStore) -> Any:
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(store.metadata["model"]["name"],
-                                                             dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        store.metadata["model"]["name"], dtype=torch.float32
+    ).eval()
 
 
 def _parts(hf: Any) -> dict[str, Any]:
@@ -49,11 +59,23 @@ def _parts(hf: Any) -> dict[str, Any]:
     norm, unembed = _final(hf)
     if hasattr(hf, "gpt_neox"):
         m = hf.gpt_neox
-        return dict(layers=[(block.attention.dense, block.mlp) for block in m.layers], embed=m.embed_in, norm=norm,
-                    unembed=unembed, eps=norm.eps, centre=True)
+        return dict(
+            layers=[(block.attention.dense, block.mlp) for block in m.layers],
+            embed=m.embed_in,
+            norm=norm,
+            unembed=unembed,
+            eps=norm.eps,
+            centre=True,
+        )
     m = hf.model
-    return dict(layers=[(block.self_attn.o_proj, block.mlp) for block in m.layers], embed=m.embed_tokens, norm=norm,
-                unembed=unembed, eps=norm.variance_epsilon, centre=False)
+    return dict(
+        layers=[(block.self_attn.o_proj, block.mlp) for block in m.layers],
+        embed=m.embed_tokens,
+        norm=norm,
+        unembed=unembed,
+        eps=norm.variance_epsilon,
+        centre=False,
+    )
 
 
 def _final(hf: Any) -> tuple[Any, Any]:
@@ -83,18 +105,26 @@ def test_logit_lens_decodes_as_the_model_does(family_store, family):
     for j, hook in enumerate(got.hooks):
         x = torch.from_numpy(store.acts(hook)).float()
         with torch.no_grad():
-            want = torch.softmax(_softcapped(hf, unembed(norm(x))).double(), -1)  # (row, pos, vocab)
+            want = torch.softmax(
+                _softcapped(hf, unembed(norm(x))).double(), -1
+            )  # (row, pos, vocab)
         top = want.topk(5, dim=-1).values.log().numpy()  # compared as log-probabilities: nats apart
         spread = np.ptp(top)
         assert spread > 1, spread
         assert np.abs(np.log(got.topk_probs[:, j]) - top).max() <= 1e-4 * spread
         if j == len(got.hooks) - 1:
             assert (want.log() - final.log()).abs().max() <= 1e-4 * spread
-    if getattr(hf.config, "final_logit_softcapping", None):  # the cap moves the lens far more than the tolerance
+    if getattr(
+        hf.config, "final_logit_softcapping", None
+    ):  # the cap moves the lens far more than the tolerance
         x = torch.from_numpy(store.acts(got.hooks[-1])).float()
         with torch.no_grad():
-            uncapped = torch.softmax(unembed(norm(x)).double(), -1).topk(5, dim=-1).values.log().numpy()
-        assert np.abs(np.log(got.topk_probs[:, -1]) - uncapped).max() > 100 * 1e-4 * np.ptp(uncapped)
+            uncapped = (
+                torch.softmax(unembed(norm(x)).double(), -1).topk(5, dim=-1).values.log().numpy()
+            )
+        assert np.abs(np.log(got.topk_probs[:, -1]) - uncapped).max() > 100 * 1e-4 * np.ptp(
+            uncapped
+        )
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("gpt2", "gemma2")])
@@ -109,11 +139,21 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
     t, w = 262, 290  # " the", " and"
     got = direct_logit_attribution(store, None, list(range(ROWS)), t, w, progress=False)
     seen: dict[str, torch.Tensor] = {}
-    handles = [parts["norm"].register_forward_hook(lambda m, a, o: seen.__setitem__("final", a[0])),
-               parts["embed"].register_forward_hook(lambda m, a, o: seen.__setitem__("embed", o))]
+    handles = [
+        parts["norm"].register_forward_hook(lambda m, a, o: seen.__setitem__("final", a[0])),
+        parts["embed"].register_forward_hook(lambda m, a, o: seen.__setitem__("embed", o)),
+    ]
     for layer, (o_proj, mlp) in enumerate(parts["layers"]):
-        handles.append(o_proj.register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(f"z{layer}", a[0])))
-        handles.append(mlp.register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(f"mlp{layer}", o)))
+        handles.append(
+            o_proj.register_forward_hook(
+                lambda m, a, o, layer=layer: seen.__setitem__(f"z{layer}", a[0])
+            )
+        )
+        handles.append(
+            mlp.register_forward_hook(
+                lambda m, a, o, layer=layer: seen.__setitem__(f"mlp{layer}", o)
+            )
+        )
     tokens = torch.from_numpy(store.tokens()).long()
     with torch.no_grad():
         logits = hf(tokens).logits.double()
@@ -125,7 +165,7 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
     direction = (U[t] - U[w]) * parts["norm"].weight.double()
     x = seen["final"].double()[rows, pos]  # (row, d_model)
     x = x - x.mean(-1, keepdim=True) if parts["centre"] else x
-    scale = ((x ** 2).mean(-1, keepdim=True) + parts["eps"]).sqrt()
+    scale = ((x**2).mean(-1, keepdim=True) + parts["eps"]).sqrt()
 
     def project(c: torch.Tensor) -> torch.Tensor:  # (row, ..., d_model) -> (row, ...)
         c = c - c.mean(-1, keepdim=True) if parts["centre"] else c
@@ -150,9 +190,13 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
         total += parts["norm"].bias.double() @ (U[t] - U[w])
     want = (logits[rows, pos, t] - logits[rows, pos, w]).numpy()  # the model's own logit difference
     assert np.ptp(want) > 0.1 and np.abs(total.numpy() - want).max() <= 1e-5 * np.ptp(want)
-    assert np.abs(got.heads.sum((1, 2)) + got.mlp.sum(1) - want).max() > 1e-3 * np.ptp(want)  # the rest matters
+    assert np.abs(got.heads.sum((1, 2)) + got.mlp.sum(1) - want).max() > 1e-3 * np.ptp(
+        want
+    )  # the rest matters
 
 
 def test_dla_refuses_gemma2(family_store):
-    with pytest.raises(ConfigError, match=r"gemma2 models are not such a sum.*refuses rather than approximate"):
+    with pytest.raises(
+        ConfigError, match=r"gemma2 models are not such a sum.*refuses rather than approximate"
+    ):
         direct_logit_attribution(family_store("gemma2"), None, [0], 262, 290, progress=False)

@@ -21,10 +21,13 @@ from actstore.sites import hook_name
 from ..fidelity_cases import boot
 from .test_patching import family_case
 
-SWEEPS = [("resid_pre", "resid_pre", ap.layer_pos_patch_setter), ("resid_mid", "resid_mid", ap.layer_pos_patch_setter),
-          ("attn_head_out_by_pos", "z", ap.layer_pos_head_vector_patch_setter),
-          ("attn_head_k_by_pos", "k", ap.layer_pos_head_vector_patch_setter),
-          ("mlp_out", "mlp_out", ap.layer_pos_patch_setter)]
+SWEEPS = [
+    ("resid_pre", "resid_pre", ap.layer_pos_patch_setter),
+    ("resid_mid", "resid_mid", ap.layer_pos_patch_setter),
+    ("attn_head_out_by_pos", "z", ap.layer_pos_head_vector_patch_setter),
+    ("attn_head_k_by_pos", "k", ap.layer_pos_head_vector_patch_setter),
+    ("mlp_out", "mlp_out", ap.layer_pos_patch_setter),
+]
 
 
 def directional_derivative(bridge, corrupted, clean_cache, metric, name, setter, index) -> float:
@@ -36,7 +39,9 @@ def directional_derivative(bridge, corrupted, clean_cache, metric, name, setter,
 
     def fn(act, hook):
         tangent = setter(act.clone(), index, clean) - act
-        return act.copy_(fwAD.make_dual(act.detach().clone(), tangent))  # into the hooked tensor, as a patch
+        return act.copy_(
+            fwAD.make_dual(act.detach().clone(), tangent)
+        )  # into the hooked tensor, as a patch
 
     with torch.no_grad(), fwAD.dual_level():
         out = metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, fn)]))
@@ -52,12 +57,19 @@ def test_attribution_equals_forward_mode_derivatives(family_model, family):
     for sweep, act, setter in SWEEPS:
         if family == "gpt_neox" and act == "resid_mid":  # (none: a parallel block)
             continue
-        got = getattr(at, f"get_act_patch_{sweep}")(bridge, case.corrupted, cache, case.ld, as_effect=True,
-                                                    progress=False)
+        got = getattr(at, f"get_act_patch_{sweep}")(
+            bridge, case.corrupted, cache, case.ld, as_effect=True, progress=False
+        )
         spread = float(got.max() - got.min())
         assert spread > 0.05, (family, sweep, spread)
         for flat in torch.argsort(got.abs().flatten(), descending=True)[:2].tolist():
             index = [int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(got.shape))]
-            want = directional_derivative(bridge, case.corrupted, cache, case.ld, hook_name(act, index[0]), setter,
-                                          index)
-            assert abs(float(got[tuple(index)]) - want) <= 1e-5 * spread, (family, sweep, index, want)
+            want = directional_derivative(
+                bridge, case.corrupted, cache, case.ld, hook_name(act, index[0]), setter, index
+            )
+            assert abs(float(got[tuple(index)]) - want) <= 1e-5 * spread, (
+                family,
+                sweep,
+                index,
+                want,
+            )

@@ -49,9 +49,17 @@ def folder_of(tmp_path_factory):
     def get(family: str) -> str:
         if family not in made:
             extra = {} if family == "gpt_neox" else {"num_key_value_heads": 4}
-            made[family] = str(build_random_model(family, tmp_path_factory.mktemp("mha") / family, seed=2,
-                                                  initializer_range=0.2, **extra))
+            made[family] = str(
+                build_random_model(
+                    family,
+                    tmp_path_factory.mktemp("mha") / family,
+                    seed=2,
+                    initializer_range=0.2,
+                    **extra,
+                )
+            )
         return made[family]
+
     return get
 
 
@@ -77,7 +85,9 @@ def test_the_masked_forward_is_the_models_own(folder_of, family):
         cut = fwd.run(clean, torch.zeros(1, fwd.graph.n_edges), fwd.node_outputs(corrupted))[0]
     scale = float(own.abs().max())
     assert_close_rel(kept, own, min_spread=1.0, scale=scale, what="every edge kept")
-    assert_close_rel(cut, other, min_spread=1.0, scale=scale, what="every edge cut to the other prompts")
+    assert_close_rel(
+        cut, other, min_spread=1.0, scale=scale, what="every edge cut to the other prompts"
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -89,8 +99,12 @@ def test_exact_edges_equal_single_edge_patches(folder_of, family):
     with torch.no_grad():
         _, cc = bridge.run_with_cache(clean)
         logits, kc = bridge.run_with_cache(corrupted)
-    want = torch.stack([edge_by_input_hooks(bridge, corrupted, cc, kc, logits, graph, e, metric)
-                        for e in range(graph.n_edges)])
+    want = torch.stack(
+        [
+            edge_by_input_hooks(bridge, corrupted, cc, kc, logits, graph, e, metric)
+            for e in range(graph.n_edges)
+        ]
+    )
     assert_close_rel(got, want, min_spread=0.5, what=f"{family} exact edges")
 
 
@@ -113,12 +127,22 @@ def test_eap_is_the_derivative_of_each_edge_patch(folder_of, family):
         u = int(graph.src[e])
         delta = node_output(bridge, graph, u, cc) - node_output(bridge, graph, u, kc)
         with torch.no_grad(), fwAD.dual_level():
-            t = fwAD.make_dual(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
-            want = fwAD.unpack_dual(metric(add_to_input(bridge, graph, e, corrupted, t * delta))).tangent
-        assert torch.allclose(eap[e], want, rtol=0, atol=1e-5 * spread), (family, graph.names[e], eap[e], want)
+            t = fwAD.make_dual(
+                torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+            )
+            want = fwAD.unpack_dual(
+                metric(add_to_input(bridge, graph, e, corrupted, t * delta))
+            ).tangent
+        assert torch.allclose(eap[e], want, rtol=0, atol=1e-5 * spread), (
+            family,
+            graph.names[e],
+            eap[e],
+            want,
+        )
     for method in ("eap-ig-inputs", "eap-ig-activations"):
-        one_step = edge_attribution(bridge, clean, corrupted, metric, method=method, steps=1, per_pair=True,
-                                    progress=False)
+        one_step = edge_attribution(
+            bridge, clean, corrupted, metric, method=method, steps=1, per_pair=True, progress=False
+        )
         assert torch.allclose(one_step, eap, rtol=0, atol=1e-9 * spread), method
 
 
@@ -128,18 +152,48 @@ def test_a_parallel_block_has_no_head_to_mlp_edge_of_its_own_layer(folder_of):
     assert "a0.h1->m0" in Graph(graph.n_layers, graph.n_heads).names  # (sequential blocks)
 
 
-@pytest.mark.parametrize("family,why", [
-    ("llama", r"in this llama model each key/value head is shared by 2 query heads \(n_key_value_heads=2, "
-              r"n_heads=4\), a graph actstore does not have yet"),
-    ("gemma2", r"each attention and MLP output is normalised before it joins the residual, so a head.s write is not "
-               r"z @ W_O"),
-])
+@pytest.mark.parametrize(
+    "family,why",
+    [
+        (
+            "llama",
+            r"in this llama model each key/value head is shared by 2 query heads \(n_key_value_heads=2, "
+            r"n_heads=4\), a graph actstore does not have yet",
+        ),
+        (
+            "gemma2",
+            r"each attention and MLP output is normalised before it joins the residual, so a head.s write is not "
+            r"z @ W_O",
+        ),
+    ],
+)
 def test_graphs_actstore_does_not_have_are_refused(family_model, family, why, tmp_path, capsys):
     with pytest.raises(ConfigError, match=why):
         GraphForward(boot(family_model(family)))
     out = tmp_path / "c.zarr"
-    assert main(["circuit", "--model", family_model(family), "--task", "ioi", "--n-pairs", "2", "--method", "eap",
-                 "--top", "3", "--out", str(out), "--quiet", "--device", "cpu"]) != 0
+    assert (
+        main(
+            [
+                "circuit",
+                "--model",
+                family_model(family),
+                "--task",
+                "ioi",
+                "--n-pairs",
+                "2",
+                "--method",
+                "eap",
+                "--top",
+                "3",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        != 0
+    )
     assert "use activation patching (actstore patch, every sweep)" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
 
@@ -148,8 +202,29 @@ def test_actstore_circuit_on_pythias_family(folder_of, tmp_path, capsys):
     import zarr
 
     out = tmp_path / "c.zarr"
-    assert main(["circuit", "--model", folder_of("gpt_neox"), "--task", "ioi", "--n-pairs", "4", "--method",
-                 "eap,exact", "--top", "10", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "circuit",
+                "--model",
+                folder_of("gpt_neox"),
+                "--task",
+                "ioi",
+                "--n-pairs",
+                "4",
+                "--method",
+                "eap,exact",
+                "--top",
+                "10",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     group = zarr.open_group(str(out), mode="r")
     eap, exact = (np.asarray(group[f"circuit/{m}/scores"]) for m in ("eap", "exact"))
     assert eap.shape == exact.shape == (Graph.from_model(boot(folder_of("gpt_neox"))).n_edges,)
@@ -170,12 +245,21 @@ def test_replaced_node_outputs_reach_every_reader(folder_of, family):
             act = act.clone()
             act[:, :, 1] = cc["blocks.0.attn.hook_z"][:, :, 1]
             return act
-        want = bridge.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.attn.hook_z", head_z),
-                                                           ("blocks.1.hook_mlp_out",
-                                                            lambda act, hook: cc["blocks.1.hook_mlp_out"])])
-        outputs = {"a0.h1": cc["blocks.0.attn.hook_z"][:, :, 1] @ bridge.blocks[0].attn.W_O[1],
-                   "m1": cc["blocks.1.hook_mlp_out"]}
+
+        want = bridge.run_with_hooks(
+            corrupted,
+            fwd_hooks=[
+                ("blocks.0.attn.hook_z", head_z),
+                ("blocks.1.hook_mlp_out", lambda act, hook: cc["blocks.1.hook_mlp_out"]),
+            ],
+        )
+        outputs = {
+            "a0.h1": cc["blocks.0.attn.hook_z"][:, :, 1] @ bridge.blocks[0].attn.W_O[1],
+            "m1": cc["blocks.1.hook_mlp_out"],
+        }
         got = fwd.run(corrupted, torch.ones(1, fwd.graph.n_edges), outputs=outputs)[0]
         unpatched = bridge(corrupted)
-    assert_close_rel(got, want, min_spread=1.0, scale=float(want.abs().max()), what=f"{family} replaced outputs")
+    assert_close_rel(
+        got, want, min_spread=1.0, scale=float(want.abs().max()), what=f"{family} replaced outputs"
+    )
     assert float((want - unpatched).abs().max()) > 0.1  # (the replacement changes the logits)

@@ -30,7 +30,9 @@ EARLY = ["resid_pre", "attn_head_k_by_pos"]
 # the costliest sweeps (a forward per cell in the reference) on two families: grouped-query
 # Llama and parallel GPT-NeoX; every family runs them through the same whole-forward engine
 COSTLY = ["attn_head_pattern_dest_src_pos", "attn_head_by_pos_every"]
-CASES = [(f, s) for s in SINGLE + EVERY for f in OTHERS if s not in COSTLY or f in ("llama", "gpt_neox")]
+CASES = [
+    (f, s) for s in SINGLE + EVERY for f in OTHERS if s not in COSTLY or f in ("llama", "gpt_neox")
+]
 
 
 def family_case(family: str, folder: str, kind: str) -> Case:
@@ -44,10 +46,20 @@ def family_case(family: str, folder: str, kind: str) -> Case:
     corrupted = clean.clone()
     first = 11 if kind == "late" else 2
     for row in range(3):
-        corrupted[row, first + row::2] = torch.tensor(rng.sample(pool, len(range(first + row, 16, 2))))
+        corrupted[row, first + row :: 2] = torch.tensor(
+            rng.sample(pool, len(range(first + row, 16, 2)))
+        )
     answer, wrong = rng.sample(pool, 3), rng.sample(pool, 3)
-    return Case(f"{family}_{kind}", boot(folder), clean, corrupted, answer, wrong, min_spread=0.02,
-                first_change=first)
+    return Case(
+        f"{family}_{kind}",
+        boot(folder),
+        clean,
+        corrupted,
+        answer,
+        wrong,
+        min_spread=0.02,
+        first_change=first,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +70,7 @@ def family_case_of(family_model):
         if (family, kind) not in made:
             made[family, kind] = family_case(family, family_model(family), kind)
         return made[family, kind]
+
     return get
 
 
@@ -72,7 +85,9 @@ def test_every_sweep_equals_transformer_lens(family_case_of, family, sweep):
     case = family_case_of(family)
     got_ld, got_plain, want_ld, want_plain = compared(case, sweep, *ours(case, sweep))
     assert_matches(got_ld, want_ld, case, f"{family} {sweep} LogitDiff")
-    assert_matches(got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{family} {sweep} plain")
+    assert_matches(
+        got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{family} {sweep} plain"
+    )
 
 
 @pytest.mark.parametrize("sweep", EARLY)
@@ -82,30 +97,48 @@ def test_prompts_that_differ_early(family_case_of, family, sweep):
     got_ld, got_plain = ours(case, sweep)
     want_ld, want_plain = reference(case, sweep)
     assert_matches(got_ld, want_ld, case, f"{family} {sweep} LogitDiff")
-    assert_matches(got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{family} {sweep} plain")
+    assert_matches(
+        got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{family} {sweep} plain"
+    )
 
 
 def test_the_whole_forward_engine_is_the_one_that_ran(family_case_of, monkeypatch):
     """These families run as whole plain forwards: the block runner is never called, and
     a setter that loses its patch there changes the result (the comparison can fail)."""
     case = family_case_of("llama")
-    monkeypatch.setattr(_engine, "_run_chunk", lambda *a, **k: pytest.fail("the block runner ran on llama"))
-    got = ap.get_act_patch_resid_pre(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+    monkeypatch.setattr(
+        _engine, "_run_chunk", lambda *a, **k: pytest.fail("the block runner ran on llama")
+    )
+    got = ap.get_act_patch_resid_pre(
+        case.bridge, case.corrupted, case.cache, case.ld, progress=False
+    )
     assert_matches(got, reference(case, "resid_pre")[0], case, "llama resid_pre")
 
     def lost(act, index, clean):  # patches the wrong position: a bug the fidelity test must catch
         act[:, index[1] - 1 if index[1] else 0] = clean[:, index[1]]
         return act
-    wrong = ap.generic_activation_patch(case.bridge, case.corrupted, case.cache, case.ld, lost, "resid_pre",
-                                        ("layer", "pos"), progress=False)
+
+    wrong = ap.generic_activation_patch(
+        case.bridge,
+        case.corrupted,
+        case.cache,
+        case.ld,
+        lost,
+        "resid_pre",
+        ("layer", "pos"),
+        progress=False,
+    )
     with pytest.raises(AssertionError, match="max |got - reference|"):
         assert_matches(wrong, reference(case, "resid_pre")[0], case, "a wrong setter")
 
 
 def test_a_parallel_block_has_no_resid_mid(family_case_of):
     case = family_case_of("gpt_neox")
-    with pytest.raises(ConfigError, match=r"reads blocks.0.hook_resid_mid, and this gpt_neox model has no such hook: "
-                                          r"its blocks run attention and the MLP in parallel"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reads blocks.0.hook_resid_mid, and this gpt_neox model has no such hook: "
+        r"its blocks run attention and the MLP in parallel",
+    ):
         ap.get_act_patch_resid_mid(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
 
 
@@ -113,30 +146,71 @@ def test_a_parallel_block_has_no_resid_mid(family_case_of):
 
 
 @needs_tl4
-@pytest.mark.parametrize("family,component", [("llama", "q"), ("qwen2", "q"), ("mistral", "q"), ("gpt_neox", "q"),
-                                              ("gpt_neox", "k"), ("gpt_neox", "v")])
+@pytest.mark.parametrize(
+    "family,component",
+    [
+        ("llama", "q"),
+        ("qwen2", "q"),
+        ("mistral", "q"),
+        ("gpt_neox", "q"),
+        ("gpt_neox", "k"),
+        ("gpt_neox", "v"),
+    ],
+)
 def test_direct_path_equals_transformer_lens(family_case_of, family, component):
     case = family_case_of(family)
     n_heads = int(case.bridge.cfg.n_heads)
-    got = ap.get_act_patch_direct_path_all_sources(case.bridge, case.corrupted, case.cache, case.corrupted_cache,
-                                                   case.ld, component, verbose=False)[0]  # sources in layer 0
+    got = ap.get_act_patch_direct_path_all_sources(
+        case.bridge,
+        case.corrupted,
+        case.cache,
+        case.corrupted_cache,
+        case.ld,
+        component,
+        verbose=False,
+    )[0]  # sources in layer 0
     with torch.no_grad():
-        want = torch.stack([tlp.get_act_patch_direct_path(case.bridge, case.corrupted, case.cache, case.corrupted_cache,
-                                                          case.ld, 0, h, component, verbose=False)
-                            for h in range(n_heads)])
-    assert_matches(got[:, 1:], want[:, 1:], case, f"{family} direct path into {component}", min_spread=0.005)
-    assert bool((got[:, 0] == 0).all())  # no edge into the source's own layer (placeholders, as the reference)
+        want = torch.stack(
+            [
+                tlp.get_act_patch_direct_path(
+                    case.bridge,
+                    case.corrupted,
+                    case.cache,
+                    case.corrupted_cache,
+                    case.ld,
+                    0,
+                    h,
+                    component,
+                    verbose=False,
+                )
+                for h in range(n_heads)
+            ]
+        )
+    assert_matches(
+        got[:, 1:], want[:, 1:], case, f"{family} direct path into {component}", min_spread=0.005
+    )
+    assert bool(
+        (got[:, 0] == 0).all()
+    )  # no edge into the source's own layer (placeholders, as the reference)
 
 
-@pytest.mark.parametrize("family,component,why", [
-    ("llama", "k", r"shares each key/value head among 2 query heads .* component='q' works"),
-    ("mistral", "v", r"shares each key/value head among 2 query heads"),
-    ("gemma2", "q", r"normalises each attention output before it joins the residual, so a head's write is not "
-                    r"z @ W_O"),
-])
+@pytest.mark.parametrize(
+    "family,component,why",
+    [
+        ("llama", "k", r"shares each key/value head among 2 query heads .* component='q' works"),
+        ("mistral", "v", r"shares each key/value head among 2 query heads"),
+        (
+            "gemma2",
+            "q",
+            r"normalises each attention output before it joins the residual, so a head's write is not "
+            r"z @ W_O",
+        ),
+    ],
+)
 def test_direct_path_refuses_what_a_family_does_not_define(family_case_of, family, component, why):
     case = family_case_of(family)
     with pytest.raises(ConfigError, match=why):
-        ap.get_act_patch_direct_path(case.bridge, case.corrupted, case.cache, None, case.ld, 0, 1, component,
-                                     verbose=False)
+        ap.get_act_patch_direct_path(
+            case.bridge, case.corrupted, case.cache, None, case.ld, 0, 1, component, verbose=False
+        )
     assert not case.bridge.cfg.use_split_qkv_input  # nothing left switched on

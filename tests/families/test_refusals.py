@@ -20,8 +20,24 @@ from actstore.random_models import FAMILIES
 def test_actstore_patch_runs_on_every_family(family_model, family, tmp_path, capsys):
     model = family_model(family)
     patched = tmp_path / "p.zarr"
-    code = main(["patch", "--model", model, "--task", "ioi", "--n-pairs", "2", "--sweep", "resid_pre", "--quiet",
-                 "--device", "cpu", "--out", str(patched)])
+    code = main(
+        [
+            "patch",
+            "--model",
+            model,
+            "--task",
+            "ioi",
+            "--n-pairs",
+            "2",
+            "--sweep",
+            "resid_pre",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(patched),
+        ]
+    )
     err = capsys.readouterr().err
     if "actstore patch needs transformer_lens>=4" in err:  # (TransformerLens 3: refused first)
         assert code != 0
@@ -29,7 +45,9 @@ def test_actstore_patch_runs_on_every_family(family_model, family, tmp_path, cap
         import zarr
 
         assert code == 0, err
-        values = np.asarray(zarr.open_group(str(patched), mode="r")["patching/resid_pre/logit_diff"])
+        values = np.asarray(
+            zarr.open_group(str(patched), mode="r")["patching/resid_pre/logit_diff"]
+        )
         assert values.shape[1:3] == (2, 16) and np.isfinite(values).all() and values.std() > 0
 
 
@@ -38,10 +56,16 @@ def test_an_architecture_with_no_adapter_is_refused() -> None:
         pass
 
     bridge = SimpleNamespace(original_model=OPTForCausalLM())
-    with pytest.raises(ConfigError, match=r"The logit lens needs a model-family adapter, and actstore has none for "
-                                          r"OPTForCausalLM; it serves gemma2 \(Gemma2ForCausalLM\), gpt2 "
-                                          r"\(GPT2LMHeadModel\), gpt_neox \(GPTNeoXForCausalLM\), llama "
-                                          r"\(LlamaForCausalLM\), mistral \(MistralForCausalLM\), qwen2 "
-                                          r"\(Qwen2ForCausalLM\)\. Use TransformerLens directly"):
+    with pytest.raises(
+        ConfigError,
+        match=r"The logit lens needs a model-family adapter, and actstore has none for "
+        r"OPTForCausalLM; it serves gemma2 \(Gemma2ForCausalLM\), gpt2 "
+        r"\(GPT2LMHeadModel\), gpt_neox \(GPTNeoXForCausalLM\), llama "
+        r"\(LlamaForCausalLM\), mistral \(MistralForCausalLM\), qwen2 "
+        r"\(Qwen2ForCausalLM\)\. Use TransformerLens directly",
+    ):
         adapter_for(bridge, "The logit lens")
-    assert adapter_for(SimpleNamespace(original_model=type("LlamaForCausalLM", (), {})())).name == "llama"
+    assert (
+        adapter_for(SimpleNamespace(original_model=type("LlamaForCausalLM", (), {})())).name
+        == "llama"
+    )

@@ -20,16 +20,25 @@ def test_selftest_model_passes(family_model, family, capsys):
     assert "--engine hf within float rounding of run_with_cache (float32)" in names
     assert "activation patching equals transformer_lens.patching" in names
     refusals = report["checks"][-1]["detail"]
-    assert refusals == "gpt2: every engine runs" if family == "gpt2" else f"{family}: refused by design" in refusals
+    assert (
+        refusals == "gpt2: every engine runs"
+        if family == "gpt2"
+        else f"{family}: refused by design" in refusals
+    )
     assert "--engine hf" not in refusals
-    assert ("the resid_mid site (its blocks run attention and the MLP in parallel" in refusals) == (family == "gpt_neox")
+    assert ("the resid_mid site (its blocks run attention and the MLP in parallel" in refusals) == (
+        family == "gpt_neox"
+    )
 
 
 def test_selftest_model_fails_when_patching_is_wrong(family_model, monkeypatch, capsys):
     from actstore.patching import engine, hooked
 
     def unpatched(model, tokens, cells, *args):  # the variants run without their patches
-        return hooked.run_cells(model, tokens, cells, *args[:2], lambda act, index, clean: act, *args[3:])
+        return hooked.run_cells(
+            model, tokens, cells, *args[:2], lambda act, index, clean: act, *args[3:]
+        )
+
     monkeypatch.setattr(engine, "run_cells", unpatched)
     assert main(["selftest", "--model", family_model("llama"), "--json"]) == 1
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
@@ -38,7 +47,9 @@ def test_selftest_model_fails_when_patching_is_wrong(family_model, monkeypatch, 
 
 
 def test_selftest_model_fails_when_the_family_is_described_wrong(family_model, monkeypatch, capsys):
-    monkeypatch.setattr(Gemma2, "final_softcap", classmethod(lambda cls, bridge: None))  # the bug this guards
+    monkeypatch.setattr(
+        Gemma2, "final_softcap", classmethod(lambda cls, bridge: None)
+    )  # the bug this guards
     assert main(["selftest", "--model", family_model("gemma2"), "--json"]) == 1
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     lens = checks["the logit lens decodes the final residual into the model's logits"]

@@ -40,7 +40,9 @@ def test_in_order_batches_equal_the_store(store):
 
 
 def test_shuffled_epochs_are_permutations_in_new_orders(store):
-    ref = reference(store, Z)  # hook_z: (head, d_head) flattened to n_heads * d_head, as SAELens's hook_z SAEs
+    ref = reference(
+        store, Z
+    )  # hook_z: (head, d_head) flattened to n_heads * d_head, as SAELens's hook_z SAEs
     assert ref.shape[1] == 128
     assert len(ref) % 50 == 0  # so that an epoch is whole batches
     stream = saelens.data_provider(store, "z:1", 50, seed=3)  # endless
@@ -48,7 +50,7 @@ def test_shuffled_epochs_are_permutations_in_new_orders(store):
     for e in epochs:  # every token of the store once (as a multiset: repeated text repeats values)
         np.testing.assert_array_equal(sorted_rows(e), sorted_rows(ref))
     assert not np.array_equal(epochs[0], epochs[1])
-    assert not np.array_equal(epochs[0], ref[:len(epochs[0])])
+    assert not np.array_equal(epochs[0], ref[: len(epochs[0])])
 
 
 def test_a_resumed_provider_continues_at_the_exact_next_batch(store):
@@ -75,18 +77,28 @@ def test_a_resumed_provider_continues_at_the_exact_next_batch(store):
 def test_float16_store_keeps_its_dtype_unless_asked(half_store):
     ref = reference(half_store, RESID)
     assert ref.dtype == np.float16
-    (b,) = list(saelens.data_provider(Path(half_store.path), "resid_post:1", len(ref), shuffle=False, epochs=1))
+    (b,) = list(
+        saelens.data_provider(
+            Path(half_store.path), "resid_post:1", len(ref), shuffle=False, epochs=1
+        )
+    )
     assert b.dtype == torch.float16
     np.testing.assert_array_equal(b.numpy(), ref)
-    (b32,) = list(saelens.data_provider(half_store, "resid_post:1", len(ref), shuffle=False, epochs=1,
-                                        dtype=torch.float32))
+    (b32,) = list(
+        saelens.data_provider(
+            half_store, "resid_post:1", len(ref), shuffle=False, epochs=1, dtype=torch.float32
+        )
+    )
     assert b32.dtype == torch.float32
     np.testing.assert_array_equal(b32.numpy(), ref.astype(np.float32))
 
 
 def test_multi_hook_batches_hold_the_same_tokens(store):
-    (b,) = list(saelens.multi_hook_data_provider(store, "resid_post:1,z:1", ROWS * (L - 1), shuffle=True, seed=1,
-                                                 epochs=1))
+    (b,) = list(
+        saelens.multi_hook_data_provider(
+            store, "resid_post:1,z:1", ROWS * (L - 1), shuffle=True, seed=1, epochs=1
+        )
+    )
     assert set(b) == {RESID, Z}
     order = np.lexsort(b[RESID].numpy().T[::-1])
     ref_r, ref_z = reference(store, RESID), reference(store, Z)
@@ -95,14 +107,26 @@ def test_multi_hook_batches_hold_the_same_tokens(store):
     np.testing.assert_array_equal(b[Z].numpy()[order], ref_z[ref_order])  # the pairs stay together
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda s: saelens.data_provider(s, "pattern:1", 8), "not one vector per token"),
-    (lambda s: saelens.data_provider(s, "resid_post:1,z:1", 8), "an SAE trains on one"),
-    (lambda s: saelens.data_provider(s, "resid_post:1", 8, d_in=768), "d_in is 768 but .* holds 128"),
-    (lambda s: saelens.data_provider(s, "resid_post:1", 10**6), "fewer than one batch"),
-    (lambda s: saelens.data_provider(s, "resid_post:1", 8, epochs=0), "epochs must be at least 1"),
-    (lambda s: saelens.multi_hook_data_provider(s, "resid_post:1", 8, d_in={Z: 128}), "do not select"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s: saelens.data_provider(s, "pattern:1", 8), "not one vector per token"),
+        (lambda s: saelens.data_provider(s, "resid_post:1,z:1", 8), "an SAE trains on one"),
+        (
+            lambda s: saelens.data_provider(s, "resid_post:1", 8, d_in=768),
+            "d_in is 768 but .* holds 128",
+        ),
+        (lambda s: saelens.data_provider(s, "resid_post:1", 10**6), "fewer than one batch"),
+        (
+            lambda s: saelens.data_provider(s, "resid_post:1", 8, epochs=0),
+            "epochs must be at least 1",
+        ),
+        (
+            lambda s: saelens.multi_hook_data_provider(s, "resid_post:1", 8, d_in={Z: 128}),
+            "do not select",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_reading(store, call, match):
     with pytest.raises(ConfigError, match=match):
         call(store)

@@ -59,8 +59,11 @@ def cases(tmp_path_factory) -> dict[str, Case]:
 def case(request, cases, tmp_path_factory) -> Case:
     name = request.param
     if name not in cases:
-        cases[name] = (wide_case(tmp_path_factory.mktemp("models") / "wide") if name == "wide_late"
-                       else demo_case(name.removeprefix("demo_")))
+        cases[name] = (
+            wide_case(tmp_path_factory.mktemp("models") / "wide")
+            if name == "wide_late"
+            else demo_case(name.removeprefix("demo_"))
+        )
     return cases[name]
 
 
@@ -68,10 +71,14 @@ def case(request, cases, tmp_path_factory) -> Case:
 def test_every_sweep_equals_transformer_lens(case, sweep):
     got_ld, got_plain, want_ld, want_plain = compared(case, sweep, *ours(case, sweep))
     assert_matches(got_ld, want_ld, case, f"{sweep} LogitDiff")
-    assert_matches(got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{sweep} plain metric")
+    assert_matches(
+        got_plain, want_plain, case, min_spread=case.min_spread / 4, what=f"{sweep} plain metric"
+    )
 
 
-@pytest.mark.parametrize("sweep", ["resid_pre", "resid_mid", "attn_head_v_by_pos", "attn_head_pattern_by_pos"])
+@pytest.mark.parametrize(
+    "sweep", ["resid_pre", "resid_mid", "attn_head_v_by_pos", "attn_head_pattern_by_pos"]
+)
 def test_without_the_kv_prefix_equals_transformer_lens(case, sweep):
     """kv_prefix=False, the workaround the self-check names, is exact as well."""
     got_ld, got_plain = ours(case, sweep, kv_prefix=False)
@@ -85,7 +92,9 @@ def test_without_the_kv_prefix_equals_transformer_lens(case, sweep):
 
 def test_resid_mid_is_the_residual_stream(cases, tmp_path_factory):
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
-    got = ap.get_act_patch_resid_mid(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+    got = ap.get_act_patch_resid_mid(
+        case.bridge, case.corrupted, case.cache, case.ld, progress=False
+    )
     # by hand: the clean resid_mid written into the hooked tensor (it is also the block's residual)
     layer, pos = 1, case.first_change
     name = f"blocks.{layer}.hook_resid_mid"
@@ -101,7 +110,9 @@ def test_resid_mid_is_the_residual_stream(cases, tmp_path_factory):
 
     with torch.no_grad():
         residual = case.ld(case.bridge.run_with_hooks(case.corrupted, fwd_hooks=[(name, write)]))
-        mlp_only = case.ld(case.bridge.run_with_hooks(case.corrupted, fwd_hooks=[(name, branch_only)]))
+        mlp_only = case.ld(
+            case.bridge.run_with_hooks(case.corrupted, fwd_hooks=[(name, branch_only)])
+        )
     assert abs(float(got[layer, pos] - residual)) < 1e-4
     assert abs(float(residual - mlp_only)) > 0.5  # the two meanings differ a lot here
     # transformer_lens.patching with gradients on clones: the MLP-input-only meaning
@@ -110,10 +121,14 @@ def test_resid_mid_is_the_residual_stream(cases, tmp_path_factory):
     assert abs(float(tl_grad[layer, pos] - mlp_only)) < 1e-4
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformer_lens.HookedTransformer") is None or TL4,
-                    reason="HookedTransformer's reference: TransformerLens 3.x")
-@pytest.mark.parametrize("sweep", ["resid_pre", "resid_mid", "attn_out", "attn_head_out_by_pos",
-                                   "attn_head_pattern_all_pos"])
+@pytest.mark.skipif(
+    importlib.util.find_spec("transformer_lens.HookedTransformer") is None or TL4,
+    reason="HookedTransformer's reference: TransformerLens 3.x",
+)
+@pytest.mark.parametrize(
+    "sweep",
+    ["resid_pre", "resid_mid", "attn_out", "attn_head_out_by_pos", "attn_head_pattern_all_pos"],
+)
 def test_hooked_transformer_means_the_same(cases, sweep):
     """On TransformerLens 3.x: HookedTransformer, loaded with the demo model's weights,
     gives the same sweeps (its hooks are the meaning the bridge's names promise)."""
@@ -122,7 +137,9 @@ def test_hooked_transformer_means_the_same(cases, sweep):
     with torch.no_grad():
         _, ht_cache = ht.run_with_cache(case.clean)
         want = getattr(tlp, f"get_act_patch_{sweep}")(ht, case.corrupted, ht_cache, case.ld)
-    got = getattr(ap, f"get_act_patch_{sweep}")(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+    got = getattr(ap, f"get_act_patch_{sweep}")(
+        case.bridge, case.corrupted, case.cache, case.ld, progress=False
+    )
     assert_matches(got, want, case, sweep)
 
 
@@ -135,10 +152,15 @@ def test_self_check_catches_a_lost_prefix(cases, monkeypatch):
     the way round it named in the error, gives the reference's values."""
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
     monkeypatch.setattr(_patch_engine, "attention_prefix", no_prefix)
-    with pytest.raises(EngineCheckError, match=r"plain run_with_hooks.*transformers \d.*transformer-lens \d.*"
-                                               r"kv_prefix=False"):
+    with pytest.raises(
+        EngineCheckError,
+        match=r"plain run_with_hooks.*transformers \d.*transformer-lens \d.*"
+        r"kv_prefix=False",
+    ):
         ap.get_act_patch_resid_pre(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
-    got = ap.get_act_patch_resid_pre(case.bridge, case.corrupted, case.cache, case.ld, progress=False, kv_prefix=False)
+    got = ap.get_act_patch_resid_pre(
+        case.bridge, case.corrupted, case.cache, case.ld, progress=False, kv_prefix=False
+    )
     assert_matches(got, reference(case, "resid_pre")[0], case, "resid_pre without the prefix")
 
 
@@ -147,8 +169,12 @@ def test_a_prefix_the_attention_ignores_is_an_error(cases, monkeypatch):
     renamed the block's) is caught as it happens, before any comparison."""
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
     monkeypatch.setattr(_kv_prefix, "_CACHE_KWARGS", ("a_keyword_no_attention_reads",))
-    with pytest.raises(EngineCheckError, match=r"attention of layers \[.*\] ignored the earlier positions' keys"):
-        ap.get_act_patch_attn_head_out_by_pos(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+    with pytest.raises(
+        EngineCheckError, match=r"attention of layers \[.*\] ignored the earlier positions' keys"
+    ):
+        ap.get_act_patch_attn_head_out_by_pos(
+            case.bridge, case.corrupted, case.cache, case.ld, progress=False
+        )
 
 
 def test_self_check_catches_a_wrong_resid_mid(cases, monkeypatch):
@@ -173,15 +199,21 @@ def test_self_check_catches_wrong_edge_values(cases, monkeypatch):
 
     monkeypatch.setattr(_path_engine, "block_projections", off)
     with pytest.raises(EngineCheckError, match=r"input of layer 1 with head \(0, 1\)"):
-        ap.get_act_patch_direct_path(case.bridge, case.corrupted, case.cache, None, case.ld, 0, 1, verbose=False)
+        ap.get_act_patch_direct_path(
+            case.bridge, case.corrupted, case.cache, None, case.ld, 0, 1, verbose=False
+        )
 
 
 def test_the_check_runs_a_plain_forward_per_sweep(cases, monkeypatch):
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
     checked = []
     check = _self_check.check_variants
-    monkeypatch.setattr(_self_check, "check_variants", lambda *a, **k: checked.append(a[2]) or check(*a, **k))
-    ap.get_act_patch_attn_head_out_by_pos(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+    monkeypatch.setattr(
+        _self_check, "check_variants", lambda *a, **k: checked.append(a[2]) or check(*a, **k)
+    )
+    ap.get_act_patch_attn_head_out_by_pos(
+        case.bridge, case.corrupted, case.cache, case.ld, progress=False
+    )
     assert len(checked) == 1 and len(checked[0]) == 1
 
 
@@ -194,9 +226,13 @@ def test_half_precision_sweeps_pass_their_self_check(dtype):
     engine's rounding, and the values track the reference run in the same dtype."""
     case = demo_case("late", dtype)
     for sweep in ("resid_pre", "attn_head_out_by_pos"):
-        got = getattr(ap, f"get_act_patch_{sweep}")(case.bridge, case.corrupted, case.cache, case.ld, progress=False)
+        got = getattr(ap, f"get_act_patch_{sweep}")(
+            case.bridge, case.corrupted, case.cache, case.ld, progress=False
+        )
         with torch.no_grad():
-            want = getattr(tlp, f"get_act_patch_{sweep}")(case.bridge, case.corrupted, case.cache, case.ld)
+            want = getattr(tlp, f"get_act_patch_{sweep}")(
+                case.bridge, case.corrupted, case.cache, case.ld
+            )
         spread = float(want.max() - want.min())
         assert spread > 1.0
         assert float((got.float() - want.float()).abs().max()) < 0.02 * spread

@@ -36,7 +36,10 @@ PAIRS = [  # (clean, corrupted, answer, wrong): 6 tokens each, + BOS; they diffe
 
 
 def tokens_of(tokenizer, texts):
-    ids = [[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [
+        [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in texts
+    ]
     assert len({len(i) for i in ids}) == 1
     return torch.tensor(ids)
 
@@ -85,19 +88,32 @@ def close_baseline(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def ref(fn, *args, **kwargs):
-    with torch.no_grad():  # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+    with (
+        torch.no_grad()
+    ):  # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
         return fn(*args, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["get_act_patch_resid_pre", "get_act_patch_attn_head_out_by_pos",
-                                  "get_act_patch_attn_head_pattern_all_pos"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "get_act_patch_resid_pre",
+        "get_act_patch_attn_head_out_by_pos",
+        "get_act_patch_attn_head_pattern_all_pos",
+    ],
+)
 def test_default_init_model(bridge, tokenizer, name):
     """GPT-2's init: the values barely move (spreads of 4e-4 to 1e-2), and still agree to
     1e-4 of that spread."""
     d = Setup(bridge, tokenizer)
     for metric in (d.ld, d.plain):
         want = ref(getattr(tlp, name), d.bridge, d.corrupted, d.cache, metric)
-        close(getattr(ap, name)(d.bridge, d.corrupted, d.cache, metric, progress=False), want, d, min_spread=1e-4)
+        close(
+            getattr(ap, name)(d.bridge, d.corrupted, d.cache, metric, progress=False),
+            want,
+            d,
+            min_spread=1e-4,
+        )
 
 
 def result_close(got, want, s) -> None:
@@ -115,15 +131,21 @@ def result_close(got, want, s) -> None:
 
 @needs_tl4
 @pytest.mark.parametrize("name", ["get_act_patch_resid_pre", "get_act_patch_attn_head_out_all_pos"])
-@pytest.mark.parametrize("reduce,baseline,mapping", [("none", False, False), ("mean", True, False),
-                                                     ("none", True, True), ("scalar", True, True)])
+@pytest.mark.parametrize(
+    "reduce,baseline,mapping",
+    [("none", False, False), ("mean", True, False), ("none", True, True), ("scalar", True, True)],
+)
 def test_reduce_baseline_and_metric_mappings(s, name, reduce, baseline, mapping):
     per_example = reduce != "scalar"
     ld = ap.LogitDiff(s.answer, s.wrong, per_example=per_example)
     plain = s.plain_pe if per_example else s.plain
     metric = {"ld": ld, "plain": plain} if mapping else ld
-    want = ref(getattr(tlp, name), s.bridge, s.corrupted, s.cache, metric, reduce=reduce, baseline=baseline)
-    got = getattr(ap, name)(s.bridge, s.corrupted, s.cache, metric, reduce=reduce, baseline=baseline, progress=False)
+    want = ref(
+        getattr(tlp, name), s.bridge, s.corrupted, s.cache, metric, reduce=reduce, baseline=baseline
+    )
+    got = getattr(ap, name)(
+        s.bridge, s.corrupted, s.cache, metric, reduce=reduce, baseline=baseline, progress=False
+    )
     if reduce == "mean" and not baseline:
         close(got, want, s)
     else:
@@ -133,8 +155,18 @@ def test_reduce_baseline_and_metric_mappings(s, name, reduce, baseline, mapping)
 @needs_tl4
 def test_every_helper_with_per_example_results(s):
     ld = ap.LogitDiff(s.answer, s.wrong, per_example=True)
-    want = ref(tlp.get_act_patch_block_every, s.bridge, s.corrupted, s.cache, ld, reduce="none", baseline=True)
-    got = ap.get_act_patch_block_every(s.bridge, s.corrupted, s.cache, ld, reduce="none", baseline=True, progress=False)
+    want = ref(
+        tlp.get_act_patch_block_every,
+        s.bridge,
+        s.corrupted,
+        s.cache,
+        ld,
+        reduce="none",
+        baseline=True,
+    )
+    got = ap.get_act_patch_block_every(
+        s.bridge, s.corrupted, s.cache, ld, reduce="none", baseline=True, progress=False
+    )
     result_close(got, want, s)
     assert got.patch_type_names == ["resid_pre", "attn_out", "mlp_out"]
 
@@ -143,7 +175,9 @@ def test_index_df_and_return_index_df(s):
     df = tlp.make_df_from_ranges([3, 7, 4], ["layer", "pos", "head"]).sample(25, random_state=0)
     args = (s.bridge, s.corrupted, s.cache, s.plain, ap.layer_pos_head_vector_patch_setter, "z")
     want, want_df = ref(tlp.generic_activation_patch, *args, index_df=df, return_index_df=True)
-    got, got_df = ap.generic_activation_patch(*args, index_df=df, return_index_df=True, progress=False)
+    got, got_df = ap.generic_activation_patch(
+        *args, index_df=df, return_index_df=True, progress=False
+    )
     close(got, want, s)
     assert got.shape == (25,)
     pd.testing.assert_frame_equal(got_df, want_df)
@@ -153,6 +187,7 @@ def test_custom_patch_setter_and_batched_metric(s):
     """A user's setter (here: a mean ablation-like blend, not a copy) and a metric
     wrapped with batched_metric, reading only the last two positions; on resid_mid,
     where writing into the hooked tensor also changes the block's residual."""
+
     def blend(corrupted, index, clean):
         layer, pos = index
         corrupted[:, pos] = 0.5 * corrupted[:, pos] + 0.5 * clean[:, pos]
@@ -163,7 +198,9 @@ def test_custom_patch_setter_and_batched_metric(s):
     ai, wi = [cols.index(t) for t in a], [cols.index(t) for t in w]
 
     def two_last(lg):  # (variant, batch, 2 positions, len(cols)) -> (variant,)
-        return torch.stack([lg[:, i, :, ai[i]] - lg[:, i, :, wi[i]] for i in range(len(a))], 1).mean((-1, -2))
+        return torch.stack(
+            [lg[:, i, :, ai[i]] - lg[:, i, :, wi[i]] for i in range(len(a))], 1
+        ).mean((-1, -2))
 
     metric = ap.batched_metric(two_last, positions=[-2, -1], token_ids=cols)
     args = (s.bridge, s.corrupted, s.cache, metric, blend, "resid_mid", ("layer", "pos"))
@@ -171,7 +208,9 @@ def test_custom_patch_setter_and_batched_metric(s):
     got = ap.generic_activation_patch(*args, progress=False)
     close(got, want, s)
 
-    def blend_copy(corrupted, index, clean):  # returns a new tensor: only ln2 (the MLP's input) sees it
+    def blend_copy(
+        corrupted, index, clean
+    ):  # returns a new tensor: only ln2 (the MLP's input) sees it
         return blend(corrupted.clone(), index, clean)
 
     args = (s.bridge, s.corrupted, s.cache, metric, blend_copy, "resid_mid", ("layer", "pos"))
@@ -200,7 +239,9 @@ def test_noop_variants_and_early_positions_are_not_run(s, tokenizer):
     _, cache = s.bridge.run_with_cache(clean)
     ld = ap.LogitDiff(s.answer[1], s.wrong[1])
     seen = []
-    handle = s.bridge.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[:2])))
+    handle = s.bridge.blocks[0].register_forward_pre_hook(
+        lambda m, args: seen.append(tuple(args[0].shape[:2]))
+    )
     try:
         got = ap.get_act_patch_resid_pre(s.bridge, corrupted, cache, ld, progress=False)
     finally:
@@ -217,7 +258,9 @@ def test_plan_chunks_cover_every_variant_once():
         covered = [i for a, b in chunks for i in range(a, b)]
         assert covered == list(range(len(starts)))
         assert all(b - a <= max_var for a, b in chunks)
-    assert _patch_engine._plan_chunks(starts, 2, 100, 8, 10**6) == [(0, 8)]  # calls dear: one forward
+    assert _patch_engine._plan_chunks(starts, 2, 100, 8, 10**6) == [
+        (0, 8)
+    ]  # calls dear: one forward
     assert len(_patch_engine._plan_chunks(starts, 2, 100, 8, 0)) == 5  # calls free: one per start
 
 
@@ -228,31 +271,63 @@ def test_plan_chunks_cover_every_variant_once():
 def clean_store(tmp_path_factory, sharp_model):
     # rows in another order than the pairs, padded to 10 tokens: clean_rows and trimming are exercised
     docs = [PAIRS[2][0], "An unrelated prompt", PAIRS[0][0], PAIRS[1][0]]
-    return actstore.cache(out=str(tmp_path_factory.mktemp("p") / "clean.zarr"), model=sharp_model, dataset=docs,
-                          packing="document", seq_len=10, sites="resid_pre:all,z:all,pattern:all", progress=False)
+    return actstore.cache(
+        out=str(tmp_path_factory.mktemp("p") / "clean.zarr"),
+        model=sharp_model,
+        dataset=docs,
+        packing="document",
+        seq_len=10,
+        sites="resid_pre:all,z:all,pattern:all",
+        progress=False,
+    )
 
 
-@pytest.mark.parametrize("name", ["get_act_patch_resid_pre", "get_act_patch_attn_head_out_by_pos",
-                                  "get_act_patch_attn_head_pattern_by_pos"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "get_act_patch_resid_pre",
+        "get_act_patch_attn_head_out_by_pos",
+        "get_act_patch_attn_head_pattern_by_pos",
+    ],
+)
 def test_clean_activations_from_a_store(s, clean_store, name):
     rows = [2, 3, 0]
     assert np.array_equal(clean_store.tokens()[rows, :7], s.clean.numpy())
     want = ref(getattr(tlp, name), s.bridge, s.corrupted, s.cache, s.plain)
-    got = getattr(ap, name)(s.bridge, s.corrupted, clean_store, s.plain, clean_rows=rows, progress=False)
+    got = getattr(ap, name)(
+        s.bridge, s.corrupted, clean_store, s.plain, clean_rows=rows, progress=False
+    )
     close(got, want, s)
 
 
-def test_store_errors(s, clean_store, tmp_path, tiny_model):  # tiny_model: same shape, other weights
-    with pytest.raises(StoreMismatchError, match=r"no activations for blocks\.0\.hook_mlp_out.*--sites mlp_out:all"):
-        ap.get_act_patch_mlp_out(s.bridge, s.corrupted, clean_store, s.ld, clean_rows=[2, 3, 0], progress=False)
+def test_store_errors(
+    s, clean_store, tmp_path, tiny_model
+):  # tiny_model: same shape, other weights
+    with pytest.raises(
+        StoreMismatchError, match=r"no activations for blocks\.0\.hook_mlp_out.*--sites mlp_out:all"
+    ):
+        ap.get_act_patch_mlp_out(
+            s.bridge, s.corrupted, clean_store, s.ld, clean_rows=[2, 3, 0], progress=False
+        )
     with pytest.raises(ConfigError, match="clean_rows names 2 rows but the corrupted batch has 3"):
-        ap.get_act_patch_resid_pre(s.bridge, s.corrupted, clean_store, s.ld, clean_rows=[2, 3], progress=False)
+        ap.get_act_patch_resid_pre(
+            s.bridge, s.corrupted, clean_store, s.ld, clean_rows=[2, 3], progress=False
+        )
     with pytest.raises(ConfigError, match="pass clean_rows"):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, clean_store, s.ld, progress=False)
-    foreign = actstore.cache(out=str(tmp_path / "foreign.zarr"), model=tiny_model, dataset=[p[0] for p in PAIRS],
-                             packing="document", seq_len=7, sites="resid_pre:all", progress=False)
+    foreign = actstore.cache(
+        out=str(tmp_path / "foreign.zarr"),
+        model=tiny_model,
+        dataset=[p[0] for p in PAIRS],
+        packing="document",
+        seq_len=7,
+        sites="resid_pre:all",
+        progress=False,
+    )
     with pytest.raises(StoreMismatchError, match="cached with another model.*fingerprint"):
-        ap.get_act_patch_resid_pre(s.bridge, s.corrupted, foreign, s.ld, clean_rows=[0, 1, 2], progress=False)
+        ap.get_act_patch_resid_pre(
+            s.bridge, s.corrupted, foreign, s.ld, clean_rows=[0, 1, 2], progress=False
+        )
 
 
 def test_bad_options_are_clear_errors(s):
@@ -260,12 +335,20 @@ def test_bad_options_are_clear_errors(s):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.ld, reduce="median")
     with pytest.raises(ConfigError, match="must return a scalar under reduce='scalar'"):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.plain_pe, progress=False)
-    with pytest.raises(ConfigError, match=r"must return a \[batch\] tensor" if TL4 else "needs transformer_lens>=4"):
-        ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.ld, reduce="none", progress=False)
-    with pytest.raises(ConfigError, match="cover 7 positions but the corrupted prompts have 6 tokens"):
+    with pytest.raises(
+        ConfigError, match=r"must return a \[batch\] tensor" if TL4 else "needs transformer_lens>=4"
+    ):
+        ap.get_act_patch_resid_pre(
+            s.bridge, s.corrupted, s.cache, s.ld, reduce="none", progress=False
+        )
+    with pytest.raises(
+        ConfigError, match="cover 7 positions but the corrupted prompts have 6 tokens"
+    ):
         ap.get_act_patch_resid_pre(s.bridge, s.corrupted[:, :6], s.cache, s.plain, progress=False)
     with pytest.raises(ConfigError, match="return_index_df only applies"):
-        ap.get_act_patch_resid_pre(s.bridge, s.corrupted, s.cache, s.ld, baseline=True, return_index_df=True)
+        ap.get_act_patch_resid_pre(
+            s.bridge, s.corrupted, s.cache, s.ld, baseline=True, return_index_df=True
+        )
     s.bridge.train()
     try:
         with pytest.raises(ConfigError, match="evaluation mode"):

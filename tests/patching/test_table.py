@@ -20,8 +20,11 @@ from actstore.sites import SHORT_SITES, Site, layer_of
 
 from ..conftest import TL4
 
-TL_SWEEPS = sorted(n.removeprefix("get_act_patch_") for n, f in vars(tlp).items()
-                   if n.startswith("get_act_patch_") and callable(f))
+TL_SWEEPS = sorted(
+    n.removeprefix("get_act_patch_")
+    for n, f in vars(tlp).items()
+    if n.startswith("get_act_patch_") and callable(f)
+)
 ROWS = {row.name: row for row in table.ROWS}
 
 
@@ -52,7 +55,10 @@ def test_single_rows_are_the_drop_in_partials_and_match_the_reference_defaults()
             continue
         kw = getattr(ap, row.function).keywords
         assert (kw["activation_name"], kw["patch_setter"], tuple(kw["index_axis_names"])) == (
-            row.activation, row.setter, row.axes)
+            row.activation,
+            row.setter,
+            row.axes,
+        )
         ref = inspect.signature(getattr(tlp, row.function)).parameters
         assert ref["activation_name"].default == row.activation
         assert ref["patch_setter"].default is row.setter
@@ -68,10 +74,16 @@ def test_attribution_job_and_cli_list_exactly_the_tables_sweeps():
     assert set(at.SWEEPS) == set(job.SWEEPS) == set(table.SWEEPS)
     assert set(table.SWEEPS) | set(table.PATH_SWEEPS) == set(ROWS)
     for name in table.SWEEPS:
-        assert callable(getattr(at, f"get_act_patch_{name}")) and f"get_act_patch_{name}" in at.__all__
+        assert (
+            callable(getattr(at, f"get_act_patch_{name}")) and f"get_act_patch_{name}" in at.__all__
+        )
     parser = argparse.ArgumentParser()
     cli_patch.register(parser.add_subparsers())
-    sweep = next(a for a in parser._subparsers._group_actions[0].choices["patch"]._actions if a.dest == "sweep")
+    sweep = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["patch"]._actions
+        if a.dest == "sweep"
+    )
     assert list(sweep.choices) == list(table.SWEEPS)
     for name, row in table.SWEEPS.items():  # --help lists each with what it patches
         assert f"  {name:<31}{row.what} [{', '.join(row.result_axes)}]" in cli_patch.SWEEP_LINES
@@ -108,30 +120,41 @@ def test_each_setter_applies_to_its_activation_on_the_demo_model(demo):
 def test_hooks_are_built_by_actstore_sites_and_agree_with_transformer_lens():
     for short in SHORT_SITES:
         assert table.act_hook(short)(3) == get_act_name(short, layer=3)
-    assert table.act_hook("pre")(2) == "blocks.2.mlp.hook_pre"  # the rest of transformer_lens's vocabulary
+    assert (
+        table.act_hook("pre")(2) == "blocks.2.mlp.hook_pre"
+    )  # the rest of transformer_lens's vocabulary
 
 
 def test_stacks_list_their_parts_in_the_reference_order():
     every = table.SWEEPS["attn_head_by_pos_every"]
     assert every.kind == "stack" and every.patch_types == ("out", "q", "k", "v", "pattern")
-    assert [p.name for p in every.parts] == [f"attn_head_{t}_by_pos" for t in ("out", "q", "k", "v", "pattern")]
+    assert [p.name for p in every.parts] == [
+        f"attn_head_{t}_by_pos" for t in ("out", "q", "k", "v", "pattern")
+    ]
     assert every.axes == ("layer", "pos", "head")
-    assert [p.name for p in table.SWEEPS["block_every"].parts] == ["resid_pre", "attn_out", "mlp_out"]
+    assert [p.name for p in table.SWEEPS["block_every"].parts] == [
+        "resid_pre",
+        "attn_out",
+        "mlp_out",
+    ]
 
 
 def _row(**change):
     return dataclasses.replace(table.SWEEPS["resid_pre"], **change)
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(activation="resid_pree"), "not a short site name"),
-    (dict(activation="embed"), "not a short site name|outside the blocks"),
-    (dict(axes=("pos", "layer")), "starting with 'layer'"),
-    (dict(axes=("layer", "position")), "are not distinct names"),
-    (dict(what=" "), "no description"),
-    (dict(name="resid pre"), "not an identifier"),
-    (dict(setter=None, activation=None), "no activation"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(activation="resid_pree"), "not a short site name"),
+        (dict(activation="embed"), "not a short site name|outside the blocks"),
+        (dict(axes=("pos", "layer")), "starting with 'layer'"),
+        (dict(axes=("layer", "position")), "are not distinct names"),
+        (dict(what=" "), "no description"),
+        (dict(name="resid pre"), "not an identifier"),
+        (dict(setter=None, activation=None), "no activation"),
+    ],
+)
 def test_a_broken_row_is_refused(change, match):
     with pytest.raises(ConfigError, match=match) as e:
         _row(**change)
@@ -141,11 +164,15 @@ def test_a_broken_row_is_refused(change, match):
 def test_a_broken_stack_or_table_is_refused():
     s = table.SWEEPS
     with pytest.raises(ConfigError, match="not a reordering"):
-        dataclasses.replace(s["block_every"], parts=(s["resid_pre"], s["attn_head_out_by_pos"], s["mlp_out"]))
+        dataclasses.replace(
+            s["block_every"], parts=(s["resid_pre"], s["attn_head_out_by_pos"], s["mlp_out"])
+        )
     with pytest.raises(ConfigError, match="patch_types"):
         dataclasses.replace(s["block_every"], patch_types=("resid_pre", "attn_out"))
     with pytest.raises(ConfigError, match="not a single sweep"):
-        dataclasses.replace(s["block_every"], parts=(s["resid_pre"], s["block_every"], s["mlp_out"]))
+        dataclasses.replace(
+            s["block_every"], parts=(s["resid_pre"], s["block_every"], s["mlp_out"])
+        )
     with pytest.raises(ConfigError, match="two rows named 'resid_pre'"):
         table.check_table([*table.ROWS, _row(what="again")])
     with pytest.raises(ConfigError, match="part 'attn_out' is not a row"):

@@ -24,7 +24,9 @@ def ids(tok, text):
 def test_pairs_have_equal_lengths_and_one_token_answers(tokenizer, task):
     pairs = tasks.make_pairs(task, 40, seed=7, tokenizer=tokenizer)
     assert len(pairs) == 40
-    lengths = {len(ids(tokenizer, p.clean)) for p in pairs} | {len(ids(tokenizer, p.corrupted)) for p in pairs}
+    lengths = {len(ids(tokenizer, p.clean)) for p in pairs} | {
+        len(ids(tokenizer, p.corrupted)) for p in pairs
+    }
     assert len(lengths) == 1  # within each pair and across the pairs: positions line up
     for p in pairs:
         assert len(ids(tokenizer, p.answer)) == 1 and len(ids(tokenizer, p.wrong)) == 1
@@ -38,7 +40,9 @@ def test_deterministic_from_the_seed(tokenizer, task):
     assert tasks.make_pairs(task, 10, seed=3, tokenizer=tokenizer) == a
     assert tasks.make_pairs(task, 10, seed=4, tokenizer=tokenizer) != a
     assert tasks.make_pairs(task, 4, seed=3, tokenizer=tokenizer) == a[:4]  # prefix-stable
-    assert [p.to_json() for p in tasks.make_pairs(task, 10, seed=3)] == [p.to_json() for p in a]  # default tokenizer
+    assert [p.to_json() for p in tasks.make_pairs(task, 10, seed=3)] == [
+        p.to_json() for p in a
+    ]  # default tokenizer
 
 
 def test_ioi_structure(tokenizer):
@@ -60,12 +64,24 @@ def test_ioi_structure(tokenizer):
     flip = tasks.ioi_pairs(8, seed=0, tokenizer=tokenizer, corruption="flip")
     for p, q in zip(pairs, flip):
         assert p.clean == q.clean  # the same sentences: the corruption alone differs
-        assert q.corrupted == q.clean[: q.clean.rindex(q.meta["s"])] + q.meta["io"] + q.clean[
-            q.clean.rindex(q.meta["s"]) + len(q.meta["s"]):]
+        assert (
+            q.corrupted
+            == q.clean[: q.clean.rindex(q.meta["s"])]
+            + q.meta["io"]
+            + q.clean[q.clean.rindex(q.meta["s"]) + len(q.meta["s"]) :]
+        )
     for t in range(len(tasks.IOI_TEMPLATES)):  # every template works, one length each
         ps = tasks.ioi_pairs(6, seed=t, tokenizer=tokenizer, template=t)
-        assert len({len(ids(tokenizer, p.clean)) for p in ps} | {len(ids(tokenizer, p.corrupted)) for p in ps}) == 1
-    assert {p.meta["order"] for p in tasks.ioi_pairs(4, tokenizer=tokenizer, order="BABA")} == {"BABA"}
+        assert (
+            len(
+                {len(ids(tokenizer, p.clean)) for p in ps}
+                | {len(ids(tokenizer, p.corrupted)) for p in ps}
+            )
+            == 1
+        )
+    assert {p.meta["order"] for p in tasks.ioi_pairs(4, tokenizer=tokenizer, order="BABA")} == {
+        "BABA"
+    }
     with pytest.raises(ConfigError, match="corruption must be"):
         tasks.ioi_pairs(2, tokenizer=tokenizer, corruption="shuffle")
     with pytest.raises(ConfigError, match="template must be in 0..14"):
@@ -105,8 +121,12 @@ FACTS = [  # prompts of 8, 7, 7 and 5 tokens
     {"prompt": "The Louvre is in the city of", "answer": " Paris", "subject": "Louvre"},
     {"prompt": "The Kremlin is in the city of", "answer": " Moscow"},
     {"prompt": "The Vatican is in the city of", "answer": " Rome"},
-    {"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The capital of France is",
-     "wrong": " Paris"},
+    {
+        "prompt": "The capital of Japan is",
+        "answer": " Tokyo",
+        "corrupted_prompt": "The capital of France is",
+        "wrong": " Paris",
+    },
 ]
 
 
@@ -118,34 +138,74 @@ def write(path, records) -> str:
 def test_factual_pairs(tokenizer, tmp_path):
     lengths = [len(ids(tokenizer, f["prompt"])) for f in FACTS]
     assert lengths[0] != lengths[1] == lengths[2]  # the first has no partner of its length...
-    with pytest.raises(ConfigError, match=r"facts.jsonl:1: no other fact has a prompt of \d+ tokens.*corrupted_prompt"):
+    with pytest.raises(
+        ConfigError,
+        match=r"facts.jsonl:1: no other fact has a prompt of \d+ tokens.*corrupted_prompt",
+    ):
         tasks.factual_pairs(write(tmp_path / "facts.jsonl", FACTS), tokenizer=tokenizer)
     path = write(tmp_path / "facts.jsonl", FACTS[1:])  # ...without it, every fact is paired
     pairs = tasks.factual_pairs(path, tokenizer=tokenizer)
     assert [(p.clean, p.corrupted, p.answer, p.wrong) for p in pairs] == [
         (FACTS[1]["prompt"], FACTS[2]["prompt"], " Moscow", " Rome"),
         (FACTS[2]["prompt"], FACTS[1]["prompt"], " Rome", " Moscow"),
-        (FACTS[3]["prompt"], FACTS[3]["corrupted_prompt"], " Tokyo", " Paris")]
-    assert pairs[0].meta["source"].endswith("facts.jsonl:1") and pairs[0].meta["paired_with"].endswith("facts.jsonl:2")
-    assert tasks.factual_pairs(path, tokenizer=tokenizer, seed=5) == pairs  # one partner each way: any seed
+        (FACTS[3]["prompt"], FACTS[3]["corrupted_prompt"], " Tokyo", " Paris"),
+    ]
+    assert pairs[0].meta["source"].endswith("facts.jsonl:1") and pairs[0].meta[
+        "paired_with"
+    ].endswith("facts.jsonl:2")
+    assert (
+        tasks.factual_pairs(path, tokenizer=tokenizer, seed=5) == pairs
+    )  # one partner each way: any seed
     two = tasks.factual_pairs(path, n=2, seed=0, tokenizer=tokenizer)
     assert len(two) == 2 and two == tasks.factual_pairs(path, n=2, seed=0, tokenizer=tokenizer)
 
 
-@pytest.mark.parametrize("record,error,match", [
-    ({"prompt": "The Louvre is in", "answer": " Paris, France"}, ConfigError,
-     r"answer ' Paris, France' is 3 tokens.*one-token"),
-    ({"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The city of Paris is the "
-      "capital of", "wrong": " France"}, ConfigError, "prompt is 5 tokens and the corrupted_prompt 8"),
-    ({"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The capital of France is"},
-     CorpusError, "corrupted_prompt but no 'wrong'"),
-    ({"prompt": "The capital of Japan is", "answer": " Tokyo", "corupted_prompt": "x"}, CorpusError,
-     "unknown field 'corupted_prompt' \\(did you mean 'corrupted_prompt'\\?\\)"),
-    ({"answer": " Tokyo"}, CorpusError, "has no field 'prompt'"),
-    ('{"prompt": "The capital', CorpusError, "is not valid JSON"),
-    ({"prompt": "The capital of Japan is", "answer": " Tokyo", "corrupted_prompt": "The capital of Spain is",
-      "wrong": " Tokyo"}, ConfigError, "answer and wrong are the same token"),
-])
+@pytest.mark.parametrize(
+    "record,error,match",
+    [
+        (
+            {"prompt": "The Louvre is in", "answer": " Paris, France"},
+            ConfigError,
+            r"answer ' Paris, France' is 3 tokens.*one-token",
+        ),
+        (
+            {
+                "prompt": "The capital of Japan is",
+                "answer": " Tokyo",
+                "corrupted_prompt": "The city of Paris is the capital of",
+                "wrong": " France",
+            },
+            ConfigError,
+            "prompt is 5 tokens and the corrupted_prompt 8",
+        ),
+        (
+            {
+                "prompt": "The capital of Japan is",
+                "answer": " Tokyo",
+                "corrupted_prompt": "The capital of France is",
+            },
+            CorpusError,
+            "corrupted_prompt but no 'wrong'",
+        ),
+        (
+            {"prompt": "The capital of Japan is", "answer": " Tokyo", "corupted_prompt": "x"},
+            CorpusError,
+            "unknown field 'corupted_prompt' \\(did you mean 'corrupted_prompt'\\?\\)",
+        ),
+        ({"answer": " Tokyo"}, CorpusError, "has no field 'prompt'"),
+        ('{"prompt": "The capital', CorpusError, "is not valid JSON"),
+        (
+            {
+                "prompt": "The capital of Japan is",
+                "answer": " Tokyo",
+                "corrupted_prompt": "The capital of Spain is",
+                "wrong": " Tokyo",
+            },
+            ConfigError,
+            "answer and wrong are the same token",
+        ),
+    ],
+)
 def test_factual_bad_files_name_the_line_and_the_fix(tokenizer, tmp_path, record, error, match):
     path = write(tmp_path / "f.jsonl", [FACTS[3], record])
     with pytest.raises(error, match="f.jsonl:2.*" + match):
@@ -153,7 +213,9 @@ def test_factual_bad_files_name_the_line_and_the_fix(tokenizer, tmp_path, record
 
 
 def test_make_pairs_errors(tokenizer, tmp_path):
-    with pytest.raises(ConfigError, match="Unknown task 'iio' \\(did you mean 'ioi'\\?\\); expected one of ioi"):
+    with pytest.raises(
+        ConfigError, match="Unknown task 'iio' \\(did you mean 'ioi'\\?\\); expected one of ioi"
+    ):
         tasks.make_pairs("iio", tokenizer=tokenizer)
     with pytest.raises(ConfigError, match="pass --facts FILE"):
         tasks.make_pairs("factual", tokenizer=tokenizer)
@@ -162,7 +224,9 @@ def test_make_pairs_errors(tokenizer, tmp_path):
     with pytest.raises(CorpusError, match="Facts file .* not found"):
         tasks.make_pairs("factual", facts=str(tmp_path / "missing.jsonl"), tokenizer=tokenizer)
     with pytest.raises(ConfigError, match="n_pairs 9 is outside 1..1"):
-        tasks.make_pairs("factual", 9, facts=write(tmp_path / "one.jsonl", [FACTS[3]]), tokenizer=tokenizer)
+        tasks.make_pairs(
+            "factual", 9, facts=write(tmp_path / "one.jsonl", [FACTS[3]]), tokenizer=tokenizer
+        )
     with pytest.raises(ConfigError, match="at least 1"):
         tasks.make_pairs("ioi", 0, tokenizer=tokenizer)
     assert len(tasks.make_pairs("greater-than", tokenizer=tokenizer)) == 16  # the default

@@ -13,14 +13,46 @@ from pathlib import Path
 import pytest
 
 V1_STORE = Path(__file__).parent / "data" / "v1.zarr"  # written by actstore before format version 2
-DEMO = dict(model="actstore-demo", dataset="actstore-demo", dtype="float32", storage_dtype="float32", device="cpu",
-            progress=False)
+DEMO = dict(
+    model="actstore-demo",
+    dataset="actstore-demo",
+    dtype="float32",
+    storage_dtype="float32",
+    device="cpu",
+    progress=False,
+)
 
 
 def demo_cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "actstore", "cache", str(out), "--model", "actstore-demo", "--dataset",
-            "actstore-demo", "--sites", "resid_post:0,z:1", "--seq-len", "16", "--n-rows", "8", "--batch-size", "2",
-            "--rows-per-chunk", "2", "--rows-per-shard", "2", "--dtype", "float32", "--device", "cpu", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "actstore",
+        "cache",
+        str(out),
+        "--model",
+        "actstore-demo",
+        "--dataset",
+        "actstore-demo",
+        "--sites",
+        "resid_post:0,z:1",
+        "--seq-len",
+        "16",
+        "--n-rows",
+        "8",
+        "--batch-size",
+        "2",
+        "--rows-per-chunk",
+        "2",
+        "--rows-per-shard",
+        "2",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture

@@ -53,19 +53,24 @@ def test_one_compressor_cannot_get_two_fast_paths():
 def test_parsing_and_help_list_every_registered_codec():
     usage = [c.usage for c in registered()]
     assert usage[:2] == ["none", "zstd[:L]"] and len(usage) == len(set(usage)) >= 6
-    with pytest.raises(ConfigError, match=r"Unknown codec 'lzma'; expected none, zstd\[:L\], .* or pcodec\[:L\]\."):
+    with pytest.raises(
+        ConfigError, match=r"Unknown codec 'lzma'; expected none, zstd\[:L\], .* or pcodec\[:L\]\."
+    ):
         parse_codec("lzma")
     help_text = CacheConfig.__dataclass_fields__["codec"].metadata["help"]
     assert help_text == codec_usage() and all(u in help_text for u in usage)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("zstd:x", r"Codec 'zstd:x': level 'x' is not an integer\."),
-    ("zstd:23", r"level 23 is outside zstd's levels -131072\.\.22; pass a level in that range"),
-    ("blosc-lz4:10", r"level 10 is outside blosc-lz4's levels 0\.\.9"),
-    ("pcodec:13", r"level 13 is outside pcodec's levels 0\.\.12"),
-    ("blosc-foo:50", r"Unknown codec 'blosc-foo:50'"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("zstd:x", r"Codec 'zstd:x': level 'x' is not an integer\."),
+        ("zstd:23", r"level 23 is outside zstd's levels -131072\.\.22; pass a level in that range"),
+        ("blosc-lz4:10", r"level 10 is outside blosc-lz4's levels 0\.\.9"),
+        ("pcodec:13", r"level 13 is outside pcodec's levels 0\.\.12"),
+        ("blosc-foo:50", r"Unknown codec 'blosc-foo:50'"),
+    ],
+)
 def test_bad_specs_are_refused_with_the_fix(spec, message):
     with pytest.raises(ConfigError, match=message):
         lookup(spec)
@@ -79,16 +84,23 @@ def test_the_benchmark_measures_every_registered_codec():
     spec = importlib.util.spec_from_file_location("bench_codecs", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert [spec.partition(":")[0] for spec in bench.CODECS if ":" not in spec] == [c.name for c in registered()]
-    assert "zstd:3" in bench.CODECS and "pcodec:4" in bench.CODECS  # the levels docs/store-format.md shows
+    assert [spec.partition(":")[0] for spec in bench.CODECS if ":" not in spec] == [
+        c.name for c in registered()
+    ]
+    assert (
+        "zstd:3" in bench.CODECS and "pcodec:4" in bench.CODECS
+    )  # the levels docs/store-format.md shows
 
 
 def test_a_missing_optional_package_is_named_with_its_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "pcodec", None)  # import pcodec raises ImportError
-    with pytest.raises(ConfigError, match=r"Codec 'pcodec:4' needs the pcodec package; pip install 'actstore\[pcodec\]' "
-                                          r"\(or pcodec\), or choose another --codec\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"Codec 'pcodec:4' needs the pcodec package; pip install 'actstore\[pcodec\]' "
+        r"\(or pcodec\), or choose another --codec\.",
+    ):
         parse_codec("pcodec:4")
 
 
@@ -96,4 +108,7 @@ def test_levels_and_defaults():
     assert lookup("zstd") == (lookup("zstd")[0], 1, False)
     assert lookup("blosc-lz4")[1:] == (5, False) and lookup("blosc-lz4:3")[1:] == (3, True)
     assert parse_codec("none") is None
-    assert parse_codec("blosc-zstd-bitshuffle:2")[0].to_dict()["configuration"]["shuffle"] == "bitshuffle"
+    assert (
+        parse_codec("blosc-zstd-bitshuffle:2")[0].to_dict()["configuration"]["shuffle"]
+        == "bitshuffle"
+    )

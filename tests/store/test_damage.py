@@ -36,7 +36,9 @@ from actstore.demo import build_random_gpt2
 from actstore.errors import ActStoreError
 from actstore.store import ActivationStore
 
-MODE = os.environ.get("ACTSTORE_DAMAGE", "")  # "commands": every command on each case; "full": and every object
+MODE = os.environ.get(
+    "ACTSTORE_DAMAGE", ""
+)  # "commands": every command on each case; "full": and every object
 FULL = MODE == "full"
 EVERY_COMMAND = MODE in ("full", "commands")
 SITES = "resid_post:all,z:1,pattern:1.0"
@@ -64,8 +66,11 @@ def _garble(data: bytes) -> bytes:
 
 
 KINDS: dict[str, Callable[[bytes], bytes | None]] = {
-    "delete": lambda d: None, "truncate-0": lambda d: b"", "truncate-half": lambda d: d[: len(d) // 2],
-    "flip-byte": _flip, "garble-json": _garble,
+    "delete": lambda d: None,
+    "truncate-0": lambda d: b"",
+    "truncate-half": lambda d: d[: len(d) // 2],
+    "flip-byte": _flip,
+    "garble-json": _garble,
 }
 
 
@@ -86,8 +91,12 @@ def object_type(rel: str) -> str:
         kind = json.loads(Path(PRISTINE_FILES[rel]).read_bytes())["node_type"]
         return f"{kind} zarr.json: {what}"
     array = rel.split("/c/")[0] if "/c/" in rel else rel[:-2]
-    what = {"tokens": "index", "doc": "index", "doc_pos": "index", "stats/partials": "stats/partials"}.get(
-        array, "stats/<hook>" if array.startswith("stats/") else array.split("/")[0])
+    what = {
+        "tokens": "index",
+        "doc": "index",
+        "doc_pos": "index",
+        "stats/partials": "stats/partials",
+    }.get(array, "stats/<hook>" if array.startswith("stats/") else array.split("/")[0])
     if what == "acts":
         what = f"acts ({array.split('.')[-1]})"
     return f"chunk: {what}"
@@ -106,12 +115,20 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 def _read(path: str) -> dict[str, np.ndarray]:
     s = ActivationStore.open(path)
-    got = {f"acts/{h}": s.acts(h) for h in s.sites} | {"tokens": s.tokens(), "doc": s.doc(), "doc_pos": s.doc_pos()}
+    got = {f"acts/{h}": s.acts(h) for h in s.sites} | {
+        "tokens": s.tokens(),
+        "doc": s.doc(),
+        "doc_pos": s.doc_pos(),
+    }
     got |= {"tokens[-1]": s.tokens(-1), "acts/b1[5]": s.acts(s.sites[-1], 5)}
     for h in s.sites:
         if "pattern" not in h:
             m = s.stats(h)
-            got |= {f"stats/{h}/mean": m.mean, f"stats/{h}/M2": m.m2, f"stats/{h}/count": np.asarray(m.count)}
+            got |= {
+                f"stats/{h}/mean": m.mean,
+                f"stats/{h}/M2": m.m2,
+                f"stats/{h}/count": np.asarray(m.count),
+            }
     return got
 
 
@@ -128,7 +145,8 @@ def _values(path: Path) -> dict[str, np.ndarray]:
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(
-        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a)
+        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,39 +155,144 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, corpus_file: str) -> dict
     chunks), a logit-lens result in it, a stale lock of a killed run beside it, and the
     output of every command on it."""
     base = tmp_path_factory.mktemp("damage")
-    model = str(build_random_gpt2(base / "model", seed=1, n_layer=2, n_embd=64, n_head=4, n_positions=64))
+    model = str(
+        build_random_gpt2(base / "model", seed=1, n_layer=2, n_embd=64, n_head=4, n_positions=64)
+    )
     store = base / "s.zarr"
-    assert _run(["cache", str(store), "--model", model, "--dataset", corpus_file, "--sites", SITES, "--seq-len", "16",
-                 "--n-rows", "12", "--batch-size", "4", "--rows-per-chunk", "2", "--rows-per-shard", "4",
-                 "--dtype", "float32", "--device", "cpu", "--quiet"])[0] == 0
-    assert _run(["analyze", "logit-lens", str(store), "--rows", "0:2", "--device", "cpu", "--json",
-                 "--figure", str(base / "ll.png")])[0] == 0
-    PRISTINE_FILES.update({str(p.relative_to(store)): str(p) for p in sorted(store.rglob("*")) if p.is_file()})
-    pristine = {"path": store, "values": _values(store), "read": _read(str(store)),
-                "out": {name: _run(argv(str(store), base))[1].replace(str(store), "STORE").replace(str(base), "DIR")
-                        for name, argv in SLOW.items()} | {"info": _run(["info", str(store)])[1].replace(str(store), "STORE")}}
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # after the jobs, which write results: they take it over
+    assert (
+        _run(
+            [
+                "cache",
+                str(store),
+                "--model",
+                model,
+                "--dataset",
+                corpus_file,
+                "--sites",
+                SITES,
+                "--seq-len",
+                "16",
+                "--n-rows",
+                "12",
+                "--batch-size",
+                "4",
+                "--rows-per-chunk",
+                "2",
+                "--rows-per-shard",
+                "4",
+                "--dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )[0]
+        == 0
+    )
+    assert (
+        _run(
+            [
+                "analyze",
+                "logit-lens",
+                str(store),
+                "--rows",
+                "0:2",
+                "--device",
+                "cpu",
+                "--json",
+                "--figure",
+                str(base / "ll.png"),
+            ]
+        )[0]
+        == 0
+    )
+    PRISTINE_FILES.update(
+        {str(p.relative_to(store)): str(p) for p in sorted(store.rglob("*")) if p.is_file()}
+    )
+    pristine = {
+        "path": store,
+        "values": _values(store),
+        "read": _read(str(store)),
+        "out": {
+            name: _run(argv(str(store), base))[1]
+            .replace(str(store), "STORE")
+            .replace(str(base), "DIR")
+            for name, argv in SLOW.items()
+        }
+        | {"info": _run(["info", str(store)])[1].replace(str(store), "STORE")},
+    }
+    dead = subprocess.Popen(
+        [sys.executable, "-c", "pass"]
+    )  # after the jobs, which write results: they take it over
     dead.wait()
-    (base / "s.zarr.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+    (base / "s.zarr.lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"})
+    )
     PRISTINE_FILES[LOCK] = str(base / "s.zarr.lock")
     return pristine
 
 
 SLOW: dict[str, Callable[[str, Path], list[str]]] = {
-    "probe": lambda s, d: ["probe", s, "--sites", "resid_post:1", "--target", "position", "--quiet", "--no-save",
-                           "--plot", "none", "--json", "--device", "cpu"],
-    "logit-lens": lambda s, d: ["analyze", "logit-lens", s, "--rows", "0:2", "--device", "cpu", "--json",
-                                "--figure", str(d / "ll.png")],
+    "probe": lambda s, d: [
+        "probe",
+        s,
+        "--sites",
+        "resid_post:1",
+        "--target",
+        "position",
+        "--quiet",
+        "--no-save",
+        "--plot",
+        "none",
+        "--json",
+        "--device",
+        "cpu",
+    ],
+    "logit-lens": lambda s, d: [
+        "analyze",
+        "logit-lens",
+        s,
+        "--rows",
+        "0:2",
+        "--device",
+        "cpu",
+        "--json",
+        "--figure",
+        str(d / "ll.png"),
+    ],
 }
 
 
-TYPES = [f"{kind} zarr.json: {what}" for kind, whats in (
-    ("group", ("acts", "stats", "stats/<hook>", "results")),
-    ("array", ("index", "acts", "done", "plan", "stats/partials", "stats/<hook>", "results"))) for what in whats]
-TYPES = ["root zarr.json", *TYPES, *(f"chunk: {w}" for w in (
-    "index", "acts (hook_resid_post)", "acts (hook_z)", "acts (hook_pattern)", "done", "plan", "stats/partials",
-    "stats/<hook>", "results")), "lock"]
-CASES = [(t, k) for t in TYPES for k in KINDS if k != "garble-json" or "zarr.json" in t or t == "lock"]
+TYPES = [
+    f"{kind} zarr.json: {what}"
+    for kind, whats in (
+        ("group", ("acts", "stats", "stats/<hook>", "results")),
+        ("array", ("index", "acts", "done", "plan", "stats/partials", "stats/<hook>", "results")),
+    )
+    for what in whats
+]
+TYPES = [
+    "root zarr.json",
+    *TYPES,
+    *(
+        f"chunk: {w}"
+        for w in (
+            "index",
+            "acts (hook_resid_post)",
+            "acts (hook_z)",
+            "acts (hook_pattern)",
+            "done",
+            "plan",
+            "stats/partials",
+            "stats/<hook>",
+            "results",
+        )
+    ),
+    "lock",
+]
+CASES = [
+    (t, k) for t in TYPES for k in KINDS if k != "garble-json" or "zarr.json" in t or t == "lock"
+]
 
 
 def _commands(i: int, type_: str) -> list[str]:
@@ -191,7 +314,9 @@ def _objects(type_: str) -> list[str]:
 def _assert_clear(message: str) -> None:
     """One line that names the fix."""
     assert "\n" not in message.strip(), message
-    assert any(w in message for w in ("verify", "--resume", "rerun", "delete", "restore", "lock")), message
+    assert any(
+        w in message for w in ("verify", "--resume", "rerun", "delete", "restore", "lock")
+    ), message
 
 
 def _outcome(command: str, rc: int, out: str, err: str, path: Path, ref: dict) -> str:
@@ -207,12 +332,18 @@ def _outcome(command: str, rc: int, out: str, err: str, path: Path, ref: dict) -
         return "reported"
     if command == "verify --repair":
         if rc == 0:
-            assert _same(_values(path), ref["values"]), "verify --repair exit 0, but the store differs from the undamaged one"
+            assert _same(_values(path), ref["values"]), (
+                "verify --repair exit 0, but the store differs from the undamaged one"
+            )
             return "repaired"
         assert rc == 1 and ("left" in out or "incomplete" in out), out
         return "reported"
     assert rc == 0, (rc, out, err)
-    text = out.replace(str(path), "STORE").replace(str(ref["path"]), "STORE").replace(str(path.parent), "DIR")
+    text = (
+        out.replace(str(path), "STORE")
+        .replace(str(ref["path"]), "STORE")
+        .replace(str(path.parent), "DIR")
+    )
     if command == "info" and text != ref["out"]["info"]:
         assert "incomplete: finish it with `actstore verify" in text, text
         return "reported"
@@ -221,7 +352,9 @@ def _outcome(command: str, rc: int, out: str, err: str, path: Path, ref: dict) -
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{t}-{k}" for t, k in CASES])
-def test_damage_gives_a_clear_error_or_a_correct_result(pristine: dict, tmp_path: Path, i: int) -> None:
+def test_damage_gives_a_clear_error_or_a_correct_result(
+    pristine: dict, tmp_path: Path, i: int
+) -> None:
     type_, kind = CASES[i]
     for n, rel in enumerate(_objects(type_)):
         for command in _commands(i, type_):
@@ -247,8 +380,11 @@ def test_damage_gives_a_clear_error_or_a_correct_result(pristine: dict, tmp_path
                 assert _same(got, pristine["read"]), "reading a damaged store gave other values"
                 OUTCOMES[command, "correct"] += 1
                 continue
-            argv = {"info": ["info", str(store)], "verify": ["verify", str(store)],
-                    "verify --repair": ["verify", str(store), "--repair", "--device", "cpu"]}.get(command)
+            argv = {
+                "info": ["info", str(store)],
+                "verify": ["verify", str(store)],
+                "verify --repair": ["verify", str(store), "--repair", "--device", "cpu"],
+            }.get(command)
             rc, out, err = _run(argv or SLOW[command](str(store), case))
             OUTCOMES[command, _outcome(command, rc, out, err, store, pristine)] += 1
 
@@ -262,6 +398,9 @@ def test_zz_outcome_counts(capsys: pytest.CaptureFixture[str]) -> None:
         for (command, outcome), n in sorted(OUTCOMES.items()):
             total[outcome] += n
             print(f"damage matrix: {command:16} {outcome:9} {n}")
-        print(f"damage matrix: {len(CASES)} cases ({'all objects' if FULL else 'one object of each type'}), "
-              f"{sum(total.values())} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())))
+        print(
+            f"damage matrix: {len(CASES)} cases ({'all objects' if FULL else 'one object of each type'}), "
+            f"{sum(total.values())} runs: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(total.items()))
+        )
     assert set(total) <= {"error", "correct", "reported", "repaired"}

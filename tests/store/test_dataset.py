@@ -16,15 +16,29 @@ from .conftest import DEMO
 L = 16
 N_ROWS = 37
 SITES = "resid_mid:1,mlp_out:1,resid_post:0-1,z:1"
-HOOKS = ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
-         "blocks.1.attn.hook_z"]
+HOOKS = [
+    "blocks.1.hook_resid_mid",
+    "blocks.1.hook_mlp_out",
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_resid_post",
+    "blocks.1.attn.hook_z",
+]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("dataset") / "s.zarr"
-    return actstore.cache(out=str(out), sites=SITES, seq_len=L, n_rows=N_ROWS, batch_size=4, rows_per_chunk=4,
-                          rows_per_shard=8, codec="zstd:1", **DEMO)
+    return actstore.cache(
+        out=str(out),
+        sites=SITES,
+        seq_len=L,
+        n_rows=N_ROWS,
+        batch_size=4,
+        rows_per_chunk=4,
+        rows_per_shard=8,
+        codec="zstd:1",
+        **DEMO,
+    )
 
 
 def cat(batches):
@@ -42,14 +56,19 @@ def test_ranks_share_every_token_once(store, world):
     seen = np.zeros((N_ROWS, L), int)
     for rank in range(world):
         loader = store.loader(SITES, batch_size=24, seed=3, rank=rank, world_size=world)
-        n_batches, n_tokens = len(loader), loader.n_tokens  # of epoch 0: the ranks' shares change with the epoch
+        n_batches, n_tokens = (
+            len(loader),
+            loader.n_tokens,
+        )  # of epoch 0: the ranks' shares change with the epoch
         batches = list(loader)
         assert len(batches) == n_batches and len(cat(batches)["row"]) == n_tokens
         got = cat(batches)
         np.add.at(seen, (got["row"], got["pos"]), 1)
         assert list(loader.plan().rank_units()) == list(loader.plan().order()[rank::world])
         again = cat(list(store.loader(SITES, batch_size=24, seed=3, rank=rank, world_size=world)))
-        assert np.array_equal(again["row"], got["row"]) and np.array_equal(again["pos"], got["pos"])  # deterministic
+        assert np.array_equal(again["row"], got["row"]) and np.array_equal(
+            again["pos"], got["pos"]
+        )  # deterministic
     assert np.array_equal(seen, kept().astype(int))  # disjoint and covering
 
 
@@ -57,12 +76,17 @@ def test_even_batches_drop_only_whole_rank_tails(store):
     loaders = [store.loader(SITES, batch_size=50, seed=0, rank=r, world_size=3) for r in range(3)]
     counts = [lo.plan().rank_tokens() for lo in loaders]
     assert len(set(counts)) > 1  # the chunks divide unevenly: 37 rows in chunks of 4
-    even = [store.loader(SITES, batch_size=50, seed=0, rank=r, world_size=3, even_batches=True) for r in range(3)]
+    even = [
+        store.loader(SITES, batch_size=50, seed=0, rank=r, world_size=3, even_batches=True)
+        for r in range(3)
+    ]
     assert {len(lo) for lo in even} == {min(counts) // 50}
     for lo, ev in zip(loaders, even):
         full, cut = list(lo), list(ev)
         assert len(cut) == len(ev) and all(len(b["row"]) == 50 for b in cut)
-        assert all(torch.equal(a["row"], b["row"]) for a, b in zip(full, cut))  # a prefix of the uneven batches
+        assert all(
+            torch.equal(a["row"], b["row"]) for a, b in zip(full, cut)
+        )  # a prefix of the uneven batches
 
 
 def test_sites_aligned_token_by_token(store):
@@ -80,8 +104,11 @@ def test_sites_aligned_token_by_token(store):
 def test_resume_at_the_exact_next_batch(store, world, crossing):
     """Stop after a few batches (of epoch 0, or of epoch 1 when ``crossing``), save, load the
     state into a new loader: the rest equals the uninterrupted run."""
+
     def make(rank):
-        return store.loader(SITES, batch_size=20, seed=7, rank=rank, world_size=world, buffer_tokens=60)
+        return store.loader(
+            SITES, batch_size=20, seed=7, rank=rank, world_size=world, buffer_tokens=60
+        )
 
     for rank in range(world):
         ref = make(rank)
@@ -118,7 +145,9 @@ def test_set_epoch_and_state_checks(store):
     lo.set_epoch(0)
     assert torch.equal(next(iter(lo))["row"], first["row"])
     with pytest.raises(ConfigError, match=r"saved with world_size=2, this loader has world_size=1"):
-        lo.load_state_dict(store.loader(SITES, batch_size=20, seed=7, rank=0, world_size=2).state_dict())
+        lo.load_state_dict(
+            store.loader(SITES, batch_size=20, seed=7, rank=0, world_size=2).state_dict()
+        )
     with pytest.raises(ConfigError, match=r"saved with batch_size=21"):
         lo.load_state_dict(store.loader(SITES, batch_size=21, seed=7).state_dict())
 
@@ -128,7 +157,9 @@ def test_rank_from_the_environment_and_bad_ranks(store, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     lo = store.loader(SITES, batch_size=20)
     assert (lo.rank, lo.world_size) == (1, 2)
-    assert (store.loader(SITES, batch_size=20, rank=0, world_size=1).world_size) == 1  # explicit wins
+    assert (
+        store.loader(SITES, batch_size=20, rank=0, world_size=1).world_size
+    ) == 1  # explicit wins
     with pytest.raises(ConfigError, match=r"rank must be in 0..world_size-1"):
         store.loader(SITES, batch_size=20, rank=2, world_size=2)
     with pytest.raises(ConfigError, match=r"Pass rank= and world_size= together"):
@@ -158,24 +189,35 @@ def direct_norm(store, hook, skip_bos):
 
 @pytest.mark.parametrize("skip_bos", [True, False])  # False: the mean is the store's own stats
 def test_normalisation_equals_numpy(store, skip_bos):
-    lo = store.loader(SITES, batch_size=64, seed=0, center=True, scale=True, skip_bos=skip_bos, progress=False)
+    lo = store.loader(
+        SITES, batch_size=64, seed=0, center=True, scale=True, skip_bos=skip_bos, progress=False
+    )
     got = cat(list(lo))
     for h in HOOKS:
         x, mean, factor = direct_norm(store, h, skip_bos)
         norms = np.linalg.norm(x - mean, axis=1)
-        assert norms.std() > 0.05 * norms.mean() and abs(factor - 1) > 0.01  # the scaling does something (tolerance: 1e-9)
-        np.testing.assert_allclose(lo.norm[h].mean.reshape(-1), mean, rtol=1e-9, atol=1e-9 * np.abs(mean).max())
+        assert (
+            norms.std() > 0.05 * norms.mean() and abs(factor - 1) > 0.01
+        )  # the scaling does something (tolerance: 1e-9)
+        np.testing.assert_allclose(
+            lo.norm[h].mean.reshape(-1), mean, rtol=1e-9, atol=1e-9 * np.abs(mean).max()
+        )
         assert lo.norm[h].scale == pytest.approx(factor, rel=1e-9)
         raw = store.acts(h)[got["row"], got["pos"]].astype(np.float64)
         want = (raw - lo.norm[h].mean) * factor
         np.testing.assert_allclose(got[h], want, rtol=0, atol=1e-5 * np.abs(want).max())
         flat = got[h].reshape(len(got[h]), -1).astype(np.float64)
         assert np.linalg.norm(flat, axis=1).mean() == pytest.approx(np.sqrt(x.shape[1]), rel=1e-5)
-        np.testing.assert_allclose(lo.norm[h].inverse(got[h].astype(np.float64)), raw, atol=1e-5 * np.abs(raw).max())
-    only = store.loader(HOOKS[0], batch_size=64, scale=True, skip_bos=skip_bos, progress=False).norm[HOOKS[0]]
+        np.testing.assert_allclose(
+            lo.norm[h].inverse(got[h].astype(np.float64)), raw, atol=1e-5 * np.abs(raw).max()
+        )
+    only = store.loader(
+        HOOKS[0], batch_size=64, scale=True, skip_bos=skip_bos, progress=False
+    ).norm[HOOKS[0]]
     x, _, _ = direct_norm(store, HOOKS[0], skip_bos)
-    assert not only.mean.any() and only.scale == pytest.approx(np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1).mean(),
-                                                               rel=1e-9)
+    assert not only.mean.any() and only.scale == pytest.approx(
+        np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1).mean(), rel=1e-9
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -17,7 +17,9 @@ from actstore.store import verify_store
 from .conftest import DEMO, V1_STORE
 
 HOOK = "blocks.0.hook_resid_post"
-V1_OPTS = dict(DEMO, sites="resid_post:0", n_rows=4, seq_len=16)  # how tests/store/data/v1.zarr was made
+V1_OPTS = dict(
+    DEMO, sites="resid_post:0", n_rows=4, seq_len=16
+)  # how tests/store/data/v1.zarr was made
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,9 @@ def test_version_1_store_reads_as_before(v2_twin):
     v1 = actstore.open(V1_STORE)
     assert v1.meta.format_version == 1 and v2_twin.meta.format_version == 2
     assert v1.is_complete and v1.sites == v2_twin.sites == [HOOK]
-    raw = zarr.open_group(str(V1_STORE), mode="r")[f"acts/{HOOK}"][:]  # its bytes, as plain zarr reads them
+    raw = zarr.open_group(str(V1_STORE), mode="r")[f"acts/{HOOK}"][
+        :
+    ]  # its bytes, as plain zarr reads them
     assert np.array_equal(v1.acts(HOOK), raw) and np.array_equal(v1["resid_post", 0][1:3], raw[1:3])
     assert np.array_equal(v1.tokens(), v2_twin.tokens())
     # the same values as this machine computes them now: bit for bit where the float32 CPU kernels
@@ -38,7 +42,9 @@ def test_version_1_store_reads_as_before(v2_twin):
     spread = float(raw.max() - raw.min())
     assert spread > 1
     np.testing.assert_allclose(v1.acts(HOOK), v2_twin.acts(HOOK), rtol=0, atol=1e-6 * spread)
-    np.testing.assert_allclose(v1.stats(HOOK).mean, v2_twin.stats(HOOK).mean, rtol=0, atol=1e-6 * spread)
+    np.testing.assert_allclose(
+        v1.stats(HOOK).mean, v2_twin.stats(HOOK).mean, rtol=0, atol=1e-6 * spread
+    )
     assert v1.group[f"acts/{HOOK}"].metadata.fill_value == 0
     assert verify_store(str(V1_STORE), progress=False) == []
 
@@ -72,8 +78,11 @@ def test_version_2_fills_activations_with_nan(unfinished, v2_twin):
 def test_version_2_nan_through_xarray(unfinished):
     xr = pytest.importorskip("xarray")
     ds = xr.open_zarr(str(unfinished), consolidated=False)
-    x = ds[f"acts/{HOOK}"] if f"acts/{HOOK}" in ds else xr.open_zarr(str(unfinished), group="acts",
-                                                                    consolidated=False)[HOOK]
+    x = (
+        ds[f"acts/{HOOK}"]
+        if f"acts/{HOOK}" in ds
+        else xr.open_zarr(str(unfinished), group="acts", consolidated=False)[HOOK]
+    )
     assert x.dims == ("row", "pos", "d_model") and bool(np.isnan(x[4:].values).all())
 
 
@@ -103,8 +112,17 @@ FULL_HASHES = {
     "sha256:4f276381019048650d6cadae1cafc0108e95cf65b4415765ea4e750985f52bcd": "CI's machine to 2026-11-30",
     "sha256:6a7da42904c35818c73de4e938e54fc9f2c83005617964f8c337b49bf8dfae4a": "AMD EPYC, torch AVX512 (2026-12-06)",
 }
-HASHED_OPTS = dict(DEMO, sites="resid_post:0,z:1", n_rows=6, seq_len=16, batch_size=2, rows_per_chunk=2,
-                   rows_per_shard=4, write_threads=1, command_line="actstore cache (format hash)")
+HASHED_OPTS = dict(
+    DEMO,
+    sites="resid_post:0,z:1",
+    n_rows=6,
+    seq_len=16,
+    batch_size=2,
+    rows_per_chunk=2,
+    rows_per_shard=4,
+    write_threads=1,
+    command_line="actstore cache (format hash)",
+)
 _VARYING = ("software", "created", "command_line")
 
 
@@ -130,15 +148,21 @@ def write_hashed_store(out: Path) -> Path:
 
 def test_store_bytes_match_the_committed_hash(tmp_path):
     fmt, full = store_hashes(write_hashed_store(tmp_path / "h.zarr"))
-    assert fmt == FORMAT_HASH, "the store's zarr.json files changed: see the comment above FORMAT_HASH"
-    assert full in FULL_HASHES, ("chunk bytes changed while the metadata did not: see the comment above FORMAT_HASH "
-                                 f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
+    assert fmt == FORMAT_HASH, (
+        "the store's zarr.json files changed: see the comment above FORMAT_HASH"
+    )
+    assert full in FULL_HASHES, (
+        "chunk bytes changed while the metadata did not: see the comment above FORMAT_HASH "
+        f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    )
 
 
 def test_the_hash_sees_a_changed_byte(tmp_path):
     out = write_hashed_store(tmp_path / "h.zarr")
     before = store_hashes(out)
-    chunk = next(p for p in sorted((out / "acts").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p for p in sorted((out / "acts").rglob("*")) if p.is_file() and p.name != "zarr.json"
+    )
     data = bytearray(chunk.read_bytes())
     data[0] ^= 1
     chunk.write_bytes(bytes(data))
@@ -151,5 +175,6 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as d:
         fmt_hash, full_hash = store_hashes(write_hashed_store(Path(d) / "h.zarr"))
-    print(f'FORMAT_HASH = "{fmt_hash}"\nFULL_HASHES = {{"{full_hash}": "<this machine, the date>"}}')
-
+    print(
+        f'FORMAT_HASH = "{fmt_hash}"\nFULL_HASHES = {{"{full_hash}": "<this machine, the date>"}}'
+    )

@@ -24,17 +24,60 @@ SCRIPT = str(ROOT / "scripts" / "train_sae.py")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "s.zarr"
-    actstore.cache(out=str(out), sites="resid_post:1", seq_len=32, n_rows=64, batch_size=8, rows_per_chunk=4,
-                   rows_per_shard=8, **DEMO)
+    actstore.cache(
+        out=str(out),
+        sites="resid_post:1",
+        seq_len=32,
+        n_rows=64,
+        batch_size=8,
+        rows_per_chunk=4,
+        rows_per_shard=8,
+        **DEMO,
+    )
     return str(out)
 
 
 def launch(store, *args, procs=1):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    runner = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                  str(procs), "--master_port", "29517"]
-    cmd = [*runner, SCRIPT, store, "--site", "resid_post:1", "--device", "cpu", "--batch-size", "128", "--k", "8",
-           "--expansion", "4", "--log-every", "1", "--lr", "3e-3", *args]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    runner = (
+        [sys.executable]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_port",
+            "29517",
+        ]
+    )
+    cmd = [
+        *runner,
+        SCRIPT,
+        store,
+        "--site",
+        "resid_post:1",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "128",
+        "--k",
+        "8",
+        "--expansion",
+        "4",
+        "--log-every",
+        "1",
+        "--lr",
+        "3e-3",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -58,7 +101,9 @@ def whole(store, tmp_path_factory):
 
 def test_loss_falls_on_one_process(whole):
     log, out = whole
-    assert [x["step"] for x in log] == list(range(1, 21)) and log[-1]["epoch"] >= 1  # crossed an epoch
+    assert [x["step"] for x in log] == list(range(1, 21)) and log[-1][
+        "epoch"
+    ] >= 1  # crossed an epoch
     falls(log)
     saved = torch.load(out)
     assert saved["hook"] == "blocks.1.hook_resid_post" and saved["sae"]["W_enc"].shape == (128, 512)
@@ -88,8 +133,12 @@ def test_checkpoint_resumes_exactly(store, whole, partial, tmp_path):
 def test_resume_under_another_number_of_processes_is_refused(store, partial):
     before = hashlib.sha256(partial.read_bytes()).hexdigest()
     r = launch(store, "--steps", "20", "--checkpoint", str(partial), procs=2)
-    assert r.returncode != 0 and f'File "{SCRIPT}"' not in r.stderr, r.stderr[-3000:]  # no traceback of ours
+    assert r.returncode != 0 and f'File "{SCRIPT}"' not in r.stderr, r.stderr[
+        -3000:
+    ]  # no traceback of ours
     errors = [line for line in r.stderr.splitlines() if line.startswith("train_sae: error: ")]
-    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, r.stderr[-3000:]  # the same line, from each process
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, r.stderr[
+        -3000:
+    ]  # the same line, from each process
     assert "made by 1 process; this run has 2: run as many" in errors[0]
     assert hashlib.sha256(partial.read_bytes()).hexdigest() == before

@@ -50,8 +50,11 @@ def cache_argv(out: Path, *extra: str) -> list[str]:
 
 def digest(path: Path) -> dict[str, str]:
     """Every file of a store (root zarr.json included), by relative path: its sha256."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -83,7 +86,11 @@ def damaged(store: Path) -> None:
     chunk.write_bytes(bytes(data))
 
 
-PREPARE: dict[str, Callable[[Path], None]] = {"complete": lambda s: None, "unfinished": unfinished, "damaged": damaged}
+PREPARE: dict[str, Callable[[Path], None]] = {
+    "complete": lambda s: None,
+    "unfinished": unfinished,
+    "damaged": damaged,
+}
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +124,19 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return rc, out, err
 
 
-REFUSED = r"actstore: error: Store '.*' is being written by process {pid} .*Wait for that run to finish"
+REFUSED = (
+    r"actstore: error: Store '.*' is being written by process {pid} .*Wait for that run to finish"
+)
 WAIT = r"a run is writing .*process {pid}.*wait for that run to finish"
 
 
 def check_verify(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
     rc, out, _ = run(["verify", str(s)], capsys)
-    assert rc == 1 and f"acts/{HOOK}: rows 2..3 (shard 1): fails its checksum" in out and "shard 3 is not finished" in out
+    assert (
+        rc == 1
+        and f"acts/{HOOK}: rows 2..3 (shard 1): fails its checksum" in out
+        and "shard 3 is not finished" in out
+    )
     if lock == "live":  # shard 3 may be in progress: the advice is to wait, never to repair now
         assert re_search(WAIT.format(pid=pid), out) and "--repair is refused while it runs" in out
         assert "run again with --repair" not in out
@@ -162,7 +175,9 @@ def check_overwrite(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
 def check_cache_again(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
     rc, _, err = run(cache_argv(s), capsys)
     assert rc == 2
-    assert re_search(REFUSED.format(pid=pid) if lock == "live" else r"pass --resume .* or --overwrite", err)
+    assert re_search(
+        REFUSED.format(pid=pid) if lock == "live" else r"pass --resume .* or --overwrite", err
+    )
 
 
 def check_loader(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
@@ -170,22 +185,38 @@ def check_loader(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
     with pytest.raises(RowsNotDoneError, match=r"rows not yet written \(first: 6..7\)") as e:
         store.loader("resid_post:0", batch_size=8)
     msg = str(e.value)
-    if lock == "live":  # the advice: wait; repairing is only the fallback should the holder be no actstore run
-        assert re_search(WAIT.format(pid=pid), msg) and "the store is incomplete; finish it" not in msg
+    if (
+        lock == "live"
+    ):  # the advice: wait; repairing is only the fallback should the holder be no actstore run
+        assert (
+            re_search(WAIT.format(pid=pid), msg) and "the store is incomplete; finish it" not in msg
+        )
     else:
-        assert "the store is incomplete; finish it with `actstore verify" in msg and "--repair" in msg
+        assert (
+            "the store is incomplete; finish it with `actstore verify" in msg and "--repair" in msg
+        )
         assert ("takes over the stale lock" in msg) == (lock == "stale")
-    got = [b[HOOK] for b in store.loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)]  # done rows: read
-    want = [b[HOOK] for b in actstore.open(ref).loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)]
+    got = [
+        b[HOOK] for b in store.loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)
+    ]  # done rows: read
+    want = [
+        b[HOOK]
+        for b in actstore.open(ref).loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)
+    ]
     assert len(got) == len(want) > 0 and all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 def check_job(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
-    rc, _, err = run(["analyze", "logit-lens", str(s), "--rows", "0:1", "--figure", "none", "--device", "cpu"], capsys)
+    rc, _, err = run(
+        ["analyze", "logit-lens", str(s), "--rows", "0:1", "--figure", "none", "--device", "cpu"],
+        capsys,
+    )
     if lock == "live":
         assert rc == 2 and re_search(REFUSED.format(pid=pid), err)
     else:
-        assert rc == 0 and any(r.startswith("analysis/logit_lens/") for r in actstore.open(s).results())
+        assert rc == 0 and any(
+            r.startswith("analysis/logit_lens/") for r in actstore.open(s).results()
+        )
         assert verify_store(str(s), progress=False) == []
 
 
@@ -214,8 +245,9 @@ def test_a_command_beside_a_lock(reference, copy, sleeper, dead_pid, capsys, com
     check(lock, pid, store, reference, capsys)
     if lock == "live" or command in READ_ONLY:  # refused, or read only: no byte changed
         assert digest(store) == before
-    assert os.path.exists(lock_path(str(store))) == (lock == "live" or (lock == "stale" and command in ("verify",
-                                                                                                       "loader")))
+    assert os.path.exists(lock_path(str(store))) == (
+        lock == "live" or (lock == "stale" and command in ("verify", "loader"))
+    )
 
 
 def test_commands_beside_a_real_writer(reference, copy, capsys):
@@ -225,8 +257,12 @@ def test_commands_beside_a_real_writer(reference, copy, capsys):
     store = copy
     unfinished(store, (1, 2, 3))
     env = {**os.environ, "ACTSTORE_SLOW_IO": "0.15", "HF_HUB_OFFLINE": "1"}
-    writer = subprocess.Popen([sys.executable, "-m", "actstore", *cache_argv(store, "--resume")], env=env,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "actstore", *cache_argv(store, "--resume")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock, deadline = lock_path(str(store)), time.monotonic() + 120
     while writer.poll() is None and time.monotonic() < deadline:
         if os.path.exists(lock) and f'"pid": {writer.pid}' in Path(lock).read_text():
@@ -235,7 +271,11 @@ def test_commands_beside_a_real_writer(reference, copy, capsys):
     assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
     try:
         rc, out, _ = run(["verify", str(store)], capsys)
-        assert rc == 1 and re_search(WAIT.format(pid=writer.pid), out) and "run again with --repair" not in out
+        assert (
+            rc == 1
+            and re_search(WAIT.format(pid=writer.pid), out)
+            and "run again with --repair" not in out
+        )
         assert "the store is incomplete; finish it" not in out
         rc, out, err = run(["verify", str(store), "--repair", "--device", "cpu"], capsys)
         assert rc == 2 and re_search(REFUSED.format(pid=writer.pid), err)
@@ -243,7 +283,9 @@ def test_commands_beside_a_real_writer(reference, copy, capsys):
             actstore.open(store).loader("resid_post:0", batch_size=8)
         rc, _, err = run(cache_argv(store, "--overwrite"), capsys)
         assert rc == 2 and re_search(REFUSED.format(pid=writer.pid), err)
-        assert writer.poll() is None, "the writer finished before the commands ran beside it: slow it down"
+        assert writer.poll() is None, (
+            "the writer finished before the commands ran beside it: slow it down"
+        )
     finally:
         _, err = writer.communicate(timeout=300)
     assert writer.returncode == 0, err
@@ -265,7 +307,10 @@ def test_a_lock_naming_no_process_is_stale(copy, capsys, pid):
     store = copy
     unfinished(store)
     hold_lock(store, pid)
-    with pytest.raises(RowsNotDoneError, match=r"finish it with `actstore verify .* --repair`.*takes over the stale lock"):
+    with pytest.raises(
+        RowsNotDoneError,
+        match=r"finish it with `actstore verify .* --repair`.*takes over the stale lock",
+    ):
         actstore.open(store).loader("resid_post:0", batch_size=8)
     rc, out, _ = run(["verify", str(store)], capsys)
     assert rc == 1 and "note: a stale lock" in out and "run again with --repair" not in out
@@ -280,5 +325,7 @@ def test_the_advice_names_the_store_where_it_is(tmp_path, reference):
     unfinished(store)
     with pytest.raises(RowsNotDoneError) as e:
         actstore.open(store).loader("resid_post:0", batch_size=8)
-    assert f"`actstore verify '{store}' --repair`" in str(e.value) and f"`actstore cache '{store}' --model" in str(e.value)
+    assert f"`actstore verify '{store}' --repair`" in str(
+        e.value
+    ) and f"`actstore cache '{store}' --model" in str(e.value)
     assert str(reference) not in str(e.value)

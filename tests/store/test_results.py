@@ -17,25 +17,40 @@ def store(v1_store):
 
 def test_write_and_read_back(store):
     with ResultWriter.for_store(store, "analysis/mine") as w:
-        w.write("scores", np.arange(6.0).reshape(2, 3), ("layer", "head"), {"rows": 4, "note": None})
+        w.write(
+            "scores", np.arange(6.0).reshape(2, 3), ("layer", "head"), {"rows": 4, "note": None}
+        )
         w.write("n", np.int64(7), ())
-    assert store.results() == ["analysis/mine/n", "analysis/mine/scores"]  # the open store sees them at once
+    assert store.results() == [
+        "analysis/mine/n",
+        "analysis/mine/scores",
+    ]  # the open store sees them at once
     arr = actstore.open(store.path).load_result("analysis/mine/scores")
-    assert arr.metadata.dimension_names == ("layer", "head") and dict(arr.attrs) == {"rows": 4, "note": None}
+    assert arr.metadata.dimension_names == ("layer", "head") and dict(arr.attrs) == {
+        "rows": 4,
+        "note": None,
+    }
     assert np.array_equal(arr[...], np.arange(6.0).reshape(2, 3))
 
 
 def test_an_existing_result_is_refused_before_anything_is_written(store):
     write_result(store, "analysis/mine/scores", np.zeros(3), ("layer",))
-    with pytest.raises(ResultExistsError, match=r"already holds the result 'results/analysis/mine' "
-                                                 r"\(results/analysis/mine: 1 array\); pass overwrite=True"):
+    with pytest.raises(
+        ResultExistsError,
+        match=r"already holds the result 'results/analysis/mine' "
+        r"\(results/analysis/mine: 1 array\); pass overwrite=True",
+    ):
         ResultWriter.for_store(store, "analysis/mine")
     with pytest.raises(ResultExistsError, match=r"pass overwrite=True to replace it"):
         write_result(store, "analysis/mine/scores", np.ones(3), ("layer",))
     with pytest.raises(ResultExistsError):
-        store.save_result("analysis/mine/scores", np.ones(3), ("layer",))  # the store's own method: same rule
+        store.save_result(
+            "analysis/mine/scores", np.ones(3), ("layer",)
+        )  # the store's own method: same rule
     assert np.array_equal(store.load_result("analysis/mine/scores")[...], np.zeros(3))
-    assert isinstance(ResultExistsError("x"), StoreExistsError)  # `except StoreExistsError` still catches it
+    assert isinstance(
+        ResultExistsError("x"), StoreExistsError
+    )  # `except StoreExistsError` still catches it
 
 
 def test_replace_replaces_the_whole_result(store):
@@ -45,10 +60,15 @@ def test_replace_replaces_the_whole_result(store):
     with ResultWriter.for_store(store, "probes/p/h", replace=True) as w:
         w.write("weight", np.ones(2), ("class",))
         w.write("bias", np.ones(2), ("class",))
-    assert store.results() == ["probes/p/h/bias", "probes/p/h/weight"]  # classes, not written this time, is gone
+    assert store.results() == [
+        "probes/p/h/bias",
+        "probes/p/h/weight",
+    ]  # classes, not written this time, is gone
     assert np.array_equal(store.load_result("probes/p/h/weight")[...], np.ones(2))
     write_result(store, "probes/p/h/weight", np.full(2, 5.0), ("class",), overwrite=True)
-    assert np.array_equal(actstore.open(store.path).load_result("probes/p/h/weight")[...], np.full(2, 5.0))
+    assert np.array_equal(
+        actstore.open(store.path).load_result("probes/p/h/weight")[...], np.full(2, 5.0)
+    )
 
 
 def test_a_failed_run_removes_nothing(store):
@@ -59,13 +79,19 @@ def test_a_failed_run_removes_nothing(store):
         with ResultWriter.for_store(store, "analysis/a", replace=True) as w:
             w.write("x", np.ones(2), ("i",))
             raise RuntimeError("the job failed half-way")
-    assert store.results() == ["analysis/a/x", "analysis/a/y"]  # y is not pruned by a run that did not finish
+    assert store.results() == [
+        "analysis/a/x",
+        "analysis/a/y",
+    ]  # y is not pruned by a run that did not finish
 
 
-@pytest.mark.parametrize("args,match", [
-    ((np.zeros((2, 2)), ("i",)), r"1 dimension names for an array of 2 dimensions"),
-    ((np.zeros(2), ("i",), {"f": object()}), r"its attributes are not JSON"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((np.zeros((2, 2)), ("i",)), r"1 dimension names for an array of 2 dimensions"),
+        ((np.zeros(2), ("i",), {"f": object()}), r"its attributes are not JSON"),
+    ],
+)
 def test_bad_arrays_fail_before_writing(store, args, match):
     with pytest.raises(ConfigError, match=match):
         ResultWriter.for_store(store, "analysis/b").write("x", *args)

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 
 __all__ = ["ORDER", "SECTIONS", "PageSpec", "discover"]
 
-ORDER = ("tokens", "logit_lens", "attention", "dla", "induction", "patching",
-         "store_info", "store_stats", "store_rows", "store_results")
+ORDER = (
+    "tokens",
+    "logit_lens",
+    "attention",
+    "dla",
+    "induction",
+    "patching",
+    "store_info",
+    "store_stats",
+    "store_rows",
+    "store_results",
+)
 SECTIONS = ("Prompt", "Store")
 
 
@@ -34,13 +44,21 @@ def discover() -> list[PageSpec]:
         mod = importlib.import_module(f"{__name__}.{info.name}")
         missing = [a for a in ("TITLE", "SECTION", "render") if not hasattr(mod, a)]
         if missing:
-            raise TypeError(f"page module {mod.__name__} lacks {', '.join(missing)} "
-                            "(see actstore/app/views/__init__.py)")
+            raise TypeError(
+                f"page module {mod.__name__} lacks {', '.join(missing)} "
+                "(see actstore/app/views/__init__.py)"
+            )
         if mod.SECTION not in SECTIONS:
-            raise ValueError(f"page module {mod.__name__} has SECTION {mod.SECTION!r}; expected one of {SECTIONS}")
+            raise ValueError(
+                f"page module {mod.__name__} has SECTION {mod.SECTION!r}; expected one of {SECTIONS}"
+            )
         specs.append(PageSpec(info.name, mod.TITLE, mod.SECTION, mod.render))
 
     def rank(p: PageSpec) -> tuple[int, int, str]:
-        return SECTIONS.index(p.section), ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name
+        return (
+            SECTIONS.index(p.section),
+            ORDER.index(p.name) if p.name in ORDER else len(ORDER),
+            p.name,
+        )
 
     return sorted(specs, key=rank)

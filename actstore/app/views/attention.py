@@ -21,11 +21,27 @@ def render() -> None:
     left, right = st.columns(2)
     layer = int(left.selectbox("Layer", range(m.info.n_layers), key="attn-layer"))
     head = int(right.selectbox("Head", range(m.info.n_heads), key="attn-head"))
-    fig = heatmap(patterns[layer, head], labels, labels, "key (attended to)", "query",
-                  f"Attention of head {layer}.{head}", value_name="attention", colorscale="Blues", zmid=None)
-    table = long_table(patterns[layer, head], ("query_pos", "key_pos"), {"query_pos": labels, "key_pos": labels},
-                       "attention")
+    fig = heatmap(
+        patterns[layer, head],
+        labels,
+        labels,
+        "key (attended to)",
+        "query",
+        f"Attention of head {layer}.{head}",
+        value_name="attention",
+        colorscale="Blues",
+        zmid=None,
+    )
+    table = long_table(
+        patterns[layer, head],
+        ("query_pos", "key_pos"),
+        {"query_pos": labels, "key_pos": labels},
+        "attention",
+    )
     show_figure(fig, table, f"attention_{layer}.{head}", key="attention")
     with st.expander("Every head of every layer (CSV / JSON)"):
         dims = ("layer", "head", "query_pos", "key_pos")
-        downloads(long_table(patterns, dims, {"query_pos": labels, "key_pos": labels}, "attention"), "attention_all")
+        downloads(
+            long_table(patterns, dims, {"query_pos": labels, "key_pos": labels}, "attention"),
+            "attention_all",
+        )

@@ -21,16 +21,26 @@ def render() -> None:
     st.header("Store info")
     store = state.current_store()
     done, n = store.rows_done, store.n_rows
-    st.progress(done / max(n, 1), text=f"{done} of {n} rows done" + ("" if done == n else " (incomplete)"))
+    st.progress(
+        done / max(n, 1), text=f"{done} of {n} rows done" + ("" if done == n else " (incomplete)")
+    )
     app_model = str(st.session_state.get("model", "")).strip()
     if app_model and app_model != store.meta.model.name:
-        st.caption(f"This store was made with {store.meta.model.name}; the app's model is {app_model}. The store "
-                   "pages read the store alone and do not run the model.")
+        st.caption(
+            f"This store was made with {store.meta.model.name}; the app's model is {app_model}. The store "
+            "pages read the store alone and do not run the model."
+        )
     st.code(info_text(store), language=None, wrap_lines=True)
     st.subheader("Sites")
     table = pd.DataFrame(sites_table(store))
     st.dataframe(table, hide_index=True, key="store-info-sites")
     downloads(table, "store-sites", key="store-info-sites")
-    st.download_button("Metadata (actstore info --json)", json.dumps(info_json(store), indent=2),
-                       file_name="store-info.json", mime="application/json", on_click="ignore",
-                       icon=":material/download:", key="store-info-json")
+    st.download_button(
+        "Metadata (actstore info --json)",
+        json.dumps(info_json(store), indent=2),
+        file_name="store-info.json",
+        mime="application/json",
+        on_click="ignore",
+        icon=":material/download:",
+        key="store-info-json",
+    )

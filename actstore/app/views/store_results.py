@@ -36,8 +36,11 @@ def default_axes(dims: Sequence[str]) -> list[str]:
 
 
 def _source() -> ResultsSource:
-    other = st.text_input("Results group (optional)", key="results-group",
-                          help="the --out group of `actstore patch` or `actstore circuit`; empty: the sidebar's store")
+    other = st.text_input(
+        "Results group (optional)",
+        key="results-group",
+        help="the --out group of `actstore patch` or `actstore circuit`; empty: the sidebar's store",
+    )
     return open_results(other.strip()) if other.strip() else open_results(state.current_store())
 
 
@@ -47,10 +50,21 @@ def _pick(src: ResultsSource) -> ResultArray:
     group = left.selectbox("Result", groups, key="results-result")
     leaves = [n for n in src.names if (n.rsplit("/", 1)[0] if "/" in n else "") == group]
     infos = [src.describe(n) for n in leaves]
-    drawn = sorted(range(len(infos)), key=lambda j: (not infos[j].numeric, "float" not in infos[j].dtype,
-                                                    len(infos[j].shape) < 2))  # float grids first
-    i = right.selectbox("Array", range(len(leaves)), index=drawn[0], key=f"results-array-{src.path}-{group}",
-                        format_func=lambda j: f"{leaves[j].rsplit('/', 1)[-1]} ({', '.join(infos[j].dims)})")
+    drawn = sorted(
+        range(len(infos)),
+        key=lambda j: (
+            not infos[j].numeric,
+            "float" not in infos[j].dtype,
+            len(infos[j].shape) < 2,
+        ),
+    )  # float grids first
+    i = right.selectbox(
+        "Array",
+        range(len(leaves)),
+        index=drawn[0],
+        key=f"results-array-{src.path}-{group}",
+        format_func=lambda j: f"{leaves[j].rsplit('/', 1)[-1]} ({', '.join(infos[j].dims)})",
+    )
     return infos[i]
 
 
@@ -69,17 +83,38 @@ def _labels(src: ResultsSource, info: ResultArray, dim: str, a: int, b: int) -> 
     return list(range(a, b)) if names is None else [f"{i}: {names[i]}" for i in range(a, b)]
 
 
-def _figure(values: np.ndarray, axes: list[str], coords: dict[str, list[Any]], title: str, leaf: str) -> go.Figure:
+def _figure(
+    values: np.ndarray, axes: list[str], coords: dict[str, list[Any]], title: str, leaf: str
+) -> go.Figure:
     if len(axes) == 2:
-        signed = bool(np.nanmin(values) < 0 < np.nanmax(values)) if np.isfinite(values).any() else False
-        return heatmap(values, coords[axes[1]], coords[axes[0]], axes[1], axes[0], title, leaf,
-                       colorscale="RdBu" if signed else "Viridis", zmid=0.0 if signed else None)
+        signed = (
+            bool(np.nanmin(values) < 0 < np.nanmax(values)) if np.isfinite(values).any() else False
+        )
+        return heatmap(
+            values,
+            coords[axes[1]],
+            coords[axes[0]],
+            axes[1],
+            axes[0],
+            title,
+            leaf,
+            colorscale="RdBu" if signed else "Viridis",
+            zmid=0.0 if signed else None,
+        )
     x = [str(c) for c in coords[axes[0]]]
     hover = f"{axes[0]} %{{x}}<br>{leaf} %{{y:.5g}}<extra></extra>"
-    trace = go.Bar(x=x, y=values.tolist(), hovertemplate=hover) if len(x) <= 256 else \
-        go.Scatter(x=x, y=values.tolist(), mode="lines", hovertemplate=hover)
+    trace = (
+        go.Bar(x=x, y=values.tolist(), hovertemplate=hover)
+        if len(x) <= 256
+        else go.Scatter(x=x, y=values.tolist(), mode="lines", hovertemplate=hover)
+    )
     fig = go.Figure(trace)
-    fig.update_layout(title=title, xaxis_title=axes[0], yaxis_title=leaf, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    fig.update_layout(
+        title=title,
+        xaxis_title=axes[0],
+        yaxis_title=leaf,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
     fig.update_xaxes(type="category")
     return fig
 
@@ -88,12 +123,16 @@ def render() -> None:
     st.header("Store results")
     src = _source()
     if not src.names:
-        st.info(f"'{src.path}' holds no results yet: `actstore probe`, `actstore analyze` and `actstore patch "
-                "--out STORE` write theirs under its results/.")
+        st.info(
+            f"'{src.path}' holds no results yet: `actstore probe`, `actstore analyze` and `actstore patch "
+            "--out STORE` write theirs under its results/."
+        )
         return
     info = _pick(src)
     leaf = info.name.rsplit("/", 1)[-1]
-    st.caption(f"{info.name}: {info.dtype} ({', '.join(f'{d}={n}' for d, n in zip(info.dims, info.shape))})")
+    st.caption(
+        f"{info.name}: {info.dtype} ({', '.join(f'{d}={n}' for d, n in zip(info.dims, info.shape))})"
+    )
     with st.expander("Attributes"):
         st.json(info.attrs, expanded=False)
     arr = src.array(info.name)
@@ -101,8 +140,13 @@ def render() -> None:
     if not info.shape:
         st.metric(leaf, str(np.asarray(arr[()])))
         return
-    axes = [info.dims[0]] if not info.numeric else st.multiselect(
-        "Axes", info.dims, default=default_axes(info.dims), max_selections=2, key=f"{key}-axes")
+    axes = (
+        [info.dims[0]]
+        if not info.numeric
+        else st.multiselect(
+            "Axes", info.dims, default=default_axes(info.dims), max_selections=2, key=f"{key}-axes"
+        )
+    )
     if not axes:
         st.info("Pick one or two dims to draw.")
         return
@@ -125,4 +169,9 @@ def render() -> None:
         st.dataframe(table, hide_index=True, key="results-table")
         downloads(table, slug, key="results-fig")
         return
-    show_figure(_figure(values.astype(np.float64), axes, coords, title, leaf), table, slug, key="results-fig")
+    show_figure(
+        _figure(values.astype(np.float64), axes, coords, title, leaf),
+        table,
+        slug,
+        key="results-fig",
+    )

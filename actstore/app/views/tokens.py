@@ -16,6 +16,8 @@ def render() -> None:
     st.header("Tokens")
     m, p = state.model_and_prompt()
     table = token_table(m.tokenizer, p)
-    st.caption(f"{m.info.name}: BOS + {len(table) - 1} tokens of the prompt, cached as one row (document packing).")
+    st.caption(
+        f"{m.info.name}: BOS + {len(table) - 1} tokens of the prompt, cached as one row (document packing)."
+    )
     st.dataframe(table, hide_index=True, key="tokens-table")
     downloads(table, "tokens")

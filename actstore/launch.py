@@ -9,13 +9,13 @@ from pathlib import Path
 
 _APP = Path(__file__).with_name("app")
 APP_MAIN = str(_APP / "main.py")  # the script Streamlit serves
-APP_OPENER = str(
-    _APP / "opener.py"
-)  # opens a browser once the server answers (standard library only)
+# opens a browser once the server answers (standard library only)
+APP_OPENER = str(_APP / "opener.py")
 # `actstore app --model M --store A --store B` hands its choices to the app's sessions in these
+# (stores one per line: a URL may hold ":")
 MODEL_ENV, STORES_ENV = (
     "ACTSTORE_APP_MODEL",
     "ACTSTORE_APP_STORES",
-)  # (stores one per line: a URL may hold ":")
+)
 
 __all__ = ["APP_MAIN", "APP_OPENER", "MODEL_ENV", "STORES_ENV"]

@@ -61,12 +61,13 @@ def exists(path: str) -> bool:
 
 
 _GCS = "GOOGLE_APPLICATION_CREDENTIALS"
+# what the error asks to set, per scheme
 _CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a "
     "server other than AWS",
     "gs": _GCS,
     "gcs": _GCS,
-}  # what the error asks to set, per scheme
+}
 
 
 def _unreachable(path: str, error: BaseException) -> Exception:

@@ -387,9 +387,8 @@ def probe_shapes(
         sa, sb = tuple(a[site.hook].shape[1:]), tuple(b[site.hook].shape[1:])
         pos_axes = {i for i, (x, y) in enumerate(zip(sa, sb)) if x != y}
         dims = _site_dims(site, sa, pos_axes, sizes)
-        shape = tuple(
-            seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa)
-        )  # loss: seq_len - 1
+        # loss: seq_len - 1
+        shape = tuple(seq_len + s - 2 if i in pos_axes else s for i, s in enumerate(sa))
         if site.heads is not None:
             if "head" not in dims:
                 raise UnknownSiteError(

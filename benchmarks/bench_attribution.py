@@ -145,9 +145,8 @@ def bench(
     print(head)
     print("-" * len(head))
     sweeps = args.sweeps.split(",")
-    at.attribution_patch(
-        bridge, corrupted, cache, metric, sweeps=sweeps[:1], progress=False
-    )  # warm-up, untimed
+    # warm-up, untimed
+    at.attribution_patch(bridge, corrupted, cache, metric, sweeps=sweeps[:1], progress=False)
     for sweep in sweeps:
         exact_fn, attr_fn = (
             getattr(ap, f"get_act_patch_{sweep}"),
@@ -159,9 +158,8 @@ def bench(
         t_attr, approx = best_of(
             args.repeat, lambda: attr_fn(bridge, corrupted, cache, metric, progress=False)
         )
-        changed = (
-            approx != 0
-        )  # the corrupted run scores 0: a cell no patch changes has attribution exactly 0
+        # the corrupted run scores 0: a cell no patch changes has attribution exactly 0
+        changed = approx != 0
         r_all, r_changed = pearson(exact, approx), pearson(exact[changed], approx[changed])
         t_ref = None
         if args.reference_all or (args.reference and sweep == "resid_pre"):

@@ -37,13 +37,13 @@ from actstore.store.codecs import registered
 from actstore.store.format import parse_codec, row_array
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-CODECS = tuple(
-    spec for c in registered() for spec in c.samples
-)  # every registered codec and its sample levels
+# every registered codec and its sample levels
+CODECS = tuple(spec for c in registered() for spec in c.samples)
+# actstore's defaults at batch size 8 (shard capped at 256 MB)
 ROWS_PER_CHUNK, ROWS_PER_SHARD = (
     8,
     64,
-)  # actstore's defaults at batch size 8 (shard capped at 256 MB)
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -119,9 +119,8 @@ def bench(data: np.ndarray, codec: str, root: Path, repeat: int) -> tuple[float,
             ["row"] + [f"d{i}" for i in range(1, data.ndim)],
             parse_codec(codec),
         )
-        enc = encoder_for(
-            arr
-        )  # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
+        # None for a codec registered with NO_FAST_PATH (pcodec): zarr writes it
+        enc = encoder_for(arr)
         rps = arr.metadata.chunk_grid.chunk_shape[0]
         t0 = time.perf_counter()
         for k in range(-(-len(data) // rps)):

@@ -84,9 +84,8 @@ def main() -> None:
             cmd[4] = str(tmp / f"{engine}.zarr")
             return cmd + ["--engine", engine]
 
-        subprocess.run(
-            ours("hf"), check=True, stdin=subprocess.DEVNULL
-        )  # warm-up, and the rows for the peer
+        # warm-up, and the rows for the peer
+        subprocess.run(ours("hf"), check=True, stdin=subprocess.DEVNULL)
         import actstore
 
         np.save(tmp / "tokens.npy", actstore.open(str(tmp / "hf.zarr")).tokens())
@@ -100,9 +99,8 @@ def main() -> None:
             str(a.batch),
         ]
         if a.peer_python:
-            subprocess.run(
-                peer, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-            )  # warm-up
+            # warm-up
+            subprocess.run(peer, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         t: dict[str, list[float]] = {"hf": [], "bridge": [], "nnsight": []}
         for _ in range(a.rounds):
             t["hf"].append(timed(ours("hf")))

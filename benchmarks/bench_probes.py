@@ -124,9 +124,8 @@ def sklearn_layers(
         tr, te = ok & ~test_rows[:, None], ok & test_rows[:, None]
         if kind == "logistic":
             with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore"
-                )  # ConvergenceWarning at max_iter, as ours reports "not converged"
+                # ConvergenceWarning at max_iter, as ours reports "not converged"
+                warnings.simplefilter("ignore")
                 clf = LogisticRegression(C=a.C, tol=a.tol, max_iter=a.max_iter).fit(
                     x[tr], labels[tr]
                 )

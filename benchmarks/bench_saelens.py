@@ -169,11 +169,11 @@ def worker(name: str, job: dict[str, Any]) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         model = _hooked_transformer(job["model_dir"])
-        car.load_model = lambda **_: (
-            model
-        )  # the folder's model, not a hub download (also timed: as actstore's)
+        # the folder's model, not a hub download (also timed: as actstore's)
+        car.load_model = lambda **_: model
         ds = _tokens_dataset(job)
         for hook in job["hook_names"]:  # SAELens caches one hook per run
+            # one buffer
             cfg = CacheActivationsRunnerConfig(
                 dataset_path="actstore-demo",
                 model_name="random-gpt2",
@@ -188,7 +188,7 @@ def worker(name: str, job: dict[str, Any]) -> dict[str, Any]:
                 prepend_bos=False,
                 streaming=False,
                 buffer_size_gb=(job["n_rows"] * job["seq_len"] + 0.5) * job["d_model"] * 4 / 1e9,
-            )  # one buffer
+            )
             CacheActivationsRunner(cfg, override_dataset=ds).run()
     else:  # training from one of three sources
         from sae_lens.config import SAETrainerConfig
@@ -197,9 +197,8 @@ def worker(name: str, job: dict[str, Any]) -> dict[str, Any]:
         import actstore
         from actstore.integrations.saelens import sae_trainer
 
-        t0 = (
-            time.perf_counter()
-        )  # imports done: each source is timed from opening its data to the trained SAE
+        # imports done: each source is timed from opening its data to the trained SAE
+        t0 = time.perf_counter()
         sae = _sae(job)
         if name == "train-store":
             trainer = sae_trainer(

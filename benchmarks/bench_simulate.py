@@ -169,9 +169,8 @@ def part(a: argparse.Namespace) -> dict[str, Any]:
 
         import s3fs
 
-        x = model.capture(tokens[:shard], sites)[
-            sites[0].hook
-        ]  # one shard of one site: the object's bytes
+        # one shard of one site: the object's bytes
+        x = model.capture(tokens[:shard], sites)[sites[0].hook]
         data = (
             x.numpy().tobytes()
             if len(x) == shard
@@ -179,9 +178,8 @@ def part(a: argparse.Namespace) -> dict[str, Any]:
         )
         fs = s3fs.S3FileSystem()
         keys = [f"{a.out}/{s.hook}/{k}" for s in sites for k in range(-(-a.rows // shard))]
-        threads = a.write_threads or min(
-            8, max(2, os.cpu_count() or 2)
-        )  # actstore's writer's default
+        # actstore's writer's default
+        threads = a.write_threads or min(8, max(2, os.cpu_count() or 2))
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda key: fs.pipe(key, data), keys))
     elif a.part == "raw":

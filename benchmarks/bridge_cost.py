@@ -18,10 +18,11 @@ import torch
 from actstore.models import DTYPES, LoadedModel
 from actstore.sites import stop_layer
 
+# the plain model's attention implementations (the bridge computes its own, eager-like)
 ATTN = (
     "eager",
     "sdpa",
-)  # the plain model's attention implementations (the bridge computes its own, eager-like)
+)
 
 
 def sync(device: str) -> None:

@@ -117,12 +117,12 @@ def evaluate(model, tokenizer, val_rows: torch.Tensor, pairs: list[dict]) -> dic
         rep = torch.from_numpy(demo.repeated_tokens(tokenizer, 64, half, seed=1)).long()
         res = model(rep, output_attentions=True)
         q = torch.arange(half + 1, 2 * half + 1)
-        ind = torch.stack(
-            [a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in res.attentions]
-        )  # (layer, head)
+        # (layer, head)
+        ind = torch.stack([a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in res.attentions])
+        # (row, pos)
         logp = torch.log_softmax(res.logits[:, :-1].float(), -1).gather(-1, rep[:, 1:, None])[
             ..., 0
-        ]  # (row, pos)
+        ]
         best = int(ind.argmax())
         out[f"h{half}"] = {
             "induction_max": round(float(ind.max()), 4),

@@ -314,9 +314,8 @@ def resume(
     """Load a checked checkpoint; return its step. Its parts that do not fit (a damaged
     file whose configuration matched) are refused before any step."""
     try:
-        loader.load_state_dict(
-            ckpt["loader"]
-        )  # the same batches on every rank as the interrupted run
+        # the same batches on every rank as the interrupted run
+        loader.load_state_dict(ckpt["loader"])
         sae.load_state_dict(ckpt["sae"])
         opt.load_state_dict(ckpt["opt"])
     except ActStoreError:
@@ -376,12 +375,10 @@ def train(a: argparse.Namespace) -> None:
     options = dict(
         batch_size=a.batch_size, seed=a.seed, even_batches=True, device=device, dtype=torch.float32
     )
-    check_batches(
-        store.loader(site.hook, **options), a.batch_size, group.world, a.store
-    )  # counts tokens only
-    loader = store.loader(
-        site.hook, **options, scale=True, progress=group.main
-    )  # reads the store for the scale
+    # counts tokens only
+    check_batches(store.loader(site.hook, **options), a.batch_size, group.world, a.store)
+    # reads the store for the scale
+    loader = store.loader(site.hook, **options, scale=True, progress=group.main)
     sae = TopKSAE(d_in, a.expansion * d_in, a.k).to(device)
     model = torch.nn.parallel.DistributedDataParallel(sae) if group.distributed else sae
     opt = torch.optim.Adam(sae.parameters(), lr=a.lr)

@@ -30,9 +30,8 @@ def _tl4() -> bool:
     return getattr(patching, "PatchingResult", None) is not None
 
 
-TL4 = (
-    _tl4()
-)  # TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
+# TransformerLens 4: PatchingResult, metric mappings, direct path and node attribution references
+TL4 = _tl4()
 needs_tl4 = pytest.mark.skipif(
     not TL4, reason="needs transformer_lens>=4 (PatchingResult and its references)"
 )

@@ -55,9 +55,8 @@ class Case:
             self.clean_logits, self.cache = self.bridge.run_with_cache(self.clean)
             self.corrupted_logits, self.corrupted_cache = self.bridge.run_with_cache(self.corrupted)
         self.logit_scale = float(self.corrupted_logits.abs().max())
-        self.ld = ap.LogitDiff(
-            self.answer, self.wrong
-        )  # batched: the engine computes 2 logits a prompt
+        # batched: the engine computes 2 logits a prompt
+        self.ld = ap.LogitDiff(self.answer, self.wrong)
         b = torch.arange(len(self.answer))
         a, w = torch.tensor(self.answer), torch.tensor(self.wrong)
 

@@ -23,9 +23,8 @@ __all__ = ["DirectLogitAttribution", "direct_logit_attribution"]
 
 @dataclass
 class DirectLogitAttribution:
-    heads: (
-        np.ndarray
-    )  # (row, layer, head): contribution of each head's output to the logit (difference)
+    # (row, layer, head): contribution of each head's output to the logit (difference)
+    heads: np.ndarray
     mlp: np.ndarray  # (row, layer): of each MLP layer's output; NaN where not stored
     rows: list[int]
     positions: list[int]  # the position read in each row
@@ -79,9 +78,8 @@ def direct_logit_attribution(
             "(or -1 for the last), or leave it out to read each row's last real token."
         )
     positions = _positions(store, rows, pos)
-    loaded = model_for(
-        store, model
-    )  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    # a name, a TransformerBridge or a LoadedModel; checked against the store
+    loaded = model_for(store, model)
     adapter = adapter_for(loaded, "DLA")
     adapter.check_direct_paths("DLA")
     centre = adapter.final_norm == "layernorm"

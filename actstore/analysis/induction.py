@@ -19,14 +19,12 @@ __all__ = ["InductionScores", "induction_scores"]
 
 @dataclass
 class InductionScores:
-    induction: (
-        np.ndarray
-    )  # (layer, head): mean attention from second-half query q to key q - half_len + 1
+    # (layer, head): mean attention from second-half query q to key q - half_len + 1
+    induction: np.ndarray
     prev_token: np.ndarray  # (layer, head): mean attention from q to q - 1, q >= 1
     duplicate: np.ndarray  # (layer, head): mean attention from second-half q to q - half_len
-    loss_by_pos: (
-        np.ndarray | None
-    )  # (pos,): mean loss of predicting token pos + 1, when 'loss' is stored
+    # (pos,): mean loss of predicting token pos + 1, when 'loss' is stored
+    loss_by_pos: np.ndarray | None
     half_len: int
     n_rows: int
 

@@ -83,9 +83,8 @@ def logit_lens(
             f"The logit lens needs rows in 0..{store.n_rows - 1} of the store; got {rows[:5] or 'none'}."
         )
     hooks = _resid_hooks(store)
-    loaded = model_for(
-        store, model
-    )  # a name, a TransformerBridge or a LoadedModel; checked against the store
+    # a name, a TransformerBridge or a LoadedModel; checked against the store
+    loaded = model_for(store, model)
     adapter = adapter_for(loaded, "The logit lens")
     vocab = int(loaded.bridge.W_U.shape[-1])
     if k > vocab:
@@ -106,13 +105,11 @@ def logit_lens(
     for i, r in enumerate(tqdm(rows, unit="row", desc="logit lens", disable=not progress)):
         tokens = store.tokens(r).astype(np.int64)
         for j, hook in enumerate(hooks):
-            x = torch.from_numpy(store.acts(hook, rows=r)).to(
-                loaded.device, dtype
-            )  # (pos, d_model)
+            # (pos, d_model)
+            x = torch.from_numpy(store.acts(hook, rows=r)).to(loaded.device, dtype)
             with torch.inference_mode():
-                probs = torch.softmax(
-                    adapter.logits(bridge, x[None])[0].double(), dim=-1
-                )  # (pos, vocab)
+                # (pos, vocab)
+                probs = torch.softmax(adapter.logits(bridge, x[None])[0].double(), dim=-1)
             tp, tt = probs.topk(k, dim=-1)
             top_p[i, j], top_t[i, j] = tp.cpu().numpy(), tt.cpu().numpy()
             tgt = np.full(L, target) if target is not None else np.append(tokens[1:], 0)

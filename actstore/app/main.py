@@ -15,9 +15,8 @@ __all__ = ["app"]
 
 def app() -> None:
     """One run of the app: page config, navigation over the page registry, sidebar, page."""
-    st.set_page_config(
-        page_title="actstore explorer", layout="wide"
-    )  # no page_icon: a material one is fetched online
+    # no page_icon: a material one is fetched online
+    st.set_page_config(page_title="actstore explorer", layout="wide")
     pages = discover()
     nav = {
         section: [

@@ -21,9 +21,8 @@ __all__ = ["wait_and_open", "health_ok", "HEALTH"]
 
 HEALTH = "/_stcore/health"  # Streamlit's health endpoint: "ok" once the server serves
 TIMEOUT = 120.0  # seconds to wait for the server (it starts in a few on a quiet machine)
-_DIRECT = urllib.request.build_opener(
-    urllib.request.ProxyHandler({})
-)  # localhost: never through $http_proxy
+# localhost: never through $http_proxy
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def health_ok(url: str) -> bool:
@@ -74,9 +73,8 @@ def wait_and_open(
 def main(argv: list[str]) -> int:
     url, pid = argv[0], int(argv[1])
     if hasattr(os, "fork") and os.fork() > 0:
-        os._exit(
-            0
-        )  # the launcher waits for this; the grandchild below is reaped by init, not by the server
+        # the launcher waits for this; the grandchild below is reaped by init, not by the server
+        os._exit(0)
     return 0 if wait_and_open(url, pid) else 1
 
 

@@ -47,10 +47,11 @@ __all__ = [
     "MAX_CELLS",
 ]
 
+# the most values one figure reads and draws, by its number of axes
 MAX_CELLS = {
     1: 4096,
     2: 256 * 256,
-}  # the most values one figure reads and draws, by its number of axes
+}
 
 
 def info_json(store: ActivationStore) -> dict[str, Any]:
@@ -135,9 +136,8 @@ class RowView:
     str_tokens: list[str]
     doc: np.ndarray  # int (pos,): index of each token's source document
     doc_pos: np.ndarray  # int (pos,): the token's position in that document
-    mask: (
-        np.ndarray
-    )  # bool (pos,): real tokens (padding is False where rows hold one document each)
+    # bool (pos,): real tokens (padding is False where rows hold one document each)
+    mask: np.ndarray
     norms: np.ndarray = field(repr=False)  # float64 (pos,): L2 norm over every feature of the site
 
     def table(self) -> dict[str, list[Any]]:
@@ -166,9 +166,8 @@ def row_view(store: ActivationStore, row: int, hook: str) -> RowView:
             f"Row {row} is out of range: store '{store.path}' has rows 0..{store.n_rows - 1}."
         )
     row = int(row)
-    x = np.moveaxis(store.acts(hook, row), site.dims.index("pos") - 1, 0).astype(
-        np.float64
-    )  # (pos, ...)
+    # (pos, ...)
+    x = np.moveaxis(store.acts(hook, row), site.dims.index("pos") - 1, 0).astype(np.float64)
     tokens = store.tokens(row)
     tok = store.tokenizer
     return RowView(

@@ -64,9 +64,8 @@ from .writer import BackgroundWriter
 __all__ = ["CacheConfig", "cache"]
 
 STORAGE_DTYPES = ("float16", "float32")
-Capture = Callable[
-    ..., dict[str, torch.Tensor]
-]  # LoadedModel.capture's contract: (tokens, sites, keep, sink)
+# LoadedModel.capture's contract: (tokens, sites, keep, sink)
+Capture = Callable[..., dict[str, torch.Tensor]]
 DEFAULT_SEQ_LEN = 128
 
 
@@ -250,9 +249,8 @@ def cache(config: CacheConfig | None = None, /, **options: Any) -> ActivationSto
     cfg = dataclasses.replace(cfg, out=location.normalize(cfg.out), seq_len=_seq_len(cfg))
     check_output(cfg.out)
     check_processes(cfg.model)
-    procs = group_for(
-        cfg.device
-    )  # one process, or this one's place in a torchrun / accelerate launch
+    # one process, or this one's place in a torchrun / accelerate launch
+    procs = group_for(cfg.device)
     lock = nullcontext if location.is_url(cfg.out) else (lambda: store_lock(cfg.out))
     with procs.main_context(lock, "taking the store lock"):
         return _cache(cfg, procs)
@@ -328,9 +326,8 @@ def _cache(cfg: CacheConfig, procs: Group) -> ActivationStore:
         check_disk(cfg.out, need)
     if procs.distributed:
         log(f"{procs.world} processes; each writes its own shards")
-    procs.barrier(
-        "the store was created"
-    )  # every process has checked everything before the store changes
+    # every process has checked everything before the store changes
+    procs.barrier("the store was created")
 
     def create() -> np.ndarray:
         if existing is not None and cfg.overwrite:
@@ -480,12 +477,10 @@ def _metadata(
 
 
 def _config_repr(cfg: CacheConfig, model: str) -> str:
-    values = dataclasses.asdict(
-        dataclasses.replace(cfg, model=model)
-    )  # a model object is shown by name, not copied
-    fields = {
-        f.name: values[f.name] for f in init_fields(CacheConfig)
-    }  # as a call: the run options last
+    # a model object is shown by name, not copied
+    values = dataclasses.asdict(dataclasses.replace(cfg, model=model))
+    # as a call: the run options last
+    fields = {f.name: values[f.name] for f in init_fields(CacheConfig)}
     if not isinstance(cfg.dataset, str):
         fields["dataset"] = f"<{len(cfg.dataset)} items>"
     return ", ".join(

@@ -117,9 +117,8 @@ def repair_store(
     again to see it. The store's lock is taken first: while a live run holds it (it is
     writing the store, so ``damage`` may be its work in progress), StoreLockedError, and
     nothing is changed."""
-    ActivationStore.open(
-        path
-    )  # no store, or its root damaged: said before a lock file is made beside it
+    # no store, or its root damaged: said before a lock file is made beside it
+    ActivationStore.open(path)
     lock = nullcontext() if location.is_url(path) else store_lock(location.normalize(path))
     with lock:
         return _repair(path, damage, model, device, progress)

@@ -100,9 +100,8 @@ class ShardWrite:
             attrs_of(self.partials)["columns"] if self.partials is not None else {}
         )
         names = [n for n in INDEX_ARRAYS if n in group] + [f"acts/{h}" for h in shapes]
-        self.arrays = {
-            name: array_at(group, name) for name in names
-        }  # the arrays with one shard per write
+        # the arrays with one shard per write
+        self.arrays = {name: array_at(group, name) for name in names}
         self.small = {
             name: array_at(group, name) for name in ("stats/partials", "done") if name in group
         }

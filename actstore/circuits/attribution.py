@@ -135,9 +135,8 @@ def edge_attribution(
         dtype=torch.float64,
         device=fwd.device,
     )
-    uniform = (
-        _Uniform(fwd) if type(fwd) is GraphForward else fwd
-    )  # (HookedGraphForward has its own grads)
+    # (HookedGraphForward has its own grads)
+    uniform = _Uniform(fwd) if type(fwd) is GraphForward else fwd
     bar = tqdm(
         total=batch * n_steps,
         desc=f"edge attribution ({method})",
@@ -269,16 +268,14 @@ class _Uniform:
             x = resid + bias if t == 0 else (1 - t) * resid + t * patched + bias
             p = torch.zeros(shape, device=fwd.device, dtype=fwd.dtype, requires_grad=probe)
             probes.append(p)
-            return (
-                x.view(x.shape[:2] + (1,) * (len(shape) - 3) + x.shape[2:]) + p
-            )  # (b, pos[, 1, 1], d)
+            # (b, pos[, 1, 1], d)
+            return x.view(x.shape[:2] + (1,) * (len(shape) - 3) + x.shape[2:]) + p
 
         for layer in range(fwd.graph.n_layers):
             block, first = model.blocks[layer], 1 + layer * (n_heads + 1)
             b, n_pos = tokens.shape
-            heads = fwd.attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[
-                0
-            ]  # (head, b, pos, d)
+            # (head, b, pos, d)
+            heads = fwd.attention(block, read((b, n_pos, n_heads, 3, fwd.d_model))[None])[0]
             live += list(heads)
             resid, patched = resid + heads.sum(0), patched + patch[first : first + n_heads].sum(0)
             bias = bias + block.attn.b_O.to(fwd.dtype)

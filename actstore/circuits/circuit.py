@@ -38,9 +38,8 @@ class Circuit:
 
     graph: Graph
     edges: np.ndarray  # (edge,) int64, sorted: the circuit after pruning
-    nodes: tuple[
-        str, ...
-    ]  # upstream nodes on a kept edge, in forward order, then 'logits' if any edge is kept
+    # upstream nodes on a kept edge, in forward order, then 'logits' if any edge is kept
+    nodes: tuple[str, ...]
     n_selected: int  # edges chosen before pruning
     how: str = "top-n"
 
@@ -118,9 +117,8 @@ def select_edges(
     into_node: dict[int, list[int]] = {}  # reader node -> the downstream inputs it reads
     for j, r in enumerate(reader):
         into_node.setdefault(int(r), []).append(j)
-    starts = np.searchsorted(
-        graph.dst, np.arange(len(graph.downstream) + 1)
-    )  # edges are destination-major
+    # edges are destination-major
+    starts = np.searchsorted(graph.dst, np.arange(len(graph.downstream) + 1))
     heap: list[tuple[float, int]] = []
     joined: set[int] = set()
 

@@ -158,9 +158,8 @@ class CleanNodes:
                     f"Cache the clean prompts with `actstore cache ... --sites {STORE_SITES}`, or pass clean tokens "
                     "or an ActivationCache."
                 )
-            full = CleanSource(
-                clean, model, n_pos, batch, clean_rows
-            )  # checks the model and rows before any work
+            # checks the model and rows before any work
+            full = CleanSource(clean, model, n_pos, batch, clean_rows)
             self.source = (clean, full.rows)
         elif hasattr(clean, "keys") and hasattr(clean, "__getitem__"):
             if clean_rows is not None:

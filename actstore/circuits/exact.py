@@ -106,9 +106,8 @@ def exact_edge_scores(
     last = int(model.cfg.n_layers) - 1
 
     def reader_layer(e: int) -> int:
-        return min(
-            graph.downstream[graph.dst[e]].layer, last
-        )  # the logits are read after the last block
+        # the logits are read after the last block
+        return min(graph.downstream[graph.dst[e]].layer, last)
 
     names = set(_source_hooks(graph, sources))
     for kind, pos in by_reader.items():
@@ -210,18 +209,16 @@ def _hooked_scores(
     )
     deltas = clean_out(0, batch) - fwd.node_outputs(corrupted)  # (upstream, batch, pos, d_model)
     positions = metrics.positions if metrics.restricted else None
-    qkv_inputs = (
-        3 * int(model.cfg.n_heads) * n_pos * fwd.d_model
-    )  # the per-head input copies, the largest hook
+    # the per-head input copies, the largest hook
+    qkv_inputs = 3 * int(model.cfg.n_heads) * n_pos * fwd.d_model
     row = variant_row_bytes(model, n_pos, qkv_inputs, full_logits=positions is None)
     per_chunk = max(1, budget // max(1, batch * row))
     scores = torch.zeros(len(edges), batch, device=fwd.device)
     bar = tqdm(total=len(edges), desc="exact edge patching", disable=not progress)
     for a in range(0, len(edges), per_chunk):
         chunk = [int(e) for e in edges[a : a + per_chunk]]
-        logits = fwd.edge_patches(corrupted, chunk, deltas, positions).flatten(
-            0, 1
-        )  # (edge * batch, pos', vocab)
+        # (edge * batch, pos', vocab)
+        logits = fwd.edge_patches(corrupted, chunk, deltas, positions).flatten(0, 1)
         sel = (
             logits[..., list(metrics.token_ids)]
             if positions is not None

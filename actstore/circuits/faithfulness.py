@@ -139,9 +139,8 @@ def faithfulness(
         raise ConfigError(
             f"{len(sizes)} sizes for {len(masks)} circuits; give one size per mask row, or none."
         )
-    n_out = (
-        n_pos if positions is None else len(positions)
-    )  # the logits each row returns, float32 at most
+    # the logits each row returns, float32 at most
+    n_out = n_pos if positions is None else len(positions)
     row = fwd.row_bytes(n_pos) + n_out * int(model.cfg.d_vocab) * 4
     per_chunk = max(1, budget // max(1, row * n_pairs))  # circuits a forward
     values = torch.empty(len(masks), n_pairs, dtype=torch.float64)

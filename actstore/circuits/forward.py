@@ -205,9 +205,8 @@ class GraphForward:
         for layer in range(g.n_layers):
             block = model.blocks[layer]
             first = layer * per_layer
-            qkv = self._inputs(
-                first, first + 3 * self.n_heads, mask, groups, psum + bias
-            )  # (V, B, P, 3H, D)
+            # (V, B, P, 3H, D)
+            qkv = self._inputs(first, first + 3 * self.n_heads, mask, groups, psum + bias)
             add(self.attention(block, qkv.unflatten(-2, (self.n_heads, 3))))
             bias = bias + block.attn.b_O.to(self.dtype)
             mlp_in = self._inputs(

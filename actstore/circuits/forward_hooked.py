@@ -227,9 +227,8 @@ class _MaskedRun:
         self.groups: list[
             tuple[int, torch.Tensor]
         ] = []  # (first node, live - patch (variant, nodes, batch, pos, d))
-        self.totals: list[torch.Tensor] = [
-            torch.zeros((), device=fwd.device, dtype=fwd.dtype)
-        ]  # running sums
+        # running sums
+        self.totals: list[torch.Tensor] = [torch.zeros((), device=fwd.device, dtype=fwd.dtype)]
         self.live0: list[torch.Tensor] = []
         self.probe_list: list[torch.Tensor] = []
         self.qkv_adjust: dict[int, torch.Tensor] = {}
@@ -324,9 +323,8 @@ class _MaskedRun:
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:  # (variant * batch, pos, head, d)
             if layer not in self.qkv_adjust:
-                a = self.adjust(first, first + 3 * H, len(self.groups)).unflatten(
-                    -2, (H, 3)
-                )  # (v, b, pos, head, 3, d)
+                # (v, b, pos, head, 3, d)
+                a = self.adjust(first, first + 3 * H, len(self.groups)).unflatten(-2, (H, 3))
                 p = self.probe((self.batch, self.n_pos, H, 3, D))
                 self.qkv_adjust[layer] = a if p is None else a + p
             return act + self.qkv_adjust[layer][..., c, :].flatten(0, 1).to(act.dtype)
@@ -359,9 +357,8 @@ class _MaskedRun:
         j = layer * self.per_layer + 3 * self.H
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            n_groups = (
-                len(self.groups) - 1 if self.g.parallel else len(self.groups)
-            )  # (parallel: not its own heads)
+            # (parallel: not its own heads)
+            n_groups = len(self.groups) - 1 if self.g.parallel else len(self.groups)
             return self._adjusted(act, j, n_groups)
 
         return fn

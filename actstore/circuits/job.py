@@ -67,9 +67,8 @@ class CircuitJobResult:
     scores: dict[str, np.ndarray]  # method -> (edge,)
     circuits: dict[str, Circuit]  # method -> the --top circuit (pruned)
     faithfulness: dict[str, Faithfulness]  # method -> its curve
-    correlation: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # method -> compare_scores with exact
+    # method -> compare_scores with exact
+    correlation: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
 
 

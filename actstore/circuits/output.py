@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _KEY = "identity"
+# what figures read
 _NEEDED = (
     "scores",
     "sizes",
@@ -47,7 +48,7 @@ _NEEDED = (
     "circuit_metric",
     "clean_metric",
     "corrupted_metric",
-)  # what figures read
+)
 
 
 def compare_scores(exact: np.ndarray, approx: np.ndarray, top: int) -> dict[str, Any]:
@@ -158,9 +159,8 @@ def stored_methods(out: str) -> list[str]:
     node = _circuit_node(out)
     if node is None:
         return []
-    have = [
-        k for k in node.group_keys() if all(a in node[k] for a in _NEEDED)
-    ]  # complete: a crashed write is not
+    # complete: a crashed write is not
+    have = [k for k in node.group_keys() if all(a in node[k] for a in _NEEDED)]
     return sorted(have, key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
 
 
@@ -251,9 +251,8 @@ def refresh_figures(
             correlation[m] = compare_scores(exact, scores, top)
             _set_attr(out, m, "correlation_with_exact", correlation[m])
             figures.append(draw_comparison(out, m, exact, scores, correlation[m], model_name))
-    circuits = [
-        p for p in figure_paths(out, methods) if ".circuit." in p
-    ]  # each method's own, drawn by its run
+    # each method's own, drawn by its run
+    circuits = [p for p in figure_paths(out, methods) if ".circuit." in p]
     keep = set(figures) | set(circuits)
     for path in figure_paths(out):
         if path not in keep and os.path.isfile(path):

@@ -378,17 +378,17 @@ def path_patch_sweep(
         n_pos,
         modes=("per_example=False (the default)", "per_example=True"),
     )
-    positions = (
-        metrics.positions if metrics.restricted else None
-    )  # only the logits the metric reads
+    # only the logits the metric reads
+    positions = metrics.positions if metrics.restricted else None
     names = [u.name for u in graph.upstream]
     out = torch.empty(len(plan), *((batch,) if per_example else ()))
     budget = memory_budget or default_memory_budget(base.device)
     with torch.no_grad():
+        # (n_upstream, batch, pos, d_model)
         base_out, other_out = (
             fwd.node_outputs(base),
             fwd.node_outputs(other),
-        )  # (n_upstream, batch, pos, d_model)
+        )
         for group in _groups(plan):
             n_send = len(set().union(*(plan[v].senders.tolist() for v in group)))
             # bytes per (variant x prompt) row: the forward's, and the senders' outputs given per variant

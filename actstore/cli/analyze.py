@@ -289,10 +289,11 @@ def _dla(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     saved = res.save(store, out) if out is not None else []
+    # (layer, head), (layer,): NaN where the site is not stored
     heads, mlp = (
         res.heads.mean(0),
         res.mlp.mean(0),
-    )  # (layer, head), (layer,): NaN where the site is not stored
+    )
     what = (
         f"logit({args.target!r}) - logit({args.wrong!r})"
         if wrong is not None

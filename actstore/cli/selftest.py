@@ -44,9 +44,8 @@ def _selftest(args: argparse.Namespace) -> int:
 
     from ..selftest import check_selftest_device, run_selftest
 
-    check_selftest_device(
-        args.device
-    )  # before anything is loaded: an unknown or absent device is no failed check
+    # before anything is loaded: an unknown or absent device is no failed check
+    check_selftest_device(args.device)
     hf_logging.disable_progress_bar()  # the report is the output: no weight-loading bars between its lines
     if args.model is None:
         report = run_selftest(args.device, progress=not args.json)

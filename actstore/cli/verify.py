@@ -85,9 +85,8 @@ def _verify(args: argparse.Namespace) -> int:
     local = not is_url(args.store)  # (object stores have no lock file)
     before = lock_holder(args.store) if local and not args.repair else None
     if args.repair:
-        ActivationStore.open(
-            args.store
-        )  # no store, or its root damaged: said before a lock file is made beside it
+        # no store, or its root damaged: said before a lock file is made beside it
+        ActivationStore.open(args.store)
     with store_lock(args.store) if args.repair and local else nullcontext():
         damage = verify_store(args.store, progress=not args.json)
         remaining = damage
@@ -95,9 +94,8 @@ def _verify(args: argparse.Namespace) -> int:
             repair_store(args.store, damage, args.model, args.device, progress=not args.json)
             remaining = verify_store(args.store, progress=False)
     holder = lock_holder(args.store) if local else None
-    writing = next(
-        (h for h in (holder, before) if h is not None and h.writing), None
-    )  # live during the check
+    # live during the check
+    writing = next((h for h in (holder, before) if h is not None and h.writing), None)
     lock = None if holder is None else lock_note(args.store)
     if args.json:
         report = {

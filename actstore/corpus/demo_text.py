@@ -126,13 +126,14 @@ REPEATED_NAME_TEMPLATES = (
 )
 
 HELDOUT_SEED = 10_000_019  # the evaluation stream; training uses small seeds
+# sentence kind -> weight
 RECIPE = {
     "ioi": 0.45,
     "repeated_name": 0.15,
     "plain": 0.1,
     "counting": 0.15,
     "words": 0.15,
-}  # sentence kind -> weight
+}
 
 
 def _ioi(

@@ -48,9 +48,8 @@ class CorpusScan:
 
     spec: CorpusSpec
     n_rows: int
-    starts: (
-        np.ndarray
-    )  # int64 (document + 1,): stream item where each document starts; then the end
+    # int64 (document + 1,): stream item where each document starts; then the end
+    starts: np.ndarray
     part_starts: np.ndarray  # int64 (part,)
 
     @property
@@ -66,9 +65,8 @@ class CorpusScan:
             doc, item = row, 0
         else:
             p = row * (self.spec.seq_len - 1)
-            doc = (
-                int(np.searchsorted(self.starts, p, side="right")) - 1
-            )  # the last document starting at or before p
+            # the last document starting at or before p
+            doc = int(np.searchsorted(self.starts, p, side="right")) - 1
             item = p - int(self.starts[doc])
         part, record = -1, -1
         if doc < self.n_docs:  # a document the pass read: its part is known

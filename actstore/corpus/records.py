@@ -111,9 +111,8 @@ def _records(spec: CorpusSpec, start: Checkpoint) -> Iterator[tuple[int, int, An
         return
     ds = open_dataset(spec)
     if spec.kind in ("files", "demo") and (start.part >= 0 or start.doc == 0):
-        n = (
-            ds.num_shards
-        )  # the parts, in stream order (datasets: concatenated back, they are the stream)
+        # the parts, in stream order (datasets: concatenated back, they are the stream)
+        n = ds.num_shards
         for p in range(max(start.part, 0), n):
             part = ds.shard(n, p) if n > 1 else ds
             first = start.record if p == start.part and start.record > 0 else 0

@@ -43,10 +43,11 @@ Runner = Callable[[Sequence[str], bool], None]
 HALF_LEN = 20  # repeated-random rows: BOS + 20 tokens + the same 20
 MARKER = ".actstore-tour"  # written first into the tour's folder: what is there was made by a tour
 STORES = ("demo.zarr", "induction.zarr")  # actstore stores (`actstore cache`)
+# Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
 GROUPS = (
     "ioi.zarr",
     "ioi_circuit.zarr",
-)  # Zarr groups of results (`actstore patch --out`, `actstore circuit --out`)
+)
 CIRCUIT_METHOD, CIRCUIT_TOP = "eap", 20  # one backward per pair: a second or two on a CPU
 FILES = (
     "probe_position.png",
@@ -64,20 +65,16 @@ OUTPUTS = STORES + GROUPS + FILES  # every name the tour writes in its folder (b
 class TourResult:
     out: str
     figures: list[str] = field(default_factory=list)
-    probe_accuracy: dict[int, float] = field(
-        default_factory=dict
-    )  # layer -> test accuracy of the position probe
-    induction_heads: list[tuple[str, float]] = field(
-        default_factory=list
-    )  # ('layer.head', score), best first
+    # layer -> test accuracy of the position probe
+    probe_accuracy: dict[int, float] = field(default_factory=dict)
+    # ('layer.head', score), best first
+    induction_heads: list[tuple[str, float]] = field(default_factory=list)
     loss_halves: tuple[float, float] | None = None  # mean loss on the first, the repeated half
-    ioi_logit_diff: float = float(
-        "nan"
-    )  # mean clean logit difference (answer - wrong) over the pairs
+    # mean clean logit difference (answer - wrong) over the pairs
+    ioi_logit_diff: float = float("nan")
     ioi_accuracy: float = float("nan")  # share of pairs with a positive clean logit difference
-    circuit_heads: list[str] = field(
-        default_factory=list
-    )  # 'layer.head' of the attention heads in the IOI circuit
+    # 'layer.head' of the attention heads in the IOI circuit
+    circuit_heads: list[str] = field(default_factory=list)
     circuit_edges: int = (
         0  # edges of the IOI circuit drawn (after pruning to paths from the input to the logits)
     )
@@ -253,9 +250,8 @@ class _Steps:
             scores = attrs_of(
                 array_at(store.group, f"results/probes/position-logistic/{hook}/weight")
             )["scores"]
-            res.probe_accuracy[layer_of(hook) or 0] = float(
-                scores["test"]
-            )  # resid_post: every hook has a layer
+            # resid_post: every hook has a layer
+            res.probe_accuracy[layer_of(hook) or 0] = float(scores["test"])
         res.figures.append(probe_png)
 
     def induction(self, n_rep_rows: int) -> None:

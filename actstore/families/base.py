@@ -25,9 +25,8 @@ class Adapter:
     """A model family. Subclasses set the class attributes below."""
 
     name: ClassVar[str]  # e.g. "gpt2"
-    architectures: ClassVar[
-        tuple[str, ...]
-    ]  # Hugging Face model classes, e.g. ("GPT2LMHeadModel",)
+    # Hugging Face model classes, e.g. ("GPT2LMHeadModel",)
+    architectures: ClassVar[tuple[str, ...]]
     # `actstore cache --engine hf`: hook name ({L}: the layer) -> where the plain model
     # computes it (a families.hf.HFSite); a family without the map cannot use that engine
     hf_sites: ClassVar[Mapping[str, Any]] = {}

@@ -49,9 +49,8 @@ def site_d_in(store: StoreArg, site: str) -> tuple[str, int]:
             f"Site '{site}' names {len(hooks)} hooks ({', '.join(hooks)}); an SAE trains on one. "
             "Name one layer, e.g. 'resid_post:6', or use multi_hook_data_provider for several SAEs."
         )
-    (ts,) = token_sites(
-        store, hooks
-    )  # refuses sites that are not one vector per token (attention patterns)
+    # refuses sites that are not one vector per token (attention patterns)
+    (ts,) = token_sites(store, hooks)
     return ts.hook, ts.n_features
 
 
@@ -122,9 +121,8 @@ class Provider(Iterator[Any]):
 
     def __init__(self, loader: Any, hooks: list[str], epochs: int | None, pick: str | None = None):
         self.loader, self.hooks, self.pick = loader, hooks, pick
-        self.stop = (
-            None if epochs is None else loader.epoch + epochs
-        )  # the first epoch not to yield
+        # the first epoch not to yield
+        self.stop = None if epochs is None else loader.epoch + epochs
         self._it: Iterator[dict[str, torch.Tensor]] | None = None
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -133,9 +131,8 @@ class Provider(Iterator[Any]):
             for (
                 batch
             ) in self.loader:  # from the loader's position: a resumed epoch continues mid-way
-                yield {
-                    h: batch[h].reshape(len(batch[h]), -1) for h in self.hooks
-                }  # (batch, *feature) -> (batch, d_in)
+                # (batch, *feature) -> (batch, d_in)
+                yield {h: batch[h].reshape(len(batch[h]), -1) for h in self.hooks}
             self.loader.set_epoch(epoch + 1)
 
     def __next__(self) -> Any:
@@ -237,9 +234,8 @@ def sae_trainer(
         store, hook, batch_size, seed=seed, dtype=sae_dtype, device=device, **(loader_options or {})
     )
     options = {"lr": 3e-4, **trainer_options}
-    options.setdefault(
-        "lr_end", options["lr"] / 10
-    )  # LanguageModelSAERunnerConfig's default; SAETrainer needs one
+    # LanguageModelSAERunnerConfig's default; SAETrainer needs one
+    options.setdefault("lr_end", options["lr"] / 10)
     trainer_cfg = sl.config.SAETrainerConfig(
         total_training_samples=training_tokens,
         train_batch_size_samples=batch_size,

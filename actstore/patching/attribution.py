@@ -60,9 +60,8 @@ __all__ = [
     "attribution_patch",
     "generic_attribution_patch",
     "SWEEPS",
-    *(
-        row.function for row in _table.SWEEPS.values()
-    ),  # get_act_patch_resid_pre, ...: one per sweep of the table
+    # get_act_patch_resid_pre, ...: one per sweep of the table
+    *(row.function for row in _table.SWEEPS.values()),
     "compare",
     "plot_comparison",
 ]
@@ -202,9 +201,8 @@ _KNOWN_SETTERS: dict[Any, Callable[[torch.Tensor], torch.Tensor]] = {
     _p.layer_head_vector_patch_setter: lambda t: t.sum((1, 3)),  # (batch, head)
     _p.layer_head_pattern_patch_setter: lambda t: t.sum((2, 3)),  # (batch, head)
     _p.layer_head_pos_pattern_patch_setter: lambda t: t.sum(-1),  # (batch, head, dest_pos)
-    _p.layer_head_dest_src_pos_pattern_patch_setter: lambda t: (
-        t
-    ),  # (batch, head, dest_pos, src_pos)
+    # (batch, head, dest_pos, src_pos)
+    _p.layer_head_dest_src_pos_pattern_patch_setter: lambda t: t,
 }
 
 

@@ -65,9 +65,8 @@ class PatchJobConfig(FrozenModelRunOptions):
         default=None,
         metadata={"help": "heatmap PNG path (default: next to the results, OUT.SWEEP.png)"},
     )
-    batch_pairs: int = field(
-        default=16, metadata={"help": "pairs per sweep call"}
-    )  # the batch of each forward
+    # the batch of each forward
+    batch_pairs: int = field(default=16, metadata={"help": "pairs per sweep call"})
     memory_budget: int | None = field(
         default=None,
         metadata={  # bytes; None: actstore.patching's default

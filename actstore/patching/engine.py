@@ -119,9 +119,8 @@ class _Corrupted:
     ):
         n_layers = int(model.cfg.n_layers)
         self.acts: dict[str, torch.Tensor] = {}
-        layers = (
-            range(first_layer, n_layers) if windowed else range(0)
-        )  # (whole forwards need only the hooks)
+        # (whole forwards need only the hooks)
+        layers = range(first_layer, n_layers) if windowed else range(0)
         names = set(hooks) | {
             hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")
         }
@@ -246,9 +245,8 @@ class _SweepRun:
             sweep,
         )
         self.kv_prefix = kv_prefix
-        self.windowed_model = adapter.hand_run_blocks and hasattr(
-            model, "blocks"
-        )  # else: whole plain forwards
+        # else: whole plain forwards
+        self.windowed_model = adapter.hand_run_blocks and hasattr(model, "blocks")
         self.device = torch.device(model.cfg.device)
         self.batch, self.n_pos = corrupted_tokens.shape
         self.by_layer: dict[
@@ -378,9 +376,8 @@ class _SweepRun:
             return
         sweep, metrics, out, baseline = self.sweep, self.metrics, self.out, self.baseline
         cells = [c for _, c in self.all_live]
-        moved = (
-            (out[cells] - baseline).abs().flatten(1).sum(1).tolist()
-        )  # how much each moves the metrics
+        # how much each moves the metrics
+        moved = (out[cells] - baseline).abs().flatten(1).sum(1).tolist()
         self_check.check_variants(
             self.model,
             self.corrupted_tokens,

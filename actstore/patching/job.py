@@ -49,9 +49,8 @@ from .table import SweepRow
 
 __all__ = ["PatchJobConfig", "PatchJobResult", "SWEEPS", "METHODS", "patch_pairs"]
 
-_DIM_NAMES = {
-    "head_index": "head"
-}  # one vocabulary for dimensions: layer pos head dest_pos src_pos
+# one vocabulary for dimensions: layer pos head dest_pos src_pos
+_DIM_NAMES = {"head_index": "head"}
 
 
 @dataclass
@@ -60,16 +59,14 @@ class PatchJobResult:
     prefix: str  # where this sweep's arrays are inside it
     figures: list[str]
     dims: tuple[str, ...]  # of the per-pair values, 'pair' first
-    logit_diff: (
-        np.ndarray
-    )  # (pair, *cells): exact patching's (attribution's when --method attribution)
+    # (pair, *cells): exact patching's (attribution's when --method attribution)
+    logit_diff: np.ndarray
     normalised: np.ndarray  # (*cells), likewise
     clean_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     corrupted_logit_diff: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     method: str = "exact"
-    attribution: np.ndarray | None = field(
-        repr=False, default=None
-    )  # (pair, *cells), estimated logit diffs
+    # (pair, *cells), estimated logit diffs
+    attribution: np.ndarray | None = field(repr=False, default=None)
     attribution_normalised: np.ndarray | None = field(repr=False, default=None)  # (*cells)
     correlation: dict[str, Any] | None = None  # method both: attribution.compare of the two
 

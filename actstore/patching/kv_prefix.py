@@ -53,9 +53,8 @@ class PrefixKV:
         self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls.append(int(layer_idx))
-        pk = self.keys[layer_idx][:, :, : self.start].repeat(
-            self.n_var, 1, 1, 1
-        )  # (row, head, start, d_head)
+        # (row, head, start, d_head)
+        pk = self.keys[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)
         pv = self.values[layer_idx][:, :, : self.start].repeat(self.n_var, 1, 1, 1)
         ek, ev = self.extra.get(layer_idx, (k[:, :, :0], v[:, :, :0]))
         return torch.cat([pk, ek, k], dim=2), torch.cat([pv, ev, v], dim=2)

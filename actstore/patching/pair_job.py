@@ -43,9 +43,8 @@ class PairJob:
         """Share out the processes (under torchrun / accelerate), load the model, read or
         generate the pairs; refuse prompts longer than the model's context."""
         check_processes(cfg.model)
-        procs = group_for(
-            cfg.device
-        )  # under torchrun / accelerate: the batches of pairs are shared out
+        # under torchrun / accelerate: the batches of pairs are shared out
+        procs = group_for(cfg.device)
         model = as_loaded(cfg.model, cfg.dtype, procs.device or cfg.device, cfg.model_revision)
         generated: list[tasks.PromptPair] = []
         if cfg.pairs is not None:

@@ -117,10 +117,11 @@ class EdgeValues(Mapping[str, torch.Tensor]):
             list(labels) if labels is not None else [f"source {i}" for i in range(len(deltas))]
         )
         self.deltas = deltas  # (source, batch, pos, d_model)
+        # per layer: the residual read, the hook's value (batch, pos, ...)
         self.base, self.corrupted = (
             base,
             corrupted,
-        )  # per layer: the residual read, the hook's value (batch, pos, ...)
+        )
         self._names = {reader.hook(layer): layer for layer in corrupted}
         self._last: tuple[str, torch.Tensor] | None = None
 
@@ -331,9 +332,8 @@ def direct_path_sweep(
             w_o = model.blocks[src_layer].attn.W_O[src_head]  # (d_head, d_model)
             zc = clean[z_name][:, :, src_head]
             zk = torch.as_tensor(corr_z[z_name]).to(device=device, dtype=dtype)[:, :, src_head]
-            deltas.append(
-                zc @ w_o - zk @ w_o
-            )  # as the reference: clean write minus corrupted write
+            # as the reference: clean write minus corrupted write
+            deltas.append(zc @ w_o - zk @ w_o)
     live = {
         layer: [s for s, (src_layer, _) in enumerate(sources) if src_layer < layer]
         for layer in dst_layers

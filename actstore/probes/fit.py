@@ -68,9 +68,8 @@ def fit_probes(
     store.check_done(slice(None))
     test_rows = split_rows(store.n_rows, cfg.test_frac, cfg.seed)
     name = cfg.name or f"{target.name}-{kind}"
-    procs = group_for(
-        cfg.device
-    )  # under torchrun / accelerate: each process reads its share of the store
+    # under torchrun / accelerate: each process reads its share of the store
+    procs = group_for(cfg.device)
     writers: dict = {}  # process 0 writes; a read-only store is refused now, on every process
     if cfg.save:
         procs.on_main(

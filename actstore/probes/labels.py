@@ -175,9 +175,8 @@ def split_rows(n_rows: int, test_frac: float, seed: int) -> np.ndarray:
 class ClassPlan:
     """The classes a classifier is trained on, and how many positions each split uses."""
 
-    classes: (
-        np.ndarray
-    )  # int64 (class,) sorted: labels seen in the training rows (the K most frequent)
+    # int64 (class,) sorted: labels seen in the training rows (the K most frequent)
+    classes: np.ndarray
     class_w: np.ndarray  # float64 (class,) sample weight of each class
     n_train: int  # training positions whose label is a kept class
     n_test: int  # test positions whose label is a kept class
@@ -256,9 +255,8 @@ def check_regression(
     lo, hi, n = {False: np.inf, True: np.inf}, {False: -np.inf, True: -np.inf}, {False: 0, True: 0}
     for unit in row_units(store, rows_per_unit=4096):
         y = target.labels(store, unit)
-        y = (
-            np.where(y >= 0, y, np.nan) if y.dtype.kind != "f" else y
-        )  # integer labels: negative = none
+        # integer labels: negative = none
+        y = np.where(y >= 0, y, np.nan) if y.dtype.kind != "f" else y
         ok = keep_positions(store, unit, skip_bos, skip_padding=True) & ~np.isnan(y)
         test = np.broadcast_to(test_rows[unit][:, None], y.shape)
         for split in (False, True):

@@ -86,10 +86,11 @@ def _loss_grad(
     S = theta.shape[0]
     W, b = theta[:, : F * C].view(S, F, C), theta[:, F * C :]
     f = torch.zeros(S, dtype=torch.float64, device=theta.device)
+    # gWt: (S, C, F), as P^T X
     gWt, gb = (
         torch.zeros(S, C, F, device=theta.device),
         torch.zeros_like(b),
-    )  # gWt: (S, C, F), as P^T X
+    )
     for X, y, w in blocks(idx):
         Z = torch.log_softmax(torch.baddbmm(b[:, None, :], X, W), -1)  # (S, n, C) log-probabilities
         yi = y[None, :, None].expand(S, -1, 1)
@@ -127,9 +128,8 @@ def _lbfgs(
     # ring buffer of the last m (s, y) pairs, shared slot order; rho == 0 marks a slot to skip
     hs, hy = torch.zeros(S, m, P, device=dev), torch.zeros(S, m, P, device=dev)
     rho = torch.zeros(S, m, dtype=torch.float64, device=dev)
-    gamma = torch.zeros(
-        S, dtype=torch.float64, device=dev
-    )  # s.y / y.y of the newest pair; 0: none yet
+    # s.y / y.y of the newest pair; 0: none yet
+    gamma = torch.zeros(S, dtype=torch.float64, device=dev)
     n_iter = np.zeros(S, np.int64)
     converged = (g.abs().amax(1) <= tol).cpu().numpy()
     active = ~converged
@@ -242,9 +242,8 @@ def fit_logistic(
             f"internal: the processes hold {shares} positions, the label pass counted {n_split}"
         )
     width = sum(s.n_features for s in plan.sites) * 4
-    need = (
-        max(sum(c.values()) for c in shares) * width
-    )  # bytes gathered by the process holding the most
+    # bytes gathered by the process holding the most
+    need = max(sum(c.values()) for c in shares) * width
     in_memory = need <= cfg.max_memory_gb * 2**30
     notes = {
         "n_classes": C,

@@ -33,9 +33,8 @@ class _Comoments:
     def of(cls, x: np.ndarray, y: np.ndarray) -> _Comoments:  # x (n, F), y (n,)
         mx, my = x.mean(0), float(y.mean())
         xc, yc = x - mx, y - my
-        return cls(
-            len(y), mx, my, xc.T @ xc, xc.T @ yc, float(yc @ yc)
-        )  # xc.T @ xc: BLAS syrk, half a matmul
+        # xc.T @ xc: BLAS syrk, half a matmul
+        return cls(len(y), mx, my, xc.T @ xc, xc.T @ yc, float(yc @ yc))
 
     def merge(self, o: _Comoments | None) -> _Comoments:
         if o is None or o.n == 0:

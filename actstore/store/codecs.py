@@ -34,9 +34,8 @@ __all__ = [
 ]
 
 Encode = Callable[[Any], Any]  # bytes-like in, bytes-like out, as zarr calls numcodecs
-FastEncoder = Callable[
-    [Mapping[str, Any]], Encode
-]  # a compressor's zarr.json configuration -> its encoder
+# a compressor's zarr.json configuration -> its encoder
+FastEncoder = Callable[[Mapping[str, Any]], Encode]
 
 
 class _NoFastPath:

@@ -157,9 +157,8 @@ def create_store(
                 False if dtype == "bool" else 0,
             )
     acts_codec = parse_codec(codec)
-    fill = (
-        float("nan") if meta.format_version >= 2 else 0.0
-    )  # unwritten rows are NaN, not zeros (format version 2)
+    # unwritten rows are NaN, not zeros (format version 2)
+    fill = float("nan") if meta.format_version >= 2 else 0.0
     for hook, s in shapes.items():
         row_array(
             root,

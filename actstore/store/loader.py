@@ -421,10 +421,11 @@ class ActivationLoader(IterableDataset):
     def _norm_on(self, hook: str, device: torch.device) -> tuple[torch.Tensor, float]:
         if hook not in self._norm_t or self._norm_t[hook][0].device != device:
             n = self.norm[hook]
+            # (*feature)
             self._norm_t[hook] = (
                 torch.from_numpy(n.mean).float().to(device),
                 n.scale,
-            )  # (*feature)
+            )
         return self._norm_t[hook]
 
 

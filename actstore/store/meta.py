@@ -209,9 +209,8 @@ class StoreMeta:
     command_line: str | None
     created: str
     engine: str = "bridge"  # what ran the hooks: the bridge, or the plain transformers model ("hf")
-    model_extra: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # model keys ModelInfo does not know
+    # model keys ModelInfo does not know
+    model_extra: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -257,9 +256,8 @@ class StoreMeta:
             "software": dict(self.software),
             "command_line": self.command_line,
             "created": self.created,
-            **(
-                {} if self.engine == "bridge" else {"engine": self.engine}
-            ),  # absent: the bridge, as before it existed
+            # absent: the bridge, as before it existed
+            **({} if self.engine == "bridge" else {"engine": self.engine}),
         }
         return {**out, **_json(self.extra)}
 

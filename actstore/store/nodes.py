@@ -43,12 +43,13 @@ __all__ = [
     "check_groups",
 ]
 
+# what a store's folder holds, even with its root zarr.json gone
 _MARKERS = (
     "zarr.json",
     "done",
     "tokens",
     "acts",
-)  # what a store's folder holds, even with its root zarr.json gone
+)
 
 
 def site_shapes(meta: StoreMeta) -> dict[str, SiteShape]:
@@ -174,9 +175,8 @@ def node_problem(store: Any, name: str, expected: bytes | None) -> str | None:
         return why
     if not isinstance(doc, dict) or doc.get("node_type") not in ("array", "group"):
         return "its metadata (zarr.json) is not a Zarr node's"
-    merged_stats = (
-        name.startswith("stats/") and name != "stats/partials"
-    )  # their codecs changed in format 2
+    # their codecs changed in format 2
+    merged_stats = name.startswith("stats/") and name != "stats/partials"
     if expected is not None and _essential(doc, not merged_stats) != _essential(
         json.loads(expected), not merged_stats
     ):

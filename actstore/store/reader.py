@@ -79,12 +79,10 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
-        self.meta: StoreMeta = StoreMeta.from_dict(
-            attrs_of(group)["actstore"], path
-        )  # refuses metadata it cannot read
-        self.metadata: dict[str, Any] = dict(
-            attrs_of(group)["actstore"]
-        )  # as stored; ``meta`` is the typed view
+        # refuses metadata it cannot read
+        self.meta: StoreMeta = StoreMeta.from_dict(attrs_of(group)["actstore"], path)
+        # as stored; ``meta`` is the typed view
+        self.metadata: dict[str, Any] = dict(attrs_of(group)["actstore"])
         self.layout: Layout = self.meta.layout
         self._tokenizer: Any = None
         self._arrays: dict[str, zarr.Array] = {}
@@ -110,9 +108,8 @@ class ActivationStore:
     @cached_property
     def expected(self) -> dict[str, bytes]:
         """zarr.json of every node the store's metadata defines (see nodes.py)."""
-        return expected_nodes(
-            self.meta, plan=bool(list_keys(self.group.store, "plan/"))
-        )  # older stores have none
+        # older stores have none
+        return expected_nodes(self.meta, plan=bool(list_keys(self.group.store, "plan/")))
 
     def check_metadata(self) -> None:
         """Raise StoreDamagedError unless the zarr.json of every group and array the store's
@@ -326,9 +323,10 @@ class ActivationStore:
 
     def results(self) -> list[str]:
         """Names of every array under results/."""
+        # checked by verify
         return (
             sorted(walk_arrays(group_at(self.group, "results"))) if "results" in self.group else []
-        )  # checked by verify
+        )
 
     # --- stats -----------------------------------------------------------------
     def stats(self, hook: str) -> Moments:

@@ -176,6 +176,7 @@ class ResultWriter:
                 raise ResultExistsError(
                     f"'{self.path}' already holds '{key}'; pass overwrite=True to replace it."
                 )
+            # a lost chunk is missing, never the fill value
             arr = root.create_array(
                 key,
                 shape=data.shape,
@@ -184,7 +185,7 @@ class ResultWriter:
                 overwrite=True,
                 compressors=[ZstdCodec(level=0), Crc32cCodec()],  # checked on read
                 config={"write_empty_chunks": True},
-            )  # a lost chunk is missing, never the fill value
+            )
             arr[...] = data
             if attrs:
                 arr.attrs.update(dict(attrs))

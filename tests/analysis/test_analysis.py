@@ -72,18 +72,16 @@ def test_induction_scores_equal_direct_computation(rep_store, bridge):
     got = induction_scores(rep_store, progress=False)
     for layer in range(3):
         pat = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # (row, head, q, k)
-        ind = pat.diagonal(offset=1 - H, dim1=-2, dim2=-1)[..., 2:].mean(
-            dim=(0, 2)
-        )  # q = H+1 .. 2H
+        # q = H+1 .. 2H
+        ind = pat.diagonal(offset=1 - H, dim1=-2, dim2=-1)[..., 2:].mean(dim=(0, 2))
         dup = pat.diagonal(offset=-H, dim1=-2, dim2=-1)[..., 1:].mean(dim=(0, 2))  # q = H+1 .. 2H
         prev = pat.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))  # q = 1 .. 2H
         np.testing.assert_allclose(got.induction[layer], ind.numpy(), rtol=0, atol=1e-12)
         np.testing.assert_allclose(got.duplicate[layer], dup.numpy(), rtol=0, atol=1e-12)
         np.testing.assert_allclose(got.prev_token[layer], prev.numpy(), rtol=0, atol=1e-12)
     loss = bridge(tokens, return_type="loss", loss_per_token=True).detach().double().mean(0)
-    np.testing.assert_allclose(
-        got.loss_by_pos, loss.numpy(), rtol=0, atol=1e-6
-    )  # float32 losses, float64 means
+    # float32 losses, float64 means
+    np.testing.assert_allclose(got.loss_by_pos, loss.numpy(), rtol=0, atol=1e-6)
     assert got.loss_halves == pytest.approx(
         (loss[:H].mean().item(), loss[H:].mean().item()), abs=1e-6
     )
@@ -139,18 +137,16 @@ def test_dla_equals_transformer_lens_apply_ln(text_store, bridge):
     assert dla.positions == [15] * 6
     _, cache = bridge.run_with_cache(torch.from_numpy(text_store.tokens()).long())
     direction = (bridge.W_U[:, t] - bridge.W_U[:, w]) * bridge.ln_final.w  # (d_model,)
-    heads = (
-        cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction
-    )  # (layer*head, row)
+    # (layer*head, row)
+    heads = cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True) @ direction
     torch.testing.assert_close(
         torch.from_numpy(dla.heads).float(),
         heads.reshape(3, 4, 6).permute(2, 0, 1).detach(),
         rtol=1e-4,
         atol=1e-5,
     )
-    mlp = torch.stack(
-        [cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(3)]
-    )  # (layer, row, d_model)
+    # (layer, row, d_model)
+    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(3)])
     mlp = cache.apply_ln_to_stack(mlp, layer=-1, pos_slice=-1) @ direction  # (layer, row)
     torch.testing.assert_close(
         torch.from_numpy(dla.mlp).float(), mlp.T.detach(), rtol=1e-4, atol=1e-5

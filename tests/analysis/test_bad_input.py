@@ -119,9 +119,8 @@ def test_dla_refuses_a_wrong_token_equal_to_the_target_and_positions_it_cannot_r
         rf"last real token is at {last[1]}\)",
     ):
         direct_logit_attribution(partial, model, [0, 1], mary, pos=last[0], progress=False)
-    at = direct_logit_attribution(
-        partial, model, [0, 1], mary, pos=-10, progress=False
-    )  # -10 = BOS, in every row
+    # -10 = BOS, in every row
+    at = direct_logit_attribution(partial, model, [0, 1], mary, pos=-10, progress=False)
     assert at.positions == [0, 0]
 
 
@@ -256,15 +255,13 @@ def test_a_read_only_store_is_refused_before_the_analysis(rep_store, partial, ca
             "Cannot write the result 'results/analysis/induction'" in err
             and "pass --no-save" in err
         ), err
-        assert (
-            main(["analyze", "induction", str(ro), "--no-save"]) == 2
-        )  # the figure beside the store
+        # the figure beside the store
+        assert main(["analyze", "induction", str(ro), "--no-save"]) == 2
         assert "Cannot write the figure" in capsys.readouterr().err
         monkeypatch.undo()
         assert main(["analyze", "induction", str(ro), "--no-save", "--figure", "none"]) == 0
         assert "results: not saved (--no-save)" in capsys.readouterr().out
     with read_only_copy(partial.path) as ro:
-        assert (
-            main(["analyze", "logit-lens", str(ro), "--figure", "none"]) == 2
-        )  # before the model loads
+        # before the model loads
+        assert main(["analyze", "logit-lens", str(ro), "--figure", "none"]) == 2
         assert "Cannot write the result 'results/analysis/logit_lens'" in capsys.readouterr().err

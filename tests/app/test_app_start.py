@@ -33,17 +33,17 @@ from ..helpers import free_port
 HEALTH = "/_stcore/health"  # Streamlit's health endpoint: "ok" once it serves
 SERVE_WITHIN = 60.0  # seconds: the bound for a page served
 BROWSER_GRACE = 2.0  # seconds after the first page: --open's browser call comes well within this
+# Streamlit's first-run prompt
 PROMPT_TEXT = (
     "Email:",
     "Welcome to Streamlit",
     "onboarding emails",
-)  # Streamlit's first-run prompt
+)
 STATS_TEXT = (
     "Collecting usage statistics"  # what Streamlit prints when usage stats are on by default
 )
-_DIRECT = urllib.request.build_opener(
-    urllib.request.ProxyHandler({})
-)  # loopback, never through a proxy
+# loopback, never through a proxy
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _actstore() -> list[str]:

@@ -128,9 +128,8 @@ def test_app_in_chromium(served: str, tmp_path: Path) -> None:
         box.press("Enter")
         page.get_by_role("link", name="Logit lens").click()
         _wait_for_figure(page, "Logit lens")
-        page.locator(".js-plotly-plot", has_text="farm").first.wait_for(
-            timeout=WAIT_MS
-        )  # the typed prompt's tokens
+        # the typed prompt's tokens
+        page.locator(".js-plotly-plot", has_text="farm").first.wait_for(timeout=WAIT_MS)
         _wait_until_done(page)
         page.screenshot(path=str(shots / "app-logit-lens.png"), full_page=True)
 

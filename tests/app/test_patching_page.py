@@ -149,10 +149,11 @@ def test_attribution_equals_a_gradient_by_hand(case, sweeps, model):
     base, terms = _attribution_reference(
         model, pairs, cache, _normalised(clean, corr, pairs), resid + z
     )
+    # (layer, head)
     want = {
         "resid_pre": base + torch.stack([terms[h].sum((0, 2)) for h in resid]),  # (layer, pos)
         "attn_head_out_all_pos": base + torch.stack([terms[h].sum((0, 1, 3)) for h in z]),
-    }  # (layer, head)
+    }
     for name, ref in want.items():
         assert_close_rel(
             torch.as_tensor(sweeps.attribution[name]), ref.float(), min_spread=0.5, what=name
@@ -175,9 +176,8 @@ def test_exact_edges_equal_single_edge_patches_with_hooks(case, edges, model):
     pairs, clean, corr, cache = case
     result, calls = edges
     graph = result.graph
-    assert calls == [
-        (min(k * 100, graph.n_edges), graph.n_edges) for k in range(1, 6)
-    ]  # 479 edges, 100 a chunk
+    # 479 edges, 100 a chunk
+    assert calls == [(min(k * 100, graph.n_edges), graph.n_edges) for k in range(1, 6)]
     with torch.no_grad():
         corr_logits, corr_cache = model.run_with_cache(pairs.corrupted)
     metric = _normalised(clean, corr, pairs, per_pair=True)

@@ -65,9 +65,8 @@ def test_prompt_store_holds_run_with_cache(demo_model, ref):
     p = cache_prompt(demo_model, PROMPT.text)
     assert p.tokens.tolist() == ids
     for hook in ("blocks.0.hook_resid_pre", "blocks.3.hook_resid_post", "blocks.2.attn.hook_z"):
-        assert np.array_equal(
-            p.store.acts(hook, rows=0), cache[hook][0].detach().numpy()
-        )  # bit-exact, float32
+        # bit-exact, float32
+        assert np.array_equal(p.store.acts(hook, rows=0), cache[hook][0].detach().numpy())
     table = token_table(demo_model.tokenizer, p)
     assert table["id"].tolist() == ids and table["doc_pos"].tolist() == [-1, *range(len(ids) - 1)]
 
@@ -86,9 +85,10 @@ def test_logit_lens_page_equals_direct_decoding(open_app, demo_model, ref):
     lens_fig, rank_fig = charts(at)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
     target = tok.encode(PROMPT.answer, add_special_tokens=False)[0]
+    # (site, pos, vocab)
     probs = np.stack(
         [layer_norm_unembed(cache[h][0].detach().numpy(), bridge, softmax=True) for h in hooks]
-    )  # (site, pos, vocab)
+    )
     assert_close_to_spread(array(lens_fig["data"][0]["z"]), probs[..., target], 1e-4, 0.01)
     want_rank = (probs > probs[..., target : target + 1]).sum(-1)
     assert np.array_equal(array(rank_fig["data"][0]["z"]), want_rank)
@@ -153,6 +153,7 @@ def test_induction_page_equals_direct_computation(open_app, demo_model):
     tokens = torch.from_numpy(repeated_tokens(demo_model.tokenizer, R, H, 0)).long()
     bridge = demo_model.bridge
     _, cache = bridge.run_with_cache(tokens)
+    # queries H+1 .. 2H
     ind = np.stack(
         [
             cache[f"blocks.{layer}.attn.hook_pattern"]
@@ -162,7 +163,7 @@ def test_induction_page_equals_direct_computation(open_app, demo_model):
             .numpy()
             for layer in range(4)
         ]
-    )  # queries H+1 .. 2H
+    )
     scores_fig, loss_fig = charts(at)
     assert_close_to_spread(array(scores_fig["data"][0]["z"]), ind, 1e-6, 0.05)
     loss = bridge(tokens, return_type="loss", loss_per_token=True).detach().double().mean(0).numpy()

@@ -196,9 +196,8 @@ def test_results_of_a_store_with_their_dims_and_labels(demo_store, demo):
     lens = "analysis/logit_lens/target_prob"
     assert sd.axis_labels(src, lens, "site") == demo_store.load_result(lens).attrs["sites"]
     assert sd.axis_labels(src, lens, "pos") is None
-    clean = np.asarray(
-        demo_store.load_result("patching/resid_pre/clean_tokens")[0]
-    )  # the first pair labels positions
+    # the first pair labels positions
+    clean = np.asarray(demo_store.load_result("patching/resid_pre/clean_tokens")[0])
     assert sd.axis_labels(src, info.name, "pos") == [demo.tokenizer.decode([int(t)]) for t in clean]
     with pytest.raises(ConfigError, match="one or two different dims"):
         sd.result_slice(src.array(info.name), ("pair", "pair"))
@@ -225,15 +224,13 @@ def test_each_function_reads_a_bounded_number_of_chunks(many_rows):
     with counted_reads() as reads:
         store = actstore.open(many_rows)
         info_text(store)
-    assert not data_keys(reads, "acts/") and not data_keys(
-        reads, "tokens/"
-    )  # metadata and the manifest only
+    # metadata and the manifest only
+    assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")
     assert len(data_keys(reads, "done/")) <= 16
     with counted_reads() as reads:
         sd.site_stats(store)
-    assert not data_keys(reads, "acts/") and data_keys(
-        reads, "stats/"
-    )  # the merged stats, not the activations
+    # the merged stats, not the activations
+    assert not data_keys(reads, "acts/") and data_keys(reads, "stats/")
     with counted_reads() as reads:
         v = sd.row_view(store, 37, "blocks.1.attn.hook_z")
     acts = data_keys(reads, "acts/")
@@ -313,9 +310,8 @@ def test_store_rows_page(open_app, demo_store):
 
 def test_switching_stores_keeps_each_ones_row(open_app, demo_store, many_rows):
     at = ok(open_app("store_rows", stores=(many_rows, demo_store.path)))
-    ok(
-        at.number_input(key=f"rows-row-{many_rows}").set_value(37).run()
-    )  # past the demo store's 16 rows
+    # past the demo store's 16 rows
+    ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())
     ok(at.selectbox(key="store").set_value(demo_store.path).run())
     assert at.number_input(key=f"rows-row-{demo_store.path}").value == 0
     ok(goto_page(at, "store_results"))
@@ -398,6 +394,7 @@ def _not_a_store(tmp_path, many_rows, case: str) -> str:
     return str(path)
 
 
+# results: its own opening
 @pytest.mark.parametrize(
     "case, page",
     [
@@ -412,7 +409,7 @@ def _not_a_store(tmp_path, many_rows, case: str) -> str:
         )
     ]
     + [("root metadata not JSON", "store_results")],
-)  # results: its own opening
+)
 def test_a_path_that_is_not_a_store_is_an_error_on_the_page(
     open_app, tmp_path, many_rows, case, page
 ):
@@ -443,9 +440,8 @@ def no_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv(
-        "AWS_ENDPOINT_URL", "http://127.0.0.1:9"
-    )  # the discard port: nothing answers
+    # the discard port: nothing answers
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     s3fs.S3FileSystem.clear_instance_cache()
     yield
     s3fs.S3FileSystem.clear_instance_cache()
@@ -467,14 +463,12 @@ def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
     at = ok(open_app("store_rows", stores=(many_rows,)))
     with counted_reads() as reads:
         ok(at.number_input(key=f"rows-row-{many_rows}").set_value(37).run())
-    assert data_keys(reads, "acts/") == {
-        "acts/blocks.0.hook_resid_post/c/9/0/0"
-    }  # the row's shard, one chunk of it
+    # the row's shard, one chunk of it
+    assert data_keys(reads, "acts/") == {"acts/blocks.0.hook_resid_post/c/9/0/0"}
     with counted_reads() as reads:
         ok(goto_page(at, "store_stats"))
-        assert (
-            list(at.dataframe[0].value["hook"])[-1] == "loss"
-        )  # a site outside the layers, in the table
+        # a site outside the layers, in the table
+        assert list(at.dataframe[0].value["hook"])[-1] == "loss"
         ok(at.selectbox(key="stats-site").set_value("loss").run())
         ok(goto_page(at, "store_info"))
     assert not data_keys(reads, "acts/") and not data_keys(reads, "tokens/")
@@ -483,9 +477,8 @@ def test_pages_read_a_bounded_number_of_chunks(open_app, many_rows):
         heat = figures(at)[0]["data"][0]
     assert np.asarray(heat["z"]).shape == (256, 256)
     big = zarr.open_group(many_rows, mode="r")["results/mine/big"]
-    touched = int(
-        np.prod([-(-256 // c) for c in big.chunks])
-    )  # the chunks holding the 256 x 256 drawn
+    # the chunks holding the 256 x 256 drawn
+    touched = int(np.prod([-(-256 // c) for c in big.chunks]))
     assert len(data_keys(reads, "results/mine/big")) == touched < np.prod(big.cdata_shape)
 
 

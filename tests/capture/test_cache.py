@@ -209,9 +209,8 @@ def test_forward_stops_after_last_needed_hook(tiny_model):
     m.capture(tokens, [Site("blocks.0.hook_resid_post", 0), Site("blocks.1.attn.hook_z", 1)])
     assert started == [0, 1]
     started.clear()
-    m.capture(
-        tokens, [Site("blocks.2.hook_resid_post", 2)]
-    )  # the last block: still no ln_final/unembed
+    # the last block: still no ln_final/unembed
+    m.capture(tokens, [Site("blocks.2.hook_resid_post", 2)])
     assert started == [0, 1, 2]
     started.clear()
     got = m.capture(tokens, [Site("unembed.hook_out", None)])

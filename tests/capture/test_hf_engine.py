@@ -156,17 +156,15 @@ def test_the_store_records_the_engine_and_resume_and_repair_keep_it(tmp_path, ca
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     assert "; engine hf (the plain model's modules, not the bridge's)" in capsys.readouterr().out
-    assert (
-        main([a for a in args if a not in ("--engine", "hf")] + ["--resume"]) != 0
-    )  # the bridge would differ
+    # the bridge would differ
+    assert main([a for a in args if a not in ("--engine", "hf")] + ["--resume"]) != 0
     assert "engine: store has 'hf', this run has 'bridge'" in capsys.readouterr().err
     shutil.rmtree(out / "acts" / "blocks.1.hook_resid_post" / "c" / "1")  # shard 1: rows 4..7
     assert main(["verify", str(out), "--repair"]) == 0
     again = actstore.open(str(out))
     assert again.metadata["engine"] == "hf"
-    np.testing.assert_array_equal(
-        again.acts("blocks.1.hook_resid_post"), before
-    )  # recomputed by the same engine
+    # recomputed by the same engine
+    np.testing.assert_array_equal(again.acts("blocks.1.hook_resid_post"), before)
 
 
 def test_what_the_plain_model_does_not_compute_is_refused(tmp_path, family_model):

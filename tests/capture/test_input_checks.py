@@ -93,9 +93,8 @@ def test_an_unwritable_folder_is_refused_before_anything(tmp_path, tiny_model, m
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(
-        tempfile, "mkstemp", refuse
-    )  # root ignores chmod: a read-only folder, simulated
+    # root ignores chmod: a read-only folder, simulated
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(ConfigError, match=r"the folder '.*' is not writable \(Permission denied\)"):
         actstore.cache(out=str(tmp_path / "s.zarr"), model=tiny_model, dataset=DOCS, **SMALL)
     assert os.listdir(tmp_path) == []
@@ -197,10 +196,11 @@ def test_ctrl_c_says_where_it_stopped_and_resume_finishes_exactly(
     tmp_path, tiny_model, corpus_file, reference
 ):
     out = tmp_path / "s.zarr"
+    # seconds a shard: the interrupt lands mid-run however busy the machine
     slow = {
         **SLOW_DISK,
         "ACTSTORE_SLOW_IO": "0.3",
-    }  # seconds a shard: the interrupt lands mid-run however busy the machine
+    }
     proc = subprocess.Popen(
         cli_args(out, tiny_model, corpus_file),
         env=slow,

@@ -80,9 +80,8 @@ def test_modified_weights_have_their_own_fingerprint_and_activations(tmp_path, m
         want = cache[hook].numpy()
         if hook == "blocks.2.attn.hook_pattern":
             want = want[:, [0]]  # pattern:2.0 keeps head 0
-        np.testing.assert_array_equal(
-            store.acts(hook), want, err_msg=hook
-        )  # bit-exact, float32 on CPU
+        # bit-exact, float32 on CPU
+        np.testing.assert_array_equal(store.acts(hook), want, err_msg=hook)
     assert not np.array_equal(
         store.acts("blocks.0.hook_resid_post"), by_name.acts("blocks.0.hook_resid_post")
     )
@@ -123,9 +122,8 @@ def test_a_saved_copy_resumes_the_in_memory_store(tmp_path, modified):
 def test_multi_process_runs_refuse_an_object(tmp_path, demo, monkeypatch):
     from actstore.patching.job import PatchJobConfig, patch_pairs
 
-    monkeypatch.setenv(
-        "WORLD_SIZE", "2"
-    )  # as under torchrun: refused before any process group is made
+    # as under torchrun: refused before any process group is made
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="cannot be shared.*save_model"):
         actstore.cache(out=str(tmp_path / "s.zarr"), model=demo, **OPTS)
     with pytest.raises(ConfigError, match="cannot be shared.*save_model"):
@@ -156,9 +154,8 @@ def test_options_the_object_contradicts_are_refused(tmp_path, demo):
     with pytest.raises(ConfigError, match=r"dropout active.*model\.eval\(\)"):
         actstore.cache(out=out, model=training, **OPTS)
     assert not (tmp_path / "s.zarr").exists()
-    assert (
-        as_loaded(demo, "float32", "cpu").info == as_loaded(demo).info
-    )  # agreeing options are fine
+    # agreeing options are fine
+    assert as_loaded(demo, "float32", "cpu").info == as_loaded(demo).info
 
 
 def test_a_hooked_bridge_caches_what_it_computes_and_resume_checks_its_hooks(tmp_path, by_name):
@@ -168,15 +165,13 @@ def test_a_hooked_bridge_caches_what_it_computes_and_resume_checks_its_hooks(tmp
     store = actstore.cache(out=out, model=hooked, **OPTS)
     model = store.metadata["model"]
     assert "blocks.0.hook_resid_post" in model["hooks"]
-    assert (
-        model["fingerprint"] == by_name.metadata["model"]["fingerprint"]
-    )  # the weights are the demo's
+    # the weights are the demo's
+    assert model["fingerprint"] == by_name.metadata["model"]["fingerprint"]
     _, cache = hooked.run_with_cache(torch.from_numpy(store.tokens(slice(None))).long())
     for hook in ("blocks.0.hook_resid_post", "blocks.3.hook_resid_post"):
         np.testing.assert_array_equal(store.acts(hook), cache[hook].numpy(), err_msg=hook)
     zarr.open_group(out, mode="r+")["done"][0] = False
     with pytest.raises(StoreMismatchError, match="model.hooks"):
-        actstore.cache(
-            out=out, model=boot(), resume=True, **OPTS
-        )  # the same weights without the hook
+        # the same weights without the hook
+        actstore.cache(out=out, model=boot(), resume=True, **OPTS)
     assert actstore.cache(out=out, model=hooked, resume=True, **OPTS).rows_done == 12

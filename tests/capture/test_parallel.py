@@ -132,16 +132,14 @@ def test_slurm_script_two_processes_write_the_single_process_store(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
-    (bin_dir / "srun").write_text(
-        '#!/bin/sh\nshift\nexec "$@"\n'
-    )  # drop --ntasks-per-node=1, run once
+    # drop --ntasks-per-node=1, run once
+    (bin_dir / "srun").write_text('#!/bin/sh\nshift\nexec "$@"\n')
     for shim in bin_dir.iterdir():
         shim.chmod(0o755)
     out = tmp_path / "two.zarr"
     script = Path(__file__).resolve().parents[2] / "scripts" / "slurm_cache.sh"
-    args = [
-        a for a in _args(out, tiny_model, corpus_file)[2:] if a != "--quiet"
-    ]  # the flags after 'cache OUT'
+    # the flags after 'cache OUT'
+    args = [a for a in _args(out, tiny_model, corpus_file)[2:] if a != "--quiet"]
     r = _run(
         ["bash", str(script), str(out), *args],
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -269,13 +267,11 @@ def test_four_processes_each_tokenise_a_quarter_of_the_corpus(
         stop_after(plan_checkpoint(plan, k + 1)) - plan_checkpoint(plan, k).doc for k in range(4)
     )
     print("documents tokenised per process:", per_rank, "plan:", plans, "of", used)
-    assert (
-        plans == [60] and used < 60
-    )  # once, by one process (a tokenizer call takes the whole small corpus)
+    # once, by one process (a tokenizer call takes the whole small corpus)
+    assert plans == [60] and used < 60
     assert len(per_rank) == 4 and per_rank == own
-    assert (
-        max(per_rank) <= used / 4 + 4 and sum(per_rank) <= used + 3
-    )  # not ~2.5x the corpus, as before the plan
+    # not ~2.5x the corpus, as before the plan
+    assert max(per_rank) <= used / 4 + 4 and sum(per_rank) <= used + 3
 
 
 def test_single_process_group_gathers_its_own_part():

@@ -70,16 +70,13 @@ def test_pool_makes_at_most_n_sets_and_surfaces_writer_errors_while_waiting():
 
 
 def test_batch_for_memory():
-    assert (
-        batch_for_memory(free_bytes=10 * 2**30, bytes_per_row=100 * 2**20, n_rows=10**6) == 32
-    )  # 61.4 rows fit
+    # 61.4 rows fit
+    assert batch_for_memory(free_bytes=10 * 2**30, bytes_per_row=100 * 2**20, n_rows=10**6) == 32
     assert batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=10**6) == 1024  # capped
-    assert (
-        batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=100) == 64
-    )  # no more than the run
-    assert (
-        batch_for_memory(free_bytes=1, bytes_per_row=10**9, n_rows=100) == 1
-    )  # always at least one row
+    # no more than the run
+    assert batch_for_memory(free_bytes=10**15, bytes_per_row=1, n_rows=100) == 64
+    # always at least one row
+    assert batch_for_memory(free_bytes=1, bytes_per_row=10**9, n_rows=100) == 1
 
 
 def test_chunk_rows_follow_the_largest_site_not_the_machine():
@@ -87,9 +84,8 @@ def test_chunk_rows_follow_the_largest_site_not_the_machine():
         "a": SiteShape(("pos", "d_model"), (128, 768)),
         "b": SiteShape(("pos", "d_model"), (128, 64)),
     }
-    assert (
-        default_chunk_rows(big, "float32", 10**6) == 16
-    )  # 16 x 393 KB = 6.3 MB <= 8 MiB < 32 rows
+    # 16 x 393 KB = 6.3 MB <= 8 MiB < 32 rows
+    assert default_chunk_rows(big, "float32", 10**6) == 16
     assert default_chunk_rows(big, "float16", 10**6) == 32
     assert default_chunk_rows(big, "float16", 5) == 5
 
@@ -104,9 +100,8 @@ def test_auto_batch_size_gives_the_same_store_as_any_batch(tmp_path, tiny_model)
         progress=False,
     )
     auto = actstore.cache(out=str(tmp_path / "auto.zarr"), **opts)
-    assert (
-        auto.layout.rows_per_chunk == 40
-    )  # 4 KB rows: 64 rows would fit in 8 MiB, but the run has 40
+    # 4 KB rows: 64 rows would fit in 8 MiB, but the run has 40
+    assert auto.layout.rows_per_chunk == 40
     fixed = actstore.cache(
         out=str(tmp_path / "b3.zarr"),
         batch_size=3,
@@ -152,9 +147,8 @@ def test_writer_failure_stops_the_forward_at_once(tmp_path, tiny_model, monkeypa
 def test_float16_storage_refuses_values_it_cannot_hold(tmp_path, tiny_model):
     shapes = {"h": SiteShape(("pos", "d_model"), (2, 2))}
     bufs = ShardBuffers(shapes, "float16", rows=2, device="cpu")
-    bufs.put(
-        "h", 0, torch.tensor([[[1.0, 2.0], [3.0, float("inf")]]])
-    )  # inf already: stored as it is
+    # inf already: stored as it is
+    bufs.put("h", 0, torch.tensor([[[1.0, 2.0], [3.0, float("inf")]]]))
     bufs.arrays(1)
     bufs.put("h", 1, torch.tensor([[[1.0, 7e4], [3.0, 4.0]]]))
     with pytest.raises(

@@ -20,9 +20,8 @@ def test_reads_seek_per_run_of_own_shards_or_go_on_from_the_first_shard_to_do(to
     reads = plan_reads(group, spec, layout, todo=[1, 2, 3, 4], mine=[1, 3, 4])
     assert [r.shards for r in reads] == [[1], [3, 4]] and [r.start.row for r in reads] == [20, 60]
     assert reads[1].stop == stop_after(plan_checkpoint(np.asarray(group["plan"][...]), 5))
-    group["plan"][...] = unknown_plan(
-        boundaries(100, 20)
-    )  # e.g. a hub dataset: from the first shard to do
+    # e.g. a hub dataset: from the first shard to do
+    group["plan"][...] = unknown_plan(boundaries(100, 20))
     group.create_array("doc", data=np.full((100, 16), 9, np.int64))
     group.create_array("doc_pos", data=np.full((100, 16), 4, np.int32))
     (read,) = plan_reads(group, spec, layout, todo=[1, 2, 3, 4], mine=[3])

@@ -119,10 +119,11 @@ def test_sigkill_at_seeded_random_times_always_resumes_identically(
 
 def test_reader_during_a_run_sees_only_done_rows(tmp_path, tiny_model, corpus_file, reference):
     out = tmp_path / "live.zarr"
+    # the run dies with shards 0 and 1 done, 2 written
     env = {
         **os.environ,
         "ACTSTORE_FAULT": "before_done:2",
-    }  # the run dies with shards 0 and 1 done, 2 written
+    }
     proc = subprocess.Popen(
         cli_args(out, tiny_model, corpus_file), env=env, stderr=subprocess.DEVNULL
     )

@@ -94,9 +94,8 @@ def test_pruning_examples():
     # a head's q, k and v inputs belong to one node: feeding k and reading its output joins them
     via_k = ix(["input->a0.h1<k>", "a0.h1->logits"])
     assert prune(g, via_k).tolist() == sorted(via_k.tolist())
-    dangling = ix(
-        ["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"]
-    )  # no input-to-logits path
+    # no input-to-logits path
+    dangling = ix(["input->a0.h0<q>", "a0.h1->logits", "a0.h0->m0", "input->m1"])
     assert prune(g, dangling).tolist() == []
     c = select_circuit(g, np.isin(np.arange(g.n_edges), chain).astype(float), 3)
     assert c.nodes == ("input", "a0.h0", "a1.h1", "logits") and c.names == [
@@ -109,13 +108,13 @@ def test_full_graph_is_its_own_circuit_and_signed_picks_positive():
     scores = np.linspace(-1, 1, g.n_edges)
     assert select_circuit(g, scores, g.n_edges).n_edges == g.n_edges
     n = g.n_edges
-    assert select_edges(g, scores, 10, absolute=False).tolist() == list(
-        range(n - 10, n)
-    )  # the most positive
+    # the most positive
+    assert select_edges(g, scores, 10, absolute=False).tolist() == list(range(n - 10, n))
+    # the largest |score|, both ends
     assert select_edges(g, scores, 10).tolist() == [
         *range(5),
         *range(n - 5, n),
-    ]  # the largest |score|, both ends
+    ]
 
 
 def test_bad_input():

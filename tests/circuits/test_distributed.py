@@ -63,9 +63,8 @@ def test_two_processes_write_what_one_writes(which, family_model, tmp_path):
         _run([sys.executable, "-m", "actstore", *_args(model, one)]),
         _torchrun(_args(model, two)),
     ):
-        assert got.returncode == 0, got.stderr[
-            -3000:
-        ]  # (both with the same environment: one thread each)
+        # (both with the same environment: one thread each)
+        assert got.returncode == 0, got.stderr[-3000:]
     want, have = _arrays(one), _arrays(two)
     assert sorted(have) == sorted(want) and len(want) >= 3 * 14
     for key, (a, attrs) in want.items():

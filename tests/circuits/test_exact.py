@@ -138,9 +138,8 @@ def test_a_plain_metric_and_a_small_memory_budget(cases, monkeypatch):
         progress=False,
     )
     compare(got, ref, case, graph, edges, "plain metric, 2 MiB budget")
-    assert sum(sweeps) == len(edges) and len(sweeps) >= 2 * len(KINDS), (
-        sweeps
-    )  # several groups per reader
+    # several groups per reader
+    assert sum(sweeps) == len(edges) and len(sweeps) >= 2 * len(KINDS), sweeps
 
 
 def test_every_edge_and_a_subset(cases):

@@ -18,9 +18,8 @@ from ..fidelity_cases import assert_close_rel, demo_case
 
 @pytest.fixture(scope="module")
 def case():
-    return demo_case(
-        "late"
-    )  # 4 held-out IOI pairs; clean and corrupted differ at position 10 of 15
+    # 4 held-out IOI pairs; clean and corrupted differ at position 10 of 15
+    return demo_case("late")
 
 
 def _metric(case):
@@ -157,9 +156,8 @@ def test_circuits_equal_hooked_reference(case):
     ends = np.array([g.upstream[s].kind == "input" for s in g.src]) + np.array(
         [g.downstream[d].kind == "logits" for d in g.dst]
     )
-    scores = (
-        rng.random(g.n_edges) + ends
-    )  # edges from the input and into the logits first: paths through
+    # edges from the input and into the logits first: paths through
+    scores = rng.random(g.n_edges) + ends
     sizes = [10, 40, 120, 300]
     curve = faithfulness_curve(
         case.bridge, case.clean, case.corrupted, _metric(case), scores, sizes, progress=False
@@ -167,6 +165,7 @@ def test_circuits_equal_hooked_reference(case):
     masks = [select_circuit(g, scores, n).mask for n in sizes] + [
         rng.random(g.n_edges) < p for p in (0.3, 0.7)
     ]
+    # one circuit a forward: the chunking too
     got = faithfulness(
         case.bridge,
         case.clean,
@@ -175,7 +174,7 @@ def test_circuits_equal_hooked_reference(case):
         np.stack(masks),
         progress=False,
         memory_budget=1,
-    )  # one circuit a forward: the chunking too
+    )
     want = torch.stack(
         [
             _metric(case)(hooked_circuit_logits(case.bridge, g, case.clean, case.corrupted, m))

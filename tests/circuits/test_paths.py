@@ -218,13 +218,14 @@ def test_per_example_values(case):
 def test_direct_path_sweep_is_a_special_case(case, component):
     """direct_path_sweep patches source -> head's input into the corrupted run: path
     patching with base = corrupted, other = clean, one sender head, one receiver input."""
+    # the demo's strongest sources, and weak ones
     sources = [
         (0, 0),
         (0, 3),
         (1, 0),
         (1, 1),
         (2, 3),
-    ]  # the demo's strongest sources, and weak ones
+    ]
     want = direct_path_sweep(
         case.bridge,
         case.corrupted,

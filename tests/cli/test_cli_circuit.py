@@ -30,9 +30,8 @@ METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-one_line_error = partial(
-    helpers.one_line_error, prefix=False
-)  # the message's prefix is not checked here
+# the message's prefix is not checked here
+one_line_error = partial(helpers.one_line_error, prefix=False)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +126,8 @@ def test_exact_scores_and_faithfulness_equal_hooked_runs(result):
     corrupted = torch.as_tensor(grp["corrupted_tokens"][:], dtype=torch.long)
     from actstore.patching import tasks
 
-    made = tasks.make_pairs(
-        "ioi", 6, 0, bridge.tokenizer
-    )  # the run's pairs (deterministic from the seed)
+    # the run's pairs (deterministic from the seed)
+    made = tasks.make_pairs("ioi", 6, 0, bridge.tokenizer)
     tok = lambda s: bridge.tokenizer(s, add_special_tokens=False)["input_ids"][0]  # noqa: E731
     answer, wrong = (
         torch.tensor([tok(p.answer) for p in made]),

@@ -291,9 +291,8 @@ def test_a_read_only_folder_is_refused_before_the_sweep(tmp_path, tiny_model, ca
 
     from ..readonly import read_only_copy
 
-    shutil.copytree(
-        tiny_model, tmp_path / "folder" / "model"
-    )  # readable by anyone in the copy, as the pairs
+    # readable by anyone in the copy, as the pairs
+    shutil.copytree(tiny_model, tmp_path / "folder" / "model")
     write_pairs(tmp_path / "folder" / "p.jsonl", PAIRS[:1])
     with read_only_copy(tmp_path / "folder") as ro:
         monkeypatch.setattr(job.patching, "LogitDiff", lambda *a, **k: pytest.fail("the sweep ran"))

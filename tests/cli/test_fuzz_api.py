@@ -71,13 +71,14 @@ def store_dir(tmp_path_factory, tiny_model):
 
 # --- the tour's folder -------------------------------------------------------------------
 
+# as an earlier tour leaves them
 TOUR_FILES = {
     "demo.zarr": "store",
     "induction.zarr": "store",
     "ioi.zarr": "group",
     "ioi_pairs.jsonl": "file",
     "probe_position.png": "file",
-}  # as an earlier tour leaves them
+}
 
 
 def _make(folder: Path, name: str, kind: str, store: Path) -> None:
@@ -153,9 +154,8 @@ TOUR_CASES = [
 def test_tour_folder(store_dir, tmp_path, monkeypatch, capsys, what, holds, overwrite, refused):
     import importlib
 
-    tour = importlib.import_module(
-        "actstore.cli.main"
-    )  # `actstore tour` (actstore.cli is the function main)
+    # `actstore tour` (actstore.cli is the function main)
+    tour = importlib.import_module("actstore.cli.main")
 
     def started(argv, say):
         raise Started(argv)

@@ -262,9 +262,8 @@ def _argv(world: Path, tiny_model: str, line) -> tuple[list[str], Path]:
         "--quiet",
     ]
     for flag, v in opts:
-        argv += (
-            [flag] if v is None else [f"{flag}={v}"]
-        )  # '=' so that values such as -2 stay values
+        # '=' so that values such as -2 stay values
+        argv += [flag] if v is None else [f"{flag}={v}"]
     return argv, target
 
 

@@ -137,12 +137,13 @@ OUT_CASES = [
         False,
         r"of another run: model: the group has 'actstore-demo'",
     ),
+    # replaced whole: no exact, no stale eap-vs-exact.png
     (
         "both",
         dict(model="tiny"),
         True,
         "tiny",
-    ),  # replaced whole: no exact, no stale eap-vs-exact.png
+    ),
     (
         "eap",
         dict(pairs=["--task", "ioi", "--n-pairs", "3"], method="exact"),
@@ -213,9 +214,8 @@ def test_circuit_output_folder(
 def test_a_group_without_an_identity_is_replaced_only_with_overwrite(fresh, tmp_path, capsys):
     folder = tmp_path / "case"
     shutil.copytree(fresh / "eap", folder)
-    del zarr.open_group(str(folder / "c.zarr"), mode="r+")["circuit"].attrs[
-        "identity"
-    ]  # an earlier version's group
+    # an earlier version's group
+    del zarr.open_group(str(folder / "c.zarr"), mode="r+")["circuit"].attrs["identity"]
     refused(
         capsys,
         folder,

@@ -395,9 +395,8 @@ def test_analyze(stores, capsys, which, data, tmp_path):
         assert got["half_len"] == HALF and name == "rep"
         assert all(0 <= v <= 1 for row in got["induction"] for v in row)
     elif which == "logit-lens":
-        probs = got[
-            "target_prob_row0"
-        ]  # (site, pos): null only where the tracked next token does not exist
+        # (site, pos): null only where the tracked next token does not exist
+        probs = got["target_prob_row0"]
         assert all(
             v is not None and 0 <= v <= 1
             for row in probs
@@ -495,9 +494,8 @@ def pairs_file(draw, folder: Path, i: int, bad: bool) -> tuple[str, list[dict]]:
         if fault not in ("not object", "bad json", "blank", "not utf-8"):
             records.append(rec)
     path = folder / f"pairs{i}.jsonl"
-    path.write_bytes(
-        ("\n".join(lines) + "\n").encode().replace("\u00ff".encode(), b"\xff")
-    )  # a lone 0xff byte
+    # a lone 0xff byte
+    path.write_bytes(("\n".join(lines) + "\n").encode().replace("\u00ff".encode(), b"\xff"))
     return str(path), records
 
 

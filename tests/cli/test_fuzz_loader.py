@@ -45,9 +45,8 @@ def stores(tmp_path_factory, tiny_model, sharp_model):
         dataset=DOCS, seq_len=SEQ, n_rows=N, rows_per_chunk=RPC, rows_per_shard=RPC, progress=False
     )
     packed = actstore.cache(out=str(d / "packed.zarr"), model=tiny_model, sites=SITES, **opts)
-    other = actstore.cache(
-        out=str(d / "other.zarr"), model=sharp_model, sites=SITES, **opts
-    )  # same layout
+    # same layout
+    other = actstore.cache(out=str(d / "other.zarr"), model=sharp_model, sites=SITES, **opts)
     doc = actstore.cache(
         out=str(d / "doc.zarr"),
         model=tiny_model,
@@ -109,9 +108,8 @@ def epoch_of(loader, epoch: int | None) -> list[dict[str, torch.Tensor]]:
         loader.set_epoch(epoch)
     start, n = loader.epoch, len(loader)
     batches = list(loader)
-    assert (
-        len(batches) == n and loader.epoch == start + 1
-    )  # len() is what it yields; a finished epoch moves on
+    # len() is what it yields; a finished epoch moves on
+    assert len(batches) == n and loader.epoch == start + 1
     return batches
 
 
@@ -178,9 +176,8 @@ def check_ok(stores, store, kw: dict, epoch: int | None = None) -> None:
         assert min(shares) > 0, f"a rank gets no tokens: {shares}"
     if kw.get("even_batches"):
         assert set(lens) == {min(s // bs for s in shares)} and lens[0] > 0, (lens, shares)
-        assert max(shares) - min(shares) <= 3 * RPC * store.layout.seq_len, (
-            shares
-        )  # about one chunk (the docs)
+        # about one chunk (the docs)
+        assert max(shares) - min(shares) <= 3 * RPC * store.layout.seq_len, shares
     elif kw.get("drop_last"):
         assert lens == [s // bs for s in shares], (lens, shares)
 

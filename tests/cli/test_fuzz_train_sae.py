@@ -49,6 +49,7 @@ STORE_OPTS = dict(
     rows_per_chunk=2,
     rows_per_shard=4,
 )
+# the checkpoint's configuration
 BASE = [
     "--site",
     "resid_post:1",
@@ -66,7 +67,7 @@ BASE = [
     "cpu",
     "--log-every",
     "100",
-]  # the checkpoint's configuration
+]
 HANG_S = 20  # a run of these tiny stores takes about a second
 
 
@@ -438,9 +439,8 @@ def test_train_sae_command_line(case: Case, world: Path, tmp_path: Path, train_s
         return
     assert code == 2, (argv, code, err)
     assert lines and lines[-1].startswith("train_sae: error: "), err
-    assert len(lines) == 1 or lines[0].startswith("usage: "), (
-        err
-    )  # ours: one line; argparse: usage, then one
+    # ours: one line; argparse: usage, then one
+    assert len(lines) == 1 or lines[0].startswith("usage: "), err
     assert re.search(case.error, lines[-1]), (case.error, lines[-1])
     assert digest(touched) == before, f"{argv} was refused but changed files"
 
@@ -552,9 +552,8 @@ def test_generated_command_lines(line, world: Path, tmp_path_factory, train_sae)
     if ok:
         assert code == 0, (argv, err)
         saved = torch.load(out, weights_only=True)
-        d_sae = (
-            int(values["--expansion"]) * 128
-        )  # every site of these stores has 128 features per token
+        # every site of these stores has 128 features per token
+        d_sae = int(values["--expansion"]) * 128
         assert saved["hook"] == HOOKS[values["--site"]] and saved["k"] == int(values["--k"])
         assert tuple(saved["sae"]["W_enc"].shape) == (128, d_sae)
         OUTCOMES["trained"] += 1

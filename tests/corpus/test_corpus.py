@@ -179,9 +179,8 @@ def test_hub_names_with_a_slash_are_hub_datasets(fake_hub, tokenizer):
         {"split": "validation", "revision": "r2", "streaming": True},
     )
     _, doc, doc_pos = want
-    start = Checkpoint(
-        row=4, doc=int(doc[3, -1]), item=int(doc_pos[3, -1]) + 1
-    )  # resume through ds.skip
+    # resume through ds.skip
+    start = Checkpoint(row=4, doc=int(doc[3, -1]), item=int(doc_pos[3, -1]) + 1)
     assert np.array_equal(all_rows(spec, tokenizer, start)[0], want[0][4:])
 
 
@@ -212,9 +211,8 @@ def test_hub_dataset_needs_a_length(fake_hub, tiny_model, tmp_path):
         and s.metadata["corpus"]["kind"] == "hub"
         and s.metadata["corpus"]["source"] == "someorg/some-corpus"
     )
-    plan = np.asarray(
-        s.group["plan"][...]
-    )  # a streamed source is not scanned: only row 0's start is known
+    # a streamed source is not scanned: only row 0's start is known
+    plan = np.asarray(s.group["plan"][...])
     assert plan[0].tolist() == [0, 0, 0, -1, -1] and (plan[1:, 1:] == -1).all()
 
 
@@ -236,18 +234,16 @@ def test_hub_resume_compares_the_commit_the_revision_resolves_to(
     )
     monkeypatch.setattr(rows, "hub_revision", lambda name, revision: "abc123")
     assert actstore.cache(**opts).metadata["corpus"]["resolved_revision"] == "abc123"
-    monkeypatch.setattr(
-        rows, "hub_revision", lambda name, revision: "def456"
-    )  # the branch moved on
+    # the branch moved on
+    monkeypatch.setattr(rows, "hub_revision", lambda name, revision: "def456")
     with pytest.raises(
         StoreMismatchError,
         match="'someorg/some-corpus' is now at commit def456; the store was made "
         "from commit abc123",
     ):
         actstore.cache(**opts, resume=True)
-    monkeypatch.setattr(
-        rows, "hub_revision", lambda name, revision: None
-    )  # offline: said, not refused
+    # offline: said, not refused
+    monkeypatch.setattr(rows, "hub_revision", lambda name, revision: None)
     assert actstore.cache(**{**opts, "progress": True}, resume=True).is_complete
     assert (
         "without checking that hub dataset 'someorg/some-corpus' is still at commit abc123"

@@ -87,12 +87,10 @@ def test_seeking_to_shard_k_yields_the_rows_of_a_sequential_read(
     spec = CorpusSpec.from_dataset(sources(tmp_path)[kind], seq_len=seq_len, packing=packing)
     scanned = scan(spec, tokenizer)
     n = scanned.n_rows
-    assert n == sum(
-        len(b) for b in iter_rows(spec, tokenizer)
-    )  # the scan counts what a reader yields
-    assert (
-        counted("plan") == len(DOCS_BIG) and counted("rows") > 0
-    )  # the scan tokenised the corpus once
+    # the scan counts what a reader yields
+    assert n == sum(len(b) for b in iter_rows(spec, tokenizer))
+    # the scan tokenised the corpus once
+    assert counted("plan") == len(DOCS_BIG) and counted("rows") > 0
     ref = sequential(spec, tokenizer, n)
     plan = scanned.plan(boundaries(n, per_shard))
     assert (

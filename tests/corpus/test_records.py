@@ -23,14 +23,16 @@ GOOD = json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 3})
     "lines,found",
     [
         ([GOOD, "", '{"text": null}', GOOD], "no value"),  # the blank line holds no record
+        # datasets gives the missing key None: not an empty document
         (
             [GOOD, "", '{"other": "x"}', GOOD],
             "no value",
-        ),  # datasets gives the missing key None: not an empty document
+        ),
+        # (a file mixing str and int fails to open)
         (
             ['{"text": 5}', '{"text": 6}', '{"text": 7}'],
             "a int, not text",
-        ),  # (a file mixing str and int fails to open)
+        ),
     ],
 )
 def test_a_record_without_text_names_file_and_line(tmp_path, tokenizer, lines, found):

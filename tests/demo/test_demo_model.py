@@ -78,9 +78,8 @@ def test_training_record_matches_the_shipped_weights(model, record):
         == record["weights_sha256"]
     )
     assert record["fingerprint"] == model.info.fingerprint
-    assert (
-        record["seed"] == 0 and record["data"]["sentence_mix"] == demo_data.RECIPE
-    )  # the generator has not drifted
+    # the generator has not drifted
+    assert record["seed"] == 0 and record["data"]["sentence_mix"] == demo_data.RECIPE
     assert record["config"]["vocab_size"] == model.info.d_vocab
     assert record["final"]["text_loss"] < 2.0 and record["final"]["h20"]["induction_max"] >= 0.5
     assert record["wall_time_s"]["total"] < 30 * 60
@@ -175,9 +174,8 @@ def test_ioi_pairs_are_held_out_equal_length_with_one_token_answers():
     assert not set(demo_data.IOI_HELDOUT) & set(demo_data.IOI_TRAIN)
     for i, j in demo_data.IOI_HELDOUT:
         assert re.search(pattern(i, j), docs) is None, (i, j)
-    assert all(
-        re.search(pattern(i, j), docs) for i, j in demo_data.IOI_TRAIN[:10]
-    )  # the check can fire
+    # the check can fire
+    assert all(re.search(pattern(i, j), docs) for i, j in demo_data.IOI_TRAIN[:10])
 
 
 # --- structure ---------------------------------------------------------------------------
@@ -188,12 +186,10 @@ def test_induction_heads(model, rep_store):
     _, cache = model.bridge.run_with_cache(torch.from_numpy(rep_store.tokens()).long())
     for layer in range(4):
         pat = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # (row, head, q, k)
-        ind = pat.diagonal(offset=1 - H, dim1=-2, dim2=-1)[..., 2:].mean(
-            dim=(0, 2)
-        )  # q = H+1 .. 2H
-        np.testing.assert_allclose(
-            got.induction[layer], ind.numpy(), rtol=0, atol=1e-6
-        )  # store holds float32
+        # q = H+1 .. 2H
+        ind = pat.diagonal(offset=1 - H, dim1=-2, dim2=-1)[..., 2:].mean(dim=(0, 2))
+        # store holds float32
+        np.testing.assert_allclose(got.induction[layer], ind.numpy(), rtol=0, atol=1e-6)
     assert np.nanmax(got.induction) >= 0.5, got.induction
     first, second = got.loss_halves
     assert second < first / 4, (first, second)

@@ -105,9 +105,8 @@ def test_logit_lens_decodes_as_the_model_does(family_store, family):
     for j, hook in enumerate(got.hooks):
         x = torch.from_numpy(store.acts(hook)).float()
         with torch.no_grad():
-            want = torch.softmax(
-                _softcapped(hf, unembed(norm(x))).double(), -1
-            )  # (row, pos, vocab)
+            # (row, pos, vocab)
+            want = torch.softmax(_softcapped(hf, unembed(norm(x))).double(), -1)
         top = want.topk(5, dim=-1).values.log().numpy()  # compared as log-probabilities: nats apart
         spread = np.ptp(top)
         assert spread > 1, spread
@@ -190,9 +189,8 @@ def test_dla_parts_sum_to_the_models_logit_difference(family_store, family):
         total += parts["norm"].bias.double() @ (U[t] - U[w])
     want = (logits[rows, pos, t] - logits[rows, pos, w]).numpy()  # the model's own logit difference
     assert np.ptp(want) > 0.1 and np.abs(total.numpy() - want).max() <= 1e-5 * np.ptp(want)
-    assert np.abs(got.heads.sum((1, 2)) + got.mlp.sum(1) - want).max() > 1e-3 * np.ptp(
-        want
-    )  # the rest matters
+    # the rest matters
+    assert np.abs(got.heads.sum((1, 2)) + got.mlp.sum(1) - want).max() > 1e-3 * np.ptp(want)
 
 
 def test_dla_refuses_gemma2(family_store):

@@ -39,9 +39,8 @@ def directional_derivative(bridge, corrupted, clean_cache, metric, name, setter,
 
     def fn(act, hook):
         tangent = setter(act.clone(), index, clean) - act
-        return act.copy_(
-            fwAD.make_dual(act.detach().clone(), tangent)
-        )  # into the hooked tensor, as a patch
+        # into the hooked tensor, as a patch
+        return act.copy_(fwAD.make_dual(act.detach().clone(), tangent))
 
     with torch.no_grad(), fwAD.dual_level():
         out = metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, fn)]))

@@ -37,9 +37,8 @@ def test_every_site_kind_equals_run_with_cache(family_model, family, tmp_path):
     from transformer_lens.model_bridge import TransformerBridge
 
     model = family_model(family)
-    kinds = [
-        k for k in KINDS if not (family == "gpt_neox" and k == "resid_mid")
-    ]  # parallel: no mid-block residual
+    # parallel: no mid-block residual
+    kinds = [k for k in KINDS if not (family == "gpt_neox" and k == "resid_mid")]
     bridge = TransformerBridge.boot_transformers(model, device="cpu", dtype=torch.float32)
     store = actstore.cache(
         out=str(tmp_path / "s.zarr"),
@@ -68,9 +67,8 @@ def test_every_site_kind_equals_run_with_cache(family_model, family, tmp_path):
         assert got.shape == want.shape, (hook, got.shape, want.shape)
         spread = np.ptp(want)
         assert spread > 0.1, (hook, spread)
-        assert np.abs(got - want).max() <= 1e-6 * spread, (
-            hook
-        )  # batches of 2 against one of 4: float rounding
+        # batches of 2 against one of 4: float rounding
+        assert np.abs(got - want).max() <= 1e-6 * spread, hook
         checked += 1
     assert checked == len(kinds) * 2
     kv = store.meta.model.n_kv_heads

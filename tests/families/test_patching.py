@@ -189,9 +189,8 @@ def test_direct_path_equals_transformer_lens(family_case_of, family, component):
     assert_matches(
         got[:, 1:], want[:, 1:], case, f"{family} direct path into {component}", min_spread=0.005
     )
-    assert bool(
-        (got[:, 0] == 0).all()
-    )  # no edge into the source's own layer (placeholders, as the reference)
+    # no edge into the source's own layer (placeholders, as the reference)
+    assert bool((got[:, 0] == 0).all())
 
 
 @pytest.mark.parametrize(

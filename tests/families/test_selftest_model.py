@@ -47,9 +47,8 @@ def test_selftest_model_fails_when_patching_is_wrong(family_model, monkeypatch, 
 
 
 def test_selftest_model_fails_when_the_family_is_described_wrong(family_model, monkeypatch, capsys):
-    monkeypatch.setattr(
-        Gemma2, "final_softcap", classmethod(lambda cls, bridge: None)
-    )  # the bug this guards
+    # the bug this guards
+    monkeypatch.setattr(Gemma2, "final_softcap", classmethod(lambda cls, bridge: None))
     assert main(["selftest", "--model", family_model("gemma2"), "--json"]) == 1
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     lens = checks["the logit lens decodes the final residual into the model's logits"]

@@ -40,9 +40,8 @@ def test_in_order_batches_equal_the_store(store):
 
 
 def test_shuffled_epochs_are_permutations_in_new_orders(store):
-    ref = reference(
-        store, Z
-    )  # hook_z: (head, d_head) flattened to n_heads * d_head, as SAELens's hook_z SAEs
+    # hook_z: (head, d_head) flattened to n_heads * d_head, as SAELens's hook_z SAEs
+    ref = reference(store, Z)
     assert ref.shape[1] == 128
     assert len(ref) % 50 == 0  # so that an epoch is whole batches
     stream = saelens.data_provider(store, "z:1", 50, seed=3)  # endless

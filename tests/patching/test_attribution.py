@@ -190,9 +190,8 @@ def test_equals_exact_patching_where_the_metric_is_affine(affine_bridge, tokeniz
         base = d.ld(d.corrupted_logits)
         exact = exact_fn(bridge, d.corrupted, d.cache, d.ld, progress=False) - base
         approx = attr_fn(bridge, d.corrupted, d.cache, d.ld, as_effect=True, progress=False)
-    assert_close_rel(
-        approx[last], exact[last], min_spread=0.05, scale=d.logit_scale
-    )  # patches there move it...
+    # patches there move it...
+    assert_close_rel(approx[last], exact[last], min_spread=0.05, scale=d.logit_scale)
     assert (
         approx[:last] - exact[:last]
     ).abs().max() > 1e-2  # ...and upstream (nonlinear paths) it is not exact
@@ -205,9 +204,8 @@ def test_equals_exact_patching_where_the_metric_is_affine(affine_bridge, tokeniz
 def test_equals_transformer_lens_node_attribution(s):
     from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
-    ld = ap.LogitDiff(
-        s.answer[0], s.wrong[0]
-    )  # one answer for every prompt: TL scores prompts one at a time
+    # one answer for every prompt: TL scores prompts one at a time
+    ld = ap.LogitDiff(s.answer[0], s.wrong[0])
     ref = attribution_patch(s.bridge, s.clean, s.corrupted, ld).node_scores  # mean over prompts
     heads = at.get_act_patch_attn_head_out_by_pos(
         s.bridge, s.corrupted, s.cache, ld, as_effect=True, progress=False
@@ -261,10 +259,11 @@ def test_many_sweeps_from_one_forward_and_one_backward(s, monkeypatch):
             sweeps=["resid_pre", "mlp_out"],
             progress=False,
         )
+        # the clean run, then one forward and one backward per metric
         assert calls == {
             "forward": 3,
             "backward": 3,
-        }  # the clean run, then one forward and one backward per metric
+        }
     finally:
         handle.remove()
     for name in names:
@@ -300,9 +299,8 @@ def test_reduce_baseline_and_metric_mappings(s):
     scalar = at.get_act_patch_attn_head_out_all_pos(
         s.bridge, s.corrupted, s.cache, s.ld, progress=False
     )
-    torch.testing.assert_close(
-        scalar, mean, atol=1e-5, rtol=0
-    )  # the mean logit difference, either way
+    # the mean logit difference, either way
+    torch.testing.assert_close(scalar, mean, atol=1e-5, rtol=0)
 
 
 def test_normalised_metric_is_the_attribution_itself(s):

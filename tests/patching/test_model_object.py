@@ -23,10 +23,11 @@ def test_patch_pairs_takes_a_bridge(tmp_path):
     got = patch_pairs(PatchJobConfig(model=demo, store=str(tmp_path / "b.zarr"), **opts))
     for field in ("logit_diff", "normalised", "clean_logit_diff", "corrupted_logit_diff"):
         np.testing.assert_array_equal(getattr(got, field), getattr(by_name, field), err_msg=field)
+    # the clean prompts, cached from the object
     a, b = (
         actstore.open(by_name.out),
         actstore.open(got.out),
-    )  # the clean prompts, cached from the object
+    )
     assert b.metadata["model"]["source"] == "in-memory"
     assert b.metadata["model"]["fingerprint"] == a.metadata["model"]["fingerprint"]
     for hook in a.sites:

@@ -258,9 +258,8 @@ def test_plan_chunks_cover_every_variant_once():
         covered = [i for a, b in chunks for i in range(a, b)]
         assert covered == list(range(len(starts)))
         assert all(b - a <= max_var for a, b in chunks)
-    assert _patch_engine._plan_chunks(starts, 2, 100, 8, 10**6) == [
-        (0, 8)
-    ]  # calls dear: one forward
+    # calls dear: one forward
+    assert _patch_engine._plan_chunks(starts, 2, 100, 8, 10**6) == [(0, 8)]
     assert len(_patch_engine._plan_chunks(starts, 2, 100, 8, 0)) == 5  # calls free: one per start
 
 

@@ -196,13 +196,11 @@ def test_edges_run_batched_from_their_destination_layer(s, monkeypatch):
         for h in handles:
             h.remove()
     batch = s.corrupted.shape[0]
-    patched = {
-        i: c[2:] for i, c in calls.items()
-    }  # after the two corrupted runs (ours and the engine's)
+    # after the two corrupted runs (ours and the engine's)
+    patched = {i: c[2:] for i, c in calls.items()}
     assert calls[0] == [batch, batch] and patched[0] == []
-    assert (
-        sum(patched[1]) == 16 * batch and sum(patched[2]) == (16 + 32) * batch
-    )  # every edge, once per block
+    # every edge, once per block
+    assert sum(patched[1]) == 16 * batch and sum(patched[2]) == (16 + 32) * batch
     assert sum(len(c) for c in patched.values()) <= 4
 
 
@@ -220,6 +218,5 @@ def test_bad_input_is_a_clear_error(s):
     last = ap.get_act_patch_direct_path(
         s.bridge, s.corrupted, s.cache, None, s.ld, 2, 0, verbose=False
     )
-    assert (
-        last.shape == (3, 4) and (last == 0).all()
-    )  # no later layer: placeholders only, as the reference
+    # no later layer: placeholders only, as the reference
+    assert last.shape == (3, 4) and (last == 0).all()

@@ -120,9 +120,8 @@ def test_each_setter_applies_to_its_activation_on_the_demo_model(demo):
 def test_hooks_are_built_by_actstore_sites_and_agree_with_transformer_lens():
     for short in SHORT_SITES:
         assert table.act_hook(short)(3) == get_act_name(short, layer=3)
-    assert (
-        table.act_hook("pre")(2) == "blocks.2.mlp.hook_pre"
-    )  # the rest of transformer_lens's vocabulary
+    # the rest of transformer_lens's vocabulary
+    assert table.act_hook("pre")(2) == "blocks.2.mlp.hook_pre"
 
 
 def test_stacks_list_their_parts_in_the_reference_order():

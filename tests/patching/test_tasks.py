@@ -40,9 +40,8 @@ def test_deterministic_from_the_seed(tokenizer, task):
     assert tasks.make_pairs(task, 10, seed=3, tokenizer=tokenizer) == a
     assert tasks.make_pairs(task, 10, seed=4, tokenizer=tokenizer) != a
     assert tasks.make_pairs(task, 4, seed=3, tokenizer=tokenizer) == a[:4]  # prefix-stable
-    assert [p.to_json() for p in tasks.make_pairs(task, 10, seed=3)] == [
-        p.to_json() for p in a
-    ]  # default tokenizer
+    # default tokenizer
+    assert [p.to_json() for p in tasks.make_pairs(task, 10, seed=3)] == [p.to_json() for p in a]
 
 
 def test_ioi_structure(tokenizer):
@@ -153,9 +152,8 @@ def test_factual_pairs(tokenizer, tmp_path):
     assert pairs[0].meta["source"].endswith("facts.jsonl:1") and pairs[0].meta[
         "paired_with"
     ].endswith("facts.jsonl:2")
-    assert (
-        tasks.factual_pairs(path, tokenizer=tokenizer, seed=5) == pairs
-    )  # one partner each way: any seed
+    # one partner each way: any seed
+    assert tasks.factual_pairs(path, tokenizer=tokenizer, seed=5) == pairs
     two = tasks.factual_pairs(path, n=2, seed=0, tokenizer=tokenizer)
     assert len(two) == 2 and two == tasks.factual_pairs(path, n=2, seed=0, tokenizer=tokenizer)
 

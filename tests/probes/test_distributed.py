@@ -22,9 +22,8 @@ from ..helpers import free_port
 pytestmark = pytest.mark.slow
 SITES = "resid_post:1,resid_post:2"
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
-LOGISTIC = dict(
-    target="position", kind="logistic", C=0.1
-)  # C 0.1: well conditioned, converges in < 100 steps
+# C 0.1: well conditioned, converges in < 100 steps
+LOGISTIC = dict(target="position", kind="logistic", C=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +129,8 @@ def _same_accuracy(got, ref):
 def test_logistic_in_memory_two_processes_as_one(store):
     printed = _probe_cli(store, "two-logistic", *(f"--{k}={v}" for k, v in LOGISTIC.items()))
     one, two = _saved(store, "one-logistic"), _saved(store, "two-logistic")
-    _assert_close(
-        two, one, 1e-3
-    )  # the same problem to float32 summation order, stopped at |gradient| <= tol
+    # the same problem to float32 summation order, stopped at |gradient| <= tol
+    _assert_close(two, one, 1e-3)
     for h in HOOKS:
         assert two[h].attrs["notes"]["data"] == "memory" and two[h].attrs["notes"]["processes"] == 2
         _same_accuracy(printed[h], one[h].attrs["scores"])
@@ -192,9 +190,8 @@ def test_streamed_logistic_every_process_reports_the_same_and_errors_reach_both(
     _assert_close(two, one, 1e-3)
     for h in HOOKS:
         _same_accuracy(ranks[0]["report"][h], one[h].attrs["scores"])
-    name, message = ranks[0][
-        "error"
-    ]  # process 1 met it; process 0 raises the same error, not a hang
+    # process 1 met it; process 0 raises the same error, not a hang
+    name, message = ranks[0]["error"]
     assert (
         name == "CorruptChunkError" and "rows 4..7 (shard 1)" in message and "--repair" in message
     )

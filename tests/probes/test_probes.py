@@ -276,11 +276,12 @@ def test_padding_and_bos_are_never_used(doc_store):
 
 def test_site_specs_resolve_against_the_store(store):
     assert resolve_sites(store, "resid_post:all") == RESID
+    # the store's order
     assert resolve_sites(store, "resid_post:1-2,blocks.1.attn.hook_z") == [
         "blocks.1.attn.hook_z",
         "blocks.1.hook_resid_post",
         "blocks.2.hook_resid_post",
-    ]  # the store's order
+    ]
     assert set(resolve_sites(store, ["blocks.0.hook_resid_post", "z:all"])) == {
         "blocks.0.hook_resid_post",
         "blocks.1.attn.hook_z",

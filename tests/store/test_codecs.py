@@ -87,9 +87,8 @@ def test_the_benchmark_measures_every_registered_codec():
     assert [spec.partition(":")[0] for spec in bench.CODECS if ":" not in spec] == [
         c.name for c in registered()
     ]
-    assert (
-        "zstd:3" in bench.CODECS and "pcodec:4" in bench.CODECS
-    )  # the levels docs/store-format.md shows
+    # the levels docs/store-format.md shows
+    assert "zstd:3" in bench.CODECS and "pcodec:4" in bench.CODECS
 
 
 def test_a_missing_optional_package_is_named_with_its_install(monkeypatch):

@@ -36,9 +36,8 @@ from actstore.demo import build_random_gpt2
 from actstore.errors import ActStoreError
 from actstore.store import ActivationStore
 
-MODE = os.environ.get(
-    "ACTSTORE_DAMAGE", ""
-)  # "commands": every command on each case; "full": and every object
+# "commands": every command on each case; "full": and every object
+MODE = os.environ.get("ACTSTORE_DAMAGE", "")
 FULL = MODE == "full"
 EVERY_COMMAND = MODE in ("full", "commands")
 SITES = "resid_post:all,z:1,pattern:1.0"
@@ -221,9 +220,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, corpus_file: str) -> dict
         }
         | {"info": _run(["info", str(store)])[1].replace(str(store), "STORE")},
     }
-    dead = subprocess.Popen(
-        [sys.executable, "-c", "pass"]
-    )  # after the jobs, which write results: they take it over
+    # after the jobs, which write results: they take it over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (base / "s.zarr.lock").write_text(
         json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"})

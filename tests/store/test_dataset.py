@@ -56,19 +56,19 @@ def test_ranks_share_every_token_once(store, world):
     seen = np.zeros((N_ROWS, L), int)
     for rank in range(world):
         loader = store.loader(SITES, batch_size=24, seed=3, rank=rank, world_size=world)
+        # of epoch 0: the ranks' shares change with the epoch
         n_batches, n_tokens = (
             len(loader),
             loader.n_tokens,
-        )  # of epoch 0: the ranks' shares change with the epoch
+        )
         batches = list(loader)
         assert len(batches) == n_batches and len(cat(batches)["row"]) == n_tokens
         got = cat(batches)
         np.add.at(seen, (got["row"], got["pos"]), 1)
         assert list(loader.plan().rank_units()) == list(loader.plan().order()[rank::world])
         again = cat(list(store.loader(SITES, batch_size=24, seed=3, rank=rank, world_size=world)))
-        assert np.array_equal(again["row"], got["row"]) and np.array_equal(
-            again["pos"], got["pos"]
-        )  # deterministic
+        # deterministic
+        assert np.array_equal(again["row"], got["row"]) and np.array_equal(again["pos"], got["pos"])
     assert np.array_equal(seen, kept().astype(int))  # disjoint and covering
 
 
@@ -84,9 +84,8 @@ def test_even_batches_drop_only_whole_rank_tails(store):
     for lo, ev in zip(loaders, even):
         full, cut = list(lo), list(ev)
         assert len(cut) == len(ev) and all(len(b["row"]) == 50 for b in cut)
-        assert all(
-            torch.equal(a["row"], b["row"]) for a, b in zip(full, cut)
-        )  # a prefix of the uneven batches
+        # a prefix of the uneven batches
+        assert all(torch.equal(a["row"], b["row"]) for a, b in zip(full, cut))
 
 
 def test_sites_aligned_token_by_token(store):
@@ -196,9 +195,8 @@ def test_normalisation_equals_numpy(store, skip_bos):
     for h in HOOKS:
         x, mean, factor = direct_norm(store, h, skip_bos)
         norms = np.linalg.norm(x - mean, axis=1)
-        assert (
-            norms.std() > 0.05 * norms.mean() and abs(factor - 1) > 0.01
-        )  # the scaling does something (tolerance: 1e-9)
+        # the scaling does something (tolerance: 1e-9)
+        assert norms.std() > 0.05 * norms.mean() and abs(factor - 1) > 0.01
         np.testing.assert_allclose(
             lo.norm[h].mean.reshape(-1), mean, rtol=1e-9, atol=1e-9 * np.abs(mean).max()
         )

@@ -17,9 +17,8 @@ from actstore.store import verify_store
 from .conftest import DEMO, V1_STORE
 
 HOOK = "blocks.0.hook_resid_post"
-V1_OPTS = dict(
-    DEMO, sites="resid_post:0", n_rows=4, seq_len=16
-)  # how tests/store/data/v1.zarr was made
+# how tests/store/data/v1.zarr was made
+V1_OPTS = dict(DEMO, sites="resid_post:0", n_rows=4, seq_len=16)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,8 @@ def test_version_1_store_reads_as_before(v2_twin):
     v1 = actstore.open(V1_STORE)
     assert v1.meta.format_version == 1 and v2_twin.meta.format_version == 2
     assert v1.is_complete and v1.sites == v2_twin.sites == [HOOK]
-    raw = zarr.open_group(str(V1_STORE), mode="r")[f"acts/{HOOK}"][
-        :
-    ]  # its bytes, as plain zarr reads them
+    # its bytes, as plain zarr reads them
+    raw = zarr.open_group(str(V1_STORE), mode="r")[f"acts/{HOOK}"][:]
     assert np.array_equal(v1.acts(HOOK), raw) and np.array_equal(v1["resid_post", 0][1:3], raw[1:3])
     assert np.array_equal(v1.tokens(), v2_twin.tokens())
     # the same values as this machine computes them now: bit for bit where the float32 CPU kernels

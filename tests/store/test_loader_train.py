@@ -133,12 +133,10 @@ def test_checkpoint_resumes_exactly(store, whole, partial, tmp_path):
 def test_resume_under_another_number_of_processes_is_refused(store, partial):
     before = hashlib.sha256(partial.read_bytes()).hexdigest()
     r = launch(store, "--steps", "20", "--checkpoint", str(partial), procs=2)
-    assert r.returncode != 0 and f'File "{SCRIPT}"' not in r.stderr, r.stderr[
-        -3000:
-    ]  # no traceback of ours
+    # no traceback of ours
+    assert r.returncode != 0 and f'File "{SCRIPT}"' not in r.stderr, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("train_sae: error: ")]
-    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, r.stderr[
-        -3000:
-    ]  # the same line, from each process
+    # the same line, from each process
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, r.stderr[-3000:]
     assert "made by 1 process; this run has 2: run as many" in errors[0]
     assert hashlib.sha256(partial.read_bytes()).hexdigest() == before

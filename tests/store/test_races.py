@@ -196,9 +196,8 @@ def check_loader(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
             "the store is incomplete; finish it with `actstore verify" in msg and "--repair" in msg
         )
         assert ("takes over the stale lock" in msg) == (lock == "stale")
-    got = [
-        b[HOOK] for b in store.loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)
-    ]  # done rows: read
+    # done rows: read
+    got = [b[HOOK] for b in store.loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)]
     want = [
         b[HOOK]
         for b in actstore.open(ref).loader("resid_post:0", batch_size=8, rows=slice(0, 6), seed=1)

@@ -21,10 +21,11 @@ def test_write_and_read_back(store):
             "scores", np.arange(6.0).reshape(2, 3), ("layer", "head"), {"rows": 4, "note": None}
         )
         w.write("n", np.int64(7), ())
+    # the open store sees them at once
     assert store.results() == [
         "analysis/mine/n",
         "analysis/mine/scores",
-    ]  # the open store sees them at once
+    ]
     arr = actstore.open(store.path).load_result("analysis/mine/scores")
     assert arr.metadata.dimension_names == ("layer", "head") and dict(arr.attrs) == {
         "rows": 4,
@@ -44,13 +45,11 @@ def test_an_existing_result_is_refused_before_anything_is_written(store):
     with pytest.raises(ResultExistsError, match=r"pass overwrite=True to replace it"):
         write_result(store, "analysis/mine/scores", np.ones(3), ("layer",))
     with pytest.raises(ResultExistsError):
-        store.save_result(
-            "analysis/mine/scores", np.ones(3), ("layer",)
-        )  # the store's own method: same rule
+        # the store's own method: same rule
+        store.save_result("analysis/mine/scores", np.ones(3), ("layer",))
     assert np.array_equal(store.load_result("analysis/mine/scores")[...], np.zeros(3))
-    assert isinstance(
-        ResultExistsError("x"), StoreExistsError
-    )  # `except StoreExistsError` still catches it
+    # `except StoreExistsError` still catches it
+    assert isinstance(ResultExistsError("x"), StoreExistsError)
 
 
 def test_replace_replaces_the_whole_result(store):
@@ -60,10 +59,11 @@ def test_replace_replaces_the_whole_result(store):
     with ResultWriter.for_store(store, "probes/p/h", replace=True) as w:
         w.write("weight", np.ones(2), ("class",))
         w.write("bias", np.ones(2), ("class",))
+    # classes, not written this time, is gone
     assert store.results() == [
         "probes/p/h/bias",
         "probes/p/h/weight",
-    ]  # classes, not written this time, is gone
+    ]
     assert np.array_equal(store.load_result("probes/p/h/weight")[...], np.ones(2))
     write_result(store, "probes/p/h/weight", np.full(2, 5.0), ("class",), overwrite=True)
     assert np.array_equal(
@@ -79,10 +79,11 @@ def test_a_failed_run_removes_nothing(store):
         with ResultWriter.for_store(store, "analysis/a", replace=True) as w:
             w.write("x", np.ones(2), ("i",))
             raise RuntimeError("the job failed half-way")
+    # y is not pruned by a run that did not finish
     assert store.results() == [
         "analysis/a/x",
         "analysis/a/y",
-    ]  # y is not pruned by a run that did not finish
+    ]
 
 
 @pytest.mark.parametrize(

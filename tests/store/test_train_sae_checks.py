@@ -65,9 +65,8 @@ def test_batch_size_check_names_the_poorest_rank_and_leaves_no_empty_epoch(train
         r"sure to get per epoch .*pass --batch-size 30 or less \(or run fewer",
     ):
         train_sae.check_batches(loaders[0], 31, 4, store)
-    train_sae.check_batches(
-        loaders[0], 30, 4, store
-    )  # accepted: then every epoch has a step on every rank
+    # accepted: then every epoch has a step on every rank
+    train_sae.check_batches(loaders[0], 30, 4, store)
     for epoch in range(8):
         for loader in loaders:
             loader.set_epoch(epoch)

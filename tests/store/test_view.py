@@ -41,9 +41,8 @@ def test_shape_dims_and_lazy_attributes(store):
     assert view.dims == ("row", "pos", "d_model") and view.chunks == (4, 16, 128)
     assert view.metadata.dimension_names == view.dims and isinstance(view.array, zarr.Array)
     assert "row=4, pos=16, d_model=128" in repr(view)
-    assert (
-        view.size == 4 * 16 * 128 and view.nbytes == 4 * view.size
-    )  # float32, the whole array uncompressed
+    # float32, the whole array uncompressed
+    assert view.size == 4 * 16 * 128 and view.nbytes == 4 * view.size
 
 
 @pytest.mark.parametrize(
@@ -116,12 +115,13 @@ def test_unknown_keys_list_what_the_store_holds(store, key, match):
 
 def test_unfinished_store_raises_for_rows_not_done(unfinished):
     s = actstore.open(unfinished)
+    # 2 rows per shard; killed before shard 1's done
     assert list(s.done) == [
         True,
         False,
         False,
         False,
-    ]  # 2 rows per shard; killed before shard 1's done
+    ]
     for key in ("resid_post:0", ("z", 1), "tokens"):
         view = s[key]
         done_rows = (

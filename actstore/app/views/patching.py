@@ -70,9 +70,8 @@ def _kept(key: str) -> dict[str, Any]:
 def _records(m: Any) -> tuple[list[dict[str, Any]], str]:
     """The pairs chosen on the page, and where they come from."""
     default = data.default_task(m.info.name)
-    first = data.task_records(default, 1, 0, m.tokenizer)[
-        0
-    ]  # the typed pair starts as the task's first pair
+    # the typed pair starts as the task's first pair
+    first = data.task_records(default, 1, 0, m.tokenizer)[0]
     defaults = {
         "patch-source": "Built-in task",
         "patch-task": default,
@@ -289,9 +288,8 @@ def render() -> None:
     st.header("Activation patching")
     m = state.model()
     records, source = _records(m)
-    pairs = data.tokenize(
-        records, m.tokenizer, source
-    )  # the library's checks (state.guarded shows their errors)
+    # the library's checks (state.guarded shows their errors)
+    pairs = data.tokenize(records, m.tokenizer, source)
     key = (m.info.name, m.info.fingerprint, json.dumps(records, sort_keys=True))
     res = _sweeps(m, *key)
     labels = data.position_labels(pairs, m.tokenizer)

@@ -50,6 +50,7 @@ def _pick(src: ResultsSource) -> ResultArray:
     group = left.selectbox("Result", groups, key="results-result")
     leaves = [n for n in src.names if (n.rsplit("/", 1)[0] if "/" in n else "") == group]
     infos = [src.describe(n) for n in leaves]
+    # float grids first
     drawn = sorted(
         range(len(infos)),
         key=lambda j: (
@@ -57,7 +58,7 @@ def _pick(src: ResultsSource) -> ResultArray:
             "float" not in infos[j].dtype,
             len(infos[j].shape) < 2,
         ),
-    )  # float grids first
+    )
     i = right.selectbox(
         "Array",
         range(len(leaves)),

@@ -45,6 +45,7 @@ def render() -> None:
         st.info("This store holds only attention patterns: no site has one activation per token.")
         return
     left, right = st.columns([1, 3])
+    # per store: their row counts differ
     row = left.number_input(
         "Row",
         min_value=0,
@@ -52,7 +53,7 @@ def render() -> None:
         value=0,
         step=1,
         key=f"rows-row-{store.path}",
-    )  # per store: their row counts differ
+    )
     hook = right.selectbox("Site", sites, key="rows-site")
     v = row_view(store, int(row), hook)
     st.caption(

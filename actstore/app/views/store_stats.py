@@ -64,9 +64,10 @@ def render() -> None:
         "(merged per shard with Chan's formula when the store was written; no activation is read here)."
     )
     table = pd.DataFrame([dataclasses.asdict(s) for s in stats])
+    # a list with no None: never None
     measure: str = st.selectbox(
         "Measure", list(MEASURES), format_func=MEASURES.__getitem__, key="stats-measure"
-    )  # a list with no None: never None
+    )
     if any(s.layer is not None for s in stats):
         show_figure(by_layer(stats, measure), table, f"site-stats-{measure}", key="stats-by-layer")
     st.dataframe(table, hide_index=True, key="stats-table")

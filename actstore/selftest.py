@@ -132,10 +132,11 @@ def compare_to_reference(
 @contextmanager
 def _quiet_reference() -> Iterator[None]:
     """transformer_lens.patching's sweeps draw a progress bar each (on stderr); not here."""
+    # no_grad: transformer_lens then writes its patches
     with (
         torch.no_grad(),
         redirect_stderr(io.StringIO()),
-    ):  # no_grad: transformer_lens then writes its patches
+    ):
         yield  # into the hooked tensor, as actstore does
 
 

@@ -229,9 +229,8 @@ def bench_eapig(
     metric = circuit_metric("logit-diff", answer=a, wrong=w)
     for run in out["runs"]:
         theirs = torch.tensor(run["scores"], dtype=torch.float64)
-        if (
-            run["method"] == "EAP"
-        ):  # noising on the clean run: ours with each pair's prompts swapped
+        # noising on the clean run: ours with each pair's prompts swapped
+        if run["method"] == "EAP":
             secs, got = timed(
                 lambda: edge_attribution(model, corrupted, clean, metric, progress=False)
             )

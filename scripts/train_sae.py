@@ -419,9 +419,8 @@ def train(a: argparse.Namespace) -> None:
                 )
             if step == a.steps:
                 break
-        if (
-            step == taken
-        ):  # never spin on epochs without a batch (check_batches should make this unreachable)
+        # never spin on epochs without a batch (check_batches should make this unreachable)
+        if step == taken:
             raise ConfigError(
                 f"Epoch {loader.epoch} of {site.hook} gave no batch of {a.batch_size} tokens; pass a "
                 "smaller --batch-size."

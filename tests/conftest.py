@@ -11,9 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # scripts/test.sh runs one worker per core: one thread each
+# scripts/test.sh runs one worker per core: one thread each
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -272,9 +272,8 @@ def test_a_broken_bash_block_fails(tmp_path):
         run_page("```bash\nactstore info missing.zarr | cat\n```\n", tmp_path)  # with bash
     with pytest.raises(AssertionError, match=r"exited 2(.|\n)*invalid choice"):  # argparse's exit
         run_page("```bash\nactstore info --help\nactstore nonexistent-command\n```\n", tmp_path)
-    with pytest.raises(
-        AssertionError, match="exited"
-    ):  # -e: a failing line in the middle fails the block
+    # -e: a failing line in the middle fails the block
+    with pytest.raises(AssertionError, match="exited"):
         run_page("```bash\nfalse\necho ok\n```\n", tmp_path)
 
 

@@ -102,12 +102,13 @@ def _imports(module: str) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
+        # importlib.import_module("actstore.x.y")
         if (
             isinstance(node, ast.Constant)
             and isinstance(node.value, str)
             and node.value in MODULES
             and node.value.startswith("actstore.")
-        ):  # importlib.import_module("actstore.x.y")
+        ):
             out.append((node.lineno, node.value))
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "actstore"]

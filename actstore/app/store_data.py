@@ -270,9 +270,8 @@ def axis_labels(src: ResultsSource, name: str, dim: str) -> list[str] | None:
     if isinstance(listed, list) and len(listed) == n:
         return [str(v) for v in listed]
     parent = name.rsplit("/", 1)[0] if "/" in name else ""
-    if (
-        dim == "pos" and f"{parent}/clean_tokens" in src.names
-    ):  # a patching sweep's or a circuit's pairs
+    # a patching sweep's or a circuit's pairs
+    if dim == "pos" and f"{parent}/clean_tokens" in src.names:
         return _pair_tokens(src, f"{parent}/clean_tokens", n)
     for sib in (dim, f"{dim}s", f"{dim}es"):
         sib_name = f"{parent}/{sib}" if parent else sib

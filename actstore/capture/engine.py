@@ -233,9 +233,8 @@ class CacheConfig(ModelRunOptions):
                 f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}; got '{self.storage_dtype}'."
             )
         parse_codec(self.codec)
-        if isinstance(
-            self.model, str
-        ):  # a model object: as_loaded says where it is and how to move it
+        # a model object: as_loaded says where it is and how to move it
+        if isinstance(self.model, str):
             check_device(self.device)
 
 
@@ -389,10 +388,11 @@ def _n_rows(cfg: CacheConfig, spec: CorpusSpec, tokenizer: Any, scanned: list[Co
     that counts them also makes the corpus plan (appended to ``scanned``)."""
     assert cfg.seq_len is not None  # validate() has set it
     want = cfg.n_rows if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
+    # finite and local: count now, so a short corpus fails up front
     if spec.kind not in (
         "hub",
         "synthetic",
-    ):  # finite and local: count now, so a short corpus fails up front
+    ):
         scanned.append(scan(spec, tokenizer, limit=want))
         available = scanned[0].n_rows
         if want is not None and available < want:

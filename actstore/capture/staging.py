@@ -42,9 +42,8 @@ class ShardBuffers:
         """Stage ``value`` (batch, *site shape), on the model's device, at row ``start``."""
         dst = self.tensors[hook][start : start + len(value)]
         cast = value.to(self.dtype)
-        if (
-            self.dtype == torch.float16 and value.dtype != torch.float16
-        ):  # no sync: checked when the shard is written
+        # no sync: checked when the shard is written
+        if self.dtype == torch.float16 and value.dtype != torch.float16:
             lost = (torch.isinf(cast) & torch.isfinite(value)).any()
             self.overflow[hook] = lost if hook not in self.overflow else self.overflow[hook] | lost
         if self.stream is None:

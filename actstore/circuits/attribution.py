@@ -237,9 +237,8 @@ class _Uniform:
             value = metric(logits).sum()
             grads = torch.autograd.grad(value, probes, allow_unused=True)
         out = []
-        for layer in range(
-            fwd.graph.n_layers
-        ):  # a layer's heads' q, k, v (head by head), then its MLP
+        # a layer's heads' q, k, v (head by head), then its MLP
+        for layer in range(fwd.graph.n_layers):
             qkv, mlp = grads[2 * layer], grads[2 * layer + 1]
             out += [qkv.permute(2, 3, 0, 1, 4).flatten(0, 1), mlp[None]]
         out.append(grads[-1][None])
@@ -283,9 +282,8 @@ class _Uniform:
             live.append(mlp)
             resid, patched = resid + mlp, patched + patch[first + n_heads]
         final = read(tuple(tokens.shape) + (fwd.d_model,))
-        if (
-            positions is not None
-        ):  # only the positions the metric reads are unembedded; the rest stay 0
+        # only the positions the metric reads are unembedded; the rest stay 0
+        if positions is not None:
             final = final[:, positions]
         logits = model.ln_final(final) @ model.W_U.to(fwd.dtype) + model.b_U.to(fwd.dtype)
         if positions is not None:

@@ -48,7 +48,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..model_protocol import HookedModel
 from ..parallel import Group
 from ..patching.clean import store_rows
-from ..patching.pair_job import PairJob, check_separated, default_out
+from ..patching.pair_job import PairJob, check_separated, default_out, pair_source
 from ..patching.pairs import Pairs, check_source
 from ..store import ActivationStore, ResultWriter
 from .circuit import SELECTIONS, Circuit, select_circuit
@@ -182,21 +182,12 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
             f"{graph.n_edges}."
         )
     out = cfg.out or _default_out(cfg)
-    source = (
-        {"pairs": os.path.abspath(cfg.pairs)}
-        if cfg.pairs is not None
-        else {
-            "task": cfg.task,
-            "seed": cfg.seed,
-            "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
-        }
-    )
+    source = pair_source(cfg)
     ident = output.identity(info.to_dict(), pairs, source, cfg, graph)
     writers: dict[str, ResultWriter] = {}
 
-    def check_output() -> (
-        bool
-    ):  # another run's group: refused, or replaced whole (process 0 writes)
+    # another run's group: refused, or replaced whole (process 0 writes)
+    def check_output() -> bool:
         replace = output.check_output(out, ident, cfg.overwrite)
         writers.update(
             {

@@ -157,9 +157,8 @@ def _make_tables(graph: Graph) -> _Tables:
     into_node = node_of[graph.dst] >= 0
     reads[graph.src[into_node], node_of[graph.dst[into_node]]] = True
     below = reads | np.eye(len(up), dtype=bool)
-    while (
-        True
-    ):  # transitive closure (one step for GPT-2's graph, where reading is transitive already)
+    # transitive closure (one step for GPT-2's graph, where reading is transitive already)
+    while True:
         step = (below.astype(np.float32) @ below.astype(np.float32)) > 0
         if (step == below).all():
             break

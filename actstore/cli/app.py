@@ -131,7 +131,6 @@ def _open_when_serving(url: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-I", APP_OPENER, url, str(os.getpid())], stdin=subprocess.DEVNULL
     )
-    if hasattr(
-        os, "fork"
-    ):  # it forks and its first process exits at once: nothing left for the server to reap
+    # it forks and its first process exits at once: nothing left for the server to reap
+    if hasattr(os, "fork"):
         proc.wait()

@@ -109,9 +109,8 @@ def add_config_flags(
             for key in ("choices", "nargs"):
                 if key in meta:
                     kw[key] = meta[key]
-            if "metavar" in meta or not (
-                "choices" in meta or meta.get("positional")
-            ):  # choices show as {a,b}
+            # choices show as {a,b}
+            if "metavar" in meta or not ("choices" in meta or meta.get("positional")):
                 kw["metavar"] = meta.get(
                     "metavar", flag_of(f).lstrip("-").replace("-", "_").upper()
                 )

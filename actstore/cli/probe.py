@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
             "pass --plot PATH in a folder you can write, or --plot none",
         )
     report = fit_probes(store, cfg)
-    if (
-        not is_main_process()
-    ):  # under torchrun every process has the same report; process 0 shows it
+    # under torchrun every process has the same report; process 0 shows it
+    if not is_main_process():
         return 0
     png = None
     if args.plot != "none":

@@ -133,9 +133,8 @@ class _GradPass:
 
         n_pos = int(tokens.shape[1])
         hooks_ = [(h, attach(h)) for h in self.hooks]
-        if (
-            metrics.restricted
-        ):  # stop before the final LayerNorm: only the logits the metrics read are computed
+        # stop before the final LayerNorm: only the logits the metrics read are computed
+        if metrics.restricted:
             hooks_.append(("ln_final.hook_in", _stop))
         # a tensor autograd saved (a softmax's output: hook_pattern) may take the in-place add
         with torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():

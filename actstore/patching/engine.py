@@ -303,9 +303,8 @@ class _SweepRun:
         live: list[tuple[int, int]] = []  # (start, cell)
         for c in cells:
             s = _first_change(self._patched(layer, c, corr_act, clean_act), corr_act, q_axis)
-            if s is None or (
-                s >= self.end and q_axis is not None
-            ):  # no-op, or after every position read
+            # no-op, or after every position read
+            if s is None or (s >= self.end and q_axis is not None):
                 self.out[c] = self.baseline
             else:
                 live.append((s, c))

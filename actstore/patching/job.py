@@ -43,7 +43,7 @@ from . import sweeps as patching
 from .clean import store_rows as _store_rows
 from .config import METHODS, SWEEPS, PatchJobConfig
 from .figures import heatmaps, scatter
-from .pair_job import PairJob, check_separated, default_out
+from .pair_job import PairJob, check_separated, default_out, pair_source
 from .pairs import check_source as _check_source
 from .table import SweepRow
 
@@ -141,9 +141,8 @@ def _check(cfg: PatchJobConfig) -> None:
         raise ConfigError(f"Unknown method '{cfg.method}'; expected one of {', '.join(METHODS)}.")
     if cfg.batch_pairs < 1:
         raise ConfigError(f"batch_pairs must be at least 1, got {cfg.batch_pairs}.")
-    if (
-        patching.PatchingResult is None
-    ):  # per-pair values and baselines: TransformerLens 4's result type
+    # per-pair values and baselines: TransformerLens 4's result type
+    if patching.PatchingResult is None:
         from ..compat import versions
 
         raise ConfigError(
@@ -254,16 +253,9 @@ def _attrs(
     correlation: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The attributes every array of the results carries: the run's provenance."""
-    source = (
-        {"pairs": os.path.abspath(cfg.pairs)}
-        if cfg.pairs is not None
-        else {
-            "task": cfg.task,
-            "seed": cfg.seed,
-            "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
-            "pairs_written_to": os.path.abspath(cfg.write_pairs) if cfg.write_pairs else None,
-        }
-    )
+    source = pair_source(cfg)
+    if cfg.pairs is None:
+        source["pairs_written_to"] = os.path.abspath(cfg.write_pairs) if cfg.write_pairs else None
     attrs: dict[str, Any] = {
         "sweep": cfg.sweep,
         "metric": "logit difference answer - wrong at the last position",

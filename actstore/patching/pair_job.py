@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .pairs import Pairs, clean_store_fix, read_pairs, task_pairs
 if TYPE_CHECKING:
     from .config import PatchJobConfig
 
-__all__ = ["PairJob", "default_out", "check_separated"]
+__all__ = ["PairJob", "default_out", "pair_source", "check_separated"]
 
 
 @dataclass
@@ -70,9 +70,8 @@ class PairJob:
         assert path is not None  # a run with --store
         procs, model, pairs = self.procs, self.model, self.pairs
         n_pairs, n_pos = pairs.clean.shape
-        if procs.on_main(
-            lambda: not os.path.exists(path), "checking the store"
-        ):  # one answer for every rank
+        # one answer for every rank
+        if procs.on_main(lambda: not os.path.exists(path), "checking the store"):
             if cfg.progress and procs.main:
                 print(f"caching the {n_pairs} clean prompts into {path}")
             cache(
@@ -111,6 +110,18 @@ def default_out(cfg: PatchJobConfig, kind: str) -> str:
     """The results group without --out: PAIRS.KIND.zarr, TASK.KIND.zarr (or KIND.KIND.zarr)."""
     stem = os.path.splitext(cfg.pairs)[0] if cfg.pairs else (cfg.task or kind)
     return f"{stem}.{kind}.zarr"
+
+
+def pair_source(cfg: PatchJobConfig) -> dict[str, Any]:
+    """Where the pairs came from, as the results record it: the pairs file, or the task,
+    its seed and its facts file."""
+    if cfg.pairs is not None:
+        return {"pairs": os.path.abspath(cfg.pairs)}
+    return {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "facts": os.path.abspath(cfg.facts) if cfg.facts else None,
+    }
 
 
 def check_separated(clean: np.ndarray, corrupted: np.ndarray, message: str) -> None:

@@ -140,9 +140,8 @@ def ioi_pairs(
     need(objects, 1, "objects")
     orders: list[str] = [order] * n if order != "mixed" else []
     order_rng = random.Random(f"ioi-order:{seed}")
-    while (
-        len(orders) < n
-    ):  # each two pairs: one ABBA, one BABA, in a seeded order (so the first k pairs
+    # each two pairs: one ABBA, one BABA, in a seeded order (so the first k pairs
+    while len(orders) < n:
         two = ["ABBA", "BABA"]  # are the same whatever n is)
         order_rng.shuffle(two)
         orders += two

@@ -95,9 +95,8 @@ class ProbeConfig(RunOptions):
             raise ConfigError(
                 f"C must be > 0 and alpha >= 0, both finite; got C={self.C}, alpha={self.alpha}."
             )
-        if (
-            not 0 <= self.tol < math.inf or not 0 <= self.max_memory_gb < math.inf
-        ):  # 0: always stream
+        # 0: always stream
+        if not 0 <= self.tol < math.inf or not 0 <= self.max_memory_gb < math.inf:
             raise ConfigError(
                 f"tol and max_memory_gb must be >= 0 and finite; got tol={self.tol}, "
                 f"max_memory_gb={self.max_memory_gb}."

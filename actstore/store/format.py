@@ -103,9 +103,8 @@ def row_array(
     chunks = (row_chunk,) + tuple(shape[1:])
     shards = (row_shard,) + tuple(shape[1:]) if row_shard != row_chunk else None
     serializer: Any = "auto"
-    if compressors and isinstance(
-        compressors[0], ArrayBytesCodec
-    ):  # pcodec: typed numbers in, bytes out
+    # pcodec: typed numbers in, bytes out
+    if compressors and isinstance(compressors[0], ArrayBytesCodec):
         serializer, compressors = compressors[0], compressors[1:]
     return group.create_array(
         name,

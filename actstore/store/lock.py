@@ -197,9 +197,8 @@ def store_lock(store: str, wait: float = 0.0) -> Iterator[None]:
     holds it while it resumes the store)."""
     path = lock_path(store)
     me = threading.get_ident()
-    if (
-        path in _held and _held[path][0] == me
-    ):  # (another thread waits for the file, as another process does)
+    # (another thread waits for the file, as another process does)
+    if path in _held and _held[path][0] == me:
         _held[path] = (me, _held[path][1] + 1)
         try:
             yield

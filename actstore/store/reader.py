@@ -115,9 +115,8 @@ class ActivationStore:
         """Raise StoreDamagedError unless the zarr.json of every group and array the store's
         metadata defines is there and as defined (reads no chunk; ``actstore verify`` reads all)."""
         for node, doc in self.expected.items():
-            if (
-                not node.startswith("stats/") or node == "stats/partials"
-            ):  # merged stats: once complete
+            # merged stats: once complete
+            if not node.startswith("stats/") or node == "stats/partials":
                 problem = node_problem(self.group.store, node, doc)
                 if problem is not None:
                     raise damaged(self.path, node, problem)

@@ -118,9 +118,8 @@ class ResultWriter:
                 f"'{path}' already holds {what} "
                 f"({self.prefix}: {len(existing)} array{'s' * (len(existing) != 1)}); {fix}."
             )
-        if (
-            self._locks
-        ):  # a run writing the store (cache, resume, repair): refused before the job's work
+        # a run writing the store (cache, resume, repair): refused before the job's work
+        if self._locks:
             check_unlocked(path, "run this job again")
         check_writable(f"{path.rstrip('/')}/{self.prefix}", what, unwritable_fix)
 

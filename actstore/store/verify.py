@@ -151,9 +151,8 @@ def _lost_chunks(arr: zarr.Array) -> str | None:
     """Read ``arr`` whole; where it was written with checksums and every chunk (results since
     format 2's checksums), also say which chunk objects are missing or empty."""
     arr[...]
-    if not any(
-        isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ())
-    ):  # v2 metadata has none
+    # v2 metadata has none
+    if not any(isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ())):
         return None
     grid = itertools.product(*(range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)))
     keys = [f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}" for coords in grid]

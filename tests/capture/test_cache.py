@@ -126,9 +126,8 @@ def test_rows_not_done_are_refused(f32_store, tmp_path):
     zarr.open_group(str(copy), mode="r+")["done"][1] = False
     assert store.rows_done == 14 and not store.is_complete
     assert store.acts("blocks.0.hook_resid_post", rows=slice(0, 8)).shape[0] == 8
-    with pytest.raises(
-        RowsNotDoneError, match=r"first: 8..15.*verify .* --repair.*resume=True"
-    ):  # made from Python
+    # made from Python
+    with pytest.raises(RowsNotDoneError, match=r"first: 8..15.*verify .* --repair.*resume=True"):
         store.acts("blocks.0.hook_resid_post", rows=slice(6, 10))
 
 

@@ -145,9 +145,8 @@ def path_patch_by_hooks(
         bridge.run_with_hooks(
             base, fwd_hooks=hooks + [(name, _keep(seen, name)) for name in set(resid.values())]
         )
-        if (
-            not direct
-        ):  # only the paths through intermediates: take the senders' own change back out
+        # only the paths through intermediates: take the senders' own change back out
+        if not direct:
             for r in {
                 name: r for r, name in resid.items()
             }.values():  # one input per recorded residual

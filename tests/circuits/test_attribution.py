@@ -294,9 +294,8 @@ def test_refusals(kwargs, match):
         edge_attribution(
             c.bridge, c.clean, c.corrupted, _metric(c), clean_rows=[0, 1, 2, 3], progress=False
         )
-    with pytest.raises(
-        ConfigError, match="give the function a `pairs` keyword"
-    ):  # chunks of one pair: refused up front
+    # chunks of one pair: refused up front
+    with pytest.raises(ConfigError, match="give the function a `pairs` keyword"):
         edge_attribution(
             c.bridge,
             c.clean,

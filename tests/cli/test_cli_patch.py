@@ -64,9 +64,8 @@ def reference(bridge, tokenizer, fn_name: str, pairs=PAIRS, module=tlp) -> np.nd
     corrupted = torch.tensor([tok(p["corrupted"]) for p in pairs])
     answer = [tok(p["answer"])[1] for p in pairs]
     wrong = [tok(p.get("wrong", p.get("wrong_answer")))[1] for p in pairs]
-    with (
-        torch.no_grad()
-    ):  # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+    # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+    with torch.no_grad():
         _, cache = bridge.run_with_cache(clean)
     with torch.no_grad() if module is tlp else torch.enable_grad():
         res = getattr(module, fn_name)(

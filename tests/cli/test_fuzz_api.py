@@ -372,11 +372,12 @@ def test_open(store_dir, tmp_path, capsys, tiny_model, name, kind, refused):
         actstore.open(path)
     one_line_error(capsys, ["info", str(path)], refused)
     assert (digest(path) if path.exists() else None) == before
+    # the advice: not into this path, even with --overwrite (it is true)
     if kind in (
         "folder",
         "file",
         "group",
-    ):  # the advice: not into this path, even with --overwrite (it is true)
+    ):
         one_line_error(
             capsys,
             [
@@ -480,9 +481,8 @@ def test_cache_dtype(tmp_path, tiny_model, bridge, by, dtype, by_name, by_object
         return
     with pytest.raises(ActStoreError, match=refused) as e:
         actstore.cache(**run)
-    for advised in re.findall(
-        r"torch\.(\w+)\)", str(e.value)
-    ):  # an advice that works: a real torch dtype
+    # an advice that works: a real torch dtype
+    for advised in re.findall(r"torch\.(\w+)\)", str(e.value)):
         assert isinstance(getattr(torch, advised, None), torch.dtype), (
             f"advises torch.{advised}: {e.value}"
         )

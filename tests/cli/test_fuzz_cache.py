@@ -213,9 +213,8 @@ def command_lines(draw, valid: bool):
             "--write-threads",
         ):
             v = draw(maybe(ints.map(str)))
-            if v is not None and not (
-                flag == "--n-tokens" and "--n-rows" in dict(opts)
-            ):  # exclusive: once is enough
+            # exclusive: once is enough
+            if v is not None and not (flag == "--n-tokens" and "--n-rows" in dict(opts)):
                 opts.append((flag, v))
         for flag, values in (
             ("--codec", CODECS),
@@ -232,9 +231,8 @@ def command_lines(draw, valid: bool):
         for switch in ("--resume", "--no-fsync", "--no-disk-check"):
             if draw(st.booleans()):
                 opts.append((switch, None))
-        if (
-            400 <= draw(st.integers(0, 999)) < 525
-        ):  # one in eight (hypothesis favours the ends of ranges)
+        # one in eight (hypothesis favours the ends of ranges)
+        if 400 <= draw(st.integers(0, 999)) < 525:
             opts.append(draw(st.sampled_from(USAGE_BREAKERS)))
     return out, model, dataset, sites, opts
 

@@ -170,9 +170,8 @@ def check_ok(stores, store, kw: dict, epoch: int | None = None) -> None:
     assert np.array_equal(seen, keep.astype(int)), (
         "the ranks' shares are not the selection's tokens, each once"
     )
-    if (
-        world > 1 and keep.sum() >= world * SEQ
-    ):  # enough tokens for every rank: every rank gets work
+    # enough tokens for every rank: every rank gets work
+    if world > 1 and keep.sum() >= world * SEQ:
         assert min(shares) > 0, f"a rank gets no tokens: {shares}"
     if kw.get("even_batches"):
         assert set(lens) == {min(s // bs for s in shares)} and lens[0] > 0, (lens, shares)

@@ -113,9 +113,8 @@ def test_logit_lens_decodes_as_the_model_does(family_store, family):
         assert np.abs(np.log(got.topk_probs[:, j]) - top).max() <= 1e-4 * spread
         if j == len(got.hooks) - 1:
             assert (want.log() - final.log()).abs().max() <= 1e-4 * spread
-    if getattr(
-        hf.config, "final_logit_softcapping", None
-    ):  # the cap moves the lens far more than the tolerance
+    # the cap moves the lens far more than the tolerance
+    if getattr(hf.config, "final_logit_softcapping", None):
         x = torch.from_numpy(store.acts(got.hooks[-1])).float()
         with torch.no_grad():
             uncapped = (

@@ -55,9 +55,8 @@ def test_every_site_kind_equals_run_with_cache(family_model, family, tmp_path):
     checked = 0
     for hook in store.sites:
         want = cache[hook].numpy()
-        if (
-            "hook_attn_scores" in hook
-        ):  # masked scores: -inf (or the dtype's min) where a query cannot look
+        # masked scores: -inf (or the dtype's min) where a query cannot look
+        if "hook_attn_scores" in hook:
             seen = want > -1e30
             got = store.acts(hook)
             assert np.array_equal(got > -1e30, seen), hook

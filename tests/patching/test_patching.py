@@ -88,9 +88,8 @@ def close_baseline(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def ref(fn, *args, **kwargs):
-    with (
-        torch.no_grad()
-    ):  # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+    # transformer_lens writes its patch into the hooked tensor (see test_fidelity)
+    with torch.no_grad():
         return fn(*args, **kwargs)
 
 
@@ -208,9 +207,8 @@ def test_custom_patch_setter_and_batched_metric(s):
     got = ap.generic_activation_patch(*args, progress=False)
     close(got, want, s)
 
-    def blend_copy(
-        corrupted, index, clean
-    ):  # returns a new tensor: only ln2 (the MLP's input) sees it
+    # returns a new tensor: only ln2 (the MLP's input) sees it
+    def blend_copy(corrupted, index, clean):
         return blend(corrupted.clone(), index, clean)
 
     args = (s.bridge, s.corrupted, s.cache, metric, blend_copy, "resid_mid", ("layer", "pos"))
@@ -299,9 +297,8 @@ def test_clean_activations_from_a_store(s, clean_store, name):
     close(got, want, s)
 
 
-def test_store_errors(
-    s, clean_store, tmp_path, tiny_model
-):  # tiny_model: same shape, other weights
+# tiny_model: same shape, other weights
+def test_store_errors(s, clean_store, tmp_path, tiny_model):
     with pytest.raises(
         StoreMismatchError, match=r"no activations for blocks\.0\.hook_mlp_out.*--sites mlp_out:all"
     ):

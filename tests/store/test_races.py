@@ -185,9 +185,8 @@ def check_loader(lock: str, pid: int, s: Path, ref: Path, capsys) -> None:
     with pytest.raises(RowsNotDoneError, match=r"rows not yet written \(first: 6..7\)") as e:
         store.loader("resid_post:0", batch_size=8)
     msg = str(e.value)
-    if (
-        lock == "live"
-    ):  # the advice: wait; repairing is only the fallback should the holder be no actstore run
+    # the advice: wait; repairing is only the fallback should the holder be no actstore run
+    if lock == "live":
         assert (
             re_search(WAIT.format(pid=pid), msg) and "the store is incomplete; finish it" not in msg
         )

@@ -20,6 +20,16 @@ from .errors import ConfigError
 __all__ = ["FAMILIES", "build_random_model", "family_config"]
 
 _GPT2_TOKENS = dict(vocab_size=50257, bos_token_id=50256, eos_token_id=50256)
+# Llama's tiny shape, which Qwen 2 and Mistral share: 2 layers, 4 heads over 2 key/value heads
+_LLAMA_SHAPE = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=176,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+)
 
 # family -> (config class, model class, tiny config). GPT-2's tokenizer for all (its
 # vocabulary fixes vocab_size and the bos/eos ids).
@@ -50,15 +60,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": (
         "LlamaConfig",
         "LlamaForCausalLM",  # RMSNorm, rotary, grouped-query attention, gated SiLU MLP
-        dict(
-            num_hidden_layers=2,
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=176,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-        ),
+        dict(_LLAMA_SHAPE),
     ),
     "gemma2": (
         "Gemma2Config",
@@ -80,29 +82,12 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen2": (
         "Qwen2Config",
         "Qwen2ForCausalLM",  # Llama's block with q/k/v biases
-        dict(
-            num_hidden_layers=2,
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=176,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-        ),
+        dict(_LLAMA_SHAPE),
     ),
     "mistral": (
         "MistralConfig",
         "MistralForCausalLM",  # Llama's block with a sliding window on every layer
-        dict(
-            num_hidden_layers=2,
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=176,
-            max_position_embeddings=128,
-            sliding_window=8,
-            tie_word_embeddings=False,
-        ),
+        dict(_LLAMA_SHAPE, sliding_window=8),
     ),
 }
 

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -169,9 +170,18 @@ def launched() -> bool:
 
 def _close_group() -> None:
     """Close the process group before the interpreter exits: gloo's threads outliving
-    it abort the process now and then ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    it abort the process now and then ("terminate called without an active exception").
+    On gloo, every rank first waits for the others (at most a minute): a rank that closes
+    its connections while another still talks to it aborts the same way."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except RuntimeError:  # a rank that is gone or failed: close all the same
+            pass
+    dist.destroy_process_group()
 
 
 def group_for(device: str) -> Group:

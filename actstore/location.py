@@ -10,11 +10,23 @@ shards need no fsync there; the one-writer lock file exists only for local store
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 from typing import Any
 
-__all__ = ["normalize", "is_url", "exists", "is_empty", "remove", "figure_path", "filesystem"]
+__all__ = [
+    "normalize",
+    "is_url",
+    "exists",
+    "is_empty",
+    "remove",
+    "figure_path",
+    "filesystem",
+    "existing_folder",
+    "write_probe",
+]
 
 
 def normalize(path: str | os.PathLike[str]) -> str:
@@ -108,3 +120,23 @@ def figure_path(store_path: str, suffix: str) -> str:
     stem = os.path.basename(path).removesuffix(".zarr")
     folder = "" if is_url(path) else os.path.dirname(path)
     return os.path.join(folder, stem + suffix)
+
+
+def existing_folder(path: str) -> str:
+    """The deepest folder of local ``path`` (which may not exist yet) that exists: where a
+    write of ``path`` would have to start. NotADirectoryError (its ``filename`` the file) where
+    a file stands in the way."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", folder)
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def write_probe(folder: str) -> None:
+    """A real write in local ``folder``: a small file made and removed (OSError where
+    permissions, a read-only mount or a full disk refuse it)."""
+    fd, name = tempfile.mkstemp(prefix=".actstore-write-check-", dir=folder)
+    os.close(fd)
+    os.remove(name)

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import shutil
 import sys
-import tempfile
 
 from .. import location
 from ..corpus.fingerprint import content_changes, without_fingerprints
@@ -54,17 +53,14 @@ def check_output(out: str) -> None:
             f"'{out}' is inside the store '{outer}'; a store cannot hold another one (its "
             "verify, repair and overwrite would treat it as damage). Choose an output path outside it."
         )
-    target = os.path.dirname(os.path.abspath(out))  # where the lock file goes, beside the store
-    while not os.path.exists(target):
-        target = os.path.dirname(target)
-    if not os.path.isdir(target):
+    try:  # where the lock file goes, beside the store
+        target = location.existing_folder(os.path.dirname(os.path.abspath(out)))
+    except NotADirectoryError as e:
         raise ConfigError(
-            f"Cannot write '{out}': '{target}' is a file, not a folder. Choose another output path."
-        )
+            f"Cannot write '{out}': '{e.filename}' is a file, not a folder. Choose another output path."
+        ) from None
     try:  # a real write (permissions, read-only mounts), never inside a store
-        fd, probe = tempfile.mkstemp(prefix=".actstore-write-check-", dir=target)
-        os.close(fd)
-        os.remove(probe)
+        location.write_probe(target)
     except OSError as e:
         raise ConfigError(
             f"Cannot write '{out}': the folder '{target}' is not writable ({e.strerror or e}). "

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..location import figure_path
 from ..store import ActivationStore, ResultWriter
 from ..store.results import check_writable
+from .flags import add_command
 
 EXAMPLES = """examples:
   actstore cache rep.zarr --model gpt2 --dataset repeated-random:50 --seq-len 101 --n-rows 64 --sites pattern:all,loss
@@ -48,11 +49,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "analyze",
         help="induction scores, logit lens, direct logit attribution over a store",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     which = p.add_subparsers(dest="analysis", required=True, parser_class=_Parser)
     common = argparse.ArgumentParser(add_help=False)

@@ -17,6 +17,7 @@ import sys
 from ..errors import ConfigError
 from ..location import is_url
 from ..resources import DEMO_MODEL
+from .flags import add_command
 
 EXAMPLES = """examples:
   actstore app                                   # the demo model, offline: prints http://localhost:8501
@@ -28,11 +29,11 @@ needs: pip install 'actstore[app]'
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "app",
         help="serve the interactive explorer (prompt and store pages) on localhost",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--model",

@@ -9,7 +9,7 @@ from ..capture import CacheConfig, cache
 from ..errors import ActStoreError
 from ..parallel import is_main_process
 from ..store import ActivationStore
-from .flags import add_config_flags, command_line, config_from_args
+from .flags import add_command, add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
 
@@ -22,11 +22,11 @@ EXAMPLE = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "cache",
         help="stream a corpus through a model and store activations",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(c, CacheConfig)
     c.set_defaults(run=_run, on_interrupt=_stopped)

@@ -8,7 +8,7 @@ import argparse
 from ..circuits.config import CLEAN_SITES, CircuitJobConfig
 from ..circuits.job import find_circuit
 from ..parallel import is_main_process
-from .flags import add_config_flags, command_line, config_from_args
+from .flags import add_command, add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
 
@@ -31,12 +31,12 @@ An edge's score is metric(edge patched) - metric(corrupted), the mean over pairs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "circuit",
         help="circuit discovery: edge scores (exact, EAP, EAP-IG), circuits, faithfulness",
         description=__doc__.split("\n\n")[0],
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, CircuitJobConfig)
     p.set_defaults(run=_run)

@@ -31,12 +31,37 @@ from typing import Any, TypeVar
 
 from ..run_options import init_fields
 
-__all__ = ["add_config_flags", "config_from_args", "cli_fields", "flag_of", "command_line"]
+__all__ = [
+    "add_command",
+    "add_config_flags",
+    "config_from_args",
+    "cli_fields",
+    "flag_of",
+    "command_line",
+]
 
 T = TypeVar("T")
 _KEYS = frozenset(
     {"help", "flag", "positional", "choices", "metavar", "nargs", "required", "group", "from_cli"}
 )
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    epilog: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand of ``actstore`` whose epilog (its examples) keeps its line breaks."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:

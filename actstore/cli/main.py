@@ -17,6 +17,7 @@ from ..demo import tour
 from ..errors import ActStoreError
 from ..store import ActivationStore
 from ..store.info import info_text
+from .flags import add_command
 
 # Modules that add a subcommand: each has register(sub) -> None, which adds its parser
 # with set_defaults(run=handler), handler(args) -> exit code, and optionally
@@ -51,11 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _register_info(sub: argparse._SubParsersAction) -> None:
-    i = sub.add_parser(
+    i = add_command(
+        sub,
         "info",
         help="describe a store",
         epilog="example:\n  actstore info demo.zarr",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     i.add_argument("store", help="the store to describe (a folder or URL)")
     i.add_argument("--json", action="store_true", help="print the metadata and progress as JSON")
@@ -106,12 +107,12 @@ def run_tour(
 
 def _register_tour(sub: argparse._SubParsersAction) -> None:
     doc = tour.__doc__ or ""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tour",
         help="a short tour on the offline demo model: cache, probe, induction heads, patching, the IOI circuit",
         description=doc.split("\n\n")[0],
         epilog="example:\n  actstore tour demo_out",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "out",

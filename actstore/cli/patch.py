@@ -8,7 +8,7 @@ import argparse
 from ..parallel import is_main_process
 from ..patching.job import PatchJobConfig, patch_pairs
 from ..patching.table import SWEEPS
-from .flags import add_config_flags, command_line, config_from_args
+from .flags import add_command, add_config_flags, command_line, config_from_args
 
 __all__ = ["register"]
 
@@ -40,12 +40,12 @@ SWEEP_LINES = "sweeps (--sweep):\n" + "\n".join(
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "patch",
         help="activation-patching sweep over prompt pairs (vectorised, = transformer_lens.patching)",
         description=__doc__.split("\n\n")[0],
         epilog=f"{EXAMPLE}\n{SWEEP_LINES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, PatchJobConfig)
     p.set_defaults(run=_run)

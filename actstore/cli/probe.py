@@ -12,7 +12,7 @@ from ..probes import ProbeConfig, ProbeReport, fit_probes
 from ..sites import Site
 from ..store import ActivationStore
 from ..store.results import check_writable
-from .flags import add_config_flags, command_line, config_from_args
+from .flags import add_command, add_config_flags, command_line, config_from_args
 
 EXAMPLE = """examples:
   actstore probe demo.zarr --sites resid_post:all --target position
@@ -32,11 +32,11 @@ many processes: torchrun --nproc-per-node 4 -m actstore probe acts.zarr --target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "probe",
         help="fit a linear probe per site (logistic or ridge) and report train/test scores",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("store", help="the store whose activations are probed (a folder or URL)")
     add_config_flags(p, ProbeConfig)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .flags import add_command
+
 EXAMPLES = """examples:
   actstore selftest                  # CPU, under a minute; exit 1 if any check fails
   actstore selftest --device cuda    # on a GPU: float32 and float16
@@ -17,11 +19,11 @@ run it after installing or upgrading anything, on each new machine, and before a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "selftest",
         help="check caching, patching, attribution and direct path against their references",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--device",

@@ -14,6 +14,7 @@ from ..capture.lock import LockHolder, lock_holder, lock_note, store_lock
 from ..location import is_url
 from ..store import ActivationStore, Damage, verify_store
 from ..store.verify import FIXES
+from .flags import add_command
 
 EXAMPLES = """examples:
   actstore verify acts.zarr            # exit 1 when anything is damaged or not done
@@ -22,11 +23,11 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "verify",
         help="check a store's metadata, checksums and manifest; --repair fixes what it finds",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("store", help="the store to check (a folder or URL)")
     p.add_argument(

@@ -3,25 +3,8 @@
 (:mod:`actstore.demo.data`), the measurements of its structure
 (:mod:`actstore.demo.measures`) and `actstore tour` (:mod:`actstore.demo.tour`)."""
 
-from ..resources import (
-    DEMO_MODEL,
-    DEMO_MODEL_LABEL,
-    build_random_gpt2,
-    demo_model_dir,
-    demo_tokenizer,
-    gpt2_tokenizer,
-    tokenizer_for,
-)
+from .. import resources
+from ..resources import *  # noqa: F403  (the demo model's files, re-exported: resources.__all__)
 from .measures import ioi_logit_diffs, repeated_tokens
 
-__all__ = [
-    "DEMO_MODEL",
-    "DEMO_MODEL_LABEL",
-    "demo_model_dir",
-    "demo_tokenizer",
-    "gpt2_tokenizer",
-    "tokenizer_for",
-    "build_random_gpt2",
-    "repeated_tokens",
-    "ioi_logit_diffs",
-]
+__all__ = [*resources.__all__, "repeated_tokens", "ioi_logit_diffs"]

@@ -350,13 +350,8 @@ def _gather(
     }
     y = {sp: torch.empty(n_split[sp], dtype=torch.long, device=device) for sp in (False, True)}
     off = {False: 0, True: 0}
-    stream = plan.reader(plan.sites, np.float32, cfg.num_workers)
-    for xs, yb, test in tqdm(
-        stream(),
-        total=len(plan.units(plan.sites)),
-        desc=f"reading {len(plan.sites)} sites",
-        unit="block",
-        disable=not (cfg.progress and plan.procs.main),
+    for xs, yb, test in plan.read_all(
+        np.float32, cfg.num_workers, cfg.progress, f"reading {len(plan.sites)} sites"
     ):
         for sp in (False, True):
             sel = test == sp

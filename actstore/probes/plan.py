@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..parallel import Group, single
 from ..store.loader import ChunkReader, TokenSite, keep_positions, row_units
@@ -78,6 +79,17 @@ class Plan:
         reader = ChunkReader(self.store, [s.hook for s in sites], num_workers, transform=transform)
         units = self.units(sites)
         return lambda: (got for _, got in reader(units))
+
+    def read_all(self, dtype: type, num_workers: int, progress: bool, desc: str) -> Iterator[Any]:
+        """One pass over every site of the plan, as ``reader`` yields it, with a progress bar
+        (on the main process) counting the units read."""
+        return tqdm(
+            self.reader(self.sites, dtype, num_workers)(),
+            total=len(self.units(self.sites)),
+            desc=desc,
+            unit="block",
+            disable=not (progress and self.procs.main),
+        )
 
 
 def groups(sites: Sequence[TokenSite]) -> list[list[TokenSite]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .config import ProbeConfig, ProbeResult
@@ -62,13 +61,8 @@ class _Comoments:
 def _accumulate(plan: Plan, cfg: ProbeConfig) -> dict[tuple[str, bool], _Comoments]:
     """This process's share of the store, summarised per (site, split)."""
     acc: dict[tuple[str, bool], _Comoments] = {}
-    stream = plan.reader(plan.sites, np.float64, cfg.num_workers)
-    for xs, y, test in tqdm(
-        stream(),
-        total=len(plan.units(plan.sites)),
-        desc=f"ridge ({len(plan.sites)} sites)",
-        unit="block",
-        disable=not (cfg.progress and plan.procs.main),
+    for xs, y, test in plan.read_all(
+        np.float64, cfg.num_workers, cfg.progress, f"ridge ({len(plan.sites)} sites)"
     ):
         for split in (False, True):
             sel = test == split

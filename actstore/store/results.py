@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -40,27 +39,26 @@ def check_writable(path: str, what: str, fix: str = _UNWRITABLE_FIX) -> None:
     """Refuse, before any work, to write ``what`` at ``path`` (a file or folder, which may
     not exist yet) where nothing can be written: a small file is made and removed in the
     deepest folder of ``path`` that exists (on object storage: under ``path``)."""
-    from ..location import filesystem, is_url, normalize
+    from ..location import existing_folder, filesystem, is_url, normalize, write_probe
 
     path = normalize(path)
+    folder = path
+    if not is_url(path):
+        try:
+            folder = existing_folder(path)
+        except NotADirectoryError as e:
+            raise NotWritableError(
+                f"Cannot write {what} to '{path}': '{e.filename}' is a file, not a folder; "
+                "pass another path."
+            ) from None
     try:
         if is_url(path):
             fs, p = filesystem(path)
             probe = f"{p.rstrip('/')}/.actstore-write-check"
             fs.touch(probe)
             fs.rm(probe)
-            return
-        folder = os.path.abspath(path)
-        while not os.path.isdir(folder):
-            if os.path.exists(folder):
-                raise NotWritableError(
-                    f"Cannot write {what} to '{path}': '{folder}' is a file, not a folder; "
-                    "pass another path."
-                )
-            folder = os.path.dirname(folder)
-        fd, name = tempfile.mkstemp(prefix=".actstore-write-check-", dir=folder)
-        os.close(fd)
-        os.remove(name)
+        else:
+            write_probe(folder)
     except OSError as e:
         raise NotWritableError(
             f"Cannot write {what} to '{path}' ({e.strerror or e}); {fix}."

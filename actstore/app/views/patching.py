@@ -103,7 +103,7 @@ def _records(m: Any) -> tuple[list[dict[str, Any]], str]:
     return [data.typed_record(clean, corrupted, answer, wrong)], "typed pair"
 
 
-def _sweep_figures(res: data.SweepResults, labels: list[str], n_layers: int, n_heads: int) -> None:
+def _sweep_figures(res: data.SweepResults, labels: list[str], n_layers: int) -> None:
     layers = list(range(n_layers))
     resid = res.exact["resid_pre"]
     show_figure(
@@ -112,20 +112,22 @@ def _sweep_figures(res: data.SweepResults, labels: list[str], n_layers: int, n_h
         "patching resid_pre",
         key="patch-resid_pre",
     )
-    heads = res.exact["attn_head_out_all_pos"]
-    show_figure(
-        heatmap(
-            heads,
-            list(range(n_heads)),
-            layers,
-            "head",
-            "layer",
-            "head patching, output at every position (exact)",
-            VALUE,
-        ),
-        long_table(heads, ["layer", "head"], name=VALUE),
+    _head_grid(
+        res.exact["attn_head_out_all_pos"],
+        "head patching, output at every position (exact)",
         "patching heads",
-        key="patch-heads",
+        "patch-heads",
+    )
+
+
+def _head_grid(values: np.ndarray, title: str, caption: str, key: str) -> None:
+    """A (layer, head) grid of scores: its heatmap and its long table."""
+    n_layers, n_heads = values.shape
+    show_figure(
+        heatmap(values, list(range(n_heads)), list(range(n_layers)), "head", "layer", title, VALUE),
+        long_table(values, ["layer", "head"], name=VALUE),
+        caption,
+        key=key,
     )
 
 
@@ -188,20 +190,11 @@ def _edge_figures(res: data.EdgeResults) -> None:
             key="patch-edges",
         )
     else:  # too many cells to read: each head's outgoing edges summed, and the top edges
-        summary = data.head_summary(g, res.exact)
-        show_figure(
-            heatmap(
-                summary,
-                list(range(g.n_heads)),
-                list(range(g.n_layers)),
-                "head",
-                "layer",
-                "edge patching (exact): sum over each head's outgoing edges",
-                VALUE,
-            ),
-            long_table(summary, ["layer", "head"], name=VALUE),
+        _head_grid(
+            data.head_summary(g, res.exact),
+            "edge patching (exact): sum over each head's outgoing edges",
             "patching edges by head",
-            key="patch-edges-heads",
+            "patch-edges-heads",
         )
     st.caption(
         f"The {TOP} edges of largest |exact score| (of {g.n_edges:,}); the full table is in the downloads."
@@ -301,7 +294,7 @@ def render() -> None:
         "0 = the corrupted run, 1 = the clean run; positions are labelled with the first pair's tokens "
         "(clean→corrupted where they differ)."
     )
-    _sweep_figures(res, labels, int(m.bridge.cfg.n_layers), int(m.bridge.cfg.n_heads))
+    _sweep_figures(res, labels, int(m.bridge.cfg.n_layers))
     st.subheader("Edge patching")
     why = adapter_for(m.bridge, "The patching page").edge_graph_problem(m.bridge)
     edges = None

@@ -154,6 +154,12 @@ RESUME_OPTS = dict(
 )
 
 
+def resume_cli_args(out: str | Path, model: str, corpus: str, *extra: str) -> list[str]:
+    """RESUME_OPTS as the arguments of `actstore cache` (quiet), then ``extra``."""
+    flags = [x for k, v in RESUME_OPTS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    return ["cache", str(out), "--model", model, "--dataset", corpus, *flags, "--quiet", *extra]
+
+
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     import json

@@ -13,7 +13,7 @@ import pytest
 import actstore
 from actstore import errors, location
 
-from ..conftest import RESUME_OPTS, store_files
+from ..conftest import RESUME_OPTS, resume_cli_args, store_files
 
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
@@ -91,31 +91,7 @@ def test_a_run_killed_mid_shard_on_s3_resumes_to_the_same_bytes(
     s3, tiny_model, corpus_file, reference
 ):
     url = "s3://acts/runs/killed.zarr"
-    o = RESUME_OPTS
-    cmd = [
-        sys.executable,
-        "-m",
-        "actstore",
-        "cache",
-        url,
-        "--model",
-        tiny_model,
-        "--dataset",
-        corpus_file,
-        "--sites",
-        o["sites"],
-        "--seq-len",
-        str(o["seq_len"]),
-        "--n-rows",
-        str(o["n_rows"]),
-        "--batch-size",
-        str(o["batch_size"]),
-        "--rows-per-chunk",
-        str(o["rows_per_chunk"]),
-        "--rows-per-shard",
-        str(o["rows_per_shard"]),
-        "--quiet",
-    ]
+    cmd = [sys.executable, "-m", "actstore", *resume_cli_args(url, tiny_model, corpus_file)]
     r = subprocess.run(
         cmd,
         env={**os.environ, "ACTSTORE_FAULT": "mid_write:2", "HF_HUB_OFFLINE": "1"},

@@ -14,7 +14,7 @@ import pytest
 import actstore
 from actstore.parallel import Group
 
-from ..conftest import RESUME_OPTS, needs_tl4, store_files
+from ..conftest import needs_tl4, resume_cli_args, store_files
 from ..helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -22,31 +22,7 @@ LAUNCH_TIMEOUT = 240
 
 
 def _args(out: Path, model: str, corpus: str, *extra: str) -> list[str]:
-    o = RESUME_OPTS
-    return [
-        "cache",
-        str(out),
-        "--model",
-        model,
-        "--dataset",
-        corpus,
-        "--sites",
-        o["sites"],
-        "--seq-len",
-        str(o["seq_len"]),
-        "--n-rows",
-        str(o["n_rows"]),
-        "--batch-size",
-        str(o["batch_size"]),
-        "--rows-per-chunk",
-        str(o["rows_per_chunk"]),
-        "--rows-per-shard",
-        str(o["rows_per_shard"]),
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
+    return resume_cli_args(out, model, corpus, "--device", "cpu", *extra)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -32,6 +32,8 @@ LAYERS = {
     "actstore.sites": 0,
     "actstore.stats": 0,
     "actstore.models": 0,
+    "actstore.model_info": 0,
+    "actstore.collector": 0,
     "actstore.devices": 0,
     "actstore.parallel": 0,
     "actstore.location": 0,

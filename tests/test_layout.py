@@ -60,6 +60,8 @@ LAYERS = {
     "actstore.app": 5,
     "actstore.selftest": 5,
     "actstore.selftest_model": 5,
+    "actstore.selftest_checks": 5,
+    "actstore.selftest_references": 5,
     "actstore.__main__": 5,
     "actstore": 6,  # the package's own __init__: the public API over everything
 }

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
+from .collector import CaptureDone, Collector
 from .devices import DTYPES, check_device, check_dtype, resolve_device, resolve_dtype
-from .errors import ConfigError, ModelNotFoundError, UnknownSiteError
+from .errors import ConfigError, ModelNotFoundError
+from .model_info import ModelInfo
 from .model_protocol import HookedModel
 from .parallel import launched
 from .sites import DERIVED_SITES, Site, stop_layer
@@ -39,64 +41,6 @@ __all__ = [
     "CaptureDone",
     "model_source",
 ]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the store's metadata records of the model."""
-
-    name: str  # as given: hub name, folder, or 'actstore-demo'
-    revision: str | None
-    dtype: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    d_head: int
-    d_mlp: int
-    d_vocab: int
-    n_ctx: int
-    fingerprint: str  # sha256 of every weight tensor (name, dtype, shape, bytes)
-    label: str  # e.g. "Hugging Face model", or the demo model's "DEMO model ..., NOT GPT-2"
-    in_memory: bool = False  # passed as a TransformerBridge object, not loaded by name
-    hooks: tuple[str, ...] = ()  # hook points the caller left hooks on (they run during caching)
-    n_kv_heads: int | None = None  # grouped-query attention's key/value heads; None: one per head
-
-    def to_dict(self) -> dict[str, Any]:
-        """The metadata's model dict; an in-memory model adds ``"source": "in-memory"``
-        and, if hooks are attached, ``"hooks"`` (a model loaded by name writes exactly
-        the keys it always did)."""
-        d = asdict(self)
-        if d.pop("in_memory"):
-            d["source"] = "in-memory"
-        hooks = d.pop("hooks")
-        if hooks:
-            d["hooks"] = list(hooks)
-        if d["n_kv_heads"] is None:  # a model with one K/V per head records what it always did
-            del d["n_kv_heads"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelInfo:
-        """The inverse of :meth:`to_dict` (a store's metadata["model"])."""
-        d = dict(d)
-        in_memory = d.pop("source", None) == "in-memory"
-        return cls(**{**d, "hooks": tuple(d.get("hooks", ()))}, in_memory=in_memory)
-
-    def as_argument(self) -> str:
-        """How the model was given, for a command-line record."""
-        return f"<in-memory model {self.name}>" if self.in_memory else self.name
-
-    @property
-    def dim_sizes(self) -> dict[str, int]:
-        """Dimension name -> size, for naming a site's axes."""
-        sizes = {
-            "head": self.n_heads,
-            "d_head": self.d_head,
-            "d_model": self.d_model,
-            "d_mlp": self.d_mlp,
-            "d_vocab": self.d_vocab,
-        }
-        return sizes if self.n_kv_heads is None else {**sizes, "kv_head": self.n_kv_heads}
 
 
 @dataclass
@@ -144,70 +88,9 @@ class LoadedModel:
         return collect.result()
 
 
-class Collector:
-    """What a capture forward does with each site's activation as its hook fires, whatever
-    runs the hooks (the bridge, or the plain model's modules: ``--engine hf``): derive it
-    (loss from logits), narrow its heads, hand it to ``sink`` or keep it; after the last
-    site, raise :class:`CaptureDone` to abandon the rest of the forward."""
-
-    def __init__(
-        self,
-        sites: Sequence[Site],
-        tokens: torch.Tensor,
-        keep: bool,
-        sink: Callable[[str, torch.Tensor], None] | None,
-    ):
-        self.tokens, self.keep, self.sink = tokens, keep, sink
-        self.wanted = {site.hook for site in sites}
-        self.fired: set[str] = set()
-        self.got: dict[str, torch.Tensor] = {}
-
-    def __call__(self, site: Site, act: torch.Tensor) -> None:
-        self.fired.add(site.hook)
-        if self.keep or self.sink is not None:
-            derive = _DERIVE.get(site.hook)
-            value = act.detach() if derive is None else derive(act, self.tokens)
-            if site.heads is not None:
-                value = value.index_select(
-                    _head_axis(site.hook), torch.tensor(site.heads, device=value.device)
-                )
-            if self.sink is not None:
-                self.sink(site.hook, value)
-            else:
-                self.got[site.hook] = value
-        if len(self.fired) == len(self.wanted):
-            raise CaptureDone
-
-    def result(self) -> dict[str, torch.Tensor]:
-        missing = self.wanted - self.fired
-        if missing:
-            raise UnknownSiteError(
-                f"Hooks {sorted(missing)} did not fire during the forward; they cannot be cached."
-            )
-        return self.got
-
-
-def _loss_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(row, pos - 1): the formula of TransformerLens's lm_cross_entropy_loss."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
-
-
-_DERIVE = {"loss": _loss_per_token}
-
-
 def bridge_dtype(bridge: HookedModel) -> torch.dtype:
     """The dtype a TransformerBridge computes in (its weights')."""
     return next(bridge.original_model.parameters()).dtype
-
-
-class CaptureDone(Exception):
-    """Raised by the last capture hook to abandon the rest of the forward."""
-
-
-def _head_axis(hook: str) -> int:
-    # (row, head, query_pos, key_pos) for patterns/scores, (row, pos, head, d_head) for q k v z
-    return 1 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 2
 
 
 def _looks_like_path(name: str) -> bool:
@@ -463,17 +346,3 @@ def check_processes(model: ModelLike) -> None:
             "save it with actstore.models.save_model(model, FOLDER) (save_pretrained of the weights and "
             "tokenizer) and pass the folder, or run a single process."
         )
-
-
-def check_identity(
-    stored: Mapping[str, Any], current: Mapping[str, Any], also: Sequence[str] = ()
-) -> list[str]:
-    """Differences between two model descriptions (a store's metadata["model"] and
-    ModelInfo.to_dict()) that make them other models; names may differ. ``also``:
-    more keys to compare (resume adds "hooks": the hooks a model in memory runs with)."""
-    keys = ("fingerprint", "dtype", "n_layers", "d_model", "n_heads", "d_head", "n_ctx", *also)
-    return [
-        f"model.{k}: store has {stored.get(k)!r}, this run has {current.get(k)!r}"
-        for k in keys
-        if stored.get(k) != current.get(k)
-    ]

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import io
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from . import compat
-from .model_protocol import HookedModel
+from .selftest_checks import Check, SelftestReport, compare_store, compare_to_reference, run_plan
+from .selftest_references import directional_derivative, edge_by_hooks
 from .sites import hook_name
 
 __all__ = [
@@ -47,86 +45,6 @@ __all__ = [
     "edge_by_hooks",
     "directional_derivative",
 ]
-
-REL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 5e-2}
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str  # what was compared, or the error
-    error: float | None = None  # max |ours - reference|
-    tolerance: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class SelftestReport:
-    device: str
-    versions: dict[str, str]
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "device": self.device,
-            "versions": self.versions,
-            "checks": [asdict(c) for c in self.checks],
-        }
-
-    def text(self) -> str:
-        lines = [
-            f"actstore selftest on {self.device}",
-            "versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
-        ]
-        for c in self.checks:
-            nums = (
-                ""
-                if c.error is None
-                else f"  max error {c.error:.2g} (tolerance {c.tolerance:.2g})"
-            )
-            lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}{nums}  [{c.seconds:.1f} s]")
-            if not c.passed or c.error is None:
-                lines.append(f"        {c.detail}")
-        n_fail = sum(not c.passed for c in self.checks)
-        lines.append(
-            "all checks passed"
-            if self.passed
-            else f"{n_fail} of {len(self.checks)} checks FAILED: do not trust actstore's numbers with these "
-            "versions; install the tested ones (constraints.txt in actstore's source; README, 'Versions')."
-        )
-        return "\n".join(lines)
-
-
-def compare_to_reference(
-    ours: torch.Tensor, ref: torch.Tensor, scale: float, dtype: torch.dtype, min_spread: float
-) -> tuple[bool, float, float, str]:
-    """(within tolerance, max error, tolerance, why): ``ours`` against ``ref``, the tolerance
-    relative to the reference's spread; a spread under ``min_spread`` is too little to compare."""
-    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
-    if ours.shape != ref.shape:
-        return (
-            False,
-            float("inf"),
-            0.0,
-            f"shape {tuple(ours.shape)} where the reference has {tuple(ref.shape)}",
-        )
-    spread = float(ref.max() - ref.min())
-    tol = max(REL[dtype] * spread, 16 * torch.finfo(dtype).eps * scale)
-    err = float((ours - ref).abs().max())
-    if spread < min_spread:
-        return (
-            False,
-            err,
-            tol,
-            f"the reference's values span only {spread:.3g}: too little to compare",
-        )
-    return err <= tol, err, tol, f"reference spread {spread:.3g}"
 
 
 @contextmanager
@@ -201,25 +119,9 @@ def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
     tokens = torch.as_tensor(store.tokens().astype(np.int64), device=device)
     with torch.no_grad():
         _, ref = d.bridge.run_with_cache(tokens)
-    exact = device == "cpu" and storage == "float32"
-    worst, worst_tol = 0.0, 0.0
-    for hook in store.sites:
-        ours = torch.from_numpy(np.asarray(store.acts(hook))).double()
-        want = ref[hook].to(getattr(torch, storage)).double().cpu()
-        if exact and not torch.equal(ours, want):
-            return Check(
-                "",
-                False,
-                f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)",
-            )
-        ok, err, tol, why = compare_to_reference(
-            ours, want, float(want.abs().max()), getattr(torch, storage), 0.0
-        )
-        if not ok:
-            return Check(
-                "", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol
-            )
-        worst, worst_tol = max(worst, err), max(worst_tol, tol)
+    check = compare_store(store, ref, device == "cpu" and storage == "float32")
+    if not check.passed:
+        return check
     damage = verify_store(path, progress=False)
     if damage or not store.is_complete:
         return Check(
@@ -230,14 +132,8 @@ def _check_cache(d: _Demo, device: str, tmp: str, storage: str) -> Check:
     back = ActivationStore.open(path)
     if not np.array_equal(back.tokens(), store.tokens()) or back.sites != store.sites:
         return Check("", False, "the store read back differs from what was written")
-    what = "bit-exact" if exact else f"max error {worst:.2g}"
-    return Check(
-        "",
-        True,
-        f"{len(store.sites)} sites x 12 rows: {what}; verify: whole",
-        None if exact else worst,
-        None if exact else worst_tol,
-    )
+    check.detail = f"{len(store.sites)} sites x 12 rows: {check.detail}; verify: whole"
+    return check
 
 
 def _check_patching(d: _Demo, kind: str, sweeps: tuple[str, ...]) -> Check:
@@ -260,32 +156,6 @@ def _check_patching(d: _Demo, kind: str, sweeps: tuple[str, ...]) -> Check:
             )
         worst = max(worst, (err / tol, err, tol))
     return Check("", True, ", ".join(sweeps), worst[1], worst[2])
-
-
-def directional_derivative(
-    bridge: HookedModel,
-    corrupted: torch.Tensor,
-    clean_cache: Any,
-    metric: Callable[..., Any],
-    name: str,
-    setter: Callable[..., torch.Tensor],
-    index: Sequence[int],
-    eps: float = 1e-4,
-) -> torch.Tensor:
-    """The reference of attribution patching: d/dt of the metric with the activation at
-    hook ``name`` moved by t x (setter(act, index, clean) - act), the change written into
-    the hooked tensor as transformer_lens's setters write a patch, at t = 0 (central
-    differences; use a float64 model)."""
-    clean = clean_cache[name]
-
-    def run(t: float) -> torch.Tensor:
-        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            return act.add_(t * (setter(act.clone(), index, clean) - act))
-
-        with torch.no_grad():
-            return torch.as_tensor(metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, fn)])))
-
-    return (run(eps) - run(-eps)) / (2 * eps)
 
 
 def _check_attribution(d: _Demo) -> Check:
@@ -322,43 +192,6 @@ def _check_attribution(d: _Demo) -> Check:
     return Check(
         "", True, "resid_mid and head outputs, their 2 largest cells each", worst[1], worst[2]
     )
-
-
-def edge_by_hooks(
-    bridge: HookedModel,
-    corrupted: torch.Tensor,
-    clean_cache: Any,
-    corrupted_cache: Any,
-    metric: Any,
-    src: tuple[int, int],
-    dst: tuple[int, int],
-    component: str,
-) -> float:
-    """One edge patched by hand, the reference of direct path patching: the source
-    head's clean-minus-corrupted write added to the residual entering the destination
-    layer, the destination head's ``component`` read off that run and written into the
-    corrupted run (every other reader keeps the corrupted residual); the metric."""
-    (sl, sh), (dl, dh) = src, dst
-    z = hook_name("z", sl)
-    w_o = bridge.blocks[sl].attn.W_O[sh]
-    delta = clean_cache[z][:, :, sh] @ w_o - corrupted_cache[z][:, :, sh] @ w_o
-    name = hook_name(component, dl)
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        seen["act"] = act.clone()
-        return act
-
-    def write(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        act[:, :, dh] = seen["act"][:, :, dh]
-        return act
-
-    with torch.no_grad():
-        bridge.run_with_hooks(
-            corrupted,
-            fwd_hooks=[(hook_name("resid_pre", dl), lambda a, hook: a + delta), (name, keep)],
-        )
-        return float(metric(bridge.run_with_hooks(corrupted, fwd_hooks=[(name, write)])))
 
 
 def _check_direct_path(d: _Demo) -> Check:
@@ -488,22 +321,3 @@ def run_selftest(device: str = "cpu", progress: bool = True) -> SelftestReport:
             ]
         run_plan(plan, report, progress)
     return report
-
-
-def run_plan(
-    plan: Sequence[tuple[str, Callable[[], Check]]], report: SelftestReport, progress: bool
-) -> None:
-    """Run each (name, check) into ``report``; an exception is a failed check."""
-    for name, run in plan:
-        t = time.perf_counter()
-        try:
-            check = run()
-        except Exception as e:  # a broken engine raises (EngineCheckError): that is a failed check
-            check = Check("", False, f"{type(e).__name__}: {e}")
-        check.name, check.seconds = name, time.perf_counter() - t
-        report.checks.append(check)
-        if progress:
-            print(
-                f"  {'PASS' if check.passed else 'FAIL'}  {name}  [{check.seconds:.1f} s]",
-                flush=True,
-            )

@@ -2,7 +2,7 @@
 adapter: docs/model-families.md), with the installed versions, before a long run on it:
 
 - caching every site kind the model has equals ``run_with_cache`` (bit for bit in float32
-  on CPU, else within the tolerance of :mod:`actstore.selftest`);
+  on CPU, else within the tolerance of :mod:`actstore.selftest_checks`);
 - the logit lens decodes the final residual into the model's own logits (final norm,
   unembedding, soft-cap: the family adapter's ``logits``);
 - where the family has a map of the plain model's modules, ``--engine hf``'s values are
@@ -25,7 +25,8 @@ import torch
 from . import compat
 from .families import adapter_for
 from .models import LoadedModel, load_model
-from .selftest import Check, SelftestReport, check_selftest_device, compare_to_reference, run_plan
+from .selftest import check_selftest_device
+from .selftest_checks import Check, SelftestReport, compare_store, compare_to_reference, run_plan
 from .sites import SHORT_SITES, SITE_DIMS, hook_name
 
 __all__ = ["model_checks", "run_model_selftest"]
@@ -67,37 +68,10 @@ def _check_cache(model: LoadedModel, tmp: str, engine: str) -> Check:
             torch.as_tensor(store.tokens().astype(np.int64), device=model.device)
         )
     exact = engine == "bridge" and model.device == "cpu" and model.info.dtype == "float32"
-    dtype = getattr(torch, store.meta.storage_dtype)
-    worst, worst_tol = 0.0, 0.0
-    for hook in store.sites:
-        ours = torch.from_numpy(np.asarray(store.acts(hook))).double()
-        want = ref[hook].to(dtype).double().cpu()
-        if "attn_scores" in hook:  # masked: compare where a query may look
-            seen = want > -1e30
-            ours, want = ours[seen], want[seen]
-        if exact and not torch.equal(ours, want):
-            return Check(
-                "",
-                False,
-                f"{hook}: stored values differ from run_with_cache (float32 on CPU is bit-exact)",
-            )
-        ok, err, tol, why = compare_to_reference(ours, want, float(want.abs().max()), dtype, 0.0)
-        if engine == "hf" and dtype == torch.float32:
-            tol = min(tol, HF_REL * float(want.max() - want.min()))
-            ok = err <= tol
-        if not ok:
-            return Check(
-                "", False, f"{hook}: {why}; max error {err:.3g} > tolerance {tol:.3g}", err, tol
-            )
-        worst, worst_tol = max(worst, err), max(worst_tol, tol)
-    what = "bit-exact" if exact else f"max error {worst:.2g}"
-    return Check(
-        "",
-        True,
-        f"{len(store.sites)} sites ({sites}): {what}",
-        None if exact else worst,
-        None if exact else worst_tol,
-    )
+    check = compare_store(store, ref, exact, HF_REL if engine == "hf" else None)
+    if check.passed:
+        check.detail = f"{len(store.sites)} sites ({sites}): {check.detail}"
+    return check
 
 
 def _check_lens(model: LoadedModel) -> Check:

@@ -51,7 +51,8 @@ WIDTHS = {
 def sim_model(width: str, rate: float | None) -> Any:
     """A LoadedModel whose capture emits (batch, pos, d_model) float16 for every
     ``blocks.L.hook_resid_post``, from one preallocated tensor, at ``rate`` tokens/s at most."""
-    from actstore.models import LoadedModel, ModelInfo
+    from actstore.model_info import ModelInfo
+    from actstore.models import LoadedModel
     from actstore.resources import gpt2_tokenizer
 
     w = WIDTHS[width]

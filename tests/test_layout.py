@@ -32,6 +32,8 @@ LAYERS = {
     "actstore.sites": 0,
     "actstore.stats": 0,
     "actstore.models": 0,
+    "actstore.model_info": 0,
+    "actstore.collector": 0,
     "actstore.devices": 0,
     "actstore.parallel": 0,
     "actstore.location": 0,
@@ -58,6 +60,8 @@ LAYERS = {
     "actstore.app": 5,
     "actstore.selftest": 5,
     "actstore.selftest_model": 5,
+    "actstore.selftest_checks": 5,
+    "actstore.selftest_references": 5,
     "actstore.__main__": 5,
     "actstore": 6,  # the package's own __init__: the public API over everything
 }

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, StoreMismatchError
-from ..models import LoadedModel, ModelLike, as_loaded, check_identity
+from ..model_info import check_identity
+from ..models import LoadedModel, ModelLike, as_loaded
 from ..store import ActivationStore, ResultWriter, SiteMeta
 
 __all__ = [

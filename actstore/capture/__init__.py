@@ -2,7 +2,8 @@
 pipelined shard writer, atomic shard I/O, batch sizes, the store lock, progress, and
 repair of damaged shards."""
 
-from .engine import CacheConfig, cache
+from .config import CacheConfig
+from .engine import cache
 from .repair import config_from_metadata, repair_store
 
 __all__ = ["CacheConfig", "cache", "repair_store", "config_from_metadata"]

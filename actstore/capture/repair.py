@@ -14,14 +14,15 @@ import zarr
 from zarr.core.sync import sync
 
 from .. import location
-from ..corpus import CorpusSpec, scan
+from ..corpus import scan
 from ..errors import ConfigError
 from ..models import ModelLike
 from ..store import ActivationStore, Damage, StoreMeta, verify_store
 from ..store.format import finalize_stats
 from ..store.nodes import group_doc, write_key
 from ..store.typed import array_at
-from .engine import CacheConfig, cache
+from .config import CacheConfig
+from .engine import cache
 from .lock import store_lock
 from .reads import make_plan
 
@@ -86,15 +87,7 @@ def _rebuild_metadata(store: ActivationStore, group: zarr.Group, damage: list[Da
 
 def _remake_plan(store: ActivationStore, cfg: CacheConfig, group: zarr.Group) -> None:
     """The corpus plan again, from the same pass over the corpus that made it."""
-    spec = CorpusSpec.from_dataset(
-        cfg.dataset,
-        split=cfg.split,
-        text_field=cfg.text_field,
-        config_name=cfg.dataset_config,
-        revision=cfg.dataset_revision,
-        seq_len=store.layout.seq_len,
-        packing=cfg.packing,
-    )
+    spec = cfg.corpus_spec(store.layout.seq_len)
     scanned = (
         None
         if spec.kind in ("hub", "synthetic")

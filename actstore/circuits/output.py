@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from ..errors import ResultExistsError
-from ..models import check_identity
+from ..model_info import check_identity
 from ..store.typed import group_at
 from .config import METHODS
 from .faithfulness import Faithfulness

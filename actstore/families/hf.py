@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import torch
 
+from ..collector import CaptureDone, Collector
 from ..devices import DTYPES
 from ..errors import ConfigError
-from ..models import CaptureDone, Collector, LoadedModel, model_source
+from ..models import LoadedModel, model_source
 from ..sites import DERIVED_SITES, Site, layer_of
 from .base import ADAPTERS, adapter_for
 

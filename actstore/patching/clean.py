@@ -145,7 +145,8 @@ _FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 def check_store_model(store: Any, model: HookedModel) -> None:
     """Raise StoreMismatchError unless ``store`` was cached with this model's weights."""
-    from ..models import check_identity, fingerprint
+    from ..model_info import check_identity
+    from ..models import fingerprint
 
     if model not in _FINGERPRINTS:
         _FINGERPRINTS[model] = fingerprint(model.original_model)

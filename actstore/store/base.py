@@ -1,6 +1,6 @@
-"""What the store's helpers (view.py, loader.py, results.py) read of an open store: the
-interface :class:`actstore.store.reader.ActivationStore` provides, as a Protocol, so that
-they type their store without importing the reader, which imports them."""
+"""What the store's helpers (view.py, loader.py, results.py, site_stats.py) read of an
+open store: the interface :class:`actstore.store.reader.ActivationStore` provides, as a
+Protocol, so that they type their store without importing the reader, which imports them."""
 
 from __future__ import annotations
 
@@ -32,7 +32,12 @@ class StoreLike(Protocol):
     @property
     def n_rows(self) -> int: ...
 
+    @property
+    def done(self) -> np.ndarray: ...
+
     def array(self, name: str) -> zarr.Array: ...
+
+    def site(self, hook: str) -> zarr.Array: ...
 
     def check_done(self, rows: slice) -> None: ...
 

@@ -119,3 +119,31 @@ class EpochPlan:
             return min(self.rank_tokens(r) // batch_size for r in range(self.world))
         n = self.rank_tokens()
         return n // batch_size if drop_last else -(-n // batch_size)
+
+    def checked_batches(
+        self, batch_size: int, drop_last: bool, even_batches: bool, rows: object
+    ) -> int:
+        """:meth:`n_batches`; none is an error naming the numbers and the fix (a training loop
+        would otherwise turn over empty epochs for ever). ``rows``: the loader's rows, as the
+        message names them."""
+        n = self.n_batches(batch_size, drop_last, even_batches)
+        if n:
+            return n
+        where = f"rank {self.rank} of world_size={self.world}" if self.world > 1 else "this loader"
+        if even_batches and self.world > 1:
+            fewest = min(self.rank_tokens(r) for r in range(self.world))
+            raise ConfigError(
+                f"Epoch {self.epoch} of the loader has no batch: with even_batches=True every rank yields "
+                f"as many whole batches as the rank with the fewest tokens, and that rank gets {fewest} "
+                f"tokens of {rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+                f"{batch_size}. Pass batch_size={max(fewest, 1)} or less, run fewer processes, or "
+                "select more rows."
+            )
+        tokens = self.rank_tokens()
+        why = "drop_last=True drops them" if tokens else "it has no token"
+        raise ConfigError(
+            f"Epoch {self.epoch} of the loader has no batch on {where}: it gets {tokens} tokens of "
+            f"{rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
+            f"{batch_size}, and {why}. Pass batch_size={max(tokens, 1)} or less, drop_last=False, "
+            "run fewer processes, or select more rows."
+        )

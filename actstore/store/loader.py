@@ -20,7 +20,7 @@ and the batches are the same whatever the number of read threads.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError
 from .base import StoreLike
-from .epoch import EpochPlan, Window, resolve_rank
-from .loader_args import flag, parse_device, parse_dtype, whole
+from .epoch import EpochPlan, resolve_rank
+from .loader_args import flag, loader_hooks, parse_device, parse_dtype, whole
 from .loader_state import STATE_VERSION, check_state, store_identity
 from .norm import Normalizer, normalizers
 from .tokens import (
@@ -45,6 +45,7 @@ from .tokens import (
     token_sites,
 )
 from .view import resolve_sites
+from .window_batches import INDEX, WindowBatches
 
 __all__ = [
     "resolve_sites",
@@ -57,8 +58,6 @@ __all__ = [
     "ActivationDataLoader",
     "make_dataloader",
 ]
-
-_INDEX = ("row", "pos")
 
 
 class ActivationLoader(IterableDataset):
@@ -138,7 +137,7 @@ class ActivationLoader(IterableDataset):
         self.pin = self.device is not None and self.device.type == "cuda"
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.store = store
-        self.hooks = _hooks(store, sites)
+        self.hooks = loader_hooks(store, sites)
         self.sites = token_sites(store, self.hooks)
         self.rows: RowSelection = select_rows(store, rows)
         store.check_shards(
@@ -202,35 +201,6 @@ class ActivationLoader(IterableDataset):
 
     def _n_batches(self, plan: EpochPlan) -> int:
         return plan.n_batches(self.batch_size, self.drop_last, self.even_batches)
-
-    def _check_batches(self, plan: EpochPlan) -> int:
-        """This rank's batches of ``plan``'s epoch; none is an error naming the numbers and the fix
-        (a training loop would otherwise turn over empty epochs for ever)."""
-        n = self._n_batches(plan)
-        if n:
-            return n
-        where = (
-            f"rank {self.rank} of world_size={self.world_size}"
-            if self.world_size > 1
-            else "this loader"
-        )
-        if self.even_batches and self.world_size > 1:
-            fewest = min(plan.rank_tokens(r) for r in range(self.world_size))
-            raise ConfigError(
-                f"Epoch {plan.epoch} of the loader has no batch: with even_batches=True every rank yields "
-                f"as many whole batches as the rank with the fewest tokens, and that rank gets {fewest} "
-                f"tokens of {self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
-                f"{self.batch_size}. Pass batch_size={max(fewest, 1)} or less, run fewer processes, or "
-                "select more rows."
-            )
-        tokens = plan.rank_tokens()
-        why = "drop_last=True drops them" if tokens else "it has no token"
-        raise ConfigError(
-            f"Epoch {plan.epoch} of the loader has no batch on {where}: it gets {tokens} tokens of "
-            f"{self.rows} ({int(self.unit_tokens.sum())} in all), fewer than one batch of "
-            f"{self.batch_size}, and {why}. Pass batch_size={max(tokens, 1)} or less, drop_last=False, "
-            "run fewer processes, or select more rows."
-        )
 
     @property
     def n_tokens(self) -> int:
@@ -324,8 +294,20 @@ class ActivationLoader(IterableDataset):
         if self._done >= self._n_batches(self.plan()):  # the last one saved at the end of its epoch
             self.epoch, self._done = self.epoch + 1, 0
         plan = self.plan()
-        limit = self._check_batches(plan)
-        host = self._host_batches(plan, self._done * self.batch_size)
+        limit = plan.checked_batches(self.batch_size, self.drop_last, self.even_batches, self.rows)
+        host = WindowBatches(
+            self.store,
+            self.hooks,
+            self.rows,
+            self.units,
+            self.skip_bos,
+            self.skip_padding,
+            self.shuffle,
+            self.batch_size,
+            self.pin,
+            self.num_workers,
+            self.prefetch,
+        )(plan, self._done * self.batch_size)
         try:
             for batch in host:
                 if self._done >= limit:
@@ -336,71 +318,6 @@ class ActivationLoader(IterableDataset):
             host.close()
         if self._done >= limit:
             self.epoch, self._done = self.epoch + 1, 0
-
-    def _host_batches(
-        self, plan: EpochPlan, skip_tokens: int
-    ) -> Generator[dict[str, torch.Tensor], None, None]:
-        """Batches on the host (pinned when the device is a GPU): the windows' shuffled
-        tokens back to back, after the first ``skip_tokens``; the last one may be short."""
-        windows = plan.windows(skip_tokens)
-        reader = ChunkReader(
-            self.store, self.hooks, self.num_workers, self.prefetch, transform=self._tokens_of
-        )
-        parts = reader([self.units[u] for w in windows for u in w.units])
-        bs, rest = self.batch_size, None
-        try:
-            for w in windows:
-                got = self._window([next(parts)[1] for _ in w.units], w)
-                if rest is not None:
-                    need = bs - len(rest["row"])
-                    rest = {k: torch.cat([rest[k], v[:need]]) for k, v in got.items()}
-                    got = {k: v[need:] for k, v in got.items()}
-                    if len(rest["row"]) < bs:
-                        continue
-                    yield {k: v.pin_memory() for k, v in rest.items()} if self.pin else rest
-                    rest = None
-                n = len(got["row"])
-                for i in range(0, n - bs + 1, bs):
-                    yield {k: v[i : i + bs] for k, v in got.items()}
-                if n % bs:
-                    rest = {k: v[n - n % bs :] for k, v in got.items()}
-            if rest is not None:
-                yield {k: v.pin_memory() for k, v in rest.items()} if self.pin else rest
-        finally:
-            parts.close()
-
-    def _tokens_of(self, unit: slice, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One unit's (row, pos, ...) arrays as (row*pos, ...) views, with the flat indices
-        of its kept positions ("keep") and their row and pos. Runs in a read thread."""
-        keep = self.rows.keep(self.store, unit, self.skip_bos, self.skip_padding)
-        r, p = np.nonzero(keep)
-        out = {h: a.reshape(-1, *a.shape[2:]) for h, a in acts.items()}
-        out["keep"] = np.flatnonzero(keep)
-        out["row"], out["pos"] = (r + unit.start).astype(np.int64), p.astype(np.int64)
-        return out
-
-    def _window(self, parts: list[dict[str, np.ndarray]], w: Window) -> dict[str, torch.Tensor]:
-        """The window's kept tokens in its shuffled order, without the first ``w.skip``:
-        one gather per array, into pinned memory when the device is a GPU."""
-        order = (
-            np.random.default_rng(list(w.key)).permutation(w.n_tokens)
-            if self.shuffle
-            else np.arange(w.n_tokens)
-        )
-        picked = torch.from_numpy(order[w.skip :])
-        offsets = np.cumsum([0] + [len(p[self.hooks[0]]) for p in parts[:-1]])
-        keep = torch.from_numpy(np.concatenate([p["keep"] + o for p, o in zip(parts, offsets)]))[
-            picked
-        ]
-        out = {}
-        for k in [*self.hooks, *_INDEX]:
-            src = torch.from_numpy(
-                np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
-            )
-            idx = picked if k in _INDEX else keep
-            dst = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
-            out[k] = torch.index_select(src, 0, idx, out=dst)
-        return out
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copy to the device (non-blocking from pinned memory: later work on the same
@@ -413,7 +330,7 @@ class ActivationLoader(IterableDataset):
             if k in self.norm:
                 mean, scale = self._norm_on(k, t.device)
                 t = ((t.float() - mean) * scale).to(self.dtype or t.dtype)
-            elif self.dtype is not None and k not in _INDEX:
+            elif self.dtype is not None and k not in INDEX:
                 t = t.to(self.dtype)
             out[k] = t
         return out
@@ -427,21 +344,6 @@ class ActivationLoader(IterableDataset):
                 n.scale,
             )
         return self._norm_t[hook]
-
-
-def _hooks(store: StoreLike, sites: Any) -> list[str]:
-    """The store's hooks that ``sites`` names (site specs or hook names); none is an error."""
-    ok = isinstance(sites, str) or (
-        isinstance(sites, (list, tuple)) and all(isinstance(x, str) for x in sites)
-    )
-    hooks = resolve_sites(store, sites) if ok else []
-    if not hooks:
-        raise ConfigError(
-            f"sites={sites!r} names no site; pass one or more of the store's sites as a spec or a list "
-            f"(e.g. 'resid_post:1' or ['{store.sites[0]}']). Store '{store.path}' holds: "
-            f"{', '.join(store.sites)}."
-        )
-    return hooks
 
 
 class ActivationDataLoader(DataLoader):

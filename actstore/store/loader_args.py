@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .base import StoreLike
+from .view import resolve_sites
 
-__all__ = ["whole", "flag", "parse_dtype", "parse_device"]
+__all__ = ["whole", "flag", "parse_dtype", "parse_device", "loader_hooks"]
 
 
 def whole(name: str, value: Any, low: int, hint: str = "") -> int:
@@ -94,3 +96,18 @@ def parse_device(device: Any) -> torch.device | None:
             "pass one of those."
         )
     return dev
+
+
+def loader_hooks(store: StoreLike, sites: Any) -> list[str]:
+    """The store's hooks that ``sites`` names (site specs or hook names); none is an error."""
+    ok = isinstance(sites, str) or (
+        isinstance(sites, (list, tuple)) and all(isinstance(x, str) for x in sites)
+    )
+    hooks = resolve_sites(store, sites) if ok else []
+    if not hooks:
+        raise ConfigError(
+            f"sites={sites!r} names no site; pass one or more of the store's sites as a spec or a list "
+            f"(e.g. 'resid_post:1' or ['{store.sites[0]}']). Store '{store.path}' holds: "
+            f"{', '.join(store.sites)}."
+        )
+    return hooks

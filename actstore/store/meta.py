@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import StoreFormatError
-from ..models import ModelInfo, check_identity
+from ..model_info import ModelInfo, check_identity
 from ..sites import Site
 
 __all__ = [

@@ -11,22 +11,21 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, RowIndexError, RowsNotDoneError, StoreNotFoundError
+from ..errors import RowIndexError, RowsNotDoneError, StoreNotFoundError
 from ..stats import Moments
-from .format import Layout, merge_partials, read_checked, shard_exists, walk_arrays
+from .format import Layout, read_checked, walk_arrays
 from .meta import StoreMeta
 from .nodes import (
-    chunk_present,
     damaged,
     expected_nodes,
     list_keys,
     looks_like_store,
     node_problem,
     parents,
-    read_key,
     root_damaged,
 )
 from .results import write_result
+from .site_stats import merged_stats, site_stats, stats_unreadable
 from .typed import attrs_of, group_at
 from .view import ArrayView, array_name
 
@@ -331,35 +330,7 @@ class ActivationStore:
     def stats(self, hook: str) -> Moments:
         """Per-feature count, mean and M2 (float64) over the done rows of ``hook``
         (positions outside ``mask`` excluded), merged in shard order."""
-        self.site(hook)
-        if self.meta.site(hook).dims.count("pos") != 1:
-            raise ConfigError(
-                f"Site {hook} has no stats (attention patterns have no single position axis)."
-            )
-        done = self.done
-        final = f"stats/{hook}"
-        try:
-            if done.all() and read_key(self.group.store, f"{final}/mean/zarr.json") is not None:
-                merged = merged_stats(self, hook)
-                if isinstance(merged, str):
-                    raise damaged(self.path, final, merged)
-                return merged
-            if read_key(self.group.store, "stats/partials/zarr.json") is None:
-                raise damaged(self.path, "stats", "the statistics are missing (stats/partials)")
-            partials = self.array("stats/partials")
-            lost = [int(k) for k in np.flatnonzero(done) if not shard_exists(partials, int(k))]
-            if lost:
-                raise damaged(
-                    self.path, "stats/partials", f"the statistics of shards {lost[:8]} are missing"
-                )
-            return merge_partials(partials, hook, done)
-        except (
-            ValueError,
-            RuntimeError,
-        ) as e:  # a checksum, or a codec of a store written before them
-            if isinstance(e, ValueError) and "checksum" not in str(e):
-                raise
-            raise damaged(self.path, "stats", stats_unreadable(hook, e)) from e
+        return site_stats(self, hook)
 
     def __repr__(self) -> str:
         return f"ActivationStore('{self.path}', {self.rows_done}/{self.n_rows} rows, sites={self.sites})"
@@ -397,26 +368,3 @@ class ActivationStore:
 def open_store(path: str | os.PathLike[str]) -> ActivationStore:
     """Open the store at ``path`` (a folder or an fsspec URL) for reading: ``actstore.open``."""
     return ActivationStore.open(path)
-
-
-def stats_unreadable(hook: str, e: Exception) -> str:
-    """What is wrong with statistics that raised ``e`` (a checksum, or a codec of a store
-    written before them) when read."""
-    return f"the statistics of {hook} cannot be read ({str(e)[:80]})"
-
-
-def merged_stats(store: ActivationStore, hook: str) -> Moments | str:
-    """The merged statistics of ``hook`` (``stats/<hook>``, their metadata checked by
-    :meth:`ActivationStore.array`), or what is wrong with their objects: the one check of
-    them, which :meth:`ActivationStore.stats` raises and ``actstore verify`` reports. A
-    ValueError other than a checksum's is raised."""
-    final = f"stats/{hook}"
-    try:
-        count, mean, m2 = (store.array(f"{final}/{n}") for n in ("count", "mean", "M2"))
-        if not all(map(chunk_present, (count, mean, m2))):
-            return "an object of the merged statistics is missing or empty"
-        return Moments(int(np.asarray(count[()])), np.asarray(mean[...]), np.asarray(m2[...]))
-    except (ValueError, RuntimeError) as e:
-        if isinstance(e, ValueError) and "checksum" not in str(e):
-            raise
-        return stats_unreadable(hook, e)

@@ -19,7 +19,8 @@ from zarr.codecs import Crc32cCodec
 
 from .format import INDEX_ARRAYS, merge_partials, shard_exists
 from .nodes import as_defined, list_keys, node_problem, parents, parse_doc, read_key, site_shapes
-from .reader import ActivationStore, merged_stats, stats_unreadable
+from .reader import ActivationStore
+from .site_stats import merged_stats, stats_unreadable
 from .typed import array_at
 
 __all__ = ["Damage", "verify_store", "FIXES"]

@@ -31,7 +31,7 @@ import actstore
 from actstore import patching as ap
 from actstore.errors import ConfigError
 from actstore.patching import attribution as at
-from actstore.selftest import (
+from actstore.selftest_references import (
     directional_derivative,  # the reference: finite differences of the in-place patch
 )
 

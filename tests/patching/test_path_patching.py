@@ -17,7 +17,7 @@ from transformer_lens import patching as tlp
 import actstore
 from actstore import patching as ap
 from actstore.errors import ConfigError
-from actstore.selftest import (
+from actstore.selftest_references import (
     edge_by_hooks,  # one edge patched by hand: the reference of direct path patching
 )
 

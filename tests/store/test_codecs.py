@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from actstore.capture.engine import CacheConfig
+from actstore.capture.config import CacheConfig
 from actstore.errors import ConfigError
 from actstore.store.codecs import (
     NO_FAST_PATH,

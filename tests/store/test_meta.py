@@ -11,7 +11,7 @@ import pytest
 
 import actstore
 from actstore.errors import StoreFormatError, StoreMismatchError
-from actstore.models import ModelInfo
+from actstore.model_info import ModelInfo
 from actstore.store import CorpusMeta, Layout, SiteMeta, StoreMeta
 from actstore.store.format import FORMAT_VERSION, READABLE_VERSIONS
 

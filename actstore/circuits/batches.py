@@ -30,6 +30,9 @@ def edge_scorer(method: str) -> Callable[..., torch.Tensor]:
         from .exact import exact_edge_scores
 
         return lambda *args, steps, **kw: exact_edge_scores(*args, **kw)
+    from .attribution import edge_attribution
+
+    return lambda *args, steps, **kw: edge_attribution(*args, method=method, steps=steps, **kw)
 
 
 class Batches:

@@ -42,7 +42,7 @@ from ..model_protocol import HookedModel
 from ..patching import self_check
 from ..patching.engine import default_memory_budget
 from .clean import CleanNodes
-from .forward import GraphForward
+from .forward import GraphForward, check_logits
 from .graph import Graph
 from .metrics import CircuitMetric, circuit_metric
 
@@ -305,14 +305,7 @@ class _Uniform:
                 dtype=self.fwd.dtype,
             )
             got = self._forward(row, zero, 0.0, None, probe=False)[0]
-        tol = self_check.tolerance(got, want, float(want.abs().max()), self.fwd.dtype)
-        err = float((got.double() - want.double()).abs().max())
-        if not err <= tol:
-            raise self_check.engine_error(
-                f"computed the model's logits through its edge graph's residual form as "
-                f"differing by {err:.3g} (tolerance {tol:.2g}) from its own forward",
-                False,
-            )
+        check_logits(got, want, self.fwd.dtype, "its edge graph's residual form")
         self.checked = True
 
 

@@ -74,7 +74,7 @@ def exact_edge_scores(
     from tqdm.auto import tqdm
 
     adapter = check_model(model, "Circuit discovery")
-    graph = _check_graph(model, graph)
+    graph = Graph.for_model(model, graph)
     ids = _parse_edges(graph, edges)
     corrupted_tokens, clean_tokens = _parse_tokens(
         model, corrupted_tokens, clean_tokens, clean_cache
@@ -228,20 +228,6 @@ def _hooked_scores(
         bar.update(len(chunk))
     bar.close()
     return scores
-
-
-def _check_graph(model: HookedModel, graph: Graph | None) -> Graph:
-    own = Graph.from_model(model)
-    if graph is None:
-        return own
-    if (graph.n_layers, graph.n_heads, graph.parallel) != (own.n_layers, own.n_heads, own.parallel):
-        raise ConfigError(
-            f"the graph has {graph.n_layers} layers of {graph.n_heads} heads"
-            f"{' (parallel blocks)' if graph.parallel else ''} but the model {own.n_layers} of "
-            f"{own.n_heads}{' (parallel blocks)' if own.parallel else ''}; pass Graph.from_model(model) "
-            "(or graph=None)."
-        )
-    return graph
 
 
 def _parse_edges(graph: Graph, edges: Sequence[int] | np.ndarray | None) -> np.ndarray:

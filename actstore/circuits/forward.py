@@ -42,7 +42,7 @@ from .clean import run_node_outputs
 from .edge_sum import edge_sum
 from .graph import Graph
 
-__all__ = ["GraphForward", "token_ids"]
+__all__ = ["GraphForward", "check_logits", "token_ids"]
 
 
 class GraphForward:
@@ -67,17 +67,9 @@ class GraphForward:
     def __init__(self, model: HookedModel, graph: Graph | None = None):
         self._check_family(model)
         self.model = model
-        own = Graph.from_model(model)
-        self.graph = graph if graph is not None else own
+        self.graph = Graph.for_model(model, graph)
         cfg = model.cfg
         g = self.graph
-        if (g.n_layers, g.n_heads, g.parallel) != (own.n_layers, own.n_heads, own.parallel):
-            raise ConfigError(
-                f"the graph is {g.n_layers} layers x {g.n_heads} heads"
-                f"{' (parallel blocks)' if g.parallel else ''} but the model is {cfg.n_layers} x "
-                f"{cfg.n_heads}{' (parallel blocks)' if own.parallel else ''}; build it with "
-                "Graph.from_model(model)."
-            )
         self.d_model, self.d_head, self.n_heads = (
             int(cfg.d_model),
             int(cfg.d_head),
@@ -309,14 +301,7 @@ class GraphForward:
                 ),
                 {},
             )[0]
-        tol = self_check.tolerance(got, want, float(want.abs().max()), self.dtype)
-        err = float((got.double() - want.double()).abs().max())
-        if not err <= tol:
-            raise self_check.engine_error(
-                f"computed the model's logits through its edge graph as differing by {err:.3g} "
-                f"(tolerance {tol:.2g}) from its own forward",
-                False,
-            )
+        check_logits(got, want, self.dtype, "its edge graph")
         self._checked = True
 
     def _tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -361,6 +346,20 @@ class GraphForward:
                 )
             over[self._node[name]] = value
         return over
+
+
+def check_logits(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, route: str) -> None:
+    """The self-check of a forward written here: ``got``, the model's logits computed through
+    ``route``, within float rounding (:func:`actstore.patching.self_check.tolerance`) of
+    ``want``, the model's own forward's; EngineCheckError naming the difference otherwise."""
+    tol = self_check.tolerance(got, want, float(want.abs().max()), dtype)
+    err = float((got.double() - want.double()).abs().max())
+    if not err <= tol:
+        raise self_check.engine_error(
+            f"computed the model's logits through {route} as differing by {err:.3g} "
+            f"(tolerance {tol:.2g}) from its own forward",
+            False,
+        )
 
 
 def token_ids(model: HookedModel, tokens: Any, name: str = "tokens") -> torch.Tensor:

@@ -127,6 +127,26 @@ class Graph:
         adapter.check_edge_graph(model)
         return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), adapter.parallel_blocks(model))
 
+    @classmethod
+    def for_model(cls, model: HookedModel, graph: Graph | None = None) -> Graph:
+        """``graph``, checked to have the model's layers, heads and kind of block (ConfigError
+        naming both otherwise), or the model's own graph (:meth:`from_model`) when None."""
+        own = cls.from_model(model)
+        if graph is None:
+            return own
+        if (graph.n_layers, graph.n_heads, graph.parallel) != (
+            own.n_layers,
+            own.n_heads,
+            own.parallel,
+        ):
+            raise ConfigError(
+                f"the graph has {graph.n_layers} layers of {graph.n_heads} heads"
+                f"{' (parallel blocks)' if graph.parallel else ''} but the model {own.n_layers} of "
+                f"{own.n_heads}{' (parallel blocks)' if own.parallel else ''}; pass Graph.from_model(model) "
+                "(or graph=None)."
+            )
+        return graph
+
     @property
     def n_edges(self) -> int:
         return len(self.names)

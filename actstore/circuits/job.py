@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -45,17 +44,17 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreMismatchError
-from ..model_protocol import HookedModel
-from ..parallel import Group
 from ..patching.clean import store_rows
 from ..patching.pair_job import PairJob, check_separated, default_out, pair_source
 from ..patching.pairs import Pairs, check_source
 from ..store import ActivationStore, ResultWriter
+from .batches import Batches
 from .circuit import SELECTIONS, Circuit, select_circuit
 from .clean import store_hooks
-from .config import CLEAN_SITES, METHODS, METRICS, CircuitJobConfig
-from .faithfulness import Faithfulness, default_sizes, faithfulness
+from .config import CLEAN_SITES, METHODS, CircuitJobConfig
+from .faithfulness import Faithfulness
 from .graph import Graph
+from .metrics import check_kind, circuit_metric
 from .output import compare_scores
 
 __all__ = ["CircuitJobConfig", "CircuitJobResult", "find_circuit", "compare_scores"]
@@ -80,8 +79,7 @@ def _check(cfg: CircuitJobConfig) -> None:
             f"Unknown method {unknown[0] if unknown else cfg.method!r}; --method takes one or a comma "
             f"list of {', '.join(METHODS)}."
         )
-    if cfg.metric not in METRICS:
-        raise ConfigError(f"Unknown metric {cfg.metric!r}; expected one of {', '.join(METRICS)}.")
+    check_kind(cfg.metric, functions=False)
     if cfg.selection not in SELECTIONS:
         raise ConfigError(
             f"Unknown selection {cfg.selection!r}; expected one of {', '.join(SELECTIONS)}."
@@ -155,17 +153,6 @@ _NOT_SEPARATED = (
 )
 
 
-def _scorer(method: str) -> Callable[..., torch.Tensor]:
-    """The method's edge-score function; ``steps`` applies to the eap-ig methods only."""
-    if method == "exact":
-        from .exact import exact_edge_scores
-
-        return lambda *args, steps, **kw: exact_edge_scores(*args, **kw)
-    from .attribution import edge_attribution
-
-    return lambda *args, steps, **kw: edge_attribution(*args, method=method, steps=steps, **kw)
-
-
 def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     """Score every edge by each method, pick and prune the --top circuit, measure the
     faithfulness curve; write the results and figures (see the module docstring)."""
@@ -212,8 +199,6 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
     with torch.no_grad():
         clean_logits, corrupted_logits = bridge(clean), bridge(corrupted)
 
-    from .metrics import circuit_metric
-
     metric = circuit_metric(
         cfg.metric,
         answer=pairs.answer.to(model.device),
@@ -225,7 +210,7 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
         metric(x).double().cpu().numpy() for x in (clean_logits, corrupted_logits)
     )
     check_separated(clean_values, corrupted_values, _NOT_SEPARATED)
-    run = _Batches(cfg, procs, bridge, metric, clean, corrupted, store, rows)
+    run = Batches(cfg, procs, bridge, metric, clean, corrupted, store, rows)
     scores = {m: run.scores(m, graph) for m in cfg.methods}
     # --signed ranks the edges that move the metric towards the clean run first (for kl: the negative scores)
     sign = 1.0 if metric.higher_is_better else -1.0
@@ -244,101 +229,6 @@ def find_circuit(cfg: CircuitJobConfig) -> CircuitJobResult:
         "writing the results",
     )
     return result
-
-
-class _Batches:
-    """The job's work in batches of ``--batch-pairs`` pairs, the same batches for any number
-    of processes, dealt round-robin; each result gathered in batch order on every process."""
-
-    def __init__(
-        self,
-        cfg: CircuitJobConfig,
-        procs: Group,
-        bridge: HookedModel,
-        metric: Any,
-        clean: torch.Tensor,
-        corrupted: torch.Tensor,
-        store: ActivationStore | None,
-        rows: list[int] | None,
-    ):
-        self.cfg, self.procs, self.bridge, self.metric = cfg, procs, bridge, metric
-        self.clean, self.corrupted, self.store, self.rows = clean, corrupted, store, rows
-        n = int(clean.shape[0])
-        self.bounds = [(a, min(a + cfg.batch_pairs, n)) for a in range(0, n, cfg.batch_pairs)]
-        self.n = n
-
-    def _each(self, fn: Callable[[int, int, Any], Any], what: str) -> list[Any]:
-        """``fn(a, b, metric of pairs a..b-1)`` of every batch, in batch order."""
-        mine = {
-            i: fn(a, b, self.metric if (a, b) == (0, self.n) else self.metric.for_pairs(a, b))
-            for i, (a, b) in (
-                (i, self.bounds[i]) for i in self.procs.owned(range(len(self.bounds)))
-            )
-        }
-        for share in self.procs.all_gather(mine, what):
-            mine.update(share)
-        return [mine[i] for i in range(len(self.bounds))]
-
-    def scores(self, method: str, graph: Graph) -> np.ndarray:
-        """(edge,) float64: the method's scores, the mean over every pair of the per-pair ones."""
-        cfg = self.cfg
-        if cfg.progress and self.procs.main:
-            print(
-                f"scoring {graph.n_edges} edges: {method}"
-                + (
-                    f" ({self.procs.world} processes share {len(self.bounds)} batches of pairs)"
-                    if self.procs.distributed
-                    else ""
-                )
-            )
-
-        def batch(a: int, b: int, metric: Any) -> np.ndarray:
-            extra = (
-                {"clean_cache": self.store, "clean_rows": self.rows[a:b]}
-                if self.store is not None and self.rows is not None
-                else {}
-            )
-            s = _scorer(method)(
-                self.bridge,
-                self.clean[a:b],
-                self.corrupted[a:b],
-                metric,
-                graph=graph,
-                steps=cfg.steps,
-                memory_budget=cfg.memory_budget,
-                per_pair=True,
-                progress=cfg.progress and self.procs.main,
-                **extra,
-            )
-            return s.detach().double().cpu().numpy()  # (edge, pair)
-
-        return np.concatenate(
-            self._each(batch, f"every batch of pairs was scored ({method})"), axis=1
-        ).mean(1)
-
-    def faithfulness(self, graph: Graph, signed: np.ndarray, pick: dict[str, Any]) -> Faithfulness:
-        """The faithfulness curve of the circuits the scores pick, at the default sizes and --top."""
-        from .forward import GraphForward
-
-        fwd = GraphForward(self.bridge, graph)
-        sizes = sorted(set(default_sizes(graph.n_edges)) | {self.cfg.top})
-        masks = np.stack([select_circuit(graph, signed, n, **pick).mask for n in sizes])
-
-        def batch(a: int, b: int, metric: Any) -> Faithfulness:
-            return faithfulness(
-                self.bridge,
-                self.clean[a:b],
-                self.corrupted[a:b],
-                metric,
-                masks,
-                forward=fwd,
-                memory_budget=self.cfg.memory_budget,
-                progress=self.cfg.progress and self.procs.main,
-                sizes=sizes,
-                positions=metric.positions,
-            )
-
-        return Faithfulness.concat(self._each(batch, "every batch of pairs was measured"))
 
 
 def _attrs(

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from ..errors import ConfigError
 from ..patching.metrics import LogitDiff
 
-__all__ = ["CircuitMetric", "circuit_metric", "KINDS"]
+__all__ = ["CircuitMetric", "circuit_metric", "check_kind", "KINDS"]
 
 KINDS = ("logit-diff", "norm-logit-diff", "kl")
 Tokens = int | Sequence[int] | torch.Tensor
@@ -119,6 +119,17 @@ class CircuitMetric:
         return f"CircuitMetric({self.name!r}, positions={self.positions}, higher_is_better={self.higher_is_better})"
 
 
+def check_kind(kind: str, functions: bool = True) -> None:
+    """ConfigError for a kind that is none of KINDS; ``functions``: the caller also takes a
+    function (circuit_metric does, `actstore circuit`'s --metric does not), and the message
+    says so."""
+    if kind not in KINDS:
+        raise ConfigError(
+            f"unknown circuit metric {kind!r}; use one of {', '.join(KINDS)}"
+            + (", or pass a function logits (batch, pos, vocab) -> (batch,)." if functions else ".")
+        )
+
+
 def _check_logits(name: str, logits: torch.Tensor | None, kind: str) -> torch.Tensor:
     if logits is None:
         raise ConfigError(
@@ -164,11 +175,7 @@ def circuit_metric(
         fn: Callable[..., torch.Tensor] = kind
         part = (lambda a, b: partial(fn, pairs=slice(a, b))) if _takes_pairs(fn) else None
         return CircuitMetric(fn, getattr(fn, "__name__", "metric"), part=part)
-    if kind not in KINDS:
-        raise ConfigError(
-            f"unknown circuit metric {kind!r}; use one of {', '.join(KINDS)}, or pass a function "
-            "logits (batch, pos, vocab) -> (batch,)."
-        )
+    check_kind(kind)
     pos = torch.as_tensor(position, dtype=torch.long).reshape(-1)
     if kind == "kl":
         clean = _check_logits("clean_logits", clean_logits, kind)

@@ -34,11 +34,11 @@ import numpy as np
 
 from ..jsonl import write_records
 from .synthetic import bos_id, ordinary_tokens, repeated_random_rows
-from .vocab import DEMO_NAMES as NAMES
-from .vocab import DEMO_OBJECTS as OBJECTS
-from .vocab import DEMO_PLACES as PLACES
-from .vocab import DEMO_ROLES as ROLES
-from .vocab import DEMO_SURNAMES as SURNAMES
+from .vocab.demo import DEMO_NAMES as NAMES
+from .vocab.demo import DEMO_OBJECTS as OBJECTS
+from .vocab.demo import DEMO_PLACES as PLACES
+from .vocab.demo import DEMO_ROLES as ROLES
+from .vocab.demo import DEMO_SURNAMES as SURNAMES
 
 __all__ = [
     "NAMES",

@@ -35,10 +35,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from ..corpus.vocab import GREATER_THAN_NOUNS, SURNAMES
-from ..corpus.vocab import IOI_NAMES as NAMES
-from ..corpus.vocab import IOI_OBJECTS as OBJECTS
-from ..corpus.vocab import IOI_PLACES as PLACES
+from ..corpus.vocab.tasks import GREATER_THAN_NOUNS, SURNAMES
+from ..corpus.vocab.tasks import IOI_NAMES as NAMES
+from ..corpus.vocab.tasks import IOI_OBJECTS as OBJECTS
+from ..corpus.vocab.tasks import IOI_PLACES as PLACES
 from ..errors import ConfigError
 from ..jsonl import write_records
 from .facts import FACTS_FORMAT, factual_pairs

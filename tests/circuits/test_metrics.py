@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from actstore.circuits import CircuitJobConfig, find_circuit
 from actstore.circuits.metrics import CircuitMetric, circuit_metric
 from actstore.errors import ConfigError
 
@@ -102,6 +103,15 @@ def test_refusals(kwargs, match):
     kind = kwargs.pop("kind")
     with pytest.raises(ConfigError, match=match):
         circuit_metric(kind, **kwargs)
+
+
+def test_the_circuit_job_refuses_an_unknown_metric_by_the_same_check():
+    # `actstore circuit` takes no function: the message offers none (circuit_metric's does)
+    with pytest.raises(ConfigError, match=r"function") as lib:
+        circuit_metric("logit_diff", answer=1, wrong=2)
+    with pytest.raises(ConfigError) as job:
+        find_circuit(CircuitJobConfig(model="gpt2", task="ioi", metric="logit_diff"))
+    assert str(job.value) == str(lib.value).split(", or pass a function")[0] + "."
 
 
 def test_refuses_undefined_normalisation_and_non_finite(case):

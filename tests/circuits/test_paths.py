@@ -23,7 +23,8 @@ import torch
 from actstore import patching as ap
 from actstore.circuits.forward import GraphForward
 from actstore.circuits.graph import Graph
-from actstore.circuits.paths import Paths, _groups, _plan, path_mask, path_patch, path_patch_sweep
+from actstore.circuits.path_variants import group_variants, plan_variants
+from actstore.circuits.paths import Paths, path_mask, path_patch, path_patch_sweep
 from actstore.errors import ConfigError
 from actstore.patching.path import direct_path_sweep
 
@@ -175,7 +176,7 @@ def test_variants_that_cannot_share_a_forward(case):
         Paths("m3", "logits"),
         Paths("input", "m3"),
     ]
-    assert _groups(_plan(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
+    assert group_variants(plan_variants(Graph(4, 4), variants)) == [[0, 2, 4], [1, 3]]
     check(case, variants)
     one = torch.stack(
         [
@@ -293,7 +294,7 @@ def test_the_mask_of_one_path():
     one = Paths("a0.h0", "a1.h0<q>")
     live = {g.names[e] for e in np.flatnonzero(path_mask(g, one)[0])}
     assert live == {"a0.h0->a1.h0<q>", "a1.h0->m1", "a1.h0->logits", "m1->logits"}
-    plan = _plan(g, [one])[0]
+    plan = plan_variants(g, [one])[0]
     assert plan.senders.tolist() == [1] and [g.upstream[u].name for u in plan.changed] == [
         "a1.h0",
         "m1",

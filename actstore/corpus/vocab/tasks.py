@@ -1,29 +1,12 @@
-"""The word lists every prompt generator draws from, in one place.
-
-Two families, because two tokenizers: the IOI paper's lists (Wang et al. 2022, and the
-surnames and nouns of the repeated-name and greater-than tasks), filtered by the task
-generators to the words that are one token of the tokenizer at hand
-(:mod:`actstore.patching.tasks`); and the demo corpus's lists, every word one token
-of the demo model's small tokenizer with its leading space (:mod:`actstore.demo.data`).
-Their order is part of the generators' output: append, never reorder.
+"""The patching tasks' word lists (GPT-2 tokenizer): the IOI paper's (Wang et al. 2022) names,
+places and objects, and the surnames and nouns of the repeated-name and greater-than tasks.
+The task generators (:mod:`actstore.patching.tasks`) keep the words that are one token of
+the tokenizer at hand. Their order is part of the generators' output: append, never reorder.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "IOI_NAMES",
-    "IOI_PLACES",
-    "IOI_OBJECTS",
-    "SURNAMES",
-    "GREATER_THAN_NOUNS",
-    "DEMO_NAMES",
-    "DEMO_SURNAMES",
-    "DEMO_OBJECTS",
-    "DEMO_PLACES",
-    "DEMO_ROLES",
-]
-
-# --- the patching tasks' (GPT-2 tokenizer) ------------------------------------------------------
+__all__ = ["IOI_NAMES", "IOI_PLACES", "IOI_OBJECTS", "SURNAMES", "GREATER_THAN_NOUNS"]
 
 #: the first names of the IOI authors' code (99)
 IOI_NAMES = (
@@ -310,122 +293,3 @@ GREATER_THAN_NOUNS = (
     "warfare",
     "work",
 )
-
-
-# --- the demo corpus's (demo tokenizer) -------------------------------------------------------
-
-DEMO_NAMES = (
-    "Mary",
-    "John",
-    "Alice",
-    "Bob",
-    "Sarah",
-    "James",
-    "Anna",
-    "David",
-    "Laura",
-    "Paul",
-    "Emma",
-    "Mark",
-    "Tom",
-    "Kate",
-    "Peter",
-    "Lucy",
-    "Jack",
-    "Rose",
-    "Sam",
-    "Helen",
-    "Mike",
-    "Jane",
-    "Chris",
-    "Amy",
-    "Dan",
-    "Lisa",
-    "Ben",
-    "Nina",
-    "Adam",
-    "Eva",
-    "Max",
-    "Julia",
-    "Leo",
-    "Clara",
-    "Ryan",
-    "Sophie",
-    "Luke",
-    "Grace",
-    "Eric",
-    "Ruth",
-    "Carl",
-    "Diana",
-    "Fred",
-    "Irene",
-    "Henry",
-    "Olivia",
-    "Oscar",
-    "Vera",
-    "Michelle",
-    "Steve",
-)
-DEMO_SURNAMES = (
-    "Jones",
-    "Smith",
-    "Brown",
-    "Miller",
-    "Davis",
-    "Wilson",
-    "Moore",
-    "Taylor",
-    "Clark",
-    "Hall",
-    "Young",
-    "King",
-    "Wright",
-    "Green",
-    "Baker",
-    "Adams",
-)
-DEMO_OBJECTS = (
-    "drink",
-    "book",
-    "ball",
-    "ring",
-    "key",
-    "letter",
-    "bag",
-    "coin",
-    "hat",
-    "pen",
-    "cake",
-    "card",
-    "cup",
-    "gift",
-    "lamp",
-    "map",
-    "note",
-    "phone",
-    "shirt",
-    "watch",
-    "apple",
-    "box",
-    "flower",
-    "basket",
-)
-DEMO_PLACES = (
-    "store",
-    "park",
-    "school",
-    "office",
-    "garden",
-    "station",
-    "library",
-    "market",
-    "beach",
-    "museum",
-    "cafe",
-    "river",
-    "zoo",
-    "bank",
-    "farm",
-    "hotel",
-)
-DEMO_ROLES = ("student", "teacher", "doctor", "player", "writer", "cook", "pilot", "singer")

@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="induction scores, logit lens, direct logit attribution over a store",
         epilog=EXAMPLES,
     )
-    which = p.add_subparsers(dest="analysis", required=True, parser_class=_Parser)
+    # typed loosely: the parents below are plain parsers, which typeshed wants as _Parser
+    which: argparse._SubParsersAction[Any] = p.add_subparsers(
+        dest="analysis", required=True, parser_class=_Parser
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("store", help="the store to analyse (a folder or URL)")
     common.add_argument(

@@ -52,8 +52,10 @@ from . import sweeps as _p
 from . import table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model
+from .generic import SweepRunner, generic_patch
 from .grad_pass import GradPass, SharedGradPass
 from .metrics import Metrics
+from .stack import stack_sweeps, stacked_sweep
 
 __all__ = [
     "attribution_patch",
@@ -99,7 +101,7 @@ def _cell_attributions(
     return torch.stack(out)
 
 
-def _runner(shared: SharedGradPass | None, as_effect: bool) -> _p.SweepRunner:
+def _runner(shared: SharedGradPass | None, as_effect: bool) -> SweepRunner:
     def run(
         model: HookedModel,
         tokens: torch.Tensor,
@@ -147,7 +149,7 @@ def generic_attribution_patch(
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
     grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
     the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
-    return _p.generic_patch(_runner(_shared, as_effect), *args, **kwargs)
+    return generic_patch(_runner(_shared, as_effect), *args, **kwargs)
 
 
 def _single(row: _table.SweepRow) -> Any:
@@ -160,22 +162,13 @@ def _single(row: _table.SweepRow) -> Any:
 
 
 def _stack(row: _table.SweepRow) -> Callable[..., Any]:
-    def sweep(
-        model: HookedModel,
-        corrupted_tokens: Int[torch.Tensor, "batch pos"],
-        clean_cache: Any,
-        metric: Any,
-        **kwargs: Any,
-    ) -> Any:
-        shared = SharedGradPass(_hooks_of(model, row.name))
-        return _run_named(row.name, model, corrupted_tokens, clean_cache, metric, shared, kwargs)
-
-    sweep.__name__ = sweep.__qualname__ = row.function
-    sweep.__doc__ = (
+    doc = (
         f"Attribution estimate of actstore.patching.{row.function} (the same stacked shape), "
         "every patch type from one forward and backward."
     )
-    return sweep
+    return stacked_sweep(
+        row, lambda model: _parts(row, SharedGradPass(_hooks_of(model, row.name))), doc, __name__
+    )
 
 
 #: every sweep's function by name (also bound in the module as get_act_patch_<name>): one per row of the table
@@ -206,8 +199,14 @@ def _run_named(
         return _FUNCTIONS[name](
             model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs
         )
-    parts = [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
-    return _p.stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
+    return stack_sweeps(
+        row, _parts(row, shared), model, corrupted_tokens, clean_cache, metric, kwargs
+    )
+
+
+def _parts(row: _table.SweepRow, shared: SharedGradPass) -> list[Callable[..., Any]]:
+    """The functions of a stack row's parts, sharing one gradient pass."""
+    return [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
 
 
 def attribution_patch(

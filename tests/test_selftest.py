@@ -9,7 +9,7 @@ import json
 import pytest
 
 from actstore.cli import main
-from actstore.patching import engine as _patch_engine
+from actstore.patching import hand_run as _patch_engine
 from actstore.patching import self_check as _self_check
 
 from .helpers import no_prefix

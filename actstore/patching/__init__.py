@@ -1,7 +1,8 @@
 """Vectorised activation patching, a drop-in for ``transformer_lens.patching``
-(:mod:`~actstore.patching.sweeps`), with its metrics (:mod:`~actstore.patching.metrics`),
-the engine behind it (engine, clean, kv_prefix, self_check), direct path patching
-(path), attribution patching (:mod:`actstore.patching.attribution`), prompt-pair tasks
+(:mod:`~actstore.patching.sweeps`, with generic and stack), with its metrics
+(:mod:`~actstore.patching.metrics`), the engine behind it (engine with corrupted, hand_run,
+projections, clean, kv_prefix, self_check), direct path patching (path, forked_path),
+attribution patching (:mod:`actstore.patching.attribution` with grad_pass), prompt-pair tasks
 (:mod:`actstore.patching.tasks`) and `actstore patch`'s job (job, pairs, figures)::
 
     from actstore import patching          # was: from transformer_lens import patching

@@ -40,21 +40,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Int
 
 from ..errors import ConfigError
-from ..families import adapter_for
 from ..model_protocol import HookedModel
-from ..models import bridge_dtype
 from . import sweeps as _p
 from . import table as _table
 from .clean import CleanSource
 from .engine import Sweep, check_model
-from .metrics import BatchedMetric, Metrics, select_declared
+from .generic import SweepRunner, generic_patch
+from .grad_pass import GradPass, SharedGradPass
+from .metrics import Metrics
+from .stack import stack_sweeps, stacked_sweep
 
 __all__ = [
     "attribution_patch",
@@ -65,129 +66,6 @@ __all__ = [
     "compare",
     "plot_comparison",
 ]
-
-
-# --- one forward and one backward -------------------------------------------------------------
-
-
-def _metric_value(fn: Any, logits: torch.Tensor, n_pos: int) -> torch.Tensor:
-    """A metric on one run's full logits, differentiably (plain or batched)."""
-    if callable(getattr(fn, "batched", None)) and not callable(fn):
-        return fn.batched(select_declared(logits[None], fn, n_pos))[0]
-    return torch.as_tensor(fn(logits))
-
-
-def _stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    raise StopAtLayerException(act)  # run_with_hooks returns act: the residual entering ln_final
-
-
-def _metric_values(
-    model: HookedModel, metrics: Metrics, out: torch.Tensor, n_pos: int
-) -> list[torch.Tensor]:
-    """Every metric's value from the run's output: the full logits, or (restricted
-    metrics) the final residual, of which only the positions and vocabulary columns the
-    metrics read are decoded."""
-    d_model = int(model.cfg.d_model)
-    if not metrics.restricted or out.shape[-1] != d_model or d_model == int(model.cfg.d_vocab):
-        return [_metric_value(fn, out, n_pos) for fn in metrics.fns.values()]
-    sel = adapter_for(model).logit_columns(model, out[:, metrics.positions], metrics.token_ids)[
-        None
-    ]
-    # restricted: every metric is a BatchedMetric (Metrics checks it)
-    return [
-        cast(BatchedMetric, fn).batched(sel[:, :, metrics._pidx[i]][..., metrics._tidx[i]])[0]
-        for i, fn in enumerate(metrics.fns.values())
-    ]
-
-
-class _GradPass:
-    """The corrupted run once with a zero leaf added at each hook: the activations,
-    d metric / d activation for every metric, and the metric values (the baseline)."""
-
-    def __init__(
-        self, model: HookedModel, tokens: torch.Tensor, hooks: Sequence[str], metrics: Metrics
-    ):
-        self.hooks = sorted(set(hooks))
-        self.metric_names = tuple(metrics.fns)
-        self.per_example = metrics.per_example
-        self.acts: dict[str, torch.Tensor] = {}
-        self.grads: dict[str, dict[str, torch.Tensor]] = {}  # metric -> hook -> gradient
-        leaves: dict[str, torch.Tensor] = {}
-
-        def attach(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                if name in leaves:
-                    raise RuntimeError(
-                        f"{name} fired twice in one forward; attribution needs it once."
-                    )
-                self.acts[name] = act.detach().clone()
-                leaves[name] = torch.zeros_like(act, requires_grad=True)
-                # added in place, as transformer_lens.patching's setters write their patch: a tensor
-                # the model aliases to this one sees it too (the bridge's hook_resid_mid is ln2's input,
-                # which the block also adds the MLP's output to), so the gradient is the patch's
-                return act.add_(leaves[name])
-
-            return fn
-
-        n_pos = int(tokens.shape[1])
-        hooks_ = [(h, attach(h)) for h in self.hooks]
-        # stop before the final LayerNorm: only the logits the metrics read are computed
-        if metrics.restricted:
-            hooks_.append(("ln_final.hook_in", _stop))
-        # a tensor autograd saved (a softmax's output: hook_pattern) may take the in-place add
-        with torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
-            out = model.run_with_hooks(tokens, fwd_hooks=hooks_)
-            missing = [h for h in self.hooks if h not in leaves]
-            if missing:
-                raise ConfigError(
-                    f"Hook {missing[0]} did not fire in the corrupted run; attribution patching reads "
-                    "hooks of blocks.L (resid_pre/mid, attn_out, mlp_out, z, q, k, v, pattern, ...)."
-                )
-            values = _metric_values(model, metrics, out, n_pos)
-            base = []
-            order = [leaves[h] for h in self.hooks]
-            for i, (name, value) in enumerate(zip(metrics.fns, values)):
-                metrics.check_shape(name, value, lead=())
-                if not value.requires_grad:
-                    raise ConfigError(
-                        f"patching_metric {name!r} is not differentiable in the logits (it returned a "
-                        "tensor without a gradient); compute it with torch operations on the logits."
-                    )
-                grads = torch.autograd.grad(
-                    value.sum(), order, retain_graph=i < len(values) - 1, allow_unused=True
-                )
-                self.grads[name] = {
-                    h: torch.zeros_like(leaves[h]) if g is None else g
-                    for h, g in zip(self.hooks, grads)
-                }
-                base.append(value.detach())
-        dtype = torch.promote_types(bridge_dtype(model), torch.float32)
-        self.baseline = torch.stack(base).to(dtype)  # (metric[, batch])
-
-    def matches(self, metrics: Metrics, hooks: Sequence[str]) -> bool:
-        return (
-            tuple(metrics.fns) == self.metric_names
-            and metrics.per_example == self.per_example
-            and set(hooks) <= set(self.hooks)
-        )
-
-
-class _Shared:
-    """One gradient pass shared by several sweeps (the union of their hooks), made on
-    first use."""
-
-    def __init__(self, hooks: Sequence[str]):
-        self.hooks = list(hooks)
-        self.grad_pass: _GradPass | None = None
-
-    def get(
-        self, model: HookedModel, tokens: torch.Tensor, metrics: Metrics, hooks: Sequence[str]
-    ) -> _GradPass:
-        if self.grad_pass is None or not self.grad_pass.matches(metrics, hooks):
-            self.grad_pass = _GradPass(model, tokens, sorted(set(self.hooks) | set(hooks)), metrics)
-        return self.grad_pass
 
 
 # --- per-cell attributions ---------------------------------------------------------------------
@@ -223,7 +101,7 @@ def _cell_attributions(
     return torch.stack(out)
 
 
-def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
+def _runner(shared: SharedGradPass | None, as_effect: bool) -> SweepRunner:
     def run(
         model: HookedModel,
         tokens: torch.Tensor,
@@ -240,7 +118,7 @@ def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
         grad_pass = (
             shared.get(model, tokens, metrics, list(by_hook))
             if shared is not None
-            else _GradPass(model, tokens, list(by_hook), metrics)
+            else GradPass(model, tokens, list(by_hook), metrics)
         )
         base = grad_pass.baseline
         out = torch.zeros(
@@ -264,14 +142,14 @@ def _runner(shared: _Shared | None, as_effect: bool) -> _p.SweepRunner:
 
 @_p.generic_signature
 def generic_attribution_patch(
-    *args: Any, as_effect: bool = False, _shared: _Shared | None = None, **kwargs: Any
+    *args: Any, as_effect: bool = False, _shared: SharedGradPass | None = None, **kwargs: Any
 ) -> Any:
     """The attribution estimate of :func:`actstore.patching.generic_activation_patch`:
     the same arguments and return shapes (tensor, ``(tensor, index_df)`` or
     PatchingResult); each cell is ``metric(corrupted) + sum((patched - corrupted) *
     grad)`` over the activation ``patch_setter`` changes (``as_effect=True``: without
     the ``metric(corrupted)`` term). ``baseline`` is the corrupted run's metric."""
-    return _p.generic_patch(_runner(_shared, as_effect), *args, **kwargs)
+    return generic_patch(_runner(_shared, as_effect), *args, **kwargs)
 
 
 def _single(row: _table.SweepRow) -> Any:
@@ -284,22 +162,13 @@ def _single(row: _table.SweepRow) -> Any:
 
 
 def _stack(row: _table.SweepRow) -> Callable[..., Any]:
-    def sweep(
-        model: HookedModel,
-        corrupted_tokens: Int[torch.Tensor, "batch pos"],
-        clean_cache: Any,
-        metric: Any,
-        **kwargs: Any,
-    ) -> Any:
-        shared = _Shared(_hooks_of(model, row.name))
-        return _run_named(row.name, model, corrupted_tokens, clean_cache, metric, shared, kwargs)
-
-    sweep.__name__ = sweep.__qualname__ = row.function
-    sweep.__doc__ = (
+    doc = (
         f"Attribution estimate of actstore.patching.{row.function} (the same stacked shape), "
         "every patch type from one forward and backward."
     )
-    return sweep
+    return stacked_sweep(
+        row, lambda model: _parts(row, SharedGradPass(_hooks_of(model, row.name))), doc, __name__
+    )
 
 
 #: every sweep's function by name (also bound in the module as get_act_patch_<name>): one per row of the table
@@ -322,7 +191,7 @@ def _run_named(
     corrupted_tokens: torch.Tensor,
     clean_cache: Any,
     metric: Any,
-    shared: _Shared,
+    shared: SharedGradPass,
     kwargs: dict[str, Any],
 ) -> Any:
     row = _table.SWEEPS[name]
@@ -330,8 +199,14 @@ def _run_named(
         return _FUNCTIONS[name](
             model, corrupted_tokens, clean_cache, metric, _shared=shared, **kwargs
         )
-    parts = [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
-    return _p.stack_sweeps(row, parts, model, corrupted_tokens, clean_cache, metric, kwargs)
+    return stack_sweeps(
+        row, _parts(row, shared), model, corrupted_tokens, clean_cache, metric, kwargs
+    )
+
+
+def _parts(row: _table.SweepRow, shared: SharedGradPass) -> list[Callable[..., Any]]:
+    """The functions of a stack row's parts, sharing one gradient pass."""
+    return [partial(_FUNCTIONS[part.name], _shared=shared) for part in row.parts]
 
 
 def attribution_patch(
@@ -366,7 +241,7 @@ def attribution_patch(
             _, clean = model.run_with_cache(
                 clean.to(model.cfg.device), names_filter=lambda n: n in set(hooks)
             )
-    shared = _Shared(hooks)
+    shared = SharedGradPass(hooks)
     return {
         s: _run_named(s, model, corrupted_tokens, clean, metric, shared, dict(kwargs))
         for s in sweeps

@@ -6,7 +6,7 @@ forward per index. Here, for each layer:
 
 1. The corrupted run is done once (one forward with capture hooks): the residual
    entering every block, the swept activation at every layer, every block's keys and
-   values, and the logits.
+   values, and the logits (:mod:`actstore.patching.corrupted`).
 2. Each index's patched activation is ``patch_setter(corrupted_act, index, clean_act)``,
    exactly what the reference's hook computes (at the patched layer nothing upstream
    has changed, so the activation there *is* the corrupted one). Where it equals the
@@ -23,6 +23,7 @@ forward per index. Here, for each layer:
    declare their positions and token ids, only those rows of the unembedding. When the
    metrics read the final position only, the last block runs for that position alone
    (the other positions there only contribute keys and values, computed apart).
+   Steps 3 and 4 are :mod:`actstore.patching.hand_run`'s.
 
 Models: the steps above run blocks standalone (``bridge.blocks[i](residual)``), which
 is exact for families with causal attention and absolute position embeddings added
@@ -43,17 +44,18 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..families import adapter_for
 from ..model_protocol import HookedModel
-from ..sites import hook_name, layer_of
+from ..sites import layer_of
 from . import self_check
 from .checks import check_hand_run, check_model
 from .chunks import CALL_COST_ROWPOS, default_memory_budget, variant_row_bytes
 from .chunks import plan_chunks as _plan_chunks
 from .clean import CleanValues
+from .corrupted import CorruptedRun
+from .hand_run import run_chunk as _run_chunk
 from .hooked import run_cells
-from .kv_prefix import PrefixKV, attention_prefix
 from .metrics import Metrics
+from .projections import block_projections
 
 __all__ = [
     "Sweep",
@@ -77,77 +79,6 @@ class Sweep:
     indices: list[list[int]]
     act_name: Callable[[int], str]
     patch_setter: Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
-
-
-def block_projections(
-    model: HookedModel, layer: int, x: torch.Tensor, names: Sequence[str] = ("k", "v")
-) -> tuple[torch.Tensor, ...] | None:
-    """The queries/keys/values (``names`` of "q", "k", "v") block ``layer`` computes
-    from its input ``x`` (row, pos, d_model), each as (row, head, pos, d_head), without
-    the rest of the block; None where the bridge's attention does not expose them this way."""
-    block = model.blocks[layer]
-    try:
-        h = block.ln1(x)
-        outs = [getattr(block.attn, n)(h) for n in names]
-    except Exception:  # another attention layout: the caller runs the whole block instead
-        return None
-    d_head = int(model.cfg.d_head)
-    if all(o.ndim == 3 and o.shape[-1] % d_head == 0 for o in outs):  # (row, pos, head * d_head)
-        outs = [o.unflatten(-1, (-1, d_head)) for o in outs]
-    if any(o.ndim != 4 for o in outs):
-        return None
-    return tuple(o.transpose(1, 2) for o in outs)
-
-
-def _block_kv(
-    model: HookedModel, layer: int, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Keys and values block ``layer`` computes from its input (see block_projections)."""
-    return block_projections(model, layer, x, ("k", "v"))  # type: ignore[return-value]
-
-
-class _Corrupted:
-    """The corrupted run, once: logits and what the patched runs start from."""
-
-    def __init__(
-        self,
-        model: HookedModel,
-        tokens: torch.Tensor,
-        hooks: Sequence[str],
-        first_layer: int,
-        windowed: bool,
-    ):
-        n_layers = int(model.cfg.n_layers)
-        self.acts: dict[str, torch.Tensor] = {}
-        # (whole forwards need only the hooks)
-        layers = range(first_layer, n_layers) if windowed else range(0)
-        names = set(hooks) | {
-            hook_name(short, layer) for layer in layers for short in ("resid_pre", "k", "v")
-        }
-
-        def keep(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            # stored under the name asked for (the bridge's hook point may carry its
-            # canonical name, e.g. blocks.0.hook_in for blocks.0.hook_resid_pre)
-            def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                self.acts[name] = act.detach().clone()
-                return act
-
-            return fn
-
-        # a plain run_with_hooks, as the reference's baseline: the same logits, bit for bit
-        self.logits = model.run_with_hooks(
-            tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]
-        ).detach()
-        self.keys = {layer: self.acts[hook_name("k", layer)].transpose(1, 2) for layer in layers}
-        self.values = {layer: self.acts[hook_name("v", layer)].transpose(1, 2) for layer in layers}
-        # may the last block run for the final position only? (its keys/values computed
-        # apart, checked here against the corrupted run's own)
-        last = n_layers - 1
-        kv = _block_kv(model, last, self.acts[hook_name("resid_pre", last)]) if windowed else None
-        self.last_kv_apart = kv is not None and all(
-            a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-            for a, b in zip(kv, (self.keys[last], self.values[last]))
-        )
 
 
 def _layer(hook: str) -> int:
@@ -262,7 +193,7 @@ class _SweepRun:
             (len(sweep.indices), len(metrics.fns)) + ((self.batch,) if metrics.per_example else ()),
             device=self.device,
         )
-        self.corrupted = _Corrupted(
+        self.corrupted = CorruptedRun(
             model,
             corrupted_tokens,
             list(self.hooks.values()),
@@ -392,100 +323,3 @@ class _SweepRun:
             float(self.corrupted_sel.abs().max()),
             self.kv_prefix,
         )
-
-
-def _run_chunk(
-    model: HookedModel,
-    corrupted: _Corrupted,
-    metrics: Metrics,
-    corrupted_sel: torch.Tensor,
-    layer: int,
-    hook: str,
-    patched: list[torch.Tensor],
-    start: int,
-    end: int,
-    q_axis: int | None,
-    k_axis: int | None,
-    n_layers: int,
-    in_place: bool,
-    kv_prefix: bool,
-) -> torch.Tensor:
-    """Run the variants of one chunk from block ``layer`` on, over positions
-    [start, end); return their metric values (variant, metric[, batch]).
-    ``in_place``: write the patched window into the hooked activation, as the
-    reference's setters do, instead of returning it."""
-    n_var = len(patched)
-    window = torch.stack(patched)  # (variant, batch, ...)
-    if q_axis is not None:
-        window = window.narrow(q_axis + 1, start, end - start)
-    if k_axis is not None:
-        window = window.narrow(k_axis + 1, 0, end)
-    window = window.reshape(-1, *window.shape[2:]).contiguous()  # (variant * batch, ...)
-    fired = []
-
-    def substitute(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        if act.shape != window.shape:
-            raise RuntimeError(
-                f"{hook}: activation of shape {tuple(act.shape)} where the engine expected "
-                f"{tuple(window.shape)}; this model's blocks do not run as actstore.patching assumes."
-            )
-        fired.append(True)
-        if in_place:
-            return act.copy_(window)
-        return window
-
-    x = corrupted.acts[hook_name("resid_pre", layer)][:, start:end].repeat(n_var, 1, 1)
-    prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var) if start > 0 else None
-    # the last block for the final position only, when that is all the metrics read:
-    # the other window positions there only give keys and values
-    last = n_layers - 1
-    trim = (
-        kv_prefix
-        and corrupted.last_kv_apart
-        and layer < last
-        and metrics.restricted
-        and end - start > 1
-        and [p for p in metrics.positions if p >= start] == [end - 1]
-    )
-    blocks = range(layer, last if trim else n_layers)
-    with model.hooks(fwd_hooks=[(hook, substitute)]), attention_prefix(model, blocks, prefix):
-        for i in blocks:
-            y = model.blocks[i](x)
-            x = y[0] if isinstance(y, tuple) else y
-    if len(fired) != 1:
-        raise RuntimeError(
-            f"{hook} fired {len(fired)} times in the patched blocks (expected once)."
-        )
-    if trim:
-        k, v = _block_kv(model, last, x[:, :-1])  # type: ignore[misc]
-        prefix = PrefixKV(corrupted.keys, corrupted.values, start, n_var)
-        prefix.extra[last] = (k, v)
-        with attention_prefix(model, [last], prefix):
-            y = model.blocks[last](x[:, -1:])
-        x, start = (y[0] if isinstance(y, tuple) else y), end - 1
-    return metrics.evaluate(_logits(model, metrics, corrupted, corrupted_sel, x, start, end, n_var))
-
-
-def _logits(
-    model: HookedModel,
-    metrics: Metrics,
-    corrupted: _Corrupted,
-    corrupted_sel: torch.Tensor,
-    x: torch.Tensor,
-    start: int,
-    end: int,
-    n_var: int,
-) -> torch.Tensor:
-    """Logits of every variant row where the metrics read them; positions before
-    ``start`` are the corrupted run's."""
-    if not metrics.restricted:
-        new = model.unembed(model.ln_final(x))  # (row, end - start, d_vocab)
-        if start == 0:
-            return new
-        return torch.cat([corrupted.logits[:, :start].repeat(n_var, 1, 1), new], dim=1)
-    out = corrupted_sel.repeat(n_var, 1, 1)  # (row, pos', vocab')
-    cols = [i for i, p in enumerate(metrics.positions) if p >= start]
-    if cols:
-        resid = x[:, [metrics.positions[i] - start for i in cols]]
-        out[:, cols] = adapter_for(model).logit_columns(model, resid, metrics.token_ids)
-    return out

@@ -19,12 +19,13 @@ edges to :func:`~actstore.patching.engine.run_sweep` as a sweep of that hook, so
 run many at a time from the reader's block on, over the positions the patch changes.
 Where ``delta`` is zero (positions before the first one at which clean and corrupted
 differ) the value is the corrupted run's own, bit for bit, and the engine skips them.
+Direct paths on the families whose blocks the engine does not run by hand go through the
+model's own per-head q/k/v input fork instead (:mod:`actstore.patching.forked_path`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,10 @@ from ..models import bridge_dtype
 from ..sites import hook_name
 from . import self_check as _self_check
 from .clean import CleanSource
-from .engine import Sweep, block_projections, check_model, run_sweep
+from .engine import Sweep, check_model, run_sweep
+from .forked_path import check_forked_direct_path, forked_edge_sweep, split_qkv_input
 from .metrics import Metrics
+from .projections import block_projections
 
 __all__ = [
     "Reader",
@@ -300,7 +303,7 @@ def direct_path_sweep(
         )
     hand_run = adapter.hand_run_blocks and hasattr(model, "blocks")
     if not hand_run:
-        _check_forked_direct_path(model, adapter, component)
+        check_forked_direct_path(model, adapter, component)
     if corrupted_tokens.ndim == 1:
         corrupted_tokens = corrupted_tokens[None]
     device = torch.device(cfg.device)
@@ -343,100 +346,29 @@ def direct_path_sweep(
     ]
     metrics = Metrics({"metric": metric}, False, batch, n_pos)
     if not hand_run:  # the reference's own fork, many edges at a time
-        with split_qkv_input(model):
-            sweep = Sweep(
-                indices=indices,
-                act_name=lambda layer: f"blocks.{layer}.attn.hook_{component}_input",
-                patch_setter=_add_write,
-            )
-            out, _ = run_sweep(
-                model,
-                corrupted_tokens,
-                _Writes(torch.stack(deltas)),
-                metrics,
-                sweep,
-                memory_budget,
-                progress,
-            )
-        for (layer, s, head), value in zip(indices, out[:, 0]):
-            results[s, layer, head] = value
-        return results
-    values = EdgeValues(
-        model,
-        reader,
-        torch.stack(deltas),
-        live,
-        {layer: acts[reader.read_hook(layer)] for layer in dst_layers},
-        {layer: acts[reader.hook(layer)] for layer in dst_layers},
-        [f"head {s}" for s in sources],
-    )
-    out, _ = edge_sweep(
-        model, corrupted_tokens, values, indices, metrics, memory_budget, progress, kv_prefix
-    )
+        out = forked_edge_sweep(
+            model,
+            corrupted_tokens,
+            torch.stack(deltas),
+            indices,
+            component,
+            metrics,
+            memory_budget,
+            progress,
+        )
+    else:
+        values = EdgeValues(
+            model,
+            reader,
+            torch.stack(deltas),
+            live,
+            {layer: acts[reader.read_hook(layer)] for layer in dst_layers},
+            {layer: acts[reader.hook(layer)] for layer in dst_layers},
+            [f"head {s}" for s in sources],
+        )
+        out, _ = edge_sweep(
+            model, corrupted_tokens, values, indices, metrics, memory_budget, progress, kv_prefix
+        )
     for (layer, s, head), value in zip(indices, out[:, 0]):
         results[s, layer, head] = value
     return results
-
-
-# --- direct paths through the model's own per-head q/k/v input fork ------------------------
-# (families whose blocks actstore does not run by hand: the edges run as one engine sweep of
-# blocks.L.attn.hook_{q,k,v}_input, whole plain forwards, many edges at a time)
-
-
-class _Writes:
-    """The sources' residual writes (source, batch, pos, d_model) under every hook name."""
-
-    def __init__(self, deltas: torch.Tensor):
-        self.deltas = deltas
-
-    def __getitem__(self, hook: str) -> torch.Tensor:
-        return self.deltas
-
-
-def _add_write(act: torch.Tensor, index: Sequence[int], deltas: torch.Tensor) -> torch.Tensor:
-    """index = (layer, source, head): the source's write added to that head's input
-    only (a new tensor, as the reference's hook)."""
-    _, src, head = index
-    out = act.clone()
-    out[:, :, head] += deltas[src].to(act.dtype)
-    return out
-
-
-@contextmanager
-def split_qkv_input(model: HookedModel) -> Iterator[None]:
-    """The model's per-head q/k/v input hooks switched on (and its own settings back on exit)."""
-    split = bool(getattr(model.cfg, "use_split_qkv_input", False))
-    attn_in = bool(getattr(model.cfg, "use_attn_in", False))
-    try:
-        if attn_in:
-            model.set_use_attn_in(False)  # (the two forks exclude each other)
-        model.set_use_split_qkv_input(True)
-        yield
-    finally:
-        model.set_use_split_qkv_input(split)
-        if attn_in:
-            model.set_use_attn_in(True)
-
-
-def _check_forked_direct_path(model: HookedModel, adapter: Any, component: str) -> None:
-    """Refuse what the edge does not define on this family, up front."""
-    if not hasattr(model, "set_use_split_qkv_input"):
-        raise ConfigError(
-            f"direct path patching on a {adapter.name} model patches each head's own q/k/v input, "
-            "which this model cannot hook (no set_use_split_qkv_input); load it with TransformerBridge."
-        )
-    if adapter.sublayer_output_norms:
-        raise ConfigError(
-            f"direct path patching adds a source head's write z @ W_O to a later head's input, and a "
-            f"{adapter.name} model normalises each attention output before it joins the residual, so "
-            "a head's write is not z @ W_O; actstore refuses rather than approximate (as "
-            "transformer_lens.patching does)."
-        )
-    n_kv = getattr(model.cfg, "n_key_value_heads", None)
-    if component != "q" and n_kv not in (None, int(model.cfg.n_heads)):
-        raise ConfigError(
-            f"direct path patching into component={component!r}: this {adapter.name} model shares each "
-            f"key/value head among {int(model.cfg.n_heads) // int(n_kv)} query heads (n_key_value_heads="
-            f"{n_kv}, n_heads={model.cfg.n_heads}), so one head's own {component} input is not defined. "
-            "component='q' works."
-        )

@@ -26,6 +26,7 @@ from transformer_lens import patching as tlp
 from actstore import patching as ap
 from actstore.errors import EngineCheckError
 from actstore.patching import engine as _patch_engine
+from actstore.patching import hand_run as _hand_run
 from actstore.patching import kv_prefix as _kv_prefix
 from actstore.patching import path as _path_engine
 from actstore.patching import self_check as _self_check
@@ -151,7 +152,7 @@ def test_self_check_catches_a_lost_prefix(cases, monkeypatch):
     the old engine): the sweep raises instead of returning wrong numbers; kv_prefix=False,
     the way round it named in the error, gives the reference's values."""
     case = cases.get("demo_late") or cases.setdefault("demo_late", demo_case("late"))
-    monkeypatch.setattr(_patch_engine, "attention_prefix", no_prefix)
+    monkeypatch.setattr(_hand_run, "attention_prefix", no_prefix)
     with pytest.raises(
         EngineCheckError,
         match=r"plain run_with_hooks.*transformers \d.*transformer-lens \d.*"

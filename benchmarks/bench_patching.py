@@ -37,6 +37,7 @@ No assertions on timings: the figures are information only.
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl              # + the GPT-2-XL shape
     /tmp/venv/bin/python benchmarks/bench_patching.py --xl-only --xl-scenario early
     /tmp/venv/bin/python benchmarks/bench_patching.py --direct-path-only --threads 1
+    python benchmarks/bench_patching.py --tiny --direct-path --threads 1   # a smoke run (2 layers)
     python benchmarks/bench_patching.py --device cuda --dtype float16 --batch 8   # on a GPU
     python benchmarks/bench_patching.py --family llama --sweeps resid_pre      # another family, same size
 
@@ -79,6 +80,7 @@ SCENARIOS = {
 }
 ANSWER, WRONG = " Mary", " John"
 SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+TINY = dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=50257)  # --tiny: a smoke run
 XL = dict(n_layer=48, n_embd=1600, n_head=25, n_positions=1024, vocab_size=50257)
 SWEEPS = ("get_act_patch_resid_pre", "get_act_patch_attn_head_out_by_pos")
 
@@ -118,6 +120,12 @@ def parse_args() -> argparse.Namespace:
         "FAMILIES), at GPT-2-small's size: 12 layers, d_model 768, 12 heads (4 key/value heads where the "
         "family has grouped-query attention)",
     )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the small sweeps and direct paths on a 2-layer model (the family's tiny shape): a "
+        "smoke run, what tests/test_benchmarks.py runs",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--out-json", default=None)
@@ -142,9 +150,12 @@ def build(folder: Path, config: dict[str, int], seed: int, family: str = "gpt2")
     return folder
 
 
-def family_shape(family: str) -> dict[str, Any]:
+def family_shape(family: str, tiny: bool = False) -> dict[str, Any]:
     """GPT-2-small's size in ``family``'s config keywords (its tiny config's other settings kept:
-    Mistral's and Gemma 2's sliding window of 8 positions, so 20-token prompts cross it)."""
+    Mistral's and Gemma 2's sliding window of 8 positions, so 20-token prompts cross it); with
+    ``tiny``, the family's tiny shape (actstore.random_models) and GPT-2's 2-layer TINY."""
+    if tiny:
+        return TINY if family == "gpt2" else {}
     if family == "gpt2":
         return SMALL
     shape: dict[str, Any] = dict(
@@ -234,11 +245,18 @@ def loadavg() -> str:
 
 
 def bench_small(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]) -> None:
+    size = "tiny" if args.tiny else "small-shape"
+    what = "a tiny shape" if args.tiny else "GPT-2-small's size"
     bridge = boot(
-        build(model_dir / f"{args.family}-small-shape", family_shape(args.family), 0, args.family)
+        build(
+            model_dir / f"{args.family}-{size}",
+            family_shape(args.family, args.tiny),
+            0,
+            args.family,
+        )
     )
     print(
-        f"\n{args.family}, GPT-2-small's size ({bridge.cfg.n_layers} layers, d_model {bridge.cfg.d_model}, "
+        f"\n{args.family}, {what} ({bridge.cfg.n_layers} layers, d_model {bridge.cfg.d_model}, "
         f"{bridge.cfg.n_heads} heads), random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token prompts; torch threads "
         f"{torch.get_num_threads()}; load average at start {loadavg()} on {os.cpu_count()} CPUs"
     )
@@ -415,16 +433,19 @@ def bench_xl(args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any
 def bench_direct_path(
     args: argparse.Namespace, model_dir: Path, rows: list[dict[str, Any]]
 ) -> None:
-    bridge = boot(build(model_dir / "gpt2-small-shape", SMALL, seed=0))
+    shape = TINY if args.tiny else SMALL
+    bridge = boot(
+        build(model_dir / f"gpt2-{'tiny' if args.tiny else 'small-shape'}", shape, seed=0)
+    )
     clean, corrupted, a, w = prompts(args.batch, "s2")
     ld = ap.LogitDiff([a] * args.batch, [w] * args.batch)
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(clean)
         _, corrupted_cache = bridge.run_with_cache(corrupted)
     src_layer, src_head = (int(x) for x in args.direct_path_source.split("."))
-    n_layers, n_heads = SMALL["n_layer"], SMALL["n_head"]
+    n_layers, n_heads = shape["n_layer"], shape["n_head"]
     print(
-        f"\ndirect path patching, GPT-2-small shape, random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token "
+        f"\ndirect path patching, GPT-2-{'tiny' if args.tiny else 'small'} shape, random init, {args.dtype}, {DEVICE}; {args.batch} pair(s) of 20-token "
         f"prompts (s2); LogitDiff; torch threads {torch.get_num_threads()}; load average {loadavg()}"
     )
     for component in ("q", "k", "v"):

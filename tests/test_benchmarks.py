@@ -93,6 +93,8 @@ TINY = {
         "1",
     ],
     "bench_patching.py": [
+        "--tiny",
+        "--direct-path",
         "--threads",
         "1",
         "--batch",

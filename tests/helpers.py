@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,16 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child process a test interrupts (SIGINT): the signal at its
+    default and unblocked there. A child inherits an ignored or blocked SIGINT from the
+    test process, where a library may have left it so (the suite saw a child that ran to
+    the end, exit 0, through its SIGINT); Python installs its KeyboardInterrupt handler
+    only over the default."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from actstore.errors import ConfigError, ModelNotFoundError, StoreExistsError, S
 
 from ..conftest import DOCS, store_files
 from ..conftest import RESUME_OPTS as OPTS
+from ..helpers import interruptible
 from .test_resume import SLOW_DISK, assert_same_store, cli_args
 
 SMALL = dict(sites="resid_post:0", seq_len=16, n_rows=4, progress=False)
@@ -207,6 +208,7 @@ def test_ctrl_c_says_where_it_stopped_and_resume_finishes_exactly(
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 120
     while not (out / "done" / "c" / "0").exists() and time.monotonic() < deadline:

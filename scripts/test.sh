@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the test suite (CPU, offline; about 12 minutes on 2 cores, one pytest-xdist worker per core).
+# Set up and run the test suite (CPU, offline; about 15 minutes on 2 cores, one pytest-xdist worker per core).
 #
 #   bash scripts/test.sh            # extra arguments go to pytest, e.g. -k resume
 set -euo pipefail

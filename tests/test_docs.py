@@ -223,7 +223,7 @@ def test_readme_starts_with_the_two_commands():
     first = next(b for b in parse(text, "README.md") if b.lang == "bash")
     assert first.code.splitlines()[:2] == [
         "bash scripts/demo.sh     # the main job on the embedded default, then a short tour (under a minute once set up)",
-        "bash scripts/test.sh     # the test suite (CPU, about 12 minutes on 2 cores with its 2 workers)",
+        "bash scripts/test.sh     # the test suite (CPU, about 15 minutes on 2 cores with its 2 workers)",
     ]
     assert len(text.splitlines()) <= 330, (
         "the README is a landing page; the detail belongs in docs/"
